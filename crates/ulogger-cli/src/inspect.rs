@@ -1,0 +1,12 @@
+//! `ulogger inspect` (placeholder until its issue lands).
+
+use crate::exit::Exit;
+use crate::Global;
+
+/// Arguments of `ulogger inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_global: Global, _args: Args) -> Result<(), Exit> {
+    Err(anyhow::anyhow!("not built yet").into())
+}

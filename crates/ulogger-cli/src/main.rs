@@ -1,0 +1,71 @@
+//! `ulogger`: the command-line face of ulogger-cloud.
+//!
+//! `main` only parses arguments and dispatches; each subcommand lives in a
+//! module of its own and calls library code.
+
+mod emulator;
+mod exit;
+mod inspect;
+mod tokens;
+
+use clap::{Parser, Subcommand};
+
+/// Send embedded devices' logs to the uLogger cloud, or to a local emulator of it.
+#[derive(Debug, Parser)]
+#[command(name = "ulogger", version, about, propagate_version = true)]
+struct Cli {
+    /// Print machine-readable JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode binary log files and check their headers and checksums.
+    Inspect(inspect::Args),
+    /// List, read and remove cached session tokens.
+    #[command(subcommand)]
+    Tokens(tokens::Command),
+    /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
+    Emulator(emulator::Args),
+}
+
+/// Options every subcommand may read.
+#[derive(Debug, Clone, Copy)]
+struct Global {
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let global = Global { json: cli.json };
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(global, args),
+        Command::Tokens(cmd) => tokens::run(global, cmd),
+        Command::Emulator(args) => emulator::run(global, args),
+    };
+    exit::report(result)
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ULOGGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

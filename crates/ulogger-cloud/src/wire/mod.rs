@@ -1,0 +1,1 @@
+//! The uLogger platform's formats, sans I/O.
