@@ -7,20 +7,33 @@
 //!
 //! - Topics and ids (§1, §2): [`Topics`], [`validate_serial`],
 //!   [`validate_publish_topic`].
+//! - Boot registration (§3): [`boot_payload`], [`parse_boot_reply`],
+//!   [`BootRequest`], [`boot_reply_payload`].
 //! - Device identification (§4): [`DeviceInfo`].
 //! - Binary logs (§5): [`LogHeader`], [`validate_checksum`],
 //!   [`patch_session_token`], [`patch_epoch_time_us`], [`build_log`].
+//! - BLE chunked transfer (§6): [`ChunkReassembler`].
+//! - Log configuration (§7): [`LogConfig`].
 
+mod ble;
+mod boot;
 mod device_info;
 mod header;
+mod log_config;
 mod topic;
 
+pub use ble::{ChunkReassembler, Feed, IgnoreReason};
+pub use boot::{
+    boot_payload, boot_reply_payload, parse_boot_reply, BootReplyError, BootRequest,
+    BootRequestError,
+};
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
 pub use header::{
     build_log, compute_checksum, header_len, patch_epoch_time_us, patch_session_token,
     validate_checksum, HeaderError, LogHeader, HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_USED_BYTES,
     SUPPORTED_HEADER_VERSIONS,
 };
+pub use log_config::{LogConfig, LogConfigError, LogLevel};
 pub use topic::{
     validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
     MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
