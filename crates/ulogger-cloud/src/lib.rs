@@ -15,4 +15,4 @@ pub mod wire;
 
 mod store;
 
-// pub use store::{SessionStore, StoreError};
+pub use store::{SessionStore, StoreError, StoreOp, TokenEntry};

@@ -1,0 +1,493 @@
+use std::fs;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn cap(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap()
+}
+
+fn serials(store: &SessionStore) -> Vec<String> {
+    store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.serial)
+        .collect()
+}
+
+/// The serials in the file, in file order.
+fn file_serials(path: &Path) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    value.as_object().unwrap().keys().cloned().collect()
+}
+
+fn temp_store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session_tokens.json");
+    (dir, path)
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<SessionStore>();
+    assert_send_sync::<StoreError>();
+};
+
+#[test]
+fn lru_order_and_eviction() {
+    let store = SessionStore::in_memory().with_capacity(cap(3));
+    for (i, s) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        store.set(s, i as u32, "g").unwrap();
+    }
+    assert_eq!(serials(&store), ["b", "c", "d"]);
+    assert_eq!(store.get("a", "g").unwrap(), None);
+    assert_eq!(store.capacity(), Some(cap(3)));
+}
+
+#[test]
+fn hit_refreshes_recency() {
+    let store = SessionStore::in_memory().with_capacity(cap(3));
+    for s in ["a", "b", "c"] {
+        store.set(s, 1, "g").unwrap();
+    }
+    assert_eq!(store.get("a", "g").unwrap(), Some(1));
+    store.set("d", 4, "g").unwrap();
+    assert_eq!(serials(&store), ["c", "a", "d"]);
+}
+
+#[test]
+fn replacing_an_entry_at_capacity_evicts_nothing() {
+    let store = SessionStore::in_memory().with_capacity(cap(2));
+    store.set("a", 1, "g").unwrap();
+    store.set("b", 2, "g").unwrap();
+    store.set("a", 3, "h").unwrap();
+    assert_eq!(serials(&store), ["b", "a"]);
+}
+
+#[test]
+fn get_entry_does_not_refresh() {
+    let store = SessionStore::in_memory();
+    store.set("a", 1, "g").unwrap();
+    store.set("b", 2, "g").unwrap();
+    let entry = store.get_entry("a").unwrap().unwrap();
+    assert_eq!(
+        entry,
+        TokenEntry {
+            serial: "a".into(),
+            token: 1,
+            git_hash: "g".into()
+        }
+    );
+    assert_eq!(serials(&store), ["a", "b"]);
+    assert_eq!(store.get_entry("zz").unwrap(), None);
+}
+
+#[test]
+fn git_hash_miss_keeps_the_entry() {
+    let store = SessionStore::default();
+    store.set("a", 7, "old").unwrap();
+    assert_eq!(store.get("a", "new").unwrap(), None);
+    assert_eq!(store.get_entry("a").unwrap().unwrap().git_hash, "old");
+    assert_eq!(store.get("a", "old").unwrap(), Some(7));
+}
+
+#[test]
+fn set_replaces_whatever_the_hash() {
+    let store = SessionStore::in_memory();
+    store.set("a", 1, "old").unwrap();
+    store.set("a", 2, "new").unwrap();
+    assert_eq!(store.len().unwrap(), 1);
+    assert_eq!(store.get("a", "old").unwrap(), None);
+    assert_eq!(store.get("a", "new").unwrap(), Some(2));
+}
+
+#[test]
+fn remove_clear_len() {
+    let store = SessionStore::in_memory();
+    assert!(store.is_empty().unwrap());
+    store.set("a", 1, "g").unwrap();
+    store.set("b", 2, "g").unwrap();
+    assert_eq!(store.len().unwrap(), 2);
+    assert!(store.remove("a").unwrap());
+    assert!(!store.remove("a").unwrap());
+    assert_eq!(serials(&store), ["b"]);
+    store.clear().unwrap();
+    assert!(store.is_empty().unwrap());
+}
+
+#[test]
+fn with_capacity_trims_existing_entries() {
+    let store = SessionStore::in_memory();
+    for s in ["a", "b", "c"] {
+        store.set(s, 1, "g").unwrap();
+    }
+    let store = store.with_capacity(cap(1));
+    assert_eq!(serials(&store), ["c"]);
+}
+
+#[test]
+fn debug_never_shows_tokens() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap().with_capacity(cap(5));
+    store.set("dev", 0xDEAD_BEEF, "g").unwrap();
+    let text = format!("{store:?}");
+    assert!(
+        text.contains("session_tokens.json") && text.contains("len: 1"),
+        "{text}"
+    );
+    let entry = format!("{:?}", store.get_entry("dev").unwrap().unwrap());
+    for shown in [&text, &entry] {
+        assert!(!shown.contains("3735928559") && !shown.to_lowercase().contains("deadbeef"));
+    }
+    assert!(entry.contains("redacted"), "{entry}");
+}
+
+#[test]
+fn default_path_prefers_ulogger_home() {
+    let p = default_path_from(Some("/u".into()), Some("/h".into())).unwrap();
+    assert_eq!(p, Path::new("/u/session_tokens.json"));
+    let p = default_path_from(Some("".into()), Some("/h".into())).unwrap();
+    assert_eq!(p, Path::new("/h/.ulogger/session_tokens.json"));
+    assert!(matches!(
+        default_path_from(None, Some("".into())),
+        Err(StoreError::NoHomeDir)
+    ));
+}
+
+// ---- file-backed ----
+
+#[test]
+fn missing_file_opens_empty_and_is_created_on_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/deeper/session_tokens.json");
+    let store = SessionStore::open(&path).unwrap();
+    assert!(store.is_empty().unwrap());
+    assert!(!path.exists());
+    store.set("a", 1, "g").unwrap();
+    assert!(path.exists());
+    assert_eq!(store.path().as_deref(), Some(path.as_path()));
+}
+
+#[test]
+fn entries_persist_across_reopen() {
+    let (_dir, path) = temp_store();
+    {
+        let store = SessionStore::open(&path).unwrap();
+        store.set("a", 1, "g1").unwrap();
+        store.set("b", u32::MAX, "g2").unwrap();
+        store.set("c", 3, "g3").unwrap();
+        assert!(store.remove("c").unwrap());
+    }
+    let store = SessionStore::open(&path).unwrap();
+    assert_eq!(store.get("a", "g1").unwrap(), Some(1));
+    assert_eq!(store.get("b", "g2").unwrap(), Some(u32::MAX));
+    assert_eq!(store.get("c", "g3").unwrap(), None);
+    store.clear().unwrap();
+    assert!(SessionStore::open(&path).unwrap().is_empty().unwrap());
+    assert_eq!(fs::read_to_string(&path).unwrap(), "{}");
+}
+
+#[test]
+fn file_key_order_is_lru_order() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    for s in ["a", "b", "c"] {
+        store.set(s, 1, "g").unwrap();
+    }
+    assert_eq!(file_serials(&path), ["a", "b", "c"]);
+    // The refresh is lazy: not written by the get...
+    store.get("a", "g").unwrap();
+    assert_eq!(file_serials(&path), ["a", "b", "c"]);
+    // ...but with the next mutation.
+    store.set("d", 1, "g").unwrap();
+    assert_eq!(file_serials(&path), ["b", "c", "a", "d"]);
+    // Or by flush.
+    store.get("b", "g").unwrap();
+    store.flush().unwrap();
+    assert_eq!(file_serials(&path), ["c", "a", "d", "b"]);
+    assert_eq!(
+        serials(&SessionStore::open(&path).unwrap()),
+        ["c", "a", "d", "b"]
+    );
+}
+
+#[test]
+fn flush_without_pending_refresh_does_not_write() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    store.set("b", 1, "g").unwrap();
+    let before = fs::metadata(&path).unwrap().modified().unwrap();
+    store.get("b", "g").unwrap(); // already the most recent
+    store.flush().unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ino = fs::metadata(&path).unwrap().ino();
+        store.flush().unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
+    }
+}
+
+#[test]
+fn capacity_eviction_persists() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap().with_capacity(cap(2));
+    for s in ["a", "b", "c"] {
+        store.set(s, 1, "g").unwrap();
+    }
+    assert_eq!(file_serials(&path), ["b", "c"]);
+    let reopened = SessionStore::open(&path).unwrap();
+    assert_eq!(serials(&reopened), ["b", "c"]);
+}
+
+#[test]
+fn two_stores_on_one_file_see_each_other() {
+    let (_dir, path) = temp_store();
+    let one = SessionStore::open(&path).unwrap();
+    let two = SessionStore::open(&path).unwrap();
+    one.set("a", 1, "g").unwrap();
+    assert_eq!(two.get("a", "g").unwrap(), Some(1));
+    two.set("b", 2, "g").unwrap();
+    one.set("c", 3, "g").unwrap();
+    assert_eq!(file_serials(&path), ["a", "b", "c"]);
+    assert!(two.remove("a").unwrap());
+    assert_eq!(one.get("a", "g").unwrap(), None);
+    assert_eq!(serials(&one), ["b", "c"]);
+}
+
+#[test]
+fn lazy_refresh_is_replayed_over_another_writers_file() {
+    let (_dir, path) = temp_store();
+    let one = SessionStore::open(&path).unwrap();
+    let two = SessionStore::open(&path).unwrap();
+    for s in ["a", "b", "c"] {
+        one.set(s, 1, "g").unwrap();
+    }
+    assert_eq!(one.get("a", "g").unwrap(), Some(1)); // refresh pending in `one`
+    two.set("x", 9, "g").unwrap(); // another writer replaces the file
+    one.set("y", 2, "g").unwrap();
+    assert_eq!(file_serials(&path), ["b", "c", "x", "a", "y"]);
+}
+
+#[test]
+fn a_file_deleted_behind_our_back_means_empty() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(store.get("a", "g").unwrap(), None);
+    store.set("b", 1, "g").unwrap();
+    assert_eq!(file_serials(&path), ["b"]);
+}
+
+#[test]
+fn an_in_place_edit_is_noticed() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    // Same inode, different length.
+    fs::write(&path, r#"{"a": {"token": 22, "git_hash": "g"}}"#).unwrap();
+    assert_eq!(store.get("a", "g").unwrap(), Some(22));
+}
+
+#[test]
+fn a_failed_write_leaves_the_store_as_the_file() {
+    let (dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    // A directory where the temporary file goes makes the write fail.
+    let tmp = dir.path().join("session_tokens.json.tmp-rs");
+    fs::create_dir(&tmp).unwrap();
+    let err = store.set("b", 2, "g").unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Io { op: StoreOp::Write, path, .. } if *path == tmp),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("session_tokens.json.tmp-rs"),
+        "{err}"
+    );
+    assert_eq!(serials(&store), ["a"]);
+    fs::remove_dir(&tmp).unwrap();
+    store.set("b", 2, "g").unwrap();
+    assert_eq!(file_serials(&path), ["a", "b"]);
+}
+
+// ---- corrupt files ----
+
+const CORRUPT: &[(&str, &str)] = &[
+    ("not json", "not JSON"),
+    ("[1, 2]", "wrong shape"),
+    ("{\"a\": {\"token\": -1, \"git_hash\": \"g\"}}", "token -1"),
+    (
+        "{\"a\": {\"token\": 4294967296, \"git_hash\": \"g\"}}",
+        "token 2^32",
+    ),
+    (
+        "{\"a\": {\"token\": 1, \"git_hash\": \"g\"}, \"b\": {\"tok",
+        "truncated",
+    ),
+    ("{\"a\": {\"git_hash\": \"g\"}}", "missing token"),
+    ("", "empty"),
+];
+
+#[test]
+fn corrupt_files_fail_to_open_and_are_left_untouched() {
+    for (text, what) in CORRUPT {
+        let (_dir, path) = temp_store();
+        fs::write(&path, text).unwrap();
+        let err = SessionStore::open(&path).unwrap_err();
+        match &err {
+            StoreError::Corrupt { path: p, reason } => {
+                assert_eq!(p, &path, "{what}");
+                assert!(!reason.is_empty(), "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(err.is_corrupt());
+        assert!(
+            err.to_string().contains("session_tokens.json"),
+            "{what}: {err}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), *text, "{what}");
+    }
+}
+
+#[test]
+fn a_file_corrupted_later_is_never_overwritten() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    fs::write(&path, "garbage").unwrap();
+    assert!(store.set("b", 2, "g").unwrap_err().is_corrupt());
+    assert!(store.get("a", "g").unwrap_err().is_corrupt());
+    assert_eq!(fs::read_to_string(&path).unwrap(), "garbage");
+}
+
+#[test]
+fn open_or_reset_moves_a_corrupt_file_aside() {
+    let (dir, path) = temp_store();
+    fs::write(&path, "{\"a\": {\"token\": -1, \"git_hash\": \"g\"}}").unwrap();
+    let (store, moved) = SessionStore::open_or_reset(&path).unwrap();
+    let moved = moved.expect("a file was moved aside");
+    assert_eq!(moved.parent(), Some(dir.path()));
+    let name = moved.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("session_tokens.json.corrupt-"), "{name}");
+    assert_eq!(
+        fs::read_to_string(&moved).unwrap(),
+        "{\"a\": {\"token\": -1, \"git_hash\": \"g\"}}"
+    );
+    assert!(!path.exists());
+    assert!(store.is_empty().unwrap());
+    store.set("a", 1, "g").unwrap();
+
+    // Again in the same second: a second, distinct name.
+    fs::write(&path, "nope").unwrap();
+    let (_, again) = SessionStore::open_or_reset(&path).unwrap();
+    let again = again.unwrap();
+    assert_ne!(again, moved);
+    assert_eq!(fs::read_to_string(&again).unwrap(), "nope");
+
+    // A valid file is kept.
+    let (store, none) = SessionStore::open_or_reset(&path).unwrap();
+    assert_eq!(none, None);
+    store.set("b", 1, "g").unwrap();
+    let (store, none) = SessionStore::open_or_reset(&path).unwrap();
+    assert_eq!(none, None);
+    assert_eq!(serials(&store), ["b"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn file_is_0600_and_created_directory_0700() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join(".ulogger");
+    let path = home.join("session_tokens.json");
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&home.join("session_tokens.json.lock")), 0o600);
+    // Still 0600 after a rewrite that reuses a stale, permissive temp file.
+    let tmp = home.join("session_tokens.json.tmp-rs");
+    fs::write(&tmp, "").unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+    store.set("b", 1, "g").unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert!(!tmp.exists());
+}
+
+// ---- compatibility with the Python SDK ----
+
+/// What `json.dump(OrderedDict(...), fh, indent=2)` in the Python SDK's
+/// `SessionStore._save_locked` writes (no trailing newline).
+const PYTHON_FILE: &str = r#"{
+  "SN-0003": {
+    "token": 305419896,
+    "git_hash": "1a2b3c4"
+  },
+  "SN-0001": {
+    "token": 4294967295,
+    "git_hash": "deadbee"
+  },
+  "caf\u00e9-2": {
+    "token": 0,
+    "git_hash": ""
+  }
+}"#;
+
+#[test]
+fn loads_a_python_sdk_file_in_order() {
+    let (_dir, path) = temp_store();
+    fs::write(&path, PYTHON_FILE).unwrap();
+    let store = SessionStore::open(&path).unwrap();
+    let entries = store.entries().unwrap();
+    let got: Vec<(&str, u32, &str)> = entries
+        .iter()
+        .map(|e| (e.serial.as_str(), e.token, e.git_hash.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("SN-0003", 305_419_896, "1a2b3c4"),
+            ("SN-0001", u32::MAX, "deadbee"),
+            ("café-2", 0, ""),
+        ]
+    );
+}
+
+#[test]
+fn writes_what_the_python_sdk_writes() {
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("SN-0003", 305_419_896, "1a2b3c4").unwrap();
+    store.set("SN-0001", u32::MAX, "deadbee").unwrap();
+    store.set("café-2", 0, "").unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), PYTHON_FILE);
+    // And it has the documented shape.
+    let value: serde_json::Value = serde_json::from_str(PYTHON_FILE).unwrap();
+    for (_, entry) in value.as_object().unwrap() {
+        let entry = entry.as_object().unwrap();
+        assert_eq!(entry.len(), 2);
+        assert!(entry["token"].as_u64().is_some());
+        assert!(entry["git_hash"].is_string());
+    }
+}
+
+#[test]
+fn unknown_fields_are_tolerated() {
+    let (_dir, path) = temp_store();
+    fs::write(
+        &path,
+        r#"{"a": {"token": 5, "git_hash": "g", "issued_at": 1700000000, "meta": {"x": [1]}}}"#,
+    )
+    .unwrap();
+    let store = SessionStore::open(&path).unwrap();
+    assert_eq!(store.get("a", "g").unwrap(), Some(5));
+}
