@@ -10,9 +10,37 @@
 //!   registration, log configuration, BLE chunked transfer).
 //! - [`SessionStore`]: the session-token cache, in memory or in a file
 //!   shared with the Python SDK (`~/.ulogger/session_tokens.json`).
+//! - [`Client`]: one long-lived MQTT connection for many devices: boot
+//!   registration ([`Client::session_token`]), binary-log upload
+//!   ([`Client::upload_log`]) and core dumps, each complete only when the
+//!   broker acknowledged it.
 
+pub mod blocking;
 pub mod wire;
 
+mod client;
+mod config;
+mod error;
+mod oneshot;
 mod store;
+mod tls;
+mod transport;
+
+pub use client::{Client, ClientBuilder, PublishReceipt, UploadReceipt};
+pub use config::{MqttConfig, Security, DEFAULT_BROKER, DEFAULT_PORT};
+pub use error::{Error, ErrorKind, FileRole, Phase};
+pub use oneshot::{
+    get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,
+};
 
 pub use store::{SessionStore, StoreError, StoreOp, TokenEntry};
+
+#[allow(dead_code)]
+fn _assert_impls() {
+    fn send_sync<T: Send + Sync>() {}
+    fn clone<T: Clone>() {}
+    send_sync::<Client>();
+    clone::<Client>();
+    send_sync::<Error>();
+    send_sync::<SessionStore>();
+}

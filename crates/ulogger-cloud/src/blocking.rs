@@ -1,0 +1,165 @@
+//! A blocking client, for code without an async runtime.
+//!
+//! [`Client`] has the same methods as the async [`crate::Client`] and owns
+//! a Tokio runtime on a background thread named `ulogger-cloud`, which it
+//! joins when the last clone is dropped.
+//!
+//! # Panics
+//!
+//! Calling a method of this client, or dropping its last clone, from
+//! inside an async runtime panics (Tokio forbids blocking there): use the
+//! async [`crate::Client`] in async code.
+//!
+//! ```no_run
+//! use ulogger_cloud::{blocking::Client, wire::DeviceInfo, MqttConfig};
+//!
+//! # fn run() -> Result<(), ulogger_cloud::Error> {
+//! let config = MqttConfig::new(42).client_cert("gw.pem.crt", "gw.pem.key");
+//! let client = Client::builder(config).build()?;
+//! let device = DeviceInfo::new(7, "SN-0001", "sensor-board", "v1.2.0", "abcdef0");
+//! let log = std::fs::read("log.bin").expect("a log file");
+//! let receipt = client.upload_log(&device, &log)?;
+//! println!("token {}", receipt.token);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::store::SessionStore;
+use crate::wire::DeviceInfo;
+use crate::{MqttConfig, PublishReceipt, UploadReceipt};
+
+/// The blocking twin of [`crate::Client`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: crate::Client,
+    runtime: Arc<Runtime>,
+}
+
+/// Builds a blocking [`Client`]; see [`Client::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct ClientBuilder {
+    inner: crate::ClientBuilder,
+}
+
+impl ClientBuilder {
+    /// See [`crate::ClientBuilder::session_store`].
+    pub fn session_store(self, store: impl Into<Arc<SessionStore>>) -> Self {
+        ClientBuilder {
+            inner: self.inner.session_store(store),
+        }
+    }
+
+    /// See [`crate::ClientBuilder::stamp_epoch_time`].
+    pub fn stamp_epoch_time(self, stamp: bool) -> Self {
+        ClientBuilder {
+            inner: self.inner.stamp_epoch_time(stamp),
+        }
+    }
+
+    /// Checks the configuration and starts the client's runtime thread,
+    /// which starts connecting.
+    pub fn build(self) -> Result<Client, Error> {
+        let runtime = Arc::new(Runtime::new()?);
+        let inner = runtime.block_on(async { self.inner.build() })?;
+        Ok(Client { inner, runtime })
+    }
+}
+
+impl Client {
+    /// Starts building a client for `config`.
+    pub fn builder(config: MqttConfig) -> ClientBuilder {
+        ClientBuilder {
+            inner: crate::Client::builder(config),
+        }
+    }
+
+    /// See [`crate::Client::client_id`].
+    pub fn client_id(&self) -> &str {
+        self.inner.client_id()
+    }
+
+    /// See [`crate::Client::session_store`].
+    pub fn session_store(&self) -> &Arc<SessionStore> {
+        self.inner.session_store()
+    }
+
+    /// See [`crate::Client::connected`].
+    pub fn connected(&self) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.connected())
+    }
+
+    /// See [`crate::Client::session_token`].
+    pub fn session_token(&self, device: &DeviceInfo) -> Result<u32, Error> {
+        self.runtime.block_on(self.inner.session_token(device))
+    }
+
+    /// See [`crate::Client::register`].
+    pub fn register(&self, device: &DeviceInfo) -> Result<u32, Error> {
+        self.runtime.block_on(self.inner.register(device))
+    }
+
+    /// See [`crate::Client::upload_log`].
+    pub fn upload_log(&self, device: &DeviceInfo, log: &[u8]) -> Result<UploadReceipt, Error> {
+        self.runtime.block_on(self.inner.upload_log(device, log))
+    }
+
+    /// See [`crate::Client::publish_binary_log`].
+    pub fn publish_binary_log(
+        &self,
+        app_id: u32,
+        log: impl Into<Bytes>,
+    ) -> Result<PublishReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_binary_log(app_id, log))
+    }
+
+    /// See [`crate::Client::publish_core_dump`].
+    pub fn publish_core_dump(&self, dump: impl Into<Bytes>) -> Result<PublishReceipt, Error> {
+        self.runtime.block_on(self.inner.publish_core_dump(dump))
+    }
+
+    /// See [`crate::Client::shutdown`].
+    pub fn shutdown(&self) {
+        self.runtime.block_on(self.inner.shutdown());
+    }
+}
+
+/// A one-worker Tokio runtime on a named thread.
+#[derive(Debug)]
+struct Runtime(tokio::runtime::Runtime);
+
+impl Runtime {
+    fn new() -> Result<Self, Error> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ulogger-cloud")
+            .enable_all()
+            .build()
+            .map(Runtime)
+            .map_err(|e| {
+                Error::with_source(
+                    crate::ErrorKind::InvalidConfig {
+                        field: "runtime",
+                        reason: "could not start the client's runtime thread".to_owned(),
+                    },
+                    e,
+                )
+            })
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.0.block_on(future)
+    }
+}
+
+/// The Python SDK's free functions, blocking. See [`crate::upload_log`]
+/// and its siblings for what each does.
+pub use crate::oneshot::blocking::{
+    get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,
+};

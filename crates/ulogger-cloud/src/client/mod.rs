@@ -1,0 +1,292 @@
+//! The async client: registration and uploads over one shared connection.
+
+mod registration;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tracing::Instrument;
+
+use crate::config::{MqttConfig, Settings};
+use crate::error::{Error, ErrorKind};
+use crate::store::SessionStore;
+use crate::transport::Transport;
+use crate::wire::{self, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
+
+use registration::Registrations;
+
+/// What the broker acknowledged for an uploaded binary log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadReceipt {
+    /// The topic the log was published to.
+    pub topic: String,
+    /// The session token written into the log.
+    pub token: u32,
+    /// Bytes published (the whole buffer).
+    pub size: usize,
+    /// The header as published (token patched in, epoch time if stamped).
+    pub header: LogHeader,
+}
+
+/// What the broker acknowledged for a raw publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishReceipt {
+    /// The topic published to.
+    pub topic: String,
+    /// Bytes published.
+    pub size: usize,
+}
+
+/// A connection to the uLogger cloud shared by every device a gateway
+/// serves.
+///
+/// Cheap to clone: clones share one MQTT connection, one session-token
+/// store and one registration per device at a time. The connection is
+/// opened in the background when the client is built, re-opened after a
+/// loss, and closed by [`Client::shutdown`] or when the last clone is
+/// dropped. Every publish completes only when the broker acknowledged that
+/// very publish.
+///
+/// ```no_run
+/// use ulogger_cloud::{Client, MqttConfig, wire::DeviceInfo};
+///
+/// # async fn run() -> Result<(), ulogger_cloud::Error> {
+/// let config = MqttConfig::new(42).client_cert("gw.pem.crt", "gw.pem.key");
+/// let client = Client::builder(config).build()?;
+/// let device = DeviceInfo::new(7, "SN-0001", "sensor-board", "v1.2.0", "abcdef0");
+/// let log = std::fs::read("log.bin").expect("a log file");
+/// let receipt = client.upload_log(&device, &log).await?;
+/// println!("uploaded {} bytes to {}", receipt.size, receipt.topic);
+/// client.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Transport,
+    store: Arc<SessionStore>,
+    registrations: Registrations,
+    stamp_epoch_time: bool,
+}
+
+/// Builds a [`Client`]; see [`Client::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct ClientBuilder {
+    config: MqttConfig,
+    store: Option<Arc<SessionStore>>,
+    stamp_epoch_time: bool,
+}
+
+impl ClientBuilder {
+    /// Where session tokens are cached. Default: a fresh in-memory store.
+    /// Pass a file-backed store ([`SessionStore::open_default`]) to keep
+    /// tokens across runs and share them with the Python SDK; pass an
+    /// `Arc` to share one store between clients.
+    pub fn session_store(mut self, store: impl Into<Arc<SessionStore>>) -> Self {
+        self.store = Some(store.into());
+        self
+    }
+
+    /// Write the gateway's wall-clock time into version-4 headers whose
+    /// `epoch_time_us` the device left at 0 ("unknown"). Default: off.
+    pub fn stamp_epoch_time(mut self, stamp: bool) -> Self {
+        self.stamp_epoch_time = stamp;
+        self
+    }
+
+    /// Checks the configuration (ids, files, key matching certificate) and
+    /// starts connecting in the background.
+    ///
+    /// Must be called inside a Tokio runtime ([`ErrorKind::NoRuntime`]
+    /// otherwise); [`blocking::Client`](crate::blocking::Client) brings its
+    /// own.
+    pub fn build(self) -> Result<Client, Error> {
+        let settings: Settings = self.config.validate()?;
+        let transport = Transport::start(settings)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                transport,
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
+                registrations: Registrations::default(),
+                stamp_epoch_time: self.stamp_epoch_time,
+            }),
+        })
+    }
+}
+
+impl Client {
+    /// Starts building a client for `config`.
+    pub fn builder(config: MqttConfig) -> ClientBuilder {
+        ClientBuilder {
+            config,
+            store: None,
+            stamp_epoch_time: false,
+        }
+    }
+
+    /// The MQTT client id of this client's connection.
+    pub fn client_id(&self) -> &str {
+        &self.settings().client_id
+    }
+
+    /// The session-token store this client uses.
+    pub fn session_store(&self) -> &Arc<SessionStore> {
+        &self.inner.store
+    }
+
+    fn settings(&self) -> &Settings {
+        self.inner.transport.settings()
+    }
+
+    /// Waits until the connection is up. Fails with the reason of the next
+    /// failed attempt, a permanent failure (TLS trust, refused CONNECT), or
+    /// a connect timeout. Operations wait for the connection by themselves;
+    /// this is for failing early.
+    pub async fn connected(&self) -> Result<(), Error> {
+        self.inner.transport.connected().await
+    }
+
+    /// The device's session token: from the store if it holds one for this
+    /// firmware (`git_hash`), else from one boot registration. Concurrent
+    /// calls for one serial share a single registration; different devices
+    /// register concurrently. The token is stored before it is returned.
+    pub async fn session_token(&self, device: &DeviceInfo) -> Result<u32, Error> {
+        let span =
+            tracing::debug_span!("session_token", serial = %device.serial, app_id = device.app_id);
+        self.inner
+            .registrations
+            .token(self, device, true)
+            .instrument(span)
+            .await
+    }
+
+    /// Performs a boot registration whatever the store holds, stores the
+    /// new token and returns it.
+    pub async fn register(&self, device: &DeviceInfo) -> Result<u32, Error> {
+        let span =
+            tracing::debug_span!("register", serial = %device.serial, app_id = device.app_id);
+        self.inner
+            .registrations
+            .token(self, device, false)
+            .instrument(span)
+            .await
+    }
+
+    /// Uploads a device's binary log: validates its header and checksum,
+    /// obtains the session token, writes it into the header, publishes the
+    /// whole buffer to the binary-log topic, and returns once the broker
+    /// acknowledged it. No token, no publish.
+    pub async fn upload_log(
+        &self,
+        device: &DeviceInfo,
+        log: &[u8],
+    ) -> Result<UploadReceipt, Error> {
+        let span = tracing::info_span!("upload_log", serial = %device.serial, app_id = device.app_id, size = log.len());
+        async {
+            wire::validate_checksum(log)?;
+            check_size(log.len())?;
+            let topic = self.settings().topics.binlog(device.app_id)?;
+            let token = self.session_token(device).await?;
+            let mut buf = BytesMut::from(log);
+            wire::patch_session_token(&mut buf, token)?;
+            let mut header = LogHeader::parse(&buf)?;
+            if self.inner.stamp_epoch_time && header.epoch_time_us == Some(0) {
+                let now = unix_time_us();
+                wire::patch_epoch_time_us(&mut buf, now)?;
+                header.epoch_time_us = Some(now);
+            }
+            let size = buf.len();
+            self.inner
+                .transport
+                .publish(topic.clone(), buf.freeze())
+                .await?;
+            tracing::debug!("acknowledged");
+            Ok(UploadReceipt {
+                topic,
+                token,
+                size,
+                header,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Publishes `log` as-is to the binary-log topic of `app_id` (no
+    /// validation, no token patching: see [`Client::upload_log`] for that)
+    /// and returns once the broker acknowledged it.
+    pub async fn publish_binary_log(
+        &self,
+        app_id: u32,
+        log: impl Into<Bytes>,
+    ) -> Result<PublishReceipt, Error> {
+        let topic = self.settings().topics.binlog(app_id)?;
+        self.publish_raw(topic, log.into()).await
+    }
+
+    /// Publishes a core dump as-is to the core-dump topic and returns once
+    /// the broker acknowledged it.
+    pub async fn publish_core_dump(&self, dump: impl Into<Bytes>) -> Result<PublishReceipt, Error> {
+        let topic = self.settings().topics.core_dump()?;
+        self.publish_raw(topic, dump.into()).await
+    }
+
+    async fn publish_raw(&self, topic: String, payload: Bytes) -> Result<PublishReceipt, Error> {
+        check_size(payload.len())?;
+        let size = payload.len();
+        self.inner.transport.publish(topic.clone(), payload).await?;
+        Ok(PublishReceipt { topic, size })
+    }
+
+    /// Closes the connection gracefully: publishes already handed over get
+    /// their acknowledgement (or fail after the acknowledgement timeout),
+    /// then the client disconnects. Later calls fail with
+    /// [`ErrorKind::Shutdown`].
+    pub async fn shutdown(&self) {
+        self.inner.transport.shutdown().await;
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    pub(crate) fn store(&self) -> &Arc<SessionStore> {
+        &self.inner.store
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("broker", &self.settings().broker())
+            .field("client_id", &self.settings().client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_size(size: usize) -> Result<(), Error> {
+    if size > MAX_MESSAGE_SIZE {
+        return Err(ErrorKind::PayloadTooLarge {
+            size,
+            limit: MAX_MESSAGE_SIZE,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn unix_time_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

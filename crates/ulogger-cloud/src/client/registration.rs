@@ -1,0 +1,185 @@
+//! Boot registration (PROTOCOL §3), one at a time per device serial.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use super::Client;
+use crate::error::{Error, ErrorKind, Phase};
+use crate::store::SessionStore;
+use crate::transport::Transport;
+use crate::wire::{self, DeviceInfo};
+
+/// The result of a registration, as every caller that waited for it sees it.
+#[derive(Clone)]
+struct Outcome {
+    git_hash: String,
+    result: Result<u32, Error>,
+}
+
+type Slot = watch::Receiver<Option<Outcome>>;
+
+/// Registrations in progress, by serial.
+#[derive(Default)]
+pub(super) struct Registrations {
+    in_flight: Mutex<HashMap<String, Slot>>,
+}
+
+enum Role {
+    Leader(watch::Sender<Option<Outcome>>),
+    Follower(Slot),
+}
+
+impl Registrations {
+    /// The device's token: from the store when `use_store` and it holds one
+    /// for this firmware, else from a registration, shared with any other
+    /// caller registering the same serial at the same time.
+    pub async fn token(
+        &self,
+        client: &Client,
+        device: &DeviceInfo,
+        use_store: bool,
+    ) -> Result<u32, Error> {
+        let topics = &client.settings().topics;
+        // Topics validate the serial, so a bad one is refused before it
+        // reaches the store, the map or the broker.
+        let reply_topic = topics.boot_reply(device.app_id, &device.serial)?;
+        let boot_topic = topics.boot(device.app_id)?;
+        loop {
+            if use_store {
+                if let Some(token) = client.store().get(&device.serial, &device.git_hash)? {
+                    return Ok(token);
+                }
+            }
+            match self.join(&device.serial) {
+                Role::Leader(outcome) => {
+                    let _slot = SlotGuard {
+                        registrations: self,
+                        serial: &device.serial,
+                    };
+                    let result =
+                        handshake(client, device, reply_topic.clone(), boot_topic.clone()).await;
+                    outcome.send_replace(Some(Outcome {
+                        git_hash: device.git_hash.clone(),
+                        result: result.clone(),
+                    }));
+                    return result;
+                }
+                Role::Follower(mut slot) => {
+                    if let Ok(outcome) = slot.wait_for(Option::is_some).await {
+                        if let Some(outcome) = outcome.as_ref() {
+                            if outcome.git_hash == device.git_hash {
+                                return outcome.result.clone();
+                            }
+                        }
+                    }
+                    // The leader registered another firmware, or was
+                    // cancelled before it finished: go round again.
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn join(&self, serial: &str) -> Role {
+        let mut in_flight = self.lock();
+        match in_flight.get(serial) {
+            Some(slot) => Role::Follower(slot.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                in_flight.insert(serial.to_owned(), rx);
+                Role::Leader(tx)
+            }
+        }
+    }
+}
+
+/// Frees the serial's slot when the leader finishes or is cancelled.
+struct SlotGuard<'a> {
+    registrations: &'a Registrations,
+    serial: &'a str,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.registrations.lock().remove(self.serial);
+    }
+}
+
+/// Gives up the reply-topic subscription however the handshake ends.
+struct Unsubscribe<'a> {
+    transport: &'a Transport,
+    topic: String,
+}
+
+impl Drop for Unsubscribe<'_> {
+    fn drop(&mut self) {
+        self.transport.unsubscribe(std::mem::take(&mut self.topic));
+    }
+}
+
+async fn handshake(
+    client: &Client,
+    device: &DeviceInfo,
+    reply_topic: String,
+    boot_topic: String,
+) -> Result<u32, Error> {
+    let transport = client.transport();
+    // Listen before subscribing, so a reply cannot slip past.
+    let mut replies = transport.listen(&reply_topic);
+    let _unsubscribe = Unsubscribe {
+        transport,
+        topic: reply_topic.clone(),
+    };
+    transport.subscribe(reply_topic).await?;
+    transport
+        .publish(boot_topic, Bytes::from(wire::boot_payload(device)))
+        .await?;
+    let deadline = Instant::now() + client.settings().token_timeout;
+    let token = loop {
+        tokio::select! {
+            message = replies.recv() => {
+                let Some(message) = message else {
+                    return Err(ErrorKind::Shutdown.into());
+                };
+                // A retained message is an old answer to someone else's
+                // registration, never the answer to this one.
+                if message.retain {
+                    tracing::debug!("ignoring a retained message on the boot reply topic");
+                    continue;
+                }
+                match wire::parse_boot_reply(&message.payload)? {
+                    Some(token) => break token,
+                    None => tracing::debug!("ignoring a message on the boot reply topic that is not an answer"),
+                }
+            }
+            () = sleep_until(deadline) => return Err(ErrorKind::Timeout(Phase::BootReply).into()),
+        }
+    };
+    store_token(client.store(), device, token).await?;
+    tracing::debug!("registered");
+    Ok(token)
+}
+
+/// Stores the token off the async threads: a file-backed store fsyncs.
+async fn store_token(
+    store: &Arc<SessionStore>,
+    device: &DeviceInfo,
+    token: u32,
+) -> Result<(), Error> {
+    let store = store.clone();
+    let serial = device.serial.clone();
+    let git_hash = device.git_hash.clone();
+    tokio::task::spawn_blocking(move || store.set(&serial, token, &git_hash))
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Shutdown, e))??;
+    Ok(())
+}

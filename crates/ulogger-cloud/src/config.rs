@@ -1,0 +1,377 @@
+//! Connection settings, validated once when a client is built.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::tls;
+use crate::wire::Topics;
+
+/// The platform's MQTT endpoint.
+pub const DEFAULT_BROKER: &str = "mqtt.ulogger.ai";
+/// The platform's MQTT-over-TLS port.
+pub const DEFAULT_PORT: u16 = 8883;
+
+/// How the connection to the broker is secured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Security {
+    /// TLS (1.2 or newer). The broker's certificate must chain to the CA
+    /// file if one is set, else to the public web roots (which include the
+    /// platform's Amazon roots). The client certificate, when set, is
+    /// presented for mutual TLS, which the platform requires.
+    #[default]
+    Tls,
+    /// No encryption at all. Only for a local broker (the emulator, a
+    /// development mosquitto); never chosen implicitly.
+    Plaintext,
+}
+
+/// Where and how to connect, with the Python SDK's fields and defaults.
+///
+/// Setters never fail; [`ClientBuilder::build`](crate::ClientBuilder::build)
+/// checks everything at once (ids, files readable, key matching the
+/// certificate) and names what is wrong.
+///
+/// ```
+/// use std::time::Duration;
+/// use ulogger_cloud::MqttConfig;
+///
+/// let config = MqttConfig::new(42)
+///     .client_cert("device.pem.crt", "device.pem.key")
+///     .group_id(7)
+///     .token_timeout(Duration::from_secs(20));
+/// assert_eq!(config.broker_host(), "mqtt.ulogger.ai");
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MqttConfig {
+    pub(crate) broker: String,
+    pub(crate) port: u16,
+    pub(crate) customer_id: u32,
+    pub(crate) group_id: Option<u32>,
+    pub(crate) topic_prefix: String,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) security: Security,
+    pub(crate) token_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) keep_alive: Duration,
+    pub(crate) max_inflight: u16,
+    pub(crate) client_id_suffix: Option<String>,
+}
+
+impl MqttConfig {
+    /// Settings for `customer_id` with the platform's defaults: broker
+    /// `mqtt.ulogger.ai:8883`, TLS against the public roots, token timeout
+    /// 15 s, connect and acknowledgement timeouts 10 s, keep-alive 30 s,
+    /// at most 100 unacknowledged publishes (AWS IoT's limit), no group id
+    /// (the original topic layout) and no topic prefix.
+    pub fn new(customer_id: u32) -> Self {
+        MqttConfig {
+            broker: DEFAULT_BROKER.to_owned(),
+            port: DEFAULT_PORT,
+            customer_id,
+            group_id: None,
+            topic_prefix: String::new(),
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            security: Security::Tls,
+            token_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(30),
+            max_inflight: 100,
+            client_id_suffix: None,
+        }
+    }
+
+    /// The broker's host name or IP address.
+    pub fn broker(mut self, host: impl Into<String>) -> Self {
+        self.broker = host.into();
+        self
+    }
+
+    /// The broker's port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The client certificate and its private key (PEM files), for mutual
+    /// TLS.
+    pub fn client_cert(mut self, cert_file: impl AsRef<Path>, key_file: impl AsRef<Path>) -> Self {
+        self.cert_file = Some(cert_file.as_ref().to_path_buf());
+        self.key_file = Some(key_file.as_ref().to_path_buf());
+        self
+    }
+
+    /// A PEM file of CA certificates to trust instead of the public roots
+    /// (a local broker, a test CA).
+    pub fn ca_file(mut self, ca_file: impl AsRef<Path>) -> Self {
+        self.ca_file = Some(ca_file.as_ref().to_path_buf());
+        self
+    }
+
+    /// The group id: topics get the `/{group}` level of the current
+    /// platform layout (Python SDK 1.x).
+    pub fn group_id(mut self, group_id: u32) -> Self {
+        self.group_id = Some(group_id);
+        self
+    }
+
+    /// A prefix put before every topic as-is (include any trailing `/`).
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
+        self
+    }
+
+    /// How the connection is secured. [`Security::Plaintext`] must be asked
+    /// for explicitly, and is logged when used.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// How long to wait for the cloud's answer to a boot registration.
+    pub fn token_timeout(mut self, timeout: Duration) -> Self {
+        self.token_timeout = timeout;
+        self
+    }
+
+    /// How long an operation waits for a connection to the broker.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a publish or subscribe waits for the broker's
+    /// acknowledgement once it has been sent.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// The MQTT keep-alive interval (whole seconds, at most 65,535 s).
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// How many publishes may await their PUBACK at once on the connection.
+    pub fn max_inflight(mut self, max: u16) -> Self {
+        self.max_inflight = max;
+        self
+    }
+
+    /// The part of the MQTT client id after `cust-{customer_id}-`.
+    /// Default: `gw-` and 16 random hex digits, so that two gateways never
+    /// share an id (the broker would disconnect one for the other).
+    pub fn client_id_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.client_id_suffix = Some(suffix.into());
+        self
+    }
+
+    /// The broker's host.
+    pub fn broker_host(&self) -> &str {
+        &self.broker
+    }
+
+    /// The broker's port.
+    pub fn broker_port(&self) -> u16 {
+        self.port
+    }
+
+    /// The customer id.
+    pub fn customer_id(&self) -> u32 {
+        self.customer_id
+    }
+
+    /// Checks every field and loads the TLS material.
+    pub(crate) fn validate(&self) -> Result<Settings, Error> {
+        if self.broker.is_empty() {
+            return Err(Error::config("broker", "is empty"));
+        }
+        if self.port == 0 {
+            return Err(Error::config("port", "must not be 0"));
+        }
+        let topics = Topics::new(self.topic_prefix.clone(), self.customer_id, self.group_id)?;
+        for (field, value) in [
+            ("token_timeout", self.token_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("ack_timeout", self.ack_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(field, "must be longer than zero"));
+            }
+        }
+        let keep_alive = u16::try_from(self.keep_alive.as_secs())
+            .map_err(|_| Error::config("keep_alive", "must be at most 65,535 s"))?;
+        if self.max_inflight == 0 {
+            return Err(Error::config("max_inflight", "must be at least 1"));
+        }
+        let client_id = client_id(self.customer_id, self.client_id_suffix.as_deref())?;
+        let tls = match self.security {
+            Security::Plaintext => {
+                if self.cert_file.is_some() || self.ca_file.is_some() {
+                    return Err(Error::config(
+                        "security",
+                        "plaintext was chosen but TLS files are set; refusing to drop TLS silently",
+                    ));
+                }
+                tracing::warn!(
+                    broker = %self.broker,
+                    port = self.port,
+                    "connecting WITHOUT TLS, as configured (Security::Plaintext)"
+                );
+                None
+            }
+            Security::Tls => Some(Arc::new(tls::client_config(
+                self.ca_file.as_deref(),
+                self.cert_file.as_deref().zip(self.key_file.as_deref()),
+            )?)),
+        };
+        Ok(Settings {
+            host: self.broker.clone(),
+            port: self.port,
+            client_id,
+            topics,
+            tls,
+            token_timeout: self.token_timeout,
+            connect_timeout: self.connect_timeout,
+            ack_timeout: self.ack_timeout,
+            keep_alive,
+            max_inflight: self.max_inflight,
+        })
+    }
+}
+
+/// AWS IoT's limit on client ids.
+const MAX_CLIENT_ID_LEN: usize = 128;
+
+fn client_id(customer_id: u32, suffix: Option<&str>) -> Result<String, Error> {
+    let suffix = match suffix {
+        Some(s) => s.to_owned(),
+        None => format!("gw-{:016x}", rand::random::<u64>()),
+    };
+    if suffix.is_empty() {
+        return Err(Error::config("client_id_suffix", "is empty"));
+    }
+    if let Some(c) = suffix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(Error::config(
+            "client_id_suffix",
+            format!("character {c:?} is not allowed (use A-Z a-z 0-9 - _ . :)"),
+        ));
+    }
+    let id = format!("cust-{customer_id}-{suffix}");
+    if id.len() > MAX_CLIENT_ID_LEN {
+        return Err(Error::config(
+            "client_id_suffix",
+            format!("client id {id:?} is longer than {MAX_CLIENT_ID_LEN} bytes"),
+        ));
+    }
+    Ok(id)
+}
+
+/// Everything a connection needs, checked.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub topics: Topics,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub token_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub keep_alive: u16,
+    pub max_inflight: u16,
+}
+
+impl Settings {
+    pub fn broker(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn client_id_has_customer_prefix_and_unique_suffix() {
+        let a = client_id(42, None).unwrap();
+        let b = client_id(42, None).unwrap();
+        assert!(a.starts_with("cust-42-gw-"), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(client_id(7, Some("bench")).unwrap(), "cust-7-bench");
+    }
+
+    #[test]
+    fn client_id_suffix_is_checked() {
+        for bad in ["", "a/b", "a+b", "x#", &"y".repeat(200)] {
+            let err = client_id(1, Some(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::InvalidConfig {
+                        field: "client_id_suffix",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn plaintext_with_tls_files_is_refused() {
+        let err = MqttConfig::new(1)
+            .security(Security::Plaintext)
+            .ca_file("ca.pem")
+            .validate()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("refusing to drop TLS"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_keep_alive_overflow_are_refused() {
+        let base = || MqttConfig::new(1).security(Security::Plaintext);
+        let err = base().ack_timeout(Duration::ZERO).validate().err().unwrap();
+        assert!(err.to_string().contains("ack_timeout"), "{err}");
+        let err = base()
+            .keep_alive(Duration::from_secs(70_000))
+            .validate()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("keep_alive"), "{err}");
+        let err = base().max_inflight(0).validate().err().unwrap();
+        assert!(err.to_string().contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn missing_certificate_file_is_named() {
+        let err = MqttConfig::new(1)
+            .client_cert("/nonexistent/dev.pem.crt", "/nonexistent/dev.pem.key")
+            .validate()
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err.kind(), ErrorKind::File { path, .. } if path.ends_with("dev.pem.crt")),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("/nonexistent/dev.pem.crt"),
+            "{err}"
+        );
+    }
+}

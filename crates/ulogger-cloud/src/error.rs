@@ -1,0 +1,290 @@
+//! The one error type of the client, and what it says about a failure.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::store::StoreError;
+use crate::wire::{BootReplyError, HeaderError, TopicError};
+
+/// What went wrong, with the facts a caller needs to act on it.
+///
+/// Returned by every fallible operation of [`Client`](crate::Client) and its
+/// builder. [`Error::kind`] says what happened; [`Error::source`] chains to
+/// the underlying I/O, TLS or format error where there is one. Cloning is
+/// cheap (it is shared), so one failed registration can be reported to
+/// every caller that waited for it.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+/// The phase of an operation that ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Connecting to the broker (TCP, TLS handshake, MQTT CONNECT/CONNACK).
+    Connect,
+    /// Waiting for the broker's SUBACK.
+    Subscribe,
+    /// Waiting for the cloud's answer to a boot registration.
+    BootReply,
+    /// Waiting for the broker's PUBACK of a publish.
+    Acknowledgement,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connecting to the broker",
+            Phase::Subscribe => "waiting for the broker's SUBACK",
+            Phase::BootReply => "waiting for the boot reply (session token)",
+            Phase::Acknowledgement => "waiting for the broker's PUBACK",
+        })
+    }
+}
+
+/// Which file of the configuration an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileRole {
+    /// The client certificate (`*.pem.crt`).
+    ClientCertificate,
+    /// The client private key (`*.pem.key`).
+    PrivateKey,
+    /// The CA certificate(s) that the broker's certificate must chain to.
+    CaCertificate,
+}
+
+impl fmt::Display for FileRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileRole::ClientCertificate => "client certificate",
+            FileRole::PrivateKey => "private key",
+            FileRole::CaCertificate => "CA certificate",
+        })
+    }
+}
+
+/// What happened. Matching on it is how callers branch on a failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The field that is wrong.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A certificate or key file could not be read or holds no usable PEM.
+    #[error("{role} file {}: {reason}", path.display())]
+    File {
+        /// What the file was for.
+        role: FileRole,
+        /// The file.
+        path: PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The private key does not belong to the client certificate.
+    #[error("private key {} does not match client certificate {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// A binary log failed validation (header, length or checksum).
+    #[error("invalid binary log: {0}")]
+    InvalidLog(#[source] HeaderError),
+    /// An id cannot go into a topic, or a topic breaks the platform's rules.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(#[source] TopicError),
+    /// The message is larger than the broker accepts; nothing was sent.
+    #[error("payload of {size} bytes exceeds the broker's limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Size of the refused payload.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The cloud answered the boot registration with something unusable.
+    #[error("invalid boot reply: {0}")]
+    InvalidBootReply(#[source] BootReplyError),
+    /// An operation ran out of time in the given phase.
+    #[error("timed out {0}")]
+    Timeout(Phase),
+    /// The connection to the broker could not be made (DNS, TCP, TLS).
+    #[error("could not connect to {broker}")]
+    Connect {
+        /// `host:port` of the broker.
+        broker: String,
+    },
+    /// The broker refused the MQTT connection (CONNACK return code).
+    #[error("the broker refused the connection: {reason}")]
+    ConnectionRefused {
+        /// The CONNACK return code, in words.
+        reason: String,
+    },
+    /// The connection was lost while the operation was in flight.
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
+    /// The broker refused a subscription (SUBACK failure code).
+    #[error("the broker refused the subscription to {topic}")]
+    SubscribeRefused {
+        /// The topic filter.
+        topic: String,
+    },
+    /// The broker sent something that breaks MQTT.
+    #[error("protocol violation by the broker: {0}")]
+    Protocol(String),
+    /// The session-token store failed.
+    #[error("session-token store: {0}")]
+    Store(#[source] StoreError),
+    /// The client was shut down.
+    #[error("the client has been shut down")]
+    Shutdown,
+    /// An async client was built outside a Tokio runtime.
+    #[error("no Tokio runtime: build the async Client inside one, or use blocking::Client")]
+    NoRuntime,
+}
+
+impl Error {
+    /// What happened.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.inner.kind
+    }
+
+    /// True if the operation ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Timeout(_))
+    }
+
+    /// The phase that timed out, if this is a timeout.
+    pub fn timeout_phase(&self) -> Option<Phase> {
+        match self.kind() {
+            ErrorKind::Timeout(phase) => Some(*phase),
+            _ => None,
+        }
+    }
+
+    /// True if retrying the same call later may succeed: timeouts, lost or
+    /// failed connections. False for bad input and refusals, which need a
+    /// change before a retry can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Timeout(_) | ErrorKind::Connect { .. } | ErrorKind::ConnectionLost
+        )
+    }
+
+    /// True if the input (configuration, log, id, payload) is at fault.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::InvalidConfig { .. }
+                | ErrorKind::File { .. }
+                | ErrorKind::KeyMismatch { .. }
+                | ErrorKind::InvalidLog(_)
+                | ErrorKind::InvalidTopic(_)
+                | ErrorKind::PayloadTooLarge { .. }
+        )
+    }
+
+    /// True if the broker or the cloud refused (connection, subscription or
+    /// an unusable boot reply).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::ConnectionRefused { .. }
+                | ErrorKind::SubscribeRefused { .. }
+                | ErrorKind::InvalidBootReply(_)
+        )
+    }
+
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                source: Some(source.into()),
+            }),
+        }
+    }
+
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+        ErrorKind::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+        .into()
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error {
+            inner: Arc::new(Inner { kind, source: None }),
+        }
+    }
+}
+
+impl From<HeaderError> for Error {
+    fn from(e: HeaderError) -> Self {
+        ErrorKind::InvalidLog(e).into()
+    }
+}
+
+impl From<TopicError> for Error {
+    fn from(e: TopicError) -> Self {
+        ErrorKind::InvalidTopic(e).into()
+    }
+}
+
+impl From<BootReplyError> for Error {
+    fn from(e: BootReplyError) -> Self {
+        ErrorKind::InvalidBootReply(e).into()
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        ErrorKind::Store(e).into()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner.kind, f)
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.inner.source {
+            Some(source) => Some(source.as_ref()),
+            None => self.inner.kind.source(),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! One long-lived MQTT connection shared by every operation of a client.
+//!
+//! rumqttc's `EventLoop` completes a publish when it is queued, and drops
+//! queued publishes when a clean session reconnects, so it cannot tell a
+//! caller that *its* publish reached the broker. This module keeps rumqttc's
+//! packet codec (`mqttbytes`) but owns the session: it assigns packet ids,
+//! completes each publish on its own PUBACK, pipelines up to `max_inflight`
+//! publishes, re-sends what was not acknowledged after a reconnect (with the
+//! DUP flag), restores subscriptions, and reconnects by itself with capped,
+//! jittered exponential backoff. See `docs/decisions.md`.
+//!
+//! Everything here is private: `Client` is the public face.
+
+mod backoff;
+mod connect;
+mod driver;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Phase};
+
+/// A message the broker delivered to us.
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    pub payload: Bytes,
+    /// Set when the broker replays a retained message on subscription.
+    pub retain: bool,
+}
+
+/// What the connection is doing, as callers waiting on it see it.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    /// Not connected; `last_error` says why the last attempt failed.
+    Connecting {
+        last_error: Option<Error>,
+        /// The last failure will not go away by retrying (TLS trust,
+        /// refused CONNECT): waiting callers fail at once.
+        permanent: bool,
+    },
+    Connected,
+    /// Shut down: nothing more will be sent.
+    Closed,
+}
+
+pub(crate) type Done = oneshot::Sender<Result<(), Error>>;
+
+pub(crate) enum Command {
+    Publish {
+        topic: String,
+        payload: Bytes,
+        done: Done,
+    },
+    Subscribe {
+        filter: String,
+        done: Done,
+    },
+    Unsubscribe {
+        filter: String,
+    },
+}
+
+type Routes = HashMap<String, Vec<mpsc::UnboundedSender<Message>>>;
+
+/// State shared between the handle and the driver task.
+pub(crate) struct Shared {
+    link: watch::Sender<Link>,
+    /// Exact topic -> listeners of messages arriving on it.
+    routes: Mutex<Routes>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (each operation is a single insert or retain), so recover it.
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a delivered message to its listeners, forgetting closed ones.
+    fn route(&self, topic: &str, message: Message) {
+        let mut routes = self.routes();
+        if let Some(listeners) = routes.get_mut(topic) {
+            listeners.retain(|l| l.send(message.clone()).is_ok());
+            if listeners.is_empty() {
+                routes.remove(topic);
+            }
+        }
+    }
+}
+
+/// The caller's handle on the connection. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    /// Dropped with the last handle, which tells the driver to close.
+    _closer: Arc<Closer>,
+}
+
+struct Closer(Arc<Shared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.shutdown.send_replace(true);
+    }
+}
+
+/// Receives the messages delivered on one topic while it lives.
+pub(crate) struct Listener {
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Listener {
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+}
+
+impl Transport {
+    /// Starts the connection's driver on the current Tokio runtime. The
+    /// first connection attempt starts at once; operations wait for it.
+    pub fn start(settings: Settings) -> Result<Transport, Error> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| Error::from(ErrorKind::NoRuntime))?;
+        let settings = Arc::new(settings);
+        let (commands, commands_rx) = mpsc::channel(4 * usize::from(settings.max_inflight) + 64);
+        let shared = Arc::new(Shared {
+            link: watch::Sender::new(Link::Connecting {
+                last_error: None,
+                permanent: false,
+            }),
+            routes: Mutex::new(HashMap::new()),
+            shutdown: watch::Sender::new(false),
+        });
+        runtime.spawn(driver::Driver::new(settings.clone(), shared.clone(), commands_rx).run());
+        Ok(Transport {
+            commands,
+            _closer: Arc::new(Closer(shared.clone())),
+            shared,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Publishes at QoS 1 and returns once the broker acknowledged it.
+    pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Publish {
+            topic,
+            payload,
+            done,
+        })
+        .await?;
+        self.wait(rx, Phase::Acknowledgement).await
+    }
+
+    /// Subscribes at QoS 1 and returns once the broker granted it. The
+    /// subscription is restored after every reconnect until every
+    /// subscriber of the filter unsubscribed.
+    pub async fn subscribe(&self, filter: String) -> Result<(), Error> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Subscribe { filter, done }).await?;
+        self.wait(rx, Phase::Subscribe).await
+    }
+
+    /// Gives up one subscription to `filter` (without waiting).
+    pub fn unsubscribe(&self, filter: String) {
+        // A full queue or a closed driver both mean the subscription will
+        // not outlive the connection; nothing for the caller to do.
+        let _ = self.commands.try_send(Command::Unsubscribe { filter });
+    }
+
+    /// Starts receiving what arrives on `topic` (an exact topic name).
+    /// Listen before subscribing so that nothing is missed.
+    pub fn listen(&self, topic: &str) -> Listener {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared
+            .routes()
+            .entry(topic.to_owned())
+            .or_default()
+            .push(tx);
+        Listener { rx }
+    }
+
+    /// Waits until connected. Fails with the reason of the next failed
+    /// attempt (a stale failure from before the call does not count unless
+    /// it is permanent), or with a connect timeout.
+    pub async fn connected(&self) -> Result<(), Error> {
+        let mut link = self.shared.link.subscribe();
+        let deadline = Instant::now() + self.settings.connect_timeout;
+        let mut fresh = false;
+        loop {
+            let state = link.borrow_and_update().clone();
+            match state {
+                Link::Connected => return Ok(()),
+                Link::Closed => return Err(ErrorKind::Shutdown.into()),
+                Link::Connecting {
+                    last_error: Some(e),
+                    permanent,
+                } if permanent || fresh => return Err(e),
+                Link::Connecting { .. } => {}
+            }
+            tokio::select! {
+                changed = link.changed() => match changed {
+                    Ok(()) => fresh = true,
+                    Err(_) => return Err(ErrorKind::Shutdown.into()),
+                },
+                () = sleep_until(deadline) => return Err(ErrorKind::Timeout(Phase::Connect).into()),
+            }
+        }
+    }
+
+    /// Closes the connection after the publishes already handed over were
+    /// acknowledged (or the acknowledgement timeout passed).
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let mut link = self.shared.link.subscribe();
+        // The driver ends by publishing `Closed` (or by being dropped with
+        // the runtime), so either way this returns.
+        let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Error> {
+        if *self.shared.shutdown.borrow() {
+            return Err(ErrorKind::Shutdown.into());
+        }
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Error::from(ErrorKind::Shutdown))
+    }
+
+    /// Waits for the driver's verdict on one command. The connect timeout
+    /// runs while the link is down, the acknowledgement timeout while it is
+    /// up; a permanent connection failure ends the wait at once.
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Result<(), Error>>,
+        phase: Phase,
+    ) -> Result<(), Error> {
+        let mut link = self.shared.link.subscribe();
+        let mut connect_deadline = None;
+        let mut ack_deadline = None;
+        loop {
+            let state = link.borrow_and_update().clone();
+            let deadline = match state {
+                Link::Connected => {
+                    *ack_deadline.get_or_insert_with(|| Instant::now() + self.settings.ack_timeout)
+                }
+                Link::Connecting {
+                    last_error: Some(e),
+                    permanent: true,
+                } => return Err(e),
+                Link::Connecting { .. } => *connect_deadline
+                    .get_or_insert_with(|| Instant::now() + self.settings.connect_timeout),
+                Link::Closed => {
+                    // The driver may have answered just before closing.
+                    return match rx.try_recv() {
+                        Ok(result) => result,
+                        Err(_) => Err(ErrorKind::Shutdown.into()),
+                    };
+                }
+            };
+            tokio::select! {
+                result = &mut rx => {
+                    return result.unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()));
+                }
+                changed = link.changed() => if changed.is_err() {
+                    return Err(ErrorKind::Shutdown.into());
+                },
+                () = sleep_until(deadline) => {
+                    return Err(match state {
+                        Link::Connecting { last_error: Some(e), .. } => {
+                            Error::with_source(ErrorKind::Timeout(Phase::Connect), e)
+                        }
+                        Link::Connecting { .. } => ErrorKind::Timeout(Phase::Connect).into(),
+                        _ => ErrorKind::Timeout(phase).into(),
+                    });
+                }
+            }
+        }
+    }
+}
