@@ -1,1 +1,556 @@
-//! A local uLogger cloud.
+//! A local uLogger cloud, for tests and for trying `ulogger-cloud` without
+//! cloud credentials.
+//!
+//! [`Emulator::start`] runs, on a background thread of its own:
+//!
+//! - **a broker**: MQTT 3.1.1 on 127.0.0.1 with mutual TLS (CA, server and
+//!   client certificates generated into the data directory) or plaintext,
+//!   QoS 0 and 1, `+`/`#` subscriptions, retained messages, keep-alive; and
+//!   the platform broker's rules (PROTOCOL §1): a payload over 128 KiB, a
+//!   wildcard or NUL in a publish topic, a topic over 256 bytes or 7
+//!   slashes, or QoS 2 closes the connection; a client id not starting with
+//!   `cust-{customer_id}-` is refused (CONNACK "not authorized"); a second
+//!   connection with the same client id closes the first. Subscribing with
+//!   QoS 2 is granted QoS 1, as AWS IoT does.
+//! - **the cloud side**: answers boot registrations with fresh tokens,
+//!   verifies binary logs (header, checksum, a token it issued for that
+//!   application), stores logs, core dumps, metrics and events, and pushes
+//!   log configurations. Every event is a [`Record`], appended to
+//!   `<data>/index.jsonl` with payloads stored beside it.
+//! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
+//!   delay or break boot replies and cut connections.
+//!
+//! In attach mode ([`EmulatorConfig::attach`]) there is no broker: the
+//! cloud side connects to an external one instead.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
+//!
+//! let emulator = Emulator::start(EmulatorConfig::new(42))?;
+//! let certs = emulator.certs().expect("TLS is on by default");
+//! println!("broker at {}, CA {}", emulator.addr(), certs.ca_cert.display());
+//! // ... run a client against it, then:
+//! let log = emulator.wait_for_blocking(|r| r.kind == RecordKind::BinaryLog, Duration::from_secs(5));
+//! # Ok::<(), ulogger_emulator::EmulatorError>(())
+//! ```
+
+mod attach;
+mod broker;
+mod certs;
+mod cloud;
+mod config;
+mod durable;
+mod error;
+mod faults;
+mod records;
+mod supervise;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use ulogger_cloud::wire::{validate_serial, LogConfig, Topics};
+
+pub use certs::{client_tls_config, CertPaths};
+pub use config::{AttachTo, EmulatorConfig};
+pub use error::EmulatorError;
+pub use faults::{BootReplyMode, FaultSwitches, Faults, WithholdPuback};
+pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
+
+use broker::{Broker, Mailbox, Tls};
+use cloud::{Cloud, Command, TokenBook, Uplink};
+use records::RecordLog;
+use supervise::Failures;
+
+/// How long attach mode may take to connect and subscribe at start.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A running emulator. Dropping it stops everything (broker, connections,
+/// cloud) and waits for that; if any of its tasks panicked, the drop
+/// panics too (unless the thread is already panicking), so a test that
+/// owns it fails.
+pub struct Emulator {
+    addr: SocketAddr,
+    certs: Option<CertPaths>,
+    customer_id: u32,
+    group_id: Option<u32>,
+    topic_prefix: String,
+    data_dir: PathBuf,
+    records: Arc<RecordLog>,
+    faults: Arc<FaultSwitches>,
+    tokens: Arc<TokenBook>,
+    broker: Option<Arc<Broker>>,
+    failures: Arc<Failures>,
+    commands: mpsc::UnboundedSender<Command>,
+    runtime: tokio::runtime::Handle,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    failure_reported: bool,
+    // Last: removed after the runtime thread has stopped writing to it.
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .field("customer_id", &self.customer_id)
+            .field("group_id", &self.group_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("data_dir", &self.data_dir)
+            .field("attached", &self.broker.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Starts an emulator on its own runtime thread. Works from synchronous
+    /// code, `#[test]` and `#[tokio::test]` alike.
+    ///
+    /// When this returns, the broker is listening and the cloud is
+    /// subscribed (in attach mode: connected and subscribed on the external
+    /// broker).
+    pub fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
+        config.validate()?;
+        let topics = Topics::new(
+            config.topic_prefix.clone(),
+            config.customer_id,
+            config.group_id,
+        )
+        .map_err(|e| EmulatorError::InvalidConfig {
+            field: "topic_prefix",
+            reason: e.to_string(),
+        })?;
+        let (temp_dir, data_dir) = match &config.data_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("ulogger-emulator-")
+                    .tempdir()
+                    .map_err(|e| EmulatorError::io("create", std::env::temp_dir(), e))?;
+                let path = temp.path().to_path_buf();
+                (Some(temp), path)
+            }
+        };
+        let records = Arc::new(RecordLog::open(&data_dir)?);
+        let faults = Arc::new(FaultSwitches::new(config.faults.clone()));
+        let tokens = Arc::new(TokenBook::default());
+        let failures = Arc::new(Failures::default());
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (cloud_mailbox, cloud_inbox, _) = Mailbox::new(0);
+        let filters = cloud::subscription_filters(&topics);
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(EmulatorError::Runtime)?;
+        let mut tasks: Vec<(&'static str, Task)> = Vec::new();
+        let mut attach_ready = None;
+
+        let (addr, certs, broker, uplink) = match &config.attach {
+            None => {
+                let certs = if config.plaintext {
+                    None
+                } else {
+                    Some(CertPaths::load_or_generate(
+                        &data_dir.join("certs"),
+                        config.customer_id,
+                    )?)
+                };
+                let tls = match &certs {
+                    Some(certs) => Tls::On(tokio_rustls::TlsAcceptor::from(certs.server_config()?)),
+                    None => Tls::Off,
+                };
+                let listener = std::net::TcpListener::bind(config.listen).map_err(|source| {
+                    EmulatorError::Listen {
+                        addr: config.listen,
+                        source,
+                    }
+                })?;
+                let listen_err = |source| EmulatorError::Listen {
+                    addr: config.listen,
+                    source,
+                };
+                listener.set_nonblocking(true).map_err(listen_err)?;
+                let addr = listener.local_addr().map_err(listen_err)?;
+                let listener = {
+                    let _guard = runtime.enter();
+                    tokio::net::TcpListener::from_std(listener).map_err(listen_err)?
+                };
+                let broker = Arc::new(Broker::new(
+                    config.customer_id,
+                    faults.clone(),
+                    records.clone(),
+                ));
+                for filter in &filters {
+                    broker.subscribe(
+                        cloud_mailbox.clone(),
+                        filter,
+                        rumqttc::mqttbytes::QoS::AtLeastOnce,
+                    );
+                }
+                tasks.push((
+                    "broker",
+                    Box::pin(broker::run_listener(
+                        listener,
+                        tls,
+                        broker.clone(),
+                        failures.clone(),
+                    )),
+                ));
+                let uplink = Uplink::Broker(broker.clone());
+                (addr, certs, Some(broker), uplink)
+            }
+            Some(attach) => {
+                let addr = (attach.host.as_str(), attach.port)
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| EmulatorError::Attach {
+                        broker: attach.address(),
+                        reason: "the host name does not resolve".into(),
+                    })?;
+                let (client, eventloop) = attach::client(attach, config.customer_id)?;
+                let (ready_tx, ready_rx) = std_mpsc::channel();
+                attach_ready = Some((attach.address(), ready_rx));
+                tasks.push((
+                    "attach",
+                    Box::pin(attach::run(
+                        client.clone(),
+                        eventloop,
+                        filters.clone(),
+                        cloud_mailbox,
+                        ready_tx,
+                    )),
+                ));
+                (addr, None, None, Uplink::Client(client))
+            }
+        };
+
+        let cloud = Cloud {
+            topics,
+            records: records.clone(),
+            faults: faults.clone(),
+            tokens: tokens.clone(),
+            uplink,
+        };
+        tasks.push((
+            "cloud",
+            Box::pin(cloud.run(cloud_inbox, command_rx, failures.clone())),
+        ));
+
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let handle = runtime.handle().clone();
+        let supervisor_failures = failures.clone();
+        let thread = std::thread::Builder::new()
+            .name("ulogger-emulator".into())
+            .spawn(move || {
+                runtime.block_on(supervise(tasks, shutdown_rx, supervisor_failures));
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(EmulatorError::Runtime)?;
+
+        let mut emulator = Emulator {
+            addr,
+            certs,
+            customer_id: config.customer_id,
+            group_id: config.group_id,
+            topic_prefix: config.topic_prefix,
+            data_dir,
+            records,
+            faults,
+            tokens,
+            broker,
+            failures,
+            commands,
+            runtime: handle,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+            failure_reported: false,
+            _temp_dir: temp_dir,
+        };
+        if let Some((broker, ready)) = attach_ready {
+            let outcome = ready
+                .recv_timeout(ATTACH_TIMEOUT)
+                .unwrap_or_else(|_| Err("no SUBACK in time".to_string()));
+            if let Err(reason) = outcome {
+                emulator.stop();
+                emulator.failure_reported = true;
+                return Err(EmulatorError::Attach { broker, reason });
+            }
+        }
+        Ok(emulator)
+    }
+
+    /// The broker's address: the bound one (port 0 resolved), or in attach
+    /// mode the external broker's.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The certificate files; `None` in plaintext and attach mode.
+    pub fn certs(&self) -> Option<&CertPaths> {
+        self.certs.as_ref()
+    }
+
+    /// The customer id the emulator serves.
+    pub fn customer_id(&self) -> u32 {
+        self.customer_id
+    }
+
+    /// The group id, when the current topic layout is used.
+    pub fn group_id(&self) -> Option<u32> {
+        self.group_id
+    }
+
+    /// The topic prefix ("" for none).
+    pub fn topic_prefix(&self) -> &str {
+        &self.topic_prefix
+    }
+
+    /// The data directory (records index, payloads, certificates).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The path of the records index, `<data>/index.jsonl`.
+    pub fn index_path(&self) -> PathBuf {
+        self.data_dir.join(INDEX_FILE)
+    }
+
+    /// All records so far, in arrival order.
+    pub fn records(&self) -> Vec<Record> {
+        self.records.snapshot()
+    }
+
+    /// Follows records as they arrive, starting with the first one.
+    pub fn watch_records(&self) -> RecordWatcher {
+        RecordWatcher {
+            records: self.records.clone(),
+            next: 0,
+            changed: self.records.watch(),
+        }
+    }
+
+    /// The first record matching `pred` (one already there counts), or
+    /// `None` after `timeout`. Needs no particular async runtime.
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&Record) -> bool,
+        timeout: Duration,
+    ) -> Option<Record> {
+        let mut changed = self.records.watch();
+        // The timer runs on the emulator's runtime, so the caller's
+        // executor needs no timer of its own.
+        let (expired_tx, mut expired) = oneshot::channel::<()>();
+        let timer = self.runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = expired_tx.send(());
+        });
+        let found = loop {
+            changed.borrow_and_update();
+            if let Some(found) = self.records.find(&pred) {
+                break Some(found);
+            }
+            tokio::select! {
+                res = changed.changed() => if res.is_err() {
+                    break None;
+                },
+                _ = &mut expired => break self.records.find(&pred),
+            }
+        };
+        timer.abort();
+        found
+    }
+
+    /// [`Emulator::wait_for`] for synchronous code (blocks the thread).
+    pub fn wait_for_blocking(
+        &self,
+        pred: impl Fn(&Record) -> bool,
+        timeout: Duration,
+    ) -> Option<Record> {
+        self.records.wait_for_blocking(&pred, timeout)
+    }
+
+    /// The live fault switches.
+    pub fn faults(&self) -> &FaultSwitches {
+        &self.faults
+    }
+
+    /// Every token issued so far: (application id, serial, token).
+    pub fn issued_tokens(&self) -> Vec<(u32, String, u32)> {
+        self.tokens.snapshot()
+    }
+
+    /// Pushes a log configuration (PROTOCOL §7) to a device's config topic,
+    /// QoS 1, not retained, and records it.
+    pub async fn push_config(
+        &self,
+        app_id: u32,
+        serial: &str,
+        config: &LogConfig,
+    ) -> Result<(), EmulatorError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_push(app_id, serial, config, Box::new(move |r| drop(tx.send(r))))?;
+        rx.await.unwrap_or(Err(EmulatorError::Stopped))
+    }
+
+    /// [`Emulator::push_config`] for synchronous code.
+    pub fn push_config_blocking(
+        &self,
+        app_id: u32,
+        serial: &str,
+        config: &LogConfig,
+    ) -> Result<(), EmulatorError> {
+        let (tx, rx) = std_mpsc::channel();
+        self.send_push(app_id, serial, config, Box::new(move |r| drop(tx.send(r))))?;
+        rx.recv().unwrap_or(Err(EmulatorError::Stopped))
+    }
+
+    fn send_push(
+        &self,
+        app_id: u32,
+        serial: &str,
+        config: &LogConfig,
+        reply: Box<dyn FnOnce(Result<(), EmulatorError>) + Send>,
+    ) -> Result<(), EmulatorError> {
+        validate_serial(serial).map_err(|e| EmulatorError::InvalidId {
+            what: "serial",
+            value: serial.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.commands
+            .send(Command::PushConfig {
+                app_id,
+                serial: serial.to_string(),
+                config: config.clone(),
+                reply,
+            })
+            .map_err(|_| EmulatorError::Stopped)
+    }
+
+    /// Closes, now, the connections whose client id starts with `prefix`
+    /// ("" for all); returns how many. Attach mode has none.
+    pub fn disconnect_client(&self, prefix: &str) -> usize {
+        self.broker.as_ref().map_or(0, |b| b.disconnect(prefix))
+    }
+
+    /// Closes every client connection now; returns how many.
+    pub fn disconnect_all(&self) -> usize {
+        self.disconnect_client("")
+    }
+
+    /// Client ids of the connected clients, sorted.
+    pub fn connected_clients(&self) -> Vec<String> {
+        self.broker.as_ref().map_or_else(Vec::new, |b| b.clients())
+    }
+
+    /// Stops the emulator and reports a panic of any of its tasks as an
+    /// error instead of panicking in `drop`.
+    pub fn shutdown(mut self) -> Result<(), EmulatorError> {
+        self.stop();
+        self.failure_reported = true;
+        match self.failures.first() {
+            Some(message) => Err(EmulatorError::Panicked(message)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the emulator's runtime thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+        if !self.failure_reported && !std::thread::panicking() {
+            if let Some(message) = self.failures.first() {
+                panic!("a ulogger emulator task panicked: {message}");
+            }
+        }
+    }
+}
+
+/// Follows an emulator's records in arrival order
+/// ([`Emulator::watch_records`]).
+#[derive(Debug)]
+pub struct RecordWatcher {
+    records: Arc<RecordLog>,
+    next: usize,
+    changed: watch::Receiver<usize>,
+}
+
+impl RecordWatcher {
+    /// The next record, waiting for it to arrive. Needs no particular
+    /// async runtime.
+    pub async fn next(&mut self) -> Record {
+        loop {
+            self.changed.borrow_and_update();
+            if let Some(record) = self.records.get(self.next) {
+                self.next += 1;
+                return record;
+            }
+            // The sender lives in the record log this watcher holds, so
+            // it never closes while we wait.
+            let _ = self.changed.changed().await;
+        }
+    }
+
+    /// The records that arrived since the last call (or the start).
+    pub fn drain(&mut self) -> Vec<Record> {
+        let mut out = Vec::new();
+        while let Some(record) = self.records.get(self.next) {
+            out.push(record);
+            self.next += 1;
+        }
+        out
+    }
+}
+
+/// Runs the emulator's top-level tasks until shutdown, noting panics.
+async fn supervise(
+    tasks: Vec<(&'static str, Task)>,
+    mut shutdown: oneshot::Receiver<()>,
+    failures: Arc<Failures>,
+) {
+    let mut set = JoinSet::new();
+    let mut names = HashMap::new();
+    for (name, task) in tasks {
+        let handle = set.spawn(task);
+        names.insert(handle.id(), name);
+    }
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(done) = set.join_next_with_id() => {
+                let (id, result) = match done {
+                    Ok((id, ())) => (id, Ok(())),
+                    Err(e) => (e.id(), Err(e)),
+                };
+                let name = names.get(&id).copied().unwrap_or("task");
+                failures.note(name, result);
+            }
+        }
+    }
+    set.shutdown().await;
+}

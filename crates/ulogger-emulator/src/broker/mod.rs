@@ -1,0 +1,200 @@
+//! The MQTT 3.1.1 broker: shared state (sessions, subscriptions, retained
+//! messages) here; the accept loop in `listener`, one connection's life in
+//! `session`, the platform's rules in `rules`.
+//!
+//! Deliberate simplifications, all invisible to a client that behaves as
+//! the platform expects: every session is clean (a `clean_session = false`
+//! CONNECT is accepted and treated as clean; CONNACK says no session is
+//! present), QoS 1 deliveries are not resent, and a subscriber whose
+//! mailbox overflows (it stopped reading) is disconnected.
+
+mod listener;
+mod retained;
+mod router;
+pub(crate) mod rules;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use tokio::sync::{mpsc, Notify};
+
+pub(crate) use listener::{run_listener, Tls};
+pub(crate) use router::{topic_matches, valid_filter};
+
+use crate::faults::FaultSwitches;
+use crate::records::RecordLog;
+use retained::Retained;
+use router::Subscriptions;
+
+/// Messages a subscriber may have queued before it is disconnected.
+const MAILBOX_DEPTH: usize = 4096;
+
+/// A message as routed between clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+}
+
+/// How the broker reaches one connection (or the internal cloud).
+#[derive(Clone)]
+pub(crate) struct Mailbox {
+    pub(crate) conn_id: u64,
+    tx: mpsc::Sender<Message>,
+    close: Arc<Notify>,
+}
+
+impl Mailbox {
+    pub(crate) fn new(conn_id: u64) -> (Mailbox, mpsc::Receiver<Message>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(MAILBOX_DEPTH);
+        let close = Arc::new(Notify::new());
+        (
+            Mailbox {
+                conn_id,
+                tx,
+                close: close.clone(),
+            },
+            rx,
+            close,
+        )
+    }
+
+    fn deliver(&self, message: Message) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(message) {
+            tracing::warn!(conn = self.conn_id, "subscriber too slow, disconnecting it");
+            self.close.notify_one();
+        }
+    }
+
+    /// Hands a message over, waiting for room (attach mode: the external
+    /// broker's flow control applies instead of disconnecting).
+    pub(crate) async fn forward(&self, message: Message) -> Result<(), ()> {
+        self.tx.send(message).await.map_err(|_| ())
+    }
+
+    /// Asks the connection to close now.
+    fn close(&self) {
+        self.close.notify_one();
+    }
+}
+
+/// State shared by all connections of one broker.
+pub(crate) struct Broker {
+    customer_id: u32,
+    pub(crate) faults: Arc<FaultSwitches>,
+    pub(crate) records: Arc<RecordLog>,
+    sessions: Mutex<HashMap<String, Mailbox>>,
+    subscriptions: Mutex<Subscriptions>,
+    retained: Mutex<Retained>,
+    next_conn_id: AtomicU64,
+}
+
+/// Locks a mutex whose data stays consistent between statements, so that
+/// a panic elsewhere (reported separately) does not cascade.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Broker {
+    pub(crate) fn new(
+        customer_id: u32,
+        faults: Arc<FaultSwitches>,
+        records: Arc<RecordLog>,
+    ) -> Broker {
+        Broker {
+            customer_id,
+            faults,
+            records,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
+            retained: Mutex::new(Retained::default()),
+            // 0 is the internal cloud's.
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn customer_id(&self) -> u32 {
+        self.customer_id
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connected client; a previous connection with the same
+    /// client id is told to close (AWS IoT's take-over rule).
+    pub(crate) fn register(&self, client_id: &str, mailbox: Mailbox) {
+        if let Some(previous) = lock(&self.sessions).insert(client_id.to_string(), mailbox) {
+            tracing::info!(
+                client_id,
+                "client id taken over, closing the older connection"
+            );
+            previous.close();
+        }
+    }
+
+    /// Forgets a connection: its registration (unless a newer connection
+    /// took the client id over) and its subscriptions.
+    pub(crate) fn unregister(&self, client_id: &str, conn_id: u64) {
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.get(client_id).map(|m| m.conn_id) == Some(conn_id) {
+                sessions.remove(client_id);
+            }
+        }
+        lock(&self.subscriptions).remove_connection(conn_id);
+    }
+
+    /// Subscribes and returns the retained messages the new subscription
+    /// must receive.
+    pub(crate) fn subscribe(&self, mailbox: Mailbox, filter: &str, qos: QoS) -> Vec<Message> {
+        lock(&self.subscriptions).add(mailbox, filter, qos);
+        lock(&self.retained).matching(filter)
+    }
+
+    pub(crate) fn unsubscribe(&self, conn_id: u64, filter: &str) {
+        lock(&self.subscriptions).remove(conn_id, filter);
+    }
+
+    /// Routes a message to every matching subscriber and keeps it if it is
+    /// retained. Deliveries to established subscriptions carry retain = 0.
+    pub(crate) fn publish(&self, message: Message) {
+        if message.retain {
+            lock(&self.retained).store(&message);
+        }
+        let deliveries = lock(&self.subscriptions).deliveries(&message);
+        for (mailbox, qos) in deliveries {
+            mailbox.deliver(Message {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos,
+                retain: false,
+            });
+        }
+    }
+
+    /// Closes the connections whose client id starts with `prefix` (all of
+    /// them for ""); returns how many.
+    pub(crate) fn disconnect(&self, prefix: &str) -> usize {
+        let sessions = lock(&self.sessions);
+        let mut count = 0;
+        for (_, mailbox) in sessions.iter().filter(|(id, _)| id.starts_with(prefix)) {
+            mailbox.close();
+            count += 1;
+        }
+        count
+    }
+
+    /// Client ids of the connected clients, sorted.
+    pub(crate) fn clients(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.sessions).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}

@@ -1,0 +1,442 @@
+//! One client connection, from CONNECT to close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::{self, Protocol, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::router::min_qos;
+use super::rules::{self, Violation};
+use super::{valid_filter, Broker, Mailbox, Message};
+use crate::records::{Record, RecordKind};
+
+/// The largest packet the codec reads. Bigger than the platform's payload
+/// limit so that an oversized publish is read whole and refused by *our*
+/// rule, with a precise reason, rather than by the codec.
+const READ_MAX: usize = rules::MAX_PAYLOAD * 2 + 1024;
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close may take (TLS close_notify) before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why reading the next packet failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("the client closed the connection")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(std::io::Error),
+    #[error("not MQTT 3.1.1: {0}")]
+    Malformed(mqttbytes::Error),
+    /// A packet whose remaining length exceeds `READ_MAX`.
+    #[error("packet of {0} bytes")]
+    TooLarge(usize),
+    #[error("byte budget spent (drop_after_bytes fault)")]
+    BudgetSpent,
+}
+
+/// The byte stream of one connection with its MQTT framing.
+struct Connection<S> {
+    stream: S,
+    read: BytesMut,
+    write: BytesMut,
+    received: u64,
+    budget: Option<u64>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// The next packet. Cancel-safe: bytes are only consumed from the
+    /// buffer when a whole packet is returned.
+    async fn next_packet(&mut self) -> Result<Packet, ReadError> {
+        loop {
+            match Packet::read(&mut self.read, READ_MAX) {
+                Ok(packet) => return Ok(packet),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+                    return Err(ReadError::TooLarge(size))
+                }
+                Err(e) => return Err(ReadError::Malformed(e)),
+            }
+            if self.budget.is_some_and(|b| self.received >= b) {
+                return Err(ReadError::BudgetSpent);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.read)
+                .await
+                .map_err(ReadError::Io)?;
+            if n == 0 {
+                return Err(ReadError::Closed);
+            }
+            self.received = self.received.saturating_add(n as u64);
+            if let Some(budget) = self.budget {
+                if self.received > budget {
+                    // Forget the bytes past the budget, as if the line had
+                    // been cut right there.
+                    let excess = usize::try_from(self.received - budget).unwrap_or(usize::MAX);
+                    let keep = self.read.len().saturating_sub(excess);
+                    self.read.truncate(keep);
+                    self.received = budget;
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
+        self.write.clear();
+        packet
+            .write(&mut self.write, usize::MAX)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.stream.write_all(&self.write).await?;
+        self.stream.flush().await
+    }
+
+    async fn close(mut self) {
+        let _ = timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
+    }
+}
+
+/// What to do after a packet.
+enum Flow {
+    Continue,
+    /// The client sent DISCONNECT: close without publishing the will.
+    Disconnect,
+    /// Close the connection (rule or protocol violation, write failure).
+    Close,
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve<S>(stream: S, peer: std::net::SocketAddr, broker: Arc<Broker>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Connection {
+        stream,
+        read: BytesMut::with_capacity(4096),
+        write: BytesMut::with_capacity(4096),
+        received: 0,
+        budget: broker.faults.snapshot().drop_after_bytes,
+    };
+    let connect = match timeout(CONNECT_TIMEOUT, conn.next_packet()).await {
+        Ok(Ok(Packet::Connect(connect))) => connect,
+        Ok(Ok(other)) => {
+            tracing::debug!(%peer, packet = ?other, "first packet is not CONNECT, closing");
+            return conn.close().await;
+        }
+        Ok(Err(e)) => {
+            if let ReadError::TooLarge(size) = e {
+                reject(&broker, None, "", size, &oversized(size));
+            }
+            tracing::debug!(%peer, error = %e, "no CONNECT");
+            return conn.close().await;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time, closing");
+            return conn.close().await;
+        }
+    };
+    let client_id = connect.client_id.clone();
+
+    if connect.protocol != Protocol::V4 {
+        let _ = conn
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::RefusedProtocolVersion,
+                false,
+            )))
+            .await;
+        return conn.close().await;
+    }
+    if let Err(violation) = rules::check_client_id(&client_id, broker.customer_id()) {
+        tracing::info!(%peer, client_id, %violation, "refusing connection");
+        reject(&broker, Some(&client_id), "", 0, &violation);
+        let code = match violation {
+            Violation::ClientIdTooLong { .. } => ConnectReturnCode::BadClientId,
+            _ => ConnectReturnCode::NotAuthorized,
+        };
+        let _ = conn.send(Packet::ConnAck(ConnAck::new(code, false))).await;
+        return conn.close().await;
+    }
+    let will = match connect.last_will {
+        Some(will) => {
+            let message = Message {
+                topic: will.topic,
+                payload: will.message,
+                qos: will.qos,
+                retain: will.retain,
+            };
+            if let Err(violation) = check_publish(&message) {
+                reject(
+                    &broker,
+                    Some(&client_id),
+                    &message.topic,
+                    message.payload.len(),
+                    &violation,
+                );
+                return conn.close().await;
+            }
+            Some(message)
+        }
+        None => None,
+    };
+
+    let conn_id = broker.next_conn_id();
+    let (mailbox, mut inbox, close_requested) = Mailbox::new(conn_id);
+    broker.register(&client_id, mailbox.clone());
+    tracing::debug!(%peer, client_id, conn_id, keep_alive = connect.keep_alive, "connected");
+
+    let mut session = Session {
+        broker: broker.clone(),
+        client_id: client_id.clone(),
+        mailbox,
+        next_pkid: 0,
+    };
+    let mut clean_end = false;
+    if conn
+        .send(Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            false,
+        )))
+        .await
+        .is_ok()
+    {
+        // MQTT 3.1.1 §3.1.2.10: 1.5 times the keep-alive without any packet
+        // from the client ends the connection; 0 turns the check off.
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let mut last_packet = Instant::now();
+        loop {
+            let expiry = async {
+                match keep_alive {
+                    Some(period) => sleep_until(last_packet + period).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = close_requested.notified() => {
+                    tracing::debug!(client_id, conn_id, "closing on request");
+                    break;
+                }
+                packet = conn.next_packet() => {
+                    let packet = match packet {
+                        Ok(packet) => packet,
+                        Err(e) => {
+                            if let ReadError::TooLarge(size) = e {
+                                reject(&broker, Some(&client_id), "", size, &oversized(size));
+                            }
+                            tracing::debug!(client_id, conn_id, error = %e, "connection ends");
+                            break;
+                        }
+                    };
+                    last_packet = Instant::now();
+                    match session.handle(&mut conn, packet).await {
+                        Flow::Continue => {}
+                        Flow::Disconnect => {
+                            clean_end = true;
+                            break;
+                        }
+                        Flow::Close => break,
+                    }
+                }
+                Some(message) = inbox.recv() => {
+                    if session.deliver(&mut conn, message).await.is_err() {
+                        break;
+                    }
+                }
+                _ = expiry => {
+                    tracing::info!(client_id, conn_id, "keep-alive expired, closing");
+                    break;
+                }
+            }
+        }
+    }
+
+    broker.unregister(&client_id, conn_id);
+    if !clean_end {
+        if let Some(will) = will {
+            broker.publish(will);
+        }
+    }
+    conn.close().await;
+}
+
+struct Session {
+    broker: Arc<Broker>,
+    client_id: String,
+    mailbox: Mailbox,
+    next_pkid: u16,
+}
+
+impl Session {
+    async fn handle<S>(&mut self, conn: &mut Connection<S>, packet: Packet) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let sent = match packet {
+            Packet::Publish(publish) => return self.publish(conn, publish).await,
+            Packet::PubAck(_) => Ok(()),
+            Packet::Subscribe(subscribe) => {
+                let mut codes = Vec::with_capacity(subscribe.filters.len());
+                let mut retained = Vec::new();
+                for filter in &subscribe.filters {
+                    if valid_filter(&filter.path) {
+                        // AWS IoT grants QoS 1 to a QoS 2 request.
+                        let granted = min_qos(filter.qos, QoS::AtLeastOnce);
+                        for message in
+                            self.broker
+                                .subscribe(self.mailbox.clone(), &filter.path, granted)
+                        {
+                            retained.push((message, granted));
+                        }
+                        codes.push(SubscribeReasonCode::Success(granted));
+                    } else {
+                        codes.push(SubscribeReasonCode::Failure);
+                    }
+                }
+                let acked = conn
+                    .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                    .await;
+                if acked.is_err() {
+                    return Flow::Close;
+                }
+                for (message, granted) in retained {
+                    let qos = min_qos(message.qos, granted);
+                    let message = Message { qos, ..message };
+                    if self.deliver(conn, message).await.is_err() {
+                        return Flow::Close;
+                    }
+                }
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                for filter in &unsubscribe.topics {
+                    self.broker.unsubscribe(self.mailbox.conn_id, filter);
+                }
+                conn.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+                    .await
+            }
+            Packet::PingReq => conn.send(Packet::PingResp).await,
+            Packet::Disconnect => return Flow::Disconnect,
+            other => {
+                // QoS 2 flows, a second CONNECT, server-to-client packets.
+                let violation = Violation::Protocol(format!("unexpected {}", packet_name(&other)));
+                reject(&self.broker, Some(&self.client_id), "", 0, &violation);
+                return Flow::Close;
+            }
+        };
+        match sent {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn publish<S>(&mut self, conn: &mut Connection<S>, publish: Publish) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+        };
+        if let Err(violation) = check_publish(&message) {
+            tracing::info!(client_id = self.client_id, %violation, "closing connection");
+            reject(
+                &self.broker,
+                Some(&self.client_id),
+                &message.topic,
+                message.payload.len(),
+                &violation,
+            );
+            return Flow::Close;
+        }
+        let qos = message.qos;
+        let withheld = qos == QoS::AtLeastOnce
+            && self
+                .broker
+                .faults
+                .snapshot()
+                .withhold_puback
+                .withholds(&message.topic);
+        if withheld {
+            tracing::debug!(topic = message.topic, "withholding PUBACK (fault)");
+        }
+        // Route first: once the client sees the PUBACK, subscribers (and
+        // the cloud) have the message queued.
+        self.broker.publish(message);
+        let ack = qos == QoS::AtLeastOnce && !withheld;
+        if ack
+            && conn
+                .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                .await
+                .is_err()
+        {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn deliver<S>(
+        &mut self,
+        conn: &mut Connection<S>,
+        message: Message,
+    ) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut publish = Publish::from_bytes(message.topic, message.qos, message.payload);
+        publish.retain = message.retain;
+        if message.qos != QoS::AtMostOnce {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            publish.pkid = self.next_pkid;
+        }
+        conn.send(Packet::Publish(publish)).await
+    }
+}
+
+fn check_publish(message: &Message) -> Result<(), Violation> {
+    if message.qos == QoS::ExactlyOnce {
+        return Err(Violation::Qos2);
+    }
+    rules::check_topic(&message.topic)?;
+    rules::check_payload(message.payload.len())
+}
+
+fn oversized(size: usize) -> Violation {
+    Violation::PayloadTooLarge {
+        size,
+        limit: rules::MAX_PAYLOAD,
+    }
+}
+
+/// Writes a `Rejected` record for a broken broker rule.
+fn reject(broker: &Broker, client_id: Option<&str>, topic: &str, size: usize, why: &Violation) {
+    let mut record = Record::new(RecordKind::Rejected, topic, size).rejected(why.to_string());
+    record.client_id = client_id.map(str::to_string);
+    broker.records.append(record);
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}

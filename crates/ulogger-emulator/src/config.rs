@@ -1,0 +1,231 @@
+//! How to start an emulator: [`EmulatorConfig`] and, for attach mode,
+//! [`AttachTo`].
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::faults::Faults;
+use crate::EmulatorError;
+
+/// Settings of an [`crate::Emulator`]. Setters never fail;
+/// [`crate::Emulator::start`] checks everything once.
+///
+/// ```
+/// use ulogger_emulator::{EmulatorConfig, Faults};
+/// let config = EmulatorConfig::new(42)
+///     .group_id(Some(7))
+///     .topic_prefix("ulogger/")
+///     .faults(Faults::default());
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub(crate) customer_id: u32,
+    pub(crate) group_id: Option<u32>,
+    pub(crate) topic_prefix: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) plaintext: bool,
+    pub(crate) faults: Faults,
+    pub(crate) attach: Option<AttachTo>,
+}
+
+impl Default for EmulatorConfig {
+    /// Customer id 1, otherwise as [`EmulatorConfig::new`].
+    fn default() -> Self {
+        EmulatorConfig::new(1)
+    }
+}
+
+impl EmulatorConfig {
+    /// An emulator for `customer_id`: listens on 127.0.0.1 on a free port,
+    /// mutual TLS, a temporary data directory removed when the emulator is
+    /// dropped, no group id (the original topic layout), no topic prefix.
+    pub fn new(customer_id: u32) -> Self {
+        EmulatorConfig {
+            customer_id,
+            group_id: None,
+            topic_prefix: String::new(),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            data_dir: None,
+            plaintext: false,
+            faults: Faults::default(),
+            attach: None,
+        }
+    }
+
+    /// The address the broker listens on (port 0: any free port; the
+    /// bound address is [`crate::Emulator::addr`]).
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Where records, payloads and certificates go. The directory is kept
+    /// after the emulator stops, and certificates found in its `certs/`
+    /// are reused. Default: a temporary directory removed on drop.
+    #[must_use]
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Plain MQTT over TCP instead of mutual TLS.
+    #[must_use]
+    pub fn plaintext(mut self, yes: bool) -> Self {
+        self.plaintext = yes;
+        self
+    }
+
+    /// The group id: `Some` selects the current topic layout
+    /// (`.../{C}/{G}/...`), `None` the original one.
+    #[must_use]
+    pub fn group_id(mut self, group: Option<u32>) -> Self {
+        self.group_id = group;
+        self
+    }
+
+    /// A prefix prepended as-is to every topic (include the trailing `/`).
+    #[must_use]
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
+        self
+    }
+
+    /// Faults switched on from the start.
+    #[must_use]
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Attach mode: run no broker; connect the cloud side as a client to
+    /// an external broker instead.
+    #[must_use]
+    pub fn attach(mut self, broker: AttachTo) -> Self {
+        self.attach = Some(broker);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), EmulatorError> {
+        if self.topic_prefix.contains(['+', '#', '\0']) {
+            return Err(EmulatorError::InvalidConfig {
+                field: "topic_prefix",
+                reason: format!(
+                    "{:?} contains a wildcard or NUL, which topics cannot",
+                    self.topic_prefix
+                ),
+            });
+        }
+        if let Some(attach) = &self.attach {
+            attach.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// An external broker for attach mode, and how to log in to it.
+///
+/// ```
+/// use ulogger_emulator::AttachTo;
+/// let broker = AttachTo::new("127.0.0.1", 1883).credentials("user", "secret");
+/// # let _ = broker;
+/// ```
+#[derive(Clone)]
+pub struct AttachTo {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Option<AttachTls>,
+    pub(crate) credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AttachTls {
+    pub(crate) ca_cert: PathBuf,
+    pub(crate) client: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for AttachTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out of logs.
+        f.debug_struct("AttachTo")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field(
+                "username",
+                &self.credentials.as_ref().map(|(user, _)| user.as_str()),
+            )
+            .finish()
+    }
+}
+
+impl AttachTo {
+    /// A broker at `host:port`, plain MQTT, no credentials.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        AttachTo {
+            host: host.into(),
+            port,
+            tls: None,
+            credentials: None,
+        }
+    }
+
+    /// TLS trusting the CA certificates in `ca_cert`, without a client
+    /// certificate.
+    #[must_use]
+    pub fn tls(mut self, ca_cert: impl AsRef<Path>) -> Self {
+        self.tls = Some(AttachTls {
+            ca_cert: ca_cert.as_ref().to_path_buf(),
+            client: None,
+        });
+        self
+    }
+
+    /// Mutual TLS: trust `ca_cert`, present `client_cert` with `client_key`.
+    #[must_use]
+    pub fn mutual_tls(
+        mut self,
+        ca_cert: impl AsRef<Path>,
+        client_cert: impl AsRef<Path>,
+        client_key: impl AsRef<Path>,
+    ) -> Self {
+        self.tls = Some(AttachTls {
+            ca_cert: ca_cert.as_ref().to_path_buf(),
+            client: Some((
+                client_cert.as_ref().to_path_buf(),
+                client_key.as_ref().to_path_buf(),
+            )),
+        });
+        self
+    }
+
+    /// MQTT username and password.
+    #[must_use]
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some((username.into(), password.into()));
+        self
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn validate(&self) -> Result<(), EmulatorError> {
+        if self.host.is_empty() {
+            return Err(EmulatorError::InvalidConfig {
+                field: "attach.host",
+                reason: "empty host".into(),
+            });
+        }
+        if self.port == 0 {
+            return Err(EmulatorError::InvalidConfig {
+                field: "attach.port",
+                reason: "port 0".into(),
+            });
+        }
+        Ok(())
+    }
+}

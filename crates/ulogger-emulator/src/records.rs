@@ -1,0 +1,368 @@
+//! What the emulator received and did: one [`Record`] per event, kept in
+//! memory for queries and appended to `<data>/index.jsonl` (one JSON object
+//! per line) as it happens, with payloads stored as files beside it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::durable::{sync_dir, write_atomic, Access};
+use crate::EmulatorError;
+
+/// The file name of the index under the data directory.
+pub const INDEX_FILE: &str = "index.jsonl";
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// A boot registration received.
+    Boot,
+    /// A boot reply the cloud sent (or, under a fault, the malformed one).
+    BootReply,
+    /// A binary log received.
+    BinaryLog,
+    /// A core dump received.
+    CoreDump,
+    /// A metrics message received.
+    Metrics,
+    /// An events message received.
+    Events,
+    /// A log configuration the cloud pushed to a device.
+    Config,
+    /// Something the broker refused under the platform's rules (the
+    /// connection was closed or refused); `reason` says which rule.
+    Rejected,
+}
+
+/// Whether the cloud accepted what a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Accepted (a valid log with a known token, a well-formed boot, ...).
+    Ok,
+    /// Refused or invalid; the record's `reason` says why.
+    Rejected,
+}
+
+/// One line of the index: something the emulator received or sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Record {
+    /// When it happened (RFC 3339, UTC, in the index).
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+    /// What it is.
+    pub kind: RecordKind,
+    /// The MQTT topic (empty for a refused connection).
+    pub topic: String,
+    /// The application id from the topic, when the topic has one.
+    pub app_id: Option<u32>,
+    /// The device serial: from the boot payload, the reply or config topic,
+    /// or, for a binary log, the serial its session token was issued to.
+    pub serial: Option<String>,
+    /// The session token issued (boot) or carried (binary log).
+    pub token: Option<u32>,
+    /// The payload size in bytes.
+    pub size: usize,
+    /// Accepted or not.
+    pub verdict: Verdict,
+    /// Why it was rejected, or a note on a fault that shaped it.
+    pub reason: Option<String>,
+    /// The stored payload, relative to the data directory.
+    pub file: Option<PathBuf>,
+    /// The MQTT client id, for broker refusals.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+impl Record {
+    pub(crate) fn new(kind: RecordKind, topic: impl Into<String>, size: usize) -> Record {
+        Record {
+            time: SystemTime::now(),
+            kind,
+            topic: topic.into(),
+            app_id: None,
+            serial: None,
+            token: None,
+            size,
+            verdict: Verdict::Ok,
+            reason: None,
+            file: None,
+            client_id: None,
+        }
+    }
+
+    pub(crate) fn rejected(mut self, reason: impl Into<String>) -> Record {
+        self.verdict = Verdict::Rejected;
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// True when the verdict is [`Verdict::Ok`].
+    pub fn is_ok(&self) -> bool {
+        self.verdict == Verdict::Ok
+    }
+
+    /// Reads a whole index file (`<data>/index.jsonl`) back into records.
+    pub fn read_index(path: impl AsRef<Path>) -> Result<Vec<Record>, EmulatorError> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path).map_err(|e| EmulatorError::io("read", path, e))?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                serde_json::from_str(line).map_err(|e| EmulatorError::BadIndexLine {
+                    path: path.to_path_buf(),
+                    line: n + 1,
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let text = OffsetDateTime::from(*time)
+            .format(&Rfc3339)
+            .map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = OffsetDateTime::parse(&text, &Rfc3339).map_err(D::Error::custom)?;
+        Ok(parsed.into())
+    }
+}
+
+/// The emulator's record book: memory, index file and payload files.
+pub(crate) struct RecordLog {
+    data_dir: PathBuf,
+    inner: Mutex<Inner>,
+    appended: Condvar,
+    count: watch::Sender<usize>,
+}
+
+impl std::fmt::Debug for RecordLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordLog")
+            .field("data_dir", &self.data_dir)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    records: Vec<Record>,
+    index: File,
+    seq: u64,
+}
+
+impl RecordLog {
+    pub(crate) fn open(data_dir: &Path) -> Result<RecordLog, EmulatorError> {
+        fs::create_dir_all(data_dir)
+            .map_err(|e| EmulatorError::io("create directory", data_dir, e))?;
+        let index_path = data_dir.join(INDEX_FILE);
+        let index = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index_path)
+            .map_err(|e| EmulatorError::io("open", &index_path, e))?;
+        // The index itself must survive a crash of the machine, not just
+        // of the emulator.
+        sync_dir(data_dir).map_err(|e| EmulatorError::io("sync", data_dir, e))?;
+        Ok(RecordLog {
+            data_dir: data_dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                records: Vec::new(),
+                index,
+                seq: 0,
+            }),
+            appended: Condvar::new(),
+            count: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation below leaves `Inner` consistent between
+        // statements, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores `payload` as `<data>/<subdir>/<time>-<label>-<seq>.<ext>` and
+    /// returns the path relative to the data directory.
+    pub(crate) fn store_payload(
+        &self,
+        subdir: &str,
+        label: &str,
+        ext: &str,
+        payload: &[u8],
+    ) -> Result<PathBuf, EmulatorError> {
+        let seq = {
+            let mut inner = self.lock();
+            inner.seq += 1;
+            inner.seq
+        };
+        let stamp = file_stamp(SystemTime::now());
+        let label: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let relative = PathBuf::from(subdir).join(format!("{stamp}-{label}-{seq:06}.{ext}"));
+        let dir = self.data_dir.join(subdir);
+        fs::create_dir_all(&dir).map_err(|e| EmulatorError::io("create directory", &dir, e))?;
+        let full = self.data_dir.join(&relative);
+        write_atomic(&full, payload, Access::Shared)
+            .map_err(|e| EmulatorError::io("write", &full, e))?;
+        Ok(relative)
+    }
+
+    /// Appends a record: index line first (written and synced), then
+    /// memory, then wakes waiters.
+    pub(crate) fn append(&self, record: Record) {
+        let line = match serde_json::to_string(&record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise a record");
+                return;
+            }
+        };
+        let count = {
+            let mut inner = self.lock();
+            let written = writeln!(inner.index, "{line}").and_then(|()| inner.index.sync_data());
+            if let Err(e) = written {
+                tracing::error!(error = %e, "cannot append to the index");
+            }
+            inner.records.push(record);
+            inner.records.len()
+        };
+        self.appended.notify_all();
+        self.count.send_replace(count);
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Record> {
+        self.lock().records.clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    pub(crate) fn get(&self, index: usize) -> Option<Record> {
+        self.lock().records.get(index).cloned()
+    }
+
+    pub(crate) fn find(&self, pred: &dyn Fn(&Record) -> bool) -> Option<Record> {
+        self.lock().records.iter().find(|r| pred(r)).cloned()
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
+    /// Waits on the condition variable (no async runtime needed).
+    pub(crate) fn wait_for_blocking(
+        &self,
+        pred: &dyn Fn(&Record) -> bool,
+        timeout: Duration,
+    ) -> Option<Record> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut inner = self.lock();
+        loop {
+            if let Some(found) = inner.records.iter().find(|r| pred(r)) {
+                return Some(found.clone());
+            }
+            let left = match deadline {
+                Some(deadline) => deadline.checked_duration_since(Instant::now())?,
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return None;
+            }
+            inner = self
+                .appended
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// `20240131T235959.123Z`: sortable, and safe in file names everywhere.
+fn file_stamp(time: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(time);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_the_index_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::open(dir.path()).unwrap();
+        let file = log.store_payload("binlog", "SN/1", "bin", b"abc").unwrap();
+        assert!(file.starts_with("binlog"));
+        assert!(file.to_string_lossy().contains("SN_1"));
+        assert_eq!(fs::read(dir.path().join(&file)).unwrap(), b"abc");
+
+        let mut record = Record::new(RecordKind::BinaryLog, "binlog/v0/1/2", 3);
+        record.app_id = Some(2);
+        record.file = Some(file);
+        log.append(record.clone());
+        log.append(Record::new(RecordKind::Rejected, "", 0).rejected("client id"));
+
+        let read = Record::read_index(dir.path().join(INDEX_FILE)).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].kind, RecordKind::BinaryLog);
+        assert_eq!(read[0].file, record.file);
+        assert_eq!(read[1].verdict, Verdict::Rejected);
+        // RFC 3339 keeps sub-second precision.
+        assert_eq!(read[0].time, record.time);
+        let line = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
+        assert!(line.contains("\"kind\":\"binary-log\""), "{line}");
+    }
+
+    #[test]
+    fn blocking_wait_sees_present_records_and_times_out_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::open(dir.path()).unwrap();
+        log.append(Record::new(RecordKind::Boot, "t", 1));
+        assert!(log
+            .wait_for_blocking(&|r| r.kind == RecordKind::Boot, Duration::ZERO)
+            .is_some());
+        assert!(log
+            .wait_for_blocking(&|r| r.kind == RecordKind::Config, Duration::from_millis(20))
+            .is_none());
+    }
+}
