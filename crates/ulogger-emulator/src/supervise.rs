@@ -45,3 +45,21 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
         "(non-string panic payload)".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_kept_and_a_cancelled_one_is_not() {
+        let failures = Failures::default();
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        failures.note("cancelled", cancelled.await);
+        assert_eq!(failures.first(), None);
+
+        let panicking = tokio::spawn(async { panic!("boom") });
+        failures.note("worker", panicking.await);
+        assert_eq!(failures.first().as_deref(), Some("worker: boom"));
+    }
+}

@@ -342,3 +342,28 @@ impl RawClient {
         }
     }
 }
+
+/// A simulated device's identity and the messages it sends.
+pub mod device {
+    use ulogger_cloud::wire::{build_log, BootRequest, LogHeader};
+
+    pub const APP: u32 = 7;
+    pub const SERIAL: &str = "SN-0001";
+
+    pub fn boot_payload(serial: &str) -> Vec<u8> {
+        BootRequest {
+            device_type: "test_board".into(),
+            git: "abcdef0".into(),
+            serial: serial.into(),
+            version: "v1.2.3".into(),
+        }
+        .to_payload()
+    }
+
+    /// A valid version-4 log carrying `token`.
+    pub fn log(token: u32, data: &[u8]) -> Vec<u8> {
+        let mut header = LogHeader::new(4).unwrap();
+        header.session_token = token;
+        build_log(header, data).unwrap()
+    }
+}

@@ -1,0 +1,138 @@
+//! Starting, stopping and restarting an emulator, from any context.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::{client_options, TestClient, CUSTOMER, SOON};
+use ulogger_emulator::{Emulator, EmulatorConfig, EmulatorError, Record, RecordKind};
+
+#[test]
+fn dropping_the_emulator_closes_its_port_and_removes_its_temp_dir() {
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER)).unwrap();
+    let addr = emulator.addr();
+    let dir = emulator.data_dir().to_path_buf();
+    assert_ne!(addr.port(), 0, "the bound port is reported");
+    assert!(dir.join("certs").join("ca.pem").is_file());
+    TcpStream::connect(addr).unwrap();
+    drop(emulator);
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still listening after drop"
+    );
+    assert!(!dir.exists(), "temporary data directory left behind");
+}
+
+#[tokio::test]
+async fn dropping_inside_an_async_runtime_with_live_clients_is_clean() {
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
+    let mut client =
+        TestClient::connect(client_options(emulator.addr(), None, "cust-42-live")).await;
+    assert_eq!(emulator.connected_clients(), ["cust-42-live"]);
+    emulator.shutdown().unwrap();
+    assert!(
+        client.closed(SOON).await.is_some(),
+        "connection outlived the emulator"
+    );
+}
+
+#[test]
+fn wait_for_needs_no_timer_in_the_callers_runtime() {
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
+    // A runtime without the time driver: wait_for must not need it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let found = runtime.block_on(emulator.wait_for(|_| true, Duration::from_millis(50)));
+    assert!(found.is_none());
+    let config = ulogger_cloud::wire::LogConfig {
+        level: ulogger_cloud::wire::LogLevel::Info,
+        module_flags: 0,
+        timeout_secs: 0,
+        module_names: None,
+    };
+    runtime
+        .block_on(emulator.push_config(1, "SN", &config))
+        .unwrap();
+    let found = runtime.block_on(emulator.wait_for(|r| r.kind == RecordKind::Config, SOON));
+    assert!(found.is_some());
+}
+
+#[tokio::test]
+async fn the_record_watcher_sees_records_in_order() {
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
+    let mut watcher = emulator.watch_records();
+    let config = ulogger_cloud::wire::LogConfig {
+        level: ulogger_cloud::wire::LogLevel::Info,
+        module_flags: 0,
+        timeout_secs: 0,
+        module_names: None,
+    };
+    for serial in ["A", "B"] {
+        emulator.push_config(1, serial, &config).await.unwrap();
+    }
+    let first = tokio::time::timeout(SOON, watcher.next()).await.unwrap();
+    let second = tokio::time::timeout(SOON, watcher.next()).await.unwrap();
+    assert_eq!(first.serial.as_deref(), Some("A"));
+    assert_eq!(second.serial.as_deref(), Some("B"));
+    assert!(watcher.drain().is_empty());
+}
+
+#[test]
+fn a_persistent_data_dir_keeps_certificates_and_appends_to_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EmulatorConfig::new(CUSTOMER).data_dir(dir.path());
+    let first = Emulator::start(config()).unwrap();
+    let ca = std::fs::read(&first.certs().unwrap().ca_cert).unwrap();
+    first
+        .push_config_blocking(
+            1,
+            "SN",
+            &ulogger_cloud::wire::LogConfig {
+                level: ulogger_cloud::wire::LogLevel::Info,
+                module_flags: 0,
+                timeout_secs: 0,
+                module_names: None,
+            },
+        )
+        .unwrap();
+    drop(first);
+    assert!(dir.path().exists(), "a given data directory is kept");
+
+    let second = Emulator::start(config()).unwrap();
+    assert_eq!(std::fs::read(&second.certs().unwrap().ca_cert).unwrap(), ca);
+    let index = Record::read_index(second.index_path()).unwrap();
+    assert_eq!(index.len(), 1, "earlier records stay in the index");
+}
+
+#[test]
+fn listening_on_a_taken_port_is_a_typed_error() {
+    let first = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
+    let err = Emulator::start(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen(first.addr()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, EmulatorError::Listen { addr, .. } if addr == first.addr()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_topic_prefix_with_a_wildcard_is_refused() {
+    let err = Emulator::start(EmulatorConfig::new(CUSTOMER).topic_prefix("a/+/")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EmulatorError::InvalidConfig {
+                field: "topic_prefix",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
