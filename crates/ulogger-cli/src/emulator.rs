@@ -1,12 +1,266 @@
-//! `ulogger emulator` (placeholder until its issue lands).
+//! `ulogger emulator`: run a local uLogger cloud (broker + cloud side)
+//! until Ctrl-C, printing how to connect and a line per record.
 
-use crate::exit::Exit;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ulogger_emulator::{AttachTo, Emulator, EmulatorConfig, EmulatorError, Record, Verdict};
+
+use crate::exit::{Exit, Failure};
 use crate::Global;
 
 /// Arguments of `ulogger emulator`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address the broker listens on (port 0: any free port, reported at start).
+    #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Data directory: the record index (index.jsonl), stored payloads and
+    /// the generated certificates (certs/, reused on the next run).
+    #[arg(long, default_value = "ulogger-emulator-data", value_name = "DIR")]
+    data: PathBuf,
+    /// Plain MQTT instead of mutual TLS.
+    #[arg(long)]
+    plaintext: bool,
+    /// The customer id served; client ids must start with `cust-{ID}-`.
+    #[arg(long, default_value_t = 1, value_name = "ID")]
+    customer_id: u32,
+    /// Group id (selects the topic layout with a group level).
+    #[arg(long, value_name = "ID")]
+    group_id: Option<u32>,
+    /// Topic prefix, prepended as-is (include the trailing `/`).
+    #[arg(long, default_value = "", value_name = "PREFIX")]
+    prefix: String,
+    /// Attach the cloud side to an external broker at HOST:PORT instead of
+    /// running one.
+    #[arg(long, value_name = "HOST:PORT")]
+    attach: Option<String>,
+    /// CA certificate for TLS to the attached broker.
+    #[arg(long, value_name = "FILE", requires = "attach")]
+    attach_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS to the attached broker.
+    #[arg(long, value_name = "FILE", requires_all = ["attach_ca", "attach_key"])]
+    attach_cert: Option<PathBuf>,
+    /// Client key for mutual TLS to the attached broker.
+    #[arg(long, value_name = "FILE", requires = "attach_cert")]
+    attach_key: Option<PathBuf>,
+    /// MQTT username on the attached broker.
+    #[arg(long, value_name = "NAME", requires = "attach")]
+    attach_username: Option<String>,
+    /// MQTT password on the attached broker.
+    #[arg(
+        long,
+        env = "ULOGGER_ATTACH_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD",
+        requires = "attach_username"
+    )]
+    attach_password: Option<String>,
+}
 
-pub fn run(_global: Global, _args: Args) -> Result<(), Exit> {
-    Err(anyhow::anyhow!("not built yet").into())
+/// Runs the emulator until Ctrl-C.
+pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    let config = config(&args)?;
+    let emulator = Emulator::start(config).map_err(start_failure)?;
+    print_banner(global, &emulator, args.attach.as_deref())?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut records = emulator.watch_records();
+        loop {
+            tokio::select! {
+                record = records.next() => println!("{}", record_line(global, &record)),
+                stop = tokio::signal::ctrl_c() => {
+                    stop.context("cannot listen for Ctrl-C")?;
+                    break;
+                }
+            }
+        }
+        Ok::<(), Exit>(())
+    })?;
+    if !global.json {
+        eprintln!("stopping");
+    }
+    emulator
+        .shutdown()
+        .context("the emulator failed")
+        .map_err(Exit::from)
+}
+
+fn config(args: &Args) -> Result<EmulatorConfig, Exit> {
+    let mut config = EmulatorConfig::new(args.customer_id)
+        .listen(args.listen)
+        .data_dir(&args.data)
+        .plaintext(args.plaintext)
+        .group_id(args.group_id)
+        .topic_prefix(args.prefix.clone());
+    if let Some(target) = &args.attach {
+        let (host, port) = target
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .ok_or_else(|| {
+                Exit::new(
+                    Failure::BadInput,
+                    anyhow::anyhow!("--attach {target:?}: expected HOST:PORT"),
+                )
+            })?;
+        let mut attach = AttachTo::new(host.trim_matches(['[', ']']), port);
+        attach = match (&args.attach_ca, &args.attach_cert, &args.attach_key) {
+            (Some(ca), Some(cert), Some(key)) => attach.mutual_tls(ca, cert, key),
+            (Some(ca), _, _) => attach.tls(ca),
+            _ => attach,
+        };
+        if let (Some(user), password) = (&args.attach_username, &args.attach_password) {
+            attach = attach.credentials(user.clone(), password.clone().unwrap_or_default());
+        }
+        config = config.attach(attach);
+    }
+    Ok(config)
+}
+
+fn start_failure(error: EmulatorError) -> Exit {
+    let failure = match &error {
+        EmulatorError::InvalidConfig { .. } | EmulatorError::InvalidId { .. } => Failure::BadInput,
+        EmulatorError::Listen { .. } | EmulatorError::Attach { .. } => Failure::Network,
+        _ => Failure::Internal,
+    };
+    Exit::new(
+        failure,
+        anyhow::Error::new(error).context("cannot start the emulator"),
+    )
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The `ulogger upload` connection flags that reach this emulator.
+fn client_flags(emulator: &Emulator) -> String {
+    let addr = emulator.addr();
+    let mut flags = format!(
+        "--broker {} --port {} --customer-id {}",
+        addr.ip(),
+        addr.port(),
+        emulator.customer_id()
+    );
+    match emulator.certs() {
+        Some(certs) => {
+            let _ = write!(
+                flags,
+                " --ca {} --cert {} --key {}",
+                absolute(&certs.ca_cert).display(),
+                absolute(&certs.client_cert).display(),
+                absolute(&certs.client_key).display()
+            );
+        }
+        None => flags.push_str(" --plaintext"),
+    }
+    if let Some(group) = emulator.group_id() {
+        let _ = write!(flags, " --group-id {group}");
+    }
+    if !emulator.topic_prefix().is_empty() {
+        let _ = write!(flags, " --prefix '{}'", emulator.topic_prefix());
+    }
+    flags
+}
+
+fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> Result<(), Exit> {
+    let certs = emulator.certs();
+    let path = |p: Option<&PathBuf>| p.map(|p| absolute(p).display().to_string());
+    if global.json {
+        let banner = serde_json::json!({
+            "event": "ready",
+            "address": emulator.addr().to_string(),
+            "attached": attached,
+            "tls": certs.is_some(),
+            "customer_id": emulator.customer_id(),
+            "group_id": emulator.group_id(),
+            "prefix": emulator.topic_prefix(),
+            "ca": path(certs.map(|c| &c.ca_cert)),
+            "cert": path(certs.map(|c| &c.client_cert)),
+            "key": path(certs.map(|c| &c.client_key)),
+            "data_dir": absolute(emulator.data_dir()).display().to_string(),
+            "index": absolute(&emulator.index_path()).display().to_string(),
+            "upload_flags": client_flags(emulator),
+        });
+        println!("{banner}");
+        return Ok(());
+    }
+    let mut out = String::from("uLogger emulator: a local uLogger cloud\n");
+    let transport = match (attached, certs) {
+        (Some(_), _) => "attached to an external broker",
+        (None, Some(_)) => "MQTT, mutual TLS",
+        (None, None) => "MQTT, plaintext",
+    };
+    let _ = writeln!(out, "  address:     {} ({transport})", emulator.addr());
+    let _ = writeln!(out, "  customer id: {}", emulator.customer_id());
+    if let Some(group) = emulator.group_id() {
+        let _ = writeln!(out, "  group id:    {group}");
+    }
+    if !emulator.topic_prefix().is_empty() {
+        let _ = writeln!(out, "  prefix:      {}", emulator.topic_prefix());
+    }
+    if let Some(certs) = certs {
+        let _ = writeln!(out, "  CA:          {}", absolute(&certs.ca_cert).display());
+        let _ = writeln!(
+            out,
+            "  client cert: {}",
+            absolute(&certs.client_cert).display()
+        );
+        let _ = writeln!(
+            out,
+            "  client key:  {}",
+            absolute(&certs.client_key).display()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  records:     {}",
+        absolute(&emulator.index_path()).display()
+    );
+    let _ = writeln!(out, "Connect with:");
+    let _ = writeln!(out, "  ulogger upload {} ...", client_flags(emulator));
+    let _ = writeln!(out, "Ctrl-C stops. Records as they arrive:");
+    print!("{out}");
+    Ok(())
+}
+
+fn record_line(global: Global, record: &Record) -> String {
+    if global.json {
+        return serde_json::to_string(record).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    }
+    let kind = serde_json::to_value(record.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let verdict = match record.verdict {
+        Verdict::Ok => "ok",
+        Verdict::Rejected => "REJECTED",
+    };
+    let mut line = format!("{kind:<11} {verdict:<8} {}", record.topic);
+    if let Some(app) = record.app_id {
+        let _ = write!(line, " app={app}");
+    }
+    if let Some(serial) = &record.serial {
+        let _ = write!(line, " serial={serial}");
+    }
+    if let Some(token) = record.token {
+        let _ = write!(line, " token={token}");
+    }
+    let _ = write!(line, " size={}", record.size);
+    if let Some(client) = &record.client_id {
+        let _ = write!(line, " client={client}");
+    }
+    if let Some(reason) = &record.reason {
+        let _ = write!(line, " ({reason})");
+    }
+    if let Some(file) = &record.file {
+        let _ = write!(line, " -> {}", file.display());
+    }
+    line
 }

@@ -1,0 +1,178 @@
+//! `ulogger emulator` as a user runs it: start the binary on a free port,
+//! read how to connect from its output, connect an ordinary MQTT client
+//! with the printed certificate paths, see the record line, stop it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The running binary; killed on drop. Its stdout lines arrive on a
+/// channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The value after `label` on the first line that has it.
+    fn field(&self, label: &str) -> String {
+        loop {
+            let line = self.lines.recv_timeout(WAIT).expect("emulator output");
+            if let Some(rest) = line.trim_start().strip_prefix(label) {
+                return rest.trim().to_string();
+            }
+        }
+    }
+
+    fn line_containing(&self, needle: &str) -> String {
+        loop {
+            let line = self.lines.recv_timeout(WAIT).expect("a record line");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_printed_address_and_certificates_let_a_client_connect() {
+    let data = tempfile::tempdir().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let running = Running::start(&[
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data_arg,
+        "--customer-id",
+        "77",
+    ]);
+    // e.g. "address:     127.0.0.1:40123 (MQTT, mutual TLS)"
+    let address = running.field("address:");
+    let addr: std::net::SocketAddr = address.split_whitespace().next().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 0);
+    assert_eq!(running.field("customer id:"), "77");
+    let ca = running.field("CA:");
+    let cert = running.field("client cert:");
+    let key = running.field("client key:");
+    let upload = running.field("ulogger upload");
+    assert!(
+        upload.contains(&format!("--port {}", addr.port())),
+        "{upload}"
+    );
+    assert!(upload.contains(&format!("--ca {ca}")), "{upload}");
+
+    let tls = ulogger_emulator::client_tls_config(ca.as_ref(), Some((cert.as_ref(), key.as_ref())))
+        .unwrap();
+    let mut options = MqttOptions::new("cust-77-cli-test", addr.ip().to_string(), addr.port());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let connected = tokio::time::timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("cannot connect to the printed address: {e}"),
+            }
+        }
+    });
+    connected.await.unwrap();
+
+    // A core dump shows up as a record line.
+    client
+        .publish("core-dump/v0/77", QoS::AtLeastOnce, false, vec![0u8; 64])
+        .await
+        .unwrap();
+    let acked = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                return;
+            }
+        }
+    });
+    acked.await.unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let line = running.line_containing("core-dump/v0/77");
+        (running, line)
+    })
+    .await
+    .unwrap()
+    .1;
+    assert!(line.contains("size=64"), "{line}");
+    assert!(data.path().join("index.jsonl").is_file());
+}
+
+#[test]
+fn json_output_reports_a_plaintext_emulator() {
+    let data = tempfile::tempdir().unwrap();
+    let running = Running::start(&[
+        "--json",
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--plaintext",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--group-id",
+        "5",
+    ]);
+    let first = running.lines.recv_timeout(WAIT).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(ready["event"], "ready");
+    assert_eq!(ready["tls"], false);
+    assert_eq!(ready["group_id"], 5);
+    let addr: std::net::SocketAddr = ready["address"].as_str().unwrap().parse().unwrap();
+    std::net::TcpStream::connect(addr).unwrap();
+    assert!(ready["upload_flags"]
+        .as_str()
+        .unwrap()
+        .contains("--plaintext"));
+}
+
+#[test]
+fn a_taken_port_is_a_network_failure() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+        .args(["emulator", "--plaintext", "--listen", &addr, "--data"])
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+}
