@@ -63,8 +63,9 @@ impl EmulatorConfig {
     }
 
     /// Where records, payloads and certificates go. The directory is kept
-    /// after the emulator stops, and certificates found in its `certs/`
-    /// are reused. Default: a temporary directory removed on drop.
+    /// after the emulator stops, certificates found in its `certs/` are
+    /// reused, and records are synced to disk as they are written.
+    /// Default: a temporary directory removed on drop (no syncs).
     #[must_use]
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());

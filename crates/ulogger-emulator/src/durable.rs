@@ -17,6 +17,16 @@ pub(crate) enum Access {
 
 /// Writes `bytes` to `path` atomically and durably.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> io::Result<()> {
+    write_atomic_with(path, bytes, access, true)
+}
+
+/// Writes `bytes` to `path` atomically; durably (fsyncs) when `sync`.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    bytes: &[u8],
+    access: Access,
+    sync: bool,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -32,10 +42,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], access: Access) -> io::Res
     let result = (|| {
         let mut file = open_new(&tmp, access)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if sync {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

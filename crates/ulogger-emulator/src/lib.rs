@@ -23,6 +23,21 @@
 //! In attach mode ([`EmulatorConfig::attach`]) there is no broker: the
 //! cloud side connects to an external one instead.
 //!
+//! # The data directory
+//!
+//! ```text
+//! index.jsonl            one Record per line (JSON), appended as things happen
+//! certs/                 ca.pem, server.pem.{crt,key}, client.pem.{crt,key}, ca.pem.key
+//! boot/                  boot registrations as received
+//! binlog/                binary logs, e.g. 20250101T120000.123Z-SN1-app7-000003.bin
+//! core-dump/, metrics/, events/, config/   likewise
+//! ```
+//!
+//! A directory given with [`EmulatorConfig::data_dir`] is kept, its
+//! certificates are reused on the next start, and every file and index
+//! line is synced to disk as it is written. The default temporary
+//! directory is removed on drop and skips the syncs.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
@@ -144,7 +159,7 @@ impl Emulator {
                 (Some(temp), path)
             }
         };
-        let records = Arc::new(RecordLog::open(&data_dir)?);
+        let records = Arc::new(RecordLog::open(&data_dir, temp_dir.is_none())?);
         let faults = Arc::new(FaultSwitches::new(config.faults.clone()));
         let tokens = Arc::new(TokenBook::default());
         let failures = Arc::new(Failures::default());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::durable::{sync_dir, write_atomic, Access};
+use crate::durable::{sync_dir, write_atomic_with, Access};
 use crate::EmulatorError;
 
 /// The file name of the index under the data directory.
@@ -152,6 +152,10 @@ mod rfc3339 {
 /// The emulator's record book: memory, index file and payload files.
 pub(crate) struct RecordLog {
     data_dir: PathBuf,
+    /// fsync every payload and index line. Off for a temporary data
+    /// directory, which does not outlive the emulator anyway: there the
+    /// syncs would only slow every test down.
+    durable: bool,
     inner: Mutex<Inner>,
     appended: Condvar,
     count: watch::Sender<usize>,
@@ -173,7 +177,7 @@ struct Inner {
 }
 
 impl RecordLog {
-    pub(crate) fn open(data_dir: &Path) -> Result<RecordLog, EmulatorError> {
+    pub(crate) fn open(data_dir: &Path, durable: bool) -> Result<RecordLog, EmulatorError> {
         fs::create_dir_all(data_dir)
             .map_err(|e| EmulatorError::io("create directory", data_dir, e))?;
         let index_path = data_dir.join(INDEX_FILE);
@@ -187,6 +191,7 @@ impl RecordLog {
         sync_dir(data_dir).map_err(|e| EmulatorError::io("sync", data_dir, e))?;
         Ok(RecordLog {
             data_dir: data_dir.to_path_buf(),
+            durable,
             inner: Mutex::new(Inner {
                 records: Vec::new(),
                 index,
@@ -232,7 +237,7 @@ impl RecordLog {
         let dir = self.data_dir.join(subdir);
         fs::create_dir_all(&dir).map_err(|e| EmulatorError::io("create directory", &dir, e))?;
         let full = self.data_dir.join(&relative);
-        write_atomic(&full, payload, Access::Shared)
+        write_atomic_with(&full, payload, Access::Shared, self.durable)
             .map_err(|e| EmulatorError::io("write", &full, e))?;
         Ok(relative)
     }
@@ -249,7 +254,14 @@ impl RecordLog {
         };
         let count = {
             let mut inner = self.lock();
-            let written = writeln!(inner.index, "{line}").and_then(|()| inner.index.sync_data());
+            let durable = self.durable;
+            let written = writeln!(inner.index, "{line}").and_then(|()| {
+                if durable {
+                    inner.index.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = written {
                 tracing::error!(error = %e, "cannot append to the index");
             }
@@ -330,7 +342,7 @@ mod tests {
     #[test]
     fn records_round_trip_through_the_index_file() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RecordLog::open(dir.path()).unwrap();
+        let log = RecordLog::open(dir.path(), true).unwrap();
         let file = log.store_payload("binlog", "SN/1", "bin", b"abc").unwrap();
         assert!(file.starts_with("binlog"));
         assert!(file.to_string_lossy().contains("SN_1"));
@@ -356,7 +368,7 @@ mod tests {
     #[test]
     fn blocking_wait_sees_present_records_and_times_out_otherwise() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RecordLog::open(dir.path()).unwrap();
+        let log = RecordLog::open(dir.path(), true).unwrap();
         log.append(Record::new(RecordKind::Boot, "t", 1));
         assert!(log
             .wait_for_blocking(&|r| r.kind == RecordKind::Boot, Duration::ZERO)
