@@ -219,3 +219,22 @@ async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
         check.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_client_id_takes_over() {
+    for broker in BrokerUnderTest::all() {
+        let mut first = broker.connect("twin").await;
+        let mut second = broker.connect("twin").await;
+        assert!(
+            first.closed(SOON).await.is_some(),
+            "{}: first connection kept",
+            broker.name
+        );
+        second.subscribe("twin/t", QoS::AtLeastOnce).await;
+        let mut publisher = broker.connect("pub").await;
+        publisher
+            .publish("twin/t", QoS::AtLeastOnce, false, "x")
+            .await;
+        assert!(second.next_publish(SOON).await.is_some(), "{}", broker.name);
+    }
+}
