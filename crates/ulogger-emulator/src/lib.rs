@@ -164,7 +164,8 @@ impl Emulator {
         let tokens = Arc::new(TokenBook::default());
         let failures = Arc::new(Failures::default());
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (cloud_mailbox, cloud_inbox, _) = Mailbox::new(0);
+        let (cloud_mailbox, cloud_inbox, _) =
+            Mailbox::with_depth(broker::CLOUD_CONN_ID, broker::CLOUD_MAILBOX_DEPTH);
         let filters = cloud::subscription_filters(&topics);
 
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -540,6 +541,16 @@ impl RecordWatcher {
         }
         out
     }
+}
+
+/// The handle can be shared between threads and tasks.
+#[allow(dead_code)]
+fn assert_impls() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Emulator>();
+    send_sync::<EmulatorError>();
+    send_sync::<FaultSwitches>();
+    send_sync::<RecordWatcher>();
 }
 
 /// Runs the emulator's top-level tasks until shutdown, noting panics.

@@ -32,6 +32,11 @@ use router::Subscriptions;
 
 /// Messages a subscriber may have queued before it is disconnected.
 const MAILBOX_DEPTH: usize = 4096;
+/// Messages the cloud may have queued (it writes to disk, so it may lag
+/// behind a burst; it is never disconnected).
+pub(crate) const CLOUD_MAILBOX_DEPTH: usize = 65_536;
+/// The connection id of the internal cloud subscriber.
+pub(crate) const CLOUD_CONN_ID: u64 = 0;
 
 /// A message as routed between clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +57,14 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     pub(crate) fn new(conn_id: u64) -> (Mailbox, mpsc::Receiver<Message>, Arc<Notify>) {
-        let (tx, rx) = mpsc::channel(MAILBOX_DEPTH);
+        Mailbox::with_depth(conn_id, MAILBOX_DEPTH)
+    }
+
+    pub(crate) fn with_depth(
+        conn_id: u64,
+        depth: usize,
+    ) -> (Mailbox, mpsc::Receiver<Message>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(depth);
         let close = Arc::new(Notify::new());
         (
             Mailbox {
@@ -66,9 +78,13 @@ impl Mailbox {
     }
 
     fn deliver(&self, message: Message) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(message) {
-            tracing::warn!(conn = self.conn_id, "subscriber too slow, disconnecting it");
-            self.close.notify_one();
+        if let Err(mpsc::error::TrySendError::Full(message)) = self.tx.try_send(message) {
+            if self.conn_id == CLOUD_CONN_ID {
+                tracing::error!(topic = message.topic, "cloud backlog full, message dropped");
+            } else {
+                tracing::warn!(conn = self.conn_id, "subscriber too slow, disconnecting it");
+                self.close.notify_one();
+            }
         }
     }
 
@@ -114,8 +130,7 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
             retained: Mutex::new(Retained::default()),
-            // 0 is the internal cloud's.
-            next_conn_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(CLOUD_CONN_ID + 1),
         }
     }
 
