@@ -88,7 +88,7 @@ fn read_until(file: &Path, stop: &Path) -> u64 {
         );
         seen = map.len();
         // Every few reads, the store's own loader too.
-        if reads % 16 == 0 {
+        if reads.is_multiple_of(16) {
             SessionStore::open(file).unwrap();
         }
         reads += 1;

@@ -7,7 +7,7 @@
 //! process's entries.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -137,23 +137,19 @@ pub(super) fn read(path: &Path) -> Result<Option<Snapshot>, StoreError> {
     }))
 }
 
-/// Replaces the file durably with what `fill` writes: temporary file in the
-/// same directory, sync, rename over the file, sync the directory. Returns
-/// the new file's handle and stamp.
+/// Replaces the file durably with `contents`: temporary file in the same
+/// directory, sync, rename over the file, sync the directory. Returns the
+/// new file's handle and stamp.
 pub(super) fn write_atomically(
     paths: &Paths,
-    fill: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
+    contents: &[u8],
 ) -> Result<(File, Stamp), StoreError> {
     let write_err = |e| StoreError::io(&paths.tmp, StoreOp::Write, e);
-    let tmp = create_private(&paths.tmp).map_err(write_err)?;
-    let written = (|| {
-        let mut writer = BufWriter::with_capacity(64 * 1024, &tmp);
-        fill(&mut writer)?;
-        writer.flush()?;
-        drop(writer);
-        tmp.sync_all()?;
-        tmp.metadata()
-    })();
+    let mut tmp = create_private(&paths.tmp).map_err(write_err)?;
+    let written = tmp
+        .write_all(contents)
+        .and_then(|()| tmp.sync_all())
+        .and_then(|()| tmp.metadata());
     let meta = match written {
         Ok(meta) => meta,
         Err(e) => {

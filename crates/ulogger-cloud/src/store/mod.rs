@@ -99,8 +99,8 @@ impl fmt::Debug for TokenEntry {
     }
 }
 
-/// The value stored per serial (field order = the file's key order).
-#[derive(Clone, PartialEq, Eq, Serialize)]
+/// The value stored per serial.
+#[derive(Clone, PartialEq, Eq)]
 struct Record {
     token: u32,
     git_hash: String,
@@ -124,6 +124,9 @@ struct Backing {
     touched: LruMap<()>,
     /// The map differs from the file (touches or a capacity trim).
     dirty: bool,
+    /// The file's bytes are built here; kept (it is smaller than the map)
+    /// to avoid reallocating on every write.
+    buffer: Vec<u8>,
 }
 
 /// Which version of the file `State::map` reflects.
@@ -186,6 +189,7 @@ impl SessionStore {
                 synced: Synced::Unknown,
                 touched: LruMap::default(),
                 dirty: false,
+                buffer: Vec::new(),
             }),
         });
         store.lock_state().refresh()?;
@@ -546,8 +550,10 @@ impl State {
         if !changed && !backing.dirty {
             return Ok(());
         }
-        let map = &self.map;
-        match file::write_atomically(&backing.paths, |w| format::write(w, map)) {
+        backing.buffer.clear();
+        format::write(&mut backing.buffer, &self.map);
+        let written = file::write_atomically(&backing.paths, &backing.buffer);
+        match written {
             Ok((handle, stamp)) => {
                 backing.synced = Synced::File {
                     _handle: handle,
