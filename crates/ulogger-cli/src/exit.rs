@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 
 /// Why a command failed, as far as the exit code is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Failure {
     /// Unexpected failure.
     Internal = 1,
@@ -66,6 +66,28 @@ pub fn report(result: Result<(), Exit>) -> ExitCode {
                 eprintln!("error: {message}");
             }
             ExitCode::from(exit.failure as u8)
+        }
+    }
+}
+
+/// Maps a library error to the exit code that tells what kind it is.
+pub fn from_cloud(error: ulogger_cloud::Error) -> Exit {
+    let failure = classify(&error);
+    Exit::new(failure, error)
+}
+
+/// Which exit code a library error deserves.
+pub fn classify(error: &ulogger_cloud::Error) -> Failure {
+    if error.is_invalid_input() {
+        Failure::BadInput
+    } else if error.is_refusal() {
+        Failure::Refused
+    } else if error.is_retryable() {
+        Failure::Network
+    } else {
+        match error.kind() {
+            ulogger_cloud::ErrorKind::Store(_) => Failure::BadInput,
+            _ => Failure::Internal,
         }
     }
 }

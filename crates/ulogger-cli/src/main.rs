@@ -3,10 +3,13 @@
 //! `main` only parses arguments and dispatches; each subcommand lives in a
 //! module of its own and calls library code.
 
+mod connection;
+mod device;
 mod emulator;
 mod exit;
 mod inspect;
 mod tokens;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +36,12 @@ enum Command {
     /// List, read and remove cached session tokens.
     #[command(subcommand)]
     Tokens(tokens::Command),
+    /// Upload binary log files for a device (registers it if needed).
+    Upload(upload::UploadArgs),
+    /// Register a device (boot handshake) and print its new session token.
+    Register(upload::RegisterArgs),
+    /// Publish a core dump.
+    CoreDump(upload::CoreDumpArgs),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),
 }
@@ -51,6 +60,9 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => inspect::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),
+        Command::Upload(args) => upload::upload(global, args),
+        Command::Register(args) => upload::register(global, args),
+        Command::CoreDump(args) => upload::core_dump(global, args),
     };
     exit::report(result)
 }

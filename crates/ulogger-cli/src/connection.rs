@@ -1,0 +1,174 @@
+//! Connection settings from flags, `ULOGGER_*` environment variables and a
+//! config file, in that order of precedence.
+//!
+//! clap resolves flag-over-environment; values neither gives are taken from
+//! the config file (`--config`, `ULOGGER_CONFIG`, or
+//! `$ULOGGER_HOME/config.toml`, default `~/.ulogger/config.toml` when it
+//! exists), then from the library's defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use ulogger_cloud::{MqttConfig, Security, SessionStore};
+
+use crate::exit::{Exit, Failure};
+
+/// How to reach the broker.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectionArgs {
+    /// Config file (TOML) with defaults for these settings.
+    #[arg(long, env = "ULOGGER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Broker host [default: mqtt.ulogger.ai].
+    #[arg(long, env = "ULOGGER_BROKER")]
+    pub broker: Option<String>,
+    /// Broker port [default: 8883].
+    #[arg(long, env = "ULOGGER_PORT")]
+    pub port: Option<u16>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "ULOGGER_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "ULOGGER_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// CA certificate(s) to trust instead of the public roots.
+    #[arg(long, env = "ULOGGER_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Customer id.
+    #[arg(long, env = "ULOGGER_CUSTOMER_ID")]
+    pub customer_id: Option<u32>,
+    /// Group id (adds the group level to topics).
+    #[arg(long, env = "ULOGGER_GROUP_ID")]
+    pub group_id: Option<u32>,
+    /// Prefix put before every topic, as-is.
+    #[arg(long, env = "ULOGGER_PREFIX")]
+    pub prefix: Option<String>,
+    /// Connect WITHOUT TLS (local brokers only).
+    #[arg(long, env = "ULOGGER_PLAINTEXT")]
+    pub plaintext: bool,
+    /// Seconds to wait for a boot reply [default: 15].
+    #[arg(long, env = "ULOGGER_TOKEN_TIMEOUT", value_name = "SECS")]
+    pub token_timeout: Option<u64>,
+    /// Seconds to wait for the connection, and for each acknowledgement
+    /// [default: 10].
+    #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Session-token cache file [default: ~/.ulogger/session_tokens.json].
+    #[arg(long, env = "ULOGGER_STORE", value_name = "FILE")]
+    pub store: Option<PathBuf>,
+    /// Keep session tokens in memory only (register on every run).
+    #[arg(long)]
+    pub no_store: bool,
+}
+
+/// The config file's contents: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    broker: Option<String>,
+    port: Option<u16>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    customer_id: Option<u32>,
+    group_id: Option<u32>,
+    prefix: Option<String>,
+    plaintext: Option<bool>,
+    token_timeout: Option<u64>,
+    timeout: Option<u64>,
+    store: Option<PathBuf>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    let home = std::env::var_os("ULOGGER_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ulogger")))?;
+    Some(home.join("config.toml"))
+}
+
+fn load_file(explicit: Option<&Path>) -> Result<ConfigFile, Exit> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => match default_config_path() {
+            Some(path) if path.exists() => path,
+            _ => return Ok(ConfigFile::default()),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))
+        .map_err(|e| Exit::new(Failure::BadInput, e))?;
+    toml::from_str(&text)
+        .with_context(|| format!("invalid config file {}", path.display()))
+        .map_err(|e| Exit::new(Failure::BadInput, e))
+}
+
+impl ConnectionArgs {
+    /// Merges flags/environment over the config file into an `MqttConfig`.
+    pub fn mqtt_config(&self) -> Result<MqttConfig, Exit> {
+        let file = load_file(self.config.as_deref())?;
+        let customer_id = self.customer_id.or(file.customer_id).ok_or_else(|| {
+            Exit::new(
+                Failure::BadInput,
+                anyhow::anyhow!("no customer id: pass --customer-id, set ULOGGER_CUSTOMER_ID or customer_id in the config file"),
+            )
+        })?;
+        let mut config = MqttConfig::new(customer_id);
+        if let Some(broker) = self.broker.clone().or(file.broker) {
+            config = config.broker(broker);
+        }
+        if let Some(port) = self.port.or(file.port) {
+            config = config.port(port);
+        }
+        match (
+            self.cert.clone().or(file.cert),
+            self.key.clone().or(file.key),
+        ) {
+            (Some(cert), Some(key)) => config = config.client_cert(cert, key),
+            (None, None) => {}
+            (Some(_), None) => return Err(bad_input("--cert was given without --key")),
+            (None, Some(_)) => return Err(bad_input("--key was given without --cert")),
+        }
+        if let Some(ca) = self.ca.clone().or(file.ca) {
+            config = config.ca_file(ca);
+        }
+        if let Some(group) = self.group_id.or(file.group_id) {
+            config = config.group_id(group);
+        }
+        if let Some(prefix) = self.prefix.clone().or(file.prefix) {
+            config = config.topic_prefix(prefix);
+        }
+        if self.plaintext || file.plaintext.unwrap_or(false) {
+            config = config.security(Security::Plaintext);
+        }
+        if let Some(secs) = self.token_timeout.or(file.token_timeout) {
+            config = config.token_timeout(Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.timeout.or(file.timeout) {
+            config = config
+                .connect_timeout(Duration::from_secs(secs))
+                .ack_timeout(Duration::from_secs(secs));
+        }
+        Ok(config)
+    }
+
+    /// The session-token store these settings ask for.
+    pub fn session_store(&self) -> Result<SessionStore, Exit> {
+        if self.no_store {
+            return Ok(SessionStore::in_memory());
+        }
+        let file = load_file(self.config.as_deref())?;
+        let result = match self.store.clone().or(file.store) {
+            Some(path) => SessionStore::open(&path),
+            None => SessionStore::open_default(),
+        };
+        result
+            .context("cannot open the session-token store")
+            .map_err(|e| Exit::new(Failure::BadInput, e))
+    }
+}
+
+fn bad_input(message: &str) -> Exit {
+    Exit::new(Failure::BadInput, anyhow::anyhow!("{message}"))
+}

@@ -1,0 +1,86 @@
+//! Which device a command acts for: flags, or a dump of the device's BLE
+//! "config" characteristic (PROTOCOL §4) that flags may override.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ulogger_cloud::wire::DeviceInfo;
+
+use crate::exit::{Exit, Failure};
+
+/// The device's identity.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DeviceArgs {
+    /// A raw dump of the device's BLE config characteristic.
+    #[arg(long, value_name = "FILE")]
+    pub device_info: Option<PathBuf>,
+    /// Application id.
+    #[arg(long, env = "ULOGGER_APP_ID")]
+    pub app_id: Option<u32>,
+    /// Device serial.
+    #[arg(long, env = "ULOGGER_SERIAL")]
+    pub serial: Option<String>,
+    /// Device type (board name).
+    #[arg(long, env = "ULOGGER_DEVICE_TYPE")]
+    pub device_type: Option<String>,
+    /// Firmware version tag.
+    #[arg(long, env = "ULOGGER_GIT_VERSION")]
+    pub git_version: Option<String>,
+    /// Firmware git hash (a new hash means a new registration).
+    #[arg(long, env = "ULOGGER_GIT_HASH")]
+    pub git_hash: Option<String>,
+}
+
+impl DeviceArgs {
+    /// The device these arguments describe; every field is required from
+    /// one source or the other.
+    pub fn device(&self) -> Result<DeviceInfo, Exit> {
+        let bad = |e: anyhow::Error| Exit::new(Failure::BadInput, e);
+        let base = match &self.device_info {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+                    .map_err(bad)?;
+                Some(
+                    DeviceInfo::decode(&bytes)
+                        .with_context(|| format!("invalid device info in {}", path.display()))
+                        .map_err(bad)?,
+                )
+            }
+            None => None,
+        };
+        let missing = |flag: &str| {
+            bad(anyhow::anyhow!(
+                "the device's {flag} is missing: pass --{flag} or --device-info FILE"
+            ))
+        };
+        let pick = |flag: Option<&String>, from_dump: Option<&String>, name: &str| {
+            flag.or(from_dump).cloned().ok_or_else(|| missing(name))
+        };
+        Ok(DeviceInfo::new(
+            self.app_id
+                .or(base.as_ref().map(|d| d.app_id))
+                .ok_or_else(|| missing("app-id"))?,
+            pick(
+                self.serial.as_ref(),
+                base.as_ref().map(|d| &d.serial),
+                "serial",
+            )?,
+            pick(
+                self.device_type.as_ref(),
+                base.as_ref().map(|d| &d.device_type),
+                "device-type",
+            )?,
+            pick(
+                self.git_version.as_ref(),
+                base.as_ref().map(|d| &d.git_version),
+                "git-version",
+            )?,
+            pick(
+                self.git_hash.as_ref(),
+                base.as_ref().map(|d| &d.git_hash),
+                "git-hash",
+            )?,
+        ))
+    }
+}

@@ -1,0 +1,187 @@
+//! `ulogger upload`, `ulogger register` and `ulogger core-dump`: the
+//! commands that talk to the cloud.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use ulogger_cloud::Client;
+
+use crate::connection::ConnectionArgs;
+use crate::device::DeviceArgs;
+use crate::exit::{self, Exit, Failure};
+use crate::Global;
+
+/// Arguments of `ulogger upload`.
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Write the gateway's clock into version-4 headers whose time is 0.
+    #[arg(long)]
+    stamp_time: bool,
+    /// Binary log files, as read from the device.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+/// Arguments of `ulogger register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Arguments of `ulogger core-dump`.
+#[derive(Debug, clap::Args)]
+pub struct CoreDumpArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// The core dump, as read from the device.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Exit::from)
+}
+
+async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client, Exit> {
+    let config = connection.mqtt_config()?;
+    let store = connection.session_store()?;
+    let client = Client::builder(config)
+        .session_store(store)
+        .stamp_epoch_time(stamp_time)
+        .build()
+        .map_err(exit::from_cloud)?;
+    client.connected().await.map_err(exit::from_cloud)?;
+    Ok(client)
+}
+
+/// Uploads each file; reports each outcome; fails with the worst one.
+pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
+    let device = args.device.device()?;
+    runtime()?.block_on(async {
+        let client = client(&args.connection, args.stamp_time).await?;
+        let progress = (args.files.len() > 1 && !global.json).then(|| {
+            let bar = ProgressBar::new(args.files.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let mut worst: Option<Failure> = None;
+        let mut reports = Vec::new();
+        for file in &args.files {
+            let outcome = match std::fs::read(file) {
+                Err(e) => Err((Failure::BadInput, format!("cannot read: {e}"))),
+                Ok(log) => client
+                    .upload_log(&device, &log)
+                    .await
+                    .map_err(|e| (exit::classify(&e), format!("{e:#}"))),
+            };
+            let line = match &outcome {
+                Ok(receipt) => {
+                    if global.json {
+                        reports.push(json!({
+                            "file": file, "ok": true, "topic": receipt.topic,
+                            "token": receipt.token, "size": receipt.size,
+                            "header_version": receipt.header.version,
+                        }));
+                    }
+                    format!(
+                        "{}: uploaded {} bytes to {} (token {})",
+                        file.display(),
+                        receipt.size,
+                        receipt.topic,
+                        receipt.token
+                    )
+                }
+                Err((failure, message)) => {
+                    worst = Some(worst.map_or(*failure, |w| w.max(*failure)));
+                    if global.json {
+                        reports.push(json!({"file": file, "ok": false, "error": message}));
+                    }
+                    format!("{}: FAILED: {message}", file.display())
+                }
+            };
+            match (&progress, global.json) {
+                (_, true) => {}
+                (Some(bar), false) => {
+                    bar.println(line);
+                    bar.inc(1);
+                }
+                (None, false) => println!("{line}"),
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        client.shutdown().await;
+        if global.json {
+            println!("{}", serde_json::Value::Array(reports));
+        }
+        match worst {
+            None => Ok(()),
+            Some(failure) => Err(Exit::silent(failure)),
+        }
+    })
+}
+
+/// Performs a boot registration and prints the token.
+pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
+    let device = args.device.device()?;
+    runtime()?.block_on(async {
+        let client = client(&args.connection, false).await?;
+        let result = client.register(&device).await;
+        client.shutdown().await;
+        let token = result.map_err(exit::from_cloud)?;
+        if global.json {
+            println!(
+                "{}",
+                json!({"serial": device.serial, "app_id": device.app_id, "token": token})
+            );
+        } else {
+            println!("{}: token {token}", device.serial);
+        }
+        Ok(())
+    })
+}
+
+/// Publishes a core dump.
+pub fn core_dump(global: Global, args: CoreDumpArgs) -> Result<(), Exit> {
+    let dump = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))
+        .map_err(|e| Exit::new(Failure::BadInput, e))?;
+    runtime()?.block_on(async {
+        let client = client(&args.connection, false).await?;
+        let result = client.publish_core_dump(dump).await;
+        client.shutdown().await;
+        let receipt = result.map_err(exit::from_cloud)?;
+        if global.json {
+            println!(
+                "{}",
+                json!({"file": args.file, "topic": receipt.topic, "size": receipt.size})
+            );
+        } else {
+            println!(
+                "{}: published {} bytes to {}",
+                args.file.display(),
+                receipt.size,
+                receipt.topic
+            );
+        }
+        Ok(())
+    })
+}
