@@ -1,12 +1,249 @@
-//! `ulogger inspect` (placeholder until its issue lands).
+//! `ulogger inspect`: decode binary log files and check them as the cloud
+//! would before an upload (header, data length, checksum, message size).
+//!
+//! Every file gets a report; the command exits 2 when any file is invalid
+//! or unreadable.
 
-use crate::exit::Exit;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use serde::Serialize;
+use ulogger_cloud::wire::{self, LogHeader};
+
+use crate::exit::{Exit, Failure};
 use crate::Global;
 
 /// Arguments of `ulogger inspect`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Binary log files (the whole buffer a device produced).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
 
-pub fn run(_global: Global, _args: Args) -> Result<(), Exit> {
-    Err(anyhow::anyhow!("not built yet").into())
+pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    let reports: Vec<Report> = args.files.iter().map(|f| inspect(f)).collect();
+    if global.json {
+        let text = serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?;
+        println!("{text}");
+    } else {
+        for (i, report) in reports.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", report.human());
+        }
+    }
+    let invalid = reports.iter().filter(|r| !r.ok).count();
+    match invalid {
+        0 => Ok(()),
+        n => Err(Exit::new(
+            Failure::BadInput,
+            anyhow!("{n} of {} files invalid", reports.len()),
+        )),
+    }
+}
+
+/// What `inspect` found in one file (also its JSON shape).
+#[derive(Debug, Serialize)]
+struct Report {
+    file: PathBuf,
+    ok: bool,
+    /// Present whenever the header decoded, even if the log is invalid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<HeaderReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct HeaderReport {
+    version: u8,
+    session_token: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_number: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anchor_tick: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tick_rate_hz: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch_time_us: Option<u64>,
+    /// `epoch_time_us` as an RFC 3339 UTC date-time, when non-zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch_time_utc: Option<String>,
+    used_bytes: u16,
+    checksum: u16,
+    header_len: usize,
+    /// Bytes after header + data (unused ring-buffer space, not checked).
+    unused_bytes: usize,
+}
+
+impl HeaderReport {
+    fn new(header: &LogHeader, file_len: usize) -> Self {
+        HeaderReport {
+            version: header.version,
+            session_token: header.session_token,
+            sequence_number: header.sequence_number,
+            anchor_tick: header.anchor_tick,
+            tick_rate_hz: header.tick_rate_hz,
+            epoch_time_us: header.epoch_time_us,
+            epoch_time_utc: header
+                .epoch_time_us
+                .filter(|&us| us != 0)
+                .map(utc_from_unix_micros),
+            used_bytes: header.used_bytes,
+            checksum: header.checksum,
+            header_len: header.header_len(),
+            unused_bytes: file_len.saturating_sub(header.log_len()),
+        }
+    }
+}
+
+fn inspect(path: &Path) -> Report {
+    let report = |header: Option<HeaderReport>, error: Option<String>| Report {
+        file: path.to_path_buf(),
+        ok: error.is_none(),
+        header,
+        error,
+    };
+    let buf = match read_limited(path) {
+        Ok(buf) => buf,
+        Err(e) => return report(None, Some(format!("cannot read the file: {e}"))),
+    };
+    let header = LogHeader::parse(&buf)
+        .ok()
+        .map(|h| HeaderReport::new(&h, buf.len()));
+    if buf.len() > wire::MAX_MESSAGE_SIZE {
+        let error = format!(
+            "the file is more than {} bytes, the broker's message limit: it cannot be uploaded",
+            wire::MAX_MESSAGE_SIZE
+        );
+        return report(header, Some(error));
+    }
+    match wire::validate_checksum(&buf) {
+        Ok(_) => report(header, None),
+        Err(e) => report(header, Some(e.to_string())),
+    }
+}
+
+/// Reads at most one byte more than the largest uploadable buffer, so a
+/// huge file is reported without being read whole.
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    let limit = u64::try_from(wire::MAX_MESSAGE_SIZE).unwrap_or(u64::MAX);
+    let mut buf = Vec::new();
+    File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+impl Report {
+    fn human(&self) -> String {
+        let mut out = String::new();
+        let status = match &self.error {
+            None => "ok".to_string(),
+            Some(error) => format!("INVALID: {error}"),
+        };
+        out.push_str(&format!("{}: {status}\n", self.file.display()));
+        if let Some(h) = &self.header {
+            let mut field = |name: &str, value: String| {
+                out.push_str(&format!("  {name:<16}{value}\n"));
+            };
+            field("version", h.version.to_string());
+            field(
+                "session token",
+                format!("{} (0x{:08X})", h.session_token, h.session_token),
+            );
+            if let Some(n) = h.sequence_number {
+                field("sequence number", n.to_string());
+            }
+            if let Some(t) = h.anchor_tick {
+                field("anchor tick", t.to_string());
+            }
+            if let Some(hz) = h.tick_rate_hz {
+                field("tick rate", format!("{hz} Hz"));
+            }
+            if let Some(us) = h.epoch_time_us {
+                let when = match &h.epoch_time_utc {
+                    Some(utc) => format!("{us} us ({utc})"),
+                    None => "0 (unknown)".to_string(),
+                };
+                field("epoch time", when);
+            }
+            field(
+                "used bytes",
+                format!("{} (header {} bytes)", h.used_bytes, h.header_len),
+            );
+            field("checksum", format!("0x{:04x}", h.checksum));
+            field("unused bytes", h.unused_bytes.to_string());
+        }
+        out
+    }
+}
+
+/// `2023-11-14T22:13:20.123456Z` for Unix microseconds (proleptic
+/// Gregorian calendar, UTC).
+fn utc_from_unix_micros(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let micros = us % 1_000_000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Year, month, day of the `days`-th day after 1970-01-01 (Howard
+/// Hinnant's days-to-civil algorithm, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shift the epoch to 0000-03-01 so leap days fall at the end of a year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_from_unix_micros(1), "1970-01-01T00:00:00.000001Z");
+        assert_eq!(
+            utc_from_unix_micros(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        // Leap day and the day after.
+        assert_eq!(
+            utc_from_unix_micros(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            utc_from_unix_micros(951_868_800_000_000),
+            "2000-03-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            utc_from_unix_micros(4_102_444_799_999_999),
+            "2099-12-31T23:59:59.999999Z"
+        );
+        // The largest value does not overflow.
+        assert_eq!(
+            utc_from_unix_micros(u64::MAX),
+            "586524-01-19T08:01:49.551615Z"
+        );
+    }
 }
