@@ -4,6 +4,7 @@
 //! module of its own and calls library code.
 
 mod connection;
+mod demo;
 mod device;
 mod emulator;
 mod exit;
@@ -36,6 +37,8 @@ enum Command {
     /// List, read and remove cached session tokens.
     #[command(subcommand)]
     Tokens(tokens::Command),
+    /// Try everything locally: an in-process cloud, a device, a registration and two uploads.
+    Demo(demo::Args),
     /// Upload binary log files for a device (registers it if needed).
     Upload(upload::UploadArgs),
     /// Register a device (boot handshake) and print its new session token.
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => inspect::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),
+        Command::Demo(args) => demo::run(global, args),
         Command::Upload(args) => upload::upload(global, args),
         Command::Register(args) => upload::register(global, args),
         Command::CoreDump(args) => upload::core_dump(global, args),

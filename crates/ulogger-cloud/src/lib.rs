@@ -44,3 +44,8 @@ fn _assert_impls() {
     send_sync::<Error>();
     send_sync::<SessionStore>();
 }
+
+/// The README's examples, compiled and checked as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
