@@ -469,3 +469,42 @@ fn free_functions_share_the_store_between_calls() {
     assert_eq!(emu.issued_tokens().len(), 2);
     assert_eq!(emu.issued_tokens()[1].2, fresh);
 }
+
+#[tokio::test]
+async fn a_retained_message_on_the_reply_topic_is_never_the_answer() {
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    // Someone left a retained "answer" on the device's reply topic.
+    let mut options = rumqttc::MqttOptions::new(
+        format!("cust-{CUSTOMER}-planter"),
+        "127.0.0.1",
+        emu.addr().port(),
+    );
+    options.set_keep_alive(Duration::from_secs(5));
+    let (planter, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let reply_topic = format!("boot/v0/{CUSTOMER}/{APP}/SN-RETAINED");
+    planter
+        .publish(
+            reply_topic,
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            b"{\"token\": 12345}".to_vec(),
+        )
+        .await
+        .unwrap();
+    loop {
+        match events.poll().await.unwrap() {
+            rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    // The real answer comes later than the retained one is replayed.
+    emu.faults()
+        .set_boot_reply_delay(Duration::from_millis(200));
+    let client = Client::builder(config_for(&emu)).build().unwrap();
+
+    let token = client.session_token(&device("SN-RETAINED")).await.unwrap();
+
+    assert_eq!(emu.issued_tokens()[0].2, token);
+    assert_ne!(token, 12345);
+    client.shutdown().await;
+}
