@@ -5,8 +5,8 @@
 //! | 0 | success |
 //! | 1 | unexpected failure (a bug, or an I/O error on the gateway itself) |
 //! | 2 | bad input: arguments, files, ids, a log that fails validation |
-//! | 3 | network failure: could not connect, timed out, connection lost |
-//! | 4 | the cloud refused: broker refused the connection, no boot reply |
+//! | 3 | network failure: could not connect, timed out (also waiting for a boot reply), connection lost |
+//! | 4 | the cloud refused: broker refused the connection or a subscription, unusable boot reply |
 
 use std::process::ExitCode;
 
@@ -87,6 +87,10 @@ pub fn classify(error: &ulogger_cloud::Error) -> Failure {
     } else {
         match error.kind() {
             ulogger_cloud::ErrorKind::Store(_) => Failure::BadInput,
+            // The far end spoke something that is not MQTT (e.g. a TLS
+            // broker answering a plaintext CONNECT): the link is unusable,
+            // the gateway is not at fault.
+            ulogger_cloud::ErrorKind::Protocol(_) => Failure::Network,
             _ => Failure::Internal,
         }
     }

@@ -119,7 +119,9 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
             match (&progress, global.json) {
                 (_, true) => {}
                 (Some(bar), false) => {
-                    bar.println(line);
+                    // `println` prints nothing while the bar is hidden
+                    // (stderr not a terminal); `suspend` always does.
+                    bar.suspend(|| println!("{line}"));
                     bar.inc(1);
                 }
                 (None, false) => println!("{line}"),
