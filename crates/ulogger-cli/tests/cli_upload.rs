@@ -1,0 +1,662 @@
+//! `ulogger upload`, `register` and `core-dump` as a user runs them: the
+//! built binary against an emulator started in this process, over mutual
+//! TLS unless a test says otherwise.
+//!
+//! Every run gets a fresh `HOME`/`ULOGGER_HOME` and no inherited `ULOGGER_*`
+//! variables, so nothing on the machine running the tests is read or
+//! touched, and each test sees only the settings it gives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ulogger_cloud::wire::{build_log, DeviceInfo, LogHeader};
+use ulogger_emulator::{BootReplyMode, Emulator, EmulatorConfig, Record, RecordKind, Verdict};
+
+const CUSTOMER: u32 = 4242;
+const APP: u32 = 7;
+const GIT_HASH: &str = "abc1234";
+
+/// How long a test waits for something that should happen at once.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn tls_emulator() -> Emulator {
+    Emulator::start(EmulatorConfig::new(CUSTOMER)).expect("emulator starts")
+}
+
+fn plaintext_emulator() -> Emulator {
+    Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).expect("emulator starts")
+}
+
+/// A temporary home for one test: files it writes and the binary's runs.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+/// One finished run of the binary.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    /// Asserts the exit code, showing both streams when it differs.
+    fn expect_code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// `ULOGGER_HOME` of the runs (where a default config file is looked for).
+    fn ulogger_home(&self) -> PathBuf {
+        self.path(".ulogger")
+    }
+
+    /// The binary with a clean environment: only `env` of the `ULOGGER_*`
+    /// variables, and homes inside the sandbox.
+    fn command(&self, env: &[(&str, String)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ulogger"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ULOGGER_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HOME", self.dir.path())
+            .env("ULOGGER_HOME", self.ulogger_home())
+            // Only the command's own report reaches stderr.
+            .env("ULOGGER_LOG", "off");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        cmd
+    }
+
+    fn run_with_env(&self, env: &[(&str, String)], args: &[String]) -> Run {
+        Run::from(self.command(env).args(args).output().unwrap())
+    }
+
+    fn run(&self, args: &[String]) -> Run {
+        self.run_with_env(&[], args)
+    }
+}
+
+fn s(path: &Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+/// `subcommand` with the flags that reach `emu` as it was started.
+fn connect_args(subcommand: &str, emu: &Emulator) -> Vec<String> {
+    let mut args = strings(&[subcommand, "--broker", "127.0.0.1", "--customer-id"]);
+    args.push(CUSTOMER.to_string());
+    args.extend(["--port".to_owned(), emu.addr().port().to_string()]);
+    match emu.certs() {
+        Some(certs) => args.extend([
+            "--ca".to_owned(),
+            s(&certs.ca_cert),
+            "--cert".to_owned(),
+            s(&certs.client_cert),
+            "--key".to_owned(),
+            s(&certs.client_key),
+        ]),
+        None => args.push("--plaintext".to_owned()),
+    }
+    args
+}
+
+/// `args` with the value after `flag` replaced.
+fn replace(mut args: Vec<String>, flag: &str, value: String) -> Vec<String> {
+    let at = args.iter().position(|a| a == flag).unwrap();
+    args[at + 1] = value;
+    args
+}
+
+fn device_args(serial: &str) -> Vec<String> {
+    strings(&[
+        "--app-id",
+        &APP.to_string(),
+        "--serial",
+        serial,
+        "--device-type",
+        "test-board",
+        "--git-version",
+        "v1.0.0",
+        "--git-hash",
+        GIT_HASH,
+    ])
+}
+
+/// A valid version-4 log with `len` data bytes.
+fn v4_log(len: usize) -> Vec<u8> {
+    let mut header = LogHeader::new(4).unwrap();
+    header.anchor_tick = Some(1000);
+    header.tick_rate_hz = Some(32_768);
+    header.epoch_time_us = Some(0);
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    build_log(header, &data).unwrap()
+}
+
+/// A valid version-1 log with `len` data bytes.
+fn v1_log(len: usize) -> Vec<u8> {
+    let mut header = LogHeader::new(1).unwrap();
+    header.sequence_number = Some(9);
+    let data: Vec<u8> = (0..len).map(|i| (i % 7) as u8).collect();
+    build_log(header, &data).unwrap()
+}
+
+/// A port nothing listens on (a listener's, after it was closed).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The binary-log record of `size` bytes, once the cloud has it.
+fn wait_for_log(emu: &Emulator, size: usize) -> Record {
+    emu.wait_for_blocking(
+        |r| r.kind == RecordKind::BinaryLog && r.size == size,
+        PATIENCE,
+    )
+    .unwrap_or_else(|| panic!("a {size}-byte log reached the cloud"))
+}
+
+fn records_of(emu: &Emulator, kind: RecordKind) -> Vec<Record> {
+    emu.records()
+        .into_iter()
+        .filter(|r| r.kind == kind)
+        .collect()
+}
+
+fn stored_bytes(emu: &Emulator, record: &Record) -> Vec<u8> {
+    let file = record.file.as_ref().expect("record has a stored file");
+    std::fs::read(emu.data_dir().join(file)).unwrap()
+}
+
+/// The only token `emu` has issued, checked to be for `serial`.
+fn only_issued_token(emu: &Emulator, serial: &str) -> u32 {
+    let issued = emu.issued_tokens();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!((issued[0].0, issued[0].1.as_str()), (APP, serial));
+    issued[0].2
+}
+
+#[test]
+fn two_logs_are_uploaded_and_a_second_run_reuses_the_cached_token() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let store = sandbox.path("tokens.json");
+    let first = sandbox.write("first.bin", &v4_log(300));
+    let second = sandbox.write("second.bin", &v1_log(40));
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-UP"));
+    args.extend(["--store".to_owned(), s(&store)]);
+
+    let mut run_args = args.clone();
+    run_args.extend([s(&first), s(&second)]);
+    let run = sandbox.run(&run_args).expect_code(0);
+
+    for file in [&first, &second] {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains(&s(file)))
+            .unwrap_or_else(|| panic!("stdout names {}:\n{}", file.display(), run.stdout));
+        assert!(line.contains("uploaded"), "{line}");
+    }
+    let token = only_issued_token(&emu, "SN-UP");
+    for size in [v4_log(300).len(), v1_log(40).len()] {
+        let record = wait_for_log(&emu, size);
+        assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+        assert_eq!(record.serial.as_deref(), Some("SN-UP"));
+        assert_eq!(record.token, Some(token));
+    }
+    let cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&store).unwrap()).unwrap();
+    assert_eq!(cached["SN-UP"]["token"], token, "{cached}");
+    assert_eq!(cached["SN-UP"]["git_hash"], GIT_HASH, "{cached}");
+
+    // A new process, the same store: no new registration.
+    let third = sandbox.write("third.bin", &v4_log(500));
+    let mut run_args = args;
+    run_args.push(s(&third));
+    let run = sandbox.run(&run_args).expect_code(0);
+    assert!(run.stdout.contains(&s(&third)), "{}", run.stdout);
+    let record = wait_for_log(&emu, v4_log(500).len());
+    assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+    assert_eq!(record.token, Some(token));
+    assert_eq!(records_of(&emu, RecordKind::Boot).len(), 1);
+    assert_eq!(emu.issued_tokens().len(), 1);
+}
+
+#[test]
+fn json_output_is_an_array_of_per_file_reports() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let v4 = sandbox.write("a.bin", &v4_log(64));
+    let v1 = sandbox.write("b.bin", &v1_log(64));
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-JSON"));
+    args.extend(strings(&["--no-store", "--json"]));
+    args.extend([s(&v4), s(&v1)]);
+
+    let run = sandbox.run(&args).expect_code(0);
+
+    let reports: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is JSON ({e}):\n{}", run.stdout));
+    let reports = reports.as_array().expect("a JSON array");
+    let token = only_issued_token(&emu, "SN-JSON");
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (report, (file, version)) in reports.iter().zip([(&v4, 4), (&v1, 1)]) {
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["file"], s(file), "{report}");
+        assert_eq!(report["token"], token, "{report}");
+        assert_eq!(report["header_version"], version, "{report}");
+        assert_eq!(
+            report["topic"],
+            format!("binlog/v0/{CUSTOMER}/{APP}"),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_log_is_reported_and_the_valid_one_still_goes_up() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let mut bad = v1_log(10);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xFF; // a data byte: the checksum no longer matches
+    let bad_file = sandbox.write("corrupt.bin", &bad);
+    let good = v4_log(77);
+    let good_file = sandbox.write("good.bin", &good);
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-MIXED"));
+    args.push("--no-store".to_owned());
+    args.extend([s(&bad_file), s(&good_file)]);
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    let output = run.output();
+    let bad_line = output
+        .lines()
+        .find(|l| l.contains(&s(&bad_file)))
+        .unwrap_or_else(|| panic!("the bad file is named:\n{output}"));
+    assert!(bad_line.contains("checksum"), "{bad_line}");
+    assert!(
+        output
+            .lines()
+            .any(|l| l.contains(&s(&good_file)) && l.contains("uploaded")),
+        "{output}"
+    );
+    let record = wait_for_log(&emu, good.len());
+    assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+    // The bad log was refused locally, so it can never arrive later.
+    assert_eq!(records_of(&emu, RecordKind::BinaryLog).len(), 1);
+}
+
+#[test]
+fn device_identity_comes_from_a_dump_and_a_flag_overrides_one_field() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let dump = DeviceInfo::new(APP, "SN-FROM-DUMP", "dump-board", "v2.0.0", "0ddba11").encode();
+    let dump_file = sandbox.write("device-info.bin", &dump);
+    let mut args = connect_args("register", &emu);
+    args.extend(["--device-info".to_owned(), s(&dump_file)]);
+    args.extend(strings(&["--serial", "SN-OVERRIDE", "--no-store"]));
+
+    let run = sandbox.run(&args).expect_code(0);
+
+    let token = only_issued_token(&emu, "SN-OVERRIDE");
+    assert_eq!(run.stdout.trim(), format!("SN-OVERRIDE: token {token}"));
+    let boot = records_of(&emu, RecordKind::Boot);
+    assert_eq!(boot.len(), 1);
+    assert_eq!(boot[0].app_id, Some(APP));
+    let payload: serde_json::Value = serde_json::from_slice(&stored_bytes(&emu, &boot[0])).unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({
+            "device_type": "dump-board",
+            "git": "0ddba11",
+            "serial": "SN-OVERRIDE",
+            "version": "v2.0.0",
+        })
+    );
+}
+
+#[test]
+fn each_missing_device_field_is_bad_input_naming_its_flag() {
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let full = device_args("SN-MISSING");
+    // Nothing listens there: had the command gone on to connect, it would
+    // exit 3, not 2.
+    let base = strings(&[
+        "upload",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--customer-id",
+        "1",
+        "--plaintext",
+        "--no-store",
+        "--timeout",
+        "2",
+    ]);
+    for flag in [
+        "--app-id",
+        "--serial",
+        "--device-type",
+        "--git-version",
+        "--git-hash",
+    ] {
+        let at = full.iter().position(|a| a == flag).unwrap();
+        let mut args = base.clone();
+        args.extend(full[..at].iter().cloned());
+        args.extend(full[at + 2..].iter().cloned());
+        args.push(s(&log));
+
+        let run = sandbox.run(&args).expect_code(2);
+        assert!(run.stderr.contains(flag), "{flag}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn a_missing_customer_id_is_bad_input() {
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let mut args = strings(&[
+        "upload",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+        "--timeout",
+        "2",
+    ]);
+    args.extend(device_args("SN-NOCUST"));
+    args.push(s(&log));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert!(run.stderr.contains("--customer-id"), "{}", run.stderr);
+}
+
+#[test]
+fn register_prints_the_token_the_cloud_issued_and_caches_it() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let store = sandbox.path("tokens.json");
+    let mut args = connect_args("register", &emu);
+    args.extend(device_args("SN-REG"));
+    args.extend(["--store".to_owned(), s(&store)]);
+
+    let run = sandbox.run(&args).expect_code(0);
+
+    let token = only_issued_token(&emu, "SN-REG");
+    assert_eq!(run.stdout.trim(), format!("SN-REG: token {token}"));
+    let cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&store).unwrap()).unwrap();
+    assert_eq!(cached["SN-REG"]["token"], token, "{cached}");
+}
+
+#[test]
+fn a_core_dump_arrives_byte_for_byte() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let dump: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let file = sandbox.write("core.dump", &dump);
+    let mut args = connect_args("core-dump", &emu);
+    args.extend(["--no-store".to_owned(), s(&file)]);
+
+    let run = sandbox.run(&args).expect_code(0);
+
+    assert!(run.stdout.contains(&s(&file)), "{}", run.stdout);
+    assert!(run.stdout.contains("5000 bytes"), "{}", run.stdout);
+    let record = emu
+        .wait_for_blocking(|r| r.kind == RecordKind::CoreDump, PATIENCE)
+        .expect("the cloud stored the core dump");
+    assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+    assert_eq!(record.topic, format!("core-dump/v0/{CUSTOMER}"));
+    assert_eq!(stored_bytes(&emu, &record), dump);
+}
+
+#[test]
+fn an_unreachable_broker_is_a_network_failure() {
+    let emu = tls_emulator(); // only for its certificates
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let mut args = replace(
+        connect_args("upload", &emu),
+        "--port",
+        closed_port().to_string(),
+    );
+    args.extend(device_args("SN-UNREACHABLE"));
+    args.extend(strings(&["--no-store", "--timeout", "2"]));
+    args.push(s(&log));
+
+    let started = Instant::now();
+    let run = sandbox.run(&args).expect_code(3);
+
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert!(run.stderr.contains("error:"), "{}", run.stderr);
+    assert!(emu.records().is_empty(), "{:?}", emu.records());
+}
+
+#[test]
+fn no_boot_reply_times_out_as_a_network_failure_and_nothing_is_uploaded() {
+    let emu = tls_emulator();
+    emu.faults().set_boot_reply(BootReplyMode::None);
+    let sandbox = Sandbox::new();
+    let store = sandbox.path("tokens.json");
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-SILENT"));
+    args.extend(strings(&["--token-timeout", "1", "--store"]));
+    args.extend([s(&store), s(&log)]);
+
+    let run = sandbox.run(&args).expect_code(3);
+
+    assert!(run.output().contains("boot reply"), "{}", run.output());
+    assert_eq!(records_of(&emu, RecordKind::Boot).len(), 1);
+    assert!(records_of(&emu, RecordKind::BinaryLog).is_empty());
+    let cached = std::fs::read_to_string(&store).unwrap_or_default();
+    assert!(!cached.contains("SN-SILENT"), "{cached}");
+}
+
+#[test]
+fn a_broker_certificate_from_another_ca_is_a_network_failure_naming_the_certificate() {
+    let emu = tls_emulator();
+    let other = tls_emulator();
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    // Trust the other emulator's CA only.
+    let mut args = replace(
+        connect_args("upload", &emu),
+        "--ca",
+        s(&other.certs().unwrap().ca_cert),
+    );
+    args.extend(device_args("SN-WRONG-CA"));
+    args.extend(strings(&["--no-store", "--timeout", "20"]));
+    args.push(s(&log));
+
+    let started = Instant::now();
+    let run = sandbox.run(&args).expect_code(3);
+
+    assert!(
+        started.elapsed() < PATIENCE,
+        "a trust failure must not wait for the connect timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        run.stderr
+    );
+    assert!(records_of(&emu, RecordKind::Boot).is_empty());
+}
+
+#[test]
+fn settings_come_from_flags_over_environment_over_the_config_file() {
+    let emu = tls_emulator();
+    let certs = emu.certs().unwrap();
+    let sandbox = Sandbox::new();
+    let good_port = emu.addr().port().to_string();
+    let bad_port = closed_port().to_string();
+    let config_text = |port: &str| {
+        format!(
+            "customer_id = {CUSTOMER}\nbroker = \"127.0.0.1\"\nport = {port}\n\
+             ca = {:?}\ncert = {:?}\nkey = {:?}\ntimeout = 2\n",
+            s(&certs.ca_cert),
+            s(&certs.client_cert),
+            s(&certs.client_key),
+        )
+    };
+    let good_config = sandbox.write("good.toml", config_text(&good_port).as_bytes());
+    let bad_config = sandbox.write("bad.toml", config_text(&bad_port).as_bytes());
+    let register = |config: &Path, serial: &str| {
+        let mut args = strings(&["register", "--no-store", "--config"]);
+        args.push(s(config));
+        args.extend(device_args(serial));
+        args
+    };
+    let port_env = |port: &str| [("ULOGGER_PORT", port.to_owned())];
+
+    // The file alone is enough.
+    sandbox
+        .run(&register(&good_config, "SN-FILE"))
+        .expect_code(0);
+    // Its wrong port is really used...
+    sandbox
+        .run(&register(&bad_config, "SN-FILE-BAD"))
+        .expect_code(3);
+    // ...unless the environment corrects it...
+    sandbox
+        .run_with_env(&port_env(&good_port), &register(&bad_config, "SN-ENV"))
+        .expect_code(0);
+    // ...and a flag beats a wrong environment.
+    let mut args = register(&bad_config, "SN-FLAG");
+    args.extend(["--port".to_owned(), good_port.clone()]);
+    sandbox
+        .run_with_env(&port_env(&bad_port), &args)
+        .expect_code(0);
+    // The environment can also name the file.
+    let mut args = strings(&["register", "--no-store"]);
+    args.extend(device_args("SN-ENV-CONFIG"));
+    sandbox
+        .run_with_env(&[("ULOGGER_CONFIG", s(&good_config))], &args)
+        .expect_code(0);
+    // Without any of those, $ULOGGER_HOME/config.toml is read.
+    std::fs::create_dir_all(sandbox.ulogger_home()).unwrap();
+    std::fs::copy(&good_config, sandbox.ulogger_home().join("config.toml")).unwrap();
+    sandbox.run(&args).expect_code(0);
+
+    let serials: Vec<String> = emu.issued_tokens().into_iter().map(|t| t.1).collect();
+    assert_eq!(
+        serials,
+        [
+            "SN-FILE",
+            "SN-ENV",
+            "SN-FLAG",
+            "SN-ENV-CONFIG",
+            "SN-ENV-CONFIG"
+        ]
+    );
+}
+
+#[test]
+fn plaintext_is_used_only_when_asked_for_and_never_as_a_fallback() {
+    let plain = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let log = v1_log(33);
+    let file = sandbox.write("log.bin", &log);
+
+    let mut args = connect_args("upload", &plain);
+    args.extend(device_args("SN-PLAIN"));
+    args.extend(strings(&["--no-store", "--timeout", "2"]));
+    args.push(s(&file));
+    sandbox.run(&args).expect_code(0);
+    let record = wait_for_log(&plain, log.len());
+    assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+
+    // Plaintext against a TLS broker fails.
+    let tls = tls_emulator();
+    let mut args = replace(
+        connect_args("upload", &plain),
+        "--port",
+        tls.addr().port().to_string(),
+    );
+    args.extend(device_args("SN-PLAIN-TO-TLS"));
+    args.extend(strings(&["--no-store", "--timeout", "2"]));
+    args.push(s(&file));
+    sandbox.run(&args).expect_code(3);
+    // Asking for plaintext while giving TLS files is a contradiction, not
+    // a reason to drop TLS.
+    let mut args = connect_args("upload", &tls);
+    args.extend(device_args("SN-PLAIN-AND-TLS"));
+    args.extend(strings(&["--plaintext", "--no-store", "--timeout", "2"]));
+    args.push(s(&file));
+    let run = sandbox.run(&args).expect_code(2);
+    assert!(run.stderr.contains("plaintext"), "{}", run.stderr);
+    assert!(tls.issued_tokens().is_empty());
+
+    // TLS against the plaintext broker fails too.
+    let mut args = replace(
+        connect_args("upload", &tls),
+        "--port",
+        plain.addr().port().to_string(),
+    );
+    args.extend(device_args("SN-TLS-TO-PLAIN"));
+    args.extend(strings(&["--no-store", "--timeout", "2"]));
+    args.push(s(&file));
+    sandbox.run(&args).expect_code(3);
+    assert_eq!(
+        plain
+            .issued_tokens()
+            .into_iter()
+            .map(|t| t.1)
+            .collect::<Vec<_>>(),
+        ["SN-PLAIN"]
+    );
+}
