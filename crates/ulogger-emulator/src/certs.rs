@@ -156,16 +156,7 @@ impl CertPaths {
         )?;
         fs::create_dir_all(out_dir)
             .map_err(|e| EmulatorError::io("create directory", out_dir, e))?;
-        let stem: String = common_name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let stem = crate::durable::file_safe(common_name);
         let cert_path = out_dir.join(format!("{stem}.pem.crt"));
         let key_path = out_dir.join(format!("{stem}.pem.key"));
         write(&key_path, &key, Access::OwnerOnly)?;

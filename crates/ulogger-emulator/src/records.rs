@@ -223,16 +223,7 @@ impl RecordLog {
             inner.seq
         };
         let stamp = file_stamp(SystemTime::now());
-        let label: String = label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let label = crate::durable::file_safe(label);
         let relative = PathBuf::from(subdir).join(format!("{stamp}-{label}-{seq:06}.{ext}"));
         let dir = self.data_dir.join(subdir);
         fs::create_dir_all(&dir).map_err(|e| EmulatorError::io("create directory", &dir, e))?;
