@@ -42,7 +42,14 @@ pub(crate) fn client(
         let config = client_tls_config(&tls.ca_cert, client)?;
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
-    Ok(AsyncClient::new(options, 64))
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // A boot reply follows right behind the PUBACK of the boot request; with
+    // Nagle on, it waits for the broker's delayed ACK of that PUBACK (about
+    // 40 ms on Linux) before it leaves.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    Ok((client, eventloop))
 }
 
 /// Drives the connection: subscribes to `filters` after every CONNACK
