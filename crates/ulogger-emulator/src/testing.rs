@@ -51,6 +51,18 @@ impl Mosquitto {
     /// When mosquitto is missing and the environment has `CI=true`, or
     /// when it is installed but does not start.
     pub fn start(tls: MosquittoTls) -> Option<Mosquitto> {
+        Mosquitto::start_with_config(tls, "")
+    }
+
+    /// [`Mosquitto::start`] with `extra_config` appended to the generated
+    /// configuration file: whole lines of mosquitto.conf, such as
+    /// `set_tcp_nodelay true` for latency measurements. An option that
+    /// mosquitto rejects makes the start panic with its log.
+    ///
+    /// # Panics
+    ///
+    /// As [`Mosquitto::start`].
+    pub fn start_with_config(tls: MosquittoTls, extra_config: &str) -> Option<Mosquitto> {
         let Some(binary) = find_mosquitto() else {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!(
@@ -63,7 +75,7 @@ impl Mosquitto {
         };
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            match start_once(&binary, &tls) {
+            match start_once(&binary, &tls, extra_config) {
                 Ok(mosquitto) => return Some(mosquitto),
                 Err(e) => last_error = e,
             }
@@ -113,7 +125,7 @@ pub fn find_mosquitto() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn start_once(binary: &Path, tls: &MosquittoTls) -> Result<Mosquitto, String> {
+fn start_once(binary: &Path, tls: &MosquittoTls, extra_config: &str) -> Result<Mosquitto, String> {
     let dir = tempfile::Builder::new()
         .prefix("mosquitto-")
         .tempdir()
@@ -140,6 +152,10 @@ fn start_once(binary: &Path, tls: &MosquittoTls) -> Result<Mosquitto, String> {
             certs.server_cert.display(),
             certs.server_key.display()
         ));
+    }
+    if !extra_config.is_empty() {
+        conf.push_str(extra_config);
+        conf.push('\n');
     }
     let conf_path = dir.path().join("mosquitto.conf");
     fs::File::create(&conf_path)
