@@ -38,18 +38,45 @@ pub(super) fn write(out: &mut Vec<u8>, map: &LruMap<Record>) {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"\n  ");
-        write_str(out, serial);
-        out.extend_from_slice(b": {\n    \"token\": ");
-        write_u32(out, record.token);
-        out.extend_from_slice(b",\n    \"git_hash\": ");
-        write_str(out, &record.git_hash);
-        out.extend_from_slice(b"\n  }");
+        write_entry(out, serial, record);
     }
     if map.len() > 0 {
-        out.extend_from_slice(b"\n");
+        out.extend_from_slice(CLOSE);
+    } else {
+        out.push(b'}');
     }
-    out.push(b'}');
+}
+
+/// Turns `out`, which holds [`write`] of a map of two or more entries
+/// minus its last one, into [`write`] of the whole map, in time
+/// proportional to the last entry. This is the common write (a new device
+/// registers) and saves re-serialising every other entry. Returns false,
+/// leaving `out` as it was, when `out` does not look like such a file.
+pub(super) fn append_last(out: &mut Vec<u8>, map: &LruMap<Record>) -> bool {
+    let Some((serial, record)) = map.last() else {
+        return false;
+    };
+    if map.len() < 2 || !out.ends_with(CLOSE) {
+        return false;
+    }
+    out.truncate(out.len() - CLOSE.len());
+    out.push(b',');
+    write_entry(out, serial, record);
+    out.extend_from_slice(CLOSE);
+    true
+}
+
+/// The end of a non-empty file.
+const CLOSE: &[u8] = b"\n}";
+
+fn write_entry(out: &mut Vec<u8>, serial: &str, record: &Record) {
+    out.extend_from_slice(b"\n  ");
+    write_str(out, serial);
+    out.extend_from_slice(b": {\n    \"token\": ");
+    write_u32(out, record.token);
+    out.extend_from_slice(b",\n    \"git_hash\": ");
+    write_str(out, &record.git_hash);
+    out.extend_from_slice(b"\n  }");
 }
 
 /// A JSON string as Python's `json.dump` (`ensure_ascii=True`) writes it:

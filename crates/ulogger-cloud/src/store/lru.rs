@@ -13,6 +13,11 @@ pub(super) struct LruMap<V> {
     seq_of: HashMap<String, u64>,
     by_seq: BTreeMap<u64, (String, V)>,
     next_seq: u64,
+    /// Bumped by every change of content or order, so that a caller can
+    /// tell whether something it derived from the map is still current.
+    version: u64,
+    /// The version made by inserting a new key (at the most recent end).
+    appended_at: Option<u64>,
 }
 
 impl<V> Default for LruMap<V> {
@@ -21,6 +26,8 @@ impl<V> Default for LruMap<V> {
             seq_of: HashMap::new(),
             by_seq: BTreeMap::new(),
             next_seq: 0,
+            version: 0,
+            appended_at: None,
         }
     }
 }
@@ -48,9 +55,35 @@ impl<V> LruMap<V> {
         self.by_seq.get(seq).map(|(_, value)| value)
     }
 
+    /// Changes with every change of content or order.
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// True when the last change was the insertion of a new key: the map
+    /// is the one at `version() - 1` plus [`last`](Self::last).
+    pub(super) fn last_change_was_append(&self) -> bool {
+        self.appended_at == Some(self.version)
+    }
+
+    /// The most recently used entry.
+    pub(super) fn last(&self) -> Option<(&str, &V)> {
+        self.by_seq
+            .last_key_value()
+            .map(|(_, (key, value))| (key.as_str(), value))
+    }
+
     /// The value, after moving the key to the most-recently-used end.
     pub(super) fn touch(&mut self, key: &str) -> Option<&V> {
         let old = *self.seq_of.get(key)?;
+        if self
+            .by_seq
+            .last_key_value()
+            .is_some_and(|(&last, _)| last == old)
+        {
+            return self.by_seq.get(&old).map(|(_, value)| value);
+        }
+        self.changed();
         let new = self.bump();
         let entry = self.by_seq.remove(&old)?;
         if let Some(seq) = self.seq_of.get_mut(key) {
@@ -61,21 +94,27 @@ impl<V> LruMap<V> {
 
     /// Inserts or replaces `key`, which becomes the most recently used.
     pub(super) fn insert(&mut self, key: String, value: V) {
+        self.changed();
         let seq = self.bump();
-        if let Some(old) = self.seq_of.insert(key.clone(), seq) {
-            self.by_seq.remove(&old);
+        match self.seq_of.insert(key.clone(), seq) {
+            Some(old) => {
+                self.by_seq.remove(&old);
+            }
+            None => self.appended_at = Some(self.version),
         }
         self.by_seq.insert(seq, (key, value));
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<V> {
         let seq = self.seq_of.remove(key)?;
+        self.changed();
         self.by_seq.remove(&seq).map(|(_, value)| value)
     }
 
     /// Removes and returns the least-recently-used entry.
     pub(super) fn pop_lru(&mut self) -> Option<(String, V)> {
         let (_, (key, value)) = self.by_seq.pop_first()?;
+        self.changed();
         self.seq_of.remove(&key);
         Some((key, value))
     }
@@ -90,6 +129,7 @@ impl<V> LruMap<V> {
     }
 
     pub(super) fn clear(&mut self) {
+        self.changed();
         self.seq_of.clear();
         self.by_seq.clear();
     }
@@ -99,6 +139,10 @@ impl<V> LruMap<V> {
         self.by_seq
             .values()
             .map(|(key, value)| (key.as_str(), value))
+    }
+
+    fn changed(&mut self) {
+        self.version = self.version.wrapping_add(1);
     }
 
     fn bump(&mut self) -> u64 {
@@ -180,6 +224,45 @@ mod tests {
         map.clear();
         assert_eq!(map.len(), 0);
         assert!(map.pop_lru().is_none());
+    }
+
+    #[test]
+    fn version_tracks_changes_and_appends() {
+        let mut map = LruMap::default();
+        let v0 = map.version();
+        map.insert("a".into(), 1);
+        assert_ne!(map.version(), v0);
+        assert!(map.last_change_was_append());
+        assert_eq!(map.last(), Some(("a", &1)));
+        map.insert("b".into(), 2);
+        assert!(map.last_change_was_append());
+        let v = map.version();
+        map.touch("b"); // already the most recent: no change
+        assert_eq!(map.version(), v);
+        assert!(map.last_change_was_append());
+        map.touch("a");
+        assert_ne!(map.version(), v);
+        assert!(!map.last_change_was_append());
+        map.insert("b".into(), 3); // a replacement is not an append
+        assert!(!map.last_change_was_append());
+        for change in [
+            |m: &mut LruMap<i32>| {
+                m.remove("a");
+            },
+            |m: &mut LruMap<i32>| {
+                m.pop_lru();
+            },
+            |m: &mut LruMap<i32>| m.clear(),
+        ] {
+            map.insert("x".into(), 0);
+            let v = map.version();
+            change(&mut map);
+            assert_ne!(map.version(), v);
+            assert!(!map.last_change_was_append());
+        }
+        let v = map.version();
+        assert_eq!(map.remove("nothing"), None);
+        assert_eq!(map.version(), v);
     }
 
     #[test]

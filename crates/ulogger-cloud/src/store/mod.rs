@@ -125,8 +125,11 @@ struct Backing {
     /// The map differs from the file (touches or a capacity trim).
     dirty: bool,
     /// The file's bytes are built here; kept (it is smaller than the map)
-    /// to avoid reallocating on every write.
+    /// to avoid reallocating, and so that a new entry can be appended to
+    /// it rather than everything re-serialised.
     buffer: Vec<u8>,
+    /// The `map.version()` that `buffer` holds, if it still holds one.
+    buffer_version: Option<u64>,
 }
 
 /// Which version of the file `State::map` reflects.
@@ -190,6 +193,7 @@ impl SessionStore {
                 touched: LruMap::default(),
                 dirty: false,
                 buffer: Vec::new(),
+                buffer_version: None,
             }),
         });
         store.lock_state().refresh()?;
@@ -481,6 +485,8 @@ impl State {
             return Ok(());
         }
         backing.synced = Synced::Unknown;
+        // The map is about to be replaced, versions and all.
+        backing.buffer_version = None;
         match file::read(&backing.paths.file)? {
             None => {
                 self.map.clear();
@@ -550,8 +556,16 @@ impl State {
         if !changed && !backing.dirty {
             return Ok(());
         }
-        backing.buffer.clear();
-        format::write(&mut backing.buffer, &self.map);
+        let map = &self.map;
+        let one_append_behind = backing
+            .buffer_version
+            .is_some_and(|v| v.wrapping_add(1) == map.version())
+            && map.last_change_was_append();
+        if !(one_append_behind && format::append_last(&mut backing.buffer, map)) {
+            backing.buffer.clear();
+            format::write(&mut backing.buffer, map);
+        }
+        backing.buffer_version = Some(map.version());
         let written = file::write_atomically(&backing.paths, &backing.buffer);
         match written {
             Ok((handle, stamp)) => {
