@@ -71,9 +71,29 @@ const FILE_NAME: &str = "session_tokens.json";
 /// # Sharing
 ///
 /// `SessionStore` is `Send + Sync` and every method takes `&self` (a mutex
-/// inside); share one between tasks or threads in an `Arc`.
+/// inside); share one between tasks or threads in an `Arc`. Methods of a
+/// file-backed store block on file I/O (a mutation waits for the disk, a
+/// few milliseconds): from async code, call them in `spawn_blocking`.
 ///
 /// Tokens never appear in the `Debug` output of the store or its entries.
+///
+/// # Example
+///
+/// ```
+/// use ulogger_cloud::SessionStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = SessionStore::open(dir.path().join("session_tokens.json"))?;
+/// store.set("SN-0001", 0x1234_5678, "abc1234")?;
+/// assert_eq!(store.get("SN-0001", "abc1234")?, Some(0x1234_5678));
+/// // New firmware: a miss, so the device registers again.
+/// assert_eq!(store.get("SN-0001", "def5678")?, None);
+///
+/// // Another process (here, another value) sees the entry.
+/// let again = SessionStore::open(dir.path().join("session_tokens.json"))?;
+/// assert_eq!(again.entries()?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct SessionStore {
     state: Mutex<State>,
 }
