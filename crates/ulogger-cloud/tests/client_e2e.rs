@@ -508,3 +508,28 @@ async fn a_retained_message_on_the_reply_topic_is_never_the_answer() {
     assert_ne!(token, 12345);
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_persists_the_recency_that_cached_lookups_refreshed() {
+    let emu = tls_emulator();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session_tokens.json");
+    let client = Client::builder(config_for(&emu))
+        .session_store(SessionStore::open(&path).unwrap())
+        .build()
+        .unwrap();
+    client.session_token(&device("SN-OLD")).await.unwrap();
+    client.session_token(&device("SN-NEW")).await.unwrap();
+    // A cache hit makes SN-OLD the most recently used.
+    client.session_token(&device("SN-OLD")).await.unwrap();
+    client.shutdown().await;
+
+    let order: Vec<String> = SessionStore::open(&path)
+        .unwrap()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.serial)
+        .collect();
+    assert_eq!(order, ["SN-NEW", "SN-OLD"]);
+}

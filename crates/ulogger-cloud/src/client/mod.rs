@@ -249,10 +249,18 @@ impl Client {
 
     /// Closes the connection gracefully: publishes already handed over get
     /// their acknowledgement (or fail after the acknowledgement timeout),
-    /// then the client disconnects. Later calls fail with
-    /// [`ErrorKind::Shutdown`].
+    /// then the client disconnects and the session store's recency order is
+    /// written. Later calls fail with [`ErrorKind::Shutdown`].
     pub async fn shutdown(&self) {
         self.inner.transport.shutdown().await;
+        // Token lookups refresh recency lazily; persist it so that the
+        // store's eviction order survives this process.
+        let store = self.inner.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not persist session-token recency"),
+            Err(error) => tracing::warn!(%error, "could not persist session-token recency"),
+        }
     }
 
     pub(crate) fn transport(&self) -> &Transport {
