@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::*;
 use ulogger_cloud::wire::{LogHeader, MAX_MESSAGE_SIZE};
-use ulogger_cloud::{Client, ErrorKind, Phase, Security, SessionStore};
+use ulogger_cloud::{Client, ErrorKind, MqttConfig, Phase, Security, SessionStore};
 use ulogger_emulator::{BootReplyMode, EmulatorConfig, RecordKind, Verdict, WithholdPuback};
 
 #[tokio::test]
@@ -532,4 +532,37 @@ async fn shutdown_persists_the_recency_that_cached_lookups_refreshed() {
         .map(|e| e.serial)
         .collect();
     assert_eq!(order, ["SN-NEW", "SN-OLD"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_beyond_the_queue_fail_in_time_when_the_broker_is_unreachable() {
+    // A port nobody listens on: every attempt is refused.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = MqttConfig::new(CUSTOMER)
+        .broker("127.0.0.1")
+        .port(port)
+        .security(Security::Plaintext)
+        .max_inflight(1)
+        .connect_timeout(Duration::from_millis(500));
+    let client = Client::builder(config).build().unwrap();
+    // Far more callers than the command queue holds.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let client = client.clone();
+        tasks.spawn(async move { client.publish_core_dump(vec![1u8; 16]).await });
+    }
+    let all_done = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut failures = 0;
+        while let Some(result) = tasks.join_next().await {
+            let err = result.unwrap().unwrap_err();
+            assert_eq!(err.timeout_phase(), Some(Phase::Connect), "{err:?}");
+            failures += 1;
+        }
+        failures
+    })
+    .await;
+    assert_eq!(all_done, Ok(300), "every caller got its error; none hung");
 }

@@ -155,13 +155,12 @@ impl Transport {
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Publish {
+        let command = Command::Publish {
             topic,
             payload,
             done,
-        })
-        .await?;
-        self.wait(rx, Phase::Acknowledgement).await
+        };
+        self.submit(command, rx, Phase::Acknowledgement).await
     }
 
     /// Subscribes at QoS 1 and returns once the broker granted it. The
@@ -169,8 +168,8 @@ impl Transport {
     /// subscriber of the filter unsubscribed.
     pub async fn subscribe(&self, filter: String) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Subscribe { filter, done }).await?;
-        self.wait(rx, Phase::Subscribe).await
+        self.submit(Command::Subscribe { filter, done }, rx, Phase::Subscribe)
+            .await
     }
 
     /// Gives up one subscription to `filter` (without waiting).
@@ -230,24 +229,22 @@ impl Transport {
         let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
     }
 
-    async fn send(&self, command: Command) -> Result<(), Error> {
-        if *self.shared.shutdown.borrow() {
-            return Err(ErrorKind::Shutdown.into());
-        }
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| Error::from(ErrorKind::Shutdown))
-    }
-
-    /// Waits for the driver's verdict on one command. The connect timeout
-    /// runs while the link is down, the acknowledgement timeout while it is
-    /// up; a permanent connection failure ends the wait at once.
-    async fn wait(
+    /// Queues one command and waits for the driver's verdict on it. The
+    /// connect timeout runs while the link is down, the acknowledgement
+    /// timeout while it is up, and both cover the wait for room in the
+    /// queue too; a permanent connection failure ends the wait at once.
+    async fn submit(
         &self,
+        command: Command,
         mut rx: oneshot::Receiver<Result<(), Error>>,
         phase: Phase,
     ) -> Result<(), Error> {
+        if *self.shared.shutdown.borrow() {
+            return Err(ErrorKind::Shutdown.into());
+        }
+        let send = self.commands.send(command);
+        tokio::pin!(send);
+        let mut queued = false;
         let mut link = self.shared.link.subscribe();
         let mut connect_deadline = None;
         let mut ack_deadline = None;
@@ -272,7 +269,13 @@ impl Transport {
                 }
             };
             tokio::select! {
-                result = &mut rx => {
+                sent = &mut send, if !queued => {
+                    if sent.is_err() {
+                        return Err(ErrorKind::Shutdown.into());
+                    }
+                    queued = true;
+                }
+                result = &mut rx, if queued => {
                     return result.unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()));
                 }
                 changed = link.changed() => if changed.is_err() {
