@@ -105,9 +105,15 @@ fn load_file(explicit: Option<&Path>) -> Result<ConfigFile, Exit> {
 }
 
 impl ConnectionArgs {
-    /// Merges flags/environment over the config file into an `MqttConfig`.
-    pub fn mqtt_config(&self) -> Result<MqttConfig, Exit> {
+    /// The broker settings and the session-token store, from flags and
+    /// environment over the config file (read once).
+    pub fn resolve(&self) -> Result<(MqttConfig, SessionStore), Exit> {
         let file = load_file(self.config.as_deref())?;
+        let config = self.mqtt_config(&file)?;
+        Ok((config, self.session_store(&file)?))
+    }
+
+    fn mqtt_config(&self, file: &ConfigFile) -> Result<MqttConfig, Exit> {
         let customer_id = self.customer_id.or(file.customer_id).ok_or_else(|| {
             Exit::new(
                 Failure::BadInput,
@@ -115,28 +121,28 @@ impl ConnectionArgs {
             )
         })?;
         let mut config = MqttConfig::new(customer_id);
-        if let Some(broker) = self.broker.clone().or(file.broker) {
+        if let Some(broker) = self.broker.clone().or_else(|| file.broker.clone()) {
             config = config.broker(broker);
         }
         if let Some(port) = self.port.or(file.port) {
             config = config.port(port);
         }
         match (
-            self.cert.clone().or(file.cert),
-            self.key.clone().or(file.key),
+            self.cert.clone().or_else(|| file.cert.clone()),
+            self.key.clone().or_else(|| file.key.clone()),
         ) {
             (Some(cert), Some(key)) => config = config.client_cert(cert, key),
             (None, None) => {}
             (Some(_), None) => return Err(bad_input("--cert was given without --key")),
             (None, Some(_)) => return Err(bad_input("--key was given without --cert")),
         }
-        if let Some(ca) = self.ca.clone().or(file.ca) {
+        if let Some(ca) = self.ca.clone().or_else(|| file.ca.clone()) {
             config = config.ca_file(ca);
         }
         if let Some(group) = self.group_id.or(file.group_id) {
             config = config.group_id(group);
         }
-        if let Some(prefix) = self.prefix.clone().or(file.prefix) {
+        if let Some(prefix) = self.prefix.clone().or_else(|| file.prefix.clone()) {
             config = config.topic_prefix(prefix);
         }
         if self.plaintext || file.plaintext.unwrap_or(false) {
@@ -153,13 +159,11 @@ impl ConnectionArgs {
         Ok(config)
     }
 
-    /// The session-token store these settings ask for.
-    pub fn session_store(&self) -> Result<SessionStore, Exit> {
+    fn session_store(&self, file: &ConfigFile) -> Result<SessionStore, Exit> {
         if self.no_store {
             return Ok(SessionStore::in_memory());
         }
-        let file = load_file(self.config.as_deref())?;
-        let result = match self.store.clone().or(file.store) {
+        let result = match self.store.clone().or_else(|| file.store.clone()) {
             Some(path) => SessionStore::open(&path),
             None => SessionStore::open_default(),
         };

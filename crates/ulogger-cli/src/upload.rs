@@ -57,8 +57,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
 }
 
 async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client, Exit> {
-    let config = connection.mqtt_config()?;
-    let store = connection.session_store()?;
+    let (config, store) = connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
         .stamp_epoch_time(stamp_time)

@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use ulogger_cloud::wire::{build_log, LogHeader};
 
+mod support;
+use support::{assert_code, stderr, stdout};
+
 fn inspect(args: &[&Path], json: bool) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ulogger"));
     if json {
@@ -18,24 +21,6 @@ fn inspect(args: &[&Path], json: bool) -> Output {
         .env("ULOGGER_LOG", "off")
         .output()
         .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
-
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
 }
 
 fn json(out: &Output) -> Vec<serde_json::Value> {

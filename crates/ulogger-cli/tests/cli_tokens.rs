@@ -6,6 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+use support::{assert_code, stderr, stdout};
+
 /// A store as the Python SDK writes it (`json.dump(..., indent=2)`).
 const STORE: &str = r#"{
   "SN-0003": {
@@ -31,24 +34,6 @@ fn with_store(args: &[&str], store: &Path) -> Output {
     let mut all = args.to_vec();
     all.extend(["--store", store.to_str().unwrap()]);
     ulogger(&all)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
-
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
 }
 
 fn store_file(dir: &tempfile::TempDir) -> PathBuf {

@@ -266,10 +266,6 @@ impl Client {
     pub(crate) fn transport(&self) -> &Transport {
         &self.inner.transport
     }
-
-    pub(crate) fn store(&self) -> &Arc<SessionStore> {
-        &self.inner.store
-    }
 }
 
 impl std::fmt::Debug for Client {

@@ -50,7 +50,10 @@ impl Registrations {
         let boot_topic = topics.boot(device.app_id)?;
         loop {
             if use_store {
-                if let Some(token) = client.store().get(&device.serial, &device.git_hash)? {
+                if let Some(token) = client
+                    .session_store()
+                    .get(&device.serial, &device.git_hash)?
+                {
                     return Ok(token);
                 }
             }
@@ -164,7 +167,7 @@ async fn handshake(
             () = sleep_until(deadline) => return Err(ErrorKind::Timeout(Phase::BootReply).into()),
         }
     };
-    store_token(client.store(), device, token).await?;
+    store_token(client.session_store(), device, token).await?;
     tracing::debug!("registered");
     Ok(token)
 }
