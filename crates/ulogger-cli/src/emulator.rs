@@ -1,5 +1,6 @@
 //! `ulogger emulator`: run a local uLogger cloud (broker + cloud side)
-//! until Ctrl-C, printing how to connect and a line per record.
+//! until Ctrl-C or SIGTERM, printing how to connect and a line per record.
+//! A stop stores everything the broker acknowledged before exiting.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -60,23 +61,31 @@ pub struct Args {
     attach_password: Option<String>,
 }
 
-/// Runs the emulator until Ctrl-C.
+/// Runs the emulator until Ctrl-C or SIGTERM.
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     let config = config(&args)?;
-    let emulator = Emulator::start(config).map_err(start_failure)?;
-    print_banner(global, &emulator, args.attach.as_deref())?;
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Listen before announcing anything: a stop sent right after the
+    // banner must find its handler in place.
+    let stop = {
+        let _runtime = runtime.enter();
+        StopSignal::listen()?
+    };
+    let emulator = Emulator::start(config).map_err(start_failure)?;
+    print_banner(global, &emulator, args.attach.as_deref())?;
+
+    let mut records = emulator.watch_records();
     runtime.block_on(async {
-        let mut records = emulator.watch_records();
+        let stop = stop.wait();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 record = records.next() => println!("{}", record_line(global, &record)),
-                stop = tokio::signal::ctrl_c() => {
-                    stop.context("cannot listen for Ctrl-C")?;
+                stop = &mut stop => {
+                    stop?;
                     break;
                 }
             }
@@ -84,12 +93,52 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         Ok::<(), Exit>(())
     })?;
     if !global.json {
-        eprintln!("stopping");
+        eprintln!("stopping: storing what was acknowledged");
     }
-    emulator
-        .shutdown()
-        .context("the emulator failed")
-        .map_err(Exit::from)
+    let stopped = emulator.shutdown();
+    // What the cloud stored while stopping.
+    for record in records.drain() {
+        println!("{}", record_line(global, &record));
+    }
+    stopped.context("the emulator failed").map_err(Exit::from)
+}
+
+/// Ctrl-C (SIGINT) or, on Unix, SIGTERM (what service managers and
+/// `kill` send), listened for from creation on.
+struct StopSignal {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    /// Starts listening; must run inside a Tokio runtime.
+    fn listen() -> Result<StopSignal, Exit> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignal {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignal {})
+    }
+
+    async fn wait(mut self) -> Result<(), Exit> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok(())
+    }
 }
 
 fn config(args: &Args) -> Result<EmulatorConfig, Exit> {
@@ -225,7 +274,10 @@ fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> 
     );
     let _ = writeln!(out, "Connect with:");
     let _ = writeln!(out, "  ulogger upload {} ...", client_flags(emulator));
-    let _ = writeln!(out, "Ctrl-C stops. Records as they arrive:");
+    let _ = writeln!(
+        out,
+        "Ctrl-C or SIGTERM stops (after storing what was acknowledged). Records as they arrive:"
+    );
     print!("{out}");
     Ok(())
 }

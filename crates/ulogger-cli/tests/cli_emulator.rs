@@ -3,69 +3,13 @@
 //! with the printed certificate paths, see the record line, stop it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::{Running, WAIT};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// The running binary; killed on drop. Its stdout lines arrive on a
-/// channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ulogger"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// The value after `label` on the first line that has it.
-    fn field(&self, label: &str) -> String {
-        loop {
-            let line = self.lines.recv_timeout(WAIT).expect("emulator output");
-            if let Some(rest) = line.trim_start().strip_prefix(label) {
-                return rest.trim().to_string();
-            }
-        }
-    }
-
-    fn line_containing(&self, needle: &str) -> String {
-        loop {
-            let line = self.lines.recv_timeout(WAIT).expect("a record line");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn the_printed_address_and_certificates_let_a_client_connect() {

@@ -3,7 +3,7 @@
 //! sees a half-written file and a crash never loses a file we reported.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Who may read a file written by [`write_atomic`].
@@ -86,6 +86,27 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Reads a file of JSON lines opened for reading and appending, cuts off a
+/// last line that a crash left without its newline, and returns the whole
+/// lines. Appenders write each line (newline included) in one `write` and
+/// only then act on it, so a cut line was never acted on.
+pub(crate) fn repair_jsonl(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut text)?;
+    let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < text.len() {
+        tracing::warn!(
+            bytes = text.len() - whole,
+            "a line cut short by a crash ends the file; removing it"
+        );
+        file.set_len(whole as u64)?;
+        file.sync_all()?;
+        text.truncate(whole);
+    }
+    Ok(text)
+}
+
 /// `name` with every character that is not safe in a file name on every
 /// platform (anything but ASCII letters, digits, `-` and `_`) replaced by `_`.
 pub(crate) fn file_safe(name: &str) -> String {
@@ -113,6 +134,34 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"second");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_line_cut_short_is_removed_and_whole_lines_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(repair_jsonl(&mut file).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        file.write_all(b"{\"d\":4}\n").unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n"
+        );
+        // Whole files and empty ones are left as they are.
+        assert_eq!(repair_jsonl(&mut file).unwrap().len(), 24);
+        let empty = dir.path().join("e.jsonl");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&empty)
+            .unwrap();
+        assert!(repair_jsonl(&mut file).unwrap().is_empty());
     }
 
     #[cfg(unix)]

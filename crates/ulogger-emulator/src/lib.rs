@@ -27,16 +27,33 @@
 //!
 //! ```text
 //! index.jsonl            one Record per line (JSON), appended as things happen
+//! tokens.jsonl           the session tokens issued (kept data directories only)
 //! certs/                 ca.pem, server.pem.{crt,key}, client.pem.{crt,key}, ca.pem.key
 //! boot/                  boot registrations as received
 //! binlog/                binary logs, e.g. 20250101T120000.123Z-SN1-app7-000003.bin
 //! core-dump/, metrics/, events/, config/   likewise
 //! ```
 //!
-//! A directory given with [`EmulatorConfig::data_dir`] is kept, its
-//! certificates are reused on the next start, and every file and index
-//! line is synced to disk as it is written. The default temporary
-//! directory is removed on drop and skips the syncs.
+//! A directory given with [`EmulatorConfig::data_dir`] is kept and reused
+//! by the next start: its certificates, its index (appended to) and the
+//! tokens it issued, which stay valid, as the real cloud's do. Every
+//! payload, index line and token is synced to disk as it is written. The
+//! default temporary directory is removed on drop, skips the syncs, and
+//! its tokens are forgotten with the emulator.
+//!
+//! # What a PUBACK promises
+//!
+//! The broker sends the PUBACK of a message for the cloud only after the
+//! cloud has handled it: stored its payload, appended its record and, with
+//! a kept data directory, synced both. So whatever a client saw
+//! acknowledged is in the records, even if the emulator is killed
+//! (SIGKILL, power cut) right after; a crash can lose only messages that
+//! were not acknowledged yet. A stop ([`Emulator::shutdown`], drop, or
+//! SIGTERM/Ctrl-C in `ulogger emulator`) first closes the listener and
+//! every connection, then lets the cloud store what is still queued, then
+//! ends. On opening a kept directory, an index line cut short by a crash
+//! (never acknowledged) is removed, and so are temporary payload files
+//! that were never renamed into place.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -161,7 +178,11 @@ impl Emulator {
         };
         let records = Arc::new(RecordLog::open(&data_dir, temp_dir.is_none())?);
         let faults = Arc::new(FaultSwitches::new(config.faults.clone()));
-        let tokens = Arc::new(TokenBook::default());
+        let tokens = Arc::new(if temp_dir.is_none() {
+            TokenBook::open(&data_dir)?
+        } else {
+            TokenBook::in_memory()
+        });
         let failures = Arc::new(Failures::default());
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (cloud_mailbox, cloud_inbox, _) =
@@ -262,9 +283,10 @@ impl Emulator {
             tokens: tokens.clone(),
             uplink,
         };
+        let (drain_tx, drain_rx) = oneshot::channel();
         tasks.push((
             "cloud",
-            Box::pin(cloud.run(cloud_inbox, command_rx, failures.clone())),
+            Box::pin(cloud.run(cloud_inbox, command_rx, drain_rx, failures.clone())),
         ));
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -273,7 +295,7 @@ impl Emulator {
         let thread = std::thread::Builder::new()
             .name("ulogger-emulator".into())
             .spawn(move || {
-                runtime.block_on(supervise(tasks, shutdown_rx, supervisor_failures));
+                runtime.block_on(supervise(tasks, shutdown_rx, drain_tx, supervisor_failures));
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(EmulatorError::Runtime)?;
@@ -554,27 +576,52 @@ fn assert_impls() {
 }
 
 /// Runs the emulator's top-level tasks until shutdown, noting panics.
+///
+/// A stop keeps the broker's word: first the tasks that take messages in
+/// (the listener with every connection, or the attached client) end, so
+/// no new PUBACK can go out; then the cloud stores everything still
+/// queued; only then does the rest end.
 async fn supervise(
     tasks: Vec<(&'static str, Task)>,
     mut shutdown: oneshot::Receiver<()>,
+    drain: oneshot::Sender<()>,
     failures: Arc<Failures>,
 ) {
     let mut set = JoinSet::new();
     let mut names = HashMap::new();
+    let mut intake = Vec::new();
     for (name, task) in tasks {
         let handle = set.spawn(task);
+        if matches!(name, "broker" | "attach") {
+            intake.push(handle.clone());
+        }
         names.insert(handle.id(), name);
     }
+    let note = |done: Result<(tokio::task::Id, ()), tokio::task::JoinError>| {
+        let (id, result) = match done {
+            Ok((id, ())) => (id, Ok(())),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let name = names.get(&id).copied().unwrap_or("task");
+        failures.note(name, result);
+        name
+    };
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             Some(done) = set.join_next_with_id() => {
-                let (id, result) = match done {
-                    Ok((id, ())) => (id, Ok(())),
-                    Err(e) => (e.id(), Err(e)),
-                };
-                let name = names.get(&id).copied().unwrap_or("task");
-                failures.note(name, result);
+                note(done);
+            }
+        }
+    }
+    // On this single-threaded runtime an aborted task never runs again.
+    for handle in intake {
+        handle.abort();
+    }
+    if drain.send(()).is_ok() {
+        while let Some(done) = set.join_next_with_id().await {
+            if note(done) == "cloud" {
+                break;
             }
         }
     }

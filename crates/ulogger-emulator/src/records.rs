@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::durable::{sync_dir, write_atomic_with, Access};
+use crate::durable::{repair_jsonl, sync_dir, write_atomic_with, Access};
 use crate::EmulatorError;
 
 /// The file name of the index under the data directory.
@@ -177,15 +177,28 @@ struct Inner {
 }
 
 impl RecordLog {
+    /// Opens (or creates) the record book of `data_dir`. An index left by
+    /// an earlier run is kept and appended to: a last line cut short by a
+    /// crash (it was never acknowledged, see `append`) is cut off, and so
+    /// are temporary payload files that were never renamed into place.
     pub(crate) fn open(data_dir: &Path, durable: bool) -> Result<RecordLog, EmulatorError> {
         fs::create_dir_all(data_dir)
             .map_err(|e| EmulatorError::io("create directory", data_dir, e))?;
         let index_path = data_dir.join(INDEX_FILE);
-        let index = OpenOptions::new()
+        let mut index = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&index_path)
             .map_err(|e| EmulatorError::io("open", &index_path, e))?;
+        let earlier = repair_jsonl(&mut index)
+            .map_err(|e| EmulatorError::io("repair", &index_path, e))?
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        if durable {
+            remove_stale_temporaries(data_dir);
+        }
         // The index itself must survive a crash of the machine, not just
         // of the emulator.
         sync_dir(data_dir).map_err(|e| EmulatorError::io("sync", data_dir, e))?;
@@ -195,7 +208,9 @@ impl RecordLog {
             inner: Mutex::new(Inner {
                 records: Vec::new(),
                 index,
-                seq: 0,
+                // Payload names carry this sequence: continuing it keeps a
+                // new payload from ever replacing an earlier run's.
+                seq: earlier,
             }),
             appended: Condvar::new(),
             count: watch::channel(0).0,
@@ -233,20 +248,23 @@ impl RecordLog {
         Ok(relative)
     }
 
-    /// Appends a record: index line first (written and synced), then
-    /// memory, then wakes waiters.
+    /// Appends a record: index line first (written in one `write` and
+    /// synced), then memory, then wakes waiters. Whoever acknowledges what
+    /// the record describes does so after this returns, so a crash can cut
+    /// short only a line nobody was promised.
     pub(crate) fn append(&self, record: Record) {
-        let line = match serde_json::to_string(&record) {
+        let mut line = match serde_json::to_vec(&record) {
             Ok(line) => line,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise a record");
                 return;
             }
         };
+        line.push(b'\n');
         let count = {
             let mut inner = self.lock();
             let durable = self.durable;
-            let written = writeln!(inner.index, "{line}").and_then(|()| {
+            let written = inner.index.write_all(&line).and_then(|()| {
                 if durable {
                     inner.index.sync_data()
                 } else {
@@ -307,6 +325,26 @@ impl RecordLog {
                 .wait_timeout(inner, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+        }
+    }
+}
+
+/// Removes the temporary files (`.<name>.tmp-<pid>`) of payload writes that
+/// a crash interrupted before their rename: they were never recorded.
+fn remove_stale_temporaries(data_dir: &Path) {
+    let Ok(entries) = fs::read_dir(data_dir) else {
+        return;
+    };
+    for dir in entries.flatten().filter(|e| e.path().is_dir()) {
+        let Ok(files) = fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = fs::remove_file(file.path());
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 pub(crate) use listener::{run_listener, Tls};
 pub(crate) use router::{topic_matches, valid_filter};
@@ -47,23 +47,42 @@ pub(crate) struct Message {
     pub(crate) retain: bool,
 }
 
+/// A message on its way to one subscriber.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) message: Message,
+    /// Set on deliveries to the cloud: fired once the cloud has stored the
+    /// message (durably, with a data directory). The publisher's PUBACK
+    /// waits for it; dropping it unfired means "not stored".
+    pub(crate) stored: Option<oneshot::Sender<()>>,
+}
+
+impl Delivery {
+    /// Tells the publisher, if it waits, that the message is stored.
+    pub(crate) fn stored(self) {
+        if let Some(stored) = self.stored {
+            let _ = stored.send(());
+        }
+    }
+}
+
 /// How the broker reaches one connection (or the internal cloud).
 #[derive(Clone)]
 pub(crate) struct Mailbox {
     pub(crate) conn_id: u64,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Delivery>,
     close: Arc<Notify>,
 }
 
 impl Mailbox {
-    pub(crate) fn new(conn_id: u64) -> (Mailbox, mpsc::Receiver<Message>, Arc<Notify>) {
+    pub(crate) fn new(conn_id: u64) -> (Mailbox, mpsc::Receiver<Delivery>, Arc<Notify>) {
         Mailbox::with_depth(conn_id, MAILBOX_DEPTH)
     }
 
     pub(crate) fn with_depth(
         conn_id: u64,
         depth: usize,
-    ) -> (Mailbox, mpsc::Receiver<Message>, Arc<Notify>) {
+    ) -> (Mailbox, mpsc::Receiver<Delivery>, Arc<Notify>) {
         let (tx, rx) = mpsc::channel(depth);
         let close = Arc::new(Notify::new());
         (
@@ -77,10 +96,15 @@ impl Mailbox {
         )
     }
 
-    fn deliver(&self, message: Message) {
-        if let Err(mpsc::error::TrySendError::Full(message)) = self.tx.try_send(message) {
+    fn deliver(&self, delivery: Delivery) {
+        if let Err(mpsc::error::TrySendError::Full(delivery)) = self.tx.try_send(delivery) {
             if self.conn_id == CLOUD_CONN_ID {
-                tracing::error!(topic = message.topic, "cloud backlog full, message dropped");
+                // Its `stored` signal is dropped with it, so the publisher
+                // gets no PUBACK for it.
+                tracing::error!(
+                    topic = delivery.message.topic,
+                    "cloud backlog full, message dropped"
+                );
             } else {
                 tracing::warn!(conn = self.conn_id, "subscriber too slow, disconnecting it");
                 self.close.notify_one();
@@ -91,7 +115,11 @@ impl Mailbox {
     /// Hands a message over, waiting for room (attach mode: the external
     /// broker's flow control applies instead of disconnecting).
     pub(crate) async fn forward(&self, message: Message) -> Result<(), ()> {
-        self.tx.send(message).await.map_err(|_| ())
+        let delivery = Delivery {
+            message,
+            stored: None,
+        };
+        self.tx.send(delivery).await.map_err(|_| ())
     }
 
     /// Asks the connection to close now.
@@ -179,19 +207,33 @@ impl Broker {
 
     /// Routes a message to every matching subscriber and keeps it if it is
     /// retained. Deliveries to established subscriptions carry retain = 0.
-    pub(crate) fn publish(&self, message: Message) {
+    ///
+    /// Returns, when the cloud is among the subscribers, a signal that
+    /// fires once the cloud has stored the message (and is dropped unfired
+    /// if it never will be).
+    pub(crate) fn publish(&self, message: Message) -> Option<oneshot::Receiver<()>> {
         if message.retain {
             lock(&self.retained).store(&message);
         }
         let deliveries = lock(&self.subscriptions).deliveries(&message);
+        let mut stored_signal = None;
         for (mailbox, qos) in deliveries {
-            mailbox.deliver(Message {
-                topic: message.topic.clone(),
-                payload: message.payload.clone(),
-                qos,
-                retain: false,
+            let stored = (mailbox.conn_id == CLOUD_CONN_ID).then(|| {
+                let (tx, rx) = oneshot::channel();
+                stored_signal = Some(rx);
+                tx
+            });
+            mailbox.deliver(Delivery {
+                message: Message {
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    qos,
+                    retain: false,
+                },
+                stored,
             });
         }
+        stored_signal
     }
 
     /// Closes the connections whose client id starts with `prefix` (all of

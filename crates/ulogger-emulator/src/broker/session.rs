@@ -1,5 +1,6 @@
 //! One client connection, from CONNECT to close.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{self, Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::router::min_qos;
@@ -195,6 +197,7 @@ where
         client_id: client_id.clone(),
         mailbox,
         next_pkid: 0,
+        pending_acks: VecDeque::new(),
     };
     let mut clean_end = false;
     if conn
@@ -243,8 +246,20 @@ where
                         Flow::Close => break,
                     }
                 }
-                Some(message) = inbox.recv() => {
-                    if session.deliver(&mut conn, message).await.is_err() {
+                Some(delivery) = inbox.recv() => {
+                    if session.deliver(&mut conn, delivery.message).await.is_err() {
+                        break;
+                    }
+                }
+                stored = front_stored(&mut session.pending_acks), if !session.pending_acks.is_empty() => {
+                    let Some(pkid) = stored else {
+                        tracing::warn!(client_id, conn_id, "the cloud did not store a message; closing without its PUBACK");
+                        break;
+                    };
+                    session.pending_acks.pop_front();
+                    if conn.send(Packet::PubAck(PubAck::new(pkid))).await.is_err()
+                        || !matches!(session.send_ready_acks(&mut conn).await, Flow::Continue)
+                    {
                         break;
                     }
                 }
@@ -270,6 +285,26 @@ struct Session {
     client_id: String,
     mailbox: Mailbox,
     next_pkid: u16,
+    /// PUBACKs owed, in the order the publishes arrived (MQTT 3.1.1
+    /// §4.6): each goes out once the cloud has stored its message, so a
+    /// client that saw a PUBACK can count on the cloud having the log.
+    pending_acks: VecDeque<PendingAck>,
+}
+
+struct PendingAck {
+    pkid: u16,
+    /// `None`: nothing to wait for (no cloud subscriber for the topic).
+    stored: Option<oneshot::Receiver<()>>,
+}
+
+/// Waits until the oldest owed PUBACK may go: its packet id, or `None`
+/// when the cloud dropped the message unstored.
+async fn front_stored(acks: &mut VecDeque<PendingAck>) -> Option<u16> {
+    let front = acks.front_mut()?;
+    match front.stored.as_mut() {
+        Some(stored) => stored.await.ok().map(|()| front.pkid),
+        None => Some(front.pkid),
+    }
 }
 
 impl Session {
@@ -367,17 +402,43 @@ impl Session {
         if withheld {
             tracing::debug!(topic = message.topic, "withholding PUBACK (fault)");
         }
-        // Route first: once the client sees the PUBACK, subscribers (and
-        // the cloud) have the message queued.
-        self.broker.publish(message);
-        let ack = qos == QoS::AtLeastOnce && !withheld;
-        if ack
-            && conn
-                .send(Packet::PubAck(PubAck::new(publish.pkid)))
-                .await
-                .is_err()
-        {
-            return Flow::Close;
+        // Route first: once the client sees the PUBACK, subscribers have
+        // the message queued and the cloud has stored it.
+        let stored = self.broker.publish(message);
+        if qos == QoS::AtLeastOnce && !withheld {
+            self.pending_acks.push_back(PendingAck {
+                pkid: publish.pkid,
+                stored,
+            });
+        }
+        self.send_ready_acks(conn).await
+    }
+
+    /// Sends the owed PUBACKs, oldest first, up to the first whose message
+    /// the cloud has not stored yet.
+    async fn send_ready_acks<S>(&mut self, conn: &mut Connection<S>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        while let Some(front) = self.pending_acks.front_mut() {
+            if let Some(stored) = front.stored.as_mut() {
+                match stored.try_recv() {
+                    Ok(()) => {}
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        tracing::warn!(
+                            client_id = self.client_id,
+                            "the cloud did not store a message; closing without its PUBACK"
+                        );
+                        return Flow::Close;
+                    }
+                }
+            }
+            let pkid = front.pkid;
+            self.pending_acks.pop_front();
+            if conn.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() {
+                return Flow::Close;
+            }
         }
         Flow::Continue
     }

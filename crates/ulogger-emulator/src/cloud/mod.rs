@@ -7,16 +7,19 @@
 //! attached as an MQTT client to an external broker.
 
 mod boot;
+mod tokens;
 mod uploads;
 
-use std::sync::{Arc, Mutex, PoisonError};
+pub(crate) use tokens::TokenBook;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::{LogConfig, TopicKind, Topics};
 
-use crate::broker::{Broker, Message};
+use crate::broker::{Broker, Delivery, Message};
 use crate::faults::FaultSwitches;
 use crate::records::{Record, RecordKind, RecordLog};
 use crate::supervise::Failures;
@@ -44,7 +47,8 @@ impl Uplink {
     async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
         match self {
             Uplink::Broker(broker) => {
-                broker.publish(Message {
+                // Nobody waits for the cloud to store its own messages.
+                let _ = broker.publish(Message {
                     topic,
                     payload: Bytes::from(payload),
                     qos: rumqttc::mqttbytes::QoS::AtLeastOnce,
@@ -57,49 +61,6 @@ impl Uplink {
                 .await
                 .map_err(|e| e.to_string()),
         }
-    }
-}
-
-/// The tokens the cloud has issued: (application, serial, token).
-#[derive(Debug, Default)]
-pub(crate) struct TokenBook {
-    issued: Mutex<Vec<(u32, String, u32)>>,
-}
-
-impl TokenBook {
-    pub(crate) fn snapshot(&self) -> Vec<(u32, String, u32)> {
-        self.issued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Issues a fresh random token for `serial` of `app_id`, distinct from
-    /// every token already issued for that application.
-    fn issue(&self, app_id: u32, serial: &str) -> u32 {
-        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
-        let token = loop {
-            let candidate: u32 = rand::random();
-            if !issued
-                .iter()
-                .any(|(a, _, t)| *a == app_id && *t == candidate)
-            {
-                break candidate;
-            }
-        };
-        issued.push((app_id, serial.to_string(), token));
-        token
-    }
-
-    /// The serial `token` was issued to for `app_id`.
-    fn serial_for(&self, app_id: u32, token: u32) -> Option<String> {
-        self.issued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .rev()
-            .find(|(a, _, t)| *a == app_id && *t == token)
-            .map(|(_, s, _)| s.clone())
     }
 }
 
@@ -124,39 +85,58 @@ pub(crate) struct Cloud {
 }
 
 impl Cloud {
-    /// Serves messages and commands until both channels close.
+    /// Serves messages and commands until both channels close, or until
+    /// `drain` fires: then it takes no more messages, stores every one
+    /// already queued (the broker may have acknowledged them) and returns.
     pub(crate) async fn run(
         self,
-        mut inbox: mpsc::Receiver<Message>,
+        mut inbox: mpsc::Receiver<Delivery>,
         mut commands: mpsc::UnboundedReceiver<Command>,
+        mut drain: oneshot::Receiver<()>,
         failures: Arc<Failures>,
     ) {
         // Delayed boot replies run beside the loop, owned by it.
         let mut replies = JoinSet::new();
         loop {
             tokio::select! {
-                Some(message) = inbox.recv() => self.handle(message, &mut replies).await,
+                Some(delivery) = inbox.recv() => self.receive(delivery, &mut replies).await,
                 Some(command) = commands.recv() => self.command(command).await,
                 Some(done) = replies.join_next() => failures.note("boot reply", done),
-                else => break,
+                _ = &mut drain => break,
+                else => return,
             }
+        }
+        inbox.close();
+        let mut drained = 0usize;
+        while let Some(delivery) = inbox.recv().await {
+            self.receive(delivery, &mut replies).await;
+            drained += 1;
+        }
+        if drained > 0 {
+            tracing::info!(drained, "stored the messages still queued at stop");
         }
     }
 
-    async fn handle(&self, message: Message, replies: &mut JoinSet<()>) {
+    /// Handles one message, then tells its publisher it is stored.
+    async fn receive(&self, delivery: Delivery, replies: &mut JoinSet<()>) {
+        self.handle(&delivery.message, replies).await;
+        delivery.stored();
+    }
+
+    async fn handle(&self, message: &Message, replies: &mut JoinSet<()>) {
         let Some(kind) = self.topics.classify(&message.topic) else {
             tracing::debug!(topic = message.topic, "not a cloud topic, ignored");
             return;
         };
         match kind {
-            TopicKind::Boot { app_id } => self.boot(app_id, &message, replies),
-            TopicKind::BinaryLog { app_id } => self.binary_log(app_id, &message),
-            TopicKind::CoreDump => self.core_dump(&message),
+            TopicKind::Boot { app_id } => self.boot(app_id, message, replies),
+            TopicKind::BinaryLog { app_id } => self.binary_log(app_id, message),
+            TopicKind::CoreDump => self.core_dump(message),
             TopicKind::Metrics { app_id } => {
-                self.telemetry(RecordKind::Metrics, "metrics", app_id, &message)
+                self.telemetry(RecordKind::Metrics, "metrics", app_id, message)
             }
             TopicKind::Events { app_id } => {
-                self.telemetry(RecordKind::Events, "events", app_id, &message)
+                self.telemetry(RecordKind::Events, "events", app_id, message)
             }
             // The cloud's own replies come back through its subscription
             // in built-in mode; configs are the cloud's too.

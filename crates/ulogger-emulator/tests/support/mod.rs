@@ -135,6 +135,8 @@ pub struct TestClient {
     pub client: AsyncClient,
     events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
     task: tokio::task::JoinHandle<()>,
+    /// Messages that arrived while waiting for something else.
+    held: std::collections::VecDeque<rumqttc::Publish>,
 }
 
 impl Drop for TestClient {
@@ -161,6 +163,7 @@ impl TestClient {
             client,
             events,
             task,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -204,6 +207,9 @@ impl TestClient {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_event(left).await? {
                 Ok(Event::Incoming(packet)) if pred(&packet) => return Some(packet),
+                // A message may arrive before the PUBACK of the publish
+                // that caused it (a boot reply): keep it for next_publish.
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.held.push_back(publish),
                 Ok(_) => {}
                 Err(e) => panic!("connection failed while waiting: {e}"),
             }
@@ -255,6 +261,9 @@ impl TestClient {
     }
 
     pub async fn next_publish(&mut self, wait: Duration) -> Option<rumqttc::Publish> {
+        if let Some(held) = self.held.pop_front() {
+            return Some(held);
+        }
         match self
             .incoming(wait, |p| matches!(p, Packet::Publish(_)))
             .await?

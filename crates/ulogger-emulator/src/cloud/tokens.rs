@@ -1,0 +1,184 @@
+//! The session tokens the cloud has issued. With a kept data directory
+//! they are also appended to `<data>/tokens.jsonl` (synced before the boot
+//! reply goes out) and loaded on the next start, so a gateway's cached
+//! tokens stay valid across restarts, as they do with the real cloud.
+//! Without one they live and die with the emulator.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable::repair_jsonl;
+use crate::EmulatorError;
+
+/// The file name of the issued tokens under the data directory.
+const TOKENS_FILE: &str = "tokens.jsonl";
+
+/// One issued token, as one line of the tokens file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Issued {
+    app_id: u32,
+    serial: String,
+    token: u32,
+    git_hash: String,
+}
+
+/// The tokens the cloud has issued.
+#[derive(Debug)]
+pub(crate) struct TokenBook {
+    issued: Mutex<Vec<Issued>>,
+    /// Appended to on every issue, when tokens outlive the emulator.
+    file: Option<Mutex<(PathBuf, File)>>,
+}
+
+impl TokenBook {
+    /// A book that forgets everything when the emulator stops.
+    pub(crate) fn in_memory() -> TokenBook {
+        TokenBook {
+            issued: Mutex::new(Vec::new()),
+            file: None,
+        }
+    }
+
+    /// A book kept in `<data_dir>/tokens.jsonl`, with the tokens of
+    /// earlier runs.
+    pub(crate) fn open(data_dir: &Path) -> Result<TokenBook, EmulatorError> {
+        let path = data_dir.join(TOKENS_FILE);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| EmulatorError::io("open", &path, e))?;
+        let text = repair_jsonl(&mut file).map_err(|e| EmulatorError::io("read", &path, e))?;
+        let issued = text
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .map(|(n, line)| {
+                serde_json::from_slice(line).map_err(|e| EmulatorError::BadIndexLine {
+                    path: path.clone(),
+                    line: n + 1,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<Issued>, _>>()?;
+        Ok(TokenBook {
+            issued: Mutex::new(issued),
+            file: Some(Mutex::new((path, file))),
+        })
+    }
+
+    /// Every token issued so far: (application id, serial, token).
+    pub(crate) fn snapshot(&self) -> Vec<(u32, String, u32)> {
+        self.lock()
+            .iter()
+            .map(|i| (i.app_id, i.serial.clone(), i.token))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Issued>> {
+        self.issued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Issues a fresh random token for `serial` of `app_id` running
+    /// firmware `git_hash`, distinct from every token already issued for
+    /// that application, and keeps it (durably, when kept in a file)
+    /// before returning it.
+    pub(crate) fn issue(&self, app_id: u32, serial: &str, git_hash: &str) -> u32 {
+        let mut issued = self.lock();
+        let token = loop {
+            let candidate: u32 = rand::random();
+            if !issued
+                .iter()
+                .any(|i| i.app_id == app_id && i.token == candidate)
+            {
+                break candidate;
+            }
+        };
+        let entry = Issued {
+            app_id,
+            serial: serial.to_string(),
+            token,
+            git_hash: git_hash.to_string(),
+        };
+        if let Some(file) = &self.file {
+            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+            let (path, file) = &mut *file;
+            if let Err(e) = append_line(file, &entry) {
+                tracing::error!(path = %path.display(), error = %e, "cannot keep an issued token; it will be forgotten on restart");
+            }
+        }
+        issued.push(entry);
+        token
+    }
+
+    /// The serial `token` was issued to for `app_id`.
+    pub(crate) fn serial_for(&self, app_id: u32, token: u32) -> Option<String> {
+        self.lock()
+            .iter()
+            .rev()
+            .find(|i| i.app_id == app_id && i.token == token)
+            .map(|i| i.serial.clone())
+    }
+}
+
+fn append_line(file: &mut File, entry: &Issued) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(entry)?;
+    line.push(b'\n');
+    file.write_all(&line)?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_kept_in_a_file_are_known_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = TokenBook::open(dir.path()).unwrap();
+        let a = book.issue(7, "SN-1", "abc");
+        let b = book.issue(7, "SN-2", "def");
+        drop(book);
+        // A crash while appending a third leaves a cut line: it is dropped.
+        let path = dir.path().join(TOKENS_FILE);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"app_id":7,"ser"#).unwrap();
+        drop(file);
+
+        let book = TokenBook::open(dir.path()).unwrap();
+        assert_eq!(book.serial_for(7, a).as_deref(), Some("SN-1"));
+        assert_eq!(book.serial_for(7, b).as_deref(), Some("SN-2"));
+        assert_eq!(book.serial_for(8, a), None);
+        let c = book.issue(7, "SN-3", "abc");
+        assert!(c != a && c != b);
+        let again = TokenBook::open(dir.path()).unwrap();
+        assert_eq!(again.snapshot().len(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""git_hash":"def""#), "{text}");
+    }
+
+    #[test]
+    fn a_corrupt_tokens_file_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENS_FILE), "{\"app_id\":1}\nnot json\n").unwrap();
+        let err = TokenBook::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, EmulatorError::BadIndexLine { line: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_in_memory_book_starts_empty_and_issues_distinct_tokens() {
+        let book = TokenBook::in_memory();
+        let a = book.issue(1, "A", "g");
+        let b = book.issue(1, "B", "g");
+        assert_ne!(a, b);
+        assert_eq!(book.snapshot().len(), 2);
+    }
+}
