@@ -152,6 +152,50 @@ pub enum ErrorKind {
     /// The client was shut down.
     #[error("the client has been shut down")]
     Shutdown,
+    /// The outbox is at a bound (bytes or records) and configured to
+    /// refuse rather than evict ([`WhenFull::Reject`](crate::WhenFull)).
+    #[error("the outbox is full ({records} records, {bytes} bytes): wait for delivery or raise its bounds")]
+    OutboxFull {
+        /// Records held.
+        records: usize,
+        /// Payload bytes held.
+        bytes: u64,
+    },
+    /// Another process owns the outbox directory.
+    #[error("the outbox {} is in use by {}", dir.display(), match pid { Some(pid) => format!("process {pid}"), None => "another process".to_owned() })]
+    OutboxLocked {
+        /// The outbox directory.
+        dir: PathBuf,
+        /// The owner's pid, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
+    /// Reading or writing the outbox failed; the source says why
+    /// ([`Error::is_disk_full`] tells a full disk).
+    #[error("cannot {op} outbox file {}", path.display())]
+    Outbox {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+    },
+    /// The client has no outbox ([`ClientBuilder::outbox`](crate::ClientBuilder::outbox)).
+    #[error("this client has no outbox")]
+    NoOutbox,
+    /// An outbox record failed for good and waits in the dead letters.
+    #[error("outbox record {id} failed for good: {reason}")]
+    DeadLetter {
+        /// The record.
+        id: crate::RecordId,
+        /// Why.
+        reason: String,
+    },
+    /// An outbox record left without being delivered (evicted at a bound,
+    /// purged, or unknown to this outbox).
+    #[error("outbox record {id} was removed without being delivered (evicted, purged or unknown)")]
+    Evicted {
+        /// The record.
+        id: crate::RecordId,
+    },
     /// An async client was built outside a Tokio runtime.
     #[error("no Tokio runtime: build the async Client inside one, or use blocking::Client")]
     NoRuntime,
@@ -208,6 +252,18 @@ impl Error {
                 | ErrorKind::SubscribeRefused { .. }
                 | ErrorKind::InvalidBootReply(_)
         )
+    }
+
+    /// True when an outbox write failed because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        let mut source = StdError::source(self);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                return io.kind() == std::io::ErrorKind::StorageFull;
+            }
+            source = cause.source();
+        }
+        false
     }
 
     pub(crate) fn with_source(

@@ -22,6 +22,7 @@ mod client;
 mod config;
 mod error;
 mod oneshot;
+mod outbox;
 mod store;
 mod tls;
 mod transport;
@@ -33,6 +34,9 @@ pub use oneshot::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,
 };
 
+pub use outbox::{
+    Outbox, OutboxConfig, OutboxRecord, OutboxStatus, RecordId, RecordKind, RecordState, WhenFull,
+};
 pub use store::{SessionStore, StoreError, StoreOp, TokenEntry};
 
 #[allow(dead_code)]

@@ -1,5 +1,6 @@
 //! The async client: registration and uploads over one shared connection.
 
+mod delivery;
 mod registration;
 
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use tracing::Instrument;
 
 use crate::config::{MqttConfig, Settings};
 use crate::error::{Error, ErrorKind};
+use crate::outbox::format::Kind;
+use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
 use crate::transport::Transport;
 use crate::wire::{self, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
@@ -66,6 +69,25 @@ pub struct PublishReceipt {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Shared by the caller's handles only (not by the outbox's delivery
+    /// task): when the last one goes, the client closes.
+    _users: Option<Arc<Users>>,
+}
+
+/// Closes the client when the caller's last handle is dropped, even while
+/// background deliveries hold the inner state.
+struct Users {
+    transport: Transport,
+    stop_delivery: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop_delivery {
+            stop.send_replace(true);
+        }
+        self.transport.begin_shutdown();
+    }
 }
 
 struct Inner {
@@ -73,6 +95,14 @@ struct Inner {
     store: Arc<SessionStore>,
     registrations: Registrations,
     stamp_epoch_time: bool,
+    outbox: Option<OutboxHandle>,
+}
+
+/// The client's outbox and its delivery task.
+struct OutboxHandle {
+    outbox: Arc<Outbox>,
+    stop: tokio::sync::watch::Sender<bool>,
+    delivery: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Builds a [`Client`]; see [`Client::builder`].
@@ -82,9 +112,21 @@ pub struct ClientBuilder {
     config: MqttConfig,
     store: Option<Arc<SessionStore>>,
     stamp_epoch_time: bool,
+    outbox: Option<OutboxConfig>,
 }
 
 impl ClientBuilder {
+    /// Give the client a durable outbox in a directory it owns while it
+    /// runs: [`Client::enqueue_log`] and [`Client::enqueue_core_dump`]
+    /// return once a record is on disk, and the client delivers the
+    /// outbox in the background, oldest first, through outages, crashes
+    /// and restarts (what was not acknowledged is sent again). Opening
+    /// happens in [`build`](Self::build), which then blocks on file I/O.
+    pub fn outbox(mut self, config: OutboxConfig) -> Self {
+        self.outbox = Some(config);
+        self
+    }
+
     /// Where session tokens are cached. Default: a fresh in-memory store.
     /// Pass a file-backed store ([`SessionStore::open_default`]) to keep
     /// tokens across runs and share them with the Python SDK; pass an
@@ -109,16 +151,44 @@ impl ClientBuilder {
     /// own.
     pub fn build(self) -> Result<Client, Error> {
         let settings: Settings = self.config.validate()?;
+        let outbox = self.outbox.map(Outbox::open).transpose()?.map(Arc::new);
         let transport = Transport::start(settings)?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                transport,
-                store: self
-                    .store
-                    .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
-                registrations: Registrations::default(),
-                stamp_epoch_time: self.stamp_epoch_time,
+        let concurrency = usize::from(transport.settings().max_inflight);
+        let inner = Arc::new(Inner {
+            transport,
+            store: self
+                .store
+                .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
+            registrations: Registrations::default(),
+            stamp_epoch_time: self.stamp_epoch_time,
+            outbox: outbox.as_ref().map(|outbox| OutboxHandle {
+                outbox: outbox.clone(),
+                stop: tokio::sync::watch::Sender::new(false),
+                delivery: tokio::sync::Mutex::new(None),
             }),
+        });
+        let users = Users {
+            transport: inner.transport.clone(),
+            stop_delivery: inner.outbox.as_ref().map(|h| h.stop.clone()),
+        };
+        if let Some(handle) = &inner.outbox {
+            let background = Client {
+                inner: inner.clone(),
+                _users: None,
+            };
+            let task = tokio::spawn(delivery::run(
+                background,
+                handle.outbox.clone(),
+                concurrency,
+                handle.stop.subscribe(),
+            ));
+            if let Ok(mut slot) = handle.delivery.try_lock() {
+                *slot = Some(task);
+            }
+        }
+        Ok(Client {
+            inner,
+            _users: Some(Arc::new(users)),
         })
     }
 }
@@ -130,6 +200,7 @@ impl Client {
             config,
             store: None,
             stamp_epoch_time: false,
+            outbox: None,
         }
     }
 
@@ -247,12 +318,73 @@ impl Client {
         Ok(PublishReceipt { topic, size })
     }
 
-    /// Closes the connection gracefully: publishes already handed over get
-    /// their acknowledgement (or fail after the acknowledgement timeout),
-    /// then the client disconnects and the session store's recency order is
-    /// written. Later calls fail with [`ErrorKind::Shutdown`].
+    /// Validates a binary log exactly as [`Client::upload_log`] does and
+    /// stores it durably in the outbox; returns its id once it is on disk
+    /// (concurrent calls share one fsync). Needs no connection and no
+    /// token: the client registers the device, patches the token in and
+    /// publishes in the background, and removes the record on the
+    /// broker's acknowledgement. [`Client::delivered`] waits for that.
+    pub async fn enqueue_log(&self, device: &DeviceInfo, log: &[u8]) -> Result<RecordId, Error> {
+        let outbox = self.outbox()?;
+        wire::validate_checksum(log)?;
+        check_size(log.len())?;
+        self.settings().topics.binlog(device.app_id)?;
+        self.settings()
+            .topics
+            .boot_reply(device.app_id, &device.serial)?;
+        outbox.append(Kind::Log, Some(device), log).await
+    }
+
+    /// Stores a core dump durably in the outbox (see
+    /// [`Client::enqueue_log`]); it is published as-is.
+    pub async fn enqueue_core_dump(&self, dump: &[u8]) -> Result<RecordId, Error> {
+        let outbox = self.outbox()?;
+        check_size(dump.len())?;
+        self.settings().topics.core_dump()?;
+        outbox.append(Kind::CoreDump, None, dump).await
+    }
+
+    /// Waits until the outbox record `id` is delivered (the broker
+    /// acknowledged it). Fails with [`ErrorKind::DeadLetter`] when it
+    /// failed for good, and [`ErrorKind::Evicted`] when it was removed
+    /// undelivered (or is unknown).
+    pub async fn delivered(&self, id: RecordId) -> Result<(), Error> {
+        self.outbox()?.outcome(id).await
+    }
+
+    /// The outbox's status; [`ErrorKind::NoOutbox`] without one.
+    pub fn outbox_status(&self) -> Result<OutboxStatus, Error> {
+        Ok(self.outbox()?.status())
+    }
+
+    /// The client's outbox, to list, retry or purge records;
+    /// [`ErrorKind::NoOutbox`] without one.
+    pub fn outbox(&self) -> Result<&Outbox, Error> {
+        self.inner
+            .outbox
+            .as_ref()
+            .map(|h| &*h.outbox)
+            .ok_or_else(|| ErrorKind::NoOutbox.into())
+    }
+
+    /// Closes the connection gracefully: outbox deliveries under way and
+    /// publishes already handed over get their acknowledgement (or fail
+    /// after the acknowledgement timeout, and stay queued), then the
+    /// client disconnects, and the outbox and the session store's recency
+    /// order are written. Later calls fail with [`ErrorKind::Shutdown`].
     pub async fn shutdown(&self) {
+        if let Some(handle) = &self.inner.outbox {
+            handle.stop.send_replace(true);
+        }
+        // Deliveries under way end with the transport: acknowledged, or
+        // failed and left queued.
         self.inner.transport.shutdown().await;
+        if let Some(handle) = &self.inner.outbox {
+            if let Some(task) = handle.delivery.lock().await.take() {
+                let _ = task.await;
+            }
+            let _ = handle.outbox.flush().await;
+        }
         // Token lookups refresh recency lazily; persist it so that the
         // store's eviction order survives this process.
         let store = self.inner.store.clone();

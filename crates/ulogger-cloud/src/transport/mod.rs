@@ -11,7 +11,7 @@
 //!
 //! Everything here is private: `Client` is the public face.
 
-mod backoff;
+pub(crate) mod backoff;
 mod connect;
 mod driver;
 
@@ -217,6 +217,24 @@ impl Transport {
                 () = sleep_until(deadline) => return Err(ErrorKind::Timeout(Phase::Connect).into()),
             }
         }
+    }
+
+    /// True while the connection is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.shared.link.borrow(), Link::Connected)
+    }
+
+    /// Waits until the link changes to connected or closed.
+    pub async fn wait_connected(&self) {
+        let mut link = self.shared.link.subscribe();
+        let _ = link
+            .wait_for(|l| matches!(l, Link::Connected | Link::Closed))
+            .await;
+    }
+
+    /// Starts closing without waiting (see [`Transport::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
     }
 
     /// Closes the connection after the publishes already handed over were

@@ -1,0 +1,170 @@
+//! What an outbox holds and has done, for its owner and for other
+//! processes (which read the directory without taking it over).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::disk;
+use super::state::{Shared, State};
+use super::RecordId;
+use crate::error::{Error, ErrorKind};
+
+/// A snapshot of an outbox.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OutboxStatus {
+    /// The outbox directory.
+    pub dir: PathBuf,
+    /// The process that owns the directory, if one does.
+    pub owner_pid: Option<u32>,
+    /// Records waiting for delivery.
+    pub queued: usize,
+    /// Payload bytes of the queued records.
+    pub queued_bytes: u64,
+    /// How long the oldest queued record has waited.
+    pub oldest_age: Option<Duration>,
+    /// Records handed to the broker and not acknowledged yet.
+    pub in_flight: usize,
+    /// Records that failed for good, kept until retried or purged.
+    pub dead: usize,
+    /// Records the broker acknowledged (since the owner opened the outbox).
+    pub delivered: u64,
+    /// Records removed at a bound (bytes, count, age) since the owner
+    /// opened the outbox.
+    pub evicted: u64,
+    /// Damaged records found by their checksum and set aside (in
+    /// `corrupt/`) when the owner opened the outbox.
+    pub corrupt: u64,
+    /// The last delivery failure, if any.
+    pub last_error: Option<String>,
+    /// Records delivered per second over the last ten seconds.
+    pub delivery_rate: f64,
+}
+
+/// The counters only the owner knows, as it writes them to
+/// `status.json` about once a second.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StatusFile {
+    pid: u32,
+    in_flight: usize,
+    delivered: u64,
+    evicted: u64,
+    corrupt: u64,
+    last_error: Option<String>,
+    delivery_rate: f64,
+}
+
+impl StatusFile {
+    pub fn from_status(status: &OutboxStatus) -> StatusFile {
+        StatusFile {
+            pid: std::process::id(),
+            in_flight: status.in_flight,
+            delivered: status.delivered,
+            evicted: status.evicted,
+            corrupt: status.corrupt,
+            last_error: status.last_error.clone(),
+            delivery_rate: status.delivery_rate,
+        }
+    }
+}
+
+impl OutboxStatus {
+    /// Reads the status of the outbox in `dir` without taking it over:
+    /// what is queued and dead comes from the files, the owner's counters
+    /// (delivered, rate, last error, ...) from its `status.json` when an
+    /// owner runs. Works while another process owns the directory.
+    pub fn read(dir: impl AsRef<Path>) -> Result<OutboxStatus, Error> {
+        let dir = dir.as_ref();
+        let shared = read_only(dir)?;
+        let mut status = shared.status();
+        status.owner_pid = None;
+        status.in_flight = 0;
+        if disk::is_owned(dir) {
+            status.owner_pid = disk::owner_pid(dir);
+            if let Some(file) = std::fs::read(dir.join(disk::STATUS_FILE))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<StatusFile>(&bytes).ok())
+            {
+                status.in_flight = file.in_flight;
+                status.delivered = file.delivered;
+                status.evicted = file.evicted;
+                status.corrupt = file.corrupt;
+                status.last_error = file.last_error;
+                status.delivery_rate = file.delivery_rate;
+                // The files cannot tell queued from in flight.
+                status.queued = status.queued.saturating_sub(file.in_flight);
+            }
+        }
+        Ok(status)
+    }
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// A binary log (registered and token-patched at delivery).
+    Log,
+    /// A core dump (published as-is).
+    CoreDump,
+}
+
+/// How far a record got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordState {
+    /// Waiting for delivery.
+    Queued,
+    /// Published, waiting for the broker's acknowledgement.
+    InFlight,
+    /// Failed for good; kept until retried or purged.
+    Dead {
+        /// Why, as the failure said.
+        reason: String,
+    },
+}
+
+/// One record in an outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxRecord {
+    /// Its id.
+    pub id: RecordId,
+    /// What it is.
+    pub kind: RecordKind,
+    /// The device's application id (0 for core dumps).
+    pub app_id: u32,
+    /// The device's serial (empty for core dumps).
+    pub serial: String,
+    /// Payload bytes.
+    pub size: u64,
+    /// Time since it was enqueued.
+    pub age: Duration,
+    /// How far it got.
+    pub state: RecordState,
+}
+
+impl OutboxRecord {
+    /// Lists the records of the outbox in `dir`, oldest first, without
+    /// taking it over (records in flight show as queued).
+    pub fn list(dir: impl AsRef<Path>) -> Result<Vec<OutboxRecord>, Error> {
+        Ok(read_only(dir.as_ref())?.records())
+    }
+}
+
+fn read_only(dir: &Path) -> Result<Shared, Error> {
+    if !dir.is_dir() {
+        return Err(Error::with_source(
+            ErrorKind::Outbox {
+                path: dir.to_path_buf(),
+                op: "read",
+            },
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    let loaded = disk::load(dir, false, false)?;
+    let state: State = loaded.state;
+    Ok(Shared::new(super::OutboxConfig::new(dir), state))
+}
