@@ -31,7 +31,7 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::store::SessionStore;
 use crate::wire::DeviceInfo;
-use crate::{MqttConfig, PublishReceipt, UploadReceipt};
+use crate::{MqttConfig, OutboxConfig, OutboxStatus, PublishReceipt, RecordId, UploadReceipt};
 
 /// The blocking twin of [`crate::Client`]. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -59,6 +59,13 @@ impl ClientBuilder {
     pub fn stamp_epoch_time(self, stamp: bool) -> Self {
         ClientBuilder {
             inner: self.inner.stamp_epoch_time(stamp),
+        }
+    }
+
+    /// See [`crate::ClientBuilder::outbox`].
+    pub fn outbox(self, config: OutboxConfig) -> Self {
+        ClientBuilder {
+            inner: self.inner.outbox(config),
         }
     }
 
@@ -122,6 +129,26 @@ impl Client {
     /// See [`crate::Client::publish_core_dump`].
     pub fn publish_core_dump(&self, dump: impl Into<Bytes>) -> Result<PublishReceipt, Error> {
         self.runtime.block_on(self.inner.publish_core_dump(dump))
+    }
+
+    /// See [`crate::Client::enqueue_log`].
+    pub fn enqueue_log(&self, device: &DeviceInfo, log: &[u8]) -> Result<RecordId, Error> {
+        self.runtime.block_on(self.inner.enqueue_log(device, log))
+    }
+
+    /// See [`crate::Client::enqueue_core_dump`].
+    pub fn enqueue_core_dump(&self, dump: &[u8]) -> Result<RecordId, Error> {
+        self.runtime.block_on(self.inner.enqueue_core_dump(dump))
+    }
+
+    /// See [`crate::Client::delivered`].
+    pub fn delivered(&self, id: RecordId) -> Result<(), Error> {
+        self.runtime.block_on(self.inner.delivered(id))
+    }
+
+    /// See [`crate::Client::outbox_status`].
+    pub fn outbox_status(&self) -> Result<OutboxStatus, Error> {
+        self.inner.outbox_status()
     }
 
     /// See [`crate::Client::shutdown`].

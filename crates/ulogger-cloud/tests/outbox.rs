@@ -383,3 +383,22 @@ async fn damaged_records_are_set_aside_on_open_and_the_rest_is_delivered() {
     let again = OutboxStatus::read(dir.path()).unwrap();
     assert_eq!(again.corrupt, 0, "{again:?}");
 }
+
+#[test]
+fn the_blocking_client_enqueues_and_waits_for_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let client = ulogger_cloud::blocking::Client::builder(config_for(&emu))
+        .outbox(OutboxConfig::new(dir.path()))
+        .build()
+        .unwrap();
+    let ids: Vec<RecordId> = (0..3)
+        .map(|n| client.enqueue_log(&device("SN-B"), &numbered_log(n)).unwrap())
+        .collect();
+    for id in ids {
+        client.delivered(id).unwrap();
+    }
+    assert_eq!(client.outbox_status().unwrap().delivered, 3);
+    assert_eq!(delivered_numbers(&emu), [0, 1, 2]);
+    client.shutdown();
+}
