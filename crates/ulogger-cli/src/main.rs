@@ -9,6 +9,8 @@ mod device;
 mod emulator;
 mod exit;
 mod inspect;
+mod outbox;
+mod outbox_upload;
 mod tokens;
 mod upload;
 
@@ -47,6 +49,9 @@ enum Command {
     CoreDump(upload::CoreDumpArgs),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),
+    /// Look at a durable outbox; retry or purge its dead records.
+    #[command(subcommand)]
+    Outbox(outbox::Command),
 }
 
 /// Options every subcommand may read.
@@ -67,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Upload(args) => upload::upload(global, args),
         Command::Register(args) => upload::register(global, args),
         Command::CoreDump(args) => upload::core_dump(global, args),
+        Command::Outbox(cmd) => outbox::run(global, cmd),
     };
     exit::report(result)
 }

@@ -23,6 +23,11 @@ pub struct UploadArgs {
     /// Write the gateway's clock into version-4 headers whose time is 0.
     #[arg(long)]
     stamp_time: bool,
+    /// Make every file durable in this outbox directory first, then
+    /// deliver; a rerun after a crash or Ctrl-C sends only what was not
+    /// delivered.
+    #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
+    outbox: Option<PathBuf>,
     /// Binary log files, as read from the device.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -70,6 +75,16 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
 /// Uploads each file; reports each outcome; fails with the worst one.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let device = args.device.device()?;
+    if let Some(dir) = &args.outbox {
+        return crate::outbox_upload::upload(
+            global,
+            &args.connection,
+            args.stamp_time,
+            &device,
+            &args.files,
+            dir,
+        );
+    }
     runtime()?.block_on(async {
         let client = client(&args.connection, args.stamp_time).await?;
         let progress = (args.files.len() > 1 && !global.json).then(|| {

@@ -1,6 +1,8 @@
 //! Running the `ulogger` binary and reading what it printed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod sandbox;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 

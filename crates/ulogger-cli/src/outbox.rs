@@ -1,0 +1,215 @@
+//! `ulogger outbox`: look at, retry and purge a durable outbox (the one
+//! `ulogger agent` and `ulogger upload --outbox` deliver from).
+//!
+//! `status` and `list` read the directory without taking it over, so they
+//! work while an agent owns it; `retry` and `purge` change it, so they
+//! need it free.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde_json::json;
+use ulogger_cloud::{
+    ErrorKind, Outbox, OutboxConfig, OutboxRecord, OutboxStatus, RecordKind, RecordState,
+};
+
+use crate::exit::{self, Exit, Failure};
+use crate::Global;
+
+/// Subcommands of `ulogger outbox`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// What is queued, in flight and dead, and what the owner delivered.
+    Status(DirArg),
+    /// Every record still in the outbox, oldest first.
+    List(DirArg),
+    /// Hand every dead record back to delivery (needs the outbox free).
+    Retry(DirArg),
+    /// Remove every dead record (needs the outbox free).
+    Purge(DirArg),
+}
+
+/// Which outbox.
+#[derive(Debug, clap::Args)]
+pub struct DirArg {
+    /// The outbox directory.
+    #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
+    outbox: PathBuf,
+}
+
+pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
+    let (Command::Status(dir) | Command::List(dir) | Command::Retry(dir) | Command::Purge(dir)) =
+        &cmd;
+    if !dir.outbox.is_dir() {
+        return Err(Exit::new(
+            Failure::BadInput,
+            anyhow!(
+                "no outbox at {}: the directory does not exist",
+                dir.outbox.display()
+            ),
+        ));
+    }
+    match cmd {
+        Command::Status(dir) => status(global, &dir.outbox),
+        Command::List(dir) => list(global, &dir.outbox),
+        Command::Retry(dir) => settle(global, &dir.outbox, true),
+        Command::Purge(dir) => settle(global, &dir.outbox, false),
+    }
+}
+
+fn status(global: Global, dir: &Path) -> Result<(), Exit> {
+    let status = OutboxStatus::read(dir).map_err(exit::from_cloud)?;
+    if global.json {
+        println!("{}", status_json(&status));
+        return Ok(());
+    }
+    let owner = match status.owner_pid {
+        Some(pid) => format!("owned by process {pid}"),
+        None => "not in use".to_owned(),
+    };
+    println!("outbox {} ({owner})", status.dir.display());
+    println!(
+        "  queued:    {} ({} bytes{})",
+        status.queued,
+        status.queued_bytes,
+        status
+            .oldest_age
+            .map(|age| format!(", oldest {}", human_age(age)))
+            .unwrap_or_default()
+    );
+    println!("  in flight: {}", status.in_flight);
+    println!("  dead:      {}", status.dead);
+    if status.owner_pid.is_some() {
+        println!(
+            "  delivered: {} ({:.1}/s over the last 10 s)",
+            status.delivered, status.delivery_rate
+        );
+        println!("  evicted:   {}", status.evicted);
+    }
+    println!("  corrupt:   {}", status.corrupt);
+    if let Some(error) = &status.last_error {
+        println!("  last error: {error}");
+    }
+    Ok(())
+}
+
+pub(crate) fn status_json(status: &OutboxStatus) -> serde_json::Value {
+    json!({
+        "dir": status.dir,
+        "owner_pid": status.owner_pid,
+        "queued": status.queued,
+        "queued_bytes": status.queued_bytes,
+        "oldest_age_secs": status.oldest_age.map(|a| a.as_secs_f64()),
+        "in_flight": status.in_flight,
+        "dead": status.dead,
+        "delivered": status.delivered,
+        "evicted": status.evicted,
+        "corrupt": status.corrupt,
+        "last_error": status.last_error,
+        "delivery_rate": status.delivery_rate,
+    })
+}
+
+fn list(global: Global, dir: &Path) -> Result<(), Exit> {
+    let records = OutboxRecord::list(dir).map_err(exit::from_cloud)?;
+    if global.json {
+        let rows: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let (state, reason) = state_text(&r.state);
+                json!({
+                    "id": r.id.0, "kind": kind_text(r.kind), "app_id": r.app_id,
+                    "serial": r.serial, "size": r.size,
+                    "age_secs": r.age.as_secs_f64(), "state": state, "reason": reason,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("the outbox is empty");
+        return Ok(());
+    }
+    println!(
+        "{:>20}  {:<9} {:<8} {:>6}  {:<20} {:>8}  age",
+        "id", "kind", "state", "app", "serial", "bytes"
+    );
+    for r in &records {
+        let (state, reason) = state_text(&r.state);
+        let mut line = format!(
+            "{:>20}  {:<9} {:<8} {:>6}  {:<20} {:>8}  {}",
+            r.id,
+            kind_text(r.kind),
+            state,
+            r.app_id,
+            r.serial,
+            r.size,
+            human_age(r.age)
+        );
+        if let Some(reason) = reason {
+            line.push_str(&format!("  ({reason})"));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn kind_text(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Log => "log",
+        RecordKind::CoreDump => "core-dump",
+        _ => "other",
+    }
+}
+
+fn state_text(state: &RecordState) -> (&'static str, Option<&str>) {
+    match state {
+        RecordState::Queued => ("queued", None),
+        RecordState::InFlight => ("sending", None),
+        RecordState::Dead { reason } => ("dead", Some(reason)),
+        _ => ("other", None),
+    }
+}
+
+fn human_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+fn settle(global: Global, dir: &Path, retry: bool) -> Result<(), Exit> {
+    let outbox = Outbox::open(OutboxConfig::new(dir)).map_err(|e| match e.kind() {
+        ErrorKind::OutboxLocked { .. } => Exit::new(
+            Failure::BadInput,
+            anyhow!("{e}: stop it (e.g. the agent) first; `ulogger outbox status` works meanwhile"),
+        ),
+        _ => exit::from_cloud(e),
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    let count = runtime
+        .block_on(async {
+            if retry {
+                outbox.retry_dead().await
+            } else {
+                outbox.purge_dead().await
+            }
+        })
+        .map_err(exit::from_cloud)?;
+    let verb = if retry { "retried" } else { "purged" };
+    if global.json {
+        println!("{}", json!({ verb: count }));
+    } else if retry {
+        println!("{count} dead records queued again; they go out with the next delivery");
+    } else {
+        println!("{count} dead records removed");
+    }
+    Ok(())
+}

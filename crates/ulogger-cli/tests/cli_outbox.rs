@@ -1,0 +1,194 @@
+//! `ulogger upload --outbox` and `ulogger outbox` as a user runs them: the
+//! built binary, an emulator in this process, an outbox directory that
+//! outlives each run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::sandbox::*;
+use ulogger_cloud::wire::{build_log, LogHeader};
+use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
+
+/// `n` log files whose data names them.
+fn numbered_logs(sandbox: &Sandbox, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let log = build_log(LogHeader::new(4).unwrap(), format!("log-{i:05}").as_bytes());
+            sandbox.write(&format!("log-{i:05}.bin"), &log.unwrap())
+        })
+        .collect()
+}
+
+/// Which numbered logs the cloud holds, and how many copies in all.
+fn received(emu: &Emulator) -> (BTreeSet<usize>, usize) {
+    let logs: Vec<_> = emu
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::BinaryLog)
+        .collect();
+    let numbers = logs
+        .iter()
+        .map(|r| {
+            assert!(r.is_ok(), "{r:?}");
+            let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
+            std::str::from_utf8(&bytes[25..]).unwrap()[4..]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    (numbers, logs.len())
+}
+
+fn upload_args(emu_args: Vec<String>, outbox: &str, files: &[PathBuf]) -> Vec<String> {
+    let mut args = emu_args;
+    args.extend(device_args("SN-OUT"));
+    args.extend(["--outbox".to_owned(), outbox.to_owned()]);
+    args.extend(files.iter().map(|f| s(f)));
+    args
+}
+
+#[test]
+fn files_queued_while_the_broker_is_away_are_delivered_once_by_the_rerun() {
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox, 20);
+    let outbox = s(&sandbox.path("outbox"));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut offline = strings(&[
+        "upload",
+        "--broker",
+        "127.0.0.1",
+        "--plaintext",
+        "--timeout",
+        "1",
+    ]);
+    offline.extend([
+        "--customer-id".to_owned(),
+        CUSTOMER.to_string(),
+        "--port".to_owned(),
+        addr.port().to_string(),
+    ]);
+    let run = sandbox
+        .run(&upload_args(offline.clone(), &outbox, &files))
+        .expect_code(3);
+    assert!(run.stdout.contains("20 still queued"), "{}", run.output());
+    assert!(
+        run.stderr.contains("cannot reach the broker"),
+        "{}",
+        run.stderr
+    );
+
+    // Another process sees the queue.
+    let status = sandbox.run(&strings(&[
+        "--json", "outbox", "status", "--outbox", &outbox,
+    ]));
+    let status: serde_json::Value = serde_json::from_str(&status.expect_code(0).stdout).unwrap();
+    assert_eq!(status["queued"], 20, "{status}");
+    assert_eq!(status["owner_pid"], serde_json::Value::Null);
+    let list = sandbox.run(&strings(&["--json", "outbox", "list", "--outbox", &outbox]));
+    let list: serde_json::Value = serde_json::from_str(&list.expect_code(0).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 20);
+    assert_eq!(list[0]["serial"], "SN-OUT");
+
+    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let run = sandbox
+        .run(&upload_args(offline, &outbox, &files))
+        .expect_code(0);
+    assert!(
+        run.stdout
+            .contains("20 delivered, 0 delivered by an earlier run"),
+        "{}",
+        run.output()
+    );
+    let (numbers, copies) = received(&emu);
+    assert_eq!(numbers, (0..20).collect());
+    assert_eq!(copies, 20, "nothing was queued twice");
+    let status = sandbox.run(&strings(&[
+        "--json", "outbox", "status", "--outbox", &outbox,
+    ]));
+    let status: serde_json::Value = serde_json::from_str(&status.expect_code(0).stdout).unwrap();
+    assert_eq!(status["queued"], 0, "{status}");
+}
+
+#[test]
+fn a_run_killed_mid_delivery_is_finished_by_the_rerun_with_few_extra_copies() {
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox, 300);
+    let outbox = s(&sandbox.path("outbox"));
+    let emu = plaintext_emulator();
+    let args = upload_args(connect_args("upload", &emu), &outbox, &files);
+    let mut child = sandbox
+        .command(&[])
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut watcher = emu.watch_records();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let progressed = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut logs = 0;
+            while logs < 50 {
+                if watcher.next().await.kind == RecordKind::BinaryLog {
+                    logs += 1;
+                }
+            }
+        })
+        .await
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(progressed.is_ok(), "the first run delivered 50 logs");
+
+    let run = sandbox.run(&args).expect_code(0);
+    assert!(run.stdout.contains("still queued in"), "{}", run.output());
+    let (numbers, copies) = received(&emu);
+    assert_eq!(numbers, (0..300).collect(), "every file arrived");
+    // At most the publishes in flight at the kill went twice.
+    assert!(copies <= 300 + 100, "{copies} copies");
+}
+
+#[test]
+fn retry_and_purge_need_the_outbox_free_and_say_who_holds_it() {
+    let sandbox = Sandbox::new();
+    let outbox = sandbox.path("outbox");
+    let holder = ulogger_cloud::Outbox::open(ulogger_cloud::OutboxConfig::new(&outbox)).unwrap();
+    let run = sandbox
+        .run(&strings(&["outbox", "retry", "--outbox", &s(&outbox)]))
+        .expect_code(2);
+    assert!(
+        run.stderr
+            .contains(&format!("process {}", std::process::id())),
+        "{}",
+        run.stderr
+    );
+    drop(holder);
+    let run = sandbox
+        .run(&strings(&["outbox", "purge", "--outbox", &s(&outbox)]))
+        .expect_code(0);
+    assert!(
+        run.stdout.contains("0 dead records removed"),
+        "{}",
+        run.stdout
+    );
+    let run = sandbox
+        .run(&strings(&[
+            "outbox",
+            "status",
+            "--outbox",
+            &s(&sandbox.path("nope")),
+        ]))
+        .expect_code(2);
+    assert!(run.stderr.contains("nope"), "{}", run.stderr);
+}
