@@ -10,6 +10,7 @@ use anyhow::Context;
 use ulogger_emulator::{AttachTo, Emulator, EmulatorConfig, EmulatorError, Record, Verdict};
 
 use crate::exit::{Exit, Failure};
+use crate::signal::StopSignal;
 use crate::Global;
 
 /// Arguments of `ulogger emulator`.
@@ -101,44 +102,6 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         println!("{}", record_line(global, &record));
     }
     stopped.context("the emulator failed").map_err(Exit::from)
-}
-
-/// Ctrl-C (SIGINT) or, on Unix, SIGTERM (what service managers and
-/// `kill` send), listened for from creation on.
-struct StopSignal {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl StopSignal {
-    /// Starts listening; must run inside a Tokio runtime.
-    fn listen() -> Result<StopSignal, Exit> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(StopSignal {
-                interrupt: signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?,
-                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(StopSignal {})
-    }
-
-    async fn wait(mut self) -> Result<(), Exit> {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-        #[cfg(not(unix))]
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok(())
-    }
 }
 
 fn config(args: &Args) -> Result<EmulatorConfig, Exit> {

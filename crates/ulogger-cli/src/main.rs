@@ -3,6 +3,7 @@
 //! `main` only parses arguments and dispatches; each subcommand lives in a
 //! module of its own and calls library code.
 
+mod agent;
 mod connection;
 mod demo;
 mod device;
@@ -11,6 +12,7 @@ mod exit;
 mod inspect;
 mod outbox;
 mod outbox_upload;
+mod signal;
 mod tokens;
 mod upload;
 
@@ -49,6 +51,8 @@ enum Command {
     CoreDump(upload::CoreDumpArgs),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),
+    /// Run the gateway service: files dropped in an inbox go out through a durable outbox.
+    Agent(agent::Args),
     /// Look at a durable outbox; retry or purge its dead records.
     #[command(subcommand)]
     Outbox(outbox::Command),
@@ -73,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Register(args) => upload::register(global, args),
         Command::CoreDump(args) => upload::core_dump(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
+        Command::Agent(args) => agent::run(global, args),
     };
     exit::report(result)
 }

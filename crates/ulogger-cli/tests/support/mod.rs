@@ -47,12 +47,17 @@ impl Drop for Running {
 
 impl Running {
     pub fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
+        command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        Running::spawn(command)
+    }
+
+    /// Runs `command` (whose stdout must be piped).
+    pub fn spawn(mut command: Command) -> Running {
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
