@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ulogger_emulator::{AttachTo, Emulator, EmulatorConfig, EmulatorError, Record, Verdict};
+use ulogger_emulator::{
+    AttachTo, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, Verdict,
+};
 
 use crate::exit::{Exit, Failure};
 use crate::signal::StopSignal;
@@ -35,6 +37,15 @@ pub struct Args {
     /// Topic prefix, prepended as-is (include the trailing `/`).
     #[arg(long, default_value = "", value_name = "PREFIX")]
     prefix: String,
+    /// Lift AWS IoT Core's per-connection limits (e.g. for benchmarks).
+    ///
+    /// By default the broker enforces them as the platform does: 100
+    /// publishes/s (beyond: discarded, no PUBACK), 512 KiB/s (beyond:
+    /// delayed), 50 subscriptions (beyond: SUBACK failure), 8 filters per
+    /// SUBSCRIBE (beyond: the connection closes). A client that works here
+    /// with the limits on keeps to the platform's.
+    #[arg(long, conflicts_with = "attach")]
+    no_limits: bool,
     /// Attach the cloud side to an external broker at HOST:PORT instead of
     /// running one.
     #[arg(long, value_name = "HOST:PORT")]
@@ -111,6 +122,9 @@ fn config(args: &Args) -> Result<EmulatorConfig, Exit> {
         .plaintext(args.plaintext)
         .group_id(args.group_id)
         .topic_prefix(args.prefix.clone());
+    if args.no_limits {
+        config = config.limits(PlatformLimits::unlimited());
+    }
     if let Some(target) = &args.attach {
         let (host, port) = target
             .rsplit_once(':')
@@ -190,6 +204,9 @@ fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> 
             "address": emulator.addr().to_string(),
             "attached": attached,
             "tls": certs.is_some(),
+            // Whether this emulator's broker enforces AWS IoT's
+            // per-connection limits (never in attach mode: no broker).
+            "limits": !emulator.limits().is_unlimited(),
             "customer_id": emulator.customer_id(),
             "group_id": emulator.group_id(),
             "prefix": emulator.topic_prefix(),
@@ -235,6 +252,17 @@ fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> 
         "  records:     {}",
         absolute(&emulator.index_path()).display()
     );
+    if attached.is_none() {
+        let limits = emulator.limits();
+        if limits.is_unlimited() {
+            let _ = writeln!(out, "  limits:      none (--no-limits)");
+        } else {
+            let _ = writeln!(
+                out,
+                "  limits:      AWS IoT's per connection: {limits} (--no-limits lifts them)"
+            );
+        }
+    }
     let _ = writeln!(out, "Connect with:");
     let _ = writeln!(out, "  ulogger upload {} ...", client_flags(emulator));
     let _ = writeln!(

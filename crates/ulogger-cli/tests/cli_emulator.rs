@@ -32,6 +32,11 @@ async fn the_printed_address_and_certificates_let_a_client_connect() {
     let ca = running.field("CA:");
     let cert = running.field("client cert:");
     let key = running.field("client key:");
+    let limits = running.field("limits:");
+    assert!(
+        limits.contains("100 publishes/s") && limits.contains("--no-limits"),
+        "{limits}"
+    );
     let upload = running.field("ulogger upload");
     assert!(
         upload.contains(&format!("--port {}", addr.port())),
@@ -97,6 +102,7 @@ fn json_output_reports_a_plaintext_emulator() {
     let ready: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(ready["event"], "ready");
     assert_eq!(ready["tls"], false);
+    assert_eq!(ready["limits"], true, "AWS IoT's limits are on by default");
     assert_eq!(ready["group_id"], 5);
     let addr: std::net::SocketAddr = ready["address"].as_str().unwrap().parse().unwrap();
     std::net::TcpStream::connect(addr).unwrap();
@@ -119,4 +125,55 @@ fn a_taken_port_is_a_network_failure() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(3));
+}
+
+#[test]
+fn no_limits_lifts_the_platform_limits_and_says_so() {
+    let data = tempfile::tempdir().unwrap();
+    let running = Running::start(&[
+        "--json",
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--plaintext",
+        "--no-limits",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    let first = running.lines.recv_timeout(WAIT).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(ready["event"], "ready");
+    assert_eq!(ready["limits"], false);
+
+    let data = tempfile::tempdir().unwrap();
+    let running = Running::start(&[
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--plaintext",
+        "--no-limits",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert_eq!(running.field("limits:"), "none (--no-limits)");
+}
+
+#[test]
+fn the_help_shows_no_limits() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+        .args(["emulator", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("--no-limits"), "{help}");
+    assert!(help.contains("100 publishes/s"), "{help}");
+    // Attach mode runs no broker, so there are no limits to lift.
+    let status = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+        .args(["emulator", "--no-limits", "--attach", "127.0.0.1:1883"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
 }

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::faults::Faults;
+use crate::limits::PlatformLimits;
 use crate::EmulatorError;
 
 /// Settings of an [`crate::Emulator`]. Setters never fail;
@@ -27,6 +28,7 @@ pub struct EmulatorConfig {
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) plaintext: bool,
     pub(crate) faults: Faults,
+    pub(crate) limits: PlatformLimits,
     pub(crate) attach: Option<AttachTo>,
 }
 
@@ -40,7 +42,8 @@ impl Default for EmulatorConfig {
 impl EmulatorConfig {
     /// An emulator for `customer_id`: listens on 127.0.0.1 on a free port,
     /// mutual TLS, a temporary data directory removed when the emulator is
-    /// dropped, no group id (the original topic layout), no topic prefix.
+    /// dropped, no group id (the original topic layout), no topic prefix,
+    /// AWS IoT Core's per-connection limits ([`PlatformLimits::aws`]).
     pub fn new(customer_id: u32) -> Self {
         EmulatorConfig {
             customer_id,
@@ -50,6 +53,7 @@ impl EmulatorConfig {
             data_dir: None,
             plaintext: false,
             faults: Faults::default(),
+            limits: PlatformLimits::aws(),
             attach: None,
         }
     }
@@ -101,6 +105,16 @@ impl EmulatorConfig {
         self
     }
 
+    /// The per-connection limits the broker enforces on clients (default:
+    /// AWS IoT Core's). [`PlatformLimits::unlimited`] lifts them, e.g. for
+    /// benchmarks or tests about something else. Attach mode runs no
+    /// broker, so there they do not apply.
+    #[must_use]
+    pub fn limits(mut self, limits: PlatformLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Attach mode: run no broker; connect the cloud side as a client to
     /// an external broker instead.
     #[must_use]
@@ -119,6 +133,7 @@ impl EmulatorConfig {
                 ),
             });
         }
+        self.limits.validate()?;
         if let Some(attach) = &self.attach {
             attach.validate()?;
         }

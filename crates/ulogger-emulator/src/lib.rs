@@ -12,6 +12,12 @@
 //!   `cust-{customer_id}-` is refused (CONNACK "not authorized"); a second
 //!   connection with the same client id closes the first. Subscribing with
 //!   QoS 2 is granted QoS 1, as AWS IoT does.
+//! - **AWS IoT's per-connection limits** ([`PlatformLimits`], on by
+//!   default): 100 publishes/s (beyond: discarded, no PUBACK), 512 KiB/s
+//!   inbound (beyond: read later), 50 subscriptions (beyond: SUBACK
+//!   failure), 8 filters per SUBSCRIBE (beyond: the connection closes).
+//!   [`PlatformLimits::unlimited`] lifts them; [`Emulator::limit_stats`]
+//!   counts what they did.
 //! - **the cloud side**: answers boot registrations with fresh tokens,
 //!   verifies binary logs (header, checksum, a token it issued for that
 //!   application), stores logs, core dumps, metrics and events, and pushes
@@ -75,6 +81,7 @@ mod config;
 mod durable;
 mod error;
 mod faults;
+mod limits;
 mod records;
 mod supervise;
 #[cfg(feature = "testing")]
@@ -97,6 +104,7 @@ pub use certs::{client_tls_config, CertPaths};
 pub use config::{AttachTo, EmulatorConfig};
 pub use error::EmulatorError;
 pub use faults::{BootReplyMode, FaultSwitches, Faults, WithholdPuback};
+pub use limits::{LimitStats, PlatformLimits};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 
 use broker::{Broker, Mailbox, Tls};
@@ -230,6 +238,7 @@ impl Emulator {
                     config.customer_id,
                     faults.clone(),
                     records.clone(),
+                    config.limits,
                 ));
                 for filter in &filters {
                     broker.subscribe(
@@ -493,6 +502,23 @@ impl Emulator {
     /// Client ids of the connected clients, sorted.
     pub fn connected_clients(&self) -> Vec<String> {
         self.broker.as_ref().map_or_else(Vec::new, |b| b.clients())
+    }
+
+    /// The per-connection limits the broker enforces on clients
+    /// ([`EmulatorConfig::limits`]). Attach mode runs no broker, so there
+    /// it is [`PlatformLimits::unlimited`].
+    pub fn limits(&self) -> PlatformLimits {
+        self.broker
+            .as_ref()
+            .map_or_else(PlatformLimits::unlimited, |b| b.limits)
+    }
+
+    /// What enforcing the limits has done so far: publishes discarded,
+    /// filters refused, reading held back. All zero in attach mode.
+    pub fn limit_stats(&self) -> LimitStats {
+        self.broker
+            .as_ref()
+            .map_or_else(LimitStats::default, |b| b.limit_counters.snapshot())
     }
 
     /// Stops the emulator and reports a panic of any of its tasks as an

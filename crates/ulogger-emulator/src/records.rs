@@ -36,8 +36,10 @@ pub enum RecordKind {
     Events,
     /// A log configuration the cloud pushed to a device.
     Config,
-    /// Something the broker refused under the platform's rules (the
-    /// connection was closed or refused); `reason` says which rule.
+    /// Something the broker refused under the platform's rules or
+    /// per-connection limits: a connection closed or refused, a publish
+    /// discarded (publish rate), a subscription refused; `reason` says
+    /// which rule or limit.
     Rejected,
 }
 
@@ -60,7 +62,8 @@ pub struct Record {
     pub time: SystemTime,
     /// What it is.
     pub kind: RecordKind,
-    /// The MQTT topic (empty for a refused connection).
+    /// The MQTT topic (a refused subscription's filter; empty for a
+    /// refused connection or SUBSCRIBE).
     pub topic: String,
     /// The application id from the topic, when the topic has one.
     pub app_id: Option<u32>,

@@ -1,6 +1,7 @@
 //! The MQTT 3.1.1 broker: shared state (sessions, subscriptions, retained
 //! messages) here; the accept loop in `listener`, one connection's life in
-//! `session`, the platform's rules in `rules`.
+//! `session`, the platform's rules in `rules` (its per-connection limits
+//! are configured in `crate::limits` and enforced in `session`).
 //!
 //! Deliberate simplifications, all invisible to a client that behaves as
 //! the platform expects: every session is clean (a `clean_session = false`
@@ -26,6 +27,7 @@ pub(crate) use listener::{run_listener, Tls};
 pub(crate) use router::{topic_matches, valid_filter};
 
 use crate::faults::FaultSwitches;
+use crate::limits::{LimitCounters, PlatformLimits};
 use crate::records::RecordLog;
 use retained::Retained;
 use router::Subscriptions;
@@ -133,6 +135,10 @@ pub(crate) struct Broker {
     customer_id: u32,
     pub(crate) faults: Arc<FaultSwitches>,
     pub(crate) records: Arc<RecordLog>,
+    /// Enforced on client connections only: the internal cloud subscribes
+    /// and publishes through the methods below, never through a session.
+    pub(crate) limits: PlatformLimits,
+    pub(crate) limit_counters: LimitCounters,
     sessions: Mutex<HashMap<String, Mailbox>>,
     subscriptions: Mutex<Subscriptions>,
     retained: Mutex<Retained>,
@@ -150,11 +156,14 @@ impl Broker {
         customer_id: u32,
         faults: Arc<FaultSwitches>,
         records: Arc<RecordLog>,
+        limits: PlatformLimits,
     ) -> Broker {
         Broker {
             customer_id,
             faults,
             records,
+            limits,
+            limit_counters: LimitCounters::default(),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
             retained: Mutex::new(Retained::default()),

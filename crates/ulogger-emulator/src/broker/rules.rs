@@ -16,16 +16,43 @@ pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
 /// A broken rule; its `Display` is the reason written to the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Violation {
-    PayloadTooLarge { size: usize, limit: usize },
+    PayloadTooLarge {
+        size: usize,
+        limit: usize,
+    },
     TopicEmpty,
     TopicWildcard,
     TopicNul,
-    TopicTooLong { len: usize, limit: usize },
-    TopicTooDeep { slashes: usize, limit: usize },
+    TopicTooLong {
+        len: usize,
+        limit: usize,
+    },
+    TopicTooDeep {
+        slashes: usize,
+        limit: usize,
+    },
     Qos2,
-    ClientIdPrefix { expected: String },
-    ClientIdTooLong { len: usize, limit: usize },
+    ClientIdPrefix {
+        expected: String,
+    },
+    ClientIdTooLong {
+        len: usize,
+        limit: usize,
+    },
     Protocol(String),
+    /// A publish found the connection's publish bucket empty.
+    PublishRate {
+        limit: u64,
+    },
+    /// A filter would take the connection over its subscriptions.
+    TooManySubscriptions {
+        limit: usize,
+    },
+    /// A SUBSCRIBE carried more filters than one may.
+    TooManyFilters {
+        count: usize,
+        limit: usize,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -51,6 +78,21 @@ impl fmt::Display for Violation {
                 write!(f, "client id of {len} bytes exceeds the {limit}-byte limit")
             }
             Violation::Protocol(what) => write!(f, "protocol violation: {what}"),
+            Violation::PublishRate { limit } => {
+                write!(f, "publish rate over {limit}/s: discarded")
+            }
+            Violation::TooManySubscriptions { limit } => {
+                write!(
+                    f,
+                    "more than {limit} subscriptions on one connection: filter refused"
+                )
+            }
+            Violation::TooManyFilters { count, limit } => {
+                write!(
+                    f,
+                    "SUBSCRIBE with {count} filters, more than {limit}: connection closed"
+                )
+            }
         }
     }
 }

@@ -1,12 +1,13 @@
 //! One client connection, from CONNECT to close.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck,
 };
 use rumqttc::mqttbytes::{self, Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -16,6 +17,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use super::router::min_qos;
 use super::rules::{self, Violation};
 use super::{valid_filter, Broker, Mailbox, Message};
+use crate::limits::TokenBucket;
 use crate::records::{Record, RecordKind};
 
 /// The largest packet the codec reads. Bigger than the platform's payload
@@ -26,6 +28,10 @@ const READ_MAX: usize = rules::MAX_PAYLOAD * 2 + 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close may take (TLS close_notify) before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes a connection held back by the byte rate waits for before it reads
+/// again (or the whole bucket, if smaller): one wake-up per chunk rather
+/// than one per timer tick.
+const THROTTLED_READ_CHUNK: u64 = 8 * 1024;
 
 /// Why reading the next packet failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,54 @@ struct Connection<S> {
     write: BytesMut,
     received: u64,
     budget: Option<u64>,
+    /// Keeps reading to the byte rate; `None` when it is unlimited.
+    throttle: Option<ReadThrottle>,
+}
+
+/// Holds a connection's reading back to its byte rate
+/// (`PlatformLimits::bytes_per_second`): AWS IoT delays, rather than
+/// drops, data over the rate.
+struct ReadThrottle {
+    bucket: TokenBucket,
+    /// The end of the latest wait for the bucket (maybe still ahead). The
+    /// client cannot be heard before it, so keep-alive counts from there.
+    held_until: Option<Instant>,
+    broker: Arc<Broker>,
+}
+
+impl ReadThrottle {
+    fn new(broker: &Arc<Broker>) -> Option<ReadThrottle> {
+        let rate = broker.limits.byte_rate()?;
+        Some(ReadThrottle {
+            bucket: TokenBucket::full(rate, Instant::now().into_std()),
+            held_until: None,
+            broker: broker.clone(),
+        })
+    }
+
+    /// Waits until the bucket holds a chunk; returns how many bytes may be
+    /// read now. Cancel-safe: a wait once decided is kept (and counted)
+    /// only once.
+    async fn allowance(&mut self) -> u64 {
+        loop {
+            let now = Instant::now();
+            if let Some(until) = self.held_until.filter(|&until| until > now) {
+                sleep_until(until).await;
+                continue;
+            }
+            let wait = self.bucket.wait_for(THROTTLED_READ_CHUNK, now.into_std());
+            if wait.is_zero() {
+                return self.bucket.available(now.into_std());
+            }
+            self.held_until = Some(now + wait);
+            self.broker.limit_counters.read_delay(wait);
+        }
+    }
+
+    fn consumed(&mut self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.bucket.take(bytes, Instant::now().into_std());
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -68,13 +122,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.budget.is_some_and(|b| self.received >= b) {
                 return Err(ReadError::BudgetSpent);
             }
-            let n = self
-                .stream
+            let allowed = match &mut self.throttle {
+                Some(throttle) => throttle.allowance().await,
+                None => u64::MAX,
+            };
+            let n = (&mut self.stream)
+                .take(allowed)
                 .read_buf(&mut self.read)
                 .await
                 .map_err(ReadError::Io)?;
             if n == 0 {
                 return Err(ReadError::Closed);
+            }
+            if let Some(throttle) = &mut self.throttle {
+                throttle.consumed(n);
             }
             self.received = self.received.saturating_add(n as u64);
             if let Some(budget) = self.budget {
@@ -87,6 +148,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.received = budget;
                 }
             }
+        }
+    }
+
+    /// Where keep-alive counts from, given the client's last packet:
+    /// silence while the broker held reading back is not the client's.
+    fn heard_since(&self, last_packet: Instant) -> Instant {
+        match self.throttle.as_ref().and_then(|t| t.held_until) {
+            Some(held_until) => held_until.max(last_packet),
+            None => last_packet,
         }
     }
 
@@ -124,6 +194,7 @@ where
         write: BytesMut::with_capacity(4096),
         received: 0,
         budget: broker.faults.snapshot().drop_after_bytes,
+        throttle: ReadThrottle::new(&broker),
     };
     let connect = match timeout(CONNECT_TIMEOUT, conn.next_packet()).await {
         Ok(Ok(Packet::Connect(connect))) => connect,
@@ -198,6 +269,11 @@ where
         mailbox,
         next_pkid: 0,
         pending_acks: VecDeque::new(),
+        publishes: broker
+            .limits
+            .publish_rate()
+            .map(|rate| (rate, TokenBucket::full(rate, Instant::now().into_std()))),
+        filters: HashSet::new(),
     };
     let mut clean_end = false;
     if conn
@@ -214,9 +290,10 @@ where
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let mut last_packet = Instant::now();
         loop {
+            let expires_at = keep_alive.map(|period| conn.heard_since(last_packet) + period);
             let expiry = async {
-                match keep_alive {
-                    Some(period) => sleep_until(last_packet + period).await,
+                match expires_at {
+                    Some(at) => sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -264,6 +341,12 @@ where
                     }
                 }
                 _ = expiry => {
+                    // Reading may have been held back (byte rate) since
+                    // the deadline was set; that silence is not the client's.
+                    let now = Instant::now();
+                    if keep_alive.is_some_and(|period| now < conn.heard_since(last_packet) + period) {
+                        continue;
+                    }
                     tracing::info!(client_id, conn_id, "keep-alive expired, closing");
                     break;
                 }
@@ -289,6 +372,10 @@ struct Session {
     /// §4.6): each goes out once the cloud has stored its message, so a
     /// client that saw a PUBACK can count on the cloud having the log.
     pending_acks: VecDeque<PendingAck>,
+    /// The publish rate and its bucket; `None` when it is unlimited.
+    publishes: Option<(u64, TokenBucket)>,
+    /// The filters this connection holds (for the subscription limit).
+    filters: HashSet<String>,
 }
 
 struct PendingAck {
@@ -315,42 +402,11 @@ impl Session {
         let sent = match packet {
             Packet::Publish(publish) => return self.publish(conn, publish).await,
             Packet::PubAck(_) => Ok(()),
-            Packet::Subscribe(subscribe) => {
-                let mut codes = Vec::with_capacity(subscribe.filters.len());
-                let mut retained = Vec::new();
-                for filter in &subscribe.filters {
-                    if valid_filter(&filter.path) {
-                        // AWS IoT grants QoS 1 to a QoS 2 request.
-                        let granted = min_qos(filter.qos, QoS::AtLeastOnce);
-                        for message in
-                            self.broker
-                                .subscribe(self.mailbox.clone(), &filter.path, granted)
-                        {
-                            retained.push((message, granted));
-                        }
-                        codes.push(SubscribeReasonCode::Success(granted));
-                    } else {
-                        codes.push(SubscribeReasonCode::Failure);
-                    }
-                }
-                let acked = conn
-                    .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-                    .await;
-                if acked.is_err() {
-                    return Flow::Close;
-                }
-                for (message, granted) in retained {
-                    let qos = min_qos(message.qos, granted);
-                    let message = Message { qos, ..message };
-                    if self.deliver(conn, message).await.is_err() {
-                        return Flow::Close;
-                    }
-                }
-                Ok(())
-            }
+            Packet::Subscribe(subscribe) => return self.subscribe(conn, subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
                 for filter in &unsubscribe.topics {
                     self.broker.unsubscribe(self.mailbox.conn_id, filter);
+                    self.filters.remove(filter);
                 }
                 conn.send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
                     .await
@@ -368,6 +424,75 @@ impl Session {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
+    }
+
+    async fn subscribe<S>(&mut self, conn: &mut Connection<S>, subscribe: Subscribe) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limits = self.broker.limits;
+        if let Some(limit) = limits.filters_per_subscribe() {
+            let count = subscribe.filters.len();
+            if count > limit {
+                // AWS IoT hangs up on such a SUBSCRIBE (decision 7).
+                let violation = Violation::TooManyFilters { count, limit };
+                tracing::info!(client_id = self.client_id, %violation, "closing connection");
+                reject(&self.broker, Some(&self.client_id), "", 0, &violation);
+                self.broker.limit_counters.refused_filters(count);
+                return Flow::Close;
+            }
+        }
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for filter in &subscribe.filters {
+            if !valid_filter(&filter.path) {
+                codes.push(SubscribeReasonCode::Failure);
+                continue;
+            }
+            // A filter held already is replaced, not added.
+            let full = limits
+                .subscriptions()
+                .is_some_and(|limit| self.filters.len() >= limit);
+            if full && !self.filters.contains(&filter.path) {
+                let limit = limits.subscriptions().unwrap_or(usize::MAX);
+                let violation = Violation::TooManySubscriptions { limit };
+                tracing::debug!(client_id = self.client_id, filter = filter.path, %violation);
+                reject(
+                    &self.broker,
+                    Some(&self.client_id),
+                    &filter.path,
+                    0,
+                    &violation,
+                );
+                self.broker.limit_counters.refused_filters(1);
+                codes.push(SubscribeReasonCode::Failure);
+                continue;
+            }
+            self.filters.insert(filter.path.clone());
+            // AWS IoT grants QoS 1 to a QoS 2 request.
+            let granted = min_qos(filter.qos, QoS::AtLeastOnce);
+            for message in self
+                .broker
+                .subscribe(self.mailbox.clone(), &filter.path, granted)
+            {
+                retained.push((message, granted));
+            }
+            codes.push(SubscribeReasonCode::Success(granted));
+        }
+        let acked = conn
+            .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+            .await;
+        if acked.is_err() {
+            return Flow::Close;
+        }
+        for (message, granted) in retained {
+            let qos = min_qos(message.qos, granted);
+            let message = Message { qos, ..message };
+            if self.deliver(conn, message).await.is_err() {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
     }
 
     async fn publish<S>(&mut self, conn: &mut Connection<S>, publish: Publish) -> Flow
@@ -390,6 +515,24 @@ impl Session {
                 &violation,
             );
             return Flow::Close;
+        }
+        if let Some((rate, bucket)) = &mut self.publishes {
+            if !bucket.try_take(1, Instant::now().into_std()) {
+                // AWS IoT discards it: no routing, no PUBACK, the
+                // connection stays open. Later publishes are acknowledged
+                // as usual; this one simply has no PUBACK to wait for.
+                let violation = Violation::PublishRate { limit: *rate };
+                tracing::debug!(client_id = self.client_id, topic = message.topic, %violation);
+                reject(
+                    &self.broker,
+                    Some(&self.client_id),
+                    &message.topic,
+                    message.payload.len(),
+                    &violation,
+                );
+                self.broker.limit_counters.discarded_publish();
+                return Flow::Continue;
+            }
         }
         let qos = message.qos;
         let withheld = qos == QoS::AtLeastOnce
