@@ -27,7 +27,7 @@ mod tls;
 mod transport;
 
 pub use client::{Client, ClientBuilder, PublishReceipt, UploadReceipt};
-pub use config::{MqttConfig, Security, DEFAULT_BROKER, DEFAULT_PORT};
+pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use oneshot::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,

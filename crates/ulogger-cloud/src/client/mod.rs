@@ -247,7 +247,8 @@ impl Client {
         Ok(PublishReceipt { topic, size })
     }
 
-    /// Closes the connection gracefully: publishes already handed over get
+    /// Closes the connection gracefully: publishes already handed over are
+    /// written (at the paced rate, see [`Pacing`](crate::Pacing)) and get
     /// their acknowledgement (or fail after the acknowledgement timeout),
     /// then the client disconnects and the session store's recency order is
     /// written. Later calls fail with [`ErrorKind::Shutdown`].
