@@ -493,6 +493,49 @@ mod tests {
     }
 
     #[test]
+    fn pacing_and_subscription_limits_default_to_the_platform_and_are_checked() {
+        let base = || MqttConfig::new(1).security(Security::Plaintext);
+        let settings = base().validate().unwrap();
+        assert_eq!(settings.pacing, Pacing::platform());
+        assert_eq!(settings.pacing, Pacing::new(100, 512 * 1024));
+        assert_eq!(settings.max_subscriptions, 50);
+        assert!(Pacing::off().is_off());
+        assert!(!Pacing::off().byte_rate(1).is_off());
+
+        for pacing in [
+            Pacing::new(0, 1),
+            Pacing::new(1, 0),
+            Pacing::off().publish_rate(0),
+            Pacing::platform().byte_rate(0),
+        ] {
+            let err = base().pacing(pacing).validate().err().unwrap();
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::InvalidConfig {
+                        field: "pacing",
+                        ..
+                    }
+                ),
+                "{pacing:?}: {err}"
+            );
+        }
+        let err = base().max_subscriptions(0).validate().err().unwrap();
+        assert!(err.to_string().contains("max_subscriptions"), "{err}");
+
+        // Extremes are accepted: they mean "practically unlimited".
+        let settings = base()
+            .pacing(Pacing::new(u64::MAX, u64::MAX))
+            .max_subscriptions(u16::MAX)
+            .ack_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .token_timeout(Duration::MAX)
+            .validate()
+            .unwrap();
+        assert_eq!(settings.ack_timeout, Duration::MAX);
+    }
+
+    #[test]
     fn missing_certificate_file_is_named() {
         let err = MqttConfig::new(1)
             .client_cert("/nonexistent/dev.pem.crt", "/nonexistent/dev.pem.key")
