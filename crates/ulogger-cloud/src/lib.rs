@@ -13,7 +13,8 @@
 //! - [`Client`]: one long-lived MQTT connection for many devices: boot
 //!   registration ([`Client::session_token`]), binary-log upload
 //!   ([`Client::upload_log`]) and core dumps, each complete only when the
-//!   broker acknowledged it.
+//!   broker acknowledged it, paced to the platform's per-connection
+//!   limits ([`Pacing`]).
 
 pub mod blocking;
 pub mod wire;
