@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use ulogger_cloud::{MqttConfig, Security, SessionStore};
+use ulogger_cloud::{MqttConfig, Pacing, Security, SessionStore};
 
 use crate::exit::{Exit, Failure};
 
@@ -48,6 +48,11 @@ pub struct ConnectionArgs {
     /// Connect WITHOUT TLS (local brokers only).
     #[arg(long, env = "ULOGGER_PLAINTEXT")]
     pub plaintext: bool,
+    /// Publish as fast as the broker takes it, instead of pacing to the
+    /// platform's per-connection limits (100 publishes/s, 512 KiB/s).
+    /// For local brokers.
+    #[arg(long, env = "ULOGGER_NO_PACING")]
+    pub no_pacing: bool,
     /// Seconds to wait for a boot reply [default: 15].
     #[arg(long, env = "ULOGGER_TOKEN_TIMEOUT", value_name = "SECS")]
     pub token_timeout: Option<u64>,
@@ -76,6 +81,7 @@ struct ConfigFile {
     group_id: Option<u32>,
     prefix: Option<String>,
     plaintext: Option<bool>,
+    no_pacing: Option<bool>,
     token_timeout: Option<u64>,
     timeout: Option<u64>,
     store: Option<PathBuf>,
@@ -148,6 +154,7 @@ impl ConnectionArgs {
         if self.plaintext || file.plaintext.unwrap_or(false) {
             config = config.security(Security::Plaintext);
         }
+        config = config.pacing(self.pacing(file));
         if let Some(secs) = self.token_timeout.or(file.token_timeout) {
             config = config.token_timeout(Duration::from_secs(secs));
         }
@@ -157,6 +164,16 @@ impl ConnectionArgs {
                 .ack_timeout(Duration::from_secs(secs));
         }
         Ok(config)
+    }
+
+    /// The platform's pacing unless the flag, the environment or the
+    /// file turns it off.
+    fn pacing(&self, file: &ConfigFile) -> Pacing {
+        if self.no_pacing || file.no_pacing.unwrap_or(false) {
+            Pacing::off()
+        } else {
+            Pacing::platform()
+        }
     }
 
     fn session_store(&self, file: &ConfigFile) -> Result<SessionStore, Exit> {
@@ -175,4 +192,23 @@ impl ConnectionArgs {
 
 fn bad_input(message: &str) -> Exit {
     Exit::new(Failure::BadInput, anyhow::anyhow!("{message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_is_on_unless_the_flag_or_the_file_turns_it_off() {
+        let args = ConnectionArgs::default();
+        let file = |text: &str| toml::from_str::<ConfigFile>(text).unwrap();
+        assert_eq!(args.pacing(&file("")), Pacing::platform());
+        assert_eq!(args.pacing(&file("no_pacing = false")), Pacing::platform());
+        assert_eq!(args.pacing(&file("no_pacing = true")), Pacing::off());
+        let no_pacing = ConnectionArgs {
+            no_pacing: true,
+            ..ConnectionArgs::default()
+        };
+        assert_eq!(no_pacing.pacing(&file("no_pacing = false")), Pacing::off());
+    }
 }

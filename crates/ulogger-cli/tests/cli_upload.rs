@@ -486,3 +486,30 @@ fn plaintext_is_used_only_when_asked_for_and_never_as_a_fallback() {
         ["SN-PLAIN"]
     );
 }
+
+#[test]
+fn pacing_can_be_turned_off_by_flag_environment_or_config_file() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let register = |serial: &str, extra: &[&str]| {
+        let mut args = connect_args("register", &emu);
+        args.push("--no-store".to_owned());
+        args.extend(strings(extra));
+        args.extend(device_args(serial));
+        args
+    };
+    sandbox
+        .run(&register("SN-NOPACE-FLAG", &["--no-pacing"]))
+        .expect_code(0);
+    sandbox
+        .run_with_env(
+            &[("ULOGGER_NO_PACING", "true".to_owned())],
+            &register("SN-NOPACE-ENV", &[]),
+        )
+        .expect_code(0);
+    let config = sandbox.write("unpaced.toml", b"no_pacing = true\n");
+    sandbox
+        .run(&register("SN-NOPACE-FILE", &["--config", &s(&config)]))
+        .expect_code(0);
+    assert_eq!(emu.issued_tokens().len(), 3);
+}

@@ -44,7 +44,7 @@ use tokio::task::JoinSet;
 use ulogger_cloud::wire::{
     boot_payload, build_log, header_len, parse_boot_reply, DeviceInfo, LogHeader, Topics,
 };
-use ulogger_cloud::{Client, MqttConfig, SessionStore};
+use ulogger_cloud::{Client, MqttConfig, Pacing, SessionStore};
 use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
 use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
 
@@ -195,7 +195,7 @@ impl Bench {
 
         println!(
             "uploads: {UPLOADS} logs x {LOG_SIZE} B of {DEVICES} pre-registered devices per phase, \
-             QoS 1, max_inflight {MAX_INFLIGHT} for both;"
+             QoS 1, max_inflight {MAX_INFLIGHT}, no pacing for both;"
         );
         println!(
             "  client: one Client, {CONCURRENCY} upload_log calls in flight; \
@@ -377,7 +377,9 @@ impl Bench {
             .port(self.port)
             .ca_file(&self.certs.ca_cert)
             .client_cert(&self.certs.client_cert, &self.certs.client_key)
-            .max_inflight(MAX_INFLIGHT);
+            .max_inflight(MAX_INFLIGHT)
+            // A local broker, and a raw baseline that is not paced either.
+            .pacing(Pacing::off());
         Client::builder(config)
             .session_store(self.store.clone())
             .build()

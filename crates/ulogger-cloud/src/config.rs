@@ -28,6 +28,109 @@ pub enum Security {
     Plaintext,
 }
 
+/// How fast the client may publish on its connection.
+///
+/// The platform's broker (AWS IoT Core) discards publishes beyond 100 per
+/// second on a connection (they get no PUBACK, so they would fail with an
+/// acknowledgement timeout) and delays data beyond 512 KiB/s. A client
+/// paces itself below both by default ([`Pacing::platform`]); a local
+/// broker or a benchmark can turn pacing off ([`Pacing::off`]).
+///
+/// Every PUBLISH the connection writes counts: uploads, core dumps, boot
+/// registrations and re-sends after a reconnect. The burst is small (a
+/// tenth of a second's worth, at least one publish), so that jitter on the
+/// way cannot make a broker that counts over a whole second see more than
+/// its limit. A publish larger than the byte budget still goes, and the
+/// ones after it wait until the rate is back under the limit. Waiting for
+/// the budget does not count against the acknowledgement timeout.
+///
+/// ```
+/// use ulogger_cloud::{MqttConfig, Pacing};
+///
+/// assert_eq!(Pacing::default(), Pacing::platform());
+/// // Half the platform's publish rate, the platform's byte rate.
+/// let config = MqttConfig::new(42).pacing(Pacing::platform().publish_rate(50));
+/// // No pacing at all, e.g. against a local mosquitto.
+/// let local = MqttConfig::new(42).pacing(Pacing::off());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Pacing {
+    pub(crate) publishes_per_second: Option<u64>,
+    pub(crate) bytes_per_second: Option<u64>,
+}
+
+impl Pacing {
+    /// The platform's per-connection limits: 100 publishes and 512 KiB
+    /// (524,288 bytes) per second. The default.
+    pub const fn platform() -> Pacing {
+        Pacing {
+            publishes_per_second: Some(100),
+            bytes_per_second: Some(512 * 1024),
+        }
+    }
+
+    /// No pacing: publishes go as fast as the connection takes them. For
+    /// local brokers and benchmarks; against the platform, publishes
+    /// beyond its limits are lost (and time out).
+    pub const fn off() -> Pacing {
+        Pacing {
+            publishes_per_second: None,
+            bytes_per_second: None,
+        }
+    }
+
+    /// At most `publishes_per_second` publishes and `bytes_per_second`
+    /// bytes (whole MQTT packets) per second. Both must be at least 1.
+    pub const fn new(publishes_per_second: u64, bytes_per_second: u64) -> Pacing {
+        Pacing {
+            publishes_per_second: Some(publishes_per_second),
+            bytes_per_second: Some(bytes_per_second),
+        }
+    }
+
+    /// Limits publishes per second (at least 1), keeping the byte limit
+    /// as it is.
+    pub const fn publish_rate(mut self, publishes_per_second: u64) -> Pacing {
+        self.publishes_per_second = Some(publishes_per_second);
+        self
+    }
+
+    /// Limits bytes per second (at least 1; whole MQTT packets count),
+    /// keeping the publish limit as it is.
+    pub const fn byte_rate(mut self, bytes_per_second: u64) -> Pacing {
+        self.bytes_per_second = Some(bytes_per_second);
+        self
+    }
+
+    /// True when neither publishes nor bytes are limited.
+    pub const fn is_off(&self) -> bool {
+        self.publishes_per_second.is_none() && self.bytes_per_second.is_none()
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.publishes_per_second == Some(0) {
+            return Err(Error::config(
+                "pacing",
+                "the publish rate must be at least 1 per second (use Pacing::off() for none)",
+            ));
+        }
+        if self.bytes_per_second == Some(0) {
+            return Err(Error::config(
+                "pacing",
+                "the byte rate must be at least 1 per second (use Pacing::off() for none)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing::platform()
+    }
+}
+
 /// Where and how to connect, with the Python SDK's fields and defaults.
 ///
 /// Setters never fail; [`ClientBuilder::build`](crate::ClientBuilder::build)
@@ -61,6 +164,8 @@ pub struct MqttConfig {
     pub(crate) ack_timeout: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) max_inflight: u16,
+    pub(crate) max_subscriptions: u16,
+    pub(crate) pacing: Pacing,
     pub(crate) client_id_suffix: Option<String>,
 }
 
@@ -68,8 +173,9 @@ impl MqttConfig {
     /// Settings for `customer_id` with the platform's defaults: broker
     /// `mqtt.ulogger.ai:8883`, TLS against the public roots, token timeout
     /// 15 s, connect and acknowledgement timeouts 10 s, keep-alive 30 s,
-    /// at most 100 unacknowledged publishes (AWS IoT's limit), no group id
-    /// (the original topic layout) and no topic prefix.
+    /// at most 100 unacknowledged publishes and 50 subscriptions, publishes
+    /// paced to 100/s and 512 KiB/s (AWS IoT's limits, see [`Pacing`]),
+    /// no group id (the original topic layout) and no topic prefix.
     pub fn new(customer_id: u32) -> Self {
         MqttConfig {
             broker: DEFAULT_BROKER.to_owned(),
@@ -86,6 +192,8 @@ impl MqttConfig {
             ack_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
             max_inflight: 100,
+            max_subscriptions: 50,
+            pacing: Pacing::platform(),
             client_id_suffix: None,
         }
     }
@@ -150,7 +258,9 @@ impl MqttConfig {
     }
 
     /// How long a publish or subscribe waits for the broker's
-    /// acknowledgement once it has been sent.
+    /// acknowledgement once it has been written to the connection. Time
+    /// spent before that, waiting for [`Pacing`], for room in the inflight
+    /// window or for a free subscription slot, does not count.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
@@ -165,6 +275,22 @@ impl MqttConfig {
     /// How many publishes may await their PUBACK at once on the connection.
     pub fn max_inflight(mut self, max: u16) -> Self {
         self.max_inflight = max;
+        self
+    }
+
+    /// How many topics the connection may be subscribed to at once (AWS
+    /// IoT allows 50). A registration subscribes to its device's reply
+    /// topic until the token arrives; beyond this many at once, a
+    /// registration waits for a free slot, and the wait does not count
+    /// against any timeout.
+    pub fn max_subscriptions(mut self, max: u16) -> Self {
+        self.max_subscriptions = max;
+        self
+    }
+
+    /// How fast the connection may publish. Default: [`Pacing::platform`].
+    pub fn pacing(mut self, pacing: Pacing) -> Self {
+        self.pacing = pacing;
         self
     }
 
@@ -214,6 +340,10 @@ impl MqttConfig {
         if self.max_inflight == 0 {
             return Err(Error::config("max_inflight", "must be at least 1"));
         }
+        if self.max_subscriptions == 0 {
+            return Err(Error::config("max_subscriptions", "must be at least 1"));
+        }
+        self.pacing.validate()?;
         let client_id = client_id(self.customer_id, self.client_id_suffix.as_deref())?;
         let tls = match self.security {
             Security::Plaintext => {
@@ -246,6 +376,8 @@ impl MqttConfig {
             ack_timeout: self.ack_timeout,
             keep_alive,
             max_inflight: self.max_inflight,
+            max_subscriptions: self.max_subscriptions,
+            pacing: self.pacing,
         })
     }
 }
@@ -293,6 +425,8 @@ pub(crate) struct Settings {
     pub ack_timeout: Duration,
     pub keep_alive: u16,
     pub max_inflight: u16,
+    pub max_subscriptions: u16,
+    pub pacing: Pacing,
 }
 
 impl Settings {
@@ -356,6 +490,49 @@ mod tests {
         assert!(err.to_string().contains("keep_alive"), "{err}");
         let err = base().max_inflight(0).validate().err().unwrap();
         assert!(err.to_string().contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn pacing_and_subscription_limits_default_to_the_platform_and_are_checked() {
+        let base = || MqttConfig::new(1).security(Security::Plaintext);
+        let settings = base().validate().unwrap();
+        assert_eq!(settings.pacing, Pacing::platform());
+        assert_eq!(settings.pacing, Pacing::new(100, 512 * 1024));
+        assert_eq!(settings.max_subscriptions, 50);
+        assert!(Pacing::off().is_off());
+        assert!(!Pacing::off().byte_rate(1).is_off());
+
+        for pacing in [
+            Pacing::new(0, 1),
+            Pacing::new(1, 0),
+            Pacing::off().publish_rate(0),
+            Pacing::platform().byte_rate(0),
+        ] {
+            let err = base().pacing(pacing).validate().err().unwrap();
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::InvalidConfig {
+                        field: "pacing",
+                        ..
+                    }
+                ),
+                "{pacing:?}: {err}"
+            );
+        }
+        let err = base().max_subscriptions(0).validate().err().unwrap();
+        assert!(err.to_string().contains("max_subscriptions"), "{err}");
+
+        // Extremes are accepted: they mean "practically unlimited".
+        let settings = base()
+            .pacing(Pacing::new(u64::MAX, u64::MAX))
+            .max_subscriptions(u16::MAX)
+            .ack_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .token_timeout(Duration::MAX)
+            .validate()
+            .unwrap();
+        assert_eq!(settings.ack_timeout, Duration::MAX);
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`Client`]: one long-lived MQTT connection for many devices: boot
 //!   registration ([`Client::session_token`]), binary-log upload
 //!   ([`Client::upload_log`]) and core dumps, each complete only when the
-//!   broker acknowledged it.
+//!   broker acknowledged it, paced to the platform's per-connection
+//!   limits ([`Pacing`]).
 
 pub mod blocking;
 pub mod wire;
@@ -28,7 +29,7 @@ mod tls;
 mod transport;
 
 pub use client::{Client, ClientBuilder, PublishReceipt, UploadReceipt};
-pub use config::{MqttConfig, Security, DEFAULT_BROKER, DEFAULT_PORT};
+pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use oneshot::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,

@@ -368,7 +368,8 @@ impl Client {
     }
 
     /// Closes the connection gracefully: outbox deliveries under way and
-    /// publishes already handed over get their acknowledgement (or fail
+    /// publishes already handed over are written (at the paced rate, see
+    /// [`Pacing`](crate::Pacing)) and get their acknowledgement (or fail
     /// after the acknowledgement timeout, and stay queued), then the
     /// client disconnects, and the outbox and the session store's recency
     /// order are written. Later calls fail with [`ErrorKind::Shutdown`].

@@ -10,7 +10,7 @@ use tokio::time::{sleep_until, Instant};
 use super::Client;
 use crate::error::{Error, ErrorKind, Phase};
 use crate::store::SessionStore;
-use crate::transport::Transport;
+use crate::transport::{deadline_after, Transport};
 use crate::wire::{self, DeviceInfo};
 
 /// The result of a registration, as every caller that waited for it sees it.
@@ -146,7 +146,9 @@ async fn handshake(
     transport
         .publish(boot_topic, Bytes::from(wire::boot_payload(device)))
         .await?;
-    let deadline = Instant::now() + client.settings().token_timeout;
+    // The token timeout starts once the broker took the boot request;
+    // waiting for a subscription slot or for pacing came before.
+    let deadline = deadline_after(Instant::now(), client.settings().token_timeout);
     let token = loop {
         tokio::select! {
             message = replies.recv() => {

@@ -1,6 +1,14 @@
 //! The task that owns the connection and its MQTT session state.
+//!
+//! One loop per connection: it writes what may go (re-sends first, then
+//! new publishes, within the inflight window and the pacing budget),
+//! handles what the broker sent (read by a task of its own), fails
+//! publishes and subscribes whose acknowledgement is overdue, and keeps
+//! the link alive. A publish held back by pacing or the window never holds
+//! up subscription changes, which arrive on a queue of their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,32 +18,72 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep};
 
 use super::backoff::Backoff;
 use super::connect::{self, Stream, MAX_INCOMING_PACKET};
-use super::{Command, Done, Link, Message, Shared};
+use super::pacing::Pacer;
+use super::{deadline_after, far_future, Control, Done, Link, Message, PublishCommand, Shared};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
 
 /// Writes are batched up to about this many bytes before hitting the socket.
 const WRITE_BATCH: usize = 256 * 1024;
+/// MQTT packet ids are 1..=65,535.
+const PACKET_IDS: usize = 65_535;
+/// Packet ids whose acknowledgement never came are not reused on the same
+/// connection (a late PUBACK must not complete another publish). A
+/// connection that left this many unanswered is broken: open a new one.
+const MAX_ABANDONED: usize = 4_096;
+/// Subscription slots actually used at most, whatever is configured, so
+/// that packet ids never run out.
+const MAX_SUBSCRIPTION_SLOTS: usize = 8_192;
 
 /// A publish handed to us and not yet acknowledged.
 struct Inflight {
     /// Order of arrival, so re-sends keep the callers' order.
     seq: u64,
+    /// Which write of it is live on this connection (see [`Deadline`]).
+    stamp: u64,
     topic: String,
     payload: Bytes,
     done: Done,
 }
 
+/// When the acknowledgement of one written packet is due. `stamp` tells
+/// the write it is for apart from a later use of the same packet id; an
+/// entry whose packet was answered since is stale and skipped.
+struct Deadline {
+    at: Instant,
+    pkid: u16,
+    stamp: u64,
+}
+
+/// Where a subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// Waiting for a free slot (`max_subscriptions`); nothing sent yet.
+    Queued,
+    /// SUBSCRIBE sent with this packet id, SUBACK awaited.
+    Requested(u16),
+    Granted,
+    /// Held from an earlier connection; asked for again on the next one.
+    Lapsed,
+}
+
 /// A subscription some callers hold.
 struct Subscription {
     holders: usize,
-    granted: bool,
+    state: SubState,
     waiters: Vec<Done>,
+}
+
+/// A SUBSCRIBE awaiting its SUBACK.
+struct PendingSuback {
+    filter: String,
+    stamp: u64,
 }
 
 /// How a connection ended.
@@ -46,16 +94,75 @@ enum End {
     Lost(Error),
 }
 
+/// The connection's two timers. Each stays armed across loop turns and is
+/// only reset when it fired or was idle, so that neither costs a timer
+/// registration per publish.
+struct Timers {
+    /// Fires no later than the oldest acknowledgement deadline.
+    ack: Pin<Box<Sleep>>,
+    ack_armed: bool,
+    /// Fires when the pacer lets the next publish go.
+    pace: Pin<Box<Sleep>>,
+    pace_armed: bool,
+}
+
+impl Timers {
+    fn new(now: Instant) -> Timers {
+        Timers {
+            ack: Box::pin(sleep_until(far_future(now))),
+            ack_armed: false,
+            pace: Box::pin(sleep_until(far_future(now))),
+            pace_armed: false,
+        }
+    }
+
+    /// Makes sure the acknowledgement timer fires by `at`. Deadlines are
+    /// armed in the order they fall due, so an armed timer already fires
+    /// early enough.
+    fn arm_ack(&mut self, at: Instant) {
+        if !self.ack_armed {
+            self.ack.as_mut().reset(at);
+            self.ack_armed = true;
+        }
+    }
+
+    fn arm_pace(&mut self, at: Instant) {
+        self.pace.as_mut().reset(at);
+        self.pace_armed = true;
+    }
+}
+
 pub(crate) struct Driver {
     settings: Arc<Settings>,
     shared: Arc<Shared>,
-    commands: mpsc::Receiver<Command>,
-    commands_open: bool,
+    publishes: mpsc::Receiver<PublishCommand>,
+    publishes_open: bool,
+    control: mpsc::UnboundedReceiver<Control>,
+    control_open: bool,
+    /// `None` when pacing is off: the unpaced path pays nothing for it.
+    pacer: Option<Pacer>,
+    /// The next new publish, taken from the queue but not written yet
+    /// (pacing or the inflight window holds it back).
+    held: Option<PublishCommand>,
+    /// Publishes written (or to re-send) and not yet acknowledged.
     inflight: HashMap<u16, Inflight>,
+    inflight_limit: usize,
+    /// Inflight publishes to write again after a reconnect, oldest first.
+    resend: VecDeque<u16>,
+    /// Acknowledgements due on this connection, in the order written.
+    deadlines: VecDeque<Deadline>,
+    /// Packet ids never answered on this connection (see [`MAX_ABANDONED`]).
+    abandoned: HashSet<u16>,
     next_seq: u64,
+    next_stamp: u64,
     subscriptions: HashMap<String, Subscription>,
-    /// SUBSCRIBE packet id -> filter, until its SUBACK.
-    pending_subacks: HashMap<u16, String>,
+    /// Filters waiting for a subscription slot, in order of arrival.
+    queued_subscriptions: VecDeque<String>,
+    /// Subscriptions holding a slot (every state but `Queued`).
+    active_subscriptions: usize,
+    subscription_limit: usize,
+    /// SUBSCRIBE packet id -> its filter, until the SUBACK.
+    pending_subacks: HashMap<u16, PendingSuback>,
     last_pkid: u16,
     closing: bool,
 }
@@ -64,16 +171,33 @@ impl Driver {
     pub fn new(
         settings: Arc<Settings>,
         shared: Arc<Shared>,
-        commands: mpsc::Receiver<Command>,
+        publishes: mpsc::Receiver<PublishCommand>,
+        control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
+        let subscription_limit =
+            usize::from(settings.max_subscriptions).min(MAX_SUBSCRIPTION_SLOTS);
+        let inflight_limit = usize::from(settings.max_inflight)
+            .min(PACKET_IDS - MAX_ABANDONED - MAX_SUBSCRIPTION_SLOTS);
         Driver {
+            pacer: Pacer::new(settings.pacing, Instant::now()),
             settings,
             shared,
-            commands,
-            commands_open: true,
+            publishes,
+            publishes_open: true,
+            control,
+            control_open: true,
+            held: None,
             inflight: HashMap::new(),
+            inflight_limit,
+            resend: VecDeque::new(),
+            deadlines: VecDeque::new(),
+            abandoned: HashSet::new(),
             next_seq: 0,
+            next_stamp: 0,
             subscriptions: HashMap::new(),
+            queued_subscriptions: VecDeque::new(),
+            active_subscriptions: 0,
+            subscription_limit,
             pending_subacks: HashMap::new(),
             last_pkid: 0,
             closing: false,
@@ -150,18 +274,22 @@ impl Driver {
         for (_, entry) in self.inflight.drain() {
             let _ = entry.done.send(shutdown());
         }
+        if let Some(held) = self.held.take() {
+            let _ = held.done.send(shutdown());
+        }
         for (_, sub) in self.subscriptions.drain() {
             for waiter in sub.waiters {
                 let _ = waiter.send(shutdown());
             }
         }
-        self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
-            match command {
-                Command::Publish { done, .. } | Command::Subscribe { done, .. } => {
-                    let _ = done.send(shutdown());
-                }
-                Command::Unsubscribe { .. } => {}
+        self.publishes.close();
+        while let Ok(command) = self.publishes.try_recv() {
+            let _ = command.done.send(shutdown());
+        }
+        self.control.close();
+        while let Ok(command) = self.control.try_recv() {
+            if let Control::Subscribe { done, .. } = command {
+                let _ = done.send(shutdown());
             }
         }
     }
@@ -178,7 +306,8 @@ impl Driver {
         // us, even while we are blocked writing a large batch to it.
         let reader = AbortOnDrop(tokio::spawn(read_packets(reader, buf, packets_tx)));
         let mut out = BytesMut::with_capacity(64 * 1024);
-        self.restore_session(&mut out);
+        let mut timers = Timers::new(Instant::now());
+        self.restore_session(&mut out, &mut timers);
 
         let keep_alive = Duration::from_secs(u64::from(self.settings.keep_alive));
         let ping_period = if keep_alive.is_zero() {
@@ -186,51 +315,61 @@ impl Driver {
         } else {
             keep_alive
         };
-        let mut ping = interval_at(Instant::now() + ping_period, ping_period);
+        let mut ping = interval_at(deadline_after(Instant::now(), ping_period), ping_period);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut awaiting_pong = false;
-        let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
 
         let end = loop {
+            if !timers.pace_armed && (self.held.is_some() || !self.resend.is_empty()) {
+                self.fill(&mut out, &mut timers);
+            }
             if !out.is_empty() {
-                if let Err(e) = write_out(&mut writer, &mut out).await {
+                if let Err(e) = self.write_out(&mut writer, &mut out, &mut timers).await {
                     break End::Lost(e);
                 }
             }
             if self.closing
-                && !self.commands_open
+                && !self.publishes_open
+                && self.held.is_none()
                 && self.inflight.is_empty()
                 && self.pending_subacks.is_empty()
             {
                 break End::Closed;
             }
-            let window_open = self.inflight.len() < usize::from(self.settings.max_inflight);
+            let take_publish = self.publishes_open
+                && self.held.is_none()
+                && self.resend.is_empty()
+                && self.window_open();
             tokio::select! {
                 packet = packets.recv() => match packet {
                     Some(Ok(packet)) => {
-                        if let Err(e) = self.incoming(packet, &mut out, &mut awaiting_pong) {
+                        if let Err(e) = self.incoming(packet, &mut out, &mut timers, &mut awaiting_pong) {
                             break End::Lost(e);
                         }
                     }
                     Some(Err(e)) => break End::Lost(e),
                     None => break End::Lost(ErrorKind::ConnectionLost.into()),
                 },
-                command = self.commands.recv(), if self.commands_open && window_open => {
-                    match command {
-                        Some(command) => {
-                            self.command(command, &mut out);
-                            // Take whatever else is queued, so one write
-                            // carries a batch of publishes.
-                            while out.len() < WRITE_BATCH
-                                && self.inflight.len() < usize::from(self.settings.max_inflight)
-                            {
-                                match self.commands.try_recv() {
-                                    Ok(command) => self.command(command, &mut out),
-                                    Err(_) => break,
-                                }
-                            }
+                command = self.publishes.recv(), if take_publish => match command {
+                    // Written by `fill` at the top of the loop, with
+                    // whatever else is queued by then.
+                    Some(command) => self.held = Some(command),
+                    None => self.publishes_open = false,
+                },
+                command = self.control.recv(), if self.control_open => match command {
+                    Some(command) => {
+                        let now = Instant::now();
+                        self.control(command, &mut out, now, &mut timers);
+                        while let Ok(command) = self.control.try_recv() {
+                            self.control(command, &mut out, now, &mut timers);
                         }
-                        None => self.commands_open = false,
+                    }
+                    None => self.control_open = false,
+                },
+                () = timers.pace.as_mut(), if timers.pace_armed => timers.pace_armed = false,
+                () = timers.ack.as_mut(), if timers.ack_armed => {
+                    if let Err(e) = self.expire(Instant::now(), &mut out, &mut timers) {
+                        break End::Lost(e);
                     }
                 }
                 _ = ping.tick() => {
@@ -244,109 +383,345 @@ impl Driver {
                     awaiting_pong = true;
                 }
                 _ = shutdown.changed(), if !self.closing => {
-                    // Take no new work; finish what was handed over.
+                    // Take no new work; finish what was handed over. Every
+                    // written packet has its acknowledgement deadline, so
+                    // draining ends.
                     self.closing = true;
-                    self.commands.close();
-                    close_deadline = Instant::now() + self.settings.ack_timeout;
+                    self.publishes.close();
+                    self.control.close();
                 }
-                () = sleep_until(close_deadline), if self.closing => break End::Closed,
             }
         };
         if matches!(end, End::Closed) {
             encode(&Packet::Disconnect, &mut out);
-            let _ = write_out(&mut writer, &mut out).await;
+            let _ = self.write_out(&mut writer, &mut out, &mut timers).await;
             let _ = writer.shutdown().await;
         }
         drop(reader);
-        // Subscriptions must be granted again on the next connection.
+        // What was pending belongs to this connection; the next one starts
+        // a clean session and asks again.
         self.pending_subacks.clear();
+        self.deadlines.clear();
+        self.resend.clear();
+        self.abandoned.clear();
         for sub in self.subscriptions.values_mut() {
-            sub.granted = false;
+            if sub.state != SubState::Queued {
+                sub.state = SubState::Lapsed;
+            }
         }
         end
     }
 
-    /// After (re)connecting: subscribe again to everything held, and
-    /// re-send every publish that was not acknowledged, in order.
-    fn restore_session(&mut self, out: &mut BytesMut) {
-        let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
+    /// Room for one more publish awaiting its PUBACK.
+    fn window_open(&self) -> bool {
+        self.inflight.len() < self.inflight_limit
+    }
+
+    /// After (re)connecting: subscribe again to everything that holds a
+    /// slot, and line up every publish that was not acknowledged for a
+    /// re-send in the callers' order (written by [`Driver::fill`], paced
+    /// like any other publish).
+    fn restore_session(&mut self, out: &mut BytesMut, timers: &mut Timers) {
+        let now = Instant::now();
+        let filters: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, sub)| sub.state != SubState::Queued)
+            .map(|(filter, _)| filter.clone())
+            .collect();
         for filter in filters {
-            self.send_subscribe(filter, out);
+            self.send_subscribe(filter, out, now, timers);
         }
         // Callers that gave up on a publish were told it failed; sending it
         // now would only duplicate what they will retry.
         self.inflight.retain(|_, entry| !entry.done.is_closed());
-        let mut resend: Vec<(u16, u64)> = self
+        let mut order: Vec<(u64, u16)> = self
             .inflight
             .iter()
-            .map(|(pkid, entry)| (*pkid, entry.seq))
+            .map(|(pkid, entry)| (entry.seq, *pkid))
             .collect();
-        resend.sort_by_key(|(_, seq)| *seq);
-        if !resend.is_empty() {
-            tracing::info!(count = resend.len(), "re-sending unacknowledged publishes");
+        order.sort_unstable();
+        if !order.is_empty() {
+            tracing::info!(count = order.len(), "re-sending unacknowledged publishes");
         }
-        for (pkid, _) in resend {
-            if let Some(entry) = self.inflight.get(&pkid) {
-                let mut publish = Publish::from_bytes(
-                    entry.topic.clone(),
-                    QoS::AtLeastOnce,
-                    entry.payload.clone(),
-                );
-                publish.pkid = pkid;
-                publish.dup = true;
-                encode(&Packet::Publish(publish), out);
+        self.resend = order.into_iter().map(|(_, pkid)| pkid).collect();
+    }
+
+    /// Encodes the publishes that may go now, up to one write batch:
+    /// re-sends first, then the held publish, then whatever else is
+    /// queued, each within the inflight window and the pacing budget.
+    /// When the pacer says "not yet", arms the pace timer and stops.
+    fn fill(&mut self, out: &mut BytesMut, timers: &mut Timers) {
+        let now = Instant::now();
+        while out.len() < WRITE_BATCH {
+            if let Some(&pkid) = self.resend.front() {
+                let Some(entry) = self.inflight.get(&pkid) else {
+                    self.resend.pop_front();
+                    continue;
+                };
+                if entry.done.is_closed() {
+                    // The caller gave up while we were reconnecting.
+                    self.inflight.remove(&pkid);
+                    self.resend.pop_front();
+                    continue;
+                }
+                let size = publish_len(&entry.topic, &entry.payload);
+                if !self.pace(now, size, timers) {
+                    return;
+                }
+                self.resend.pop_front();
+                self.write_publish(pkid, true, out, now, timers);
+                continue;
             }
-        }
-    }
-
-    fn next_pkid(&mut self) -> u16 {
-        loop {
-            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
-            let id = self.last_pkid;
-            if !self.inflight.contains_key(&id) && !self.pending_subacks.contains_key(&id) {
-                return id;
+            if self.held.is_none() {
+                if !self.publishes_open || !self.window_open() {
+                    return;
+                }
+                match self.publishes.try_recv() {
+                    Ok(command) => self.held = Some(command),
+                    Err(TryRecvError::Empty) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        self.publishes_open = false;
+                        return;
+                    }
+                }
             }
-        }
-    }
-
-    fn send_subscribe(&mut self, filter: String, out: &mut BytesMut) {
-        let pkid = self.next_pkid();
-        let mut subscribe = Subscribe::new(filter.clone(), QoS::AtLeastOnce);
-        subscribe.pkid = pkid;
-        encode(&Packet::Subscribe(subscribe), out);
-        self.pending_subacks.insert(pkid, filter);
-    }
-
-    fn command(&mut self, command: Command, out: &mut BytesMut) {
-        match command {
-            Command::Publish {
+            let Some(next) = &self.held else { return };
+            if next.done.is_closed() {
+                self.held = None; // the caller gave up before it was sent
+                continue;
+            }
+            if !self.window_open() {
+                return;
+            }
+            let size = publish_len(&next.topic, &next.payload);
+            if !self.pace(now, size, timers) {
+                return;
+            }
+            let Some(PublishCommand {
                 topic,
                 payload,
                 done,
-            } => {
-                if done.is_closed() {
-                    return; // the caller gave up before it was sent
-                }
-                let pkid = self.next_pkid();
-                let mut publish =
-                    Publish::from_bytes(topic.clone(), QoS::AtLeastOnce, payload.clone());
-                publish.pkid = pkid;
-                encode(&Packet::Publish(publish), out);
-                self.next_seq += 1;
-                self.inflight.insert(
-                    pkid,
-                    Inflight {
-                        seq: self.next_seq,
-                        topic,
-                        payload,
-                        done,
-                    },
-                );
+            }) = self.held.take()
+            else {
+                return;
+            };
+            let pkid = self.next_pkid();
+            self.next_seq += 1;
+            self.inflight.insert(
+                pkid,
+                Inflight {
+                    seq: self.next_seq,
+                    stamp: 0,
+                    topic,
+                    payload,
+                    done,
+                },
+            );
+            self.write_publish(pkid, false, out, now, timers);
+        }
+    }
+
+    /// Takes the pacing budget of a publish of `size` bytes; false, with
+    /// the pace timer armed for when it may go, if it must wait.
+    fn pace(&mut self, now: Instant, size: usize, timers: &mut Timers) -> bool {
+        let Some(pacer) = &mut self.pacer else {
+            return true;
+        };
+        match pacer.try_take(now, size) {
+            Ok(()) => true,
+            Err(at) => {
+                timers.arm_pace(at);
+                false
             }
-            Command::Subscribe { filter, done } => match self.subscriptions.get_mut(&filter) {
+        }
+    }
+
+    /// Encodes the inflight publish `pkid` and starts its acknowledgement
+    /// deadline: the acknowledgement timeout counts from here.
+    fn write_publish(
+        &mut self,
+        pkid: u16,
+        dup: bool,
+        out: &mut BytesMut,
+        now: Instant,
+        timers: &mut Timers,
+    ) {
+        let Some(entry) = self.inflight.get_mut(&pkid) else {
+            return;
+        };
+        let mut publish =
+            Publish::from_bytes(entry.topic.clone(), QoS::AtLeastOnce, entry.payload.clone());
+        publish.pkid = pkid;
+        publish.dup = dup;
+        encode(&Packet::Publish(publish), out);
+        self.next_stamp += 1;
+        entry.stamp = self.next_stamp;
+        self.push_deadline(pkid, self.next_stamp, now, timers);
+    }
+
+    fn push_deadline(&mut self, pkid: u16, stamp: u64, now: Instant, timers: &mut Timers) {
+        let at = deadline_after(now, self.settings.ack_timeout);
+        self.deadlines.push_back(Deadline { at, pkid, stamp });
+        timers.arm_ack(at);
+    }
+
+    /// True while the write `deadline` is about still awaits its answer.
+    fn is_live(&self, deadline: &Deadline) -> bool {
+        self.inflight
+            .get(&deadline.pkid)
+            .is_some_and(|e| e.stamp == deadline.stamp)
+            || self
+                .pending_subacks
+                .get(&deadline.pkid)
+                .is_some_and(|p| p.stamp == deadline.stamp)
+    }
+
+    /// Drops answered entries from the front of the deadline queue, and
+    /// compacts it when answered ones pile up behind an old unanswered one.
+    fn trim_deadlines(&mut self) {
+        while let Some(front) = self.deadlines.front() {
+            if self.is_live(front) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        let live = self.inflight.len() + self.pending_subacks.len();
+        if self.deadlines.len() > 2 * live + 64 {
+            let mut deadlines = std::mem::take(&mut self.deadlines);
+            deadlines.retain(|d| self.is_live(d));
+            self.deadlines = deadlines;
+        }
+    }
+
+    /// Fails every publish and subscribe whose acknowledgement is overdue
+    /// at `now`, oldest first, and re-arms the timer for the next one.
+    fn expire(
+        &mut self,
+        now: Instant,
+        out: &mut BytesMut,
+        timers: &mut Timers,
+    ) -> Result<(), Error> {
+        timers.ack_armed = false;
+        while let Some(front) = self.deadlines.front() {
+            if !self.is_live(front) {
+                self.deadlines.pop_front();
+                continue;
+            }
+            if front.at > now {
+                timers.arm_ack(front.at);
+                break;
+            }
+            let Some(Deadline { pkid, .. }) = self.deadlines.pop_front() else {
+                break;
+            };
+            // The broker may still answer; the id stays out of use until
+            // then or until the connection ends.
+            self.abandoned.insert(pkid);
+            if let Some(entry) = self.inflight.remove(&pkid) {
+                tracing::debug!(pkid, "no PUBACK within the acknowledgement timeout");
+                let _ = entry
+                    .done
+                    .send(Err(ErrorKind::Timeout(Phase::Acknowledgement).into()));
+            } else if let Some(pending) = self.pending_subacks.remove(&pkid) {
+                tracing::debug!(filter = %pending.filter, "no SUBACK within the acknowledgement timeout");
+                let requested = self
+                    .subscriptions
+                    .get(&pending.filter)
+                    .is_some_and(|sub| sub.state == SubState::Requested(pkid));
+                if requested {
+                    if let Some(sub) = self.subscriptions.remove(&pending.filter) {
+                        for waiter in sub.waiters {
+                            let _ = waiter.send(Err(ErrorKind::Timeout(Phase::Subscribe).into()));
+                        }
+                    }
+                    // A late grant must not leave the broker holding a
+                    // subscription we no longer count.
+                    self.send_unsubscribe(pending.filter, out);
+                    self.release_slot(out, now, timers);
+                }
+            }
+        }
+        if self.abandoned.len() >= MAX_ABANDONED {
+            return Err(Error::with_source(
+                ErrorKind::ConnectionLost,
+                format!(
+                    "{} packets got no acknowledgement; opening a new connection",
+                    self.abandoned.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        // The limits on the window and on subscriptions leave ids free, so
+        // this finds one; the bound only guards against a logic error.
+        for _ in 0..PACKET_IDS {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let id = self.last_pkid;
+            if !self.inflight.contains_key(&id)
+                && !self.pending_subacks.contains_key(&id)
+                && !self.abandoned.contains(&id)
+            {
+                return id;
+            }
+        }
+        self.last_pkid
+    }
+
+    fn send_subscribe(
+        &mut self,
+        filter: String,
+        out: &mut BytesMut,
+        now: Instant,
+        timers: &mut Timers,
+    ) {
+        let pkid = self.next_pkid();
+        // One filter per SUBSCRIBE (the platform allows at most 8).
+        let mut subscribe = Subscribe::new(filter.clone(), QoS::AtLeastOnce);
+        subscribe.pkid = pkid;
+        encode(&Packet::Subscribe(subscribe), out);
+        if let Some(sub) = self.subscriptions.get_mut(&filter) {
+            sub.state = SubState::Requested(pkid);
+        }
+        self.next_stamp += 1;
+        let stamp = self.next_stamp;
+        self.pending_subacks
+            .insert(pkid, PendingSuback { filter, stamp });
+        self.push_deadline(pkid, stamp, now, timers);
+    }
+
+    fn send_unsubscribe(&mut self, filter: String, out: &mut BytesMut) {
+        let mut unsubscribe = Unsubscribe::new(filter);
+        unsubscribe.pkid = self.next_pkid();
+        encode(&Packet::Unsubscribe(unsubscribe), out);
+    }
+
+    /// One subscription gave up its slot (its UNSUBSCRIBE, if it needed
+    /// one, is already encoded): the longest-waiting one takes it.
+    fn release_slot(&mut self, out: &mut BytesMut, now: Instant, timers: &mut Timers) {
+        self.active_subscriptions = self.active_subscriptions.saturating_sub(1);
+        self.promote_subscriptions(out, now, timers);
+    }
+
+    /// Sends the SUBSCRIBE of queued subscriptions while slots are free.
+    fn promote_subscriptions(&mut self, out: &mut BytesMut, now: Instant, timers: &mut Timers) {
+        while self.active_subscriptions < self.subscription_limit {
+            let Some(filter) = self.queued_subscriptions.pop_front() else {
+                return;
+            };
+            self.active_subscriptions += 1;
+            self.send_subscribe(filter, out, now, timers);
+        }
+    }
+
+    fn control(&mut self, command: Control, out: &mut BytesMut, now: Instant, timers: &mut Timers) {
+        match command {
+            Control::Subscribe { filter, done } => match self.subscriptions.get_mut(&filter) {
                 Some(sub) => {
                     sub.holders += 1;
-                    if sub.granted {
+                    if sub.state == SubState::Granted {
                         let _ = done.send(Ok(()));
                     } else {
                         sub.waiters.push(done);
@@ -357,27 +732,35 @@ impl Driver {
                         filter.clone(),
                         Subscription {
                             holders: 1,
-                            granted: false,
+                            state: SubState::Queued,
                             waiters: vec![done],
                         },
                     );
-                    self.send_subscribe(filter, out);
+                    self.queued_subscriptions.push_back(filter);
+                    self.promote_subscriptions(out, now, timers);
                 }
             },
-            Command::Unsubscribe { filter } => {
+            Control::Unsubscribe { filter } => {
                 let Some(sub) = self.subscriptions.get_mut(&filter) else {
                     return;
                 };
                 sub.holders = sub.holders.saturating_sub(1);
-                if sub.holders == 0 {
-                    if let Some(sub) = self.subscriptions.remove(&filter) {
-                        for waiter in sub.waiters {
-                            let _ = waiter.send(Err(ErrorKind::Shutdown.into()));
-                        }
-                    }
-                    let mut unsubscribe = Unsubscribe::new(filter);
-                    unsubscribe.pkid = self.next_pkid();
-                    encode(&Packet::Unsubscribe(unsubscribe), out);
+                if sub.holders > 0 {
+                    return;
+                }
+                let Some(sub) = self.subscriptions.remove(&filter) else {
+                    return;
+                };
+                for waiter in sub.waiters {
+                    let _ = waiter.send(Err(ErrorKind::Shutdown.into()));
+                }
+                if sub.state == SubState::Queued {
+                    self.queued_subscriptions.retain(|f| *f != filter);
+                } else {
+                    // The slot is free once the UNSUBSCRIBE is written: the
+                    // broker reads it before the next SUBSCRIBE.
+                    self.send_unsubscribe(filter, out);
+                    self.release_slot(out, now, timers);
                 }
             }
         }
@@ -387,37 +770,57 @@ impl Driver {
         &mut self,
         packet: Packet,
         out: &mut BytesMut,
+        timers: &mut Timers,
         awaiting_pong: &mut bool,
     ) -> Result<(), Error> {
         match packet {
-            Packet::PubAck(ack) => {
-                if let Some(entry) = self.inflight.remove(&ack.pkid) {
+            Packet::PubAck(ack) => match self.inflight.remove(&ack.pkid) {
+                Some(entry) => {
                     let _ = entry.done.send(Ok(()));
+                    self.trim_deadlines();
                 }
-            }
+                // Late, for a publish that already timed out: its id is
+                // free again.
+                None => {
+                    self.abandoned.remove(&ack.pkid);
+                }
+            },
             Packet::SubAck(ack) => {
-                let Some(filter) = self.pending_subacks.remove(&ack.pkid) else {
+                let Some(pending) = self.pending_subacks.remove(&ack.pkid) else {
+                    self.abandoned.remove(&ack.pkid);
                     return Ok(());
                 };
+                self.trim_deadlines();
+                let ours = self
+                    .subscriptions
+                    .get(&pending.filter)
+                    .is_some_and(|sub| sub.state == SubState::Requested(ack.pkid));
+                if !ours {
+                    // Given up (unsubscribed) while the SUBSCRIBE was out.
+                    return Ok(());
+                }
                 let granted = !ack.return_codes.is_empty()
                     && ack
                         .return_codes
                         .iter()
                         .all(|code| matches!(code, SubscribeReasonCode::Success(_)));
                 if granted {
-                    if let Some(sub) = self.subscriptions.get_mut(&filter) {
-                        sub.granted = true;
+                    if let Some(sub) = self.subscriptions.get_mut(&pending.filter) {
+                        sub.state = SubState::Granted;
                         for waiter in sub.waiters.drain(..) {
                             let _ = waiter.send(Ok(()));
                         }
                     }
-                } else if let Some(sub) = self.subscriptions.remove(&filter) {
-                    for waiter in sub.waiters {
-                        let _ = waiter.send(Err(ErrorKind::SubscribeRefused {
-                            topic: filter.clone(),
+                } else {
+                    if let Some(sub) = self.subscriptions.remove(&pending.filter) {
+                        for waiter in sub.waiters {
+                            let _ = waiter.send(Err(ErrorKind::SubscribeRefused {
+                                topic: pending.filter.clone(),
+                            }
+                            .into()));
                         }
-                        .into()));
                     }
+                    self.release_slot(out, Instant::now(), timers);
                 }
             }
             Packet::Publish(publish) => {
@@ -450,6 +853,71 @@ impl Driver {
         }
         Ok(())
     }
+
+    /// Writes `out` to the broker and flushes it. Deadlines keep running
+    /// meanwhile (a publish written earlier still fails on time while the
+    /// broker is slow to take this batch), and a broker that takes no
+    /// bytes at all for the acknowledgement timeout is a lost connection.
+    async fn write_out(
+        &mut self,
+        writer: &mut WriteHalf<Box<dyn Stream>>,
+        out: &mut BytesMut,
+        timers: &mut Timers,
+    ) -> Result<(), Error> {
+        let stall = self.settings.ack_timeout;
+        let lost = |e| Error::with_source(ErrorKind::ConnectionLost, e);
+        loop {
+            let flushing = out.is_empty();
+            // Both steps are cancel-safe: a write either took bytes (and
+            // `out` advanced past them) or took none.
+            let step = async {
+                if flushing {
+                    writer.flush().await.map(|()| 1)
+                } else {
+                    writer.write_buf(out).await
+                }
+            };
+            tokio::select! {
+                biased;
+                written = timeout(stall, step) => match written {
+                    Ok(Ok(0)) => {
+                        return Err(Error::with_source(
+                            ErrorKind::ConnectionLost,
+                            "the connection takes no more bytes",
+                        ))
+                    }
+                    Ok(Ok(_)) if flushing => return Ok(()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(lost(e)),
+                    Err(_) => {
+                        return Err(Error::with_source(
+                            ErrorKind::ConnectionLost,
+                            "the broker took no bytes within the acknowledgement timeout",
+                        ))
+                    }
+                },
+                () = timers.ack.as_mut(), if timers.ack_armed => {
+                    self.expire(Instant::now(), out, timers)?;
+                }
+            }
+        }
+    }
+}
+
+/// The size of the PUBLISH packet for `topic` and `payload` (QoS 1).
+fn publish_len(topic: &str, payload: &Bytes) -> usize {
+    // Topic length, topic, packet id, payload.
+    let remaining = 2usize
+        .saturating_add(topic.len())
+        .saturating_add(2)
+        .saturating_add(payload.len());
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    remaining.saturating_add(1 + length_bytes)
 }
 
 fn encode(packet: &Packet, out: &mut BytesMut) {
@@ -458,17 +926,6 @@ fn encode(packet: &Packet, out: &mut BytesMut) {
     if let Err(e) = packet.write(out, usize::MAX) {
         tracing::error!(error = %e, "could not encode an MQTT packet");
     }
-}
-
-async fn write_out(
-    writer: &mut WriteHalf<Box<dyn Stream>>,
-    out: &mut BytesMut,
-) -> Result<(), Error> {
-    let lost = |e| Error::with_source(ErrorKind::ConnectionLost, e);
-    writer.write_all(out).await.map_err(lost)?;
-    writer.flush().await.map_err(lost)?;
-    out.clear();
-    Ok(())
 }
 
 async fn read_packets(

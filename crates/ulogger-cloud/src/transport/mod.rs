@@ -5,18 +5,23 @@
 //! caller that *its* publish reached the broker. This module keeps rumqttc's
 //! packet codec (`mqttbytes`) but owns the session: it assigns packet ids,
 //! completes each publish on its own PUBACK, pipelines up to `max_inflight`
-//! publishes, re-sends what was not acknowledged after a reconnect (with the
-//! DUP flag), restores subscriptions, and reconnects by itself with capped,
-//! jittered exponential backoff. See `docs/decisions.md`.
+//! publishes, paces publishes to the broker's rate limits (`pacing`),
+//! holds at most `max_subscriptions` subscriptions, re-sends what was not
+//! acknowledged after a reconnect (with the DUP flag), restores
+//! subscriptions, and reconnects by itself with capped, jittered
+//! exponential backoff. See `docs/decisions.md`.
 //!
 //! Everything here is private: `Client` is the public face.
 
 pub(crate) mod backoff;
 mod connect;
 mod driver;
+mod pacing;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,19 +55,18 @@ pub(crate) enum Link {
 
 pub(crate) type Done = oneshot::Sender<Result<(), Error>>;
 
-pub(crate) enum Command {
-    Publish {
-        topic: String,
-        payload: Bytes,
-        done: Done,
-    },
-    Subscribe {
-        filter: String,
-        done: Done,
-    },
-    Unsubscribe {
-        filter: String,
-    },
+/// A publish for the driver to write (paced) and see acknowledged.
+pub(crate) struct PublishCommand {
+    pub topic: String,
+    pub payload: Bytes,
+    pub done: Done,
+}
+
+/// Subscription changes. They have a queue of their own so that they never
+/// wait behind publishes held back by pacing or the inflight window.
+pub(crate) enum Control {
+    Subscribe { filter: String, done: Done },
+    Unsubscribe { filter: String },
 }
 
 type Routes = HashMap<String, Vec<mpsc::UnboundedSender<Message>>>;
@@ -97,7 +101,8 @@ impl Shared {
 /// The caller's handle on the connection. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Transport {
-    commands: mpsc::Sender<Command>,
+    publishes: mpsc::Sender<PublishCommand>,
+    control: mpsc::UnboundedSender<Control>,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
     /// Dropped with the last handle, which tells the driver to close.
@@ -130,7 +135,8 @@ impl Transport {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| Error::from(ErrorKind::NoRuntime))?;
         let settings = Arc::new(settings);
-        let (commands, commands_rx) = mpsc::channel(4 * usize::from(settings.max_inflight) + 64);
+        let (publishes, publishes_rx) = mpsc::channel(4 * usize::from(settings.max_inflight) + 64);
+        let (control, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             link: watch::Sender::new(Link::Connecting {
                 last_error: None,
@@ -139,9 +145,12 @@ impl Transport {
             routes: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
         });
-        runtime.spawn(driver::Driver::new(settings.clone(), shared.clone(), commands_rx).run());
+        runtime.spawn(
+            driver::Driver::new(settings.clone(), shared.clone(), publishes_rx, control_rx).run(),
+        );
         Ok(Transport {
-            commands,
+            publishes,
+            control,
             _closer: Arc::new(Closer(shared.clone())),
             shared,
             settings,
@@ -153,30 +162,38 @@ impl Transport {
     }
 
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
+    /// The acknowledgement timeout runs from when the PUBLISH is written;
+    /// waiting for pacing or room in the queue does not count.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
-        let command = Command::Publish {
+        let command = PublishCommand {
             topic,
             payload,
             done,
         };
-        self.submit(command, rx, Phase::Acknowledgement).await
+        let send = async { self.publishes.send(command).await.is_ok() };
+        self.submit(send, rx).await
     }
 
     /// Subscribes at QoS 1 and returns once the broker granted it. The
     /// subscription is restored after every reconnect until every
-    /// subscriber of the filter unsubscribed.
+    /// subscriber of the filter unsubscribed. Beyond `max_subscriptions`
+    /// it waits for a slot; the subscribe timeout runs from when the
+    /// SUBSCRIBE is written.
     pub async fn subscribe(&self, filter: String) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
-        self.submit(Command::Subscribe { filter, done }, rx, Phase::Subscribe)
-            .await
+        let sent = self
+            .control
+            .send(Control::Subscribe { filter, done })
+            .is_ok();
+        self.submit(std::future::ready(sent), rx).await
     }
 
     /// Gives up one subscription to `filter` (without waiting).
     pub fn unsubscribe(&self, filter: String) {
-        // A full queue or a closed driver both mean the subscription will
-        // not outlive the connection; nothing for the caller to do.
-        let _ = self.commands.try_send(Command::Unsubscribe { filter });
+        // A closed driver means the subscription will not outlive the
+        // connection; nothing for the caller to do.
+        let _ = self.control.send(Control::Unsubscribe { filter });
     }
 
     /// Starts receiving what arrives on `topic` (an exact topic name).
@@ -196,7 +213,7 @@ impl Transport {
     /// it is permanent), or with a connect timeout.
     pub async fn connected(&self) -> Result<(), Error> {
         let mut link = self.shared.link.subscribe();
-        let deadline = Instant::now() + self.settings.connect_timeout;
+        let deadline = deadline_after(Instant::now(), self.settings.connect_timeout);
         let mut fresh = false;
         loop {
             let state = link.borrow_and_update().clone();
@@ -238,7 +255,8 @@ impl Transport {
     }
 
     /// Closes the connection after the publishes already handed over were
-    /// acknowledged (or the acknowledgement timeout passed).
+    /// written (at the paced rate) and acknowledged, or failed with their
+    /// acknowledgement timeout.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         let mut link = self.shared.link.subscribe();
@@ -247,37 +265,39 @@ impl Transport {
         let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
     }
 
-    /// Queues one command and waits for the driver's verdict on it. The
-    /// connect timeout runs while the link is down, the acknowledgement
-    /// timeout while it is up, and both cover the wait for room in the
-    /// queue too; a permanent connection failure ends the wait at once.
+    /// Queues one command (`send` resolves to whether the driver took it)
+    /// and waits for the driver's verdict on it.
+    ///
+    /// While the link is up the driver alone decides: it fails a publish
+    /// or subscribe whose acknowledgement does not come within the
+    /// acknowledgement timeout *of being written*, so time spent waiting
+    /// for pacing, the inflight window, a subscription slot or room in the
+    /// queue is not charged to it. While the link is down the connect
+    /// timeout runs (from when the caller first saw it down), and a
+    /// permanent connection failure ends the wait at once.
     async fn submit(
         &self,
-        command: Command,
+        send: impl Future<Output = bool>,
         mut rx: oneshot::Receiver<Result<(), Error>>,
-        phase: Phase,
     ) -> Result<(), Error> {
         if *self.shared.shutdown.borrow() {
             return Err(ErrorKind::Shutdown.into());
         }
-        let send = self.commands.send(command);
         tokio::pin!(send);
         let mut queued = false;
         let mut link = self.shared.link.subscribe();
         let mut connect_deadline = None;
-        let mut ack_deadline = None;
         loop {
             let state = link.borrow_and_update().clone();
-            let deadline = match state {
-                Link::Connected => {
-                    *ack_deadline.get_or_insert_with(|| Instant::now() + self.settings.ack_timeout)
-                }
+            let deadline = match &state {
+                Link::Connected => None,
                 Link::Connecting {
                     last_error: Some(e),
                     permanent: true,
-                } => return Err(e),
-                Link::Connecting { .. } => *connect_deadline
-                    .get_or_insert_with(|| Instant::now() + self.settings.connect_timeout),
+                } => return Err(e.clone()),
+                Link::Connecting { .. } => Some(*connect_deadline.get_or_insert_with(|| {
+                    deadline_after(Instant::now(), self.settings.connect_timeout)
+                })),
                 Link::Closed => {
                     // The driver may have answered just before closing.
                     return match rx.try_recv() {
@@ -288,7 +308,7 @@ impl Transport {
             };
             tokio::select! {
                 sent = &mut send, if !queued => {
-                    if sent.is_err() {
+                    if !sent {
                         return Err(ErrorKind::Shutdown.into());
                     }
                     queued = true;
@@ -299,16 +319,37 @@ impl Transport {
                 changed = link.changed() => if changed.is_err() {
                     return Err(ErrorKind::Shutdown.into());
                 },
-                () = sleep_until(deadline) => {
+                () = until(deadline) => {
                     return Err(match state {
                         Link::Connecting { last_error: Some(e), .. } => {
                             Error::with_source(ErrorKind::Timeout(Phase::Connect), e)
                         }
-                        Link::Connecting { .. } => ErrorKind::Timeout(Phase::Connect).into(),
-                        _ => ErrorKind::Timeout(phase).into(),
+                        _ => ErrorKind::Timeout(Phase::Connect).into(),
                     });
                 }
             }
         }
     }
+}
+
+/// Sleeps until `deadline`, or forever for none (without making a timer).
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// About thirty years: "never" for a deadline, yet far from overflowing.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + after`, or practically never when that is not representable
+/// (`Duration::MAX` as a timeout must not panic).
+pub(crate) fn deadline_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after).unwrap_or_else(|| far_future(now))
+}
+
+/// A time that will practically never come.
+pub(crate) fn far_future(now: Instant) -> Instant {
+    now.checked_add(FAR_FUTURE).unwrap_or(now)
 }
