@@ -393,7 +393,11 @@ fn the_blocking_client_enqueues_and_waits_for_delivery() {
         .build()
         .unwrap();
     let ids: Vec<RecordId> = (0..3)
-        .map(|n| client.enqueue_log(&device("SN-B"), &numbered_log(n)).unwrap())
+        .map(|n| {
+            client
+                .enqueue_log(&device("SN-B"), &numbered_log(n))
+                .unwrap()
+        })
         .collect();
     for id in ids {
         client.delivered(id).unwrap();
