@@ -68,8 +68,8 @@ const LOG_SIZE: usize = 4 * 1024;
 const ENQUEUE_PHASES: [(usize, usize); 3] = [(1, 200), (8, 100), (64, 50)];
 /// Untimed enqueues before the first round (creates the first segment).
 const WARMUP_ENQUEUES: usize = 20;
-/// Alternating fsync / enqueue rounds.
-const ROUNDS: usize = 3;
+/// Enqueue rounds (each a few tenths of a second).
+const ROUNDS: usize = 5;
 
 /// Logs per end-to-end phase.
 const E2E_LOGS: usize = 2_000;
@@ -79,8 +79,9 @@ const E2E_WARMUP: usize = 200;
 const E2E_CALLERS: usize = 64;
 /// Devices the logs belong to (registered before timing).
 const E2E_DEVICES: usize = 20;
-/// Alternating direct / outbox rounds.
-const E2E_ROUNDS: usize = 3;
+/// Alternating direct / outbox rounds (each phase about a tenth of a
+/// second, so medians of several).
+const E2E_ROUNDS: usize = 5;
 /// How long one end-to-end phase may take before the bench fails.
 const E2E_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -177,6 +178,9 @@ fn enqueue_part(runtime: &Runtime, dir: &Path) -> EnqueueFigures {
     println!(
         "  per batch: records per write + fdatasync of the outbox's writer thread (its write calls \
          from /proc/self/task/*/io, less its eventfd wake-ups); at most the number of producers"
+    );
+    println!(
+        "  busy ms: the phase's wall time (1 producer: its enqueues only, without the fsync probes between them)"
     );
     println!();
     println!(
