@@ -189,6 +189,14 @@ pub(crate) fn load(dir: &Path, repair: bool, durable: bool) -> Result<Loaded, Er
         let mut left = 0;
         for (frame, record) in kept {
             max_id = max_id.max(record.id);
+            if state.entries.contains_key(&record.id) {
+                // The same record twice (a frame copied inside a payload
+                // that damage made the scan land in, or a copied file):
+                // counting it twice would break every counter and keep
+                // its segment forever. The first copy is the record.
+                tracing::warn!(segment = %path.display(), id = record.id, "an outbox record appears twice; keeping the first");
+                continue;
+            }
             let entry_state = match fates.get(&record.id) {
                 Some(AckState::Delivered | AckState::Evicted | AckState::Purged) => continue,
                 Some(AckState::Dead(reason)) => EntryState::Dead(reason.clone()),
@@ -726,5 +734,31 @@ impl Writer {
             }
             Err(e) => tracing::debug!(error = %e, "could not encode the outbox status"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_found_twice_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = NewRecord::new(Kind::Log, None, b"payload").0;
+        record.id = 7;
+        let mut frame = Vec::new();
+        format::encode_record(&record, &mut frame).unwrap();
+        let mut segment = frame.clone();
+        segment.extend_from_slice(&frame);
+        fs::write(segment_path(dir.path(), 1), &segment).unwrap();
+        let mut acks = Vec::new();
+        format::encode_ack(7, &AckState::Dead("refused".into()), &mut acks);
+        fs::write(acks_path(dir.path(), 1), &acks).unwrap();
+
+        let loaded = load(dir.path(), false, false).unwrap();
+        assert_eq!(loaded.state.entries.len(), 1);
+        assert_eq!(loaded.state.dead, 1);
+        assert_eq!(loaded.state.bytes, 7);
+        assert_eq!(loaded.state.segments.get(&1), Some(&1));
     }
 }
