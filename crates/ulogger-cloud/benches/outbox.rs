@@ -27,8 +27,8 @@
 //!    concurrent callers, (b) `enqueue_log` from `E2E_CALLERS` producers
 //!    into a durable outbox plus its background delivery, timed until every
 //!    record is `delivered`. Every log must reach the cloud with an ok
-//!    verdict, each exactly once (told apart by their anchor tick). The
-//!    client in this tree has no pacing option, so none is set;
+//!    verdict, each exactly once (told apart by their anchor tick). Both
+//!    clients run with `Pacing::off()` (mosquitto has no platform limits);
 //! 4. **open**: an outbox of `OPEN_RECORDS` 4 KiB records (built with
 //!    `durable(false)`), then `Outbox::open` of it, `OPEN_REPEATS` times,
 //!    next to a plain `fs::read` of every segment file (the I/O floor).
@@ -55,7 +55,9 @@ use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::{build_log, header_len, DeviceInfo, LogHeader};
-use ulogger_cloud::{Client, MqttConfig, Outbox, OutboxConfig, RecordId, Security, SessionStore};
+use ulogger_cloud::{
+    Client, MqttConfig, Outbox, OutboxConfig, Pacing, RecordId, Security, SessionStore,
+};
 use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
 use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
 
@@ -446,7 +448,7 @@ fn e2e_part(runtime: &Runtime, binary: &Path, scratch: &Path) -> E2eFigures {
 
     println!(
         "end to end: {E2E_LOGS} logs x {LOG_SIZE} B of {E2E_DEVICES} pre-registered devices per phase, \
-         QoS 1, the client's default max_inflight (100), no pacing option in this client"
+         QoS 1, the client's default max_inflight (100), pacing off"
     );
     println!(
         "  broker: {} on 127.0.0.1:{port}, mutual TLS, set_tcp_nodelay true; cloud: ulogger-emulator attached, records in {}",
@@ -563,7 +565,8 @@ impl E2e {
             .broker("127.0.0.1")
             .port(self.port)
             .ca_file(&self.certs.ca_cert)
-            .client_cert(&self.certs.client_cert, &self.certs.client_key);
+            .client_cert(&self.certs.client_cert, &self.certs.client_key)
+            .pacing(Pacing::off());
         let mut builder = Client::builder(config).session_store(self.store.clone());
         if let Some(outbox) = outbox {
             builder = builder.outbox(outbox);
