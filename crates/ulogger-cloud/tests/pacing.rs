@@ -20,7 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use ulogger_cloud::{Client, ErrorKind, MqttConfig, Pacing};
-use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind, WithholdPuback};
+use ulogger_emulator::{
+    Emulator, EmulatorConfig, PlatformLimits, Record, RecordKind, WithholdPuback,
+};
 
 /// Time from the first to the last of `records`, as the cloud saw them.
 fn spread(records: &[Record]) -> Duration {
@@ -434,13 +436,18 @@ fn note(wire: &mut Wire, packet: Packet) {
     }
 }
 
-/// A plaintext emulator with a tap in front; the config reaches the
-/// broker through the tap.
-async fn tapped_emulator() -> (Emulator, Tap, MqttConfig) {
-    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+/// A plaintext emulator enforcing `limits` with a tap in front; the
+/// config reaches the broker through the tap.
+async fn tapped_emulator_with(limits: PlatformLimits) -> (Emulator, Tap, MqttConfig) {
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).limits(limits));
     let tap = Tap::start(emu.addr()).await;
     let config = config_for(&emu).port(tap.addr.port());
     (emu, tap, config)
+}
+
+/// [`tapped_emulator_with`] the platform's limits.
+async fn tapped_emulator() -> (Emulator, Tap, MqttConfig) {
+    tapped_emulator_with(PlatformLimits::aws()).await
 }
 
 async fn register_all(client: &Client, serials: impl Iterator<Item = String>) -> Vec<u32> {
@@ -458,7 +465,12 @@ async fn register_all(client: &Client, serials: impl Iterator<Item = String>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_devices_register_at_once_within_fifty_subscriptions() {
-    let (emu, tap, config) = tapped_emulator().await;
+    // The broker refuses a 51st subscription as AWS IoT does; its rates are
+    // lifted so that the test is about subscriptions, at full speed.
+    let limits = PlatformLimits::aws()
+        .publishes_per_second(None)
+        .bytes_per_second(None);
+    let (emu, tap, config) = tapped_emulator_with(limits).await;
     let client = Client::builder(config.pacing(Pacing::off()))
         .build()
         .unwrap();
@@ -572,4 +584,57 @@ async fn a_subscribe_does_not_wait_behind_paced_publishes() {
         );
     }
     client.shutdown().await;
+}
+
+/// Uploads `count` small logs of one (registered) device at once; returns
+/// how many failed.
+async fn uploads_at_once(client: &Client, count: usize) -> usize {
+    client.session_token(&device("SN-CAP")).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for _ in 0..count {
+        let client = client.clone();
+        tasks.spawn(async move { client.upload_log(&device("SN-CAP"), &v4_log(64, 0)).await });
+    }
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        if done.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_uploads_at_the_platform_cap_lose_nothing_and_use_the_rate() {
+    // The emulator enforces AWS IoT's limits (its default), the client
+    // paces to them (its default).
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let client = Client::builder(config_for(&emu)).build().unwrap();
+    assert_eq!(uploads_at_once(&client, 2000).await, 0, "no upload failed");
+    client.shutdown().await;
+    assert_eq!(emu.limit_stats().discarded_publishes, 0);
+    let logs = records_of(&emu, RecordKind::BinaryLog);
+    assert_eq!(logs.len(), 2000);
+    assert!(logs.iter().all(|r| r.is_ok()));
+    let rate = 1999.0 / spread(&logs).as_secs_f64();
+    eprintln!("2,000 paced uploads arrived at {rate:.1}/s (cap 100/s)");
+    assert!(
+        rate >= 95.0,
+        "throughput {rate:.1}/s is under 95% of the cap"
+    );
+    assert!(rate <= 110.0, "throughput {rate:.1}/s is over the cap");
+
+    // The same without pacing: the broker discards, uploads time out.
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let client = Client::builder(
+        config_for(&emu)
+            .pacing(Pacing::off())
+            .ack_timeout(Duration::from_secs(2)),
+    )
+    .build()
+    .unwrap();
+    let failed = uploads_at_once(&client, 500).await;
+    client.shutdown().await;
+    assert!(emu.limit_stats().discarded_publishes > 0);
+    assert!(failed > 0, "unpaced uploads over the cap fail");
 }
