@@ -21,6 +21,7 @@ pub mod wire;
 
 mod client;
 mod config;
+mod crash;
 mod error;
 mod oneshot;
 mod outbox;

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use super::Client;
+use crate::crash::crash_point;
 use crate::error::{Error, ErrorKind};
 use crate::outbox::format::{self, AckState, Kind, Scanned, StoredRecord};
 use crate::outbox::{Entry, Outbox, Request};
@@ -84,6 +85,7 @@ fn settle(
     let id = records.remove(&task)?;
     match result {
         Ok(()) => {
+            crash_point!("delivery-after-puback");
             backoff.succeeded();
             ack(outbox, id, AckState::Delivered);
             None

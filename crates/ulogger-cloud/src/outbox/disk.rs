@@ -16,6 +16,7 @@ use super::config::{OutboxConfig, WhenFull};
 use super::format::{self, AckState, Kind, Scanned, StoredRecord};
 use super::state::{unix_ms, Entry, EntryState, Shared, State};
 use super::status;
+use crate::crash::crash_point;
 use crate::error::{Error, ErrorKind};
 use crate::wire::DeviceInfo;
 
@@ -462,7 +463,9 @@ impl Writer {
         };
         let mut entry = Vec::new();
         format::encode_ack(id, &state, &mut entry);
-        if let Err(e) = self.write_ack(segment, &entry) {
+        let written = self.write_ack(segment, &entry);
+        crash_point!("outbox-after-ack");
+        if let Err(e) = written {
             // Without the ack the record is simply sent again after a
             // restart: at least once, as promised.
             tracing::warn!(id, error = %e, "could not record an outbox acknowledgement");
@@ -692,12 +695,14 @@ impl Writer {
         };
         let path = segment_path(&self.dir, active.number);
         let written = active.file.write_all(buf).and_then(|()| {
+            crash_point!("outbox-before-sync");
             if self.durable {
                 active.file.sync_data()
             } else {
                 Ok(())
             }
         });
+        crash_point!("outbox-after-sync");
         if let Err(e) = written {
             // Leave no partial record behind; if even that fails, the
             // next open finds the torn tail by its checksum.

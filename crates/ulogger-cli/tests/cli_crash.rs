@@ -1,0 +1,111 @@
+//! Crash tests: `ulogger upload --outbox` is aborted at each named crash
+//! point of the outbox and its delivery (as a power cut or SIGKILL would
+//! stop it), then run again until it succeeds. Pass: every file reaches
+//! the cloud, and the extra copies are at most what was in flight.
+//!
+//! The binary built for these tests has the library's `failpoints`
+//! feature (see this crate's dev-dependencies), so `FAILPOINTS` arms a
+//! point; `cli_outbox.rs` also kills a run with SIGKILL mid-delivery.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use support::sandbox::*;
+use ulogger_cloud::wire::{build_log, LogHeader};
+use ulogger_emulator::{Emulator, EmulatorConfig, PlatformLimits, RecordKind};
+
+const FILES: usize = 200;
+/// The most publishes the client has in flight at once (`max_inflight`),
+/// bounding the copies a crash can double.
+const IN_FLIGHT: usize = 100;
+
+fn numbered_logs(sandbox: &Sandbox) -> Vec<PathBuf> {
+    (0..FILES)
+        .map(|i| {
+            let log = build_log(LogHeader::new(4).unwrap(), format!("log-{i:05}").as_bytes());
+            sandbox.write(&format!("log-{i:05}.bin"), &log.unwrap())
+        })
+        .collect()
+}
+
+/// How many copies of each numbered log the cloud holds.
+fn copies(emu: &Emulator) -> BTreeMap<usize, usize> {
+    let mut out = BTreeMap::new();
+    for r in emu.records() {
+        if r.kind != RecordKind::BinaryLog {
+            continue;
+        }
+        assert!(r.is_ok(), "{r:?}");
+        let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
+        let n: usize = std::str::from_utf8(&bytes[25..]).unwrap()[4..].parse().unwrap();
+        *out.entry(n).or_default() += 1;
+    }
+    out
+}
+
+/// Crashes a run at `point` after it was passed `skip` times, reruns
+/// until the command succeeds, and checks what the cloud got.
+fn crash_and_recover(point: &str, skip: usize) {
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox);
+    let emu = Emulator::start(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .limits(PlatformLimits::unlimited()),
+    )
+    .unwrap();
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-CRASH"));
+    args.extend(strings(&["--no-pacing", "--outbox"]));
+    args.push(s(&sandbox.path("outbox")));
+    args.extend(files.iter().map(|f| s(f)));
+
+    let crashed = sandbox.run_with_env(
+        &[("FAILPOINTS", format!("{point}={skip}*off->return"))],
+        &args,
+    );
+    assert_ne!(crashed.code, Some(0), "{point}: the run was not stopped");
+    assert!(
+        crashed.stderr.contains(&format!("crash point {point}")),
+        "{point}: {}",
+        crashed.output()
+    );
+    let mut reruns = 0;
+    loop {
+        reruns += 1;
+        let run = sandbox.run(&args);
+        if run.code == Some(0) {
+            break;
+        }
+        assert!(reruns < 3, "{point}: reruns keep failing: {}", run.output());
+    }
+    let copies = copies(&emu);
+    let missing: Vec<usize> = (0..FILES).filter(|n| !copies.contains_key(n)).collect();
+    assert!(missing.is_empty(), "{point}: lost {missing:?}");
+    let extra: usize = copies.values().map(|c| c - 1).sum();
+    assert!(extra <= IN_FLIGHT, "{point}: {extra} extra copies");
+    eprintln!("{point} after {skip}: 0 lost, {extra} extra copies");
+}
+
+#[test]
+fn a_crash_after_writing_a_batch_before_its_fsync_loses_nothing() {
+    crash_and_recover("outbox-before-sync", 3);
+}
+
+#[test]
+fn a_crash_after_the_fsync_before_answering_loses_nothing() {
+    crash_and_recover("outbox-after-sync", 3);
+}
+
+#[test]
+fn a_crash_after_a_puback_before_its_ack_is_written_loses_nothing() {
+    crash_and_recover("delivery-after-puback", 40);
+}
+
+#[test]
+fn a_crash_after_an_ack_is_written_loses_nothing() {
+    crash_and_recover("outbox-after-ack", 40);
+}
