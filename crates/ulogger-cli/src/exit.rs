@@ -95,3 +95,8 @@ pub fn classify(error: &ulogger_cloud::Error) -> Failure {
         }
     }
 }
+
+/// A library error and its causes on one line.
+pub fn message(error: &ulogger_cloud::Error) -> String {
+    format!("{:#}", anyhow::Error::new(error.clone()))
+}

@@ -118,7 +118,7 @@ async fn run(
                         .enqueue_log(&device, &bytes)
                         .await
                         .map(|id| (id, true))
-                        .map_err(|e| Fate::Failed(exit::classify(&e), e.to_string())),
+                        .map_err(|e| Fate::Failed(exit::classify(&e), exit::message(&e))),
                 };
                 (index, Some(key), outcome)
             });
@@ -131,7 +131,11 @@ async fn run(
         match (outcome, &key) {
             (Ok((id, new)), Some(key)) => {
                 if new {
-                    append_manifest(&manifest_path, key, id)?;
+                    if let Err(e) = append_manifest(&manifest_path, key, id) {
+                        // Only a rerun is affected: it would queue the
+                        // file again (one extra copy), not lose it.
+                        tracing::warn!(error = %format!("{:#}", e.error), "cannot note a queued file in the upload manifest");
+                    }
                 }
                 waiting.push((index, id));
             }
@@ -165,7 +169,7 @@ async fn run(
                 Some(Ok((index, result))) => {
                     let fate = match result {
                         Ok(()) => Fate::Delivered,
-                        Err(e) => Fate::Failed(exit::classify(&e), e.to_string()),
+                        Err(e) => Fate::Failed(exit::classify(&e), exit::message(&e)),
                     };
                     report(global, &files[index], &fate);
                     fates[index] = Some(fate);

@@ -40,7 +40,9 @@ fn copies(emu: &Emulator) -> BTreeMap<usize, usize> {
         }
         assert!(r.is_ok(), "{r:?}");
         let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
-        let n: usize = std::str::from_utf8(&bytes[25..]).unwrap()[4..].parse().unwrap();
+        let n: usize = std::str::from_utf8(&bytes[25..]).unwrap()[4..]
+            .parse()
+            .unwrap();
         *out.entry(n).or_default() += 1;
     }
     out

@@ -12,6 +12,9 @@
 //! | `outbox-after-sync` | the batch is synced, its callers not yet answered |
 //! | `delivery-after-puback` | the broker acknowledged a record, its ack not yet written |
 //! | `outbox-after-ack` | an ack is written, the segment not yet removed |
+//!
+//! And one that fails instead of aborting: `outbox-disk-full` makes an
+//! append fail with "no space left on device".
 
 /// Marks a named crash point.
 macro_rules! crash_point {
@@ -22,14 +25,18 @@ macro_rules! crash_point {
 }
 pub(crate) use crash_point;
 
+/// Reads `FAILPOINTS` once, for the life of the process; every failpoint
+/// calls this first.
+#[cfg(feature = "failpoints")]
+pub(crate) fn setup() {
+    static SCENARIO: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    SCENARIO.get_or_init(|| std::mem::forget(fail::FailScenario::setup()));
+}
+
 /// Aborts the process if `name` is configured to fire now.
 #[cfg(feature = "failpoints")]
 pub(crate) fn hit(name: &str) {
-    static SCENARIO: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    SCENARIO.get_or_init(|| {
-        // Reads FAILPOINTS once; kept for the life of the process.
-        std::mem::forget(fail::FailScenario::setup());
-    });
+    setup();
     fail::fail_point!(name, |_| {
         eprintln!("crash point {name}: aborting");
         std::process::abort()

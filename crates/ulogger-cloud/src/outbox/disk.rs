@@ -287,6 +287,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// A full disk on demand, for tests without a small filesystem to fill
+/// (failpoint `outbox-disk-full`, feature `failpoints`).
+fn injected_write_error() -> io::Result<()> {
+    #[cfg(feature = "failpoints")]
+    crate::crash::setup();
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("outbox-disk-full", |_| Err(io::Error::from(
+        io::ErrorKind::StorageFull
+    )));
+    Ok(())
+}
+
 /// Takes the directory's lock, or says who holds it.
 fn lock(dir: &Path) -> Result<File, Error> {
     let path = dir.join(LOCK_FILE);
@@ -694,25 +706,22 @@ impl Writer {
             return Err(ErrorKind::Shutdown.into());
         };
         let path = segment_path(&self.dir, active.number);
-        let written = active.file.write_all(buf).and_then(|()| {
-            crash_point!("outbox-before-sync");
-            if self.durable {
-                active.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let written = injected_write_error()
+            .and_then(|()| active.file.write_all(buf))
+            .and_then(|()| {
+                crash_point!("outbox-before-sync");
+                if self.durable {
+                    active.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
         crash_point!("outbox-after-sync");
         if let Err(e) = written {
             // Leave no partial record behind; if even that fails, the
             // next open finds the torn tail by its checksum.
             let _ = active.file.set_len(active.len);
-            let op = if e.kind() == io::ErrorKind::StorageFull {
-                "append to (disk full)"
-            } else {
-                "append to"
-            };
-            return Err(io_error(op, &path, e));
+            return Err(io_error("append to", &path, e));
         }
         let base = active.len;
         let number = active.number;
