@@ -30,6 +30,11 @@ pub(crate) const FRAME_HEADER: usize = 12;
 /// a larger length field is damage.
 pub(crate) const MAX_BODY: usize = 512 * 1024;
 
+/// No record id is larger: ids start from the clock (about 2^51 today)
+/// and grow by one per record, so a larger id is damage, and the next id
+/// after any valid one cannot overflow.
+pub(crate) const MAX_ID: u64 = u64::MAX / 2;
+
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -192,6 +197,9 @@ fn u32_at(buf: &[u8], at: usize) -> u32 {
 pub(crate) fn decode_body(body: &[u8]) -> Option<StoredRecord> {
     let mut r = Reader(body);
     let id = u64::from_le_bytes(r.take()?);
+    if id > MAX_ID {
+        return None;
+    }
     let enqueued_ms = u64::from_le_bytes(r.take()?);
     let kind = match r.take::<1>()?[0] {
         1 => Kind::Log,
@@ -398,6 +406,14 @@ mod tests {
         buf[first_len + 4..first_len + 8].copy_from_slice(&400_000u32.to_le_bytes());
         let scanned = scan_segment(&buf);
         assert_eq!(records(&scanned), [1, 3]);
+    }
+
+    #[test]
+    fn an_id_beyond_the_largest_is_damage() {
+        let buf = segment(&[record(MAX_ID, b"ok"), record(MAX_ID + 1, b"no")]);
+        let scanned = scan_segment(&buf);
+        assert_eq!(records(&scanned), [MAX_ID]);
+        assert!(matches!(scanned[1], Scanned::Damaged(_)));
     }
 
     #[test]
