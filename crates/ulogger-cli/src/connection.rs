@@ -53,6 +53,10 @@ pub struct ConnectionArgs {
     /// For local brokers.
     #[arg(long, env = "ULOGGER_NO_PACING")]
     pub no_pacing: bool,
+    /// Connections sharing the load, each with its own client id and the
+    /// platform's per-connection limits [default: 1].
+    #[arg(long, env = "ULOGGER_CONNECTIONS", value_name = "N")]
+    pub connections: Option<usize>,
     /// Seconds to wait for a boot reply [default: 15].
     #[arg(long, env = "ULOGGER_TOKEN_TIMEOUT", value_name = "SECS")]
     pub token_timeout: Option<u64>,
@@ -82,6 +86,7 @@ struct ConfigFile {
     prefix: Option<String>,
     plaintext: Option<bool>,
     no_pacing: Option<bool>,
+    connections: Option<usize>,
     token_timeout: Option<u64>,
     timeout: Option<u64>,
     store: Option<PathBuf>,
@@ -155,6 +160,9 @@ impl ConnectionArgs {
             config = config.security(Security::Plaintext);
         }
         config = config.pacing(self.pacing(file));
+        if let Some(connections) = self.connections.or(file.connections) {
+            config = config.connections(connections);
+        }
         if let Some(secs) = self.token_timeout.or(file.token_timeout) {
             config = config.token_timeout(Duration::from_secs(secs));
         }

@@ -192,3 +192,24 @@ fn retry_and_purge_need_the_outbox_free_and_say_who_holds_it() {
         .expect_code(2);
     assert!(run.stderr.contains("nope"), "{}", run.stderr);
 }
+
+#[test]
+fn a_pool_of_connections_delivers_and_a_bad_size_is_bad_input() {
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox, 30);
+    let outbox = s(&sandbox.path("outbox"));
+    let emu = plaintext_emulator();
+    let mut args = connect_args("upload", &emu);
+    args.extend(strings(&["--connections", "3"]));
+    let run = sandbox
+        .run(&upload_args(args.clone(), &outbox, &files))
+        .expect_code(0);
+    assert!(run.stdout.contains("30 delivered"), "{}", run.output());
+    assert_eq!(received(&emu).0, (0..30).collect());
+
+    let args = replace(args, "--connections", "0".to_owned());
+    let run = sandbox
+        .run(&upload_args(args, &outbox, &files))
+        .expect_code(2);
+    assert!(run.stderr.contains("connections"), "{}", run.stderr);
+}

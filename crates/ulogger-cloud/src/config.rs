@@ -167,6 +167,7 @@ pub struct MqttConfig {
     pub(crate) max_subscriptions: u16,
     pub(crate) pacing: Pacing,
     pub(crate) client_id_suffix: Option<String>,
+    pub(crate) connections: usize,
 }
 
 impl MqttConfig {
@@ -195,6 +196,7 @@ impl MqttConfig {
             max_subscriptions: 50,
             pacing: Pacing::platform(),
             client_id_suffix: None,
+            connections: 1,
         }
     }
 
@@ -302,6 +304,17 @@ impl MqttConfig {
         self
     }
 
+    /// How many connections the client opens to share the load (default
+    /// 1, at most 32), for a gateway that needs more than one
+    /// connection's rate (AWS IoT's limits are per connection). Each has
+    /// its own client id (the suffix followed by `-1`, `-2`, ...), its own
+    /// pacing and its own subscriptions; publishes and registrations go to
+    /// the connected ones in turn.
+    pub fn connections(mut self, count: usize) -> Self {
+        self.connections = count;
+        self
+    }
+
     /// The broker's host.
     pub fn broker_host(&self) -> &str {
         &self.broker
@@ -315,6 +328,36 @@ impl MqttConfig {
     /// The customer id.
     pub fn customer_id(&self) -> u32 {
         self.customer_id
+    }
+
+    /// The settings of each connection of the client: one, or
+    /// [`MqttConfig::connections`] of them with distinct client ids.
+    pub(crate) fn validate_pool(&self) -> Result<Vec<Settings>, Error> {
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(Error::config(
+                "connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        let base = self.validate()?;
+        if self.connections == 1 {
+            return Ok(vec![base]);
+        }
+        (1..=self.connections)
+            .map(|i| {
+                let client_id = format!("{}-{i}", base.client_id);
+                if client_id.len() > MAX_CLIENT_ID_LEN {
+                    return Err(Error::config(
+                        "client_id_suffix",
+                        format!("client id {client_id:?} is longer than {MAX_CLIENT_ID_LEN} bytes"),
+                    ));
+                }
+                Ok(Settings {
+                    client_id,
+                    ..base.clone()
+                })
+            })
+            .collect()
     }
 
     /// Checks every field and loads the TLS material.
@@ -384,6 +427,8 @@ impl MqttConfig {
 
 /// AWS IoT's limit on client ids.
 const MAX_CLIENT_ID_LEN: usize = 128;
+/// The most connections one client opens.
+const MAX_CONNECTIONS: usize = 32;
 
 fn client_id(customer_id: u32, suffix: Option<&str>) -> Result<String, Error> {
     let suffix = match suffix {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use ulogger_cloud::{Client, ErrorKind, MqttConfig, Pacing};
+use ulogger_cloud::{Client, ErrorKind, MqttConfig, Pacing, Security};
 use ulogger_emulator::{
     Emulator, EmulatorConfig, PlatformLimits, Record, RecordKind, WithholdPuback,
 };
@@ -637,4 +637,52 @@ async fn two_thousand_uploads_at_the_platform_cap_lose_nothing_and_use_the_rate(
     client.shutdown().await;
     assert!(emu.limit_stats().discarded_publishes > 0);
     assert!(failed > 0, "unpaced uploads over the cap fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_three_connections_shares_the_load_each_within_the_cap() {
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let client = Client::builder(config_for(&emu).client_id_suffix("pool").connections(3))
+        .build()
+        .unwrap();
+    client.connected().await.unwrap();
+    assert_eq!(
+        emu.connected_clients(),
+        [
+            format!("cust-{CUSTOMER}-pool-1"),
+            format!("cust-{CUSTOMER}-pool-2"),
+            format!("cust-{CUSTOMER}-pool-3")
+        ]
+    );
+    assert_eq!(uploads_at_once(&client, 600).await, 0, "no upload failed");
+    client.shutdown().await;
+    assert_eq!(emu.limit_stats().discarded_publishes, 0);
+    let logs = records_of(&emu, RecordKind::BinaryLog);
+    assert_eq!(logs.len(), 600);
+    let rate = 599.0 / spread(&logs).as_secs_f64();
+    eprintln!("600 uploads over 3 paced connections: {rate:.1}/s");
+    assert!(rate > 150.0, "more than one connection's cap: {rate:.1}/s");
+}
+
+#[test]
+fn a_pool_size_out_of_range_is_refused() {
+    for bad in [0, 33] {
+        let err = Client::builder(
+            MqttConfig::new(1)
+                .security(Security::Plaintext)
+                .connections(bad),
+        )
+        .build()
+        .unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::InvalidConfig {
+                    field: "connections",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }

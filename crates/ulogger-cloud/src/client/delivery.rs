@@ -35,7 +35,7 @@ pub(super) async fn run(
         if *stop.borrow_and_update() {
             break;
         }
-        let connected = client.transport().is_connected();
+        let connected = client.any_connected();
         if connected && paused_until.is_none() && tasks.len() < concurrency {
             let taken = outbox.shared.take_queued(concurrency - tasks.len());
             for (id, entry) in taken {

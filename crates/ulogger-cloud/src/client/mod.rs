@@ -1,6 +1,7 @@
 //! The async client: registration and uploads over one shared connection.
 
 mod delivery;
+mod pool;
 mod registration;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
 use crate::transport::Transport;
 use crate::wire::{self, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
+use pool::Pool;
 
 use registration::Registrations;
 
@@ -77,7 +79,7 @@ pub struct Client {
 /// Closes the client when the caller's last handle is dropped, even while
 /// background deliveries hold the inner state.
 struct Users {
-    transport: Transport,
+    transports: Vec<Transport>,
     stop_delivery: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -86,12 +88,14 @@ impl Drop for Users {
         if let Some(stop) = &self.stop_delivery {
             stop.send_replace(true);
         }
-        self.transport.begin_shutdown();
+        for transport in &self.transports {
+            transport.begin_shutdown();
+        }
     }
 }
 
 struct Inner {
-    transport: Transport,
+    pool: Pool,
     store: Arc<SessionStore>,
     registrations: Registrations,
     stamp_epoch_time: bool,
@@ -150,12 +154,12 @@ impl ClientBuilder {
     /// otherwise); [`blocking::Client`](crate::blocking::Client) brings its
     /// own.
     pub fn build(self) -> Result<Client, Error> {
-        let settings: Settings = self.config.validate()?;
+        let settings: Vec<Settings> = self.config.validate_pool()?;
         let outbox = self.outbox.map(Outbox::open).transpose()?.map(Arc::new);
-        let transport = Transport::start(settings)?;
-        let concurrency = usize::from(transport.settings().max_inflight);
+        let pool = Pool::start(settings)?;
+        let concurrency = pool.all().len() * usize::from(pool.first().settings().max_inflight);
         let inner = Arc::new(Inner {
-            transport,
+            pool,
             store: self
                 .store
                 .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
@@ -168,7 +172,7 @@ impl ClientBuilder {
             }),
         });
         let users = Users {
-            transport: inner.transport.clone(),
+            transports: inner.pool.all().to_vec(),
             stop_delivery: inner.outbox.as_ref().map(|h| h.stop.clone()),
         };
         if let Some(handle) = &inner.outbox {
@@ -215,7 +219,7 @@ impl Client {
     }
 
     fn settings(&self) -> &Settings {
-        self.inner.transport.settings()
+        self.inner.pool.first().settings()
     }
 
     /// Waits until the connection is up. Fails with the reason of the next
@@ -223,7 +227,7 @@ impl Client {
     /// a connect timeout. Operations wait for the connection by themselves;
     /// this is for failing early.
     pub async fn connected(&self) -> Result<(), Error> {
-        self.inner.transport.connected().await
+        self.inner.pool.connected().await
     }
 
     /// The device's session token: from the store if it holds one for this
@@ -276,8 +280,7 @@ impl Client {
                 header.epoch_time_us = Some(now);
             }
             let size = buf.len();
-            self.inner
-                .transport
+            self.transport()
                 .publish(topic.clone(), buf.freeze())
                 .await?;
             tracing::debug!("acknowledged");
@@ -314,7 +317,7 @@ impl Client {
     async fn publish_raw(&self, topic: String, payload: Bytes) -> Result<PublishReceipt, Error> {
         check_size(payload.len())?;
         let size = payload.len();
-        self.inner.transport.publish(topic.clone(), payload).await?;
+        self.transport().publish(topic.clone(), payload).await?;
         Ok(PublishReceipt { topic, size })
     }
 
@@ -379,7 +382,7 @@ impl Client {
         }
         // Deliveries under way end with the transport: acknowledged, or
         // failed and left queued.
-        self.inner.transport.shutdown().await;
+        self.inner.pool.shutdown().await;
         if let Some(handle) = &self.inner.outbox {
             if let Some(task) = handle.delivery.lock().await.take() {
                 let _ = task.await;
@@ -396,8 +399,15 @@ impl Client {
         }
     }
 
+    /// The connection for the next operation (the next in turn, when the
+    /// client has several).
     pub(crate) fn transport(&self) -> &Transport {
-        &self.inner.transport
+        self.inner.pool.pick()
+    }
+
+    /// True while at least one of the client's connections is up.
+    pub(crate) fn any_connected(&self) -> bool {
+        self.inner.pool.any_connected()
     }
 }
 
