@@ -12,7 +12,6 @@ use std::process::Stdio;
 
 use support::sandbox::*;
 use support::Running;
-use ulogger_cloud::wire::{build_log, LogHeader};
 use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
 
 const DEVICE_TOML: &str = r#"app_id = 7
@@ -29,22 +28,8 @@ fn drop_file(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-fn numbered_log(n: usize) -> Vec<u8> {
-    build_log(LogHeader::new(4).unwrap(), format!("log-{n:05}").as_bytes()).unwrap()
-}
-
 fn received(emu: &Emulator) -> BTreeSet<usize> {
-    emu.records()
-        .into_iter()
-        .filter(|r| r.kind == RecordKind::BinaryLog)
-        .map(|r| {
-            assert!(r.is_ok(), "{r:?}");
-            let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
-            std::str::from_utf8(&bytes[25..]).unwrap()[4..]
-                .parse()
-                .unwrap()
-        })
-        .collect()
+    copies(emu).into_keys().collect()
 }
 
 fn agent(sandbox: &Sandbox, addr: SocketAddr) -> Running {
@@ -74,28 +59,6 @@ fn agent(sandbox: &Sandbox, addr: SocketAddr) -> Running {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     Running::spawn(command)
-}
-
-/// Waits until the cloud has received `n` binary logs.
-fn wait_for_logs(emu: &Emulator, n: usize) {
-    let mut watcher = emu.watch_records();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(30), async {
-                let mut logs = 0;
-                while logs < n {
-                    if watcher.next().await.kind == RecordKind::BinaryLog {
-                        logs += 1;
-                    }
-                }
-            })
-            .await
-        })
-        .expect("the logs arrive");
 }
 
 /// Waits for `n` agent events of `kind`.

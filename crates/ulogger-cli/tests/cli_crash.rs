@@ -10,49 +10,19 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use support::sandbox::*;
-use ulogger_cloud::wire::{build_log, LogHeader};
-use ulogger_emulator::{Emulator, EmulatorConfig, PlatformLimits, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, PlatformLimits};
 
 const FILES: usize = 200;
 /// The most publishes the client has in flight at once (`max_inflight`),
 /// bounding the copies a crash can double.
 const IN_FLIGHT: usize = 100;
 
-fn numbered_logs(sandbox: &Sandbox) -> Vec<PathBuf> {
-    (0..FILES)
-        .map(|i| {
-            let log = build_log(LogHeader::new(4).unwrap(), format!("log-{i:05}").as_bytes());
-            sandbox.write(&format!("log-{i:05}.bin"), &log.unwrap())
-        })
-        .collect()
-}
-
-/// How many copies of each numbered log the cloud holds.
-fn copies(emu: &Emulator) -> BTreeMap<usize, usize> {
-    let mut out = BTreeMap::new();
-    for r in emu.records() {
-        if r.kind != RecordKind::BinaryLog {
-            continue;
-        }
-        assert!(r.is_ok(), "{r:?}");
-        let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
-        let n: usize = std::str::from_utf8(&bytes[25..]).unwrap()[4..]
-            .parse()
-            .unwrap();
-        *out.entry(n).or_default() += 1;
-    }
-    out
-}
-
 /// Crashes a run at `point` after it was passed `skip` times, reruns
 /// until the command succeeds, and checks what the cloud got.
 fn crash_and_recover(point: &str, skip: usize) {
     let sandbox = Sandbox::new();
-    let files = numbered_logs(&sandbox);
+    let files = numbered_logs(&sandbox, FILES);
     let emu = Emulator::start(
         EmulatorConfig::new(CUSTOMER)
             .plaintext(true)

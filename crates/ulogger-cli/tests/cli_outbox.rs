@@ -8,40 +8,14 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use support::sandbox::*;
-use ulogger_cloud::wire::{build_log, LogHeader};
-use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
-
-/// `n` log files whose data names them.
-fn numbered_logs(sandbox: &Sandbox, n: usize) -> Vec<PathBuf> {
-    (0..n)
-        .map(|i| {
-            let log = build_log(LogHeader::new(4).unwrap(), format!("log-{i:05}").as_bytes());
-            sandbox.write(&format!("log-{i:05}.bin"), &log.unwrap())
-        })
-        .collect()
-}
+use ulogger_emulator::{Emulator, EmulatorConfig};
 
 /// Which numbered logs the cloud holds, and how many copies in all.
 fn received(emu: &Emulator) -> (BTreeSet<usize>, usize) {
-    let logs: Vec<_> = emu
-        .records()
-        .into_iter()
-        .filter(|r| r.kind == RecordKind::BinaryLog)
-        .collect();
-    let numbers = logs
-        .iter()
-        .map(|r| {
-            assert!(r.is_ok(), "{r:?}");
-            let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
-            std::str::from_utf8(&bytes[25..]).unwrap()[4..]
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    (numbers, logs.len())
+    let copies = copies(emu);
+    (copies.keys().copied().collect(), copies.values().sum())
 }
 
 fn upload_args(emu_args: Vec<String>, outbox: &str, files: &[PathBuf]) -> Vec<String> {
@@ -131,25 +105,9 @@ fn a_run_killed_mid_delivery_is_finished_by_the_rerun_with_few_extra_copies() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut watcher = emu.watch_records();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let progressed = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            let mut logs = 0;
-            while logs < 50 {
-                if watcher.next().await.kind == RecordKind::BinaryLog {
-                    logs += 1;
-                }
-            }
-        })
-        .await
-    });
+    wait_for_logs(&emu, 50);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(progressed.is_ok(), "the first run delivered 50 logs");
 
     let run = sandbox.run(&args).expect_code(0);
     assert!(run.stdout.contains("still queued in"), "{}", run.output());

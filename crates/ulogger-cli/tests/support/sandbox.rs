@@ -184,3 +184,55 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
+
+/// A valid log whose data names it: `log-{n:05}`.
+pub fn numbered_log(n: usize) -> Vec<u8> {
+    build_log(LogHeader::new(4).unwrap(), format!("log-{n:05}").as_bytes()).unwrap()
+}
+
+/// Writes `numbered_log(0..n)` as files `log-{n:05}.bin`.
+pub fn numbered_logs(sandbox: &Sandbox, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| sandbox.write(&format!("log-{i:05}.bin"), &numbered_log(i)))
+        .collect()
+}
+
+/// How many copies of each numbered log the cloud verified (every binary
+/// log it holds must be a verified one).
+pub fn copies(emu: &Emulator) -> std::collections::BTreeMap<usize, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in emu.records() {
+        if r.kind != ulogger_emulator::RecordKind::BinaryLog {
+            continue;
+        }
+        assert!(r.is_ok(), "{r:?}");
+        let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
+        let n: usize = std::str::from_utf8(&bytes[25..]).unwrap()[4..]
+            .parse()
+            .unwrap();
+        *out.entry(n).or_default() += 1;
+    }
+    out
+}
+
+/// Waits (at most 30 s) until the cloud has received `n` more binary logs.
+pub fn wait_for_logs(emu: &Emulator, n: usize) {
+    let mut watcher = emu.watch_records();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                let mut logs = 0;
+                while logs < n {
+                    if watcher.next().await.kind == ulogger_emulator::RecordKind::BinaryLog {
+                        logs += 1;
+                    }
+                }
+            })
+            .await
+        })
+        .expect("the logs arrive");
+}
