@@ -36,12 +36,15 @@ pub(super) async fn run(
             break;
         }
         let connected = client.any_connected();
-        if connected && paused_until.is_none() && tasks.len() < concurrency {
+        // Refill in chunks (half the window at least, or when idle), so
+        // reading records back costs one trip to the blocking pool per
+        // chunk rather than per record.
+        let refill = tasks.len() <= concurrency / 2;
+        if connected && paused_until.is_none() && refill {
             let taken = outbox.shared.take_queued(concurrency - tasks.len());
-            for (id, entry) in taken {
+            for (id, record) in read_all(&outbox, taken).await {
                 let client = client.clone();
-                let outbox = outbox.clone();
-                let task = tasks.spawn(async move { deliver(&client, &outbox, &entry).await });
+                let task = tasks.spawn(async move { deliver(&client, record?).await });
                 records.insert(task.id(), id);
             }
         }
@@ -49,8 +52,12 @@ pub(super) async fn run(
             () = outbox.shared.wake.notified() => {}
             _ = client.transport().wait_connected(), if !connected => {}
             Some(done) = tasks.join_next_with_id() => {
-                if let Some(pause) = settle(&outbox, &mut records, &mut backoff, done) {
-                    paused_until = Some(Instant::now() + pause);
+                let mut done = Some(done);
+                while let Some(finished) = done {
+                    if let Some(pause) = settle(&outbox, &mut records, &mut backoff, finished) {
+                        paused_until = Some(Instant::now() + pause);
+                    }
+                    done = tasks.try_join_next_with_id();
                 }
             }
             () = sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
@@ -128,8 +135,7 @@ fn is_permanent(error: &Error) -> bool {
         )
 }
 
-async fn deliver(client: &Client, outbox: &Outbox, entry: &Entry) -> Result<(), Error> {
-    let record = read(outbox, entry).await?;
+async fn deliver(client: &Client, record: StoredRecord) -> Result<(), Error> {
     match record.kind {
         Kind::Log => {
             let device = DeviceInfo::new(
@@ -148,38 +154,74 @@ async fn deliver(client: &Client, outbox: &Outbox, entry: &Entry) -> Result<(), 
     Ok(())
 }
 
-/// Reads a record back from its segment, checking its checksum again.
-async fn read(outbox: &Outbox, entry: &Entry) -> Result<StoredRecord, Error> {
-    let path = crate::outbox::segment_path(outbox.dir(), entry.segment);
-    let (offset, len) = (entry.offset, entry.frame_len as usize);
-    let read_path = path.clone();
-    let bytes = tokio::task::spawn_blocking(move || read_at(&read_path, offset, len))
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Shutdown, e.to_string()))?
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::Outbox {
-                    op: "read",
-                    path: path.clone(),
-                },
-                e,
-            )
-        })?;
-    match format::scan_segment(&bytes).into_iter().next() {
-        Some(Scanned::Record { record, .. }) => Ok(record),
-        _ => Err(ErrorKind::DeadLetter {
-            id: crate::RecordId(0),
-            reason: format!(
-                "the record in {} at {offset} was damaged on disk after it was enqueued",
-                path.display()
-            ),
+/// Reads records back from their segments, in one trip to the blocking
+/// pool and one open per segment, checking each checksum again.
+async fn read_all(
+    outbox: &Outbox,
+    entries: Vec<(u64, Entry)>,
+) -> Vec<(u64, Result<StoredRecord, Error>)> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let dir = outbox.dir().to_path_buf();
+    let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+    match tokio::task::spawn_blocking(move || read_blocking(&dir, entries)).await {
+        Ok(read) => read,
+        Err(e) => {
+            let failure = Error::with_source(ErrorKind::Shutdown, e.to_string());
+            ids.into_iter()
+                .map(|id| (id, Err(failure.clone())))
+                .collect()
         }
-        .into()),
     }
 }
 
-fn read_at(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
+fn read_blocking(
+    dir: &std::path::Path,
+    entries: Vec<(u64, Entry)>,
+) -> Vec<(u64, Result<StoredRecord, Error>)> {
+    let mut files: HashMap<u64, std::io::Result<std::fs::File>> = HashMap::new();
+    entries
+        .into_iter()
+        .map(|(id, entry)| {
+            let path = crate::outbox::segment_path(dir, entry.segment);
+            let file = files
+                .entry(entry.segment)
+                .or_insert_with(|| std::fs::File::open(&path));
+            let bytes = match file {
+                Ok(file) => read_at(file, entry.offset, entry.frame_len as usize),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            let record = bytes
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Outbox {
+                            op: "read",
+                            path: path.clone(),
+                        },
+                        e,
+                    )
+                })
+                .and_then(
+                    |bytes| match format::scan_segment(&bytes).into_iter().next() {
+                        Some(Scanned::Record { record, .. }) => Ok(record),
+                        _ => Err(ErrorKind::DeadLetter {
+                            id: crate::RecordId(id),
+                            reason: format!(
+                                "the record in {} at {} was damaged on disk after it was enqueued",
+                                path.display(),
+                                entry.offset
+                            ),
+                        }
+                        .into()),
+                    },
+                );
+            (id, record)
+        })
+        .collect()
+}
+
+fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0; len];
     #[cfg(unix)]
     {

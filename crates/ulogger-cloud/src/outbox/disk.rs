@@ -446,15 +446,19 @@ impl Writer {
     /// Handles one batch; false when asked to close.
     fn handle(&mut self, batch: Vec<Request>, shared: &Shared) -> bool {
         let mut appends = Vec::new();
+        let mut acks = Vec::new();
         let mut flushes = Vec::new();
         let mut close = false;
         for request in batch {
             match request {
                 Request::Append { record, reply } => appends.push((record, reply)),
-                Request::Ack { id, state } => self.ack(id, state, shared),
+                Request::Ack { id, state } => acks.push((id, state)),
                 Request::Flush { reply } => flushes.push(reply),
                 Request::Close => close = true,
             }
+        }
+        if !acks.is_empty() {
+            self.acks(acks, shared);
         }
         if !appends.is_empty() {
             self.append(appends, shared);
@@ -468,29 +472,58 @@ impl Writer {
         !close
     }
 
-    /// Writes what became of a record and applies it.
+    /// Writes what became of one record and applies it.
     fn ack(&mut self, id: u64, state: AckState, shared: &Shared) {
-        let Some(segment) = shared.lock().entries.get(&id).map(|e| e.segment) else {
-            return;
-        };
-        let mut entry = Vec::new();
-        format::encode_ack(id, &state, &mut entry);
-        let written = self.write_ack(segment, &entry);
-        crash_point!("outbox-after-ack");
-        if let Err(e) = written {
-            // Without the ack the record is simply sent again after a
-            // restart: at least once, as promised.
-            tracing::warn!(id, error = %e, "could not record an outbox acknowledgement");
+        self.acks(vec![(id, state)], shared);
+    }
+
+    /// Writes what became of records, one write per acks file, then
+    /// applies it.
+    fn acks(&mut self, acks: Vec<(u64, AckState)>, shared: &Shared) {
+        let mut by_segment: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut known = Vec::with_capacity(acks.len());
+        {
+            let state = shared.lock();
+            for (id, ack) in acks {
+                if let Some(entry) = state.entries.get(&id) {
+                    format::encode_ack(id, &ack, by_segment.entry(entry.segment).or_default());
+                    known.push((id, ack));
+                }
+            }
         }
-        if matches!(state, AckState::Dead(_)) {
+        for (segment, entries) in &by_segment {
+            let written = self.write_ack(*segment, entries);
+            crash_point!("outbox-after-ack");
+            if let Err(e) = written {
+                // Without the ack a record is simply sent again after a
+                // restart: at least once, as promised.
+                tracing::warn!(segment, error = %e, "could not record outbox acknowledgements");
+            }
+        }
+        if known
+            .iter()
+            .any(|(_, ack)| matches!(ack, AckState::Dead(_)))
+        {
             // A dead letter must not come back as queued after a crash.
             self.sync_acks();
         }
-        let emptied = shared.lock().settle(id, &state);
-        if state == AckState::Retry {
+        let mut emptied = Vec::new();
+        let mut retried = false;
+        {
+            let mut state = shared.lock();
+            for (id, ack) in &known {
+                retried |= *ack == AckState::Retry;
+                if let Some(segment) = state.settle(*id, ack) {
+                    emptied.push(segment);
+                }
+            }
+        }
+        if retried {
             shared.wake.notify_one();
         }
-        if let Some(segment) = emptied {
+        emptied.sort_unstable();
+        emptied.dedup();
+        for segment in emptied {
             self.remove_if_done(segment, shared);
         }
     }
