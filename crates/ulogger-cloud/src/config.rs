@@ -168,6 +168,7 @@ pub struct MqttConfig {
     pub(crate) pacing: Pacing,
     pub(crate) client_id_suffix: Option<String>,
     pub(crate) connections: usize,
+    pub(crate) max_reconnect_delay: Duration,
 }
 
 impl MqttConfig {
@@ -197,6 +198,7 @@ impl MqttConfig {
             pacing: Pacing::platform(),
             client_id_suffix: None,
             connections: 1,
+            max_reconnect_delay: crate::transport::backoff::DEFAULT_MAX_DELAY,
         }
     }
 
@@ -315,6 +317,16 @@ impl MqttConfig {
         self
     }
 
+    /// The longest wait between two connection attempts (default 5 s, so
+    /// a gateway is back within seconds of the broker's return). Waits
+    /// grow from 1 s, doubling with each failure, with jitter. A large
+    /// fleet sharing one broker may want a longer cap, to spread its
+    /// reconnects after an outage.
+    pub fn max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
+        self
+    }
+
     /// The broker's host.
     pub fn broker_host(&self) -> &str {
         &self.broker
@@ -421,6 +433,7 @@ impl MqttConfig {
             max_inflight: self.max_inflight,
             max_subscriptions: self.max_subscriptions,
             pacing: self.pacing,
+            max_reconnect_delay: self.max_reconnect_delay,
         })
     }
 }
@@ -472,6 +485,7 @@ pub(crate) struct Settings {
     pub max_inflight: u16,
     pub max_subscriptions: u16,
     pub pacing: Pacing,
+    pub max_reconnect_delay: Duration,
 }
 
 impl Settings {

@@ -572,3 +572,48 @@ async fn callers_beyond_the_queue_fail_in_time_when_the_broker_is_unreachable() 
     .await;
     assert_eq!(all_done, Ok(300), "every caller got its error; none hung");
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_publishes_whose_callers_gave_up() {
+    let emu = tls_emulator();
+    let client = Client::builder(config_for(&emu).ack_timeout(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    client.connected().await.unwrap();
+    emu.faults().set_withhold_puback(WithholdPuback::All);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        client.publish_core_dump(vec![1u8; 32]),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the PUBACK is withheld");
+    // Waiting for that PUBACK would take the whole 60 s ack timeout.
+    tokio::time::timeout(Duration::from_secs(10), client.shutdown())
+        .await
+        .expect("shutdown returns without waiting for an abandoned publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_back_within_seconds_of_the_brokers_return_after_an_outage() {
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let addr = emu.addr();
+    let client = Client::builder(config_for(&emu).connect_timeout(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    client.connected().await.unwrap();
+    drop(emu);
+    // An outage long enough for the backoff to pass 8 s uncapped.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr));
+    let back = tokio::time::Instant::now();
+    let receipt = client.publish_core_dump(vec![2u8; 16]).await.unwrap();
+    let took = back.elapsed();
+    eprintln!("back {took:?} after the broker returned");
+    assert!(
+        took <= Duration::from_secs(7),
+        "reconnected {took:?} after the broker's return (cap 5 s)"
+    );
+    assert_eq!(receipt.size, 16);
+    assert_eq!(records_of(&emu, RecordKind::CoreDump).len(), 1);
+    client.shutdown().await;
+}

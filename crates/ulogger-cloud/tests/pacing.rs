@@ -240,7 +240,9 @@ async fn extreme_settings_neither_panic_nor_stall() {
         .connect_timeout(Duration::MAX)
         .token_timeout(Duration::MAX)
         .max_subscriptions(u16::MAX)
-        .max_inflight(u16::MAX);
+        .max_inflight(u16::MAX)
+        .max_reconnect_delay(Duration::MAX)
+        .keep_alive(Duration::from_secs(u64::from(u16::MAX)));
     let client = Client::builder(config).build().unwrap();
     client.connected().await.unwrap();
     let receipt = client

@@ -206,7 +206,7 @@ impl Driver {
 
     pub async fn run(mut self) {
         let mut shutdown = self.shared.shutdown.subscribe();
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(self.settings.max_reconnect_delay);
         let mut last_attempt: Option<Instant> = None;
         let broker = self.settings.broker();
         while !*shutdown.borrow_and_update() {
@@ -327,6 +327,9 @@ impl Driver {
                 if let Err(e) = self.write_out(&mut writer, &mut out, &mut timers).await {
                     break End::Lost(e);
                 }
+            }
+            if self.closing {
+                self.forget_abandoned();
             }
             if self.closing
                 && !self.publishes_open
@@ -596,6 +599,21 @@ impl Driver {
 
     /// Fails every publish and subscribe whose acknowledgement is overdue
     /// at `now`, oldest first, and re-arms the timer for the next one.
+    /// While closing: publishes whose callers gave up were told they
+    /// failed, so waiting for their PUBACK would only delay the stop.
+    fn forget_abandoned(&mut self) {
+        let gone: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter(|(_, entry)| entry.done.is_closed())
+            .map(|(pkid, _)| *pkid)
+            .collect();
+        for pkid in gone {
+            self.inflight.remove(&pkid);
+            self.abandoned.insert(pkid);
+        }
+    }
+
     fn expire(
         &mut self,
         now: Instant,
