@@ -62,11 +62,9 @@ proptest! {
         let buf = assemble(header, &data, &tail);
         let parsed = validate_checksum(&buf).unwrap();
         prop_assert_eq!(LogHeader::parse(&buf).unwrap(), parsed);
-        let expected = LogHeader {
-            used_bytes: u16::try_from(data.len()).unwrap(),
-            checksum: u16::from(data.iter().fold(0u8, |a, b| a ^ b)),
-            ..header
-        };
+        let mut expected = header;
+        expected.used_bytes = u16::try_from(data.len()).unwrap();
+        expected.checksum = u16::from(data.iter().fold(0u8, |a, b| a ^ b));
         prop_assert_eq!(parsed, expected);
         prop_assert_eq!(parsed.header_len(), header_len(header.version).unwrap());
         prop_assert_eq!(parsed.log_len(), parsed.header_len() + data.len());
@@ -89,7 +87,9 @@ proptest! {
         prop_assert!(diff(&buf, &patched).iter().all(|i| (1..5).contains(i)));
         prop_assert_eq!(&patched[1..5], &token.to_le_bytes()[..]);
         let h = validate_checksum(&patched).unwrap();
-        prop_assert_eq!(h, LogHeader { session_token: token, ..validate_checksum(&buf).unwrap() });
+        let mut expected = validate_checksum(&buf).unwrap();
+        expected.session_token = token;
+        prop_assert_eq!(h, expected);
     }
 
     #[test]
@@ -218,7 +218,8 @@ proptest! {
         timeout_secs in any::<u32>(),
         module_names in prop::option::of(vec(".{0,12}", 0..8)),
     ) {
-        let config = LogConfig { level: LogLevel::from(level), module_flags, timeout_secs, module_names };
+        let mut config = LogConfig::new(LogLevel::from(level), module_flags, timeout_secs);
+        config.module_names = module_names;
         let bytes = config.encode();
         prop_assert_eq!(bytes[0], level);
         prop_assert_eq!(LogConfig::decode(&bytes).unwrap(), config);

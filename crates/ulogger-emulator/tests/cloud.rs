@@ -285,12 +285,8 @@ async fn a_pushed_config_reaches_the_device_byte_exact() {
     client
         .subscribe(&topics.config(APP, SERIAL).unwrap(), QoS::AtLeastOnce)
         .await;
-    let config = LogConfig {
-        level: LogLevel::Warning,
-        module_flags: 0b1011,
-        timeout_secs: 600,
-        module_names: Some(vec!["net".into(), "ble".into()]),
-    };
+    let config = LogConfig::new(LogLevel::Warning, 0b1011, 600)
+        .with_module_names(vec!["net".into(), "ble".into()]);
     emulator.push_config(APP, SERIAL, &config).await.unwrap();
     let got = client.next_publish(SOON).await.expect("the config");
     assert_eq!(got.topic, topics.config(APP, SERIAL).unwrap());
@@ -310,12 +306,7 @@ async fn a_pushed_config_reaches_the_device_byte_exact() {
 #[test]
 fn the_blocking_api_works_from_plain_threads() {
     let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
-    let config = LogConfig {
-        level: LogLevel::Debug,
-        module_flags: 1,
-        timeout_secs: 1,
-        module_names: None,
-    };
+    let config = LogConfig::new(LogLevel::Debug, 1, 1);
     emulator.push_config_blocking(APP, SERIAL, &config).unwrap();
     let record = emulator
         .wait_for_blocking(|r| r.kind == RecordKind::Config, SOON)
@@ -350,12 +341,7 @@ async fn attached_round_trip(emulator: &Emulator, device_options: rumqttc::MqttO
     client
         .subscribe(&topics.config(APP, SERIAL).unwrap(), QoS::AtLeastOnce)
         .await;
-    let config = LogConfig {
-        level: LogLevel::Info,
-        module_flags: 7,
-        timeout_secs: 30,
-        module_names: None,
-    };
+    let config = LogConfig::new(LogLevel::Info, 7, 30);
     emulator.push_config(APP, SERIAL, &config).await.unwrap();
     let got = client
         .next_publish(SOON)

@@ -47,12 +47,7 @@ fn wait_for_needs_no_timer_in_the_callers_runtime() {
         .unwrap();
     let found = runtime.block_on(emulator.wait_for(|_| true, Duration::from_millis(50)));
     assert!(found.is_none());
-    let config = ulogger_cloud::wire::LogConfig {
-        level: ulogger_cloud::wire::LogLevel::Info,
-        module_flags: 0,
-        timeout_secs: 0,
-        module_names: None,
-    };
+    let config = ulogger_cloud::wire::LogConfig::new(ulogger_cloud::wire::LogLevel::Info, 0, 0);
     runtime
         .block_on(emulator.push_config(1, "SN", &config))
         .unwrap();
@@ -64,12 +59,7 @@ fn wait_for_needs_no_timer_in_the_callers_runtime() {
 async fn the_record_watcher_sees_records_in_order() {
     let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
     let mut watcher = emulator.watch_records();
-    let config = ulogger_cloud::wire::LogConfig {
-        level: ulogger_cloud::wire::LogLevel::Info,
-        module_flags: 0,
-        timeout_secs: 0,
-        module_names: None,
-    };
+    let config = ulogger_cloud::wire::LogConfig::new(ulogger_cloud::wire::LogLevel::Info, 0, 0);
     for serial in ["A", "B"] {
         emulator.push_config(1, serial, &config).await.unwrap();
     }
@@ -90,12 +80,7 @@ fn a_persistent_data_dir_keeps_certificates_and_appends_to_the_index() {
         .push_config_blocking(
             1,
             "SN",
-            &ulogger_cloud::wire::LogConfig {
-                level: ulogger_cloud::wire::LogLevel::Info,
-                module_flags: 0,
-                timeout_secs: 0,
-                module_names: None,
-            },
+            &ulogger_cloud::wire::LogConfig::new(ulogger_cloud::wire::LogLevel::Info, 0, 0),
         )
         .unwrap();
     drop(first);

@@ -100,6 +100,7 @@ pub struct SessionStore {
 
 /// One cached token, as listed by [`SessionStore::entries`].
 #[derive(Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TokenEntry {
     /// The device serial.
     pub serial: String,

@@ -11,6 +11,7 @@ const MIN_LEN: usize = 5;
 
 /// A device's identity: which application it runs, its serial and firmware.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct DeviceInfo {
     /// Application id the device's firmware belongs to.
     pub app_id: u32,

@@ -136,6 +136,7 @@ pub enum HeaderError {
 /// Fields a version does not carry are `None` (for example
 /// `sequence_number` in versions 3 and 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct LogHeader {
     /// Header version (byte 0); decides the layout.
     pub version: u8,

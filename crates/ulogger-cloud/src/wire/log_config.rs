@@ -13,6 +13,7 @@ const MAX_QUOTE: usize = 64;
 
 /// Minimum severity a device logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LogLevel {
     /// 0
     Debug,
@@ -69,6 +70,7 @@ impl fmt::Display for LogLevel {
 
 /// A log configuration for one device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct LogConfig {
     /// Minimum level to log.
     pub level: LogLevel,
@@ -121,6 +123,29 @@ pub enum LogConfigError {
 }
 
 impl LogConfig {
+    /// A configuration without module names.
+    ///
+    /// ```
+    /// use ulogger_cloud::wire::{LogConfig, LogLevel};
+    /// let config = LogConfig::new(LogLevel::Warning, 0b1011, 600)
+    ///     .with_module_names(vec!["net".into(), "ble".into()]);
+    /// assert_eq!(LogConfig::decode(&config.encode()).unwrap(), config);
+    /// ```
+    pub fn new(level: LogLevel, module_flags: u32, timeout_secs: u32) -> LogConfig {
+        LogConfig {
+            level,
+            module_flags,
+            timeout_secs,
+            module_names: None,
+        }
+    }
+
+    /// The same configuration naming its modules, in bit order.
+    pub fn with_module_names(mut self, names: Vec<String>) -> LogConfig {
+        self.module_names = Some(names);
+        self
+    }
+
     /// Decodes a log configuration payload.
     ///
     /// Nothing after the fixed part, or a JSON `null`, means no module

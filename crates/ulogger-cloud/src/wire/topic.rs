@@ -165,6 +165,7 @@ pub fn validate_publish_topic(topic: &str) -> Result<(), TopicError> {
 
 /// Which row of the topic table a topic is, with the ids it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TopicKind {
     /// `boot/v0/...`: a device's boot registration.
     Boot {

@@ -141,6 +141,7 @@ impl Cloud {
             // The cloud's own replies come back through its subscription
             // in built-in mode; configs are the cloud's too.
             TopicKind::BootReply { .. } | TopicKind::Config { .. } => {}
+            other => tracing::debug!(?other, "a topic kind the cloud does not handle yet"),
         }
     }
 
