@@ -406,3 +406,35 @@ fn the_blocking_client_enqueues_and_waits_for_delivery() {
     assert_eq!(delivered_numbers(&emu), [0, 1, 2]);
     client.shutdown();
 }
+
+#[tokio::test]
+async fn records_past_their_maximum_age_are_evicted_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(
+        offline_config(free_port()),
+        OutboxConfig::new(dir.path()).max_age(Duration::from_millis(50)),
+    );
+    let ids: Vec<RecordId> = enqueue_numbered(&client, 3).await;
+    for id in ids {
+        let err = tokio::time::timeout(WAIT, client.delivered(id))
+            .await
+            .expect("the age limit applies within a few seconds")
+            .unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Evicted { .. }), "{err}");
+    }
+    let status = client.outbox_status().unwrap();
+    assert_eq!((status.evicted, status.queued), (3, 0), "{status:?}");
+}
+
+async fn enqueue_numbered(client: &Client, n: usize) -> Vec<RecordId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            client
+                .enqueue_log(&device("SN-AGE"), &numbered_log(i))
+                .await
+                .unwrap(),
+        );
+    }
+    ids
+}

@@ -24,7 +24,8 @@ use crate::wire::DeviceInfo;
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// One batch takes at most this many appends.
 const BATCH_APPENDS: usize = 1024;
-/// How often an idle writer syncs acks and rewrites the status file.
+/// How often the writer evicts records past their age, syncs acks and
+/// rewrites the status file.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -417,15 +418,20 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn run(mut self, requests: Receiver<Request>, shared: Arc<Shared>) {
+        // Housekeeping (age limit, lazy ack sync, status file) runs about
+        // once a tick, busy or idle.
+        let mut next_tick = std::time::Instant::now() + IDLE_TICK;
         loop {
-            let first = match requests.recv_timeout(IDLE_TICK) {
+            let now = std::time::Instant::now();
+            if now >= next_tick {
+                self.expire(&shared);
+                self.sync_acks();
+                self.write_status(&shared);
+                next_tick = now + IDLE_TICK;
+            }
+            let first = match requests.recv_timeout(next_tick.saturating_duration_since(now)) {
                 Ok(request) => request,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.expire(&shared);
-                    self.sync_acks();
-                    self.write_status(&shared);
-                    continue;
-                }
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = vec![first];
