@@ -79,5 +79,7 @@ fn a_crash_after_a_puback_before_its_ack_is_written_loses_nothing() {
 
 #[test]
 fn a_crash_after_an_ack_is_written_loses_nothing() {
-    crash_and_recover("outbox-after-ack", 40);
+    // Acks are written once per acks file per writer batch, so this point
+    // is passed far fewer times than there are records.
+    crash_and_recover("outbox-after-ack", 1);
 }
