@@ -10,6 +10,7 @@ mod device;
 mod emulator;
 mod exit;
 mod inspect;
+mod make_log;
 mod outbox;
 mod outbox_upload;
 mod signal;
@@ -38,6 +39,8 @@ struct Cli {
 enum Command {
     /// Decode binary log files and check their headers and checksums.
     Inspect(inspect::Args),
+    /// Write valid binary logs (any header version and size) and a matching device-info dump.
+    MakeLog(make_log::Args),
     /// List, read and remove cached session tokens.
     #[command(subcommand)]
     Tokens(tokens::Command),
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
     let global = Global { json: cli.json };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
+        Command::MakeLog(args) => make_log::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),
         Command::Demo(args) => demo::run(global, args),
