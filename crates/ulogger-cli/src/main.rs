@@ -7,6 +7,7 @@ mod agent;
 mod connection;
 mod demo;
 mod device;
+mod docs;
 mod emulator;
 mod exit;
 mod inspect;
@@ -59,6 +60,10 @@ enum Command {
     /// Look at a durable outbox; retry or purge its dead records.
     #[command(subcommand)]
     Outbox(outbox::Command),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (troff), or write one per command with --out DIR.
+    Man(docs::ManArgs),
 }
 
 /// Options every subcommand may read.
@@ -82,6 +87,8 @@ fn main() -> std::process::ExitCode {
         Command::CoreDump(args) => upload::core_dump(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
         Command::Agent(args) => agent::run(global, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     exit::report(result)
 }
