@@ -15,9 +15,25 @@ use crate::exit::{Exit, Failure};
 use crate::signal::StopSignal;
 use crate::Global;
 
-/// Arguments of `ulogger emulator`.
+/// Arguments of `ulogger emulator`: run one, or a subcommand about one.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// List what an emulator (running or stopped) received, from its data directory.
+    Records(crate::emulator_records::Args),
+}
+
+/// Arguments of `ulogger emulator` when it runs an emulator.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// Address the broker listens on (port 0: any free port, reported at start).
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
     listen: SocketAddr,
@@ -73,8 +89,15 @@ pub struct Args {
     attach_password: Option<String>,
 }
 
-/// Runs the emulator until Ctrl-C or SIGTERM.
+/// Runs the emulator until Ctrl-C or SIGTERM, or the subcommand.
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    match args.command {
+        Some(Command::Records(records)) => crate::emulator_records::run(global, records),
+        None => run_emulator(global, args.run),
+    }
+}
+
+fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     let config = config(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,7 +139,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     stopped.context("the emulator failed").map_err(Exit::from)
 }
 
-fn config(args: &Args) -> Result<EmulatorConfig, Exit> {
+fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
     let mut config = EmulatorConfig::new(args.customer_id)
         .listen(args.listen)
         .data_dir(&args.data)

@@ -9,6 +9,7 @@ mod demo;
 mod device;
 mod docs;
 mod emulator;
+mod emulator_records;
 mod exit;
 mod inspect;
 mod make_log;
