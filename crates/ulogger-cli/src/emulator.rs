@@ -37,8 +37,10 @@ pub struct RunArgs {
     /// Address the broker listens on (port 0: any free port, reported at start).
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Data directory: the record index (index.jsonl), stored payloads and
-    /// the generated certificates (certs/, reused on the next run).
+    /// Data directory: the record index (index.jsonl), stored payloads,
+    /// the generated certificates (certs/, reused on the next run) and,
+    /// rewritten at each start, what the printed upload commands use:
+    /// sample-log.bin, device-info.bin and client.toml.
     #[arg(long, default_value = "ulogger-emulator-data", value_name = "DIR")]
     data: PathBuf,
     /// Plain MQTT instead of mutual TLS.
