@@ -15,14 +15,32 @@ use crate::exit::{Exit, Failure};
 use crate::signal::StopSignal;
 use crate::Global;
 
-/// Arguments of `ulogger emulator`.
+/// Arguments of `ulogger emulator`: run one, or a subcommand about one.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// List what an emulator (running or stopped) received, from its data directory.
+    Records(crate::emulator_records::Args),
+}
+
+/// Arguments of `ulogger emulator` when it runs an emulator.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// Address the broker listens on (port 0: any free port, reported at start).
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Data directory: the record index (index.jsonl), stored payloads and
-    /// the generated certificates (certs/, reused on the next run).
+    /// Data directory: the record index (index.jsonl), stored payloads,
+    /// the generated certificates (certs/, reused on the next run) and,
+    /// rewritten at each start, what the printed upload commands use:
+    /// sample-log.bin, device-info.bin and client.toml.
     #[arg(long, default_value = "ulogger-emulator-data", value_name = "DIR")]
     data: PathBuf,
     /// Plain MQTT instead of mutual TLS.
@@ -73,8 +91,15 @@ pub struct Args {
     attach_password: Option<String>,
 }
 
-/// Runs the emulator until Ctrl-C or SIGTERM.
+/// Runs the emulator until Ctrl-C or SIGTERM, or the subcommand.
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    match args.command {
+        Some(Command::Records(records)) => crate::emulator_records::run(global, records),
+        None => run_emulator(global, args.run),
+    }
+}
+
+fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     let config = config(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,7 +112,8 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         StopSignal::listen()?
     };
     let emulator = Emulator::start(config).map_err(start_failure)?;
-    print_banner(global, &emulator, args.attach.as_deref())?;
+    let sample = Sample::write(&emulator)?;
+    print_banner(global, &emulator, &sample, args.attach.as_deref())?;
 
     let mut records = emulator.watch_records();
     runtime.block_on(async {
@@ -115,7 +141,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     stopped.context("the emulator failed").map_err(Exit::from)
 }
 
-fn config(args: &Args) -> Result<EmulatorConfig, Exit> {
+fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
     let mut config = EmulatorConfig::new(args.customer_id)
         .listen(args.listen)
         .data_dir(&args.data)
@@ -179,9 +205,9 @@ fn client_flags(emulator: &Emulator) -> String {
             let _ = write!(
                 flags,
                 " --ca {} --cert {} --key {}",
-                absolute(&certs.ca_cert).display(),
-                absolute(&certs.client_cert).display(),
-                absolute(&certs.client_key).display()
+                shell_word(&absolute(&certs.ca_cert)),
+                shell_word(&absolute(&certs.client_cert)),
+                shell_word(&absolute(&certs.client_key))
             );
         }
         None => flags.push_str(" --plaintext"),
@@ -190,12 +216,131 @@ fn client_flags(emulator: &Emulator) -> String {
         let _ = write!(flags, " --group-id {group}");
     }
     if !emulator.topic_prefix().is_empty() {
-        let _ = write!(flags, " --prefix '{}'", emulator.topic_prefix());
+        let _ = write!(flags, " --prefix {}", shell_quote(emulator.topic_prefix()));
     }
     flags
 }
 
-fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> Result<(), Exit> {
+/// A path as one shell word.
+fn shell_word(path: &Path) -> String {
+    shell_quote(&path.display().to_string())
+}
+
+/// `text` as one shell word: as-is when it has only characters no shell
+/// treats specially, else single-quoted.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// `text` as a TOML basic string (a JSON string is one).
+fn toml_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// What a new user needs to try an upload at once, written into the data
+/// directory at every start: a log, the device it comes from, the settings
+/// as a config file, and the session-token cache of this cloud's tokens
+/// (a cache shared with another cloud would hold tokens this one never
+/// issued).
+struct Sample {
+    log: PathBuf,
+    device_info: PathBuf,
+    config_file: PathBuf,
+    config_text: String,
+    store: PathBuf,
+}
+
+impl Sample {
+    fn write(emulator: &Emulator) -> Result<Sample, Exit> {
+        let dir = absolute(emulator.data_dir());
+        let sample = Sample {
+            log: dir.join("sample-log.bin"),
+            device_info: dir.join("device-info.bin"),
+            config_file: dir.join("client.toml"),
+            config_text: config_text(emulator, &dir.join("session_tokens.json")),
+            store: dir.join("session_tokens.json"),
+        };
+        let log = crate::make_log::sample_log(4, 1024, 0, 0)?;
+        let device = crate::make_log::SampleDevice::default().info().encode();
+        for (path, bytes) in [
+            (&sample.log, log.as_slice()),
+            (&sample.device_info, device.as_slice()),
+            (&sample.config_file, sample.config_text.as_bytes()),
+        ] {
+            std::fs::write(path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(sample)
+    }
+
+    /// The upload of the sample log with every flag on the command line.
+    fn upload_command(&self, emulator: &Emulator) -> String {
+        format!(
+            "ulogger upload {} --store {} --device-info {} {}",
+            client_flags(emulator),
+            shell_word(&self.store),
+            shell_word(&self.device_info),
+            shell_word(&self.log)
+        )
+    }
+
+    /// The same upload with the connection settings from the config file.
+    fn config_upload_command(&self) -> String {
+        format!(
+            "ulogger upload --config {} --device-info {} {}",
+            shell_word(&self.config_file),
+            shell_word(&self.device_info),
+            shell_word(&self.log)
+        )
+    }
+}
+
+/// The settings of `client_flags` as a `ulogger --config` file.
+fn config_text(emulator: &Emulator, store: &Path) -> String {
+    let addr = emulator.addr();
+    let mut text =
+        String::from("# Written by `ulogger emulator` at each start: how to reach it.\n");
+    let _ = writeln!(text, "customer_id = {}", emulator.customer_id());
+    let _ = writeln!(text, "broker = {}", toml_string(&addr.ip().to_string()));
+    let _ = writeln!(text, "port = {}", addr.port());
+    match emulator.certs() {
+        Some(certs) => {
+            for (key, path) in [
+                ("ca", &certs.ca_cert),
+                ("cert", &certs.client_cert),
+                ("key", &certs.client_key),
+            ] {
+                let path = absolute(path).display().to_string();
+                let _ = writeln!(text, "{key} = {}", toml_string(&path));
+            }
+        }
+        None => text.push_str("plaintext = true\n"),
+    }
+    if let Some(group) = emulator.group_id() {
+        let _ = writeln!(text, "group_id = {group}");
+    }
+    if !emulator.topic_prefix().is_empty() {
+        let _ = writeln!(text, "prefix = {}", toml_string(emulator.topic_prefix()));
+    }
+    let store = store.display().to_string();
+    let _ = writeln!(text, "store = {}", toml_string(&store));
+    text
+}
+
+fn print_banner(
+    global: Global,
+    emulator: &Emulator,
+    sample: &Sample,
+    attached: Option<&str>,
+) -> Result<(), Exit> {
     let certs = emulator.certs();
     let path = |p: Option<&PathBuf>| p.map(|p| absolute(p).display().to_string());
     if global.json {
@@ -216,6 +361,11 @@ fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> 
             "data_dir": absolute(emulator.data_dir()).display().to_string(),
             "index": absolute(&emulator.index_path()).display().to_string(),
             "upload_flags": client_flags(emulator),
+            "upload_command": sample.upload_command(emulator),
+            "config_file": sample.config_file.display().to_string(),
+            "config_upload_command": sample.config_upload_command(),
+            "sample_log": sample.log.display().to_string(),
+            "device_info": sample.device_info.display().to_string(),
         });
         println!("{banner}");
         return Ok(());
@@ -263,8 +413,20 @@ fn print_banner(global: Global, emulator: &Emulator, attached: Option<&str>) -> 
             );
         }
     }
-    let _ = writeln!(out, "Connect with:");
-    let _ = writeln!(out, "  ulogger upload {} ...", client_flags(emulator));
+    let _ = writeln!(
+        out,
+        "Upload a sample log (written into the data directory):"
+    );
+    let _ = writeln!(out, "  {}", sample.upload_command(emulator));
+    let _ = writeln!(
+        out,
+        "Or with the settings from a config file ({}):",
+        sample.config_file.display()
+    );
+    for line in sample.config_text.lines().filter(|l| !l.starts_with('#')) {
+        let _ = writeln!(out, "    {line}");
+    }
+    let _ = writeln!(out, "  {}", sample.config_upload_command());
     let _ = writeln!(
         out,
         "Ctrl-C or SIGTERM stops (after storing what was acknowledged). Records as they arrive:"

@@ -7,9 +7,12 @@ mod agent;
 mod connection;
 mod demo;
 mod device;
+mod docs;
 mod emulator;
+mod emulator_records;
 mod exit;
 mod inspect;
+mod make_log;
 mod outbox;
 mod outbox_upload;
 mod signal;
@@ -38,6 +41,8 @@ struct Cli {
 enum Command {
     /// Decode binary log files and check their headers and checksums.
     Inspect(inspect::Args),
+    /// Write valid binary logs (any header version and size) and a matching device-info dump.
+    MakeLog(make_log::Args),
     /// List, read and remove cached session tokens.
     #[command(subcommand)]
     Tokens(tokens::Command),
@@ -56,6 +61,10 @@ enum Command {
     /// Look at a durable outbox; retry or purge its dead records.
     #[command(subcommand)]
     Outbox(outbox::Command),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (troff), or write one per command with --out DIR.
+    Man(docs::ManArgs),
 }
 
 /// Options every subcommand may read.
@@ -70,6 +79,7 @@ fn main() -> std::process::ExitCode {
     let global = Global { json: cli.json };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
+        Command::MakeLog(args) => make_log::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),
         Command::Demo(args) => demo::run(global, args),
@@ -78,6 +88,8 @@ fn main() -> std::process::ExitCode {
         Command::CoreDump(args) => upload::core_dump(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
         Command::Agent(args) => agent::run(global, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     exit::report(result)
 }

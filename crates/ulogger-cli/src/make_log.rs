@@ -1,0 +1,229 @@
+//! `ulogger make-log`: write valid binary logs (any header version, any
+//! data size, deterministic data from a seed) and, optionally, the BLE
+//! config-characteristic dump of a matching device: something to upload
+//! before a real device is at hand.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+use ulogger_cloud::wire::{build_log, DeviceInfo, LogHeader};
+
+use crate::exit::{Exit, Failure};
+use crate::Global;
+
+/// The tick rate written into version 3 and 4 headers (a 32 kHz crystal).
+const TICK_RATE_HZ: u32 = 32_768;
+
+/// Arguments of `ulogger make-log`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Header version of the logs (0-4).
+    #[arg(long, default_value_t = 4, value_name = "VERSION",
+          value_parser = clap::value_parser!(u8).range(0..=4))]
+    header_version: u8,
+    /// Log data bytes after the header (0-65535).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    size: u16,
+    /// Seed of the pseudo-random data: the same seed gives the same logs.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    seed: u64,
+    /// How many logs to write (each with different data).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+    /// Where to write: a file for one log, or a directory (created if
+    /// needed) that gets `log-00000.bin`, `log-00001.bin`, ... An existing
+    /// directory, or a path ending in `/`, is always a directory.
+    /// [default: log.bin for one log, the current directory for more]
+    #[arg(short, long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Also write a matching dump of the device's BLE config characteristic
+    /// (for `ulogger upload --device-info FILE`).
+    #[arg(long, value_name = "FILE")]
+    device_info: Option<PathBuf>,
+    #[command(flatten)]
+    device: SampleDevice,
+}
+
+/// The identity written with `--device-info`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleDevice {
+    /// Application id of the device-info dump.
+    #[arg(long, default_value_t = 1, requires = "device_info")]
+    app_id: u32,
+    /// Device serial of the device-info dump.
+    #[arg(long, default_value = "SN-0001", requires = "device_info")]
+    serial: String,
+    /// Device type of the device-info dump.
+    #[arg(long, default_value = "sample-board", requires = "device_info")]
+    device_type: String,
+    /// Firmware version of the device-info dump.
+    #[arg(long, default_value = "v1.0.0", requires = "device_info")]
+    git_version: String,
+    /// Firmware git hash of the device-info dump.
+    #[arg(long, default_value = "0000000", requires = "device_info")]
+    git_hash: String,
+}
+
+impl Default for SampleDevice {
+    fn default() -> Self {
+        SampleDevice {
+            app_id: 1,
+            serial: "SN-0001".to_owned(),
+            device_type: "sample-board".to_owned(),
+            git_version: "v1.0.0".to_owned(),
+            git_hash: "0000000".to_owned(),
+        }
+    }
+}
+
+impl SampleDevice {
+    pub fn info(&self) -> DeviceInfo {
+        DeviceInfo::new(
+            self.app_id,
+            &self.serial,
+            &self.device_type,
+            &self.git_version,
+            &self.git_hash,
+        )
+    }
+}
+
+/// What was written (also the JSON shape, one per file).
+#[derive(Debug, Serialize)]
+struct Written {
+    file: PathBuf,
+    kind: &'static str,
+    size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_version: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used_bytes: Option<u16>,
+}
+
+pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    let files = log_paths(args.out.as_deref(), args.count)?;
+    let mut written = Vec::new();
+    for (index, path) in (0u32..).zip(&files) {
+        let log = sample_log(args.header_version, args.size, args.seed, index)?;
+        std::fs::write(path, &log).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(Written {
+            file: path.clone(),
+            kind: "log",
+            size: log.len(),
+            header_version: Some(args.header_version),
+            used_bytes: Some(args.size),
+        });
+    }
+    if let Some(path) = &args.device_info {
+        let bytes = args.device.info().encode();
+        std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(Written {
+            file: path.clone(),
+            kind: "device-info",
+            size: bytes.len(),
+            header_version: None,
+            used_bytes: None,
+        });
+    }
+    for w in &written {
+        if global.json {
+            println!("{}", serde_json::to_string(w).map_err(anyhow::Error::from)?);
+        } else if let (Some(version), Some(used)) = (w.header_version, w.used_bytes) {
+            println!(
+                "{}: log, header version {version}, {used} data bytes, {} bytes",
+                w.file.display(),
+                w.size
+            );
+        } else {
+            println!("{}: device info, {} bytes", w.file.display(), w.size);
+        }
+    }
+    Ok(())
+}
+
+/// The files to write: `out` itself for one log unless it is a directory,
+/// else numbered names in the directory `out` (created).
+fn log_paths(out: Option<&Path>, count: u32) -> Result<Vec<PathBuf>, Exit> {
+    let is_dir = |p: &Path| p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/');
+    let dir = match out {
+        Some(path) if count == 1 && !is_dir(path) => return Ok(vec![path.to_path_buf()]),
+        None if count == 1 => return Ok(vec![PathBuf::from("log.bin")]),
+        Some(path) => path.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the directory {}", dir.display()))
+        .map_err(|e| Exit::new(Failure::BadInput, e))?;
+    Ok((0..count)
+        .map(|i| dir.join(format!("log-{i:05}.bin")))
+        .collect())
+}
+
+/// A valid log of header `version` with `size` data bytes, the same for the
+/// same `seed` and `index`: sequence number (versions 0-2) or anchor tick
+/// (3, 4) `index`, session token 0 and, in version 4, epoch time 0
+/// (unknown: the uploader fills it in).
+pub fn sample_log(version: u8, size: u16, seed: u64, index: u32) -> Result<Vec<u8>, Exit> {
+    let bad = |e| Exit::new(Failure::BadInput, anyhow::Error::new(e));
+    let mut header = LogHeader::new(version).map_err(bad)?;
+    if version <= 2 {
+        header.sequence_number = Some(index);
+    } else {
+        header.anchor_tick = Some(index.wrapping_mul(TICK_RATE_HZ));
+        header.tick_rate_hz = Some(TICK_RATE_HZ);
+    }
+    let data = pseudo_random(seed ^ u64::from(index).rotate_left(32), usize::from(size));
+    build_log(header, &data).map_err(bad)
+}
+
+/// `len` bytes of SplitMix64 output: fast, portable and stable across
+/// releases (unlike a library generator's stream), so a seed names data.
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ulogger_cloud::wire::validate_checksum;
+
+    #[test]
+    fn every_version_and_extreme_sizes_validate() {
+        for version in 0..=4 {
+            for size in [0, 1, 7, 65_535] {
+                let log = sample_log(version, size, 3, 1).unwrap();
+                let header = validate_checksum(&log).unwrap();
+                assert_eq!(header.version, version);
+                assert_eq!(header.used_bytes, size);
+            }
+        }
+    }
+
+    #[test]
+    fn the_seed_and_index_decide_the_data() {
+        assert_eq!(
+            sample_log(4, 100, 1, 0).unwrap(),
+            sample_log(4, 100, 1, 0).unwrap()
+        );
+        assert_ne!(
+            sample_log(4, 100, 1, 0).unwrap(),
+            sample_log(4, 100, 2, 0).unwrap()
+        );
+        assert_ne!(
+            sample_log(4, 100, 1, 0).unwrap(),
+            sample_log(4, 100, 1, 1).unwrap()
+        );
+    }
+}
