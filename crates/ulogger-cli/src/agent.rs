@@ -92,6 +92,8 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
 }
 
 async fn serve(global: Global, args: Args, stop: StopSignal) -> Result<(), Exit> {
+    // A bad config file is named before anything else is checked.
+    args.connection.file()?;
     if !args.inbox.is_dir() {
         return Err(Exit::new(
             Failure::BadInput,

@@ -12,6 +12,7 @@ mod exit;
 mod inspect;
 mod outbox;
 mod outbox_upload;
+mod settings;
 mod signal;
 mod tokens;
 mod upload;
@@ -29,6 +30,10 @@ struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// No log output: only results and the error report.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -56,6 +61,9 @@ enum Command {
     /// Look at a durable outbox; retry or purge its dead records.
     #[command(subcommand)]
     Outbox(outbox::Command),
+    /// Show the effective settings and where each came from.
+    #[command(subcommand)]
+    Config(settings::Command),
 }
 
 /// Options every subcommand may read.
@@ -66,7 +74,7 @@ struct Global {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.quiet);
     let global = Global { json: cli.json };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
@@ -78,13 +86,18 @@ fn main() -> std::process::ExitCode {
         Command::CoreDump(args) => upload::core_dump(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
         Command::Agent(args) => agent::run(global, args),
+        Command::Config(cmd) => settings::run(global, cmd),
     };
-    exit::report(result)
+    exit::report(result, global.json)
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, quiet: bool) {
     let default = match verbose {
-        0 => "warn",
+        _ if quiet => "off",
+        // A failed connection attempt is the command's error, reported
+        // once by `exit::report`; retries of a long-running command show
+        // with -v.
+        0 => "warn,ulogger_cloud::transport::driver=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -94,6 +107,11 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color())
         .init();
+}
+
+/// <https://no-color.org>: any non-empty `NO_COLOR` turns colour off.
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }

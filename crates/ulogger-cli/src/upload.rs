@@ -74,7 +74,7 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
 
 /// Uploads each file; reports each outcome; fails with the worst one.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
-    let device = args.device.device()?;
+    let device = args.device.device(args.connection.file()?)?;
     if let Some(dir) = &args.outbox {
         return crate::outbox_upload::upload(
             global,
@@ -103,7 +103,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
                 Ok(log) => client
                     .upload_log(&device, &log)
                     .await
-                    .map_err(|e| (exit::classify(&e), format!("{e:#}"))),
+                    .map_err(|e| (exit::classify(&e), exit::message(&e))),
             };
             let line = match &outcome {
                 Ok(receipt) => {
@@ -157,7 +157,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
 
 /// Performs a boot registration and prints the token.
 pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
-    let device = args.device.device()?;
+    let device = args.device.device(args.connection.file()?)?;
     runtime()?.block_on(async {
         let client = client(&args.connection, false).await?;
         let result = client.register(&device).await;
@@ -177,6 +177,7 @@ pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
 
 /// Publishes a core dump.
 pub fn core_dump(global: Global, args: CoreDumpArgs) -> Result<(), Exit> {
+    args.connection.file()?;
     let dump = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))
         .map_err(|e| Exit::new(Failure::BadInput, e))?;
