@@ -8,12 +8,13 @@
 //! | 2 | bad input: arguments, files, ids, a log that fails validation |
 //! | 3 | network failure: could not connect, timed out (also waiting for a boot reply), connection lost |
 //! | 4 | the cloud refused: broker refused the connection or a subscription, unusable boot reply |
+//! | 130 | interrupted (Ctrl-C) |
 //!
 //! A failure is one line on stderr, `error: ` and its causes each said
 //! once, followed by a `hint: ` line when there is a likely fix. With
 //! `--json` it is instead one JSON object on stderr (stdout keeps only
 //! results): `{"error": {"kind", "message", "hint", "exit_code"}}`, `kind`
-//! being `internal`, `bad_input`, `network`, or `refused`.
+//! being `internal`, `bad_input`, `network`, `refused` or `interrupted`.
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -31,6 +32,8 @@ pub enum Failure {
     Network = 3,
     /// The cloud refused.
     Refused = 4,
+    /// Stopped by Ctrl-C before the work was done.
+    Interrupted = 130,
 }
 
 impl Failure {
@@ -41,6 +44,7 @@ impl Failure {
             Failure::BadInput => "bad_input",
             Failure::Network => "network",
             Failure::Refused => "refused",
+            Failure::Interrupted => "interrupted",
         }
     }
 }

@@ -5,7 +5,10 @@
 
 mod support;
 
+use std::time::Instant;
+
 use support::sandbox::*;
+use ulogger_emulator::{BootReplyMode, RecordKind};
 
 /// The run's `hint:` line.
 fn hint(run: &Run) -> String {
@@ -103,6 +106,50 @@ fn not_authorized_suggests_checking_the_customer_id() {
     let hint = hint(&run);
     assert!(hint.contains("cust-{customer id}-"), "{hint}");
     assert!(hint.contains("--customer-id (now 999)"), "{hint}");
+}
+
+#[test]
+fn a_boot_reply_timeout_names_the_topic_and_fails_the_other_files_at_once() {
+    let emu = plaintext_emulator();
+    emu.faults().set_boot_reply(BootReplyMode::None);
+    let sandbox = Sandbox::new();
+    let logs = numbered_logs(&sandbox, 3);
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-NOREPLY"));
+    args.extend(strings(&["--no-store", "--token-timeout", "1"]));
+    args.extend(logs.iter().map(|l| s(l)));
+
+    let started = Instant::now();
+    let run = sandbox.run(&args).expect_code(3);
+
+    // One registration, one wait: the other files fail with its reason.
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert_eq!(
+        emu.records()
+            .iter()
+            .filter(|r| r.kind == RecordKind::Boot)
+            .count(),
+        1
+    );
+    for log in &logs {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&s(log)))
+            .unwrap_or_else(|| panic!("{}", run.stdout));
+        assert!(line.contains("boot reply"), "{line}");
+    }
+    let hint = hint(&run);
+    assert!(
+        hint.contains(&format!("boot/v0/{CUSTOMER}/{APP}/SN-NOREPLY")),
+        "{hint}"
+    );
+    assert!(hint.contains("--token-timeout"), "{hint}");
+    assert!(
+        run.stdout.contains("0 uploaded, 3 failed"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -213,5 +260,113 @@ fn json_errors_are_one_object_on_stderr() {
     assert!(
         error["hint"].as_str().unwrap().contains("tokens clear"),
         "{report}"
+    );
+}
+
+#[test]
+fn a_multi_file_upload_ends_with_a_summary() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let logs = numbered_logs(&sandbox, 3);
+    let missing = sandbox.path("missing.bin");
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-SUMMARY"));
+    args.push("--no-store".to_owned());
+    args.extend(logs.iter().map(|l| s(l)));
+    args.push(s(&missing));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    let bytes: usize = (0..3).map(|n| numbered_log(n).len()).sum();
+    let last = run.stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!("3 uploaded, 1 failed, {bytes} bytes in ")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("1 of 4 files failed"), "{}", run.stderr);
+}
+
+#[test]
+fn ctrl_c_stops_an_upload_with_the_summary() {
+    let emu = plaintext_emulator();
+    emu.faults().set_boot_reply(BootReplyMode::None);
+    let sandbox = Sandbox::new();
+    let logs = numbered_logs(&sandbox, 2);
+    let mut args = connect_args("upload", &emu);
+    args.extend(device_args("SN-CTRLC"));
+    args.extend(strings(&["--no-store", "--token-timeout", "60"]));
+    args.extend(logs.iter().map(|l| s(l)));
+    let mut command = sandbox.command(&[]);
+    command
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    // The upload is waiting for its boot reply once the cloud has the
+    // registration.
+    emu.wait_for_blocking(|r| r.kind == RecordKind::Boot, PATIENCE)
+        .expect("a registration");
+
+    let started = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let run = Run::from(child.wait_with_output().unwrap()).expect_code(130);
+
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert!(
+        run.stdout
+            .contains("0 uploaded, 0 failed, 2 not uploaded, 0 bytes in "),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+}
+
+#[test]
+fn ctrl_c_stops_the_wait_for_a_broker_that_does_not_answer() {
+    // Accepts the connection, never answers the CONNECT.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let mut args = strings(&[
+        "upload",
+        "--broker",
+        "127.0.0.1",
+        "--plaintext",
+        "--customer-id",
+        "1",
+    ]);
+    args.extend([
+        "--port".to_owned(),
+        listener.local_addr().unwrap().port().to_string(),
+    ]);
+    args.extend(device_args("SN-CTRLC-CONNECT"));
+    args.extend(strings(&["--no-store", "--timeout", "60", &s(&log)]));
+    let mut command = sandbox.command(&[]);
+    command
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    let _connection = listener.accept().unwrap();
+
+    let started = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let run = Run::from(child.wait_with_output().unwrap()).expect_code(130);
+
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    assert!(
+        run.stderr
+            .contains("interrupted: 1 of 1 files not uploaded"),
+        "{}",
+        run.stderr
     );
 }
