@@ -23,22 +23,40 @@ use crate::exit::{self, Exit, Failure};
 pub const DEFAULT_TOKEN_TIMEOUT_SECS: u64 = 15;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
 
-/// The config file and the session-token store: what every command that
-/// reads settings or touches the token store takes.
+/// The config file: what every command that reads settings takes.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct FileArgs {
+pub struct ConfigArg {
     /// Config file (TOML) with defaults for every setting
     /// [default: ~/.ulogger/config.toml, read if it exists; $ULOGGER_HOME
     /// stands for ~/.ulogger].
     #[arg(long, env = "ULOGGER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The config file, once read.
+    #[arg(skip)]
+    loaded: OnceLock<ConfigFile>,
+}
+
+impl ConfigArg {
+    /// The config file (read once; empty when there is none).
+    pub fn file(&self) -> Result<&ConfigFile, Exit> {
+        if let Some(file) = self.loaded.get() {
+            return Ok(file);
+        }
+        let file = load_file(self.config.as_deref())?;
+        Ok(self.loaded.get_or_init(|| file))
+    }
+}
+
+/// The config file and the session-token store: what every command that
+/// touches the token store takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FileArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Session-token cache file [default: ~/.ulogger/session_tokens.json;
     /// $ULOGGER_HOME stands for ~/.ulogger].
     #[arg(long, env = "ULOGGER_STORE", value_name = "FILE")]
     pub store: Option<PathBuf>,
-    /// The config file, once read.
-    #[arg(skip)]
-    loaded: OnceLock<ConfigFile>,
 }
 
 /// How to reach the broker.
@@ -122,6 +140,12 @@ pub struct ConfigFile {
     pub device_type: Option<String>,
     pub git_version: Option<String>,
     pub git_hash: Option<String>,
+    pub stamp_time: Option<bool>,
+    pub outbox: Option<PathBuf>,
+    pub inbox: Option<PathBuf>,
+    pub rejected: Option<PathBuf>,
+    pub scan_interval: Option<u64>,
+    pub summary_interval: Option<u64>,
     /// Which file this came from, if any.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -167,11 +191,7 @@ fn load_file(explicit: Option<&Path>) -> Result<ConfigFile, Exit> {
 impl FileArgs {
     /// The config file (read once; empty when there is none).
     pub fn file(&self) -> Result<&ConfigFile, Exit> {
-        if let Some(file) = self.loaded.get() {
-            return Ok(file);
-        }
-        let file = load_file(self.config.as_deref())?;
-        Ok(self.loaded.get_or_init(|| file))
+        self.config.file()
     }
 
     /// The session-token file: flag or environment, else the config
@@ -288,6 +308,18 @@ impl ConnectionArgs {
         }
         SessionStore::open(self.files.store_path()?).map_err(store_failure)
     }
+}
+
+/// A required setting that no flag, variable or file key gave.
+pub fn missing(flag: &str) -> Exit {
+    let key = flag.replace('-', "_");
+    Exit::new(
+        Failure::BadInput,
+        anyhow!(
+            "no {flag}: pass --{flag}, set ULOGGER_{} or {key} in the config file",
+            key.to_uppercase()
+        ),
+    )
 }
 
 /// A yes/no value, as flags and `ULOGGER_*` variables take it: `1`,

@@ -1,6 +1,8 @@
 //! `ulogger config show`: the effective settings and where each came from
 //! (flag, environment, config file, default).
 
+use std::path::PathBuf;
+
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
 use serde_json::json;
@@ -17,7 +19,7 @@ use crate::Global;
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Print the effective settings and where each came from (flag,
-    /// environment, file, default). Takes the same flags as `upload`.
+    /// environment, file, default). Takes every setting's flag.
     Show(ShowArgs),
 }
 
@@ -28,6 +30,26 @@ pub struct ShowArgs {
     connection: ConnectionArgs,
     #[command(flatten)]
     device: DeviceArgs,
+    /// As `upload --stamp-time` and `agent --stamp-time`.
+    #[arg(long, env = "ULOGGER_STAMP_TIME", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = crate::connection::boolish)]
+    stamp_time: Option<bool>,
+    /// As `upload --outbox`, `agent --outbox` and `outbox --outbox`.
+    #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
+    outbox: Option<PathBuf>,
+    /// As `agent --inbox`.
+    #[arg(long, env = "ULOGGER_INBOX", value_name = "DIR")]
+    inbox: Option<PathBuf>,
+    /// As `agent --rejected`.
+    #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
+    rejected: Option<PathBuf>,
+    /// As `agent --scan-interval`.
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    scan_interval: Option<u64>,
+    /// As `agent --summary-interval`.
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    summary_interval: Option<u64>,
 }
 
 /// One setting: its key (the config file's, the flag's with `-`), its
@@ -165,6 +187,42 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             None,
         ),
         ("git_hash", d.git_hash.clone(), file.git_hash.clone(), None),
+        (
+            "stamp_time",
+            args.stamp_time.map(|v| s(&v)),
+            file.stamp_time.map(|v| s(&v)),
+            Some("false".to_owned()),
+        ),
+        (
+            "outbox",
+            args.outbox.as_ref().map(path),
+            file.outbox.as_ref().map(path),
+            None,
+        ),
+        (
+            "inbox",
+            args.inbox.as_ref().map(path),
+            file.inbox.as_ref().map(path),
+            None,
+        ),
+        (
+            "rejected",
+            args.rejected.as_ref().map(path),
+            file.rejected.as_ref().map(path),
+            Some("a rejected folder beside the inbox".to_owned()),
+        ),
+        (
+            "scan_interval",
+            args.scan_interval.map(|v| s(&v)),
+            file.scan_interval.map(|v| s(&v)),
+            Some("500".to_owned()),
+        ),
+        (
+            "summary_interval",
+            args.summary_interval.map(|v| s(&v)),
+            file.summary_interval.map(|v| s(&v)),
+            Some("60".to_owned()),
+        ),
     ];
     let mut settings: Vec<Setting> = rows
         .into_iter()
@@ -188,12 +246,13 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             },
         )
         .collect();
-    let config_source = match (&c.files.config, matches.as_ref()) {
+    let config_source = match (&c.files.config.config, matches.as_ref()) {
         (Some(_), m) => given_source(m, "config"),
         (None, _) => "default",
     };
     let config_path = c
         .files
+        .config
         .config
         .clone()
         .or_else(|| file.path.clone())

@@ -22,12 +22,15 @@ pub struct UploadArgs {
     connection: ConnectionArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Write the gateway's clock into version-4 headers whose time is 0.
-    #[arg(long)]
-    stamp_time: bool,
+    /// Write the gateway's clock into version-4 headers whose time is 0
+    /// [default: false].
+    #[arg(long, env = "ULOGGER_STAMP_TIME", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = crate::connection::boolish)]
+    stamp_time: Option<bool>,
     /// Make every file durable in this outbox directory first, then
     /// deliver; a rerun after a crash or Ctrl-C sends only what was not
-    /// delivered.
+    /// delivered [default: none: upload directly].
     #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
     outbox: Option<PathBuf>,
     /// Binary log files, as read from the device.
@@ -80,12 +83,14 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
 /// remaining files at once, with the same reason, instead of registering
 /// again for each.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
-    let device = args.device.device(args.connection.file()?)?;
-    if let Some(dir) = &args.outbox {
+    let file = args.connection.file()?;
+    let device = args.device.device(file)?;
+    let stamp_time = args.stamp_time.or(file.stamp_time).unwrap_or(false);
+    if let Some(dir) = args.outbox.as_ref().or(file.outbox.as_ref()) {
         return crate::outbox_upload::upload(
             global,
             &args.connection,
-            args.stamp_time,
+            stamp_time,
             &device,
             &args.files,
             dir,
@@ -103,7 +108,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
         let stop = stop.wait();
         tokio::pin!(stop);
         let client = tokio::select! {
-            client = client(&args.connection, args.stamp_time) => client?,
+            client = client(&args.connection, stamp_time) => client?,
             _ = &mut stop => return Err(interrupted(0, args.files.len())),
         };
         let progress = (args.files.len() > 1 && !global.json).then(|| {

@@ -206,3 +206,51 @@ fn boolean_variables_take_the_usual_spellings() {
     assert!(run.stderr.contains("yes"), "{}", run.stderr);
     assert_eq!(emu.issued_tokens().len(), 4);
 }
+
+#[test]
+fn the_outbox_and_stamp_time_come_from_the_config_file_too() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let outbox = sandbox.path("outbox");
+    let config = config_for(
+        &sandbox,
+        &emu,
+        &format!(
+            "{DEVICE_KEYS}no_pacing = true\nstamp_time = true\noutbox = {:?}\n",
+            s(&outbox)
+        ),
+    );
+    let log = sandbox.write("log.bin", &v4_log(20));
+
+    let run = sandbox
+        .run(&strings(&[
+            "upload",
+            "--no-store",
+            "--config",
+            &s(&config),
+            &s(&log),
+        ]))
+        .expect_code(0);
+    assert!(
+        run.stdout.contains(&format!("in {}", s(&outbox))),
+        "{}",
+        run.stdout
+    );
+
+    let status = sandbox
+        .run(&strings(&["outbox", "status", "--config", &s(&config)]))
+        .expect_code(0);
+    assert!(status.stdout.contains(&s(&outbox)), "{}", status.stdout);
+    let shown = sandbox
+        .run(&strings(&[
+            "--json",
+            "config",
+            "show",
+            "--config",
+            &s(&config),
+        ]))
+        .expect_code(0);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["stamp_time"]["value"], "true", "{shown}");
+    assert_eq!(shown["outbox"]["source"], "file", "{shown}");
+}
