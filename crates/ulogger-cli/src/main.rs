@@ -73,7 +73,10 @@ struct Global {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_tracing(cli.verbose, cli.quiet);
     let global = Global { json: cli.json };
     let result = match cli.command {
@@ -109,6 +112,28 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color())
         .init();
+}
+
+/// clap's report of bad arguments, or with `--json` the same one-object
+/// error report as every other failure (`exit::report`).
+fn usage_error(error: clap::Error) -> std::process::ExitCode {
+    let json = std::env::args_os().any(|a| a == "--json");
+    if !json || !error.use_stderr() {
+        error.exit();
+    }
+    let text = error.to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    exit::report(
+        Err(exit::Exit::new(
+            exit::Failure::BadInput,
+            anyhow::anyhow!("{message}"),
+        )),
+        true,
+    )
 }
 
 /// <https://no-color.org>: any non-empty `NO_COLOR` turns colour off.

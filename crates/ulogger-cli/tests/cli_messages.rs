@@ -261,6 +261,24 @@ fn json_errors_are_one_object_on_stderr() {
         error["hint"].as_str().unwrap().contains("tokens clear"),
         "{report}"
     );
+
+    // Bad arguments too.
+    let run = sandbox
+        .run_with_env(
+            &[("ULOGGER_PLAINTEXT", "maybe".to_owned())],
+            &strings(&["--json", "config", "show"]),
+        )
+        .expect_code(2);
+    let report: serde_json::Value =
+        serde_json::from_str(run.stderr.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.stderr));
+    assert_eq!(report["error"]["kind"], "bad_input", "{report}");
+    assert!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'maybe'"),
+        "{report}"
+    );
 }
 
 #[test]
