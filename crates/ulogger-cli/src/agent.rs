@@ -182,7 +182,10 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                 if let Ok((id, label, result)) = done {
                     match result {
                         Ok(()) => event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {label} (record {id})")),
-                        Err(e) => event(global, "failed", json!({"file": label, "id": id.0, "error": e.to_string()}), &format!("FAILED {label} (record {id}): {e}")),
+                        Err(e) => {
+                            let error = exit::message(&e);
+                            event(global, "failed", json!({"file": label, "id": id.0, "error": error}), &format!("FAILED {label} (record {id}): {error}"));
+                        }
                     }
                 }
             }
@@ -289,9 +292,9 @@ async fn enqueue(client: &Client, file: &Found) -> Result<RecordId, Refusal> {
     };
     result.map_err(|e| {
         if e.is_invalid_input() {
-            Refusal::Invalid(e.to_string())
+            Refusal::Invalid(exit::message(&e))
         } else {
-            Refusal::Later(e.to_string())
+            Refusal::Later(exit::message(&e))
         }
     })
 }
