@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use ulogger_cloud::wire::DeviceInfo;
 use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
 
-use crate::connection::ConnectionArgs;
+use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
 use crate::signal::StopSignal;
 use crate::Global;
@@ -38,24 +38,38 @@ pub struct Args {
     #[command(flatten)]
     connection: ConnectionArgs,
     /// The inbox: one folder per device, holding its identity and the
-    /// files to send.
+    /// files to send (required).
     #[arg(long, env = "ULOGGER_INBOX", value_name = "DIR")]
-    inbox: PathBuf,
-    /// The durable outbox directory (owned by this agent while it runs).
+    inbox: Option<PathBuf>,
+    /// The durable outbox directory, owned by this agent while it runs
+    /// (required).
     #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
-    outbox: PathBuf,
+    outbox: Option<PathBuf>,
     /// Where invalid files go, each with a `.reason` file [default: a
     /// `rejected` folder beside the inbox].
     #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
     rejected: Option<PathBuf>,
-    /// Milliseconds between two looks at the inbox.
-    #[arg(long, default_value_t = 500, value_name = "MS")]
+    /// Milliseconds between two looks at the inbox [default: 500].
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    scan_interval: Option<u64>,
+    /// Seconds between two summary lines [default: 60].
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    summary_interval: Option<u64>,
+    /// Write the gateway's clock into version-4 headers whose time is 0
+    /// [default: false].
+    #[arg(long, env = "ULOGGER_STAMP_TIME", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = crate::connection::boolish)]
+    stamp_time: Option<bool>,
+}
+
+/// The agent's settings, from flags, environment and config file.
+struct Service {
+    inbox: PathBuf,
+    outbox: PathBuf,
+    rejected: Option<PathBuf>,
     scan_interval: u64,
-    /// Seconds between two summary lines.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
     summary_interval: u64,
-    /// Write the gateway's clock into version-4 headers whose time is 0.
-    #[arg(long)]
     stamp_time: bool,
 }
 
@@ -91,7 +105,25 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     runtime.block_on(serve(global, args, stop))
 }
 
-async fn serve(global: Global, args: Args, stop: StopSignal) -> Result<(), Exit> {
+async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> {
+    // A bad config file is named before anything else is checked.
+    let file = cli.connection.file()?;
+    let args = Service {
+        inbox: cli
+            .inbox
+            .clone()
+            .or_else(|| file.inbox.clone())
+            .ok_or_else(|| missing("inbox"))?,
+        outbox: cli
+            .outbox
+            .clone()
+            .or_else(|| file.outbox.clone())
+            .ok_or_else(|| missing("outbox"))?,
+        rejected: cli.rejected.clone().or_else(|| file.rejected.clone()),
+        scan_interval: cli.scan_interval.or(file.scan_interval).unwrap_or(500),
+        summary_interval: cli.summary_interval.or(file.summary_interval).unwrap_or(60),
+        stamp_time: cli.stamp_time.or(file.stamp_time).unwrap_or(false),
+    };
     if !args.inbox.is_dir() {
         return Err(Exit::new(
             Failure::BadInput,
@@ -104,7 +136,7 @@ async fn serve(global: Global, args: Args, stop: StopSignal) -> Result<(), Exit>
             .context("cannot resolve the inbox path")?
             .with_file_name("rejected"),
     };
-    let (config, store) = args.connection.resolve()?;
+    let (config, store) = cli.connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
         .stamp_epoch_time(args.stamp_time)
@@ -150,7 +182,10 @@ async fn serve(global: Global, args: Args, stop: StopSignal) -> Result<(), Exit>
                 if let Ok((id, label, result)) = done {
                     match result {
                         Ok(()) => event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {label} (record {id})")),
-                        Err(e) => event(global, "failed", json!({"file": label, "id": id.0, "error": e.to_string()}), &format!("FAILED {label} (record {id}): {e}")),
+                        Err(e) => {
+                            let error = exit::message(&e);
+                            event(global, "failed", json!({"file": label, "id": id.0, "error": error}), &format!("FAILED {label} (record {id}): {error}"));
+                        }
                     }
                 }
             }
@@ -257,9 +292,9 @@ async fn enqueue(client: &Client, file: &Found) -> Result<RecordId, Refusal> {
     };
     result.map_err(|e| {
         if e.is_invalid_input() {
-            Refusal::Invalid(e.to_string())
+            Refusal::Invalid(exit::message(&e))
         } else {
-            Refusal::Later(e.to_string())
+            Refusal::Later(exit::message(&e))
         }
     })
 }

@@ -1,26 +1,69 @@
-//! Connection settings from flags, `ULOGGER_*` environment variables and a
-//! config file, in that order of precedence.
+//! Settings from flags, `ULOGGER_*` environment variables and a config
+//! file, in that order of precedence; the one place every command reads
+//! them from.
 //!
 //! clap resolves flag-over-environment; values neither gives are taken from
 //! the config file (`--config`, `ULOGGER_CONFIG`, or
 //! `$ULOGGER_HOME/config.toml`, default `~/.ulogger/config.toml` when it
-//! exists), then from the library's defaults.
+//! exists), then from the library's defaults. The file's keys are the
+//! flags' names with `_` for `-`; an unknown key is an error naming it,
+//! reported before anything else is checked.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use serde::Deserialize;
-use ulogger_cloud::{MqttConfig, Pacing, Security, SessionStore};
+use ulogger_cloud::{MqttConfig, Pacing, Security, SessionStore, StoreError};
 
-use crate::exit::{Exit, Failure};
+use crate::exit::{self, Exit, Failure};
+
+/// The library's defaults, as `config show` and the help texts name them.
+pub const DEFAULT_TOKEN_TIMEOUT_SECS: u64 = 15;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
+
+/// The config file: what every command that reads settings takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArg {
+    /// Config file (TOML) with defaults for every setting
+    /// [default: ~/.ulogger/config.toml, read if it exists; $ULOGGER_HOME
+    /// stands for ~/.ulogger].
+    #[arg(long, env = "ULOGGER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The config file, once read.
+    #[arg(skip)]
+    loaded: OnceLock<ConfigFile>,
+}
+
+impl ConfigArg {
+    /// The config file (read once; empty when there is none).
+    pub fn file(&self) -> Result<&ConfigFile, Exit> {
+        if let Some(file) = self.loaded.get() {
+            return Ok(file);
+        }
+        let file = load_file(self.config.as_deref())?;
+        Ok(self.loaded.get_or_init(|| file))
+    }
+}
+
+/// The config file and the session-token store: what every command that
+/// touches the token store takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FileArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Session-token cache file [default: ~/.ulogger/session_tokens.json;
+    /// $ULOGGER_HOME stands for ~/.ulogger].
+    #[arg(long, env = "ULOGGER_STORE", value_name = "FILE")]
+    pub store: Option<PathBuf>,
+}
 
 /// How to reach the broker.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectionArgs {
-    /// Config file (TOML) with defaults for these settings.
-    #[arg(long, env = "ULOGGER_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: FileArgs,
     /// Broker host [default: mqtt.ulogger.ai].
     #[arg(long, env = "ULOGGER_BROKER")]
     pub broker: Option<String>,
@@ -45,14 +88,18 @@ pub struct ConnectionArgs {
     /// Prefix put before every topic, as-is.
     #[arg(long, env = "ULOGGER_PREFIX")]
     pub prefix: Option<String>,
-    /// Connect WITHOUT TLS (local brokers only).
-    #[arg(long, env = "ULOGGER_PLAINTEXT")]
-    pub plaintext: bool,
+    /// Connect WITHOUT TLS (local brokers only) [default: false].
+    #[arg(long, env = "ULOGGER_PLAINTEXT", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = boolish)]
+    pub plaintext: Option<bool>,
     /// Publish as fast as the broker takes it, instead of pacing to the
     /// platform's per-connection limits (100 publishes/s, 512 KiB/s).
-    /// For local brokers.
-    #[arg(long, env = "ULOGGER_NO_PACING")]
-    pub no_pacing: bool,
+    /// For local brokers [default: false].
+    #[arg(long, env = "ULOGGER_NO_PACING", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = boolish)]
+    pub no_pacing: Option<bool>,
     /// Connections sharing the load, each with its own client id and the
     /// platform's per-connection limits [default: 1].
     #[arg(long, env = "ULOGGER_CONNECTIONS", value_name = "N")]
@@ -64,72 +111,132 @@ pub struct ConnectionArgs {
     /// [default: 10].
     #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Session-token cache file [default: ~/.ulogger/session_tokens.json].
-    #[arg(long, env = "ULOGGER_STORE", value_name = "FILE")]
-    pub store: Option<PathBuf>,
     /// Keep session tokens in memory only (register on every run).
     #[arg(long)]
     pub no_store: bool,
 }
 
 /// The config file's contents: every field optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
-    broker: Option<String>,
-    port: Option<u16>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    customer_id: Option<u32>,
-    group_id: Option<u32>,
-    prefix: Option<String>,
-    plaintext: Option<bool>,
-    no_pacing: Option<bool>,
-    connections: Option<usize>,
-    token_timeout: Option<u64>,
-    timeout: Option<u64>,
-    store: Option<PathBuf>,
+pub struct ConfigFile {
+    pub broker: Option<String>,
+    pub port: Option<u16>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub customer_id: Option<u32>,
+    pub group_id: Option<u32>,
+    pub prefix: Option<String>,
+    pub plaintext: Option<bool>,
+    pub no_pacing: Option<bool>,
+    pub connections: Option<usize>,
+    pub token_timeout: Option<u64>,
+    pub timeout: Option<u64>,
+    pub store: Option<PathBuf>,
+    pub device_info: Option<PathBuf>,
+    pub app_id: Option<u32>,
+    pub serial: Option<String>,
+    pub device_type: Option<String>,
+    pub git_version: Option<String>,
+    pub git_hash: Option<String>,
+    pub stamp_time: Option<bool>,
+    pub outbox: Option<PathBuf>,
+    pub inbox: Option<PathBuf>,
+    pub rejected: Option<PathBuf>,
+    pub scan_interval: Option<u64>,
+    pub summary_interval: Option<u64>,
+    /// Which file this came from, if any.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
-fn default_config_path() -> Option<PathBuf> {
+/// `$ULOGGER_HOME/config.toml`, `ULOGGER_HOME` defaulting to `~/.ulogger`.
+pub fn default_config_path() -> Option<PathBuf> {
     let home = std::env::var_os("ULOGGER_HOME")
+        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ulogger")))?;
     Some(home.join("config.toml"))
 }
 
 fn load_file(explicit: Option<&Path>) -> Result<ConfigFile, Exit> {
+    let bad = |e: anyhow::Error| Exit::new(Failure::BadInput, e);
     let path = match explicit {
-        Some(path) => path.to_path_buf(),
+        Some(path) => {
+            if !path.exists() {
+                return Err(bad(anyhow!(
+                    "the config file {} does not exist (named by --config or ULOGGER_CONFIG)",
+                    path.display()
+                )));
+            }
+            path.to_path_buf()
+        }
         None => match default_config_path() {
             Some(path) if path.exists() => path,
             _ => return Ok(ConfigFile::default()),
         },
     };
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read config file {}", path.display()))
-        .map_err(|e| Exit::new(Failure::BadInput, e))?;
-    toml::from_str(&text)
+        .with_context(|| format!("cannot read the config file {}", path.display()))
+        .map_err(bad)?;
+    let mut file: ConfigFile = toml::from_str(&text)
+        .map_err(|e| anyhow!("{}", e.message()))
         .with_context(|| format!("invalid config file {}", path.display()))
-        .map_err(|e| Exit::new(Failure::BadInput, e))
+        .map_err(bad)?;
+    file.path = Some(path);
+    Ok(file)
+}
+
+impl FileArgs {
+    /// The config file (read once; empty when there is none).
+    pub fn file(&self) -> Result<&ConfigFile, Exit> {
+        self.config.file()
+    }
+
+    /// The session-token file: flag or environment, else the config
+    /// file's `store`, else the default.
+    pub fn store_path(&self) -> Result<PathBuf, Exit> {
+        let from_file = self.file()?.store.clone();
+        match self.store.clone().or(from_file) {
+            Some(path) => Ok(path),
+            None => SessionStore::default_path().map_err(store_failure),
+        }
+    }
+}
+
+/// A session-token store error, with the way out of a corrupt file.
+pub fn store_failure(error: StoreError) -> Exit {
+    let (failure, hint) = match &error {
+        StoreError::Corrupt { .. } => (Failure::BadInput, Some(exit::corrupt_store_hint())),
+        StoreError::NoHomeDir => (Failure::BadInput, None),
+        _ => (Failure::Internal, None),
+    };
+    Exit::new(failure, error).with_hint(hint)
 }
 
 impl ConnectionArgs {
+    /// The config file (read once).
+    pub fn file(&self) -> Result<&ConfigFile, Exit> {
+        self.files.file()
+    }
+
     /// The broker settings and the session-token store, from flags and
-    /// environment over the config file (read once).
+    /// environment over the config file.
     pub fn resolve(&self) -> Result<(MqttConfig, SessionStore), Exit> {
-        let file = load_file(self.config.as_deref())?;
-        let config = self.mqtt_config(&file)?;
-        Ok((config, self.session_store(&file)?))
+        let file = self.file()?;
+        let config = self.mqtt_config(file)?;
+        Ok((config, self.session_store()?))
+    }
+
+    /// True when the connection is to go without TLS.
+    pub fn is_plaintext(&self, file: &ConfigFile) -> bool {
+        self.plaintext.or(file.plaintext).unwrap_or(false)
     }
 
     fn mqtt_config(&self, file: &ConfigFile) -> Result<MqttConfig, Exit> {
         let customer_id = self.customer_id.or(file.customer_id).ok_or_else(|| {
-            Exit::new(
-                Failure::BadInput,
-                anyhow::anyhow!("no customer id: pass --customer-id, set ULOGGER_CUSTOMER_ID or customer_id in the config file"),
-            )
+            bad_input("no customer id: pass --customer-id, set ULOGGER_CUSTOMER_ID or customer_id in the config file")
         })?;
         let mut config = MqttConfig::new(customer_id);
         if let Some(broker) = self.broker.clone().or_else(|| file.broker.clone()) {
@@ -150,20 +257,24 @@ impl ConnectionArgs {
         if let Some(ca) = self.ca.clone().or_else(|| file.ca.clone()) {
             config = config.ca_file(ca);
         }
-        if let Some(group) = self.group_id.or(file.group_id) {
+        let group = self.group_id.or(file.group_id);
+        if let Some(group) = group {
             config = config.group_id(group);
         }
-        if let Some(prefix) = self.prefix.clone().or_else(|| file.prefix.clone()) {
-            config = config.topic_prefix(prefix);
+        let prefix = self.prefix.clone().or_else(|| file.prefix.clone());
+        if let Some(prefix) = &prefix {
+            config = config.topic_prefix(prefix.clone());
         }
-        if self.plaintext || file.plaintext.unwrap_or(false) {
+        let plaintext = self.is_plaintext(file);
+        if plaintext {
             config = config.security(Security::Plaintext);
         }
         config = config.pacing(self.pacing(file));
         if let Some(connections) = self.connections.or(file.connections) {
             config = config.connections(connections);
         }
-        if let Some(secs) = self.token_timeout.or(file.token_timeout) {
+        let token_timeout = self.token_timeout.or(file.token_timeout);
+        if let Some(secs) = token_timeout {
             config = config.token_timeout(Duration::from_secs(secs));
         }
         if let Some(secs) = self.timeout.or(file.timeout) {
@@ -171,35 +282,58 @@ impl ConnectionArgs {
                 .connect_timeout(Duration::from_secs(secs))
                 .ack_timeout(Duration::from_secs(secs));
         }
+        exit::remember(exit::HintContext {
+            plaintext,
+            customer_id,
+            group_id: group,
+            prefix: prefix.unwrap_or_default(),
+            token_timeout_secs: token_timeout.unwrap_or(DEFAULT_TOKEN_TIMEOUT_SECS),
+        });
         Ok(config)
     }
 
     /// The platform's pacing unless the flag, the environment or the
     /// file turns it off.
     fn pacing(&self, file: &ConfigFile) -> Pacing {
-        if self.no_pacing || file.no_pacing.unwrap_or(false) {
+        if self.no_pacing.or(file.no_pacing).unwrap_or(false) {
             Pacing::off()
         } else {
             Pacing::platform()
         }
     }
 
-    fn session_store(&self, file: &ConfigFile) -> Result<SessionStore, Exit> {
+    fn session_store(&self) -> Result<SessionStore, Exit> {
         if self.no_store {
             return Ok(SessionStore::in_memory());
         }
-        let result = match self.store.clone().or_else(|| file.store.clone()) {
-            Some(path) => SessionStore::open(&path),
-            None => SessionStore::open_default(),
-        };
-        result
-            .context("cannot open the session-token store")
-            .map_err(|e| Exit::new(Failure::BadInput, e))
+        SessionStore::open(self.files.store_path()?).map_err(store_failure)
+    }
+}
+
+/// A required setting that no flag, variable or file key gave.
+pub fn missing(flag: &str) -> Exit {
+    let key = flag.replace('-', "_");
+    Exit::new(
+        Failure::BadInput,
+        anyhow!(
+            "no {flag}: pass --{flag}, set ULOGGER_{} or {key} in the config file",
+            key.to_uppercase()
+        ),
+    )
+}
+
+/// A yes/no value, as flags and `ULOGGER_*` variables take it: `1`,
+/// `true`, `yes`, `on` or `0`, `false`, `no`, `off`, in any case.
+pub fn boolish(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 1, true, yes, on (or 0, false, no, off)".to_owned()),
     }
 }
 
 fn bad_input(message: &str) -> Exit {
-    Exit::new(Failure::BadInput, anyhow::anyhow!("{message}"))
+    Exit::new(Failure::BadInput, anyhow!("{message}"))
 }
 
 #[cfg(test)]
@@ -214,9 +348,35 @@ mod tests {
         assert_eq!(args.pacing(&file("no_pacing = false")), Pacing::platform());
         assert_eq!(args.pacing(&file("no_pacing = true")), Pacing::off());
         let no_pacing = ConnectionArgs {
-            no_pacing: true,
+            no_pacing: Some(true),
             ..ConnectionArgs::default()
         };
         assert_eq!(no_pacing.pacing(&file("no_pacing = false")), Pacing::off());
+        let paced = ConnectionArgs {
+            no_pacing: Some(false),
+            ..ConnectionArgs::default()
+        };
+        assert_eq!(paced.pacing(&file("no_pacing = true")), Pacing::platform());
+    }
+
+    #[test]
+    fn booleans_take_the_usual_spellings() {
+        for yes in ["1", "true", "YES", "On", "y e s"] {
+            assert_eq!(boolish(yes).ok(), (yes != "y e s").then_some(true), "{yes}");
+        }
+        for no in ["0", "False", "no", "OFF"] {
+            assert_eq!(boolish(no), Ok(false), "{no}");
+        }
+        assert!(boolish("maybe").is_err());
+    }
+
+    #[test]
+    fn device_identity_keys_are_config_file_keys() {
+        let file: ConfigFile = toml::from_str(
+            "app_id = 7\nserial = \"SN\"\ndevice_type = \"b\"\ngit_version = \"v\"\ngit_hash = \"h\"\ndevice_info = \"d.bin\"",
+        )
+        .unwrap();
+        assert_eq!(file.app_id, Some(7));
+        assert_eq!(file.device_info, Some(PathBuf::from("d.bin")));
     }
 }

@@ -1,18 +1,21 @@
-//! Which device a command acts for: flags, or a dump of the device's BLE
-//! "config" characteristic (PROTOCOL §4) that flags may override.
+//! Which device a command acts for: flags (or their `ULOGGER_*`
+//! variables), the config file's keys of the same names, or a dump of the
+//! device's BLE "config" characteristic (PROTOCOL §4) that flags and keys
+//! may override.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use ulogger_cloud::wire::DeviceInfo;
 
+use crate::connection::ConfigFile;
 use crate::exit::{Exit, Failure};
 
 /// The device's identity.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DeviceArgs {
     /// A raw dump of the device's BLE config characteristic.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "ULOGGER_DEVICE_INFO", value_name = "FILE")]
     pub device_info: Option<PathBuf>,
     /// Application id.
     #[arg(long, env = "ULOGGER_APP_ID")]
@@ -32,11 +35,11 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    /// The device these arguments describe; every field is required from
-    /// one source or the other.
-    pub fn device(&self) -> Result<DeviceInfo, Exit> {
+    /// The device these arguments and the config file describe; every
+    /// field is required from one source or another.
+    pub fn device(&self, file: &ConfigFile) -> Result<DeviceInfo, Exit> {
         let bad = |e: anyhow::Error| Exit::new(Failure::BadInput, e);
-        let base = match &self.device_info {
+        let base = match self.device_info.as_ref().or(file.device_info.as_ref()) {
             Some(path) => {
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("cannot read {}", path.display()))
@@ -51,36 +54,51 @@ impl DeviceArgs {
         };
         let missing = |flag: &str| {
             bad(anyhow::anyhow!(
-                "the device's {flag} is missing: pass --{flag} or --device-info FILE"
+                "the device's {flag} is missing: pass --{flag} (or set ULOGGER_{}, or {} in the config file) or --device-info FILE",
+                flag.replace('-', "_").to_uppercase(),
+                flag.replace('-', "_"),
             ))
         };
-        let pick = |flag: Option<&String>, from_dump: Option<&String>, name: &str| {
-            flag.or(from_dump).cloned().ok_or_else(|| missing(name))
+        let pick = |flag: Option<&String>,
+                    key: Option<&String>,
+                    from_dump: Option<&String>,
+                    name: &str| {
+            flag.or(key)
+                .or(from_dump)
+                .cloned()
+                .ok_or_else(|| missing(name))
         };
-        Ok(DeviceInfo::new(
+        let device = DeviceInfo::new(
             self.app_id
+                .or(file.app_id)
                 .or(base.as_ref().map(|d| d.app_id))
                 .ok_or_else(|| missing("app-id"))?,
             pick(
                 self.serial.as_ref(),
+                file.serial.as_ref(),
                 base.as_ref().map(|d| &d.serial),
                 "serial",
             )?,
             pick(
                 self.device_type.as_ref(),
+                file.device_type.as_ref(),
                 base.as_ref().map(|d| &d.device_type),
                 "device-type",
             )?,
             pick(
                 self.git_version.as_ref(),
+                file.git_version.as_ref(),
                 base.as_ref().map(|d| &d.git_version),
                 "git-version",
             )?,
             pick(
                 self.git_hash.as_ref(),
+                file.git_hash.as_ref(),
                 base.as_ref().map(|d| &d.git_hash),
                 "git-hash",
             )?,
-        ))
+        );
+        crate::exit::remember_device(device.app_id, &device.serial);
+        Ok(device)
     }
 }

@@ -1,4 +1,5 @@
-//! Exit codes that let scripts tell failures apart.
+//! Exit codes that let scripts tell failures apart, and the one report of
+//! a failure a person (or a script) reads.
 //!
 //! | code | meaning |
 //! |---|---|
@@ -7,8 +8,18 @@
 //! | 2 | bad input: arguments, files, ids, a log that fails validation |
 //! | 3 | network failure: could not connect, timed out (also waiting for a boot reply), connection lost |
 //! | 4 | the cloud refused: broker refused the connection or a subscription, unusable boot reply |
+//! | 130 | interrupted (Ctrl-C) |
+//!
+//! A failure is one line on stderr, `error: ` and its causes each said
+//! once, followed by a `hint: ` line when there is a likely fix. With
+//! `--json` it is instead one JSON object on stderr (stdout keeps only
+//! results): `{"error": {"kind", "message", "hint", "exit_code"}}`, `kind`
+//! being `internal`, `bad_input`, `network`, `refused` or `interrupted`.
 
 use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use ulogger_cloud::{ErrorKind, Phase, StoreError};
 
 /// Why a command failed, as far as the exit code is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,13 +32,29 @@ pub enum Failure {
     Network = 3,
     /// The cloud refused.
     Refused = 4,
+    /// Stopped by Ctrl-C before the work was done.
+    Interrupted = 130,
 }
 
-/// An error that carries its exit code.
+impl Failure {
+    /// The name of the kind in `--json` error reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Internal => "internal",
+            Failure::BadInput => "bad_input",
+            Failure::Network => "network",
+            Failure::Refused => "refused",
+            Failure::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// An error that carries its exit code, and what to do about it.
 #[derive(Debug)]
 pub struct Exit {
     pub failure: Failure,
     pub error: anyhow::Error,
+    pub hint: Option<String>,
 }
 
 impl Exit {
@@ -35,45 +62,81 @@ impl Exit {
         Exit {
             failure,
             error: error.into(),
+            hint: None,
         }
     }
 
     /// A failure whose message was already printed (per-item reports).
     pub fn silent(failure: Failure) -> Self {
-        Exit {
-            failure,
-            error: anyhow::Error::msg(""),
-        }
+        Exit::new(failure, anyhow::Error::msg(""))
+    }
+
+    #[must_use]
+    pub fn with_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
     }
 }
 
 impl From<anyhow::Error> for Exit {
     fn from(error: anyhow::Error) -> Self {
-        Exit {
-            failure: Failure::Internal,
-            error,
-        }
+        Exit::new(Failure::Internal, error)
     }
 }
 
 /// Prints the error, if any, and maps it to the process exit code.
-pub fn report(result: Result<(), Exit>) -> ExitCode {
+pub fn report(result: Result<(), Exit>, json: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            let message = format!("{:#}", exit.error);
-            if !message.is_empty() {
-                eprintln!("error: {message}");
+            let message = chain(&exit.error);
+            if json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"error": {
+                        "kind": exit.failure.name(),
+                        "message": message,
+                        "hint": exit.hint,
+                        "exit_code": exit.failure as u8,
+                    }})
+                );
+            } else {
+                if !message.is_empty() {
+                    eprintln!("error: {message}");
+                }
+                if let Some(hint) = &exit.hint {
+                    eprintln!("hint: {hint}");
+                }
             }
             ExitCode::from(exit.failure as u8)
         }
     }
 }
 
-/// Maps a library error to the exit code that tells what kind it is.
+/// An error and its causes on one line, each said once: a cause whose
+/// text the line already holds (because the error above it quoted it) is
+/// left out.
+pub fn chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Maps a library error to the exit code that tells what kind it is, with
+/// a hint when one is known.
 pub fn from_cloud(error: ulogger_cloud::Error) -> Exit {
     let failure = classify(&error);
-    Exit::new(failure, error)
+    let hint = hint(&error);
+    Exit::new(failure, error).with_hint(hint)
 }
 
 /// Which exit code a library error deserves.
@@ -86,11 +149,11 @@ pub fn classify(error: &ulogger_cloud::Error) -> Failure {
         Failure::Network
     } else {
         match error.kind() {
-            ulogger_cloud::ErrorKind::Store(_) => Failure::BadInput,
+            ErrorKind::Store(_) => Failure::BadInput,
             // The far end spoke something that is not MQTT (e.g. a TLS
             // broker answering a plaintext CONNECT): the link is unusable,
             // the gateway is not at fault.
-            ulogger_cloud::ErrorKind::Protocol(_) => Failure::Network,
+            ErrorKind::Protocol(_) => Failure::Network,
             _ => Failure::Internal,
         }
     }
@@ -98,5 +161,118 @@ pub fn classify(error: &ulogger_cloud::Error) -> Failure {
 
 /// A library error and its causes on one line.
 pub fn message(error: &ulogger_cloud::Error) -> String {
-    format!("{:#}", anyhow::Error::new(error.clone()))
+    chain(&anyhow::Error::new(error.clone()))
 }
+
+/// The connection settings a hint may name (set once the command has
+/// resolved them).
+#[derive(Debug, Clone)]
+pub struct HintContext {
+    pub plaintext: bool,
+    pub customer_id: u32,
+    pub group_id: Option<u32>,
+    pub prefix: String,
+    pub token_timeout_secs: u64,
+}
+
+static CONTEXT: OnceLock<HintContext> = OnceLock::new();
+static DEVICE: OnceLock<(u32, String)> = OnceLock::new();
+
+/// Remembers the settings hints name.
+pub fn remember(context: HintContext) {
+    let _ = CONTEXT.set(context);
+}
+
+/// Remembers the device (app id, serial) the command acts for.
+pub fn remember_device(app_id: u32, serial: &str) {
+    let _ = DEVICE.set((app_id, serial.to_owned()));
+}
+
+/// The topic the boot reply of the remembered device comes on.
+fn boot_reply_topic(context: &HintContext) -> Option<String> {
+    let (app_id, serial) = DEVICE.get()?;
+    ulogger_cloud::wire::Topics::new(&context.prefix, context.customer_id, context.group_id)
+        .ok()?
+        .boot_reply(*app_id, serial)
+        .ok()
+}
+
+/// What a person can do about a library error, for the common mistakes;
+/// keyed on the error's kind (and the TLS error under a failed connect).
+pub fn hint(error: &ulogger_cloud::Error) -> Option<String> {
+    let context = CONTEXT.get();
+    let plaintext = context.is_some_and(|c| c.plaintext);
+    match error.kind() {
+        ErrorKind::Protocol(_) if plaintext => Some(
+            "the broker does not answer plaintext MQTT: it probably expects TLS (port 8883); drop --plaintext (and ULOGGER_PLAINTEXT, plaintext in the config file)".to_owned(),
+        ),
+        ErrorKind::Connect { .. } => connect_hint(error, plaintext),
+        ErrorKind::ConnectionRefused { reason } if reason == "not authorized" => {
+            let customer = context
+                .map(|c| format!(" (now {})", c.customer_id))
+                .unwrap_or_default();
+            Some(format!(
+                "the broker accepts only client ids that start with cust-{{customer id}}-: check --customer-id{customer} against the customer the certificate belongs to"
+            ))
+        }
+        ErrorKind::Timeout(Phase::BootReply) => {
+            let topic = context
+                .and_then(boot_reply_topic)
+                .unwrap_or_else(|| "the boot reply topic".to_owned());
+            let secs = context.map_or(15, |c| c.token_timeout_secs);
+            Some(format!(
+                "no reply on {topic} within {secs} s: check that the cloud knows this customer id, group id and app id, that the certificate's policy allows that topic, or raise --token-timeout"
+            ))
+        }
+        ErrorKind::Store(StoreError::Corrupt { .. }) => Some(corrupt_store_hint()),
+        _ => None,
+    }
+}
+
+/// What to do about a corrupt session-token store.
+pub fn corrupt_store_hint() -> String {
+    "`ulogger tokens clear` moves the corrupt file aside and starts empty (devices register again)"
+        .to_owned()
+}
+
+fn connect_hint(error: &ulogger_cloud::Error, plaintext: bool) -> Option<String> {
+    if plaintext {
+        return None;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        // tokio-rustls wraps the TLS error in an io::Error, whose
+        // `source` skips it: look inside.
+        let io = cause.downcast_ref::<std::io::Error>();
+        let tls = cause
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| io.and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>()));
+        match tls {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+                return Some(
+                    "the broker's certificate is not signed by a CA this gateway trusts: pass the CA that signed it with --ca FILE (for the emulator, its ca.pem)".to_owned(),
+                )
+            }
+            Some(rustls::Error::InvalidCertificate(_)) => {
+                return Some(
+                    "the broker's certificate was rejected: check --broker (the name it is issued for) and --ca".to_owned(),
+                )
+            }
+            Some(_) => return Some(NOT_TLS.to_owned()),
+            None => {}
+        }
+        // The far end hung up in the middle of the TLS handshake: a
+        // plaintext broker reading a ClientHello as garbage does that.
+        // tokio-rustls says so only in the text ("tls handshake eof"); an
+        // EOF later (before CONNACK) is another matter.
+        if io.is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::UnexpectedEof && io.to_string().contains("handshake")
+        }) {
+            return Some(NOT_TLS.to_owned());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+const NOT_TLS: &str = "the broker did not complete a TLS handshake: if it is a local plaintext broker pass --plaintext, otherwise check --port (8883 for TLS)";

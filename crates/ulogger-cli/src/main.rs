@@ -15,6 +15,7 @@ mod inspect;
 mod make_log;
 mod outbox;
 mod outbox_upload;
+mod settings;
 mod signal;
 mod tokens;
 mod upload;
@@ -32,6 +33,10 @@ struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// No log output: only results and the error report.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -65,6 +70,9 @@ enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the manual page (troff), or write one per command with --out DIR.
     Man(docs::ManArgs),
+    /// Show the effective settings and where each came from.
+    #[command(subcommand)]
+    Config(settings::Command),
 }
 
 /// Options every subcommand may read.
@@ -74,8 +82,11 @@ struct Global {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(cli.verbose, cli.quiet);
     let global = Global { json: cli.json };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
@@ -90,13 +101,18 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => agent::run(global, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
+        Command::Config(cmd) => settings::run(global, cmd),
     };
-    exit::report(result)
+    exit::report(result, global.json)
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, quiet: bool) {
     let default = match verbose {
-        0 => "warn",
+        _ if quiet => "off",
+        // A failed connection attempt is the command's error, reported
+        // once by `exit::report`; retries of a long-running command show
+        // with -v.
+        0 => "warn,ulogger_cloud::transport::driver=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -106,6 +122,33 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color())
         .init();
+}
+
+/// clap's report of bad arguments, or with `--json` the same one-object
+/// error report as every other failure (`exit::report`).
+fn usage_error(error: clap::Error) -> std::process::ExitCode {
+    let json = std::env::args_os().any(|a| a == "--json");
+    if !json || !error.use_stderr() {
+        error.exit();
+    }
+    let text = error.to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    exit::report(
+        Err(exit::Exit::new(
+            exit::Failure::BadInput,
+            anyhow::anyhow!("{message}"),
+        )),
+        true,
+    )
+}
+
+/// <https://no-color.org>: any non-empty `NO_COLOR` turns colour off.
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }

@@ -14,6 +14,7 @@ use ulogger_cloud::{
     ErrorKind, Outbox, OutboxConfig, OutboxRecord, OutboxStatus, RecordKind, RecordState,
 };
 
+use crate::connection::{missing, ConfigArg};
 use crate::exit::{self, Exit, Failure};
 use crate::Global;
 
@@ -33,28 +34,36 @@ pub enum Command {
 /// Which outbox.
 #[derive(Debug, clap::Args)]
 pub struct DirArg {
-    /// The outbox directory.
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The outbox directory (required).
     #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
-    outbox: PathBuf,
+    outbox: Option<PathBuf>,
 }
 
 pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
-    let (Command::Status(dir) | Command::List(dir) | Command::Retry(dir) | Command::Purge(dir)) =
+    let (Command::Status(arg) | Command::List(arg) | Command::Retry(arg) | Command::Purge(arg)) =
         &cmd;
-    if !dir.outbox.is_dir() {
+    let file = arg.config.file()?;
+    let dir = arg
+        .outbox
+        .clone()
+        .or_else(|| file.outbox.clone())
+        .ok_or_else(|| missing("outbox"))?;
+    if !dir.is_dir() {
         return Err(Exit::new(
             Failure::BadInput,
             anyhow!(
                 "no outbox at {}: the directory does not exist",
-                dir.outbox.display()
+                dir.display()
             ),
         ));
     }
     match cmd {
-        Command::Status(dir) => status(global, &dir.outbox),
-        Command::List(dir) => list(global, &dir.outbox),
-        Command::Retry(dir) => settle(global, &dir.outbox, true),
-        Command::Purge(dir) => settle(global, &dir.outbox, false),
+        Command::Status(_) => status(global, &dir),
+        Command::List(_) => list(global, &dir),
+        Command::Retry(_) => settle(global, &dir, true),
+        Command::Purge(_) => settle(global, &dir, false),
     }
 }
 

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use ulogger_cloud::{SessionStore, StoreError, TokenEntry};
+use ulogger_cloud::{SessionStore, TokenEntry};
 
+use crate::connection::{store_failure, FileArgs};
 use crate::exit::{Exit, Failure};
 use crate::Global;
 
@@ -35,21 +36,17 @@ pub enum Command {
     Clear(StoreArg),
 }
 
-/// Where the store is.
+/// Where the store is: `--store`, `ULOGGER_STORE`, the config file's
+/// `store`, or the default, as for every other command.
 #[derive(Debug, clap::Args)]
 pub struct StoreArg {
-    /// The session-token file [default: $ULOGGER_HOME/session_tokens.json,
-    /// else ~/.ulogger/session_tokens.json].
-    #[arg(long, value_name = "PATH")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    files: FileArgs,
 }
 
 impl StoreArg {
     fn path(&self) -> Result<PathBuf, Exit> {
-        match &self.store {
-            Some(path) => Ok(path.clone()),
-            None => SessionStore::default_path().map_err(store_failure),
-        }
+        self.files.store_path()
     }
 
     fn open(&self) -> Result<SessionStore, Exit> {
@@ -142,20 +139,6 @@ fn not_cached(serial: &str, arg: &StoreArg) -> Exit {
         Failure::BadInput,
         anyhow!("no token cached for serial {serial:?} in {path}"),
     )
-}
-
-fn store_failure(error: StoreError) -> Exit {
-    let failure = match &error {
-        StoreError::Corrupt { .. } => {
-            return Exit::new(
-                Failure::BadInput,
-                anyhow!("{error} (`ulogger tokens clear` moves it aside and starts empty)"),
-            )
-        }
-        StoreError::NoHomeDir => Failure::BadInput,
-        _ => Failure::Internal,
-    };
-    Exit::new(failure, error)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {

@@ -36,12 +36,14 @@ pub(super) async fn run(
             break;
         }
         let connected = client.any_connected();
-        // Refill in chunks (half the window at least, or when idle), so
-        // reading records back costs one trip to the blocking pool per
-        // chunk rather than per record.
-        let refill = tasks.len() <= concurrency / 2;
-        if connected && paused_until.is_none() && refill {
-            let taken = outbox.shared.take_queued(concurrency - tasks.len());
+        // A record counts as in flight from when it is taken until its
+        // fate is on disk (not merely until its task ends), so a crash
+        // sends at most `concurrency` records twice. Refill in chunks
+        // (half the window at least), so reading records back costs one
+        // trip to the blocking pool per chunk rather than per record.
+        let in_flight = outbox.shared.in_flight();
+        if connected && paused_until.is_none() && in_flight <= concurrency / 2 {
+            let taken = outbox.shared.take_queued(concurrency - in_flight);
             for (id, record) in read_all(&outbox, taken).await {
                 let client = client.clone();
                 let task = tasks.spawn(async move { deliver(&client, record?).await });

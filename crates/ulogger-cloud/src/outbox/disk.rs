@@ -514,17 +514,16 @@ impl Writer {
             self.sync_acks();
         }
         let mut emptied = Vec::new();
-        let mut retried = false;
         {
             let mut state = shared.lock();
             for (id, ack) in &known {
-                retried |= *ack == AckState::Retry;
                 if let Some(segment) = state.settle(*id, ack) {
                     emptied.push(segment);
                 }
             }
         }
-        if retried {
+        if !known.is_empty() {
+            // Room in the delivery window, or records handed back.
             shared.wake.notify_one();
         }
         emptied.sort_unstable();

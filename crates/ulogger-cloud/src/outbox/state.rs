@@ -216,6 +216,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Records taken for delivery whose fate is not on disk yet.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
     /// Takes up to `max` queued records, oldest first, and marks them in
     /// flight.
     pub fn take_queued(&self, max: usize) -> Vec<(u64, Entry)> {

@@ -1,0 +1,306 @@
+//! `ulogger config show`: the effective settings and where each came from
+//! (flag, environment, config file, default).
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory};
+use serde_json::json;
+use ulogger_cloud::{SessionStore, DEFAULT_BROKER, DEFAULT_PORT};
+
+use crate::connection::{
+    default_config_path, ConnectionArgs, DEFAULT_TIMEOUT_SECS, DEFAULT_TOKEN_TIMEOUT_SECS,
+};
+use crate::device::DeviceArgs;
+use crate::exit::Exit;
+use crate::Global;
+
+/// Subcommands of `ulogger config`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the effective settings and where each came from (flag,
+    /// environment, file, default). Takes every setting's flag.
+    Show(ShowArgs),
+}
+
+/// Arguments of `ulogger config show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// As `upload --stamp-time` and `agent --stamp-time`.
+    #[arg(long, env = "ULOGGER_STAMP_TIME", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = crate::connection::boolish)]
+    stamp_time: Option<bool>,
+    /// As `upload --outbox`, `agent --outbox` and `outbox --outbox`.
+    #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
+    outbox: Option<PathBuf>,
+    /// As `agent --inbox`.
+    #[arg(long, env = "ULOGGER_INBOX", value_name = "DIR")]
+    inbox: Option<PathBuf>,
+    /// As `agent --rejected`.
+    #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
+    rejected: Option<PathBuf>,
+    /// As `agent --scan-interval`.
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    scan_interval: Option<u64>,
+    /// As `agent --summary-interval`.
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    summary_interval: Option<u64>,
+}
+
+/// One setting: its key (the config file's, the flag's with `-`), its
+/// value, and where the value came from.
+struct Setting {
+    key: &'static str,
+    value: Option<String>,
+    source: &'static str,
+}
+
+/// A setting's key, its value from a flag or the environment, from the
+/// config file, and its default.
+type Row = (&'static str, Option<String>, Option<String>, Option<String>);
+
+pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
+    let Command::Show(args) = cmd;
+    show(global, &args)
+}
+
+fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
+    let file = args.connection.file()?;
+    let matches = show_matches();
+    let c = &args.connection;
+    let d = &args.device;
+    let s = |v: &dyn ToString| v.to_string();
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let rows: Vec<Row> = vec![
+        (
+            "broker",
+            c.broker.clone(),
+            file.broker.clone(),
+            Some(DEFAULT_BROKER.to_owned()),
+        ),
+        (
+            "port",
+            c.port.map(|v| s(&v)),
+            file.port.map(|v| s(&v)),
+            Some(DEFAULT_PORT.to_string()),
+        ),
+        (
+            "cert",
+            c.cert.as_ref().map(path),
+            file.cert.as_ref().map(path),
+            None,
+        ),
+        (
+            "key",
+            c.key.as_ref().map(path),
+            file.key.as_ref().map(path),
+            None,
+        ),
+        (
+            "ca",
+            c.ca.as_ref().map(path),
+            file.ca.as_ref().map(path),
+            Some("the public roots".to_owned()),
+        ),
+        (
+            "customer_id",
+            c.customer_id.map(|v| s(&v)),
+            file.customer_id.map(|v| s(&v)),
+            None,
+        ),
+        (
+            "group_id",
+            c.group_id.map(|v| s(&v)),
+            file.group_id.map(|v| s(&v)),
+            None,
+        ),
+        (
+            "prefix",
+            c.prefix.clone(),
+            file.prefix.clone(),
+            Some(String::new()),
+        ),
+        (
+            "plaintext",
+            c.plaintext.map(|v| s(&v)),
+            file.plaintext.map(|v| s(&v)),
+            Some("false".to_owned()),
+        ),
+        (
+            "no_pacing",
+            c.no_pacing.map(|v| s(&v)),
+            file.no_pacing.map(|v| s(&v)),
+            Some("false".to_owned()),
+        ),
+        (
+            "connections",
+            c.connections.map(|v| s(&v)),
+            file.connections.map(|v| s(&v)),
+            Some("1".to_owned()),
+        ),
+        (
+            "token_timeout",
+            c.token_timeout.map(|v| s(&v)),
+            file.token_timeout.map(|v| s(&v)),
+            Some(DEFAULT_TOKEN_TIMEOUT_SECS.to_string()),
+        ),
+        (
+            "timeout",
+            c.timeout.map(|v| s(&v)),
+            file.timeout.map(|v| s(&v)),
+            Some(DEFAULT_TIMEOUT_SECS.to_string()),
+        ),
+        (
+            "store",
+            c.files.store.as_ref().map(path),
+            file.store.as_ref().map(path),
+            SessionStore::default_path().ok().as_ref().map(path),
+        ),
+        (
+            "device_info",
+            d.device_info.as_ref().map(path),
+            file.device_info.as_ref().map(path),
+            None,
+        ),
+        (
+            "app_id",
+            d.app_id.map(|v| s(&v)),
+            file.app_id.map(|v| s(&v)),
+            None,
+        ),
+        ("serial", d.serial.clone(), file.serial.clone(), None),
+        (
+            "device_type",
+            d.device_type.clone(),
+            file.device_type.clone(),
+            None,
+        ),
+        (
+            "git_version",
+            d.git_version.clone(),
+            file.git_version.clone(),
+            None,
+        ),
+        ("git_hash", d.git_hash.clone(), file.git_hash.clone(), None),
+        (
+            "stamp_time",
+            args.stamp_time.map(|v| s(&v)),
+            file.stamp_time.map(|v| s(&v)),
+            Some("false".to_owned()),
+        ),
+        (
+            "outbox",
+            args.outbox.as_ref().map(path),
+            file.outbox.as_ref().map(path),
+            None,
+        ),
+        (
+            "inbox",
+            args.inbox.as_ref().map(path),
+            file.inbox.as_ref().map(path),
+            None,
+        ),
+        (
+            "rejected",
+            args.rejected.as_ref().map(path),
+            file.rejected.as_ref().map(path),
+            Some("a rejected folder beside the inbox".to_owned()),
+        ),
+        (
+            "scan_interval",
+            args.scan_interval.map(|v| s(&v)),
+            file.scan_interval.map(|v| s(&v)),
+            Some("500".to_owned()),
+        ),
+        (
+            "summary_interval",
+            args.summary_interval.map(|v| s(&v)),
+            file.summary_interval.map(|v| s(&v)),
+            Some("60".to_owned()),
+        ),
+    ];
+    let mut settings: Vec<Setting> = rows
+        .into_iter()
+        .map(
+            |(key, given, from_file, default)| match (given, from_file) {
+                (Some(value), _) => Setting {
+                    key,
+                    value: Some(value),
+                    source: given_source(matches.as_ref(), key),
+                },
+                (None, Some(value)) => Setting {
+                    key,
+                    value: Some(value),
+                    source: "file",
+                },
+                (None, None) => Setting {
+                    key,
+                    value: default,
+                    source: "default",
+                },
+            },
+        )
+        .collect();
+    let config_source = match (&c.files.config.config, matches.as_ref()) {
+        (Some(_), m) => given_source(m, "config"),
+        (None, _) => "default",
+    };
+    let config_path = c
+        .files
+        .config
+        .config
+        .clone()
+        .or_else(|| file.path.clone())
+        .or_else(default_config_path)
+        .map(|p| p.display().to_string());
+    settings.insert(
+        0,
+        Setting {
+            key: "config",
+            value: config_path,
+            source: config_source,
+        },
+    );
+
+    if global.json {
+        let rows: serde_json::Map<String, serde_json::Value> = settings
+            .iter()
+            .map(|s| {
+                (
+                    s.key.to_owned(),
+                    json!({"value": s.value, "source": s.source}),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(rows));
+        return Ok(());
+    }
+    let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    for setting in &settings {
+        let value = setting.value.as_deref().unwrap_or("(not set)");
+        let value = if value.is_empty() { "\"\"" } else { value };
+        println!("{:<width$}  {value}  ({})", setting.key, setting.source);
+    }
+    Ok(())
+}
+
+/// The matches of `config show` as clap saw them, to tell a flag from an
+/// environment variable.
+fn show_matches() -> Option<ArgMatches> {
+    let matches = crate::Cli::command().try_get_matches().ok()?;
+    let (_, config) = matches.subcommand()?;
+    let (_, show) = config.subcommand()?;
+    Some(show.clone())
+}
+
+fn given_source(matches: Option<&ArgMatches>, key: &str) -> &'static str {
+    match matches.and_then(|m| m.value_source(key)) {
+        Some(ValueSource::EnvVariable) => "environment",
+        _ => "flag",
+    }
+}
