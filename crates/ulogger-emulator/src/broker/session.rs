@@ -285,18 +285,12 @@ where
         .is_ok()
     {
         // MQTT 3.1.1 §3.1.2.10: 1.5 times the keep-alive without any packet
-        // from the client ends the connection; 0 turns the check off.
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // from the client ends the connection. MQTT lets 0 turn the check
+        // off; AWS IoT grants its maximum instead (and for longer asks).
+        let keep_alive = broker.limits.granted_keep_alive(connect.keep_alive) * 3 / 2;
         let mut last_packet = Instant::now();
         loop {
-            let expires_at = keep_alive.map(|period| conn.heard_since(last_packet) + period);
-            let expiry = async {
-                match expires_at {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = sleep_until(conn.heard_since(last_packet) + keep_alive);
             tokio::select! {
                 _ = close_requested.notified() => {
                     tracing::debug!(client_id, conn_id, "closing on request");
@@ -344,7 +338,7 @@ where
                     // Reading may have been held back (byte rate) since
                     // the deadline was set; that silence is not the client's.
                     let now = Instant::now();
-                    if keep_alive.is_some_and(|period| now < conn.heard_since(last_packet) + period) {
+                    if now < conn.heard_since(last_packet) + keep_alive {
                         continue;
                     }
                     tracing::info!(client_id, conn_id, "keep-alive expired, closing");
