@@ -239,6 +239,7 @@ impl Emulator {
                     faults.clone(),
                     records.clone(),
                     config.limits,
+                    config.stall_timeout,
                 ));
                 for filter in &filters {
                     broker.subscribe(
