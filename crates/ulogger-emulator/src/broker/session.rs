@@ -146,9 +146,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// buffer when a whole packet is returned.
     async fn next_packet(&mut self) -> Result<Packet, ReadError> {
         loop {
+            let grown = self.read.capacity() > BUFFER_SHRINK_ABOVE;
             let needed = match Packet::read(&mut self.read, READ_MAX) {
                 Ok(packet) => {
-                    shrink(&mut self.read);
+                    if grown {
+                        // The packet's bytes were split off, but what is
+                        // left still shares their allocation.
+                        self.read = fresh_copy(&self.read);
+                    }
                     return Ok(packet);
                 }
                 Err(mqttbytes::Error::InsufficientBytes(needed)) => needed,
@@ -253,10 +258,16 @@ fn make_room(buf: &mut BytesMut, needed: usize) {
 /// it holds is small again.
 fn shrink(buf: &mut BytesMut) {
     if buf.capacity() > BUFFER_SHRINK_ABOVE && buf.len() <= BUFFER_INITIAL {
-        let mut small = BytesMut::with_capacity(BUFFER_INITIAL);
-        small.extend_from_slice(buf);
-        *buf = small;
+        *buf = fresh_copy(buf);
     }
+}
+
+/// `buf`'s bytes in an allocation of their own (of the initial capacity,
+/// or their length if more).
+fn fresh_copy(buf: &BytesMut) -> BytesMut {
+    let mut fresh = BytesMut::with_capacity(BUFFER_INITIAL.max(buf.len()));
+    fresh.extend_from_slice(buf);
+    fresh
 }
 
 /// What to do after a packet.
@@ -763,7 +774,12 @@ mod tests {
         bytes.extend_from_slice(&publish(10));
         let _client = send(client, bytes);
         match conn.next_packet().await.unwrap() {
-            Packet::Publish(p) => assert_eq!(p.payload.len(), rules::MAX_PAYLOAD),
+            Packet::Publish(p) => {
+                assert_eq!(p.payload.len(), rules::MAX_PAYLOAD);
+                // The buffer no longer shares the packet's allocation:
+                // it goes when the payload does.
+                assert!(p.payload.is_unique(), "the read buffer keeps the packet");
+            }
             other => panic!("{other:?}"),
         }
         assert!(
