@@ -1,7 +1,8 @@
 //! `ulogger emulator` out of file descriptors: run the binary under
 //! `prlimit --nofile=64`, connect clients until new ones are no longer
 //! served, and check that the emulator neither spins on `accept()` nor
-//! floods its log, and still serves the clients it has.
+//! floods its log, still serves the clients it has, and accepts again
+//! once descriptors are free.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -24,6 +25,9 @@ const HOLD: Duration = Duration::from_secs(3);
 /// How long a served client waits for its CONNACK (an unserved one never
 /// gets it: this only bounds the one wait that shows exhaustion).
 const CONNACK_WAIT: Duration = Duration::from_secs(2);
+/// How long the connection left waiting may take to be served once
+/// descriptors are free (the back-off is 1 s at most).
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
 /// A blocking MQTT client over a bare socket.
 struct Client {
@@ -182,12 +186,22 @@ fn out_of_file_descriptors_the_emulator_backs_off_and_keeps_serving() {
         "no PUBACK while out of descriptors"
     );
 
+    // Once descriptors are free again, the waiting connection is served
+    // (within the longest back-off, 1 s).
+    drop(clients);
+    let mut unserved = unserved;
+    assert!(
+        matches!(unserved.read(RECOVERY_WAIT), Some(Packet::ConnAck(_))),
+        "the waiting connection was not served once descriptors were free"
+    );
     drop(running);
     let exhausted = started.elapsed();
-    drop(unserved);
-    drop(clients);
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     let accept_lines = stderr.lines().filter(|l| l.contains("accept")).count();
+    assert!(
+        stderr.contains("accept failed"),
+        "the emulator never ran out of descriptors:\n{stderr}"
+    );
     // One line a second at most, plus one for rounding.
     let allowed = exhausted.as_secs() as usize + 2;
     assert!(
