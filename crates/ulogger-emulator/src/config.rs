@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::faults::Faults;
 use crate::limits::PlatformLimits;
@@ -29,8 +30,12 @@ pub struct EmulatorConfig {
     pub(crate) plaintext: bool,
     pub(crate) faults: Faults,
     pub(crate) limits: PlatformLimits,
+    pub(crate) stall_timeout: Duration,
     pub(crate) attach: Option<AttachTo>,
 }
+
+/// [`EmulatorConfig::stall_timeout`]'s default.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for EmulatorConfig {
     /// Customer id 1, otherwise as [`EmulatorConfig::new`].
@@ -43,7 +48,8 @@ impl EmulatorConfig {
     /// An emulator for `customer_id`: listens on 127.0.0.1 on a free port,
     /// mutual TLS, a temporary data directory removed when the emulator is
     /// dropped, no group id (the original topic layout), no topic prefix,
-    /// AWS IoT Core's per-connection limits ([`PlatformLimits::aws`]).
+    /// AWS IoT Core's per-connection limits ([`PlatformLimits::aws`]), a
+    /// 10 s [`EmulatorConfig::stall_timeout`].
     pub fn new(customer_id: u32) -> Self {
         EmulatorConfig {
             customer_id,
@@ -54,6 +60,7 @@ impl EmulatorConfig {
             plaintext: false,
             faults: Faults::default(),
             limits: PlatformLimits::aws(),
+            stall_timeout: STALL_TIMEOUT,
             attach: None,
         }
     }
@@ -115,6 +122,18 @@ impl EmulatorConfig {
         self
     }
 
+    /// How long the broker waits for a client that has begun but not
+    /// finished: a new connection must have sent its whole CONNECT within
+    /// this, and a connection that sent part of a packet is closed when no
+    /// further byte comes for this long (time the byte rate held reading
+    /// back does not count). Default 10 s; tests shorten it. Zero is
+    /// refused by [`crate::Emulator::start`].
+    #[must_use]
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
     /// Attach mode: run no broker; connect the cloud side as a client to
     /// an external broker instead.
     #[must_use]
@@ -134,6 +153,12 @@ impl EmulatorConfig {
             });
         }
         self.limits.validate()?;
+        if self.stall_timeout.is_zero() {
+            return Err(EmulatorError::InvalidConfig {
+                field: "stall_timeout",
+                reason: "0 would close every connection before its CONNECT".into(),
+            });
+        }
         if let Some(attach) = &self.attach {
             attach.validate()?;
         }

@@ -17,7 +17,13 @@
 //!   inbound (beyond: read later), 50 subscriptions (beyond: SUBACK
 //!   failure), 8 filters per SUBSCRIBE (beyond: the connection closes).
 //!   [`PlatformLimits::unlimited`] lifts them; [`Emulator::limit_stats`]
-//!   counts what they did.
+//!   counts what they did. A keep-alive of 0 (or over 1,200 s) gets
+//!   1,200 s, as on AWS IoT, so no silent connection stays for ever.
+//! - **defences against clients that hold on to resources**: a connection
+//!   without a whole CONNECT, or with a packet left half-sent, is closed
+//!   after [`EmulatorConfig::stall_timeout`]; each connection buffers at
+//!   most one packet; out of file descriptors, the broker backs off and
+//!   keeps serving the clients it has.
 //! - **the cloud side**: answers boot registrations with fresh tokens,
 //!   verifies binary logs (header, checksum, a token it issued for that
 //!   application), stores logs, core dumps, metrics and events, and pushes
@@ -239,6 +245,7 @@ impl Emulator {
                     faults.clone(),
                     records.clone(),
                     config.limits,
+                    config.stall_timeout,
                 ));
                 for filter in &filters {
                     broker.subscribe(

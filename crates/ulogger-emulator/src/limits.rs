@@ -20,6 +20,9 @@ const AWS_BYTES_PER_SECOND: u64 = 512 * 1024;
 const AWS_MAX_SUBSCRIPTIONS: usize = 50;
 /// AWS IoT Core: topic filters in one SUBSCRIBE.
 const AWS_MAX_FILTERS_PER_SUBSCRIBE: usize = 8;
+/// AWS IoT Core: the longest keep-alive it grants, and the one it uses for
+/// a CONNECT asking for 0 (none) or more.
+pub(crate) const AWS_MAX_KEEP_ALIVE: Duration = Duration::from_secs(1200);
 
 /// The per-connection limits the emulator's broker enforces on client
 /// connections, AWS IoT Core's by default ([`PlatformLimits::aws`]):
@@ -38,6 +41,11 @@ const AWS_MAX_FILTERS_PER_SUBSCRIBE: usize = 8;
 ///   slot.
 /// - **filters per SUBSCRIBE**: a SUBSCRIBE with more filters closes the
 ///   connection without a SUBACK, as AWS IoT does.
+/// - **longest keep-alive** ([`PlatformLimits::max_keep_alive`]): a CONNECT
+///   asking for keep-alive 0 (MQTT: none) or for more gets this one, so a
+///   silent connection is always closed, after 1.5 times it. Unlike the
+///   others it is never lifted: it is what keeps a vanished client from
+///   holding its connection forever.
 ///
 /// Both rates are token buckets holding one second's worth, full at
 /// connect: a burst of up to one second's allowance passes at once.
@@ -58,6 +66,7 @@ pub struct PlatformLimits {
     bytes_per_second: Option<u64>,
     max_subscriptions: Option<usize>,
     max_filters_per_subscribe: Option<usize>,
+    max_keep_alive: Duration,
 }
 
 impl Default for PlatformLimits {
@@ -69,23 +78,26 @@ impl Default for PlatformLimits {
 
 impl PlatformLimits {
     /// AWS IoT Core's limits: 100 publishes/s, 512 KiB/s inbound, 50
-    /// subscriptions, 8 filters per SUBSCRIBE.
+    /// subscriptions, 8 filters per SUBSCRIBE, keep-alive at most 1,200 s.
     pub const fn aws() -> Self {
         PlatformLimits {
             publishes_per_second: Some(AWS_PUBLISHES_PER_SECOND),
             bytes_per_second: Some(AWS_BYTES_PER_SECOND),
             max_subscriptions: Some(AWS_MAX_SUBSCRIPTIONS),
             max_filters_per_subscribe: Some(AWS_MAX_FILTERS_PER_SUBSCRIBE),
+            max_keep_alive: AWS_MAX_KEEP_ALIVE,
         }
     }
 
-    /// No limits (benchmarks, tests about something else).
+    /// No limits (benchmarks, tests about something else), except the
+    /// longest keep-alive, AWS IoT's 1,200 s as in [`PlatformLimits::aws`].
     pub const fn unlimited() -> Self {
         PlatformLimits {
             publishes_per_second: None,
             bytes_per_second: None,
             max_subscriptions: None,
             max_filters_per_subscribe: None,
+            max_keep_alive: AWS_MAX_KEEP_ALIVE,
         }
     }
 
@@ -118,9 +130,30 @@ impl PlatformLimits {
         self
     }
 
-    /// True when no limit is set.
+    /// The longest keep-alive granted (default: AWS IoT's 1,200 s). A
+    /// client asking for 0 (MQTT: no keep-alive) or for more gets this, so
+    /// a connection silent for 1.5 times it is closed. Shorten it in tests
+    /// that check this without waiting half an hour; zero is refused by
+    /// [`crate::Emulator::start`].
+    #[must_use]
+    pub const fn max_keep_alive(mut self, longest: Duration) -> Self {
+        self.max_keep_alive = longest;
+        self
+    }
+
+    /// True when no limit is set that [`PlatformLimits::unlimited`] lifts
+    /// (the longest keep-alive is not looked at).
     pub fn is_unlimited(&self) -> bool {
-        *self == PlatformLimits::unlimited()
+        self.max_keep_alive(AWS_MAX_KEEP_ALIVE) == PlatformLimits::unlimited()
+    }
+
+    /// The keep-alive a connection gets when its CONNECT asks for
+    /// `requested` seconds.
+    pub(crate) fn granted_keep_alive(&self, requested: u16) -> Duration {
+        match requested {
+            0 => self.max_keep_alive,
+            secs => Duration::from_secs(u64::from(secs)).min(self.max_keep_alive),
+        }
     }
 
     pub(crate) fn publish_rate(&self) -> Option<u64> {
@@ -155,6 +188,12 @@ impl PlatformLimits {
         }
         if self.max_filters_per_subscribe == Some(0) {
             return Err(zero("limits.max_filters_per_subscribe"));
+        }
+        if self.max_keep_alive.is_zero() {
+            return Err(EmulatorError::InvalidConfig {
+                field: "limits.max_keep_alive",
+                reason: "0 would close every connection at once".into(),
+            });
         }
         Ok(())
     }
@@ -416,12 +455,34 @@ mod tests {
                 PlatformLimits::aws().max_filters_per_subscribe(Some(0)),
                 "limits.max_filters_per_subscribe",
             ),
+            (
+                PlatformLimits::aws().max_keep_alive(Duration::ZERO),
+                "limits.max_keep_alive",
+            ),
         ] {
             match limits.validate() {
                 Err(EmulatorError::InvalidConfig { field: got, .. }) => assert_eq!(got, field),
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn keep_alive_0_or_over_the_maximum_gets_the_maximum() {
+        let aws = PlatformLimits::aws();
+        assert_eq!(aws.granted_keep_alive(0), Duration::from_secs(1200));
+        assert_eq!(aws.granted_keep_alive(30), Duration::from_secs(30));
+        assert_eq!(aws.granted_keep_alive(1200), Duration::from_secs(1200));
+        assert_eq!(aws.granted_keep_alive(u16::MAX), Duration::from_secs(1200));
+        assert_eq!(
+            PlatformLimits::unlimited().granted_keep_alive(0),
+            Duration::from_secs(1200)
+        );
+        let short = aws.max_keep_alive(Duration::from_secs(2));
+        assert_eq!(short.granted_keep_alive(0), Duration::from_secs(2));
+        assert_eq!(short.granted_keep_alive(1), Duration::from_secs(1));
+        let unlimited = PlatformLimits::unlimited().max_keep_alive(Duration::from_secs(2));
+        assert!(unlimited.is_unlimited());
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod session;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
@@ -139,6 +140,9 @@ pub(crate) struct Broker {
     /// and publishes through the methods below, never through a session.
     pub(crate) limits: PlatformLimits,
     pub(crate) limit_counters: LimitCounters,
+    /// `EmulatorConfig::stall_timeout`: for the CONNECT, and for the rest
+    /// of a packet begun.
+    pub(crate) stall_timeout: Duration,
     sessions: Mutex<HashMap<String, Mailbox>>,
     subscriptions: Mutex<Subscriptions>,
     retained: Mutex<Retained>,
@@ -157,6 +161,7 @@ impl Broker {
         faults: Arc<FaultSwitches>,
         records: Arc<RecordLog>,
         limits: PlatformLimits,
+        stall_timeout: Duration,
     ) -> Broker {
         Broker {
             customer_id,
@@ -164,6 +169,7 @@ impl Broker {
             records,
             limits,
             limit_counters: LimitCounters::default(),
+            stall_timeout,
             sessions: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
             retained: Mutex::new(Retained::default()),

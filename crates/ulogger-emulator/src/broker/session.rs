@@ -12,7 +12,7 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::{self, Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::router::min_qos;
 use super::rules::{self, Violation};
@@ -24,8 +24,17 @@ use crate::records::{Record, RecordKind};
 /// limit so that an oversized publish is read whole and refused by *our*
 /// rule, with a precise reason, rather than by the codec.
 const READ_MAX: usize = rules::MAX_PAYLOAD * 2 + 1024;
-/// How long a new connection may take to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest MQTT fixed header: a type byte and four length bytes.
+const MAX_FIXED_HEADER: usize = 5;
+/// The most bytes a connection's read buffer holds: one maximal packet
+/// (with more, the packet before would have been complete and taken out).
+const READ_BUFFER_MAX: usize = READ_MAX + MAX_FIXED_HEADER;
+/// A connection's buffers start at this capacity.
+const BUFFER_INITIAL: usize = 4096;
+/// A buffer that grew past this (for a large packet) is given back once
+/// the packet is through, so that many idle connections which once sent
+/// or received a large packet do not each keep its size.
+const BUFFER_SHRINK_ABOVE: usize = 64 * 1024;
 /// How long a close may take (TLS close_notify) before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes a connection held back by the byte rate waits for before it reads
@@ -47,17 +56,25 @@ enum ReadError {
     TooLarge(usize),
     #[error("byte budget spent (drop_after_bytes fault)")]
     BudgetSpent,
+    /// Part of a packet arrived, then nothing for the stall timeout.
+    #[error("stalled with {buffered} bytes of a packet for {after:?}")]
+    Stalled { buffered: usize, after: Duration },
 }
 
 /// The byte stream of one connection with its MQTT framing.
 struct Connection<S> {
     stream: S,
+    /// Holds at most one (partial) packet: `READ_BUFFER_MAX` bytes.
     read: BytesMut,
     write: BytesMut,
     received: u64,
     budget: Option<u64>,
     /// Keeps reading to the byte rate; `None` when it is unlimited.
     throttle: Option<ReadThrottle>,
+    /// How long a partial packet may wait for its next byte.
+    stall_timeout: Duration,
+    /// When the latest bytes arrived.
+    last_read: Instant,
 }
 
 /// Holds a connection's reading back to its byte rate
@@ -107,18 +124,44 @@ impl ReadThrottle {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    fn new(
+        stream: S,
+        budget: Option<u64>,
+        throttle: Option<ReadThrottle>,
+        stall_timeout: Duration,
+    ) -> Connection<S> {
+        Connection {
+            stream,
+            read: BytesMut::with_capacity(BUFFER_INITIAL),
+            write: BytesMut::with_capacity(BUFFER_INITIAL),
+            received: 0,
+            budget,
+            throttle,
+            stall_timeout,
+            last_read: Instant::now(),
+        }
+    }
+
     /// The next packet. Cancel-safe: bytes are only consumed from the
     /// buffer when a whole packet is returned.
     async fn next_packet(&mut self) -> Result<Packet, ReadError> {
         loop {
-            match Packet::read(&mut self.read, READ_MAX) {
-                Ok(packet) => return Ok(packet),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            let grown = self.read.capacity() > BUFFER_SHRINK_ABOVE;
+            let needed = match Packet::read(&mut self.read, READ_MAX) {
+                Ok(packet) => {
+                    if grown {
+                        // The packet's bytes were split off, but what is
+                        // left still shares their allocation.
+                        self.read = fresh_copy(&self.read);
+                    }
+                    return Ok(packet);
+                }
+                Err(mqttbytes::Error::InsufficientBytes(needed)) => needed,
                 Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
                     return Err(ReadError::TooLarge(size))
                 }
                 Err(e) => return Err(ReadError::Malformed(e)),
-            }
+            };
             if self.budget.is_some_and(|b| self.received >= b) {
                 return Err(ReadError::BudgetSpent);
             }
@@ -126,14 +169,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(throttle) => throttle.allowance().await,
                 None => u64::MAX,
             };
-            let n = (&mut self.stream)
-                .take(allowed)
-                .read_buf(&mut self.read)
-                .await
-                .map_err(ReadError::Io)?;
+            make_room(&mut self.read, needed);
+            // Never more than one maximal packet buffered; a frame's
+            // header caps it at READ_MAX, so there is always room left.
+            let room = READ_BUFFER_MAX.saturating_sub(self.read.len());
+            let limit = allowed.min(u64::try_from(room).unwrap_or(u64::MAX));
+            // Part of a packet is here: the rest must follow in time.
+            let deadline = (!self.read.is_empty())
+                .then(|| self.heard_since(self.last_read) + self.stall_timeout);
+            let mut stream = (&mut self.stream).take(limit);
+            let read = stream.read_buf(&mut self.read);
+            let n = match deadline {
+                None => read.await,
+                Some(deadline) => match timeout_at(deadline, read).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        return Err(ReadError::Stalled {
+                            buffered: self.read.len(),
+                            after: self.stall_timeout,
+                        })
+                    }
+                },
+            }
+            .map_err(ReadError::Io)?;
             if n == 0 {
                 return Err(ReadError::Closed);
             }
+            self.last_read = Instant::now();
             if let Some(throttle) = &mut self.throttle {
                 throttle.consumed(n);
             }
@@ -166,12 +228,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .write(&mut self.write, usize::MAX)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         self.stream.write_all(&self.write).await?;
+        self.write.clear();
+        shrink(&mut self.write);
         self.stream.flush().await
     }
 
     async fn close(mut self) {
         let _ = timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
     }
+}
+
+/// Makes room in `buf` for `needed` more bytes. A large packet gets
+/// exactly its size, not the doubling that `reserve` might give.
+fn make_room(buf: &mut BytesMut, needed: usize) {
+    let want = buf.len().saturating_add(needed).min(READ_BUFFER_MAX);
+    if buf.capacity() >= want {
+        return;
+    }
+    if want > BUFFER_SHRINK_ABOVE {
+        let mut exact = BytesMut::with_capacity(want);
+        exact.extend_from_slice(buf);
+        *buf = exact;
+    } else {
+        buf.reserve(want - buf.len());
+    }
+}
+
+/// Gives back the capacity a large packet made `buf` grow to, once what
+/// it holds is small again.
+fn shrink(buf: &mut BytesMut) {
+    if buf.capacity() > BUFFER_SHRINK_ABOVE && buf.len() <= BUFFER_INITIAL {
+        *buf = fresh_copy(buf);
+    }
+}
+
+/// `buf`'s bytes in an allocation of their own (of the initial capacity,
+/// or their length if more).
+fn fresh_copy(buf: &BytesMut) -> BytesMut {
+    let mut fresh = BytesMut::with_capacity(BUFFER_INITIAL.max(buf.len()));
+    fresh.extend_from_slice(buf);
+    fresh
 }
 
 /// What to do after a packet.
@@ -188,15 +284,13 @@ pub(crate) async fn serve<S>(stream: S, peer: std::net::SocketAddr, broker: Arc<
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = Connection {
+    let mut conn = Connection::new(
         stream,
-        read: BytesMut::with_capacity(4096),
-        write: BytesMut::with_capacity(4096),
-        received: 0,
-        budget: broker.faults.snapshot().drop_after_bytes,
-        throttle: ReadThrottle::new(&broker),
-    };
-    let connect = match timeout(CONNECT_TIMEOUT, conn.next_packet()).await {
+        broker.faults.snapshot().drop_after_bytes,
+        ReadThrottle::new(&broker),
+        broker.stall_timeout,
+    );
+    let connect = match timeout(broker.stall_timeout, conn.next_packet()).await {
         Ok(Ok(Packet::Connect(connect))) => connect,
         Ok(Ok(other)) => {
             tracing::debug!(%peer, packet = ?other, "first packet is not CONNECT, closing");
@@ -285,18 +379,12 @@ where
         .is_ok()
     {
         // MQTT 3.1.1 §3.1.2.10: 1.5 times the keep-alive without any packet
-        // from the client ends the connection; 0 turns the check off.
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // from the client ends the connection. MQTT lets 0 turn the check
+        // off; AWS IoT grants its maximum instead (and for longer asks).
+        let keep_alive = broker.limits.granted_keep_alive(connect.keep_alive) * 3 / 2;
         let mut last_packet = Instant::now();
         loop {
-            let expires_at = keep_alive.map(|period| conn.heard_since(last_packet) + period);
-            let expiry = async {
-                match expires_at {
-                    Some(at) => sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = sleep_until(conn.heard_since(last_packet) + keep_alive);
             tokio::select! {
                 _ = close_requested.notified() => {
                     tracing::debug!(client_id, conn_id, "closing on request");
@@ -344,7 +432,7 @@ where
                     // Reading may have been held back (byte rate) since
                     // the deadline was set; that silence is not the client's.
                     let now = Instant::now();
-                    if keep_alive.is_some_and(|period| now < conn.heard_since(last_packet) + period) {
+                    if now < conn.heard_since(last_packet) + keep_alive {
                         continue;
                     }
                     tracing::info!(client_id, conn_id, "keep-alive expired, closing");
@@ -642,5 +730,152 @@ fn packet_name(packet: &Packet) -> &'static str {
         Packet::PingReq => "PINGREQ",
         Packet::PingResp => "PINGRESP",
         Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    const STALL: Duration = Duration::from_millis(200);
+
+    fn connection() -> (DuplexStream, Connection<DuplexStream>) {
+        let (client, server) = duplex(64 * 1024);
+        (client, Connection::new(server, None, None, STALL))
+    }
+
+    /// A QoS 0 PUBLISH of `payload` bytes, encoded.
+    fn publish(payload: usize) -> BytesMut {
+        let publish = Publish::new("t/x", QoS::AtMostOnce, vec![7u8; payload]);
+        let mut out = BytesMut::new();
+        Packet::Publish(publish)
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        out
+    }
+
+    /// Writes `bytes` in the background (the pipe holds 64 KiB) and keeps
+    /// the client's end open until the test ends.
+    fn send(mut client: DuplexStream, bytes: BytesMut) -> tokio::task::JoinHandle<DuplexStream> {
+        tokio::spawn(async move {
+            client.write_all(&bytes).await.unwrap();
+            client
+        })
+    }
+
+    #[tokio::test]
+    async fn after_a_large_packet_the_read_buffer_gives_its_capacity_back() {
+        let (client, mut conn) = connection();
+        let mut bytes = publish(rules::MAX_PAYLOAD);
+        bytes.extend_from_slice(&publish(10));
+        let _client = send(client, bytes);
+        match conn.next_packet().await.unwrap() {
+            Packet::Publish(p) => {
+                assert_eq!(p.payload.len(), rules::MAX_PAYLOAD);
+                // The buffer no longer shares the packet's allocation:
+                // it goes when the payload does.
+                assert!(p.payload.is_unique(), "the read buffer keeps the packet");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            conn.read.capacity() <= BUFFER_SHRINK_ABOVE,
+            "{} bytes kept",
+            conn.read.capacity()
+        );
+        match conn.next_packet().await.unwrap() {
+            Packet::Publish(p) => assert_eq!(p.payload.len(), 10),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_delivery_leaves_the_write_buffer_small() {
+        let (mut client, mut conn) = connection();
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            client.read_to_end(&mut sink).await.unwrap();
+            sink.len()
+        });
+        let publish = Publish::new("t/x", QoS::AtMostOnce, vec![7u8; rules::MAX_PAYLOAD]);
+        conn.send(Packet::Publish(publish)).await.unwrap();
+        assert!(conn.write.capacity() <= BUFFER_SHRINK_ABOVE);
+        drop(conn);
+        assert!(reader.await.unwrap() > rules::MAX_PAYLOAD);
+    }
+
+    #[tokio::test]
+    async fn a_packet_left_half_sent_is_given_up_after_the_stall_timeout() {
+        let (client, mut conn) = connection();
+        let mut bytes = publish(100 * 1024);
+        bytes.truncate(bytes.len() / 2);
+        let sent = bytes.len();
+        let _client = send(client, bytes);
+        let started = Instant::now();
+        match conn.next_packet().await {
+            Err(ReadError::Stalled { buffered, .. }) => assert_eq!(buffered, sent),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= STALL);
+    }
+
+    #[tokio::test]
+    async fn at_most_one_maximal_packet_is_buffered() {
+        let (client, mut conn) = connection();
+        // A header announcing the largest packet read, then all of it but
+        // its last byte.
+        let mut bytes = BytesMut::new();
+        bytes.extend_from_slice(&[0x30]);
+        let mut len = READ_MAX;
+        loop {
+            let byte = u8::try_from(len % 128).unwrap();
+            len /= 128;
+            if len == 0 {
+                bytes.extend_from_slice(&[byte]);
+                break;
+            }
+            bytes.extend_from_slice(&[byte | 0x80]);
+        }
+        bytes.extend_from_slice(&[0, 3, b't', b'/', b'x']);
+        let full = bytes.len() - 5 + READ_MAX;
+        bytes.resize(full - 1, 7);
+        let _client = send(client, bytes);
+        match conn.next_packet().await {
+            Err(ReadError::Stalled { buffered, .. }) => assert_eq!(buffered, full - 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            conn.read.capacity() <= READ_BUFFER_MAX,
+            "{} bytes of capacity for a {READ_BUFFER_MAX}-byte packet",
+            conn.read.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_packet_over_the_read_maximum_is_refused_from_its_header() {
+        let (client, mut conn) = connection();
+        let mut bytes = BytesMut::new();
+        // 0x30, remaining length READ_MAX + 1 = more than fits.
+        let mut len = READ_MAX + 1;
+        bytes.extend_from_slice(&[0x30]);
+        loop {
+            let byte = u8::try_from(len % 128).unwrap();
+            len /= 128;
+            if len == 0 {
+                bytes.extend_from_slice(&[byte]);
+                break;
+            }
+            bytes.extend_from_slice(&[byte | 0x80]);
+        }
+        let _client = send(client, bytes);
+        assert!(matches!(
+            conn.next_packet().await,
+            Err(ReadError::TooLarge(_))
+        ));
+        assert!(conn.read.capacity() <= BUFFER_INITIAL);
     }
 }

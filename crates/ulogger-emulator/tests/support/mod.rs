@@ -312,6 +312,14 @@ impl RawClient {
         raw
     }
 
+    /// A client over `stream`, which has not necessarily sent CONNECT.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn send(&mut self, packet: Packet) {
         let mut out = BytesMut::new();
         packet.write(&mut out, usize::MAX).unwrap();
