@@ -388,3 +388,21 @@ fn ctrl_c_stops_the_wait_for_a_broker_that_does_not_answer() {
         run.stderr
     );
 }
+
+#[test]
+fn a_boot_reply_that_is_not_an_answer_is_said_when_the_wait_ends() {
+    let emu = plaintext_emulator();
+    emu.faults().set_boot_reply(BootReplyMode::Malformed);
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("one.bin", &numbered_log(1));
+    let mut args = upload_args(connect_args("upload", &emu), "SN-MALFORMED", &log);
+    args.extend(strings(&["--token-timeout", "1"]));
+    let run = sandbox.run(&args).expect_code(3);
+    // PROTOCOL §3: not an answer, so the wait goes on; but the error says
+    // what came instead of a token.
+    assert!(
+        run.output().contains("not an answer") && run.output().contains("JSON without a token"),
+        "{}",
+        run.output()
+    );
+}

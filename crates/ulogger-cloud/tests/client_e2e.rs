@@ -316,6 +316,14 @@ async fn a_malformed_boot_reply_times_out_and_nothing_is_published() {
         .unwrap_err();
 
     assert_eq!(err.timeout_phase(), Some(Phase::BootReply), "{err:?}");
+    // What arrived instead is said, not only that time ran out.
+    let cause = std::error::Error::source(&err)
+        .expect("a cause")
+        .to_string();
+    assert!(
+        cause.contains("2 message(s)") && cause.contains("JSON without a token"),
+        "{cause}"
+    );
     assert!(records_of(&emu, RecordKind::BinaryLog).is_empty());
     assert!(client
         .session_store()

@@ -149,6 +149,9 @@ async fn handshake(
     // The token timeout starts once the broker took the boot request;
     // waiting for a subscription slot or for pacing came before.
     let deadline = deadline_after(Instant::now(), client.settings().token_timeout);
+    // PROTOCOL §3: what is not an answer does not end the wait, but a
+    // timeout says what did arrive, which is usually the real problem.
+    let mut not_answers = NotAnswers::default();
     let token = loop {
         tokio::select! {
             message = replies.recv() => {
@@ -163,15 +166,55 @@ async fn handshake(
                 }
                 match wire::parse_boot_reply(&message.payload)? {
                     Some(token) => break token,
-                    None => tracing::debug!("ignoring a message on the boot reply topic that is not an answer"),
+                    None => {
+                        tracing::debug!("ignoring a message on the boot reply topic that is not an answer");
+                        not_answers.note(&message.payload);
+                    }
                 }
             }
-            () = sleep_until(deadline) => return Err(ErrorKind::Timeout(Phase::BootReply).into()),
+            () = sleep_until(deadline) => return Err(not_answers.timeout()),
         }
     };
     store_token(client.session_store(), device, token).await?;
     tracing::debug!("registered");
     Ok(token)
+}
+
+/// Messages on the reply topic that were not an answer, for the timeout.
+#[derive(Default)]
+struct NotAnswers {
+    count: usize,
+    first: Option<String>,
+}
+
+impl NotAnswers {
+    fn note(&mut self, payload: &[u8]) {
+        self.count += 1;
+        if self.first.is_none() {
+            let shown = &payload[..payload.len().min(64)];
+            let text = String::from_utf8_lossy(shown);
+            let kind = if serde_json::from_slice::<serde_json::Value>(payload).is_ok() {
+                "JSON without a token"
+            } else {
+                "not JSON"
+            };
+            self.first = Some(format!("{kind}: {text:?}"));
+        }
+    }
+
+    fn timeout(self) -> Error {
+        let kind = ErrorKind::Timeout(Phase::BootReply);
+        match self.first {
+            None => kind.into(),
+            Some(first) => Error::with_source(
+                kind,
+                format!(
+                    "{} message(s) arrived on the reply topic that were not an answer (a JSON object with a token), the first {first}",
+                    self.count
+                ),
+            ),
+        }
+    }
 }
 
 /// Stores the token off the async threads: a file-backed store fsyncs.
