@@ -610,4 +610,55 @@ mod tests {
             "{err}"
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn duration() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                Just(Duration::ZERO),
+                Just(Duration::MAX),
+                any::<u64>().prop_map(Duration::from_secs),
+                any::<u64>().prop_map(Duration::from_nanos),
+            ]
+        }
+
+        proptest! {
+            // No duration, size or count a user can pass may panic:
+            // each is refused with a typed error or accepted.
+            #[test]
+            fn any_settings_are_refused_or_accepted_never_a_panic(
+                timeouts in (duration(), duration(), duration(), duration(), duration()),
+                max_inflight in any::<u16>(),
+                max_subscriptions in any::<u16>(),
+                connections in any::<usize>(),
+                rates in (any::<u64>(), any::<u64>()),
+                customer_id in any::<u32>(),
+                port in any::<u16>(),
+            ) {
+                let (token, connect, ack, keep_alive, reconnect) = timeouts;
+                let config = MqttConfig::new(customer_id)
+                    .broker("127.0.0.1")
+                    .port(port)
+                    .security(Security::Plaintext)
+                    .token_timeout(token)
+                    .connect_timeout(connect)
+                    .ack_timeout(ack)
+                    .keep_alive(keep_alive)
+                    .max_reconnect_delay(reconnect)
+                    .max_inflight(max_inflight)
+                    .max_subscriptions(max_subscriptions)
+                    .connections(connections)
+                    .pacing(Pacing::new(rates.0, rates.1));
+                match config.validate_pool() {
+                    Ok(settings) => {
+                        prop_assert_eq!(settings.len(), connections);
+                        prop_assert!(settings.iter().all(|s| s.client_id.len() <= MAX_CLIENT_ID_LEN));
+                    }
+                    Err(e) => prop_assert!(matches!(e.kind(), ErrorKind::InvalidConfig { .. }), "{e}"),
+                }
+            }
+        }
+    }
 }
