@@ -28,9 +28,11 @@ pub(super) fn parse(bytes: &[u8]) -> Result<LruMap<Record>, String> {
 
 /// Appends `map` to `out` as the Python SDK would write it.
 ///
-/// Written by hand rather than through serde: the layout is fixed, and
-/// this is the hot part of every durable write (a 10,000-entry file is
-/// ~750 kB).
+/// Written by hand rather than through serde: this is the hot part of
+/// every full rewrite (a 10,000-entry file is ~730 kB), and serde_json's
+/// pretty printer with a Python-escaping formatter, which gives the same
+/// bytes, measured 2.4 to 2.8 times slower (`benches/store.rs`,
+/// decision 6).
 pub(super) fn write(out: &mut Vec<u8>, map: &LruMap<Record>) {
     out.reserve(map.len().saturating_mul(80).saturating_add(2));
     out.push(b'{');
