@@ -14,12 +14,15 @@
 //!   [`patch_session_token`], [`patch_epoch_time_us`], [`build_log`].
 //! - BLE chunked transfer (§6): [`ChunkReassembler`].
 //! - Log configuration (§7): [`LogConfig`].
+//! - Metrics, events and heartbeats (§8): [`Metric`], [`Event`],
+//!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
 
 mod ble;
 mod boot;
 mod device_info;
 mod header;
 mod log_config;
+mod telemetry;
 mod topic;
 
 pub use ble::{ChunkReassembler, Feed, IgnoreReason};
@@ -37,4 +40,9 @@ pub use log_config::{LogConfig, LogConfigError, LogLevel};
 pub use topic::{
     validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
     MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
+};
+pub use telemetry::{
+    events_batch_payload, events_payload, metrics_batch_payload, metrics_payload, Compression,
+    DeviceEvents, DeviceMetrics, Event, Metric, TelemetryError, TelemetryPayload,
+    COMPRESSION_THRESHOLD,
 };
