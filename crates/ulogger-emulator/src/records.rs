@@ -83,6 +83,9 @@ pub struct Record {
     /// The MQTT client id, for broker refusals.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// For metrics and events: whether the payload arrived gzip-compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<bool>,
 }
 
 impl Record {
@@ -99,6 +102,7 @@ impl Record {
             reason: None,
             file: None,
             client_id: None,
+            compressed: None,
         }
     }
 

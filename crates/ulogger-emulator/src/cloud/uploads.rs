@@ -1,6 +1,9 @@
 //! What devices upload: binary logs (verified: header, checksum, a token
 //! the cloud issued for that application), core dumps, metrics, events.
 
+use std::io::Read as _;
+
+use serde_json::{Map, Value};
 use ulogger_cloud::wire::{validate_checksum, LogHeader};
 
 use super::Cloud;
@@ -54,17 +57,22 @@ impl Cloud {
         self.records.append(record);
     }
 
-    /// Metrics and events are stored as received; their content is not
-    /// verified yet. The record names the device when the payload is plain
-    /// JSON with a `device_serial`.
+    /// Metrics and events are verified against PROTOCOL §8 (see
+    /// [`verify_telemetry`]) and stored as received. The record names the
+    /// device (the first one of a batch) and whether the payload was
+    /// gzip-compressed.
     pub(super) fn telemetry(&self, kind: RecordKind, subdir: &str, app_id: u32, message: &Message) {
         let payload = &message.payload;
         let mut record = Record::new(kind, message.topic.clone(), payload.len());
         record.app_id = Some(app_id);
-        record.serial = serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|v| v.get("device_serial")?.as_str().map(str::to_string));
-        let gzip = payload.starts_with(&[0x1f, 0x8b]);
+        let list = if kind == RecordKind::Events {
+            "events"
+        } else {
+            "metrics"
+        };
+        let checked = verify_telemetry(list, payload);
+        record.serial = checked.serial;
+        record.compressed = Some(checked.compressed);
         let label = record
             .serial
             .clone()
@@ -72,9 +80,251 @@ impl Cloud {
         record.file = self.store(
             subdir,
             &label,
-            if gzip { "json.gz" } else { "json" },
+            if checked.compressed { "json.gz" } else { "json" },
             payload,
         );
+        let record = match checked.verdict {
+            Ok(()) => record,
+            Err(reason) => record.rejected(reason),
+        };
         self.records.append(record);
+    }
+}
+
+/// Largest decompressed telemetry payload accepted, in bytes: a small
+/// gzip bomb must not take the emulator's memory.
+pub(crate) const MAX_DECOMPRESSED: u64 = 8 * 1024 * 1024;
+
+/// What the emulator made of a metrics or events payload.
+#[derive(Debug, PartialEq)]
+pub(crate) struct CheckedTelemetry {
+    /// Whether it started with the gzip magic bytes (1f 8b).
+    pub compressed: bool,
+    /// The device serial, the first device's for a batch, when readable.
+    pub serial: Option<String>,
+    /// Ok, or what is wrong.
+    pub verdict: Result<(), String>,
+}
+
+/// Checks a metrics (`list` = `"metrics"`) or events (`"events"`) payload
+/// against PROTOCOL §8, on its own terms (not with the client library's
+/// builder, so that a bug there cannot hide here):
+///
+/// - gzip when it starts with 1f 8b, decompressed up to
+///   [`MAX_DECOMPRESSED`] bytes;
+/// - a JSON object, either one device (`device_serial` + list) or a batch
+///   (`devices`: a non-empty array of such objects);
+/// - every serial a non-empty string, every list a non-empty array;
+/// - a metric: `name` a non-empty string, `value` a finite number; an
+///   event: `type` a non-empty string; `timestamp`, when present, a
+///   non-negative integer (epoch seconds);
+/// - a batch entry's `app_id`, when present, a u32 as a JSON integer or a
+///   string of decimal digits (the HTTP fallback sends ids as strings).
+pub(crate) fn verify_telemetry(list: &str, payload: &[u8]) -> CheckedTelemetry {
+    let compressed = payload.starts_with(&[0x1f, 0x8b]);
+    let mut checked = CheckedTelemetry {
+        compressed,
+        serial: None,
+        verdict: Ok(()),
+    };
+    let json = if compressed {
+        match gunzip(payload) {
+            Ok(json) => json,
+            Err(reason) => {
+                checked.verdict = Err(reason);
+                return checked;
+            }
+        }
+    } else {
+        payload.to_vec()
+    };
+    let value: Value = match serde_json::from_slice(&json) {
+        Ok(value) => value,
+        Err(e) => {
+            checked.verdict = Err(format!("not JSON: {e}"));
+            return checked;
+        }
+    };
+    let Some(object) = value.as_object() else {
+        checked.verdict = Err("the payload is not a JSON object".to_owned());
+        return checked;
+    };
+    checked.verdict = match object.get("devices") {
+        Some(devices) => {
+            let first = devices
+                .as_array()
+                .and_then(|d| d.first())
+                .and_then(|d| d.get("device_serial"))
+                .and_then(Value::as_str);
+            checked.serial = first.map(str::to_owned);
+            verify_batch(list, devices)
+        }
+        None => {
+            checked.serial = object
+                .get("device_serial")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            verify_device(list, object, "").map(|_| ())
+        }
+    };
+    checked
+}
+
+fn gunzip(payload: &[u8]) -> Result<Vec<u8>, String> {
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(payload)
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("gzip payload does not decompress: {e}"))?;
+    if json.len() as u64 > MAX_DECOMPRESSED {
+        return Err(format!(
+            "gzip payload decompresses to more than {MAX_DECOMPRESSED} bytes"
+        ));
+    }
+    Ok(json)
+}
+
+fn verify_batch(list: &str, devices: &Value) -> Result<(), String> {
+    let devices = devices
+        .as_array()
+        .ok_or("\"devices\" is not an array")?;
+    if devices.is_empty() {
+        return Err("\"devices\" is empty".to_owned());
+    }
+    for (i, device) in devices.iter().enumerate() {
+        let at = format!("devices[{i}]");
+        let entry = device
+            .as_object()
+            .ok_or_else(|| format!("{at} is not an object"))?;
+        verify_device(list, entry, &format!("{at}."))?;
+        if let Some(app) = entry.get("app_id") {
+            let valid = match app {
+                Value::Number(n) => n.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
+                Value::String(s) => {
+                    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u32>().is_ok()
+                }
+                _ => false,
+            };
+            if !valid {
+                return Err(format!("{at}.app_id {app} is not an application id"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn verify_device(list: &str, entry: &Map<String, Value>, at: &str) -> Result<(), String> {
+    match entry.get("device_serial") {
+        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(Value::String(_)) => return Err(format!("{at}device_serial is empty")),
+        Some(other) => return Err(format!("{at}device_serial {other} is not a string")),
+        None => return Err(format!("{at}device_serial is missing")),
+    }
+    let samples = match entry.get(list) {
+        Some(Value::Array(samples)) if !samples.is_empty() => samples,
+        Some(Value::Array(_)) => return Err(format!("{at}{list} is empty")),
+        Some(_) => return Err(format!("{at}{list} is not an array")),
+        None => return Err(format!("{at}{list} is missing")),
+    };
+    let name_key = if list == "events" { "type" } else { "name" };
+    for (i, sample) in samples.iter().enumerate() {
+        let here = format!("{at}{list}[{i}]");
+        let sample = sample
+            .as_object()
+            .ok_or_else(|| format!("{here} is not an object"))?;
+        match sample.get(name_key) {
+            Some(Value::String(s)) if !s.is_empty() => {}
+            Some(Value::String(_)) => return Err(format!("{here}.{name_key} is empty")),
+            Some(other) => return Err(format!("{here}.{name_key} {other} is not a string")),
+            None => return Err(format!("{here}.{name_key} is missing")),
+        }
+        if list != "events" {
+            match sample.get("value") {
+                Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {}
+                Some(other) => return Err(format!("{here}.value {other} is not a finite number")),
+                None => return Err(format!("{here}.value is missing")),
+            }
+        }
+        if let Some(t) = sample.get("timestamp") {
+            if t.as_u64().is_none() {
+                return Err(format!(
+                    "{here}.timestamp {t} is not a non-negative integer (epoch seconds)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn reason(list: &str, payload: &str) -> String {
+        verify_telemetry(list, payload.as_bytes()).verdict.unwrap_err()
+    }
+
+    #[test]
+    fn well_formed_single_and_batch_payloads_pass() {
+        let single = br#"{"device_serial":"SN1","metrics":[{"name":"t","value":2.5,"timestamp":7},{"name":"heartbeat","value":1}]}"#;
+        let c = verify_telemetry("metrics", single);
+        assert_eq!(c.verdict, Ok(()));
+        assert_eq!(c.serial.as_deref(), Some("SN1"));
+        assert!(!c.compressed);
+
+        let batch = br#"{"devices":[{"device_serial":"A","events":[{"type":"boot"}]},{"device_serial":"B","events":[{"type":"x","timestamp":1}],"app_id":"12"},{"device_serial":"C","events":[{"type":"y"}],"app_id":4294967295}]}"#;
+        let c = verify_telemetry("events", &gz(batch));
+        assert_eq!(c.verdict, Ok(()));
+        assert_eq!(c.serial.as_deref(), Some("A"));
+        assert!(c.compressed);
+    }
+
+    #[test]
+    fn each_schema_breach_is_named() {
+        let cases = [
+            ("metrics", "nope", "not JSON"),
+            ("metrics", "[1]", "not a JSON object"),
+            ("metrics", r#"{"metrics":[{"name":"a","value":1}]}"#, "device_serial is missing"),
+            ("metrics", r#"{"device_serial":"","metrics":[{"name":"a","value":1}]}"#, "device_serial is empty"),
+            ("metrics", r#"{"device_serial":5,"metrics":[{"name":"a","value":1}]}"#, "device_serial 5 is not a string"),
+            ("metrics", r#"{"device_serial":"S","metrics":[]}"#, "metrics is empty"),
+            ("metrics", r#"{"device_serial":"S","events":[{"type":"a"}]}"#, "metrics is missing"),
+            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a"}]}"#, "metrics[0].value is missing"),
+            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":"1"}]}"#, "metrics[0].value \"1\" is not a finite number"),
+            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":1e999}]}"#, "not JSON"),
+            ("metrics", r#"{"device_serial":"S","metrics":[{"value":1}]}"#, "metrics[0].name is missing"),
+            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":1,"timestamp":-1}]}"#, "metrics[0].timestamp -1"),
+            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":1,"timestamp":1.5}]}"#, "timestamp 1.5"),
+            ("events", r#"{"device_serial":"S","events":[{"type":""}]}"#, "events[0].type is empty"),
+            ("events", r#"{"device_serial":"S","events":[{"name":"a"}]}"#, "events[0].type is missing"),
+            ("events", r#"{"devices":[]}"#, "\"devices\" is empty"),
+            ("events", r#"{"devices":{}}"#, "not an array"),
+            ("events", r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}]},{"device_serial":"","events":[{"type":"a"}]}]}"#, "devices[1].device_serial is empty"),
+            ("events", r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}],"app_id":-3}]}"#, "devices[0].app_id -3"),
+            ("events", r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}],"app_id":"0x1"}]}"#, "devices[0].app_id"),
+        ];
+        for (list, payload, want) in cases {
+            let got = reason(list, payload);
+            assert!(got.contains(want), "{payload}: {got:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn gzip_is_detected_and_bounded() {
+        let broken = [0x1f, 0x8b, 0, 1, 2];
+        let c = verify_telemetry("metrics", &broken);
+        assert!(c.compressed);
+        assert!(c.verdict.unwrap_err().contains("does not decompress"));
+
+        let bomb = gz(&vec![b' '; usize::try_from(MAX_DECOMPRESSED).unwrap() + 10]);
+        let c = verify_telemetry("metrics", &bomb);
+        assert!(c.verdict.unwrap_err().contains("more than"));
     }
 }
