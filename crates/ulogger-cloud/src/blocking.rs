@@ -30,8 +30,11 @@ use bytes::Bytes;
 
 use crate::error::Error;
 use crate::store::SessionStore;
-use crate::wire::DeviceInfo;
-use crate::{MqttConfig, OutboxConfig, OutboxStatus, PublishReceipt, RecordId, UploadReceipt};
+use crate::wire::{Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, Metric};
+use crate::{
+    MqttConfig, OutboxConfig, OutboxStatus, PublishReceipt, RecordId, TelemetryReceipt,
+    UploadReceipt,
+};
 
 /// The blocking twin of [`crate::Client`]. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -59,6 +62,13 @@ impl ClientBuilder {
     pub fn stamp_epoch_time(self, stamp: bool) -> Self {
         ClientBuilder {
             inner: self.inner.stamp_epoch_time(stamp),
+        }
+    }
+
+    /// See [`crate::ClientBuilder::telemetry_compression`].
+    pub fn telemetry_compression(self, compression: Compression) -> Self {
+        ClientBuilder {
+            inner: self.inner.telemetry_compression(compression),
         }
     }
 
@@ -129,6 +139,59 @@ impl Client {
     /// See [`crate::Client::publish_core_dump`].
     pub fn publish_core_dump(&self, dump: impl Into<Bytes>) -> Result<PublishReceipt, Error> {
         self.runtime.block_on(self.inner.publish_core_dump(dump))
+    }
+
+    /// See [`crate::Client::publish_metrics`].
+    pub fn publish_metrics(
+        &self,
+        serial: &str,
+        app_id: u32,
+        metrics: &[Metric],
+    ) -> Result<TelemetryReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_metrics(serial, app_id, metrics))
+    }
+
+    /// See [`crate::Client::publish_events`].
+    pub fn publish_events(
+        &self,
+        serial: &str,
+        app_id: u32,
+        events: &[Event],
+    ) -> Result<TelemetryReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_events(serial, app_id, events))
+    }
+
+    /// See [`crate::Client::publish_heartbeat`].
+    pub fn publish_heartbeat(
+        &self,
+        serial: &str,
+        app_id: u32,
+        timestamp: Option<u64>,
+    ) -> Result<TelemetryReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_heartbeat(serial, app_id, timestamp))
+    }
+
+    /// See [`crate::Client::publish_metrics_batch`].
+    pub fn publish_metrics_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceMetrics],
+    ) -> Result<TelemetryReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_metrics_batch(app_id, devices))
+    }
+
+    /// See [`crate::Client::publish_events_batch`].
+    pub fn publish_events_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceEvents],
+    ) -> Result<TelemetryReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_events_batch(app_id, devices))
     }
 
     /// See [`crate::Client::enqueue_log`].

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::store::StoreError;
-use crate::wire::{BootReplyError, HeaderError, TopicError};
+use crate::wire::{BootReplyError, HeaderError, TelemetryError, TopicError};
 
 /// What went wrong, with the facts a caller needs to act on it.
 ///
@@ -108,6 +108,10 @@ pub enum ErrorKind {
     /// An id cannot go into a topic, or a topic breaks the platform's rules.
     #[error("invalid topic: {0}")]
     InvalidTopic(#[source] TopicError),
+    /// A metrics or events message cannot be built (empty serial or
+    /// sample list, a non-finite value, ...); nothing was sent.
+    #[error("invalid telemetry: {0}")]
+    InvalidTelemetry(#[source] TelemetryError),
     /// The message is larger than the broker accepts; nothing was sent.
     #[error("payload of {size} bytes exceeds the broker's limit of {limit} bytes")]
     PayloadTooLarge {
@@ -239,6 +243,7 @@ impl Error {
                 | ErrorKind::KeyMismatch { .. }
                 | ErrorKind::InvalidLog(_)
                 | ErrorKind::InvalidTopic(_)
+                | ErrorKind::InvalidTelemetry(_)
                 | ErrorKind::PayloadTooLarge { .. }
         )
     }
@@ -304,6 +309,18 @@ impl From<HeaderError> for Error {
 impl From<TopicError> for Error {
     fn from(e: TopicError) -> Self {
         ErrorKind::InvalidTopic(e).into()
+    }
+}
+
+impl From<TelemetryError> for Error {
+    fn from(e: TelemetryError) -> Self {
+        match e {
+            // One kind for "too large", whatever the payload.
+            TelemetryError::TooLarge { size, limit, .. } => {
+                ErrorKind::PayloadTooLarge { size, limit }.into()
+            }
+            e => ErrorKind::InvalidTelemetry(e).into(),
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 //!   registration ([`Client::session_token`]), binary-log upload
 //!   ([`Client::upload_log`]) and core dumps, each complete only when the
 //!   broker acknowledged it, paced to the platform's per-connection
-//!   limits ([`Pacing`]).
+//!   limits ([`Pacing`]), and metrics, events and heartbeats
+//!   ([`Client::publish_metrics`], [`Client::publish_heartbeat`]).
 
 pub mod blocking;
 pub mod wire;
@@ -29,7 +30,7 @@ mod store;
 mod tls;
 mod transport;
 
-pub use client::{Client, ClientBuilder, PublishReceipt, UploadReceipt};
+pub use client::{Client, ClientBuilder, PublishReceipt, TelemetryReceipt, UploadReceipt};
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use oneshot::{

@@ -3,6 +3,9 @@
 mod delivery;
 mod pool;
 mod registration;
+mod telemetry;
+
+pub use telemetry::TelemetryReceipt;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,7 +19,7 @@ use crate::outbox::format::Kind;
 use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
 use crate::transport::Transport;
-use crate::wire::{self, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
+use crate::wire::{self, Compression, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
 use pool::Pool;
 
 use registration::Registrations;
@@ -99,6 +102,7 @@ struct Inner {
     store: Arc<SessionStore>,
     registrations: Registrations,
     stamp_epoch_time: bool,
+    telemetry_compression: Compression,
     outbox: Option<OutboxHandle>,
 }
 
@@ -116,6 +120,7 @@ pub struct ClientBuilder {
     config: MqttConfig,
     store: Option<Arc<SessionStore>>,
     stamp_epoch_time: bool,
+    telemetry_compression: Compression,
     outbox: Option<OutboxConfig>,
 }
 
@@ -147,6 +152,14 @@ impl ClientBuilder {
         self
     }
 
+    /// When metrics and events payloads are gzip-compressed. Default:
+    /// [`Compression::Auto`] (over 1,024 bytes of JSON, as the platform
+    /// asks). The 128 KiB limit applies to the compressed size.
+    pub fn telemetry_compression(mut self, compression: Compression) -> Self {
+        self.telemetry_compression = compression;
+        self
+    }
+
     /// Checks the configuration (ids, files, key matching certificate) and
     /// starts connecting in the background.
     ///
@@ -165,6 +178,7 @@ impl ClientBuilder {
                 .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
             registrations: Registrations::default(),
             stamp_epoch_time: self.stamp_epoch_time,
+            telemetry_compression: self.telemetry_compression,
             outbox: outbox.as_ref().map(|outbox| OutboxHandle {
                 outbox: outbox.clone(),
                 stop: tokio::sync::watch::Sender::new(false),
@@ -204,6 +218,7 @@ impl Client {
             config,
             store: None,
             stamp_epoch_time: false,
+            telemetry_compression: Compression::Auto,
             outbox: None,
         }
     }

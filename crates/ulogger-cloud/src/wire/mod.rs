@@ -37,12 +37,12 @@ pub use header::{
     SUPPORTED_HEADER_VERSIONS,
 };
 pub use log_config::{LogConfig, LogConfigError, LogLevel};
-pub use topic::{
-    validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
-    MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
-};
 pub use telemetry::{
     events_batch_payload, events_payload, metrics_batch_payload, metrics_payload, Compression,
     DeviceEvents, DeviceMetrics, Event, Metric, TelemetryError, TelemetryPayload,
     COMPRESSION_THRESHOLD,
+};
+pub use topic::{
+    validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
+    MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
 };

@@ -564,7 +564,10 @@ mod tests {
             Compression::Auto,
         )
         .unwrap_err();
-        assert!(matches!(e, TelemetryError::InvalidSerial { index: 1, .. }), "{e}");
+        assert!(
+            matches!(e, TelemetryError::InvalidSerial { index: 1, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("entry 1"), "{e}");
         assert!(matches!(
             events_payload("S", &[Event::new("")], Compression::Auto),
@@ -580,8 +583,12 @@ mod tests {
                 .unwrap()
                 .json_len
         };
-        let n = (1..200).take_while(|&n| sized(n) <= COMPRESSION_THRESHOLD).last().unwrap();
-        let under = metrics_payload("S", &vec![Metric::new("m", 1.0); n], Compression::Auto).unwrap();
+        let n = (1..200)
+            .take_while(|&n| sized(n) <= COMPRESSION_THRESHOLD)
+            .last()
+            .unwrap();
+        let under =
+            metrics_payload("S", &vec![Metric::new("m", 1.0); n], Compression::Auto).unwrap();
         assert!(!under.compressed && under.json_len <= COMPRESSION_THRESHOLD);
         let over =
             metrics_payload("S", &vec![Metric::new("m", 1.0); n + 1], Compression::Auto).unwrap();
@@ -598,7 +605,16 @@ mod tests {
             .map(|i| Metric::new(format!("metric_{i}"), f64::from(i)).at(1_700_000_000))
             .collect();
         let e = metrics_payload("S", &many, Compression::Never).unwrap_err();
-        assert!(matches!(e, TelemetryError::TooLarge { compressed: false, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                TelemetryError::TooLarge {
+                    compressed: false,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let p = metrics_payload("S", &many, Compression::Auto).unwrap();
         assert!(p.compressed && p.json_len > MAX_MESSAGE_SIZE);
         assert_eq!(parse(&p)["metrics"].as_array().unwrap().len(), 4000);
