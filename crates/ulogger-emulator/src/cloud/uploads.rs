@@ -80,7 +80,11 @@ impl Cloud {
         record.file = self.store(
             subdir,
             &label,
-            if checked.compressed { "json.gz" } else { "json" },
+            if checked.compressed {
+                "json.gz"
+            } else {
+                "json"
+            },
             payload,
         );
         let record = match checked.verdict {
@@ -185,9 +189,7 @@ fn gunzip(payload: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn verify_batch(list: &str, devices: &Value) -> Result<(), String> {
-    let devices = devices
-        .as_array()
-        .ok_or("\"devices\" is not an array")?;
+    let devices = devices.as_array().ok_or("\"devices\" is not an array")?;
     if devices.is_empty() {
         return Err("\"devices\" is empty".to_owned());
     }
@@ -201,7 +203,9 @@ fn verify_batch(list: &str, devices: &Value) -> Result<(), String> {
             let valid = match app {
                 Value::Number(n) => n.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
                 Value::String(s) => {
-                    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u32>().is_ok()
+                    !s.is_empty()
+                        && s.bytes().all(|b| b.is_ascii_digit())
+                        && s.parse::<u32>().is_ok()
                 }
                 _ => false,
             };
@@ -268,7 +272,9 @@ mod tests {
     }
 
     fn reason(list: &str, payload: &str) -> String {
-        verify_telemetry(list, payload.as_bytes()).verdict.unwrap_err()
+        verify_telemetry(list, payload.as_bytes())
+            .verdict
+            .unwrap_err()
     }
 
     #[test]
@@ -291,24 +297,88 @@ mod tests {
         let cases = [
             ("metrics", "nope", "not JSON"),
             ("metrics", "[1]", "not a JSON object"),
-            ("metrics", r#"{"metrics":[{"name":"a","value":1}]}"#, "device_serial is missing"),
-            ("metrics", r#"{"device_serial":"","metrics":[{"name":"a","value":1}]}"#, "device_serial is empty"),
-            ("metrics", r#"{"device_serial":5,"metrics":[{"name":"a","value":1}]}"#, "device_serial 5 is not a string"),
-            ("metrics", r#"{"device_serial":"S","metrics":[]}"#, "metrics is empty"),
-            ("metrics", r#"{"device_serial":"S","events":[{"type":"a"}]}"#, "metrics is missing"),
-            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a"}]}"#, "metrics[0].value is missing"),
-            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":"1"}]}"#, "metrics[0].value \"1\" is not a finite number"),
-            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":1e999}]}"#, "not JSON"),
-            ("metrics", r#"{"device_serial":"S","metrics":[{"value":1}]}"#, "metrics[0].name is missing"),
-            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":1,"timestamp":-1}]}"#, "metrics[0].timestamp -1"),
-            ("metrics", r#"{"device_serial":"S","metrics":[{"name":"a","value":1,"timestamp":1.5}]}"#, "timestamp 1.5"),
-            ("events", r#"{"device_serial":"S","events":[{"type":""}]}"#, "events[0].type is empty"),
-            ("events", r#"{"device_serial":"S","events":[{"name":"a"}]}"#, "events[0].type is missing"),
+            (
+                "metrics",
+                r#"{"metrics":[{"name":"a","value":1}]}"#,
+                "device_serial is missing",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"","metrics":[{"name":"a","value":1}]}"#,
+                "device_serial is empty",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":5,"metrics":[{"name":"a","value":1}]}"#,
+                "device_serial 5 is not a string",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[]}"#,
+                "metrics is empty",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","events":[{"type":"a"}]}"#,
+                "metrics is missing",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[{"name":"a"}]}"#,
+                "metrics[0].value is missing",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[{"name":"a","value":"1"}]}"#,
+                "metrics[0].value \"1\" is not a finite number",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[{"name":"a","value":1e999}]}"#,
+                "not JSON",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[{"value":1}]}"#,
+                "metrics[0].name is missing",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[{"name":"a","value":1,"timestamp":-1}]}"#,
+                "metrics[0].timestamp -1",
+            ),
+            (
+                "metrics",
+                r#"{"device_serial":"S","metrics":[{"name":"a","value":1,"timestamp":1.5}]}"#,
+                "timestamp 1.5",
+            ),
+            (
+                "events",
+                r#"{"device_serial":"S","events":[{"type":""}]}"#,
+                "events[0].type is empty",
+            ),
+            (
+                "events",
+                r#"{"device_serial":"S","events":[{"name":"a"}]}"#,
+                "events[0].type is missing",
+            ),
             ("events", r#"{"devices":[]}"#, "\"devices\" is empty"),
             ("events", r#"{"devices":{}}"#, "not an array"),
-            ("events", r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}]},{"device_serial":"","events":[{"type":"a"}]}]}"#, "devices[1].device_serial is empty"),
-            ("events", r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}],"app_id":-3}]}"#, "devices[0].app_id -3"),
-            ("events", r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}],"app_id":"0x1"}]}"#, "devices[0].app_id"),
+            (
+                "events",
+                r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}]},{"device_serial":"","events":[{"type":"a"}]}]}"#,
+                "devices[1].device_serial is empty",
+            ),
+            (
+                "events",
+                r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}],"app_id":-3}]}"#,
+                "devices[0].app_id -3",
+            ),
+            (
+                "events",
+                r#"{"devices":[{"device_serial":"A","events":[{"type":"a"}],"app_id":"0x1"}]}"#,
+                "devices[0].app_id",
+            ),
         ];
         for (list, payload, want) in cases {
             let got = reason(list, payload);
