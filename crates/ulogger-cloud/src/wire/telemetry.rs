@@ -655,5 +655,45 @@ mod tests {
                 }
             }
         }
+
+        #[test]
+        fn event_batches_round_trip_or_fail_typed(
+            devices in proptest::collection::vec((
+                // Mostly valid serials, so that most batches get built.
+                prop_oneof![3 => "[A-Za-z0-9_.:-]{1,10}", 1 => "\\PC{0,10}"],
+                proptest::collection::vec(("\\PC{0,12}", proptest::option::of(any::<u64>())), 0..6),
+                proptest::option::of(any::<u32>()),
+            ), 0..8),
+            mode in 0..3u8,
+        ) {
+            let compression = [Compression::Auto, Compression::Always, Compression::Never][usize::from(mode)];
+            let devices: Vec<DeviceEvents> = devices.into_iter().map(|(serial, events, app_id)| DeviceEvents {
+                serial,
+                events: events.into_iter().map(|(kind, timestamp)| Event { kind, timestamp }).collect(),
+                app_id,
+            }).collect();
+            match events_batch_payload(&devices, compression) {
+                Ok(p) => {
+                    let v = parse(&p);
+                    let entries = v["devices"].as_array().unwrap();
+                    prop_assert_eq!(entries.len(), devices.len());
+                    for (got, want) in entries.iter().zip(&devices) {
+                        prop_assert_eq!(got["device_serial"].as_str(), Some(want.serial.as_str()));
+                        prop_assert_eq!(got.get("app_id").and_then(Value::as_u64), want.app_id.map(u64::from));
+                        let events = got["events"].as_array().unwrap();
+                        prop_assert_eq!(events.len(), want.events.len());
+                        for (e, w) in events.iter().zip(&want.events) {
+                            prop_assert_eq!(e["type"].as_str(), Some(w.kind.as_str()));
+                            prop_assert_eq!(e.get("timestamp").and_then(Value::as_u64), w.timestamp);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let bad = devices.is_empty() || devices.iter().any(|d| validate_serial(&d.serial).is_err()
+                        || d.events.is_empty() || d.events.iter().any(|e| e.kind.is_empty()));
+                    prop_assert!(bad, "refused good input: {}", e);
+                }
+            }
+        }
     }
 }
