@@ -397,4 +397,35 @@ mod tests {
         let c = verify_telemetry("metrics", &bomb);
         assert!(c.verdict.unwrap_err().contains("more than"));
     }
+
+    proptest::proptest! {
+        /// Two independent readings of §8 agree on what the client builds.
+        #[test]
+        fn what_the_client_builds_passes(
+            serials in proptest::collection::vec("[A-Za-z0-9_.:-]{1,12}", 1..5),
+            values in proptest::collection::vec(-1e300f64..1e300, 1..30),
+            always in proptest::bool::ANY,
+        ) {
+            use ulogger_cloud::wire::{metrics_batch_payload, Compression, DeviceMetrics, Metric};
+            let compression = if always { Compression::Always } else { Compression::Auto };
+            let devices: Vec<_> = serials.iter().enumerate().map(|(i, s)| {
+                let metrics = values.iter().map(|v| Metric::new(format!("m{i}"), *v).at(1)).collect();
+                DeviceMetrics::new(s.clone(), metrics).app_id(u32::try_from(i).unwrap())
+            }).collect();
+            let payload = metrics_batch_payload(&devices, compression).unwrap();
+            let checked = verify_telemetry("metrics", &payload.bytes);
+            proptest::prop_assert_eq!(checked.verdict, Ok(()));
+            proptest::prop_assert_eq!(checked.compressed, payload.compressed);
+            proptest::prop_assert_eq!(checked.serial.as_deref(), Some(serials[0].as_str()));
+        }
+
+        #[test]
+        fn any_bytes_get_a_verdict_without_panicking(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            gzip in proptest::bool::ANY,
+        ) {
+            let payload = if gzip { gz(&bytes) } else { bytes };
+            let _ = verify_telemetry("events", &payload);
+        }
+    }
 }
