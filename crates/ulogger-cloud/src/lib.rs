@@ -29,7 +29,7 @@ mod store;
 mod tls;
 mod transport;
 
-pub use client::{Client, ClientBuilder, PublishReceipt, UploadReceipt};
+pub use client::{Client, ClientBuilder, LogConfigs, PublishReceipt, UploadReceipt};
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use oneshot::{

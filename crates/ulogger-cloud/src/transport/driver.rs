@@ -857,6 +857,7 @@ impl Driver {
                     Message {
                         payload: publish.payload,
                         retain: publish.retain,
+                        dup: publish.dup,
                     },
                 );
             }
