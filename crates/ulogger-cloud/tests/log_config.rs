@@ -263,3 +263,19 @@ fn the_blocking_client_waits_for_and_streams_configurations() {
     assert_eq!(err.timeout_phase(), Some(Phase::LogConfig));
     client.shutdown();
 }
+
+#[tokio::test]
+async fn the_stream_ends_when_the_client_shuts_down() {
+    let emu = tls_emulator();
+    let client = Client::builder(config_for(&emu)).build().unwrap();
+    let mut configs = client.log_configs(&device("SN-CFG-END")).await.unwrap();
+
+    client.shutdown().await;
+
+    let end = tokio::time::timeout(PATIENCE, configs.next())
+        .await
+        .expect("the stream ends at once");
+    assert!(end.is_none());
+    let err = client.log_configs(&device("SN-CFG-END")).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Shutdown), "{err:?}");
+}

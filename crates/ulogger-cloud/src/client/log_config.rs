@@ -51,6 +51,23 @@ impl Client {
     /// ends when the [`LogConfigs`] is dropped. See [`LogConfigs`] for
     /// retained messages and duplicates.
     ///
+    /// ```no_run
+    /// use ulogger_cloud::{Client, MqttConfig, wire::DeviceInfo};
+    ///
+    /// # async fn run() -> Result<(), ulogger_cloud::Error> {
+    /// let config = MqttConfig::new(42).client_cert("gw.pem.crt", "gw.pem.key");
+    /// let client = Client::builder(config).build()?;
+    /// let device = DeviceInfo::new(7, "SN-0001", "sensor-board", "v1.2.0", "abcdef0");
+    /// let mut configs = client.log_configs(&device).await?;
+    /// while let Some(config) = configs.next().await {
+    ///     match config {
+    ///         Ok(config) => println!("level {} for {}s", config.level, config.timeout_secs),
+    ///         Err(e) => eprintln!("skipping a configuration: {e}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidTopic`] for a serial that cannot go into a

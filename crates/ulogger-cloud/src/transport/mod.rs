@@ -88,6 +88,11 @@ impl Shared {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Ends every listener: nothing more will arrive once closed.
+    fn close_routes(&self) {
+        self.routes().clear();
+    }
+
     /// Hands a delivered message to its listeners, forgetting closed ones.
     fn route(&self, topic: &str, message: Message) {
         let mut routes = self.routes();
