@@ -29,6 +29,8 @@ pub struct Args {
 enum Command {
     /// List what an emulator (running or stopped) received, from its data directory.
     Records(crate::emulator_records::Args),
+    /// Push a log configuration to a device through a running emulator.
+    PushConfig(crate::log_config::PushArgs),
 }
 
 /// Arguments of `ulogger emulator` when it runs an emulator.
@@ -95,6 +97,7 @@ pub struct RunArgs {
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     match args.command {
         Some(Command::Records(records)) => crate::emulator_records::run(global, records),
+        Some(Command::PushConfig(push)) => crate::log_config::push(global, push),
         None => run_emulator(global, args.run),
     }
 }

@@ -12,6 +12,7 @@ mod emulator;
 mod emulator_records;
 mod exit;
 mod inspect;
+mod log_config;
 mod make_log;
 mod outbox;
 mod outbox_upload;
@@ -70,7 +71,7 @@ enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the manual page (troff), or write one per command with --out DIR.
     Man(docs::ManArgs),
-    /// Show the effective settings and where each came from.
+    /// Show the effective settings and where each came from; watch the log configurations the cloud pushes.
     #[command(subcommand)]
     Config(settings::Command),
 }

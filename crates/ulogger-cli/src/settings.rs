@@ -1,5 +1,6 @@
 //! `ulogger config show`: the effective settings and where each came from
-//! (flag, environment, config file, default).
+//! (flag, environment, config file, default). `config watch` lives in
+//! `log_config`.
 
 use std::path::PathBuf;
 
@@ -21,6 +22,10 @@ pub enum Command {
     /// Print the effective settings and where each came from (flag,
     /// environment, file, default). Takes every setting's flag.
     Show(ShowArgs),
+    /// Print each log configuration the cloud pushes to a device, as it
+    /// arrives, until Ctrl-C or SIGTERM. Takes the device and connection
+    /// flags of `upload`.
+    Watch(crate::log_config::WatchArgs),
 }
 
 /// Arguments of `ulogger config show`.
@@ -65,8 +70,10 @@ struct Setting {
 type Row = (&'static str, Option<String>, Option<String>, Option<String>);
 
 pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
-    let Command::Show(args) = cmd;
-    show(global, &args)
+    match cmd {
+        Command::Show(args) => show(global, &args),
+        Command::Watch(args) => crate::log_config::watch(global, args),
+    }
 }
 
 fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {

@@ -25,12 +25,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::error::Error;
 use crate::store::SessionStore;
-use crate::wire::{Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, Metric};
+use crate::wire::{Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, LogConfig, Metric};
 use crate::{
     MqttConfig, OutboxConfig, OutboxStatus, PublishReceipt, RecordId, TelemetryReceipt,
     UploadReceipt,
@@ -214,9 +215,46 @@ impl Client {
         self.inner.outbox_status()
     }
 
+    /// See [`crate::Client::wait_for_log_config`].
+    pub fn wait_for_log_config(
+        &self,
+        device: &DeviceInfo,
+        timeout: Duration,
+    ) -> Result<LogConfig, Error> {
+        self.runtime
+            .block_on(self.inner.wait_for_log_config(device, timeout))
+    }
+
+    /// See [`crate::Client::log_configs`]: the configurations as an
+    /// iterator, which blocks for the next one.
+    pub fn log_configs(&self, device: &DeviceInfo) -> Result<LogConfigs, Error> {
+        let inner = self.runtime.block_on(self.inner.log_configs(device))?;
+        Ok(LogConfigs {
+            inner,
+            runtime: self.runtime.clone(),
+        })
+    }
+
     /// See [`crate::Client::shutdown`].
     pub fn shutdown(&self) {
         self.runtime.block_on(self.inner.shutdown());
+    }
+}
+
+/// The blocking twin of [`crate::LogConfigs`]: an iterator whose
+/// `next` blocks until a configuration arrives, and ends when the client
+/// shuts down. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct LogConfigs {
+    inner: crate::LogConfigs,
+    runtime: Arc<Runtime>,
+}
+
+impl Iterator for LogConfigs {
+    type Item = Result<LogConfig, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.runtime.block_on(self.inner.next())
     }
 }
 

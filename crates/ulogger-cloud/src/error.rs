@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::store::StoreError;
-use crate::wire::{BootReplyError, HeaderError, TelemetryError, TopicError};
+use crate::wire::{BootReplyError, HeaderError, LogConfigError, TelemetryError, TopicError};
 
 /// What went wrong, with the facts a caller needs to act on it.
 ///
@@ -37,6 +37,8 @@ pub enum Phase {
     BootReply,
     /// Waiting for the broker's PUBACK of a publish.
     Acknowledgement,
+    /// Waiting for the cloud to push a log configuration.
+    LogConfig,
 }
 
 impl fmt::Display for Phase {
@@ -46,6 +48,7 @@ impl fmt::Display for Phase {
             Phase::Subscribe => "waiting for the broker's SUBACK",
             Phase::BootReply => "waiting for the boot reply (session token)",
             Phase::Acknowledgement => "waiting for the broker's PUBACK",
+            Phase::LogConfig => "waiting for a log configuration from the cloud",
         })
     }
 }
@@ -123,6 +126,9 @@ pub enum ErrorKind {
     /// The cloud answered the boot registration with something unusable.
     #[error("invalid boot reply: {0}")]
     InvalidBootReply(#[source] BootReplyError),
+    /// A log configuration pushed by the cloud could not be decoded.
+    #[error("invalid log configuration: {0}")]
+    InvalidLogConfig(#[source] LogConfigError),
     /// An operation ran out of time in the given phase.
     #[error("timed out {0}")]
     Timeout(Phase),
@@ -256,6 +262,7 @@ impl Error {
             ErrorKind::ConnectionRefused { .. }
                 | ErrorKind::SubscribeRefused { .. }
                 | ErrorKind::InvalidBootReply(_)
+                | ErrorKind::InvalidLogConfig(_)
         )
     }
 
@@ -327,6 +334,12 @@ impl From<TelemetryError> for Error {
 impl From<BootReplyError> for Error {
     fn from(e: BootReplyError) -> Self {
         ErrorKind::InvalidBootReply(e).into()
+    }
+}
+
+impl From<LogConfigError> for Error {
+    fn from(e: LogConfigError) -> Self {
+        ErrorKind::InvalidLogConfig(e).into()
     }
 }
 

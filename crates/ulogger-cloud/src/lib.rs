@@ -30,7 +30,9 @@ mod store;
 mod tls;
 mod transport;
 
-pub use client::{Client, ClientBuilder, PublishReceipt, TelemetryReceipt, UploadReceipt};
+pub use client::{
+    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, UploadReceipt,
+};
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use oneshot::{

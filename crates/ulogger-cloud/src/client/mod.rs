@@ -1,6 +1,7 @@
 //! The async client: registration and uploads over one shared connection.
 
 mod delivery;
+mod log_config;
 mod pool;
 mod registration;
 mod telemetry;
@@ -23,6 +24,8 @@ use crate::wire::{self, Compression, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
 use pool::Pool;
 
 use registration::Registrations;
+
+pub use log_config::LogConfigs;
 
 /// What the broker acknowledged for an uploaded binary log.
 #[derive(Debug, Clone, PartialEq, Eq)]

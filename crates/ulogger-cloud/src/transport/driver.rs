@@ -261,6 +261,7 @@ impl Driver {
         }
         self.fail_everything();
         self.set_link(Link::Closed);
+        self.shared.close_routes();
     }
 
     fn set_link(&self, link: Link) {
@@ -857,6 +858,7 @@ impl Driver {
                     Message {
                         payload: publish.payload,
                         retain: publish.retain,
+                        dup: publish.dup,
                     },
                 );
             }

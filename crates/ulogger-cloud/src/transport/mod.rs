@@ -36,6 +36,8 @@ pub(crate) struct Message {
     pub payload: Bytes,
     /// Set when the broker replays a retained message on subscription.
     pub retain: bool,
+    /// Set when the broker re-sends a QoS 1 message it sent before.
+    pub dup: bool,
 }
 
 /// What the connection is doing, as callers waiting on it see it.
@@ -86,6 +88,11 @@ impl Shared {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Ends every listener: nothing more will arrive once closed.
+    fn close_routes(&self) {
+        self.routes().clear();
+    }
+
     /// Hands a delivered message to its listeners, forgetting closed ones.
     fn route(&self, topic: &str, message: Message) {
         let mut routes = self.routes();
@@ -125,6 +132,13 @@ pub(crate) struct Listener {
 impl Listener {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
+    }
+
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
     }
 }
 

@@ -1,0 +1,122 @@
+//! `ulogger config watch` and `ulogger emulator push-config`: a log
+//! configuration pushed through a running emulator reaches the watcher.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::Stdio;
+
+use support::sandbox::{connect_args, device_args, s, strings, tls_emulator, Sandbox, APP};
+use support::{Running, WAIT};
+use ulogger_cloud::wire::{LogConfig, LogLevel};
+
+/// Starts `args` with stdout piped, in `sandbox`.
+fn start(sandbox: &Sandbox, args: &[String]) -> Running {
+    let mut command = sandbox.command(&[]);
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Running::spawn(command)
+}
+
+#[test]
+fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("emulator-data");
+    let emulator = start(
+        &sandbox,
+        &strings(&[
+            "--json",
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            &s(&data),
+        ]),
+    );
+    let ready = emulator.json_line();
+    assert_eq!(ready["event"], "ready");
+    let config_file = ready["config_file"].as_str().unwrap().to_owned();
+
+    let mut watch_args = strings(&["--json", "config", "watch", "--config", &config_file]);
+    watch_args.extend(device_args("SN-WATCH"));
+    let mut watcher = start(&sandbox, &watch_args);
+    let watching = watcher.json_line();
+    assert_eq!(watching["event"], "watching", "{watching}");
+    assert!(
+        watching["topic"].as_str().unwrap().ends_with("/SN-WATCH"),
+        "{watching}"
+    );
+
+    let pushed = sandbox.run(&strings(&[
+        "--json",
+        "emulator",
+        "push-config",
+        "--data",
+        &s(&data),
+        "--app-id",
+        &APP.to_string(),
+        "--serial",
+        "SN-WATCH",
+        "--level",
+        "warning",
+        "--module-flags",
+        "0xb",
+        "--timeout",
+        "600",
+        "--modules",
+        "net,fs,ui",
+    ]));
+    assert_eq!(pushed.code, Some(0), "{}", pushed.output());
+    let receipt: serde_json::Value = serde_json::from_str(pushed.stdout.trim()).unwrap();
+    assert_eq!(receipt["event"], "pushed");
+    assert_eq!(receipt["topic"], watching["topic"]);
+
+    let line = watcher.json_line();
+    assert_eq!(line["event"], "log_config", "{line}");
+    assert_eq!(
+        line["config"],
+        serde_json::json!({
+            "level": "WARNING",
+            "level_value": 2,
+            "module_flags": 11,
+            "timeout_secs": 600,
+            "module_names": ["net", "fs", "ui"],
+        })
+    );
+    let status = watcher.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM ends a watch cleanly");
+}
+
+#[test]
+fn watch_prints_a_human_line_per_configuration() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let mut args = connect_args("config", &emu);
+    args.insert(1, "watch".to_owned());
+    args.extend(["--no-store".to_owned()]);
+    args.extend(device_args("SN-WATCH-HUMAN"));
+    let watcher = start(&sandbox, &args);
+    // The watch says it is subscribed on stderr; stdout holds only
+    // configurations, so push until the first one shows.
+    let config = LogConfig::new(LogLevel::Error, 5, 30);
+    let deadline = std::time::Instant::now() + WAIT;
+    let line = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line from the watch"
+        );
+        emu.push_config_blocking(APP, "SN-WATCH-HUMAN", &config)
+            .unwrap();
+        match watcher
+            .lines
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(line) => break line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(e) => panic!("the watch ended: {e}"),
+        }
+    };
+    assert_eq!(line, "level=ERROR module_flags=0x00000005 timeout=30s");
+}
