@@ -301,21 +301,11 @@ pub fn metrics_batch_payload(
     devices: &[DeviceMetrics],
     compression: Compression,
 ) -> Result<TelemetryPayload, TelemetryError> {
-    if devices.is_empty() {
-        return Err(TelemetryError::EmptyBatch);
-    }
-    let entries = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut entry = metrics_entry(i, &d.serial, &d.metrics)?;
-            if let Some(app) = d.app_id {
-                entry.insert("app_id".into(), Value::from(app));
-            }
-            Ok(Value::Object(entry))
-        })
-        .collect::<Result<Vec<_>, TelemetryError>>()?;
-    finish(&json!({ "devices": entries }), compression)
+    batch_payload(
+        devices,
+        |i, d| Ok((metrics_entry(i, &d.serial, &d.metrics)?, d.app_id)),
+        compression,
+    )
 }
 
 /// The payload for many devices' events (see [`metrics_batch_payload`]).
@@ -327,6 +317,20 @@ pub fn events_batch_payload(
     devices: &[DeviceEvents],
     compression: Compression,
 ) -> Result<TelemetryPayload, TelemetryError> {
+    batch_payload(
+        devices,
+        |i, d| Ok((events_entry(i, &d.serial, &d.events)?, d.app_id)),
+        compression,
+    )
+}
+
+/// `{"devices": [...]}` from each device's entry and its `app_id`
+/// override.
+fn batch_payload<D>(
+    devices: &[D],
+    entry: impl Fn(usize, &D) -> Result<(Map<String, Value>, Option<u32>), TelemetryError>,
+    compression: Compression,
+) -> Result<TelemetryPayload, TelemetryError> {
     if devices.is_empty() {
         return Err(TelemetryError::EmptyBatch);
     }
@@ -334,8 +338,8 @@ pub fn events_batch_payload(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let mut entry = events_entry(i, &d.serial, &d.events)?;
-            if let Some(app) = d.app_id {
+            let (mut entry, app_id) = entry(i, d)?;
+            if let Some(app) = app_id {
                 entry.insert("app_id".into(), Value::from(app));
             }
             Ok(Value::Object(entry))
