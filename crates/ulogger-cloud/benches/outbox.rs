@@ -44,6 +44,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -54,17 +56,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{build_log, header_len, DeviceInfo, LogHeader};
+use ulogger_cloud::wire::{DeviceInfo, LogHeader};
 use ulogger_cloud::{
     Client, MqttConfig, Outbox, OutboxConfig, Pacing, RecordId, Security, SessionStore,
 };
 use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
 use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
 
-const CUSTOMER: u32 = 4242;
-const APP: u32 = 7;
-/// Whole log buffer, header included.
-const LOG_SIZE: usize = 4 * 1024;
+use support::{
+    device, median, ms, percentile, valid_log, verdict, CUSTOMER, LOG_SIZE, MOSQUITTO_EXTRA, SHM,
+};
 
 /// Enqueue phases: (producers, enqueues per producer), each about a second.
 const ENQUEUE_PHASES: [(usize, usize); 3] = [(1, 200), (8, 100), (64, 50)];
@@ -93,13 +94,6 @@ const OPEN_RECORDS: usize = 100_000;
 const OPEN_REPEATS: usize = 3;
 /// Producers filling it.
 const OPEN_FILLERS: usize = 64;
-
-/// A memory-backed directory for the cloud's records, where there is one
-/// (the cloud's own disk writes are not what is measured here).
-const SHM: &str = "/dev/shm";
-/// As in `benches/upload.rs`: no Nagle delays on the broker's side, and no
-/// dropping of the cloud's backlog.
-const MOSQUITTO_EXTRA: &str = "set_tcp_nodelay true\nmax_queued_messages 0";
 
 fn main() {
     let Some(binary) = find_mosquitto() else {
@@ -936,27 +930,6 @@ fn print_summary(enqueue: &EnqueueFigures, e2e: &E2eFigures, open: &OpenFigures)
     );
 }
 
-fn device(serial: &str) -> DeviceInfo {
-    DeviceInfo::new(APP, serial, "bench-board", "v1.0.0", "abc1234")
-}
-
-/// A valid version-4 log of exactly `LOG_SIZE` bytes carrying `token`,
-/// numbered `i` in its anchor tick.
-fn valid_log(i: usize, token: u32) -> Bytes {
-    let mut header = LogHeader::new(4).expect("version 4");
-    header.session_token = token;
-    header.anchor_tick = Some(i as u32);
-    header.tick_rate_hz = Some(32_768);
-    header.epoch_time_us = Some(1_700_000_000_000_000 + i as u64);
-    let header_len = header_len(4).expect("version 4 has a header");
-    let data: Vec<u8> = (0..LOG_SIZE - header_len)
-        .map(|j| ((i * 7 + j * 31) % 251) as u8)
-        .collect();
-    let log = build_log(header, &data).expect("valid log");
-    assert_eq!(log.len(), LOG_SIZE);
-    Bytes::from(log)
-}
-
 /// The type of the file system holding `path` (the longest mount point
 /// that is a prefix of it), from `/proc/self/mounts`; Linux only.
 fn filesystem_of(path: &Path) -> Option<String> {
@@ -972,27 +945,4 @@ fn filesystem_of(path: &Path) -> Option<String> {
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, kind)| kind)
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "MISSED"
-    }
 }

@@ -31,6 +31,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,15 +43,16 @@ use rumqttc::{
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{
-    boot_payload, build_log, header_len, parse_boot_reply, DeviceInfo, LogHeader, Topics,
-};
+use ulogger_cloud::wire::{boot_payload, parse_boot_reply, DeviceInfo, Topics};
 use ulogger_cloud::{Client, MqttConfig, Pacing, SessionStore};
 use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
 use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
 
-const CUSTOMER: u32 = 4242;
-const APP: u32 = 7;
+use support::{
+    device, median, ms, percentile, valid_log, verdict, APP, CUSTOMER, LOG_SIZE, MOSQUITTO_EXTRA,
+    SHM,
+};
+
 /// Sequential registrations timed (after `WARMUP_REGISTRATIONS` untimed).
 const REGISTRATIONS: usize = 200;
 const WARMUP_REGISTRATIONS: usize = 10;
@@ -59,8 +62,6 @@ const DEVICES: usize = 20;
 const UPLOADS: usize = 2_000;
 /// Logs per untimed warm-up of each upload phase.
 const WARMUP_UPLOADS: usize = 200;
-/// Whole log buffer, header included.
-const LOG_SIZE: usize = 4 * 1024;
 /// `upload_log` calls in flight at once.
 const CONCURRENCY: usize = 200;
 /// Unacknowledged publishes per connection, for the client and rumqttc alike
@@ -70,15 +71,6 @@ const MAX_INFLIGHT: u16 = 100;
 const ROUNDS: usize = 3;
 /// How long the attached cloud may take to verify a phase's logs.
 const VERIFY_PATIENCE: Duration = Duration::from_secs(60);
-
-/// A memory-backed directory for the cloud's records, where there is one.
-const SHM: &str = "/dev/shm";
-
-/// mosquitto.conf lines beyond the fixture's: no Nagle delays on the
-/// broker's side, and no dropping of the cloud's backlog (the default
-/// 1,000 queued messages would drop logs the cloud could not take yet,
-/// which would only make the verified count meaningless).
-const MOSQUITTO_EXTRA: &str = "set_tcp_nodelay true\nmax_queued_messages 0";
 
 fn main() {
     let Some(binary) = find_mosquitto() else {
@@ -551,26 +543,6 @@ async fn disconnect(raw: &AsyncClient, events: &mut EventLoop) {
     }
 }
 
-fn device(serial: &str) -> DeviceInfo {
-    DeviceInfo::new(APP, serial, "bench-board", "v1.0.0", "abc1234")
-}
-
-/// A valid version-4 log of exactly `LOG_SIZE` bytes carrying `token`.
-fn valid_log(i: usize, token: u32) -> Bytes {
-    let mut header = LogHeader::new(4).expect("version 4");
-    header.session_token = token;
-    header.anchor_tick = Some(i as u32);
-    header.tick_rate_hz = Some(32_768);
-    header.epoch_time_us = Some(1_700_000_000_000_000 + i as u64);
-    let header_len = header_len(4).expect("version 4 has a header");
-    let data: Vec<u8> = (0..LOG_SIZE - header_len)
-        .map(|j| ((i * 7 + j * 31) % 251) as u8)
-        .collect();
-    let log = build_log(header, &data).expect("valid log");
-    assert_eq!(log.len(), LOG_SIZE);
-    Bytes::from(log)
-}
-
 fn print_round(round: usize, phase: &str, r: &Round) {
     let (p50, p99) = if r.latencies.is_empty() {
         ("-".to_owned(), "-".to_owned())
@@ -620,29 +592,6 @@ fn summary(sorted: &[Duration]) -> String {
         ms(sorted[sorted.len() - 1]),
         ms(sorted.iter().sum::<Duration>() / sorted.len() as u32),
     )
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "MISSED"
-    }
 }
 
 fn mosquitto_version(binary: &std::path::Path) -> String {
