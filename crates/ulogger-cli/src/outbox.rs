@@ -169,6 +169,8 @@ fn kind_text(kind: RecordKind) -> &'static str {
     match kind {
         RecordKind::Log => "log",
         RecordKind::CoreDump => "core-dump",
+        RecordKind::Metrics => "metrics",
+        RecordKind::Events => "events",
         _ => "other",
     }
 }

@@ -205,6 +205,59 @@ impl Client {
         self.runtime.block_on(self.inner.enqueue_core_dump(dump))
     }
 
+    /// See [`crate::Client::enqueue_metrics`].
+    pub fn enqueue_metrics(
+        &self,
+        serial: &str,
+        app_id: u32,
+        metrics: &[Metric],
+    ) -> Result<RecordId, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_metrics(serial, app_id, metrics))
+    }
+
+    /// See [`crate::Client::enqueue_events`].
+    pub fn enqueue_events(
+        &self,
+        serial: &str,
+        app_id: u32,
+        events: &[Event],
+    ) -> Result<RecordId, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_events(serial, app_id, events))
+    }
+
+    /// See [`crate::Client::enqueue_heartbeat`].
+    pub fn enqueue_heartbeat(
+        &self,
+        serial: &str,
+        app_id: u32,
+        timestamp: Option<u64>,
+    ) -> Result<RecordId, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_heartbeat(serial, app_id, timestamp))
+    }
+
+    /// See [`crate::Client::enqueue_metrics_batch`].
+    pub fn enqueue_metrics_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceMetrics],
+    ) -> Result<RecordId, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_metrics_batch(app_id, devices))
+    }
+
+    /// See [`crate::Client::enqueue_events_batch`].
+    pub fn enqueue_events_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceEvents],
+    ) -> Result<RecordId, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_events_batch(app_id, devices))
+    }
+
     /// See [`crate::Client::delivered`].
     pub fn delivered(&self, id: RecordId) -> Result<(), Error> {
         self.runtime.block_on(self.inner.delivered(id))

@@ -438,3 +438,85 @@ async fn enqueue_numbered(client: &Client, n: usize) -> Vec<RecordId> {
     }
     ids
 }
+
+#[tokio::test]
+async fn telemetry_enqueued_offline_survives_a_restart_and_arrives_as_built() {
+    use ulogger_cloud::wire::{DeviceMetrics, Event, Metric};
+    use ulogger_cloud::RecordKind as OutboxKind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    // A batch big enough to be compressed (over 1,024 bytes of JSON).
+    let batch: Vec<DeviceMetrics> = (0..40)
+        .map(|i| DeviceMetrics::new(format!("SN-B{i:02}"), vec![Metric::new("temp", 20.5)]))
+        .collect();
+    let ids = {
+        let offline = client(offline_config(addr), OutboxConfig::new(dir.path()));
+        let ids = vec![
+            offline
+                .enqueue_metrics("SN-T1", 7, &[Metric::new("rssi", -61.0).at(1_700_000_000)])
+                .await
+                .unwrap(),
+            offline
+                .enqueue_events("SN-T1", 7, &[Event::new("reset")])
+                .await
+                .unwrap(),
+            offline
+                .enqueue_heartbeat("SN-T2", 8, Some(1_700_000_001))
+                .await
+                .unwrap(),
+            offline.enqueue_metrics_batch(9, &batch).await.unwrap(),
+        ];
+        // Refused at enqueue, like publish_metrics: nothing is queued.
+        let err = offline
+            .enqueue_metrics("", 7, &[Metric::new("t", 1.0)])
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+        let err = offline
+            .enqueue_metrics("SN-T1", 7, &[Metric::new("t", f64::NAN)])
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+        offline.shutdown().await;
+        ids
+    };
+    // Another process sees what is queued, telemetry by kind.
+    let listed = OutboxRecord::list(dir.path()).unwrap();
+    let kinds: Vec<OutboxKind> = listed.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            OutboxKind::Metrics,
+            OutboxKind::Events,
+            OutboxKind::Metrics,
+            OutboxKind::Metrics
+        ]
+    );
+    assert_eq!(listed[0].serial, "SN-T1");
+    assert_eq!(listed[3].app_id, 9);
+
+    let emu = plaintext_emulator_at(addr);
+    let client = client(offline_config(addr), OutboxConfig::new(dir.path()));
+    all_delivered(&client, &ids).await;
+    let metrics = records_of(&emu, RecordKind::Metrics);
+    let events = records_of(&emu, RecordKind::Events);
+    assert_eq!((metrics.len(), events.len()), (3, 1));
+    for r in metrics.iter().chain(&events) {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let by_app = |app: u32| metrics.iter().find(|r| r.app_id == Some(app)).unwrap();
+    assert_eq!(by_app(7).compressed, Some(false));
+    assert_eq!(by_app(9).compressed, Some(true), "compressed when enqueued");
+    let beat = String::from_utf8(support::stored_bytes(&emu, by_app(8))).unwrap();
+    assert!(
+        beat.contains(r#""name":"heartbeat","value":1"#) && beat.contains("1700000001"),
+        "{beat}"
+    );
+    assert_eq!(
+        records_of(&emu, RecordKind::Boot).len(),
+        0,
+        "telemetry needs no registration"
+    );
+    client.shutdown().await;
+}

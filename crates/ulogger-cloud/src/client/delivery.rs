@@ -152,6 +152,11 @@ async fn deliver(client: &Client, record: StoredRecord) -> Result<(), Error> {
         Kind::CoreDump => {
             client.publish_core_dump(record.payload).await?;
         }
+        kind @ (Kind::Metrics | Kind::Events) => {
+            client
+                .publish_stored_telemetry(kind, record.app_id, record.payload)
+                .await?;
+        }
     }
     Ok(())
 }

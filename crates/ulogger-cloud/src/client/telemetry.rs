@@ -6,6 +6,8 @@ use tracing::Instrument;
 
 use super::Client;
 use crate::error::Error;
+use crate::outbox::format::Kind;
+use crate::outbox::RecordId;
 use crate::wire::{self, DeviceEvents, DeviceMetrics, Event, Metric, TelemetryPayload};
 
 /// What the broker acknowledged for a metrics or events message.
@@ -120,5 +122,107 @@ impl Client {
             size: receipt.size,
             compressed,
         })
+    }
+
+    /// Builds the metrics message of device `serial` exactly as
+    /// [`Client::publish_metrics`] does (checked and compressed now) and
+    /// stores it durably in the outbox; returns its id once it is on disk.
+    /// It is published in the background, oldest first with the outbox's
+    /// other records, and removed on the broker's acknowledgement
+    /// ([`Client::delivered`] waits for that). Needs no connection;
+    /// [`ErrorKind::NoOutbox`](crate::ErrorKind::NoOutbox) without an outbox.
+    pub async fn enqueue_metrics(
+        &self,
+        serial: &str,
+        app_id: u32,
+        metrics: &[Metric],
+    ) -> Result<RecordId, Error> {
+        self.settings().topics.metrics(app_id)?;
+        let payload = wire::metrics_payload(serial, metrics, self.inner.telemetry_compression)?;
+        self.enqueue_telemetry(Kind::Metrics, app_id, serial, payload)
+            .await
+    }
+
+    /// Stores device `serial`'s events in the outbox (see
+    /// [`Client::enqueue_metrics`]).
+    pub async fn enqueue_events(
+        &self,
+        serial: &str,
+        app_id: u32,
+        events: &[Event],
+    ) -> Result<RecordId, Error> {
+        self.settings().topics.events(app_id)?;
+        let payload = wire::events_payload(serial, events, self.inner.telemetry_compression)?;
+        self.enqueue_telemetry(Kind::Events, app_id, serial, payload)
+            .await
+    }
+
+    /// Stores a heartbeat of device `serial` in the outbox (see
+    /// [`Client::publish_heartbeat`] and [`Client::enqueue_metrics`]). A
+    /// heartbeat delivered late says when the device was alive only if it
+    /// carries its `timestamp`.
+    pub async fn enqueue_heartbeat(
+        &self,
+        serial: &str,
+        app_id: u32,
+        timestamp: Option<u64>,
+    ) -> Result<RecordId, Error> {
+        let mut beat = Metric::heartbeat();
+        beat.timestamp = timestamp;
+        self.enqueue_metrics(serial, app_id, &[beat]).await
+    }
+
+    /// Stores many devices' metrics as one message in the outbox (see
+    /// [`Client::publish_metrics_batch`] and [`Client::enqueue_metrics`]).
+    pub async fn enqueue_metrics_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceMetrics],
+    ) -> Result<RecordId, Error> {
+        self.settings().topics.metrics(app_id)?;
+        let payload = wire::metrics_batch_payload(devices, self.inner.telemetry_compression)?;
+        self.enqueue_telemetry(Kind::Metrics, app_id, "", payload)
+            .await
+    }
+
+    /// Stores many devices' events as one message in the outbox (see
+    /// [`Client::enqueue_metrics_batch`]).
+    pub async fn enqueue_events_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceEvents],
+    ) -> Result<RecordId, Error> {
+        self.settings().topics.events(app_id)?;
+        let payload = wire::events_batch_payload(devices, self.inner.telemetry_compression)?;
+        self.enqueue_telemetry(Kind::Events, app_id, "", payload)
+            .await
+    }
+
+    async fn enqueue_telemetry(
+        &self,
+        kind: Kind,
+        app_id: u32,
+        serial: &str,
+        payload: TelemetryPayload,
+    ) -> Result<RecordId, Error> {
+        self.outbox()?
+            .append_telemetry(kind, app_id, serial, &payload.bytes)
+            .await
+    }
+
+    /// Publishes a telemetry message stored in the outbox, as it was built.
+    pub(super) async fn publish_stored_telemetry(
+        &self,
+        kind: Kind,
+        app_id: u32,
+        payload: Vec<u8>,
+    ) -> Result<(), Error> {
+        let topics = &self.settings().topics;
+        let topic = match kind {
+            Kind::Events => topics.events(app_id)?,
+            _ => topics.metrics(app_id)?,
+        };
+        self.publish_raw(topic, Bytes::from(payload)).await?;
+        Ok(())
     }
 }

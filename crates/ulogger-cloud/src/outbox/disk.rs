@@ -59,6 +59,15 @@ impl NewRecord {
             payload: payload.to_vec(),
         })
     }
+
+    /// A telemetry message of `serial` (empty for a batch) for the topic
+    /// of `app_id`.
+    pub fn telemetry(kind: Kind, app_id: u32, serial: &str, payload: &[u8]) -> NewRecord {
+        let mut record = NewRecord::new(kind, None, payload);
+        record.0.app_id = app_id;
+        record.0.serial = serial.to_owned();
+        record
+    }
 }
 
 /// What the writer thread is asked to do.

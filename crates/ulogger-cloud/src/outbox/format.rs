@@ -40,6 +40,11 @@ pub(crate) const MAX_ID: u64 = u64::MAX / 2;
 pub(crate) enum Kind {
     Log = 1,
     CoreDump = 2,
+    /// A metrics message, built (and compressed) at enqueue; `app_id` is
+    /// its topic's, `serial` the device's (empty for a batch).
+    Metrics = 3,
+    /// An events message, like [`Kind::Metrics`].
+    Events = 4,
 }
 
 /// One record as stored.
@@ -204,6 +209,8 @@ pub(crate) fn decode_body(body: &[u8]) -> Option<StoredRecord> {
     let kind = match r.take::<1>()?[0] {
         1 => Kind::Log,
         2 => Kind::CoreDump,
+        3 => Kind::Metrics,
+        4 => Kind::Events,
         _ => return None,
     };
     let app_id = u32::from_le_bytes(r.take()?);
@@ -342,7 +349,7 @@ mod tests {
         StoredRecord {
             id,
             enqueued_ms: 1_700_000_000_000 + id,
-            kind: Kind::Log,
+            kind: [Kind::Log, Kind::CoreDump, Kind::Metrics, Kind::Events][(id % 4) as usize],
             app_id: 7,
             serial: format!("SN-{id}"),
             device_type: "board".into(),

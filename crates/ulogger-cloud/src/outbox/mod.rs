@@ -147,11 +147,25 @@ impl Outbox {
         device: Option<&crate::wire::DeviceInfo>,
         payload: &[u8],
     ) -> Result<RecordId, Error> {
+        self.append_record(disk::NewRecord::new(kind, device, payload))
+            .await
+    }
+
+    /// Appends a telemetry message (see [`disk::NewRecord::telemetry`]).
+    pub(crate) async fn append_telemetry(
+        &self,
+        kind: Kind,
+        app_id: u32,
+        serial: &str,
+        payload: &[u8],
+    ) -> Result<RecordId, Error> {
+        self.append_record(disk::NewRecord::telemetry(kind, app_id, serial, payload))
+            .await
+    }
+
+    async fn append_record(&self, record: disk::NewRecord) -> Result<RecordId, Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Append {
-            record: disk::NewRecord::new(kind, device, payload),
-            reply,
-        })?;
+        self.send(Request::Append { record, reply })?;
         rx.await
             .unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()))
             .map(RecordId)

@@ -328,6 +328,8 @@ impl Shared {
                 kind: match e.kind {
                     Kind::Log => RecordKind::Log,
                     Kind::CoreDump => RecordKind::CoreDump,
+                    Kind::Metrics => RecordKind::Metrics,
+                    Kind::Events => RecordKind::Events,
                 },
                 app_id: e.app_id,
                 serial: e.serial.clone(),

@@ -109,6 +109,11 @@ pub enum RecordKind {
     Log,
     /// A core dump (published as-is).
     CoreDump,
+    /// A metrics message (PROTOCOL §8), built and compressed when it was
+    /// enqueued and published as-is.
+    Metrics,
+    /// An events message, like [`RecordKind::Metrics`].
+    Events,
 }
 
 /// How far a record got.
