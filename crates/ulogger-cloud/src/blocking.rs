@@ -342,5 +342,6 @@ impl Runtime {
 /// The Python SDK's free functions, blocking. See [`crate::upload_log`]
 /// and its siblings for what each does.
 pub use crate::oneshot::blocking::{
-    get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,
+    get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, publish_events,
+    publish_events_batch, publish_heartbeat, publish_metrics, publish_metrics_batch, upload_log,
 };

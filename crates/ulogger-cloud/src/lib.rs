@@ -36,7 +36,8 @@ pub use client::{
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use oneshot::{
-    get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,
+    get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, publish_events,
+    publish_events_batch, publish_heartbeat, publish_metrics, publish_metrics_batch, upload_log,
 };
 
 pub use outbox::{

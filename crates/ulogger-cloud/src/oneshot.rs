@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use crate::error::Error;
 use crate::store::SessionStore;
-use crate::wire::DeviceInfo;
-use crate::{Client, MqttConfig, PublishReceipt, UploadReceipt};
+use crate::wire::{DeviceEvents, DeviceInfo, DeviceMetrics, Event, Metric};
+use crate::{Client, MqttConfig, PublishReceipt, TelemetryReceipt, UploadReceipt};
 
 async fn with_client<T, F>(
     config: &MqttConfig,
@@ -97,6 +97,73 @@ pub async fn publish_core_dump(
     .await
 }
 
+/// Publishes one device's metrics over MQTT. See [`Client::publish_metrics`];
+/// without a client certificate, use the HTTPS fallback instead.
+pub async fn publish_metrics(
+    config: &MqttConfig,
+    serial: &str,
+    app_id: u32,
+    metrics: &[Metric],
+) -> Result<TelemetryReceipt, Error> {
+    with_client(config, None, |c| async move {
+        c.publish_metrics(serial, app_id, metrics).await
+    })
+    .await
+}
+
+/// Publishes one device's events over MQTT. See [`Client::publish_events`].
+pub async fn publish_events(
+    config: &MqttConfig,
+    serial: &str,
+    app_id: u32,
+    events: &[Event],
+) -> Result<TelemetryReceipt, Error> {
+    with_client(config, None, |c| async move {
+        c.publish_events(serial, app_id, events).await
+    })
+    .await
+}
+
+/// Publishes a heartbeat on behalf of a device over MQTT. See
+/// [`Client::publish_heartbeat`].
+pub async fn publish_heartbeat(
+    config: &MqttConfig,
+    serial: &str,
+    app_id: u32,
+    timestamp: Option<u64>,
+) -> Result<TelemetryReceipt, Error> {
+    with_client(config, None, |c| async move {
+        c.publish_heartbeat(serial, app_id, timestamp).await
+    })
+    .await
+}
+
+/// Publishes many devices' metrics in one MQTT message. See
+/// [`Client::publish_metrics_batch`].
+pub async fn publish_metrics_batch(
+    config: &MqttConfig,
+    app_id: u32,
+    devices: &[DeviceMetrics],
+) -> Result<TelemetryReceipt, Error> {
+    with_client(config, None, |c| async move {
+        c.publish_metrics_batch(app_id, devices).await
+    })
+    .await
+}
+
+/// Publishes many devices' events in one MQTT message. See
+/// [`Client::publish_events_batch`].
+pub async fn publish_events_batch(
+    config: &MqttConfig,
+    app_id: u32,
+    devices: &[DeviceEvents],
+) -> Result<TelemetryReceipt, Error> {
+    with_client(config, None, |c| async move {
+        c.publish_events_batch(app_id, devices).await
+    })
+    .await
+}
+
 pub(crate) mod blocking {
     //! The same functions, each on a short-lived runtime of its own.
 
@@ -157,5 +224,53 @@ pub(crate) mod blocking {
         dump: impl Into<Bytes>,
     ) -> Result<PublishReceipt, Error> {
         run(super::publish_core_dump(config, dump))
+    }
+
+    /// Blocking [`crate::publish_metrics`].
+    pub fn publish_metrics(
+        config: &MqttConfig,
+        serial: &str,
+        app_id: u32,
+        metrics: &[Metric],
+    ) -> Result<TelemetryReceipt, Error> {
+        run(super::publish_metrics(config, serial, app_id, metrics))
+    }
+
+    /// Blocking [`crate::publish_events`].
+    pub fn publish_events(
+        config: &MqttConfig,
+        serial: &str,
+        app_id: u32,
+        events: &[Event],
+    ) -> Result<TelemetryReceipt, Error> {
+        run(super::publish_events(config, serial, app_id, events))
+    }
+
+    /// Blocking [`crate::publish_heartbeat`].
+    pub fn publish_heartbeat(
+        config: &MqttConfig,
+        serial: &str,
+        app_id: u32,
+        timestamp: Option<u64>,
+    ) -> Result<TelemetryReceipt, Error> {
+        run(super::publish_heartbeat(config, serial, app_id, timestamp))
+    }
+
+    /// Blocking [`crate::publish_metrics_batch`].
+    pub fn publish_metrics_batch(
+        config: &MqttConfig,
+        app_id: u32,
+        devices: &[DeviceMetrics],
+    ) -> Result<TelemetryReceipt, Error> {
+        run(super::publish_metrics_batch(config, app_id, devices))
+    }
+
+    /// Blocking [`crate::publish_events_batch`].
+    pub fn publish_events_batch(
+        config: &MqttConfig,
+        app_id: u32,
+        devices: &[DeviceEvents],
+    ) -> Result<TelemetryReceipt, Error> {
+        run(super::publish_events_batch(config, app_id, devices))
     }
 }

@@ -134,6 +134,50 @@ fn the_blocking_client_publishes_telemetry_too() {
     client.shutdown();
 }
 
+#[test]
+fn the_sdk_named_free_functions_publish_telemetry_each_on_its_own_connection() {
+    let emu = tls_emulator();
+    let config = config_for(&emu);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r =
+        ulogger_cloud::blocking::publish_metrics(&config, "SN-FREE", APP, &[Metric::new("v", 3.0)])
+            .unwrap();
+    assert_ok(&rt.block_on(nth(&emu, RecordKind::Metrics, 1)), &r);
+    let r = ulogger_cloud::blocking::publish_heartbeat(&config, "SN-FREE", APP, Some(5)).unwrap();
+    assert_ok(&rt.block_on(nth(&emu, RecordKind::Metrics, 2)), &r);
+    let r = ulogger_cloud::blocking::publish_events_batch(
+        &config,
+        APP,
+        &[DeviceEvents::new("SN-FREE", vec![Event::new("boot")])],
+    )
+    .unwrap();
+    assert_ok(&rt.block_on(nth(&emu, RecordKind::Events, 1)), &r);
+    let r = rt
+        .block_on(ulogger_cloud::publish_events(
+            &config,
+            "SN-FREE",
+            APP,
+            &[Event::new("reset")],
+        ))
+        .unwrap();
+    assert_ok(&rt.block_on(nth(&emu, RecordKind::Events, 2)), &r);
+    let r = rt
+        .block_on(ulogger_cloud::publish_metrics_batch(
+            &config,
+            APP,
+            &[DeviceMetrics::new("SN-FREE", vec![Metric::new("v", 4.0)])],
+        ))
+        .unwrap();
+    assert_ok(&rt.block_on(nth(&emu, RecordKind::Metrics, 3)), &r);
+    // Refused before sending: nothing more reaches the emulator.
+    let err = ulogger_cloud::blocking::publish_metrics(&config, "SN-FREE", APP, &[]).unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    assert_eq!(records_of(&emu, RecordKind::Metrics).len(), 3);
+}
+
 /// Metrics whose JSON is `json_len` bytes or slightly less: a name padded
 /// to size.
 fn metrics_of_json_len(json_len: usize) -> Vec<Metric> {
