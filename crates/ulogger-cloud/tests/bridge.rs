@@ -24,7 +24,9 @@ use ulogger_cloud::{
     MqttLink, OutboxConfig, Pacing, RumqttcLink,
 };
 use ulogger_emulator::testing::Mosquitto;
-use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, Verdict};
+use ulogger_emulator::{
+    AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, Verdict, WithholdPuback,
+};
 
 // ---------------------------------------------------------------------
 // (a) an in-memory link to a fake cloud
@@ -529,6 +531,42 @@ async fn rumqttc_adapter_against_the_emulator_survives_a_dropped_connection() {
             .await
             .is_err(),
         "no duplicate configuration"
+    );
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn rumqttc_adapter_completes_each_publish_on_its_own_puback() {
+    let emu = tls_emulator();
+    let certs = emu.certs().unwrap().clone();
+    let (link, mut events) = rumqttc_app(
+        &certs,
+        emu.addr().port(),
+        &format!("cust-{CUSTOMER}-app-acks"),
+    );
+    wait_event(&mut events, is_connack).await;
+    let config = MqttConfig::new(CUSTOMER)
+        .pacing(Pacing::off())
+        .ack_timeout(Duration::from_secs(1));
+    let client = Client::builder(config).link(link).build().unwrap();
+    // The broker takes the core dump but never acknowledges it.
+    emu.faults()
+        .set_withhold_puback(WithholdPuback::Topic(format!("core-dump/v0/{CUSTOMER}")));
+    let dump = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish_core_dump(vec![0xD0u8; 64]).await })
+    };
+    assert!(wait_for_count(&emu, RecordKind::CoreDump, 1).await);
+    // A later publish's PUBACK completes that publish, not the core dump.
+    client
+        .publish_metrics("SN-ACKS", APP, &[Metric::new("x", 1.0)])
+        .await
+        .unwrap();
+    let err = dump.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.timeout_phase(),
+        Some(ulogger_cloud::Phase::Acknowledgement),
+        "{err:?}"
     );
     client.shutdown().await;
 }
