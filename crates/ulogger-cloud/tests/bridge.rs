@@ -572,6 +572,58 @@ async fn rumqttc_adapter_completes_each_publish_on_its_own_puback() {
 }
 
 #[tokio::test]
+async fn rumqttc_adapter_fails_what_a_clean_session_discarded_and_the_outbox_resends_it() {
+    let emu = tls_emulator();
+    let certs = emu.certs().unwrap().clone();
+    let app_id = format!("cust-{CUSTOMER}-app-clean");
+    let (link, mut events) = rumqttc_app(&certs, emu.addr().port(), &app_id);
+    wait_event(&mut events, is_connack).await;
+    let dir = tempfile::tempdir().unwrap();
+    // An acknowledgement timeout far beyond the test's patience: only
+    // the adapter's verdict can end the wait in time.
+    let config = MqttConfig::new(CUSTOMER)
+        .pacing(Pacing::off())
+        .ack_timeout(Duration::from_secs(3600));
+    let client = Client::builder(config)
+        .link(link)
+        .outbox(OutboxConfig::new(dir.path()))
+        .build()
+        .unwrap();
+    let topic = format!("core-dump/v0/{CUSTOMER}");
+    emu.faults()
+        .set_withhold_puback(WithholdPuback::Topic(topic.clone()));
+    let direct = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish_core_dump(vec![0xD1u8; 64]).await })
+    };
+    let queued = client.enqueue_core_dump(&[0xD2u8; 64]).await.unwrap();
+    assert!(wait_for_count(&emu, RecordKind::CoreDump, 2).await);
+
+    // The connection drops; rumqttc reconnects without a session and
+    // discards both unacknowledged publishes.
+    emu.faults().set_withhold_puback(WithholdPuback::None);
+    assert_eq!(emu.disconnect_client(&app_id), 1);
+    let err = tokio::time::timeout(PATIENCE, direct)
+        .await
+        .expect("the adapter fails the discarded publish at the new CONNACK")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::ConnectionLost) && err.is_retryable(),
+        "{err:?}"
+    );
+    // The outbox's delivery is retried on the new connection, and acked.
+    tokio::time::timeout(PATIENCE, client.delivered(queued))
+        .await
+        .expect("the outbox re-sent its record")
+        .unwrap();
+    let dumps = records_of(&emu, RecordKind::CoreDump);
+    assert_eq!(dumps.len(), 3, "two before the drop, the re-sent one after");
+    assert_eq!(stored_bytes(&emu, &dumps[2]), vec![0xD2u8; 64]);
+    client.shutdown().await;
+}
+
+#[tokio::test]
 async fn rumqttc_adapter_through_mosquitto_with_mutual_tls_and_a_bridge_prefix() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
