@@ -253,7 +253,10 @@ async fn in_memory_link_registers_uploads_publishes_and_streams_configs_across_a
     // Registration through the link.
     let token = client.session_token(&dev).await.unwrap();
     assert_eq!(token, 9001);
-    assert_eq!(cloud.stored_on(&format!("boot/v0/{CUSTOMER}/{APP}")).len(), 1);
+    assert_eq!(
+        cloud.stored_on(&format!("boot/v0/{CUSTOMER}/{APP}")).len(),
+        1
+    );
 
     // An upload, token patched in.
     let log = v4_log(200, 0);
@@ -326,8 +329,14 @@ async fn in_memory_link_registers_uploads_publishes_and_streams_configs_across_a
     );
 
     client.shutdown().await;
-    assert!(configs.next().await.is_none(), "the stream ends at shutdown");
-    assert!(cloud.state().up, "shutdown leaves the application's link up");
+    assert!(
+        configs.next().await.is_none(),
+        "the stream ends at shutdown"
+    );
+    assert!(
+        cloud.state().up,
+        "shutdown leaves the application's link up"
+    );
 }
 
 #[tokio::test]
@@ -450,10 +459,7 @@ async fn wait_event(
 }
 
 fn is_connack(event: &rumqttc::Event) -> bool {
-    matches!(
-        event,
-        rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))
-    )
+    matches!(event, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
 }
 
 fn is_suback(event: &rumqttc::Event) -> bool {

@@ -411,3 +411,99 @@ impl std::fmt::Debug for RumqttcLink {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use rumqttc::Publish;
+
+    fn queue(
+        matcher: &mut Matcher,
+        topic: &str,
+        payload: &Bytes,
+    ) -> oneshot::Receiver<Result<(), Error>> {
+        let (done, rx) = oneshot::channel();
+        matcher.next_id += 1;
+        let id = matcher.next_id;
+        matcher.publishes.queued.push_back(Pending {
+            id,
+            topic: topic.to_owned(),
+            payload: Some(payload.clone()),
+            set_aside: false,
+            done: Some(done),
+        });
+        rx
+    }
+
+    fn request(topic: &str, payload: &Bytes, pkid: u16) -> Request {
+        let mut publish = Publish::from_bytes(topic, QoS::AtLeastOnce, payload.clone());
+        publish.pkid = pkid;
+        Request::Publish(publish)
+    }
+
+    #[test]
+    fn a_resumed_session_keeps_matching_replays_and_set_aside_requests() {
+        let mut m = Matcher::default();
+        m.connected(false);
+        let (a, b, c) = (
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"b"),
+            Bytes::from_static(b"c"),
+        );
+        let mut ra = queue(&mut m, "t", &a);
+        let mut rb = queue(&mut m, "t", &b);
+        let mut rc = queue(&mut m, "t", &c);
+        m.written(Kind::Publish, 1); // a
+                                     // The connection drops: rumqttc sets aside `a` (written) and `b`
+                                     // (drained from its channel); `c` is still in the channel.
+        m.dropped(&VecDeque::from([request("t", &a, 1), request("t", &b, 0)]));
+        m.connected(true);
+        m.written(Kind::Publish, 1); // `a` re-sent with its id: a replay
+        m.written(Kind::Publish, 2); // `b`
+        m.written(Kind::Publish, 3); // `c`
+        m.acknowledged(Kind::Publish, 3, Ok(()));
+        assert!(rc.try_recv().unwrap().is_ok());
+        assert!(ra.try_recv().is_err() && rb.try_recv().is_err());
+        m.acknowledged(Kind::Publish, 1, Ok(()));
+        m.acknowledged(Kind::Publish, 2, Ok(()));
+        assert!(ra.try_recv().unwrap().is_ok());
+        assert!(rb.try_recv().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_lost_session_fails_what_was_set_aside_and_keeps_what_is_still_queued() {
+        let mut m = Matcher::default();
+        m.connected(false);
+        let (a, b, c) = (
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"b"),
+            Bytes::from_static(b"c"),
+        );
+        let mut ra = queue(&mut m, "t", &a);
+        let mut rb = queue(&mut m, "t", &b);
+        let mut rc = queue(&mut m, "t", &c);
+        m.written(Kind::Publish, 1);
+        m.dropped(&VecDeque::from([request("t", &a, 1), request("t", &b, 0)]));
+        m.connected(false);
+        let lost =
+            |r: Result<(), Error>| matches!(r.unwrap_err().kind(), ErrorKind::ConnectionLost);
+        assert!(lost(ra.try_recv().unwrap()));
+        assert!(lost(rb.try_recv().unwrap()));
+        // `c` left the channel after the reconnect and gets id 1 again.
+        m.written(Kind::Publish, 1);
+        m.acknowledged(Kind::Publish, 1, Ok(()));
+        assert!(rc.try_recv().unwrap().is_ok());
+    }
+
+    #[test]
+    fn requests_of_the_application_and_unknown_acks_are_ignored() {
+        let mut m = Matcher::default();
+        m.written(Kind::Publish, 0); // QoS 0
+        m.written(Kind::Publish, 7); // nothing of ours queued
+        m.acknowledged(Kind::Publish, 7, Ok(()));
+        m.acknowledged(Kind::Subscribe, 9, Ok(()));
+        assert!(m.publishes.written.is_empty() && m.publishes.queued.is_empty());
+    }
+}
