@@ -118,3 +118,56 @@ impl MqttLink for OwnLink {
         Box::pin(std::future::ready(Ok(())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wire::{build_log, DeviceInfo, LogHeader};
+    use crate::{Client, MqttConfig, Pacing, Security};
+    use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind, Verdict};
+
+    /// The bridged path (`Bridge` over the trait) on our own transport and
+    /// a real socket: registration (subscribe, routed reply), an upload
+    /// the cloud verifies, and telemetry.
+    #[tokio::test]
+    async fn our_transport_serves_as_a_bridged_link() {
+        let emu = Emulator::start(EmulatorConfig::new(4242).plaintext(true)).unwrap();
+        let config = MqttConfig::new(4242)
+            .broker("127.0.0.1")
+            .port(emu.addr().port())
+            .security(Security::Plaintext)
+            .pacing(Pacing::off());
+        let transport = Transport::start(config.validate().unwrap()).unwrap();
+        let client = Client::builder(config)
+            .link(OwnLink::new(transport))
+            .build()
+            .unwrap();
+        let device = DeviceInfo::new(7, "SN-OWN-LINK", "board", "v1.0.0", "abc1234");
+        let token = client.session_token(&device).await.unwrap();
+        assert_eq!(
+            emu.issued_tokens(),
+            vec![(7, "SN-OWN-LINK".to_owned(), token)]
+        );
+        let log = build_log(LogHeader::new(1).unwrap(), &[5u8; 100]).unwrap();
+        client.upload_log(&device, &log).await.unwrap();
+        let record = emu
+            .wait_for(|r| r.kind == RecordKind::BinaryLog, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+        client
+            .publish_heartbeat("SN-OWN-LINK", 7, None)
+            .await
+            .unwrap();
+        let record = emu
+            .wait_for(|r| r.kind == RecordKind::Metrics, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+        client.shutdown().await;
+    }
+}
