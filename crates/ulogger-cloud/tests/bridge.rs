@@ -53,7 +53,7 @@ struct FakeState {
     stored: Vec<(String, Bytes)>,
     next_token: u32,
     hold_acks: bool,
-    held: Vec<(String, Bytes, oneshot::Sender<Result<(), Error>>)>,
+    held: Vec<oneshot::Sender<Result<(), Error>>>,
 }
 
 impl FakeCloud {
@@ -81,7 +81,7 @@ impl FakeCloud {
             state.subscribed.clear();
             (state.inbox.clone(), std::mem::take(&mut state.held))
         };
-        for (_, _, done) in held {
+        for done in held {
             let _ = done.send(Err(ErrorKind::ConnectionLost.into()));
         }
         if let Some(inbox) = inbox {
@@ -179,7 +179,7 @@ impl MqttLink for FakeCloud {
                 }
                 if state.hold_acks {
                     let (tx, rx) = oneshot::channel();
-                    state.held.push((topic.clone(), payload.clone(), tx));
+                    state.held.push(tx);
                     self.held.send_modify(|c| *c += 1);
                     Some(rx)
                 } else {

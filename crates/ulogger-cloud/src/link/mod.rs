@@ -34,10 +34,10 @@
 //! let feed = link.clone();
 //! tokio::spawn(async move {
 //!     loop {
-//!         let event = events.poll().await;
-//!         feed.handle(&event); // every event, before the application's own use of it
-//!         if event.is_err() {
-//!             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+//!         // In place of `events.poll()`: the link sees every event first.
+//!         match feed.poll(&mut events).await {
+//!             Ok(event) => { /* the application's own handling */ let _ = event; }
+//!             Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
 //!         }
 //!     }
 //! });
