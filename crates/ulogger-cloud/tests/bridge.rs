@@ -339,6 +339,21 @@ async fn in_memory_link_registers_uploads_publishes_and_streams_configs_across_a
     );
 }
 
+#[test]
+fn the_blocking_client_works_on_a_link_too() {
+    let cloud = FakeCloud::default();
+    cloud.connect(false);
+    let client = ulogger_cloud::blocking::Client::builder_with_link(fake_config(), cloud.clone())
+        .build()
+        .unwrap();
+    let dev = device("SN-BLOCKING");
+    let token = client.session_token(&dev).unwrap();
+    let receipt = client.upload_log(&dev, &v1_log(20)).unwrap();
+    assert_eq!(receipt.token, token);
+    assert_eq!(cloud.stored_on("binlog/").len(), 1);
+    client.shutdown();
+}
+
 #[tokio::test]
 async fn bridged_connection_settings_are_not_read_but_topic_checks_and_connections_are() {
     let cloud = FakeCloud::default();

@@ -26,6 +26,28 @@ use crate::error::{Error, ErrorKind};
 /// come in the order requests were queued), and recognises publishes
 /// rumqttc re-sends after a reconnect by their packet id.
 ///
+/// ```no_run
+/// use ulogger_cloud::{Client, MqttConfig, RumqttcLink};
+///
+/// # async fn run() -> Result<(), ulogger_cloud::Error> {
+/// let options = rumqttc::MqttOptions::new("cust-42-my-app", "localhost", 1883);
+/// let (mqtt, mut events) = rumqttc::AsyncClient::new(options, 64);
+/// let link = RumqttcLink::new(mqtt);
+/// let feed = link.clone();
+/// tokio::spawn(async move {
+///     loop {
+///         match feed.poll(&mut events).await {
+///             Ok(event) => { /* the application's own use of it */ let _ = event; }
+///             Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+///         }
+///     }
+/// });
+/// let client = Client::builder(MqttConfig::new(42).topic_prefix("ulogger/"))
+///     .link(link)
+///     .build()?;
+/// # let _ = client; Ok(()) }
+/// ```
+///
 /// # What it cannot guarantee
 ///
 /// - **Publish and subscribe through the link only.** rumqttc's events do
@@ -252,12 +274,7 @@ impl RumqttcLink {
     }
 
     fn matcher(&self) -> MutexGuard<'_, Matcher> {
-        // Each critical section leaves the maps consistent before it can
-        // panic (no user code runs under the lock).
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.matcher()
     }
 
     fn observe(&self, result: &Result<Event, ConnectionError>, set_aside: &VecDeque<Request>) {
@@ -328,41 +345,75 @@ impl RumqttcLink {
         }
     }
 
-    /// Queues a request of `kind` and hands it to rumqttc with `send`,
-    /// then waits for its acknowledgement.
-    async fn request<F>(
+    /// Hands a request of `kind` to rumqttc and waits for its
+    /// acknowledgement.
+    ///
+    /// Queueing and handing over run in a task of their own: a caller that
+    /// gives up half-way must not leave a queued entry whose request never
+    /// reached rumqttc (or reached it unrecorded), which would shift every
+    /// match after it.
+    async fn request(
         &self,
         kind: Kind,
         topic: String,
         payload: Option<Bytes>,
-        send: F,
-    ) -> Result<(), Error>
-    where
-        F: std::future::Future<Output = Result<(), rumqttc::ClientError>>,
-    {
+    ) -> Result<(), Error> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| Error::from(ErrorKind::NoRuntime))?;
         let (done, rx) = oneshot::channel();
-        {
-            let _order = self.inner.order.lock().await;
-            let id = {
-                let mut matcher = self.matcher();
-                matcher.next_id += 1;
-                let id = matcher.next_id;
-                matcher.track(kind).queued.push_back(Pending {
-                    id,
-                    topic,
-                    payload,
-                    set_aside: false,
-                    done: Some(done),
-                });
-                id
-            };
-            if let Err(error) = send.await {
-                self.matcher().track(kind).queued.retain(|p| p.id != id);
-                return Err(Error::from_link(ErrorKind::Shutdown, error));
-            }
-        }
+        let inner = self.inner.clone();
+        runtime.spawn(async move { inner.hand_over(kind, topic, payload, done).await });
         rx.await
             .unwrap_or_else(|_| Err(ErrorKind::ConnectionLost.into()))
+    }
+}
+
+impl Inner {
+    fn matcher(&self) -> MutexGuard<'_, Matcher> {
+        // Each critical section leaves the maps consistent before it can
+        // panic (no user code runs under the lock).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues the request and sends it to rumqttc's channel, in the same
+    /// order as every other request of ours.
+    async fn hand_over(&self, kind: Kind, topic: String, payload: Option<Bytes>, done: Done) {
+        let _order = self.order.lock().await;
+        let id = {
+            let mut matcher = self.matcher();
+            matcher.next_id += 1;
+            let id = matcher.next_id;
+            matcher.track(kind).queued.push_back(Pending {
+                id,
+                topic: topic.clone(),
+                payload: payload.clone(),
+                set_aside: false,
+                done: Some(done),
+            });
+            id
+        };
+        let sent = match kind {
+            Kind::Publish => {
+                let payload = payload.unwrap_or_default();
+                self.client
+                    .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+            }
+            Kind::Subscribe => self.client.subscribe(topic, QoS::AtLeastOnce).await,
+            Kind::Unsubscribe => self.client.unsubscribe(topic).await,
+        };
+        if let Err(error) = sent {
+            let mut matcher = self.matcher();
+            let queued = &mut matcher.track(kind).queued;
+            if let Some(at) = queued.iter().position(|p| p.id == id) {
+                if let Some(pending) = queued.remove(at) {
+                    pending.finish(Err(Error::from_link(
+                        ErrorKind::Shutdown,
+                        format!("rumqttc's event loop is gone: {error}"),
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -374,33 +425,15 @@ impl MqttLink for RumqttcLink {
     }
 
     fn publish(&self, topic: String, payload: Bytes) -> LinkFuture<'_> {
-        Box::pin(async move {
-            let send = self.inner.client.publish_bytes(
-                topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                payload.clone(),
-            );
-            self.request(Kind::Publish, topic, Some(payload), send)
-                .await
-        })
+        Box::pin(self.request(Kind::Publish, topic, Some(payload)))
     }
 
     fn subscribe(&self, filter: String) -> LinkFuture<'_> {
-        Box::pin(async move {
-            let send = self
-                .inner
-                .client
-                .subscribe(filter.clone(), QoS::AtLeastOnce);
-            self.request(Kind::Subscribe, filter, None, send).await
-        })
+        Box::pin(self.request(Kind::Subscribe, filter, None))
     }
 
     fn unsubscribe(&self, filter: String) -> LinkFuture<'_> {
-        Box::pin(async move {
-            let send = self.inner.client.unsubscribe(filter.clone());
-            self.request(Kind::Unsubscribe, filter, None, send).await
-        })
+        Box::pin(self.request(Kind::Unsubscribe, filter, None))
     }
 }
 
