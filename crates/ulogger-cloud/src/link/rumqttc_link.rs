@@ -409,7 +409,7 @@ impl Inner {
                 if let Some(pending) = queued.remove(at) {
                     pending.finish(Err(Error::from_link(
                         ErrorKind::Shutdown,
-                        format!("rumqttc's event loop is gone: {error}"),
+                        format!("rumqttc did not take the request (its event loop is gone, or it found the topic invalid): {error}"),
                     )));
                 }
             }
