@@ -73,6 +73,17 @@ impl ClientBuilder {
         }
     }
 
+    /// Bridge mode on the application's `link`; see
+    /// [`crate::ClientBuilder::link`]. The link's own I/O (for
+    /// [`RumqttcLink`](crate::RumqttcLink), polling its event loop) runs
+    /// wherever the application runs it, for instance a thread of its
+    /// own with a current-thread runtime.
+    pub fn link(self, link: impl crate::MqttLink) -> Self {
+        ClientBuilder {
+            inner: self.inner.link(link),
+        }
+    }
+
     /// See [`crate::ClientBuilder::outbox`].
     pub fn outbox(self, config: OutboxConfig) -> Self {
         ClientBuilder {
@@ -95,6 +106,12 @@ impl Client {
         ClientBuilder {
             inner: crate::Client::builder(config),
         }
+    }
+
+    /// Starts building a client in bridge mode; see
+    /// [`crate::Client::builder_with_link`].
+    pub fn builder_with_link(config: MqttConfig, link: impl crate::MqttLink) -> ClientBuilder {
+        Client::builder(config).link(link)
     }
 
     /// See [`crate::Client::client_id`].

@@ -278,6 +278,13 @@ impl Error {
         false
     }
 
+    /// An error of `kind` caused by `source`, for [`MqttLink`](crate::MqttLink)
+    /// implementations that want to keep their MQTT client's error (it is
+    /// the [`source`](StdError::source) of the result).
+    pub fn from_link(kind: ErrorKind, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Error::with_source(kind, source)
+    }
+
     pub(crate) fn with_source(
         kind: ErrorKind,
         source: impl Into<Box<dyn StdError + Send + Sync>>,

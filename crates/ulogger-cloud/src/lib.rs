@@ -16,6 +16,10 @@
 //!   broker acknowledged it, paced to the platform's per-connection
 //!   limits ([`Pacing`]), and metrics, events and heartbeats
 //!   ([`Client::publish_metrics`], [`Client::publish_heartbeat`]).
+//! - Bridge mode ([`MqttLink`], [`ClientBuilder::link`]): all of the
+//!   client on an MQTT connection the application already holds, such as
+//!   a rumqttc client ([`RumqttcLink`]) to a local broker that bridges a
+//!   topic prefix to the cloud.
 
 pub mod blocking;
 pub mod wire;
@@ -24,6 +28,7 @@ mod client;
 mod config;
 mod crash;
 mod error;
+mod link;
 mod oneshot;
 mod outbox;
 mod store;
@@ -35,6 +40,7 @@ pub use client::{
 };
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
+pub use link::{IncomingMessage, LinkFuture, LinkInbox, MqttLink, RumqttcLink};
 pub use oneshot::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, publish_events,
     publish_events_batch, publish_heartbeat, publish_metrics, publish_metrics_batch, upload_log,
@@ -53,6 +59,9 @@ fn _assert_impls() {
     clone::<Client>();
     send_sync::<Error>();
     send_sync::<SessionStore>();
+    send_sync::<LinkInbox>();
+    send_sync::<RumqttcLink>();
+    fn dyn_compatible(_: &dyn MqttLink) {}
 }
 
 /// The README's examples, compiled and checked as doctests.

@@ -7,9 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::{timeout_at, Instant};
 
+use super::pool::{Link, Listener};
 use super::Client;
 use crate::error::{Error, ErrorKind, Phase};
-use crate::transport::{deadline_after, Listener, Message, Transport};
+use crate::transport::{deadline_after, Message};
 use crate::wire::{DeviceInfo, LogConfig};
 
 impl Client {
@@ -116,7 +117,7 @@ impl Client {
 /// (applying one twice is harmless). A configuration pushed, not retained,
 /// while the connection was down is lost: a clean session keeps nothing.
 pub struct LogConfigs {
-    transport: Transport,
+    transport: Link,
     topic: String,
     listener: Listener,
     /// The payload yielded last, to recognise re-deliveries of it.

@@ -16,12 +16,12 @@ use tracing::Instrument;
 
 use crate::config::{MqttConfig, Settings};
 use crate::error::{Error, ErrorKind};
+use crate::link::MqttLink;
 use crate::outbox::format::Kind;
 use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
-use crate::transport::Transport;
 use crate::wire::{self, Compression, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
-use pool::Pool;
+use pool::{Link, Pool};
 
 use registration::Registrations;
 
@@ -85,7 +85,7 @@ pub struct Client {
 /// Closes the client when the caller's last handle is dropped, even while
 /// background deliveries hold the inner state.
 struct Users {
-    transports: Vec<Transport>,
+    links: Vec<Link>,
     stop_delivery: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -94,8 +94,8 @@ impl Drop for Users {
         if let Some(stop) = &self.stop_delivery {
             stop.send_replace(true);
         }
-        for transport in &self.transports {
-            transport.begin_shutdown();
+        for link in &self.links {
+            link.begin_shutdown();
         }
     }
 }
@@ -125,9 +125,42 @@ pub struct ClientBuilder {
     stamp_epoch_time: bool,
     telemetry_compression: Compression,
     outbox: Option<OutboxConfig>,
+    links: Links,
+}
+
+/// The application's links for bridge mode, if any.
+#[derive(Default)]
+struct Links(Vec<Arc<dyn MqttLink>>);
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bridged link(s)", self.0.len())
+    }
 }
 
 impl ClientBuilder {
+    /// Bridge mode: work on an MQTT connection the application holds
+    /// instead of opening one (see [`MqttLink`] and the adapter
+    /// [`RumqttcLink`](crate::RumqttcLink)). Registration, uploads, core
+    /// dumps, telemetry, log configurations and the outbox's delivery all
+    /// go through `link`.
+    ///
+    /// Topics, timeouts, the inflight window, subscription slots and
+    /// [`Pacing`](crate::Pacing) still come from the [`MqttConfig`]
+    /// (pacing applies: the cloud's per-connection limits hold whichever
+    /// connection carries our traffic; turn it off with
+    /// [`Pacing::off`](crate::Pacing::off) for a local broker that paces
+    /// its bridge itself). Its connection settings (broker, port, TLS
+    /// files, security, keep-alive, client id, reconnect delay) are not
+    /// used: the link's owner made the connection. Call this once per
+    /// link to spread the work over several connections, as
+    /// [`MqttConfig::connections`] does for the client's own (which must
+    /// then stay 1). [`Client::shutdown`] leaves the links connected.
+    pub fn link(mut self, link: impl MqttLink) -> Self {
+        self.links.0.push(Arc::new(link));
+        self
+    }
+
     /// Give the client a durable outbox in a directory it owns while it
     /// runs: [`Client::enqueue_log`] and [`Client::enqueue_core_dump`]
     /// return once a record is on disk, and the client delivers the
@@ -170,9 +203,18 @@ impl ClientBuilder {
     /// otherwise); [`blocking::Client`](crate::blocking::Client) brings its
     /// own.
     pub fn build(self) -> Result<Client, Error> {
-        let settings: Vec<Settings> = self.config.validate_pool()?;
+        let links = self.links.0;
+        let settings: Vec<Settings> = if links.is_empty() {
+            self.config.validate_pool()?
+        } else {
+            vec![crate::link::bridged_settings(&self.config)?]
+        };
         let outbox = self.outbox.map(Outbox::open).transpose()?.map(Arc::new);
-        let pool = Pool::start(settings)?;
+        let pool = if links.is_empty() {
+            Pool::start(settings)?
+        } else {
+            Pool::bridged(&settings[0], links)?
+        };
         let concurrency = pool.all().len() * usize::from(pool.first().settings().max_inflight);
         let inner = Arc::new(Inner {
             pool,
@@ -189,7 +231,7 @@ impl ClientBuilder {
             }),
         });
         let users = Users {
-            transports: inner.pool.all().to_vec(),
+            links: inner.pool.all().to_vec(),
             stop_delivery: inner.outbox.as_ref().map(|h| h.stop.clone()),
         };
         if let Some(handle) = &inner.outbox {
@@ -223,10 +265,19 @@ impl Client {
             stamp_epoch_time: false,
             telemetry_compression: Compression::Auto,
             outbox: None,
+            links: Links::default(),
         }
     }
 
-    /// The MQTT client id of this client's connection.
+    /// Starts building a client in bridge mode on the application's
+    /// `link`: the same as `Client::builder(config).link(link)` (see
+    /// [`ClientBuilder::link`]).
+    pub fn builder_with_link(config: MqttConfig, link: impl MqttLink) -> ClientBuilder {
+        Client::builder(config).link(link)
+    }
+
+    /// The MQTT client id of this client's connection (in bridge mode, the
+    /// one the configuration names, not the link's).
     pub fn client_id(&self) -> &str {
         &self.settings().client_id
     }
@@ -419,7 +470,7 @@ impl Client {
 
     /// The connection for the next operation (the next in turn, when the
     /// client has several).
-    pub(crate) fn transport(&self) -> &Transport {
+    pub(crate) fn transport(&self) -> &Link {
         self.inner.pool.pick()
     }
 

@@ -1,71 +1,201 @@
 //! The client's connections: usually one, or several with distinct client
-//! ids sharing the load ([`MqttConfig::connections`](crate::MqttConfig::connections)).
+//! ids sharing the load ([`MqttConfig::connections`](crate::MqttConfig::connections)),
+//! each our own MQTT session or a link the application handed in (bridge
+//! mode, [`ClientBuilder::link`](crate::ClientBuilder::link)).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::error::Error;
-use crate::transport::Transport;
+use crate::link::{Bridge, MqttLink};
+use crate::transport::{self, Message, Transport};
+
+/// One connection of the client. Our own session is called directly, so
+/// its hot path has no boxing and no dynamic dispatch; only a bridged link
+/// goes through the [`MqttLink`] trait object.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Own(Transport),
+    Bridged(Arc<Bridge>),
+}
+
+/// Receives the messages delivered on one topic while it lives.
+pub(crate) enum Listener {
+    Own(transport::Listener),
+    Bridged(mpsc::UnboundedReceiver<Message>),
+}
+
+impl Listener {
+    pub async fn recv(&mut self) -> Option<Message> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match self {
+            Listener::Own(listener) => listener.poll_recv(cx),
+            Listener::Bridged(rx) => rx.poll_recv(cx),
+        }
+    }
+}
+
+impl Link {
+    pub fn settings(&self) -> &Settings {
+        match self {
+            Link::Own(t) => t.settings(),
+            Link::Bridged(b) => b.settings(),
+        }
+    }
+
+    /// Publishes at QoS 1 and returns once the broker acknowledged it.
+    pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+        match self {
+            Link::Own(t) => t.publish(topic, payload).await,
+            Link::Bridged(b) => b.publish(topic, payload).await,
+        }
+    }
+
+    /// Subscribes at QoS 1 and returns once the broker granted it; the
+    /// subscription outlives reconnects until every subscriber gave it up.
+    pub async fn subscribe(&self, filter: String) -> Result<(), Error> {
+        match self {
+            Link::Own(t) => t.subscribe(filter).await,
+            Link::Bridged(b) => b.subscribe(filter).await,
+        }
+    }
+
+    /// Gives up one subscription to `filter` (without waiting).
+    pub fn unsubscribe(&self, filter: String) {
+        match self {
+            Link::Own(t) => t.unsubscribe(filter),
+            Link::Bridged(b) => b.unsubscribe(filter),
+        }
+    }
+
+    /// Starts receiving what arrives on `topic`. Listen before subscribing
+    /// so that nothing is missed.
+    pub fn listen(&self, topic: &str) -> Listener {
+        match self {
+            Link::Own(t) => Listener::Own(t.listen(topic)),
+            Link::Bridged(b) => Listener::Bridged(b.listen(topic)),
+        }
+    }
+
+    /// Waits until connected (see [`Transport::connected`]).
+    pub async fn connected(&self) -> Result<(), Error> {
+        match self {
+            Link::Own(t) => t.connected().await,
+            Link::Bridged(b) => b.connected().await,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Link::Own(t) => t.is_connected(),
+            Link::Bridged(b) => b.is_connected(),
+        }
+    }
+
+    /// Waits until the link changes to connected or closed.
+    pub async fn wait_connected(&self) {
+        match self {
+            Link::Own(t) => t.wait_connected().await,
+            Link::Bridged(b) => b.wait_connected().await,
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        match self {
+            Link::Own(t) => t.begin_shutdown(),
+            Link::Bridged(b) => b.begin_shutdown(),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        match self {
+            Link::Own(t) => t.shutdown().await,
+            Link::Bridged(b) => b.shutdown().await,
+        }
+    }
+}
 
 pub(crate) struct Pool {
-    transports: Vec<Transport>,
+    links: Vec<Link>,
     next: AtomicUsize,
 }
 
 impl Pool {
     /// Starts every connection (at least one setting is given).
     pub fn start(settings: Vec<Settings>) -> Result<Pool, Error> {
-        let transports = settings
+        let links = settings
             .into_iter()
-            .map(Transport::start)
+            .map(|s| Transport::start(s).map(Link::Own))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Pool {
-            transports,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Pool::new(links))
     }
 
-    pub fn all(&self) -> &[Transport] {
-        &self.transports
+    /// Works on the application's links (at least one), all with
+    /// `settings`.
+    pub fn bridged(settings: &Settings, links: Vec<Arc<dyn MqttLink>>) -> Result<Pool, Error> {
+        let links = links
+            .into_iter()
+            .map(|link| Bridge::start(settings.clone(), link).map(Link::Bridged))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pool::new(links))
+    }
+
+    fn new(links: Vec<Link>) -> Pool {
+        Pool {
+            links,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn all(&self) -> &[Link] {
+        &self.links
     }
 
     /// The first connection (its settings are every connection's but the
     /// client id).
-    pub fn first(&self) -> &Transport {
-        &self.transports[0]
+    pub fn first(&self) -> &Link {
+        &self.links[0]
     }
 
     /// The next connection in turn, preferring connected ones.
-    pub fn pick(&self) -> &Transport {
-        let n = self.transports.len();
+    pub fn pick(&self) -> &Link {
+        let n = self.links.len();
         if n == 1 {
-            return &self.transports[0];
+            return &self.links[0];
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &self.transports[(start + i) % n])
+            .map(|i| &self.links[(start + i) % n])
             .find(|t| t.is_connected())
-            .unwrap_or(&self.transports[start % n])
+            .unwrap_or(&self.links[start % n])
     }
 
     pub fn any_connected(&self) -> bool {
-        self.transports.iter().any(Transport::is_connected)
+        self.links.iter().any(Link::is_connected)
     }
 
     /// Waits until every connection is up (see [`Transport::connected`]).
     pub async fn connected(&self) -> Result<(), Error> {
-        for transport in &self.transports {
-            transport.connected().await?;
+        for link in &self.links {
+            link.connected().await?;
         }
         Ok(())
     }
 
     pub async fn shutdown(&self) {
-        for transport in &self.transports {
-            transport.begin_shutdown();
+        for link in &self.links {
+            link.begin_shutdown();
         }
-        for transport in &self.transports {
-            transport.shutdown().await;
+        for link in &self.links {
+            link.shutdown().await;
         }
     }
 }

@@ -7,10 +7,11 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
+use super::pool::Link;
 use super::Client;
 use crate::error::{Error, ErrorKind, Phase};
 use crate::store::SessionStore;
-use crate::transport::{deadline_after, Transport};
+use crate::transport::deadline_after;
 use crate::wire::{self, DeviceInfo};
 
 /// The result of a registration, as every caller that waited for it sees it.
@@ -119,7 +120,7 @@ impl Drop for SlotGuard<'_> {
 
 /// Gives up the reply-topic subscription however the handshake ends.
 struct Unsubscribe<'a> {
-    transport: &'a Transport,
+    transport: &'a Link,
     topic: String,
 }
 

@@ -16,7 +16,7 @@
 pub(crate) mod backoff;
 mod connect;
 mod driver;
-mod pacing;
+pub(crate) mod pacing;
 
 use std::collections::HashMap;
 use std::future::Future;
