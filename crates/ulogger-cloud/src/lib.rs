@@ -16,6 +16,8 @@
 //!   broker acknowledged it, paced to the platform's per-connection
 //!   limits ([`Pacing`]), and metrics, events and heartbeats
 //!   ([`Client::publish_metrics`], [`Client::publish_heartbeat`]).
+//! - [`HttpTelemetry`]: the same telemetry over HTTPS with an API token,
+//!   for gateways without an MQTT client certificate.
 
 pub mod blocking;
 pub mod wire;
@@ -24,6 +26,7 @@ mod client;
 mod config;
 mod crash;
 mod error;
+mod http;
 mod oneshot;
 mod outbox;
 mod store;
@@ -35,6 +38,7 @@ pub use client::{
 };
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
+pub use http::{HttpReceipt, HttpTelemetry, HttpTelemetryBuilder, DEFAULT_API_URL};
 pub use oneshot::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, upload_log,
 };
@@ -51,6 +55,8 @@ fn _assert_impls() {
     send_sync::<Client>();
     clone::<Client>();
     send_sync::<Error>();
+    send_sync::<HttpTelemetry>();
+    clone::<HttpTelemetry>();
     send_sync::<SessionStore>();
 }
 
