@@ -11,6 +11,9 @@ use ulogger_emulator::{Emulator, EmulatorConfig, HttpFaults, Record, RecordKind}
 
 const GROUP: u32 = 5;
 
+/// A request header: name, value.
+type Header<'a> = (&'a str, &'a str);
+
 fn start(plaintext: bool) -> Emulator {
     Emulator::start(
         EmulatorConfig::new(42)
@@ -192,7 +195,7 @@ async fn bad_bodies_get_400_with_the_reason_and_a_rejected_record() {
         ("Content-Encoding", "gzip"),
     ];
     let no_ids = br#"{"device_serial":"SN1","metrics":[{"name":"t","value":1}]}"#.to_vec();
-    let cases: Vec<(&[(&str, &str)], Vec<u8>, &str)> = vec![
+    let cases: Vec<(&[Header], Vec<u8>, &str)> = vec![
         (&json, b"not json".to_vec(), "not JSON"),
         (
             &json,
