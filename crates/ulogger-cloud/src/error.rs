@@ -322,7 +322,8 @@ impl Error {
     }
 
     /// True if the broker or the cloud refused (connection, subscription,
-    /// an unusable boot reply, or the HTTP API's refusal or odd reply).
+    /// an unusable boot reply, the HTTP API's 4xx other than 429, or its
+    /// unreadable reply). A 5xx or 429 is [`Error::is_retryable`] instead.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self.kind(),
@@ -330,8 +331,10 @@ impl Error {
                 | ErrorKind::SubscribeRefused { .. }
                 | ErrorKind::InvalidBootReply(_)
                 | ErrorKind::InvalidLogConfig(_)
-                | ErrorKind::HttpRefused { .. }
                 | ErrorKind::InvalidHttpReply { .. }
+        ) || matches!(
+            self.kind(),
+            ErrorKind::HttpRefused { status, .. } if *status < 500 && *status != 429
         )
     }
 

@@ -369,7 +369,8 @@ async fn server_errors_beyond_the_retries_are_reported_with_the_attempts() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(err.is_retryable());
+    assert!(err.is_retryable() && !err.is_refusal());
+    assert_eq!(err.http_status(), Some(500));
     assert!(err.to_string().contains("tried 3 times"), "{err}");
     assert_eq!(emu.http_requests(), 3);
     assert_eq!(http_records(&emu).len(), 0);

@@ -165,7 +165,8 @@ impl HttpTelemetryBuilder {
     }
 
     /// The longest `Retry-After` honoured (default 60 s); a server asking
-    /// for more is retried after this long.
+    /// for more is retried after this long. `Retry-After` is read on the
+    /// answers that are retried (429, 5xx), in seconds.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.max_retry_after = max;
         self
@@ -488,7 +489,8 @@ impl HttpTelemetry {
             }
             .into(),
             retry,
-            retry_after: retry_after.filter(|_| status == StatusCode::TOO_MANY_REQUESTS),
+            // Honoured on any retried answer: a 503 may carry it too.
+            retry_after: retry_after.filter(|_| retry),
         })
     }
 
