@@ -40,7 +40,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
     listen: SocketAddr,
     /// Data directory: the record index (index.jsonl), stored payloads,
-    /// the generated certificates (certs/, reused on the next run) and,
+    /// the generated certificates (certs/, reused on the next run), the
+    /// HTTP API token (api_token, likewise) and,
     /// rewritten at each start, what the printed upload commands use:
     /// sample-log.bin, device-info.bin and client.toml.
     #[arg(long, default_value = "ulogger-emulator-data", value_name = "DIR")]

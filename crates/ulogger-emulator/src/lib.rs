@@ -47,6 +47,7 @@
 //! ```text
 //! index.jsonl            one Record per line (JSON), appended as things happen
 //! tokens.jsonl           the session tokens issued (kept data directories only)
+//! api_token              the HTTP API token (kept data directories only)
 //! certs/                 ca.pem, server.pem.{crt,key}, client.pem.{crt,key}, ca.pem.key
 //! boot/                  boot registrations as received
 //! binlog/                binary logs, e.g. 20250101T120000.123Z-SN1-app7-000003.bin
@@ -328,7 +329,7 @@ impl Emulator {
         let http_tls = certs.as_ref().map(http::acceptor).transpose()?;
         let http_state = Arc::new(HttpState {
             cloud: cloud.clone(),
-            token: http::new_token(),
+            token: http::api_token(temp_dir.is_none().then_some(data_dir.as_path()))?,
             requests: Default::default(),
         });
         let http_tls_on = http_tls.is_some();
@@ -415,7 +416,9 @@ impl Emulator {
     }
 
     /// The API token the HTTP endpoints accept (`ulg_` + 32 random
-    /// letters and digits, new at each start). Requests without it are
+    /// letters and digits). A kept data directory keeps it in
+    /// `<data>/api_token`, so it stays valid across restarts; a temporary
+    /// one gets a new token at each start. Requests without it are
     /// answered 401.
     pub fn api_token(&self) -> &str {
         &self.http.token

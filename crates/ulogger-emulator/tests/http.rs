@@ -284,3 +284,22 @@ async fn fault_switches_answer_500_429_and_garbage_for_the_next_requests() {
     assert_eq!(emu.records().len(), 1);
     assert_eq!(emu.http_requests(), 4);
 }
+
+#[test]
+fn a_kept_data_directory_keeps_its_api_token_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EmulatorConfig::new(42).plaintext(true).data_dir(dir.path());
+    let first = Emulator::start(config()).unwrap();
+    let token = first.api_token().to_owned();
+    first.shutdown().unwrap();
+    let second = Emulator::start(config()).unwrap();
+    assert_eq!(second.api_token(), token);
+    second.shutdown().unwrap();
+
+    // A damaged token file gets a fresh token rather than a failed start.
+    std::fs::write(dir.path().join("api_token"), "garbage").unwrap();
+    let third = Emulator::start(config()).unwrap();
+    assert!(third.api_token().starts_with("ulg_") && third.api_token() != token);
+    let other = start(true);
+    assert_ne!(other.api_token(), third.api_token());
+}

@@ -7,6 +7,7 @@
 //! recorded with the same records (topic `POST /publish/...`).
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use ulogger_cloud::wire::MAX_MESSAGE_SIZE;
 
 use crate::certs::{read_certs, read_key, CertPaths};
 use crate::cloud::Cloud;
+use crate::durable::{write_atomic, Access};
 use crate::faults::HttpFault;
 use crate::records::{Record, RecordKind};
 use crate::supervise::Failures;
@@ -35,8 +37,36 @@ use crate::EmulatorError;
 /// How long a TLS handshake, or a request's headers, may take.
 const STALL: Duration = Duration::from_secs(10);
 
+/// The file of a kept data directory that holds its API token.
+pub(crate) const TOKEN_FILE: &str = "api_token";
+
+/// The API token: for a kept data directory the one in its
+/// [`TOKEN_FILE`] (issued there on first start, owner-only), so that it
+/// stays valid across restarts like the session tokens; else a new one.
+pub(crate) fn api_token(kept_dir: Option<&Path>) -> Result<String, EmulatorError> {
+    let Some(dir) = kept_dir else {
+        return Ok(new_token());
+    };
+    let path = dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if is_token(text.trim()) => return Ok(text.trim().to_owned()),
+        // Missing or not a token (damaged, edited): issue a new one.
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EmulatorError::io("read", &path, e)),
+    }
+    let token = new_token();
+    write_atomic(&path, format!("{token}\n").as_bytes(), Access::OwnerOnly)
+        .map_err(|e| EmulatorError::io("write", &path, e))?;
+    Ok(token)
+}
+
+fn is_token(text: &str) -> bool {
+    text.len() > 4 && text.starts_with("ulg_") && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A fresh API token: `ulg_` and 32 random letters and digits.
-pub(crate) fn new_token() -> String {
+fn new_token() -> String {
     let random: String = rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
         .take(32)
