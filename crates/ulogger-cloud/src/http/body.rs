@@ -119,6 +119,37 @@ mod tests {
         serde_json::from_slice(&json).unwrap()
     }
 
+    proptest::proptest! {
+        /// Whatever the samples, ids and policy: the body is the MQTT
+        /// payload with the ids as strings, compressed as the policy says.
+        #[test]
+        fn the_body_is_the_mqtt_payload_plus_the_ids(
+            serials in proptest::collection::vec("[A-Za-z0-9_.:-]{1,12}", 1..5),
+            values in proptest::collection::vec(-1e300f64..1e300, 1..20),
+            app in proptest::num::u32::ANY,
+            group in proptest::num::u32::ANY,
+            policy in 0..3usize,
+        ) {
+            let compression = [Compression::Auto, Compression::Always, Compression::Never][policy];
+            let devices: Vec<_> = serials
+                .iter()
+                .map(|s| DeviceMetrics::new(s.clone(), values.iter().map(|v| Metric::new("m", *v)).collect()))
+                .collect();
+            let body = build(|c| metrics_batch_payload(&devices, c), app, group, compression).unwrap();
+            let mqtt = metrics_batch_payload(&devices, Compression::Never).unwrap();
+            let mut expected: Value = serde_json::from_slice(&mqtt.bytes).unwrap();
+            expected["app_id"] = Value::from(app.to_string());
+            expected["group_id"] = Value::from(group.to_string());
+            proptest::prop_assert_eq!(parse(&body), expected);
+            let want_gzip = match compression {
+                Compression::Always => true,
+                Compression::Never => false,
+                _ => body.json_len > COMPRESSION_THRESHOLD,
+            };
+            proptest::prop_assert_eq!(body.compressed, want_gzip);
+        }
+    }
+
     #[test]
     fn ids_are_added_as_strings() {
         let metrics = [Metric::new("t", 1.5)];
