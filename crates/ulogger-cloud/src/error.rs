@@ -234,7 +234,7 @@ pub enum ErrorKind {
     },
     /// The HTTP API could not be reached (DNS, TCP, TLS), retries included;
     /// the source says why.
-    #[error("could not reach the uLogger HTTP API at {url} ({attempts} attempts): check the base URL, the network and the CA file")]
+    #[error("could not reach the uLogger HTTP API at {url} ({attempts} attempt{}): check the base URL, the network and the CA file", if *attempts == 1 { "" } else { "s" })]
     HttpConnect {
         /// The URL posted to.
         url: String,
