@@ -40,7 +40,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
     listen: SocketAddr,
     /// Data directory: the record index (index.jsonl), stored payloads,
-    /// the generated certificates (certs/, reused on the next run) and,
+    /// the generated certificates (certs/, reused on the next run), the
+    /// HTTP API token (api_token, likewise) and,
     /// rewritten at each start, what the printed upload commands use:
     /// sample-log.bin, device-info.bin and client.toml.
     #[arg(long, default_value = "ulogger-emulator-data", value_name = "DIR")]
@@ -335,6 +336,13 @@ fn config_text(emulator: &Emulator, store: &Path) -> String {
     }
     let store = store.display().to_string();
     let _ = writeln!(text, "store = {}", toml_string(&store));
+    // Commented out: `ulogger` reads no such keys (yet), and it refuses
+    // keys it does not know. They say where the HTTP fallback is.
+    text.push_str(
+        "# The HTTPS telemetry fallback (no client certificate needed), trusting `ca`:\n",
+    );
+    let _ = writeln!(text, "# api_url = {}", toml_string(&emulator.http_url()));
+    let _ = writeln!(text, "# api_token = {}", toml_string(emulator.api_token()));
     text
 }
 
@@ -363,6 +371,8 @@ fn print_banner(
             "key": path(certs.map(|c| &c.client_key)),
             "data_dir": absolute(emulator.data_dir()).display().to_string(),
             "index": absolute(&emulator.index_path()).display().to_string(),
+            "http_url": emulator.http_url(),
+            "api_token": emulator.api_token(),
             "upload_flags": client_flags(emulator),
             "upload_command": sample.upload_command(emulator),
             "config_file": sample.config_file.display().to_string(),
@@ -400,6 +410,17 @@ fn print_banner(
             absolute(&certs.client_key).display()
         );
     }
+    let http = if certs.is_some() {
+        "HTTPS, trusting the CA above"
+    } else {
+        "plain HTTP"
+    };
+    let _ = writeln!(
+        out,
+        "  HTTP API:    {} ({http}; POST /publish/metrics, /publish/events)",
+        emulator.http_url()
+    );
+    let _ = writeln!(out, "  API token:   {}", emulator.api_token());
     let _ = writeln!(
         out,
         "  records:     {}",

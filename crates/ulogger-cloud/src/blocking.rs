@@ -37,6 +37,10 @@ use crate::{
     UploadReceipt,
 };
 
+mod http;
+
+pub use http::{HttpTelemetry, HttpTelemetryBuilder};
+
 /// The blocking twin of [`crate::Client`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {

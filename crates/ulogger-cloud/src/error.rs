@@ -39,6 +39,8 @@ pub enum Phase {
     Acknowledgement,
     /// Waiting for the cloud to push a log configuration.
     LogConfig,
+    /// Waiting for the HTTP API's answer to a telemetry request.
+    HttpRequest,
 }
 
 impl fmt::Display for Phase {
@@ -49,6 +51,9 @@ impl fmt::Display for Phase {
             Phase::BootReply => "waiting for the boot reply (session token)",
             Phase::Acknowledgement => "waiting for the broker's PUBACK",
             Phase::LogConfig => "waiting for a log configuration from the cloud",
+            Phase::HttpRequest => {
+                "waiting for the HTTP API's answer (check the network, or raise the timeout)"
+            }
         })
     }
 }
@@ -206,9 +211,57 @@ pub enum ErrorKind {
         /// The record.
         id: crate::RecordId,
     },
+    /// The HTTP API refused a telemetry request: a non-2xx status, or a
+    /// 2xx reply with `"success": false`. 5xx and 429 were retried first.
+    #[error("the uLogger HTTP API answered {status}: {message} ({})", http_hint(*status, *attempts))]
+    HttpRefused {
+        /// The HTTP status.
+        status: u16,
+        /// What the server said (its JSON `error`, or the start of its body).
+        message: String,
+        /// Requests sent, retries included.
+        attempts: u32,
+    },
+    /// The HTTP API answered 2xx with something that is not its JSON
+    /// reply (`{"success": true, ...}`); the request may or may not have
+    /// been stored, so it was not sent again.
+    #[error("the uLogger HTTP API answered {status} with an unreadable reply: {reason} (is the base URL the uLogger API, not a proxy or login page?)")]
+    InvalidHttpReply {
+        /// The HTTP status.
+        status: u16,
+        /// What is wrong with the reply.
+        reason: String,
+    },
+    /// The HTTP API could not be reached (DNS, TCP, TLS), retries included;
+    /// the source says why.
+    #[error("could not reach the uLogger HTTP API at {url} ({attempts} attempt{}): check the base URL, the network and the CA file", if *attempts == 1 { "" } else { "s" })]
+    HttpConnect {
+        /// The URL posted to.
+        url: String,
+        /// Requests tried, retries included.
+        attempts: u32,
+    },
     /// An async client was built outside a Tokio runtime.
     #[error("no Tokio runtime: build the async Client inside one, or use blocking::Client")]
     NoRuntime,
+}
+
+/// What a person can do about an HTTP refusal.
+fn http_hint(status: u16, attempts: u32) -> String {
+    let retried = if attempts > 1 {
+        format!("; tried {attempts} times")
+    } else {
+        String::new()
+    };
+    match status {
+        401 | 403 => "the API token was refused: check ULOGGER_API_TOKEN (or --api-token)".into(),
+        404 | 405 => "no such endpoint: check the base URL".into(),
+        413 => "the body is too large for the server".into(),
+        429 => format!("rate limited{retried}: send less often or retry later"),
+        500..=599 => format!("the server failed{retried}: retry later"),
+        400..=499 => "the request was refused as invalid; it was not retried".into(),
+        _ => format!("unexpected status{retried}"),
+    }
 }
 
 impl Error {
@@ -234,10 +287,24 @@ impl Error {
     /// failed connections. False for bad input and refusals, which need a
     /// change before a retry can help.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind(),
-            ErrorKind::Timeout(_) | ErrorKind::Connect { .. } | ErrorKind::ConnectionLost
-        )
+        match self.kind() {
+            ErrorKind::Timeout(_)
+            | ErrorKind::Connect { .. }
+            | ErrorKind::ConnectionLost
+            | ErrorKind::HttpConnect { .. } => true,
+            ErrorKind::HttpRefused { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status the HTTP API answered, for its refusals.
+    pub fn http_status(&self) -> Option<u16> {
+        match self.kind() {
+            ErrorKind::HttpRefused { status, .. } | ErrorKind::InvalidHttpReply { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
     }
 
     /// True if the input (configuration, log, id, payload) is at fault.
@@ -254,8 +321,9 @@ impl Error {
         )
     }
 
-    /// True if the broker or the cloud refused (connection, subscription or
-    /// an unusable boot reply).
+    /// True if the broker or the cloud refused (connection, subscription,
+    /// an unusable boot reply, the HTTP API's 4xx other than 429, or its
+    /// unreadable reply). A 5xx or 429 is [`Error::is_retryable`] instead.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self.kind(),
@@ -263,6 +331,10 @@ impl Error {
                 | ErrorKind::SubscribeRefused { .. }
                 | ErrorKind::InvalidBootReply(_)
                 | ErrorKind::InvalidLogConfig(_)
+                | ErrorKind::InvalidHttpReply { .. }
+        ) || matches!(
+            self.kind(),
+            ErrorKind::HttpRefused { status, .. } if *status < 500 && *status != 429
         )
     }
 

@@ -20,6 +20,8 @@
 //!   client on an MQTT connection the application already holds, such as
 //!   a rumqttc client ([`RumqttcLink`]) to a local broker that bridges a
 //!   topic prefix to the cloud.
+//! - [`HttpTelemetry`]: the same telemetry over HTTPS with an API token,
+//!   for gateways without an MQTT client certificate.
 
 pub mod blocking;
 pub mod wire;
@@ -28,6 +30,7 @@ mod client;
 mod config;
 mod crash;
 mod error;
+mod http;
 mod link;
 mod oneshot;
 mod outbox;
@@ -40,6 +43,7 @@ pub use client::{
 };
 pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_PORT};
 pub use error::{Error, ErrorKind, FileRole, Phase};
+pub use http::{HttpReceipt, HttpTelemetry, HttpTelemetryBuilder, DEFAULT_API_URL};
 pub use link::{IncomingMessage, LinkFuture, LinkInbox, MqttLink, RumqttcLink};
 pub use oneshot::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, publish_events,
@@ -58,6 +62,8 @@ fn _assert_impls() {
     send_sync::<Client>();
     clone::<Client>();
     send_sync::<Error>();
+    send_sync::<HttpTelemetry>();
+    clone::<HttpTelemetry>();
     send_sync::<SessionStore>();
     send_sync::<LinkInbox>();
     send_sync::<RumqttcLink>();

@@ -32,6 +32,7 @@ pub struct EmulatorConfig {
     pub(crate) limits: PlatformLimits,
     pub(crate) stall_timeout: Duration,
     pub(crate) attach: Option<AttachTo>,
+    pub(crate) http_listen: SocketAddr,
 }
 
 /// [`EmulatorConfig::stall_timeout`]'s default.
@@ -62,6 +63,7 @@ impl EmulatorConfig {
             limits: PlatformLimits::aws(),
             stall_timeout: STALL_TIMEOUT,
             attach: None,
+            http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         }
     }
 
@@ -131,6 +133,17 @@ impl EmulatorConfig {
     #[must_use]
     pub fn stall_timeout(mut self, timeout: Duration) -> Self {
         self.stall_timeout = timeout;
+        self
+    }
+
+    /// The address the HTTP telemetry endpoints listen on (default
+    /// 127.0.0.1, any free port; the bound address is
+    /// [`crate::Emulator::http_addr`]). HTTPS with the emulator's CA when
+    /// the broker uses TLS, plain HTTP otherwise (plaintext or attach
+    /// mode).
+    #[must_use]
+    pub fn http_listen(mut self, addr: SocketAddr) -> Self {
+        self.http_listen = addr;
         self
     }
 

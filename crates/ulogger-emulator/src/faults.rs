@@ -61,18 +61,92 @@ pub struct Faults {
     pub drop_after_bytes: Option<u64>,
 }
 
+/// Faults of the HTTP telemetry endpoints, each a count of the next
+/// requests (with a valid token) that get it instead of the normal
+/// answer; every such request uses one up. The first non-zero count in
+/// field order applies. Set with [`FaultSwitches::fail_http_requests`]
+/// and its siblings; read with [`FaultSwitches::http_snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HttpFaults {
+    /// Requests answered `500 Internal Server Error` (JSON error body).
+    pub server_errors: u32,
+    /// Requests answered `429 Too Many Requests` with `Retry-After`.
+    pub throttled: u32,
+    /// The `Retry-After` of those 429 answers, in seconds.
+    pub retry_after_secs: u64,
+    /// Requests answered `200 OK` with a body that is not JSON.
+    pub garbage_replies: u32,
+}
+
+/// One injected HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HttpFault {
+    ServerError,
+    Throttled { retry_after_secs: u64 },
+    Garbage,
+}
+
 /// The live fault switches of a running emulator
 /// ([`crate::Emulator::faults`]). Changes apply to the next message or
 /// connection they concern.
 #[derive(Debug, Default)]
 pub struct FaultSwitches {
     current: Mutex<Faults>,
+    http: Mutex<HttpFaults>,
 }
 
 impl FaultSwitches {
     pub(crate) fn new(faults: Faults) -> FaultSwitches {
         FaultSwitches {
             current: Mutex::new(faults),
+            http: Mutex::default(),
+        }
+    }
+
+    fn lock_http(&self) -> MutexGuard<'_, HttpFaults> {
+        self.http.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers the next `count` HTTP telemetry requests with 500.
+    pub fn fail_http_requests(&self, count: u32) {
+        self.lock_http().server_errors = count;
+    }
+
+    /// Answers the next `count` HTTP telemetry requests with 429 and
+    /// `Retry-After` of `retry_after` (whole seconds, rounded down).
+    pub fn throttle_http_requests(&self, count: u32, retry_after: Duration) {
+        let mut http = self.lock_http();
+        http.throttled = count;
+        http.retry_after_secs = retry_after.as_secs();
+    }
+
+    /// Answers the next `count` HTTP telemetry requests with 200 and a
+    /// body that is not JSON (nothing is stored).
+    pub fn garble_http_replies(&self, count: u32) {
+        self.lock_http().garbage_replies = count;
+    }
+
+    /// The HTTP fault counts as they are now.
+    pub fn http_snapshot(&self) -> HttpFaults {
+        *self.lock_http()
+    }
+
+    /// Uses up one injected HTTP answer, if any is pending.
+    pub(crate) fn take_http_fault(&self) -> Option<HttpFault> {
+        let mut http = self.lock_http();
+        if http.server_errors > 0 {
+            http.server_errors -= 1;
+            Some(HttpFault::ServerError)
+        } else if http.throttled > 0 {
+            http.throttled -= 1;
+            Some(HttpFault::Throttled {
+                retry_after_secs: http.retry_after_secs,
+            })
+        } else if http.garbage_replies > 0 {
+            http.garbage_replies -= 1;
+            Some(HttpFault::Garbage)
+        } else {
+            None
         }
     }
 
@@ -108,9 +182,10 @@ impl FaultSwitches {
         *self.lock() = faults;
     }
 
-    /// Turns every fault off.
+    /// Turns every fault off, the HTTP ones too.
     pub fn clear(&self) {
         self.set(Faults::default());
+        *self.lock_http() = HttpFaults::default();
     }
 
     /// The switches as they are now.
@@ -142,5 +217,24 @@ mod tests {
         assert_eq!(f.drop_after_bytes, Some(10));
         s.clear();
         assert_eq!(s.snapshot(), Faults::default());
+    }
+
+    #[test]
+    fn http_faults_count_down_in_order() {
+        let s = FaultSwitches::new(Faults::default());
+        s.fail_http_requests(1);
+        s.throttle_http_requests(2, Duration::from_millis(2500));
+        s.garble_http_replies(1);
+        assert_eq!(s.take_http_fault(), Some(HttpFault::ServerError));
+        let throttled = Some(HttpFault::Throttled {
+            retry_after_secs: 2,
+        });
+        assert_eq!(s.take_http_fault(), throttled);
+        assert_eq!(s.take_http_fault(), throttled);
+        assert_eq!(s.take_http_fault(), Some(HttpFault::Garbage));
+        assert_eq!(s.take_http_fault(), None);
+        s.fail_http_requests(5);
+        s.clear();
+        assert_eq!(s.http_snapshot(), HttpFaults::default());
     }
 }

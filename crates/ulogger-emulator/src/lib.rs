@@ -29,8 +29,15 @@
 //!   application), stores logs, core dumps, metrics and events, and pushes
 //!   log configurations. Every event is a [`Record`], appended to
 //!   `<data>/index.jsonl` with payloads stored beside it.
+//! - **the HTTP telemetry endpoints** (PROTOCOL §8, "HTTP fallback"):
+//!   `POST /publish/metrics` and `/publish/events` on a port of their own
+//!   ([`Emulator::http_url`]), HTTPS with the emulator's CA (plain HTTP
+//!   when the broker is plaintext or attached), a bearer token it issues
+//!   ([`Emulator::api_token`]); bodies are verified and recorded like MQTT
+//!   telemetry, with `POST /publish/...` as the record's topic.
 //! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
-//!   delay or break boot replies and cut connections.
+//!   delay or break boot replies and cut connections, and to answer HTTP
+//!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]).
 //!
 //! In attach mode ([`EmulatorConfig::attach`]) there is no broker: the
 //! cloud side connects to an external one instead.
@@ -40,6 +47,7 @@
 //! ```text
 //! index.jsonl            one Record per line (JSON), appended as things happen
 //! tokens.jsonl           the session tokens issued (kept data directories only)
+//! api_token              the HTTP API token (kept data directories only)
 //! certs/                 ca.pem, server.pem.{crt,key}, client.pem.{crt,key}, ca.pem.key
 //! boot/                  boot registrations as received
 //! binlog/                binary logs, e.g. 20250101T120000.123Z-SN1-app7-000003.bin
@@ -87,6 +95,7 @@ mod config;
 mod durable;
 mod error;
 mod faults;
+mod http;
 mod limits;
 mod records;
 mod supervise;
@@ -109,12 +118,13 @@ use ulogger_cloud::wire::{validate_serial, LogConfig, Topics};
 pub use certs::{client_tls_config, CertPaths};
 pub use config::{AttachTo, EmulatorConfig};
 pub use error::EmulatorError;
-pub use faults::{BootReplyMode, FaultSwitches, Faults, WithholdPuback};
+pub use faults::{BootReplyMode, FaultSwitches, Faults, HttpFaults, WithholdPuback};
 pub use limits::{LimitStats, PlatformLimits};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 
 use broker::{Broker, Mailbox, Tls};
 use cloud::{Cloud, Command, TokenBook, Uplink};
+use http::HttpState;
 use records::RecordLog;
 use supervise::Failures;
 
@@ -129,6 +139,9 @@ type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// owns it fails.
 pub struct Emulator {
     addr: SocketAddr,
+    http_addr: SocketAddr,
+    http_tls: bool,
+    http: Arc<HttpState>,
     certs: Option<CertPaths>,
     customer_id: u32,
     group_id: Option<u32>,
@@ -152,6 +165,7 @@ impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emulator")
             .field("addr", &self.addr)
+            .field("http_url", &self.http_url())
             .field("customer_id", &self.customer_id)
             .field("group_id", &self.group_id)
             .field("topic_prefix", &self.topic_prefix)
@@ -299,6 +313,35 @@ impl Emulator {
             tokens: tokens.clone(),
             uplink,
         };
+
+        let http_listen = config.http_listen;
+        let http_err = |source| EmulatorError::Listen {
+            addr: http_listen,
+            source,
+        };
+        let http_listener = std::net::TcpListener::bind(http_listen).map_err(http_err)?;
+        http_listener.set_nonblocking(true).map_err(http_err)?;
+        let http_addr = http_listener.local_addr().map_err(http_err)?;
+        let http_listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(http_listener).map_err(http_err)?
+        };
+        let http_tls = certs.as_ref().map(http::acceptor).transpose()?;
+        let http_state = Arc::new(HttpState {
+            cloud: cloud.clone(),
+            token: http::api_token(temp_dir.is_none().then_some(data_dir.as_path()))?,
+            requests: Default::default(),
+        });
+        let http_tls_on = http_tls.is_some();
+        tasks.push((
+            "http",
+            Box::pin(http::run(
+                http_listener,
+                http_tls,
+                http_state.clone(),
+                failures.clone(),
+            )),
+        ));
         let (drain_tx, drain_rx) = oneshot::channel();
         tasks.push((
             "cloud",
@@ -318,6 +361,9 @@ impl Emulator {
 
         let mut emulator = Emulator {
             addr,
+            http_addr,
+            http_tls: http_tls_on,
+            http: http_state,
             certs,
             customer_id: config.customer_id,
             group_id: config.group_id,
@@ -352,6 +398,38 @@ impl Emulator {
     /// mode the external broker's.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTP telemetry endpoints (port 0 resolved).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The base URL of the HTTP telemetry endpoints:
+    /// `https://127.0.0.1:PORT` (the emulator's CA,
+    /// [`CertPaths::ca_cert`], signs its certificate) when the broker uses
+    /// TLS, `http://...` in plaintext and attach mode. Clients post to
+    /// `{url}/publish/metrics` and `{url}/publish/events`.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.http_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// The API token the HTTP endpoints accept (`ulg_` + 32 random
+    /// letters and digits). A kept data directory keeps it in
+    /// `<data>/api_token`, so it stays valid across restarts; a temporary
+    /// one gets a new token at each start. Requests without it are
+    /// answered 401.
+    pub fn api_token(&self) -> &str {
+        &self.http.token
+    }
+
+    /// How many HTTP requests the endpoints received so far (any path,
+    /// token or outcome, injected faults included).
+    pub fn http_requests(&self) -> u64 {
+        self.http
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The certificate files; `None` in plaintext and attach mode.
@@ -625,7 +703,7 @@ async fn supervise(
     let mut intake = Vec::new();
     for (name, task) in tasks {
         let handle = set.spawn(task);
-        if matches!(name, "broker" | "attach") {
+        if matches!(name, "broker" | "attach" | "http") {
             intake.push(handle.clone());
         }
         names.insert(handle.id(), name);

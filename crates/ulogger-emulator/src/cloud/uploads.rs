@@ -62,21 +62,84 @@ impl Cloud {
     /// device (the first one of a batch) and whether the payload was
     /// gzip-compressed.
     pub(super) fn telemetry(&self, kind: RecordKind, subdir: &str, app_id: u32, message: &Message) {
-        let payload = &message.payload;
-        let mut record = Record::new(kind, message.topic.clone(), payload.len());
-        record.app_id = Some(app_id);
         let list = if kind == RecordKind::Events {
             "events"
         } else {
             "metrics"
         };
-        let checked = verify_telemetry(list, payload);
+        let checked = verify_telemetry(list, &message.payload);
+        let _ = self.record_telemetry(
+            kind,
+            subdir,
+            message.topic.clone(),
+            Some(app_id),
+            &message.payload,
+            checked,
+        );
+    }
+
+    /// A metrics or events body posted to the HTTP endpoint `path`:
+    /// verified like an MQTT payload, plus the body's `"app_id"` and
+    /// `"group_id"` (strings of digits; the group must be the emulator's
+    /// when it has one) and a `Content-Encoding: gzip` header that agrees
+    /// with the body. Recorded like MQTT telemetry, with `POST {path}` as
+    /// the record's topic. Returns the verdict.
+    pub(crate) fn http_telemetry(
+        &self,
+        kind: RecordKind,
+        path: &str,
+        payload: &[u8],
+        gzip_header: bool,
+    ) -> Result<(), String> {
+        let (list, subdir) = if kind == RecordKind::Events {
+            ("events", "events")
+        } else {
+            ("metrics", "metrics")
+        };
+        let mut checked = verify_telemetry(list, payload);
+        let ids = http_ids(payload, self.topics.group_id());
+        if gzip_header != checked.compressed {
+            checked.verdict = Err(if gzip_header {
+                "Content-Encoding: gzip, but the body is not gzip".to_owned()
+            } else {
+                "the body is gzip, but Content-Encoding: gzip is missing".to_owned()
+            });
+        } else if checked.verdict.is_ok() {
+            if let Err(reason) = &ids {
+                checked.verdict = Err(reason.clone());
+            }
+        }
+        let app_id = ids.ok();
+        self.record_telemetry(
+            kind,
+            subdir,
+            format!("POST {path}"),
+            app_id,
+            payload,
+            checked,
+        )
+    }
+
+    /// Stores a telemetry payload and appends its record; returns the
+    /// verdict. The record names the device (the first one of a batch)
+    /// and whether the payload was gzip-compressed.
+    fn record_telemetry(
+        &self,
+        kind: RecordKind,
+        subdir: &str,
+        topic: String,
+        app_id: Option<u32>,
+        payload: &[u8],
+        checked: CheckedTelemetry,
+    ) -> Result<(), String> {
+        let mut record = Record::new(kind, topic, payload.len());
+        record.app_id = app_id;
         record.serial = checked.serial;
         record.compressed = Some(checked.compressed);
-        let label = record
-            .serial
-            .clone()
-            .unwrap_or_else(|| format!("app{app_id}"));
+        let label = record.serial.clone().unwrap_or_else(|| match app_id {
+            Some(app_id) => format!("app{app_id}"),
+            None => "unknown".to_owned(),
+        });
         record.file = self.store(
             subdir,
             &label,
@@ -87,11 +150,45 @@ impl Cloud {
             },
             payload,
         );
-        let record = match checked.verdict {
+        let record = match &checked.verdict {
             Ok(()) => record,
-            Err(reason) => record.rejected(reason),
+            Err(reason) => record.rejected(reason.clone()),
         };
         self.records.append(record);
+        checked.verdict
+    }
+}
+
+/// The ids the HTTP fallback adds to a body: `"app_id"` and `"group_id"`
+/// as strings of decimal digits (PROTOCOL §8). Returns the app id.
+fn http_ids(payload: &[u8], group: Option<u32>) -> Result<u32, String> {
+    let json = if payload.starts_with(&[0x1f, 0x8b]) {
+        gunzip(payload)?
+    } else {
+        payload.to_vec()
+    };
+    let value: Value = serde_json::from_slice(&json).map_err(|e| format!("not JSON: {e}"))?;
+    let id = |key: &str| -> Result<u32, String> {
+        match value.get(key) {
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse::<u32>()
+                .map_err(|_| format!("{key} {s:?} is not a 32-bit id")),
+            Some(Value::String(s)) => Err(format!("{key} {s:?} is not a string of digits")),
+            Some(other) => Err(format!(
+                "{key} {other} is not a string (the HTTP API takes ids as strings)"
+            )),
+            None => Err(format!(
+                "{key} is missing (the HTTP API needs it in the body)"
+            )),
+        }
+    };
+    let app_id = id("app_id")?;
+    let group_id = id("group_id")?;
+    match group {
+        Some(ours) if ours != group_id => Err(format!(
+            "group_id {group_id} is not this cloud's group ({ours})"
+        )),
+        _ => Ok(app_id),
     }
 }
 
