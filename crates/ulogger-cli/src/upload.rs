@@ -99,7 +99,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let device = args.device.device(file)?;
     let stamp_time = args.stamp_time.or(file.stamp_time).unwrap_or(false);
     let connections = args.connection.connections.or(file.connections);
-    let jobs = jobs::resolve(args.jobs, connections)?;
+    let jobs = jobs::resolve(args.jobs.or(file.jobs), connections)?;
     if let Some(dir) = args.outbox.as_ref().or(file.outbox.as_ref()) {
         return crate::outbox_upload::upload(
             global,

@@ -203,6 +203,13 @@ fn zero_or_more_jobs_than_the_connections_keep_in_flight_is_bad_input() {
         .run_with_env(&[("ULOGGER_JOBS", "0".to_owned())], &args)
         .expect_code(2);
     assert!(run.stderr.contains("--jobs"), "{}", run.stderr);
+    // And the config file's `jobs`.
+    let config = sandbox.write("jobs.toml", b"jobs = 500\n");
+    let mut args = base;
+    args.extend(device_args("SN-JOBS-FILE"));
+    args.extend(["--config".to_owned(), s(&config), s(&log)]);
+    let run = sandbox.run(&args).expect_code(2);
+    assert!(run.stderr.contains("--jobs 500"), "{}", run.stderr);
 }
 
 #[test]
