@@ -90,8 +90,8 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
 /// connection(s); reports each outcome as it completes, then a summary;
 /// fails with the worst one. Ctrl-C (or SIGTERM) stops at once: uploads in
 /// flight are abandoned (their files count as not uploaded: the cloud may
-/// or may not have them), and the summary says how many were done,
-/// failed, in flight and not started. A registration that fails fails the
+/// or may not have them); the summary counts them as not uploaded and the
+/// error says how many were in flight and how many not started. A registration that fails fails the
 /// device's remaining files at once, with the same reason, instead of
 /// registering again for each.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
