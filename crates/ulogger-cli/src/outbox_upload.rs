@@ -26,6 +26,9 @@ use crate::exit::{self, Exit, Failure};
 use crate::Global;
 
 const MANIFEST: &str = "upload-manifest.jsonl";
+/// Files read and enqueued at once unless `--jobs` says otherwise
+/// (enqueues share fsyncs).
+const ENQUEUE_JOBS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ManifestLine {
@@ -48,7 +51,7 @@ pub fn upload(
     device: &DeviceInfo,
     files: &[PathBuf],
     dir: &Path,
-    jobs: usize,
+    jobs: Option<usize>,
 ) -> Result<(), Exit> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -67,8 +70,9 @@ async fn run(
     device: &DeviceInfo,
     files: &[PathBuf],
     dir: &Path,
-    jobs: usize,
+    jobs: Option<usize>,
 ) -> Result<(), Exit> {
+    let jobs = jobs.unwrap_or(ENQUEUE_JOBS).max(1);
     let (config, store) = connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
@@ -90,8 +94,7 @@ async fn run(
         .collect();
 
     // Read and enqueue `jobs` at once (concurrent enqueues share fsyncs);
-    // files an earlier run queued are only
-    // waited for.
+    // files an earlier run queued are only waited for.
     let mut fates: Vec<Option<Fate>> = files.iter().map(|_| None).collect();
     let mut waiting: Vec<(usize, RecordId)> = Vec::new();
     let mut keys: Vec<Option<String>> = vec![None; files.len()];
@@ -100,7 +103,7 @@ async fn run(
     let mut tasks = JoinSet::new();
     let mut next = 0;
     while next < files.len() || !tasks.is_empty() {
-        while next < files.len() && tasks.len() < jobs.max(1) {
+        while next < files.len() && tasks.len() < jobs {
             let (index, file, client, device) =
                 (next, files[next].clone(), client.clone(), device.clone());
             let known = earlier.clone();

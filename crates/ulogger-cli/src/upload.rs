@@ -38,8 +38,8 @@ pub struct UploadArgs {
     /// Files uploaded at once over the connection(s); results are printed
     /// as uploads finish, so their order may differ from the command
     /// line's (`--json` keeps it). With --outbox: files read and queued at
-    /// once [default: 100 per connection, the platform's limit of
-    /// unacknowledged publishes; at most that].
+    /// once (default 64) [default: 100 per connection, the platform's
+    /// limit of unacknowledged publishes; at most that].
     #[arg(long, env = "ULOGGER_JOBS", value_name = "N")]
     jobs: Option<u64>,
     /// Binary log files, as read from the device.
@@ -99,7 +99,8 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let device = args.device.device(file)?;
     let stamp_time = args.stamp_time.or(file.stamp_time).unwrap_or(false);
     let connections = args.connection.connections.or(file.connections);
-    let jobs = jobs::resolve(args.jobs.or(file.jobs), connections)?;
+    let asked_jobs = args.jobs.or(file.jobs);
+    let jobs = jobs::resolve(asked_jobs, connections)?;
     if let Some(dir) = args.outbox.as_ref().or(file.outbox.as_ref()) {
         return crate::outbox_upload::upload(
             global,
@@ -108,7 +109,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
             &device,
             &args.files,
             dir,
-            jobs,
+            asked_jobs.map(|_| jobs),
         );
     }
     let runtime = runtime()?;
