@@ -142,6 +142,8 @@ pub struct ConfigFile {
     pub git_hash: Option<String>,
     pub stamp_time: Option<bool>,
     pub outbox: Option<PathBuf>,
+    /// `upload --jobs`.
+    pub jobs: Option<u64>,
     pub inbox: Option<PathBuf>,
     pub rejected: Option<PathBuf>,
     pub scan_interval: Option<u64>,

@@ -26,7 +26,8 @@ use crate::exit::{self, Exit, Failure};
 use crate::Global;
 
 const MANIFEST: &str = "upload-manifest.jsonl";
-/// Files read and enqueued at once (enqueues share fsyncs).
+/// Files read and enqueued at once unless `--jobs` says otherwise
+/// (enqueues share fsyncs).
 const ENQUEUE_JOBS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,13 +51,16 @@ pub fn upload(
     device: &DeviceInfo,
     files: &[PathBuf],
     dir: &Path,
+    jobs: Option<usize>,
 ) -> Result<(), Exit> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(global, connection, stamp_time, device, files, dir))
+    runtime.block_on(run(
+        global, connection, stamp_time, device, files, dir, jobs,
+    ))
 }
 
 async fn run(
@@ -66,7 +70,9 @@ async fn run(
     device: &DeviceInfo,
     files: &[PathBuf],
     dir: &Path,
+    jobs: Option<usize>,
 ) -> Result<(), Exit> {
+    let jobs = jobs.unwrap_or(ENQUEUE_JOBS).max(1);
     let (config, store) = connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
@@ -87,22 +93,22 @@ async fn run(
         .map(|r| r.id.0)
         .collect();
 
-    // Read and enqueue concurrently; files an earlier run queued are only
-    // waited for.
+    // Read and enqueue `jobs` at once (concurrent enqueues share fsyncs);
+    // files an earlier run queued are only waited for.
     let mut fates: Vec<Option<Fate>> = files.iter().map(|_| None).collect();
     let mut waiting: Vec<(usize, RecordId)> = Vec::new();
     let mut keys: Vec<Option<String>> = vec![None; files.len()];
     let earlier = std::sync::Arc::new(earlier);
     let queued = std::sync::Arc::new(queued);
-    let mut jobs = JoinSet::new();
+    let mut tasks = JoinSet::new();
     let mut next = 0;
-    while next < files.len() || !jobs.is_empty() {
-        while next < files.len() && jobs.len() < ENQUEUE_JOBS {
+    while next < files.len() || !tasks.is_empty() {
+        while next < files.len() && tasks.len() < jobs {
             let (index, file, client, device) =
                 (next, files[next].clone(), client.clone(), device.clone());
             let known = earlier.clone();
             let queued = queued.clone();
-            jobs.spawn(async move {
+            tasks.spawn(async move {
                 let bytes = match tokio::fs::read(&file).await {
                     Ok(bytes) => bytes,
                     Err(e) => {
@@ -124,7 +130,7 @@ async fn run(
             });
             next += 1;
         }
-        let Some(done) = jobs.join_next().await else {
+        let Some(done) = tasks.join_next().await else {
             break;
         };
         let (index, key, outcome) = done.map_err(anyhow::Error::from)?;

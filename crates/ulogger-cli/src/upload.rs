@@ -7,13 +7,15 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use ulogger_cloud::{Client, ErrorKind, Phase};
+use ulogger_cloud::Client;
 
 use crate::connection::ConnectionArgs;
 use crate::device::DeviceArgs;
 use crate::exit::{self, Exit, Failure};
 use crate::signal::StopSignal;
 use crate::Global;
+
+mod jobs;
 
 /// Arguments of `ulogger upload`.
 #[derive(Debug, clap::Args)]
@@ -33,6 +35,13 @@ pub struct UploadArgs {
     /// delivered [default: none: upload directly].
     #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
     outbox: Option<PathBuf>,
+    /// Files uploaded at once over the connection(s); results are printed
+    /// as uploads finish, so their order may differ from the command
+    /// line's (`--json` keeps it). With --outbox: files read and queued at
+    /// once (default 64) [default: 100 per connection, the platform's
+    /// limit of unacknowledged publishes; at most that].
+    #[arg(long, env = "ULOGGER_JOBS", value_name = "N")]
+    jobs: Option<u64>,
     /// Binary log files, as read from the device.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -77,15 +86,21 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
     Ok(client)
 }
 
-/// Uploads each file; reports each outcome, then a summary; fails with
-/// the worst one. Ctrl-C (or SIGTERM) stops after the upload under way,
-/// with the summary. A registration that fails fails the device's
-/// remaining files at once, with the same reason, instead of registering
-/// again for each.
+/// Uploads the files, up to `--jobs` at once over the client's
+/// connection(s); reports each outcome as it completes, then a summary;
+/// fails with the worst one. Ctrl-C (or SIGTERM) stops at once: uploads in
+/// flight are abandoned (their files count as not uploaded: the cloud may
+/// or may not have them); the summary counts them as not uploaded and the
+/// error says how many were in flight and how many not started. A registration that fails fails the
+/// device's remaining files at once, with the same reason, instead of
+/// registering again for each.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let file = args.connection.file()?;
     let device = args.device.device(file)?;
     let stamp_time = args.stamp_time.or(file.stamp_time).unwrap_or(false);
+    let connections = args.connection.connections.or(file.connections);
+    let asked_jobs = args.jobs.or(file.jobs);
+    let jobs = jobs::resolve(asked_jobs, connections)?;
     if let Some(dir) = args.outbox.as_ref().or(file.outbox.as_ref()) {
         return crate::outbox_upload::upload(
             global,
@@ -94,6 +109,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
             &device,
             &args.files,
             dir,
+            asked_jobs.map(|_| jobs),
         );
     }
     let runtime = runtime()?;
@@ -107,141 +123,209 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
         // stop the wait for the connection.
         let stop = stop.wait();
         tokio::pin!(stop);
+        let total = args.files.len();
         let client = tokio::select! {
             client = client(&args.connection, stamp_time) => client?,
-            _ = &mut stop => return Err(interrupted(0, args.files.len())),
+            _ = &mut stop => return Err(interrupted(&Account { not_started: total, ..Account::default() })),
         };
-        let progress = (args.files.len() > 1 && !global.json).then(|| {
-            let bar = ProgressBar::new(args.files.len() as u64);
+        let progress = (total > 1 && !global.json).then(|| {
+            let bar = ProgressBar::new(total as u64);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
         });
-        let mut worst: Option<Failure> = None;
-        let mut hint: Option<String> = None;
-        let mut registration_failed: Option<(Failure, String)> = None;
-        let (mut uploaded, mut failed, mut bytes) = (0usize, 0usize, 0u64);
+        let mut tally = Tally {
+            global,
+            files: &args.files,
+            progress,
+            worst: None,
+            hint: None,
+            account: Account::default(),
+            bytes: 0,
+            reports: Vec::new(),
+        };
         let mut stopped = false;
-        let mut reports = Vec::new();
-        for file in &args.files {
-            let outcome = match (&registration_failed, std::fs::read(file)) {
-                (_, Err(e)) => Err((Failure::BadInput, format!("cannot read: {e}"))),
-                (Some((failure, message)), Ok(_)) => Err((*failure, message.clone())),
-                (None, Ok(log)) => {
-                    tokio::select! {
-                        result = client.upload_log(&device, &log) => result.map_err(|e| {
-                            if is_registration_failure(&e) {
-                                registration_failed = Some((
-                                    exit::classify(&e),
-                                    format!("registration failed: {}", exit::message(&e)),
-                                ));
-                            }
-                            if hint.is_none() {
-                                hint = exit::hint(&e);
-                            }
-                            (exit::classify(&e), exit::message(&e))
-                        }),
-                        _ = &mut stop => {
-                            stopped = true;
-                            break;
-                        }
-                    }
+        let mut uploads = jobs::Uploads::new(client.clone(), device.clone(), &args.files, jobs);
+        loop {
+            tokio::select! {
+                done = uploads.next() => match done? {
+                    Some(done) => tally.settle(done),
+                    None => break,
+                },
+                _ = &mut stop => {
+                    stopped = true;
+                    break;
                 }
-            };
-            let line = match &outcome {
-                Ok(receipt) => {
-                    uploaded += 1;
-                    bytes += receipt.size as u64;
-                    if global.json {
-                        reports.push(json!({
-                            "file": file, "ok": true, "topic": receipt.topic,
-                            "token": receipt.token, "size": receipt.size,
-                            "header_version": receipt.header.version,
-                        }));
-                    }
-                    format!(
-                        "{}: uploaded {} bytes to {} (token {})",
-                        file.display(),
-                        receipt.size,
-                        receipt.topic,
-                        receipt.token
-                    )
-                }
-                Err((failure, message)) => {
-                    failed += 1;
-                    worst = Some(worst.map_or(*failure, |w| w.max(*failure)));
-                    if global.json {
-                        reports.push(json!({"file": file, "ok": false, "error": message}));
-                    }
-                    format!("{}: FAILED: {message}", file.display())
-                }
-            };
-            match (&progress, global.json) {
-                (_, true) => {}
-                (Some(bar), false) => {
-                    // `println` prints nothing while the bar is hidden
-                    // (stderr not a terminal); `suspend` always does.
-                    bar.suspend(|| println!("{line}"));
-                    bar.inc(1);
-                }
-                (None, false) => println!("{line}"),
             }
         }
+        // Report what finished meanwhile, then abandon what is in flight
+        // before closing: the connection then waits for no
+        // acknowledgement that nobody would report.
+        for done in uploads.finished() {
+            tally.settle(done);
+        }
+        let in_flight = uploads.abandon().await;
+        let Tally {
+            progress,
+            worst,
+            hint,
+            mut account,
+            bytes,
+            mut reports,
+            ..
+        } = tally;
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
+        account.in_flight = in_flight;
+        // Saturating: a task that panicked is in no count (and fails the run).
+        account.not_started = total
+            .saturating_sub(account.uploaded + account.failed + account.in_flight);
         client.shutdown().await;
-        let total = args.files.len();
-        let left = total - uploaded - failed;
         if global.json {
-            println!("{}", serde_json::Value::Array(reports));
+            // Input order, whatever order the uploads finished in.
+            reports.sort_by_key(|(index, _)| *index);
+            println!(
+                "{}",
+                serde_json::Value::Array(reports.into_iter().map(|(_, r)| r).collect())
+            );
         } else if total > 1 || stopped {
             println!(
-                "{uploaded} uploaded, {failed} failed{}, {bytes} bytes in {:.1} s",
-                if left > 0 {
-                    format!(", {left} not uploaded")
-                } else {
-                    String::new()
-                },
+                "{} uploaded, {} failed{}, {bytes} bytes in {:.1} s",
+                account.uploaded,
+                account.failed,
+                account.not_uploaded_note(),
                 started.elapsed().as_secs_f64()
             );
         }
         if stopped {
-            return Err(interrupted(uploaded + failed, total));
+            return Err(interrupted(&account));
         }
         match worst {
             None => Ok(()),
             Some(failure) => Err(Exit::new(
                 failure,
-                anyhow::anyhow!("{failed} of {total} files failed"),
+                anyhow::anyhow!("{} of {total} files failed", account.failed),
             )
             .with_hint(hint)),
         }
     })
 }
 
-/// Ctrl-C with `done` of `total` files settled.
-fn interrupted(done: usize, total: usize) -> Exit {
+/// The outcomes of one `upload` run so far, printed as they come.
+struct Tally<'a> {
+    global: Global,
+    files: &'a [PathBuf],
+    progress: Option<ProgressBar>,
+    worst: Option<Failure>,
+    hint: Option<String>,
+    account: Account,
+    bytes: u64,
+    /// `--json` reports with the file's position on the command line.
+    reports: Vec<(usize, serde_json::Value)>,
+}
+
+impl Tally<'_> {
+    /// Counts one finished upload and prints its line.
+    fn settle(&mut self, done: jobs::Done) {
+        let file = &self.files[done.index];
+        let json = self.global.json;
+        let line = match done.outcome {
+            Ok(receipt) => {
+                self.account.uploaded += 1;
+                self.bytes += receipt.size as u64;
+                if json {
+                    self.reports.push((
+                        done.index,
+                        json!({
+                            "file": file, "ok": true, "topic": receipt.topic,
+                            "token": receipt.token, "size": receipt.size,
+                            "header_version": receipt.header.version,
+                        }),
+                    ));
+                }
+                format!(
+                    "{}: uploaded {} bytes to {} (token {})",
+                    file.display(),
+                    receipt.size,
+                    receipt.topic,
+                    receipt.token
+                )
+            }
+            Err(failed) => {
+                self.account.failed += 1;
+                self.worst = Some(self.worst.map_or(failed.failure, |w| w.max(failed.failure)));
+                if self.hint.is_none() {
+                    self.hint = failed.hint;
+                }
+                if json {
+                    self.reports.push((
+                        done.index,
+                        json!({"file": file, "ok": false, "error": failed.message}),
+                    ));
+                }
+                format!("{}: FAILED: {}", file.display(), failed.message)
+            }
+        };
+        match (&self.progress, json) {
+            (_, true) => {}
+            (Some(bar), false) => {
+                // `println` prints nothing while the bar is hidden
+                // (stderr not a terminal); `suspend` always does.
+                bar.suspend(|| println!("{line}"));
+                bar.inc(1);
+            }
+            (None, false) => println!("{line}"),
+        }
+    }
+}
+
+/// What became of the files of one `upload` run.
+#[derive(Debug, Default)]
+struct Account {
+    uploaded: usize,
+    failed: usize,
+    /// Handed to the client but not acknowledged when the run stopped:
+    /// the cloud may or may not have them.
+    in_flight: usize,
+    not_started: usize,
+}
+
+impl Account {
+    fn not_uploaded(&self) -> usize {
+        self.in_flight + self.not_started
+    }
+
+    /// `, N not uploaded` when some file was not settled.
+    fn not_uploaded_note(&self) -> String {
+        match self.not_uploaded() {
+            0 => String::new(),
+            left => format!(", {left} not uploaded"),
+        }
+    }
+}
+
+/// Ctrl-C before every file was settled.
+fn interrupted(account: &Account) -> Exit {
+    let total = account.uploaded + account.failed + account.not_uploaded();
+    let hint = (account.in_flight > 0).then(|| {
+        format!(
+            "the {} files in flight were not acknowledged: the cloud may have some of them; upload the files not reported as uploaded again, or use --outbox, whose reruns send only what was not delivered",
+            account.in_flight
+        )
+    });
     Exit::new(
         Failure::Interrupted,
         anyhow::anyhow!(
-            "interrupted: {} of {total} files not uploaded",
-            total - done
+            "interrupted: {} of {total} files not uploaded ({} in flight, unacknowledged; {} not started)",
+            account.not_uploaded(),
+            account.in_flight,
+            account.not_started
         ),
     )
-}
-
-/// True when the device could not get a session token: uploading its
-/// other files would only fail the same way, each after the same wait.
-fn is_registration_failure(error: &ulogger_cloud::Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::Timeout(Phase::BootReply)
-            | ErrorKind::InvalidBootReply(_)
-            | ErrorKind::SubscribeRefused { .. }
-    )
+    .with_hint(hint)
 }
 
 /// Performs a boot registration and prints the token.

@@ -928,6 +928,30 @@ fn print_summary(enqueue: &EnqueueFigures, e2e: &E2eFigures, open: &OpenFigures)
         "",
         "",
     );
+
+    // The headline figures once more, for scripts/bench-suite.
+    println!();
+    let single = enqueue.single_p50.as_secs_f64() / enqueue.fsync_p50.as_secs_f64();
+    println!(
+        "SUITE outbox 1-producer durable enqueue p50 | {} ms | {single:.2} of an fsync (goal <= 2.00)",
+        ms(enqueue.single_p50)
+    );
+    if let (Some(&(producers, _)), Some(rate)) = (ENQUEUE_PHASES.last(), enqueue.rates.last()) {
+        println!(
+            "SUITE outbox durable enqueue, {producers} producers | {rate:.0} records/s | group commit"
+        );
+    }
+    println!(
+        "SUITE outbox end to end, enqueue + delivery | {:.0} logs/s | {:.2} of direct upload_log (goal >= 0.50)",
+        e2e.outbox,
+        e2e.outbox / e2e.direct
+    );
+    println!(
+        "SUITE outbox open of {} records | {} ms | {:.2} of fs::read of the segments (goal < 1000 ms)",
+        open.records,
+        ms(open.open),
+        open.open.as_secs_f64() / open.read.as_secs_f64()
+    );
 }
 
 /// The type of the file system holding `path` (the longest mount point
