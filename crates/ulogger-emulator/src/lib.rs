@@ -90,6 +90,7 @@ mod faults;
 mod limits;
 mod records;
 mod supervise;
+mod telemetry_check;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -112,6 +113,7 @@ pub use error::EmulatorError;
 pub use faults::{BootReplyMode, FaultSwitches, Faults, WithholdPuback};
 pub use limits::{LimitStats, PlatformLimits};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
+pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 use broker::{Broker, Mailbox, Tls};
 use cloud::{Cloud, Command, TokenBook, Uplink};
