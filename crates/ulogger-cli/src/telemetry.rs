@@ -108,7 +108,8 @@ pub struct MetricsArgs {
     /// the config file's serial are not used).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["serial", "samples"])]
     batch: Option<PathBuf>,
-    /// Samples: NAME=VALUE[@TIMESTAMP], VALUE a finite number.
+    /// Samples, each NAME=VALUE or NAME=VALUE@TIMESTAMP; VALUE is a finite
+    /// number.
     #[arg(
         value_name = "NAME=VALUE[@TIMESTAMP]",
         required_unless_present = "batch"
@@ -135,7 +136,7 @@ pub struct EventsArgs {
     /// the config file's serial are not used).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["serial", "events"])]
     batch: Option<PathBuf>,
-    /// Events: TYPE[@TIMESTAMP].
+    /// Events, each TYPE or TYPE@TIMESTAMP.
     #[arg(value_name = "TYPE[@TIMESTAMP]", required_unless_present = "batch")]
     events: Vec<String>,
 }
