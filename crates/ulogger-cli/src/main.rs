@@ -18,6 +18,7 @@ mod outbox;
 mod outbox_upload;
 mod settings;
 mod signal;
+mod telemetry;
 mod tokens;
 mod upload;
 
@@ -60,6 +61,15 @@ enum Command {
     Register(upload::RegisterArgs),
     /// Publish a core dump.
     CoreDump(upload::CoreDumpArgs),
+    /// Publish metrics: one device's samples, or a batch file of many devices'.
+    #[command(after_help = telemetry::METRICS_EXAMPLES)]
+    Metrics(telemetry::MetricsArgs),
+    /// Publish events: one device's, or a batch file of many devices'.
+    #[command(after_help = telemetry::EVENTS_EXAMPLES)]
+    Events(telemetry::EventsArgs),
+    /// Publish heartbeats: say that devices without a connection of their own are alive.
+    #[command(after_help = telemetry::HEARTBEAT_EXAMPLES)]
+    Heartbeat(telemetry::HeartbeatArgs),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),
     /// Run the gateway service: files dropped in an inbox go out through a durable outbox.
@@ -98,6 +108,9 @@ fn main() -> std::process::ExitCode {
         Command::Upload(args) => upload::upload(global, args),
         Command::Register(args) => upload::register(global, args),
         Command::CoreDump(args) => upload::core_dump(global, args),
+        Command::Metrics(args) => telemetry::metrics(global, args),
+        Command::Events(args) => telemetry::events(global, args),
+        Command::Heartbeat(args) => telemetry::heartbeat_command(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
         Command::Agent(args) => agent::run(global, args),
         Command::Completions(args) => docs::completions(args),

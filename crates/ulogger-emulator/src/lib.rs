@@ -99,6 +99,7 @@ mod http;
 mod limits;
 mod records;
 mod supervise;
+mod telemetry_check;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -121,6 +122,7 @@ pub use error::EmulatorError;
 pub use faults::{BootReplyMode, FaultSwitches, Faults, HttpFaults, WithholdPuback};
 pub use limits::{LimitStats, PlatformLimits};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
+pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 use broker::{Broker, Mailbox, Tls};
 use cloud::{Cloud, Command, TokenBook, Uplink};

@@ -11,6 +11,8 @@ mod tokens;
 mod uploads;
 
 pub(crate) use tokens::TokenBook;
+// The public check of telemetry payloads (`crate::telemetry_check`) runs this one.
+pub(crate) use uploads::{verify_telemetry, MAX_DECOMPRESSED};
 
 use std::sync::Arc;
 
