@@ -144,6 +144,10 @@ pub struct ConfigFile {
     pub outbox: Option<PathBuf>,
     /// `upload --jobs`.
     pub jobs: Option<u64>,
+    /// The HTTPS API's token: telemetry commands go over HTTPS with it.
+    pub api_token: Option<String>,
+    /// The HTTPS API's base URL.
+    pub api_url: Option<String>,
     pub inbox: Option<PathBuf>,
     pub rejected: Option<PathBuf>,
     pub scan_interval: Option<u64>,

@@ -336,10 +336,10 @@ fn config_text(emulator: &Emulator, store: &Path) -> String {
     }
     let store = store.display().to_string();
     let _ = writeln!(text, "store = {}", toml_string(&store));
-    // Commented out: `ulogger` reads no such keys (yet), and it refuses
-    // keys it does not know. They say where the HTTP fallback is.
+    // Commented out: with `api_token` set, `ulogger metrics`, `events`
+    // and `heartbeat` would go over HTTPS rather than MQTT.
     text.push_str(
-        "# The HTTPS telemetry fallback (no client certificate needed), trusting `ca`:\n",
+        "# Uncomment to send telemetry over the HTTPS API instead (no client certificate needed), trusting `ca`:\n",
     );
     let _ = writeln!(text, "# api_url = {}", toml_string(&emulator.http_url()));
     let _ = writeln!(text, "# api_token = {}", toml_string(emulator.api_token()));

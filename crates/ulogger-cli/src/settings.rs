@@ -55,7 +55,24 @@ pub struct ShowArgs {
     /// As `agent --summary-interval`.
     #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
     summary_interval: Option<u64>,
+    /// As `upload --jobs`.
+    #[arg(long, env = "ULOGGER_JOBS", value_name = "N")]
+    jobs: Option<u64>,
+    /// As `metrics --api-token` (shown only as set or not).
+    #[arg(
+        long,
+        env = "ULOGGER_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    api_token: Option<String>,
+    /// As `metrics --api-url`.
+    #[arg(long, env = "ULOGGER_API_URL", value_name = "URL")]
+    api_url: Option<String>,
 }
+
+/// What `config show` prints for a secret that is set.
+const HIDDEN: &str = "(set, not shown)";
 
 /// One setting: its key (the config file's, the flag's with `-`), its
 /// value, and where the value came from.
@@ -229,6 +246,24 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             args.summary_interval.map(|v| s(&v)),
             file.summary_interval.map(|v| s(&v)),
             Some("60".to_owned()),
+        ),
+        (
+            "jobs",
+            args.jobs.map(|v| s(&v)),
+            file.jobs.map(|v| s(&v)),
+            Some("100 per connection".to_owned()),
+        ),
+        (
+            "api_token",
+            args.api_token.as_ref().map(|_| HIDDEN.to_owned()),
+            file.api_token.as_ref().map(|_| HIDDEN.to_owned()),
+            Some("none: telemetry goes over MQTT".to_owned()),
+        ),
+        (
+            "api_url",
+            args.api_url.clone(),
+            file.api_url.clone(),
+            Some(ulogger_cloud::DEFAULT_API_URL.to_owned()),
         ),
     ];
     let mut settings: Vec<Setting> = rows

@@ -19,7 +19,7 @@ use ulogger_cloud::wire::{
     self, validate_serial, Compression, DeviceEvents, DeviceMetrics, Event, Metric, TelemetryError,
     TelemetryPayload,
 };
-use ulogger_cloud::{Client, TelemetryReceipt};
+use ulogger_cloud::{Client, HttpReceipt, HttpTelemetry, TelemetryReceipt, DEFAULT_API_URL};
 
 use crate::connection::{ConfigFile, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
@@ -87,6 +87,55 @@ pub struct SendArgs {
     /// or never. The 128 KiB limit applies to what is sent.
     #[arg(long, value_enum, default_value_t = CompressionArg::Auto, value_name = "WHEN")]
     compression: CompressionArg,
+    /// Send over the HTTPS API with this token (`ulg_...`) instead of MQTT:
+    /// for gateways without a client certificate. Needs the customer's
+    /// group id (--group-id); trusts --ca when given [also `api_token` in
+    /// the config file]. Prefer the variable or the file: a flag's value is
+    /// visible to other users in the process list.
+    #[arg(
+        long,
+        env = "ULOGGER_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    api_token: Option<String>,
+    /// The HTTPS API's base URL [default: https://api.ulogger.ai; also
+    /// `api_url` in the config file].
+    #[arg(long, env = "ULOGGER_API_URL", value_name = "URL")]
+    api_url: Option<String>,
+}
+
+/// What the cloud acknowledged, over either way of sending.
+#[derive(Debug)]
+pub enum Receipt {
+    /// The broker's PUBACK.
+    Mqtt(TelemetryReceipt),
+    /// The HTTPS API's `success` answer.
+    Http(HttpReceipt),
+}
+
+impl Receipt {
+    fn size(&self) -> usize {
+        match self {
+            Receipt::Mqtt(r) => r.size,
+            Receipt::Http(r) => r.size,
+        }
+    }
+
+    fn compressed(&self) -> bool {
+        match self {
+            Receipt::Mqtt(r) => r.compressed,
+            Receipt::Http(r) => r.compressed,
+        }
+    }
+
+    /// Where it went: the topic, or the URL.
+    fn destination(&self) -> String {
+        match self {
+            Receipt::Mqtt(r) => r.topic.clone(),
+            Receipt::Http(r) => r.url.clone(),
+        }
+    }
 }
 
 /// Arguments of `ulogger metrics`.
@@ -289,19 +338,28 @@ fn heartbeat(timestamp: Option<u64>) -> Metric {
 }
 
 /// Sends `request` with the settings of `args` (connection flags,
-/// environment, config file; `--compression`) and returns the broker's
-/// receipt. The single place that decides how telemetry travels.
-pub fn send(args: &SendArgs, request: &Request) -> Result<TelemetryReceipt, Exit> {
-    // Telemetry needs no session token: keep the token file untouched.
-    let mut connection = args.connection.clone();
-    connection.no_store = true;
-    let (config, _) = connection.resolve()?;
+/// environment, config file; `--compression`) and returns the cloud's
+/// receipt. The single place that decides how telemetry travels: over the
+/// HTTPS API when an API token is given, else over MQTT.
+pub fn send(args: &SendArgs, request: &Request) -> Result<Receipt, Exit> {
+    let file = args.connection.file()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
         .map_err(Exit::from)?;
+    if let Some(token) = args.api_token.clone().or_else(|| file.api_token.clone()) {
+        let http = http_sender(args, file, token)?;
+        return runtime
+            .block_on(send_http(&http, request))
+            .map(Receipt::Http)
+            .map_err(exit::from_cloud);
+    }
+    // Telemetry needs no session token: keep the token file untouched.
+    let mut connection = args.connection.clone();
+    connection.no_store = true;
+    let (config, _) = connection.resolve()?;
     runtime.block_on(async {
         let client = Client::builder(config)
             .telemetry_compression(args.compression.into())
@@ -312,8 +370,64 @@ pub fn send(args: &SendArgs, request: &Request) -> Result<TelemetryReceipt, Exit
             Err(e) => Err(e),
         };
         client.shutdown().await;
-        result.map_err(exit::from_cloud)
+        result.map(Receipt::Mqtt).map_err(exit::from_cloud)
     })
+}
+
+/// The HTTPS sender: base URL, group id, CA and timeout from the same
+/// flags, variables and config file as the MQTT connection.
+fn http_sender(args: &SendArgs, file: &ConfigFile, token: String) -> Result<HttpTelemetry, Exit> {
+    let group_id = args.connection.group_id.or(file.group_id).ok_or_else(|| {
+        bad_input(
+            "no group id for the HTTPS API (its bodies carry one): pass --group-id, set ULOGGER_GROUP_ID or group_id in the config file".to_owned(),
+        )
+    })?;
+    let url = args
+        .api_url
+        .clone()
+        .or_else(|| file.api_url.clone())
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let mut builder = HttpTelemetry::builder(token)
+        .base_url(url)
+        .group_id(group_id)
+        .compression(args.compression.into());
+    if let Some(ca) = args.connection.ca.clone().or_else(|| file.ca.clone()) {
+        builder = builder.ca_file(ca);
+    }
+    if let Some(secs) = args.connection.timeout.or(file.timeout) {
+        builder = builder.timeout(std::time::Duration::from_secs(secs));
+    }
+    builder.build().map_err(exit::from_cloud)
+}
+
+/// Posts `request` to the HTTPS API; complete on its `success` answer.
+pub async fn send_http(
+    http: &HttpTelemetry,
+    request: &Request,
+) -> Result<HttpReceipt, ulogger_cloud::Error> {
+    match request {
+        Request::Metrics {
+            app_id,
+            serial,
+            metrics,
+        } => http.publish_metrics(serial, *app_id, metrics).await,
+        Request::Events {
+            app_id,
+            serial,
+            events,
+        } => http.publish_events(serial, *app_id, events).await,
+        Request::Heartbeat {
+            app_id,
+            serial,
+            timestamp,
+        } => http.publish_heartbeat(serial, *app_id, *timestamp).await,
+        Request::MetricsBatch { app_id, devices } => {
+            http.publish_metrics_batch(*app_id, devices).await
+        }
+        Request::EventsBatch { app_id, devices } => {
+            http.publish_events_batch(*app_id, devices).await
+        }
+    }
 }
 
 /// Publishes `request` on `client`'s connection; complete on the PUBACK.
@@ -427,12 +541,19 @@ fn run(global: Global, args: &SendArgs, request: &Request) -> Result<(), Exit> {
     if global.json {
         let mut report = json!({
             "kind": list,
-            "topic": receipt.topic,
-            "size": receipt.size,
-            "compressed": receipt.compressed,
+            "size": receipt.size(),
+            "compressed": receipt.compressed(),
             "devices": devices,
             "samples": samples,
         });
+        match &receipt {
+            Receipt::Mqtt(r) => report["topic"] = json!(r.topic),
+            Receipt::Http(r) => {
+                report["url"] = json!(r.url);
+                report["status"] = json!(r.status);
+                report["attempts"] = json!(r.attempts);
+            }
+        }
         if let Some(serial) = request.serial() {
             report["serial"] = json!(serial);
         }
@@ -448,11 +569,15 @@ fn run(global: Global, args: &SendArgs, request: &Request) -> Result<(), Exit> {
             (_, 1) => "metric",
             _ => "metrics",
         };
+        let verb = match receipt {
+            Receipt::Mqtt(_) => "published to",
+            Receipt::Http(_) => "posted to",
+        };
         println!(
-            "{whose}: {samples} {noun} published to {} ({} bytes{})",
-            receipt.topic,
-            receipt.size,
-            if receipt.compressed { ", gzip" } else { "" }
+            "{whose}: {samples} {noun} {verb} {} ({} bytes{})",
+            receipt.destination(),
+            receipt.size(),
+            if receipt.compressed() { ", gzip" } else { "" }
         );
     }
     Ok(())

@@ -568,3 +568,160 @@ fn an_unreachable_broker_is_a_network_failure() {
         run.stderr
     );
 }
+
+/// `subcommand` sent over the emulator's HTTPS API instead of MQTT: the
+/// token comes from `ULOGGER_API_TOKEN` (as a user should pass it).
+fn https_args(subcommand: &str, emu: &Emulator) -> Vec<String> {
+    let ca = emu.certs().expect("a TLS emulator").ca_cert.clone();
+    strings(&[
+        subcommand,
+        "--api-url",
+        &emu.http_url(),
+        "--ca",
+        &s(&ca),
+        "--group-id",
+        "3",
+        "--app-id",
+        &APP.to_string(),
+    ])
+}
+
+#[test]
+fn an_api_token_sends_over_https_and_never_shows_the_token() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let token = vec![("ULOGGER_API_TOKEN", emu.api_token().to_owned())];
+
+    let args = with(
+        https_args("metrics", &emu),
+        &["--json", "--serial", "SN-H", "temp=21.5@1700000000"],
+    );
+    let run = sandbox.run_with_env(&token, &args).expect_code(0);
+    let report = report_of(&run);
+    assert_eq!(
+        report["url"],
+        format!("{}/publish/metrics", emu.http_url().trim_end_matches('/')),
+        "{report}"
+    );
+    assert_eq!(
+        (report["status"].as_u64(), report["attempts"].as_u64()),
+        (Some(200), Some(1))
+    );
+    let record = nth(&emu, RecordKind::Metrics, 1);
+    assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
+    assert_eq!(record.serial.as_deref(), Some("SN-H"));
+    let body: Value = serde_json::from_slice(&stored_bytes(&emu, &record)).unwrap();
+    assert_eq!(
+        (&body["app_id"], &body["group_id"]),
+        (&json!(APP.to_string()), &json!("3"))
+    );
+
+    // Heartbeats of several devices go as one batch; human output says where.
+    let args = with(
+        https_args("heartbeat", &emu),
+        &["--serial", "SN-1", "--serial", "SN-2"],
+    );
+    let run = sandbox.run_with_env(&token, &args).expect_code(0);
+    assert!(
+        run.stdout
+            .contains("2 devices: 2 metrics posted to https://"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(nth(&emu, RecordKind::Metrics, 2).verdict, Verdict::Ok);
+    let run = sandbox
+        .run_with_env(
+            &token,
+            &with(https_args("events", &emu), &["--serial", "SN-H", "boot"]),
+        )
+        .expect_code(0);
+    assert!(run.stdout.contains("posted to"), "{}", run.stdout);
+    assert_eq!(nth(&emu, RecordKind::Events, 1).verdict, Verdict::Ok);
+
+    // The token is not echoed by --help (it is in the environment) nor by
+    // config show.
+    let help = sandbox
+        .run_with_env(&token, &strings(&["metrics", "--help"]))
+        .expect_code(0);
+    assert!(
+        !help.output().contains(emu.api_token()),
+        "{}",
+        help.output()
+    );
+    let shown = sandbox
+        .run_with_env(&token, &strings(&["config", "show"]))
+        .expect_code(0);
+    assert!(
+        !shown.output().contains(emu.api_token()),
+        "{}",
+        shown.output()
+    );
+    assert!(shown.stdout.contains("api_token"), "{}", shown.stdout);
+    // No MQTT went anywhere: the broker saw no connection.
+    assert!(emu.connected_clients().is_empty());
+}
+
+#[test]
+fn a_wrong_api_token_is_refused_once_with_the_servers_message_and_not_shown() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let wrong = "ulg_this_is_not_the_token_0123456789";
+    let args = with(https_args("heartbeat", &emu), &["--serial", "SN-W"]);
+    let run = sandbox
+        .run_with_env(&[("ULOGGER_API_TOKEN", wrong.to_owned())], &args)
+        .expect_code(4);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(errors[0].contains("401"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ULOGGER_API_TOKEN"),
+        "a hint names the variable: {}",
+        run.stderr
+    );
+    assert!(!run.output().contains(wrong), "{}", run.output());
+    assert_eq!(emu.http_requests(), 1, "a 401 is not retried");
+}
+
+#[test]
+fn https_without_a_group_id_is_bad_input_naming_the_flag() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let args: Vec<String> = https_args("heartbeat", &emu)
+        .into_iter()
+        .filter(|a| a != "--group-id" && a != "3")
+        .chain(strings(&["--serial", "SN-G"]))
+        .collect();
+    let run = sandbox
+        .run_with_env(&[("ULOGGER_API_TOKEN", emu.api_token().to_owned())], &args)
+        .expect_code(2);
+    assert!(run.stderr.contains("--group-id"), "{}", run.stderr);
+    assert_eq!(emu.http_requests(), 0);
+}
+
+#[test]
+fn the_api_token_and_url_can_come_from_the_config_file() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let ca = emu.certs().unwrap().ca_cert.clone();
+    let config = format!(
+        "api_token = {:?}\napi_url = {:?}\nca = {:?}\ngroup_id = 3\napp_id = {APP}\nserial = \"SN-CF\"\n",
+        emu.api_token(),
+        emu.http_url(),
+        s(&ca)
+    );
+    let path = sandbox.write("client.toml", config.as_bytes());
+    let run = sandbox
+        .run(&strings(&["heartbeat", "--config", &s(&path)]))
+        .expect_code(0);
+    assert!(
+        run.stdout.contains("SN-CF: 1 metric posted to"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(nth(&emu, RecordKind::Metrics, 1).verdict, Verdict::Ok);
+    assert!(!run.output().contains(emu.api_token()));
+}
