@@ -23,10 +23,7 @@ use ulogger_cloud::{
     Client, Error, ErrorKind, IncomingMessage, LinkFuture, LinkInbox, LogConfigs, MqttConfig,
     MqttLink, OutboxConfig, Pacing, RumqttcLink,
 };
-use ulogger_emulator::testing::Mosquitto;
-use ulogger_emulator::{
-    AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, Verdict, WithholdPuback,
-};
+use ulogger_emulator::{CertPaths, Emulator, RecordKind, Verdict, WithholdPuback};
 
 // ---------------------------------------------------------------------
 // (a) an in-memory link to a fake cloud
@@ -647,28 +644,14 @@ async fn rumqttc_adapter_fails_what_a_clean_session_discarded_and_the_outbox_res
 
 #[tokio::test]
 async fn rumqttc_adapter_through_mosquitto_with_mutual_tls_and_a_bridge_prefix() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = CertPaths::generate(dir.path(), CUSTOMER).unwrap();
-    let Some(mosquitto) = Mosquitto::mutual_tls(&certs) else {
-        return;
-    };
-    let port = mosquitto.addr().port();
     let prefix = "ulogger/";
     // The cloud side listens under the prefix, as a broker bridge would
     // map `ulogger/#` to the cloud.
-    let emu = Emulator::start(
-        EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(31))
-            .topic_prefix(prefix)
-            .attach(AttachTo::new("127.0.0.1", port).mutual_tls(
-                &certs.ca_cert,
-                &certs.client_cert,
-                &certs.client_key,
-            )),
-    )
-    .expect("the cloud side attaches to mosquitto");
-    let (link, mut events) = rumqttc_app(&certs, port, &format!("cust-{CUSTOMER}-app-mosq"));
+    let Some(setup) = support::interop::setup(Some(31), prefix) else {
+        return;
+    };
+    let (emu, certs, port) = (&setup.emulator, &setup.certs, setup.port);
+    let (link, mut events) = rumqttc_app(certs, port, &format!("cust-{CUSTOMER}-app-mosq"));
     wait_event(&mut events, is_connack).await;
     let config = MqttConfig::new(CUSTOMER)
         .group_id(31)
@@ -676,7 +659,7 @@ async fn rumqttc_adapter_through_mosquitto_with_mutual_tls_and_a_bridge_prefix()
         .pacing(Pacing::off());
     let client = Client::builder(config).link(link.clone()).build().unwrap();
 
-    let _configs = exercise(&client, &emu, "SN-MOSQ-BRIDGE").await;
+    let _configs = exercise(&client, emu, "SN-MOSQ-BRIDGE").await;
 
     // The application's own publishes go through the link too, and
     // complete on their PUBACK.

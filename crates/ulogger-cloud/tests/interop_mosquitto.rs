@@ -6,58 +6,10 @@
 
 mod support;
 
+use support::interop::setup;
 use support::*;
 use ulogger_cloud::{Client, ErrorKind, MqttConfig, Phase};
-use ulogger_emulator::testing::Mosquitto;
-use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, Verdict};
-
-struct Setup {
-    emulator: Emulator,
-    config: MqttConfig,
-    certs: CertPaths,
-    port: u16,
-    _mosquitto: Mosquitto,
-    _dir: tempfile::TempDir,
-}
-
-/// mosquitto with mutual TLS on certificates made for the test, and the
-/// emulator's cloud side attached to it; `None` if mosquitto is missing
-/// outside CI.
-fn setup(group: Option<u32>, prefix: &str) -> Option<Setup> {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = CertPaths::generate(dir.path(), CUSTOMER).unwrap();
-    let mosquitto = Mosquitto::mutual_tls(&certs)?;
-    let port = mosquitto.addr().port();
-    let emulator = Emulator::start(
-        EmulatorConfig::new(CUSTOMER)
-            .group_id(group)
-            .topic_prefix(prefix)
-            .attach(AttachTo::new("127.0.0.1", port).mutual_tls(
-                &certs.ca_cert,
-                &certs.client_cert,
-                &certs.client_key,
-            )),
-    )
-    .expect("the cloud side attaches to mosquitto");
-    let mut config = MqttConfig::new(CUSTOMER)
-        .broker("127.0.0.1")
-        .port(port)
-        .topic_prefix(prefix)
-        .ca_file(&certs.ca_cert)
-        .client_cert(&certs.client_cert, &certs.client_key);
-    if let Some(group) = group {
-        config = config.group_id(group);
-    }
-    Some(Setup {
-        emulator,
-        config,
-        certs,
-        port,
-        _mosquitto: mosquitto,
-        _dir: dir,
-    })
-}
+use ulogger_emulator::{RecordKind, Verdict};
 
 #[tokio::test]
 async fn registration_and_upload_through_mosquitto_with_mutual_tls() {

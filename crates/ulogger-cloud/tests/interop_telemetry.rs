@@ -8,58 +8,11 @@
 
 mod support;
 
+use support::interop::{setup, Setup};
 use support::*;
 use ulogger_cloud::wire::{DeviceEvents, DeviceMetrics, Event, Metric};
-use ulogger_cloud::{Client, MqttConfig, TelemetryReceipt};
-use ulogger_emulator::testing::Mosquitto;
-use ulogger_emulator::{
-    verify_telemetry, AttachTo, CertPaths, Emulator, EmulatorConfig, Record, RecordKind,
-    TelemetryList, Verdict,
-};
-
-struct Setup {
-    emulator: Emulator,
-    config: MqttConfig,
-    _mosquitto: Mosquitto,
-    _dir: tempfile::TempDir,
-}
-
-/// mosquitto with mutual TLS on certificates made for the test, and the
-/// emulator's cloud side attached to it with the same topic layout as the
-/// client; `None` if mosquitto is missing outside CI.
-fn setup(group: Option<u32>, prefix: &str) -> Option<Setup> {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = CertPaths::generate(dir.path(), CUSTOMER).unwrap();
-    let mosquitto = Mosquitto::mutual_tls(&certs)?;
-    let port = mosquitto.addr().port();
-    let emulator = Emulator::start(
-        EmulatorConfig::new(CUSTOMER)
-            .group_id(group)
-            .topic_prefix(prefix)
-            .attach(AttachTo::new("127.0.0.1", port).mutual_tls(
-                &certs.ca_cert,
-                &certs.client_cert,
-                &certs.client_key,
-            )),
-    )
-    .expect("the cloud side attaches to mosquitto");
-    let mut config = MqttConfig::new(CUSTOMER)
-        .broker("127.0.0.1")
-        .port(port)
-        .topic_prefix(prefix)
-        .ca_file(&certs.ca_cert)
-        .client_cert(&certs.client_cert, &certs.client_key);
-    if let Some(group) = group {
-        config = config.group_id(group);
-    }
-    Some(Setup {
-        emulator,
-        config,
-        _mosquitto: mosquitto,
-        _dir: dir,
-    })
-}
+use ulogger_cloud::{Client, TelemetryReceipt};
+use ulogger_emulator::{verify_telemetry, Emulator, Record, RecordKind, TelemetryList, Verdict};
 
 /// The next record of `kind` after `seen` of them, once the cloud has it.
 async fn next_of(emu: &Emulator, kind: RecordKind, seen: usize) -> Record {

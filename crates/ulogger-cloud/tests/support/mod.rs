@@ -1,6 +1,8 @@
 //! Fixtures shared by the client's end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod interop;
+
 use std::time::Duration;
 
 use ulogger_cloud::wire::{build_log, DeviceInfo, LogHeader};
