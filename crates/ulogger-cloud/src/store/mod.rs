@@ -9,10 +9,11 @@ mod file;
 mod format;
 mod lru;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 
@@ -96,6 +97,44 @@ const FILE_NAME: &str = "session_tokens.json";
 /// ```
 pub struct SessionStore {
     state: Mutex<State>,
+    /// Set for a file-backed store; fixed at construction, so a mutation
+    /// can choose its path without waiting for `state`.
+    file_backed: bool,
+    /// Mutations of a file-backed store on their way into a group write.
+    queue: Mutex<Queue>,
+    /// Signalled whenever a group write finishes.
+    written: Condvar,
+}
+
+/// A mutation of a file-backed store, waiting for the write that makes it
+/// durable.
+enum Change {
+    Set {
+        serial: String,
+        token: u32,
+        git_hash: String,
+    },
+    Remove(String),
+    Clear,
+    /// No change of content: only the pending recency refreshes.
+    Flush,
+}
+
+/// Group commit without a background thread: every mutation joins the
+/// queue; the first caller that finds nobody writing becomes the writer
+/// for everything queued when it holds the file lock (its own change
+/// included), and the others wait for the outcome of the write that
+/// included theirs.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(u64, Change)>,
+    next_ticket: u64,
+    /// A caller is writing a group.
+    writing: bool,
+    /// Outcomes of finished writes, by ticket, until their callers take
+    /// them: whether the change changed anything (for `remove`), or the
+    /// write's error.
+    done: HashMap<u64, Result<bool, StoreError>>,
 }
 
 /// One cached token, as listed by [`SessionStore::entries`].
@@ -142,6 +181,7 @@ struct Backing {
     synced: Synced,
     /// Serials looked up since the last write, least recent first: replayed
     /// onto a reloaded file so that lazily persisted recency is not lost.
+    /// At most [`touched_limit`] of them, the most recent.
     touched: LruMap<()>,
     /// The map differs from the file (touches or a capacity trim).
     dirty: bool,
@@ -151,6 +191,24 @@ struct Backing {
     buffer: Vec<u8>,
     /// The `map.version()` that `buffer` holds, if it still holds one.
     buffer_version: Option<u64>,
+    /// Durable writes made (group writes count once).
+    writes: u64,
+}
+
+/// The most recency refreshes a file-backed store remembers between
+/// writes (fewer with a smaller capacity).
+///
+/// They only matter when another process replaces the file before our next
+/// write: they are then replayed on top of its file. Remembering the most
+/// recent few thousand keeps the eviction order right for the devices in
+/// use; older refreshes are forgotten, which can only make an entry be
+/// evicted earlier, never lose one that is in use. Without a bound, a
+/// gateway that looks up many devices and rarely registers one would keep
+/// a second copy of every looked-up serial.
+pub(crate) const TOUCHED_MAX: usize = 4096;
+
+fn touched_limit(capacity: Option<NonZeroUsize>) -> usize {
+    capacity.map_or(TOUCHED_MAX, |c| c.get().min(TOUCHED_MAX))
 }
 
 /// Which version of the file `State::map` reflects.
@@ -159,11 +217,9 @@ enum Synced {
     Unknown,
     /// There was no file.
     Missing,
-    /// This version; the handle pins its inode (see [`Stamp`]).
-    File {
-        _handle: std::fs::File,
-        stamp: Stamp,
-    },
+    /// This version; the handle pins its inode (see [`Stamp`]) and tells,
+    /// with one `fstat`, whether the file is still this version.
+    File { handle: std::fs::File, stamp: Stamp },
 }
 
 impl Default for SessionStore {
@@ -215,6 +271,7 @@ impl SessionStore {
                 dirty: false,
                 buffer: Vec::new(),
                 buffer_version: None,
+                writes: 0,
             }),
         });
         store.lock_state().refresh()?;
@@ -330,9 +387,13 @@ impl SessionStore {
             None => return Ok(None),
             Some(record) => (record.git_hash == git_hash).then_some(record.token),
         };
+        let limit = touched_limit(state.capacity);
         if let Some(backing) = state.backing.as_mut() {
             if !was_most_recent {
-                backing.touched.insert(serial.to_string(), ());
+                if backing.touched.touch(serial).is_none() {
+                    backing.touched.insert(serial.to_string(), ());
+                    backing.touched.trim_to(limit);
+                }
                 backing.dirty = true;
             }
         }
@@ -366,21 +427,12 @@ impl SessionStore {
     /// durable (the store then reloads the file at the next call),
     /// [`StoreError::Corrupt`] when another process left a corrupt file.
     pub fn set(&self, serial: &str, token: u32, git_hash: &str) -> Result<(), StoreError> {
-        self.lock_state().mutate(|map, capacity| {
-            if let Some(capacity) = capacity {
-                if !map.contains(serial) {
-                    map.trim_to(capacity.get() - 1);
-                }
-            }
-            map.insert(
-                serial.to_string(),
-                Record {
-                    token,
-                    git_hash: git_hash.to_string(),
-                },
-            );
-            true
+        self.commit(Change::Set {
+            serial: serial.to_string(),
+            token,
+            git_hash: git_hash.to_string(),
         })
+        .map(drop)
     }
 
     /// Removes the entry for `serial` (forcing a new boot registration).
@@ -390,12 +442,7 @@ impl SessionStore {
     ///
     /// As [`set`](Self::set).
     pub fn remove(&self, serial: &str) -> Result<bool, StoreError> {
-        let mut removed = false;
-        self.lock_state().mutate(|map, _| {
-            removed = map.remove(serial).is_some();
-            removed
-        })?;
-        Ok(removed)
+        self.commit(Change::Remove(serial.to_string()))
     }
 
     /// Removes every entry.
@@ -404,10 +451,7 @@ impl SessionStore {
     ///
     /// As [`set`](Self::set).
     pub fn clear(&self) -> Result<(), StoreError> {
-        self.lock_state().mutate(|map, _| {
-            map.clear();
-            true
-        })
+        self.commit(Change::Clear).map(drop)
     }
 
     /// Writes recency refreshes from [`get`](Self::get) that are not yet
@@ -418,9 +462,9 @@ impl SessionStore {
     ///
     /// As [`set`](Self::set).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mut state = self.lock_state();
-        if state.backing.as_ref().is_some_and(|b| b.dirty) {
-            state.mutate(|_, _| false)?;
+        let dirty = self.lock_state().backing.as_ref().is_some_and(|b| b.dirty);
+        if dirty {
+            self.commit(Change::Flush)?;
         }
         Ok(())
     }
@@ -466,7 +510,10 @@ impl SessionStore {
 
     fn with_state(state: State) -> Self {
         SessionStore {
+            file_backed: state.backing.is_some(),
             state: Mutex::new(state),
+            queue: Mutex::new(Queue::default()),
+            written: Condvar::new(),
         }
     }
 
@@ -474,6 +521,72 @@ impl SessionStore {
         // No method leaves the state half-updated across a panic point,
         // and a failed write marks the file for reload anyway.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        // Every update of the queue is a single step.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `change`; with a file, returns once a write that includes
+    /// it is durable (see [`Queue`]). Returns whether the change changed
+    /// anything.
+    fn commit(&self, change: Change) -> Result<bool, StoreError> {
+        if !self.file_backed {
+            let mut state = self.lock_state();
+            let capacity = state.capacity;
+            return Ok(apply(&mut state.map, capacity, change));
+        }
+        let mut queue = self.lock_queue();
+        let ticket = queue.next_ticket;
+        queue.next_ticket = ticket.wrapping_add(1);
+        queue.waiting.push((ticket, change));
+        loop {
+            if let Some(outcome) = queue.done.remove(&ticket) {
+                return outcome;
+            }
+            if queue.writing {
+                queue = self
+                    .written
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            queue.writing = true;
+            drop(queue);
+            let outcomes = self
+                .lock_state()
+                .write_group(|| std::mem::take(&mut self.lock_queue().waiting));
+            queue = self.lock_queue();
+            queue.writing = false;
+            queue.done.extend(outcomes);
+            self.written.notify_all();
+        }
+    }
+}
+
+/// Applies one change to the map; returns whether it changed anything.
+fn apply(map: &mut LruMap<Record>, capacity: Option<NonZeroUsize>, change: Change) -> bool {
+    match change {
+        Change::Set {
+            serial,
+            token,
+            git_hash,
+        } => {
+            if let Some(capacity) = capacity {
+                if !map.contains(&serial) {
+                    map.trim_to(capacity.get() - 1);
+                }
+            }
+            map.insert(serial, Record { token, git_hash });
+            true
+        }
+        Change::Remove(serial) => map.remove(&serial).is_some(),
+        Change::Clear => {
+            map.clear();
+            true
+        }
+        Change::Flush => false,
     }
 }
 
@@ -496,11 +609,12 @@ impl State {
         let Some(backing) = self.backing.as_mut() else {
             return Ok(());
         };
-        let current = file::stamp(&backing.paths.file)?;
-        let unchanged = match (&backing.synced, &current) {
-            (Synced::Missing, None) => true,
-            (Synced::File { stamp, .. }, Some(now)) => stamp == now,
-            _ => false,
+        let unchanged = match &mut backing.synced {
+            Synced::Unknown => false,
+            Synced::Missing => file::stamp(&backing.paths.file)?.is_none(),
+            Synced::File { handle, stamp } => {
+                file::is_unchanged(&backing.paths.file, handle, stamp)?
+            }
         };
         if unchanged {
             return Ok(());
@@ -517,7 +631,7 @@ impl State {
                 self.map = format::parse(&snapshot.bytes)
                     .map_err(|reason| StoreError::corrupt(&backing.paths.file, reason))?;
                 backing.synced = Synced::File {
-                    _handle: snapshot.handle,
+                    handle: snapshot.handle,
                     stamp: snapshot.stamp,
                 };
             }
@@ -541,27 +655,71 @@ impl State {
         }
     }
 
-    /// Applies `change` (which says whether it changed anything) and, for a
-    /// file-backed store, makes the result durable under the file lock.
-    fn mutate(
+    /// Under the file lock: takes the queued changes (`take`, called once
+    /// the lock is held, so that changes queued while we waited for it
+    /// join this write), reloads the file if another process replaced it,
+    /// applies them in order and writes the result once. Returns each
+    /// change's outcome by ticket: all succeed or all fail.
+    fn write_group(
         &mut self,
-        change: impl FnOnce(&mut LruMap<Record>, Option<NonZeroUsize>) -> bool,
-    ) -> Result<(), StoreError> {
-        let capacity = self.capacity;
+        take: impl FnOnce() -> Vec<(u64, Change)>,
+    ) -> Vec<(u64, Result<bool, StoreError>)> {
+        let mut take = Some(take);
+        let mut tickets = Vec::new();
+        let result = self.with_file_lock(|state| {
+            let changes: Vec<Change>;
+            (tickets, changes) = take
+                .take()
+                .map(|take| take())
+                .unwrap_or_default()
+                .into_iter()
+                .unzip();
+            state.refresh()?;
+            let capacity = state.capacity;
+            let answers: Vec<bool> = changes
+                .into_iter()
+                .map(|change| apply(&mut state.map, capacity, change))
+                .collect();
+            state.write_if(answers.contains(&true))?;
+            Ok(answers)
+        });
+        if let Some(take) = take {
+            // The lock could not be taken: the changes fail unapplied.
+            tickets = take().into_iter().map(|(ticket, _)| ticket).collect();
+        }
+        match result {
+            Ok(answers) => tickets
+                .into_iter()
+                .zip(answers.into_iter().map(Ok))
+                .collect(),
+            Err(e) => {
+                let mut outcomes: Vec<_> = tickets
+                    .iter()
+                    .skip(1)
+                    .map(|&ticket| (ticket, Err(e.replicate())))
+                    .collect();
+                if let Some(&first) = tickets.first() {
+                    outcomes.push((first, Err(e)));
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// Runs `work` holding the exclusive lock on the lock file.
+    fn with_file_lock<T>(
+        &mut self,
+        work: impl FnOnce(&mut State) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let Some(backing) = self.backing.as_mut() else {
-            change(&mut self.map, capacity);
-            return Ok(());
+            return work(self);
         };
         let lock = match backing.lock.take() {
             Some(lock) if file::is_current_lock(&backing.paths, &lock)? => lock,
             _ => file::open_lock(&backing.paths)?,
         };
         let lock_path = backing.paths.lock.clone();
-        let result = LockGuard::acquire(&lock, &lock_path).and_then(|_guard| {
-            self.refresh()?;
-            let changed = change(&mut self.map, capacity);
-            self.write_if(changed)
-        });
+        let result = LockGuard::acquire(&lock, &lock_path).and_then(|_guard| work(self));
         if let Some(backing) = self.backing.as_mut() {
             backing.lock = Some(lock);
         }
@@ -590,12 +748,10 @@ impl State {
         let written = file::write_atomically(&backing.paths, &backing.buffer);
         match written {
             Ok((handle, stamp)) => {
-                backing.synced = Synced::File {
-                    _handle: handle,
-                    stamp,
-                };
+                backing.synced = Synced::File { handle, stamp };
                 backing.touched.clear();
                 backing.dirty = false;
+                backing.writes = backing.writes.wrapping_add(1);
                 Ok(())
             }
             Err(e) => {
