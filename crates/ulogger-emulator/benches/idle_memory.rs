@@ -78,7 +78,10 @@ fn main() {
          fresh servers each round, {rounds} round(s); mosquitto: {}",
         binary.display()
     );
-    println!("  {:<6} {:<10} {:>12} {:>14}", "round", "server", "RSS growth", "per connection");
+    println!(
+        "  {:<6} {:<10} {:>12} {:>14}",
+        "round", "server", "RSS growth", "per connection"
+    );
     let mut emulator_kb = Vec::new();
     let mut mosquitto_kb = Vec::new();
     for round in 1..=rounds {
@@ -104,7 +107,9 @@ fn main() {
     let mosquitto = median(&mut mosquitto_kb);
     let ratio = emulator / mosquitto;
     println!();
-    println!("  median per idle connection: emulator {emulator:.1} KB, mosquitto {mosquitto:.1} KB");
+    println!(
+        "  median per idle connection: emulator {emulator:.1} KB, mosquitto {mosquitto:.1} KB"
+    );
     println!(
         "  ratio emulator / mosquitto: {ratio:.2} (target <= 1.00: {})",
         if ratio <= 1.0 { "met" } else { "missed" }
@@ -149,7 +154,11 @@ async fn connect_many(
     let permits = Arc::new(Semaphore::new(CONNECTING));
     let mut tasks = JoinSet::new();
     for i in first..first + count {
-        let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let tls = tls.clone();
         tasks.spawn(async move {
             let stream = connect(&tls, port, i).await;
