@@ -14,6 +14,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -193,6 +194,11 @@ struct Backing {
     buffer_version: Option<u64>,
     /// Durable writes made (group writes count once).
     writes: u64,
+    /// How long a lookup hit may rely on the last check of the file
+    /// ([`SessionStore::with_max_staleness`]); zero: every call checks.
+    max_staleness: Duration,
+    /// When the map was last known to match the file.
+    checked_at: Option<Instant>,
 }
 
 /// The most recency refreshes a file-backed store remembers between
@@ -272,6 +278,8 @@ impl SessionStore {
                 buffer: Vec::new(),
                 buffer_version: None,
                 writes: 0,
+                max_staleness: Duration::ZERO,
+                checked_at: None,
             }),
         });
         store.lock_state().refresh()?;
@@ -356,6 +364,25 @@ impl SessionStore {
         self
     }
 
+    /// Lets a [`get`](Self::get) that finds the token rely on this store's
+    /// view of the file for up to `max_staleness` since it last checked
+    /// the file, instead of checking at every call (one `fstat`, which is
+    /// most of a lookup's cost). Default: zero, every call checks.
+    ///
+    /// What may be stale is only a hit: a token that another process
+    /// replaced for the same serial and firmware within the window is
+    /// returned until the window ends. Misses (and git-hash mismatches),
+    /// every other method and every write check the file as before, and
+    /// this store's own writes are always seen. `Duration::MAX` means
+    /// hits never check. No effect on an in-memory store.
+    #[must_use]
+    pub fn with_max_staleness(self, max_staleness: Duration) -> Self {
+        if let Some(backing) = self.lock_state().backing.as_mut() {
+            backing.max_staleness = max_staleness;
+        }
+        self
+    }
+
     /// The capacity, `None` when unbounded.
     pub fn capacity(&self) -> Option<NonZeroUsize> {
         self.lock_state().capacity
@@ -381,7 +408,9 @@ impl SessionStore {
     /// cannot be read or is corrupt.
     pub fn get(&self, serial: &str, git_hash: &str) -> Result<Option<u32>, StoreError> {
         let mut state = self.lock_state();
-        state.refresh()?;
+        if !state.checked_recently() || !state.is_hit(serial, git_hash) {
+            state.refresh()?;
+        }
         let was_most_recent = state.map.is_most_recent(serial);
         let token = match state.map.touch(serial) {
             None => return Ok(None),
@@ -604,11 +633,33 @@ fn default_path_from(
 }
 
 impl State {
+    /// True when a hit may skip checking the file: it was checked less
+    /// than `max_staleness` ago.
+    fn checked_recently(&self) -> bool {
+        let Some(backing) = self.backing.as_ref() else {
+            return true;
+        };
+        !backing.max_staleness.is_zero()
+            && backing
+                .checked_at
+                .is_some_and(|at| at.elapsed() < backing.max_staleness)
+    }
+
+    fn is_hit(&self, serial: &str, git_hash: &str) -> bool {
+        self.map
+            .peek(serial)
+            .is_some_and(|record| record.git_hash == git_hash)
+    }
+
     /// Reloads the file if it is not the version the map reflects.
     fn refresh(&mut self) -> Result<(), StoreError> {
         let Some(backing) = self.backing.as_mut() else {
             return Ok(());
         };
+        // Taken before the check (a write that lands during it counts as
+        // after it) and kept only if the check succeeds.
+        let checking_at = (!backing.max_staleness.is_zero()).then(Instant::now);
+        backing.checked_at = None;
         let unchanged = match &mut backing.synced {
             Synced::Unknown => false,
             Synced::Missing => file::stamp(&backing.paths.file)?.is_none(),
@@ -617,6 +668,7 @@ impl State {
             }
         };
         if unchanged {
+            backing.checked_at = checking_at;
             return Ok(());
         }
         backing.synced = Synced::Unknown;
@@ -636,6 +688,7 @@ impl State {
                 };
             }
         }
+        backing.checked_at = checking_at;
         for (serial, ()) in backing.touched.iter() {
             self.map.touch(serial);
         }
@@ -757,6 +810,7 @@ impl State {
             Err(e) => {
                 // The map holds a change the file does not: reload it.
                 backing.synced = Synced::Unknown;
+                backing.checked_at = None;
                 Err(e)
             }
         }

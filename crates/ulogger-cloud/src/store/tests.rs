@@ -833,3 +833,71 @@ fn with_a_capacity_lookups_remember_at_most_that_many() {
     }
     assert!(touched(&store) <= 100, "{}", touched(&store));
 }
+
+#[test]
+fn with_max_staleness_a_hit_may_be_stale_for_that_long_and_no_longer() {
+    const WINDOW: std::time::Duration = std::time::Duration::from_millis(30);
+    let (_dir, path) = temp_store();
+    let writer = SessionStore::open(&path).unwrap();
+    writer.set("a", 1, "g").unwrap();
+    let reader = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(WINDOW);
+    assert_eq!(reader.get("a", "g").unwrap(), Some(1));
+    let checked = std::time::Instant::now();
+    writer.set("a", 2, "g").unwrap();
+    writer.set("b", 3, "g").unwrap();
+    // A miss always checks the file.
+    assert_eq!(reader.get("b", "g").unwrap(), Some(3));
+    // So did that miss: `a` is current again.
+    assert_eq!(reader.get("a", "g").unwrap(), Some(2));
+    let checked_again = std::time::Instant::now();
+    writer.set("a", 4, "g").unwrap();
+    let seen = reader.get("a", "g").unwrap();
+    if checked_again.elapsed() < WINDOW {
+        assert_eq!(seen, Some(2), "a hit inside the window checked the file");
+    }
+    // Once the window has passed, the next hit checks.
+    while checked_again.elapsed() < WINDOW {
+        std::thread::yield_now();
+    }
+    assert_eq!(reader.get("a", "g").unwrap(), Some(4));
+    // Its own writes are always seen; other methods always check.
+    reader.set("a", 5, "g").unwrap();
+    assert_eq!(reader.get("a", "g").unwrap(), Some(5));
+    writer.set("c", 6, "g").unwrap();
+    assert_eq!(reader.len().unwrap(), 3);
+    assert!(checked.elapsed() >= WINDOW);
+}
+
+#[test]
+fn max_staleness_extremes_do_not_panic() {
+    let (_dir, path) = temp_store();
+    let writer = SessionStore::open(&path).unwrap();
+    writer.set("a", 1, "g").unwrap();
+    let never = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(std::time::Duration::MAX);
+    assert_eq!(never.get("a", "g").unwrap(), Some(1));
+    writer.set("a", 2, "g").unwrap();
+    assert_eq!(
+        never.get("a", "g").unwrap(),
+        Some(1),
+        "Duration::MAX: hits never check"
+    );
+    assert_eq!(never.get("a", "other").unwrap(), None);
+    // The mismatch checked the file.
+    assert_eq!(never.get("a", "g").unwrap(), Some(2));
+    let exact = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(std::time::Duration::ZERO);
+    writer.set("a", 3, "g").unwrap();
+    assert_eq!(exact.get("a", "g").unwrap(), Some(3));
+    assert_eq!(
+        SessionStore::in_memory()
+            .with_max_staleness(std::time::Duration::MAX)
+            .get("a", "g")
+            .unwrap(),
+        None
+    );
+}
