@@ -50,10 +50,18 @@ const FILE_NAME: &str = "session_tokens.json";
 ///   file: each mutation holds an exclusive lock on `<file>.lock`, reloads
 ///   the file if someone else replaced it, applies the change and writes.
 ///   No process loses another's entries. Readers take no lock; every call
-///   sees what other processes wrote before it (one `stat` when nothing
-///   changed). The Python SDK does not take the lock, so a Python writer
-///   racing with a Rust writer can still lose an entry, as two Python
-///   writers can.
+///   sees what other processes wrote before it (one `fstat` of the file it
+///   last read when nothing changed), unless
+///   [`with_max_staleness`](Self::with_max_staleness) lets lookup hits
+///   skip that check for a bounded time. The Python SDK does not take the
+///   lock, so a Python writer racing with a Rust writer can still lose an
+///   entry, as two Python writers can.
+/// - mutations from several threads at once are written together (group
+///   commit): the first caller that finds no write in progress writes, in
+///   one rewrite and sync, every change queued by the time it holds the
+///   file lock, and the callers whose changes it included return when it
+///   is durable. No background thread is involved; registering many new
+///   devices at once costs a few durable writes, not one each.
 /// - a file that is not a cache file makes [`open`](Self::open) (and any
 ///   later call that reloads it) fail with [`StoreError::Corrupt`]; the
 ///   file is never overwritten. [`open_or_reset`](Self::open_or_reset)
@@ -68,7 +76,10 @@ const FILE_NAME: &str = "session_tokens.json";
 /// persisted with the next mutation from this value, replayed on top of
 /// whatever other processes wrote meanwhile, or by [`flush`](Self::flush).
 /// Refreshes not yet persisted when the value is dropped are lost; only the
-/// eviction order suffers, never an entry.
+/// eviction order suffers, never an entry. To replay them, the store
+/// remembers at most the 4,096 most recent refreshed serials (or its
+/// capacity, if smaller) between writes, so memory stays bounded however
+/// many devices are looked up.
 ///
 /// # Sharing
 ///
