@@ -906,21 +906,52 @@ const REGISTERING: usize = 64;
 
 /// `devices` new devices registered through one `Client` (fresh emulator,
 /// fresh store), `REGISTERING` at a time: the wall time from the first
-/// request until every token was stored.
-fn client_new_devices(devices: usize, file_backed: bool) -> Duration {
+/// request until every token was stored. With `mosquitto`, the client
+/// talks to that broker (mutual TLS) and the emulator's cloud is attached
+/// to it, as in `benches/upload.rs`; else to the emulator's own broker.
+fn client_new_devices(devices: usize, file_backed: bool, mosquitto: bool) -> Duration {
+    client_new_device_phases(&[devices], file_backed, mosquitto)[0]
+}
+
+/// [`client_new_devices`] in phases on one emulator, client and store:
+/// `phases[i]` new devices each, the time of each phase.
+fn client_new_device_phases(phases: &[usize], file_backed: bool, mosquitto: bool) -> Vec<Duration> {
     use ulogger_cloud::wire::DeviceInfo;
     use ulogger_cloud::{Client, MqttConfig, Pacing};
-    use ulogger_emulator::{Emulator, EmulatorConfig};
+    use ulogger_emulator::testing::{Mosquitto, MosquittoTls};
+    use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, PlatformLimits};
 
     let shm = tempfile::tempdir_in("/dev/shm").ok();
-    let mut config = EmulatorConfig::new(4242);
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = None;
+    let mut config = if mosquitto {
+        let certs = CertPaths::generate(dir.path().join("certs"), 4242).unwrap();
+        let server = Mosquitto::start_with_config(
+            MosquittoTls::Mutual(certs.clone()),
+            "set_tcp_nodelay true\nmax_queued_messages 0",
+        )
+        .expect("mosquitto was found before, so it starts or panics");
+        let attach = AttachTo::new("127.0.0.1", server.addr().port()).mutual_tls(
+            &certs.ca_cert,
+            &certs.client_cert,
+            &certs.client_key,
+        );
+        broker = Some((server, certs));
+        EmulatorConfig::new(4242).attach(attach)
+    } else {
+        // Without the platform's per-connection rate limits: this
+        // measures the client and the store, not AWS IoT's 100/s.
+        EmulatorConfig::new(4242).limits(PlatformLimits::unlimited())
+    };
     if let Some(dir) = &shm {
         // The cloud's records in memory: its disk is not the client's.
         config = config.data_dir(dir.path());
     }
     let emulator = Emulator::start(config).unwrap();
-    let certs = emulator.certs().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (port, certs) = match &broker {
+        Some((server, certs)) => (server.addr().port(), certs.clone()),
+        None => (emulator.addr().port(), emulator.certs().unwrap().clone()),
+    };
     let store = std::sync::Arc::new(if file_backed {
         SessionStore::open(dir.path().join("session_tokens.json")).unwrap()
     } else {
@@ -928,7 +959,7 @@ fn client_new_devices(devices: usize, file_backed: bool) -> Duration {
     });
     let mqtt = MqttConfig::new(4242)
         .broker("127.0.0.1")
-        .port(emulator.addr().port())
+        .port(port)
         .topic_prefix(emulator.topic_prefix())
         .ca_file(&certs.ca_cert)
         .client_cert(&certs.client_cert, &certs.client_key)
@@ -937,31 +968,37 @@ fn client_new_devices(devices: usize, file_backed: bool) -> Duration {
         .enable_all()
         .build()
         .unwrap();
+    let devices: usize = phases.iter().sum();
     let elapsed = runtime.block_on(async {
         let client = Client::builder(mqtt)
             .session_store(store.clone())
             .build()
             .unwrap();
         client.connected().await.unwrap();
-        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(REGISTERING));
-        let mut tasks = tokio::task::JoinSet::new();
-        let start = Instant::now();
-        for n in 0..devices {
-            let permit = slots.clone().acquire_owned().await.unwrap();
-            let client = client.clone();
-            tasks.spawn(async move {
-                let device = DeviceInfo::new(7, serial(n as u32), "board", "v1.0.0", "0123abc");
-                let token = client.session_token(&device).await.unwrap();
-                drop(permit);
-                token
-            });
+        let mut times = Vec::new();
+        let mut first = 0;
+        for &count in phases {
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(REGISTERING));
+            let mut tasks = tokio::task::JoinSet::new();
+            let start = Instant::now();
+            for n in first..first + count {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                let client = client.clone();
+                tasks.spawn(async move {
+                    let device = DeviceInfo::new(7, serial(n as u32), "board", "v1.0.0", "0123abc");
+                    let token = client.session_token(&device).await.unwrap();
+                    drop(permit);
+                    token
+                });
+            }
+            while let Some(token) = tasks.join_next().await {
+                token.unwrap();
+            }
+            times.push(start.elapsed());
+            first += count;
         }
-        while let Some(token) = tasks.join_next().await {
-            token.unwrap();
-        }
-        let elapsed = start.elapsed();
         client.shutdown().await;
-        elapsed
+        times
     });
     assert_eq!(store.len().unwrap(), devices);
     if file_backed {
@@ -969,6 +1006,7 @@ fn client_new_devices(devices: usize, file_backed: bool) -> Duration {
         assert_eq!(reopened.len().unwrap(), devices);
     }
     drop(emulator);
+    drop(broker);
     elapsed
 }
 
@@ -976,44 +1014,89 @@ fn client_side_by_side(measuring: bool) {
     let rounds = if measuring { 3 } else { 1 };
     let scale = if measuring { 1 } else { 10 };
     let (small, large) = (1_000 / scale, 3_000 / scale);
+    let mosquitto = ulogger_emulator::testing::find_mosquitto().is_some();
     println!(
-        "\nnew devices through Client against the emulator (mutual TLS, its own broker; fresh emulator and store per run), \
+        "\nnew devices through Client against the emulator (mutual TLS; fresh emulator, broker and store per run), \
          {REGISTERING} registrations in flight, median of {rounds} interleaved runs"
     );
-    let times = interleaved(
-        rounds,
-        &mut [
-            &mut || client_new_devices(small, false),
-            &mut || client_new_devices(large, false),
-            &mut || client_new_devices(large, true),
-        ],
-    );
-    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
-    let rows = [
-        (format!("{small} devices, memory"), small, times[0]),
-        (format!("{large} devices, memory"), large, times[1]),
-        (format!("{large} devices, file"), large, times[2]),
+    println!("  own broker: the emulator's, without rate limits; mosquitto: the emulator's cloud attached to it");
+    let mut variants: Vec<(&str, usize, bool, bool)> = vec![
+        ("own broker, memory", small, false, false),
+        ("own broker, memory", large, false, false),
+        ("own broker, file", large, true, false),
     ];
-    for (name, n, t) in &rows {
+    if mosquitto {
+        variants.extend([
+            ("mosquitto, memory", small, false, true),
+            ("mosquitto, memory", large, false, true),
+            ("mosquitto, file", large, true, true),
+        ]);
+    } else {
+        println!("  (mosquitto not found: its rows are left out)");
+    }
+    let mut runs: Vec<Box<dyn FnMut() -> Duration>> = variants
+        .iter()
+        .map(|&(_, n, file, mosquitto)| {
+            Box::new(move || client_new_devices(n, file, mosquitto)) as Box<dyn FnMut() -> Duration>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut() -> Duration> = runs
+        .iter_mut()
+        .map(|run| &mut **run as &mut dyn FnMut() -> Duration)
+        .collect();
+    let times = interleaved(rounds, &mut refs);
+    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
+    for ((name, n, _, _), t) in variants.iter().zip(&times) {
         println!(
-            "  {name:<24} {:>9.3} s {:>9.0} devices/s",
+            "  {:<34} {:>9.3} s {:>9.0} devices/s",
+            format!("{n} devices, {name}"),
             t.as_secs_f64(),
             rate(*n, *t)
         );
     }
-    let (r_small, r_large, r_file) = (
-        rate(small, times[0]),
-        rate(large, times[1]),
-        rate(large, times[2]),
-    );
-    println!(
-        "SUITE store: {large} new devices via Client, file-backed | {:.3} s | {:.2} of in-memory ({:.3} s); target < 1 s",
-        times[2].as_secs_f64(),
-        r_file / r_large,
-        times[1].as_secs_f64()
-    );
-    println!(
-        "SUITE store: new devices/s via Client, in memory, {large} | {r_large:.0} /s | {:.2} of the rate at {small} ({r_small:.0}/s)",
-        r_large / r_small
-    );
+    // One emulator, client and store for several phases: does what they
+    // accumulate slow registrations down? Median of each phase.
+    let phases = [small, large, large];
+    let mut per_phase = vec![Vec::new(); phases.len()];
+    for _ in 0..rounds {
+        for (i, t) in client_new_device_phases(&phases, false, false)
+            .into_iter()
+            .enumerate()
+        {
+            per_phase[i].push(t);
+        }
+    }
+    let mut line = String::from("  one emulator, client and store, own broker, memory, in phases:");
+    let mut done = 0;
+    for (n, times) in phases.iter().zip(&mut per_phase) {
+        times.sort();
+        let t = times[times.len() / 2];
+        line.push_str(&format!(
+            " devices {done}..{}: {:.0}/s;",
+            done + n,
+            rate(*n, t)
+        ));
+        done += n;
+    }
+    println!("{line}");
+    for (i, broker) in [(0, "own broker"), (3, "mosquitto")] {
+        if i + 2 >= times.len() {
+            continue;
+        }
+        let (r_small, r_large, r_file) = (
+            rate(small, times[i]),
+            rate(large, times[i + 1]),
+            rate(large, times[i + 2]),
+        );
+        println!(
+            "SUITE store: {large} new devices via Client, file-backed, {broker} | {:.3} s | {:.2} of in-memory ({:.3} s); target < 1 s",
+            times[i + 2].as_secs_f64(),
+            r_file / r_large,
+            times[i + 1].as_secs_f64()
+        );
+        println!(
+            "SUITE store: new devices/s via Client, in memory, {broker}, {large} | {r_large:.0} /s | {:.2} of the rate at {small} ({r_small:.0}/s)",
+            r_large / r_small
+        );
+    }
 }
