@@ -109,9 +109,9 @@ const FILE_NAME: &str = "session_tokens.json";
 /// ```
 pub struct SessionStore {
     state: Mutex<State>,
-    /// Set for a file-backed store; fixed at construction, so a mutation
-    /// can choose its path without waiting for `state`.
-    file_backed: bool,
+    /// The file of a file-backed store; fixed at construction, so a
+    /// mutation can choose its path without waiting for `state`.
+    file: Option<PathBuf>,
     /// Mutations of a file-backed store on their way into a group write.
     queue: Mutex<Queue>,
     /// Signalled whenever a group write finishes.
@@ -143,6 +143,8 @@ struct Queue {
     next_ticket: u64,
     /// A caller is writing a group.
     writing: bool,
+    /// The tickets of the group being written.
+    in_flight: Vec<u64>,
     /// Outcomes of finished writes, by ticket, until their callers take
     /// them: whether the change changed anything (for `remove`), or the
     /// write's error.
@@ -210,6 +212,9 @@ struct Backing {
     max_staleness: Duration,
     /// When the map was last known to match the file.
     checked_at: Option<Instant>,
+    /// Makes the next write panic, to test that callers are not stranded.
+    #[cfg(test)]
+    panic_on_write: bool,
 }
 
 /// The most recency refreshes a file-backed store remembers between
@@ -291,6 +296,8 @@ impl SessionStore {
                 writes: 0,
                 max_staleness: Duration::ZERO,
                 checked_at: None,
+                #[cfg(test)]
+                panic_on_write: false,
             }),
         });
         store.lock_state().refresh()?;
@@ -550,7 +557,7 @@ impl SessionStore {
 
     fn with_state(state: State) -> Self {
         SessionStore {
-            file_backed: state.backing.is_some(),
+            file: state.backing.as_ref().map(|b| b.paths.file.clone()),
             state: Mutex::new(state),
             queue: Mutex::new(Queue::default()),
             written: Condvar::new(),
@@ -572,11 +579,11 @@ impl SessionStore {
     /// it is durable (see [`Queue`]). Returns whether the change changed
     /// anything.
     fn commit(&self, change: Change) -> Result<bool, StoreError> {
-        if !self.file_backed {
+        let Some(file) = &self.file else {
             let mut state = self.lock_state();
             let capacity = state.capacity;
             return Ok(apply(&mut state.map, capacity, change));
-        }
+        };
         let mut queue = self.lock_queue();
         let ticket = queue.next_ticket;
         queue.next_ticket = ticket.wrapping_add(1);
@@ -594,14 +601,54 @@ impl SessionStore {
             }
             queue.writing = true;
             drop(queue);
-            let outcomes = self
-                .lock_state()
-                .write_group(|| std::mem::take(&mut self.lock_queue().waiting));
+            let writer = Writer { store: self, file };
+            let outcomes = self.lock_state().write_group(|| {
+                let mut queue = self.lock_queue();
+                let batch = std::mem::take(&mut queue.waiting);
+                queue.in_flight = batch.iter().map(|&(ticket, _)| ticket).collect();
+                batch
+            });
+            {
+                let mut queue = self.lock_queue();
+                queue.in_flight.clear();
+                queue.done.extend(outcomes);
+            }
+            drop(writer);
             queue = self.lock_queue();
-            queue.writing = false;
-            queue.done.extend(outcomes);
-            self.written.notify_all();
         }
+    }
+}
+
+/// Ends a group write, even if the writer panicked (a bug): then the
+/// changes it took fail rather than leave their callers, and every later
+/// mutation, waiting for a write that will never finish.
+struct Writer<'a> {
+    store: &'a SessionStore,
+    file: &'a Path,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The map may hold changes the file does not: reload it.
+            if let Some(backing) = self.store.lock_state().backing.as_mut() {
+                backing.synced = Synced::Unknown;
+                backing.checked_at = None;
+            }
+        }
+        let mut queue = self.store.lock_queue();
+        queue.writing = false;
+        for ticket in std::mem::take(&mut queue.in_flight) {
+            let failed = std::io::Error::other(
+                "the thread writing this change panicked; the change may not be in the file",
+            );
+            queue.done.insert(
+                ticket,
+                Err(StoreError::io(self.file, StoreOp::Write, failed)),
+            );
+        }
+        drop(queue);
+        self.store.written.notify_all();
     }
 }
 
@@ -798,6 +845,10 @@ impl State {
         };
         if !changed && !backing.dirty {
             return Ok(());
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut backing.panic_on_write) {
+            panic!("panic_on_write");
         }
         let map = &self.map;
         let one_append_behind = backing

@@ -901,3 +901,38 @@ fn max_staleness_extremes_do_not_panic() {
         None
     );
 }
+
+#[test]
+fn a_writer_that_panics_strands_no_caller() {
+    const SETTERS: u32 = 6;
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    std::thread::scope(|scope| {
+        let mut held = store.lock_state();
+        held.backing.as_mut().unwrap().panic_on_write = true;
+        let setters: Vec<_> = (0..SETTERS)
+            .map(|n| {
+                let store = &store;
+                scope.spawn(move || store.set(&format!("SN-{n}"), n, "g"))
+            })
+            .collect();
+        wait_for_queued(&store, SETTERS as usize);
+        drop(held);
+        let mut panicked = 0;
+        for setter in setters {
+            match setter.join() {
+                Err(_) => panicked += 1,
+                Ok(result) => {
+                    let err = result.unwrap_err();
+                    assert!(err.to_string().contains("panicked"), "{err}");
+                }
+            }
+        }
+        assert_eq!(panicked, 1, "only the writer panics");
+    });
+    // The store goes on: it reloads the file and writes again.
+    assert_eq!(serials(&store), ["a"]);
+    store.set("b", 2, "g").unwrap();
+    assert_eq!(file_serials(&path), ["a", "b"]);
+}
