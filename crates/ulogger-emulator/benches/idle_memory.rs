@@ -13,6 +13,12 @@
 //! the ratio emulator / mosquitto (target: at most 1.0). Linux only (it
 //! reads `/proc`); mosquitto is required.
 //!
+//! It also times QoS 1 publishes of 4 KiB over one mutual-TLS connection
+//! (`PUBLISHES` of them, `WINDOW` unacknowledged at most, to a topic
+//! nobody subscribes to) against each server, fresh ones again (the
+//! emulator without the platform's rate limits): a smaller buffer must
+//! not cost throughput. Reported as the ratio emulator / mosquitto.
+//!
 //! `cargo test --benches` runs it once with a few connections, to check
 //! that it works.
 
@@ -24,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::Connect;
+use rumqttc::mqttbytes::v4::{Connect, Publish};
+use rumqttc::mqttbytes::QoS;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,16 +54,24 @@ const ROUNDS: usize = 3;
 const CONNECTING: usize = 32;
 /// Set in the child process that runs the emulator.
 const SERVE: &str = "ULOGGER_IDLE_MEMORY_SERVE";
+/// Set (with `SERVE`) for an emulator without the platform's limits.
+const UNLIMITED: &str = "ULOGGER_IDLE_MEMORY_UNLIMITED";
+/// Publishes timed per throughput run.
+const PUBLISHES: usize = 20_000;
+/// Their payload size.
+const PAYLOAD: usize = 4 * 1024;
+/// Unacknowledged publishes at most (AWS IoT's limit).
+const WINDOW: usize = 100;
 
 fn main() {
     if let Some(dir) = std::env::var_os(SERVE) {
         return serve(dir.into());
     }
     let measuring = std::env::args().any(|a| a == "--bench");
-    let (connections, rounds) = if measuring {
-        (CONNECTIONS, ROUNDS)
+    let (connections, rounds, publishes) = if measuring {
+        (CONNECTIONS, ROUNDS, PUBLISHES)
     } else {
-        (20, 1)
+        (20, 1, 200)
     };
     let Some(binary) = find_mosquitto() else {
         panic!(
@@ -84,8 +99,10 @@ fn main() {
     );
     let mut emulator_kb = Vec::new();
     let mut mosquitto_kb = Vec::new();
+    let mut emulator_rate = Vec::new();
+    let mut mosquitto_rate = Vec::new();
     for round in 1..=rounds {
-        let emulator = EmulatorChild::start(dir.path());
+        let emulator = EmulatorChild::start(dir.path(), false);
         let per = runtime.block_on(measure(&tls, emulator.port, emulator.pid(), connections));
         print_round(round, "emulator", per, connections);
         emulator_kb.push(per);
@@ -102,6 +119,24 @@ fn main() {
         print_round(round, "mosquitto", per, connections);
         mosquitto_kb.push(per);
         drop(mosquitto);
+
+        let emulator = EmulatorChild::start(dir.path(), true);
+        let rate = runtime.block_on(throughput(&tls, emulator.port, publishes));
+        println!(
+            "  {round:<6} {:<10} {rate:>12.0} publishes/s (QoS 1, {PAYLOAD} B)",
+            "emulator"
+        );
+        emulator_rate.push(rate);
+        drop(emulator);
+        let mosquitto = Mosquitto::start(MosquittoTls::Mutual(certs.clone()))
+            .expect("mosquitto was found above, so it starts or panics");
+        let rate = runtime.block_on(throughput(&tls, mosquitto.addr().port(), publishes));
+        println!(
+            "  {round:<6} {:<10} {rate:>12.0} publishes/s (QoS 1, {PAYLOAD} B)",
+            "mosquitto"
+        );
+        mosquitto_rate.push(rate);
+        drop(mosquitto);
     }
     let emulator = median(&mut emulator_kb);
     let mosquitto = median(&mut mosquitto_kb);
@@ -117,6 +152,55 @@ fn main() {
     println!(
         "SUITE emulator: memory per idle mutual-TLS connection | {emulator:.1} KB | {ratio:.2} of mosquitto ({mosquitto:.1} KB)"
     );
+    let emulator_rate = median(&mut emulator_rate);
+    let mosquitto_rate = median(&mut mosquitto_rate);
+    println!(
+        "  median QoS 1 publishes/s over one connection: emulator {emulator_rate:.0}, mosquitto {mosquitto_rate:.0}"
+    );
+    println!(
+        "SUITE emulator: QoS 1 publishes/s, {PAYLOAD} B, one mutual-TLS connection | {emulator_rate:.0} /s | {:.2} of mosquitto ({mosquitto_rate:.0}/s)",
+        emulator_rate / mosquitto_rate
+    );
+}
+
+/// Publishes `count` QoS 1 messages over one new connection, at most
+/// `WINDOW` unacknowledged; returns publishes per second until the last
+/// PUBACK.
+async fn throughput(tls: &TlsConnector, port: u16, count: usize) -> f64 {
+    let stream = connect(tls, port, usize::MAX).await;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let payload = bytes::Bytes::from(vec![7u8; PAYLOAD]);
+    let start = std::time::Instant::now();
+    let sender = {
+        let window = window.clone();
+        tokio::spawn(async move {
+            let mut packet = BytesMut::new();
+            for i in 0..count {
+                window.acquire().await.expect("window open").forget();
+                let mut publish =
+                    Publish::from_bytes("bench/throughput", QoS::AtLeastOnce, payload.clone());
+                publish.pkid = u16::try_from(i % 65_535 + 1).expect("pkid fits");
+                packet.clear();
+                publish.write(&mut packet).expect("PUBLISH encodes");
+                writer.write_all(&packet).await.expect("PUBLISH sent");
+            }
+            writer.flush().await.expect("flushed");
+            writer
+        })
+    };
+    let mut puback = [0u8; 4];
+    for i in 0..count {
+        tokio::time::timeout(Duration::from_secs(30), reader.read_exact(&mut puback))
+            .await
+            .unwrap_or_else(|_| panic!("no PUBACK {i} from port {port}"))
+            .unwrap_or_else(|e| panic!("PUBACK {i} from port {port}: {e}"));
+        assert_eq!(puback[..2], [0x40, 0x02], "not a PUBACK from port {port}");
+        window.add_permits(1);
+    }
+    let elapsed = start.elapsed();
+    drop(sender.await.expect("sender task"));
+    count as f64 / elapsed.as_secs_f64()
 }
 
 fn print_round(round: usize, server: &str, per_kb: f64, connections: usize) {
@@ -221,9 +305,9 @@ struct EmulatorChild {
 }
 
 impl EmulatorChild {
-    /// Starts it with the certificates in `dir/certs` and waits for its
-    /// port.
-    fn start(dir: &std::path::Path) -> EmulatorChild {
+    /// Starts it with the certificates in `dir/certs` (without the
+    /// platform's limits when `unlimited`) and waits for its port.
+    fn start(dir: &std::path::Path, unlimited: bool) -> EmulatorChild {
         let data = tempfile::Builder::new()
             .prefix("emulator-")
             .tempdir_in(dir)
@@ -235,7 +319,11 @@ impl EmulatorChild {
             std::fs::copy(entry.path(), data.join("certs").join(entry.file_name()))
                 .expect("certificate copied");
         }
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        if unlimited {
+            command.env(UNLIMITED, "1");
+        }
+        let mut child = command
             .env(SERVE, &data)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -270,8 +358,11 @@ impl Drop for EmulatorChild {
 /// The child: runs an emulator (mutual TLS, certificates reused from
 /// `data/certs`) until its stdin closes.
 fn serve(data: std::path::PathBuf) {
-    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).data_dir(&data))
-        .expect("the emulator starts");
+    let mut config = EmulatorConfig::new(CUSTOMER).data_dir(&data);
+    if std::env::var_os(UNLIMITED).is_some() {
+        config = config.limits(ulogger_emulator::PlatformLimits::unlimited());
+    }
+    let emulator = Emulator::start(config).expect("the emulator starts");
     let mut stdout = std::io::stdout();
     writeln!(stdout, "port {}", emulator.addr().port()).expect("port reported");
     stdout.flush().expect("port reported");
