@@ -1,12 +1,26 @@
 //! Cost of durable writes to a file-backed `SessionStore`.
 //!
-//! - `10k_sequential_sets`: 10,000 `set` calls with distinct serials on a
-//!   fresh file (each durable when it returns); one iteration is all
-//!   10,000, so the reported time is the total. Target: under 20 s.
+//! - `store_side_by_side` (printed as a table first): the store against
+//!   the store as it was before group commit (`store_before/`, commit
+//!   ef84643), interleaved in one run, median of the rounds:
+//!   3,000 new devices set by 64 threads at once (target: under 1 s, as
+//!   `Client` registrations of new devices do), 10,000 sequential sets
+//!   on a fresh file, the two stores taking turns (target: no slower than
+//!   before), and a `get` hit at 10,000 entries, file-backed (also with
+//!   `with_max_staleness`) and in memory, next to the Python SDK's
+//!   `get_token` when `ULOGGER_PYTHON_SDK` names an unpacked 1.2.3 wheel
+//!   (target: at most Python's cost).
+//!   `cargo bench --bench store -- store_side_by_side` runs only this.
+//! - `client_side_by_side`: new devices registered through `Client`
+//!   against the emulator (its own broker, and its cloud attached to
+//!   mosquitto when there is one), 64 at a time: 1,000 and 3,000 in
+//!   memory (does the rate hold?), 3,000 file-backed (target: under 1 s),
+//!   and phases of 1,000, 3,000, 3,000 on one emulator, client and store.
 //! - `set_at_10k_entries`: one `set` (replacing an entry) on a store
 //!   holding 10,000 entries. Target: under 5 ms.
-//! - `get_hit_at_10k_entries`: one `get` hit on that store (one `stat` to
-//!   notice other processes' writes, no write).
+//! - `get_hit_at_10k_entries`: one `get` hit on that store (one `fstat`
+//!   of the file it last read to notice other processes' writes, no
+//!   write).
 //! - `side_by_side` (printed as a table, before the above): the store's
 //!   hand-written JSON writer against serde_json with a Python-escaping
 //!   formatter (after checking that both give the same bytes), and its LRU
@@ -20,7 +34,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, Criterion, SamplingMode};
+use criterion::{criterion_group, Criterion};
 use ulogger_cloud::SessionStore;
 
 const ENTRIES: u32 = 10_000;
@@ -48,32 +62,6 @@ fn populated(path: &Path) -> SessionStore {
     let store = SessionStore::open(path).unwrap();
     assert_eq!(store.len().unwrap(), ENTRIES as usize);
     store
-}
-
-fn sequential_sets(c: &mut Criterion) {
-    let mut group = c.benchmark_group("store");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1));
-    group.bench_function("10k_sequential_sets", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SessionStore::open(dir.path().join("session_tokens.json")).unwrap();
-                let start = Instant::now();
-                for n in 0..ENTRIES {
-                    store.set(&serial(n), n, "0123abc").unwrap();
-                }
-                total += start.elapsed();
-                assert_eq!(store.len().unwrap(), ENTRIES as usize);
-            }
-            total
-        });
-    });
-    group.finish();
 }
 
 fn at_10k_entries(c: &mut Criterion) {
@@ -548,7 +536,7 @@ fn side_by_side(rounds: usize) {
     println!();
 }
 
-criterion_group!(benches, at_10k_entries, sequential_sets);
+criterion_group!(benches, at_10k_entries);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -556,9 +544,529 @@ fn main() {
     // then one round is enough to check that the code runs.
     let measuring = args.iter().any(|a| a == "--bench");
     let filter = args.iter().find(|a| !a.starts_with('-'));
+    if filter.is_none_or(|f| "store_side_by_side".contains(f.as_str())) {
+        store_side_by_side(measuring);
+    }
+    if filter.is_none_or(|f| "client_side_by_side".contains(f.as_str())) {
+        client_side_by_side(measuring);
+    }
     if filter.is_none_or(|f| "side_by_side".contains(f.as_str())) {
         side_by_side(if measuring { 31 } else { 1 });
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
+}
+
+// ---- the store against the store before group commit ----
+
+#[allow(dead_code, unused_imports, unreachable_pub, clippy::all)]
+#[path = "store_before/mod.rs"]
+mod store_before;
+
+/// What the side-by-side rows need of a store, old or new.
+trait Store: Send + Sync {
+    fn open(path: &Path) -> Self;
+    fn in_memory() -> Self;
+    fn set(&self, serial: &str, token: u32);
+    fn get(&self, serial: &str) -> Option<u32>;
+}
+
+impl Store for SessionStore {
+    fn open(path: &Path) -> Self {
+        SessionStore::open(path).unwrap()
+    }
+    fn in_memory() -> Self {
+        SessionStore::in_memory()
+    }
+    fn set(&self, serial: &str, token: u32) {
+        SessionStore::set(self, serial, token, "0123abc").unwrap();
+    }
+    fn get(&self, serial: &str) -> Option<u32> {
+        SessionStore::get(self, serial, "0123abc").unwrap()
+    }
+}
+
+impl Store for store_before::SessionStore {
+    fn open(path: &Path) -> Self {
+        store_before::SessionStore::open(path).unwrap()
+    }
+    fn in_memory() -> Self {
+        store_before::SessionStore::in_memory()
+    }
+    fn set(&self, serial: &str, token: u32) {
+        store_before::SessionStore::set(self, serial, token, "0123abc").unwrap();
+    }
+    fn get(&self, serial: &str) -> Option<u32> {
+        store_before::SessionStore::get(self, serial, "0123abc").unwrap()
+    }
+}
+
+/// Concurrent setters, as `Client` registrations of new devices run.
+const SETTERS: u32 = 64;
+
+/// `devices` new serials set by `SETTERS` threads sharing one store (a
+/// fresh file, or memory); the time until the last `set` returned.
+fn new_devices<S: Store>(devices: u32, file_backed: bool) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session_tokens.json");
+    let store = if file_backed {
+        S::open(&path)
+    } else {
+        S::in_memory()
+    };
+    let next = std::sync::atomic::AtomicU32::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..SETTERS {
+            scope.spawn(|| loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= devices {
+                    break;
+                }
+                store.set(&serial(n), n);
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    for n in [0, devices / 2, devices - 1] {
+        assert_eq!(store.get(&serial(n)), Some(n));
+    }
+    if file_backed {
+        let reopened = SessionStore::open(&path).unwrap();
+        assert_eq!(reopened.len().unwrap(), devices as usize);
+    }
+    elapsed
+}
+
+/// `count` sets of new serials, one after the other, on a fresh file for
+/// each store; the two stores take turns set by set (which goes first
+/// alternates), so that the drift of the shared disk hits both alike.
+/// Returns the total time each spent in `set`: (before, now).
+fn sequential_side_by_side(count: u32) -> (Duration, Duration) {
+    fn timed(set: impl FnOnce()) -> Duration {
+        let start = Instant::now();
+        set();
+        start.elapsed()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let before = store_before::SessionStore::open(dir.path().join("before.json")).unwrap();
+    let now = SessionStore::open(dir.path().join("now.json")).unwrap();
+    let (mut t_before, mut t_now) = (Duration::ZERO, Duration::ZERO);
+    for n in 0..count {
+        let serial = serial(n);
+        if n % 2 == 0 {
+            t_before += timed(|| Store::set(&before, &serial, n));
+            t_now += timed(|| Store::set(&now, &serial, n));
+        } else {
+            t_now += timed(|| Store::set(&now, &serial, n));
+            t_before += timed(|| Store::set(&before, &serial, n));
+        }
+    }
+    assert_eq!(Store::get(&now, &serial(count - 1)), Some(count - 1));
+    assert_eq!(Store::get(&before, &serial(count - 1)), Some(count - 1));
+    (t_before, t_now)
+}
+
+/// The Python SDK's `SessionStore.get_token` on the file at `path`, per
+/// call in microseconds (median of 5 runs), when `python3` finds the
+/// SDK: an unpacked wheel (`pip download ulogger-cloud==1.2.3`, unzip)
+/// named by `ULOGGER_PYTHON_SDK`, or an installed `ulogger_cloud`. Only
+/// its `session_store.py` is loaded (the package itself needs paho-mqtt).
+/// `None` when there is none.
+fn python_get_us(path: &Path, lookups: usize) -> Option<f64> {
+    let sdk = std::env::var("ULOGGER_PYTHON_SDK").unwrap_or_default();
+    let script = format!(
+        r#"
+import importlib.util, os, random, statistics, timeit
+sdk = {sdk:?}
+if sdk:
+    spec = importlib.util.spec_from_file_location(
+        "session_store", os.path.join(sdk, "ulogger_cloud", "session_store.py"))
+else:
+    spec = importlib.util.find_spec("ulogger_cloud.session_store")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+store = module.SessionStore(path={path:?})
+serials = ["SN-%06d" % n for n in range({ENTRIES})]
+assert store.get_token(serials[5], "0123abc") is not None
+rng = random.Random(7)
+picks = [rng.choice(serials) for _ in range({lookups})]
+def run():
+    for s in picks:
+        store.get_token(s, "0123abc")
+times = [timeit.timeit(run, number=1) for _ in range(5)]
+print(statistics.median(times) / {lookups} * 1e6)
+"#,
+        path = path.display().to_string(),
+    );
+    let output = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+/// `lookups` hits on random serials of a store of `ENTRIES` entries.
+fn get_hits<S: Store>(store: &S, serials: &[String], lookups: usize) -> Duration {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let start = Instant::now();
+    for _ in 0..lookups {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let serial = &serials[(rng % serials.len() as u64) as usize];
+        black_box(store.get(black_box(serial)));
+    }
+    start.elapsed()
+}
+
+fn store_side_by_side(measuring: bool) {
+    let rounds = if measuring { 3 } else { 1 };
+    let scale = if measuring { 1 } else { 10 };
+    println!("\nthe store against the store before group commit (store_before/), median of {rounds} interleaved runs (sequential sets: one run each)");
+    println!(
+        "{:<46} {:<28} {:>12} {:>8}",
+        "case", "implementation", "time", "ratio"
+    );
+    let row = |case: &str, name: &str, time: Duration, unit: &str, per: f64, base: Duration| {
+        let value = time.as_secs_f64() / per;
+        let value = match unit {
+            "s" => value,
+            "ms" => value * 1e3,
+            _ => value * 1e6,
+        };
+        println!(
+            "{:<46} {:<28} {:>9.3} {:<2} {:>7.2}x",
+            case,
+            name,
+            value,
+            unit,
+            time.as_secs_f64() / base.as_secs_f64()
+        );
+    };
+
+    // New devices, 64 setters at once.
+    let devices = 3_000 / scale;
+    let times = interleaved(
+        rounds,
+        &mut [
+            &mut || new_devices::<store_before::SessionStore>(devices, true),
+            &mut || new_devices::<SessionStore>(devices, true),
+        ],
+    );
+    let case = format!("{devices} new devices, file, {SETTERS} setters");
+    row(
+        &case,
+        "before (one write per set)",
+        times[0],
+        "s",
+        1.0,
+        times[0],
+    );
+    row("", "group commit", times[1], "s", 1.0, times[0]);
+    println!(
+        "SUITE store: {devices} new devices, file-backed, {SETTERS} concurrent setters | {:.3} s | {:.2} of before ({:.3} s); target < 1 s",
+        times[1].as_secs_f64(),
+        times[1].as_secs_f64() / times[0].as_secs_f64(),
+        times[0].as_secs_f64()
+    );
+
+    // 10,000 sequential sets on a fresh file.
+    let count = ENTRIES / scale;
+    // Minutes of fsyncs on a shared disk: one run, the stores taking turns.
+    let (before, now) = sequential_side_by_side(count);
+    let times = [before, now];
+    let case = format!("{count} sequential sets, file, taking turns");
+    row(&case, "before", times[0], "s", 1.0, times[0]);
+    row("", "group commit", times[1], "s", 1.0, times[0]);
+    println!(
+        "SUITE store: {count} sequential sets, file-backed | {:.3} s | {:.2} of before ({:.3} s)",
+        times[1].as_secs_f64(),
+        times[1].as_secs_f64() / times[0].as_secs_f64(),
+        times[0].as_secs_f64()
+    );
+
+    // A get hit at 10,000 entries.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session_tokens.json");
+    drop(populated(&path));
+    let before = store_before::SessionStore::open(&path).unwrap();
+    let after = SessionStore::open(&path).unwrap();
+    let stale = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(Duration::from_millis(100));
+    let memory = SessionStore::in_memory();
+    let serials: Vec<String> = (0..ENTRIES).map(serial).collect();
+    for (n, s) in serials.iter().enumerate() {
+        Store::set(&memory, s, n as u32);
+    }
+    let lookups = 200_000 / scale as usize;
+    let mut python = Vec::new();
+    let mut python_round = || {
+        if let Some(us) = python_get_us(&path, lookups) {
+            python.push(us);
+        }
+        Duration::ZERO
+    };
+    let times = interleaved(
+        rounds * 5,
+        &mut [
+            &mut || get_hits(&before, &serials, lookups),
+            &mut || get_hits(&after, &serials, lookups),
+            &mut || get_hits(&stale, &serials, lookups),
+            &mut || get_hits(&memory, &serials, lookups),
+            &mut python_round,
+        ],
+    );
+    let per = lookups as f64;
+    let us = |t: Duration| t.as_secs_f64() / per * 1e6;
+    let case = format!("get hit at {ENTRIES} entries (per op)");
+    row(&case, "before: file (stat)", times[0], "us", per, times[0]);
+    row("", "file (fstat, default)", times[1], "us", per, times[0]);
+    row(
+        "",
+        "file, max staleness 100 ms",
+        times[2],
+        "us",
+        per,
+        times[0],
+    );
+    row("", "in memory", times[3], "us", per, times[0]);
+    python.sort_by(f64::total_cmp);
+    let python_text = match python.get(python.len() / 2) {
+        Some(&py) => {
+            println!(
+                "{:<46} {:<28} {:>9.3} us {:>7.2}x",
+                "",
+                "Python SDK 1.2.3 get_token",
+                py,
+                py / us(times[0])
+            );
+            format!("python {py:.2} us (same run)")
+        }
+        None => {
+            println!(
+                "{:<46} {:<28} {:>9.3} us   (issue 10; no SDK here: set ULOGGER_PYTHON_SDK)",
+                "", "Python SDK", 0.78
+            );
+            "python 0.78 us (issue 10)".to_string()
+        }
+    };
+    println!(
+        "SUITE store: get hit, file-backed | {:.2} us | {python_text}, before {:.2} us, in memory {:.2} us",
+        us(times[1]),
+        us(times[0]),
+        us(times[3])
+    );
+    println!(
+        "SUITE store: get hit, file-backed, max staleness 100 ms | {:.2} us | {python_text}, in memory {:.2} us",
+        us(times[2]),
+        us(times[3])
+    );
+    println!();
+}
+
+// ---- new devices through `Client`, against the emulator ----
+
+/// Registrations in flight at once.
+const REGISTERING: usize = 64;
+
+/// `devices` new devices registered through one `Client` (fresh emulator,
+/// fresh store), `REGISTERING` at a time: the wall time from the first
+/// request until every token was stored. With `mosquitto`, the client
+/// talks to that broker (mutual TLS) and the emulator's cloud is attached
+/// to it, as in `benches/upload.rs`; else to the emulator's own broker.
+fn client_new_devices(devices: usize, file_backed: bool, mosquitto: bool) -> Duration {
+    client_new_device_phases(&[devices], file_backed, mosquitto)[0]
+}
+
+/// [`client_new_devices`] in phases on one emulator, client and store:
+/// `phases[i]` new devices each, the time of each phase.
+fn client_new_device_phases(phases: &[usize], file_backed: bool, mosquitto: bool) -> Vec<Duration> {
+    use ulogger_cloud::wire::DeviceInfo;
+    use ulogger_cloud::{Client, MqttConfig, Pacing};
+    use ulogger_emulator::testing::{Mosquitto, MosquittoTls};
+    use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, PlatformLimits};
+
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = None;
+    let mut config = if mosquitto {
+        let certs = CertPaths::generate(dir.path().join("certs"), 4242).unwrap();
+        let server = Mosquitto::start_with_config(
+            MosquittoTls::Mutual(certs.clone()),
+            "set_tcp_nodelay true\nmax_queued_messages 0",
+        )
+        .expect("mosquitto was found before, so it starts or panics");
+        let attach = AttachTo::new("127.0.0.1", server.addr().port()).mutual_tls(
+            &certs.ca_cert,
+            &certs.client_cert,
+            &certs.client_key,
+        );
+        broker = Some((server, certs));
+        EmulatorConfig::new(4242).attach(attach)
+    } else {
+        // Without the platform's per-connection rate limits: this
+        // measures the client and the store, not AWS IoT's 100/s.
+        EmulatorConfig::new(4242).limits(PlatformLimits::unlimited())
+    };
+    if let Some(dir) = &shm {
+        // The cloud's records in memory: its disk is not the client's.
+        config = config.data_dir(dir.path());
+    }
+    let emulator = Emulator::start(config).unwrap();
+    let (port, certs) = match &broker {
+        Some((server, certs)) => (server.addr().port(), certs.clone()),
+        None => (emulator.addr().port(), emulator.certs().unwrap().clone()),
+    };
+    let store = std::sync::Arc::new(if file_backed {
+        SessionStore::open(dir.path().join("session_tokens.json")).unwrap()
+    } else {
+        SessionStore::in_memory()
+    });
+    let mqtt = MqttConfig::new(4242)
+        .broker("127.0.0.1")
+        .port(port)
+        .topic_prefix(emulator.topic_prefix())
+        .ca_file(&certs.ca_cert)
+        .client_cert(&certs.client_cert, &certs.client_key)
+        .pacing(Pacing::off());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let devices: usize = phases.iter().sum();
+    let elapsed = runtime.block_on(async {
+        let client = Client::builder(mqtt)
+            .session_store(store.clone())
+            .build()
+            .unwrap();
+        client.connected().await.unwrap();
+        let mut times = Vec::new();
+        let mut first = 0;
+        for &count in phases {
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(REGISTERING));
+            let mut tasks = tokio::task::JoinSet::new();
+            let start = Instant::now();
+            for n in first..first + count {
+                let permit = slots.clone().acquire_owned().await.unwrap();
+                let client = client.clone();
+                tasks.spawn(async move {
+                    let device = DeviceInfo::new(7, serial(n as u32), "board", "v1.0.0", "0123abc");
+                    let token = client.session_token(&device).await.unwrap();
+                    drop(permit);
+                    token
+                });
+            }
+            while let Some(token) = tasks.join_next().await {
+                token.unwrap();
+            }
+            times.push(start.elapsed());
+            first += count;
+        }
+        client.shutdown().await;
+        times
+    });
+    assert_eq!(store.len().unwrap(), devices);
+    if file_backed {
+        let reopened = SessionStore::open(dir.path().join("session_tokens.json")).unwrap();
+        assert_eq!(reopened.len().unwrap(), devices);
+    }
+    drop(emulator);
+    drop(broker);
+    elapsed
+}
+
+fn client_side_by_side(measuring: bool) {
+    let rounds = if measuring { 3 } else { 1 };
+    let scale = if measuring { 1 } else { 10 };
+    let (small, large) = (1_000 / scale, 3_000 / scale);
+    let mosquitto = ulogger_emulator::testing::find_mosquitto().is_some();
+    println!(
+        "\nnew devices through Client against the emulator (mutual TLS; fresh emulator, broker and store per run), \
+         {REGISTERING} registrations in flight, median of {rounds} interleaved runs"
+    );
+    println!("  own broker: the emulator's, without rate limits; mosquitto: the emulator's cloud attached to it");
+    let mut variants: Vec<(&str, usize, bool, bool)> = vec![
+        ("own broker, memory", small, false, false),
+        ("own broker, memory", large, false, false),
+        ("own broker, file", large, true, false),
+    ];
+    if mosquitto {
+        variants.extend([
+            ("mosquitto, memory", small, false, true),
+            ("mosquitto, memory", large, false, true),
+            ("mosquitto, file", large, true, true),
+        ]);
+    } else {
+        println!("  (mosquitto not found: its rows are left out)");
+    }
+    let mut runs: Vec<Box<dyn FnMut() -> Duration>> = variants
+        .iter()
+        .map(|&(_, n, file, mosquitto)| {
+            Box::new(move || client_new_devices(n, file, mosquitto)) as Box<dyn FnMut() -> Duration>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut() -> Duration> = runs
+        .iter_mut()
+        .map(|run| &mut **run as &mut dyn FnMut() -> Duration)
+        .collect();
+    let times = interleaved(rounds, &mut refs);
+    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
+    for ((name, n, _, _), t) in variants.iter().zip(&times) {
+        println!(
+            "  {:<34} {:>9.3} s {:>9.0} devices/s",
+            format!("{n} devices, {name}"),
+            t.as_secs_f64(),
+            rate(*n, *t)
+        );
+    }
+    // One emulator, client and store for several phases: does what they
+    // accumulate slow registrations down? Median of each phase.
+    let phases = [small, large, large];
+    let mut per_phase = vec![Vec::new(); phases.len()];
+    for _ in 0..rounds {
+        for (i, t) in client_new_device_phases(&phases, false, false)
+            .into_iter()
+            .enumerate()
+        {
+            per_phase[i].push(t);
+        }
+    }
+    let mut line = String::from("  one emulator, client and store, own broker, memory, in phases:");
+    let mut done = 0;
+    for (n, times) in phases.iter().zip(&mut per_phase) {
+        times.sort();
+        let t = times[times.len() / 2];
+        line.push_str(&format!(
+            " devices {done}..{}: {:.0}/s;",
+            done + n,
+            rate(*n, t)
+        ));
+        done += n;
+    }
+    println!("{line}");
+    for (i, broker) in [(0, "own broker"), (3, "mosquitto")] {
+        if i + 2 >= times.len() {
+            continue;
+        }
+        let (r_small, r_large, r_file) = (
+            rate(small, times[i]),
+            rate(large, times[i + 1]),
+            rate(large, times[i + 2]),
+        );
+        println!(
+            "SUITE store: {large} new devices via Client, file-backed, {broker} | {:.3} s | {:.2} of in-memory ({:.3} s); target < 1 s",
+            times[i + 2].as_secs_f64(),
+            r_file / r_large,
+            times[i + 1].as_secs_f64()
+        );
+        println!(
+            "SUITE store: new devices/s via Client, in memory, {broker}, {large} | {r_large:.0} /s | {:.2} of the rate at {small} ({r_small:.0}/s)",
+            r_large / r_small
+        );
+    }
 }

@@ -50,6 +50,13 @@ fn mp_worker() {
                 );
             }
         }
+        "setter" => {
+            // Replaces `shared` and adds `w<INDEX>` (token INDEX), then exits.
+            let token: u32 = std::env::var(INDEX).unwrap().parse().unwrap();
+            let store = SessionStore::open(&file).unwrap();
+            store.set("shared", token, "git-1").unwrap();
+            store.set(&format!("w{token}"), token, "git-1").unwrap();
+        }
         "reader" => {
             let stop = PathBuf::from(std::env::var(STOP).unwrap());
             let reads = read_until(&file, &stop);
@@ -186,4 +193,29 @@ fn threads_sharing_one_store_and_separate_stores_lose_no_entry() {
     let store = SessionStore::open(&file).unwrap();
     assert_eq!(store.len().unwrap(), 100);
     assert_eq!(shared.len().unwrap(), 100);
+}
+
+/// The store documents no staleness: a lookup after another process's
+/// `set` returned sees it (one `fstat` of the file it last read tells it
+/// the file was replaced). Each round, our copy of `shared` is cached and
+/// current before the other process replaces it.
+#[test]
+fn a_lookup_sees_another_processs_write_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session_tokens.json");
+    let stop = dir.path().join("stop");
+    let store = SessionStore::open(&file).unwrap();
+    store.set("shared", 0, "git-1").unwrap();
+    for round in 1..=5u32 {
+        assert_eq!(store.get("shared", "git-1").unwrap(), Some(round - 1));
+        let setter = spawn("setter", &file, round, &stop);
+        assert_success("setter", &setter.wait_with_output().unwrap());
+        // No wait, no reopen: the very next lookups.
+        assert_eq!(store.get("shared", "git-1").unwrap(), Some(round));
+        assert_eq!(
+            store.get(&format!("w{round}"), "git-1").unwrap(),
+            Some(round)
+        );
+    }
+    assert_eq!(store.len().unwrap(), 6);
 }

@@ -99,6 +99,11 @@ impl Mosquitto {
         self.addr
     }
 
+    /// The mosquitto process's id (to read its memory use, for example).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Mosquitto's log so far (for failure messages).
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

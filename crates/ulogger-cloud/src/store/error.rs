@@ -58,6 +58,23 @@ impl StoreError {
         }
     }
 
+    /// The same error again, for each caller whose change was in a group
+    /// write that failed: the I/O error keeps its kind and its message.
+    pub(super) fn replicate(&self) -> Self {
+        match self {
+            StoreError::Io { path, op, source } => StoreError::Io {
+                path: path.clone(),
+                op: *op,
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::NoHomeDir => StoreError::NoHomeDir,
+        }
+    }
+
     pub(super) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         StoreError::Corrupt {
             path: path.into(),

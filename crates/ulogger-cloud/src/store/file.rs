@@ -59,13 +59,26 @@ impl Paths {
 /// new inode, and an in-place edit changes the length or the mtime. The
 /// store keeps the file it last read or wrote open, so its inode number
 /// cannot be reused by a later file while we compare against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
     modified: Option<SystemTime>,
+    /// The inode's change time (seconds, nanoseconds), which a new or
+    /// removed hard link also changes; not part of the version's identity
+    /// (see [`is_unchanged`]).
+    changed: (i64, i64),
 }
+
+impl PartialEq for Stamp {
+    fn eq(&self, other: &Self) -> bool {
+        (self.dev, self.ino, self.len, self.modified)
+            == (other.dev, other.ino, other.len, other.modified)
+    }
+}
+
+impl Eq for Stamp {}
 
 impl Stamp {
     #[cfg(unix)]
@@ -76,6 +89,7 @@ impl Stamp {
             ino: meta.ino(),
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
         }
     }
 
@@ -86,6 +100,7 @@ impl Stamp {
             ino: 0,
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed: (0, 0),
         }
     }
 }
@@ -96,6 +111,46 @@ pub(super) fn stamp(path: &Path) -> Result<Option<Stamp>, StoreError> {
         Ok(meta) => Ok(Some(Stamp::of(&meta))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::io(path, StoreOp::Read, e)),
+    }
+}
+
+/// True when `handle`, opened on the version of the file that `stamp`
+/// describes, is still the file at `path`, unchanged.
+///
+/// On Unix this is usually one `fstat` of the handle, no path lookup: a
+/// file replaced by a rename (ours, or the Python SDK's `os.replace`) or
+/// deleted has lost its only link, and an in-place edit changes the length
+/// or the mtime. When the inode has other links, or its change time moved
+/// (a link came or went, or its mode changed), the path is checked instead,
+/// and `stamp` takes the new change time if the file is the same.
+pub(super) fn is_unchanged(
+    path: &Path,
+    handle: &File,
+    stamp: &mut Stamp,
+) -> Result<bool, StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = handle
+            .metadata()
+            .map_err(|e| StoreError::io(path, StoreOp::Read, e))?;
+        let now = Stamp::of(&meta);
+        if meta.nlink() == 0 {
+            return Ok(false);
+        }
+        if meta.nlink() == 1 && now.changed == stamp.changed {
+            return Ok(now == *stamp);
+        }
+        let unchanged = self::stamp(path)?.as_ref() == Some(&*stamp) && now == *stamp;
+        if unchanged {
+            stamp.changed = now.changed;
+        }
+        Ok(unchanged)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = handle;
+        Ok(self::stamp(path)?.as_ref() == Some(&*stamp))
     }
 }
 
@@ -146,22 +201,20 @@ pub(super) fn write_atomically(
 ) -> Result<(File, Stamp), StoreError> {
     let write_err = |e| StoreError::io(&paths.tmp, StoreOp::Write, e);
     let mut tmp = create_private(&paths.tmp).map_err(write_err)?;
-    let written = tmp
-        .write_all(contents)
-        .and_then(|()| tmp.sync_all())
-        .and_then(|()| tmp.metadata());
-    let meta = match written {
-        Ok(meta) => meta,
-        Err(e) => {
-            let _ = fs::remove_file(&paths.tmp);
-            return Err(write_err(e));
-        }
-    };
+    let written = tmp.write_all(contents).and_then(|()| tmp.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&paths.tmp);
+        return Err(write_err(e));
+    }
     if let Err(e) = fs::rename(&paths.tmp, &paths.file) {
         let _ = fs::remove_file(&paths.tmp);
         return Err(StoreError::io(&paths.file, StoreOp::Rename, e));
     }
     sync_dir(&paths.dir)?;
+    // After the rename, which changes the inode's change time.
+    let meta = tmp
+        .metadata()
+        .map_err(|e| StoreError::io(&paths.file, StoreOp::Read, e))?;
     Ok((tmp, Stamp::of(&meta)))
 }
 

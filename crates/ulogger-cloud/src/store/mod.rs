@@ -9,10 +9,12 @@ mod file;
 mod format;
 mod lru;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -48,10 +50,18 @@ const FILE_NAME: &str = "session_tokens.json";
 ///   file: each mutation holds an exclusive lock on `<file>.lock`, reloads
 ///   the file if someone else replaced it, applies the change and writes.
 ///   No process loses another's entries. Readers take no lock; every call
-///   sees what other processes wrote before it (one `stat` when nothing
-///   changed). The Python SDK does not take the lock, so a Python writer
-///   racing with a Rust writer can still lose an entry, as two Python
-///   writers can.
+///   sees what other processes wrote before it (one `fstat` of the file it
+///   last read when nothing changed), unless
+///   [`with_max_staleness`](Self::with_max_staleness) lets lookup hits
+///   skip that check for a bounded time. The Python SDK does not take the
+///   lock, so a Python writer racing with a Rust writer can still lose an
+///   entry, as two Python writers can.
+/// - mutations from several threads at once are written together (group
+///   commit): the first caller that finds no write in progress writes, in
+///   one rewrite and sync, every change queued by the time it holds the
+///   file lock, and the callers whose changes it included return when it
+///   is durable. No background thread is involved; registering many new
+///   devices at once costs a few durable writes, not one each.
 /// - a file that is not a cache file makes [`open`](Self::open) (and any
 ///   later call that reloads it) fail with [`StoreError::Corrupt`]; the
 ///   file is never overwritten. [`open_or_reset`](Self::open_or_reset)
@@ -66,7 +76,10 @@ const FILE_NAME: &str = "session_tokens.json";
 /// persisted with the next mutation from this value, replayed on top of
 /// whatever other processes wrote meanwhile, or by [`flush`](Self::flush).
 /// Refreshes not yet persisted when the value is dropped are lost; only the
-/// eviction order suffers, never an entry.
+/// eviction order suffers, never an entry. To replay them, the store
+/// remembers at most the 4,096 most recent refreshed serials (or its
+/// capacity, if smaller) between writes, so memory stays bounded however
+/// many devices are looked up.
 ///
 /// # Sharing
 ///
@@ -96,6 +109,46 @@ const FILE_NAME: &str = "session_tokens.json";
 /// ```
 pub struct SessionStore {
     state: Mutex<State>,
+    /// The file of a file-backed store; fixed at construction, so a
+    /// mutation can choose its path without waiting for `state`.
+    file: Option<PathBuf>,
+    /// Mutations of a file-backed store on their way into a group write.
+    queue: Mutex<Queue>,
+    /// Signalled whenever a group write finishes.
+    written: Condvar,
+}
+
+/// A mutation of a file-backed store, waiting for the write that makes it
+/// durable.
+enum Change {
+    Set {
+        serial: String,
+        token: u32,
+        git_hash: String,
+    },
+    Remove(String),
+    Clear,
+    /// No change of content: only the pending recency refreshes.
+    Flush,
+}
+
+/// Group commit without a background thread: every mutation joins the
+/// queue; the first caller that finds nobody writing becomes the writer
+/// for everything queued when it holds the file lock (its own change
+/// included), and the others wait for the outcome of the write that
+/// included theirs.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(u64, Change)>,
+    next_ticket: u64,
+    /// A caller is writing a group.
+    writing: bool,
+    /// The tickets of the group being written.
+    in_flight: Vec<u64>,
+    /// Outcomes of finished writes, by ticket, until their callers take
+    /// them: whether the change changed anything (for `remove`), or the
+    /// write's error.
+    done: HashMap<u64, Result<bool, StoreError>>,
 }
 
 /// One cached token, as listed by [`SessionStore::entries`].
@@ -142,6 +195,7 @@ struct Backing {
     synced: Synced,
     /// Serials looked up since the last write, least recent first: replayed
     /// onto a reloaded file so that lazily persisted recency is not lost.
+    /// At most [`touched_limit`] of them, the most recent.
     touched: LruMap<()>,
     /// The map differs from the file (touches or a capacity trim).
     dirty: bool,
@@ -151,6 +205,32 @@ struct Backing {
     buffer: Vec<u8>,
     /// The `map.version()` that `buffer` holds, if it still holds one.
     buffer_version: Option<u64>,
+    /// Durable writes made (group writes count once).
+    writes: u64,
+    /// How long a lookup hit may rely on the last check of the file
+    /// ([`SessionStore::with_max_staleness`]); zero: every call checks.
+    max_staleness: Duration,
+    /// When the map was last known to match the file.
+    checked_at: Option<Instant>,
+    /// Makes the next write panic, to test that callers are not stranded.
+    #[cfg(test)]
+    panic_on_write: bool,
+}
+
+/// The most recency refreshes a file-backed store remembers between
+/// writes (fewer with a smaller capacity).
+///
+/// They only matter when another process replaces the file before our next
+/// write: they are then replayed on top of its file. Remembering the most
+/// recent few thousand keeps the eviction order right for the devices in
+/// use; older refreshes are forgotten, which can only make an entry be
+/// evicted earlier, never lose one that is in use. Without a bound, a
+/// gateway that looks up many devices and rarely registers one would keep
+/// a second copy of every looked-up serial.
+pub(crate) const TOUCHED_MAX: usize = 4096;
+
+fn touched_limit(capacity: Option<NonZeroUsize>) -> usize {
+    capacity.map_or(TOUCHED_MAX, |c| c.get().min(TOUCHED_MAX))
 }
 
 /// Which version of the file `State::map` reflects.
@@ -159,11 +239,9 @@ enum Synced {
     Unknown,
     /// There was no file.
     Missing,
-    /// This version; the handle pins its inode (see [`Stamp`]).
-    File {
-        _handle: std::fs::File,
-        stamp: Stamp,
-    },
+    /// This version; the handle pins its inode (see [`Stamp`]) and tells,
+    /// with one `fstat`, whether the file is still this version.
+    File { handle: std::fs::File, stamp: Stamp },
 }
 
 impl Default for SessionStore {
@@ -215,6 +293,11 @@ impl SessionStore {
                 dirty: false,
                 buffer: Vec::new(),
                 buffer_version: None,
+                writes: 0,
+                max_staleness: Duration::ZERO,
+                checked_at: None,
+                #[cfg(test)]
+                panic_on_write: false,
             }),
         });
         store.lock_state().refresh()?;
@@ -299,6 +382,25 @@ impl SessionStore {
         self
     }
 
+    /// Lets a [`get`](Self::get) that finds the token rely on this store's
+    /// view of the file for up to `max_staleness` since it last checked
+    /// the file, instead of checking at every call (one `fstat`, which is
+    /// most of a lookup's cost). Default: zero, every call checks.
+    ///
+    /// What may be stale is only a hit: a token that another process
+    /// replaced for the same serial and firmware within the window is
+    /// returned until the window ends. Misses (and git-hash mismatches),
+    /// every other method and every write check the file as before, and
+    /// this store's own writes are always seen. `Duration::MAX` means
+    /// hits never check. No effect on an in-memory store.
+    #[must_use]
+    pub fn with_max_staleness(self, max_staleness: Duration) -> Self {
+        if let Some(backing) = self.lock_state().backing.as_mut() {
+            backing.max_staleness = max_staleness;
+        }
+        self
+    }
+
     /// The capacity, `None` when unbounded.
     pub fn capacity(&self) -> Option<NonZeroUsize> {
         self.lock_state().capacity
@@ -324,15 +426,21 @@ impl SessionStore {
     /// cannot be read or is corrupt.
     pub fn get(&self, serial: &str, git_hash: &str) -> Result<Option<u32>, StoreError> {
         let mut state = self.lock_state();
-        state.refresh()?;
+        if !state.checked_recently() || !state.is_hit(serial, git_hash) {
+            state.refresh()?;
+        }
         let was_most_recent = state.map.is_most_recent(serial);
         let token = match state.map.touch(serial) {
             None => return Ok(None),
             Some(record) => (record.git_hash == git_hash).then_some(record.token),
         };
+        let limit = touched_limit(state.capacity);
         if let Some(backing) = state.backing.as_mut() {
             if !was_most_recent {
-                backing.touched.insert(serial.to_string(), ());
+                if backing.touched.touch(serial).is_none() {
+                    backing.touched.insert(serial.to_string(), ());
+                    backing.touched.trim_to(limit);
+                }
                 backing.dirty = true;
             }
         }
@@ -366,21 +474,12 @@ impl SessionStore {
     /// durable (the store then reloads the file at the next call),
     /// [`StoreError::Corrupt`] when another process left a corrupt file.
     pub fn set(&self, serial: &str, token: u32, git_hash: &str) -> Result<(), StoreError> {
-        self.lock_state().mutate(|map, capacity| {
-            if let Some(capacity) = capacity {
-                if !map.contains(serial) {
-                    map.trim_to(capacity.get() - 1);
-                }
-            }
-            map.insert(
-                serial.to_string(),
-                Record {
-                    token,
-                    git_hash: git_hash.to_string(),
-                },
-            );
-            true
+        self.commit(Change::Set {
+            serial: serial.to_string(),
+            token,
+            git_hash: git_hash.to_string(),
         })
+        .map(drop)
     }
 
     /// Removes the entry for `serial` (forcing a new boot registration).
@@ -390,12 +489,7 @@ impl SessionStore {
     ///
     /// As [`set`](Self::set).
     pub fn remove(&self, serial: &str) -> Result<bool, StoreError> {
-        let mut removed = false;
-        self.lock_state().mutate(|map, _| {
-            removed = map.remove(serial).is_some();
-            removed
-        })?;
-        Ok(removed)
+        self.commit(Change::Remove(serial.to_string()))
     }
 
     /// Removes every entry.
@@ -404,10 +498,7 @@ impl SessionStore {
     ///
     /// As [`set`](Self::set).
     pub fn clear(&self) -> Result<(), StoreError> {
-        self.lock_state().mutate(|map, _| {
-            map.clear();
-            true
-        })
+        self.commit(Change::Clear).map(drop)
     }
 
     /// Writes recency refreshes from [`get`](Self::get) that are not yet
@@ -418,9 +509,9 @@ impl SessionStore {
     ///
     /// As [`set`](Self::set).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mut state = self.lock_state();
-        if state.backing.as_ref().is_some_and(|b| b.dirty) {
-            state.mutate(|_, _| false)?;
+        let dirty = self.lock_state().backing.as_ref().is_some_and(|b| b.dirty);
+        if dirty {
+            self.commit(Change::Flush)?;
         }
         Ok(())
     }
@@ -466,7 +557,10 @@ impl SessionStore {
 
     fn with_state(state: State) -> Self {
         SessionStore {
+            file: state.backing.as_ref().map(|b| b.paths.file.clone()),
             state: Mutex::new(state),
+            queue: Mutex::new(Queue::default()),
+            written: Condvar::new(),
         }
     }
 
@@ -474,6 +568,112 @@ impl SessionStore {
         // No method leaves the state half-updated across a panic point,
         // and a failed write marks the file for reload anyway.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        // Every update of the queue is a single step.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `change`; with a file, returns once a write that includes
+    /// it is durable (see [`Queue`]). Returns whether the change changed
+    /// anything.
+    fn commit(&self, change: Change) -> Result<bool, StoreError> {
+        let Some(file) = &self.file else {
+            let mut state = self.lock_state();
+            let capacity = state.capacity;
+            return Ok(apply(&mut state.map, capacity, change));
+        };
+        let mut queue = self.lock_queue();
+        let ticket = queue.next_ticket;
+        queue.next_ticket = ticket.wrapping_add(1);
+        queue.waiting.push((ticket, change));
+        loop {
+            if let Some(outcome) = queue.done.remove(&ticket) {
+                return outcome;
+            }
+            if queue.writing {
+                queue = self
+                    .written
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            queue.writing = true;
+            drop(queue);
+            let writer = Writer { store: self, file };
+            let outcomes = self.lock_state().write_group(|| {
+                let mut queue = self.lock_queue();
+                let batch = std::mem::take(&mut queue.waiting);
+                queue.in_flight = batch.iter().map(|&(ticket, _)| ticket).collect();
+                batch
+            });
+            {
+                let mut queue = self.lock_queue();
+                queue.in_flight.clear();
+                queue.done.extend(outcomes);
+            }
+            drop(writer);
+            queue = self.lock_queue();
+        }
+    }
+}
+
+/// Ends a group write, even if the writer panicked (a bug): then the
+/// changes it took fail rather than leave their callers, and every later
+/// mutation, waiting for a write that will never finish.
+struct Writer<'a> {
+    store: &'a SessionStore,
+    file: &'a Path,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The map may hold changes the file does not: reload it.
+            if let Some(backing) = self.store.lock_state().backing.as_mut() {
+                backing.synced = Synced::Unknown;
+                backing.checked_at = None;
+            }
+        }
+        let mut queue = self.store.lock_queue();
+        queue.writing = false;
+        for ticket in std::mem::take(&mut queue.in_flight) {
+            let failed = std::io::Error::other(
+                "the thread writing this change panicked; the change may not be in the file",
+            );
+            queue.done.insert(
+                ticket,
+                Err(StoreError::io(self.file, StoreOp::Write, failed)),
+            );
+        }
+        drop(queue);
+        self.store.written.notify_all();
+    }
+}
+
+/// Applies one change to the map; returns whether it changed anything.
+fn apply(map: &mut LruMap<Record>, capacity: Option<NonZeroUsize>, change: Change) -> bool {
+    match change {
+        Change::Set {
+            serial,
+            token,
+            git_hash,
+        } => {
+            if let Some(capacity) = capacity {
+                if !map.contains(&serial) {
+                    map.trim_to(capacity.get() - 1);
+                }
+            }
+            map.insert(serial, Record { token, git_hash });
+            true
+        }
+        Change::Remove(serial) => map.remove(&serial).is_some(),
+        Change::Clear => {
+            map.clear();
+            true
+        }
+        Change::Flush => false,
     }
 }
 
@@ -491,18 +691,42 @@ fn default_path_from(
 }
 
 impl State {
+    /// True when a hit may skip checking the file: it was checked less
+    /// than `max_staleness` ago.
+    fn checked_recently(&self) -> bool {
+        let Some(backing) = self.backing.as_ref() else {
+            return true;
+        };
+        !backing.max_staleness.is_zero()
+            && backing
+                .checked_at
+                .is_some_and(|at| at.elapsed() < backing.max_staleness)
+    }
+
+    fn is_hit(&self, serial: &str, git_hash: &str) -> bool {
+        self.map
+            .peek(serial)
+            .is_some_and(|record| record.git_hash == git_hash)
+    }
+
     /// Reloads the file if it is not the version the map reflects.
     fn refresh(&mut self) -> Result<(), StoreError> {
         let Some(backing) = self.backing.as_mut() else {
             return Ok(());
         };
-        let current = file::stamp(&backing.paths.file)?;
-        let unchanged = match (&backing.synced, &current) {
-            (Synced::Missing, None) => true,
-            (Synced::File { stamp, .. }, Some(now)) => stamp == now,
-            _ => false,
+        // Taken before the check (a write that lands during it counts as
+        // after it) and kept only if the check succeeds.
+        let checking_at = (!backing.max_staleness.is_zero()).then(Instant::now);
+        backing.checked_at = None;
+        let unchanged = match &mut backing.synced {
+            Synced::Unknown => false,
+            Synced::Missing => file::stamp(&backing.paths.file)?.is_none(),
+            Synced::File { handle, stamp } => {
+                file::is_unchanged(&backing.paths.file, handle, stamp)?
+            }
         };
         if unchanged {
+            backing.checked_at = checking_at;
             return Ok(());
         }
         backing.synced = Synced::Unknown;
@@ -517,11 +741,12 @@ impl State {
                 self.map = format::parse(&snapshot.bytes)
                     .map_err(|reason| StoreError::corrupt(&backing.paths.file, reason))?;
                 backing.synced = Synced::File {
-                    _handle: snapshot.handle,
+                    handle: snapshot.handle,
                     stamp: snapshot.stamp,
                 };
             }
         }
+        backing.checked_at = checking_at;
         for (serial, ()) in backing.touched.iter() {
             self.map.touch(serial);
         }
@@ -541,27 +766,71 @@ impl State {
         }
     }
 
-    /// Applies `change` (which says whether it changed anything) and, for a
-    /// file-backed store, makes the result durable under the file lock.
-    fn mutate(
+    /// Under the file lock: takes the queued changes (`take`, called once
+    /// the lock is held, so that changes queued while we waited for it
+    /// join this write), reloads the file if another process replaced it,
+    /// applies them in order and writes the result once. Returns each
+    /// change's outcome by ticket: all succeed or all fail.
+    fn write_group(
         &mut self,
-        change: impl FnOnce(&mut LruMap<Record>, Option<NonZeroUsize>) -> bool,
-    ) -> Result<(), StoreError> {
-        let capacity = self.capacity;
+        take: impl FnOnce() -> Vec<(u64, Change)>,
+    ) -> Vec<(u64, Result<bool, StoreError>)> {
+        let mut take = Some(take);
+        let mut tickets = Vec::new();
+        let result = self.with_file_lock(|state| {
+            let changes: Vec<Change>;
+            (tickets, changes) = take
+                .take()
+                .map(|take| take())
+                .unwrap_or_default()
+                .into_iter()
+                .unzip();
+            state.refresh()?;
+            let capacity = state.capacity;
+            let answers: Vec<bool> = changes
+                .into_iter()
+                .map(|change| apply(&mut state.map, capacity, change))
+                .collect();
+            state.write_if(answers.contains(&true))?;
+            Ok(answers)
+        });
+        if let Some(take) = take {
+            // The lock could not be taken: the changes fail unapplied.
+            tickets = take().into_iter().map(|(ticket, _)| ticket).collect();
+        }
+        match result {
+            Ok(answers) => tickets
+                .into_iter()
+                .zip(answers.into_iter().map(Ok))
+                .collect(),
+            Err(e) => {
+                let mut outcomes: Vec<_> = tickets
+                    .iter()
+                    .skip(1)
+                    .map(|&ticket| (ticket, Err(e.replicate())))
+                    .collect();
+                if let Some(&first) = tickets.first() {
+                    outcomes.push((first, Err(e)));
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// Runs `work` holding the exclusive lock on the lock file.
+    fn with_file_lock<T>(
+        &mut self,
+        work: impl FnOnce(&mut State) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let Some(backing) = self.backing.as_mut() else {
-            change(&mut self.map, capacity);
-            return Ok(());
+            return work(self);
         };
         let lock = match backing.lock.take() {
             Some(lock) if file::is_current_lock(&backing.paths, &lock)? => lock,
             _ => file::open_lock(&backing.paths)?,
         };
         let lock_path = backing.paths.lock.clone();
-        let result = LockGuard::acquire(&lock, &lock_path).and_then(|_guard| {
-            self.refresh()?;
-            let changed = change(&mut self.map, capacity);
-            self.write_if(changed)
-        });
+        let result = LockGuard::acquire(&lock, &lock_path).and_then(|_guard| work(self));
         if let Some(backing) = self.backing.as_mut() {
             backing.lock = Some(lock);
         }
@@ -577,6 +846,10 @@ impl State {
         if !changed && !backing.dirty {
             return Ok(());
         }
+        #[cfg(test)]
+        if std::mem::take(&mut backing.panic_on_write) {
+            panic!("panic_on_write");
+        }
         let map = &self.map;
         let one_append_behind = backing
             .buffer_version
@@ -590,17 +863,16 @@ impl State {
         let written = file::write_atomically(&backing.paths, &backing.buffer);
         match written {
             Ok((handle, stamp)) => {
-                backing.synced = Synced::File {
-                    _handle: handle,
-                    stamp,
-                };
+                backing.synced = Synced::File { handle, stamp };
                 backing.touched.clear();
                 backing.dirty = false;
+                backing.writes = backing.writes.wrapping_add(1);
                 Ok(())
             }
             Err(e) => {
                 // The map holds a change the file does not: reload it.
                 backing.synced = Synced::Unknown;
+                backing.checked_at = None;
                 Err(e)
             }
         }

@@ -559,3 +559,380 @@ proptest::proptest! {
         }
     }
 }
+
+// ---- group commit ----
+
+/// Blocks until `n` changes wait in the queue (spinning on the queue's
+/// state, not sleeping).
+fn wait_for_queued(store: &SessionStore, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.lock_queue().waiting.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} changes never queued"
+        );
+        std::thread::yield_now();
+    }
+}
+
+fn writes(store: &SessionStore) -> u64 {
+    store.lock_state().backing.as_ref().unwrap().writes
+}
+
+/// The token of `serial` in the file as it is on disk now, read through a
+/// handle of its own.
+fn token_on_disk(path: &Path, serial: &str) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    value
+        .get(serial)
+        .map(|entry| entry["token"].as_u64().unwrap())
+}
+
+#[test]
+fn concurrent_sets_share_one_durable_write() {
+    const SETTERS: u32 = 64;
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("existing", 1, "g").unwrap();
+    let before = writes(&store);
+    std::thread::scope(|scope| {
+        // Hold the store while the setters arrive, as a slow disk would:
+        // every one of them must end up in the same write.
+        let held = store.lock_state();
+        let setters: Vec<_> = (0..SETTERS)
+            .map(|n| {
+                let (store, path) = (&store, &path);
+                scope.spawn(move || {
+                    let serial = format!("SN-{n:03}");
+                    store.set(&serial, 1000 + n, "g").unwrap();
+                    // Durable when `set` returns: on disk for any reader.
+                    assert_eq!(
+                        token_on_disk(path, &serial),
+                        Some(u64::from(1000 + n)),
+                        "{serial} returned before it was on disk"
+                    );
+                })
+            })
+            .collect();
+        wait_for_queued(&store, SETTERS as usize);
+        drop(held);
+        for setter in setters {
+            setter.join().unwrap();
+        }
+    });
+    assert_eq!(writes(&store), before + 1, "the setters were not grouped");
+    let bytes = fs::read(&path).unwrap();
+    let parsed = format::parse(&bytes).unwrap();
+    assert_eq!(parsed.len(), 1 + SETTERS as usize);
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        full_serialisation(&store),
+        "not the Python SDK's bytes"
+    );
+    for n in 0..SETTERS {
+        assert_eq!(
+            token_on_disk(&path, &format!("SN-{n:03}")),
+            Some(u64::from(1000 + n))
+        );
+    }
+}
+
+#[test]
+fn many_concurrent_setters_lose_nothing_and_keep_the_python_file() {
+    const SETTERS: u32 = 32;
+    const EACH: u32 = 20;
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path)
+        .unwrap()
+        .with_capacity(cap(10_000));
+    std::thread::scope(|scope| {
+        for t in 0..SETTERS {
+            let (store, path) = (&store, &path);
+            scope.spawn(move || {
+                for n in 0..EACH {
+                    let serial = format!("T{t:02}-{n:03}");
+                    if n % 3 == 0 {
+                        // Lookups and removals mixed in.
+                        assert_eq!(store.get(&serial, "g").unwrap(), None);
+                        assert!(!store.remove(&serial).unwrap());
+                    }
+                    store.set(&serial, t * 1000 + n, "g").unwrap();
+                    assert_eq!(token_on_disk(path, &serial), Some(u64::from(t * 1000 + n)));
+                }
+            });
+        }
+    });
+    let all = SETTERS * EACH;
+    assert!(writes(&store) <= u64::from(all));
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(text, full_serialisation(&store));
+    let reopened = SessionStore::open(&path).unwrap();
+    assert_eq!(reopened.len().unwrap(), all as usize);
+    for t in 0..SETTERS {
+        for n in 0..EACH {
+            assert_eq!(
+                reopened.get(&format!("T{t:02}-{n:03}"), "g").unwrap(),
+                Some(t * 1000 + n)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failed_group_write_fails_every_setter_in_it() {
+    const SETTERS: u32 = 8;
+    let (dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    let tmp = dir.path().join("session_tokens.json.tmp-rs");
+    fs::create_dir(&tmp).unwrap();
+    std::thread::scope(|scope| {
+        let held = store.lock_state();
+        let setters: Vec<_> = (0..SETTERS)
+            .map(|n| {
+                let store = &store;
+                scope.spawn(move || store.set(&format!("SN-{n}"), n, "g"))
+            })
+            .collect();
+        wait_for_queued(&store, SETTERS as usize);
+        drop(held);
+        for setter in setters {
+            let err = setter.join().unwrap().unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Io { op: StoreOp::Write, path, .. } if *path == tmp),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("tmp-rs"), "{err}");
+        }
+    });
+    assert_eq!(serials(&store), ["a"]);
+    assert_eq!(file_serials(&path), ["a"]);
+    fs::remove_dir(&tmp).unwrap();
+    store.set("b", 2, "g").unwrap();
+    assert_eq!(file_serials(&path), ["a", "b"]);
+}
+
+#[test]
+fn in_memory_sets_from_many_threads() {
+    let store = SessionStore::in_memory();
+    std::thread::scope(|scope| {
+        for t in 0..8u32 {
+            let store = &store;
+            scope.spawn(move || {
+                for n in 0..100 {
+                    store.set(&format!("{t}-{n}"), n, "g").unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.len().unwrap(), 800);
+    assert!(store.remove("0-0").unwrap());
+    assert!(!store.remove("0-0").unwrap());
+}
+
+// ---- noticing other writers, and what a lookup remembers ----
+
+#[test]
+fn a_replaced_entry_is_seen_by_the_next_lookup() {
+    let (_dir, path) = temp_store();
+    let one = SessionStore::open(&path).unwrap();
+    let two = SessionStore::open(&path).unwrap();
+    one.set("a", 1, "g").unwrap();
+    assert_eq!(two.get("a", "g").unwrap(), Some(1));
+    one.set("a", 2, "g").unwrap();
+    assert_eq!(two.get("a", "g").unwrap(), Some(2));
+    // The Python SDK's way: write `<file>.tmp`, then `os.replace`.
+    let python_tmp = path.with_file_name("session_tokens.json.tmp");
+    fs::write(&python_tmp, r#"{"a": {"token": 3, "git_hash": "g"}}"#).unwrap();
+    fs::rename(&python_tmp, &path).unwrap();
+    assert_eq!(two.get("a", "g").unwrap(), Some(3));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_with_another_hard_link_is_still_checked() {
+    let (dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    let other = SessionStore::open(&path).unwrap();
+    assert_eq!(other.get("a", "g").unwrap(), Some(1));
+    // A backup tool's hard link: replacing the file no longer unlinks the
+    // inode `other` holds.
+    fs::hard_link(&path, dir.path().join("backup.json")).unwrap();
+    store.set("a", 2, "g").unwrap();
+    fs::hard_link(&path, dir.path().join("backup2.json")).unwrap();
+    assert_eq!(other.get("a", "g").unwrap(), Some(2));
+    store.set("a", 3, "g").unwrap();
+    assert_eq!(other.get("a", "g").unwrap(), Some(3));
+}
+
+/// A file of `n` entries `SN-000000`... written in one go.
+fn populated(path: &Path, n: u32) {
+    let mut map = LruMap::default();
+    for i in 0..n {
+        map.insert(
+            format!("SN-{i:06}"),
+            Record {
+                token: i,
+                git_hash: "g".into(),
+            },
+        );
+    }
+    let mut bytes = Vec::new();
+    format::write(&mut bytes, &map);
+    fs::write(path, bytes).unwrap();
+}
+
+fn touched(store: &SessionStore) -> usize {
+    store.lock_state().backing.as_ref().unwrap().touched.len()
+}
+
+#[test]
+fn lookups_remember_a_bounded_number_of_refreshes() {
+    const ENTRIES: u32 = 3 * TOUCHED_MAX as u32;
+    let (_dir, path) = temp_store();
+    populated(&path, ENTRIES);
+    let store = SessionStore::open(&path).unwrap();
+    // Every serial looked up once, from the oldest: each is a refresh.
+    for i in 0..ENTRIES {
+        assert_eq!(store.get(&format!("SN-{i:06}"), "g").unwrap(), Some(i));
+        assert!(touched(&store) <= TOUCHED_MAX);
+    }
+    assert_eq!(touched(&store), TOUCHED_MAX);
+    // Looking a remembered serial up again adds nothing.
+    store.get(&format!("SN-{:06}", ENTRIES - 10), "g").unwrap();
+    assert_eq!(touched(&store), TOUCHED_MAX);
+
+    // Another process replaces the file: the remembered (most recent)
+    // refreshes are replayed onto it, in order, before our next write.
+    let other = SessionStore::open(&path).unwrap();
+    other.set("NEW", 1, "g").unwrap();
+    store.set("MINE", 2, "g").unwrap();
+    let on_disk = file_serials(&path);
+    assert_eq!(on_disk.len(), ENTRIES as usize + 2);
+    let mut expected: Vec<String> = (ENTRIES - TOUCHED_MAX as u32..ENTRIES)
+        .filter(|&i| i != ENTRIES - 10)
+        .map(|i| format!("SN-{i:06}"))
+        .collect();
+    expected.push(format!("SN-{:06}", ENTRIES - 10));
+    expected.push("MINE".into());
+    assert_eq!(on_disk[on_disk.len() - expected.len()..], expected[..]);
+    assert_eq!(touched(&store), 0, "a write forgets the refreshes");
+}
+
+#[test]
+fn with_a_capacity_lookups_remember_at_most_that_many() {
+    let (_dir, path) = temp_store();
+    populated(&path, 500);
+    let store = SessionStore::open(&path).unwrap().with_capacity(cap(100));
+    for i in 400..500 {
+        store.get(&format!("SN-{i:06}"), "g").unwrap();
+    }
+    for i in (400..500).rev() {
+        store.get(&format!("SN-{i:06}"), "g").unwrap();
+    }
+    assert!(touched(&store) <= 100, "{}", touched(&store));
+}
+
+#[test]
+fn with_max_staleness_a_hit_may_be_stale_for_that_long_and_no_longer() {
+    const WINDOW: std::time::Duration = std::time::Duration::from_millis(30);
+    let (_dir, path) = temp_store();
+    let writer = SessionStore::open(&path).unwrap();
+    writer.set("a", 1, "g").unwrap();
+    let reader = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(WINDOW);
+    assert_eq!(reader.get("a", "g").unwrap(), Some(1));
+    let checked = std::time::Instant::now();
+    writer.set("a", 2, "g").unwrap();
+    writer.set("b", 3, "g").unwrap();
+    // A miss always checks the file.
+    assert_eq!(reader.get("b", "g").unwrap(), Some(3));
+    // So did that miss: `a` is current again.
+    assert_eq!(reader.get("a", "g").unwrap(), Some(2));
+    let checked_again = std::time::Instant::now();
+    writer.set("a", 4, "g").unwrap();
+    let seen = reader.get("a", "g").unwrap();
+    if checked_again.elapsed() < WINDOW {
+        assert_eq!(seen, Some(2), "a hit inside the window checked the file");
+    }
+    // Once the window has passed, the next hit checks.
+    while checked_again.elapsed() < WINDOW {
+        std::thread::yield_now();
+    }
+    assert_eq!(reader.get("a", "g").unwrap(), Some(4));
+    // Its own writes are always seen; other methods always check.
+    reader.set("a", 5, "g").unwrap();
+    assert_eq!(reader.get("a", "g").unwrap(), Some(5));
+    writer.set("c", 6, "g").unwrap();
+    assert_eq!(reader.len().unwrap(), 3);
+    assert!(checked.elapsed() >= WINDOW);
+}
+
+#[test]
+fn max_staleness_extremes_do_not_panic() {
+    let (_dir, path) = temp_store();
+    let writer = SessionStore::open(&path).unwrap();
+    writer.set("a", 1, "g").unwrap();
+    let never = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(std::time::Duration::MAX);
+    assert_eq!(never.get("a", "g").unwrap(), Some(1));
+    writer.set("a", 2, "g").unwrap();
+    assert_eq!(
+        never.get("a", "g").unwrap(),
+        Some(1),
+        "Duration::MAX: hits never check"
+    );
+    assert_eq!(never.get("a", "other").unwrap(), None);
+    // The mismatch checked the file.
+    assert_eq!(never.get("a", "g").unwrap(), Some(2));
+    let exact = SessionStore::open(&path)
+        .unwrap()
+        .with_max_staleness(std::time::Duration::ZERO);
+    writer.set("a", 3, "g").unwrap();
+    assert_eq!(exact.get("a", "g").unwrap(), Some(3));
+    assert_eq!(
+        SessionStore::in_memory()
+            .with_max_staleness(std::time::Duration::MAX)
+            .get("a", "g")
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_writer_that_panics_strands_no_caller() {
+    const SETTERS: u32 = 6;
+    let (_dir, path) = temp_store();
+    let store = SessionStore::open(&path).unwrap();
+    store.set("a", 1, "g").unwrap();
+    std::thread::scope(|scope| {
+        let mut held = store.lock_state();
+        held.backing.as_mut().unwrap().panic_on_write = true;
+        let setters: Vec<_> = (0..SETTERS)
+            .map(|n| {
+                let store = &store;
+                scope.spawn(move || store.set(&format!("SN-{n}"), n, "g"))
+            })
+            .collect();
+        wait_for_queued(&store, SETTERS as usize);
+        drop(held);
+        let mut panicked = 0;
+        for setter in setters {
+            match setter.join() {
+                Err(_) => panicked += 1,
+                Ok(result) => {
+                    let err = result.unwrap_err();
+                    assert!(err.to_string().contains("panicked"), "{err}");
+                }
+            }
+        }
+        assert_eq!(panicked, 1, "only the writer panics");
+    });
+    // The store goes on: it reloads the file and writes again.
+    assert_eq!(serials(&store), ["a"]);
+    store.set("b", 2, "g").unwrap();
+    assert_eq!(file_serials(&path), ["a", "b"]);
+}

@@ -1,7 +1,11 @@
 //! One client connection, from CONNECT to close.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -10,7 +14,7 @@ use rumqttc::mqttbytes::v4::{
     UnsubAck,
 };
 use rumqttc::mqttbytes::{self, Protocol, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
@@ -29,7 +33,11 @@ const MAX_FIXED_HEADER: usize = 5;
 /// The most bytes a connection's read buffer holds: one maximal packet
 /// (with more, the packet before would have been complete and taken out).
 const READ_BUFFER_MAX: usize = READ_MAX + MAX_FIXED_HEADER;
-/// A connection's buffers start at this capacity.
+/// A connection's read buffer starts at this capacity when bytes arrive.
+/// Between packets, once no more bytes are there to read, both buffers are
+/// given back: an idle connection holds none (issue 10: memory per idle
+/// connection), and reads up to this many bytes through the stack until
+/// the next packet starts.
 const BUFFER_INITIAL: usize = 4096;
 /// A buffer that grew past this (for a large packet) is given back once
 /// the packet is through, so that many idle connections which once sent
@@ -132,8 +140,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Connection<S> {
         Connection {
             stream,
-            read: BytesMut::with_capacity(BUFFER_INITIAL),
-            write: BytesMut::with_capacity(BUFFER_INITIAL),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
             received: 0,
             budget,
             throttle,
@@ -169,7 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Some(throttle) => throttle.allowance().await,
                 None => u64::MAX,
             };
-            make_room(&mut self.read, needed);
+            if !self.read.is_empty() {
+                make_room(&mut self.read, needed);
+            }
             // Never more than one maximal packet buffered; a frame's
             // header caps it at READ_MAX, so there is always room left.
             let room = READ_BUFFER_MAX.saturating_sub(self.read.len());
@@ -177,8 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // Part of a packet is here: the rest must follow in time.
             let deadline = (!self.read.is_empty())
                 .then(|| self.heard_since(self.last_read) + self.stall_timeout);
-            let mut stream = (&mut self.stream).take(limit);
-            let read = stream.read_buf(&mut self.read);
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx, limit));
             let n = match deadline {
                 None => read.await,
                 Some(deadline) => match timeout_at(deadline, read).await {
@@ -211,6 +220,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
         }
+    }
+
+    /// Reads at most `limit` bytes into the read buffer. With an empty
+    /// buffer it holds no allocation while it waits: a read that would
+    /// block gives the buffers back, and without one the bytes go through
+    /// a stack chunk into a new buffer once they are there.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, limit: u64) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() == 0 {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); BUFFER_INITIAL];
+            let len = usize::try_from(limit).map_or(BUFFER_INITIAL, |l| l.min(BUFFER_INITIAL));
+            let mut buf = ReadBuf::uninit(&mut chunk[..len]);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
+            let filled = buf.filled();
+            if !filled.is_empty() {
+                self.read = BytesMut::with_capacity(BUFFER_INITIAL);
+                self.read.extend_from_slice(filled);
+            }
+            return Poll::Ready(Ok(filled.len()));
+        }
+        let polled = {
+            let mut stream = (&mut self.stream).take(limit);
+            let mut read = std::pin::pin!(stream.read_buf(&mut self.read));
+            read.as_mut().poll(cx)
+        };
+        if polled.is_pending() && self.read.is_empty() {
+            self.read = BytesMut::new();
+            self.write = BytesMut::new();
+        }
+        polled
     }
 
     /// Where keep-alive counts from, given the client's last packet:
@@ -790,6 +828,47 @@ mod tests {
         match conn.next_packet().await.unwrap() {
             Packet::Publish(p) => assert_eq!(p.payload.len(), 10),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer_and_reads_on_when_bytes_come() {
+        let (mut client, mut conn) = connection();
+        let mut bytes = publish(10);
+        bytes.extend_from_slice(&publish(20));
+        client.write_all(&bytes).await.unwrap();
+        conn.send(Packet::PubAck(PubAck::new(1))).await.unwrap();
+        for len in [10, 20] {
+            match conn.next_packet().await.unwrap() {
+                Packet::Publish(p) => assert_eq!(p.payload.len(), len),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Nothing more to read: one poll finds that out and gives both
+        // buffers back.
+        {
+            let mut next = std::pin::pin!(conn.next_packet());
+            let polled = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "{polled:?}");
+        }
+        assert_eq!(conn.read.capacity(), 0);
+        assert_eq!(conn.write.capacity(), 0);
+        // Bytes arrive again: a small packet, then one larger than the
+        // stack chunk, then a small one again.
+        let _client = send(client, {
+            let mut bytes = publish(5);
+            bytes.extend_from_slice(&publish(3 * BUFFER_INITIAL));
+            bytes.extend_from_slice(&publish(7));
+            bytes
+        });
+        for len in [5, 3 * BUFFER_INITIAL, 7] {
+            match conn.next_packet().await.unwrap() {
+                Packet::Publish(p) => {
+                    assert_eq!(p.payload.len(), len);
+                    assert!(p.payload.iter().all(|&b| b == 7));
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 
