@@ -4,6 +4,7 @@
 //! tokens stay valid across restarts, as they do with the real cloud.
 //! Without one they live and die with the emulator.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,10 +27,27 @@ struct Issued {
     git_hash: String,
 }
 
+/// Issued tokens in issue order, indexed by (application id, token): a
+/// registration and a log check cost the same at any fleet size.
+#[derive(Debug, Default)]
+struct Issues {
+    list: Vec<Issued>,
+    /// The latest entry of each (app_id, token).
+    by_token: HashMap<(u32, u32), usize>,
+}
+
+impl Issues {
+    fn push(&mut self, entry: Issued) {
+        self.by_token
+            .insert((entry.app_id, entry.token), self.list.len());
+        self.list.push(entry);
+    }
+}
+
 /// The tokens the cloud has issued.
 #[derive(Debug)]
 pub(crate) struct TokenBook {
-    issued: Mutex<Vec<Issued>>,
+    issued: Mutex<Issues>,
     /// Appended to on every issue, when tokens outlive the emulator.
     file: Option<Mutex<(PathBuf, File)>>,
 }
@@ -38,7 +56,7 @@ impl TokenBook {
     /// A book that forgets everything when the emulator stops.
     pub(crate) fn in_memory() -> TokenBook {
         TokenBook {
-            issued: Mutex::new(Vec::new()),
+            issued: Mutex::new(Issues::default()),
             file: None,
         }
     }
@@ -66,8 +84,12 @@ impl TokenBook {
                 })
             })
             .collect::<Result<Vec<Issued>, _>>()?;
+        let mut book = Issues::default();
+        for entry in issued {
+            book.push(entry);
+        }
         Ok(TokenBook {
-            issued: Mutex::new(issued),
+            issued: Mutex::new(book),
             file: Some(Mutex::new((path, file))),
         })
     }
@@ -75,12 +97,13 @@ impl TokenBook {
     /// Every token issued so far: (application id, serial, token).
     pub(crate) fn snapshot(&self) -> Vec<(u32, String, u32)> {
         self.lock()
+            .list
             .iter()
             .map(|i| (i.app_id, i.serial.clone(), i.token))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Issued>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Issues> {
         self.issued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -92,10 +115,7 @@ impl TokenBook {
         let mut issued = self.lock();
         let token = loop {
             let candidate: u32 = rand::random();
-            if !issued
-                .iter()
-                .any(|i| i.app_id == app_id && i.token == candidate)
-            {
+            if !issued.by_token.contains_key(&(app_id, candidate)) {
                 break candidate;
             }
         };
@@ -118,11 +138,9 @@ impl TokenBook {
 
     /// The serial `token` was issued to for `app_id`.
     pub(crate) fn serial_for(&self, app_id: u32, token: u32) -> Option<String> {
-        self.lock()
-            .iter()
-            .rev()
-            .find(|i| i.app_id == app_id && i.token == token)
-            .map(|i| i.serial.clone())
+        let issued = self.lock();
+        let at = *issued.by_token.get(&(app_id, token))?;
+        issued.list.get(at).map(|i| i.serial.clone())
     }
 }
 
