@@ -406,41 +406,55 @@ impl Bench {
         logs: &[(usize, Bytes)],
     ) -> Result<(), String> {
         println!(
-            "lone uploads: {LONE_UPLOADS} sequential upload_log calls on one connected Client, {LONE_ROUNDS} alternating rounds"
+            "lone uploads: {LONE_UPLOADS} sequential upload_log calls on one connected Client, {LONE_ROUNDS} alternating rounds;"
         );
         println!(
-            "  {:<6} {:<8} {:>10} {:>12} {:>9} {:>9}",
-            "round", "runtime", "p50 ms", "CPU us/call", "cs/call", "verified"
+            "  caller: a task of the runtime (task), or the thread that called block_on, as #[tokio::main]'s body (block_on)"
         );
-        let mut figures: Vec<Figures> = runtimes.iter().map(|_| Figures::default()).collect();
+        println!(
+            "  {:<6} {:<8} {:<9} {:>10} {:>12} {:>9} {:>9}",
+            "round", "runtime", "caller", "p50 ms", "CPU us/call", "cs/call", "verified"
+        );
+        let callers = [("task", true), ("block_on", false)];
+        let mut figures: Vec<Vec<Figures>> = runtimes
+            .iter()
+            .map(|_| callers.iter().map(|_| Figures::default()).collect())
+            .collect();
         let logs = &logs[..LONE_UPLOADS];
         for round in 1..=LONE_ROUNDS {
             for (r, (rt_name, runtime)) in runtimes.iter().enumerate() {
-                let result = runtime.block_on(self.lone_phase(devices, logs))?;
-                println!(
-                    "  {round:<6} {rt_name:<8} {:>10} {:>12.1} {:>9.2} {:>5}/{LONE_UPLOADS}",
-                    ms(percentile(&result.latencies, 0.5)),
-                    result.usage.cpu_us_per(LONE_UPLOADS),
-                    result.usage.switches_per(LONE_UPLOADS),
-                    result.verified
-                );
-                figures[r].add(&result, LONE_UPLOADS);
+                for (c, (caller, in_task)) in callers.iter().enumerate() {
+                    let result = runtime.block_on(self.lone_phase(devices, logs, *in_task))?;
+                    println!(
+                        "  {round:<6} {rt_name:<8} {caller:<9} {:>10} {:>12.1} {:>9.2} {:>5}/{LONE_UPLOADS}",
+                        ms(percentile(&result.latencies, 0.5)),
+                        result.usage.cpu_us_per(LONE_UPLOADS),
+                        result.usage.switches_per(LONE_UPLOADS),
+                        result.verified
+                    );
+                    figures[r][c].add(&result, LONE_UPLOADS);
+                }
             }
         }
         for (r, (rt_name, _)) in runtimes.iter().enumerate() {
-            let (_, cpu, switches) = figures[r].medians();
-            println!(
-                "  median {rt_name:<8}  CPU {cpu:.1} us/call, {switches:.2} context switches/call"
+            let medians: Vec<(f64, f64, f64)> =
+                figures[r].iter_mut().map(Figures::medians).collect();
+            for (c, (caller, _)) in callers.iter().enumerate() {
+                let (_, cpu, switches) = medians[c];
+                println!(
+                    "  median {rt_name:<8} {caller:<9} CPU {cpu:.1} us/call, {switches:.2} context switches/call"
+                );
+            }
+            let [(_, task_cpu, task_cs), (_, main_cpu, main_cs)] = [medians[0], medians[1]];
+            suite(
+                &format!("lone upload_log CPU ({rt_name}, caller in a task)"),
+                format!("{task_cpu:.1} us"),
+                format!("block_on caller {main_cpu:.1} us"),
             );
             suite(
-                &format!("lone upload_log CPU ({rt_name})"),
-                format!("{cpu:.1} us"),
-                "issue 10 baseline 78 us (multi)".to_owned(),
-            );
-            suite(
-                &format!("lone upload_log context switches ({rt_name})"),
-                format!("{switches:.2} cs"),
-                "issue 10 baseline 4.6 (multi)".to_owned(),
+                &format!("lone upload_log context switches ({rt_name}, caller in a task)"),
+                format!("{task_cs:.2} cs"),
+                format!("block_on caller {main_cs:.2}"),
             );
         }
         Ok(())
@@ -607,31 +621,38 @@ impl Bench {
             .connected()
             .await
             .map_err(|e| format!("client connecting: {e}"))?;
-        let slots = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut tasks = JoinSet::new();
-        let before = Usage::now();
-        let start = Instant::now();
-        for (device, log) in logs {
-            let slot = slots.clone().acquire_owned().await.expect("never closed");
-            let client = client.clone();
-            let devices = devices.clone();
-            let (device, log) = (*device, log.clone());
-            tasks.spawn(async move {
-                let started = Instant::now();
-                let result = client.upload_log(&devices[device], &log).await;
-                drop(slot);
-                result.map(|_| started.elapsed())
-            });
-        }
-        let mut latencies = Vec::with_capacity(logs.len());
-        while let Some(joined) = tasks.join_next().await {
-            let latency = joined
-                .map_err(|e| format!("upload task: {e}"))?
-                .map_err(|e| format!("upload_log failed: {e}"))?;
-            latencies.push(latency);
-        }
-        let wall = start.elapsed();
-        let usage = Usage::now().since(&before);
+        // The application's side runs in a task of the runtime, as in a
+        // gateway (not on the thread that called `block_on`).
+        let timed = {
+            let (client, devices, logs) = (client.clone(), devices.clone(), logs.to_vec());
+            tokio::spawn(async move {
+                let slots = Arc::new(Semaphore::new(CONCURRENCY));
+                let mut tasks = JoinSet::new();
+                let before = Usage::now();
+                let start = Instant::now();
+                for (device, log) in logs {
+                    let slot = slots.clone().acquire_owned().await.expect("never closed");
+                    let client = client.clone();
+                    let devices = devices.clone();
+                    tasks.spawn(async move {
+                        let started = Instant::now();
+                        let result = client.upload_log(&devices[device], &log).await;
+                        drop(slot);
+                        result.map(|_| started.elapsed())
+                    });
+                }
+                let mut latencies = Vec::with_capacity(UPLOADS);
+                while let Some(joined) = tasks.join_next().await {
+                    let latency = joined
+                        .map_err(|e| format!("upload task: {e}"))?
+                        .map_err(|e| format!("upload_log failed: {e}"))?;
+                    latencies.push(latency);
+                }
+                Ok::<_, String>((start.elapsed(), Usage::now().since(&before), latencies))
+            })
+        };
+        let (wall, usage, mut latencies) =
+            timed.await.map_err(|e| format!("client task: {e}"))??;
         client.shutdown().await;
         latencies.sort_unstable();
         let verified = self.verify(logs.len()).await?;
@@ -644,11 +665,13 @@ impl Bench {
     }
 
     /// Sequential single uploads: each call waits for its PUBACK before
-    /// the next starts.
+    /// the next starts; the caller is a task of the runtime (`in_task`) or
+    /// the thread that called `block_on` (as in `#[tokio::main]`'s body).
     async fn lone_phase(
         &mut self,
         devices: &Arc<Vec<DeviceInfo>>,
         logs: &[(usize, Bytes)],
+        in_task: bool,
     ) -> Result<Round, String> {
         let client = self.client()?;
         client
@@ -661,19 +684,30 @@ impl Bench {
             .upload_log(&devices[*device], log)
             .await
             .map_err(|e| format!("upload_log failed: {e}"))?;
-        let mut latencies = Vec::with_capacity(logs.len());
-        let before = Usage::now();
-        let start = Instant::now();
-        for (device, log) in logs {
-            let started = Instant::now();
-            client
-                .upload_log(&devices[*device], log)
+        let timed = {
+            let (client, devices, logs) = (client.clone(), devices.clone(), logs.to_vec());
+            async move {
+                let mut latencies = Vec::with_capacity(logs.len());
+                let before = Usage::now();
+                let start = Instant::now();
+                for (device, log) in &logs {
+                    let started = Instant::now();
+                    client
+                        .upload_log(&devices[*device], log)
+                        .await
+                        .map_err(|e| format!("upload_log failed: {e}"))?;
+                    latencies.push(started.elapsed());
+                }
+                Ok::<_, String>((start.elapsed(), Usage::now().since(&before), latencies))
+            }
+        };
+        let (wall, usage, mut latencies) = if in_task {
+            tokio::spawn(timed)
                 .await
-                .map_err(|e| format!("upload_log failed: {e}"))?;
-            latencies.push(started.elapsed());
-        }
-        let wall = start.elapsed();
-        let usage = Usage::now().since(&before);
+                .map_err(|e| format!("upload task: {e}"))??
+        } else {
+            timed.await?
+        };
         client.shutdown().await;
         latencies.sort_unstable();
         let verified = self.verify(logs.len() + 1).await?.saturating_sub(1);
@@ -687,26 +721,31 @@ impl Bench {
 
     async fn rumqttc_phase(&mut self, logs: &[(usize, Bytes)]) -> Result<Round, String> {
         // Room for every publish, so queueing never waits on the event loop.
-        let (raw, mut events) = self.raw_client("rumqttc", logs.len() + 16).await?;
+        let (raw, events) = self.raw_client("rumqttc", logs.len() + 16).await?;
         let topic = self.topics.binlog(APP).expect("binlog topic");
-        let before = Usage::now();
-        let start = Instant::now();
-        for (_, log) in logs {
-            raw.publish_bytes(topic.clone(), QoS::AtLeastOnce, false, log.clone())
-                .await
-                .map_err(|e| format!("rumqttc publish: {e}"))?;
-        }
-        let mut acked = 0;
-        while acked < logs.len() {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => return Err(format!("rumqttc client after {acked} PUBACKs: {e}")),
+        let payloads: Vec<Bytes> = logs.iter().map(|(_, log)| log.clone()).collect();
+        let timed = tokio::spawn(async move {
+            let mut events = events;
+            let before = Usage::now();
+            let start = Instant::now();
+            for log in &payloads {
+                raw.publish_bytes(topic.clone(), QoS::AtLeastOnce, false, log.clone())
+                    .await
+                    .map_err(|e| format!("rumqttc publish: {e}"))?;
             }
-        }
-        let wall = start.elapsed();
-        let usage = Usage::now().since(&before);
-        disconnect(&raw, &mut events).await;
+            let mut acked = 0;
+            while acked < payloads.len() {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("rumqttc client after {acked} PUBACKs: {e}")),
+                }
+            }
+            let measured = (start.elapsed(), Usage::now().since(&before));
+            disconnect(&raw, &mut events).await;
+            Ok(measured)
+        });
+        let (wall, usage) = timed.await.map_err(|e| format!("rumqttc task: {e}"))??;
         let verified = self.verify(logs.len()).await?;
         Ok(Round {
             wall,
@@ -812,33 +851,36 @@ impl Bench {
                 Ok::<_, String>(writer)
             })
         };
-        let mut acked = 0;
-        while acked < count {
-            let mut batch = 0;
-            loop {
-                match WirePacket::read(&mut buf, 1 << 20) {
-                    Ok(WirePacket::PubAck(_)) => batch += 1,
-                    Ok(_) => {}
-                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
-                    Err(e) => return Err(failed("reading", &e)),
+        // The reader runs in a task of the runtime too, as the writer does.
+        let reading = tokio::spawn(async move {
+            let mut acked = 0;
+            while acked < count {
+                let mut batch = 0;
+                loop {
+                    match WirePacket::read(&mut buf, 1 << 20) {
+                        Ok(WirePacket::PubAck(_)) => batch += 1,
+                        Ok(_) => {}
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
+                        Err(e) => return Err(failed("reading", &e)),
+                    }
+                }
+                acked += batch;
+                window.add_permits(batch);
+                if acked >= count {
+                    break;
+                }
+                if reader
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| failed("reading", &e))?
+                    == 0
+                {
+                    return Err(failed("reading", &format!("closed after {acked} PUBACKs")));
                 }
             }
-            acked += batch;
-            window.add_permits(batch);
-            if acked >= count {
-                break;
-            }
-            if reader
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| failed("reading", &e))?
-                == 0
-            {
-                return Err(failed("reading", &format!("closed after {acked} PUBACKs")));
-            }
-        }
-        let wall = start.elapsed();
-        let usage = Usage::now().since(&before);
+            Ok((start.elapsed(), Usage::now().since(&before), reader))
+        });
+        let (wall, usage, reader) = reading.await.map_err(|e| failed("reader task", &e))??;
         let writer = writing
             .await
             .map_err(|e| failed("writer task", &e))?
