@@ -15,19 +15,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{
-    Packet, PubAck, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
-};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Subscribe, SubscribeReasonCode, Unsubscribe};
 use rumqttc::mqttbytes::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep};
 
 use super::backoff::Backoff;
 use super::connect::{self, Stream, MAX_INCOMING_PACKET};
-use super::pacing::Pacer;
-use super::session::{self, Inflight, PublishCommand, Session, FIRST_CONTROL_ID, LAST_PUBLISH_ID};
+use super::session::{self, publish_len, Deadline, Session, FIRST_CONTROL_ID, LAST_PUBLISH_ID};
+use super::writer::Step;
 use super::{deadline_after, far_future, Control, Done, Link, Message, Shared};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
@@ -46,13 +44,10 @@ const MAX_ABANDONED: usize = 4_096;
 /// that packet ids never run out.
 const MAX_SUBSCRIPTION_SLOTS: usize = 8_192;
 
-/// When the acknowledgement of one written packet is due. `stamp` tells
-/// the write it is for apart from a later use of the same packet id; an
-/// entry whose packet was answered since is stale and skipped.
-struct Deadline {
-    at: Instant,
-    pkid: u16,
-    stamp: u64,
+/// Room in the window of one connection: `max_inflight`, within what the
+/// publish packet ids allow.
+pub(crate) fn inflight_limit(settings: &Settings) -> usize {
+    usize::from(settings.max_inflight).min(PUBLISH_IDS - MAX_ABANDONED)
 }
 
 /// Where a subscription stands.
@@ -111,10 +106,10 @@ impl Timers {
     }
 
     /// Makes sure the acknowledgement timer fires by `at`. Deadlines are
-    /// armed in the order they fall due, so an armed timer already fires
-    /// early enough.
+    /// mostly armed in the order they fall due, so an armed timer usually
+    /// fires early enough already and costs nothing more.
     fn arm_ack(&mut self, at: Instant) {
-        if !self.ack_armed {
+        if !self.ack_armed || at < self.ack.deadline() {
             self.ack.as_mut().reset(at);
             self.ack_armed = true;
         }
@@ -131,19 +126,14 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     control: mpsc::UnboundedReceiver<Control>,
     control_open: bool,
-    /// `None` when pacing is off: the unpaced path pays nothing for it.
-    pacer: Option<Pacer>,
-    /// Room in the window: publishes written and not yet acknowledged
-    /// (in the shared session's `inflight`) at most.
-    inflight_limit: usize,
     /// Inflight publishes to write again after a reconnect, oldest first.
     resend: VecDeque<u16>,
-    /// Acknowledgements due on this connection, in the order written.
+    /// SUBACKs due on this connection, in the order written (the
+    /// session holds the PUBACKs').
     deadlines: VecDeque<Deadline>,
     /// Subscribe packet ids never answered on this connection (publishes
     /// have theirs in the session; see [`MAX_ABANDONED`]).
     abandoned: HashSet<u16>,
-    next_seq: u64,
     next_stamp: u64,
     subscriptions: HashMap<String, Subscription>,
     /// Filters waiting for a subscription slot, in order of arrival.
@@ -153,9 +143,7 @@ pub(crate) struct Driver {
     subscription_limit: usize,
     /// SUBSCRIBE packet id -> its filter, until the SUBACK.
     pending_subacks: HashMap<u16, PendingSuback>,
-    /// The last packet id given to a publish, and to a subscription
-    /// change.
-    last_pkid: u16,
+    /// The last packet id given to a subscription change.
     last_control_pkid: u16,
     closing: bool,
 }
@@ -168,26 +156,20 @@ impl Driver {
     ) -> Self {
         let subscription_limit =
             usize::from(settings.max_subscriptions).min(MAX_SUBSCRIPTION_SLOTS);
-        let inflight_limit = usize::from(settings.max_inflight)
-            .min(PUBLISH_IDS - MAX_ABANDONED);
         Driver {
-            pacer: Pacer::new(settings.pacing, Instant::now()),
             settings,
             shared,
             control,
             control_open: true,
-            inflight_limit,
             resend: VecDeque::new(),
             deadlines: VecDeque::new(),
             abandoned: HashSet::new(),
-            next_seq: 0,
             next_stamp: 0,
             subscriptions: HashMap::new(),
             queued_subscriptions: VecDeque::new(),
             active_subscriptions: 0,
             subscription_limit,
             pending_subacks: HashMap::new(),
-            last_pkid: 0,
             last_control_pkid: 0,
             closing: false,
         }
@@ -343,7 +325,7 @@ impl Driver {
         buf: BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
-        let (reader, mut writer) = tokio::io::split(stream);
+        let (reader, writer) = tokio::io::split(stream);
         let (packets_tx, mut packets) = mpsc::unbounded_channel();
         // The reader runs apart so that the broker can always deliver to
         // us, even while we are blocked writing a large batch to it.
@@ -355,7 +337,12 @@ impl Driver {
         )));
         let mut out = BytesMut::with_capacity(64 * 1024);
         let mut timers = Timers::new(Instant::now());
-        self.restore_session(&mut out, &mut timers);
+        // Callers may write from now on. One that took a packet id before
+        // `restore_session` has its bytes dropped (they carry the old
+        // generation) and its publish re-sent from there.
+        let generation = self.shared.session().generation + 1;
+        self.shared.writer().attach(writer, generation);
+        self.restore_session(generation, &mut out, &mut timers);
 
         let keep_alive = Duration::from_secs(u64::from(self.settings.keep_alive));
         let ping_period = if keep_alive.is_zero() {
@@ -370,9 +357,9 @@ impl Driver {
         let end = loop {
             // A full batch leaves more to write: write it and come back
             // before waiting for anything.
-            let more = !timers.pace_armed && self.fill(&mut out, &mut timers);
-            if !out.is_empty() {
-                if let Err(e) = self.write_out(&mut writer, &mut out, &mut timers).await {
+            let more = self.fill(&mut out, &mut timers);
+            if !out.is_empty() || self.shared.writer().pending() {
+                if let Err(e) = self.write_out(&mut out, &mut timers).await {
                     break End::Lost(e);
                 }
             }
@@ -440,7 +427,10 @@ impl Driver {
         };
         if matches!(end, End::Closed) {
             encode(&Packet::Disconnect, &mut out);
-            let _ = self.write_out(&mut writer, &mut out, &mut timers).await;
+            let _ = self.write_out(&mut out, &mut timers).await;
+        }
+        let writer = self.shared.writer().detach();
+        if let (End::Closed, Some(mut writer)) = (&end, writer) {
             let _ = writer.shutdown().await;
         }
         drop(reader);
@@ -453,7 +443,10 @@ impl Driver {
         {
             let mut session = self.shared.session();
             session.abandoned.clear();
+            session.deadlines.clear();
             session.window_full = false;
+            session.resending = false;
+            session.ack_armed = false;
         }
         for sub in self.subscriptions.values_mut() {
             if sub.state != SubState::Queued {
@@ -467,7 +460,7 @@ impl Driver {
     /// slot, and line up every publish that was not acknowledged for a
     /// re-send in the callers' order (written by [`Driver::fill`], paced
     /// like any other publish).
-    fn restore_session(&mut self, out: &mut BytesMut, timers: &mut Timers) {
+    fn restore_session(&mut self, generation: u64, out: &mut BytesMut, timers: &mut Timers) {
         let now = Instant::now();
         let filters: Vec<String> = self
             .subscriptions
@@ -481,6 +474,7 @@ impl Driver {
         // Callers that gave up on a publish were told it failed; sending it
         // now would only duplicate what they will retry.
         let mut session = self.shared.session();
+        session.generation = generation;
         session.inflight.retain(|_, entry| !entry.done.is_closed());
         let mut order: Vec<(u64, u16)> = session
             .inflight
@@ -492,19 +486,37 @@ impl Driver {
             tracing::info!(count = order.len(), "re-sending unacknowledged publishes");
         }
         self.resend = order.into_iter().map(|(_, pkid)| pkid).collect();
+        session.resending = !self.resend.is_empty();
     }
 
     /// Encodes the publishes that may go now, up to one write batch:
     /// re-sends first, then the queued publishes in order, each within the
     /// inflight window and the pacing budget. When the pacer says "not
     /// yet", arms the pace timer and stops; when the window is full, asks
-    /// the reader to wake us on the next PUBACK. Returns true when it
-    /// stopped only because the batch is full (more may go at once).
+    /// the reader to wake us on the next PUBACK. Arms the acknowledgement
+    /// timer for deadlines callers started. Returns true when it stopped
+    /// only because the batch is full (more may go at once).
     fn fill(&mut self, out: &mut BytesMut, timers: &mut Timers) -> bool {
         let now = Instant::now();
         let shared = self.shared.clone();
         let mut session = shared.session();
-        self.trim_deadlines(&session);
+        session.trim_deadlines();
+        let more = !timers.pace_armed && self.fill_locked(&mut session, out, now, timers);
+        if let Some(front) = session.deadlines.front() {
+            timers.arm_ack(front.at);
+        }
+        session.ack_armed = timers.ack_armed;
+        more
+    }
+
+    fn fill_locked(
+        &mut self,
+        session: &mut Session,
+        out: &mut BytesMut,
+        now: Instant,
+        timers: &mut Timers,
+    ) -> bool {
+        let ack_timeout = self.settings.ack_timeout;
         while out.len() < WRITE_BATCH {
             if let Some(&pkid) = self.resend.front() {
                 let Some(entry) = session.inflight.get(&pkid) else {
@@ -518,13 +530,15 @@ impl Driver {
                     continue;
                 }
                 let size = publish_len(&entry.topic, &entry.payload);
-                if !self.pace(now, size, timers) {
+                if let Err(at) = session.pace(now, size) {
+                    timers.arm_pace(at);
                     return false;
                 }
                 self.resend.pop_front();
-                self.write_publish(&mut session, pkid, true, out, now, timers);
+                session.write_publish(pkid, true, out, now, ack_timeout);
                 continue;
             }
+            session.resending = false;
             let Some(next) = session.queue.front() else {
                 return false;
             };
@@ -532,78 +546,20 @@ impl Driver {
                 session.queue.pop_front(); // the caller gave up before it was sent
                 continue;
             }
-            if session.inflight.len() >= self.inflight_limit {
+            if session.inflight.len() >= session.inflight_limit {
                 session.window_full = true;
                 return false;
             }
             let size = publish_len(&next.topic, &next.payload);
-            if !self.pace(now, size, timers) {
+            if let Err(at) = session.pace(now, size) {
+                timers.arm_pace(at);
                 return false;
             }
-            let Some(PublishCommand {
-                topic,
-                payload,
-                done,
-                connect_deadline,
-            }) = session.queue.pop_front()
-            else {
-                return false;
-            };
-            let pkid = self.next_pkid(&session);
-            self.next_seq += 1;
-            session.inflight.insert(
-                pkid,
-                Inflight {
-                    seq: self.next_seq,
-                    stamp: 0,
-                    topic,
-                    payload,
-                    done,
-                    connect_deadline,
-                },
-            );
-            self.write_publish(&mut session, pkid, false, out, now, timers);
+            if let Some(pkid) = session.take_queued() {
+                session.write_publish(pkid, false, out, now, ack_timeout);
+            }
         }
         !session.queue.is_empty() || !self.resend.is_empty()
-    }
-
-    /// Takes the pacing budget of a publish of `size` bytes; false, with
-    /// the pace timer armed for when it may go, if it must wait.
-    fn pace(&mut self, now: Instant, size: usize, timers: &mut Timers) -> bool {
-        let Some(pacer) = &mut self.pacer else {
-            return true;
-        };
-        match pacer.try_take(now, size) {
-            Ok(()) => true,
-            Err(at) => {
-                timers.arm_pace(at);
-                false
-            }
-        }
-    }
-
-    /// Encodes the inflight publish `pkid` and starts its acknowledgement
-    /// deadline: the acknowledgement timeout counts from here.
-    fn write_publish(
-        &mut self,
-        session: &mut Session,
-        pkid: u16,
-        dup: bool,
-        out: &mut BytesMut,
-        now: Instant,
-        timers: &mut Timers,
-    ) {
-        let Some(entry) = session.inflight.get_mut(&pkid) else {
-            return;
-        };
-        let mut publish =
-            Publish::from_bytes(entry.topic.clone(), QoS::AtLeastOnce, entry.payload.clone());
-        publish.pkid = pkid;
-        publish.dup = dup;
-        encode(&Packet::Publish(publish), out);
-        self.next_stamp += 1;
-        entry.stamp = self.next_stamp;
-        self.push_deadline(pkid, self.next_stamp, now, timers);
     }
 
     fn push_deadline(&mut self, pkid: u16, stamp: u64, now: Instant, timers: &mut Timers) {
@@ -612,37 +568,12 @@ impl Driver {
         timers.arm_ack(at);
     }
 
-    /// True while the write `deadline` is about still awaits its answer.
-    fn is_live(&self, session: &Session, deadline: &Deadline) -> bool {
-        if deadline.pkid <= LAST_PUBLISH_ID {
-            session
-                .inflight
-                .get(&deadline.pkid)
-                .is_some_and(|e| e.stamp == deadline.stamp)
-        } else {
-            self.pending_subacks
-                .get(&deadline.pkid)
-                .is_some_and(|p| p.stamp == deadline.stamp)
-        }
-    }
-
-    /// Drops answered entries from the front of the deadline queue, and
-    /// compacts it when answered ones pile up behind an old unanswered one.
-    /// (The reader completes publishes without touching the queue, so this
-    /// runs whenever the driver writes.)
-    fn trim_deadlines(&mut self, session: &Session) {
-        while let Some(front) = self.deadlines.front() {
-            if self.is_live(session, front) {
-                break;
-            }
-            self.deadlines.pop_front();
-        }
-        let live = session.inflight.len() + self.pending_subacks.len();
-        if self.deadlines.len() > 2 * live + 64 {
-            let mut deadlines = std::mem::take(&mut self.deadlines);
-            deadlines.retain(|d| self.is_live(session, d));
-            self.deadlines = deadlines;
-        }
+    /// True while the SUBSCRIBE `deadline` is about still awaits its
+    /// SUBACK.
+    fn is_live(&self, deadline: &Deadline) -> bool {
+        self.pending_subacks
+            .get(&deadline.pkid)
+            .is_some_and(|p| p.stamp == deadline.stamp)
     }
 
     /// Fails every publish and subscribe whose acknowledgement is overdue
@@ -656,8 +587,31 @@ impl Driver {
         timers.ack_armed = false;
         let shared = self.shared.clone();
         let mut session = shared.session();
+        while let Some(front) = session.deadlines.front() {
+            if !session.is_live(front) {
+                session.deadlines.pop_front();
+                continue;
+            }
+            if front.at > now {
+                timers.arm_ack(front.at);
+                break;
+            }
+            let Some(Deadline { pkid, .. }) = session.deadlines.pop_front() else {
+                break;
+            };
+            // The broker may still answer; the id stays out of use until
+            // then or until the connection ends.
+            session.abandoned.insert(pkid);
+            if let Some(entry) = session.inflight.remove(&pkid) {
+                tracing::debug!(pkid, "no PUBACK within the acknowledgement timeout");
+                let _ = entry
+                    .done
+                    .send(Err(ErrorKind::Timeout(Phase::Acknowledgement).into()));
+            }
+        }
+        session.ack_armed = timers.ack_armed;
         while let Some(front) = self.deadlines.front() {
-            if !self.is_live(&session, front) {
+            if !self.is_live(front) {
                 self.deadlines.pop_front();
                 continue;
             }
@@ -668,18 +622,6 @@ impl Driver {
             let Some(Deadline { pkid, .. }) = self.deadlines.pop_front() else {
                 break;
             };
-            // The broker may still answer; the id stays out of use until
-            // then or until the connection ends.
-            if pkid <= LAST_PUBLISH_ID {
-                session.abandoned.insert(pkid);
-                if let Some(entry) = session.inflight.remove(&pkid) {
-                    tracing::debug!(pkid, "no PUBACK within the acknowledgement timeout");
-                    let _ = entry
-                        .done
-                        .send(Err(ErrorKind::Timeout(Phase::Acknowledgement).into()));
-                }
-                continue;
-            }
             self.abandoned.insert(pkid);
             if let Some(pending) = self.pending_subacks.remove(&pkid) {
                 tracing::debug!(filter = %pending.filter, "no SUBACK within the acknowledgement timeout");
@@ -708,23 +650,6 @@ impl Driver {
             ));
         }
         Ok(())
-    }
-
-    /// A free publish packet id (1..=[`LAST_PUBLISH_ID`]).
-    fn next_pkid(&mut self, session: &Session) -> u16 {
-        // The window limit leaves ids free, so this finds one; the bound
-        // only guards against a logic error.
-        for _ in 0..PUBLISH_IDS {
-            self.last_pkid = match self.last_pkid {
-                LAST_PUBLISH_ID.. => 1,
-                id => id + 1,
-            };
-            let id = self.last_pkid;
-            if !session.inflight.contains_key(&id) && !session.abandoned.contains(&id) {
-                return id;
-            }
-        }
-        self.last_pkid
     }
 
     /// A free packet id for a subscription change
@@ -920,41 +845,25 @@ impl Driver {
         Ok(())
     }
 
-    /// Writes `out` to the broker and flushes it. Deadlines keep running
-    /// meanwhile (a publish written earlier still fails on time while the
-    /// broker is slow to take this batch), and a broker that takes no
-    /// bytes at all for the acknowledgement timeout is a lost connection.
-    async fn write_out(
-        &mut self,
-        writer: &mut WriteHalf<Box<dyn Stream>>,
-        out: &mut BytesMut,
-        timers: &mut Timers,
-    ) -> Result<(), Error> {
+    /// Writes `out` (after whatever callers left in the shared writer) to
+    /// the broker and flushes it. Deadlines keep running meanwhile (a
+    /// publish written earlier still fails on time while the broker is
+    /// slow to take this batch), and a broker that takes no bytes at all
+    /// for the acknowledgement timeout is a lost connection.
+    async fn write_out(&mut self, out: &mut BytesMut, timers: &mut Timers) -> Result<(), Error> {
         let stall = self.settings.ack_timeout;
-        let lost = |e| Error::with_source(ErrorKind::ConnectionLost, e);
+        let shared = self.shared.clone();
+        shared.writer().push(out);
         loop {
-            let flushing = out.is_empty();
-            // Both steps are cancel-safe: a write either took bytes (and
-            // `out` advanced past them) or took none.
-            let step = async {
-                if flushing {
-                    writer.flush().await.map(|()| 1)
-                } else {
-                    writer.write_buf(out).await
-                }
-            };
+            // Each step is cancel-safe: a write either took bytes (and the
+            // writer's buffer advanced past them) or took none.
+            let step = std::future::poll_fn(|cx| shared.writer().poll_step(cx));
             tokio::select! {
                 biased;
                 written = timeout(stall, step) => match written {
-                    Ok(Ok(0)) => {
-                        return Err(Error::with_source(
-                            ErrorKind::ConnectionLost,
-                            "the connection takes no more bytes",
-                        ))
-                    }
-                    Ok(Ok(_)) if flushing => return Ok(()),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(lost(e)),
+                    Ok(Ok(Step::Done)) => return Ok(()),
+                    Ok(Ok(Step::Progress)) => {}
+                    Ok(Err(e)) => return Err(Error::with_source(ErrorKind::ConnectionLost, e)),
                     Err(_) => {
                         return Err(Error::with_source(
                             ErrorKind::ConnectionLost,
@@ -964,26 +873,11 @@ impl Driver {
                 },
                 () = timers.ack.as_mut(), if timers.ack_armed => {
                     self.expire(Instant::now(), out, timers)?;
+                    shared.writer().push(out);
                 }
             }
         }
     }
-}
-
-/// The size of the PUBLISH packet for `topic` and `payload` (QoS 1).
-fn publish_len(topic: &str, payload: &Bytes) -> usize {
-    // Topic length, topic, packet id, payload.
-    let remaining = 2usize
-        .saturating_add(topic.len())
-        .saturating_add(2)
-        .saturating_add(payload.len());
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    remaining.saturating_add(1 + length_bytes)
 }
 
 fn encode(packet: &Packet, out: &mut BytesMut) {

@@ -21,6 +21,7 @@ mod connect;
 mod driver;
 mod pacing;
 mod session;
+mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,7 +35,8 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
 pub(crate) use session::PublishCommand;
-use session::Session;
+use session::{HandOver, Session};
+use writer::Writer;
 
 /// A message the broker delivered to us.
 #[derive(Debug, Clone)]
@@ -82,11 +84,20 @@ pub(crate) struct Shared {
     session: Mutex<Session>,
     /// Wakes the driver (see `session` for when).
     wake: Notify,
+    /// The connection's write side (see `writer`). Never locked while
+    /// `session` is held, nor the other way round.
+    writer: Mutex<Writer>,
 }
 
 impl Shared {
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         session::lock(&self.session)
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // Each step leaves the writer consistent (bytes are either in
+        // `out` or taken by the stream), so recover from a poisoned lock.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -163,12 +174,11 @@ impl Transport {
             }),
             routes: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
-            session: Mutex::new(Session::new()),
+            session: Mutex::new(Session::new(&settings, driver::inflight_limit(&settings))),
             wake: Notify::new(),
+            writer: Mutex::new(Writer::new()),
         });
-        runtime.spawn(
-            driver::Driver::new(settings.clone(), shared.clone(), control_rx).run(),
-        );
+        runtime.spawn(driver::Driver::new(settings.clone(), shared.clone(), control_rx).run());
         Ok(Transport {
             control,
             _closer: Arc::new(Closer(shared.clone())),
@@ -199,17 +209,24 @@ impl Transport {
             done,
             connect_deadline: None,
         };
-        let wake = self
-            .shared
-            .session()
-            .enqueue(command, self.settings.connect_timeout)?;
+        let handed = self.shared.session().hand_over(command, &self.settings)?;
+        let wake = match handed {
+            HandOver::Queued { wake } => wake,
+            HandOver::Write {
+                mut bytes,
+                generation,
+                arm_timer,
+            } => {
+                let written = self.shared.writer().write_now(&mut bytes, generation);
+                arm_timer || !written
+            }
+        };
         if wake {
             self.shared.wake.notify_one();
         }
         // The driver answers every publish it took, Shutdown included; a
         // dropped sender means the runtime dropped the driver.
-        rx.await
-            .unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()))
+        rx.await.unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()))
     }
 
     /// Subscribes at QoS 1 and returns once the broker granted it. The

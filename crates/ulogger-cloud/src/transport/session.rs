@@ -1,14 +1,20 @@
 //! The publish half of the MQTT session, shared under one short lock by
 //! the callers, the connection's reader task and the driver.
 //!
-//! The fast path crosses as few threads as it can: a caller pushes its
-//! publish onto `queue` and waits on its own completion; the driver moves
-//! publishes from `queue` into `inflight` as it writes them (one TLS write
-//! per burst); the reader completes a publish straight from `inflight`
-//! when its PUBACK arrives. The driver is woken through one [`Notify`]
-//! only when it may be idle: by a caller that found the queue empty, or
-//! by the reader when PUBACKs made room in a full window (or emptied it
-//! while closing). See `docs/decisions.md`, section 16.
+//! The fast path crosses as few threads as it can. A caller that finds
+//! the connection free to take its publish at once (link up, nothing
+//! queued or being re-sent, room in the window, pacing budget left)
+//! takes a packet id, records it in `inflight` with its acknowledgement
+//! deadline, encodes it and writes it itself ([`super::writer`]); any
+//! other caller pushes its publish onto `queue`, which the driver writes
+//! in order as the window and pacing allow (one TLS write per burst).
+//! The reader completes a publish straight from `inflight` when its
+//! PUBACK arrives. The driver is woken through one `Notify` only when it
+//! has something to do: by a caller that found the queue empty, whose
+//! bytes the socket did not take at once, or whose deadline needs the
+//! acknowledgement timer armed; by the reader when PUBACKs made room in a
+//! full window (or emptied it while closing). See `docs/decisions.md`,
+//! section 16.
 //!
 //! While the link is down the driver also enforces each caller's connect
 //! timeout (so a waiting caller needs no timer or link subscription of
@@ -17,11 +23,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::MutexGuard;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::QoS;
 use tokio::time::Instant;
 
+use super::pacing::Pacer;
 use super::{deadline_after, Done};
+use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
 
 /// Packet ids of publishes. Subscribe and unsubscribe packets take theirs
@@ -68,6 +79,29 @@ pub(crate) struct Inflight {
     pub connect_deadline: Option<Instant>,
 }
 
+/// When the acknowledgement of one written packet is due. `stamp` tells
+/// the write it is for apart from a later use of the same packet id; an
+/// entry whose packet was answered since is stale and skipped.
+pub(crate) struct Deadline {
+    pub at: Instant,
+    pub pkid: u16,
+    pub stamp: u64,
+}
+
+/// What became of a publish handed over.
+pub(crate) enum HandOver {
+    /// Queued for the driver; wake it if `wake`.
+    Queued { wake: bool },
+    /// Taken at once: the caller writes these bytes on connection
+    /// `generation`, and wakes the driver if `arm_timer` (its
+    /// acknowledgement timer is idle) or if the socket does not take them.
+    Write {
+        bytes: BytesMut,
+        generation: u64,
+        arm_timer: bool,
+    },
+}
+
 /// See the module documentation.
 pub(crate) struct Session {
     pub gate: Gate,
@@ -84,10 +118,27 @@ pub(crate) struct Session {
     /// Shutting down: nothing more is taken, and the reader wakes the
     /// driver when the last acknowledgement came.
     pub closing: bool,
+    /// `None` when pacing is off: the unpaced path pays nothing for it.
+    pub pacer: Option<Pacer>,
+    /// Publish acknowledgements due on this connection, in write order.
+    pub deadlines: VecDeque<Deadline>,
+    /// Room in the window: publishes written and not yet acknowledged.
+    pub inflight_limit: usize,
+    /// The driver is re-sending after a reconnect: new publishes wait
+    /// behind the re-sends.
+    pub resending: bool,
+    /// The driver's acknowledgement timer is armed.
+    pub ack_armed: bool,
+    /// Counts connections, so that bytes encoded for one are never
+    /// written on the next.
+    pub generation: u64,
+    last_pkid: u16,
+    next_seq: u64,
+    next_stamp: u64,
 }
 
 impl Session {
-    pub fn new() -> Session {
+    pub fn new(settings: &Settings, inflight_limit: usize) -> Session {
         Session {
             gate: Gate::Down,
             queue: VecDeque::new(),
@@ -95,20 +146,30 @@ impl Session {
             abandoned: HashSet::new(),
             window_full: false,
             closing: false,
+            pacer: Pacer::new(settings.pacing, Instant::now()),
+            deadlines: VecDeque::new(),
+            inflight_limit,
+            resending: false,
+            ack_armed: false,
+            generation: 0,
+            last_pkid: 0,
+            next_seq: 0,
+            next_stamp: 0,
         }
     }
 
-    /// Queues a caller's publish; returns whether the driver must be woken
-    /// (it may be idle only when the queue was empty).
-    pub fn enqueue(
+    /// Takes a caller's publish: at once if the connection is free to
+    /// take it (see the module documentation), else onto the queue.
+    pub fn hand_over(
         &mut self,
         mut command: PublishCommand,
-        connect_timeout: std::time::Duration,
-    ) -> Result<bool, Error> {
+        settings: &Settings,
+    ) -> Result<HandOver, Error> {
+        let now = Instant::now();
         match &self.gate {
             Gate::Up => {}
             Gate::Down => {
-                command.connect_deadline = Some(deadline_after(Instant::now(), connect_timeout));
+                command.connect_deadline = Some(deadline_after(now, settings.connect_timeout));
             }
             Gate::Failed(e) => return Err(e.clone()),
             Gate::Closed => return Err(ErrorKind::Shutdown.into()),
@@ -116,9 +177,147 @@ impl Session {
         if self.closing {
             return Err(ErrorKind::Shutdown.into());
         }
+        // Only an idle connection: under load the driver's batched writes
+        // (one per burst) cost less than a write per caller.
+        let free = matches!(self.gate, Gate::Up)
+            && self.queue.is_empty()
+            && !self.resending
+            && self.inflight.is_empty()
+            && self.inflight_limit > 0;
+        if free
+            && self
+                .pace(now, publish_len(&command.topic, &command.payload))
+                .is_ok()
+        {
+            self.trim_deadlines();
+            let pkid = self.next_pkid();
+            self.next_seq += 1;
+            self.inflight.insert(
+                pkid,
+                Inflight {
+                    seq: self.next_seq,
+                    stamp: 0,
+                    topic: command.topic,
+                    payload: command.payload,
+                    done: command.done,
+                    connect_deadline: None,
+                },
+            );
+            let mut bytes = BytesMut::new();
+            self.write_publish(pkid, false, &mut bytes, now, settings.ack_timeout);
+            let arm_timer = !self.ack_armed;
+            self.ack_armed = true;
+            return Ok(HandOver::Write {
+                bytes,
+                generation: self.generation,
+                arm_timer,
+            });
+        }
         let wake = self.queue.is_empty();
         self.queue.push_back(command);
-        Ok(wake)
+        Ok(HandOver::Queued { wake })
+    }
+
+    /// Takes the pacing budget of a publish of `size` bytes, or says when
+    /// it may go.
+    pub fn pace(&mut self, now: Instant, size: usize) -> Result<(), Instant> {
+        match &mut self.pacer {
+            None => Ok(()),
+            Some(pacer) => pacer.try_take(now, size),
+        }
+    }
+
+    /// Moves the next queued publish into `inflight` under a new packet
+    /// id, which it returns.
+    pub fn take_queued(&mut self) -> Option<u16> {
+        let command = self.queue.pop_front()?;
+        let pkid = self.next_pkid();
+        self.next_seq += 1;
+        self.inflight.insert(
+            pkid,
+            Inflight {
+                seq: self.next_seq,
+                stamp: 0,
+                topic: command.topic,
+                payload: command.payload,
+                done: command.done,
+                connect_deadline: command.connect_deadline,
+            },
+        );
+        Some(pkid)
+    }
+
+    /// Encodes the inflight publish `pkid` into `out` and starts its
+    /// acknowledgement deadline: the acknowledgement timeout counts from
+    /// here. Returns the deadline.
+    pub fn write_publish(
+        &mut self,
+        pkid: u16,
+        dup: bool,
+        out: &mut BytesMut,
+        now: Instant,
+        ack_timeout: Duration,
+    ) -> Option<Instant> {
+        let entry = self.inflight.get_mut(&pkid)?;
+        let mut publish =
+            Publish::from_bytes(entry.topic.clone(), QoS::AtLeastOnce, entry.payload.clone());
+        publish.pkid = pkid;
+        publish.dup = dup;
+        // Sizes were checked before the publish was handed over; encoding
+        // into a growable buffer with no size limit cannot fail.
+        if let Err(e) = Packet::Publish(publish).write(out, usize::MAX) {
+            tracing::error!(error = %e, "could not encode an MQTT packet");
+        }
+        self.next_stamp += 1;
+        entry.stamp = self.next_stamp;
+        let at = deadline_after(now, ack_timeout);
+        self.deadlines.push_back(Deadline {
+            at,
+            pkid,
+            stamp: self.next_stamp,
+        });
+        Some(at)
+    }
+
+    /// True while the write `deadline` is about still awaits its PUBACK.
+    pub fn is_live(&self, deadline: &Deadline) -> bool {
+        self.inflight
+            .get(&deadline.pkid)
+            .is_some_and(|e| e.stamp == deadline.stamp)
+    }
+
+    /// Drops answered entries from the front of the deadline queue, and
+    /// compacts it when answered ones pile up behind an old unanswered one.
+    /// (The reader completes publishes without touching the queue.)
+    pub fn trim_deadlines(&mut self) {
+        while let Some(front) = self.deadlines.front() {
+            if self.is_live(front) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        if self.deadlines.len() > 2 * self.inflight.len() + 64 {
+            let mut deadlines = std::mem::take(&mut self.deadlines);
+            deadlines.retain(|d| self.is_live(d));
+            self.deadlines = deadlines;
+        }
+    }
+
+    /// A free publish packet id (1..=[`LAST_PUBLISH_ID`]).
+    fn next_pkid(&mut self) -> u16 {
+        // The window limit leaves ids free, so this finds one; the bound
+        // only guards against a logic error.
+        for _ in 0..LAST_PUBLISH_ID {
+            self.last_pkid = match self.last_pkid {
+                LAST_PUBLISH_ID.. => 1,
+                id => id + 1,
+            };
+            let id = self.last_pkid;
+            if !self.inflight.contains_key(&id) && !self.abandoned.contains(&id) {
+                return id;
+            }
+        }
+        self.last_pkid
     }
 
     /// Completes the publish `pkid` on its PUBACK. A late PUBACK, for a publish that already
@@ -148,7 +347,7 @@ impl Session {
     pub fn link_down(
         &mut self,
         now: Instant,
-        connect_timeout: std::time::Duration,
+        connect_timeout: Duration,
         error: Option<&Error>,
         permanent: bool,
     ) {
@@ -235,6 +434,22 @@ impl Session {
             let _ = entry.done.send(Err(error()));
         }
     }
+}
+
+/// The size of the PUBLISH packet for `topic` and `payload` (QoS 1).
+pub(crate) fn publish_len(topic: &str, payload: &Bytes) -> usize {
+    // Topic length, topic, packet id, payload.
+    let remaining = 2usize
+        .saturating_add(topic.len())
+        .saturating_add(2)
+        .saturating_add(payload.len());
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    remaining.saturating_add(1 + length_bytes)
 }
 
 /// Locks a session. A panic while holding the lock cannot leave it worse
