@@ -87,9 +87,9 @@ const MAX_INFLIGHT: u16 = 100;
 /// Alternating rounds of every publisher on every runtime.
 const ROUNDS: usize = 15;
 /// Sequential single `upload_log` calls per lone-upload phase.
-const LONE_UPLOADS: usize = 300;
+const LONE_UPLOADS: usize = 1_000;
 /// Alternating rounds of the lone-upload phases.
-const LONE_ROUNDS: usize = 3;
+const LONE_ROUNDS: usize = 5;
 /// How long the attached cloud may take to verify a phase's logs.
 const VERIFY_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -295,7 +295,7 @@ impl Bench {
         }
 
         println!(
-            "  {:<6} {:<8} {:<8} {:>9} {:>12} {:>9} {:>9} {:>10} {:>9} {:>10}",
+            "  {:<6} {:<8} {:<8} {:>9} {:>12} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10}",
             "round",
             "runtime",
             "phase",
@@ -305,6 +305,7 @@ impl Bench {
             "p99 ms",
             "CPU us/msg",
             "cs/msg",
+            "vol. cs",
             "verified"
         );
         let mut figures: Vec<Vec<Figures>> = runtimes
@@ -994,11 +995,12 @@ fn print_round(round: usize, runtime: &str, phase: &str, r: &Round) {
         )
     };
     println!(
-        "  {round:<6} {runtime:<8} {phase:<8} {:>9} {:>12.0} {p50:>9} {p99:>9} {:>10.1} {:>9.2} {:>5}/{UPLOADS}",
+        "  {round:<6} {runtime:<8} {phase:<8} {:>9} {:>12.0} {p50:>9} {p99:>9} {:>10.1} {:>9.2} {:>9.2} {:>5}/{UPLOADS}",
         ms(r.wall),
         r.rate(),
         r.usage.cpu_us_per(UPLOADS),
         r.usage.switches_per(UPLOADS),
+        r.usage.voluntary_per(UPLOADS),
         r.verified,
     );
 }
@@ -1016,6 +1018,8 @@ fn suite(name: &str, value: String, comparison: String) {
 struct Usage {
     cpu: Duration,
     switches: u64,
+    /// Of `switches`, those where a thread gave up the CPU itself (waits).
+    voluntary: u64,
 }
 
 impl Usage {
@@ -1039,10 +1043,11 @@ impl Usage {
             }
             let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
             for line in status.lines() {
-                if let Some(n) = line
-                    .strip_prefix("voluntary_ctxt_switches:")
-                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-                {
+                if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
+                    let n = n.trim().parse::<u64>().unwrap_or(0);
+                    usage.switches += n;
+                    usage.voluntary += n;
+                } else if let Some(n) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
                     usage.switches += n.trim().parse::<u64>().unwrap_or(0);
                 }
             }
@@ -1054,11 +1059,16 @@ impl Usage {
         Usage {
             cpu: self.cpu.saturating_sub(before.cpu),
             switches: self.switches.saturating_sub(before.switches),
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
         }
     }
 
     fn cpu_us_per(&self, count: usize) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / count as f64
+    }
+
+    fn voluntary_per(&self, count: usize) -> f64 {
+        self.voluntary as f64 / count as f64
     }
 
     fn switches_per(&self, count: usize) -> f64 {

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Subscribe, SubscribeReasonCode, Unsubscribe};
+use rumqttc::mqttbytes::v4::{
+    Packet, PubAck, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
+};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch};
@@ -145,6 +147,9 @@ pub(crate) struct Driver {
     pending_subacks: HashMap<u16, PendingSuback>,
     /// The last packet id given to a subscription change.
     last_control_pkid: u16,
+    /// Publishes picked by `fill`, to encode once the lock is released
+    /// (kept for its allocation).
+    batch: Vec<Publish>,
     closing: bool,
 }
 
@@ -171,6 +176,7 @@ impl Driver {
             subscription_limit,
             pending_subacks: HashMap::new(),
             last_control_pkid: 0,
+            batch: Vec::new(),
             closing: false,
         }
     }
@@ -499,25 +505,39 @@ impl Driver {
     fn fill(&mut self, out: &mut BytesMut, timers: &mut Timers) -> bool {
         let now = Instant::now();
         let shared = self.shared.clone();
-        let mut session = shared.session();
-        session.trim_deadlines();
-        let more = !timers.pace_armed && self.fill_locked(&mut session, out, now, timers);
-        if let Some(front) = session.deadlines.front() {
-            timers.arm_ack(front.at);
+        let mut batch = std::mem::take(&mut self.batch);
+        let more = {
+            let mut session = shared.session();
+            session.trim_deadlines();
+            let more =
+                !timers.pace_armed && self.fill_locked(&mut session, &mut batch, now, timers);
+            if let Some(front) = session.deadlines.front() {
+                timers.arm_ack(front.at);
+            }
+            session.ack_armed = timers.ack_armed;
+            more
+        };
+        // Encoding copies the payloads: not under the lock, which callers
+        // and the reader take too.
+        for publish in batch.drain(..) {
+            session::encode_publish(publish, out);
         }
-        session.ack_armed = timers.ack_armed;
+        self.batch = batch;
         more
     }
 
+    /// Picks the publishes that may go now, up to one write batch of
+    /// bytes, and starts their deadlines.
     fn fill_locked(
         &mut self,
         session: &mut Session,
-        out: &mut BytesMut,
+        batch: &mut Vec<Publish>,
         now: Instant,
         timers: &mut Timers,
     ) -> bool {
         let ack_timeout = self.settings.ack_timeout;
-        while out.len() < WRITE_BATCH {
+        let mut bytes = 0usize;
+        while bytes < WRITE_BATCH {
             if let Some(&pkid) = self.resend.front() {
                 let Some(entry) = session.inflight.get(&pkid) else {
                     self.resend.pop_front();
@@ -535,7 +555,8 @@ impl Driver {
                     return false;
                 }
                 self.resend.pop_front();
-                session.write_publish(pkid, true, out, now, ack_timeout);
+                bytes = bytes.saturating_add(size);
+                batch.extend(session.start_write(pkid, true, now, ack_timeout));
                 continue;
             }
             session.resending = false;
@@ -556,7 +577,8 @@ impl Driver {
                 return false;
             }
             if let Some(pkid) = session.take_queued() {
-                session.write_publish(pkid, false, out, now, ack_timeout);
+                bytes = bytes.saturating_add(size);
+                batch.extend(session.start_write(pkid, false, now, ack_timeout));
             }
         }
         !session.queue.is_empty() || !self.resend.is_empty()
@@ -775,7 +797,12 @@ impl Driver {
         match packet {
             // The reader completes publishes by itself; this is for any
             // PUBACK that still comes this way.
-            Packet::PubAck(ack) => self.shared.session().acknowledged(ack.pkid),
+            Packet::PubAck(ack) => {
+                let done = self.shared.session().acknowledged(ack.pkid);
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+            }
             Packet::SubAck(ack) => {
                 let Some(pending) = self.pending_subacks.remove(&ack.pkid) else {
                     self.abandoned.remove(&ack.pkid);
@@ -929,11 +956,14 @@ fn dispatch(
     shared: &Shared,
 ) -> bool {
     let mut session = None;
+    let mut done = Vec::new();
     let go_on = loop {
         match Packet::read(buf, MAX_INCOMING_PACKET) {
-            Ok(Packet::PubAck(ack)) => session
-                .get_or_insert_with(|| shared.session())
-                .acknowledged(ack.pkid),
+            Ok(Packet::PubAck(ack)) => done.extend(
+                session
+                    .get_or_insert_with(|| shared.session())
+                    .acknowledged(ack.pkid),
+            ),
             Ok(packet) => {
                 if packets.send(Ok(packet)).is_err() {
                     break false;
@@ -952,6 +982,10 @@ fn dispatch(
     if let Some(mut session) = session {
         let wake = session.driver_waits();
         drop(session);
+        // Waking the callers may wake threads: not under the lock.
+        for done in done {
+            let _ = done.send(Ok(()));
+        }
         if wake {
             shared.wake.notify_one();
         }

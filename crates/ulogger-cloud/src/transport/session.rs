@@ -249,7 +249,7 @@ impl Session {
 
     /// Encodes the inflight publish `pkid` into `out` and starts its
     /// acknowledgement deadline: the acknowledgement timeout counts from
-    /// here. Returns the deadline.
+    /// here.
     pub fn write_publish(
         &mut self,
         pkid: u16,
@@ -257,17 +257,27 @@ impl Session {
         out: &mut BytesMut,
         now: Instant,
         ack_timeout: Duration,
-    ) -> Option<Instant> {
+    ) {
+        if let Some(publish) = self.start_write(pkid, dup, now, ack_timeout) {
+            encode_publish(publish, out);
+        }
+    }
+
+    /// Starts the acknowledgement deadline of the inflight publish `pkid`
+    /// (the acknowledgement timeout counts from here) and returns the
+    /// packet to write, to be encoded without holding the lock.
+    pub fn start_write(
+        &mut self,
+        pkid: u16,
+        dup: bool,
+        now: Instant,
+        ack_timeout: Duration,
+    ) -> Option<Publish> {
         let entry = self.inflight.get_mut(&pkid)?;
         let mut publish =
             Publish::from_bytes(entry.topic.clone(), QoS::AtLeastOnce, entry.payload.clone());
         publish.pkid = pkid;
         publish.dup = dup;
-        // Sizes were checked before the publish was handed over; encoding
-        // into a growable buffer with no size limit cannot fail.
-        if let Err(e) = Packet::Publish(publish).write(out, usize::MAX) {
-            tracing::error!(error = %e, "could not encode an MQTT packet");
-        }
         self.next_stamp += 1;
         entry.stamp = self.next_stamp;
         let at = deadline_after(now, ack_timeout);
@@ -276,7 +286,7 @@ impl Session {
             pkid,
             stamp: self.next_stamp,
         });
-        Some(at)
+        Some(publish)
     }
 
     /// True while the write `deadline` is about still awaits its PUBACK.
@@ -320,15 +330,15 @@ impl Session {
         self.last_pkid
     }
 
-    /// Completes the publish `pkid` on its PUBACK. A late PUBACK, for a publish that already
-    /// timed out, frees its packet id.
-    pub fn acknowledged(&mut self, pkid: u16) {
+    /// Takes the publish `pkid` out of `inflight` on its PUBACK and
+    /// returns its completion (to send once the lock is released). A late
+    /// PUBACK, for a publish that already timed out, frees its packet id.
+    pub fn acknowledged(&mut self, pkid: u16) -> Option<Done> {
         match self.inflight.remove(&pkid) {
-            Some(entry) => {
-                let _ = entry.done.send(Ok(()));
-            }
+            Some(entry) => Some(entry.done),
             None => {
                 self.abandoned.remove(&pkid);
+                None
             }
         }
     }
@@ -433,6 +443,15 @@ impl Session {
         for (_, entry) in self.inflight.drain() {
             let _ = entry.done.send(Err(error()));
         }
+    }
+}
+
+/// Appends `publish` to `out`.
+pub(crate) fn encode_publish(publish: Publish, out: &mut BytesMut) {
+    // Sizes were checked before the publish was handed over; encoding into
+    // a growable buffer with no size limit cannot fail.
+    if let Err(e) = Packet::Publish(publish).write(out, usize::MAX) {
+        tracing::error!(error = %e, "could not encode an MQTT packet");
     }
 }
 
