@@ -21,6 +21,8 @@ mod connect;
 mod driver;
 mod pacing;
 mod session;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::collections::HashMap;

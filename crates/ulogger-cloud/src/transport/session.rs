@@ -479,3 +479,187 @@ pub(crate) fn lock(session: &std::sync::Mutex<Session>) -> MutexGuard<'_, Sessio
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MqttConfig, Pacing, Security};
+    use tokio::sync::oneshot;
+
+    fn settings(connect_timeout: Duration) -> Settings {
+        MqttConfig::new(42)
+            .broker("127.0.0.1")
+            .port(1883)
+            .security(Security::Plaintext)
+            .pacing(Pacing::off())
+            .connect_timeout(connect_timeout)
+            .validate()
+            .unwrap()
+    }
+
+    fn command(payload: &'static [u8]) -> (PublishCommand, oneshot::Receiver<Result<(), Error>>) {
+        let (done, rx) = oneshot::channel();
+        let command = PublishCommand {
+            topic: "binlog/v0/42/7".to_owned(),
+            payload: Bytes::from_static(payload),
+            done,
+            connect_deadline: None,
+        };
+        (command, rx)
+    }
+
+    fn up(settings: &Settings) -> Session {
+        let mut session = Session::new(settings, 100);
+        session.gate = Gate::Up;
+        session
+    }
+
+    #[test]
+    fn an_idle_connection_hands_the_publish_back_to_the_caller_to_write() {
+        let settings = settings(Duration::from_secs(5));
+        let mut session = up(&settings);
+        let (first, _rx) = command(b"one");
+        let HandOver::Write {
+            mut bytes,
+            arm_timer,
+            ..
+        } = session.hand_over(first, &settings).unwrap()
+        else {
+            panic!("an idle connection takes the publish at once");
+        };
+        assert!(arm_timer, "the acknowledgement timer was idle");
+        let Packet::Publish(publish) = Packet::read(&mut bytes, 1 << 20).unwrap() else {
+            panic!("a PUBLISH");
+        };
+        assert_eq!((publish.pkid, publish.dup), (1, false));
+        assert_eq!(&publish.payload[..], b"one");
+        assert_eq!(
+            session.deadlines.len(),
+            1,
+            "its deadline runs from the write"
+        );
+        assert!(session.inflight.contains_key(&1));
+
+        // One in flight: the next waits in the queue for the driver, who
+        // is woken only by the first of a burst.
+        let (second, _rx2) = command(b"two");
+        let (third, _rx3) = command(b"three");
+        assert!(matches!(
+            session.hand_over(second, &settings).unwrap(),
+            HandOver::Queued { wake: true }
+        ));
+        assert!(matches!(
+            session.hand_over(third, &settings).unwrap(),
+            HandOver::Queued { wake: false }
+        ));
+        assert_eq!(session.take_queued(), Some(2));
+    }
+
+    #[test]
+    fn the_reader_completes_a_publish_on_its_own_puback_only() {
+        let settings = settings(Duration::from_secs(5));
+        let mut session = up(&settings);
+        let (first, mut rx) = command(b"one");
+        session.hand_over(first, &settings).unwrap();
+        assert!(session.acknowledged(7).is_none(), "not ours");
+        assert!(rx.try_recv().is_err(), "still waiting");
+        let done = session.acknowledged(1).expect("publish 1 was in flight");
+        done.send(Ok(())).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+        // A late PUBACK for an id given up on frees it.
+        session.abandoned.insert(3);
+        assert!(session.acknowledged(3).is_none());
+        assert!(!session.abandoned.contains(&3));
+    }
+
+    #[test]
+    fn publishes_meet_the_connect_timeout_only_while_the_link_is_down() {
+        let timeout = Duration::from_millis(100);
+        let settings = settings(timeout);
+        let mut session = up(&settings);
+        let (in_flight, mut in_flight_rx) = command(b"written");
+        session.hand_over(in_flight, &settings).unwrap();
+        let (queued, mut queued_rx) = command(b"queued");
+        session.hand_over(queued, &settings).unwrap();
+        let now = Instant::now();
+        assert_eq!(
+            session.expire_connect(now + timeout * 2, None),
+            None,
+            "link up"
+        );
+
+        let cause: Error = ErrorKind::ConnectionLost.into();
+        session.link_down(now, timeout, Some(&cause), false);
+        assert_eq!(
+            session.expire_connect(now, Some(&cause)),
+            Some(now + timeout),
+            "both wait until `timeout` after the link went down"
+        );
+        let (late, mut late_rx) = command(b"handed over while down");
+        session.hand_over(late, &settings).unwrap();
+        assert!(session
+            .expire_connect(now + timeout, Some(&cause))
+            .is_some());
+        for rx in [&mut in_flight_rx, &mut queued_rx] {
+            let err = rx.try_recv().unwrap().unwrap_err();
+            assert_eq!(err.timeout_phase(), Some(Phase::Connect), "{err:?}");
+            assert!(std::error::Error::source(&err).is_some(), "names the cause");
+        }
+        assert!(late_rx.try_recv().is_err(), "its own deadline is later");
+        assert!(session.inflight.is_empty());
+        assert_eq!(session.queue.len(), 1);
+    }
+
+    #[test]
+    fn a_permanent_failure_fails_every_publish_and_every_later_one_at_once() {
+        let settings = settings(Duration::MAX);
+        let mut session = Session::new(&settings, 100);
+        let (queued, mut rx) = command(b"queued");
+        assert!(matches!(
+            session.hand_over(queued, &settings).unwrap(),
+            HandOver::Queued { wake: true }
+        ));
+        let refused: Error = ErrorKind::ConnectionRefused {
+            reason: "not authorized".to_owned(),
+        }
+        .into();
+        session.link_down(Instant::now(), Duration::MAX, Some(&refused), true);
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::ConnectionRefused { .. }));
+        let (later, _rx) = command(b"later");
+        let Err(err) = session.hand_over(later, &settings) else {
+            panic!("refused at once");
+        };
+        assert!(matches!(err.kind(), ErrorKind::ConnectionRefused { .. }));
+        session.gate = Gate::Closed;
+        let (closed, _rx) = command(b"closed");
+        assert!(matches!(
+            session
+                .hand_over(closed, &settings)
+                .map(|_| ())
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Shutdown
+        ));
+    }
+
+    #[test]
+    fn publish_packet_ids_stay_in_their_range_and_skip_ids_in_use() {
+        let settings = settings(Duration::from_secs(5));
+        let mut session = up(&settings);
+        session.last_pkid = LAST_PUBLISH_ID - 1;
+        session.abandoned.insert(LAST_PUBLISH_ID);
+        session.abandoned.insert(1);
+        let (first, _rx) = command(b"x");
+        session.queue.push_back(first);
+        assert_eq!(
+            session.take_queued(),
+            Some(2),
+            "wraps, skipping abandoned ids"
+        );
+        let (second, _rx2) = command(b"y");
+        session.queue.push_back(second);
+        assert_eq!(session.take_queued(), Some(3));
+        const { assert!(FIRST_CONTROL_ID > LAST_PUBLISH_ID) };
+    }
+}
