@@ -10,7 +10,7 @@
 //!    serials) on one open connection: p50 and p99, interleaved with the
 //!    same handshake done by hand with rumqttc (the floor that the broker
 //!    and the cloud set);
-//! 3. sends `UPLOADS` valid 4 KiB logs per phase with three publishers,
+//! 3. sends `UPLOADS` valid 4 KiB logs per phase with four publishers,
 //!    each on a fresh mutual-TLS connection, QoS 1, 100 in flight, no
 //!    pacing:
 //!    - `socket`: the true limit, a minimal pipelined publisher on a raw
@@ -20,15 +20,21 @@
 //!    - `rumqttc`: a plain rumqttc `AsyncClient`, everything queued, then
 //!      its event loop driven;
 //!    - `client`: one `Client`, `CONCURRENCY` `upload_log` calls in flight;
+//!    - `publish`: the same with `publish_binary_log`, which skips
+//!      `upload_log`'s validation, token lookup and copy (the transport's
+//!      share of the cost);
 //!
-//!    each on tokio's default multi-thread runtime and on a current-thread
-//!    runtime, in `ROUNDS` alternating rounds (the machine is shared and
+//!    each running in a task of the runtime (as in a gateway), on tokio's
+//!    default multi-thread runtime and on a current-thread runtime, in
+//!    `ROUNDS` alternating rounds (the machine is shared and
 //!    noisy), reporting publishes/s, CPU time per publish and context
 //!    switches per publish of this process (every thread but the
 //!    emulator's; Linux `/proc`), medians and ratios to `socket`;
 //! 4. times `LONE_UPLOADS` sequential single `upload_log` calls on an
-//!    idle connection, on both runtimes: CPU time and context switches per
-//!    call (a gateway that uploads now and then pays this, not throughput).
+//!    idle connection, on both runtimes, called from a task and from the
+//!    thread that called `block_on` (as `#[tokio::main]`'s body): CPU time
+//!    and context switches per call (a gateway that uploads now and then
+//!    pays this, not throughput).
 //!
 //! The cloud's records go to `/dev/shm` where it exists: the file it
 //! writes before answering a registration is otherwise disk latency, not
@@ -184,16 +190,26 @@ enum Publisher {
     Rumqttc,
     /// Our `Client::upload_log`.
     Client,
+    /// Our `Client::publish_binary_log`: the same publishes without
+    /// `upload_log`'s validation, token lookup and copy, which tells the
+    /// transport's cost apart from theirs.
+    Publish,
 }
 
 impl Publisher {
-    const ALL: [Publisher; 3] = [Publisher::Socket, Publisher::Rumqttc, Publisher::Client];
+    const ALL: [Publisher; 4] = [
+        Publisher::Socket,
+        Publisher::Rumqttc,
+        Publisher::Client,
+        Publisher::Publish,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Publisher::Socket => "socket",
             Publisher::Rumqttc => "rumqttc",
             Publisher::Client => "client",
+            Publisher::Publish => "publish",
         }
     }
 }
@@ -281,6 +297,9 @@ impl Bench {
         println!("  rumqttc: one AsyncClient, all publishes queued, then its event loop driven");
         println!("  client: one Client, {CONCURRENCY} upload_log calls in flight");
         println!(
+            "  publish: the same with publish_binary_log (no validation, token lookup or copy: the transport's share)"
+        );
+        println!(
             "  runtimes: multi = tokio's default multi-thread runtime ({} workers), current = current-thread;",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
@@ -346,7 +365,8 @@ impl Bench {
             }
             table.push(medians);
         }
-        let [socket, rumqttc, client] = [table[0][0], table[0][1], table[0][2]];
+        let [socket, rumqttc, client, publish] =
+            [table[0][0], table[0][1], table[0][2], table[0][3]];
         let ratio = client.0 / socket.0;
         println!(
             "  client upload_log latency (multi): p50 {} ms, p99 {} ms",
@@ -386,6 +406,11 @@ impl Bench {
         suite(
             "upload Client CPU per upload (multi-thread)",
             format!("{:.1} us", client.1),
+            format!("rumqttc {:.1} us, socket {:.1} us", rumqttc.1, socket.1),
+        );
+        suite(
+            "Client::publish_binary_log CPU per publish (multi-thread)",
+            format!("{:.1} us", publish.1),
             format!("rumqttc {:.1} us, socket {:.1} us", rumqttc.1, socket.1),
         );
         suite(
@@ -608,14 +633,18 @@ impl Bench {
         match publisher {
             Publisher::Socket => self.socket_phase(logs).await,
             Publisher::Rumqttc => self.rumqttc_phase(logs).await,
-            Publisher::Client => self.client_phase(devices, logs).await,
+            Publisher::Client => self.client_phase(devices, logs, true).await,
+            Publisher::Publish => self.client_phase(devices, logs, false).await,
         }
     }
 
+    /// `CONCURRENCY` calls in flight of `upload_log` (`upload`), or of
+    /// `publish_binary_log`.
     async fn client_phase(
         &mut self,
         devices: &Arc<Vec<DeviceInfo>>,
         logs: &[(usize, Bytes)],
+        upload: bool,
     ) -> Result<Round, String> {
         let client = self.client()?;
         client
@@ -637,9 +666,13 @@ impl Bench {
                     let devices = devices.clone();
                     tasks.spawn(async move {
                         let started = Instant::now();
-                        let result = client.upload_log(&devices[device], &log).await;
+                        let result = if upload {
+                            client.upload_log(&devices[device], &log).await.map(drop)
+                        } else {
+                            client.publish_binary_log(APP, log).await.map(drop)
+                        };
                         drop(slot);
-                        result.map(|_| started.elapsed())
+                        result.map(|()| started.elapsed())
                     });
                 }
                 let mut latencies = Vec::with_capacity(UPLOADS);
