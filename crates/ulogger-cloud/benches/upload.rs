@@ -19,7 +19,8 @@
 //!      unacknowledged, one reads and counts PUBACKs;
 //!    - `rumqttc`: a plain rumqttc `AsyncClient`, everything queued, then
 //!      its event loop driven;
-//!    - `client`: one `Client`, `CONCURRENCY` `upload_log` calls in flight;
+//!    - `client`: one `Client`, `CONCURRENCY` tasks each calling
+//!      `upload_log` for the next log as soon as its last call returned;
 //!    - `publish`: the same with `publish_binary_log`, which skips
 //!      `upload_log`'s validation, token lookup and copy (the transport's
 //!      share of the cost);
@@ -51,6 +52,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -295,7 +297,7 @@ impl Bench {
             "  socket: pipelined publisher on a raw TLS socket (mqttbytes codec, a writer task and a PUBACK-counting reader)"
         );
         println!("  rumqttc: one AsyncClient, all publishes queued, then its event loop driven");
-        println!("  client: one Client, {CONCURRENCY} upload_log calls in flight");
+        println!("  client: one Client, {CONCURRENCY} tasks calling upload_log back to back ({CONCURRENCY} calls in flight)");
         println!(
             "  publish: the same with publish_binary_log (no validation, token lookup or copy: the transport's share)"
         );
@@ -656,31 +658,37 @@ impl Bench {
         let timed = {
             let (client, devices, logs) = (client.clone(), devices.clone(), logs.to_vec());
             tokio::spawn(async move {
-                let slots = Arc::new(Semaphore::new(CONCURRENCY));
-                let mut tasks = JoinSet::new();
+                // `CONCURRENCY` callers, each taking the next log as soon
+                // as its previous call returned (as a gateway's device
+                // handlers do): the calls, not task spawns, are measured.
+                let logs = Arc::new(logs);
+                let next = Arc::new(AtomicUsize::new(0));
+                let mut callers = JoinSet::new();
                 let before = Usage::now();
                 let start = Instant::now();
-                for (device, log) in logs {
-                    let slot = slots.clone().acquire_owned().await.expect("never closed");
-                    let client = client.clone();
-                    let devices = devices.clone();
-                    tasks.spawn(async move {
-                        let started = Instant::now();
-                        let result = if upload {
-                            client.upload_log(&devices[device], &log).await.map(drop)
-                        } else {
-                            client.publish_binary_log(APP, log).await.map(drop)
-                        };
-                        drop(slot);
-                        result.map(|()| started.elapsed())
+                for _ in 0..CONCURRENCY {
+                    let (client, devices, logs, next) =
+                        (client.clone(), devices.clone(), logs.clone(), next.clone());
+                    callers.spawn(async move {
+                        let mut latencies = Vec::new();
+                        while let Some((device, log)) =
+                            logs.get(next.fetch_add(1, Ordering::Relaxed))
+                        {
+                            let started = Instant::now();
+                            if upload {
+                                client.upload_log(&devices[*device], log).await.map(drop)
+                            } else {
+                                client.publish_binary_log(APP, log.clone()).await.map(drop)
+                            }
+                            .map_err(|e| format!("upload_log failed: {e}"))?;
+                            latencies.push(started.elapsed());
+                        }
+                        Ok::<_, String>(latencies)
                     });
                 }
                 let mut latencies = Vec::with_capacity(UPLOADS);
-                while let Some(joined) = tasks.join_next().await {
-                    let latency = joined
-                        .map_err(|e| format!("upload task: {e}"))?
-                        .map_err(|e| format!("upload_log failed: {e}"))?;
-                    latencies.push(latency);
+                while let Some(joined) = callers.join_next().await {
+                    latencies.extend(joined.map_err(|e| format!("caller task: {e}"))??);
                 }
                 Ok::<_, String>((start.elapsed(), Usage::now().since(&before), latencies))
             })
