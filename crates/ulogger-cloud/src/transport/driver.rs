@@ -2,37 +2,42 @@
 //!
 //! One loop per connection: it writes what may go (re-sends first, then
 //! new publishes, within the inflight window and the pacing budget),
-//! handles what the broker sent (read by a task of its own), fails
+//! handles what the broker sent (read by a task of its own, which
+//! completes publishes on their PUBACK by itself: see `session`), fails
 //! publishes and subscribes whose acknowledgement is overdue, and keeps
-//! the link alive. A publish held back by pacing or the window never holds
-//! up subscription changes, which arrive on a queue of their own.
+//! the link alive. While the link is down it fails publishes whose
+//! connect timeout passed. A publish held back by pacing or the window
+//! never holds up subscription changes, which arrive on a queue of their
+//! own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
     Packet, PubAck, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
 };
 use rumqttc::mqttbytes::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc::error::TryRecvError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep};
 
 use super::backoff::Backoff;
 use super::connect::{self, Stream, MAX_INCOMING_PACKET};
-use super::pacing::Pacer;
-use super::{deadline_after, far_future, Control, Done, Link, Message, PublishCommand, Shared};
+use super::session::{self, publish_len, Deadline, Session, FIRST_CONTROL_ID, LAST_PUBLISH_ID};
+use super::writer::Step;
+use super::{deadline_after, far_future, Control, Done, Link, Message, Shared};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
 
 /// Writes are batched up to about this many bytes before hitting the socket.
 const WRITE_BATCH: usize = 256 * 1024;
-/// MQTT packet ids are 1..=65,535.
-const PACKET_IDS: usize = 65_535;
+/// Packet ids of publishes (1..=LAST_PUBLISH_ID) and of subscription
+/// changes (the rest).
+const PUBLISH_IDS: usize = LAST_PUBLISH_ID as usize;
+const CONTROL_IDS: usize = (u16::MAX - FIRST_CONTROL_ID) as usize + 1;
 /// Packet ids whose acknowledgement never came are not reused on the same
 /// connection (a late PUBACK must not complete another publish). A
 /// connection that left this many unanswered is broken: open a new one.
@@ -41,24 +46,10 @@ const MAX_ABANDONED: usize = 4_096;
 /// that packet ids never run out.
 const MAX_SUBSCRIPTION_SLOTS: usize = 8_192;
 
-/// A publish handed to us and not yet acknowledged.
-struct Inflight {
-    /// Order of arrival, so re-sends keep the callers' order.
-    seq: u64,
-    /// Which write of it is live on this connection (see [`Deadline`]).
-    stamp: u64,
-    topic: String,
-    payload: Bytes,
-    done: Done,
-}
-
-/// When the acknowledgement of one written packet is due. `stamp` tells
-/// the write it is for apart from a later use of the same packet id; an
-/// entry whose packet was answered since is stale and skipped.
-struct Deadline {
-    at: Instant,
-    pkid: u16,
-    stamp: u64,
+/// Room in the window of one connection: `max_inflight`, within what the
+/// publish packet ids allow.
+pub(crate) fn inflight_limit(settings: &Settings) -> usize {
+    usize::from(settings.max_inflight).min(PUBLISH_IDS - MAX_ABANDONED)
 }
 
 /// Where a subscription stands.
@@ -117,10 +108,10 @@ impl Timers {
     }
 
     /// Makes sure the acknowledgement timer fires by `at`. Deadlines are
-    /// armed in the order they fall due, so an armed timer already fires
-    /// early enough.
+    /// mostly armed in the order they fall due, so an armed timer usually
+    /// fires early enough already and costs nothing more.
     fn arm_ack(&mut self, at: Instant) {
-        if !self.ack_armed {
+        if !self.ack_armed || at < self.ack.deadline() {
             self.ack.as_mut().reset(at);
             self.ack_armed = true;
         }
@@ -135,25 +126,16 @@ impl Timers {
 pub(crate) struct Driver {
     settings: Arc<Settings>,
     shared: Arc<Shared>,
-    publishes: mpsc::Receiver<PublishCommand>,
-    publishes_open: bool,
     control: mpsc::UnboundedReceiver<Control>,
     control_open: bool,
-    /// `None` when pacing is off: the unpaced path pays nothing for it.
-    pacer: Option<Pacer>,
-    /// The next new publish, taken from the queue but not written yet
-    /// (pacing or the inflight window holds it back).
-    held: Option<PublishCommand>,
-    /// Publishes written (or to re-send) and not yet acknowledged.
-    inflight: HashMap<u16, Inflight>,
-    inflight_limit: usize,
     /// Inflight publishes to write again after a reconnect, oldest first.
     resend: VecDeque<u16>,
-    /// Acknowledgements due on this connection, in the order written.
+    /// SUBACKs due on this connection, in the order written (the
+    /// session holds the PUBACKs').
     deadlines: VecDeque<Deadline>,
-    /// Packet ids never answered on this connection (see [`MAX_ABANDONED`]).
+    /// Subscribe packet ids never answered on this connection (publishes
+    /// have theirs in the session; see [`MAX_ABANDONED`]).
     abandoned: HashSet<u16>,
-    next_seq: u64,
     next_stamp: u64,
     subscriptions: HashMap<String, Subscription>,
     /// Filters waiting for a subscription slot, in order of arrival.
@@ -163,7 +145,11 @@ pub(crate) struct Driver {
     subscription_limit: usize,
     /// SUBSCRIBE packet id -> its filter, until the SUBACK.
     pending_subacks: HashMap<u16, PendingSuback>,
-    last_pkid: u16,
+    /// The last packet id given to a subscription change.
+    last_control_pkid: u16,
+    /// Publishes picked by `fill`, to encode once the lock is released
+    /// (kept for its allocation).
+    batch: Vec<Publish>,
     closing: bool,
 }
 
@@ -171,35 +157,26 @@ impl Driver {
     pub fn new(
         settings: Arc<Settings>,
         shared: Arc<Shared>,
-        publishes: mpsc::Receiver<PublishCommand>,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let subscription_limit =
             usize::from(settings.max_subscriptions).min(MAX_SUBSCRIPTION_SLOTS);
-        let inflight_limit = usize::from(settings.max_inflight)
-            .min(PACKET_IDS - MAX_ABANDONED - MAX_SUBSCRIPTION_SLOTS);
         Driver {
-            pacer: Pacer::new(settings.pacing, Instant::now()),
             settings,
             shared,
-            publishes,
-            publishes_open: true,
             control,
             control_open: true,
-            held: None,
-            inflight: HashMap::new(),
-            inflight_limit,
             resend: VecDeque::new(),
             deadlines: VecDeque::new(),
             abandoned: HashSet::new(),
-            next_seq: 0,
             next_stamp: 0,
             subscriptions: HashMap::new(),
             queued_subscriptions: VecDeque::new(),
             active_subscriptions: 0,
             subscription_limit,
             pending_subacks: HashMap::new(),
-            last_pkid: 0,
+            last_control_pkid: 0,
+            batch: Vec::new(),
             closing: false,
         }
     }
@@ -211,19 +188,25 @@ impl Driver {
         let broker = self.settings.broker();
         while !*shutdown.borrow_and_update() {
             if let Some(previous) = last_attempt {
-                tokio::select! {
-                    () = sleep_until(previous + backoff.next_delay()) => {}
-                    _ = shutdown.changed() => continue,
+                let pause = async {
+                    tokio::select! {
+                        () = sleep_until(previous + backoff.next_delay()) => true,
+                        _ = shutdown.changed() => false,
+                    }
+                };
+                if !self.while_down(pause).await {
+                    continue;
                 }
             }
             last_attempt = Some(Instant::now());
             tracing::debug!(%broker, client_id = %self.settings.client_id, "connecting");
             let mut buf = BytesMut::with_capacity(16 * 1024);
-            let attempt = timeout(
-                self.settings.connect_timeout,
-                connect::open(&self.settings, &mut buf),
-            )
-            .await;
+            let attempt = self
+                .while_down(timeout(
+                    self.settings.connect_timeout,
+                    connect::open(&self.settings, &mut buf),
+                ))
+                .await;
             let stream = match attempt {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(failure)) => {
@@ -251,7 +234,8 @@ impl Driver {
             match self.serve(stream, buf, &mut shutdown).await {
                 End::Closed => break,
                 End::Lost(error) => {
-                    tracing::warn!(%broker, %error, unacknowledged = self.inflight.len(), "connection lost; reconnecting");
+                    let unacknowledged = self.shared.session().inflight.len();
+                    tracing::warn!(%broker, %error, unacknowledged, "connection lost; reconnecting");
                     self.set_link(Link::Connecting {
                         last_error: Some(error),
                         permanent: false,
@@ -264,28 +248,74 @@ impl Driver {
         self.shared.close_routes();
     }
 
+    /// Publishes the link state, and lets the publish session follow it
+    /// (under its lock, so that a caller queueing meanwhile sees either
+    /// the old state or the new one and its consequences).
     fn set_link(&self, link: Link) {
+        {
+            let mut session = self.shared.session();
+            match &link {
+                Link::Connected => session.gate = session::Gate::Up,
+                Link::Connecting {
+                    last_error,
+                    permanent,
+                } => session.link_down(
+                    Instant::now(),
+                    self.settings.connect_timeout,
+                    last_error.as_ref(),
+                    *permanent,
+                ),
+                Link::Closed => {
+                    session.gate = session::Gate::Closed;
+                    session.fail_all(|| ErrorKind::Shutdown.into());
+                }
+            }
+        }
         self.shared.link.send_replace(link);
+    }
+
+    /// Runs `work` (a pause or a connection attempt) while the link is
+    /// down, failing meanwhile the publishes whose connect timeout passed.
+    async fn while_down<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut timer = Box::pin(sleep_until(far_future(Instant::now())));
+        loop {
+            let next = {
+                let link = self.shared.link.borrow();
+                let last_error = match &*link {
+                    Link::Connecting { last_error, .. } => last_error.as_ref(),
+                    _ => None,
+                };
+                self.shared
+                    .session()
+                    .expire_connect(Instant::now(), last_error)
+            };
+            timer
+                .as_mut()
+                .reset(next.unwrap_or_else(|| far_future(Instant::now())));
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                () = timer.as_mut() => {}
+                // A caller queued a publish (and its deadline).
+                () = self.shared.wake.notified() => {}
+            }
+        }
     }
 
     /// Ends every pending operation with `Shutdown`: nothing is dropped
     /// without its caller hearing of it.
     fn fail_everything(&mut self) {
         let shutdown = || Err(Error::from(ErrorKind::Shutdown));
-        for (_, entry) in self.inflight.drain() {
-            let _ = entry.done.send(shutdown());
-        }
-        if let Some(held) = self.held.take() {
-            let _ = held.done.send(shutdown());
+        {
+            let mut session = self.shared.session();
+            session.gate = session::Gate::Closed;
+            session.fail_all(|| ErrorKind::Shutdown.into());
         }
         for (_, sub) in self.subscriptions.drain() {
             for waiter in sub.waiters {
                 let _ = waiter.send(shutdown());
             }
-        }
-        self.publishes.close();
-        while let Ok(command) = self.publishes.try_recv() {
-            let _ = command.done.send(shutdown());
         }
         self.control.close();
         while let Ok(command) = self.control.try_recv() {
@@ -301,14 +331,24 @@ impl Driver {
         buf: BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
-        let (reader, mut writer) = tokio::io::split(stream);
+        let (reader, writer) = tokio::io::split(stream);
         let (packets_tx, mut packets) = mpsc::unbounded_channel();
         // The reader runs apart so that the broker can always deliver to
         // us, even while we are blocked writing a large batch to it.
-        let reader = AbortOnDrop(tokio::spawn(read_packets(reader, buf, packets_tx)));
+        let reader = AbortOnDrop(tokio::spawn(read_packets(
+            reader,
+            buf,
+            packets_tx,
+            self.shared.clone(),
+        )));
         let mut out = BytesMut::with_capacity(64 * 1024);
         let mut timers = Timers::new(Instant::now());
-        self.restore_session(&mut out, &mut timers);
+        // Callers may write from now on. One that took a packet id before
+        // `restore_session` has its bytes dropped (they carry the old
+        // generation) and its publish re-sent from there.
+        let generation = self.shared.session().generation + 1;
+        self.shared.writer().attach(writer, generation);
+        self.restore_session(generation, &mut out, &mut timers);
 
         let keep_alive = Duration::from_secs(u64::from(self.settings.keep_alive));
         let ping_period = if keep_alive.is_zero() {
@@ -321,29 +361,27 @@ impl Driver {
         let mut awaiting_pong = false;
 
         let end = loop {
-            if !timers.pace_armed && (self.held.is_some() || !self.resend.is_empty()) {
-                self.fill(&mut out, &mut timers);
-            }
-            if !out.is_empty() {
-                if let Err(e) = self.write_out(&mut writer, &mut out, &mut timers).await {
+            // A full batch leaves more to write: write it and come back
+            // before waiting for anything.
+            let more = self.fill(&mut out, &mut timers);
+            if !out.is_empty() || self.shared.writer().pending() {
+                if let Err(e) = self.write_out(&mut out, &mut timers).await {
                     break End::Lost(e);
                 }
             }
+            if more {
+                continue;
+            }
             if self.closing {
-                self.forget_abandoned();
+                let drained = {
+                    let mut session = self.shared.session();
+                    session.forget_abandoned();
+                    session.queue.is_empty() && session.inflight.is_empty()
+                };
+                if drained && self.pending_subacks.is_empty() {
+                    break End::Closed;
+                }
             }
-            if self.closing
-                && !self.publishes_open
-                && self.held.is_none()
-                && self.inflight.is_empty()
-                && self.pending_subacks.is_empty()
-            {
-                break End::Closed;
-            }
-            let take_publish = self.publishes_open
-                && self.held.is_none()
-                && self.resend.is_empty()
-                && self.window_open();
             tokio::select! {
                 packet = packets.recv() => match packet {
                     Some(Ok(packet)) => {
@@ -354,12 +392,9 @@ impl Driver {
                     Some(Err(e)) => break End::Lost(e),
                     None => break End::Lost(ErrorKind::ConnectionLost.into()),
                 },
-                command = self.publishes.recv(), if take_publish => match command {
-                    // Written by `fill` at the top of the loop, with
-                    // whatever else is queued by then.
-                    Some(command) => self.held = Some(command),
-                    None => self.publishes_open = false,
-                },
+                // New publishes, or room in the window: `fill` at the top
+                // of the loop writes what may go.
+                () = self.shared.wake.notified() => {}
                 command = self.control.recv(), if self.control_open => match command {
                     Some(command) => {
                         let now = Instant::now();
@@ -391,14 +426,17 @@ impl Driver {
                     // written packet has its acknowledgement deadline, so
                     // draining ends.
                     self.closing = true;
-                    self.publishes.close();
+                    self.shared.session().closing = true;
                     self.control.close();
                 }
             }
         };
         if matches!(end, End::Closed) {
             encode(&Packet::Disconnect, &mut out);
-            let _ = self.write_out(&mut writer, &mut out, &mut timers).await;
+            let _ = self.write_out(&mut out, &mut timers).await;
+        }
+        let writer = self.shared.writer().detach();
+        if let (End::Closed, Some(mut writer)) = (&end, writer) {
             let _ = writer.shutdown().await;
         }
         drop(reader);
@@ -408,6 +446,14 @@ impl Driver {
         self.deadlines.clear();
         self.resend.clear();
         self.abandoned.clear();
+        {
+            let mut session = self.shared.session();
+            session.abandoned.clear();
+            session.deadlines.clear();
+            session.window_full = false;
+            session.resending = false;
+            session.ack_armed = false;
+        }
         for sub in self.subscriptions.values_mut() {
             if sub.state != SubState::Queued {
                 sub.state = SubState::Lapsed;
@@ -416,16 +462,11 @@ impl Driver {
         end
     }
 
-    /// Room for one more publish awaiting its PUBACK.
-    fn window_open(&self) -> bool {
-        self.inflight.len() < self.inflight_limit
-    }
-
     /// After (re)connecting: subscribe again to everything that holds a
     /// slot, and line up every publish that was not acknowledged for a
     /// re-send in the callers' order (written by [`Driver::fill`], paced
     /// like any other publish).
-    fn restore_session(&mut self, out: &mut BytesMut, timers: &mut Timers) {
+    fn restore_session(&mut self, generation: u64, out: &mut BytesMut, timers: &mut Timers) {
         let now = Instant::now();
         let filters: Vec<String> = self
             .subscriptions
@@ -438,8 +479,10 @@ impl Driver {
         }
         // Callers that gave up on a publish were told it failed; sending it
         // now would only duplicate what they will retry.
-        self.inflight.retain(|_, entry| !entry.done.is_closed());
-        let mut order: Vec<(u64, u16)> = self
+        let mut session = self.shared.session();
+        session.generation = generation;
+        session.inflight.retain(|_, entry| !entry.done.is_closed());
+        let mut order: Vec<(u64, u16)> = session
             .inflight
             .iter()
             .map(|(pkid, entry)| (entry.seq, *pkid))
@@ -449,119 +492,96 @@ impl Driver {
             tracing::info!(count = order.len(), "re-sending unacknowledged publishes");
         }
         self.resend = order.into_iter().map(|(_, pkid)| pkid).collect();
+        session.resending = !self.resend.is_empty();
     }
 
     /// Encodes the publishes that may go now, up to one write batch:
-    /// re-sends first, then the held publish, then whatever else is
-    /// queued, each within the inflight window and the pacing budget.
-    /// When the pacer says "not yet", arms the pace timer and stops.
-    fn fill(&mut self, out: &mut BytesMut, timers: &mut Timers) {
+    /// re-sends first, then the queued publishes in order, each within the
+    /// inflight window and the pacing budget. When the pacer says "not
+    /// yet", arms the pace timer and stops; when the window is full, asks
+    /// the reader to wake us on the next PUBACK. Arms the acknowledgement
+    /// timer for deadlines callers started. Returns true when it stopped
+    /// only because the batch is full (more may go at once).
+    fn fill(&mut self, out: &mut BytesMut, timers: &mut Timers) -> bool {
         let now = Instant::now();
-        while out.len() < WRITE_BATCH {
+        let shared = self.shared.clone();
+        let mut batch = std::mem::take(&mut self.batch);
+        let more = {
+            let mut session = shared.session();
+            session.trim_deadlines();
+            let more =
+                !timers.pace_armed && self.fill_locked(&mut session, &mut batch, now, timers);
+            if let Some(front) = session.deadlines.front() {
+                timers.arm_ack(front.at);
+            }
+            session.ack_armed = timers.ack_armed;
+            more
+        };
+        // Encoding copies the payloads: not under the lock, which callers
+        // and the reader take too.
+        for publish in batch.drain(..) {
+            session::encode_publish(publish, out);
+        }
+        self.batch = batch;
+        more
+    }
+
+    /// Picks the publishes that may go now, up to one write batch of
+    /// bytes, and starts their deadlines.
+    fn fill_locked(
+        &mut self,
+        session: &mut Session,
+        batch: &mut Vec<Publish>,
+        now: Instant,
+        timers: &mut Timers,
+    ) -> bool {
+        let ack_timeout = self.settings.ack_timeout;
+        let mut bytes = 0usize;
+        while bytes < WRITE_BATCH {
             if let Some(&pkid) = self.resend.front() {
-                let Some(entry) = self.inflight.get(&pkid) else {
+                let Some(entry) = session.inflight.get(&pkid) else {
                     self.resend.pop_front();
                     continue;
                 };
                 if entry.done.is_closed() {
                     // The caller gave up while we were reconnecting.
-                    self.inflight.remove(&pkid);
+                    session.inflight.remove(&pkid);
                     self.resend.pop_front();
                     continue;
                 }
                 let size = publish_len(&entry.topic, &entry.payload);
-                if !self.pace(now, size, timers) {
-                    return;
+                if let Err(at) = session.pace(now, size) {
+                    timers.arm_pace(at);
+                    return false;
                 }
                 self.resend.pop_front();
-                self.write_publish(pkid, true, out, now, timers);
+                bytes = bytes.saturating_add(size);
+                batch.extend(session.start_write(pkid, true, now, ack_timeout));
                 continue;
             }
-            if self.held.is_none() {
-                if !self.publishes_open || !self.window_open() {
-                    return;
-                }
-                match self.publishes.try_recv() {
-                    Ok(command) => self.held = Some(command),
-                    Err(TryRecvError::Empty) => return,
-                    Err(TryRecvError::Disconnected) => {
-                        self.publishes_open = false;
-                        return;
-                    }
-                }
-            }
-            let Some(next) = &self.held else { return };
+            session.resending = false;
+            let Some(next) = session.queue.front() else {
+                return false;
+            };
             if next.done.is_closed() {
-                self.held = None; // the caller gave up before it was sent
+                session.queue.pop_front(); // the caller gave up before it was sent
                 continue;
             }
-            if !self.window_open() {
-                return;
+            if session.inflight.len() >= session.inflight_limit {
+                session.window_full = true;
+                return false;
             }
             let size = publish_len(&next.topic, &next.payload);
-            if !self.pace(now, size, timers) {
-                return;
-            }
-            let Some(PublishCommand {
-                topic,
-                payload,
-                done,
-            }) = self.held.take()
-            else {
-                return;
-            };
-            let pkid = self.next_pkid();
-            self.next_seq += 1;
-            self.inflight.insert(
-                pkid,
-                Inflight {
-                    seq: self.next_seq,
-                    stamp: 0,
-                    topic,
-                    payload,
-                    done,
-                },
-            );
-            self.write_publish(pkid, false, out, now, timers);
-        }
-    }
-
-    /// Takes the pacing budget of a publish of `size` bytes; false, with
-    /// the pace timer armed for when it may go, if it must wait.
-    fn pace(&mut self, now: Instant, size: usize, timers: &mut Timers) -> bool {
-        let Some(pacer) = &mut self.pacer else {
-            return true;
-        };
-        match pacer.try_take(now, size) {
-            Ok(()) => true,
-            Err(at) => {
+            if let Err(at) = session.pace(now, size) {
                 timers.arm_pace(at);
-                false
+                return false;
+            }
+            if let Some(pkid) = session.take_queued() {
+                bytes = bytes.saturating_add(size);
+                batch.extend(session.start_write(pkid, false, now, ack_timeout));
             }
         }
-    }
-
-    /// Encodes the inflight publish `pkid` and starts its acknowledgement
-    /// deadline: the acknowledgement timeout counts from here.
-    fn write_publish(
-        &mut self,
-        pkid: u16,
-        dup: bool,
-        out: &mut BytesMut,
-        now: Instant,
-        timers: &mut Timers,
-    ) {
-        let Some(entry) = self.inflight.get_mut(&pkid) else {
-            return;
-        };
-        let mut publish =
-            Publish::from_bytes(entry.topic.clone(), QoS::AtLeastOnce, entry.payload.clone());
-        publish.pkid = pkid;
-        publish.dup = dup;
-        encode(&Packet::Publish(publish), out);
-        self.next_stamp += 1;
-        entry.stamp = self.next_stamp;
-        self.push_deadline(pkid, self.next_stamp, now, timers);
+        !session.queue.is_empty() || !self.resend.is_empty()
     }
 
     fn push_deadline(&mut self, pkid: u16, stamp: u64, now: Instant, timers: &mut Timers) {
@@ -570,51 +590,16 @@ impl Driver {
         timers.arm_ack(at);
     }
 
-    /// True while the write `deadline` is about still awaits its answer.
+    /// True while the SUBSCRIBE `deadline` is about still awaits its
+    /// SUBACK.
     fn is_live(&self, deadline: &Deadline) -> bool {
-        self.inflight
+        self.pending_subacks
             .get(&deadline.pkid)
-            .is_some_and(|e| e.stamp == deadline.stamp)
-            || self
-                .pending_subacks
-                .get(&deadline.pkid)
-                .is_some_and(|p| p.stamp == deadline.stamp)
-    }
-
-    /// Drops answered entries from the front of the deadline queue, and
-    /// compacts it when answered ones pile up behind an old unanswered one.
-    fn trim_deadlines(&mut self) {
-        while let Some(front) = self.deadlines.front() {
-            if self.is_live(front) {
-                break;
-            }
-            self.deadlines.pop_front();
-        }
-        let live = self.inflight.len() + self.pending_subacks.len();
-        if self.deadlines.len() > 2 * live + 64 {
-            let mut deadlines = std::mem::take(&mut self.deadlines);
-            deadlines.retain(|d| self.is_live(d));
-            self.deadlines = deadlines;
-        }
+            .is_some_and(|p| p.stamp == deadline.stamp)
     }
 
     /// Fails every publish and subscribe whose acknowledgement is overdue
     /// at `now`, oldest first, and re-arms the timer for the next one.
-    /// While closing: publishes whose callers gave up were told they
-    /// failed, so waiting for their PUBACK would only delay the stop.
-    fn forget_abandoned(&mut self) {
-        let gone: Vec<u16> = self
-            .inflight
-            .iter()
-            .filter(|(_, entry)| entry.done.is_closed())
-            .map(|(pkid, _)| *pkid)
-            .collect();
-        for pkid in gone {
-            self.inflight.remove(&pkid);
-            self.abandoned.insert(pkid);
-        }
-    }
-
     fn expire(
         &mut self,
         now: Instant,
@@ -622,6 +607,31 @@ impl Driver {
         timers: &mut Timers,
     ) -> Result<(), Error> {
         timers.ack_armed = false;
+        let shared = self.shared.clone();
+        let mut session = shared.session();
+        while let Some(front) = session.deadlines.front() {
+            if !session.is_live(front) {
+                session.deadlines.pop_front();
+                continue;
+            }
+            if front.at > now {
+                timers.arm_ack(front.at);
+                break;
+            }
+            let Some(Deadline { pkid, .. }) = session.deadlines.pop_front() else {
+                break;
+            };
+            // The broker may still answer; the id stays out of use until
+            // then or until the connection ends.
+            session.abandoned.insert(pkid);
+            if let Some(entry) = session.inflight.remove(&pkid) {
+                tracing::debug!(pkid, "no PUBACK within the acknowledgement timeout");
+                let _ = entry
+                    .done
+                    .send(Err(ErrorKind::Timeout(Phase::Acknowledgement).into()));
+            }
+        }
+        session.ack_armed = timers.ack_armed;
         while let Some(front) = self.deadlines.front() {
             if !self.is_live(front) {
                 self.deadlines.pop_front();
@@ -634,15 +644,8 @@ impl Driver {
             let Some(Deadline { pkid, .. }) = self.deadlines.pop_front() else {
                 break;
             };
-            // The broker may still answer; the id stays out of use until
-            // then or until the connection ends.
             self.abandoned.insert(pkid);
-            if let Some(entry) = self.inflight.remove(&pkid) {
-                tracing::debug!(pkid, "no PUBACK within the acknowledgement timeout");
-                let _ = entry
-                    .done
-                    .send(Err(ErrorKind::Timeout(Phase::Acknowledgement).into()));
-            } else if let Some(pending) = self.pending_subacks.remove(&pkid) {
+            if let Some(pending) = self.pending_subacks.remove(&pkid) {
                 tracing::debug!(filter = %pending.filter, "no SUBACK within the acknowledgement timeout");
                 let requested = self
                     .subscriptions
@@ -661,32 +664,31 @@ impl Driver {
                 }
             }
         }
-        if self.abandoned.len() >= MAX_ABANDONED {
+        let abandoned = self.abandoned.len() + session.abandoned.len();
+        if abandoned >= MAX_ABANDONED {
             return Err(Error::with_source(
                 ErrorKind::ConnectionLost,
-                format!(
-                    "{} packets got no acknowledgement; opening a new connection",
-                    self.abandoned.len()
-                ),
+                format!("{abandoned} packets got no acknowledgement; opening a new connection"),
             ));
         }
         Ok(())
     }
 
-    fn next_pkid(&mut self) -> u16 {
-        // The limits on the window and on subscriptions leave ids free, so
-        // this finds one; the bound only guards against a logic error.
-        for _ in 0..PACKET_IDS {
-            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
-            let id = self.last_pkid;
-            if !self.inflight.contains_key(&id)
-                && !self.pending_subacks.contains_key(&id)
-                && !self.abandoned.contains(&id)
-            {
+    /// A free packet id for a subscription change
+    /// ([`FIRST_CONTROL_ID`]..=65,535).
+    fn next_control_pkid(&mut self) -> u16 {
+        // The subscription slots and the abandoned limit leave ids free.
+        for _ in 0..CONTROL_IDS {
+            self.last_control_pkid = match self.last_control_pkid.checked_add(1) {
+                Some(id) if id >= FIRST_CONTROL_ID => id,
+                _ => FIRST_CONTROL_ID,
+            };
+            let id = self.last_control_pkid;
+            if !self.pending_subacks.contains_key(&id) && !self.abandoned.contains(&id) {
                 return id;
             }
         }
-        self.last_pkid
+        self.last_control_pkid
     }
 
     fn send_subscribe(
@@ -696,7 +698,7 @@ impl Driver {
         now: Instant,
         timers: &mut Timers,
     ) {
-        let pkid = self.next_pkid();
+        let pkid = self.next_control_pkid();
         // One filter per SUBSCRIBE (the platform allows at most 8).
         let mut subscribe = Subscribe::new(filter.clone(), QoS::AtLeastOnce);
         subscribe.pkid = pkid;
@@ -713,7 +715,7 @@ impl Driver {
 
     fn send_unsubscribe(&mut self, filter: String, out: &mut BytesMut) {
         let mut unsubscribe = Unsubscribe::new(filter);
-        unsubscribe.pkid = self.next_pkid();
+        unsubscribe.pkid = self.next_control_pkid();
         encode(&Packet::Unsubscribe(unsubscribe), out);
     }
 
@@ -793,23 +795,19 @@ impl Driver {
         awaiting_pong: &mut bool,
     ) -> Result<(), Error> {
         match packet {
-            Packet::PubAck(ack) => match self.inflight.remove(&ack.pkid) {
-                Some(entry) => {
-                    let _ = entry.done.send(Ok(()));
-                    self.trim_deadlines();
+            // The reader completes publishes by itself; this is for any
+            // PUBACK that still comes this way.
+            Packet::PubAck(ack) => {
+                let done = self.shared.session().acknowledged(ack.pkid);
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
                 }
-                // Late, for a publish that already timed out: its id is
-                // free again.
-                None => {
-                    self.abandoned.remove(&ack.pkid);
-                }
-            },
+            }
             Packet::SubAck(ack) => {
                 let Some(pending) = self.pending_subacks.remove(&ack.pkid) else {
                     self.abandoned.remove(&ack.pkid);
                     return Ok(());
                 };
-                self.trim_deadlines();
                 let ours = self
                     .subscriptions
                     .get(&pending.filter)
@@ -874,41 +872,25 @@ impl Driver {
         Ok(())
     }
 
-    /// Writes `out` to the broker and flushes it. Deadlines keep running
-    /// meanwhile (a publish written earlier still fails on time while the
-    /// broker is slow to take this batch), and a broker that takes no
-    /// bytes at all for the acknowledgement timeout is a lost connection.
-    async fn write_out(
-        &mut self,
-        writer: &mut WriteHalf<Box<dyn Stream>>,
-        out: &mut BytesMut,
-        timers: &mut Timers,
-    ) -> Result<(), Error> {
+    /// Writes `out` (after whatever callers left in the shared writer) to
+    /// the broker and flushes it. Deadlines keep running meanwhile (a
+    /// publish written earlier still fails on time while the broker is
+    /// slow to take this batch), and a broker that takes no bytes at all
+    /// for the acknowledgement timeout is a lost connection.
+    async fn write_out(&mut self, out: &mut BytesMut, timers: &mut Timers) -> Result<(), Error> {
         let stall = self.settings.ack_timeout;
-        let lost = |e| Error::with_source(ErrorKind::ConnectionLost, e);
+        let shared = self.shared.clone();
+        shared.writer().push(out);
         loop {
-            let flushing = out.is_empty();
-            // Both steps are cancel-safe: a write either took bytes (and
-            // `out` advanced past them) or took none.
-            let step = async {
-                if flushing {
-                    writer.flush().await.map(|()| 1)
-                } else {
-                    writer.write_buf(out).await
-                }
-            };
+            // Each step is cancel-safe: a write either took bytes (and the
+            // writer's buffer advanced past them) or took none.
+            let step = std::future::poll_fn(|cx| shared.writer().poll_step(cx));
             tokio::select! {
                 biased;
                 written = timeout(stall, step) => match written {
-                    Ok(Ok(0)) => {
-                        return Err(Error::with_source(
-                            ErrorKind::ConnectionLost,
-                            "the connection takes no more bytes",
-                        ))
-                    }
-                    Ok(Ok(_)) if flushing => return Ok(()),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(lost(e)),
+                    Ok(Ok(Step::Done)) => return Ok(()),
+                    Ok(Ok(Step::Progress)) => {}
+                    Ok(Err(e)) => return Err(Error::with_source(ErrorKind::ConnectionLost, e)),
                     Err(_) => {
                         return Err(Error::with_source(
                             ErrorKind::ConnectionLost,
@@ -918,26 +900,11 @@ impl Driver {
                 },
                 () = timers.ack.as_mut(), if timers.ack_armed => {
                     self.expire(Instant::now(), out, timers)?;
+                    shared.writer().push(out);
                 }
             }
         }
     }
-}
-
-/// The size of the PUBLISH packet for `topic` and `payload` (QoS 1).
-fn publish_len(topic: &str, payload: &Bytes) -> usize {
-    // Topic length, topic, packet id, payload.
-    let remaining = 2usize
-        .saturating_add(topic.len())
-        .saturating_add(2)
-        .saturating_add(payload.len());
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    remaining.saturating_add(1 + length_bytes)
 }
 
 fn encode(packet: &Packet, out: &mut BytesMut) {
@@ -948,28 +915,18 @@ fn encode(packet: &Packet, out: &mut BytesMut) {
     }
 }
 
+/// Reads what the broker sends. PUBACKs complete their publish here, all
+/// of one read under one lock of the session (the driver is woken only
+/// if it waits for them); everything else goes to the driver.
 async fn read_packets(
     mut reader: ReadHalf<Box<dyn Stream>>,
     mut buf: BytesMut,
     packets: mpsc::UnboundedSender<Result<Packet, Error>>,
+    shared: Arc<Shared>,
 ) {
     loop {
-        loop {
-            match Packet::read(&mut buf, MAX_INCOMING_PACKET) {
-                Ok(packet) => {
-                    if packets.send(Ok(packet)).is_err() {
-                        return;
-                    }
-                }
-                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
-                Err(e) => {
-                    let _ = packets.send(Err(ErrorKind::Protocol(format!(
-                        "malformed packet from the broker: {e}"
-                    ))
-                    .into()));
-                    return;
-                }
-            }
+        if !dispatch(&mut buf, &packets, &shared) {
+            return;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
@@ -989,6 +946,51 @@ async fn read_packets(
             }
         }
     }
+}
+
+/// Handles every whole packet in `buf`; false when reading must stop (a
+/// malformed packet, or the driver is gone).
+fn dispatch(
+    buf: &mut BytesMut,
+    packets: &mpsc::UnboundedSender<Result<Packet, Error>>,
+    shared: &Shared,
+) -> bool {
+    let mut session = None;
+    let mut done = Vec::new();
+    let go_on = loop {
+        match Packet::read(buf, MAX_INCOMING_PACKET) {
+            Ok(Packet::PubAck(ack)) => done.extend(
+                session
+                    .get_or_insert_with(|| shared.session())
+                    .acknowledged(ack.pkid),
+            ),
+            Ok(packet) => {
+                if packets.send(Ok(packet)).is_err() {
+                    break false;
+                }
+            }
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break true,
+            Err(e) => {
+                let _ = packets.send(Err(ErrorKind::Protocol(format!(
+                    "malformed packet from the broker: {e}"
+                ))
+                .into()));
+                break false;
+            }
+        }
+    };
+    if let Some(mut session) = session {
+        let wake = session.driver_waits();
+        drop(session);
+        // Waking the callers may wake threads: not under the lock.
+        for done in done {
+            let _ = done.send(Ok(()));
+        }
+        if wake {
+            shared.wake.notify_one();
+        }
+    }
+    go_on
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

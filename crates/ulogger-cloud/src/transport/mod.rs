@@ -9,7 +9,10 @@
 //! holds at most `max_subscriptions` subscriptions, re-sends what was not
 //! acknowledged after a reconnect (with the DUP flag), restores
 //! subscriptions, and reconnects by itself with capped, jittered
-//! exponential backoff. See `docs/decisions.md`.
+//! exponential backoff. Publishes take a fast path of their own
+//! (`session`): no command channel, no per-publish link subscription or
+//! timer, completion straight from the reader on the PUBACK. See
+//! `docs/decisions.md` (sections 4 and 16).
 //!
 //! Everything here is private: `Client` is the public face.
 
@@ -17,6 +20,10 @@ pub(crate) mod backoff;
 mod connect;
 mod driver;
 pub(crate) mod pacing;
+mod session;
+#[cfg(test)]
+mod tests;
+mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,11 +31,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
+pub(crate) use session::PublishCommand;
+use session::{HandOver, Session};
+use writer::Writer;
 
 /// A message the broker delivered to us.
 #[derive(Debug, Clone)]
@@ -57,13 +67,6 @@ pub(crate) enum Link {
 
 pub(crate) type Done = oneshot::Sender<Result<(), Error>>;
 
-/// A publish for the driver to write (paced) and see acknowledged.
-pub(crate) struct PublishCommand {
-    pub topic: String,
-    pub payload: Bytes,
-    pub done: Done,
-}
-
 /// Subscription changes. They have a queue of their own so that they never
 /// wait behind publishes held back by pacing or the inflight window.
 pub(crate) enum Control {
@@ -79,9 +82,26 @@ pub(crate) struct Shared {
     /// Exact topic -> listeners of messages arriving on it.
     routes: Mutex<Routes>,
     shutdown: watch::Sender<bool>,
+    /// Publishes queued, in flight and acknowledged (see `session`).
+    session: Mutex<Session>,
+    /// Wakes the driver (see `session` for when).
+    wake: Notify,
+    /// The connection's write side (see `writer`). Never locked while
+    /// `session` is held, nor the other way round.
+    writer: Mutex<Writer>,
 }
 
 impl Shared {
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        session::lock(&self.session)
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // Each step leaves the writer consistent (bytes are either in
+        // `out` or taken by the stream), so recover from a poisoned lock.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (each operation is a single insert or retain), so recover it.
@@ -108,7 +128,6 @@ impl Shared {
 /// The caller's handle on the connection. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Transport {
-    publishes: mpsc::Sender<PublishCommand>,
     control: mpsc::UnboundedSender<Control>,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
@@ -149,7 +168,6 @@ impl Transport {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| Error::from(ErrorKind::NoRuntime))?;
         let settings = Arc::new(settings);
-        let (publishes, publishes_rx) = mpsc::channel(4 * usize::from(settings.max_inflight) + 64);
         let (control, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             link: watch::Sender::new(Link::Connecting {
@@ -158,12 +176,12 @@ impl Transport {
             }),
             routes: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
+            session: Mutex::new(Session::new(&settings, driver::inflight_limit(&settings))),
+            wake: Notify::new(),
+            writer: Mutex::new(Writer::new()),
         });
-        runtime.spawn(
-            driver::Driver::new(settings.clone(), shared.clone(), publishes_rx, control_rx).run(),
-        );
+        runtime.spawn(driver::Driver::new(settings.clone(), shared.clone(), control_rx).run());
         Ok(Transport {
-            publishes,
             control,
             _closer: Arc::new(Closer(shared.clone())),
             shared,
@@ -177,16 +195,40 @@ impl Transport {
 
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
     /// The acknowledgement timeout runs from when the PUBLISH is written;
-    /// waiting for pacing or room in the queue does not count.
+    /// waiting for pacing or room in the window does not count. While the
+    /// link is down the connect timeout runs instead (from when the
+    /// publish first met the link down), and a permanent connection
+    /// failure ends the wait at once; the driver enforces both, so the
+    /// caller only waits for its answer.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+        if *self.shared.shutdown.borrow() {
+            return Err(ErrorKind::Shutdown.into());
+        }
         let (done, rx) = oneshot::channel();
         let command = PublishCommand {
             topic,
             payload,
             done,
+            connect_deadline: None,
         };
-        let send = async { self.publishes.send(command).await.is_ok() };
-        self.submit(send, rx).await
+        let handed = self.shared.session().hand_over(command, &self.settings)?;
+        let wake = match handed {
+            HandOver::Queued { wake } => wake,
+            HandOver::Write {
+                mut bytes,
+                generation,
+                arm_timer,
+            } => {
+                let written = self.shared.writer().write_now(&mut bytes, generation);
+                arm_timer || !written
+            }
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        // The driver answers every publish it took, Shutdown included; a
+        // dropped sender means the runtime dropped the driver.
+        rx.await.unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()))
     }
 
     /// Subscribes at QoS 1 and returns once the broker granted it. The
@@ -279,14 +321,13 @@ impl Transport {
         let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
     }
 
-    /// Queues one command (`send` resolves to whether the driver took it)
-    /// and waits for the driver's verdict on it.
+    /// Queues one subscription change (`send` resolves to whether the
+    /// driver took it) and waits for the driver's verdict on it.
     ///
-    /// While the link is up the driver alone decides: it fails a publish
-    /// or subscribe whose acknowledgement does not come within the
-    /// acknowledgement timeout *of being written*, so time spent waiting
-    /// for pacing, the inflight window, a subscription slot or room in the
-    /// queue is not charged to it. While the link is down the connect
+    /// While the link is up the driver alone decides: it fails a subscribe
+    /// whose acknowledgement does not come within the acknowledgement
+    /// timeout *of being written*, so time spent waiting for a
+    /// subscription slot is not charged to it. While the link is down the connect
     /// timeout runs (from when the caller first saw it down), and a
     /// permanent connection failure ends the wait at once.
     async fn submit(
