@@ -1,15 +1,22 @@
 //! Cost of durable writes to a file-backed `SessionStore`.
 //!
-//! - `store_side_by_side` (printed as a table first): the store against
-//!   the store as it was before group commit (`store_before/`, commit
-//!   ef84643), interleaved in one run, median of the rounds:
-//!   3,000 new devices set by 64 threads at once (target: under 1 s, as
-//!   `Client` registrations of new devices do), 10,000 sequential sets
-//!   on a fresh file, the two stores taking turns (target: no slower than
-//!   before), and a `get` hit at 10,000 entries, file-backed (also with
-//!   `with_max_staleness`) and in memory, next to the Python SDK's
-//!   `get_token` when `ULOGGER_PYTHON_SDK` names an unpacked 1.2.3 wheel
-//!   (target: at most Python's cost).
+//! - `store_side_by_side` (printed as a table first): the store's
+//!   file-backed costs against baselines measured in the same run, which
+//!   need no copy of old code (the figures against the store before group
+//!   commit, commit ef84643, are in decision 15):
+//!   3,000 new devices set by 64 threads at once, group commit against the
+//!   same store with its setters serialised by a mutex held around each
+//!   `set` (one durable write per set, one caller at a time: the policy
+//!   before group commit), median of interleaved rounds (target: under
+//!   1 s, as `Client` registrations of new devices do); 10,000 sequential
+//!   sets on a fresh file, per set, against the I/O floor: writing a file
+//!   of the same size to a temporary name, fsync, rename over, fsync the
+//!   directory, taking turns with the store set by set; and a `get` hit at
+//!   10,000 entries, file-backed (also with `with_max_staleness`) and in
+//!   memory, next to the Python SDK's `get_token` when `python3` finds it
+//!   (`ULOGGER_PYTHON_SDK` naming an unpacked 1.2.3 wheel, or an installed
+//!   `ulogger_cloud`), ratios to Python then, else to in-memory (target:
+//!   at most Python's cost).
 //!   `cargo bench --bench store -- store_side_by_side` runs only this.
 //! - `client_side_by_side`: new devices registered through `Client`
 //!   against the emulator (its own broker, and its cloud attached to
@@ -557,13 +564,9 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
 }
 
-// ---- the store against the store before group commit ----
+// ---- the store against baselines measured in the same run ----
 
-#[allow(dead_code, unused_imports, unreachable_pub, clippy::all)]
-#[path = "store_before/mod.rs"]
-mod store_before;
-
-/// What the side-by-side rows need of a store, old or new.
+/// What the side-by-side rows need of a store.
 trait Store: Send + Sync {
     fn open(path: &Path) -> Self;
     fn in_memory() -> Self;
@@ -586,18 +589,33 @@ impl Store for SessionStore {
     }
 }
 
-impl Store for store_before::SessionStore {
+/// The policy before group commit, on the current store: setters take
+/// turns (a mutex held around each `set`), so no write is shared and each
+/// `set` is one durable write of its own.
+struct OneWritePerSet {
+    store: SessionStore,
+    one_at_a_time: std::sync::Mutex<()>,
+}
+
+impl Store for OneWritePerSet {
     fn open(path: &Path) -> Self {
-        store_before::SessionStore::open(path).unwrap()
+        OneWritePerSet {
+            store: Store::open(path),
+            one_at_a_time: std::sync::Mutex::new(()),
+        }
     }
     fn in_memory() -> Self {
-        store_before::SessionStore::in_memory()
+        OneWritePerSet {
+            store: Store::in_memory(),
+            one_at_a_time: std::sync::Mutex::new(()),
+        }
     }
     fn set(&self, serial: &str, token: u32) {
-        store_before::SessionStore::set(self, serial, token, "0123abc").unwrap();
+        let _turn = self.one_at_a_time.lock().unwrap();
+        Store::set(&self.store, serial, token);
     }
     fn get(&self, serial: &str) -> Option<u32> {
-        store_before::SessionStore::get(self, serial, "0123abc").unwrap()
+        Store::get(&self.store, serial)
     }
 }
 
@@ -638,33 +656,79 @@ fn new_devices<S: Store>(devices: u32, file_backed: bool) -> Duration {
     elapsed
 }
 
-/// `count` sets of new serials, one after the other, on a fresh file for
-/// each store; the two stores take turns set by set (which goes first
-/// alternates), so that the drift of the shared disk hits both alike.
-/// Returns the total time each spent in `set`: (before, now).
-fn sequential_side_by_side(count: u32) -> (Duration, Duration) {
-    fn timed(set: impl FnOnce()) -> Duration {
-        let start = Instant::now();
-        set();
-        start.elapsed()
-    }
+/// The least a durable replacement of a file of `len` bytes at `path`
+/// costs, done as the store does it: write a temporary file in the same
+/// directory, fsync it, rename it over `path`, fsync the directory.
+fn io_floor(path: &Path, len: usize) -> Duration {
+    use std::io::Write;
+    let contents = vec![b'x'; len];
+    let tmp = path.with_extension("tmp");
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&tmp).unwrap();
+    file.write_all(&contents).unwrap();
+    file.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    std::fs::File::open(path.parent().unwrap())
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    start.elapsed()
+}
+
+/// `count` sets of new serials, one after the other, on a fresh file,
+/// taking turns with [`io_floor`] writes of a file of the size the store's
+/// file has after that set (which goes first alternates), so that the
+/// drift of the shared disk hits both alike. Returns the total time each
+/// spent: (floor, store).
+fn sequential_against_floor(count: u32) -> (Duration, Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let before = store_before::SessionStore::open(dir.path().join("before.json")).unwrap();
-    let now = SessionStore::open(dir.path().join("now.json")).unwrap();
-    let (mut t_before, mut t_now) = (Duration::ZERO, Duration::ZERO);
+    let path = dir.path().join("session_tokens.json");
+    let floor_path = dir.path().join("floor.json");
+    let store = SessionStore::open(&path).unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len() as usize;
+    // Serials and tokens of one width: each set grows the file by the same
+    // number of bytes, so the floor can go first with the size to come.
+    let token = |n: u32| 3_000_000_000 + n;
+    let (mut t_floor, mut t_store) = (Duration::ZERO, Duration::ZERO);
+    let (mut len, mut growth) = (0, None);
     for n in 0..count {
-        let serial = serial(n);
-        if n % 2 == 0 {
-            t_before += timed(|| Store::set(&before, &serial, n));
-            t_now += timed(|| Store::set(&now, &serial, n));
-        } else {
-            t_now += timed(|| Store::set(&now, &serial, n));
-            t_before += timed(|| Store::set(&before, &serial, n));
+        let timed_set = || {
+            let start = Instant::now();
+            Store::set(&store, &serial(n), token(n));
+            start.elapsed()
+        };
+        let now = match growth {
+            Some(growth) if n % 2 == 1 => {
+                t_floor += io_floor(&floor_path, len + growth);
+                t_store += timed_set();
+                assert_eq!(
+                    size(),
+                    len + growth,
+                    "each new entry was expected to grow the file alike"
+                );
+                len + growth
+            }
+            _ => {
+                t_store += timed_set();
+                let now = size();
+                t_floor += io_floor(&floor_path, now);
+                now
+            }
+        };
+        if n > 0 {
+            growth = Some(now - len);
         }
+        len = now;
     }
-    assert_eq!(Store::get(&now, &serial(count - 1)), Some(count - 1));
-    assert_eq!(Store::get(&before, &serial(count - 1)), Some(count - 1));
-    (t_before, t_now)
+    assert_eq!(
+        Store::get(&store, &serial(count - 1)),
+        Some(token(count - 1))
+    );
+    assert_eq!(
+        SessionStore::open(&path).unwrap().len().unwrap(),
+        count as usize
+    );
+    (t_floor, t_store)
 }
 
 /// The Python SDK's `SessionStore.get_token` on the file at `path`, per
@@ -726,9 +790,12 @@ fn get_hits<S: Store>(store: &S, serials: &[String], lookups: usize) -> Duration
 fn store_side_by_side(measuring: bool) {
     let rounds = if measuring { 3 } else { 1 };
     let scale = if measuring { 1 } else { 10 };
-    println!("\nthe store against the store before group commit (store_before/), median of {rounds} interleaved runs (sequential sets: one run each)");
     println!(
-        "{:<46} {:<28} {:>12} {:>8}",
+        "\nthe store against baselines in the same run, median of {rounds} interleaved runs \
+         (sequential sets: one run, taking turns with the floor); ratio to the first row of each case"
+    );
+    println!(
+        "{:<46} {:<34} {:>12} {:>8}",
         "case", "implementation", "time", "ratio"
     );
     let row = |case: &str, name: &str, time: Duration, unit: &str, per: f64, base: Duration| {
@@ -739,7 +806,7 @@ fn store_side_by_side(measuring: bool) {
             _ => value * 1e6,
         };
         println!(
-            "{:<46} {:<28} {:>9.3} {:<2} {:>7.2}x",
+            "{:<46} {:<34} {:>9.3} {:<2} {:>7.2}x",
             case,
             name,
             value,
@@ -753,14 +820,14 @@ fn store_side_by_side(measuring: bool) {
     let times = interleaved(
         rounds,
         &mut [
-            &mut || new_devices::<store_before::SessionStore>(devices, true),
+            &mut || new_devices::<OneWritePerSet>(devices, true),
             &mut || new_devices::<SessionStore>(devices, true),
         ],
     );
     let case = format!("{devices} new devices, file, {SETTERS} setters");
     row(
         &case,
-        "before (one write per set)",
+        "one set at a time (mutex)",
         times[0],
         "s",
         1.0,
@@ -768,33 +835,39 @@ fn store_side_by_side(measuring: bool) {
     );
     row("", "group commit", times[1], "s", 1.0, times[0]);
     println!(
-        "SUITE store: {devices} new devices, file-backed, {SETTERS} concurrent setters | {:.3} s | {:.2} of before ({:.3} s); target < 1 s",
+        "SUITE store: {devices} new devices, file-backed, {SETTERS} concurrent setters | {:.3} s | {:.2} of one write per set ({:.3} s, same store, setters serialised); target < 1 s",
         times[1].as_secs_f64(),
         times[1].as_secs_f64() / times[0].as_secs_f64(),
         times[0].as_secs_f64()
     );
 
-    // 10,000 sequential sets on a fresh file.
+    // 10,000 sequential sets on a fresh file, against the I/O floor.
     let count = ENTRIES / scale;
-    // Minutes of fsyncs on a shared disk: one run, the stores taking turns.
-    let (before, now) = sequential_side_by_side(count);
-    let times = [before, now];
-    let case = format!("{count} sequential sets, file, taking turns");
-    row(&case, "before", times[0], "s", 1.0, times[0]);
-    row("", "group commit", times[1], "s", 1.0, times[0]);
+    // Minutes of fsyncs on a shared disk: one run, taking turns.
+    let (floor, store) = sequential_against_floor(count);
+    let per = f64::from(count);
+    let case = format!("{count} sequential sets, file (per set)");
+    row(
+        &case,
+        "floor: write, fsync, rename, fsync dir",
+        floor,
+        "ms",
+        per,
+        floor,
+    );
+    row("", "store set", store, "ms", per, floor);
     println!(
-        "SUITE store: {count} sequential sets, file-backed | {:.3} s | {:.2} of before ({:.3} s)",
-        times[1].as_secs_f64(),
-        times[1].as_secs_f64() / times[0].as_secs_f64(),
-        times[0].as_secs_f64()
+        "SUITE store: {count} sequential sets, file-backed, per set | {:.3} ms | {:.2} of the I/O floor ({:.3} ms: same size, write, fsync, rename, fsync dir)",
+        store.as_secs_f64() / per * 1e3,
+        store.as_secs_f64() / floor.as_secs_f64(),
+        floor.as_secs_f64() / per * 1e3
     );
 
     // A get hit at 10,000 entries.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("session_tokens.json");
     drop(populated(&path));
-    let before = store_before::SessionStore::open(&path).unwrap();
-    let after = SessionStore::open(&path).unwrap();
+    let file = SessionStore::open(&path).unwrap();
     let stale = SessionStore::open(&path)
         .unwrap()
         .with_max_staleness(Duration::from_millis(100));
@@ -814,8 +887,7 @@ fn store_side_by_side(measuring: bool) {
     let times = interleaved(
         rounds * 5,
         &mut [
-            &mut || get_hits(&before, &serials, lookups),
-            &mut || get_hits(&after, &serials, lookups),
+            &mut || get_hits(&file, &serials, lookups),
             &mut || get_hits(&stale, &serials, lookups),
             &mut || get_hits(&memory, &serials, lookups),
             &mut python_round,
@@ -823,48 +895,49 @@ fn store_side_by_side(measuring: bool) {
     );
     let per = lookups as f64;
     let us = |t: Duration| t.as_secs_f64() / per * 1e6;
-    let case = format!("get hit at {ENTRIES} entries (per op)");
-    row(&case, "before: file (stat)", times[0], "us", per, times[0]);
-    row("", "file (fstat, default)", times[1], "us", per, times[0]);
-    row(
-        "",
-        "file, max staleness 100 ms",
-        times[2],
-        "us",
-        per,
-        times[0],
-    );
-    row("", "in memory", times[3], "us", per, times[0]);
     python.sort_by(f64::total_cmp);
-    let python_text = match python.get(python.len() / 2) {
-        Some(&py) => {
-            println!(
-                "{:<46} {:<28} {:>9.3} us {:>7.2}x",
-                "",
-                "Python SDK 1.2.3 get_token",
-                py,
-                py / us(times[0])
-            );
-            format!("python {py:.2} us (same run)")
+    let python = python.get(python.len() / 2).copied();
+    // Ratios to Python's lookup when it ran, else to the in-memory store.
+    let (base, base_name) = match python {
+        Some(py) => (Duration::from_secs_f64(py * per / 1e6), "Python"),
+        None => (times[2], "in memory"),
+    };
+    let case = format!("get hit, {ENTRIES} entries, per op, to {base_name}");
+    row(&case, "file (fstat, default)", times[0], "us", per, base);
+    row("", "file, max staleness 100 ms", times[1], "us", per, base);
+    row("", "in memory", times[2], "us", per, base);
+    let python_text = match python {
+        Some(py) => {
+            row("", "Python SDK 1.2.3 get_token", base, "us", per, base);
+            format!("{:.2} of python {py:.2} us (same run)", us(times[0]) / py)
         }
         None => {
             println!(
-                "{:<46} {:<28} {:>9.3} us   (issue 10; no SDK here: set ULOGGER_PYTHON_SDK)",
-                "", "Python SDK", 0.78
+                "{:<46} {:<34} {:>9} (not found: set ULOGGER_PYTHON_SDK, see the bench's docs)",
+                "", "Python SDK 1.2.3 get_token", "-"
             );
-            "python 0.78 us (issue 10)".to_string()
+            format!(
+                "{:.2} of in memory (python not found)",
+                us(times[0]) / us(times[2])
+            )
         }
     };
     println!(
-        "SUITE store: get hit, file-backed | {:.2} us | {python_text}, before {:.2} us, in memory {:.2} us",
-        us(times[1]),
+        "SUITE store: get hit, file-backed | {:.2} us | {python_text}, in memory {:.2} us",
         us(times[0]),
-        us(times[3])
+        us(times[2])
     );
+    let stale_text = match python {
+        Some(py) => format!("{:.2} of python {py:.2} us (same run)", us(times[1]) / py),
+        None => format!(
+            "{:.2} of in memory (python not found)",
+            us(times[1]) / us(times[2])
+        ),
+    };
     println!(
-        "SUITE store: get hit, file-backed, max staleness 100 ms | {:.2} us | {python_text}, in memory {:.2} us",
-        us(times[2]),
-        us(times[3])
+        "SUITE store: get hit, file-backed, max staleness 100 ms | {:.2} us | {stale_text}, in memory {:.2} us",
+        us(times[1]),
+        us(times[2])
     );
     println!();
 }
