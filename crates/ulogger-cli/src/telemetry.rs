@@ -99,7 +99,7 @@ pub struct SendArgs {
         value_name = "TOKEN"
     )]
     api_token: Option<String>,
-    /// The HTTPS API's base URL [default: https://api.ulogger.ai; also
+    /// The HTTPS API's base URL [default: `https://api.ulogger.ai`; also
     /// `api_url` in the config file].
     #[arg(long, env = "ULOGGER_API_URL", value_name = "URL")]
     api_url: Option<String>,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::error::Error;
@@ -27,7 +26,7 @@ pub(crate) enum Link {
 /// Receives the messages delivered on one topic while it lives.
 pub(crate) enum Listener {
     Own(transport::Listener),
-    Bridged(mpsc::UnboundedReceiver<Message>),
+    Bridged(crate::link::BridgeListener),
 }
 
 impl Listener {

@@ -40,6 +40,41 @@ struct Held {
 
 type Routes = HashMap<String, Vec<mpsc::UnboundedSender<Message>>>;
 
+/// Receives what arrives on one topic; forgets its route when dropped (a
+/// boot reply topic gets one message, so waiting for the next to prune it
+/// would keep an entry per device ever registered).
+pub(crate) struct Listener {
+    rx: mpsc::UnboundedReceiver<Message>,
+    shared: Weak<Shared>,
+    topic: String,
+}
+
+impl Listener {
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        // Closed, so that this listener's sender reports it.
+        self.rx.close();
+        let mut routes = lock(&shared.routes);
+        if let Some(listeners) = routes.get_mut(&self.topic) {
+            listeners.retain(|tx| !tx.is_closed());
+            if listeners.is_empty() {
+                routes.remove(&self.topic);
+            }
+        }
+    }
+}
+
 /// State shared by the bridge and the link's [`LinkInbox`].
 pub(crate) struct Shared {
     state: watch::Sender<State>,
@@ -208,7 +243,7 @@ impl Bridge {
     }
 
     /// Starts receiving what arrives on `topic` (an exact topic name).
-    pub fn listen(&self, topic: &str) -> mpsc::UnboundedReceiver<Message> {
+    pub fn listen(&self, topic: &str) -> Listener {
         let (tx, rx) = mpsc::unbounded_channel();
         if !self.shared.is_closed() {
             lock(&self.shared.routes)
@@ -216,7 +251,11 @@ impl Bridge {
                 .or_default()
                 .push(tx);
         }
-        rx
+        Listener {
+            rx,
+            shared: Arc::downgrade(&self.shared),
+            topic: topic.to_owned(),
+        }
     }
 
     /// Waits until the link reports it is up; fails with the reason of
@@ -425,5 +464,47 @@ async fn restore_subscriptions(
             backoff.failed();
         }
         pending = failed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::link::LinkFuture;
+    use crate::MqttConfig;
+
+    /// A link that never comes up: route bookkeeping needs none.
+    struct Idle;
+
+    impl MqttLink for Idle {
+        fn attach(&self, _inbox: LinkInbox) {}
+        fn publish(&self, _topic: String, _payload: Bytes) -> LinkFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+        fn subscribe(&self, _filter: String) -> LinkFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+        fn unsubscribe(&self, _filter: String) -> LinkFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_listener_leaves_no_route_behind() {
+        let settings = MqttConfig::new(42).validate().unwrap();
+        let bridge = Bridge::start(settings, Arc::new(Idle)).unwrap();
+        let routes = || lock(&bridge.shared.routes).len();
+        let first = bridge.listen("boot/v0/42/7/SN-1");
+        let second = bridge.listen("boot/v0/42/7/SN-1");
+        let other = bridge.listen("config/v0/42/7/SN-1");
+        assert_eq!(routes(), 2);
+        drop(first);
+        assert_eq!(routes(), 2, "a listener is still on SN-1's topic");
+        drop(second);
+        assert_eq!(routes(), 1, "SN-1's reply topic is forgotten");
+        drop(other);
+        assert_eq!(routes(), 0);
     }
 }

@@ -146,6 +146,28 @@ impl Drop for Closer {
 /// Receives the messages delivered on one topic while it lives.
 pub(crate) struct Listener {
     rx: mpsc::UnboundedReceiver<Message>,
+    /// To forget the route when dropped: a boot reply topic gets one
+    /// message, so waiting for the next to prune it would keep an entry
+    /// per device ever registered.
+    routes: std::sync::Weak<Shared>,
+    topic: String,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let Some(shared) = self.routes.upgrade() else {
+            return;
+        };
+        // Closed, so that this listener's sender reports it.
+        self.rx.close();
+        let mut routes = shared.routes();
+        if let Some(listeners) = routes.get_mut(&self.topic) {
+            listeners.retain(|tx| !tx.is_closed());
+            if listeners.is_empty() {
+                routes.remove(&self.topic);
+            }
+        }
+    }
 }
 
 impl Listener {
@@ -261,7 +283,17 @@ impl Transport {
             .entry(topic.to_owned())
             .or_default()
             .push(tx);
-        Listener { rx }
+        Listener {
+            rx,
+            routes: Arc::downgrade(&self.shared),
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// How many topics have listeners (for tests of route bookkeeping).
+    #[cfg(test)]
+    pub(crate) fn routed_topics(&self) -> usize {
+        self.shared.routes().len()
     }
 
     /// Waits until connected. Fails with the reason of the next failed

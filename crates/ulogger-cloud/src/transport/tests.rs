@@ -146,3 +146,29 @@ async fn a_publish_in_flight_when_the_broker_goes_away_fails_after_the_connect_t
     );
     transport.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dropped_listener_leaves_no_route_behind() {
+    // Nobody answers: route bookkeeping needs no connection.
+    let broker = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let transport = transport(broker.local_addr().unwrap().port(), Duration::from_secs(60));
+    let first = transport.listen("boot/v0/42/7/SN-1");
+    let second = transport.listen("boot/v0/42/7/SN-1");
+    let other = transport.listen("config/v0/42/7/SN-1");
+    assert_eq!(transport.routed_topics(), 2);
+    drop(first);
+    assert_eq!(
+        transport.routed_topics(),
+        2,
+        "a listener is still on SN-1's topic"
+    );
+    drop(second);
+    assert_eq!(
+        transport.routed_topics(),
+        1,
+        "SN-1's reply topic is forgotten"
+    );
+    drop(other);
+    assert_eq!(transport.routed_topics(), 0);
+    transport.shutdown().await;
+}
