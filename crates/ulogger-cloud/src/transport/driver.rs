@@ -2,8 +2,9 @@
 //!
 //! One loop per connection: it writes what may go (re-sends first, then
 //! new publishes, within the inflight window and the pacing budget),
-//! handles what the broker sent (read by a task of its own, which
-//! completes publishes on their PUBACK by itself: see `session`), fails
+//! completes the publishes whose PUBACK the reader took while others were
+//! in flight, handles what the broker sent (read by a task of its own,
+//! which takes PUBACKs by itself: see `session`), fails
 //! publishes and subscribes whose acknowledgement is overdue, and keeps
 //! the link alive. While the link is down it fails publishes whose
 //! connect timeout passed. A publish held back by pacing or the window
@@ -150,6 +151,12 @@ pub(crate) struct Driver {
     /// Publishes picked by `fill`, to encode once the lock is released
     /// (kept for its allocation).
     batch: Vec<Publish>,
+    /// Completions taken from the session, to send once the lock is
+    /// released (kept for its allocation).
+    acked: Vec<Done>,
+    /// `write_out` took a wake-up meant for the loop: look for work again
+    /// before waiting.
+    woken: bool,
     closing: bool,
 }
 
@@ -177,6 +184,8 @@ impl Driver {
             pending_subacks: HashMap::new(),
             last_control_pkid: 0,
             batch: Vec::new(),
+            acked: Vec::new(),
+            woken: false,
             closing: false,
         }
     }
@@ -279,6 +288,7 @@ impl Driver {
     async fn while_down<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(work);
         let mut timer = Box::pin(sleep_until(far_future(Instant::now())));
+        let mut parked = Vec::new();
         loop {
             let next = {
                 let link = self.shared.link.borrow();
@@ -286,10 +296,13 @@ impl Driver {
                     Link::Connecting { last_error, .. } => last_error.as_ref(),
                     _ => None,
                 };
-                self.shared
-                    .session()
-                    .expire_connect(Instant::now(), last_error)
+                let mut session = self.shared.session();
+                // Acknowledged on the connection that just ended: sent
+                // below, not under the lock.
+                parked.append(&mut session.acked);
+                session.expire_connect(Instant::now(), last_error)
             };
+            send_acked(&mut parked);
             timer
                 .as_mut()
                 .reset(next.unwrap_or_else(|| far_future(Instant::now())));
@@ -307,6 +320,7 @@ impl Driver {
     /// without its caller hearing of it.
     fn fail_everything(&mut self) {
         let shutdown = || Err(Error::from(ErrorKind::Shutdown));
+        self.complete_acked();
         {
             let mut session = self.shared.session();
             session.gate = session::Gate::Closed;
@@ -369,7 +383,7 @@ impl Driver {
                     break End::Lost(e);
                 }
             }
-            if more {
+            if more || std::mem::take(&mut self.woken) {
                 continue;
             }
             if self.closing {
@@ -440,6 +454,8 @@ impl Driver {
             let _ = writer.shutdown().await;
         }
         drop(reader);
+        // Acknowledged is acknowledged, however the connection ended.
+        self.complete_acked();
         // What was pending belongs to this connection; the next one starts
         // a clean session and asks again.
         self.pending_subacks.clear();
@@ -495,7 +511,14 @@ impl Driver {
         session.resending = !self.resend.is_empty();
     }
 
-    /// Encodes the publishes that may go now, up to one write batch:
+    /// Sends the completions the reader parked in the session.
+    fn complete_acked(&mut self) {
+        self.acked.append(&mut self.shared.session().acked);
+        send_acked(&mut self.acked);
+    }
+
+    /// Sends the completions the reader parked (see [`Driver::fill`]), then
+    /// encodes the publishes that may go now, up to one write batch:
     /// re-sends first, then the queued publishes in order, each within the
     /// inflight window and the pacing budget. When the pacer says "not
     /// yet", arms the pace timer and stops; when the window is full, asks
@@ -515,8 +538,12 @@ impl Driver {
                 timers.arm_ack(front.at);
             }
             session.ack_armed = timers.ack_armed;
+            self.acked.append(&mut session.acked);
             more
         };
+        // Completions first, so that their callers hand their next
+        // publishes over while this batch is encoded and written.
+        send_acked(&mut self.acked);
         // Encoding copies the payloads: not under the lock, which callers
         // and the reader take too.
         for publish in batch.drain(..) {
@@ -902,6 +929,12 @@ impl Driver {
                     self.expire(Instant::now(), out, timers)?;
                     shared.writer().push(out);
                 }
+                // Completions parked while the broker is slow to take
+                // this batch need not wait for it.
+                () = shared.wake.notified() => {
+                    self.complete_acked();
+                    self.woken = true;
+                }
             }
         }
     }
@@ -915,9 +948,17 @@ fn encode(packet: &Packet, out: &mut BytesMut) {
     }
 }
 
-/// Reads what the broker sends. PUBACKs complete their publish here, all
-/// of one read under one lock of the session (the driver is woken only
-/// if it waits for them); everything else goes to the driver.
+/// Completes acknowledged publishes (leaving `done` empty).
+fn send_acked(done: &mut Vec<Done>) {
+    for done in done.drain(..) {
+        let _ = done.send(Ok(()));
+    }
+}
+
+/// Reads what the broker sends. PUBACKs are taken here, all of one read
+/// under one lock of the session, and completed here on an idle
+/// connection, else by the driver (see `session`); everything else goes
+/// to the driver.
 async fn read_packets(
     mut reader: ReadHalf<Box<dyn Stream>>,
     mut buf: BytesMut,
@@ -980,12 +1021,10 @@ fn dispatch(
         }
     };
     if let Some(mut session) = session {
-        let wake = session.driver_waits();
+        let wake = session.acknowledged_batch(&mut done);
         drop(session);
         // Waking the callers may wake threads: not under the lock.
-        for done in done {
-            let _ = done.send(Ok(()));
-        }
+        send_acked(&mut done);
         if wake {
             shared.wake.notify_one();
         }

@@ -11,8 +11,9 @@
 //! subscriptions, and reconnects by itself with capped, jittered
 //! exponential backoff. Publishes take a fast path of their own
 //! (`session`): no command channel, no per-publish link subscription or
-//! timer, completion straight from the reader on the PUBACK. See
-//! `docs/decisions.md` (sections 4 and 16).
+//! timer; on an idle connection the caller writes its publish and the
+//! reader completes it on the PUBACK, under load the driver does both in
+//! batches. See `docs/decisions.md` (sections 4 and 16).
 //!
 //! Everything here is private: `Client` is the public face.
 
