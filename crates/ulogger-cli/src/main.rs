@@ -62,13 +62,16 @@ enum Command {
     /// Publish a core dump.
     CoreDump(upload::CoreDumpArgs),
     /// Publish metrics: one device's samples, or a batch file of many devices'.
-    #[command(after_help = telemetry::METRICS_EXAMPLES)]
+    #[command(after_help = telemetry::METRICS_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
+              mut_arg("token_timeout", telemetry::hide))]
     Metrics(telemetry::MetricsArgs),
     /// Publish events: one device's, or a batch file of many devices'.
-    #[command(after_help = telemetry::EVENTS_EXAMPLES)]
+    #[command(after_help = telemetry::EVENTS_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
+              mut_arg("token_timeout", telemetry::hide))]
     Events(telemetry::EventsArgs),
     /// Publish heartbeats: say that devices without a connection of their own are alive.
-    #[command(after_help = telemetry::HEARTBEAT_EXAMPLES)]
+    #[command(after_help = telemetry::HEARTBEAT_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
+              mut_arg("token_timeout", telemetry::hide))]
     Heartbeat(telemetry::HeartbeatArgs),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),

@@ -330,6 +330,12 @@ impl Request {
     }
 }
 
+/// Hides a flag that telemetry does not use (the session-token store's):
+/// telemetry needs no token.
+pub fn hide(arg: clap::Arg) -> clap::Arg {
+    arg.hide(true)
+}
+
 fn heartbeat(timestamp: Option<u64>) -> Metric {
     match timestamp {
         Some(t) => Metric::heartbeat().at(t),
