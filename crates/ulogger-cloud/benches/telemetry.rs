@@ -40,10 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::{
@@ -54,7 +51,7 @@ use ulogger_emulator::{
     CertPaths, Emulator, EmulatorConfig, PlatformLimits, RecordKind, RecordWatcher,
 };
 
-use support::{median, APP, CUSTOMER, SHM};
+use support::{disconnect, median, raw_client, APP, CUSTOMER, MAX_INFLIGHT, SHM};
 
 /// Devices in the batch message.
 const BATCH_DEVICES: usize = 1_000;
@@ -64,9 +61,6 @@ const BATCHES: usize = 50;
 const SINGLES: usize = 5_000;
 /// `publish_metrics` calls in flight at once.
 const CONCURRENCY: usize = 100;
-/// Unacknowledged publishes per connection, for the client and rumqttc
-/// alike (the client's default, AWS IoT's limit).
-const MAX_INFLIGHT: u16 = 100;
 /// Alternating client/raw rounds.
 const ROUNDS: usize = 5;
 /// How long the cloud may take to record a phase's messages.
@@ -315,7 +309,7 @@ impl Bench {
         n: usize,
     ) -> Result<BatchTimes, String> {
         let client = self.client().await?;
-        let (raw, mut events) = self.raw_client("batch", 16).await?;
+        let (raw, mut events) = raw_client(&self.certs, self.port, "batch", 16).await?;
         let mut times: [Vec<f64>; 5] = Default::default();
         let ms = |start: Instant| start.elapsed().as_secs_f64() * 1e3;
         for _ in 0..n {
@@ -415,7 +409,8 @@ impl Bench {
     /// `payloads` published raw, all queued, then every PUBACK awaited;
     /// messages per second.
     async fn raw_singles(&mut self, payloads: &[Bytes]) -> Result<f64, String> {
-        let (raw, mut events) = self.raw_client("single", payloads.len() + 16).await?;
+        let (raw, mut events) =
+            raw_client(&self.certs, self.port, "single", payloads.len() + 16).await?;
         let start = Instant::now();
         for payload in payloads {
             raw.publish_bytes(self.topic.clone(), QoS::AtLeastOnce, false, payload.clone())
@@ -434,40 +429,6 @@ impl Bench {
         disconnect(&raw, &mut events).await;
         self.verify(payloads.len()).await?;
         Ok(rate)
-    }
-
-    /// A connected plain rumqttc client: mutual TLS, TCP_NODELAY, the same
-    /// in-flight window as the client, `capacity` queued requests.
-    async fn raw_client(
-        &self,
-        name: &str,
-        capacity: usize,
-    ) -> Result<(AsyncClient, EventLoop), String> {
-        let mut options = MqttOptions::new(
-            format!("cust-{CUSTOMER}-raw-{name}"),
-            "127.0.0.1",
-            self.port,
-        );
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(true);
-        options.set_inflight(MAX_INFLIGHT);
-        options.set_max_packet_size(256 * 1024, 256 * 1024);
-        let tls = self
-            .certs
-            .client_config()
-            .map_err(|e| format!("raw TLS config: {e}"))?;
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-        let (raw, mut events) = AsyncClient::new(options, capacity);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        events.set_network_options(network);
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((raw, events)),
-                Ok(_) => {}
-                Err(e) => return Err(format!("raw client {name} connecting: {e}")),
-            }
-        }
     }
 
     /// Waits until the cloud has recorded `n` more metrics messages, all
@@ -492,18 +453,5 @@ impl Bench {
         })
         .await
         .map_err(|_| format!("only {seen} of {n} metrics messages reached the cloud"))?
-    }
-}
-
-async fn disconnect(raw: &AsyncClient, events: &mut EventLoop) {
-    if raw.disconnect().await.is_err() {
-        return;
-    }
-    // Drive the event loop until the DISCONNECT went out.
-    for _ in 0..16 {
-        match events.poll().await {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
-            Ok(_) => {}
-        }
     }
 }

@@ -58,10 +58,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{Connect, Packet as WirePacket, Publish as WirePublish};
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -74,8 +71,8 @@ use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
 use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
 
 use support::{
-    device, median, ms, percentile, valid_log, verdict, APP, CUSTOMER, LOG_SIZE, MOSQUITTO_EXTRA,
-    SHM,
+    device, disconnect, median, ms, percentile, raw_client, valid_log, verdict, APP, CUSTOMER,
+    LOG_SIZE, MAX_INFLIGHT, MOSQUITTO_EXTRA, SHM,
 };
 
 /// Sequential registrations timed (after `WARMUP_REGISTRATIONS` untimed).
@@ -89,9 +86,6 @@ const UPLOADS: usize = 2_000;
 const WARMUP_UPLOADS: usize = 200;
 /// `upload_log` calls in flight at once.
 const CONCURRENCY: usize = 200;
-/// Unacknowledged publishes per connection, for every publisher (the
-/// client's default, AWS IoT's limit).
-const MAX_INFLIGHT: u16 = 100;
 /// Alternating rounds of every publisher on every runtime.
 const ROUNDS: usize = 15;
 /// Sequential single `upload_log` calls per lone-upload phase.
@@ -493,7 +487,7 @@ impl Bench {
     /// broker and the cloud set).
     async fn registrations(&mut self) -> Result<(), String> {
         let client = self.client()?;
-        let (raw, mut events) = self.raw_client("raw-reg", 64).await?;
+        let (raw, mut events) = raw_client(&self.certs, self.port, "raw-reg", 64).await?;
         for i in 0..WARMUP_REGISTRATIONS {
             let dev = device(&format!("SN-WARM-{i:04}"));
             client
@@ -763,7 +757,7 @@ impl Bench {
 
     async fn rumqttc_phase(&mut self, logs: &[(usize, Bytes)]) -> Result<Round, String> {
         // Room for every publish, so queueing never waits on the event loop.
-        let (raw, events) = self.raw_client("rumqttc", logs.len() + 16).await?;
+        let (raw, events) = raw_client(&self.certs, self.port, "rumqttc", logs.len() + 16).await?;
         let topic = self.topics.binlog(APP).expect("binlog topic");
         let payloads: Vec<Bytes> = logs.iter().map(|(_, log)| log.clone()).collect();
         let timed = tokio::spawn(async move {
@@ -942,40 +936,6 @@ impl Bench {
         })
     }
 
-    /// A connected plain rumqttc client: mutual TLS, TCP_NODELAY, the same
-    /// in-flight window as the client, `capacity` queued requests.
-    async fn raw_client(
-        &self,
-        name: &str,
-        capacity: usize,
-    ) -> Result<(AsyncClient, EventLoop), String> {
-        let mut options = MqttOptions::new(
-            format!("cust-{CUSTOMER}-raw-{name}"),
-            "127.0.0.1",
-            self.port,
-        );
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(true);
-        options.set_inflight(MAX_INFLIGHT);
-        options.set_max_packet_size(256 * 1024, 256 * 1024);
-        let tls = self
-            .certs
-            .client_config()
-            .map_err(|e| format!("raw TLS config: {e}"))?;
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-        let (raw, mut events) = AsyncClient::new(options, capacity);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        events.set_network_options(network);
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((raw, events)),
-                Ok(_) => {}
-                Err(e) => return Err(format!("raw client {name} connecting: {e}")),
-            }
-        }
-    }
-
     /// Waits until the attached cloud has seen `n` more binary logs;
     /// returns how many it accepted. A rejected log fails the bench: it
     /// means corrupted uploads.
@@ -1010,19 +970,6 @@ impl Bench {
     /// Forgets the records so far (boot registrations).
     fn skip_records(&mut self) {
         self.records.drain();
-    }
-}
-
-async fn disconnect(raw: &AsyncClient, events: &mut EventLoop) {
-    if raw.disconnect().await.is_err() {
-        return;
-    }
-    // Drive the event loop until the DISCONNECT went out.
-    for _ in 0..16 {
-        match events.poll().await {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
-            Ok(_) => {}
-        }
     }
 }
 

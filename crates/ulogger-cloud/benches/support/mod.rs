@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, TlsConfiguration, Transport,
+};
 use ulogger_cloud::wire::{build_log, header_len, DeviceInfo, LogHeader};
+use ulogger_emulator::CertPaths;
 
 pub const CUSTOMER: u32 = 4242;
 pub const APP: u32 = 7;
@@ -60,5 +64,54 @@ pub fn verdict(met: bool) -> &'static str {
         "met"
     } else {
         "MISSED"
+    }
+}
+
+/// Unacknowledged publishes per connection, for the client and the
+/// baselines alike (the platform's limit).
+pub const MAX_INFLIGHT: u16 = 100;
+
+/// A connected plain rumqttc client to the broker on `port`: mutual TLS
+/// with `certs`, TCP_NODELAY, [`MAX_INFLIGHT`] in flight, `capacity`
+/// queued requests.
+pub async fn raw_client(
+    certs: &CertPaths,
+    port: u16,
+    name: &str,
+    capacity: usize,
+) -> Result<(AsyncClient, EventLoop), String> {
+    let mut options = MqttOptions::new(format!("cust-{CUSTOMER}-raw-{name}"), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    options.set_inflight(MAX_INFLIGHT);
+    options.set_max_packet_size(256 * 1024, 256 * 1024);
+    let tls = certs
+        .client_config()
+        .map_err(|e| format!("raw TLS config: {e}"))?;
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (raw, mut events) = AsyncClient::new(options, capacity);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((raw, events)),
+            Ok(_) => {}
+            Err(e) => return Err(format!("raw client {name} connecting: {e}")),
+        }
+    }
+}
+
+/// Disconnects a rumqttc client cleanly: drives its event loop until the
+/// DISCONNECT went out.
+pub async fn disconnect(raw: &AsyncClient, events: &mut EventLoop) {
+    if raw.disconnect().await.is_err() {
+        return;
+    }
+    for _ in 0..16 {
+        match events.poll().await {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+            Ok(_) => {}
+        }
     }
 }
