@@ -230,7 +230,7 @@ async fn acknowledge_then_drop(mut socket: TcpStream, acked: &[(u16, usize)]) {
     drop(socket);
 }
 
-/// Waits for each caller in `callers` (by index) and returns its result.
+/// Waits (at most 10 s) for caller `i` and returns its result.
 async fn outcome(callers: &mut [Option<Publishing>], i: usize) -> Result<(), crate::error::Error> {
     let caller = callers[i].take().expect("each caller is awaited once");
     tokio::time::timeout(Duration::from_secs(10), caller)
