@@ -239,7 +239,7 @@ impl Driver {
             };
             tracing::info!(%broker, client_id = %self.settings.client_id, "connected");
             backoff.succeeded();
-            self.set_link(Link::Connected);
+            // `serve` reports the link up once the session is restored.
             match self.serve(stream, buf, &mut shutdown).await {
                 End::Closed => break,
                 End::Lost(error) => {
@@ -357,12 +357,18 @@ impl Driver {
         )));
         let mut out = BytesMut::with_capacity(64 * 1024);
         let mut timers = Timers::new(Instant::now());
-        // Callers may write from now on. One that took a packet id before
-        // `restore_session` has its bytes dropped (they carry the old
-        // generation) and its publish re-sent from there.
+        // Bytes a caller encoded for an earlier connection are dropped
+        // (they carry its generation), and their publishes re-sent from
+        // `restore_session`.
         let generation = self.shared.session().generation + 1;
         self.shared.writer().attach(writer, generation);
         self.restore_session(generation, &mut out, &mut timers);
+        // Callers may write from now on, not before: the session opens
+        // its gate only once it knows this connection's generation. (The
+        // link used to be reported up before `restore_session`; a caller
+        // that took the fast path in between had its bytes dropped, and
+        // its publish's first write went out as a re-send, with DUP.)
+        self.set_link(Link::Connected);
 
         let keep_alive = Duration::from_secs(u64::from(self.settings.keep_alive));
         let ping_period = if keep_alive.is_zero() {

@@ -172,3 +172,251 @@ async fn a_dropped_listener_leaves_no_route_behind() {
     assert_eq!(transport.routed_topics(), 0);
     transport.shutdown().await;
 }
+
+/// How many callers publish at once in the drop tests: well inside the
+/// window (100), so that every publish is in flight together.
+const CALLERS: usize = 50;
+
+type Publishing = tokio::task::JoinHandle<Result<(), crate::error::Error>>;
+
+/// Starts [`CALLERS`] concurrent publishes (payload: the caller's index)
+/// and reads every PUBLISH on the broker's side. Returns the callers and
+/// each PUBLISH's (packet id, caller) in the order the broker read them.
+async fn publishes_in_flight(
+    transport: &Transport,
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> (Vec<Publishing>, Vec<(u16, usize)>) {
+    let callers: Vec<Publishing> = (0..CALLERS)
+        .map(|i| {
+            let transport = transport.clone();
+            let index = u8::try_from(i).unwrap();
+            tokio::spawn(async move {
+                transport
+                    .publish("t".to_owned(), Bytes::from(vec![index; 8]))
+                    .await
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    while written.len() < CALLERS {
+        match read_packet(socket, buf).await {
+            Packet::Publish(publish) => {
+                assert!(!publish.dup, "a first write carries no DUP: {publish:?}");
+                written.push((publish.pkid, usize::from(publish.payload[0])));
+            }
+            other => panic!("expected only PUBLISHes, got {other:?}"),
+        }
+    }
+    let mut ids: Vec<u16> = written.iter().map(|(pkid, _)| *pkid).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), CALLERS, "one packet id per publish in flight");
+    (callers, written)
+}
+
+/// Writes the PUBACKs of `acked` in one write (one TCP segment on
+/// loopback), then closes the connection at once.
+async fn acknowledge_then_drop(mut socket: TcpStream, acked: &[(u16, usize)]) {
+    let mut out = BytesMut::new();
+    for (pkid, _) in acked {
+        Packet::PubAck(PubAck::new(*pkid))
+            .write(&mut out, usize::MAX)
+            .unwrap();
+    }
+    socket.write_all(&out).await.unwrap();
+    // Everything the client sent was read: this is a FIN, not a reset
+    // that could discard the PUBACKs on the client's side.
+    drop(socket);
+}
+
+/// Waits (at most 10 s) for caller `i` and returns its result.
+async fn outcome(callers: &mut [Option<Publishing>], i: usize) -> Result<(), crate::error::Error> {
+    let caller = callers[i].take().expect("each caller is awaited once");
+    tokio::time::timeout(Duration::from_secs(10), caller)
+        .await
+        .unwrap_or_else(|_| panic!("caller {i} never completed"))
+        .expect("the caller's task did not panic")
+}
+
+/// The session keeps nothing of a publish once its caller was answered.
+fn assert_session_empty(transport: &Transport) {
+    let session = transport.shared.session();
+    assert!(session.inflight.is_empty(), "nothing left in flight");
+    assert!(session.queue.is_empty(), "nothing left queued");
+    assert!(session.acked.is_empty(), "no completion left parked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_acknowledged_just_before_a_drop_complete_and_are_not_re_sent() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let transport = transport(port, Duration::from_secs(5));
+        let (mut socket, mut buf) = accept(&listener).await;
+        transport.connected().await.unwrap();
+        let (callers, written) = publishes_in_flight(&transport, &mut socket, &mut buf).await;
+        let mut callers: Vec<Option<Publishing>> = callers.into_iter().map(Some).collect();
+        let (acked, unacked) = written.split_at(CALLERS / 2);
+        acknowledge_then_drop(socket, acked).await;
+
+        // Acknowledged is acknowledged: these complete while the broker
+        // has not even taken the reconnect.
+        for &(pkid, i) in acked {
+            outcome(&mut callers, i)
+                .await
+                .unwrap_or_else(|e| panic!("caller {i} (PUBACKed as {pkid}) failed: {e:?}"));
+        }
+        for &(_, i) in unacked {
+            let caller = callers[i].as_ref().expect("not awaited yet");
+            assert!(
+                !caller.is_finished(),
+                "caller {i} completed without a PUBACK"
+            );
+        }
+
+        // The reconnect re-sends exactly the unacknowledged half, with
+        // DUP, under the same packet ids; nothing PUBACKed comes again.
+        let (mut socket, mut buf) = accept(&listener).await;
+        let mut resent = Vec::new();
+        while resent.len() < unacked.len() {
+            match read_packet(&mut socket, &mut buf).await {
+                Packet::Publish(publish) => {
+                    let caller = usize::from(publish.payload[0]);
+                    assert!(
+                        !acked.contains(&(publish.pkid, caller)),
+                        "publish {} (caller {caller}) was PUBACKed and re-sent",
+                        publish.pkid
+                    );
+                    assert!(publish.dup, "a re-send carries DUP: {publish:?}");
+                    resent.push((publish.pkid, caller));
+                }
+                other => panic!("expected only re-sent PUBLISHes, got {other:?}"),
+            }
+        }
+        let mut expected = unacked.to_vec();
+        expected.sort_unstable();
+        resent.sort_unstable();
+        assert_eq!(resent, expected, "each unacknowledged publish re-sent once");
+        for &(_, i) in unacked {
+            let caller = callers[i].as_ref().expect("not awaited yet");
+            assert!(
+                !caller.is_finished(),
+                "caller {i} completed before its PUBACK"
+            );
+        }
+
+        let mut out = BytesMut::new();
+        for (pkid, _) in &resent {
+            Packet::PubAck(PubAck::new(*pkid))
+                .write(&mut out, usize::MAX)
+                .unwrap();
+        }
+        socket.write_all(&out).await.unwrap();
+        for &(pkid, i) in unacked {
+            outcome(&mut callers, i)
+                .await
+                .unwrap_or_else(|e| panic!("caller {i} (re-sent as {pkid}) failed: {e:?}"));
+        }
+        assert!(callers.iter().all(Option::is_none), "every caller answered");
+        assert_session_empty(&transport);
+
+        // Shut down and read the rest of the connection: nothing more was
+        // sent but the DISCONNECT.
+        let closing = {
+            let transport = transport.clone();
+            tokio::spawn(async move { transport.shutdown().await })
+        };
+        let last = read_packet(&mut socket, &mut buf).await;
+        assert!(
+            matches!(last, Packet::Disconnect),
+            "expected only the DISCONNECT, got {last:?}"
+        );
+        assert_eq!(
+            socket.read_buf(&mut buf).await.unwrap(),
+            0,
+            "and then the end of the connection"
+        );
+        closing.await.unwrap();
+    })
+    .await
+    .expect("the exchange did not finish within 60 s");
+}
+
+/// When the client is told to shut down, relative to the broker's drop.
+#[derive(Debug, Clone, Copy)]
+enum ShutdownAt {
+    /// The broker wrote the PUBACKs and closed; then the client shuts down.
+    AfterTheDrop,
+    /// The broker wrote the PUBACKs; the client starts shutting down
+    /// (draining what is in flight); then the broker closes.
+    BeforeTheDrop,
+}
+
+/// Half the publishes in flight are PUBACKed right before the broker
+/// drops the connection for good, and the client shuts down around then:
+/// the acknowledged callers get `Ok`, the others `Shutdown`, and nobody
+/// is left waiting.
+async fn shutdown_around_a_drop_after_pubacks(at: ShutdownAt) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let transport = transport(port, Duration::from_secs(5));
+        let (mut socket, mut buf) = accept(&listener).await;
+        transport.connected().await.unwrap();
+        let (callers, written) = publishes_in_flight(&transport, &mut socket, &mut buf).await;
+        let mut callers: Vec<Option<Publishing>> = callers.into_iter().map(Some).collect();
+        let (acked, unacked) = written.split_at(CALLERS / 2);
+        // No broker to come back to: a reconnect is refused at once.
+        drop(listener);
+        match at {
+            ShutdownAt::AfterTheDrop => {
+                acknowledge_then_drop(socket, acked).await;
+                transport.begin_shutdown();
+            }
+            ShutdownAt::BeforeTheDrop => {
+                let mut out = BytesMut::new();
+                for (pkid, _) in acked {
+                    Packet::PubAck(PubAck::new(*pkid))
+                        .write(&mut out, usize::MAX)
+                        .unwrap();
+                }
+                socket.write_all(&out).await.unwrap();
+                transport.begin_shutdown();
+                drop(socket);
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), transport.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("shutdown ({at:?}) did not finish"));
+        for &(pkid, i) in acked {
+            outcome(&mut callers, i)
+                .await
+                .unwrap_or_else(|e| panic!("caller {i} (PUBACKed as {pkid}) failed: {e:?}"));
+        }
+        for &(pkid, i) in unacked {
+            let err = outcome(&mut callers, i)
+                .await
+                .expect_err("no PUBACK, and shut down before a reconnect");
+            assert!(
+                matches!(err.kind(), crate::error::ErrorKind::Shutdown),
+                "caller {i} ({pkid}): {err:?}"
+            );
+        }
+        assert!(callers.iter().all(Option::is_none), "every caller answered");
+        assert_session_empty(&transport);
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{at:?}: did not finish within 60 s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_after_a_drop_right_after_pubacks_completes_the_acknowledged_and_fails_the_rest()
+{
+    shutdown_around_a_drop_after_pubacks(ShutdownAt::AfterTheDrop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_between_pubacks_and_a_drop_completes_the_acknowledged_and_fails_the_rest() {
+    shutdown_around_a_drop_after_pubacks(ShutdownAt::BeforeTheDrop).await;
+}
