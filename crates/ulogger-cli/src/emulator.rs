@@ -296,6 +296,40 @@ impl Sample {
         )
     }
 
+    /// A heartbeat of the sample device over MQTT, with the config file.
+    fn heartbeat_command(&self) -> String {
+        let device = crate::make_log::SampleDevice::default();
+        format!(
+            "ulogger heartbeat --config {} --app-id {} --serial {}",
+            shell_word(&self.config_file),
+            device.app_id(),
+            shell_quote(device.serial())
+        )
+    }
+
+    /// The same heartbeat over the HTTPS API, with the emulator's token.
+    /// The API's bodies carry a group id; an emulator without one takes
+    /// any.
+    fn http_heartbeat_command(&self, emulator: &Emulator) -> String {
+        let device = crate::make_log::SampleDevice::default();
+        let mut command = format!(
+            "ULOGGER_API_TOKEN={} ulogger heartbeat --api-url {}",
+            emulator.api_token(),
+            emulator.http_url()
+        );
+        if let Some(certs) = emulator.certs() {
+            let _ = write!(command, " --ca {}", shell_word(&absolute(&certs.ca_cert)));
+        }
+        let _ = write!(
+            command,
+            " --group-id {} --app-id {} --serial {}",
+            emulator.group_id().unwrap_or(0),
+            device.app_id(),
+            shell_quote(device.serial())
+        );
+        command
+    }
+
     /// The same upload with the connection settings from the config file.
     fn config_upload_command(&self) -> String {
         format!(
@@ -377,6 +411,8 @@ fn print_banner(
             "upload_command": sample.upload_command(emulator),
             "config_file": sample.config_file.display().to_string(),
             "config_upload_command": sample.config_upload_command(),
+            "heartbeat_command": sample.heartbeat_command(),
+            "http_heartbeat_command": sample.http_heartbeat_command(emulator),
             "sample_log": sample.log.display().to_string(),
             "device_info": sample.device_info.display().to_string(),
         });
@@ -451,6 +487,12 @@ fn print_banner(
         let _ = writeln!(out, "    {line}");
     }
     let _ = writeln!(out, "  {}", sample.config_upload_command());
+    let _ = writeln!(
+        out,
+        "Send a heartbeat of the same device over MQTT, or over the HTTPS API:"
+    );
+    let _ = writeln!(out, "  {}", sample.heartbeat_command());
+    let _ = writeln!(out, "  {}", sample.http_heartbeat_command(emulator));
     let _ = writeln!(
         out,
         "Ctrl-C or SIGTERM stops (after storing what was acknowledged). Records as they arrive:"

@@ -66,6 +66,18 @@ pub struct SampleDevice {
     git_hash: String,
 }
 
+impl SampleDevice {
+    /// The application id.
+    pub fn app_id(&self) -> u32 {
+        self.app_id
+    }
+
+    /// The device serial.
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+}
+
 impl Default for SampleDevice {
     fn default() -> Self {
         SampleDevice {

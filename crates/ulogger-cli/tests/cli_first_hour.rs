@@ -70,6 +70,13 @@ fn the_json_ready_line_carries_the_upload_command_and_config_file() {
     let ready = running.json_line();
     assert_eq!(ready["event"], "ready");
     let config = ready["config_file"].as_str().unwrap();
+    let beat = ready["heartbeat_command"].as_str().unwrap();
+    assert!(beat.starts_with("ulogger heartbeat --config "), "{ready}");
+    let http_beat = ready["http_heartbeat_command"].as_str().unwrap();
+    assert!(
+        http_beat.contains("ulogger heartbeat --api-url http://"),
+        "{ready}"
+    );
     let text = std::fs::read_to_string(config).unwrap();
     assert!(
         text.contains("plaintext = true") && text.contains("group_id = 3"),
@@ -91,4 +98,38 @@ fn the_json_ready_line_carries_the_upload_command_and_config_file() {
             verified += 1;
         }
     }
+}
+
+#[test]
+fn the_printed_heartbeat_commands_work_as_printed_over_mqtt_and_https() {
+    let data = tempfile::tempdir().unwrap();
+    let running = Running::start(&[
+        "emulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    let mqtt = format!("ulogger heartbeat {}", running.field("ulogger heartbeat"));
+    let https = running.field("ULOGGER_API_TOKEN=");
+    let (token, command) = https.split_once(' ').unwrap();
+    assert!(token.starts_with("ulg_"), "{https}");
+    assert!(command.contains("--api-url https://"), "{https}");
+
+    let sandbox = Sandbox::new();
+    let run = sandbox.run(&split(&mqtt)).expect_code(0);
+    assert!(
+        run.stdout.contains("published to metrics/v0/"),
+        "{}",
+        run.stdout
+    );
+    let line = running.line_containing("metrics");
+    assert_eq!(line.split_whitespace().nth(1), Some("ok"), "{line}");
+
+    let run = sandbox
+        .run_with_env(&[("ULOGGER_API_TOKEN", token.to_owned())], &split(command))
+        .expect_code(0);
+    assert!(run.stdout.contains("posted to https://"), "{}", run.stdout);
+    let line = running.line_containing("metrics");
+    assert_eq!(line.split_whitespace().nth(1), Some("ok"), "{line}");
 }
