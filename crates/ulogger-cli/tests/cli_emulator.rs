@@ -15,15 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 async fn the_printed_address_and_certificates_let_a_client_connect() {
     let data = tempfile::tempdir().unwrap();
     let data_arg = data.path().to_str().unwrap();
-    let running = Running::start(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data_arg,
-        "--customer-id",
-        "77",
-    ]);
+    let running = Running::emulator(&["--data", data_arg, "--customer-id", "77"]);
     // e.g. "address:     127.0.0.1:40123 (MQTT, mutual TLS)"
     let address = running.field("address:");
     let addr: std::net::SocketAddr = address.split_whitespace().next().unwrap().parse().unwrap();
@@ -87,11 +79,7 @@ async fn the_printed_address_and_certificates_let_a_client_connect() {
 #[test]
 fn json_output_reports_a_plaintext_emulator() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "--json",
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
+    let running = Running::emulator_json(&[
         "--plaintext",
         "--data",
         data.path().to_str().unwrap(),
@@ -130,11 +118,7 @@ fn a_taken_port_is_a_network_failure() {
 #[test]
 fn no_limits_lifts_the_platform_limits_and_says_so() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "--json",
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
+    let running = Running::emulator_json(&[
         "--plaintext",
         "--no-limits",
         "--data",
@@ -146,10 +130,7 @@ fn no_limits_lifts_the_platform_limits_and_says_so() {
     assert_eq!(ready["limits"], false);
 
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
+    let running = Running::emulator(&[
         "--plaintext",
         "--no-limits",
         "--data",

@@ -24,15 +24,7 @@ fn heartbeat(url: &str, token: &str, ca: Option<&str>) -> ulogger_cloud::HttpRec
 #[test]
 fn the_human_banner_prints_a_working_https_url_and_token() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--group-id",
-        "3",
-        "--data",
-        data.path().to_str().unwrap(),
-    ]);
+    let running = Running::emulator(&["--group-id", "3", "--data", data.path().to_str().unwrap()]);
     let ca = running.field("CA:");
     let http = running.field("HTTP API:");
     let url = http.split_whitespace().next().unwrap().to_owned();
@@ -62,11 +54,7 @@ fn the_human_banner_prints_a_working_https_url_and_token() {
 #[test]
 fn the_json_ready_line_carries_the_http_url_and_token() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "--json",
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
+    let running = Running::emulator_json(&[
         "--plaintext",
         "--group-id",
         "3",

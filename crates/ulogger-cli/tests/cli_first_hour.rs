@@ -28,13 +28,7 @@ fn next_log_verdict(running: &Running) -> String {
 #[test]
 fn the_printed_upload_commands_work_as_printed() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.path().to_str().unwrap(),
-    ]);
+    let running = Running::emulator(&["--data", data.path().to_str().unwrap()]);
     let with_flags = format!("ulogger upload {}", running.field("ulogger upload"));
     assert!(!with_flags.contains("..."), "{with_flags}");
     let with_config = format!("ulogger upload {}", running.field("ulogger upload"));
@@ -56,11 +50,7 @@ fn the_printed_upload_commands_work_as_printed() {
 #[test]
 fn the_json_ready_line_carries_the_upload_command_and_config_file() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "--json",
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
+    let running = Running::emulator_json(&[
         "--plaintext",
         "--group-id",
         "3",
@@ -103,13 +93,7 @@ fn the_json_ready_line_carries_the_upload_command_and_config_file() {
 #[test]
 fn the_printed_heartbeat_commands_work_as_printed_over_mqtt_and_https() {
     let data = tempfile::tempdir().unwrap();
-    let running = Running::start(&[
-        "emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        data.path().to_str().unwrap(),
-    ]);
+    let running = Running::emulator(&["--data", data.path().to_str().unwrap()]);
     let mqtt = format!("ulogger heartbeat {}", running.field("ulogger heartbeat"));
     let https = running.field("ULOGGER_API_TOKEN=");
     let (token, command) = https.split_once(' ').unwrap();

@@ -46,6 +46,16 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// `ulogger emulator` on a free loopback port, with `flags`.
+    pub fn emulator(flags: &[&str]) -> Running {
+        Running::start(&[&["emulator", "--listen", "127.0.0.1:0"], flags].concat())
+    }
+
+    /// [`Running::emulator`] with `--json` output.
+    pub fn emulator_json(flags: &[&str]) -> Running {
+        Running::start(&[&["--json", "emulator", "--listen", "127.0.0.1:0"], flags].concat())
+    }
+
     pub fn start(args: &[&str]) -> Running {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
         command
