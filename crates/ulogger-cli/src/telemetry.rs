@@ -406,34 +406,42 @@ fn http_sender(args: &SendArgs, file: &ConfigFile, token: String) -> Result<Http
     builder.build().map_err(exit::from_cloud)
 }
 
+/// Calls the method of `sender` (a `Client` or an `HttpTelemetry`: the
+/// two have the same telemetry calls) that sends `request`.
+macro_rules! dispatch {
+    ($sender:expr, $request:expr) => {
+        match $request {
+            Request::Metrics {
+                app_id,
+                serial,
+                metrics,
+            } => $sender.publish_metrics(serial, *app_id, metrics).await,
+            Request::Events {
+                app_id,
+                serial,
+                events,
+            } => $sender.publish_events(serial, *app_id, events).await,
+            Request::Heartbeat {
+                app_id,
+                serial,
+                timestamp,
+            } => $sender.publish_heartbeat(serial, *app_id, *timestamp).await,
+            Request::MetricsBatch { app_id, devices } => {
+                $sender.publish_metrics_batch(*app_id, devices).await
+            }
+            Request::EventsBatch { app_id, devices } => {
+                $sender.publish_events_batch(*app_id, devices).await
+            }
+        }
+    };
+}
+
 /// Posts `request` to the HTTPS API; complete on its `success` answer.
 pub async fn send_http(
     http: &HttpTelemetry,
     request: &Request,
 ) -> Result<HttpReceipt, ulogger_cloud::Error> {
-    match request {
-        Request::Metrics {
-            app_id,
-            serial,
-            metrics,
-        } => http.publish_metrics(serial, *app_id, metrics).await,
-        Request::Events {
-            app_id,
-            serial,
-            events,
-        } => http.publish_events(serial, *app_id, events).await,
-        Request::Heartbeat {
-            app_id,
-            serial,
-            timestamp,
-        } => http.publish_heartbeat(serial, *app_id, *timestamp).await,
-        Request::MetricsBatch { app_id, devices } => {
-            http.publish_metrics_batch(*app_id, devices).await
-        }
-        Request::EventsBatch { app_id, devices } => {
-            http.publish_events_batch(*app_id, devices).await
-        }
-    }
+    dispatch!(http, request)
 }
 
 /// Publishes `request` on `client`'s connection; complete on the PUBACK.
@@ -441,29 +449,7 @@ pub async fn send_mqtt(
     client: &Client,
     request: &Request,
 ) -> Result<TelemetryReceipt, ulogger_cloud::Error> {
-    match request {
-        Request::Metrics {
-            app_id,
-            serial,
-            metrics,
-        } => client.publish_metrics(serial, *app_id, metrics).await,
-        Request::Events {
-            app_id,
-            serial,
-            events,
-        } => client.publish_events(serial, *app_id, events).await,
-        Request::Heartbeat {
-            app_id,
-            serial,
-            timestamp,
-        } => client.publish_heartbeat(serial, *app_id, *timestamp).await,
-        Request::MetricsBatch { app_id, devices } => {
-            client.publish_metrics_batch(*app_id, devices).await
-        }
-        Request::EventsBatch { app_id, devices } => {
-            client.publish_events_batch(*app_id, devices).await
-        }
-    }
+    dispatch!(client, request)
 }
 
 /// `ulogger metrics`.
