@@ -53,7 +53,7 @@ pub use oneshot::{
 pub use outbox::{
     Outbox, OutboxConfig, OutboxRecord, OutboxStatus, RecordId, RecordKind, RecordState, WhenFull,
 };
-pub use store::{SessionStore, StoreError, StoreOp, TokenEntry};
+pub use store::{SessionStore, StoreError, StoreOp, TokenEntry, DEFAULT_MAX_STALENESS};
 
 #[allow(dead_code)]
 fn _assert_impls() {

@@ -23,6 +23,14 @@ fn file_serials(path: &Path) -> Vec<String> {
     value.as_object().unwrap().keys().cloned().collect()
 }
 
+/// A file-backed store whose every lookup checks the file (no staleness),
+/// for tests of how other writers are noticed.
+fn strict(path: &Path) -> SessionStore {
+    SessionStore::open(path)
+        .unwrap()
+        .with_max_staleness(std::time::Duration::ZERO)
+}
+
 fn temp_store() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("session_tokens.json");
@@ -276,7 +284,7 @@ fn lazy_refresh_is_replayed_over_another_writers_file() {
 #[test]
 fn a_file_deleted_behind_our_back_means_empty() {
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     fs::remove_file(&path).unwrap();
     assert_eq!(store.get("a", "g").unwrap(), None);
@@ -287,7 +295,7 @@ fn a_file_deleted_behind_our_back_means_empty() {
 #[test]
 fn an_in_place_edit_is_noticed() {
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     // Same inode, different length.
     fs::write(&path, r#"{"a": {"token": 22, "git_hash": "g"}}"#).unwrap();
@@ -736,7 +744,7 @@ fn in_memory_sets_from_many_threads() {
 fn a_replaced_entry_is_seen_by_the_next_lookup() {
     let (_dir, path) = temp_store();
     let one = SessionStore::open(&path).unwrap();
-    let two = SessionStore::open(&path).unwrap();
+    let two = strict(&path);
     one.set("a", 1, "g").unwrap();
     assert_eq!(two.get("a", "g").unwrap(), Some(1));
     one.set("a", 2, "g").unwrap();
@@ -754,7 +762,7 @@ fn a_file_with_another_hard_link_is_still_checked() {
     let (dir, path) = temp_store();
     let store = SessionStore::open(&path).unwrap();
     store.set("a", 1, "g").unwrap();
-    let other = SessionStore::open(&path).unwrap();
+    let other = strict(&path);
     assert_eq!(other.get("a", "g").unwrap(), Some(1));
     // A backup tool's hard link: replacing the file no longer unlinks the
     // inode `other` holds.
@@ -868,6 +876,34 @@ fn with_max_staleness_a_hit_may_be_stale_for_that_long_and_no_longer() {
     writer.set("c", 6, "g").unwrap();
     assert_eq!(reader.len().unwrap(), 3);
     assert!(checked.elapsed() >= WINDOW);
+}
+
+#[test]
+fn by_default_a_hit_may_be_stale_for_a_millisecond_and_a_miss_never() {
+    let (_dir, path) = temp_store();
+    let writer = SessionStore::open(&path).unwrap();
+    writer.set("a", 1, "g").unwrap();
+    let reader = SessionStore::open(&path).unwrap();
+    assert_eq!(reader.get("a", "g").unwrap(), Some(1));
+    writer.set("a", 2, "g").unwrap();
+    writer.set("b", 3, "g").unwrap();
+    // A miss checks the file whatever the bound, and finds both writes.
+    assert_eq!(reader.get("b", "g").unwrap(), Some(3));
+    assert_eq!(reader.get("a", "g").unwrap(), Some(2));
+    let checked = std::time::Instant::now();
+    // The Python SDK's way (no sync, so well inside the bound): write
+    // `<file>.tmp`, then `os.replace`.
+    let python_tmp = path.with_file_name("session_tokens.json.tmp");
+    fs::write(&python_tmp, r#"{"a": {"token": 4, "git_hash": "g"}}"#).unwrap();
+    fs::rename(&python_tmp, &path).unwrap();
+    let seen = reader.get("a", "g").unwrap();
+    if checked.elapsed() < DEFAULT_MAX_STALENESS {
+        assert_eq!(seen, Some(2), "a hit inside the bound checked the file");
+    }
+    while checked.elapsed() < DEFAULT_MAX_STALENESS {
+        std::thread::yield_now();
+    }
+    assert_eq!(reader.get("a", "g").unwrap(), Some(4));
 }
 
 #[test]
