@@ -551,7 +551,14 @@ impl Driver {
         // publishes over while this batch is encoded and written.
         send_acked(&mut self.acked);
         // Encoding copies the payloads: not under the lock, which callers
-        // and the reader take too.
+        // and the reader take too. Room for the whole batch first, so the
+        // buffer is not regrown (and copied) publish after publish.
+        out.reserve(
+            batch
+                .iter()
+                .map(|p| publish_len(&p.topic, &p.payload))
+                .fold(0usize, usize::saturating_add),
+        );
         for publish in batch.drain(..) {
             session::encode_publish(publish, out);
         }

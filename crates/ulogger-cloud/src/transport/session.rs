@@ -193,11 +193,8 @@ impl Session {
             && !self.resending
             && self.inflight.is_empty()
             && self.inflight_limit > 0;
-        if free
-            && self
-                .pace(now, publish_len(&command.topic, &command.payload))
-                .is_ok()
-        {
+        let size = publish_len(&command.topic, &command.payload);
+        if free && self.pace(now, size).is_ok() {
             self.trim_deadlines();
             let pkid = self.next_pkid();
             self.next_seq += 1;
@@ -212,7 +209,7 @@ impl Session {
                     connect_deadline: None,
                 },
             );
-            let mut bytes = BytesMut::new();
+            let mut bytes = BytesMut::with_capacity(size);
             self.write_publish(pkid, false, &mut bytes, now, settings.ack_timeout);
             let arm_timer = !self.ack_armed;
             self.ack_armed = true;

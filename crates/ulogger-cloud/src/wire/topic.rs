@@ -387,8 +387,25 @@ impl Topics {
         if let Some(serial) = serial {
             validate_serial(serial)?;
         }
-        let mut topic = format!("{}{kind}/{VERSION}/{}", self.prefix, self.customer_id);
+        // Sized exactly: a topic is built for every upload, and growing
+        // the string as it is written reallocated it two or three times.
+        let id_len = |id: Option<u32>| id.map_or(0, |id| 1 + decimal_len(id));
+        let len = self.prefix.len()
+            + kind.len()
+            + 1
+            + VERSION.len()
+            + 1
+            + decimal_len(self.customer_id)
+            + id_len(self.group_id)
+            + id_len(app_id)
+            + serial.map_or(0, |serial| 1 + serial.len());
+        let mut topic = String::with_capacity(len);
+        topic.push_str(&self.prefix);
+        topic.push_str(kind);
+        topic.push('/');
+        topic.push_str(VERSION);
         // Writing to a String cannot fail.
+        let _ = write!(topic, "/{}", self.customer_id);
         if let Some(group) = self.group_id {
             let _ = write!(topic, "/{group}");
         }
@@ -399,9 +416,15 @@ impl Topics {
             topic.push('/');
             topic.push_str(serial);
         }
+        debug_assert_eq!(topic.len(), len, "topic length computed wrong");
         validate_publish_topic(&topic)?;
         Ok(topic)
     }
+}
+
+/// How many digits `n` has in decimal.
+fn decimal_len(n: u32) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// A u32 written the way the builders write it: decimal, no sign, no
@@ -557,6 +580,38 @@ mod tests {
             validate_serial(&"é".repeat(40)),
             Err(TopicError::InvalidSerialChar { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn built_topics_are_sized_exactly_at_every_digit_count() {
+        let ids = [0, 9, 10, 99, 100, 65_535, 1_000_000_000, u32::MAX];
+        for prefix in ["", "ulogger/"] {
+            for customer in ids {
+                for group in [None, Some(0), Some(u32::MAX), Some(12_345)] {
+                    let t = Topics::new(prefix, customer, group).unwrap();
+                    let group_level = group.map(|g| format!("/{g}")).unwrap_or_default();
+                    for app in ids {
+                        let topic = t.binlog(app).unwrap();
+                        assert_eq!(
+                            topic,
+                            format!("{prefix}binlog/v0/{customer}{group_level}/{app}")
+                        );
+                        assert_eq!(topic.capacity(), topic.len(), "{topic}");
+                        let reply = t.boot_reply(app, "SN-1").unwrap();
+                        assert_eq!(
+                            reply,
+                            format!("{prefix}boot/v0/{customer}{group_level}/{app}/SN-1")
+                        );
+                        assert_eq!(reply.capacity(), reply.len(), "{reply}");
+                    }
+                    let dump = t.core_dump().unwrap();
+                    assert_eq!(
+                        dump,
+                        format!("{prefix}core-dump/v0/{customer}{group_level}")
+                    );
+                }
+            }
+        }
     }
 
     #[test]
