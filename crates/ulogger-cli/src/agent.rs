@@ -26,6 +26,7 @@ use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
 
 use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
+use crate::files;
 use crate::signal::StopSignal;
 use crate::Global;
 
@@ -282,9 +283,12 @@ enum Refusal {
 
 async fn enqueue(client: &Client, file: &Found) -> Result<RecordId, Refusal> {
     let device = &file.device;
-    let bytes = tokio::fs::read(&file.path)
+    let bytes = files::read_message(file.path.clone())
         .await
-        .map_err(|e| Refusal::Later(format!("cannot read it: {e}")))?;
+        .map_err(|e| match e {
+            files::ReadError::Io(e) => Refusal::Later(format!("cannot read it: {e}")),
+            too_large => Refusal::Invalid(too_large.to_string()),
+        })?;
     let result = if file.core_dump {
         client.enqueue_core_dump(&bytes).await
     } else {
@@ -386,8 +390,8 @@ fn device_of(dir: &Path) -> anyhow::Result<Option<DeviceInfo>> {
     }
     let bin_path = dir.join("device-info.bin");
     if bin_path.is_file() {
-        let bytes = std::fs::read(&bin_path)
-            .with_context(|| format!("cannot read {}", bin_path.display()))?;
+        let bytes = files::read_limited(&bin_path, files::DEVICE_INFO_LIMIT, "a device-info file")
+            .with_context(|| bin_path.display().to_string())?;
         return Ok(Some(
             DeviceInfo::decode(&bytes)
                 .with_context(|| format!("invalid {}", bin_path.display()))?,

@@ -10,6 +10,7 @@ use ulogger_cloud::wire::DeviceInfo;
 
 use crate::connection::ConfigFile;
 use crate::exit::{Exit, Failure};
+use crate::files;
 
 /// The device's identity.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -41,9 +42,10 @@ impl DeviceArgs {
         let bad = |e: anyhow::Error| Exit::new(Failure::BadInput, e);
         let base = match self.device_info.as_ref().or(file.device_info.as_ref()) {
             Some(path) => {
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))
-                    .map_err(bad)?;
+                let bytes =
+                    files::read_limited(path, files::DEVICE_INFO_LIMIT, "a device-info file")
+                        .with_context(|| path.display().to_string())
+                        .map_err(bad)?;
                 Some(
                     DeviceInfo::decode(&bytes)
                         .with_context(|| format!("invalid device info in {}", path.display()))

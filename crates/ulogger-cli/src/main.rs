@@ -11,6 +11,7 @@ mod docs;
 mod emulator;
 mod emulator_records;
 mod exit;
+mod files;
 mod inspect;
 mod log_config;
 mod make_log;

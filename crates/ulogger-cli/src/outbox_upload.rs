@@ -23,6 +23,7 @@ use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
 
 use crate::connection::ConnectionArgs;
 use crate::exit::{self, Exit, Failure};
+use crate::files;
 use crate::Global;
 
 const MANIFEST: &str = "upload-manifest.jsonl";
@@ -109,10 +110,10 @@ async fn run(
             let known = earlier.clone();
             let queued = queued.clone();
             tasks.spawn(async move {
-                let bytes = match tokio::fs::read(&file).await {
+                let bytes = match files::read_message(file.clone()).await {
                     Ok(bytes) => bytes,
                     Err(e) => {
-                        let fate = Fate::Failed(Failure::BadInput, format!("cannot read: {e}"));
+                        let fate = Fate::Failed(Failure::BadInput, e.to_string());
                         return (index, None, Err(fate));
                     }
                 };

@@ -12,6 +12,7 @@ use ulogger_cloud::Client;
 use crate::connection::ConnectionArgs;
 use crate::device::DeviceArgs;
 use crate::exit::{self, Exit, Failure};
+use crate::files;
 use crate::signal::StopSignal;
 use crate::Global;
 
@@ -351,8 +352,8 @@ pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
 /// Publishes a core dump.
 pub fn core_dump(global: Global, args: CoreDumpArgs) -> Result<(), Exit> {
     args.connection.file()?;
-    let dump = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))
+    let dump = files::read_limited(&args.file, files::MAX_MESSAGE_SIZE, files::ONE_MESSAGE)
+        .with_context(|| args.file.display().to_string())
         .map_err(|e| Exit::new(Failure::BadInput, e))?;
     runtime()?.block_on(async {
         let client = client(&args.connection, false).await?;

@@ -419,6 +419,12 @@ fn bad_input_exits_2_naming_the_flag_or_entry_and_sends_nothing() {
         br#"{"devices": [{"device_serial": "", "events": [{"type": "boot"}]}]}"#,
     );
     let missing = sandbox.path("no-such-batch.json");
+    // A wrong path to something huge: refused from its size, not read.
+    let disk_image = sandbox.path("disk.img");
+    std::fs::File::create(&disk_image)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
     // A too-large message is refused locally too: 6,000 distinct samples
     // are over 128 KiB of JSON.
     let huge: Vec<Value> = (0..6000)
@@ -466,6 +472,14 @@ fn bad_input_exits_2_naming_the_flag_or_entry_and_sends_nothing() {
         (
             vec!["metrics", "--batch", missing.to_str().unwrap()],
             format!("cannot read the batch file {}", s(&missing)),
+        ),
+        (
+            vec!["metrics", "--batch", disk_image.to_str().unwrap()],
+            format!(
+                "the batch file {}: the file is {} bytes, more than a batch file may be (16777216 bytes)",
+                s(&disk_image),
+                1u64 << 40
+            ),
         ),
         (
             vec![

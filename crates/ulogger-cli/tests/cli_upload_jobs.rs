@@ -286,3 +286,51 @@ fn ctrl_c_with_uploads_in_flight_accounts_for_every_file() {
         .filter(|r| r.kind == RecordKind::BinaryLog)
         .all(|r| r.verdict == Verdict::Ok));
 }
+
+/// A path to something far larger than a message (a disk image, say) is
+/// refused from its size: the command does not read a terabyte into
+/// memory before finding out, and the other files still go.
+#[test]
+fn a_file_larger_than_a_message_is_refused_unread_and_the_rest_go() {
+    let emu = unlimited_emulator();
+    let sandbox = Sandbox::new();
+    let mut files = numbered_logs(&sandbox, 3);
+    let huge = sandbox.path("disk.img");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    files.insert(1, huge.clone());
+    let mut args = upload_args(&emu, "SN-JOBS-HUGE", &["--jobs", "4"]);
+    args.extend(files.iter().map(|f| s(f)));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    let failed: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert!(
+        failed[0].starts_with(&s(&huge))
+            && failed[0].contains(&format!(
+                "the file is {} bytes, more than one message may be (131072 bytes)",
+                1u64 << 40
+            )),
+        "{failed:?}"
+    );
+    let expected: BTreeMap<usize, usize> = (0..3).map(|n| (n, 1)).collect();
+    assert_eq!(copies(&emu), expected);
+
+    // The same for a core dump, before connecting.
+    let mut args = connect_args("core-dump", &emu);
+    args.push(s(&huge));
+    let run = sandbox.run(&args).expect_code(2);
+    assert!(
+        run.stderr
+            .contains("more than one message may be (131072 bytes)"),
+        "{}",
+        run.stderr
+    );
+}

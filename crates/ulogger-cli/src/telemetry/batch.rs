@@ -11,6 +11,8 @@ use std::path::Path;
 use serde::Deserialize;
 use ulogger_cloud::wire::{validate_serial, DeviceEvents, DeviceMetrics, Event, Metric};
 
+use crate::files;
+
 /// A batch file of metrics.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,18 +85,30 @@ impl AppId {
     }
 }
 
+/// The most a batch file may hold. Its message must compress to at most
+/// 128 KiB; JSON telemetry compresses some tenfold, so this is far past any
+/// batch that could be sent, and only a wrong path or input reaches it.
+const BATCH_FILE_LIMIT: usize = 16 * 1024 * 1024;
+
 /// The bytes of `path`, or of standard input for `-`.
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
     if path == Path::new("-") {
+        let mut bytes = Vec::new();
         std::io::stdin()
+            .take(BATCH_FILE_LIMIT as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("cannot read the batch from standard input: {e}"))?;
-    } else {
-        bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read the batch file {}: {e}", path.display()))?;
+        if bytes.len() > BATCH_FILE_LIMIT {
+            return Err(format!(
+                "the batch on standard input is more than a batch file may be ({BATCH_FILE_LIMIT} bytes)"
+            ));
+        }
+        return Ok(bytes);
     }
-    Ok(bytes)
+    files::read_limited(path, BATCH_FILE_LIMIT, "a batch file").map_err(|e| match e {
+        files::ReadError::Io(e) => format!("cannot read the batch file {}: {e}", path.display()),
+        too_large => format!("the batch file {}: {too_large}", path.display()),
+    })
 }
 
 /// The devices of a metrics batch file's contents.

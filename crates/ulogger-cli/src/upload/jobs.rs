@@ -14,6 +14,7 @@ use ulogger_cloud::wire::DeviceInfo;
 use ulogger_cloud::{Client, ErrorKind, Phase, UploadReceipt};
 
 use crate::exit::{self, Exit, Failure};
+use crate::files;
 
 /// Unacknowledged publishes one connection may have: the platform's limit
 /// (PROTOCOL §1: 100 QoS 1 publishes per connection), which is also the
@@ -167,9 +168,9 @@ async fn upload_one(
     file: PathBuf,
     registration_failed: Arc<OnceLock<(Failure, String)>>,
 ) -> Result<UploadReceipt, Failed> {
-    let log = tokio::fs::read(&file)
+    let log = files::read_message(file)
         .await
-        .map_err(|e| Failed::new(Failure::BadInput, format!("cannot read: {e}")))?;
+        .map_err(|e| Failed::new(Failure::BadInput, e.to_string()))?;
     if let Some((failure, message)) = registration_failed.get() {
         return Err(Failed::new(*failure, message.clone()));
     }

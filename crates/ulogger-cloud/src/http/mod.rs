@@ -8,7 +8,7 @@ mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
@@ -166,7 +166,7 @@ impl HttpTelemetryBuilder {
 
     /// The longest `Retry-After` honoured (default 60 s); a server asking
     /// for more is retried after this long. `Retry-After` is read on the
-    /// answers that are retried (429, 5xx), in seconds.
+    /// answers that are retried (429, 5xx), in seconds or as an HTTP-date.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.max_retry_after = max;
         self
@@ -468,7 +468,7 @@ impl HttpTelemetry {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(retry::parse_retry_after);
+            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
         let mut reply = Vec::new();
         while reply.len() < MAX_REPLY {
             match response.chunk().await.map_err(transport)? {

@@ -1,7 +1,7 @@
 //! When to send a telemetry request again: jittered exponential backoff
 //! and the server's `Retry-After`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The ceiling of the first wait; it doubles with each retry up to the
 /// configured maximum.
@@ -28,19 +28,25 @@ pub(crate) fn backoff(retry: u32, max: Duration, unit: f64) -> Duration {
     ceiling.mul_f64(0.5 + 0.5 * unit)
 }
 
-/// A `Retry-After` value in delta-seconds (RFC 9110 §10.2.3). The
-/// HTTP-date form is not read (the caller falls back to its backoff).
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+/// A `Retry-After` value (RFC 9110 §10.2.3): delta-seconds, or an
+/// HTTP-date, which is read as the time from `now` until then (zero for a
+/// date already past). `None` for anything else (the caller falls back to
+/// its backoff).
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+    if value.is_empty() {
         return None;
     }
-    // Digits only: a parse failure can only be an overflow.
-    Some(
-        value
-            .parse::<u64>()
-            .map_or(LONGEST_WAIT, Duration::from_secs),
-    )
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only: a parse failure can only be an overflow.
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(LONGEST_WAIT, Duration::from_secs),
+        );
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -70,19 +76,43 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_seconds_only() {
-        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 2015-10-21 07:28:00 UTC
+        let parse = |v: &str| parse_retry_after(v, now);
+        assert_eq!(parse("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse("99999999999999999999999"), Some(LONGEST_WAIT));
         assert_eq!(
-            parse_retry_after("99999999999999999999999"),
-            Some(LONGEST_WAIT)
-        );
-        assert_eq!(
-            parse_retry_after(&u64::MAX.to_string()),
+            parse(&u64::MAX.to_string()),
             Some(Duration::from_secs(u64::MAX))
         );
-        for bad in ["", "-1", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", "+3"] {
-            assert_eq!(parse_retry_after(bad), None, "{bad}");
+        // The three date formats RFC 9110 asks a recipient to accept.
+        for date in [
+            "Wed, 21 Oct 2015 07:28:30 GMT",
+            "Wednesday, 21-Oct-15 07:28:30 GMT",
+            "Wed Oct 21 07:28:30 2015",
+        ] {
+            assert_eq!(parse(date), Some(Duration::from_secs(30)), "{date}");
+        }
+        assert_eq!(
+            parse("Wed, 21 Oct 2015 07:27:00 GMT"),
+            Some(Duration::ZERO),
+            "a date already past: now"
+        );
+        assert_eq!(
+            parse("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(Duration::from_secs(253_402_300_799 - 1_445_412_480))
+        );
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "+3",
+            "Wed, 21 Oct 2015 25:28:00 GMT",
+            "tomorrow",
+            "Wed, 21 Oct 2015",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
         }
     }
 }
