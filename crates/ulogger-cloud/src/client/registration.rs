@@ -12,7 +12,7 @@ use super::Client;
 use crate::error::{Error, ErrorKind, Phase};
 use crate::store::SessionStore;
 use crate::transport::deadline_after;
-use crate::wire::{self, DeviceInfo};
+use crate::wire::{self, validate_serial, DeviceInfo};
 
 /// The result of a registration, as every caller that waited for it sees it.
 #[derive(Clone)]
@@ -44,11 +44,10 @@ impl Registrations {
         device: &DeviceInfo,
         use_store: bool,
     ) -> Result<u32, Error> {
-        let topics = &client.settings().topics;
-        // Topics validate the serial, so a bad one is refused before it
-        // reaches the store, the map or the broker.
-        let reply_topic = topics.boot_reply(device.app_id, &device.serial)?;
-        let boot_topic = topics.boot(device.app_id)?;
+        // A bad serial is refused before it reaches the store, the map or
+        // the broker. The registration topics are only built when a
+        // registration is needed, not for every upload of a known device.
+        validate_serial(&device.serial)?;
         loop {
             if use_store {
                 if let Some(token) = client
@@ -64,8 +63,7 @@ impl Registrations {
                         registrations: self,
                         serial: &device.serial,
                     };
-                    let result =
-                        handshake(client, device, reply_topic.clone(), boot_topic.clone()).await;
+                    let result = handshake(client, device).await;
                     outcome.send_replace(Some(Outcome {
                         git_hash: device.git_hash.clone(),
                         result: result.clone(),
@@ -130,12 +128,10 @@ impl Drop for Unsubscribe<'_> {
     }
 }
 
-async fn handshake(
-    client: &Client,
-    device: &DeviceInfo,
-    reply_topic: String,
-    boot_topic: String,
-) -> Result<u32, Error> {
+async fn handshake(client: &Client, device: &DeviceInfo) -> Result<u32, Error> {
+    let topics = &client.settings().topics;
+    let reply_topic = topics.boot_reply(device.app_id, &device.serial)?;
+    let boot_topic = topics.boot(device.app_id)?;
     let transport = client.transport();
     // Listen before subscribing, so a reply cannot slip past.
     let mut replies = transport.listen(&reply_topic);
