@@ -196,7 +196,7 @@ fn read_blocking(
                 .entry(entry.segment)
                 .or_insert_with(|| std::fs::File::open(&path));
             let bytes = match file {
-                Ok(file) => read_at(file, entry.offset, entry.frame_len as usize),
+                Ok(file) => crate::outbox::read_at(file, entry.offset, entry.frame_len as usize),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
             let record = bytes
@@ -226,21 +226,4 @@ fn read_blocking(
             (id, record)
         })
         .collect()
-}
-
-fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0; len];
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut buf, offset)?;
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(&mut buf)?;
-    }
-    Ok(buf)
 }

@@ -201,11 +201,13 @@ pub(crate) fn load(dir: &Path, repair: bool, durable: bool) -> Result<Loaded, Er
         for (frame, record) in kept {
             max_id = max_id.max(record.id);
             if state.entries.contains_key(&record.id) {
-                // The same record twice (a frame copied inside a payload
-                // that damage made the scan land in, or a copied file):
+                // The same record twice (a dead letter copied to a newer
+                // segment by `relocate_dead` before the process stopped,
+                // a frame copied inside a payload that damage made the
+                // scan land in, or a copied file):
                 // counting it twice would break every counter and keep
                 // its segment forever. The first copy is the record.
-                tracing::warn!(segment = %path.display(), id = record.id, "an outbox record appears twice; keeping the first");
+                tracing::warn!(segment = %path.display(), id = record.id, "an outbox record appears twice (a dead letter being moved when the process stopped, or damage); keeping the first");
                 continue;
             }
             let entry_state = match fates.get(&record.id) {
@@ -239,6 +241,53 @@ pub(crate) fn load(dir: &Path, repair: bool, durable: bool) -> Result<Loaded, Er
         max_id,
         last_segment,
     })
+}
+
+/// The frames of `letters` in the segment at `path`, one after another,
+/// each checked (checksum, id) before it is copied anywhere.
+fn read_frames(path: &Path, letters: &[(u64, Entry)]) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut out = Vec::new();
+    for (id, entry) in letters {
+        let frame = read_at(&file, entry.offset, entry.frame_len as usize)?;
+        match format::scan_segment(&frame).first() {
+            Some(Scanned::Record {
+                frame: range,
+                record,
+            }) if record.id == *id && range.len() == frame.len() => {
+                out.extend_from_slice(&frame);
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "record {id} at {} no longer reads back intact",
+                        entry.offset
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `len` bytes of `file` from `offset`, read without moving a cursor, so
+/// that readers may share the handle.
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; len];
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut buf, offset)?;
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut buf)?;
+    }
+    Ok(buf)
 }
 
 fn set_aside(
@@ -430,6 +479,12 @@ impl Writer {
         // Housekeeping (age limit, lazy ack sync, status file) runs about
         // once a tick, busy or idle.
         let mut next_tick = std::time::Instant::now() + IDLE_TICK;
+        // Segments left holding only dead letters by an earlier run (or by
+        // a crash in the middle of moving them).
+        let segments: Vec<u64> = shared.lock().segments.keys().copied().collect();
+        for segment in segments {
+            self.relocate_dead(segment, &shared);
+        }
         loop {
             let now = std::time::Instant::now();
             if now >= next_tick {
@@ -540,6 +595,108 @@ impl Writer {
         for segment in emptied {
             self.remove_if_done(segment, shared);
         }
+        let mut touched: Vec<u64> = by_segment.into_keys().collect();
+        touched.sort_unstable();
+        for segment in touched {
+            self.relocate_dead(segment, shared);
+        }
+    }
+
+    /// Moves the dead letters out of `segment` once nothing else in it is
+    /// left, if they take at most half of it: copied to the active segment
+    /// with their ids and their dead acks (durable), then the segment is
+    /// removed. Without this, a dead letter kept (up to `max_age`) would
+    /// keep a whole segment of delivered records on disk, and disk use
+    /// could grow far past `max_bytes`. The half makes each byte moved
+    /// free at least one other; a segment mostly of dead letters stays.
+    ///
+    /// A crash after the copy and before the removal leaves both copies;
+    /// the next open keeps the first (the old one, with its acks) and moves
+    /// it again, so a letter is never lost nor counted twice. Any failure
+    /// leaves the segment as it was.
+    fn relocate_dead(&mut self, segment: u64, shared: &Shared) {
+        if self.active.as_ref().is_some_and(|a| a.number == segment) {
+            return;
+        }
+        let letters = {
+            let state = shared.lock();
+            if !state.only_dead_in(segment) {
+                return;
+            }
+            state.entries_in(segment)
+        };
+        let path = segment_path(&self.dir, segment);
+        let moved_bytes: u64 = letters.iter().map(|(_, e)| u64::from(e.frame_len)).sum();
+        let file_len = match fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "could not look at an outbox segment holding only dead letters");
+                return;
+            }
+        };
+        if moved_bytes.saturating_mul(2) > file_len {
+            return;
+        }
+        let frames = match read_frames(&path, &letters) {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(segment = %path.display(), error = %e, "could not read the dead letters of an outbox segment; it stays");
+                return;
+            }
+        };
+        let (number, base) = match self.write_batch(&frames) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!(error = %super::state::error_chain(&e), "could not move dead letters out of an outbox segment; it stays");
+                return;
+            }
+        };
+        let mut acks = Vec::new();
+        for (id, entry) in &letters {
+            if let EntryState::Dead(reason) = &entry.state {
+                format::encode_ack(*id, &AckState::Dead(reason.clone()), &mut acks);
+            }
+        }
+        let acked = self
+            .write_ack(number, &acks)
+            .and_then(|()| match self.acks.get(&number) {
+                Some(file) if self.durable => file.sync_data(),
+                _ => Ok(()),
+            });
+        if let Err(e) = acked {
+            // The copies have no dead acks: the old segment must stay the
+            // record (the first copy wins at the next open).
+            tracing::warn!(segment = number, error = %e, "could not record moved dead letters; their segment stays");
+            return;
+        }
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(segment = %path.display(), error = %e, "could not remove an outbox segment whose dead letters were moved; it stays");
+                return;
+            }
+        }
+        let old_acks = acks_path(&self.dir, segment);
+        if let Err(e) = fs::remove_file(&old_acks) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(file = %old_acks.display(), error = %e, "could not remove the acks of a moved outbox segment");
+            }
+        }
+        self.acks.remove(&segment);
+        self.dirty_acks.retain(|s| *s != segment);
+        let mut state = shared.lock();
+        let mut offset = base;
+        for (id, entry) in &letters {
+            state.moved(*id, segment, number, offset);
+            offset += u64::from(entry.frame_len);
+        }
+        tracing::info!(
+            from = segment,
+            to = number,
+            letters = letters.len(),
+            bytes = moved_bytes,
+            freed = file_len,
+            "moved dead letters out of an outbox segment"
+        );
     }
 
     fn write_ack(&mut self, segment: u64, entry: &[u8]) -> io::Result<()> {
@@ -801,6 +958,146 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::{Outbox, RecordState};
+
+    fn log_files(dir: &Path) -> Vec<u64> {
+        segments(dir).unwrap()
+    }
+
+    async fn ack(outbox: &Outbox, id: u64, state: AckState) {
+        outbox.send(Request::Ack { id, state }).unwrap();
+        outbox.flush().await.unwrap();
+    }
+
+    /// An outbox in `dir` holding, in one sealed segment, a small record
+    /// to become a dead letter and `others` records of `other_size` bytes;
+    /// returns the ids, the doomed one first.
+    async fn sealed_segment(
+        dir: &Path,
+        doomed_size: usize,
+        others: usize,
+        other_size: usize,
+    ) -> Vec<u64> {
+        let outbox = Outbox::open(OutboxConfig::new(dir)).unwrap();
+        let mut ids = vec![
+            outbox
+                .append(Kind::Log, None, &vec![1; doomed_size])
+                .await
+                .unwrap()
+                .0,
+        ];
+        for n in 0..others {
+            ids.push(
+                outbox
+                    .append(Kind::Log, None, &vec![n as u8; other_size])
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        drop(outbox);
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_segment_left_with_only_dead_letters_is_moved_out_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = sealed_segment(dir.path(), 100, 10, 1024).await;
+        assert_eq!(log_files(dir.path()), [1]);
+        // Reopened, the first segment is sealed: appends go to a new one.
+        let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+        ack(&outbox, ids[0], AckState::Dead("refused for good".into())).await;
+        for id in &ids[1..ids.len() - 1] {
+            ack(&outbox, *id, AckState::Delivered).await;
+        }
+        assert_eq!(log_files(dir.path()), [1], "a record is still queued in it");
+        ack(&outbox, ids[ids.len() - 1], AckState::Delivered).await;
+
+        // Only the dead letter was left: it moved to a segment of its own
+        // and the 10 KiB of delivered records went with the old one.
+        assert_eq!(log_files(dir.path()), [2]);
+        assert!(!acks_path(dir.path(), 1).exists());
+        let listed = outbox.records();
+        assert!(
+            matches!(&listed[..], [r] if r.id.0 == ids[0] && matches!(&r.state, RecordState::Dead { reason } if reason == "refused for good")),
+            "{listed:?}"
+        );
+        let entry = outbox.shared.lock().entries[&ids[0]].clone();
+        assert_eq!(entry.segment, 2);
+        let file = File::open(segment_path(dir.path(), 2)).unwrap();
+        let frame = read_at(&file, entry.offset, entry.frame_len as usize).unwrap();
+        match format::scan_segment(&frame).first() {
+            Some(Scanned::Record { record, .. }) => {
+                assert_eq!((record.id, &record.payload[..]), (ids[0], &[1u8; 100][..]));
+            }
+            _ => panic!("the moved record reads back"),
+        }
+        let status = outbox.status();
+        assert_eq!((status.dead, status.queued), (1, 0), "{status:?}");
+        drop(outbox);
+
+        // Another run sees the same dead letter, and can retry it.
+        let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+        assert_eq!(outbox.status().dead, 1);
+        assert_eq!(outbox.retry_dead().await.unwrap(), 1);
+        let listed = outbox.records();
+        assert!(
+            matches!(&listed[..], [r] if r.id.0 == ids[0] && r.state == RecordState::Queued),
+            "{listed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_segment_mostly_of_dead_letters_stays_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = sealed_segment(dir.path(), 8 * 1024, 2, 1024).await;
+        let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+        ack(&outbox, ids[0], AckState::Dead("refused".into())).await;
+        ack(&outbox, ids[1], AckState::Delivered).await;
+        ack(&outbox, ids[2], AckState::Delivered).await;
+        // Moving 8 KiB to free 2 KiB is not worth it.
+        assert_eq!(log_files(dir.path()), [1]);
+        assert_eq!(outbox.shared.lock().entries[&ids[0]].segment, 1);
+        assert_eq!(outbox.status().dead, 1);
+    }
+
+    /// A crash after the copy and before the old segment's removal leaves
+    /// the letter in both: the old copy (first) is the record, the new one
+    /// is ignored, and the move is made again at open.
+    #[tokio::test]
+    async fn a_move_cut_short_by_a_crash_is_made_again_and_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut doomed = NewRecord::new(Kind::Log, None, b"doomed").0;
+        doomed.id = 7;
+        let mut delivered = NewRecord::new(Kind::Log, None, &[9; 512]).0;
+        delivered.id = 8;
+        let (mut first, mut copy) = (Vec::new(), Vec::new());
+        format::encode_record(&doomed, &mut first).unwrap();
+        format::encode_record(&delivered, &mut first).unwrap();
+        format::encode_record(&doomed, &mut copy).unwrap();
+        fs::write(segment_path(dir.path(), 1), &first).unwrap();
+        fs::write(segment_path(dir.path(), 2), &copy).unwrap();
+        let mut acks = Vec::new();
+        format::encode_ack(7, &AckState::Dead("refused".into()), &mut acks);
+        format::encode_ack(8, &AckState::Delivered, &mut acks);
+        fs::write(acks_path(dir.path(), 1), &acks).unwrap();
+        let mut copy_acks = Vec::new();
+        format::encode_ack(7, &AckState::Dead("refused".into()), &mut copy_acks);
+        fs::write(acks_path(dir.path(), 2), &copy_acks).unwrap();
+
+        let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+        outbox.flush().await.unwrap();
+        // Segment 2 held only an ignored copy (removed at load); segment 1
+        // was moved out at open.
+        assert_eq!(log_files(dir.path()), [3]);
+        let status = outbox.status();
+        assert_eq!((status.dead, status.queued), (1, 0), "{status:?}");
+        let state = outbox.shared.lock();
+        assert_eq!(state.bytes, 6);
+        assert_eq!(state.entries.len(), 1);
+        assert_eq!(state.entries[&7].segment, 3);
+        assert_eq!(state.segments.keys().copied().collect::<Vec<_>>(), [3]);
+    }
 
     #[test]
     fn a_record_found_twice_is_counted_once() {

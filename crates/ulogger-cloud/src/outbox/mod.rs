@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 pub use config::{OutboxConfig, WhenFull};
 pub use status::{OutboxRecord, OutboxStatus, RecordKind, RecordState};
 
-pub(crate) use disk::{segment_path, Request};
+pub(crate) use disk::{read_at, segment_path, Request};
 pub(crate) use state::{error_chain, Entry, Shared};
 
 use crate::error::{Error, ErrorKind};

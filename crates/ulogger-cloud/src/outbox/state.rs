@@ -14,6 +14,16 @@ use super::status::{OutboxRecord, OutboxStatus, RecordKind, RecordState};
 use super::RecordId;
 use crate::error::{Error, ErrorKind};
 
+/// Takes one from `key`'s count, dropping the key at zero.
+fn forget_one(counts: &mut BTreeMap<u64, usize>, key: u64) {
+    if let std::collections::btree_map::Entry::Occupied(mut count) = counts.entry(key) {
+        *count.get_mut() = count.get().saturating_sub(1);
+        if *count.get() == 0 {
+            count.remove();
+        }
+    }
+}
+
 /// Outcomes remembered for callers that ask after the fact.
 const RECENT_OUTCOMES: usize = 65_536;
 /// The window over which the delivery rate is measured.
@@ -70,6 +80,8 @@ pub(crate) struct State {
     /// Segment -> records in it still on disk (not delivered, evicted or
     /// purged).
     pub segments: BTreeMap<u64, usize>,
+    /// Segment -> dead letters among them.
+    dead_in: BTreeMap<u64, usize>,
     pub bytes: u64,
     pub in_flight: usize,
     pub dead: usize,
@@ -93,6 +105,7 @@ impl State {
         self.bytes += entry.size;
         if matches!(entry.state, EntryState::Dead(_)) {
             self.dead += 1;
+            *self.dead_in.entry(entry.segment).or_default() += 1;
         }
         self.entries.insert(id, entry);
         self.generation += 1;
@@ -103,10 +116,14 @@ impl State {
     pub fn settle(&mut self, id: u64, state: &AckState) -> Option<u64> {
         self.generation += 1;
         let entry = self.entries.get_mut(&id)?;
+        let segment = entry.segment;
         let was = std::mem::replace(&mut entry.state, EntryState::Queued);
         match was {
             EntryState::InFlight => self.in_flight -= 1,
-            EntryState::Dead(_) => self.dead -= 1,
+            EntryState::Dead(_) => {
+                self.dead -= 1;
+                forget_one(&mut self.dead_in, segment);
+            }
             EntryState::Queued => {}
         }
         let outcome = match state {
@@ -114,6 +131,7 @@ impl State {
             AckState::Dead(reason) => {
                 entry.state = EntryState::Dead(reason.clone());
                 self.dead += 1;
+                *self.dead_in.entry(segment).or_default() += 1;
                 Outcome::Dead(reason.clone())
             }
             AckState::Delivered => {
@@ -147,6 +165,41 @@ impl State {
         };
         self.remember(id, outcome);
         segment
+    }
+
+    /// True when everything `segment` still holds is dead letters (and it
+    /// holds some).
+    pub fn only_dead_in(&self, segment: u64) -> bool {
+        let held = self.segments.get(&segment).copied().unwrap_or(0);
+        held > 0 && self.dead_in.get(&segment).copied().unwrap_or(0) == held
+    }
+
+    /// The records `segment` holds, oldest first.
+    pub fn entries_in(&self, segment: u64) -> Vec<(u64, Entry)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.segment == segment)
+            .map(|(id, e)| (*id, e.clone()))
+            .collect()
+    }
+
+    /// Record `id`, which was in segment `from`, is now at `offset` in
+    /// segment `to` (a dead letter moved out of a segment, see the
+    /// writer's `relocate_dead`).
+    pub fn moved(&mut self, id: u64, from: u64, to: u64, offset: u64) {
+        let Some(entry) = self.entries.get_mut(&id).filter(|e| e.segment == from) else {
+            return;
+        };
+        entry.segment = to;
+        entry.offset = offset;
+        let dead = matches!(entry.state, EntryState::Dead(_));
+        forget_one(&mut self.segments, from);
+        *self.segments.entry(to).or_default() += 1;
+        if dead {
+            forget_one(&mut self.dead_in, from);
+            *self.dead_in.entry(to).or_default() += 1;
+        }
+        self.generation += 1;
     }
 
     fn remember(&mut self, id: u64, outcome: Outcome) {
