@@ -170,7 +170,7 @@ fn default_path_prefers_ulogger_home() {
 fn missing_file_opens_empty_and_is_created_on_first_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/deeper/session_tokens.json");
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     assert!(store.is_empty().unwrap());
     assert!(!path.exists());
     store.set("a", 1, "g").unwrap();
@@ -182,13 +182,13 @@ fn missing_file_opens_empty_and_is_created_on_first_write() {
 fn entries_persist_across_reopen() {
     let (_dir, path) = temp_store();
     {
-        let store = SessionStore::open(&path).unwrap();
+        let store = strict(&path);
         store.set("a", 1, "g1").unwrap();
         store.set("b", u32::MAX, "g2").unwrap();
         store.set("c", 3, "g3").unwrap();
         assert!(store.remove("c").unwrap());
     }
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     assert_eq!(store.get("a", "g1").unwrap(), Some(1));
     assert_eq!(store.get("b", "g2").unwrap(), Some(u32::MAX));
     assert_eq!(store.get("c", "g3").unwrap(), None);
@@ -200,7 +200,7 @@ fn entries_persist_across_reopen() {
 #[test]
 fn file_key_order_is_lru_order() {
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     for s in ["a", "b", "c"] {
         store.set(s, 1, "g").unwrap();
     }
@@ -224,7 +224,7 @@ fn file_key_order_is_lru_order() {
 #[test]
 fn flush_without_pending_refresh_does_not_write() {
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     store.set("b", 1, "g").unwrap();
     let before = fs::metadata(&path).unwrap().modified().unwrap();
@@ -248,15 +248,15 @@ fn capacity_eviction_persists() {
         store.set(s, 1, "g").unwrap();
     }
     assert_eq!(file_serials(&path), ["b", "c"]);
-    let reopened = SessionStore::open(&path).unwrap();
+    let reopened = strict(&path);
     assert_eq!(serials(&reopened), ["b", "c"]);
 }
 
 #[test]
 fn two_stores_on_one_file_see_each_other() {
     let (_dir, path) = temp_store();
-    let one = SessionStore::open(&path).unwrap();
-    let two = SessionStore::open(&path).unwrap();
+    let one = strict(&path);
+    let two = strict(&path);
     one.set("a", 1, "g").unwrap();
     assert_eq!(two.get("a", "g").unwrap(), Some(1));
     two.set("b", 2, "g").unwrap();
@@ -270,8 +270,8 @@ fn two_stores_on_one_file_see_each_other() {
 #[test]
 fn lazy_refresh_is_replayed_over_another_writers_file() {
     let (_dir, path) = temp_store();
-    let one = SessionStore::open(&path).unwrap();
-    let two = SessionStore::open(&path).unwrap();
+    let one = strict(&path);
+    let two = strict(&path);
     for s in ["a", "b", "c"] {
         one.set(s, 1, "g").unwrap();
     }
@@ -305,7 +305,7 @@ fn an_in_place_edit_is_noticed() {
 #[test]
 fn a_failed_write_leaves_the_store_as_the_file() {
     let (dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     // A directory where the temporary file goes makes the write fail.
     let tmp = dir.path().join("session_tokens.json.tmp-rs");
@@ -368,7 +368,7 @@ fn corrupt_files_fail_to_open_and_are_left_untouched() {
 #[test]
 fn a_file_corrupted_later_is_never_overwritten() {
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     fs::write(&path, "garbage").unwrap();
     assert!(store.set("b", 2, "g").unwrap_err().is_corrupt());
@@ -416,7 +416,7 @@ fn file_is_0600_and_created_directory_0700() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join(".ulogger");
     let path = home.join("session_tokens.json");
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&home), 0o700);
@@ -454,7 +454,7 @@ const PYTHON_FILE: &str = r#"{
 fn loads_a_python_sdk_file_in_order() {
     let (_dir, path) = temp_store();
     fs::write(&path, PYTHON_FILE).unwrap();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     let entries = store.entries().unwrap();
     let got: Vec<(&str, u32, &str)> = entries
         .iter()
@@ -473,7 +473,7 @@ fn loads_a_python_sdk_file_in_order() {
 #[test]
 fn writes_what_the_python_sdk_writes() {
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("SN-0003", 305_419_896, "1a2b3c4").unwrap();
     store.set("SN-0001", u32::MAX, "deadbee").unwrap();
     store.set("café-2", 0, "").unwrap();
@@ -496,7 +496,7 @@ fn unknown_fields_are_tolerated() {
         r#"{"a": {"token": 5, "git_hash": "g", "issued_at": 1700000000, "meta": {"x": [1]}}}"#,
     )
     .unwrap();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     assert_eq!(store.get("a", "g").unwrap(), Some(5));
 }
 
@@ -543,11 +543,11 @@ proptest::proptest! {
         capacity in proptest::option::of(1usize..8),
     ) {
         let (_dir, path) = temp_store();
-        let mut store = SessionStore::open(&path).unwrap();
+        let mut store = strict(&path);
         if let Some(c) = capacity {
             store = store.with_capacity(cap(c));
         }
-        let other = SessionStore::open(&path).unwrap();
+        let other = strict(&path);
         for op in ops {
             let serial = |s: u8| format!("S{s}");
             match op {
@@ -600,7 +600,7 @@ fn token_on_disk(path: &Path, serial: &str) -> Option<u64> {
 fn concurrent_sets_share_one_durable_write() {
     const SETTERS: u32 = 64;
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("existing", 1, "g").unwrap();
     let before = writes(&store);
     std::thread::scope(|scope| {
@@ -674,7 +674,7 @@ fn many_concurrent_setters_lose_nothing_and_keep_the_python_file() {
     assert!(writes(&store) <= u64::from(all));
     let text = fs::read_to_string(&path).unwrap();
     assert_eq!(text, full_serialisation(&store));
-    let reopened = SessionStore::open(&path).unwrap();
+    let reopened = strict(&path);
     assert_eq!(reopened.len().unwrap(), all as usize);
     for t in 0..SETTERS {
         for n in 0..EACH {
@@ -690,7 +690,7 @@ fn many_concurrent_setters_lose_nothing_and_keep_the_python_file() {
 fn a_failed_group_write_fails_every_setter_in_it() {
     const SETTERS: u32 = 8;
     let (dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     let tmp = dir.path().join("session_tokens.json.tmp-rs");
     fs::create_dir(&tmp).unwrap();
@@ -743,7 +743,7 @@ fn in_memory_sets_from_many_threads() {
 #[test]
 fn a_replaced_entry_is_seen_by_the_next_lookup() {
     let (_dir, path) = temp_store();
-    let one = SessionStore::open(&path).unwrap();
+    let one = strict(&path);
     let two = strict(&path);
     one.set("a", 1, "g").unwrap();
     assert_eq!(two.get("a", "g").unwrap(), Some(1));
@@ -760,7 +760,7 @@ fn a_replaced_entry_is_seen_by_the_next_lookup() {
 #[test]
 fn a_file_with_another_hard_link_is_still_checked() {
     let (dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     let other = strict(&path);
     assert_eq!(other.get("a", "g").unwrap(), Some(1));
@@ -800,7 +800,7 @@ fn lookups_remember_a_bounded_number_of_refreshes() {
     const ENTRIES: u32 = 3 * TOUCHED_MAX as u32;
     let (_dir, path) = temp_store();
     populated(&path, ENTRIES);
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     // Every serial looked up once, from the oldest: each is a refresh.
     for i in 0..ENTRIES {
         assert_eq!(store.get(&format!("SN-{i:06}"), "g").unwrap(), Some(i));
@@ -813,7 +813,7 @@ fn lookups_remember_a_bounded_number_of_refreshes() {
 
     // Another process replaces the file: the remembered (most recent)
     // refreshes are replayed onto it, in order, before our next write.
-    let other = SessionStore::open(&path).unwrap();
+    let other = strict(&path);
     other.set("NEW", 1, "g").unwrap();
     store.set("MINE", 2, "g").unwrap();
     let on_disk = file_serials(&path);
@@ -846,7 +846,7 @@ fn with_a_capacity_lookups_remember_at_most_that_many() {
 fn with_max_staleness_a_hit_may_be_stale_for_that_long_and_no_longer() {
     const WINDOW: std::time::Duration = std::time::Duration::from_millis(30);
     let (_dir, path) = temp_store();
-    let writer = SessionStore::open(&path).unwrap();
+    let writer = strict(&path);
     writer.set("a", 1, "g").unwrap();
     let reader = SessionStore::open(&path)
         .unwrap()
@@ -855,14 +855,17 @@ fn with_max_staleness_a_hit_may_be_stale_for_that_long_and_no_longer() {
     let checked = std::time::Instant::now();
     writer.set("a", 2, "g").unwrap();
     writer.set("b", 3, "g").unwrap();
+    // The reader's next check of the file is after this...
+    let before_check = std::time::Instant::now();
     // A miss always checks the file.
     assert_eq!(reader.get("b", "g").unwrap(), Some(3));
     // So did that miss: `a` is current again.
     assert_eq!(reader.get("a", "g").unwrap(), Some(2));
+    // ... and before this.
     let checked_again = std::time::Instant::now();
     writer.set("a", 4, "g").unwrap();
     let seen = reader.get("a", "g").unwrap();
-    if checked_again.elapsed() < WINDOW {
+    if before_check.elapsed() < WINDOW {
         assert_eq!(seen, Some(2), "a hit inside the window checked the file");
     }
     // Once the window has passed, the next hit checks.
@@ -887,10 +890,15 @@ fn by_default_a_hit_may_be_stale_for_a_millisecond_and_a_miss_never() {
     assert_eq!(reader.get("a", "g").unwrap(), Some(1));
     writer.set("a", 2, "g").unwrap();
     writer.set("b", 3, "g").unwrap();
+    // Before the reader's last check of the file, which the miss below
+    // makes: the bound runs from that check, so from after this.
+    let checked = std::time::Instant::now();
     // A miss checks the file whatever the bound, and finds both writes.
     assert_eq!(reader.get("b", "g").unwrap(), Some(3));
     assert_eq!(reader.get("a", "g").unwrap(), Some(2));
-    let checked = std::time::Instant::now();
+    // After it: once the bound has passed from here, it has passed from
+    // the reader's last check too.
+    let after = std::time::Instant::now();
     // The Python SDK's way (no sync, so well inside the bound): write
     // `<file>.tmp`, then `os.replace`.
     let python_tmp = path.with_file_name("session_tokens.json.tmp");
@@ -898,9 +906,10 @@ fn by_default_a_hit_may_be_stale_for_a_millisecond_and_a_miss_never() {
     fs::rename(&python_tmp, &path).unwrap();
     let seen = reader.get("a", "g").unwrap();
     if checked.elapsed() < DEFAULT_MAX_STALENESS {
+        // The reader checked after `checked`: its bound has not passed.
         assert_eq!(seen, Some(2), "a hit inside the bound checked the file");
     }
-    while checked.elapsed() < DEFAULT_MAX_STALENESS {
+    while after.elapsed() < DEFAULT_MAX_STALENESS {
         std::thread::yield_now();
     }
     assert_eq!(reader.get("a", "g").unwrap(), Some(4));
@@ -909,7 +918,7 @@ fn by_default_a_hit_may_be_stale_for_a_millisecond_and_a_miss_never() {
 #[test]
 fn max_staleness_extremes_do_not_panic() {
     let (_dir, path) = temp_store();
-    let writer = SessionStore::open(&path).unwrap();
+    let writer = strict(&path);
     writer.set("a", 1, "g").unwrap();
     let never = SessionStore::open(&path)
         .unwrap()
@@ -942,7 +951,7 @@ fn max_staleness_extremes_do_not_panic() {
 fn a_writer_that_panics_strands_no_caller() {
     const SETTERS: u32 = 6;
     let (_dir, path) = temp_store();
-    let store = SessionStore::open(&path).unwrap();
+    let store = strict(&path);
     store.set("a", 1, "g").unwrap();
     std::thread::scope(|scope| {
         let mut held = store.lock_state();

@@ -17,15 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{
-    Packet, PubAck, Publish, Subscribe, SubscribeReasonCode, Unsubscribe,
-};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Subscribe, SubscribeReasonCode, Unsubscribe};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior, Sleep};
 
 use super::backoff::Backoff;
+use super::chunks::Chunks;
 use super::connect::{self, Stream, MAX_INCOMING_PACKET};
 use super::session::{self, publish_len, Deadline, Session, FIRST_CONTROL_ID, LAST_PUBLISH_ID};
 use super::writer::Step;
@@ -148,9 +147,6 @@ pub(crate) struct Driver {
     pending_subacks: HashMap<u16, PendingSuback>,
     /// The last packet id given to a subscription change.
     last_control_pkid: u16,
-    /// Publishes picked by `fill`, to encode once the lock is released
-    /// (kept for its allocation).
-    batch: Vec<Publish>,
     /// Completions taken from the session, to send once the lock is
     /// released (kept for its allocation).
     acked: Vec<Done>,
@@ -183,7 +179,6 @@ impl Driver {
             subscription_limit,
             pending_subacks: HashMap::new(),
             last_control_pkid: 0,
-            batch: Vec::new(),
             acked: Vec::new(),
             woken: false,
             closing: false,
@@ -355,7 +350,7 @@ impl Driver {
             packets_tx,
             self.shared.clone(),
         )));
-        let mut out = BytesMut::with_capacity(64 * 1024);
+        let mut out = Chunks::with_blocks(4096);
         let mut timers = Timers::new(Instant::now());
         // Bytes a caller encoded for an earlier connection are dropped
         // (they carry its generation), and their publishes re-sent from
@@ -438,7 +433,7 @@ impl Driver {
                             "no PINGRESP within the keep-alive interval",
                         ));
                     }
-                    encode(&Packet::PingReq, &mut out);
+                    out.packet(&Packet::PingReq);
                     awaiting_pong = true;
                 }
                 _ = shutdown.changed(), if !self.closing => {
@@ -452,7 +447,7 @@ impl Driver {
             }
         };
         if matches!(end, End::Closed) {
-            encode(&Packet::Disconnect, &mut out);
+            out.packet(&Packet::Disconnect);
             let _ = self.write_out(&mut out, &mut timers).await;
         }
         let writer = self.shared.writer().detach();
@@ -488,7 +483,7 @@ impl Driver {
     /// slot, and line up every publish that was not acknowledged for a
     /// re-send in the callers' order (written by [`Driver::fill`], paced
     /// like any other publish).
-    fn restore_session(&mut self, generation: u64, out: &mut BytesMut, timers: &mut Timers) {
+    fn restore_session(&mut self, generation: u64, out: &mut Chunks, timers: &mut Timers) {
         let now = Instant::now();
         let filters: Vec<String> = self
             .subscriptions
@@ -531,15 +526,15 @@ impl Driver {
     /// the reader to wake us on the next PUBACK. Arms the acknowledgement
     /// timer for deadlines callers started. Returns true when it stopped
     /// only because the batch is full (more may go at once).
-    fn fill(&mut self, out: &mut BytesMut, timers: &mut Timers) -> bool {
+    fn fill(&mut self, out: &mut Chunks, timers: &mut Timers) -> bool {
         let now = Instant::now();
         let shared = self.shared.clone();
-        let mut batch = std::mem::take(&mut self.batch);
         let more = {
             let mut session = shared.session();
             session.trim_deadlines();
-            let more =
-                !timers.pace_armed && self.fill_locked(&mut session, &mut batch, now, timers);
+            // Under the lock only headers are encoded: payloads are shared
+            // with the session, not copied (see `chunks`).
+            let more = !timers.pace_armed && self.fill_locked(&mut session, out, now, timers);
             if let Some(front) = session.deadlines.front() {
                 timers.arm_ack(front.at);
             }
@@ -547,22 +542,9 @@ impl Driver {
             self.acked.append(&mut session.acked);
             more
         };
-        // Completions first, so that their callers hand their next
-        // publishes over while this batch is encoded and written.
+        // Completions before the write, so that their callers hand their
+        // next publishes over while this batch is written.
         send_acked(&mut self.acked);
-        // Encoding copies the payloads: not under the lock, which callers
-        // and the reader take too. Room for the whole batch first, so the
-        // buffer is not regrown (and copied) publish after publish.
-        out.reserve(
-            batch
-                .iter()
-                .map(|p| publish_len(&p.topic, &p.payload))
-                .fold(0usize, usize::saturating_add),
-        );
-        for publish in batch.drain(..) {
-            session::encode_publish(publish, out);
-        }
-        self.batch = batch;
         more
     }
 
@@ -571,7 +553,7 @@ impl Driver {
     fn fill_locked(
         &mut self,
         session: &mut Session,
-        batch: &mut Vec<Publish>,
+        out: &mut Chunks,
         now: Instant,
         timers: &mut Timers,
     ) -> bool {
@@ -596,7 +578,7 @@ impl Driver {
                 }
                 self.resend.pop_front();
                 bytes = bytes.saturating_add(size);
-                batch.extend(session.start_write(pkid, true, now, ack_timeout));
+                session.start_write(pkid, true, out, now, ack_timeout);
                 continue;
             }
             session.resending = false;
@@ -618,7 +600,7 @@ impl Driver {
             }
             if let Some(pkid) = session.take_queued() {
                 bytes = bytes.saturating_add(size);
-                batch.extend(session.start_write(pkid, false, now, ack_timeout));
+                session.start_write(pkid, false, out, now, ack_timeout);
             }
         }
         !session.queue.is_empty() || !self.resend.is_empty()
@@ -640,12 +622,7 @@ impl Driver {
 
     /// Fails every publish and subscribe whose acknowledgement is overdue
     /// at `now`, oldest first, and re-arms the timer for the next one.
-    fn expire(
-        &mut self,
-        now: Instant,
-        out: &mut BytesMut,
-        timers: &mut Timers,
-    ) -> Result<(), Error> {
+    fn expire(&mut self, now: Instant, out: &mut Chunks, timers: &mut Timers) -> Result<(), Error> {
         timers.ack_armed = false;
         let shared = self.shared.clone();
         let mut session = shared.session();
@@ -734,7 +711,7 @@ impl Driver {
     fn send_subscribe(
         &mut self,
         filter: String,
-        out: &mut BytesMut,
+        out: &mut Chunks,
         now: Instant,
         timers: &mut Timers,
     ) {
@@ -742,7 +719,7 @@ impl Driver {
         // One filter per SUBSCRIBE (the platform allows at most 8).
         let mut subscribe = Subscribe::new(filter.clone(), QoS::AtLeastOnce);
         subscribe.pkid = pkid;
-        encode(&Packet::Subscribe(subscribe), out);
+        out.packet(&Packet::Subscribe(subscribe));
         if let Some(sub) = self.subscriptions.get_mut(&filter) {
             sub.state = SubState::Requested(pkid);
         }
@@ -753,21 +730,21 @@ impl Driver {
         self.push_deadline(pkid, stamp, now, timers);
     }
 
-    fn send_unsubscribe(&mut self, filter: String, out: &mut BytesMut) {
+    fn send_unsubscribe(&mut self, filter: String, out: &mut Chunks) {
         let mut unsubscribe = Unsubscribe::new(filter);
         unsubscribe.pkid = self.next_control_pkid();
-        encode(&Packet::Unsubscribe(unsubscribe), out);
+        out.packet(&Packet::Unsubscribe(unsubscribe));
     }
 
     /// One subscription gave up its slot (its UNSUBSCRIBE, if it needed
     /// one, is already encoded): the longest-waiting one takes it.
-    fn release_slot(&mut self, out: &mut BytesMut, now: Instant, timers: &mut Timers) {
+    fn release_slot(&mut self, out: &mut Chunks, now: Instant, timers: &mut Timers) {
         self.active_subscriptions = self.active_subscriptions.saturating_sub(1);
         self.promote_subscriptions(out, now, timers);
     }
 
     /// Sends the SUBSCRIBE of queued subscriptions while slots are free.
-    fn promote_subscriptions(&mut self, out: &mut BytesMut, now: Instant, timers: &mut Timers) {
+    fn promote_subscriptions(&mut self, out: &mut Chunks, now: Instant, timers: &mut Timers) {
         while self.active_subscriptions < self.subscription_limit {
             let Some(filter) = self.queued_subscriptions.pop_front() else {
                 return;
@@ -777,7 +754,7 @@ impl Driver {
         }
     }
 
-    fn control(&mut self, command: Control, out: &mut BytesMut, now: Instant, timers: &mut Timers) {
+    fn control(&mut self, command: Control, out: &mut Chunks, now: Instant, timers: &mut Timers) {
         match command {
             Control::Subscribe { filter, done } => match self.subscriptions.get_mut(&filter) {
                 Some(sub) => {
@@ -830,7 +807,7 @@ impl Driver {
     fn incoming(
         &mut self,
         packet: Packet,
-        out: &mut BytesMut,
+        out: &mut Chunks,
         timers: &mut Timers,
         awaiting_pong: &mut bool,
     ) -> Result<(), Error> {
@@ -883,7 +860,7 @@ impl Driver {
             Packet::Publish(publish) => {
                 match publish.qos {
                     QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => encode(&Packet::PubAck(PubAck::new(publish.pkid)), out),
+                    QoS::AtLeastOnce => out.packet(&Packet::PubAck(PubAck::new(publish.pkid))),
                     QoS::ExactlyOnce => {
                         return Err(ErrorKind::Protocol(
                             "QoS 2 delivery on a QoS 1 subscription".to_owned(),
@@ -917,7 +894,7 @@ impl Driver {
     /// publish written earlier still fails on time while the broker is
     /// slow to take this batch), and a broker that takes no bytes at all
     /// for the acknowledgement timeout is a lost connection.
-    async fn write_out(&mut self, out: &mut BytesMut, timers: &mut Timers) -> Result<(), Error> {
+    async fn write_out(&mut self, out: &mut Chunks, timers: &mut Timers) -> Result<(), Error> {
         let stall = self.settings.ack_timeout;
         let shared = self.shared.clone();
         shared.writer().push(out);
@@ -950,14 +927,6 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-fn encode(packet: &Packet, out: &mut BytesMut) {
-    // Sizes were checked before the command was queued; encoding into a
-    // growable buffer with no size limit cannot fail.
-    if let Err(e) = packet.write(out, usize::MAX) {
-        tracing::error!(error = %e, "could not encode an MQTT packet");
     }
 }
 

@@ -18,6 +18,7 @@
 //! Everything here is private: `Client` is the public face.
 
 pub(crate) mod backoff;
+mod chunks;
 mod connect;
 mod driver;
 pub(crate) mod pacing;
@@ -238,11 +239,11 @@ impl Transport {
         let wake = match handed {
             HandOver::Queued { wake } => wake,
             HandOver::Write {
-                mut bytes,
+                mut chunks,
                 generation,
                 arm_timer,
             } => {
-                let written = self.shared.writer().write_now(&mut bytes, generation);
+                let written = self.shared.writer().write_now(&mut chunks, generation);
                 arm_timer || !written
             }
         };

@@ -30,11 +30,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{Packet, Publish};
-use rumqttc::mqttbytes::QoS;
+use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::chunks::Chunks;
 use super::pacing::Pacer;
 use super::{deadline_after, Done};
 use crate::config::Settings;
@@ -101,7 +100,7 @@ pub(crate) enum HandOver {
     /// `generation`, and wakes the driver if `arm_timer` (its
     /// acknowledgement timer is idle) or if the socket does not take them.
     Write {
-        bytes: BytesMut,
+        chunks: Chunks,
         generation: u64,
         arm_timer: bool,
     },
@@ -209,12 +208,12 @@ impl Session {
                     connect_deadline: None,
                 },
             );
-            let mut bytes = BytesMut::with_capacity(size);
-            self.write_publish(pkid, false, &mut bytes, now, settings.ack_timeout);
+            let mut chunks = Chunks::default();
+            self.start_write(pkid, false, &mut chunks, now, settings.ack_timeout);
             let arm_timer = !self.ack_armed;
             self.ack_armed = true;
             return Ok(HandOver::Write {
-                bytes,
+                chunks,
                 generation: self.generation,
                 arm_timer,
             });
@@ -253,37 +252,22 @@ impl Session {
         Some(pkid)
     }
 
-    /// Encodes the inflight publish `pkid` into `out` and starts its
-    /// acknowledgement deadline: the acknowledgement timeout counts from
-    /// here.
-    pub fn write_publish(
-        &mut self,
-        pkid: u16,
-        dup: bool,
-        out: &mut BytesMut,
-        now: Instant,
-        ack_timeout: Duration,
-    ) {
-        if let Some(publish) = self.start_write(pkid, dup, now, ack_timeout) {
-            encode_publish(publish, out);
-        }
-    }
-
-    /// Starts the acknowledgement deadline of the inflight publish `pkid`
-    /// (the acknowledgement timeout counts from here) and returns the
-    /// packet to write, to be encoded without holding the lock.
+    /// Appends the inflight publish `pkid` to `out` (its header encoded,
+    /// its payload shared, not copied) and starts its acknowledgement
+    /// deadline: the acknowledgement timeout counts from here. False when
+    /// `pkid` is not in flight.
     pub fn start_write(
         &mut self,
         pkid: u16,
         dup: bool,
+        out: &mut Chunks,
         now: Instant,
         ack_timeout: Duration,
-    ) -> Option<Publish> {
-        let entry = self.inflight.get_mut(&pkid)?;
-        let mut publish =
-            Publish::from_bytes(entry.topic.clone(), QoS::AtLeastOnce, entry.payload.clone());
-        publish.pkid = pkid;
-        publish.dup = dup;
+    ) -> bool {
+        let Some(entry) = self.inflight.get_mut(&pkid) else {
+            return false;
+        };
+        out.publish(&entry.topic, pkid, dup, entry.payload.clone());
         self.next_stamp += 1;
         entry.stamp = self.next_stamp;
         let at = deadline_after(now, ack_timeout);
@@ -292,7 +276,7 @@ impl Session {
             pkid,
             stamp: self.next_stamp,
         });
-        Some(publish)
+        true
     }
 
     /// True while the write `deadline` is about still awaits its PUBACK.
@@ -462,15 +446,6 @@ impl Session {
     }
 }
 
-/// Appends `publish` to `out`.
-pub(crate) fn encode_publish(publish: Publish, out: &mut BytesMut) {
-    // Sizes were checked before the publish was handed over; encoding into
-    // a growable buffer with no size limit cannot fail.
-    if let Err(e) = Packet::Publish(publish).write(out, usize::MAX) {
-        tracing::error!(error = %e, "could not encode an MQTT packet");
-    }
-}
-
 /// The size of the PUBLISH packet for `topic` and `payload` (QoS 1).
 pub(crate) fn publish_len(topic: &str, payload: &Bytes) -> usize {
     // Topic length, topic, packet id, payload.
@@ -500,6 +475,7 @@ pub(crate) fn lock(session: &std::sync::Mutex<Session>) -> MutexGuard<'_, Sessio
 mod tests {
     use super::*;
     use crate::config::{MqttConfig, Pacing, Security};
+    use rumqttc::mqttbytes::v4::Packet;
     use tokio::sync::oneshot;
 
     fn settings(connect_timeout: Duration) -> Settings {
@@ -536,14 +512,13 @@ mod tests {
         let mut session = up(&settings);
         let (first, _rx) = command(b"one");
         let HandOver::Write {
-            mut bytes,
-            arm_timer,
-            ..
+            chunks, arm_timer, ..
         } = session.hand_over(first, &settings).unwrap()
         else {
             panic!("an idle connection takes the publish at once");
         };
         assert!(arm_timer, "the acknowledgement timer was idle");
+        let mut bytes = chunks.concatenated();
         let Packet::Publish(publish) = Packet::read(&mut bytes, 1 << 20).unwrap() else {
             panic!("a PUBLISH");
         };

@@ -1,7 +1,9 @@
 //! The connection's write side, shared by the driver and the callers.
 //!
 //! Every byte for the broker goes through `out`, in order, so that
-//! packets never interleave whoever writes them. The driver writes with
+//! packets never interleave whoever writes them. `out` is a list of
+//! chunks (`super::chunks`), written with vectored writes: payloads are
+//! not copied into a packet buffer first. The driver writes with
 //! its own waker and may wait for the socket; a caller whose publish may
 //! go at once (see `session`) writes it itself, without waiting: if the
 //! socket does not take all of it at once, the rest stays in `out` and
@@ -9,13 +11,13 @@
 //! driver is not waiting on the socket, so it never displaces the
 //! driver's waker.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, WriteHalf};
 
+use super::chunks::{Chunks, MAX_SLICES};
 use super::connect::Stream;
 
 /// What one step of writing did.
@@ -32,7 +34,7 @@ pub(crate) struct Writer {
     /// Which connection `stream` is (see `Session::generation`).
     generation: u64,
     /// Bytes not yet taken by the stream, oldest first.
-    out: BytesMut,
+    out: Chunks,
     /// Bytes taken by the stream may still sit in its (TLS) buffer.
     unflushed: bool,
     /// The driver's waker is registered with the stream.
@@ -44,7 +46,7 @@ impl Writer {
         Writer {
             stream: None,
             generation: 0,
-            out: BytesMut::new(),
+            out: Chunks::default(),
             unflushed: false,
             driver_waiting: false,
         }
@@ -73,14 +75,9 @@ impl Writer {
         !self.out.is_empty() || self.unflushed
     }
 
-    /// Appends `bytes` (leaving it empty) after what is already queued.
-    pub fn push(&mut self, bytes: &mut BytesMut) {
-        if self.out.is_empty() {
-            std::mem::swap(&mut self.out, bytes);
-        } else {
-            self.out.extend_from_slice(bytes);
-        }
-        bytes.clear();
+    /// Appends `chunks` (leaving it empty) after what is already queued.
+    pub fn push(&mut self, chunks: &mut Chunks) {
+        self.out.append(chunks);
     }
 
     /// The driver's step: writes some of `out`, or flushes once all of it
@@ -91,16 +88,16 @@ impl Writer {
         step
     }
 
-    /// A caller's write of `bytes`, encoded for connection `generation`,
+    /// A caller's write of `chunks`, encoded for connection `generation`,
     /// without waiting. Returns true when they are written and flushed (or
     /// belong to a connection that is gone, whose publishes are re-sent
     /// from the session); false when the driver must finish the job.
-    pub fn write_now(&mut self, bytes: &mut BytesMut, generation: u64) -> bool {
+    pub fn write_now(&mut self, chunks: &mut Chunks, generation: u64) -> bool {
         if self.stream.is_none() || generation != self.generation {
             return true;
         }
         let busy = self.driver_waiting || self.pending();
-        self.push(bytes);
+        self.push(chunks);
         if busy {
             return false;
         }
@@ -121,7 +118,9 @@ impl Writer {
             return Poll::Ready(Ok(Step::Done));
         };
         if !self.out.is_empty() {
-            return match Pin::new(stream).poll_write(cx, &self.out) {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.out.slices(&mut slices);
+            return match Pin::new(stream).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::WriteZero,
                     "the connection takes no more bytes",
