@@ -29,6 +29,11 @@ fn upload_args(emu: &Emulator, serial: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// The result lines of the files that failed.
+fn failed_lines(stdout: &str) -> Vec<&str> {
+    stdout.lines().filter(|l| l.contains("FAILED")).collect()
+}
+
 /// Waits until the cloud holds `n` binary logs in all.
 fn wait_for_stored_logs(emu: &Emulator, n: usize) {
     let count = || {
@@ -105,11 +110,7 @@ fn a_bad_file_among_good_ones_fails_alone_and_is_counted() {
 
     let run = sandbox.run(&args).expect_code(2);
 
-    let failed: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| l.contains("FAILED"))
-        .collect();
+    let failed = failed_lines(&run.stdout);
     assert_eq!(failed.len(), 2, "{}", run.stdout);
     assert!(
         failed
@@ -255,11 +256,7 @@ fn ctrl_c_with_uploads_in_flight_accounts_for_every_file() {
     );
     // Only the bad files failed; nothing unacknowledged is called failed
     // or uploaded.
-    let failed: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| l.contains("FAILED"))
-        .collect();
+    let failed = failed_lines(&run.stdout);
     assert_eq!(failed.len(), 2, "{}", run.stdout);
     assert!(!run.stdout.contains(": uploaded "), "{}", run.stdout);
     assert!(
@@ -306,11 +303,7 @@ fn a_file_larger_than_a_message_is_refused_unread_and_the_rest_go() {
 
     let run = sandbox.run(&args).expect_code(2);
 
-    let failed: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| l.contains("FAILED"))
-        .collect();
+    let failed = failed_lines(&run.stdout);
     assert_eq!(failed.len(), 1, "{}", run.stdout);
     assert!(
         failed[0].starts_with(&s(&huge))
