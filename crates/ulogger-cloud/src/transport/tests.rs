@@ -109,6 +109,81 @@ async fn a_publish_completes_on_its_own_puback_whoever_wrote_it() {
     transport.shutdown().await;
 }
 
+/// Payloads are written straight from the session in vectored writes
+/// (`chunks`): a broker that takes the bytes a little at a time, so that
+/// nearly every write is cut inside a header or a payload, still gets
+/// every PUBLISH whole, each once, with its own payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_slow_to_read_gets_every_publish_whole() {
+    const PUBLISHES: usize = 100;
+    const SIZE: usize = 60_000;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window: the client's writes stop part way.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let transport = transport(port, Duration::from_secs(5));
+    let (mut socket, mut buf) = accept(&listener).await;
+    transport.connected().await.unwrap();
+
+    let payload = |i: usize| -> Vec<u8> {
+        let mut p = vec![u8::try_from(i % 251).unwrap(); SIZE];
+        p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        p
+    };
+    let publishes: Vec<_> = (0..PUBLISHES)
+        .map(|i| {
+            let transport = transport.clone();
+            let bytes = Bytes::from(payload(i));
+            tokio::spawn(async move { transport.publish("a/b".to_owned(), bytes).await })
+        })
+        .collect();
+
+    // Read in small pieces, letting the client run between them.
+    let mut seen = vec![0u32; PUBLISHES];
+    let mut pkids = std::collections::HashSet::new();
+    let mut piece = [0u8; 1000];
+    while pkids.len() < PUBLISHES {
+        match Packet::read(&mut buf, 1 << 20) {
+            Ok(Packet::Publish(publish)) => {
+                assert!(!publish.dup, "a first write is not a re-send");
+                assert_eq!(publish.topic, "a/b");
+                let i =
+                    usize::try_from(u64::from_be_bytes(publish.payload[..8].try_into().unwrap()))
+                        .unwrap();
+                assert_eq!(&publish.payload[..], &payload(i)[..], "payload {i} intact");
+                seen[i] += 1;
+                assert!(
+                    pkids.insert(publish.pkid),
+                    "packet id {} twice",
+                    publish.pkid
+                );
+                continue;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => panic!("malformed packet from the client: {e}"),
+        }
+        let n = socket.read(&mut piece).await.unwrap();
+        assert!(n > 0, "the client closed the connection");
+        buf.extend_from_slice(&piece[..n]);
+        tokio::task::yield_now().await;
+    }
+    assert!(seen.iter().all(|&n| n == 1), "each publish once: {seen:?}");
+    for pkid in pkids {
+        send(&mut socket, Packet::PubAck(PubAck::new(pkid))).await;
+    }
+    for publish in publishes {
+        tokio::time::timeout(Duration::from_secs(10), publish)
+            .await
+            .expect("completed on its PUBACK")
+            .unwrap()
+            .unwrap();
+    }
+    transport.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_in_flight_when_the_broker_goes_away_fails_after_the_connect_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
