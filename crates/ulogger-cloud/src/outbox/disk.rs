@@ -618,15 +618,11 @@ impl Writer {
         if self.active.as_ref().is_some_and(|a| a.number == segment) {
             return;
         }
-        let letters = {
-            let state = shared.lock();
-            if !state.only_dead_in(segment) {
-                return;
-            }
-            state.entries_in(segment)
+        // Cheap checks first: this runs after every batch of acks.
+        let Some(moved_bytes) = shared.lock().only_dead_in(segment) else {
+            return;
         };
         let path = segment_path(&self.dir, segment);
-        let moved_bytes: u64 = letters.iter().map(|(_, e)| u64::from(e.frame_len)).sum();
         let file_len = match fs::metadata(&path) {
             Ok(meta) => meta.len(),
             Err(e) => {
@@ -637,6 +633,17 @@ impl Writer {
         if moved_bytes.saturating_mul(2) > file_len {
             return;
         }
+        // Only the writer changes dead letters and segments, so this is
+        // what `moved_bytes` counted.
+        let letters = shared.lock().entries_in(segment);
+        debug_assert_eq!(
+            letters
+                .iter()
+                .map(|(_, e)| u64::from(e.frame_len))
+                .sum::<u64>(),
+            moved_bytes,
+            "dead-letter bytes counted wrong"
+        );
         let frames = match read_frames(&path, &letters) {
             Ok(frames) => frames,
             Err(e) => {
@@ -1059,6 +1066,36 @@ mod tests {
         assert_eq!(log_files(dir.path()), [1]);
         assert_eq!(outbox.shared.lock().entries[&ids[0]].segment, 1);
         assert_eq!(outbox.status().dead, 1);
+    }
+
+    #[tokio::test]
+    async fn once_the_large_dead_letters_are_gone_the_small_ones_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+        let large = outbox
+            .append(Kind::Log, None, &[7; 8 * 1024])
+            .await
+            .unwrap()
+            .0;
+        let small = outbox.append(Kind::Log, None, &[8; 100]).await.unwrap().0;
+        let other = outbox.append(Kind::Log, None, &[9; 1024]).await.unwrap().0;
+        drop(outbox);
+        let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+        ack(&outbox, large, AckState::Dead("refused".into())).await;
+        ack(&outbox, small, AckState::Dead("refused".into())).await;
+        ack(&outbox, other, AckState::Delivered).await;
+        assert_eq!(log_files(dir.path()), [1], "mostly dead letters: it stays");
+        // The large one purged: what is left is small enough to move.
+        ack(&outbox, large, AckState::Purged).await;
+        assert_eq!(log_files(dir.path()), [2]);
+        let state = outbox.shared.lock();
+        assert_eq!(state.entries.keys().copied().collect::<Vec<_>>(), [small]);
+        assert_eq!(state.entries[&small].segment, 2);
+        assert_eq!(
+            state.only_dead_in(2),
+            Some(u64::from(state.entries[&small].frame_len))
+        );
+        assert_eq!(state.only_dead_in(1), None);
     }
 
     /// A crash after the copy and before the old segment's removal leaves

@@ -24,6 +24,33 @@ fn forget_one(counts: &mut BTreeMap<u64, usize>, key: u64) {
     }
 }
 
+/// The dead letters of one segment.
+#[derive(Debug, Default, Clone, Copy)]
+struct DeadIn {
+    count: usize,
+    bytes: u64,
+}
+
+impl DeadIn {
+    fn add(&mut self, frame_len: u32) {
+        self.count += 1;
+        self.bytes += u64::from(frame_len);
+    }
+}
+
+/// Takes one dead letter of `frame_len` bytes from `segment`'s, dropping
+/// the segment at zero.
+fn forget_dead(dead_in: &mut BTreeMap<u64, DeadIn>, segment: u64, frame_len: u32) {
+    if let std::collections::btree_map::Entry::Occupied(mut dead) = dead_in.entry(segment) {
+        let d = dead.get_mut();
+        d.count = d.count.saturating_sub(1);
+        d.bytes = d.bytes.saturating_sub(u64::from(frame_len));
+        if d.count == 0 {
+            dead.remove();
+        }
+    }
+}
+
 /// Outcomes remembered for callers that ask after the fact.
 const RECENT_OUTCOMES: usize = 65_536;
 /// The window over which the delivery rate is measured.
@@ -80,8 +107,9 @@ pub(crate) struct State {
     /// Segment -> records in it still on disk (not delivered, evicted or
     /// purged).
     pub segments: BTreeMap<u64, usize>,
-    /// Segment -> dead letters among them.
-    dead_in: BTreeMap<u64, usize>,
+    /// Segment -> the dead letters among them: how many, and their frames'
+    /// bytes on disk.
+    dead_in: BTreeMap<u64, DeadIn>,
     pub bytes: u64,
     pub in_flight: usize,
     pub dead: usize,
@@ -105,7 +133,10 @@ impl State {
         self.bytes += entry.size;
         if matches!(entry.state, EntryState::Dead(_)) {
             self.dead += 1;
-            *self.dead_in.entry(entry.segment).or_default() += 1;
+            self.dead_in
+                .entry(entry.segment)
+                .or_default()
+                .add(entry.frame_len);
         }
         self.entries.insert(id, entry);
         self.generation += 1;
@@ -116,13 +147,13 @@ impl State {
     pub fn settle(&mut self, id: u64, state: &AckState) -> Option<u64> {
         self.generation += 1;
         let entry = self.entries.get_mut(&id)?;
-        let segment = entry.segment;
+        let (segment, frame_len) = (entry.segment, entry.frame_len);
         let was = std::mem::replace(&mut entry.state, EntryState::Queued);
         match was {
             EntryState::InFlight => self.in_flight -= 1,
             EntryState::Dead(_) => {
                 self.dead -= 1;
-                forget_one(&mut self.dead_in, segment);
+                forget_dead(&mut self.dead_in, segment, frame_len);
             }
             EntryState::Queued => {}
         }
@@ -131,7 +162,7 @@ impl State {
             AckState::Dead(reason) => {
                 entry.state = EntryState::Dead(reason.clone());
                 self.dead += 1;
-                *self.dead_in.entry(segment).or_default() += 1;
+                self.dead_in.entry(segment).or_default().add(frame_len);
                 Outcome::Dead(reason.clone())
             }
             AckState::Delivered => {
@@ -167,11 +198,12 @@ impl State {
         segment
     }
 
-    /// True when everything `segment` still holds is dead letters (and it
-    /// holds some).
-    pub fn only_dead_in(&self, segment: u64) -> bool {
+    /// When everything `segment` still holds is dead letters (and it holds
+    /// some): the bytes of their frames.
+    pub fn only_dead_in(&self, segment: u64) -> Option<u64> {
         let held = self.segments.get(&segment).copied().unwrap_or(0);
-        held > 0 && self.dead_in.get(&segment).copied().unwrap_or(0) == held
+        let dead = self.dead_in.get(&segment)?;
+        (held > 0 && dead.count == held).then_some(dead.bytes)
     }
 
     /// The records `segment` holds, oldest first.
@@ -196,8 +228,9 @@ impl State {
         forget_one(&mut self.segments, from);
         *self.segments.entry(to).or_default() += 1;
         if dead {
-            forget_one(&mut self.dead_in, from);
-            *self.dead_in.entry(to).or_default() += 1;
+            let frame_len = entry.frame_len;
+            forget_dead(&mut self.dead_in, from, frame_len);
+            self.dead_in.entry(to).or_default().add(frame_len);
         }
         self.generation += 1;
     }
