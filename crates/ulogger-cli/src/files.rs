@@ -88,8 +88,21 @@ pub fn read_limited(path: &Path, limit: usize, what: &'static str) -> Result<Vec
     } else {
         0
     };
-    let mut bytes = Vec::with_capacity(expected);
-    file.take(limit_u64.saturating_add(1))
+    read_to_limit(file, expected, limit, what)
+}
+
+/// Everything `reader` gives if it is at most `limit` bytes, reading one
+/// byte past the limit at most; `capacity` is the size expected.
+pub fn read_to_limit(
+    reader: impl Read,
+    capacity: usize,
+    limit: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, ReadError> {
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    let mut bytes = Vec::with_capacity(capacity.min(limit));
+    reader
+        .take(limit_u64.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(ReadError::Io)?;
     if bytes.len() > limit {

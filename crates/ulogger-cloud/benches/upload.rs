@@ -682,6 +682,16 @@ impl Bench {
             .map_err(|e| format!("building the client: {e}"))
     }
 
+    /// [`Bench::client`], once it is connected.
+    async fn connected_client(&self) -> Result<Client, String> {
+        let client = self.client()?;
+        client
+            .connected()
+            .await
+            .map_err(|e| format!("client connecting: {e}"))?;
+        Ok(client)
+    }
+
     async fn phase(
         &mut self,
         publisher: Publisher,
@@ -704,11 +714,7 @@ impl Bench {
         logs: &[(usize, Bytes)],
         upload: bool,
     ) -> Result<Round, String> {
-        let client = self.client()?;
-        client
-            .connected()
-            .await
-            .map_err(|e| format!("client connecting: {e}"))?;
+        let client = self.connected_client().await?;
         // The application's side runs in a task of the runtime, as in a
         // gateway (not on the thread that called `block_on`).
         let timed = {
@@ -771,11 +777,7 @@ impl Bench {
         logs: &[(usize, Bytes)],
         in_task: bool,
     ) -> Result<Round, String> {
-        let client = self.client()?;
-        client
-            .connected()
-            .await
-            .map_err(|e| format!("client connecting: {e}"))?;
+        let client = self.connected_client().await?;
         // One untimed call: the first upload of a device looks its token up.
         let (device, log) = &logs[0];
         client

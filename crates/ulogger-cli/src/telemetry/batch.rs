@@ -5,7 +5,6 @@
 //! Every entry is checked here, so that a mistake is reported with its
 //! place in the file (`devices[2].metrics`) before anything is sent.
 
-use std::io::Read as _;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -93,17 +92,16 @@ const BATCH_FILE_LIMIT: usize = 16 * 1024 * 1024;
 /// The bytes of `path`, or of standard input for `-`.
 pub fn read(path: &Path) -> Result<Vec<u8>, String> {
     if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .take(BATCH_FILE_LIMIT as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read the batch from standard input: {e}"))?;
-        if bytes.len() > BATCH_FILE_LIMIT {
-            return Err(format!(
-                "the batch on standard input is more than a batch file may be ({BATCH_FILE_LIMIT} bytes)"
-            ));
-        }
-        return Ok(bytes);
+        return files::read_to_limit(std::io::stdin(), 0, BATCH_FILE_LIMIT, "a batch file").map_err(
+            |e| match e {
+                files::ReadError::Io(e) => {
+                    format!("cannot read the batch from standard input: {e}")
+                }
+                files::ReadError::TooLarge { .. } => format!(
+                    "the batch on standard input is more than a batch file may be ({BATCH_FILE_LIMIT} bytes)"
+                ),
+            },
+        );
     }
     files::read_limited(path, BATCH_FILE_LIMIT, "a batch file").map_err(|e| match e {
         files::ReadError::Io(e) => format!("cannot read the batch file {}: {e}", path.display()),

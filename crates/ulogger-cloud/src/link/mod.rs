@@ -52,6 +52,8 @@
 //! ```
 
 mod bridge;
+// Only the tests use it (see its documentation).
+#[cfg(test)]
 mod own;
 mod rumqttc_link;
 

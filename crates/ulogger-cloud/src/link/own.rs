@@ -29,8 +29,6 @@ pub(crate) struct OwnLink {
 }
 
 impl OwnLink {
-    // Used by the unit tests; the pool uses `Transport` directly.
-    #[allow(dead_code)]
     pub fn new(transport: Transport) -> OwnLink {
         OwnLink {
             transport,

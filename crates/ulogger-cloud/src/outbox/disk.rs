@@ -324,14 +324,22 @@ fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error
     result.map_err(|e| io_error("write", path, e))
 }
 
-fn remove_segment(dir: &Path, segment: u64) {
-    for path in [segment_path(dir, segment), acks_path(dir, segment)] {
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(file = %path.display(), error = %e, "could not remove a delivered outbox segment");
-            }
+/// Removes a segment's files, its records first: if they cannot go, its
+/// acks stay too (without them the records would come back as queued).
+/// True when the records are gone.
+fn remove_segment(dir: &Path, segment: u64) -> bool {
+    let remove = |path: PathBuf| match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove an outbox segment");
+            false
         }
+        _ => true,
+    };
+    if !remove(segment_path(dir, segment)) {
+        return false;
     }
+    remove(acks_path(dir, segment));
+    true
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -676,20 +684,11 @@ impl Writer {
             tracing::warn!(segment = number, error = %e, "could not record moved dead letters; their segment stays");
             return;
         }
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(segment = %path.display(), error = %e, "could not remove an outbox segment whose dead letters were moved; it stays");
-                return;
-            }
+        if !self.remove_files(segment) {
+            // The old copies stay the record (the first copy wins at the
+            // next open); the new ones count for nothing.
+            return;
         }
-        let old_acks = acks_path(&self.dir, segment);
-        if let Err(e) = fs::remove_file(&old_acks) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(file = %old_acks.display(), error = %e, "could not remove the acks of a moved outbox segment");
-            }
-        }
-        self.acks.remove(&segment);
-        self.dirty_acks.retain(|s| *s != segment);
         let mut state = shared.lock();
         let mut offset = base;
         for (id, entry) in &letters {
@@ -748,10 +747,16 @@ impl Writer {
         if state.segments.get(&segment).copied().unwrap_or(0) == 0 {
             state.segments.remove(&segment);
             drop(state);
-            self.acks.remove(&segment);
-            self.dirty_acks.retain(|s| *s != segment);
-            remove_segment(&self.dir, segment);
+            self.remove_files(segment);
         }
+    }
+
+    /// Removes `segment`'s files and forgets its acks file; true when its
+    /// records are gone (see [`remove_segment`]).
+    fn remove_files(&mut self, segment: u64) -> bool {
+        self.acks.remove(&segment);
+        self.dirty_acks.retain(|s| *s != segment);
+        remove_segment(&self.dir, segment)
     }
 
     /// Makes room under the bounds, or refuses appends that do not fit.

@@ -136,19 +136,12 @@ impl Chunks {
 /// Appends to `out` the fixed and variable header of a QoS 1 PUBLISH
 /// (MQTT 3.1.1 §3.3) of a `payload_len`-byte payload: type and flags,
 /// remaining length, topic, packet id. The payload follows it on the wire.
-pub(crate) fn encode_publish_head(
-    topic: &str,
-    pkid: u16,
-    dup: bool,
-    payload_len: usize,
-    out: &mut BytesMut,
-) {
+fn encode_publish_head(topic: &str, pkid: u16, dup: bool, payload_len: usize, out: &mut BytesMut) {
     // Topic length, topic, packet id, payload. Sizes were checked before
     // the publish was handed over (the topic is at most 256 bytes, the
     // payload at most the broker's message size), so neither the topic
     // length nor the remaining length can overflow their fields.
     let remaining = 2 + topic.len() + 2 + payload_len;
-    out.reserve(PUBLISH_HEAD_MAX + topic.len());
     // PUBLISH, QoS 1 (bits 1-2), DUP (bit 3), no retain.
     out.put_u8(0x32 | if dup { 0x08 } else { 0 });
     let mut left = remaining;

@@ -173,6 +173,9 @@ impl Drop for Listener {
 }
 
 impl Listener {
+    /// The next message (the test-only `OwnLink` awaits them this way;
+    /// the pool polls).
+    #[cfg(test)]
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }

@@ -254,8 +254,8 @@ impl Session {
 
     /// Appends the inflight publish `pkid` to `out` (its header encoded,
     /// its payload shared, not copied) and starts its acknowledgement
-    /// deadline: the acknowledgement timeout counts from here. False when
-    /// `pkid` is not in flight.
+    /// deadline: the acknowledgement timeout counts from here. Nothing
+    /// when `pkid` is not in flight.
     pub fn start_write(
         &mut self,
         pkid: u16,
@@ -263,9 +263,9 @@ impl Session {
         out: &mut Chunks,
         now: Instant,
         ack_timeout: Duration,
-    ) -> bool {
+    ) {
         let Some(entry) = self.inflight.get_mut(&pkid) else {
-            return false;
+            return;
         };
         out.publish(&entry.topic, pkid, dup, entry.payload.clone());
         self.next_stamp += 1;
@@ -276,7 +276,6 @@ impl Session {
             pkid,
             stamp: self.next_stamp,
         });
-        true
     }
 
     /// True while the write `deadline` is about still awaits its PUBACK.
