@@ -82,9 +82,17 @@ pub struct ConnectionArgs {
     /// Customer id.
     #[arg(long, env = "ULOGGER_CUSTOMER_ID")]
     pub customer_id: Option<u32>,
-    /// Group id (adds the group level to topics).
+    /// Group id, the topics' group level; 0 means no groups [default: 0].
     #[arg(long, env = "ULOGGER_GROUP_ID")]
     pub group_id: Option<u32>,
+    /// Use the original topic layout without the group level, for an old
+    /// broker or bridge of your own. The uLogger cloud does NOT route it:
+    /// what is sent that way is acknowledged and then dropped
+    /// [default: false].
+    #[arg(long, env = "ULOGGER_LEGACY_TOPICS", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = boolish)]
+    pub legacy_topics: Option<bool>,
     /// Prefix put before every topic, as-is.
     #[arg(long, env = "ULOGGER_PREFIX")]
     pub prefix: Option<String>,
@@ -127,6 +135,8 @@ pub struct ConfigFile {
     pub ca: Option<PathBuf>,
     pub customer_id: Option<u32>,
     pub group_id: Option<u32>,
+    /// `--legacy-topics`.
+    pub legacy_topics: Option<bool>,
     pub prefix: Option<String>,
     pub plaintext: Option<bool>,
     pub no_pacing: Option<bool>,
@@ -263,9 +273,10 @@ impl ConnectionArgs {
         if let Some(ca) = self.ca.clone().or_else(|| file.ca.clone()) {
             config = config.ca_file(ca);
         }
-        let group = self.group_id.or(file.group_id);
-        if let Some(group) = group {
-            config = config.group_id(group);
+        let group = self.topic_group(file)?;
+        match group {
+            Some(group) => config = config.group_id(group),
+            None => config = config.legacy_topics(),
         }
         let prefix = self.prefix.clone().or_else(|| file.prefix.clone());
         if let Some(prefix) = &prefix {
@@ -296,6 +307,22 @@ impl ConnectionArgs {
             token_timeout_secs: token_timeout.unwrap_or(DEFAULT_TOKEN_TIMEOUT_SECS),
         });
         Ok(config)
+    }
+
+    /// The topics' group level: the group id (default 0), or `None` for
+    /// the legacy layout without one.
+    pub fn topic_group(&self, file: &ConfigFile) -> Result<Option<u32>, Exit> {
+        let group = self.group_id.or(file.group_id);
+        if !self.legacy_topics.or(file.legacy_topics).unwrap_or(false) {
+            return Ok(Some(group.unwrap_or(ulogger_cloud::DEFAULT_GROUP_ID)));
+        }
+        match group {
+            None => Ok(None),
+            Some(group) => Err(bad_input(&format!(
+                "--legacy-topics drops the group level, so group id {group} cannot go with it: \
+                 remove one of them (the uLogger cloud routes only topics with a group level)"
+            ))),
+        }
     }
 
     /// The platform's pacing unless the flag, the environment or the

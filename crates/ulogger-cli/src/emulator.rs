@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ulogger_emulator::{
-    AttachTo, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, Verdict,
+    AttachTo, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, RecordKind, Verdict,
 };
 
 use crate::exit::{Exit, Failure};
@@ -52,9 +52,16 @@ pub struct RunArgs {
     /// The customer id served; client ids must start with `cust-{ID}-`.
     #[arg(long, default_value_t = 1, value_name = "ID")]
     customer_id: u32,
-    /// Group id (selects the topic layout with a group level).
-    #[arg(long, value_name = "ID")]
-    group_id: Option<u32>,
+    /// Group id used in the printed commands and for pushed log
+    /// configurations; publishes of every group are routed, as the
+    /// platform does (0 means no groups).
+    #[arg(long, default_value_t = 0, value_name = "ID")]
+    group_id: u32,
+    /// Also route the original topic layout without the group level, for
+    /// tests of old deployments. The uLogger cloud does not: by default
+    /// such publishes are acknowledged and shown as unrouted.
+    #[arg(long)]
+    legacy_topics: bool,
     /// Topic prefix, prepended as-is (include the trailing `/`).
     #[arg(long, default_value = "", value_name = "PREFIX")]
     prefix: String,
@@ -151,6 +158,7 @@ fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
         .data_dir(&args.data)
         .plaintext(args.plaintext)
         .group_id(args.group_id)
+        .legacy_topics(args.legacy_topics)
         .topic_prefix(args.prefix.clone());
     if args.no_limits {
         config = config.limits(PlatformLimits::unlimited());
@@ -216,8 +224,8 @@ fn client_flags(emulator: &Emulator) -> String {
         }
         None => flags.push_str(" --plaintext"),
     }
-    if let Some(group) = emulator.group_id() {
-        let _ = write!(flags, " --group-id {group}");
+    if emulator.group_id() != ulogger_cloud::DEFAULT_GROUP_ID {
+        let _ = write!(flags, " --group-id {}", emulator.group_id());
     }
     if !emulator.topic_prefix().is_empty() {
         let _ = write!(flags, " --prefix {}", shell_quote(emulator.topic_prefix()));
@@ -308,8 +316,6 @@ impl Sample {
     }
 
     /// The same heartbeat over the HTTPS API, with the emulator's token.
-    /// The API's bodies carry a group id; an emulator without one takes
-    /// any.
     fn http_heartbeat_command(&self, emulator: &Emulator) -> String {
         let device = crate::make_log::SampleDevice::default();
         let mut command = format!(
@@ -322,8 +328,7 @@ impl Sample {
         }
         let _ = write!(
             command,
-            " --group-id {} --app-id {} --serial {}",
-            emulator.group_id().unwrap_or(0),
+            " --app-id {} --serial {}",
             device.app_id(),
             shell_quote(device.serial())
         );
@@ -362,9 +367,7 @@ fn config_text(emulator: &Emulator, store: &Path) -> String {
         }
         None => text.push_str("plaintext = true\n"),
     }
-    if let Some(group) = emulator.group_id() {
-        let _ = writeln!(text, "group_id = {group}");
-    }
+    let _ = writeln!(text, "group_id = {}", emulator.group_id());
     if !emulator.topic_prefix().is_empty() {
         let _ = writeln!(text, "prefix = {}", toml_string(emulator.topic_prefix()));
     }
@@ -399,6 +402,7 @@ fn print_banner(
             "limits": !emulator.limits().is_unlimited(),
             "customer_id": emulator.customer_id(),
             "group_id": emulator.group_id(),
+            "legacy_topics": emulator.legacy_topics(),
             "prefix": emulator.topic_prefix(),
             "ca": path(certs.map(|c| &c.ca_cert)),
             "cert": path(certs.map(|c| &c.client_cert)),
@@ -427,9 +431,16 @@ fn print_banner(
     };
     let _ = writeln!(out, "  address:     {} ({transport})", emulator.addr());
     let _ = writeln!(out, "  customer id: {}", emulator.customer_id());
-    if let Some(group) = emulator.group_id() {
-        let _ = writeln!(out, "  group id:    {group}");
-    }
+    let routed = if emulator.legacy_topics() {
+        "every group, and the legacy layout without one (--legacy-topics)"
+    } else {
+        "every group; the legacy layout without one is shown as unrouted"
+    };
+    let _ = writeln!(
+        out,
+        "  group id:    {} (routes {routed})",
+        emulator.group_id()
+    );
     if !emulator.topic_prefix().is_empty() {
         let _ = writeln!(out, "  prefix:      {}", emulator.topic_prefix());
     }
@@ -509,9 +520,10 @@ fn record_line(global: Global, record: &Record) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let verdict = match record.verdict {
-        Verdict::Ok => "ok",
-        Verdict::Rejected => "REJECTED",
+    let verdict = match (record.kind, record.verdict) {
+        (RecordKind::Unrouted, _) => "DROPPED",
+        (_, Verdict::Ok) => "ok",
+        (_, Verdict::Rejected) => "REJECTED",
     };
     let mut line = format!("{kind:<11} {verdict:<8} {}", record.topic);
     if let Some(app) = record.app_id {

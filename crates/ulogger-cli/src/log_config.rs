@@ -115,7 +115,11 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
     let topic = Topics::new(
         settings.prefix.clone().unwrap_or_default(),
         customer_id,
-        settings.group_id,
+        if settings.legacy_topics.unwrap_or(false) {
+            None
+        } else {
+            Some(settings.group_id.unwrap_or(ulogger_cloud::DEFAULT_GROUP_ID))
+        },
     )
     .and_then(|topics| topics.config(args.app_id, &args.serial))
     .context("cannot make the device's config topic")

@@ -141,7 +141,13 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             "group_id",
             c.group_id.map(|v| s(&v)),
             file.group_id.map(|v| s(&v)),
-            None,
+            Some(ulogger_cloud::DEFAULT_GROUP_ID.to_string()),
+        ),
+        (
+            "legacy_topics",
+            c.legacy_topics.map(|v| s(&v)),
+            file.legacy_topics.map(|v| s(&v)),
+            Some("false".to_owned()),
         ),
         (
             "prefix",

@@ -383,11 +383,12 @@ pub fn send(args: &SendArgs, request: &Request) -> Result<Receipt, Exit> {
 /// The HTTPS sender: base URL, group id, CA and timeout from the same
 /// flags, variables and config file as the MQTT connection.
 fn http_sender(args: &SendArgs, file: &ConfigFile, token: String) -> Result<HttpTelemetry, Exit> {
-    let group_id = args.connection.group_id.or(file.group_id).ok_or_else(|| {
-        bad_input(
-            "no group id for the HTTPS API (its bodies carry one): pass --group-id, set ULOGGER_GROUP_ID or group_id in the config file".to_owned(),
-        )
-    })?;
+    // The HTTPS API has no legacy layout: its bodies always carry a group.
+    let group_id = args
+        .connection
+        .group_id
+        .or(file.group_id)
+        .unwrap_or(ulogger_cloud::DEFAULT_GROUP_ID);
     let url = args
         .api_url
         .clone()

@@ -141,7 +141,7 @@ fn a_boot_reply_timeout_names_the_topic_and_fails_the_other_files_at_once() {
     }
     let hint = hint(&run);
     assert!(
-        hint.contains(&format!("boot/v0/{CUSTOMER}/{APP}/SN-NOREPLY")),
+        hint.contains(&format!("boot/v0/{CUSTOMER}/0/{APP}/SN-NOREPLY")),
         "{hint}"
     );
     assert!(hint.contains("--token-timeout"), "{hint}");

@@ -21,8 +21,8 @@ use ulogger_emulator::{
 /// the application id.
 fn args_for(subcommand: &str, emu: &Emulator) -> Vec<String> {
     let mut args = connect_args(subcommand, emu);
-    if let Some(group) = emu.group_id() {
-        args.extend(["--group-id".to_owned(), group.to_string()]);
+    if emu.group_id() != 0 {
+        args.extend(["--group-id".to_owned(), emu.group_id().to_string()]);
     }
     if !emu.topic_prefix().is_empty() {
         args.extend(["--prefix".to_owned(), emu.topic_prefix().to_owned()]);
@@ -110,7 +110,7 @@ fn metrics_from_arguments_reach_the_cloud_as_given() {
 
     let report = report_of(&run);
     assert_eq!(report["kind"], "metrics", "{report}");
-    assert_eq!(report["topic"], format!("metrics/v0/{CUSTOMER}/{APP}"));
+    assert_eq!(report["topic"], format!("metrics/v0/{CUSTOMER}/0/{APP}"));
     assert_eq!(report["serial"], "SN-M");
     assert_eq!(
         (report["devices"].as_u64(), report["samples"].as_u64()),
@@ -167,7 +167,7 @@ fn events_from_arguments_with_a_default_timestamp() {
     let run = sandbox.run(&args).expect_code(0);
     let report = report_of(&run);
     assert_eq!(report["kind"], "events", "{report}");
-    assert_eq!(report["topic"], format!("events/v0/{CUSTOMER}/{APP}"));
+    assert_eq!(report["topic"], format!("events/v0/{CUSTOMER}/0/{APP}"));
     let record = nth(&emu, RecordKind::Events, 1);
     assert_received(&record, &report);
     assert_eq!(
@@ -266,7 +266,7 @@ fn batch_files_from_a_file_and_from_standard_input() {
 fn the_group_layout_and_a_topic_prefix() {
     let emu = Emulator::start(
         EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(31))
+            .group_id(31)
             .topic_prefix("ulogger/"),
     )
     .expect("emulator starts");
@@ -701,7 +701,7 @@ fn a_wrong_api_token_is_refused_once_with_the_servers_message_and_not_shown() {
 }
 
 #[test]
-fn https_without_a_group_id_is_bad_input_naming_the_flag() {
+fn https_without_a_group_id_sends_group_0_as_over_mqtt() {
     let emu = tls_emulator();
     let sandbox = Sandbox::new();
     let args: Vec<String> = https_args("heartbeat", &emu)
@@ -709,11 +709,12 @@ fn https_without_a_group_id_is_bad_input_naming_the_flag() {
         .filter(|a| a != "--group-id" && a != "3")
         .chain(strings(&["--serial", "SN-G"]))
         .collect();
-    let run = sandbox
+    sandbox
         .run_with_env(&[("ULOGGER_API_TOKEN", emu.api_token().to_owned())], &args)
-        .expect_code(2);
-    assert!(run.stderr.contains("--group-id"), "{}", run.stderr);
-    assert_eq!(emu.http_requests(), 0);
+        .expect_code(0);
+    let record = nth(&emu, RecordKind::Metrics, 1);
+    assert!(record.is_ok(), "{record:?}");
+    assert_eq!(stored_json(&emu, &record)["group_id"], "0");
 }
 
 #[test]

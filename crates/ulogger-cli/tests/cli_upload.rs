@@ -118,7 +118,7 @@ fn json_output_is_an_array_of_per_file_reports() {
         assert_eq!(report["header_version"], version, "{report}");
         assert_eq!(
             report["topic"],
-            format!("binlog/v0/{CUSTOMER}/{APP}"),
+            format!("binlog/v0/{CUSTOMER}/0/{APP}"),
             "{report}"
         );
     }
@@ -284,7 +284,7 @@ fn a_core_dump_arrives_byte_for_byte() {
         .wait_for_blocking(|r| r.kind == RecordKind::CoreDump, PATIENCE)
         .expect("the cloud stored the core dump");
     assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
-    assert_eq!(record.topic, format!("core-dump/v0/{CUSTOMER}"));
+    assert_eq!(record.topic, format!("core-dump/v0/{CUSTOMER}/0"));
     assert_eq!(stored_bytes(&emu, &record), dump);
 }
 

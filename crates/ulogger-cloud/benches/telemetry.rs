@@ -91,7 +91,7 @@ fn main() {
     let bench = Bench {
         port: emulator.addr().port(),
         certs,
-        topic: Topics::new("", CUSTOMER, None)
+        topic: Topics::new("", CUSTOMER, Some(0))
             .and_then(|t| t.metrics(APP))
             .expect("metrics topic"),
         records: emulator.watch_records(),

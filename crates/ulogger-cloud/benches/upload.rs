@@ -168,7 +168,7 @@ fn main() {
     let mut bench = Bench {
         port,
         certs,
-        topics: Topics::new("", CUSTOMER, None).expect("topics"),
+        topics: Topics::new("", CUSTOMER, Some(0)).expect("topics"),
         store: Arc::new(SessionStore::in_memory()),
         records: emulator.watch_records(),
     };

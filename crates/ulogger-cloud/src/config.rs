@@ -13,6 +13,10 @@ pub const DEFAULT_BROKER: &str = "mqtt.ulogger.ai";
 /// The platform's MQTT-over-TLS port.
 pub const DEFAULT_PORT: u16 = 8883;
 
+/// The group id topics carry by default: `0`, "no groups" (PROTOCOL §2).
+/// The platform routes only topics with a group level.
+pub const DEFAULT_GROUP_ID: u32 = 0;
+
 /// How the connection to the broker is secured.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -177,13 +181,14 @@ impl MqttConfig {
     /// 15 s, connect and acknowledgement timeouts 10 s, keep-alive 30 s,
     /// at most 100 unacknowledged publishes and 50 subscriptions, publishes
     /// paced to 100/s and 512 KiB/s (AWS IoT's limits, see [`Pacing`]),
-    /// no group id (the original topic layout) and no topic prefix.
+    /// group `0` (the topic layout the platform routes: `0` means "no
+    /// groups", as in the Python SDK 1.x) and no topic prefix.
     pub fn new(customer_id: u32) -> Self {
         MqttConfig {
             broker: DEFAULT_BROKER.to_owned(),
             port: DEFAULT_PORT,
             customer_id,
-            group_id: None,
+            group_id: Some(DEFAULT_GROUP_ID),
             topic_prefix: String::new(),
             cert_file: None,
             key_file: None,
@@ -229,11 +234,35 @@ impl MqttConfig {
         self
     }
 
-    /// The group id: topics get the `/{group}` level of the current
-    /// platform layout (Python SDK 1.x).
+    /// The group id in the topics' group level (default `0`, "no
+    /// groups"). Also turns [`MqttConfig::legacy_topics`] off.
     pub fn group_id(mut self, group_id: u32) -> Self {
         self.group_id = Some(group_id);
         self
+    }
+
+    /// Uses the original topic layout, without the group level
+    /// (`binlog/v0/{customer}/{app}`, as the Python SDK 0.3.0 and older
+    /// firmware had it), for old brokers and bridges that expect it.
+    ///
+    /// **The uLogger cloud does not route this layout**: its broker
+    /// acknowledges such a publish and then no rule stores it. A client
+    /// built with it logs a warning once. [`MqttConfig::group_id`] turns
+    /// it off again.
+    pub fn legacy_topics(mut self) -> Self {
+        self.group_id = None;
+        self
+    }
+
+    /// True when [`MqttConfig::legacy_topics`] is on.
+    pub fn uses_legacy_topics(&self) -> bool {
+        self.group_id.is_none()
+    }
+
+    /// The group id in the topics, or `None` with
+    /// [`MqttConfig::legacy_topics`].
+    pub fn group(&self) -> Option<u32> {
+        self.group_id
     }
 
     /// A prefix put before every topic as-is (include any trailing `/`).
@@ -381,6 +410,19 @@ impl MqttConfig {
             return Err(Error::config("port", "must not be 0"));
         }
         let topics = Topics::new(self.topic_prefix.clone(), self.customer_id, self.group_id)?;
+        // Once per process: a gateway that builds clients in a loop should
+        // not repeat it.
+        static LEGACY_WARNED: std::sync::Once = std::sync::Once::new();
+        if self.group_id.is_none() {
+            LEGACY_WARNED.call_once(|| {
+                tracing::warn!(
+                    example = %topics.binlog(1).unwrap_or_default(),
+                    "legacy topic layout (no group level) as configured: the uLogger cloud \
+                     acknowledges but does not route these topics; use a group id (0 for none) \
+                     unless a broker or bridge of your own expects this layout"
+                )
+            });
+        }
         for (field, value) in [
             ("token_timeout", self.token_timeout),
             ("connect_timeout", self.connect_timeout),

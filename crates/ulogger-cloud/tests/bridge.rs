@@ -251,14 +251,16 @@ async fn in_memory_link_registers_uploads_publishes_and_streams_configs_across_a
     let token = client.session_token(&dev).await.unwrap();
     assert_eq!(token, 9001);
     assert_eq!(
-        cloud.stored_on(&format!("boot/v0/{CUSTOMER}/{APP}")).len(),
+        cloud
+            .stored_on(&format!("boot/v0/{CUSTOMER}/0/{APP}"))
+            .len(),
         1
     );
 
     // An upload, token patched in.
     let log = v4_log(200, 0);
     let receipt = client.upload_log(&dev, &log).await.unwrap();
-    assert_eq!(receipt.topic, format!("binlog/v0/{CUSTOMER}/{APP}"));
+    assert_eq!(receipt.topic, format!("binlog/v0/{CUSTOMER}/0/{APP}"));
     let mut expected = log.clone();
     expected[1..5].copy_from_slice(&token.to_le_bytes());
     assert_eq!(cloud.stored_on("binlog/"), vec![Bytes::from(expected)]);
@@ -268,14 +270,14 @@ async fn in_memory_link_registers_uploads_publishes_and_streams_configs_across_a
         .publish_metrics(&dev.serial, APP, &[Metric::new("temp", 21.5)])
         .await
         .unwrap();
-    assert_eq!(receipt.topic, format!("metrics/v0/{CUSTOMER}/{APP}"));
+    assert_eq!(receipt.topic, format!("metrics/v0/{CUSTOMER}/0/{APP}"));
     let metrics: serde_json::Value =
         serde_json::from_slice(&cloud.stored_on("metrics/")[0]).unwrap();
     assert_eq!(metrics["device_serial"], "SN-BRIDGE-1");
     assert_eq!(metrics["metrics"][0]["value"], 21.5);
 
     // A configuration stream: the first push arrives.
-    let topic = format!("config/v0/{CUSTOMER}/{APP}/{}", dev.serial);
+    let topic = format!("config/v0/{CUSTOMER}/0/{APP}/{}", dev.serial);
     let mut configs = client.log_configs(&dev).await.unwrap();
     let first = LogConfig::new(LogLevel::Warning, 0b101, 600);
     cloud.push_config(&topic, &first);
@@ -570,7 +572,7 @@ async fn rumqttc_adapter_completes_each_publish_on_its_own_puback() {
     let client = Client::builder(config).link(link).build().unwrap();
     // The broker takes the core dump but never acknowledges it.
     emu.faults()
-        .set_withhold_puback(WithholdPuback::Topic(format!("core-dump/v0/{CUSTOMER}")));
+        .set_withhold_puback(WithholdPuback::Topic(format!("core-dump/v0/{CUSTOMER}/0")));
     let dump = {
         let client = client.clone();
         tokio::spawn(async move { client.publish_core_dump(vec![0xD0u8; 64]).await })
@@ -608,7 +610,7 @@ async fn rumqttc_adapter_fails_what_a_clean_session_discarded_and_the_outbox_res
         .outbox(OutboxConfig::new(dir.path()))
         .build()
         .unwrap();
-    let topic = format!("core-dump/v0/{CUSTOMER}");
+    let topic = format!("core-dump/v0/{CUSTOMER}/0");
     emu.faults()
         .set_withhold_puback(WithholdPuback::Topic(topic.clone()));
     let direct = {

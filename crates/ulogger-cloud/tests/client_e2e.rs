@@ -88,7 +88,7 @@ async fn uploaded_log_arrives_byte_for_byte_with_the_token_patched_in() {
     expected[1..5].copy_from_slice(&receipt.token.to_le_bytes());
     assert_eq!(stored_bytes(&emu, &record), expected);
     assert_eq!(receipt.size, log.len());
-    assert_eq!(receipt.topic, format!("binlog/v0/{CUSTOMER}/{APP}"));
+    assert_eq!(receipt.topic, format!("binlog/v0/{CUSTOMER}/0/{APP}"));
     assert_eq!(receipt.header.session_token, receipt.token);
     client.shutdown().await;
 }
@@ -143,7 +143,7 @@ async fn core_dump_is_stored() {
     let client = Client::builder(config_for(&emu)).build().unwrap();
     let dump: Vec<u8> = (0..5000u32).map(|i| (i % 256) as u8).collect();
     let receipt = client.publish_core_dump(dump.clone()).await.unwrap();
-    assert_eq!(receipt.topic, format!("core-dump/v0/{CUSTOMER}"));
+    assert_eq!(receipt.topic, format!("core-dump/v0/{CUSTOMER}/0"));
     let record = emu
         .wait_for(|r| r.kind == RecordKind::CoreDump, PATIENCE)
         .await
@@ -156,7 +156,7 @@ async fn core_dump_is_stored() {
 async fn group_layout_with_a_prefix_reaches_the_cloud() {
     let emu = emulator(
         EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(55))
+            .group_id(55)
             .topic_prefix("ulogger/"),
     );
     let client = Client::builder(config_for(&emu)).build().unwrap();
@@ -495,7 +495,7 @@ async fn a_retained_message_on_the_reply_topic_is_never_the_answer() {
     );
     options.set_keep_alive(Duration::from_secs(5));
     let (planter, mut events) = rumqttc::AsyncClient::new(options, 10);
-    let reply_topic = format!("boot/v0/{CUSTOMER}/{APP}/SN-RETAINED");
+    let reply_topic = format!("boot/v0/{CUSTOMER}/0/{APP}/SN-RETAINED");
     planter
         .publish(
             reply_topic,

@@ -21,13 +21,13 @@ use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
 const GROUP: u32 = 3;
 
 fn https_emulator() -> Emulator {
-    emulator(EmulatorConfig::new(CUSTOMER).group_id(Some(GROUP)))
+    emulator(EmulatorConfig::new(CUSTOMER).group_id(GROUP))
 }
 
 fn http_emulator() -> Emulator {
     emulator(
         EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(GROUP))
+            .group_id(GROUP)
             .plaintext(true),
     )
 }
@@ -594,8 +594,8 @@ fn the_blocking_twin_sends_every_call() {
 
 #[test]
 fn the_builder_names_what_is_wrong_and_takes_any_duration() {
-    let err = HttpTelemetry::builder("ulg_x").build().unwrap_err();
-    assert!(err.to_string().contains("group_id"), "{err}");
+    // The group defaults to 0, as over MQTT.
+    assert!(HttpTelemetry::builder("ulg_x").build().is_ok());
     let err = HttpTelemetry::builder("").group_id(1).build().unwrap_err();
     assert!(err.to_string().contains("ULOGGER_API_TOKEN"), "{err}");
     for url in ["not a url", "ftp://example.com", "https://example.com/?q=1"] {

@@ -13,7 +13,9 @@ use ulogger_emulator::{RecordKind, Verdict};
 
 #[tokio::test]
 async fn registration_and_upload_through_mosquitto_with_mutual_tls() {
-    let Some(setup) = setup(None, "") else { return };
+    let Some(setup) = setup(Some(0), "") else {
+        return;
+    };
     let emu = &setup.emulator;
     let client = Client::builder(setup.config.clone()).build().unwrap();
     let dev = device("SN-MOSQ-1");
@@ -76,7 +78,9 @@ async fn group_layout_and_prefix_through_mosquitto() {
 
 #[tokio::test]
 async fn mosquitto_refuses_a_client_without_a_certificate() {
-    let Some(setup) = setup(None, "") else { return };
+    let Some(setup) = setup(Some(0), "") else {
+        return;
+    };
     // The broker is trusted (same CA) but we present no certificate.
     let config = MqttConfig::new(CUSTOMER)
         .broker("127.0.0.1")

@@ -46,9 +46,10 @@ fn assert_accepted(
 /// Every telemetry call through mosquitto, in the emulator's topic layout.
 async fn every_call_reaches_the_cloud(setup: Setup) {
     let emu = &setup.emulator;
-    let ids = match emu.group_id() {
-        Some(group) => format!("{CUSTOMER}/{group}/{APP}"),
-        None => format!("{CUSTOMER}/{APP}"),
+    let ids = if emu.legacy_topics() {
+        format!("{CUSTOMER}/{APP}")
+    } else {
+        format!("{CUSTOMER}/{}/{APP}", emu.group_id())
     };
     let topic = |list: &str| format!("{}{list}/v0/{ids}", emu.topic_prefix());
     let client = Client::builder(setup.config.clone()).build().unwrap();
@@ -122,6 +123,14 @@ async fn every_call_reaches_the_cloud(setup: Setup) {
 
 #[tokio::test]
 async fn telemetry_through_mosquitto_with_mutual_tls() {
+    let Some(setup) = setup(Some(0), "") else {
+        return;
+    };
+    every_call_reaches_the_cloud(setup).await;
+}
+
+#[tokio::test]
+async fn telemetry_through_mosquitto_with_the_legacy_layout_where_a_bridge_asks_for_it() {
     let Some(setup) = setup(None, "") else { return };
     every_call_reaches_the_cloud(setup).await;
 }

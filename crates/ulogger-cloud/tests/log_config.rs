@@ -52,7 +52,7 @@ async fn publish_by_hand(emu: &Emulator, topic: &str, payload: &[u8], retain: bo
 }
 
 fn config_topic(serial: &str) -> String {
-    format!("config/v0/{CUSTOMER}/{APP}/{serial}")
+    format!("config/v0/{CUSTOMER}/0/{APP}/{serial}")
 }
 
 #[tokio::test]

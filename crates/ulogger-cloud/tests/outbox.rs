@@ -191,7 +191,7 @@ async fn a_record_refused_for_good_becomes_a_dead_letter_without_blocking_the_re
         10,
     );
     let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    let topics = ulogger_cloud::wire::Topics::new("", CUSTOMER, None).unwrap();
+    let topics = ulogger_cloud::wire::Topics::new("", CUSTOMER, Some(0)).unwrap();
     raw.publish(
         topics.boot_reply(support::APP, "SN-BAD").unwrap(),
         rumqttc::QoS::AtLeastOnce,

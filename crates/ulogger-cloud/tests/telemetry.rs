@@ -95,9 +95,9 @@ async fn every_call_is_recorded_ok(emu: Emulator, topic_start: &str) {
 
 /// `C/` or `C/G/` as the topics carry them.
 fn ids(emu: &Emulator) -> String {
-    match emu.group_id() {
-        Some(group) => format!("{}/{group}/", emu.customer_id()),
-        None => format!("{}/", emu.customer_id()),
+    match emu.legacy_topics() {
+        false => format!("{}/{}/", emu.customer_id(), emu.group_id()),
+        true => format!("{}/", emu.customer_id()),
     }
 }
 
@@ -110,7 +110,7 @@ async fn every_call_is_recorded_ok_over_tls() {
 async fn every_call_is_recorded_ok_with_group_and_prefix() {
     let emu = emulator(
         EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(55))
+            .group_id(55)
             .topic_prefix("ulogger/"),
     );
     every_call_is_recorded_ok(emu, "ulogger/").await;
@@ -346,7 +346,7 @@ async fn a_hand_published_bad_payload_is_recorded_rejected_with_a_reason() {
     options.set_keep_alive(Duration::from_secs(5));
     let (raw, mut events) = rumqttc::AsyncClient::new(options, 10);
     raw.publish(
-        format!("metrics/v0/{CUSTOMER}/{APP}"),
+        format!("metrics/v0/{CUSTOMER}/0/{APP}"),
         rumqttc::QoS::AtLeastOnce,
         false,
         br#"{"device_serial":"SN-RAW","metrics":[{"name":"t","value":"hot"}]}"#.to_vec(),

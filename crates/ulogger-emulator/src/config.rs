@@ -15,7 +15,7 @@ use crate::EmulatorError;
 /// ```
 /// use ulogger_emulator::{EmulatorConfig, Faults};
 /// let config = EmulatorConfig::new(42)
-///     .group_id(Some(7))
+///     .group_id(7)
 ///     .topic_prefix("ulogger/")
 ///     .faults(Faults::default());
 /// # let _ = config;
@@ -23,7 +23,8 @@ use crate::EmulatorError;
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     pub(crate) customer_id: u32,
-    pub(crate) group_id: Option<u32>,
+    pub(crate) group_id: u32,
+    pub(crate) legacy_topics: bool,
     pub(crate) topic_prefix: String,
     pub(crate) listen: SocketAddr,
     pub(crate) data_dir: Option<PathBuf>,
@@ -48,13 +49,16 @@ impl Default for EmulatorConfig {
 impl EmulatorConfig {
     /// An emulator for `customer_id`: listens on 127.0.0.1 on a free port,
     /// mutual TLS, a temporary data directory removed when the emulator is
-    /// dropped, no group id (the original topic layout), no topic prefix,
+    /// dropped, group 0 in what it prints and pushes (it routes every
+    /// group, as the platform does), the original topic layout unrouted,
+    /// no topic prefix,
     /// AWS IoT Core's per-connection limits ([`PlatformLimits::aws`]), a
     /// 10 s [`EmulatorConfig::stall_timeout`].
     pub fn new(customer_id: u32) -> Self {
         EmulatorConfig {
             customer_id,
-            group_id: None,
+            group_id: 0,
+            legacy_topics: false,
             topic_prefix: String::new(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             data_dir: None,
@@ -92,11 +96,22 @@ impl EmulatorConfig {
         self
     }
 
-    /// The group id: `Some` selects the current topic layout
-    /// (`.../{C}/{G}/...`), `None` the original one.
+    /// The group id log configurations are pushed on and the printed
+    /// commands and settings use (default 0, "no groups"). Publishes are
+    /// routed whatever their group, as the platform's rules do.
     #[must_use]
-    pub fn group_id(mut self, group: Option<u32>) -> Self {
+    pub fn group_id(mut self, group: u32) -> Self {
         self.group_id = group;
+        self
+    }
+
+    /// Routes the original topic layout without the group level too
+    /// (`binlog/v0/{C}/{A}`), for tests of old deployments. The platform
+    /// does not: by default such publishes are acknowledged and recorded
+    /// as [`crate::RecordKind::Unrouted`].
+    #[must_use]
+    pub fn legacy_topics(mut self, yes: bool) -> Self {
+        self.legacy_topics = yes;
         self
     }
 

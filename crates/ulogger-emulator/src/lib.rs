@@ -146,7 +146,8 @@ pub struct Emulator {
     http: Arc<HttpState>,
     certs: Option<CertPaths>,
     customer_id: u32,
-    group_id: Option<u32>,
+    group_id: u32,
+    legacy_topics: bool,
     topic_prefix: String,
     data_dir: PathBuf,
     records: Arc<RecordLog>,
@@ -189,7 +190,7 @@ impl Emulator {
         let topics = Topics::new(
             config.topic_prefix.clone(),
             config.customer_id,
-            config.group_id,
+            Some(config.group_id),
         )
         .map_err(|e| EmulatorError::InvalidConfig {
             field: "topic_prefix",
@@ -217,7 +218,7 @@ impl Emulator {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (cloud_mailbox, cloud_inbox, _) =
             Mailbox::with_depth(broker::CLOUD_CONN_ID, broker::CLOUD_MAILBOX_DEPTH);
-        let filters = cloud::subscription_filters(&topics);
+        let filters = cloud::subscription_filters(&config.topic_prefix);
 
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -310,6 +311,8 @@ impl Emulator {
 
         let cloud = Cloud {
             topics,
+            legacy_topics: config.legacy_topics,
+            text_sequences: Default::default(),
             records: records.clone(),
             faults: faults.clone(),
             tokens: tokens.clone(),
@@ -369,6 +372,7 @@ impl Emulator {
             certs,
             customer_id: config.customer_id,
             group_id: config.group_id,
+            legacy_topics: config.legacy_topics,
             topic_prefix: config.topic_prefix,
             data_dir,
             records,
@@ -444,9 +448,16 @@ impl Emulator {
         self.customer_id
     }
 
-    /// The group id, when the current topic layout is used.
-    pub fn group_id(&self) -> Option<u32> {
+    /// The group id log configurations are pushed on and printed
+    /// commands use (publishes of every group are routed).
+    pub fn group_id(&self) -> u32 {
         self.group_id
+    }
+
+    /// Whether the original topic layout without the group level is
+    /// routed too ([`EmulatorConfig::legacy_topics`]).
+    pub fn legacy_topics(&self) -> bool {
+        self.legacy_topics
     }
 
     /// The topic prefix ("" for none).

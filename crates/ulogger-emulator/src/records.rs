@@ -36,6 +36,12 @@ pub enum RecordKind {
     Events,
     /// A log configuration the cloud pushed to a device.
     Config,
+    /// A text-log batch received (PROTOCOL §12).
+    TextLogs,
+    /// A publish the broker acknowledged but no platform topic rule
+    /// matches: the real cloud drops it. `reason` gives the likely cause
+    /// and the layout the platform routes.
+    Unrouted,
     /// Something the broker refused under the platform's rules or
     /// per-connection limits: a connection closed or refused, a publish
     /// discarded (publish rate), a subscription refused; `reason` says
@@ -49,7 +55,9 @@ pub enum RecordKind {
 pub enum Verdict {
     /// Accepted (a valid log with a known token, a well-formed boot, ...).
     Ok,
-    /// Refused or invalid; the record's `reason` says why.
+    /// Refused or invalid; the record's `reason` says why. A malformed
+    /// payload on a routed topic is what the platform sends to its
+    /// dead-letter queue.
     Rejected,
 }
 
@@ -86,6 +94,9 @@ pub struct Record {
     /// For metrics and events: whether the payload arrived gzip-compressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed: Option<bool>,
+    /// For text logs: how many entries the batch held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<usize>,
 }
 
 impl Record {
@@ -103,6 +114,7 @@ impl Record {
             file: None,
             client_id: None,
             compressed: None,
+            entries: None,
         }
     }
 

@@ -17,7 +17,7 @@ fn topics(emulator: &Emulator) -> Topics {
     Topics::new(
         emulator.topic_prefix(),
         emulator.customer_id(),
-        emulator.group_id(),
+        Some(emulator.group_id()),
     )
     .unwrap()
 }
@@ -55,7 +55,7 @@ async fn a_registered_token_makes_a_later_log_verify_ok_in_both_topic_layouts() 
     let configs = [
         EmulatorConfig::new(CUSTOMER),
         EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(3))
+            .group_id(3)
             .topic_prefix("ulogger/")
             .plaintext(true),
     ];
@@ -279,7 +279,7 @@ async fn a_malformed_boot_request_is_recorded_and_not_answered() {
 
 #[tokio::test]
 async fn a_pushed_config_reaches_the_device_byte_exact() {
-    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).group_id(Some(9))).unwrap();
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).group_id(9)).unwrap();
     let topics = topics(&emulator);
     let mut client = device_client(&emulator, "dev").await;
     client
@@ -358,7 +358,7 @@ async fn attach_mode_serves_devices_on_a_plaintext_mosquitto() {
     let addr = mosquitto.addr();
     let emulator = Emulator::start(
         EmulatorConfig::new(CUSTOMER)
-            .group_id(Some(5))
+            .group_id(5)
             .attach(AttachTo::new(addr.ip().to_string(), addr.port())),
     )
     .unwrap();

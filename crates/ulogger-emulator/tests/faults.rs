@@ -18,7 +18,7 @@ fn plaintext(faults: Faults) -> Emulator {
 }
 
 fn topics() -> Topics {
-    Topics::new("", CUSTOMER, None).unwrap()
+    Topics::new("", CUSTOMER, Some(0)).unwrap()
 }
 
 async fn client(emulator: &Emulator, suffix: &str) -> TestClient {

@@ -15,12 +15,7 @@ const GROUP: u32 = 5;
 type Header<'a> = (&'a str, &'a str);
 
 fn start(plaintext: bool) -> Emulator {
-    Emulator::start(
-        EmulatorConfig::new(42)
-            .group_id(Some(GROUP))
-            .plaintext(plaintext),
-    )
-    .unwrap()
+    Emulator::start(EmulatorConfig::new(42).group_id(GROUP).plaintext(plaintext)).unwrap()
 }
 
 /// One request on a fresh connection; the status and the body.

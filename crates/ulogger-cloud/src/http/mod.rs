@@ -136,7 +136,8 @@ impl HttpTelemetryBuilder {
         self
     }
 
-    /// The group id every body carries (`"group_id"`); required.
+    /// The group id every body carries (`"group_id"`); default `0`, "no
+    /// groups", as over MQTT.
     pub fn group_id(mut self, group_id: u32) -> Self {
         self.group_id = Some(group_id);
         self
@@ -183,13 +184,7 @@ impl HttpTelemetryBuilder {
     /// connection pool. Needs no runtime; requests need a Tokio one.
     pub fn build(self) -> Result<HttpTelemetry, Error> {
         let authorization = self.token.header()?;
-        let group_id = self.group_id.ok_or_else(|| {
-            Error::config(
-                "group_id",
-                "is required: the HTTP API's bodies carry it (PROTOCOL §8); \
-                 set it with HttpTelemetryBuilder::group_id",
-            )
-        })?;
+        let group_id = self.group_id.unwrap_or(crate::DEFAULT_GROUP_ID);
         let base = parse_base(&self.base_url)?;
         let endpoint = |path: &str| {
             let mut url = base.clone();

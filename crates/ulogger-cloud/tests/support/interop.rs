@@ -29,7 +29,8 @@ pub fn setup(group: Option<u32>, prefix: &str) -> Option<Setup> {
     let port = mosquitto.addr().port();
     let emulator = Emulator::start(
         EmulatorConfig::new(CUSTOMER)
-            .group_id(group)
+            .group_id(group.unwrap_or(0))
+            .legacy_topics(group.is_none())
             .topic_prefix(prefix)
             .attach(AttachTo::new("127.0.0.1", port).mutual_tls(
                 &certs.ca_cert,
@@ -44,9 +45,10 @@ pub fn setup(group: Option<u32>, prefix: &str) -> Option<Setup> {
         .topic_prefix(prefix)
         .ca_file(&certs.ca_cert)
         .client_cert(&certs.client_cert, &certs.client_key);
-    if let Some(group) = group {
-        config = config.group_id(group);
-    }
+    config = match group {
+        Some(group) => config.group_id(group),
+        None => config.legacy_topics(),
+    };
     Some(Setup {
         emulator,
         config,

@@ -32,9 +32,7 @@ pub fn config_for(emu: &Emulator) -> MqttConfig {
         .broker("127.0.0.1")
         .port(emu.addr().port())
         .topic_prefix(emu.topic_prefix());
-    if let Some(group) = emu.group_id() {
-        config = config.group_id(group);
-    }
+    config = config.group_id(emu.group_id());
     match emu.certs() {
         Some(certs) => config
             .ca_file(&certs.ca_cert)

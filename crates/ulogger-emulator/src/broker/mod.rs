@@ -18,7 +18,7 @@ mod session;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
@@ -146,6 +146,9 @@ pub(crate) struct Broker {
     sessions: Mutex<HashMap<String, Mailbox>>,
     subscriptions: Mutex<Subscriptions>,
     retained: Mutex<Retained>,
+    /// Cloud messages that found no subscriber, kept until a deadline for
+    /// the first subscription that matches (see [`Broker::publish_from_cloud`]).
+    lingering: Mutex<Vec<(Message, Instant)>>,
     next_conn_id: AtomicU64,
 }
 
@@ -173,6 +176,7 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(Subscriptions::default()),
             retained: Mutex::new(Retained::default()),
+            lingering: Mutex::new(Vec::new()),
             next_conn_id: AtomicU64::new(CLOUD_CONN_ID + 1),
         }
     }
@@ -213,7 +217,20 @@ impl Broker {
     /// must receive.
     pub(crate) fn subscribe(&self, mailbox: Mailbox, filter: &str, qos: QoS) -> Vec<Message> {
         lock(&self.subscriptions).add(mailbox, filter, qos);
-        lock(&self.retained).matching(filter)
+        let mut messages = lock(&self.retained).matching(filter);
+        let now = Instant::now();
+        let mut lingering = lock(&self.lingering);
+        lingering.retain(|(message, deadline)| {
+            if *deadline <= now {
+                return false;
+            }
+            if topic_matches(filter, &message.topic) {
+                messages.push(message.clone());
+                return false;
+            }
+            true
+        });
+        messages
     }
 
     pub(crate) fn unsubscribe(&self, conn_id: u64, filter: &str) {
@@ -249,6 +266,38 @@ impl Broker {
             });
         }
         stored_signal
+    }
+
+    /// Routes a message the cloud sends to every matching subscriber but
+    /// the cloud itself (which must not take its own replies for
+    /// requests). When nobody is subscribed yet and `linger` is set, the
+    /// message waits that long for the first matching subscription: a
+    /// device may publish its boot request first and subscribe to the
+    /// reply topic only after the PUBACK (PROTOCOL §3), and the platform's
+    /// reply, coming through a queue, still reaches it.
+    pub(crate) fn publish_from_cloud(&self, message: Message, linger: Option<Duration>) {
+        let deliveries = lock(&self.subscriptions).deliveries(&message);
+        let mut delivered = false;
+        for (mailbox, qos) in deliveries {
+            if mailbox.conn_id == CLOUD_CONN_ID {
+                continue;
+            }
+            delivered = true;
+            mailbox.deliver(Delivery {
+                message: Message {
+                    qos,
+                    retain: false,
+                    ..message.clone()
+                },
+                stored: None,
+            });
+        }
+        if let Some(linger) = linger.filter(|_| !delivered) {
+            let now = Instant::now();
+            let mut lingering = lock(&self.lingering);
+            lingering.retain(|(m, deadline)| *deadline > now && m.topic != message.topic);
+            lingering.push((message, now + linger));
+        }
     }
 
     /// Closes the connections whose client id starts with `prefix` (all of

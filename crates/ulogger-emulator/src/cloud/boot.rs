@@ -1,8 +1,11 @@
 //! Boot registration: a device asks for a session token, the cloud answers
 //! on the device's reply topic (PROTOCOL §3), unless a fault says otherwise.
 
+use std::time::Duration;
+
+use serde_json::Value;
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{boot_reply_payload, BootRequest};
+use ulogger_cloud::wire::{boot_reply_payload, BootRequest, BootRequestError, Topics};
 
 use super::{Cloud, Uplink};
 use crate::broker::Message;
@@ -13,16 +16,50 @@ use crate::records::{Record, RecordKind, RecordLog};
 /// that are not JSON at all. Neither is an answer.
 const MALFORMED_REPLIES: [&[u8]; 2] = [br#"{"tok":1}"#, b"\x00not json{"];
 
+/// How long a boot reply that found no subscriber waits for the device's
+/// subscription: a device may subscribe only after its request's PUBACK.
+const REPLY_LINGER: Duration = Duration::from_secs(10);
+
+/// Reads a boot request as devices send it: the SDK's four strings, or a
+/// device's own variant with `serial` as a JSON number (PROTOCOL §3).
+/// Returns the request and whether the serial came as a number.
+fn parse_request(payload: &[u8]) -> Result<(BootRequest, bool), BootRequestError> {
+    let strict = match BootRequest::parse(payload) {
+        Ok(request) => return Ok((request, false)),
+        Err(e) => e,
+    };
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(payload) else {
+        return Err(strict);
+    };
+    let Some(serial) = object.get("serial").and_then(Value::as_u64) else {
+        return Err(strict);
+    };
+    object.insert("serial".into(), Value::String(serial.to_string()));
+    let text = Value::Object(object).to_string();
+    BootRequest::parse(text.as_bytes()).map(|request| (request, true))
+}
+
 impl Cloud {
-    pub(super) fn boot(&self, app_id: u32, message: &Message, replies: &mut JoinSet<()>) {
+    pub(super) fn boot(
+        &self,
+        group: Option<u32>,
+        app_id: u32,
+        message: &Message,
+        replies: &mut JoinSet<()>,
+    ) {
         let mut record = Record::new(
             RecordKind::Boot,
             message.topic.clone(),
             message.payload.len(),
         );
         record.app_id = Some(app_id);
-        let request = match BootRequest::parse(&message.payload) {
-            Ok(request) => request,
+        let request = match parse_request(&message.payload) {
+            Ok((request, serial_was_number)) => {
+                if serial_was_number {
+                    record.reason = Some("serial sent as a JSON number (device firmware)".into());
+                }
+                request
+            }
             Err(e) => {
                 record.file = self.store("boot", &format!("app{app_id}"), "json", &message.payload);
                 self.records.append(record.rejected(e.to_string()));
@@ -31,7 +68,10 @@ impl Cloud {
         };
         record.serial = Some(request.serial.clone());
         record.file = self.store("boot", &request.serial, "json", &message.payload);
-        let reply_topic = match self.topics.boot_reply(app_id, &request.serial) {
+        // The reply goes to the request's own layout and group.
+        let reply_topic = match Topics::new(self.topics.prefix(), self.topics.customer_id(), group)
+            .and_then(|topics| topics.boot_reply(app_id, &request.serial))
+        {
             Ok(topic) => topic,
             Err(e) => {
                 self.records.append(record.rejected(e.to_string()));
@@ -102,7 +142,11 @@ impl BootReply {
         if self.fault {
             record.reason = Some("fault: malformed boot reply".into());
         }
-        match self.uplink.publish(self.topic.clone(), payload).await {
+        match self
+            .uplink
+            .publish(self.topic.clone(), payload, Some(REPLY_LINGER))
+            .await
+        {
             Ok(()) => self.records.append(record),
             Err(e) => self
                 .records

@@ -7,6 +7,8 @@
 //! attached as an MQTT client to an external broker.
 
 mod boot;
+mod routing;
+mod text_logs;
 mod tokens;
 mod uploads;
 
@@ -15,11 +17,14 @@ pub(crate) use tokens::TokenBook;
 pub(crate) use uploads::{verify_telemetry, MAX_DECOMPRESSED};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{LogConfig, TopicKind, Topics};
+use ulogger_cloud::wire::{LogConfig, Topics};
+
+use routing::{Family, Route, Routing};
 
 use crate::broker::{Broker, Delivery, Message};
 use crate::faults::FaultSwitches;
@@ -27,11 +32,13 @@ use crate::records::{Record, RecordKind, RecordLog};
 use crate::supervise::Failures;
 use crate::EmulatorError;
 
-/// The topic filters the cloud listens on, for one customer.
-pub(crate) fn subscription_filters(topics: &Topics) -> Vec<String> {
-    ["boot", "binlog", "core-dump", "metrics", "events"]
+/// The topic filters the cloud listens on: every topic of each family
+/// the platform has a rule for, whatever its levels, so that what no rule
+/// matches is seen and recorded as unrouted rather than lost unseen.
+pub(crate) fn subscription_filters(prefix: &str) -> Vec<String> {
+    Family::ALL
         .iter()
-        .map(|kind| format!("{}{kind}/v0/{}/#", topics.prefix(), topics.customer_id()))
+        .map(|(_, name)| format!("{prefix}{name}/v0/#"))
         .collect()
 }
 
@@ -45,17 +52,26 @@ pub(crate) enum Uplink {
 }
 
 impl Uplink {
-    /// Publishes at QoS 1, not retained.
-    async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    /// Publishes at QoS 1, not retained. With its own broker, a message
+    /// that finds no subscriber waits `linger` for the first one (see
+    /// `Broker::publish_from_cloud`); an external broker keeps nothing.
+    async fn publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        linger: Option<Duration>,
+    ) -> Result<(), String> {
         match self {
             Uplink::Broker(broker) => {
-                // Nobody waits for the cloud to store its own messages.
-                let _ = broker.publish(Message {
-                    topic,
-                    payload: Bytes::from(payload),
-                    qos: rumqttc::mqttbytes::QoS::AtLeastOnce,
-                    retain: false,
-                });
+                broker.publish_from_cloud(
+                    Message {
+                        topic,
+                        payload: Bytes::from(payload),
+                        qos: rumqttc::mqttbytes::QoS::AtLeastOnce,
+                        retain: false,
+                    },
+                    linger,
+                );
                 Ok(())
             }
             Uplink::Client(client) => client
@@ -79,7 +95,14 @@ pub(crate) enum Command {
 /// Everything the cloud needs to handle a message.
 #[derive(Clone)]
 pub(crate) struct Cloud {
+    /// The emulator's own customer, prefix and group (the group is the one
+    /// log configurations are pushed on; devices may use any group).
     pub(crate) topics: Topics,
+    /// Whether the original layout without the group level is routed too.
+    pub(crate) legacy_topics: bool,
+    /// The text-log batches seen, by application, serial and sequence:
+    /// the platform drops a batch it has seen.
+    pub(crate) text_sequences: Arc<std::sync::Mutex<std::collections::HashSet<(u32, String, u64)>>>,
     pub(crate) records: Arc<RecordLog>,
     pub(crate) faults: Arc<FaultSwitches>,
     pub(crate) tokens: Arc<TokenBook>,
@@ -126,25 +149,50 @@ impl Cloud {
     }
 
     async fn handle(&self, message: &Message, replies: &mut JoinSet<()>) {
-        let Some(kind) = self.topics.classify(&message.topic) else {
-            tracing::debug!(topic = message.topic, "not a cloud topic, ignored");
-            return;
+        let routing = routing::route(
+            self.topics.prefix(),
+            self.topics.customer_id(),
+            &message.topic,
+            self.legacy_topics,
+        );
+        let route = match routing {
+            Routing::Routed(route) => route,
+            // Boot replies are the cloud's own (an attached cloud hears
+            // them back from the external broker).
+            Routing::ToDevice => return,
+            Routing::Unrouted(reason) => return self.unrouted(message, reason),
         };
-        match kind {
-            TopicKind::Boot { app_id } => self.boot(app_id, message, replies),
-            TopicKind::BinaryLog { app_id } => self.binary_log(app_id, message),
-            TopicKind::CoreDump => self.core_dump(message),
-            TopicKind::Metrics { app_id } => {
+        let Route { family, group, app } = route;
+        match (family, app) {
+            (Family::Boot, Some(app_id)) => self.boot(group, app_id, message, replies),
+            (Family::BinaryLog, Some(app_id)) => self.binary_log(app_id, message),
+            (Family::CoreDump, _) => self.core_dump(message),
+            (Family::Metrics, Some(app_id)) => {
                 self.telemetry(RecordKind::Metrics, "metrics", app_id, message)
             }
-            TopicKind::Events { app_id } => {
+            (Family::Events, Some(app_id)) => {
                 self.telemetry(RecordKind::Events, "events", app_id, message)
             }
-            // The cloud's own replies come back through its subscription
-            // in built-in mode; configs are the cloud's too.
-            TopicKind::BootReply { .. } | TopicKind::Config { .. } => {}
-            other => tracing::debug!(?other, "a topic kind the cloud does not handle yet"),
+            (Family::TextLogs, Some(app_id)) => self.text_logs(app_id, message),
+            // Every family but core dumps routes with an application level.
+            (_, None) => self.unrouted(message, format!("{}: no application level", message.topic)),
         }
+    }
+
+    /// A publish the broker acknowledged that no platform rule matches:
+    /// recorded (never dropped unseen), and logged at once with its cause.
+    fn unrouted(&self, message: &Message, reason: String) {
+        tracing::warn!(
+            topic = message.topic,
+            "acknowledged but unrouted (the platform would drop it): {reason}"
+        );
+        let mut record = Record::new(
+            RecordKind::Unrouted,
+            message.topic.clone(),
+            message.payload.len(),
+        );
+        record.file = self.store("unrouted", "message", "bin", &message.payload);
+        self.records.append(record.rejected(reason));
     }
 
     async fn command(&self, command: Command) {
@@ -164,24 +212,31 @@ impl Cloud {
         serial: &str,
         config: &LogConfig,
     ) -> Result<(), EmulatorError> {
-        let topic = self
-            .topics
-            .config(app_id, serial)
-            .map_err(|e| EmulatorError::InvalidId {
-                what: "serial",
-                value: serial.to_string(),
-                reason: e.to_string(),
-            })?;
+        let invalid = |e: ulogger_cloud::wire::TopicError| EmulatorError::InvalidId {
+            what: "serial",
+            value: serial.to_string(),
+            reason: e.to_string(),
+        };
+        let mut topics = vec![self.topics.config(app_id, serial).map_err(invalid)?];
+        if self.legacy_topics {
+            // A device of an old deployment listens without the group level.
+            let legacy = Topics::new(self.topics.prefix(), self.topics.customer_id(), None)
+                .and_then(|t| t.config(app_id, serial))
+                .map_err(invalid)?;
+            topics.push(legacy);
+        }
         let payload = config.encode();
-        let mut record = Record::new(RecordKind::Config, topic.clone(), payload.len());
-        record.app_id = Some(app_id);
-        record.serial = Some(serial.to_string());
-        record.file = self.store("config", serial, "bin", &payload);
-        self.uplink
-            .publish(topic, payload)
-            .await
-            .map_err(|_| EmulatorError::Stopped)?;
-        self.records.append(record);
+        for topic in topics {
+            let mut record = Record::new(RecordKind::Config, topic.clone(), payload.len());
+            record.app_id = Some(app_id);
+            record.serial = Some(serial.to_string());
+            record.file = self.store("config", serial, "bin", &payload);
+            self.uplink
+                .publish(topic, payload.clone(), None)
+                .await
+                .map_err(|_| EmulatorError::Stopped)?;
+            self.records.append(record);
+        }
         Ok(())
     }
 

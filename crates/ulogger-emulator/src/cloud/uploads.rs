@@ -80,8 +80,7 @@ impl Cloud {
 
     /// A metrics or events body posted to the HTTP endpoint `path`:
     /// verified like an MQTT payload, plus the body's `"app_id"` and
-    /// `"group_id"` (strings of digits; the group must be the emulator's
-    /// when it has one) and a `Content-Encoding: gzip` header that agrees
+    /// `"group_id"` (strings of digits; any group, as over MQTT) and a `Content-Encoding: gzip` header that agrees
     /// with the body. Recorded like MQTT telemetry, with `POST {path}` as
     /// the record's topic. Returns the verdict.
     pub(crate) fn http_telemetry(
@@ -97,7 +96,7 @@ impl Cloud {
             ("metrics", "metrics")
         };
         let mut checked = verify_telemetry(list, payload);
-        let ids = http_ids(payload, self.topics.group_id());
+        let ids = http_ids(payload);
         if gzip_header != checked.compressed {
             checked.verdict = Err(if gzip_header {
                 "Content-Encoding: gzip, but the body is not gzip".to_owned()
@@ -161,7 +160,8 @@ impl Cloud {
 
 /// The ids the HTTP fallback adds to a body: `"app_id"` and `"group_id"`
 /// as strings of decimal digits (PROTOCOL §8). Returns the app id.
-fn http_ids(payload: &[u8], group: Option<u32>) -> Result<u32, String> {
+/// Any group is taken, as MQTT topics of any group are routed.
+fn http_ids(payload: &[u8]) -> Result<u32, String> {
     let json = if payload.starts_with(&[0x1f, 0x8b]) {
         gunzip(payload)?
     } else {
@@ -183,13 +183,8 @@ fn http_ids(payload: &[u8], group: Option<u32>) -> Result<u32, String> {
         }
     };
     let app_id = id("app_id")?;
-    let group_id = id("group_id")?;
-    match group {
-        Some(ours) if ours != group_id => Err(format!(
-            "group_id {group_id} is not this cloud's group ({ours})"
-        )),
-        _ => Ok(app_id),
-    }
+    id("group_id")?;
+    Ok(app_id)
 }
 
 /// Largest decompressed telemetry payload accepted, in bytes: a small
