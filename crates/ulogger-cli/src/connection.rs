@@ -102,8 +102,10 @@ pub struct ConnectionArgs {
           value_parser = boolish)]
     pub plaintext: Option<bool>,
     /// Publish as fast as the broker takes it, instead of pacing to the
-    /// platform's per-connection limits (100 publishes/s, 512 KiB/s).
-    /// For local brokers [default: false].
+    /// platform's per-connection limits (100 publishes/s, 512 KiB/s), and
+    /// register devices without the cap of 10/s that keeps a customer
+    /// clear of the platform's quarantine. For local brokers
+    /// [default: false].
     #[arg(long, env = "ULOGGER_NO_PACING", value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true",
           value_parser = boolish)]
@@ -287,6 +289,10 @@ impl ConnectionArgs {
             config = config.security(Security::Plaintext);
         }
         config = config.pacing(self.pacing(file));
+        if self.no_pacing.or(file.no_pacing).unwrap_or(false) {
+            // A local broker: no platform alarm to keep clear of either.
+            config = config.registration_limit(ulogger_cloud::RegistrationLimit::off());
+        }
         if let Some(connections) = self.connections.or(file.connections) {
             config = config.connections(connections);
         }

@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// such publishes are acknowledged and shown as unrouted.
     #[arg(long)]
     legacy_topics: bool,
+    /// Simulate the platform's alarm on registration storms: past RATE
+    /// boot messages in one second the customer is quarantined, and every
+    /// connection is refused until the emulator restarts.
+    #[arg(long, value_name = "RATE", conflicts_with = "attach")]
+    boot_guard: Option<u32>,
     /// Topic prefix, prepended as-is (include the trailing `/`).
     #[arg(long, default_value = "", value_name = "PREFIX")]
     prefix: String,
@@ -159,6 +164,7 @@ fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
         .plaintext(args.plaintext)
         .group_id(args.group_id)
         .legacy_topics(args.legacy_topics)
+        .boot_guard(args.boot_guard)
         .topic_prefix(args.prefix.clone());
     if args.no_limits {
         config = config.limits(PlatformLimits::unlimited());

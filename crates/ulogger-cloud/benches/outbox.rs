@@ -560,7 +560,8 @@ impl E2e {
             .port(self.port)
             .ca_file(&self.certs.ca_cert)
             .client_cert(&self.certs.client_cert, &self.certs.client_key)
-            .pacing(Pacing::off());
+            .pacing(Pacing::off())
+            .registration_limit(ulogger_cloud::RegistrationLimit::off());
         let mut builder = Client::builder(config).session_store(self.store.clone());
         if let Some(outbox) = outbox {
             builder = builder.outbox(outbox);

@@ -1014,7 +1014,8 @@ fn client_new_device_phases(phases: &[usize], file_backed: bool, mosquitto: bool
         .topic_prefix(emulator.topic_prefix())
         .ca_file(&certs.ca_cert)
         .client_cert(&certs.client_cert, &certs.client_key)
-        .pacing(Pacing::off());
+        .pacing(Pacing::off())
+        .registration_limit(ulogger_cloud::RegistrationLimit::off());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

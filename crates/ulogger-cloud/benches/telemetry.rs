@@ -284,7 +284,8 @@ impl Bench {
             .ca_file(&self.certs.ca_cert)
             .client_cert(&self.certs.client_cert, &self.certs.client_key)
             .max_inflight(MAX_INFLIGHT)
-            .pacing(Pacing::off());
+            .pacing(Pacing::off())
+            .registration_limit(ulogger_cloud::RegistrationLimit::off());
         let client = Client::builder(config)
             .build()
             .map_err(|e| format!("building the client: {e}"))?;

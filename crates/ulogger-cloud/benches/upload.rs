@@ -675,7 +675,8 @@ impl Bench {
             .client_cert(&self.certs.client_cert, &self.certs.client_key)
             .max_inflight(MAX_INFLIGHT)
             // A local broker, and a raw baseline that is not paced either.
-            .pacing(Pacing::off());
+            .pacing(Pacing::off())
+            .registration_limit(ulogger_cloud::RegistrationLimit::off());
         Client::builder(config)
             .session_store(self.store.clone())
             .build()

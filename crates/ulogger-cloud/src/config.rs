@@ -135,6 +135,75 @@ impl Default for Pacing {
     }
 }
 
+/// How fast a client may register devices (boot requests, PROTOCOL §3).
+///
+/// The platform raises an alarm on the rate of boot messages and may
+/// quarantine the customer whose devices cause it: every certificate of
+/// that customer is detached and all its connections are refused until an
+/// operator acts. A gateway therefore caps its registrations: a token
+/// bucket shared by all the client's connections, `per_second` on average
+/// with bursts of up to `burst`. A registration that has to wait for the
+/// cap says so in the log. Known devices, whose tokens are cached, never
+/// register again.
+///
+/// ```
+/// use ulogger_cloud::{MqttConfig, RegistrationLimit};
+/// let config = MqttConfig::new(42).registration_limit(RegistrationLimit::new(5, 10));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct RegistrationLimit {
+    pub(crate) per_second: Option<u32>,
+    pub(crate) burst: u32,
+}
+
+impl RegistrationLimit {
+    /// The default: 10 registrations per second, bursts of 20. A gateway
+    /// that starts with 1,000 unknown devices registers them all in under
+    /// two minutes, and a fleet of such gateways stays far from an alarm.
+    pub const fn platform() -> RegistrationLimit {
+        RegistrationLimit {
+            per_second: Some(10),
+            burst: 20,
+        }
+    }
+
+    /// At most `per_second` registrations per second on average, in
+    /// bursts of at most `burst`. Both must be at least 1.
+    pub const fn new(per_second: u32, burst: u32) -> RegistrationLimit {
+        RegistrationLimit {
+            per_second: Some(per_second),
+            burst,
+        }
+    }
+
+    /// No cap: for local brokers and benchmarks only. Against the
+    /// platform, a registration storm can get the customer quarantined.
+    pub const fn off() -> RegistrationLimit {
+        RegistrationLimit {
+            per_second: None,
+            burst: 0,
+        }
+    }
+
+    fn validate(self) -> Result<(), Error> {
+        if self.per_second == Some(0) || (self.per_second.is_some() && self.burst == 0) {
+            return Err(Error::config(
+                "registration_limit",
+                "the rate and the burst must be at least 1 (use RegistrationLimit::off() for none)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for RegistrationLimit {
+    fn default() -> RegistrationLimit {
+        RegistrationLimit::platform()
+    }
+}
+
 /// Where and how to connect, with the Python SDK's fields and defaults.
 ///
 /// Setters never fail; [`ClientBuilder::build`](crate::ClientBuilder::build)
@@ -170,6 +239,7 @@ pub struct MqttConfig {
     pub(crate) max_inflight: u16,
     pub(crate) max_subscriptions: u16,
     pub(crate) pacing: Pacing,
+    pub(crate) registration_limit: RegistrationLimit,
     pub(crate) client_id_suffix: Option<String>,
     pub(crate) connections: usize,
     pub(crate) max_reconnect_delay: Duration,
@@ -201,6 +271,7 @@ impl MqttConfig {
             max_inflight: 100,
             max_subscriptions: 50,
             pacing: Pacing::platform(),
+            registration_limit: RegistrationLimit::platform(),
             client_id_suffix: None,
             connections: 1,
             max_reconnect_delay: crate::transport::backoff::DEFAULT_MAX_DELAY,
@@ -327,6 +398,13 @@ impl MqttConfig {
         self
     }
 
+    /// How fast devices may be registered. Default:
+    /// [`RegistrationLimit::platform`].
+    pub fn registration_limit(mut self, limit: RegistrationLimit) -> Self {
+        self.registration_limit = limit;
+        self
+    }
+
     /// The part of the MQTT client id after `cust-{customer_id}-`.
     /// Default: `gw-` and 16 random hex digits, so that two gateways never
     /// share an id (the broker would disconnect one for the other).
@@ -441,6 +519,7 @@ impl MqttConfig {
             return Err(Error::config("max_subscriptions", "must be at least 1"));
         }
         self.pacing.validate()?;
+        self.registration_limit.validate()?;
         let client_id = client_id(self.customer_id, self.client_id_suffix.as_deref())?;
         let tls = match self.security {
             Security::Plaintext => {

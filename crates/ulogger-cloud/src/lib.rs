@@ -41,7 +41,9 @@ mod transport;
 pub use client::{
     Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, UploadReceipt,
 };
-pub use config::{MqttConfig, Pacing, Security, DEFAULT_BROKER, DEFAULT_GROUP_ID, DEFAULT_PORT};
+pub use config::{
+    MqttConfig, Pacing, RegistrationLimit, Security, DEFAULT_BROKER, DEFAULT_GROUP_ID, DEFAULT_PORT,
+};
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use http::{HttpReceipt, HttpTelemetry, HttpTelemetryBuilder, DEFAULT_API_URL};
 pub use link::{IncomingMessage, LinkFuture, LinkInbox, MqttLink, RumqttcLink};

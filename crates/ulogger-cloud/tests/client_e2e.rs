@@ -186,9 +186,13 @@ async fn a_hundred_devices_upload_concurrently_through_one_client() {
     // About concurrency through one connection, not rates: 200 publishes
     // would take 2 s paced, and break AWS IoT's 100 publishes/s unpaced.
     let emu = emulator(EmulatorConfig::new(CUSTOMER).limits(PlatformLimits::unlimited()));
-    let client = Client::builder(config_for(&emu).pacing(Pacing::off()))
-        .build()
-        .unwrap();
+    let client = Client::builder(
+        config_for(&emu)
+            .pacing(Pacing::off())
+            .registration_limit(ulogger_cloud::RegistrationLimit::off()),
+    )
+    .build()
+    .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..100 {
         let client = client.clone();

@@ -473,9 +473,13 @@ async fn a_thousand_devices_register_at_once_within_fifty_subscriptions() {
         .publishes_per_second(None)
         .bytes_per_second(None);
     let (emu, tap, config) = tapped_emulator_with(limits).await;
-    let client = Client::builder(config.pacing(Pacing::off()))
-        .build()
-        .unwrap();
+    let client = Client::builder(
+        config
+            .pacing(Pacing::off())
+            .registration_limit(ulogger_cloud::RegistrationLimit::off()),
+    )
+    .build()
+    .unwrap();
 
     let tokens = register_all(&client, (0..1000).map(|i| format!("SN-K-{i:04}"))).await;
 

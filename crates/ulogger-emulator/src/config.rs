@@ -25,6 +25,7 @@ pub struct EmulatorConfig {
     pub(crate) customer_id: u32,
     pub(crate) group_id: u32,
     pub(crate) legacy_topics: bool,
+    pub(crate) boot_guard: Option<u32>,
     pub(crate) topic_prefix: String,
     pub(crate) listen: SocketAddr,
     pub(crate) data_dir: Option<PathBuf>,
@@ -59,6 +60,7 @@ impl EmulatorConfig {
             customer_id,
             group_id: 0,
             legacy_topics: false,
+            boot_guard: None,
             topic_prefix: String::new(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             data_dir: None,
@@ -112,6 +114,16 @@ impl EmulatorConfig {
     #[must_use]
     pub fn legacy_topics(mut self, yes: bool) -> Self {
         self.legacy_topics = yes;
+        self
+    }
+
+    /// Simulates the platform's alarm on registration storms: past `rate`
+    /// boot messages within one second, the customer is quarantined, so
+    /// every connection is closed and refused until the emulator
+    /// restarts (and a rejected record says so). Default: off.
+    #[must_use]
+    pub fn boot_guard(mut self, rate: Option<u32>) -> Self {
+        self.boot_guard = rate;
         self
     }
 

@@ -125,7 +125,7 @@ pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 use broker::{Broker, Mailbox, Tls};
-use cloud::{Cloud, Command, TokenBook, Uplink};
+use cloud::{BootGuard, Cloud, Command, TokenBook, Uplink};
 use http::HttpState;
 use records::RecordLog;
 use supervise::Failures;
@@ -312,6 +312,7 @@ impl Emulator {
         let cloud = Cloud {
             topics,
             legacy_topics: config.legacy_topics,
+            boot_guard: config.boot_guard.map(|rate| Arc::new(BootGuard::new(rate))),
             text_sequences: Default::default(),
             records: records.clone(),
             faults: faults.clone(),

@@ -221,7 +221,7 @@ impl ClientBuilder {
             store: self
                 .store
                 .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
-            registrations: Registrations::default(),
+            registrations: Registrations::new(self.config.registration_limit),
             stamp_epoch_time: self.stamp_epoch_time,
             telemetry_compression: self.telemetry_compression,
             outbox: outbox.as_ref().map(|outbox| OutboxHandle {

@@ -20,7 +20,7 @@ pub fn emulator(config: EmulatorConfig) -> Emulator {
     Emulator::start(config).expect("emulator starts")
 }
 
-/// A TLS emulator for `CUSTOMER` with the original topic layout.
+/// A TLS emulator for `CUSTOMER` with the default topic layout.
 pub fn tls_emulator() -> Emulator {
     emulator(EmulatorConfig::new(CUSTOMER))
 }

@@ -16,7 +16,7 @@ pub(crate) mod rules;
 mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,8 @@ pub(crate) struct Broker {
     /// Cloud messages that found no subscriber, kept until a deadline for
     /// the first subscription that matches (see [`Broker::publish_from_cloud`]).
     lingering: Mutex<Vec<(Message, Instant)>>,
+    /// Set when the boot guard trips: connections are refused from then on.
+    quarantined: AtomicBool,
     next_conn_id: AtomicU64,
 }
 
@@ -177,12 +179,25 @@ impl Broker {
             subscriptions: Mutex::new(Subscriptions::default()),
             retained: Mutex::new(Retained::default()),
             lingering: Mutex::new(Vec::new()),
+            quarantined: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(CLOUD_CONN_ID + 1),
         }
     }
 
     pub(crate) fn customer_id(&self) -> u32 {
         self.customer_id
+    }
+
+    /// Quarantines the customer as the platform does after a
+    /// registration storm: every connection is closed now and refused
+    /// from now on. Returns how many were closed.
+    pub(crate) fn quarantine(&self) -> usize {
+        self.quarantined.store(true, Ordering::SeqCst);
+        self.disconnect("")
+    }
+
+    pub(crate) fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::SeqCst)
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

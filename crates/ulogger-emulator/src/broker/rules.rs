@@ -53,6 +53,9 @@ pub(crate) enum Violation {
         count: usize,
         limit: usize,
     },
+    /// The customer is quarantined (the boot guard tripped): every
+    /// connection is refused until the emulator restarts.
+    Quarantined,
 }
 
 impl fmt::Display for Violation {
@@ -93,6 +96,11 @@ impl fmt::Display for Violation {
                     "SUBSCRIBE with {count} filters, more than {limit}: connection closed"
                 )
             }
+            Violation::Quarantined => write!(
+                f,
+                "customer quarantined after a registration storm (boot guard): \
+                 every connection is refused until an operator acts (restart the emulator)"
+            ),
         }
     }
 }

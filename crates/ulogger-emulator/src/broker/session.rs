@@ -357,7 +357,11 @@ where
             .await;
         return conn.close().await;
     }
-    if let Err(violation) = rules::check_client_id(&client_id, broker.customer_id()) {
+    let allowed = match broker.is_quarantined() {
+        true => Err(Violation::Quarantined),
+        false => rules::check_client_id(&client_id, broker.customer_id()),
+    };
+    if let Err(violation) = allowed {
         tracing::info!(%peer, client_id, %violation, "refusing connection");
         reject(&broker, Some(&client_id), "", 0, &violation);
         let code = match violation {

@@ -47,6 +47,11 @@ impl Cloud {
         message: &Message,
         replies: &mut JoinSet<()>,
     ) {
+        if let Some(guard) = &self.boot_guard {
+            if let Some(count) = guard.trips() {
+                self.quarantine(guard.rate, count);
+            }
+        }
         let mut record = Record::new(
             RecordKind::Boot,
             message.topic.clone(),
@@ -120,6 +125,65 @@ impl Cloud {
                 reply.send(payload, token).await;
             }
         });
+    }
+}
+
+/// The platform's alarm on the rate of boot messages: past `rate` in one
+/// second, the customer is quarantined (PROTOCOL §3).
+pub(crate) struct BootGuard {
+    rate: u32,
+    recent: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl BootGuard {
+    pub(crate) fn new(rate: u32) -> BootGuard {
+        BootGuard {
+            rate,
+            recent: Default::default(),
+        }
+    }
+
+    /// Counts a boot message; returns how many came within the last
+    /// second when that is over the rate.
+    fn trips(&self) -> Option<usize> {
+        let now = std::time::Instant::now();
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.push_back(now);
+        while recent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            recent.pop_front();
+        }
+        (recent.len() > self.rate as usize).then_some(recent.len())
+    }
+}
+
+impl Cloud {
+    /// Detaches the customer as the platform's alarm does: every
+    /// connection closed and refused until restart. Recorded once.
+    fn quarantine(&self, rate: u32, count: usize) {
+        let Uplink::Broker(broker) = &self.uplink else {
+            return;
+        };
+        if broker.is_quarantined() {
+            return;
+        }
+        let closed = broker.quarantine();
+        tracing::error!(
+            count,
+            rate,
+            closed,
+            "boot guard tripped: customer quarantined, every connection refused until restart"
+        );
+        self.records
+            .append(Record::new(RecordKind::Rejected, "", 0).rejected(format!(
+            "boot guard: {count} boot messages within 1 s, over {rate}/s: customer quarantined, \
+                 {closed} connection(s) closed, every connection refused until restart"
+        )));
     }
 }
 

@@ -12,6 +12,7 @@ mod text_logs;
 mod tokens;
 mod uploads;
 
+pub(crate) use boot::BootGuard;
 pub(crate) use tokens::TokenBook;
 // The public check of telemetry payloads (`crate::telemetry_check`) runs this one.
 pub(crate) use uploads::{verify_telemetry, MAX_DECOMPRESSED};
@@ -100,6 +101,8 @@ pub(crate) struct Cloud {
     pub(crate) topics: Topics,
     /// Whether the original layout without the group level is routed too.
     pub(crate) legacy_topics: bool,
+    /// The simulated alarm on registration storms, when switched on.
+    pub(crate) boot_guard: Option<Arc<BootGuard>>,
     /// The text-log batches seen, by application, serial and sequence:
     /// the platform drops a batch it has seen.
     pub(crate) text_sequences: Arc<std::sync::Mutex<std::collections::HashSet<(u32, String, u64)>>>,
