@@ -215,6 +215,8 @@ fn kind_name(kind: RecordKind) -> &'static str {
         RecordKind::CoreDump => "core-dump",
         RecordKind::Metrics => "metrics",
         RecordKind::Events => "events",
+        RecordKind::TextLogs => "text-logs",
+        RecordKind::Unrouted => "unrouted",
         RecordKind::Config => "config",
         RecordKind::Rejected => "rejected",
         _ => "other",

@@ -171,6 +171,7 @@ fn kind_text(kind: RecordKind) -> &'static str {
         RecordKind::CoreDump => "core-dump",
         RecordKind::Metrics => "metrics",
         RecordKind::Events => "events",
+        RecordKind::TextLogs => "text-logs",
         _ => "other",
     }
 }

@@ -31,10 +31,12 @@ use bytes::Bytes;
 
 use crate::error::Error;
 use crate::store::SessionStore;
-use crate::wire::{Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, LogConfig, Metric};
+use crate::wire::{
+    Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, LogConfig, Metric, TextEntry,
+};
 use crate::{
     MqttConfig, OutboxConfig, OutboxStatus, PublishReceipt, RecordId, TelemetryReceipt,
-    UploadReceipt,
+    TextLogReceipt, UploadReceipt,
 };
 
 mod http;
@@ -183,6 +185,26 @@ impl Client {
     ) -> Result<TelemetryReceipt, Error> {
         self.runtime
             .block_on(self.inner.publish_events(serial, app_id, events))
+    }
+
+    /// See [`crate::Client::publish_text_logs`].
+    pub fn publish_text_logs(
+        &self,
+        device: &DeviceInfo,
+        entries: &[TextEntry],
+    ) -> Result<TextLogReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_text_logs(device, entries))
+    }
+
+    /// See [`crate::Client::enqueue_text_logs`].
+    pub fn enqueue_text_logs(
+        &self,
+        device: &DeviceInfo,
+        entries: &[TextEntry],
+    ) -> Result<Vec<RecordId>, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_text_logs(device, entries))
     }
 
     /// See [`crate::Client::publish_heartbeat`].

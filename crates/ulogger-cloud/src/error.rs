@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::store::StoreError;
-use crate::wire::{BootReplyError, HeaderError, LogConfigError, TelemetryError, TopicError};
+use crate::wire::{
+    BootReplyError, HeaderError, LogConfigError, TelemetryError, TextLogError, TopicError,
+};
 
 /// What went wrong, with the facts a caller needs to act on it.
 ///
@@ -120,6 +122,10 @@ pub enum ErrorKind {
     /// sample list, a non-finite value, ...); nothing was sent.
     #[error("invalid telemetry: {0}")]
     InvalidTelemetry(#[source] TelemetryError),
+    /// Text logs cannot be sent (no entries, a bad time, an entry too
+    /// large for one message); nothing was sent.
+    #[error("invalid text logs: {0}")]
+    InvalidTextLogs(#[source] TextLogError),
     /// The message is larger than the broker accepts; nothing was sent.
     #[error("payload of {size} bytes exceeds the broker's limit of {limit} bytes")]
     PayloadTooLarge {
@@ -317,6 +323,7 @@ impl Error {
                 | ErrorKind::InvalidLog(_)
                 | ErrorKind::InvalidTopic(_)
                 | ErrorKind::InvalidTelemetry(_)
+                | ErrorKind::InvalidTextLogs(_)
                 | ErrorKind::PayloadTooLarge { .. }
         )
     }
@@ -407,6 +414,12 @@ impl From<TelemetryError> for Error {
             }
             e => ErrorKind::InvalidTelemetry(e).into(),
         }
+    }
+}
+
+impl From<TextLogError> for Error {
+    fn from(e: TextLogError) -> Self {
+        ErrorKind::InvalidTextLogs(e).into()
     }
 }
 

@@ -39,7 +39,8 @@ mod tls;
 mod transport;
 
 pub use client::{
-    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, UploadReceipt,
+    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt,
+    UploadReceipt,
 };
 pub use config::{
     MqttConfig, Pacing, RegistrationLimit, Security, DEFAULT_BROKER, DEFAULT_GROUP_ID, DEFAULT_PORT,

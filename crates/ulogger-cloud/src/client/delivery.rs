@@ -152,7 +152,7 @@ async fn deliver(client: &Client, record: StoredRecord) -> Result<(), Error> {
         Kind::CoreDump => {
             client.publish_core_dump(record.payload).await?;
         }
-        kind @ (Kind::Metrics | Kind::Events) => {
+        kind @ (Kind::Metrics | Kind::Events | Kind::TextLogs) => {
             client
                 .publish_stored_telemetry(kind, record.app_id, record.payload)
                 .await?;

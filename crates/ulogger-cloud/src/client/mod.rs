@@ -5,8 +5,10 @@ mod log_config;
 mod pool;
 mod registration;
 mod telemetry;
+mod text_logs;
 
 pub use telemetry::TelemetryReceipt;
+pub use text_logs::TextLogReceipt;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -104,6 +106,7 @@ struct Inner {
     pool: Pool,
     store: Arc<SessionStore>,
     registrations: Registrations,
+    text_sequences: text_logs::TextSequences,
     stamp_epoch_time: bool,
     telemetry_compression: Compression,
     outbox: Option<OutboxHandle>,
@@ -222,6 +225,7 @@ impl ClientBuilder {
                 .store
                 .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
             registrations: Registrations::new(self.config.registration_limit),
+            text_sequences: Default::default(),
             stamp_epoch_time: self.stamp_epoch_time,
             telemetry_compression: self.telemetry_compression,
             outbox: outbox.as_ref().map(|outbox| OutboxHandle {

@@ -220,6 +220,7 @@ impl Client {
         let topics = &self.settings().topics;
         let topic = match kind {
             Kind::Events => topics.events(app_id)?,
+            Kind::TextLogs => topics.logs(app_id)?,
             _ => topics.metrics(app_id)?,
         };
         self.publish_raw(topic, Bytes::from(payload)).await?;

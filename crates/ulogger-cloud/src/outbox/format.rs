@@ -45,6 +45,9 @@ pub(crate) enum Kind {
     Metrics = 3,
     /// An events message, like [`Kind::Metrics`].
     Events = 4,
+    /// A text-log batch (NDJSON, its sequence fixed at enqueue), like
+    /// [`Kind::Metrics`]; `serial` is the device's.
+    TextLogs = 5,
 }
 
 /// One record as stored.
@@ -211,6 +214,7 @@ pub(crate) fn decode_body(body: &[u8]) -> Option<StoredRecord> {
         2 => Kind::CoreDump,
         3 => Kind::Metrics,
         4 => Kind::Events,
+        5 => Kind::TextLogs,
         _ => return None,
     };
     let app_id = u32::from_le_bytes(r.take()?);
@@ -349,7 +353,13 @@ mod tests {
         StoredRecord {
             id,
             enqueued_ms: 1_700_000_000_000 + id,
-            kind: [Kind::Log, Kind::CoreDump, Kind::Metrics, Kind::Events][(id % 4) as usize],
+            kind: [
+                Kind::Log,
+                Kind::CoreDump,
+                Kind::Metrics,
+                Kind::Events,
+                Kind::TextLogs,
+            ][(id % 5) as usize],
             app_id: 7,
             serial: format!("SN-{id}"),
             device_type: "board".into(),

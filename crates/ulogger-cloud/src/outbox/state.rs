@@ -416,6 +416,7 @@ impl Shared {
                     Kind::CoreDump => RecordKind::CoreDump,
                     Kind::Metrics => RecordKind::Metrics,
                     Kind::Events => RecordKind::Events,
+                    Kind::TextLogs => RecordKind::TextLogs,
                 },
                 app_id: e.app_id,
                 serial: e.serial.clone(),

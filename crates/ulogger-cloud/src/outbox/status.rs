@@ -114,6 +114,9 @@ pub enum RecordKind {
     Metrics,
     /// An events message, like [`RecordKind::Metrics`].
     Events,
+    /// A text-log batch (PROTOCOL §12), built with its sequence number
+    /// when it was enqueued and published as-is.
+    TextLogs,
 }
 
 /// How far a record got.

@@ -16,6 +16,7 @@
 //! - Log configuration (§7): [`LogConfig`].
 //! - Metrics, events and heartbeats (§8): [`Metric`], [`Event`],
 //!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
+//! - Text logs (§12): [`TextEntry`], [`TextLevel`], [`text_log_batches`].
 
 mod ble;
 mod boot;
@@ -23,6 +24,7 @@ mod device_info;
 mod header;
 mod log_config;
 mod telemetry;
+mod text_log;
 mod topic;
 
 pub use ble::{ChunkReassembler, Feed, IgnoreReason};
@@ -42,6 +44,7 @@ pub use telemetry::{
     DeviceEvents, DeviceMetrics, Event, Metric, TelemetryError, TelemetryPayload,
     COMPRESSION_THRESHOLD,
 };
+pub use text_log::{text_log_batches, TextEntry, TextLevel, TextLogBatch, TextLogError};
 pub use topic::{
     validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
     MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,

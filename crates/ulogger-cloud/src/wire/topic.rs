@@ -2,8 +2,11 @@
 //! (PROTOCOL §1, §2).
 //!
 //! Every topic is `P` + `{kind}/v0/{C}[/{G}]` + per-kind ids: the prefix is
-//! prepended as-is and the group level is present only when a group id is
-//! configured. A device serial ends up in subscription topics, so it is
+//! prepended as-is. The platform routes only topics with the group level
+//! (its rules are filters such as `binlog/v0/+/+/+`; group `0` means "no
+//! groups"); the original layout without it (`group_id: None` here) is
+//! acknowledged by the broker and then dropped, so it is only for old
+//! brokers and bridges that expect it. A device serial ends up in subscription topics, so it is
 //! checked against a strict character set: a serial such as `x/#` would
 //! otherwise subscribe to other devices' replies.
 
@@ -203,6 +206,11 @@ pub enum TopicKind {
         /// Application id.
         app_id: u32,
     },
+    /// `logs/v0/...`: text logs.
+    TextLogs {
+        /// Application id.
+        app_id: u32,
+    },
 }
 
 /// Builds (and recognises) the platform's topics for one customer, with or
@@ -229,6 +237,7 @@ const CORE_DUMP: &str = "core-dump";
 const CONFIG: &str = "config";
 const METRICS: &str = "metrics";
 const EVENTS: &str = "events";
+const LOGS: &str = "logs";
 const VERSION: &str = "v0";
 
 impl Topics {
@@ -335,6 +344,15 @@ impl Topics {
         self.build(EVENTS, Some(app_id), None)
     }
 
+    /// Topic to publish text logs to.
+    ///
+    /// # Errors
+    ///
+    /// [`TopicError::TooLong`] or [`TopicError::TooDeep`] (long prefixes).
+    pub fn logs(&self, app_id: u32) -> Result<String, TopicError> {
+        self.build(LOGS, Some(app_id), None)
+    }
+
     /// Which of this customer's topics `topic` is, or `None` if it is not
     /// one (other prefix, customer or group, unknown kind, ids that are not
     /// canonical decimal numbers, or an invalid serial).
@@ -374,6 +392,7 @@ impl Topics {
             }),
             (METRICS, 1) => Some(TopicKind::Metrics { app_id: app()? }),
             (EVENTS, 1) => Some(TopicKind::Events { app_id: app()? }),
+            (LOGS, 1) => Some(TopicKind::TextLogs { app_id: app()? }),
             _ => None,
         }
     }
@@ -453,6 +472,7 @@ mod tests {
         assert_eq!(t.config(3, "SN").unwrap(), "ulogger/config/v0/1/2/3/SN");
         assert_eq!(t.metrics(3).unwrap(), "ulogger/metrics/v0/1/2/3");
         assert_eq!(t.events(3).unwrap(), "ulogger/events/v0/1/2/3");
+        assert_eq!(t.logs(3).unwrap(), "ulogger/logs/v0/1/2/3");
         assert_eq!(t.prefix(), "ulogger/");
         assert_eq!(t.customer_id(), 1);
         assert_eq!(t.group_id(), Some(2));
@@ -499,6 +519,7 @@ mod tests {
                 ),
                 (t.metrics(app), TopicKind::Metrics { app_id: app }),
                 (t.events(app), TopicKind::Events { app_id: app }),
+                (t.logs(app), TopicKind::TextLogs { app_id: app }),
             ];
             for (topic, kind) in cases {
                 assert_eq!(t.classify(&topic.unwrap()), Some(kind));
