@@ -14,6 +14,7 @@ mod exit;
 mod files;
 mod inspect;
 mod log_config;
+mod logs;
 mod make_log;
 mod outbox;
 mod outbox_upload;
@@ -74,6 +75,10 @@ enum Command {
     #[command(after_help = telemetry::HEARTBEAT_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
               mut_arg("token_timeout", telemetry::hide))]
     Heartbeat(telemetry::HeartbeatArgs),
+    /// Send lines of text (files or standard input) as a device's text logs.
+    #[command(after_help = logs::EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
+              mut_arg("token_timeout", telemetry::hide))]
+    Logs(logs::Args),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),
     /// Run the gateway service: files dropped in an inbox go out through a durable outbox.
@@ -115,6 +120,7 @@ fn main() -> std::process::ExitCode {
         Command::Metrics(args) => telemetry::metrics(global, args),
         Command::Events(args) => telemetry::events(global, args),
         Command::Heartbeat(args) => telemetry::heartbeat_command(global, args),
+        Command::Logs(args) => logs::run(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
         Command::Agent(args) => agent::run(global, args),
         Command::Completions(args) => docs::completions(args),
