@@ -125,7 +125,7 @@ fn metrics_from_arguments_reach_the_cloud_as_given() {
         stored_json(&emu, &record),
         json!({"device_serial": "SN-M", "metrics": [
             {"name": "temp", "value": 21.5},
-            {"name": "rssi", "value": -60.0, "timestamp": 1_700_000_000u64}]})
+            {"name": "rssi", "value": -60, "timestamp": 1_700_000_000u64}]})
     );
 
     // Human output names the device, the count and the topic.
@@ -144,7 +144,8 @@ fn metrics_from_arguments_reach_the_cloud_as_given() {
     assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
     assert_eq!(
         stored_json(&emu, &record)["metrics"],
-        json!([{"name": "temp", "value": 22.0, "timestamp": 5}])
+        // `temp=22` is the integer 22, as the user wrote it.
+        json!([{"name": "temp", "value": 22, "timestamp": 5}])
     );
 }
 
@@ -191,7 +192,7 @@ fn heartbeat_of_one_device_and_of_several_in_one_batch() {
     assert_received(&record, &report);
     assert_eq!(
         stored_json(&emu, &record),
-        json!({"device_serial": "SN-H1", "metrics": [{"name": "heartbeat", "value": 1.0, "timestamp": 77}]})
+        json!({"device_serial": "SN-H1", "metrics": [{"name": "heartbeat", "value": 1, "timestamp": 77}]})
     );
 
     let args = with(
@@ -207,7 +208,7 @@ fn heartbeat_of_one_device_and_of_several_in_one_batch() {
     );
     let record = nth(&emu, RecordKind::Metrics, 2);
     assert_received(&record, &report);
-    let beat = json!([{"name": "heartbeat", "value": 1.0}]);
+    let beat = json!([{"name": "heartbeat", "value": 1}]);
     assert_eq!(
         stored_json(&emu, &record),
         json!({"devices": [
@@ -302,7 +303,8 @@ fn gzip_starts_just_over_1024_bytes_and_can_be_forced_either_way() {
     // The most "m=1" samples whose JSON still fits under the threshold,
     // by the library's own builder (the CLI sends exactly these bytes).
     let json_len = |n: usize| {
-        metrics_payload("SN-GZ", &vec![Metric::new("m", 1.0); n], Compression::Never)
+        // `m=1` is the integer 1 on the wire, as the CLI sends it.
+        metrics_payload("SN-GZ", &vec![Metric::new("m", 1); n], Compression::Never)
             .unwrap()
             .json_len
     };

@@ -107,7 +107,7 @@ async fn every_call_is_accepted(emu: Emulator) {
         serde_json::from_slice(&stored_bytes(&emu, &last_record(&emu))).unwrap();
     assert_eq!(
         body["metrics"],
-        serde_json::json!([{"name": "heartbeat", "value": 1.0, "timestamp": 1_700_000_001}])
+        serde_json::json!([{"name": "heartbeat", "value": 1, "timestamp": 1_700_000_001}])
     );
 
     let r = http

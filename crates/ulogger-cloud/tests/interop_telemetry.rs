@@ -91,7 +91,7 @@ async fn every_call_reaches_the_cloud(setup: Setup) {
     assert_eq!(
         stored,
         serde_json::json!({"device_serial": "SN-MOSQ-H", "metrics": [
-            {"name": "heartbeat", "value": 1.0, "timestamp": u64::MAX}]})
+            {"name": "heartbeat", "value": 1, "timestamp": u64::MAX}]})
     );
 
     // 200 devices: well over the 1,024-byte threshold, so gzip.

@@ -8,7 +8,9 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use ulogger_cloud::wire::{validate_serial, DeviceEvents, DeviceMetrics, Event, Metric};
+use ulogger_cloud::wire::{
+    validate_serial, DeviceEvents, DeviceMetrics, Event, Metric, MetricValue,
+};
 
 use crate::files;
 
@@ -32,9 +34,62 @@ struct MetricsEntry {
 #[serde(deny_unknown_fields)]
 struct MetricSample {
     name: String,
-    value: f64,
+    /// As written: an integer stays one.
+    value: serde_json::Number,
     #[serde(default)]
-    timestamp: Option<u64>,
+    timestamp: Option<Timestamp>,
+}
+
+/// A timestamp in seconds since the epoch: whole, or with a fraction as
+/// Python's `time.time()` gives it (rounded down, said once).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Timestamp {
+    Whole(u64),
+    Fraction(f64),
+}
+
+impl Timestamp {
+    fn seconds(&self, at: &str) -> Result<u64, String> {
+        match *self {
+            Timestamp::Whole(t) => Ok(t),
+            Timestamp::Fraction(t) if t.is_finite() && t >= 0.0 && t < 1.8e19 => {
+                if t.fract() != 0.0 {
+                    note_rounded();
+                }
+                // In range and not negative, checked just above.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Ok(t.floor() as u64)
+            }
+            Timestamp::Fraction(t) => Err(format!(
+                "{at}.timestamp {t} is not seconds since the Unix epoch"
+            )),
+        }
+    }
+}
+
+/// Says once per run that fractional timestamps were rounded down: the
+/// platform takes whole seconds.
+fn note_rounded() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "note: timestamps with a fraction of a second were rounded down to whole seconds"
+        );
+    });
+}
+
+fn metric_value(number: &serde_json::Number, at: &str) -> Result<MetricValue, String> {
+    if let Some(n) = number.as_i64() {
+        return Ok(MetricValue::Int(n));
+    }
+    if let Some(n) = number.as_u64() {
+        return Ok(MetricValue::from(n));
+    }
+    match number.as_f64() {
+        Some(x) if x.is_finite() => Ok(MetricValue::Float(x)),
+        _ => Err(format!("{at}.value {number} is not a finite number")),
+    }
 }
 
 /// A batch file of events.
@@ -59,7 +114,7 @@ struct EventSample {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
-    timestamp: Option<u64>,
+    timestamp: Option<Timestamp>,
 }
 
 /// An application id as a JSON number or, as the HTTP API writes ids, a
@@ -124,9 +179,10 @@ pub fn metrics(bytes: &[u8]) -> Result<Vec<DeviceMetrics>, String> {
                 if sample.name.is_empty() {
                     return Err(format!("{at}.metrics[{j}].name is empty"));
                 }
-                let metric = Metric::new(sample.name, sample.value);
-                metrics.push(match sample.timestamp {
-                    Some(t) => metric.at(t),
+                let here = format!("{at}.metrics[{j}]");
+                let metric = Metric::new(sample.name, metric_value(&sample.value, &here)?);
+                metrics.push(match &sample.timestamp {
+                    Some(t) => metric.at(t.seconds(&here)?),
                     None => metric,
                 });
             }
@@ -155,8 +211,8 @@ pub fn events(bytes: &[u8]) -> Result<Vec<DeviceEvents>, String> {
                     return Err(format!("{at}.events[{j}].type is empty"));
                 }
                 let event = Event::new(sample.kind);
-                events.push(match sample.timestamp {
-                    Some(t) => event.at(t),
+                events.push(match &sample.timestamp {
+                    Some(t) => event.at(t.seconds(&format!("{at}.events[{j}]"))?),
                     None => event,
                 });
             }
@@ -208,6 +264,8 @@ mod tests {
         .unwrap();
         assert_eq!(devices.len(), 3);
         assert_eq!(devices[0].metrics[0], Metric::new("t", 1.5).at(9));
+        // An integer stays one.
+        assert_eq!(devices[1].metrics[0], Metric::new("u", -2));
         assert_eq!(devices[0].app_id, None);
         assert_eq!(devices[1].app_id, Some(12));
         assert_eq!(devices[2].app_id, Some(13));
@@ -215,6 +273,20 @@ mod tests {
             events(br#"{"devices": [{"device_serial": "A", "events": [{"type": "boot"}]}]}"#)
                 .unwrap();
         assert_eq!(devices[0].events, vec![Event::new("boot")]);
+    }
+
+    #[test]
+    fn python_float_timestamps_are_taken_rounded_down() {
+        let devices = metrics(
+            br#"{"devices": [{"device_serial": "A", "metrics": [{"name": "t", "value": 1, "timestamp": 1700000000.987}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(devices[0].metrics[0].timestamp, Some(1_700_000_000));
+        let devices = events(
+            br#"{"devices": [{"device_serial": "A", "events": [{"type": "boot", "timestamp": 1700000001.5}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(devices[0].events[0].timestamp, Some(1_700_000_001));
     }
 
     #[test]
@@ -243,7 +315,7 @@ mod tests {
             ),
             (
                 r#"{"devices": [{"device_serial": "A", "metrics": [{"name":"x","value":1,"timestamp":-1}]}]}"#,
-                "invalid value",
+                "devices[0].metrics[0].timestamp -1 is not seconds since the Unix epoch",
             ),
             (
                 r#"{"devices": [{"device_serial": "A", "metrics": [{"name":"x","value":1}], "app_id": "0x1"}]}"#,

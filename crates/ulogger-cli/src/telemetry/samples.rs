@@ -2,7 +2,7 @@
 //! a metric, `TYPE[@TIMESTAMP]` for an event, timestamps in whole seconds
 //! since the Unix epoch.
 
-use ulogger_cloud::wire::{Event, Metric};
+use ulogger_cloud::wire::{Event, Metric, MetricValue};
 
 /// What a metric argument looks like, for messages.
 pub const METRIC_SYNTAX: &str = "NAME=VALUE[@TIMESTAMP]";
@@ -24,10 +24,15 @@ pub fn parse_metric(arg: &str, default_timestamp: Option<u64>) -> Result<Metric,
         Some((value, timestamp)) => (value, Some(parse_timestamp(timestamp).map_err(bad)?)),
         None => (rest, default_timestamp),
     };
-    let value: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| bad(format!("the value {value:?} is not a number")))?;
+    // `3` stays the integer 3 on the wire; `3.0` and `1e3` are floats.
+    let value: MetricValue = match value.trim().parse::<i64>() {
+        Ok(n) => MetricValue::Int(n),
+        Err(_) => value
+            .trim()
+            .parse::<f64>()
+            .map(MetricValue::Float)
+            .map_err(|_| bad(format!("the value {value:?} is not a number")))?,
+    };
     if !value.is_finite() {
         // The syntax was right: saying it again would not help.
         return Err(format!(
@@ -78,19 +83,26 @@ mod tests {
         let m = parse_metric("temp=21.5", None).unwrap();
         assert_eq!(
             (m.name.as_str(), m.value, m.timestamp),
-            ("temp", 21.5, None)
+            ("temp", MetricValue::Float(21.5), None)
         );
         let m = parse_metric("rssi=-60@1700000000", Some(5)).unwrap();
-        assert_eq!((m.value, m.timestamp), (-60.0, Some(1_700_000_000)));
+        assert_eq!(
+            (m.value, m.timestamp),
+            (MetricValue::Int(-60), Some(1_700_000_000))
+        );
         let m = parse_metric("a=b=1e3", Some(5)).unwrap();
         assert_eq!(
             (m.name.as_str(), m.value, m.timestamp),
-            ("a=b", 1000.0, Some(5))
+            ("a=b", MetricValue::Float(1000.0), Some(5))
+        );
+        assert_eq!(
+            parse_metric("n=3.0", None).unwrap().value,
+            MetricValue::Float(3.0)
         );
         let m = parse_metric("t=0@18446744073709551615", None).unwrap();
         assert_eq!(m.timestamp, Some(u64::MAX));
         let m = parse_metric("温度 \"x\"=1.7976931348623157e308", None).unwrap();
-        assert_eq!(m.value, f64::MAX);
+        assert_eq!(m.value, MetricValue::Float(f64::MAX));
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use header::{
 pub use log_config::{LogConfig, LogConfigError, LogLevel};
 pub use telemetry::{
     events_batch_payload, events_payload, metrics_batch_payload, metrics_payload, Compression,
-    DeviceEvents, DeviceMetrics, Event, Metric, TelemetryError, TelemetryPayload,
+    DeviceEvents, DeviceMetrics, Event, Metric, MetricValue, TelemetryError, TelemetryPayload,
     COMPRESSION_THRESHOLD,
 };
 pub use text_log::{text_log_batches, TextEntry, TextLevel, TextLogBatch, TextLogError};

@@ -17,38 +17,129 @@ use super::{validate_serial, TopicError, MAX_MESSAGE_SIZE};
 /// [`Compression::Auto`].
 pub const COMPRESSION_THRESHOLD: usize = 1024;
 
+/// A metric's value, sent as the JSON number it is: an integer stays an
+/// integer (`3`, as the Python SDK sends a Python `int`), a float a float
+/// (`21.5`, and `1.0`).
+///
+/// ```
+/// use ulogger_cloud::wire::MetricValue;
+/// assert_eq!(MetricValue::from(3), MetricValue::Int(3));
+/// assert_eq!(MetricValue::from(21.5), MetricValue::Float(21.5));
+/// assert_eq!(MetricValue::from(3).to_string(), "3");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetricValue {
+    /// An integer.
+    Int(i64),
+    /// A floating-point number; must be finite to be sent.
+    Float(f64),
+}
+
+impl MetricValue {
+    /// The value as a float (an integer beyond 2^53 rounds).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            // Rounding is what a float reading of a large integer does.
+            #[allow(clippy::cast_precision_loss)]
+            MetricValue::Int(n) => n as f64,
+            MetricValue::Float(x) => x,
+        }
+    }
+
+    /// False for NaN and infinities, which JSON cannot carry.
+    pub fn is_finite(self) -> bool {
+        match self {
+            MetricValue::Int(_) => true,
+            MetricValue::Float(x) => x.is_finite(),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        match self {
+            MetricValue::Int(n) => Value::from(n),
+            MetricValue::Float(x) => Value::from(x),
+        }
+    }
+}
+
+impl std::fmt::Display for MetricValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricValue::Int(n) => write!(f, "{n}"),
+            MetricValue::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+macro_rules! metric_value_from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetricValue {
+            fn from(n: $t) -> MetricValue {
+                MetricValue::Int(i64::from(n))
+            }
+        }
+    )*};
+}
+metric_value_from_int!(i8, i16, i32, i64, u8, u16, u32);
+
+impl From<u64> for MetricValue {
+    /// An integer; one over `i64::MAX` becomes the nearest float.
+    fn from(n: u64) -> MetricValue {
+        match i64::try_from(n) {
+            Ok(n) => MetricValue::Int(n),
+            #[allow(clippy::cast_precision_loss)]
+            Err(_) => MetricValue::Float(n as f64),
+        }
+    }
+}
+
+impl From<f64> for MetricValue {
+    fn from(x: f64) -> MetricValue {
+        MetricValue::Float(x)
+    }
+}
+
+impl From<f32> for MetricValue {
+    fn from(x: f32) -> MetricValue {
+        MetricValue::Float(f64::from(x))
+    }
+}
+
 /// One metric sample: a named number, optionally timestamped.
 ///
 /// ```
-/// use ulogger_cloud::wire::Metric;
+/// use ulogger_cloud::wire::{Metric, MetricValue};
 /// let m = Metric::new("temperature_c", 21.5).at(1_700_000_000);
 /// assert_eq!(m.timestamp, Some(1_700_000_000));
+/// assert_eq!(Metric::new("reboots", 3).value, MetricValue::Int(3));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Metric {
     /// The metric's name.
     pub name: String,
-    /// Its value; must be finite.
-    pub value: f64,
+    /// Its value; a float must be finite.
+    pub value: MetricValue,
     /// When it was sampled, in seconds since the Unix epoch.
     pub timestamp: Option<u64>,
 }
 
 impl Metric {
-    /// A sample of `name` with `value`, without a timestamp.
-    pub fn new(name: impl Into<String>, value: f64) -> Metric {
+    /// A sample of `name` with `value` (an integer or a float), without
+    /// a timestamp.
+    pub fn new(name: impl Into<String>, value: impl Into<MetricValue>) -> Metric {
         Metric {
             name: name.into(),
-            value,
+            value: value.into(),
             timestamp: None,
         }
     }
 
-    /// The heartbeat metric (`"heartbeat"`, value 1) that says a device is
-    /// alive on behalf of a device without a connection of its own.
+    /// The heartbeat metric (`"heartbeat"`, the integer 1, as the Python
+    /// SDK sends it) that says a device is alive on behalf of a device
+    /// without a connection of its own.
     pub fn heartbeat() -> Metric {
-        Metric::new("heartbeat", 1.0)
+        Metric::new("heartbeat", 1)
     }
 
     /// The same sample, timestamped `timestamp` (seconds since the epoch).
@@ -61,7 +152,7 @@ impl Metric {
     fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("name".into(), Value::from(self.name.as_str()));
-        m.insert("value".into(), Value::from(self.value));
+        m.insert("value".into(), self.value.to_json());
         if let Some(t) = self.timestamp {
             m.insert("timestamp".into(), Value::from(t));
         }
@@ -260,7 +351,7 @@ pub struct TelemetryPayload {
 /// use ulogger_cloud::wire::{metrics_payload, Compression, Metric};
 /// let p = metrics_payload("SN1", &[Metric::heartbeat()], Compression::Auto)?;
 /// assert!(!p.compressed);
-/// assert_eq!(p.bytes, br#"{"device_serial":"SN1","metrics":[{"name":"heartbeat","value":1.0}]}"#);
+/// assert_eq!(p.bytes, br#"{"device_serial":"SN1","metrics":[{"name":"heartbeat","value":1}]}"#);
 /// # Ok::<(), ulogger_cloud::wire::TelemetryError>(())
 /// ```
 ///
@@ -485,7 +576,22 @@ mod tests {
             parse(&p),
             json!({"device_serial": "SN1", "metrics": [
                 {"name": "t", "value": 2.5, "timestamp": 7},
-                {"name": "heartbeat", "value": 1.0}]})
+                {"name": "heartbeat", "value": 1}]})
+        );
+        // Integers stay integers, floats stay floats, even whole ones.
+        let p = metrics_payload(
+            "SN1",
+            &[
+                Metric::new("n", 3),
+                Metric::new("x", 3.0),
+                Metric::new("big", u64::MAX),
+            ],
+            Compression::Never,
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&p.bytes).unwrap(),
+            r#"{"device_serial":"SN1","metrics":[{"name":"n","value":3},{"name":"x","value":3.0},{"name":"big","value":1.8446744073709552e+19}]}"#
         );
         let p = events_payload("SN1", &[Event::new("boot").at(9)], Compression::Never).unwrap();
         assert_eq!(
@@ -634,7 +740,7 @@ mod tests {
         ) {
             let compression = [Compression::Auto, Compression::Always, Compression::Never][usize::from(mode)];
             let metrics: Vec<Metric> = samples.iter().map(|(n, v, t)| Metric {
-                name: n.clone(), value: *v, timestamp: *t }).collect();
+                name: n.clone(), value: MetricValue::Float(*v), timestamp: *t }).collect();
             match metrics_payload(&serial, &metrics, compression) {
                 Ok(p) => {
                     let v = parse(&p);
@@ -646,8 +752,9 @@ mod tests {
                         // serde_json writes the shortest exact form, but
                         // its default parser may be off by one ulp.
                         let value = got["value"].as_f64().unwrap();
-                        prop_assert!((value - want.value).abs() <= want.value.abs() * 1e-15,
-                            "{} != {}", value, want.value);
+                        let want_value = want.value.as_f64();
+                        prop_assert!((value - want_value).abs() <= want_value.abs() * 1e-15,
+                            "{} != {}", value, want_value);
                         prop_assert_eq!(got.get("timestamp").and_then(Value::as_u64), want.timestamp);
                     }
                 }
