@@ -53,7 +53,7 @@ impl Timestamp {
     fn seconds(&self, at: &str) -> Result<u64, String> {
         match *self {
             Timestamp::Whole(t) => Ok(t),
-            Timestamp::Fraction(t) if t.is_finite() && t >= 0.0 && t < 1.8e19 => {
+            Timestamp::Fraction(t) if (0.0..1.8e19).contains(&t) => {
                 if t.fract() != 0.0 {
                     note_rounded();
                 }
