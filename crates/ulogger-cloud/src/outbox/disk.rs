@@ -17,6 +17,7 @@ use super::format::{self, AckState, Kind, Scanned, StoredRecord};
 use super::state::{unix_ms, Entry, EntryState, Shared, State};
 use super::status;
 use crate::crash::crash_point;
+use crate::durable;
 use crate::error::{Error, ErrorKind};
 use crate::wire::DeviceInfo;
 
@@ -298,7 +299,7 @@ fn set_aside(
     durable: bool,
 ) -> Result<(), Error> {
     let corrupt = dir.join(CORRUPT_DIR);
-    fs::create_dir_all(&corrupt).map_err(|e| io_error("create", &corrupt, e))?;
+    durable::create_dir_all(&corrupt).map_err(|e| io_error("create", &corrupt, e))?;
     let path = corrupt.join(format!("seg-{segment:016}-at-{offset}.bin"));
     write_replacing(&path, bytes, durable)
 }
@@ -314,7 +315,7 @@ fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error
         }
         fs::rename(&tmp, path)?;
         if durable {
-            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            durable::sync_dir(durable::parent_of(path))?;
         }
         Ok(())
     })();
@@ -342,16 +343,26 @@ fn remove_segment(dir: &Path, segment: u64) -> bool {
     true
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
+/// Opens a segment's acks file for appending. One it creates is synced
+/// into the directory first (when durable): until then its acks, however
+/// often the file is synced, could vanish with its name in a power cut.
+fn open_acks(dir: &Path, segment: u64, durable: bool) -> io::Result<File> {
+    let path = acks_path(dir, segment);
+    let mut options = OpenOptions::new();
+    options.append(true);
+    match options.open(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        opened => return opened,
     }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
+    let file = options.create_new(true).open(&path)?;
+    if durable {
+        if let Err(e) = durable::sync_dir(dir) {
+            // Not kept: the next ack creates it again and syncs again.
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
     }
+    Ok(file)
 }
 
 /// A full disk on demand, for tests without a small filesystem to fill
@@ -419,7 +430,9 @@ pub(crate) fn is_owned(dir: &Path) -> bool {
 /// Opens the directory for its owner.
 pub(crate) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
     let dir = config.dir.clone();
-    create_private_dir(&dir)?;
+    // A directory created here is synced into its parent (and so on up)
+    // before any record in it is reported durable.
+    durable::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
     let lock = lock(&dir)?;
     let loaded = load(&dir, true, config.durable)?;
     if loaded.state.corrupt > 0 {
@@ -445,17 +458,6 @@ pub(crate) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
         _lock: lock,
     };
     Ok((Shared::new(config, loaded.state), writer))
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| io_error("create", dir, e))
 }
 
 /// The segment taking appends.
@@ -708,12 +710,9 @@ impl Writer {
     fn write_ack(&mut self, segment: u64, entry: &[u8]) -> io::Result<()> {
         let file = match self.acks.entry(segment) {
             std::collections::hash_map::Entry::Occupied(file) => file.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(acks_path(&self.dir, segment))?,
-            ),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(open_acks(&self.dir, segment, self.durable)?)
+            }
         };
         file.write_all(entry)?;
         if !self.dirty_acks.contains(&segment) {
@@ -909,7 +908,7 @@ impl Writer {
                 .open(&path)
                 .map_err(|e| io_error("create", &path, e))?;
             if self.durable {
-                sync_dir(&self.dir).map_err(|e| io_error("sync", &self.dir, e))?;
+                durable::sync_dir(&self.dir).map_err(|e| io_error("sync", &self.dir, e))?;
             }
             self.next_segment += 1;
             self.active = Some(Active {
