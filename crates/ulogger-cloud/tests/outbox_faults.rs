@@ -220,3 +220,84 @@ async fn after_a_failed_fsync_appends_move_to_a_fresh_segment() {
     );
     client.shutdown().await;
 }
+
+/// Counts the hits of fault point `name` while the guard lives.
+fn count_hits(name: &str) -> (Arc<AtomicUsize>, fail::FailGuard) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let guard = fail::FailGuard::with_callback(name, move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    (hits, guard)
+}
+
+/// Acks are synced once `ack_sync_every` of them wait, long before the
+/// interval, and the acks file a delivery creates is synced into the
+/// directory before any ack in it counts.
+#[tokio::test]
+async fn acks_are_synced_once_enough_of_them_wait() {
+    let _one_at_a_time = FAULTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let config = OutboxConfig::new(dir.path())
+        .ack_sync_every(3)
+        .ack_sync_interval(Duration::from_secs(3600));
+    let client = client(emu.addr(), config);
+    let (ack_syncs, _acks) = count_hits("outbox-sync-acks");
+    let (dir_syncs, _dirs) = count_hits("sync-dir");
+
+    let first = enqueue(&client, 0).await.unwrap();
+    assert_eq!(dir_syncs.load(Ordering::SeqCst), 1, "the new segment");
+    tokio::time::timeout(WAIT, client.delivered(first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dir_syncs.load(Ordering::SeqCst), 2, "then its acks file");
+    let second = enqueue(&client, 1).await.unwrap();
+    tokio::time::timeout(WAIT, client.delivered(second))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ack_syncs.load(Ordering::SeqCst),
+        0,
+        "2 acks wait, 3 are needed"
+    );
+
+    let third = enqueue(&client, 2).await.unwrap();
+    tokio::time::timeout(WAIT, client.delivered(third))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack_syncs.load(Ordering::SeqCst), 1, "synced at the third");
+    client.shutdown().await;
+}
+
+/// An ack is synced within `ack_sync_interval` even when no other follows.
+#[tokio::test]
+async fn an_ack_is_synced_within_the_interval() {
+    let _one_at_a_time = FAULTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
+    let config = OutboxConfig::new(dir.path())
+        .ack_sync_every(1000)
+        .ack_sync_interval(Duration::from_millis(50));
+    let client = client(emu.addr(), config);
+    let (synced, mut syncs) = tokio::sync::mpsc::unbounded_channel();
+    let _acks = fail::FailGuard::with_callback("outbox-sync-acks", move || {
+        let _ = synced.send(());
+    })
+    .unwrap();
+    let id = enqueue(&client, 0).await.unwrap();
+    tokio::time::timeout(WAIT, client.delivered(id))
+        .await
+        .unwrap()
+        .unwrap();
+    // Nothing else happens: no append, no ack, no shutdown.
+    tokio::time::timeout(WAIT, syncs.recv())
+        .await
+        .expect("the ack is synced once its interval is over")
+        .unwrap();
+    client.shutdown().await;
+}

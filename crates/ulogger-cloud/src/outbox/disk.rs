@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,8 +25,8 @@ use crate::wire::DeviceInfo;
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// One batch takes at most this many appends.
 const BATCH_APPENDS: usize = 1024;
-/// How often the writer evicts records past their age, syncs acks and
-/// rewrites the status file.
+/// How often the writer evicts records past their age, reports failures
+/// still going on and rewrites the status file.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -465,6 +465,10 @@ pub(crate) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
         active: None,
         acks: HashMap::new(),
         dirty_acks: Vec::new(),
+        ack_sync_interval: config.ack_sync_interval,
+        ack_sync_every: config.ack_sync_every,
+        unsynced_acks: 0,
+        unsynced_since: None,
         append_failures: Failures::new("appends"),
         ack_failures: Failures::new("acknowledgements"),
         status_generation: u64::MAX,
@@ -554,6 +558,11 @@ pub(crate) struct Writer {
     active: Option<Active>,
     acks: HashMap<u64, AcksFile>,
     dirty_acks: Vec<u64>,
+    ack_sync_interval: Duration,
+    ack_sync_every: usize,
+    /// Acks written since the last sync, and since when the oldest waits.
+    unsynced_acks: usize,
+    unsynced_since: Option<Instant>,
     append_failures: Failures,
     ack_failures: Failures,
     status_generation: u64,
@@ -562,9 +571,9 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn run(mut self, requests: Receiver<Request>, shared: Arc<Shared>) {
-        // Housekeeping (age limit, lazy ack sync, status file) runs about
-        // once a tick, busy or idle.
-        let mut next_tick = std::time::Instant::now() + IDLE_TICK;
+        // Housekeeping (age limit, status file) runs about once a tick,
+        // busy or idle; acks are synced by their own deadline.
+        let mut next_tick = Instant::now() + IDLE_TICK;
         // Segments left holding only dead letters by an earlier run (or by
         // a crash in the middle of moving them).
         let segments: Vec<u64> = shared.lock().segments.keys().copied().collect();
@@ -572,16 +581,22 @@ impl Writer {
             self.relocate_dead(segment, &shared);
         }
         loop {
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if now >= next_tick {
                 self.expire(&shared);
-                self.sync_acks();
                 self.write_status(&shared);
                 self.append_failures.report();
                 self.ack_failures.report();
                 next_tick = now + IDLE_TICK;
             }
-            let first = match requests.recv_timeout(next_tick.saturating_duration_since(now)) {
+            if self.ack_sync_due(now) {
+                self.sync_acks();
+            }
+            let wake = match self.ack_sync_deadline() {
+                Some(deadline) => deadline.min(next_tick),
+                None => next_tick,
+            };
+            let first = match requests.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(request) => request,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -665,11 +680,16 @@ impl Writer {
                 }
             }
         }
+        self.note_unsynced(known.len());
+        // Before the records are settled, so that whoever learns of an
+        // outcome finds it synced if it was due.
         if known
             .iter()
             .any(|(_, ack)| matches!(ack, AckState::Dead(_)))
         {
             // A dead letter must not come back as queued after a crash.
+            self.sync_acks();
+        } else if self.ack_sync_due(Instant::now()) {
             self.sync_acks();
         }
         let mut emptied = Vec::new();
@@ -816,10 +836,36 @@ impl Writer {
         Ok(())
     }
 
+    /// Notes `count` acks written and not yet synced.
+    fn note_unsynced(&mut self, count: usize) {
+        if count > 0 {
+            self.unsynced_acks += count;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether the acks written are due to be synced: enough of them
+    /// wait, or the oldest has waited the interval.
+    fn ack_sync_due(&self, now: Instant) -> bool {
+        self.unsynced_since.is_some_and(|since| {
+            self.unsynced_acks >= self.ack_sync_every
+                || now.saturating_duration_since(since) >= self.ack_sync_interval
+        })
+    }
+
+    /// When the acks written must be synced at the latest.
+    fn ack_sync_deadline(&self) -> Option<Instant> {
+        self.unsynced_since
+            .and_then(|since| since.checked_add(self.ack_sync_interval))
+    }
+
     /// Acks are written at once (a crash of the process loses none) but
-    /// synced lazily: a power cut can only make a delivered record be
+    /// synced in groups (`ack_sync_interval`, `ack_sync_every`): a power
+    /// cut can only make the records delivered since the last sync be
     /// sent again.
     fn sync_acks(&mut self) {
+        self.unsynced_acks = 0;
+        self.unsynced_since = None;
         if !self.durable {
             self.dirty_acks.clear();
             return;
