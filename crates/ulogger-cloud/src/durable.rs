@@ -45,7 +45,9 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
 /// each new directory's parent is synced, up to one that existed. The
 /// parent of `dir` is synced even when `dir` existed already: a process
 /// that created it may have stopped before syncing, and nothing else
-/// would ever make its entry durable.
+/// would ever make its entry durable. That extra sync is skipped if the
+/// parent may not be read (syncing opens it): we did not create `dir`,
+/// and refusing to open what worked before would help nobody.
 pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
     create_dir_all_with(dir, sync_dir)
 }
@@ -86,7 +88,10 @@ fn create_dir_all_with(
         }
     }
     if missing.is_empty() {
-        return sync(parent_of(dir));
+        return match sync(parent_of(dir)) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+            other => other,
+        };
     }
     for new in &missing {
         sync(parent_of(new))?;
@@ -150,6 +155,20 @@ mod tests {
         let (result, synced) = create_recording(&dir, None);
         result.unwrap();
         assert_eq!(synced, [root.path().to_path_buf()]);
+    }
+
+    #[test]
+    fn an_unreadable_parent_of_an_existing_directory_is_no_error() {
+        let root = tempfile::tempdir().unwrap();
+        let created = create_dir_all_with(root.path(), |_| {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        });
+        created.unwrap();
+        // One we create must be synced into its parent, or fail.
+        let created = create_dir_all_with(&root.path().join("new"), |_| {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        });
+        assert_eq!(created.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
     }
 
     #[test]

@@ -301,3 +301,27 @@ async fn an_ack_is_synced_within_the_interval() {
         .unwrap();
     client.shutdown().await;
 }
+
+/// A new outbox directory is synced into its parent, and each new parent
+/// into its own, before `open` returns; if a sync fails, so does `open`.
+#[tokio::test]
+async fn a_new_outbox_directory_is_synced_up_to_one_that_existed_before_open_returns() {
+    let _one_at_a_time = FAULTS.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    // Fault points read their configuration at their first use (in any
+    // open): that must not wipe the one set below.
+    drop(Outbox::open(OutboxConfig::new(root.path().join("warm-up"))).unwrap());
+
+    {
+        let (dir_syncs, _dirs) = count_hits("sync-dir");
+        let outbox = Outbox::open(OutboxConfig::new(root.path().join("a/b/outbox"))).unwrap();
+        // b (holding outbox), a (holding b), the root (holding a).
+        assert_eq!(dir_syncs.load(Ordering::SeqCst), 3);
+        drop(outbox);
+    }
+    let _fault = fail::FailGuard::new("sync-dir", "return(eio)").unwrap();
+    let err = Outbox::open(OutboxConfig::new(root.path().join("c/outbox"))).unwrap_err();
+    let text = chain(&err);
+    assert!(text.contains("cannot create outbox file"), "{text}");
+    assert!(text.contains("os error 5"), "{text}");
+}
