@@ -325,3 +325,39 @@ async fn a_new_outbox_directory_is_synced_up_to_one_that_existed_before_open_ret
     assert!(text.contains("cannot create outbox file"), "{text}");
     assert!(text.contains("os error 5"), "{text}");
 }
+
+/// An ack that cannot be written costs a second delivery after a restart,
+/// never a record; the acks after it still count.
+#[tokio::test]
+async fn a_failed_ack_write_means_sent_again_after_a_restart_not_lost() {
+    let _one_at_a_time = FAULTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let client = client(addr, OutboxConfig::new(dir.path()));
+    let unacked = enqueue(&client, 0).await.unwrap();
+    let _emu;
+    {
+        let _fault = fail::FailGuard::new("outbox-write-acks", "1*return(eio)").unwrap();
+        // Only now can it be delivered (and acknowledged).
+        _emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr));
+        tokio::time::timeout(WAIT, client.delivered(unacked))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let acked = enqueue(&client, 1).await.unwrap();
+    tokio::time::timeout(WAIT, client.delivered(acked))
+        .await
+        .unwrap()
+        .unwrap();
+    client.shutdown().await;
+    drop(client);
+
+    let reopened = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
+    let held: Vec<RecordId> = reopened.records().iter().map(|r| r.id).collect();
+    assert_eq!(
+        held,
+        [unacked],
+        "only the record whose ack was lost is back"
+    );
+}
