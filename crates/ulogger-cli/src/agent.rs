@@ -9,11 +9,16 @@
 //! write under another name and rename; hidden files and `*.tmp` are left
 //! alone. A file leaves the inbox only once its record is durable in the
 //! outbox; one that is not valid moves to the rejected folder with a
-//! `.reason` file beside it. The inbox is scanned every `--scan-interval`
+//! `.reason` file beside it. Only real folders and regular files are
+//! taken: a symbolic link could make the agent send (and then delete)
+//! files from anywhere, and a FIFO would block a read until a writer came.
+//! Anything else is left where it is, with one warning. The inbox is scanned every `--scan-interval`
 //! (polling works the same on every platform and filesystem, network
 //! mounts included, and costs one directory listing a device).
 
 use std::collections::HashSet;
+use std::fs::{File, FileType, Metadata, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,8 +94,33 @@ struct DeviceFile {
 struct Found {
     device_dir: String,
     path: PathBuf,
+    /// Its size when listed: what is opened must be the same file.
+    size: u64,
     core_dump: bool,
     device: DeviceInfo,
+}
+
+/// What the agent has warned about, so that each is said once.
+#[derive(Default)]
+struct Warned {
+    /// Device folders whose files wait for an identity.
+    unidentified: HashSet<PathBuf>,
+    /// Entries left in the inbox because they are not what it takes.
+    refused: HashSet<PathBuf>,
+}
+
+impl Warned {
+    fn refuse(&mut self, path: &Path, why: &str) {
+        if self.refused.insert(path.to_path_buf()) {
+            tracing::warn!(path = ?path, why, "not taken from the inbox; left where it is");
+        }
+    }
+
+    /// Forgets what is gone, so a new entry of the same name is warned
+    /// about again and the set stays as small as the inbox.
+    fn forget_gone(&mut self) {
+        self.refused.retain(|p| p.symlink_metadata().is_ok());
+    }
 }
 
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
@@ -166,7 +196,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let mut summary =
         tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
     let mut deliveries = JoinSet::new();
-    let mut unidentified = HashSet::new();
+    let mut warned = Warned::default();
     loop {
         tokio::select! {
             stopped = &mut stop => {
@@ -174,7 +204,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                 break;
             }
             _ = scan.tick() => {
-                for (id, label) in take_inbox(global, &client, &args.inbox, &rejected, &mut unidentified).await {
+                for (id, label) in take_inbox(global, &client, &args.inbox, &rejected, &mut warned).await {
                     let client = client.clone();
                     deliveries.spawn(async move { (id, label, client.delivered(id).await) });
                 }
@@ -182,10 +212,10 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             Some(done) = deliveries.join_next() => {
                 if let Ok((id, label, result)) = done {
                     match result {
-                        Ok(()) => event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {label} (record {id})")),
+                        Ok(()) => event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {} (record {id})", label.escape_debug())),
                         Err(e) => {
                             let error = exit::message(&e);
-                            event(global, "failed", json!({"file": label, "id": id.0, "error": error}), &format!("FAILED {label} (record {id}): {error}"));
+                            event(global, "failed", json!({"file": label, "id": id.0, "error": error}), &format!("FAILED {} (record {id}): {error}", label.escape_debug()));
                         }
                     }
                 }
@@ -211,9 +241,10 @@ async fn take_inbox(
     client: &Client,
     inbox: &Path,
     rejected: &Path,
-    unidentified: &mut HashSet<PathBuf>,
+    warned: &mut Warned,
 ) -> Vec<(RecordId, String)> {
-    let found = match scan_inbox(inbox, unidentified) {
+    warned.forget_gone();
+    let found = match scan_inbox(inbox, warned) {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the inbox");
@@ -245,13 +276,13 @@ async fn take_inbox(
             Ok(id) => {
                 // Durable in the outbox: the inbox copy can go.
                 if let Err(e) = std::fs::remove_file(&file.path) {
-                    tracing::warn!(file = %file.path.display(), error = %e, "queued, but cannot remove it from the inbox; it will be queued again");
+                    tracing::warn!(file = ?file.path, error = %e, "queued, but cannot remove it from the inbox; it will be queued again");
                 }
                 event(
                     global,
                     "queued",
                     json!({"file": label, "id": id.0}),
-                    &format!("queued {label} (record {id})"),
+                    &format!("queued {} (record {id})", label.escape_debug()),
                 );
                 out.push((id, label));
             }
@@ -260,15 +291,20 @@ async fn take_inbox(
                     global,
                     "rejected",
                     json!({"file": label, "reason": reason, "moved_to": to}),
-                    &format!("rejected {label}: {reason} (moved to {})", to.display()),
+                    &format!(
+                        "rejected {}: {reason} (moved to {})",
+                        label.escape_debug(),
+                        to.display().to_string().escape_debug()
+                    ),
                 ),
                 Err(e) => {
-                    tracing::error!(file = %label, error = %e, "cannot move an invalid file out of the inbox")
+                    tracing::error!(file = ?label, error = %e, "cannot move an invalid file out of the inbox")
                 }
             },
             Err(Refusal::Later(reason)) => {
-                tracing::warn!(file = %label, %reason, "not queued now; will try again");
+                tracing::warn!(file = ?label, %reason, "not queued now; will try again");
             }
+            Err(Refusal::NotRegular(why)) => warned.refuse(&file.path, &why),
         }
     }
     out
@@ -279,16 +315,16 @@ enum Refusal {
     Invalid(String),
     /// Try again later (outbox full, disk full, unreadable for now).
     Later(String),
+    /// Not a regular file (any more): left where it is, unread.
+    NotRegular(String),
 }
 
 async fn enqueue(client: &Client, file: &Found) -> Result<RecordId, Refusal> {
     let device = &file.device;
-    let bytes = files::read_message(file.path.clone())
+    let (path, size) = (file.path.clone(), file.size);
+    let bytes = tokio::task::spawn_blocking(move || read_inbox_file(&path, size))
         .await
-        .map_err(|e| match e {
-            files::ReadError::Io(e) => Refusal::Later(format!("cannot read it: {e}")),
-            too_large => Refusal::Invalid(too_large.to_string()),
-        })?;
+        .unwrap_or_else(|e| Err(Refusal::Later(format!("cannot read it: {e}"))))?;
     let result = if file.core_dump {
         client.enqueue_core_dump(&bytes).await
     } else {
@@ -303,48 +339,145 @@ async fn enqueue(client: &Client, file: &Found) -> Result<RecordId, Refusal> {
     })
 }
 
+/// Reads an inbox file listed with `listed` bytes: opened only as the
+/// regular file that was listed (see [`open_regular`]), at most one
+/// message long.
+fn read_inbox_file(path: &Path, listed: u64) -> Result<Vec<u8>, Refusal> {
+    let (file, meta) = open_regular(path).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => Refusal::NotRegular(e.to_string()),
+        _ => Refusal::Later(format!("cannot read it: {e}")),
+    })?;
+    let changed = || Refusal::Later("it changed since it was listed".to_owned());
+    if meta.len() != listed {
+        return Err(changed());
+    }
+    let capacity = usize::try_from(listed).unwrap_or(files::MAX_MESSAGE_SIZE);
+    let bytes = files::read_to_limit(file, capacity, files::MAX_MESSAGE_SIZE, files::ONE_MESSAGE)
+        .map_err(|e| match e {
+        files::ReadError::Io(e) => Refusal::Later(format!("cannot read it: {e}")),
+        too_large => Refusal::Invalid(too_large.to_string()),
+    })?;
+    if bytes.len() as u64 != listed {
+        return Err(changed());
+    }
+    Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file: never through a
+/// symbolic link (`O_NOFOLLOW`), never waiting for a FIFO's writer
+/// (`O_NONBLOCK`, which regular files ignore), and checked with `fstat`
+/// on the handle, so a file swapped after it was listed is not read.
+/// Anything else fails with [`io::ErrorKind::InvalidInput`] saying what
+/// it is.
+fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return io::Error::new(io::ErrorKind::InvalidInput, "a symbolic link");
+        }
+        e
+    })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            describe(meta.file_type()),
+        ));
+    }
+    Ok((file, meta))
+}
+
+/// What a directory entry that is not a regular file is, for a warning.
+fn describe(kind: FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a folder"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// Ready files of every device folder that says which device it is. The
 /// files of a folder without (or with an unreadable) identity wait, with
-/// one warning per folder.
-fn scan_inbox(inbox: &Path, unidentified: &mut HashSet<PathBuf>) -> std::io::Result<Vec<Found>> {
-    let mut devices: Vec<PathBuf> = std::fs::read_dir(inbox)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && !hidden(p))
-        .collect();
+/// one warning per folder. Only real folders and regular files are taken
+/// (the type of each entry as listed, links not followed); the rest is
+/// warned about once and left alone.
+fn scan_inbox(inbox: &Path, warned: &mut Warned) -> std::io::Result<Vec<Found>> {
+    let mut devices = Vec::new();
+    for entry in std::fs::read_dir(inbox)?.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if hidden(&path) {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => devices.push(path),
+            // A linked folder would send (then delete) files from anywhere.
+            Ok(kind) => warned.refuse(&path, &format!("{}, not a device folder", describe(kind))),
+            Err(e) => tracing::debug!(path = ?path, error = %e, "an inbox entry went away"),
+        }
+    }
     devices.sort();
     let mut found = Vec::new();
     for dir in devices {
-        let mut files: Vec<(PathBuf, bool)> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && !hidden(p))
-            .filter_map(|p| match p.extension().and_then(|e| e.to_str()) {
-                Some("bin") if p.file_name() != Some("device-info.bin".as_ref()) => {
-                    Some((p, false))
-                }
-                Some("core") => Some((p, true)),
-                _ => None,
-            })
-            .collect();
+        let mut files: Vec<(PathBuf, u64, bool)> = Vec::new();
+        for entry in std::fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if hidden(&path) {
+                continue;
+            }
+            let core_dump = match path.extension().and_then(|e| e.to_str()) {
+                Some("bin") if path.file_name() != Some("device-info.bin".as_ref()) => false,
+                Some("core") => true,
+                _ => continue,
+            };
+            // The entry itself, not what a link points to.
+            match entry.metadata() {
+                Ok(meta) if meta.is_file() => files.push((path, meta.len(), core_dump)),
+                Ok(meta) => warned.refuse(&path, describe(meta.file_type())),
+                Err(e) => tracing::debug!(path = ?path, error = %e, "an inbox entry went away"),
+            }
+        }
         if files.is_empty() {
             continue;
         }
         files.sort();
         let device = match device_of(&dir) {
             Ok(Some(device)) => {
-                unidentified.remove(&dir);
+                warned.unidentified.remove(&dir);
                 device
             }
             Ok(None) => {
-                if unidentified.insert(dir.clone()) {
-                    tracing::warn!(device = %dir.display(), "no device.toml or device-info.bin; its files wait for one");
+                if warned.unidentified.insert(dir.clone()) {
+                    tracing::warn!(device = ?dir, "no device.toml or device-info.bin; its files wait for one");
                 }
                 continue;
             }
             Err(e) => {
-                if unidentified.insert(dir.clone()) {
-                    tracing::warn!(device = %dir.display(), error = %format!("{e:#}"), "cannot read the device's identity; its files wait");
+                if warned.unidentified.insert(dir.clone()) {
+                    tracing::warn!(device = ?dir, error = ?format!("{e:#}"), "cannot read the device's identity; its files wait");
                 }
                 continue;
             }
@@ -354,10 +487,11 @@ fn scan_inbox(inbox: &Path, unidentified: &mut HashSet<PathBuf>) -> std::io::Res
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for (path, core_dump) in files {
+        for (path, size, core_dump) in files {
             found.push(Found {
                 device_dir: device_dir.clone(),
                 path,
+                size,
                 core_dump,
                 device: device.clone(),
             });
@@ -375,11 +509,26 @@ fn hidden(path: &Path) -> bool {
 /// error when one is there but unreadable or invalid.
 fn device_of(dir: &Path) -> anyhow::Result<Option<DeviceInfo>> {
     let toml_path = dir.join("device.toml");
-    if toml_path.is_file() {
-        let text = std::fs::read_to_string(&toml_path)
-            .with_context(|| format!("cannot read {}", toml_path.display()))?;
-        let file: DeviceFile =
-            toml::from_str(&text).with_context(|| format!("invalid {}", toml_path.display()))?;
+    if let Some(bytes) = read_identity(&toml_path)? {
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("invalid {}: not UTF-8", toml_path.display()))?;
+        // toml's own message quotes the offending line and serde's the
+        // offending value: neither may reach a log, so only the place.
+        let file: DeviceFile = toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+                    format!(" (at line {line}, column {column})")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "invalid {}{at}: it must be TOML with exactly the keys app_id (a number), serial, device_type, git_version and git_hash (strings)",
+                toml_path.display()
+            )
+        })?;
         return Ok(Some(DeviceInfo::new(
             file.app_id,
             file.serial,
@@ -389,15 +538,33 @@ fn device_of(dir: &Path) -> anyhow::Result<Option<DeviceInfo>> {
         )));
     }
     let bin_path = dir.join("device-info.bin");
-    if bin_path.is_file() {
-        let bytes = files::read_limited(&bin_path, files::DEVICE_INFO_LIMIT, "a device-info file")
-            .with_context(|| bin_path.display().to_string())?;
+    if let Some(bytes) = read_identity(&bin_path)? {
         return Ok(Some(
             DeviceInfo::decode(&bytes)
                 .with_context(|| format!("invalid {}", bin_path.display()))?,
         ));
     }
     Ok(None)
+}
+
+/// An identity file's bytes, `None` when there is none; opened as inbox
+/// files are (regular files only, never blocking) and at most
+/// [`files::DEVICE_INFO_LIMIT`] long.
+fn read_identity(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let (file, meta) = match open_regular(path) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let capacity = usize::try_from(meta.len()).unwrap_or(files::DEVICE_INFO_LIMIT);
+    files::read_to_limit(
+        file,
+        capacity,
+        files::DEVICE_INFO_LIMIT,
+        "a device identity file",
+    )
+    .map(Some)
+    .with_context(|| path.display().to_string())
 }
 
 /// Moves an invalid file to `<rejected>/<device>/` with a `.reason` file.
@@ -452,5 +619,123 @@ fn event(global: Global, kind: &str, fields: serde_json::Value, text: &str) {
         println!("{line}");
     } else {
         println!("{text}");
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+
+    /// Runs `f` on a thread, failing (not hanging) if it blocks.
+    fn without_hanging<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("returned without waiting for a writer")
+    }
+
+    #[test]
+    fn a_link_is_never_followed_and_its_target_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.bin");
+        std::fs::write(&target, b"secret").unwrap();
+        let link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        match read_inbox_file(&link, 6) {
+            Err(Refusal::NotRegular(why)) => assert_eq!(why, "a symbolic link"),
+            _ => panic!("a link is refused"),
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.bin");
+        mkfifo(&fifo);
+        let refused = without_hanging(move || read_inbox_file(&fifo, 0));
+        match refused {
+            Err(Refusal::NotRegular(why)) => assert_eq!(why, "a FIFO"),
+            _ => panic!("a FIFO is refused"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_changed_since_it_was_listed_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log.bin");
+        std::fs::write(&file, b"twelve bytes").unwrap();
+        assert!(matches!(read_inbox_file(&file, 5), Err(Refusal::Later(_))));
+        assert!(matches!(read_inbox_file(&file, 12), Ok(bytes) if bytes == b"twelve bytes"));
+    }
+
+    #[test]
+    fn an_invalid_identity_is_reported_by_place_not_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("device.toml"),
+            "serial = \"SN\"\napp_id = \"TOPSECRET\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", device_of(dir.path()).unwrap_err());
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("TOPSECRET"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_as_identity_blocks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join("device.toml"));
+        let path = dir.path().to_path_buf();
+        let err = without_hanging(move || device_of(&path).map(|_| ()).unwrap_err().to_string());
+        assert!(err.contains("a FIFO"), "{err}");
+    }
+
+    #[test]
+    fn links_and_fifos_in_the_inbox_are_listed_never_and_warned_about_once() {
+        let root = tempfile::tempdir().unwrap();
+        let inbox = root.path().join("inbox");
+        let device = inbox.join("board");
+        std::fs::create_dir_all(&device).unwrap();
+        std::fs::write(device.join("device.toml"), "app_id = 7\nserial = \"SN\"\ndevice_type = \"b\"\ngit_version = \"v\"\ngit_hash = \"h\"\n").unwrap();
+        std::fs::write(device.join("log.bin"), b"log").unwrap();
+        mkfifo(&device.join("pipe.bin"));
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("device.toml"), "").unwrap();
+        std::fs::write(outside.join("other.bin"), b"other").unwrap();
+        std::os::unix::fs::symlink(outside.join("other.bin"), device.join("link.bin")).unwrap();
+        std::os::unix::fs::symlink(&outside, inbox.join("linked")).unwrap();
+
+        let mut warned = Warned::default();
+        for _ in 0..2 {
+            let found = scan_inbox(&inbox, &mut warned).unwrap();
+            let names: Vec<&Path> = found.iter().map(|f| f.path.as_path()).collect();
+            assert_eq!(names, [device.join("log.bin")]);
+            assert_eq!(found[0].size, 3);
+        }
+        let mut refused: Vec<PathBuf> = warned.refused.iter().cloned().collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                device.join("link.bin"),
+                device.join("pipe.bin"),
+                inbox.join("linked")
+            ]
+        );
+        std::fs::remove_file(device.join("pipe.bin")).unwrap();
+        warned.forget_gone();
+        assert_eq!(warned.refused.len(), 2);
     }
 }

@@ -33,8 +33,18 @@ fn received(emu: &Emulator) -> BTreeSet<usize> {
 }
 
 fn agent(sandbox: &Sandbox, addr: SocketAddr) -> Running {
-    let mut args = strings(&[
-        "--json",
+    agent_with(sandbox, addr, true, None)
+}
+
+/// The agent, printing JSON or text; with `log`, its warnings go there.
+fn agent_with(
+    sandbox: &Sandbox,
+    addr: SocketAddr,
+    json: bool,
+    log: Option<std::fs::File>,
+) -> Running {
+    let mut args = strings(if json { &["--json"] } else { &[] });
+    args.extend(strings(&[
         "agent",
         "--broker",
         "127.0.0.1",
@@ -42,7 +52,7 @@ fn agent(sandbox: &Sandbox, addr: SocketAddr) -> Running {
         "--no-store",
         "--scan-interval",
         "20",
-    ]);
+    ]));
     args.extend([
         "--customer-id".to_owned(),
         CUSTOMER.to_string(),
@@ -53,11 +63,12 @@ fn agent(sandbox: &Sandbox, addr: SocketAddr) -> Running {
         "--outbox".to_owned(),
         s(&sandbox.path("outbox")),
     ]);
-    let mut command = sandbox.command(&[]);
-    command
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let (env, stderr) = match log {
+        Some(file) => (vec![("ULOGGER_LOG", "warn".to_owned())], Stdio::from(file)),
+        None => (Vec::new(), Stdio::inherit()),
+    };
+    let mut command = sandbox.command(&env);
+    command.args(&args).stdout(Stdio::piped()).stderr(stderr);
     Running::spawn(command)
 }
 
@@ -166,5 +177,95 @@ fn invalid_files_move_to_rejected_with_the_reason_and_core_dumps_go_out() {
             .filter(|r| r.kind == RecordKind::CoreDump && r.size == 256)
             .count(),
         1
+    );
+}
+
+/// Only real device folders and regular files are taken: a symbolic link
+/// to a file (or a folder) outside the inbox is never read nor deleted, a
+/// FIFO blocks nothing, each is warned about once; an invalid
+/// `device.toml` is reported without its contents; a name with a newline
+/// is printed escaped.
+#[cfg(unix)]
+#[test]
+fn links_fifos_and_odd_names_are_refused_or_escaped_never_followed() {
+    use std::os::unix::fs::symlink;
+
+    let sandbox = Sandbox::new();
+    let emu = plaintext_emulator();
+    let inbox = sandbox.path("inbox");
+    let device = inbox.join("board-1");
+    std::fs::create_dir_all(&device).unwrap();
+    std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
+
+    // Outside the inbox: a valid log and a device folder with one.
+    let outside = sandbox.path("outside");
+    std::fs::create_dir_all(outside.join("dev")).unwrap();
+    let secret = outside.join("secret.bin");
+    std::fs::write(&secret, numbered_log(99)).unwrap();
+    std::fs::write(outside.join("dev/device.toml"), DEVICE_TOML).unwrap();
+    std::fs::write(outside.join("dev/log-00098.bin"), numbered_log(98)).unwrap();
+    symlink(&secret, device.join("linked.bin")).unwrap();
+    symlink(outside.join("dev"), inbox.join("linked-device")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(device.join("pipe.bin"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut bad = numbered_log(3);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xFF;
+    drop_file(&device, "bad\nname.bin", &bad);
+    // A device whose identity would leak a secret if errors quoted it.
+    let leaky = inbox.join("board-2");
+    std::fs::create_dir_all(&leaky).unwrap();
+    std::fs::write(leaky.join("device.toml"), "app_id = \"TOPSECRET-42\"\n").unwrap();
+    drop_file(&leaky, "log-00004.bin", &numbered_log(4));
+
+    let log = sandbox.path("agent.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let mut running = agent_with(&sandbox, emu.addr(), false, Some(stderr));
+    drop_file(&device, "log-00001.bin", &numbered_log(1));
+    let rejected = running.line_containing("rejected board-1/bad");
+    assert!(
+        rejected.contains("board-1/bad\\nname.bin"),
+        "the newline is escaped: {rejected}"
+    );
+    running.line_containing("delivered board-1/log-00001.bin");
+    // Scans go on: the FIFO blocked nothing.
+    drop_file(&device, "log-00002.bin", &numbered_log(2));
+    running.line_containing("delivered board-1/log-00002.bin");
+    assert!(running.terminate().success());
+
+    assert_eq!(received(&emu), [1, 2].into_iter().collect());
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        numbered_log(99),
+        "never touched"
+    );
+    assert!(
+        device.join("linked.bin").symlink_metadata().is_ok(),
+        "left in place"
+    );
+    assert!(outside.join("dev/log-00098.bin").is_file(), "never taken");
+    assert!(device.join("pipe.bin").symlink_metadata().is_ok());
+    assert!(
+        leaky.join("log-00004.bin").is_file(),
+        "waits for an identity"
+    );
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    for refused in ["linked.bin", "linked-device", "pipe.bin"] {
+        let warnings = log
+            .lines()
+            .filter(|l| l.contains("not taken from the inbox") && l.contains(refused))
+            .count();
+        assert_eq!(warnings, 1, "{refused} warned about once:\n{log}");
+    }
+    assert!(log.contains("a FIFO"), "{log}");
+    assert!(log.contains("a symbolic link"), "{log}");
+    assert!(log.contains("device.toml (at line 1"), "{log}");
+    assert!(
+        !log.contains("TOPSECRET"),
+        "an error quoted the file: {log}"
     );
 }

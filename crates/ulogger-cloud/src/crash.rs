@@ -13,8 +13,20 @@
 //! | `delivery-after-puback` | the broker acknowledged a record, its ack not yet written |
 //! | `outbox-after-ack` | an ack is written, the segment not yet removed |
 //!
-//! And one that fails instead of aborting: `outbox-disk-full` makes an
-//! append fail with "no space left on device".
+//! And points that fail instead of aborting: `outbox-disk-full` makes an
+//! append fail with "no space left on device", and each of these makes one
+//! write or fsync fail with the error its argument names (`return(eio)`,
+//! the default, or `return(enospc)`; see [`fault`]):
+//!
+//! | point | where |
+//! |---|---|
+//! | `sync-dir` | any directory fsync (a new file, directory or rename made durable) |
+//! | `outbox-write-segment` | a batch's write to its segment |
+//! | `outbox-sync-segment` | a batch's fdatasync |
+//! | `outbox-write-acks` | an acks file's write |
+//! | `outbox-sync-acks` | an acks file's fdatasync |
+//! | `outbox-write-file` | a file the outbox replaces whole (repairs, `corrupt/`, status) |
+//! | `outbox-sync-file` | that file's fsync |
 
 /// Marks a named crash point.
 macro_rules! crash_point {
@@ -24,6 +36,27 @@ macro_rules! crash_point {
     };
 }
 pub(crate) use crash_point;
+
+/// Fails with the error named by the argument of fault point `name` when
+/// it is configured to fire (`eio`, the default, or `enospc`), as the
+/// kernel would; without the `failpoints` feature it never fails.
+pub(crate) fn fault(name: &str) -> std::io::Result<()> {
+    #[cfg(feature = "failpoints")]
+    {
+        setup();
+        fail::fail_point!(name, |arg: Option<String>| {
+            // The same numbers on Linux, the BSDs and macOS.
+            let errno = match arg.as_deref() {
+                Some("enospc") => 28,
+                _ => 5,
+            };
+            Err(std::io::Error::from_raw_os_error(errno))
+        });
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    Ok(())
+}
 
 /// Reads `FAILPOINTS` once, for the life of the process; every failpoint
 /// calls this first.

@@ -29,6 +29,7 @@ pub mod wire;
 mod client;
 mod config;
 mod crash;
+mod durable;
 mod error;
 mod http;
 mod link;

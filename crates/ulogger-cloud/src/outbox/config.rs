@@ -28,7 +28,8 @@ pub enum WhenFull {
 /// let config = OutboxConfig::new("/var/lib/ulogger/outbox")
 ///     .max_bytes(64 * 1024 * 1024)
 ///     .max_age(Duration::from_secs(3 * 24 * 3600))
-///     .when_full(WhenFull::Reject);
+///     .when_full(WhenFull::Reject)
+///     .ack_sync_interval(Duration::from_millis(200));
 /// assert_eq!(config.dir().to_str(), Some("/var/lib/ulogger/outbox"));
 /// ```
 #[derive(Debug, Clone)]
@@ -40,12 +41,14 @@ pub struct OutboxConfig {
     pub(crate) max_age: Duration,
     pub(crate) when_full: WhenFull,
     pub(crate) durable: bool,
+    pub(crate) ack_sync_interval: Duration,
+    pub(crate) ack_sync_every: usize,
 }
 
 impl OutboxConfig {
     /// An outbox in `dir` with the defaults: at most 1 GiB of payload,
     /// 1,000,000 records, records at most 30 days old, the oldest evicted
-    /// when full.
+    /// when full, acknowledgements synced within 1 s or every 1,000.
     pub fn new(dir: impl AsRef<Path>) -> Self {
         OutboxConfig {
             dir: dir.as_ref().to_path_buf(),
@@ -54,6 +57,8 @@ impl OutboxConfig {
             max_age: Duration::from_secs(30 * 24 * 3600),
             when_full: WhenFull::EvictOldest,
             durable: true,
+            ack_sync_interval: Duration::from_secs(1),
+            ack_sync_every: 1000,
         }
     }
 
@@ -89,6 +94,31 @@ impl OutboxConfig {
         self
     }
 
+    /// The longest an acknowledgement waits before it is synced to disk.
+    ///
+    /// What became of each record is written at once (a crash of the
+    /// process loses none) but synced in groups, since an fsync per
+    /// acknowledged record would cost more than the upload. A power cut
+    /// can therefore make the outbox send again the records delivered in
+    /// the last interval (besides those in flight): at least once, as
+    /// promised. Shorter bounds those duplicates; zero syncs after every
+    /// batch of acknowledgements. Whichever comes first of this and
+    /// [`ack_sync_every`](Self::ack_sync_every) triggers a sync. Dead
+    /// letters are synced at once. Default: 1 s.
+    pub fn ack_sync_interval(mut self, interval: Duration) -> Self {
+        self.ack_sync_interval = interval;
+        self
+    }
+
+    /// Sync acknowledgements once this many wait, even before
+    /// [`ack_sync_interval`](Self::ack_sync_interval) has passed: a burst
+    /// of deliveries then costs one fsync per this many records, and a
+    /// power cut re-sends at most this many of them. Default: 1,000.
+    pub fn ack_sync_every(mut self, acks: usize) -> Self {
+        self.ack_sync_every = acks;
+        self
+    }
+
     /// The outbox directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -104,9 +134,29 @@ impl OutboxConfig {
         if self.max_records == 0 {
             return Err(Error::config("outbox.max_records", "must be at least 1"));
         }
+        if self.ack_sync_every == 0 {
+            return Err(Error::config("outbox.ack_sync_every", "must be at least 1"));
+        }
         if self.max_age.is_zero() {
             return Err(Error::config("outbox.max_age", "must be longer than zero"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_syncs_need_a_count_of_at_least_one() {
+        let config = OutboxConfig::new("/tmp/outbox").ack_sync_every(0);
+        let err = config.validate().err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("ack_sync_every")));
+        assert!(OutboxConfig::new("/tmp/outbox")
+            .ack_sync_every(1)
+            .ack_sync_interval(Duration::ZERO)
+            .validate()
+            .is_ok());
     }
 }

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -17,6 +17,7 @@ use super::format::{self, AckState, Kind, Scanned, StoredRecord};
 use super::state::{unix_ms, Entry, EntryState, Shared, State};
 use super::status;
 use crate::crash::crash_point;
+use crate::durable;
 use crate::error::{Error, ErrorKind};
 use crate::wire::DeviceInfo;
 
@@ -24,8 +25,8 @@ use crate::wire::DeviceInfo;
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// One batch takes at most this many appends.
 const BATCH_APPENDS: usize = 1024;
-/// How often the writer evicts records past their age, syncs acks and
-/// rewrites the status file.
+/// How often the writer evicts records past their age, reports failures
+/// still going on and rewrites the status file.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -298,7 +299,7 @@ fn set_aside(
     durable: bool,
 ) -> Result<(), Error> {
     let corrupt = dir.join(CORRUPT_DIR);
-    fs::create_dir_all(&corrupt).map_err(|e| io_error("create", &corrupt, e))?;
+    durable::create_dir_all(&corrupt).map_err(|e| io_error("create", &corrupt, e))?;
     let path = corrupt.join(format!("seg-{segment:016}-at-{offset}.bin"));
     write_replacing(&path, bytes, durable)
 }
@@ -308,13 +309,15 @@ fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error
     let tmp = path.with_extension("tmp");
     let result = (|| {
         let mut file = File::create(&tmp)?;
+        crate::crash::fault("outbox-write-file")?;
         file.write_all(bytes)?;
         if durable {
+            crate::crash::fault("outbox-sync-file")?;
             file.sync_all()?;
         }
         fs::rename(&tmp, path)?;
         if durable {
-            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            durable::sync_dir(durable::parent_of(path))?;
         }
         Ok(())
     })();
@@ -342,16 +345,30 @@ fn remove_segment(dir: &Path, segment: u64) -> bool {
     true
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
+/// Opens a segment's acks file for appending. One it creates is synced
+/// into the directory first (when durable): until then its acks, however
+/// often the file is synced, could vanish with its name in a power cut.
+fn open_acks(dir: &Path, segment: u64, durable: bool) -> io::Result<AcksFile> {
+    let path = acks_path(dir, segment);
+    let mut options = OpenOptions::new();
+    options.append(true);
+    match options.open(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        opened => {
+            let file = opened?;
+            let len = file.metadata()?.len();
+            return Ok(AcksFile { file, len });
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
+    let file = options.create_new(true).open(&path)?;
+    if durable {
+        if let Err(e) = durable::sync_dir(dir) {
+            // Not kept: the next ack creates it again and syncs again.
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
     }
+    Ok(AcksFile { file, len: 0 })
 }
 
 /// A full disk on demand, for tests without a small filesystem to fill
@@ -418,8 +435,15 @@ pub(crate) fn is_owned(dir: &Path) -> bool {
 
 /// Opens the directory for its owner.
 pub(crate) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
+    // Fault points read `FAILPOINTS` (and drop any other configuration)
+    // on their first use: done here, a test that opens an outbox and then
+    // configures a point keeps its configuration.
+    #[cfg(feature = "failpoints")]
+    crate::crash::setup();
     let dir = config.dir.clone();
-    create_private_dir(&dir)?;
+    // A directory created here is synced into its parent (and so on up)
+    // before any record in it is reported durable.
+    durable::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
     let lock = lock(&dir)?;
     let loaded = load(&dir, true, config.durable)?;
     if loaded.state.corrupt > 0 {
@@ -441,21 +465,16 @@ pub(crate) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
         active: None,
         acks: HashMap::new(),
         dirty_acks: Vec::new(),
+        ack_sync_interval: config.ack_sync_interval,
+        ack_sync_every: config.ack_sync_every,
+        unsynced_acks: 0,
+        unsynced_since: None,
+        append_failures: Failures::new("appends"),
+        ack_failures: Failures::new("acknowledgements"),
         status_generation: u64::MAX,
         _lock: lock,
     };
     Ok((Shared::new(config, loaded.state), writer))
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| io_error("create", dir, e))
 }
 
 /// The segment taking appends.
@@ -463,6 +482,67 @@ struct Active {
     number: u64,
     file: File,
     len: u64,
+}
+
+/// A segment's acks file, open for appending.
+struct AcksFile {
+    file: File,
+    /// Its length after the last whole write, where a failed one is cut
+    /// back to: entries after a torn one would be lost at the next open.
+    len: u64,
+}
+
+/// A run of failures of one kind of write, logged once with how often it
+/// repeated rather than once per batch: a failing disk fails every append,
+/// and a warning each would bury the first (the one that says why).
+struct Failures {
+    what: &'static str,
+    failing: bool,
+    repeats: u64,
+}
+
+impl Failures {
+    fn new(what: &'static str) -> Failures {
+        Failures {
+            what,
+            failing: false,
+            repeats: 0,
+        }
+    }
+
+    /// Notes a failure; logs it if it starts a run. True when logged.
+    fn failed(&mut self, error: &Error) -> bool {
+        if self.failing {
+            self.repeats += 1;
+            return false;
+        }
+        self.failing = true;
+        tracing::warn!(what = self.what, error = %super::state::error_chain(error), "outbox writes failing (the data they covered is treated as lost; repeats are counted, not logged each)");
+        true
+    }
+
+    /// Notes a success; logs the end of a run with its repeats.
+    fn succeeded(&mut self) {
+        if self.failing {
+            tracing::info!(
+                what = self.what,
+                repeats = self.repeats,
+                "outbox writes succeed again"
+            );
+            self.failing = false;
+            self.repeats = 0;
+        }
+    }
+
+    /// Once a tick: how often a run still going repeated since the last
+    /// report. The repeats reported (0 when nothing was logged).
+    fn report(&mut self) -> u64 {
+        let repeats = std::mem::take(&mut self.repeats);
+        if self.failing && repeats > 0 {
+            tracing::warn!(what = self.what, repeats, "outbox writes still failing");
+        }
+        repeats
+    }
 }
 
 /// Owns every write to the directory.
@@ -476,17 +556,24 @@ pub(crate) struct Writer {
     next_id: u64,
     next_segment: u64,
     active: Option<Active>,
-    acks: HashMap<u64, File>,
+    acks: HashMap<u64, AcksFile>,
     dirty_acks: Vec<u64>,
+    ack_sync_interval: Duration,
+    ack_sync_every: usize,
+    /// Acks written since the last sync, and since when the oldest waits.
+    unsynced_acks: usize,
+    unsynced_since: Option<Instant>,
+    append_failures: Failures,
+    ack_failures: Failures,
     status_generation: u64,
     _lock: File,
 }
 
 impl Writer {
     pub fn run(mut self, requests: Receiver<Request>, shared: Arc<Shared>) {
-        // Housekeeping (age limit, lazy ack sync, status file) runs about
-        // once a tick, busy or idle.
-        let mut next_tick = std::time::Instant::now() + IDLE_TICK;
+        // Housekeeping (age limit, status file) runs about once a tick,
+        // busy or idle; acks are synced by their own deadline.
+        let mut next_tick = Instant::now() + IDLE_TICK;
         // Segments left holding only dead letters by an earlier run (or by
         // a crash in the middle of moving them).
         let segments: Vec<u64> = shared.lock().segments.keys().copied().collect();
@@ -494,14 +581,22 @@ impl Writer {
             self.relocate_dead(segment, &shared);
         }
         loop {
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if now >= next_tick {
                 self.expire(&shared);
-                self.sync_acks();
                 self.write_status(&shared);
+                self.append_failures.report();
+                self.ack_failures.report();
                 next_tick = now + IDLE_TICK;
             }
-            let first = match requests.recv_timeout(next_tick.saturating_duration_since(now)) {
+            if self.ack_sync_due(now) {
+                self.sync_acks();
+            }
+            let wake = match self.ack_sync_deadline() {
+                Some(deadline) => deadline.min(next_tick),
+                None => next_tick,
+            };
+            let first = match requests.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(request) => request,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -572,17 +667,29 @@ impl Writer {
         for (segment, entries) in &by_segment {
             let written = self.write_ack(*segment, entries);
             crash_point!("outbox-after-ack");
-            if let Err(e) = written {
+            match written {
+                Ok(()) => self.ack_failures.succeeded(),
                 // Without the ack a record is simply sent again after a
                 // restart: at least once, as promised.
-                tracing::warn!(segment, error = %e, "could not record outbox acknowledgements");
+                Err(e) => {
+                    self.ack_failures.failed(&io_error(
+                        "append to",
+                        &acks_path(&self.dir, *segment),
+                        e,
+                    ));
+                }
             }
         }
+        self.note_unsynced(known.len());
+        // Before the records are settled, so that whoever learns of an
+        // outcome finds it synced if it was due.
         if known
             .iter()
             .any(|(_, ack)| matches!(ack, AckState::Dead(_)))
         {
             // A dead letter must not come back as queued after a crash.
+            self.sync_acks();
+        } else if self.ack_sync_due(Instant::now()) {
             self.sync_acks();
         }
         let mut emptied = Vec::new();
@@ -659,7 +766,7 @@ impl Writer {
                 return;
             }
         };
-        let (number, base) = match self.write_batch(&frames) {
+        let (number, base) = match self.write_batch(&frames, shared) {
             Ok(at) => at,
             Err(e) => {
                 tracing::warn!(error = %super::state::error_chain(&e), "could not move dead letters out of an outbox segment; it stays");
@@ -675,7 +782,9 @@ impl Writer {
         let acked = self
             .write_ack(number, &acks)
             .and_then(|()| match self.acks.get(&number) {
-                Some(file) if self.durable => file.sync_data(),
+                Some(acks) if self.durable => {
+                    crate::crash::fault("outbox-sync-acks").and_then(|()| acks.file.sync_data())
+                }
                 _ => Ok(()),
             });
         if let Err(e) = acked {
@@ -708,32 +817,74 @@ impl Writer {
     fn write_ack(&mut self, segment: u64, entry: &[u8]) -> io::Result<()> {
         let file = match self.acks.entry(segment) {
             std::collections::hash_map::Entry::Occupied(file) => file.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(acks_path(&self.dir, segment))?,
-            ),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(open_acks(&self.dir, segment, self.durable)?)
+            }
         };
-        file.write_all(entry)?;
+        let written =
+            crate::crash::fault("outbox-write-acks").and_then(|()| file.file.write_all(entry));
         if !self.dirty_acks.contains(&segment) {
             self.dirty_acks.push(segment);
         }
+        if let Err(e) = written {
+            // Leave no torn entry: the next open would stop reading there
+            // and lose every ack written after it.
+            let _ = file.file.set_len(file.len);
+            return Err(e);
+        }
+        file.len += entry.len() as u64;
         Ok(())
     }
 
+    /// Notes `count` acks written and not yet synced.
+    fn note_unsynced(&mut self, count: usize) {
+        if count > 0 {
+            self.unsynced_acks += count;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Whether the acks written are due to be synced: enough of them
+    /// wait, or the oldest has waited the interval.
+    fn ack_sync_due(&self, now: Instant) -> bool {
+        self.unsynced_since.is_some_and(|since| {
+            self.unsynced_acks >= self.ack_sync_every
+                || now.saturating_duration_since(since) >= self.ack_sync_interval
+        })
+    }
+
+    /// When the acks written must be synced at the latest.
+    fn ack_sync_deadline(&self) -> Option<Instant> {
+        self.unsynced_since
+            .and_then(|since| since.checked_add(self.ack_sync_interval))
+    }
+
     /// Acks are written at once (a crash of the process loses none) but
-    /// synced lazily: a power cut can only make a delivered record be
+    /// synced in groups (`ack_sync_interval`, `ack_sync_every`): a power
+    /// cut can only make the records delivered since the last sync be
     /// sent again.
     fn sync_acks(&mut self) {
+        self.unsynced_acks = 0;
+        self.unsynced_since = None;
         if !self.durable {
             self.dirty_acks.clear();
             return;
         }
-        for segment in self.dirty_acks.drain(..) {
-            if let Some(file) = self.acks.get(&segment) {
-                if let Err(e) = file.sync_data() {
-                    tracing::warn!(segment, error = %e, "could not sync outbox acknowledgements");
+        for segment in std::mem::take(&mut self.dirty_acks) {
+            let Some(acks) = self.acks.get(&segment) else {
+                continue;
+            };
+            let synced =
+                crate::crash::fault("outbox-sync-acks").and_then(|()| acks.file.sync_data());
+            match synced {
+                Ok(()) => self.ack_failures.succeeded(),
+                // The acks it covered may be lost (Linux can drop pages a
+                // failed writeback covered and report the error once): at
+                // worst their records are sent again after a power cut.
+                // Syncing again could only succeed without them.
+                Err(e) => {
+                    self.ack_failures
+                        .failed(&io_error("sync", &acks_path(&self.dir, segment), e));
                 }
             }
         }
@@ -854,16 +1005,17 @@ impl Writer {
         if framed.is_empty() {
             return;
         }
-        let (number, base) = match self.write_batch(&buf) {
+        let (number, base) = match self.write_batch(&buf, shared) {
             Ok(at) => at,
             Err(e) => {
-                tracing::warn!(error = %super::state::error_chain(&e), "could not append to the outbox");
+                self.append_failures.failed(&e);
                 for f in framed {
                     let _ = f.reply.send(Err(e.clone()));
                 }
                 return;
             }
         };
+        self.append_failures.succeeded();
         let mut replies = Vec::with_capacity(framed.len());
         {
             let mut state = shared.lock();
@@ -896,12 +1048,22 @@ impl Writer {
         }
     }
 
-    /// Writes `buf` at the end of the active segment and syncs it; on
-    /// failure the segment is cut back so no partial record stays.
+    /// Writes `buf` at the end of the active segment and syncs it.
     /// Returns the segment and the offset the batch starts at.
-    fn write_batch(&mut self, buf: &[u8]) -> Result<(u64, u64), Error> {
+    ///
+    /// After any failure the batch counts as lost, and so does anything
+    /// else the failed write or fsync covered: Linux may drop dirty pages
+    /// whose writeback failed and report the error only once, so a later
+    /// fsync of the same file could succeed without them. So the segment
+    /// is cut back (no partial record stays) and sealed, and the next
+    /// batch goes to a fresh segment with the next free number; records
+    /// synced into the old one before stay where they are.
+    fn write_batch(&mut self, buf: &[u8], shared: &Shared) -> Result<(u64, u64), Error> {
         if self.active.is_none() {
+            // The number is used up whatever happens: a file left by a
+            // failed attempt must not fail every later one with "exists".
             let number = self.next_segment;
+            self.next_segment += 1;
             let path = segment_path(&self.dir, number);
             let file = OpenOptions::new()
                 .create_new(true)
@@ -909,9 +1071,13 @@ impl Writer {
                 .open(&path)
                 .map_err(|e| io_error("create", &path, e))?;
             if self.durable {
-                sync_dir(&self.dir).map_err(|e| io_error("sync", &self.dir, e))?;
+                if let Err(e) = durable::sync_dir(&self.dir) {
+                    // Its name may never reach the disk, and every record
+                    // synced into it would vanish with it.
+                    let _ = fs::remove_file(&path);
+                    return Err(io_error("sync", &self.dir, e));
+                }
             }
-            self.next_segment += 1;
             self.active = Some(Active {
                 number,
                 file,
@@ -923,21 +1089,30 @@ impl Writer {
         };
         let path = segment_path(&self.dir, active.number);
         let written = injected_write_error()
+            .and_then(|()| crate::crash::fault("outbox-write-segment"))
             .and_then(|()| active.file.write_all(buf))
+            .map_err(|e| io_error("append to", &path, e))
             .and_then(|()| {
                 crash_point!("outbox-before-sync");
                 if self.durable {
-                    active.file.sync_data()
+                    crate::crash::fault("outbox-sync-segment")
+                        .and_then(|()| active.file.sync_data())
+                        .map_err(|e| io_error("sync", &path, e))
                 } else {
                     Ok(())
                 }
             });
         crash_point!("outbox-after-sync");
         if let Err(e) = written {
-            // Leave no partial record behind; if even that fails, the
-            // next open finds the torn tail by its checksum.
+            // If even the cut fails, the next open finds a torn tail by
+            // its checksum, or whole records whose callers were told they
+            // failed (sent then, at least once).
             let _ = active.file.set_len(active.len);
-            return Err(io_error("append to", &path, e));
+            let number = active.number;
+            self.active = None;
+            // Gone at once if nothing in it is left (or ever was).
+            self.remove_if_done(number, shared);
+            return Err(e);
         }
         let base = active.len;
         let number = active.number;
@@ -1139,6 +1314,19 @@ mod tests {
         assert_eq!(state.entries.len(), 1);
         assert_eq!(state.entries[&7].segment, 3);
         assert_eq!(state.segments.keys().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn a_run_of_failures_is_logged_once_then_counted() {
+        let error = io_error("sync", Path::new("seg"), io::Error::from_raw_os_error(5));
+        let mut failures = Failures::new("appends");
+        assert!(failures.failed(&error), "the first is logged");
+        assert!(!failures.failed(&error), "a repeat is counted");
+        assert!(!failures.failed(&error));
+        assert_eq!(failures.report(), 2);
+        assert_eq!(failures.report(), 0, "counted since the last report");
+        failures.succeeded();
+        assert!(failures.failed(&error), "a new run is logged again");
     }
 
     #[test]

@@ -319,30 +319,14 @@ fn create_private(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
-/// Creates `dir` and missing parents, owner-only (tokens are credentials).
+/// Creates `dir` and missing parents, owner-only (tokens are
+/// credentials), durably: a token file synced into a directory whose own
+/// entry never reached the disk would vanish with it.
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .map_err(|e| StoreError::io(dir, StoreOp::CreateDir, e))
+    crate::durable::create_dir_all(dir).map_err(|e| StoreError::io(dir, StoreOp::CreateDir, e))
 }
 
-#[cfg(unix)]
+/// Makes the rename of the file durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, StoreOp::SyncDir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
-    // Directories cannot be opened for syncing here; the rename is as
-    // durable as the platform makes it.
-    Ok(())
+    crate::durable::sync_dir(dir).map_err(|e| StoreError::io(dir, StoreOp::SyncDir, e))
 }
