@@ -353,7 +353,9 @@ impl Client {
                 header.epoch_time_us = Some(now);
             }
             let size = buf.len();
-            self.transport()
+            // One device, one connection: its logs reach the cloud in the
+            // order they were given, as MQTT keeps order on a connection.
+            self.transport_for(&device.serial)
                 .publish(topic.clone(), buf.freeze())
                 .await?;
             tracing::debug!("acknowledged");
@@ -388,9 +390,19 @@ impl Client {
     }
 
     async fn publish_raw(&self, topic: String, payload: Bytes) -> Result<PublishReceipt, Error> {
+        self.publish_raw_on(self.transport(), topic, payload).await
+    }
+
+    /// [`Client::publish_raw`] on the connection `link`.
+    async fn publish_raw_on(
+        &self,
+        link: &Link,
+        topic: String,
+        payload: Bytes,
+    ) -> Result<PublishReceipt, Error> {
         check_size(payload.len())?;
         let size = payload.len();
-        self.transport().publish(topic.clone(), payload).await?;
+        link.publish(topic.clone(), payload).await?;
         Ok(PublishReceipt { topic, size })
     }
 
@@ -476,6 +488,13 @@ impl Client {
     /// client has several).
     pub(crate) fn transport(&self) -> &Link {
         self.inner.pool.pick()
+    }
+
+    /// The connection of device `serial`: always the same one, so that a
+    /// device's messages keep their order (other devices' still spread
+    /// over the pool).
+    pub(crate) fn transport_for(&self, serial: &str) -> &Link {
+        self.inner.pool.pick_for(serial)
     }
 
     /// True while at least one of the client's connections is up.

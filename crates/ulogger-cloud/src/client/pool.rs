@@ -14,6 +14,21 @@ use crate::error::Error;
 use crate::link::{Bridge, MqttLink};
 use crate::transport::{self, Message, Transport};
 
+/// Which of `n` connections `key` gets. FNV-1a: stable across processes
+/// and Rust versions, unlike the standard library's randomly keyed hasher.
+fn slot_for(key: &str, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    // The remainder is below `n`, a usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let slot = (hash % n as u64) as usize;
+    slot
+}
+
 /// One connection of the client. Our own session is called directly, so
 /// its hot path has no boxing and no dynamic dispatch; only a bridged link
 /// goes through the [`MqttLink`] trait object.
@@ -177,6 +192,12 @@ impl Pool {
             .unwrap_or(&self.links[start % n])
     }
 
+    /// The connection `key` (a device serial) always gets: a hash of the
+    /// key, so the choice needs no state and survives restarts.
+    pub fn pick_for(&self, key: &str) -> &Link {
+        &self.links[slot_for(key, self.links.len())]
+    }
+
     pub fn any_connected(&self) -> bool {
         self.links.iter().any(Link::is_connected)
     }
@@ -196,5 +217,30 @@ impl Pool {
         for link in &self.links {
             link.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_for;
+
+    #[test]
+    fn a_device_always_gets_the_same_connection_and_devices_spread() {
+        assert_eq!(slot_for("SN-1", 1), 0);
+        for n in [2, 3, 8, 32] {
+            let mut used = vec![0; n];
+            for i in 0..1000 {
+                let serial = format!("SN-{i:04}");
+                let slot = slot_for(&serial, n);
+                assert_eq!(slot, slot_for(&serial, n), "stable");
+                used[slot] += 1;
+            }
+            // Every connection gets a fair share (within a factor of two).
+            assert!(used.iter().all(|&c| c * n * 2 > 1000), "{n}: {used:?}");
+        }
+        // Fixed values: the choice must not change between releases, or a
+        // restarted gateway would move devices between connections.
+        assert_eq!(slot_for("SN-0001", 4), slot_for("SN-0001", 4));
+        assert_eq!(slot_for("", 7), (0xcbf2_9ce4_8422_2325_u64 % 7) as usize);
     }
 }

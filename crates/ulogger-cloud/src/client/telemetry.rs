@@ -37,7 +37,7 @@ impl Client {
         async {
             let topic = self.settings().topics.metrics(app_id)?;
             let payload = wire::metrics_payload(serial, metrics, self.inner.telemetry_compression)?;
-            self.publish_telemetry(topic, payload).await
+            self.publish_telemetry(Some(serial), topic, payload).await
         }
         .instrument(span)
         .await
@@ -55,7 +55,7 @@ impl Client {
         async {
             let topic = self.settings().topics.events(app_id)?;
             let payload = wire::events_payload(serial, events, self.inner.telemetry_compression)?;
-            self.publish_telemetry(topic, payload).await
+            self.publish_telemetry(Some(serial), topic, payload).await
         }
         .instrument(span)
         .await
@@ -87,7 +87,7 @@ impl Client {
         async {
             let topic = self.settings().topics.metrics(app_id)?;
             let payload = wire::metrics_batch_payload(devices, self.inner.telemetry_compression)?;
-            self.publish_telemetry(topic, payload).await
+            self.publish_telemetry(None, topic, payload).await
         }
         .instrument(span)
         .await
@@ -104,19 +104,28 @@ impl Client {
         async {
             let topic = self.settings().topics.events(app_id)?;
             let payload = wire::events_batch_payload(devices, self.inner.telemetry_compression)?;
-            self.publish_telemetry(topic, payload).await
+            self.publish_telemetry(None, topic, payload).await
         }
         .instrument(span)
         .await
     }
 
+    /// Publishes on the connection of device `serial` (its messages keep
+    /// their order), or on the next one for a batch.
     async fn publish_telemetry(
         &self,
+        serial: Option<&str>,
         topic: String,
         payload: TelemetryPayload,
     ) -> Result<TelemetryReceipt, Error> {
         let compressed = payload.compressed;
-        let receipt = self.publish_raw(topic, Bytes::from(payload.bytes)).await?;
+        let link = match serial {
+            Some(serial) => self.transport_for(serial),
+            None => self.transport(),
+        };
+        let receipt = self
+            .publish_raw_on(link, topic, Bytes::from(payload.bytes))
+            .await?;
         Ok(TelemetryReceipt {
             topic: receipt.topic,
             size: receipt.size,

@@ -77,11 +77,12 @@ impl Client {
                 sequences: Vec::with_capacity(batches.len()),
                 size: 0,
             };
-            // One after the other: the device's batches reach the cloud in
-            // their order.
+            // One after the other on the device's own connection: its
+            // batches reach the cloud in their order.
+            let link = self.transport_for(&device.serial);
             for batch in batches {
                 receipt.size += batch.bytes.len();
-                self.publish_raw(topic.clone(), Bytes::from(batch.bytes))
+                self.publish_raw_on(link, topic.clone(), Bytes::from(batch.bytes))
                     .await?;
                 receipt.sequences.push(batch.sequence);
             }
