@@ -39,6 +39,17 @@ impl DeviceArgs {
     /// The device these arguments and the config file describe; every
     /// field is required from one source or another.
     pub fn device(&self, file: &ConfigFile) -> Result<DeviceInfo, Exit> {
+        self.resolve(file, true)
+    }
+
+    /// The device as far as a topic needs it: the application id and the
+    /// serial are required, the firmware fields are taken when given and
+    /// left empty otherwise.
+    pub fn addressed(&self, file: &ConfigFile) -> Result<DeviceInfo, Exit> {
+        self.resolve(file, false)
+    }
+
+    fn resolve(&self, file: &ConfigFile, need_firmware: bool) -> Result<DeviceInfo, Exit> {
         let bad = |e: anyhow::Error| Exit::new(Failure::BadInput, e);
         let base = match self.device_info.as_ref().or(file.device_info.as_ref()) {
             Some(path) => {
@@ -65,10 +76,11 @@ impl DeviceArgs {
                     key: Option<&String>,
                     from_dump: Option<&String>,
                     name: &str| {
-            flag.or(key)
-                .or(from_dump)
-                .cloned()
-                .ok_or_else(|| missing(name))
+            match flag.or(key).or(from_dump).cloned() {
+                Some(value) => Ok(value),
+                None if need_firmware || matches!(name, "serial") => Err(missing(name)),
+                None => Ok(String::new()),
+            }
         };
         let device = DeviceInfo::new(
             self.app_id

@@ -49,8 +49,21 @@ pub struct PushArgs {
 pub struct WatchArgs {
     #[command(flatten)]
     connection: ConnectionArgs,
+    /// The device: its config topic needs only --app-id and --serial.
     #[command(flatten)]
     device: DeviceArgs,
+    /// Wait for one configuration, print it and exit (like the Python
+    /// SDK's `wait_for_log_config`); exit 3 if none came within --wait.
+    #[arg(long)]
+    once: bool,
+    /// With --once: how long to wait, in seconds.
+    #[arg(
+        long = "wait",
+        default_value_t = 30,
+        value_name = "SECS",
+        requires = "once"
+    )]
+    wait_secs: u64,
 }
 
 /// How long `push-config` waits to connect, and then for the PUBACK.
@@ -218,8 +231,11 @@ async fn publish(
 /// is reported and the watch goes on.
 pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
     let file = args.connection.file()?;
-    let device = args.device.device(file)?;
-    let (config, store) = args.connection.resolve()?;
+    let device = args.device.addressed(file)?;
+    // A watch registers nothing: keep the token file untouched.
+    let mut connection = args.connection.clone();
+    connection.no_store = true;
+    let (config, store) = connection.resolve()?;
     let runtime = runtime()?;
     let stop = {
         let _runtime = runtime.enter();
@@ -232,6 +248,21 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             .session_store(store)
             .build()
             .map_err(exit::from_cloud)?;
+        if args.once {
+            let wait = Duration::from_secs(args.wait_secs);
+            let outcome = tokio::select! {
+                got = client.wait_for_log_config(&device, wait) => match got {
+                    Ok(config) => {
+                        print_config(global, &config);
+                        Ok(())
+                    }
+                    Err(e) => Err(exit::from_cloud(e)),
+                },
+                stopped = &mut stop => stopped,
+            };
+            client.shutdown().await;
+            return outcome;
+        }
         let mut configs = tokio::select! {
             configs = client.log_configs(&device) => configs.map_err(exit::from_cloud)?,
             stopped = &mut stop => {

@@ -120,3 +120,70 @@ fn watch_prints_a_human_line_per_configuration() {
     };
     assert_eq!(line, "level=ERROR module_flags=0x00000005 timeout=30s");
 }
+
+#[test]
+fn watch_once_needs_only_the_topic_ids_and_prints_the_current_configuration() {
+    let emu = support::sandbox::plaintext_emulator();
+    let sandbox = Sandbox::new();
+    // The platform may keep a device's current configuration retained.
+    let config = LogConfig::new(LogLevel::Warning, 3, 60);
+    let topic = format!("config/v0/{}/0/{APP}/SN-ONCE", support::sandbox::CUSTOMER);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = rumqttc::MqttOptions::new(
+            format!("cust-{}-retain", support::sandbox::CUSTOMER),
+            "127.0.0.1",
+            emu.addr().port(),
+        );
+        options.set_keep_alive(std::time::Duration::from_secs(5));
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 4);
+        client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, true, config.encode())
+            .await
+            .unwrap();
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                events.poll().await.unwrap()
+            {
+                break;
+            }
+        }
+    });
+    // No device type, version or hash: the topic does not need them.
+    let mut args = connect_args("config", &emu);
+    args.insert(1, "watch".to_owned());
+    args.extend(strings(&[
+        "--app-id",
+        &APP.to_string(),
+        "--serial",
+        "SN-ONCE",
+        "--once",
+        "--wait",
+        "5",
+    ]));
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert_eq!(
+        run.stdout.trim(),
+        "level=WARNING module_flags=0x00000003 timeout=60s"
+    );
+
+    // Nothing there: a timeout, exit 3, after the wait asked for.
+    let args = other_serial_waiting_a_second(&args, "SN-NONE");
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, Some(3), "{}", run.output());
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+}
+
+/// `args` for another serial, waiting one second.
+fn other_serial_waiting_a_second(args: &[String], serial: &str) -> Vec<String> {
+    let mut args = args.to_vec();
+    let at = args.iter().position(|a| a == "--serial").unwrap();
+    args[at + 1] = serial.to_owned();
+    let at = args.iter().position(|a| a == "--wait").unwrap();
+    args[at + 1] = "1".to_owned();
+    args
+}
