@@ -242,3 +242,40 @@ async fn text_logs_are_verified_recorded_and_duplicate_sequences_dropped() {
         .starts_with("duplicate of sequence 10"));
     assert!(logs[3].reason.as_deref().unwrap().contains("line 1"));
 }
+
+#[tokio::test]
+async fn configurations_pushed_by_other_clients_are_recorded_like_the_clouds_own() {
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
+    let mut pusher = client(&emulator, "push-config").await;
+    let topic = format!("config/v0/{CUSTOMER}/0/{APP}/SN-CFG");
+    let config = ulogger_cloud::wire::LogConfig::new(ulogger_cloud::wire::LogLevel::Info, 1, 60);
+    pusher
+        .publish(&topic, QoS::AtLeastOnce, false, config.encode())
+        .await;
+    pusher
+        .publish(&topic, QoS::AtLeastOnce, false, b"\x01".to_vec())
+        .await;
+    let configs: Vec<_> = emulator
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Config)
+        .collect();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert!(configs[0].is_ok());
+    assert_eq!(configs[0].serial.as_deref(), Some("SN-CFG"));
+    assert_eq!(configs[0].app_id, Some(APP));
+    assert!(configs[1]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("not a log configuration"));
+
+    // The cloud's own push is recorded once, not again as heard back.
+    emulator.push_config(APP, "SN-OWN", &config).await.unwrap();
+    let own = emulator
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Config && r.serial.as_deref() == Some("SN-OWN"))
+        .count();
+    assert_eq!(own, 1);
+}

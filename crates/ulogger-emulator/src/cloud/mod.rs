@@ -36,10 +36,14 @@ use crate::EmulatorError;
 /// The topic filters the cloud listens on: every topic of each family
 /// the platform has a rule for, whatever its levels, so that what no rule
 /// matches is seen and recorded as unrouted rather than lost unseen.
+///
+/// Log configurations too: what another client (`ulogger emulator
+/// push-config`) pushes to a device is recorded like the cloud's own.
 pub(crate) fn subscription_filters(prefix: &str) -> Vec<String> {
     Family::ALL
         .iter()
         .map(|(_, name)| format!("{prefix}{name}/v0/#"))
+        .chain([format!("{prefix}config/v0/#")])
         .collect()
 }
 
@@ -152,6 +156,13 @@ impl Cloud {
     }
 
     async fn handle(&self, message: &Message, replies: &mut JoinSet<()>) {
+        if let Some(levels) = message
+            .topic
+            .strip_prefix(self.topics.prefix())
+            .and_then(|rest| rest.strip_prefix("config/v0/"))
+        {
+            return self.pushed_config(levels, message);
+        }
         let routing = routing::route(
             self.topics.prefix(),
             self.topics.customer_id(),
@@ -180,6 +191,27 @@ impl Cloud {
             // Every family but core dumps routes with an application level.
             (_, None) => self.unrouted(message, format!("{}: no application level", message.topic)),
         }
+    }
+
+    /// A log configuration someone pushed to a device (`.../{app}/{serial}`
+    /// after the customer and group): recorded as the cloud's own pushes
+    /// are, rejected if it does not decode.
+    fn pushed_config(&self, levels: &str, message: &Message) {
+        let mut ids = levels.rsplit('/');
+        let serial = ids.next().unwrap_or_default().to_owned();
+        let mut record = Record::new(
+            RecordKind::Config,
+            message.topic.clone(),
+            message.payload.len(),
+        );
+        record.app_id = ids.next().and_then(|app| app.parse().ok());
+        record.serial = Some(serial.clone());
+        record.file = self.store("config", &serial, "bin", &message.payload);
+        self.records
+            .append(match LogConfig::decode(&message.payload) {
+                Ok(_) => record,
+                Err(e) => record.rejected(format!("not a log configuration: {e}")),
+            });
     }
 
     /// A publish the broker acknowledged that no platform rule matches:
@@ -230,15 +262,19 @@ impl Cloud {
         }
         let payload = config.encode();
         for topic in topics {
-            let mut record = Record::new(RecordKind::Config, topic.clone(), payload.len());
-            record.app_id = Some(app_id);
-            record.serial = Some(serial.to_string());
-            record.file = self.store("config", serial, "bin", &payload);
             self.uplink
-                .publish(topic, payload.clone(), None)
+                .publish(topic.clone(), payload.clone(), None)
                 .await
                 .map_err(|_| EmulatorError::Stopped)?;
-            self.records.append(record);
+            // An attached cloud hears its own push back through its
+            // subscription, and records it then.
+            if matches!(self.uplink, Uplink::Broker(_)) {
+                let mut record = Record::new(RecordKind::Config, topic, payload.len());
+                record.app_id = Some(app_id);
+                record.serial = Some(serial.to_string());
+                record.file = self.store("config", serial, "bin", &payload);
+                self.records.append(record);
+            }
         }
         Ok(())
     }
