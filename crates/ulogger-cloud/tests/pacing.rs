@@ -595,11 +595,27 @@ async fn a_subscribe_does_not_wait_behind_paced_publishes() {
 /// Uploads `count` small logs of one (registered) device at once; returns
 /// how many failed.
 async fn uploads_at_once(client: &Client, count: usize) -> usize {
-    client.session_token(&device("SN-CAP")).await.unwrap();
+    uploads_of_devices_at_once(client, count, 1).await
+}
+
+/// [`uploads_at_once`] spread over `devices` devices (registered first):
+/// a pool keeps each device on one connection.
+async fn uploads_of_devices_at_once(client: &Client, count: usize, devices: usize) -> usize {
+    let serial = |i: usize| {
+        if devices == 1 {
+            "SN-CAP".to_owned()
+        } else {
+            format!("SN-CAP-{}", i % devices)
+        }
+    };
+    for i in 0..devices {
+        client.session_token(&device(&serial(i))).await.unwrap();
+    }
     let mut tasks = JoinSet::new();
-    for _ in 0..count {
+    for i in 0..count {
         let client = client.clone();
-        tasks.spawn(async move { client.upload_log(&device("SN-CAP"), &v4_log(64, 0)).await });
+        let serial = serial(i);
+        tasks.spawn(async move { client.upload_log(&device(&serial), &v4_log(64, 0)).await });
     }
     let mut failed = 0;
     while let Some(done) = tasks.join_next().await {
@@ -660,7 +676,12 @@ async fn a_pool_of_three_connections_shares_the_load_each_within_the_cap() {
             format!("cust-{CUSTOMER}-pool-3")
         ]
     );
-    assert_eq!(uploads_at_once(&client, 600).await, 0, "no upload failed");
+    // Many devices: each sticks to one connection, together they use all.
+    assert_eq!(
+        uploads_of_devices_at_once(&client, 600, 30).await,
+        0,
+        "no upload failed"
+    );
     client.shutdown().await;
     assert_eq!(emu.limit_stats().discarded_publishes, 0);
     let logs = records_of(&emu, RecordKind::BinaryLog);
