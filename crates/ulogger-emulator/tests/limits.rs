@@ -17,8 +17,9 @@ use ulogger_emulator::{
     Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, RecordKind, Verdict,
 };
 
-const METRICS_TOPIC: &str = "metrics/v0/42/7";
-const CORE_DUMP_TOPIC: &str = "core-dump/v0/42";
+/// The group layout the platform routes (group 0).
+const METRICS_TOPIC: &str = "metrics/v0/42/0/7";
+const CORE_DUMP_TOPIC: &str = "core-dump/v0/42/0";
 /// Long enough for a few seconds of throttled reading.
 const SLOW: Duration = Duration::from_secs(20);
 
