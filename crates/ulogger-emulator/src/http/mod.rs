@@ -206,7 +206,7 @@ async fn handle(state: &HttpState, request: Request<Incoming>) -> Response<Full<
         "/publish/metrics" => RecordKind::Metrics,
         "/publish/events" => RecordKind::Events,
         _ => match query::table(&path) {
-            Some(table) => return query::answer(state, table, &request),
+            Some(table) => return query::answer(state, table, &request).await,
             None => {
                 return refuse(
                     StatusCode::NOT_FOUND,

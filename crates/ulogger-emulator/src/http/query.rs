@@ -36,7 +36,7 @@ pub(super) fn table(path: &str) -> Option<Table> {
 }
 
 /// Answers a query request on `table`'s path.
-pub(super) fn answer(
+pub(super) async fn answer(
     state: &HttpState,
     table: Table,
     request: &Request<Incoming>,
