@@ -39,7 +39,13 @@ pub struct RunArgs {
     /// Address the broker listens on (port 0: any free port, reported at start).
     #[arg(long, default_value = "127.0.0.1:8883", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Data directory: the record index (index.jsonl), stored payloads,
+    /// Address the HTTP API (telemetry endpoints and data API) listens on
+    /// (port 0: any free port, reported at start); fix it to give scripts
+    /// a stable `--api-url`.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    http_listen: SocketAddr,
+    /// Data directory: the record index (index.jsonl), the record
+    /// database the data API reads (records.db), stored payloads,
     /// the generated certificates (certs/, reused on the next run), the
     /// HTTP API token (api_token, likewise) and,
     /// rewritten at each start, what the printed upload commands use:
@@ -160,6 +166,7 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
 fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
     let mut config = EmulatorConfig::new(args.customer_id)
         .listen(args.listen)
+        .http_listen(args.http_listen)
         .data_dir(&args.data)
         .plaintext(args.plaintext)
         .group_id(args.group_id)
@@ -191,6 +198,21 @@ fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
         config = config.attach(attach);
     }
     Ok(config)
+}
+
+/// `ulogger query KIND` (metrics, events or logs) of the last hour,
+/// against this emulator's data API.
+fn query_command(emulator: &Emulator, kind: &str) -> String {
+    let mut command = format!(
+        "ULOGGER_API_TOKEN={} ulogger query {kind} --api-url {}",
+        emulator.api_token(),
+        emulator.http_url()
+    );
+    if let Some(certs) = emulator.certs() {
+        let _ = write!(command, " --ca {}", shell_word(&absolute(&certs.ca_cert)));
+    }
+    command.push_str(" --start 1h");
+    command
 }
 
 fn start_failure(error: EmulatorError) -> Exit {
@@ -423,6 +445,8 @@ fn print_banner(
             "config_upload_command": sample.config_upload_command(),
             "heartbeat_command": sample.heartbeat_command(),
             "http_heartbeat_command": sample.http_heartbeat_command(emulator),
+            "database": absolute(&emulator.database_path()).display().to_string(),
+            "query_command": query_command(emulator, "metrics"),
             "sample_log": sample.log.display().to_string(),
             "device_info": sample.device_info.display().to_string(),
         });
@@ -470,7 +494,8 @@ fn print_banner(
     };
     let _ = writeln!(
         out,
-        "  HTTP API:    {} ({http}; POST /publish/metrics, /publish/events)",
+        "  HTTP API:    {} ({http}; POST /publish/metrics, /publish/events; \
+         GET /metrics, /events, /logs)",
         emulator.http_url()
     );
     let _ = writeln!(out, "  API token:   {}", emulator.api_token());
@@ -510,6 +535,13 @@ fn print_banner(
     );
     let _ = writeln!(out, "  {}", sample.heartbeat_command());
     let _ = writeln!(out, "  {}", sample.http_heartbeat_command(emulator));
+    // Logs here: the record lines that follow name metrics, and scripts
+    // reading this banner look for the first of them.
+    let _ = writeln!(
+        out,
+        "Read back the last hour's logs through the data API (events alike):"
+    );
+    let _ = writeln!(out, "  {}", query_command(emulator, "logs"));
     let _ = writeln!(
         out,
         "Ctrl-C or SIGTERM stops (after storing what was acknowledged). Records as they arrive:"

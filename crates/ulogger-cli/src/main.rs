@@ -18,6 +18,7 @@ mod logs;
 mod make_log;
 mod outbox;
 mod outbox_upload;
+mod query;
 mod settings;
 mod signal;
 mod telemetry;
@@ -81,6 +82,8 @@ enum Command {
     Logs(logs::Args),
     /// Run a local uLogger cloud (MQTT broker + cloud behaviour).
     Emulator(emulator::Args),
+    /// Read back stored metrics, events or logs through the data API (the platform's or an emulator's).
+    Query(query::Args),
     /// Run the gateway service: files dropped in an inbox go out through a durable outbox.
     Agent(agent::Args),
     /// Look at a durable outbox; retry or purge its dead records.
@@ -113,6 +116,7 @@ fn main() -> std::process::ExitCode {
         Command::MakeLog(args) => make_log::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),
+        Command::Query(args) => query::run(global, args),
         Command::Demo(args) => demo::run(global, args),
         Command::Upload(args) => upload::upload(global, args),
         Command::Register(args) => upload::register(global, args),

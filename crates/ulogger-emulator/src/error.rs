@@ -85,6 +85,14 @@ pub enum EmulatorError {
         /// Why it does not parse.
         reason: String,
     },
+    /// The record database could not be opened or set up.
+    #[error("record database {path}: {reason}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        reason: String,
+    },
     /// The emulator has stopped (or its cloud task ended), so the request
     /// could not be carried out.
     #[error("the emulator has stopped")]

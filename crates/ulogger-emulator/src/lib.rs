@@ -27,14 +27,20 @@
 //! - **the cloud side**: answers boot registrations with fresh tokens,
 //!   verifies binary logs (header, checksum, a token it issued for that
 //!   application), stores logs, core dumps, metrics and events, and pushes
-//!   log configurations. Every event is a [`Record`], appended to
-//!   `<data>/index.jsonl` with payloads stored beside it.
+//!   log configurations. Every event is a [`Record`], written to the
+//!   record database `<data>/records.db` and appended to
+//!   `<data>/index.jsonl`, with payloads stored beside them.
 //! - **the HTTP telemetry endpoints** (PROTOCOL §8, "HTTP fallback"):
 //!   `POST /publish/metrics` and `/publish/events` on a port of their own
 //!   ([`Emulator::http_url`]), HTTPS with the emulator's CA (plain HTTP
 //!   when the broker is plaintext or attached), a bearer token it issues
 //!   ([`Emulator::api_token`]); bodies are verified and recorded like MQTT
 //!   telemetry, with `POST /publish/...` as the record's topic.
+//! - **the data API** (PROTOCOL §13) on the same port and token:
+//!   `GET /metrics`, `/events` and `/logs` answer what was stored, newest
+//!   first, as the platform's API does
+//!   (`/metrics?application_id=7&device_serial=SN1&metric_name=t&start=5m&limit=10`
+//!   answers `{"count": 1, "metrics": [{"value": 21.5, ...}]}`).
 //! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
 //!   delay or break boot replies and cut connections, and to answer HTTP
 //!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]).
@@ -45,6 +51,8 @@
 //! # The data directory
 //!
 //! ```text
+//! records.db             SQLite (WAL): the records, and the metrics, events and
+//!                        log entries of accepted payloads, for the data API
 //! index.jsonl            one Record per line (JSON), appended as things happen
 //! tokens.jsonl           the session tokens issued (kept data directories only)
 //! api_token              the HTTP API token (kept data directories only)
@@ -64,8 +72,11 @@
 //! # What a PUBACK promises
 //!
 //! The broker sends the PUBACK of a message for the cloud only after the
-//! cloud has handled it: stored its payload, appended its record and, with
-//! a kept data directory, synced both. So whatever a client saw
+//! cloud has handled it: stored its payload, written its record (and what
+//! the data API reads of it) to the database, appended it to the index
+//! and, with a kept data directory, synced all three. When the database
+//! refuses the write, the broker closes the connection instead of
+//! acknowledging, so the client sends the message again. So whatever a client saw
 //! acknowledged is in the records, even if the emulator is killed
 //! (SIGKILL, power cut) right after; a crash can lose only messages that
 //! were not acknowledged yet. A stop ([`Emulator::shutdown`], drop, or
@@ -98,6 +109,7 @@ mod faults;
 mod http;
 mod limits;
 mod records;
+mod store;
 mod supervise;
 mod telemetry_check;
 #[cfg(feature = "testing")]
@@ -122,6 +134,7 @@ pub use error::EmulatorError;
 pub use faults::{BootReplyMode, FaultSwitches, Faults, HttpFaults, WithholdPuback};
 pub use limits::{LimitStats, PlatformLimits};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
+pub use store::DATABASE_FILE;
 pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 use broker::{Broker, Mailbox, Tls};
@@ -474,6 +487,11 @@ impl Emulator {
     /// The path of the records index, `<data>/index.jsonl`.
     pub fn index_path(&self) -> PathBuf {
         self.data_dir.join(INDEX_FILE)
+    }
+
+    /// The path of the record database, `<data>/records.db` (SQLite).
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
     }
 
     /// All records so far, in arrival order.

@@ -1,6 +1,8 @@
-//! What the emulator received and did: one [`Record`] per event, kept in
-//! memory for queries and appended to `<data>/index.jsonl` (one JSON object
-//! per line) as it happens, with payloads stored as files beside it.
+//! What the emulator received and did: one [`Record`] per event, written
+//! to the record database (`<data>/records.db`, with the metrics, events
+//! and log entries taken from its payload), kept in memory for waiting on
+//! and appended to `<data>/index.jsonl` (one JSON object per line) as it
+//! happens, with payloads stored as files beside it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -12,7 +14,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::durable::{repair_jsonl, sync_dir, write_atomic_with, Access};
+use crate::store::{Query, Rows, Store, Table};
 use crate::EmulatorError;
+
+/// A record the database refused: what it describes must not be
+/// acknowledged (the store has logged why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotStored;
 
 /// The file name of the index under the data directory.
 pub const INDEX_FILE: &str = "index.jsonl";
@@ -175,6 +183,7 @@ pub(crate) struct RecordLog {
     /// directory, which does not outlive the emulator anyway: there the
     /// syncs would only slow every test down.
     durable: bool,
+    store: Store,
     inner: Mutex<Inner>,
     appended: Condvar,
     count: watch::Sender<usize>,
@@ -218,12 +227,14 @@ impl RecordLog {
         if durable {
             remove_stale_temporaries(data_dir);
         }
+        let store = Store::open(data_dir, durable)?;
         // The index itself must survive a crash of the machine, not just
         // of the emulator.
         sync_dir(data_dir).map_err(|e| EmulatorError::io("sync", data_dir, e))?;
         Ok(RecordLog {
             data_dir: data_dir.to_path_buf(),
             durable,
+            store,
             inner: Mutex::new(Inner {
                 records: Vec::new(),
                 index,
@@ -267,21 +278,33 @@ impl RecordLog {
         Ok(relative)
     }
 
-    /// Appends a record: index line first (written in one `write` and
-    /// synced), then memory, then wakes waiters. Whoever acknowledges what
-    /// the record describes does so after this returns, so a crash can cut
-    /// short only a line nobody was promised.
-    pub(crate) fn append(&self, record: Record) {
+    /// Appends a record that adds no rows to the data API's tables; see
+    /// [`RecordLog::append_with`].
+    pub(crate) fn append(&self, record: Record) -> Result<(), NotStored> {
+        self.append_with(record, &Rows::default())
+    }
+
+    /// Appends a record and the rows taken from its payload: database
+    /// first (one transaction), then the index line (written in one
+    /// `write` and synced), then memory, then wakes waiters. Whoever
+    /// acknowledges what the record describes does so after this returns
+    /// `Ok`, so a crash can cut short only what nobody was promised. When
+    /// the database refuses, the record goes nowhere else either: the
+    /// record book shows only what was stored.
+    pub(crate) fn append_with(&self, record: Record, rows: &Rows) -> Result<(), NotStored> {
         let mut line = match serde_json::to_vec(&record) {
             Ok(line) => line,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise a record");
-                return;
+                return Err(NotStored);
             }
         };
         line.push(b'\n');
         let count = {
+            // Under the lock, so that the database, the index and memory
+            // hold records in the same order.
             let mut inner = self.lock();
+            self.store.insert(&record, rows).map_err(|_| NotStored)?;
             let durable = self.durable;
             let written = inner.index.write_all(&line).and_then(|()| {
                 if durable {
@@ -298,6 +321,16 @@ impl RecordLog {
         };
         self.appended.notify_all();
         self.count.send_replace(count);
+        Ok(())
+    }
+
+    /// Answers a data API query from the database.
+    pub(crate) fn query(
+        &self,
+        table: Table,
+        query: &Query,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        self.store.query(table, query).map_err(|e| e.to_string())
     }
 
     pub(crate) fn snapshot(&self) -> Vec<Record> {
@@ -399,8 +432,9 @@ mod tests {
         let mut record = Record::new(RecordKind::BinaryLog, "binlog/v0/1/2", 3);
         record.app_id = Some(2);
         record.file = Some(file);
-        log.append(record.clone());
-        log.append(Record::new(RecordKind::Rejected, "", 0).rejected("client id"));
+        log.append(record.clone()).unwrap();
+        log.append(Record::new(RecordKind::Rejected, "", 0).rejected("client id"))
+            .unwrap();
 
         let read = Record::read_index(dir.path().join(INDEX_FILE)).unwrap();
         assert_eq!(read.len(), 2);
@@ -417,7 +451,7 @@ mod tests {
     fn blocking_wait_sees_present_records_and_times_out_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let log = RecordLog::open(dir.path(), true).unwrap();
-        log.append(Record::new(RecordKind::Boot, "t", 1));
+        log.append(Record::new(RecordKind::Boot, "t", 1)).unwrap();
         assert!(log
             .wait_for_blocking(&|r| r.kind == RecordKind::Boot, Duration::ZERO)
             .is_some());

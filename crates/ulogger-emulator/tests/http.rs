@@ -203,6 +203,12 @@ async fn bad_bodies_get_400_with_the_reason_and_a_rejected_record() {
             br#"{"app_id":7,"group_id":"5","device_serial":"S","metrics":[{"name":"t","value":1}]}"#.to_vec(),
             "not a string",
         ),
+        // Any group is routed (as over MQTT), but it must be an id.
+        (
+            &json,
+            br#"{"app_id":"7","group_id":"g5","device_serial":"S","metrics":[{"name":"t","value":1}]}"#.to_vec(),
+            "group_id \"g5\" is not a string of digits",
+        ),
         (&gzip, metrics_body(GROUP), "the body is not gzip"),
     ];
     for (headers, body, want) in cases {

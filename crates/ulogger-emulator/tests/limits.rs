@@ -17,6 +17,7 @@ use ulogger_emulator::{
     Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, RecordKind, Verdict,
 };
 
+/// The group layout the platform routes (group 0).
 const METRICS_TOPIC: &str = "metrics/v0/42/0/7";
 const CORE_DUMP_TOPIC: &str = "core-dump/v0/42/0";
 /// Long enough for a few seconds of throttled reading.

@@ -753,7 +753,9 @@ fn oversized(size: usize) -> Violation {
 fn reject(broker: &Broker, client_id: Option<&str>, topic: &str, size: usize, why: &Violation) {
     let mut record = Record::new(RecordKind::Rejected, topic, size).rejected(why.to_string());
     record.client_id = client_id.map(str::to_string);
-    broker.records.append(record);
+    // Nothing to acknowledge: a refused record is only missing from the
+    // book (the store has logged why).
+    let _ = broker.records.append(record);
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

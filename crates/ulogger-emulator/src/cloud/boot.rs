@@ -10,7 +10,7 @@ use ulogger_cloud::wire::{boot_reply_payload, BootRequest, BootRequestError, Top
 use super::{Cloud, Uplink};
 use crate::broker::Message;
 use crate::faults::BootReplyMode;
-use crate::records::{Record, RecordKind, RecordLog};
+use crate::records::{NotStored, Record, RecordKind, RecordLog};
 
 /// What the `Malformed` fault sends: an object without `token`, then bytes
 /// that are not JSON at all. Neither is an answer.
@@ -46,7 +46,7 @@ impl Cloud {
         app_id: u32,
         message: &Message,
         replies: &mut JoinSet<()>,
-    ) {
+    ) -> Result<(), NotStored> {
         if let Some(guard) = &self.boot_guard {
             if let Some(count) = guard.trips() {
                 self.quarantine(guard.rate, count);
@@ -67,8 +67,7 @@ impl Cloud {
             }
             Err(e) => {
                 record.file = self.store("boot", &format!("app{app_id}"), "json", &message.payload);
-                self.records.append(record.rejected(e.to_string()));
-                return;
+                return self.records.append(record.rejected(e.to_string()));
             }
         };
         record.serial = Some(request.serial.clone());
@@ -79,8 +78,7 @@ impl Cloud {
         {
             Ok(topic) => topic,
             Err(e) => {
-                self.records.append(record.rejected(e.to_string()));
-                return;
+                return self.records.append(record.rejected(e.to_string()));
             }
         };
 
@@ -103,9 +101,11 @@ impl Cloud {
                 Vec::new()
             }
         };
-        self.records.append(record);
+        // No reply for a boot that is not stored: the device sends it
+        // again, unacknowledged, and gets its token then.
+        self.records.append(record)?;
         if replies_to_send.is_empty() {
-            return;
+            return Ok(());
         }
 
         let reply = BootReply {
@@ -125,6 +125,7 @@ impl Cloud {
                 reply.send(payload, token).await;
             }
         });
+        Ok(())
     }
 }
 
@@ -179,7 +180,8 @@ impl Cloud {
             closed,
             "boot guard tripped: customer quarantined, every connection refused until restart"
         );
-        self.records
+        let _ = self
+            .records
             .append(Record::new(RecordKind::Rejected, "", 0).rejected(format!(
             "boot guard: {count} boot messages within 1 s, over {rate}/s: customer quarantined, \
                  {closed} connection(s) closed, every connection refused until restart"
@@ -206,7 +208,9 @@ impl BootReply {
         if self.fault {
             record.reason = Some("fault: malformed boot reply".into());
         }
-        match self
+        // Sent (or not) already: a refused record is only missing from
+        // the book.
+        let _ = match self
             .uplink
             .publish(self.topic.clone(), payload, Some(REPLY_LINGER))
             .await
@@ -215,6 +219,6 @@ impl BootReply {
             Err(e) => self
                 .records
                 .append(record.rejected(format!("could not send: {e}"))),
-        }
+        };
     }
 }

@@ -8,6 +8,7 @@
 
 mod boot;
 mod routing;
+mod rows;
 mod text_logs;
 mod tokens;
 mod uploads;
@@ -29,7 +30,7 @@ use routing::{Family, Route, Routing};
 
 use crate::broker::{Broker, Delivery, Message};
 use crate::faults::FaultSwitches;
-use crate::records::{Record, RecordKind, RecordLog};
+use crate::records::{NotStored, Record, RecordKind, RecordLog};
 use crate::supervise::Failures;
 use crate::EmulatorError;
 
@@ -149,13 +150,17 @@ impl Cloud {
         }
     }
 
-    /// Handles one message, then tells its publisher it is stored.
+    /// Handles one message, then tells its publisher it is stored, unless
+    /// the record database refused it: dropping the signal unfired
+    /// withholds the PUBACK, so the publisher keeps the message and sends
+    /// it again.
     async fn receive(&self, delivery: Delivery, replies: &mut JoinSet<()>) {
-        self.handle(&delivery.message, replies).await;
-        delivery.stored();
+        if self.handle(&delivery.message, replies).await.is_ok() {
+            delivery.stored();
+        }
     }
 
-    async fn handle(&self, message: &Message, replies: &mut JoinSet<()>) {
+    async fn handle(&self, message: &Message, replies: &mut JoinSet<()>) -> Result<(), NotStored> {
         if let Some(levels) = message
             .topic
             .strip_prefix(self.topics.prefix())
@@ -173,7 +178,7 @@ impl Cloud {
             Routing::Routed(route) => route,
             // Boot replies are the cloud's own (an attached cloud hears
             // them back from the external broker).
-            Routing::ToDevice => return,
+            Routing::ToDevice => return Ok(()),
             Routing::Unrouted(reason) => return self.unrouted(message, reason),
         };
         let Route { family, group, app } = route;
@@ -196,7 +201,7 @@ impl Cloud {
     /// A log configuration someone pushed to a device (`.../{app}/{serial}`
     /// after the customer and group): recorded as the cloud's own pushes
     /// are, rejected if it does not decode.
-    fn pushed_config(&self, levels: &str, message: &Message) {
+    fn pushed_config(&self, levels: &str, message: &Message) -> Result<(), NotStored> {
         let mut ids = levels.rsplit('/');
         let serial = ids.next().unwrap_or_default().to_owned();
         let mut record = Record::new(
@@ -211,12 +216,12 @@ impl Cloud {
             .append(match LogConfig::decode(&message.payload) {
                 Ok(_) => record,
                 Err(e) => record.rejected(format!("not a log configuration: {e}")),
-            });
+            })
     }
 
     /// A publish the broker acknowledged that no platform rule matches:
     /// recorded (never dropped unseen), and logged at once with its cause.
-    fn unrouted(&self, message: &Message, reason: String) {
+    fn unrouted(&self, message: &Message, reason: String) -> Result<(), NotStored> {
         tracing::warn!(
             topic = message.topic,
             "acknowledged but unrouted (the platform would drop it): {reason}"
@@ -227,7 +232,7 @@ impl Cloud {
             message.payload.len(),
         );
         record.file = self.store("unrouted", "message", "bin", &message.payload);
-        self.records.append(record.rejected(reason));
+        self.records.append(record.rejected(reason))
     }
 
     async fn command(&self, command: Command) {
@@ -273,7 +278,9 @@ impl Cloud {
                 record.app_id = Some(app_id);
                 record.serial = Some(serial.to_string());
                 record.file = self.store("config", serial, "bin", &payload);
-                self.records.append(record);
+                // Sent already: a record the database refuses is only
+                // missing from the book (the store has logged why).
+                let _ = self.records.append(record);
             }
         }
         Ok(())

@@ -4,9 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use super::Cloud;
+use super::{rows, Cloud};
 use crate::broker::Message;
-use crate::records::{Record, RecordKind};
+use crate::records::{NotStored, Record, RecordKind};
 
 /// A batch that checked out: the device and its sequence number.
 #[derive(Debug, PartialEq)]
@@ -17,7 +17,7 @@ struct Batch {
 }
 
 impl Cloud {
-    pub(super) fn text_logs(&self, app_id: u32, message: &Message) {
+    pub(super) fn text_logs(&self, app_id: u32, message: &Message) -> Result<(), NotStored> {
         let mut record = Record::new(
             RecordKind::TextLogs,
             message.topic.clone(),
@@ -31,9 +31,9 @@ impl Cloud {
                 .text_sequences
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert((app_id, batch.serial, batch.sequence));
+                .insert((app_id, batch.serial.clone(), batch.sequence));
             if fresh {
-                Ok(())
+                Ok(batch)
             } else {
                 Err(format!(
                     "duplicate of sequence {} from this device: dropped, as the platform does",
@@ -43,10 +43,23 @@ impl Cloud {
         });
         let label = record.serial.clone().unwrap_or_else(|| "unknown".into());
         record.file = self.store("logs", &label, "ndjson", &message.payload);
-        self.records.append(match verdict {
-            Ok(()) => record,
-            Err(reason) => record.rejected(reason),
-        });
+        match verdict {
+            Ok(batch) => {
+                let entries =
+                    rows::text_logs(&message.payload, app_id, &batch.serial, batch.sequence);
+                let stored = self.records.append_with(record, &entries);
+                if stored.is_err() {
+                    // Not stored, so not seen: the batch sent again must
+                    // not be dropped as a duplicate.
+                    self.text_sequences
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&(app_id, batch.serial, batch.sequence));
+                }
+                stored
+            }
+            Err(reason) => self.records.append(record.rejected(reason)),
+        }
     }
 }
 

@@ -6,12 +6,12 @@ use std::io::Read as _;
 use serde_json::{Map, Value};
 use ulogger_cloud::wire::{validate_checksum, LogHeader};
 
-use super::Cloud;
+use super::{rows, Cloud};
 use crate::broker::Message;
-use crate::records::{Record, RecordKind};
+use crate::records::{NotStored, Record, RecordKind};
 
 impl Cloud {
-    pub(super) fn binary_log(&self, app_id: u32, message: &Message) {
+    pub(super) fn binary_log(&self, app_id: u32, message: &Message) -> Result<(), NotStored> {
         let payload = &message.payload;
         let mut record = Record::new(RecordKind::BinaryLog, message.topic.clone(), payload.len());
         record.app_id = Some(app_id);
@@ -20,8 +20,10 @@ impl Cloud {
                 record.token = Some(header.session_token);
                 match self.tokens.serial_for(app_id, header.session_token) {
                     Some(serial) => {
+                        let entry =
+                            rows::binary_log(&header, app_id, &serial, payload.len(), record.time);
                         record.serial = Some(serial);
-                        Ok(())
+                        Ok(entry)
                     }
                     None => Err(format!(
                         "unknown session token {} for application {app_id}",
@@ -40,56 +42,64 @@ impl Cloud {
             None => format!("unknown-app{app_id}"),
         };
         record.file = self.store("binlog", &label, "bin", payload);
-        let record = match verdict {
-            Ok(()) => record,
-            Err(reason) => record.rejected(reason),
-        };
-        self.records.append(record);
+        match verdict {
+            Ok(entry) => self.records.append_with(record, &entry),
+            Err(reason) => self.records.append(record.rejected(reason)),
+        }
     }
 
-    pub(super) fn core_dump(&self, message: &Message) {
+    pub(super) fn core_dump(&self, message: &Message) -> Result<(), NotStored> {
         let mut record = Record::new(
             RecordKind::CoreDump,
             message.topic.clone(),
             message.payload.len(),
         );
         record.file = self.store("core-dump", "dump", "bin", &message.payload);
-        self.records.append(record);
+        self.records.append(record)
     }
 
     /// Metrics and events are verified against PROTOCOL §8 (see
     /// [`verify_telemetry`]) and stored as received. The record names the
     /// device (the first one of a batch) and whether the payload was
     /// gzip-compressed.
-    pub(super) fn telemetry(&self, kind: RecordKind, subdir: &str, app_id: u32, message: &Message) {
+    pub(super) fn telemetry(
+        &self,
+        kind: RecordKind,
+        subdir: &str,
+        app_id: u32,
+        message: &Message,
+    ) -> Result<(), NotStored> {
         let list = if kind == RecordKind::Events {
             "events"
         } else {
             "metrics"
         };
         let checked = verify_telemetry(list, &message.payload);
-        let _ = self.record_telemetry(
+        // A payload that breaks §8 is recorded (and acknowledged, as the
+        // platform's broker does); only the store's refusal holds it back.
+        self.record_telemetry(
             kind,
             subdir,
             message.topic.clone(),
             Some(app_id),
             &message.payload,
             checked,
-        );
+        )
+        .map(|_verdict| ())
     }
 
     /// A metrics or events body posted to the HTTP endpoint `path`:
     /// verified like an MQTT payload, plus the body's `"app_id"` and
     /// `"group_id"` (strings of digits; any group, as over MQTT) and a `Content-Encoding: gzip` header that agrees
     /// with the body. Recorded like MQTT telemetry, with `POST {path}` as
-    /// the record's topic. Returns the verdict.
+    /// the record's topic. Returns the verdict, once stored.
     pub(crate) fn http_telemetry(
         &self,
         kind: RecordKind,
         path: &str,
         payload: &[u8],
         gzip_header: bool,
-    ) -> Result<(), String> {
+    ) -> Result<Result<(), String>, NotStored> {
         let (list, subdir) = if kind == RecordKind::Events {
             ("events", "events")
         } else {
@@ -119,8 +129,9 @@ impl Cloud {
         )
     }
 
-    /// Stores a telemetry payload and appends its record; returns the
-    /// verdict. The record names the device (the first one of a batch)
+    /// Stores a telemetry payload and appends its record, with the samples
+    /// of an accepted one for the data API; returns the verdict, once
+    /// stored. The record names the device (the first one of a batch)
     /// and whether the payload was gzip-compressed.
     fn record_telemetry(
         &self,
@@ -130,7 +141,7 @@ impl Cloud {
         app_id: Option<u32>,
         payload: &[u8],
         checked: CheckedTelemetry,
-    ) -> Result<(), String> {
+    ) -> Result<Result<(), String>, NotStored> {
         let mut record = Record::new(kind, topic, payload.len());
         record.app_id = app_id;
         record.serial = checked.serial;
@@ -149,25 +160,39 @@ impl Cloud {
             },
             payload,
         );
-        let record = match &checked.verdict {
-            Ok(()) => record,
-            Err(reason) => record.rejected(reason.clone()),
-        };
-        self.records.append(record);
-        checked.verdict
+        match &checked.verdict {
+            Ok(()) => {
+                let list = if kind == RecordKind::Events {
+                    "events"
+                } else {
+                    "metrics"
+                };
+                let samples = decode(payload)
+                    .map(|json| rows::telemetry(list, &json, app_id, record.time))
+                    .unwrap_or_default();
+                self.records.append_with(record, &samples)?;
+            }
+            Err(reason) => self.records.append(record.rejected(reason.clone()))?,
+        }
+        Ok(checked.verdict)
     }
+}
+
+/// The JSON of a telemetry payload, decompressed when it is gzip.
+fn decode(payload: &[u8]) -> Result<Value, String> {
+    let json = if payload.starts_with(&[0x1f, 0x8b]) {
+        gunzip(payload)?
+    } else {
+        payload.to_vec()
+    };
+    serde_json::from_slice(&json).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// The ids the HTTP fallback adds to a body: `"app_id"` and `"group_id"`
 /// as strings of decimal digits (PROTOCOL §8). Returns the app id.
 /// Any group is taken, as MQTT topics of any group are routed.
 fn http_ids(payload: &[u8]) -> Result<u32, String> {
-    let json = if payload.starts_with(&[0x1f, 0x8b]) {
-        gunzip(payload)?
-    } else {
-        payload.to_vec()
-    };
-    let value: Value = serde_json::from_slice(&json).map_err(|e| format!("not JSON: {e}"))?;
+    let value = decode(payload)?;
     let id = |key: &str| -> Result<u32, String> {
         match value.get(key) {
             Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s

@@ -5,6 +5,11 @@
 //!
 //! Bodies go through the same verifier as MQTT telemetry and are
 //! recorded with the same records (topic `POST /publish/...`).
+//!
+//! The data API's queries (`GET /metrics`, `/events`, `/logs`, PROTOCOL
+//! §13) are answered by [`query`] with the same token.
+
+mod query;
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -30,7 +35,7 @@ use crate::certs::{read_certs, read_key, CertPaths};
 use crate::cloud::Cloud;
 use crate::durable::{write_atomic, Access};
 use crate::faults::HttpFault;
-use crate::records::{Record, RecordKind};
+use crate::records::{NotStored, Record, RecordKind};
 use crate::supervise::Failures;
 use crate::EmulatorError;
 
@@ -200,12 +205,18 @@ async fn handle(state: &HttpState, request: Request<Incoming>) -> Response<Full<
     let kind = match path.as_str() {
         "/publish/metrics" => RecordKind::Metrics,
         "/publish/events" => RecordKind::Events,
-        _ => {
-            return refuse(
-                StatusCode::NOT_FOUND,
-                format!("no endpoint {path}: use /publish/metrics or /publish/events"),
-            )
-        }
+        _ => match query::table(&path) {
+            Some(table) => return query::answer(state, table, &request).await,
+            None => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no endpoint {path}: use /publish/metrics, /publish/events, \
+                         /metrics, /events or /logs"
+                    ),
+                )
+            }
+        },
     };
     if request.method() != Method::POST {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, format!("{path} takes POST"));
@@ -213,7 +224,9 @@ async fn handle(state: &HttpState, request: Request<Incoming>) -> Response<Full<
     if let Err(reason) = authorised(state, &request) {
         let record = Record::new(RecordKind::Rejected, format!("POST {path}"), 0)
             .rejected(format!("HTTP 401: {reason}"));
-        state.cloud.records.append(record);
+        // Refused either way: a record the database refuses is only
+        // missing from the book.
+        let _ = state.cloud.records.append(record);
         return refuse(StatusCode::UNAUTHORIZED, reason);
     }
     match state.cloud.faults.take_http_fault() {
@@ -283,10 +296,15 @@ async fn handle(state: &HttpState, request: Request<Incoming>) -> Response<Full<
     };
     let size = body.len();
     match state.cloud.http_telemetry(kind, &path, &body, gzip_header) {
-        Ok(()) => reply(
+        Ok(Ok(())) => reply(
             StatusCode::OK,
             json!({ "success": true, "message": "stored", "size": size }),
         ),
-        Err(reason) => refuse(StatusCode::BAD_REQUEST, reason),
+        Ok(Err(reason)) => refuse(StatusCode::BAD_REQUEST, reason),
+        // HTTP's way of withholding the PUBACK: the sender retries a 5xx.
+        Err(NotStored) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not stored: the record database refused the write",
+        ),
     }
 }

@@ -1,0 +1,541 @@
+//! The record database, `<data>/records.db`: SQLite in WAL mode holding
+//! the records (what `index.jsonl` holds) and what the data API reads
+//! back: the metrics and events of accepted telemetry, and log entries
+//! (accepted binary logs and text-log lines). A record and the rows taken
+//! from its payload are written in one transaction, so a query never sees
+//! half a message.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, params_from_iter, Connection, OpenFlags};
+use serde_json::{json, Map, Value};
+
+use crate::records::{Record, Verdict};
+use crate::EmulatorError;
+
+/// The file name of the record database under the data directory.
+pub const DATABASE_FILE: &str = "records.db";
+
+/// The schema. Each query route filters on an application, a serial and
+/// (metrics) a name, each optional, and reads newest first within a time
+/// window: every combination has an index ending in the time, so that a
+/// query walks at most `limit` entries of one index whatever the table
+/// holds (the row id, last in every index, orders ties).
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    time_us INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    app_id INTEGER,
+    serial TEXT,
+    token INTEGER,
+    size INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    file TEXT,
+    client_id TEXT,
+    compressed INTEGER,
+    entries INTEGER
+);
+CREATE INDEX IF NOT EXISTS records_kind_time ON records (kind, time_us);
+
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY,
+    record_id INTEGER NOT NULL,
+    app_id INTEGER,
+    serial TEXT NOT NULL,
+    name TEXT NOT NULL,
+    -- The JSON number as received, so that an integer stays an integer.
+    value TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_app_serial_name ON metrics (app_id, serial, name, ts);
+CREATE INDEX IF NOT EXISTS metrics_app_serial ON metrics (app_id, serial, ts);
+CREATE INDEX IF NOT EXISTS metrics_app_name ON metrics (app_id, name, ts);
+CREATE INDEX IF NOT EXISTS metrics_app ON metrics (app_id, ts);
+CREATE INDEX IF NOT EXISTS metrics_serial_name ON metrics (serial, name, ts);
+CREATE INDEX IF NOT EXISTS metrics_serial ON metrics (serial, ts);
+CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, ts);
+CREATE INDEX IF NOT EXISTS metrics_ts ON metrics (ts);
+
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    record_id INTEGER NOT NULL,
+    app_id INTEGER,
+    serial TEXT NOT NULL,
+    type TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_app_serial ON events (app_id, serial, ts);
+CREATE INDEX IF NOT EXISTS events_app ON events (app_id, ts);
+CREATE INDEX IF NOT EXISTS events_serial ON events (serial, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+
+CREATE TABLE IF NOT EXISTS log_entries (
+    id INTEGER PRIMARY KEY,
+    record_id INTEGER NOT NULL,
+    app_id INTEGER,
+    serial TEXT NOT NULL,
+    ts REAL NOT NULL,
+    -- The entry as the API answers it (a JSON object).
+    item TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_entries_app_serial ON log_entries (app_id, serial, ts);
+CREATE INDEX IF NOT EXISTS log_entries_app ON log_entries (app_id, ts);
+CREATE INDEX IF NOT EXISTS log_entries_serial ON log_entries (serial, ts);
+CREATE INDEX IF NOT EXISTS log_entries_ts ON log_entries (ts);
+";
+
+/// One metric sample of an accepted payload.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MetricRow {
+    pub(crate) app_id: Option<u32>,
+    pub(crate) serial: String,
+    pub(crate) name: String,
+    pub(crate) value: serde_json::Number,
+    /// Epoch seconds: the sample's own timestamp, else the receive time.
+    pub(crate) ts: i64,
+}
+
+/// One event of an accepted payload.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EventRow {
+    pub(crate) app_id: Option<u32>,
+    pub(crate) serial: String,
+    pub(crate) event_type: String,
+    /// Epoch seconds, as for metrics.
+    pub(crate) ts: i64,
+}
+
+/// One log entry: a binary log (its header) or a text-log line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LogRow {
+    pub(crate) app_id: Option<u32>,
+    pub(crate) serial: String,
+    /// Epoch seconds (fractional for text logs).
+    pub(crate) ts: f64,
+    /// What the API answers for it.
+    pub(crate) item: Map<String, Value>,
+}
+
+/// What a record's payload adds to the data API's tables.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Rows {
+    pub(crate) metrics: Vec<MetricRow>,
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) logs: Vec<LogRow>,
+}
+
+/// Which table a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    Metrics,
+    Events,
+    Logs,
+}
+
+/// A data API query: every filter optional; newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Query {
+    pub(crate) app_id: Option<u32>,
+    pub(crate) serial: Option<String>,
+    /// The metric name (metrics only).
+    pub(crate) name: Option<String>,
+    /// Inclusive bounds, epoch seconds.
+    pub(crate) start: Option<i64>,
+    pub(crate) end: Option<i64>,
+    pub(crate) limit: u32,
+}
+
+/// The database: one connection writes (the cloud's, in the order records
+/// are appended), another answers queries, so that WAL lets a long query
+/// and a write proceed side by side.
+pub(crate) struct Store {
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+    /// Set while writes fail, so that an outage is logged once, not once
+    /// per message.
+    failing: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A connection holds no state of ours between calls: a panic while
+    // it was locked leaves nothing half done but an open transaction,
+    // which rusqlite rolls back when the `Transaction` is dropped.
+    connection.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/records.db`. `durable`: every commit
+    /// synced (`synchronous=FULL`); a temporary data directory skips the
+    /// syncs, as the index does.
+    pub(crate) fn open(data_dir: &Path, durable: bool) -> Result<Store, EmulatorError> {
+        let path = data_dir.join(DATABASE_FILE);
+        let fail = |e: rusqlite::Error| EmulatorError::Database {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let write = Connection::open(&path).map_err(fail)?;
+        // WAL: readers see the last commit while the writer goes on.
+        let mode: String = write
+            .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+            .map_err(fail)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(EmulatorError::Database {
+                path,
+                reason: format!("journal mode {mode}, not WAL"),
+            });
+        }
+        let sync = if durable { "FULL" } else { "OFF" };
+        write
+            .execute_batch(&format!("PRAGMA synchronous={sync};"))
+            .map_err(fail)?;
+        write.execute_batch(SCHEMA).map_err(fail)?;
+        let read = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(fail)?;
+        Ok(Store {
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes a record and its rows in one transaction. A failure is
+    /// logged once per outage (and its recovery once) and returned, so
+    /// that whoever waits for the message to be stored is not told it is.
+    pub(crate) fn insert(&self, record: &Record, rows: &Rows) -> Result<(), rusqlite::Error> {
+        let written = insert(&mut lock(&self.write), record, rows);
+        match &written {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the record database takes writes again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        error = %e,
+                        "cannot write to the record database: messages are not \
+                         acknowledged until it takes writes again"
+                    );
+                }
+            }
+        }
+        written
+    }
+
+    /// Answers a query: the matching items, newest first, at most
+    /// `query.limit`.
+    pub(crate) fn query(&self, table: Table, query: &Query) -> Result<Vec<Value>, rusqlite::Error> {
+        let (columns, from) = match table {
+            Table::Metrics => ("name, value, ts, serial, app_id", "metrics"),
+            Table::Events => ("type, ts, serial, app_id", "events"),
+            Table::Logs => ("item", "log_entries"),
+        };
+        let (filter, values) = query.filter(table);
+        let sql = format!(
+            "SELECT {columns} FROM {from}{filter} ORDER BY ts DESC, id DESC LIMIT {}",
+            query.limit
+        );
+        let connection = lock(&self.read);
+        let mut statement = connection.prepare_cached(&sql)?;
+        let rows = statement.query_map(params_from_iter(values.iter()), |row| {
+            Ok(match table {
+                Table::Metrics => {
+                    let value: String = row.get(1)?;
+                    json!({
+                        "name": row.get::<_, String>(0)?,
+                        "value": serde_json::from_str::<Value>(&value).unwrap_or(Value::Null),
+                        "timestamp": row.get::<_, i64>(2)?,
+                        "device_serial": row.get::<_, String>(3)?,
+                        "application_id": row.get::<_, Option<u32>>(4)?,
+                    })
+                }
+                Table::Events => json!({
+                    "type": row.get::<_, String>(0)?,
+                    "timestamp": row.get::<_, i64>(1)?,
+                    "device_serial": row.get::<_, String>(2)?,
+                    "application_id": row.get::<_, Option<u32>>(3)?,
+                }),
+                Table::Logs => {
+                    let item: String = row.get(0)?;
+                    serde_json::from_str(&item).unwrap_or(Value::Null)
+                }
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+impl Query {
+    /// The `WHERE` clause and its values.
+    fn filter(&self, table: Table) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value as Sql;
+        let mut terms = Vec::new();
+        let mut values = Vec::new();
+        if let Some(app_id) = self.app_id {
+            terms.push("app_id = ?");
+            values.push(Sql::Integer(app_id.into()));
+        }
+        if let Some(serial) = &self.serial {
+            terms.push("serial = ?");
+            values.push(Sql::Text(serial.clone()));
+        }
+        if let (Table::Metrics, Some(name)) = (table, &self.name) {
+            terms.push("name = ?");
+            values.push(Sql::Text(name.clone()));
+        }
+        if let Some(start) = self.start {
+            terms.push("ts >= ?");
+            values.push(Sql::Integer(start));
+        }
+        if let Some(end) = self.end {
+            terms.push("ts <= ?");
+            values.push(Sql::Integer(end));
+        }
+        if terms.is_empty() {
+            (String::new(), values)
+        } else {
+            (format!(" WHERE {}", terms.join(" AND ")), values)
+        }
+    }
+}
+
+fn insert(connection: &mut Connection, record: &Record, rows: &Rows) -> rusqlite::Result<()> {
+    let tx = connection.transaction()?;
+    {
+        let kind = serde_json::to_value(record.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let verdict = match record.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Rejected => "rejected",
+        };
+        tx.prepare_cached(
+            "INSERT INTO records (time_us, kind, topic, app_id, serial, token, size, verdict, \
+             reason, file, client_id, compressed, entries) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?
+        .execute(params![
+            epoch_micros(record.time),
+            kind,
+            record.topic,
+            record.app_id,
+            record.serial,
+            record.token,
+            record.size,
+            verdict,
+            record.reason,
+            record
+                .file
+                .as_ref()
+                .map(|f| f.to_string_lossy().into_owned()),
+            record.client_id,
+            record.compressed,
+            record.entries,
+        ])?;
+        let record_id = tx.last_insert_rowid();
+        let mut metric = tx.prepare_cached(
+            "INSERT INTO metrics (record_id, app_id, serial, name, value, ts) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )?;
+        for m in &rows.metrics {
+            metric.execute(params![
+                record_id,
+                m.app_id,
+                m.serial,
+                m.name,
+                m.value.to_string(),
+                m.ts
+            ])?;
+        }
+        let mut event = tx.prepare_cached(
+            "INSERT INTO events (record_id, app_id, serial, type, ts) VALUES (?, ?, ?, ?, ?)",
+        )?;
+        for e in &rows.events {
+            event.execute(params![record_id, e.app_id, e.serial, e.event_type, e.ts])?;
+        }
+        let mut log = tx.prepare_cached(
+            "INSERT INTO log_entries (record_id, app_id, serial, ts, item) VALUES (?, ?, ?, ?, ?)",
+        )?;
+        for l in &rows.logs {
+            let item = Value::Object(l.item.clone()).to_string();
+            log.execute(params![record_id, l.app_id, l.serial, l.ts, item])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Microseconds since the Unix epoch (0 for a time before it).
+fn epoch_micros(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Whole seconds since the Unix epoch (0 for a time before it).
+pub(crate) fn epoch_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::RecordKind;
+
+    fn metric(serial: &str, name: &str, value: Value, ts: i64) -> MetricRow {
+        let Value::Number(value) = value else {
+            panic!("not a number")
+        };
+        MetricRow {
+            app_id: Some(7),
+            serial: serial.into(),
+            name: name.into(),
+            value,
+            ts,
+        }
+    }
+
+    fn query() -> Query {
+        Query {
+            app_id: None,
+            serial: None,
+            name: None,
+            start: None,
+            end: None,
+            limit: 100,
+        }
+    }
+
+    #[test]
+    fn metrics_come_back_newest_first_with_their_json_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let rows = Rows {
+            metrics: vec![
+                metric("A", "t", json!(3), 10),
+                metric("A", "t", json!(2.5), 30),
+                metric("B", "t", json!(18446744073709551615u64), 20),
+                metric("A", "h", json!(1), 40),
+            ],
+            ..Rows::default()
+        };
+        store
+            .insert(&Record::new(RecordKind::Metrics, "m", 1), &rows)
+            .unwrap();
+        let all = store.query(Table::Metrics, &query()).unwrap();
+        let times: Vec<_> = all.iter().map(|m| m["timestamp"].clone()).collect();
+        assert_eq!(times, [json!(40), json!(30), json!(20), json!(10)]);
+        assert_eq!(all[2]["value"], json!(18446744073709551615u64));
+        assert!(all[3]["value"].is_u64());
+        assert!(all[1]["value"].is_f64());
+
+        let filtered = Query {
+            serial: Some("A".into()),
+            name: Some("t".into()),
+            start: Some(5),
+            end: Some(25),
+            ..query()
+        };
+        let got = store.query(Table::Metrics, &filtered).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["value"], json!(3));
+        let one = store
+            .query(
+                Table::Metrics,
+                &Query {
+                    limit: 1,
+                    ..query()
+                },
+            )
+            .unwrap();
+        assert_eq!(one.len(), 1);
+    }
+
+    /// Every filter shape is answered by walking one index in time order:
+    /// no table scan, no sort, whatever the tables hold.
+    #[test]
+    fn every_filter_shape_has_an_index_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let connection = lock(&store.read);
+        for table in [Table::Metrics, Table::Events, Table::Logs] {
+            for shape in 0..32u8 {
+                let bit = |n: u8| shape & (1 << n) != 0;
+                let query = Query {
+                    app_id: bit(0).then_some(7),
+                    serial: bit(1).then(|| "S".to_owned()),
+                    name: bit(2).then(|| "n".to_owned()),
+                    start: bit(3).then_some(1),
+                    end: bit(4).then_some(2),
+                    limit: 10,
+                };
+                let (filter, values) = query.filter(table);
+                let from = match table {
+                    Table::Metrics => "metrics",
+                    Table::Events => "events",
+                    Table::Logs => "log_entries",
+                };
+                let sql = format!(
+                    "EXPLAIN QUERY PLAN SELECT * FROM {from}{filter} \
+                     ORDER BY ts DESC, id DESC LIMIT 10"
+                );
+                let plan: Vec<String> = connection
+                    .prepare(&sql)
+                    .unwrap()
+                    .query_map(params_from_iter(values.iter()), |r| r.get::<_, String>(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let plan = plan.join("; ");
+                assert!(
+                    plan.contains("USING INDEX") && !plan.contains("TEMP B-TREE"),
+                    "{from}{filter}: {plan}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_write_stores_nothing_of_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        // Another connection makes every metric insert fail, as a full
+        // disk or a damaged file would.
+        let other = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON metrics \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let rows = Rows {
+            metrics: vec![metric("A", "t", json!(1), 1)],
+            ..Rows::default()
+        };
+        let record = Record::new(RecordKind::Metrics, "m", 1);
+        assert!(store.insert(&record, &rows).is_err());
+        assert!(store.insert(&record, &rows).is_err());
+        let records: i64 = other
+            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(records, 0, "the record went with its rows");
+        other.execute_batch("DROP TRIGGER refuse").unwrap();
+        store.insert(&record, &rows).unwrap();
+        assert_eq!(store.query(Table::Metrics, &query()).unwrap().len(), 1);
+    }
+}
