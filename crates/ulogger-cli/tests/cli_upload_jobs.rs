@@ -93,6 +93,22 @@ fn many_files_in_flight_at_once_are_each_verified_exactly_once() {
     let expected: BTreeMap<usize, usize> = (0..300).map(|n| (n, 1)).collect();
     assert_eq!(copies(&emu), expected);
     assert_eq!(emu.issued_tokens().len(), 1, "one registration for all");
+    // In flight together, yet they reached the cloud in command-line order.
+    assert_eq!(arrival_order(&emu), (0..300).collect::<Vec<_>>());
+}
+
+/// The numbers of the numbered logs in the order the cloud received them.
+fn arrival_order(emu: &Emulator) -> Vec<usize> {
+    emu.records()
+        .iter()
+        .filter(|r| r.kind == RecordKind::BinaryLog)
+        .map(|r| {
+            let bytes = std::fs::read(emu.data_dir().join(r.file.as_ref().unwrap())).unwrap();
+            std::str::from_utf8(&bytes[25..]).unwrap()[4..]
+                .parse()
+                .unwrap()
+        })
+        .collect()
 }
 
 #[test]

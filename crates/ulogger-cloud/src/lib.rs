@@ -40,7 +40,7 @@ mod tls;
 mod transport;
 
 pub use client::{
-    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt,
+    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt, Turn,
     UploadReceipt,
 };
 pub use config::{

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::anyhow;
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::DeviceInfo;
-use ulogger_cloud::{Client, ErrorKind, Phase, UploadReceipt};
+use ulogger_cloud::{Client, ErrorKind, Phase, Turn, UploadReceipt};
 
 use crate::exit::{self, Exit, Failure};
 use crate::files;
@@ -79,7 +79,8 @@ impl Failed {
 }
 
 /// The uploads of one run: started in command-line order, at most `jobs`
-/// at a time, reported in the order they finish.
+/// at a time, reaching the cloud in command-line order, reported in the
+/// order they finish.
 pub struct Uploads<'a> {
     client: Client,
     device: Arc<DeviceInfo>,
@@ -146,11 +147,15 @@ impl<'a> Uploads<'a> {
         while self.running.len() < self.jobs && self.next < self.files.len() {
             let index = self.next;
             self.next += 1;
+            // Turns taken in command-line order: the device's logs reach the
+            // cloud in that order, while reads and uploads overlap.
+            let turn = self.client.take_turn(&self.device.serial);
             let job = upload_one(
                 self.client.clone(),
                 self.device.clone(),
                 self.files[index].clone(),
                 self.registration_failed.clone(),
+                turn,
             );
             self.running.spawn(async move {
                 Done {
@@ -167,6 +172,7 @@ async fn upload_one(
     device: Arc<DeviceInfo>,
     file: PathBuf,
     registration_failed: Arc<OnceLock<(Failure, String)>>,
+    turn: Turn,
 ) -> Result<UploadReceipt, Failed> {
     let log = files::read_message(file)
         .await
@@ -174,20 +180,23 @@ async fn upload_one(
     if let Some((failure, message)) = registration_failed.get() {
         return Err(Failed::new(*failure, message.clone()));
     }
-    client.upload_log(&device, &log).await.map_err(|e| {
-        let failed = Failed {
-            failure: exit::classify(&e),
-            message: exit::message(&e),
-            hint: exit::hint(&e),
-        };
-        if is_registration_failure(&e) {
-            let _ = registration_failed.set((
-                failed.failure,
-                format!("registration failed: {}", failed.message),
-            ));
-        }
-        failed
-    })
+    client
+        .upload_log_in_turn(turn, &device, &log)
+        .await
+        .map_err(|e| {
+            let failed = Failed {
+                failure: exit::classify(&e),
+                message: exit::message(&e),
+                hint: exit::hint(&e),
+            };
+            if is_registration_failure(&e) {
+                let _ = registration_failed.set((
+                    failed.failure,
+                    format!("registration failed: {}", failed.message),
+                ));
+            }
+            failed
+        })
 }
 
 /// True when the device could not get a session token: uploading its

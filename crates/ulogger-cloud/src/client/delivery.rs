@@ -46,7 +46,14 @@ pub(super) async fn run(
             let taken = outbox.shared.take_queued(concurrency - in_flight);
             for (id, record) in read_all(&outbox, taken).await {
                 let client = client.clone();
-                let task = tasks.spawn(async move { deliver(&client, record?).await });
+                // Turns are taken here, oldest record first, so a device's
+                // records reach the cloud in the order they were enqueued
+                // (a record sent again after a failure comes later).
+                let turn = match &record {
+                    Ok(record) if !record.serial.is_empty() => client.take_turn(&record.serial),
+                    _ => super::Turn::free(),
+                };
+                let task = tasks.spawn(async move { deliver(&client, record?, turn).await });
                 records.insert(task.id(), id);
             }
         }
@@ -137,7 +144,7 @@ fn is_permanent(error: &Error) -> bool {
         )
 }
 
-async fn deliver(client: &Client, record: StoredRecord) -> Result<(), Error> {
+async fn deliver(client: &Client, record: StoredRecord, turn: super::Turn) -> Result<(), Error> {
     match record.kind {
         Kind::Log => {
             let device = DeviceInfo::new(
@@ -147,14 +154,16 @@ async fn deliver(client: &Client, record: StoredRecord) -> Result<(), Error> {
                 record.git_version,
                 record.git_hash,
             );
-            client.upload_log(&device, &record.payload).await?;
+            client
+                .upload_log_in_turn(turn, &device, &record.payload)
+                .await?;
         }
         Kind::CoreDump => {
             client.publish_core_dump(record.payload).await?;
         }
         kind @ (Kind::Metrics | Kind::Events | Kind::TextLogs) => {
             client
-                .publish_stored_telemetry(kind, record.app_id, record.payload)
+                .publish_stored_telemetry(kind, record.app_id, &record.serial, record.payload, turn)
                 .await?;
         }
     }

@@ -6,9 +6,11 @@ mod pool;
 mod registration;
 mod telemetry;
 mod text_logs;
+mod turns;
 
 pub use telemetry::TelemetryReceipt;
 pub use text_logs::TextLogReceipt;
+pub use turns::Turn;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -107,6 +109,7 @@ struct Inner {
     store: Arc<SessionStore>,
     registrations: Registrations,
     text_sequences: text_logs::TextSequences,
+    turns: turns::Turns,
     stamp_epoch_time: bool,
     telemetry_compression: Compression,
     outbox: Option<OutboxHandle>,
@@ -226,6 +229,7 @@ impl ClientBuilder {
                 .unwrap_or_else(|| Arc::new(SessionStore::in_memory())),
             registrations: Registrations::new(self.config.registration_limit),
             text_sequences: Default::default(),
+            turns: Default::default(),
             stamp_epoch_time: self.stamp_epoch_time,
             telemetry_compression: self.telemetry_compression,
             outbox: outbox.as_ref().map(|outbox| OutboxHandle {
@@ -338,6 +342,30 @@ impl Client {
         device: &DeviceInfo,
         log: &[u8],
     ) -> Result<UploadReceipt, Error> {
+        self.upload_log_in_turn(Turn::free(), device, log).await
+    }
+
+    /// Takes device `serial`'s next place in line. A message sent with a
+    /// turn ([`Client::upload_log_in_turn`]) is handed to the connection
+    /// only after the messages of the device's earlier turns were, so
+    /// concurrent uploads of one device reach the cloud in the order their
+    /// turns were taken, however their tasks are scheduled, and still
+    /// travel pipelined (a turn is passed on at the hand-over, not at the
+    /// acknowledgement). Take turns in the order wanted, then run the
+    /// uploads concurrently.
+    pub fn take_turn(&self, serial: &str) -> Turn {
+        self.inner.turns.take(serial)
+    }
+
+    /// [`Client::upload_log`] in `turn` (see [`Client::take_turn`]). The
+    /// turn is passed on when the log is handed over, or when this fails
+    /// before that.
+    pub async fn upload_log_in_turn(
+        &self,
+        turn: Turn,
+        device: &DeviceInfo,
+        log: &[u8],
+    ) -> Result<UploadReceipt, Error> {
         let span = tracing::info_span!("upload_log", serial = %device.serial, app_id = device.app_id, size = log.len());
         async {
             wire::validate_checksum(log)?;
@@ -353,10 +381,11 @@ impl Client {
                 header.epoch_time_us = Some(now);
             }
             let size = buf.len();
-            // One device, one connection: its logs reach the cloud in the
-            // order they were given, as MQTT keeps order on a connection.
+            // One device, one connection, one turn after the other: its
+            // logs reach the cloud in the order given, as MQTT keeps order
+            // on a connection.
             self.transport_for(&device.serial)
-                .publish(topic.clone(), buf.freeze())
+                .publish_in_turn(topic.clone(), buf.freeze(), turn)
                 .await?;
             tracing::debug!("acknowledged");
             Ok(UploadReceipt {

@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::link::{Bridge, MqttLink};
 use crate::transport::{self, Message, Transport};
 
+use super::turns::Turn;
+
 /// Which of `n` connections `key` gets. FNV-1a: stable across processes
 /// and Rust versions, unlike the standard library's randomly keyed hasher.
 fn slot_for(key: &str, n: usize) -> usize {
@@ -69,6 +71,27 @@ impl Link {
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
         match self {
             Link::Own(t) => t.publish(topic, payload).await,
+            Link::Bridged(b) => b.publish(topic, payload).await,
+        }
+    }
+
+    /// Publishes at QoS 1 in `turn`: after the publishes of the device's
+    /// earlier turns were handed to a connection, and passing the turn on
+    /// as soon as this one is (on our own session, before its PUBACK; on
+    /// a bridged link, whose hand-over is not visible, after it).
+    pub async fn publish_in_turn(
+        &self,
+        topic: String,
+        payload: Bytes,
+        mut turn: Turn,
+    ) -> Result<(), Error> {
+        turn.wait().await;
+        match self {
+            Link::Own(t) => {
+                let acknowledged = t.start_publish(topic, payload);
+                turn.pass();
+                acknowledged?.await
+            }
             Link::Bridged(b) => b.publish(topic, payload).await,
         }
     }

@@ -219,12 +219,16 @@ impl Client {
             .await
     }
 
-    /// Publishes a telemetry message stored in the outbox, as it was built.
+    /// Publishes a telemetry message stored in the outbox, as it was
+    /// built, in `turn` on the connection of device `serial` (a batch's
+    /// is empty: the next connection, any order).
     pub(super) async fn publish_stored_telemetry(
         &self,
         kind: Kind,
         app_id: u32,
+        serial: &str,
         payload: Vec<u8>,
+        turn: super::Turn,
     ) -> Result<(), Error> {
         let topics = &self.settings().topics;
         let topic = match kind {
@@ -232,7 +236,13 @@ impl Client {
             Kind::TextLogs => topics.logs(app_id)?,
             _ => topics.metrics(app_id)?,
         };
-        self.publish_raw(topic, Bytes::from(payload)).await?;
-        Ok(())
+        super::check_size(payload.len())?;
+        let link = if serial.is_empty() {
+            self.transport()
+        } else {
+            self.transport_for(serial)
+        };
+        link.publish_in_turn(topic, Bytes::from(payload), turn)
+            .await
     }
 }

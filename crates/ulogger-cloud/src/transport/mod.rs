@@ -228,6 +228,18 @@ impl Transport {
     /// failure ends the wait at once; the driver enforces both, so the
     /// caller only waits for its answer.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
+        self.start_publish(topic, payload)?.await
+    }
+
+    /// Hands a QoS 1 publish to the connection now (it is written, or
+    /// queued in order behind the publishes handed over before it) and
+    /// returns what waits for its acknowledgement. Two publishes started
+    /// one after the other reach the broker in that order.
+    pub fn start_publish(
+        &self,
+        topic: String,
+        payload: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<(), Error>> + Send + 'static, Error> {
         if *self.shared.shutdown.borrow() {
             return Err(ErrorKind::Shutdown.into());
         }
@@ -255,7 +267,7 @@ impl Transport {
         }
         // The driver answers every publish it took, Shutdown included; a
         // dropped sender means the runtime dropped the driver.
-        rx.await.unwrap_or_else(|_| Err(ErrorKind::Shutdown.into()))
+        Ok(async move { rx.await.unwrap_or_else(|_| Err(ErrorKind::Shutdown.into())) })
     }
 
     /// Subscribes at QoS 1 and returns once the broker granted it. The
