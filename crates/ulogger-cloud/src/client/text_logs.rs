@@ -77,14 +77,23 @@ impl Client {
                 sequences: Vec::with_capacity(batches.len()),
                 size: 0,
             };
-            // One after the other on the device's own connection: its
-            // batches reach the cloud in their order.
-            let link = self.transport_for(&device.serial);
+            // Pipelined on the device's own connection, each in its turn:
+            // the batches reach the cloud in their order.
+            let link = self.transport_for(&device.serial).clone();
+            let mut publishes = tokio::task::JoinSet::new();
             for batch in batches {
+                super::check_size(batch.bytes.len())?;
                 receipt.size += batch.bytes.len();
-                self.publish_raw_on(link, topic.clone(), Bytes::from(batch.bytes))
-                    .await?;
                 receipt.sequences.push(batch.sequence);
+                let turn = self.take_turn(&device.serial);
+                let (link, topic) = (link.clone(), topic.clone());
+                publishes.spawn(async move {
+                    link.publish_in_turn(topic, Bytes::from(batch.bytes), turn)
+                        .await
+                });
+            }
+            while let Some(done) = publishes.join_next().await {
+                done.map_err(|e| Error::with_source(crate::ErrorKind::Shutdown, e.to_string()))??;
             }
             Ok(receipt)
         }
