@@ -316,18 +316,36 @@ impl ConnectionArgs {
     }
 
     /// The topics' group level: the group id (default 0), or `None` for
-    /// the legacy layout without one.
+    /// the legacy layout without one. A flag (or variable) outranks the
+    /// config file, so `--legacy-topics` works with a file that names a
+    /// group; both at the same level contradict each other.
     pub fn topic_group(&self, file: &ConfigFile) -> Result<Option<u32>, Exit> {
-        let group = self.group_id.or(file.group_id);
-        if !self.legacy_topics.or(file.legacy_topics).unwrap_or(false) {
-            return Ok(Some(group.unwrap_or(ulogger_cloud::DEFAULT_GROUP_ID)));
+        let contradiction = |group: u32, place: &str| {
+            Err(bad_input(&format!(
+                "legacy topics drop the group level, so group id {group} cannot go with them \
+                 ({place}): remove one of them (the uLogger cloud routes only topics with a \
+                 group level)"
+            )))
+        };
+        match (self.legacy_topics, self.group_id) {
+            (Some(true), Some(group)) => {
+                return contradiction(group, "--legacy-topics and --group-id")
+            }
+            (Some(true), None) => return Ok(None),
+            (_, Some(group)) => return Ok(Some(group)),
+            (Some(false), None) => {
+                return Ok(Some(
+                    file.group_id.unwrap_or(ulogger_cloud::DEFAULT_GROUP_ID),
+                ))
+            }
+            (None, None) => {}
         }
-        match group {
-            None => Ok(None),
-            Some(group) => Err(bad_input(&format!(
-                "--legacy-topics drops the group level, so group id {group} cannot go with it: \
-                 remove one of them (the uLogger cloud routes only topics with a group level)"
-            ))),
+        match (file.legacy_topics.unwrap_or(false), file.group_id) {
+            (true, Some(group)) => {
+                contradiction(group, "legacy_topics and group_id in the config file")
+            }
+            (true, None) => Ok(None),
+            (false, group) => Ok(Some(group.unwrap_or(ulogger_cloud::DEFAULT_GROUP_ID))),
         }
     }
 

@@ -220,6 +220,11 @@ pub fn hint(error: &ulogger_cloud::Error) -> Option<String> {
                 .and_then(boot_reply_topic)
                 .unwrap_or_else(|| "the boot reply topic".to_owned());
             let secs = context.map_or(15, |c| c.token_timeout_secs);
+            if context.is_some_and(|c| c.group_id.is_none()) {
+                return Some(format!(
+                    "no reply on {topic} within {secs} s: these are the legacy topics without the group level (--legacy-topics), which the uLogger cloud acknowledges but never routes; drop --legacy-topics (and legacy_topics in the config file) unless a broker of your own expects them"
+                ));
+            }
             Some(format!(
                 "no reply on {topic} within {secs} s: check that the cloud knows this customer id, group id and app id, that the certificate's policy allows that topic, or raise --token-timeout"
             ))
