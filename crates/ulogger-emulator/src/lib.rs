@@ -99,6 +99,7 @@
 //! ```
 
 mod attach;
+pub mod ble;
 mod broker;
 mod certs;
 mod cloud;
