@@ -6,10 +6,12 @@
 //! acknowledgement, and holds back the final acknowledgement, which makes
 //! the device erase the buffer, until its caller says the buffer is
 //! durable. The device's identity comes from its `config` characteristic,
-//! decoded by [`DeviceInfo`](super::DeviceInfo); [`CoreDumpHeader`] checks a
-//! core dump and the identity inside it against that.
+//! read by [`decode_ble_config`] into a [`DeviceInfo`](super::DeviceInfo);
+//! [`CoreDumpHeader`] checks a core dump and the identity inside it against
+//! that.
 
 mod chunk;
+mod config;
 mod core_dump;
 mod pull;
 #[cfg(test)]
@@ -17,6 +19,7 @@ mod pull_tests;
 mod reassembler;
 
 pub use chunk::{DropReason, CHUNK_HEADER_LEN, CHUNK_PAYLOAD_LEN, MAX_NOTIFICATION_LEN};
+pub use config::{decode_ble_config, BleConfigError, MAX_BLE_CONFIG_LEN};
 pub use core_dump::{
     CoreDumpError, CoreDumpField, CoreDumpHeader, IdentityMismatch, CORE_DUMP_HEADER_LEN,
 };
