@@ -445,3 +445,110 @@ proptest! {
         let _ = pull.summary();
     }
 }
+
+/// The scenarios of issue 19 one by one, on a clean channel with the
+/// device's own fault switches.
+mod scenarios {
+    use super::*;
+
+    const CONFIG: &[u8] = b"\x07\0\0\0SN1\0T\0V\0H\0";
+
+    fn pull_once(device: &mut SimDevice, originals: &Originals, stored: &mut Stored) {
+        let mut dice = Dice(1);
+        one_pull(
+            device,
+            PullConfig::new(),
+            Faults::NONE,
+            50,
+            originals,
+            stored,
+            &mut dice,
+            Instant::now(),
+        )
+        .unwrap();
+    }
+
+    fn ack_values(device: &SimDevice) -> Vec<u16> {
+        device
+            .acks()
+            .map(|(value, _)| u16::from_le_bytes([value[0], value[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_log_chunk_is_recovered_by_re_sending_the_ack() {
+        let logs: Vec<u8> = (0..50).collect();
+        let originals = Originals {
+            logs: logs.clone(),
+            core_dump: None,
+        };
+        let mut device = SimDevice::new(CONFIG.to_vec(), logs.clone(), None);
+        // The answer to ack 0 is lost; the device never re-sends a log
+        // chunk by itself, so only the re-sent ack 0 recovers it.
+        device.drop_next_notifications(1);
+        let mut stored = Stored::default();
+        pull_once(&mut device, &originals, &mut stored);
+        assert_eq!(stored.logs.len(), 1);
+        assert_eq!(ack_values(&device), [0, 0, 16, 32, 48, 50]);
+        assert!(device.logs().is_empty());
+    }
+
+    #[test]
+    fn a_link_lost_mid_transfer_leaves_the_logs_for_the_next_pull() {
+        let logs: Vec<u8> = (0..100).collect();
+        let originals = Originals {
+            logs: logs.clone(),
+            core_dump: None,
+        };
+        let mut device = SimDevice::new(CONFIG.to_vec(), logs.clone(), None);
+        device.disconnect_after_chunks(3);
+        let mut stored = Stored::default();
+        pull_once(&mut device, &originals, &mut stored);
+        assert!(stored.logs.is_empty());
+        assert_eq!(device.erasures().count(), 0);
+        assert_eq!(device.logs(), logs);
+        pull_once(&mut device, &originals, &mut stored);
+        assert_eq!(stored.logs.len(), 1);
+        assert!(device.logs().is_empty());
+    }
+
+    #[test]
+    fn logs_and_core_dump_are_erased_together_after_both_are_durable() {
+        let logs: Vec<u8> = (0..20).collect();
+        let dump: Vec<u8> = (0..40).rev().collect();
+        let originals = Originals {
+            logs: logs.clone(),
+            core_dump: Some(dump.clone()),
+        };
+        let mut device = SimDevice::new(CONFIG.to_vec(), logs.clone(), Some(dump.clone()));
+        let mut stored = Stored::default();
+        pull_once(&mut device, &originals, &mut stored);
+        assert_eq!((stored.logs.len(), stored.core_dumps.len()), (1, 1));
+        let erasures: Vec<_> = device.erasures().collect();
+        assert_eq!(
+            erasures
+                .iter()
+                .map(|(what, _)| (*what).clone())
+                .collect::<Vec<_>>(),
+            [Erased::LogsAndCoreDump {
+                logs,
+                core_dump: dump
+            }]
+        );
+        assert!(erasures[0].1 >= stored.core_dumps[0].1);
+    }
+
+    #[test]
+    fn a_silent_device_ends_the_pull_with_nothing() {
+        let originals = Originals {
+            logs: vec![],
+            core_dump: None,
+        };
+        let mut device = SimDevice::new(CONFIG.to_vec(), vec![], None);
+        let mut stored = Stored::default();
+        pull_once(&mut device, &originals, &mut stored);
+        assert!(stored.logs.is_empty() && stored.core_dumps.is_empty());
+        // Ack 0, then ack 0 re-sent each second until the 3 s deadline.
+        assert_eq!(ack_values(&device), [0, 0, 0]);
+    }
+}
