@@ -215,3 +215,21 @@ fn config_rssi_and_log_config() {
     dev.write_log_config(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(dev.log_config(), Some(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0][..]));
 }
+
+/// Why a gateway must never repeat a final log ack: once the core dump is
+/// under way, the device takes it as a core-dump ack, unchecked.
+#[test]
+fn a_repeated_final_log_ack_during_the_core_dump_erases_it_unread() {
+    let t0 = Instant::now();
+    let mut dev = SimDevice::new(vec![], logs(40), Some(vec![3; 20]));
+    dev.connect(t0);
+    dev.write_log_ack(&ack(0), t0);
+    dev.write_log_ack(&ack(40), t0);
+    assert_eq!(dev.tick(t0 + CORE_DUMP_DELAY).len(), 1);
+    assert_eq!(dev.write_log_ack(&ack(40), t0 + CORE_DUMP_DELAY), vec![]);
+    assert!(dev.core_dump().is_none());
+    assert!(matches!(
+        dev.erasures().next(),
+        Some((Erased::LogsAndCoreDump { .. }, _))
+    ));
+}

@@ -304,6 +304,20 @@ enum Phase {
 /// starts the pull), and stop when [`is_over`](Self::is_over). Memory is
 /// bounded by one buffer of at most 65,535 bytes.
 ///
+/// A driver (e.g. over BlueZ) is a loop of this shape:
+///
+/// ```text
+/// connect, read config, subscribe to log_data and core_dump_data
+/// pull = BlePull::new(config, now)
+/// loop until pull.is_over():
+///     wait for the first of: a notification, pull.deadline(), a buffer made durable
+///     action = pull.on_notification(from, bytes, now) | pull.poll(now) | pull.durable(id, now)
+///     WriteAck(a)  -> write a to log_ack, without response, once
+///     Deliver(d)   -> hand d to the outbox; when it is durable, call pull.durable(d.id, now)
+///     GiveUp(_)    -> disconnect (the device keeps what was not finally acked)
+///     Finished(_)  -> disconnect
+/// ```
+///
 /// ```
 /// use std::time::Instant;
 /// use ulogger_cloud::wire::{BlePull, BufferKind, Characteristic, PullAction, PullConfig};
@@ -477,6 +491,12 @@ impl BlePull {
 
     /// Says the delivered buffer `id` is durable: returns the final
     /// acknowledgement to write, which makes the device erase it.
+    ///
+    /// Write it once. If the write fails, drop the link rather than write
+    /// it again: a repeated final log ack that reaches the device once its
+    /// core dump is under way sets the core dump's offset, and if the log
+    /// was at least as long as the core dump, that completes the core dump
+    /// and erases it unread. A dropped link only costs a duplicate log.
     ///
     /// # Errors
     ///
