@@ -77,7 +77,8 @@ pub enum CoreDumpError {
         /// Length of the package.
         len: usize,
     },
-    /// The header's size is not the package's.
+    /// The header's size is more than the package holds, or less than a
+    /// header and the dump magic.
     #[error("core dump header says {header} bytes, the package has {actual}")]
     SizeMismatch {
         /// Size in the header.
@@ -125,28 +126,32 @@ pub struct IdentityMismatch {
 impl CoreDumpHeader {
     /// Decodes and checks a whole core-dump package: its size, its byte
     /// sum, its format field, the CrashCatcher magic, and UTF-8 strings.
+    /// Bytes past the header's size (the rest of a crash region) are
+    /// allowed and not summed.
     ///
     /// # Errors
     ///
     /// A [`CoreDumpError`] naming the first check that failed.
     pub fn decode(package: &[u8]) -> Result<CoreDumpHeader, CoreDumpError> {
         let too_short = CoreDumpError::TooShort { len: package.len() };
-        let (Some(header), Some(body)) = (
-            package.first_chunk::<CORE_DUMP_HEADER_LEN>(),
-            package.get(CORE_DUMP_HEADER_LEN..),
-        ) else {
+        let Some(header) = package.first_chunk::<CORE_DUMP_HEADER_LEN>() else {
             return Err(too_short);
         };
-        if body.len() < CRASH_CATCHER_MAGIC.len() {
+        if package.len() < CORE_DUMP_HEADER_LEN + CRASH_CATCHER_MAGIC.len() {
             return Err(too_short);
         }
         let total_size = u32_at(header, 0);
-        if usize::try_from(total_size).ok() != Some(package.len()) {
-            return Err(CoreDumpError::SizeMismatch {
+        // The package may be followed by the rest of the crash region it
+        // was read from, as a log buffer by unused ring space: only the
+        // header's size counts, and it must be there whole.
+        let body = usize::try_from(total_size)
+            .ok()
+            .filter(|&total| total >= CORE_DUMP_HEADER_LEN + CRASH_CATCHER_MAGIC.len())
+            .and_then(|total| package.get(CORE_DUMP_HEADER_LEN..total))
+            .ok_or(CoreDumpError::SizeMismatch {
                 header: total_size,
                 actual: package.len(),
-            });
-        }
+            })?;
         let checksum = u32_at(header, 4);
         let computed = body
             .iter()
@@ -330,15 +335,20 @@ mod tests {
                 Err(CoreDumpError::TooShort { len })
             );
         }
-        let mut longer = package();
-        longer.push(0);
-        assert_eq!(
-            CoreDumpHeader::decode(&longer),
-            Err(CoreDumpError::SizeMismatch {
-                header: 269,
-                actual: 270
-            })
-        );
+        let mut region = package();
+        region.extend([0xff; 100]);
+        assert_eq!(CoreDumpHeader::decode(&region).unwrap().total_size, 269);
+        for size in [270u32, 265, 0] {
+            let mut wrong = package();
+            wrong[..4].copy_from_slice(&size.to_le_bytes());
+            assert_eq!(
+                CoreDumpHeader::decode(&wrong),
+                Err(CoreDumpError::SizeMismatch {
+                    header: size,
+                    actual: 269
+                })
+            );
+        }
         let mut flipped = package();
         flipped[266] ^= 1;
         assert!(matches!(
