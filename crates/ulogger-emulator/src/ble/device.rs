@@ -87,6 +87,8 @@ pub enum DeviceEvent {
         /// The bytes written.
         value: Vec<u8>,
     },
+    /// A connection attempt was refused by [`SimDevice::fail_next_connects`].
+    ConnectRefused,
     /// The device reset.
     Reset {
         /// When.
@@ -138,7 +140,8 @@ enum Transfer {
 /// Sans I/O: the caller passes the time in, sends what comes out, and calls
 /// [`tick`](Self::tick) at [`next_deadline`](Self::next_deadline). Every ack
 /// and erase is recorded ([`events`](Self::events)), and fault switches
-/// drop notifications, drop the link after N chunks, and reset the device.
+/// drop notifications, drop the link after N chunks, fail connects, and
+/// reset the device.
 #[derive(Debug, Clone)]
 pub struct SimDevice {
     config: Vec<u8>,
@@ -153,6 +156,7 @@ pub struct SimDevice {
     rssi: Option<i8>,
     drop_notifications: u32,
     disconnect_after_chunks: Option<u32>,
+    failing_connects: u32,
     events: Vec<DeviceEvent>,
 }
 
@@ -171,6 +175,7 @@ impl SimDevice {
             rssi: None,
             drop_notifications: 0,
             disconnect_after_chunks: None,
+            failing_connects: 0,
             events: Vec::new(),
         }
     }
@@ -336,6 +341,24 @@ impl SimDevice {
     /// chunks ([`is_connected`](Self::is_connected) turns false).
     pub fn disconnect_after_chunks(&mut self, n: u32) {
         self.disconnect_after_chunks = Some(n);
+    }
+
+    /// Fault switch: the next `n` connection attempts fail. A transport
+    /// asks [`refuse_connect`](Self::refuse_connect) before
+    /// [`connect`](Self::connect) and fails the attempt when it says so.
+    pub fn fail_next_connects(&mut self, n: u32) {
+        self.failing_connects = n;
+    }
+
+    /// Whether this connection attempt is to fail (a fault switch); each
+    /// `true` uses up one of [`fail_next_connects`](Self::fail_next_connects).
+    pub fn refuse_connect(&mut self) -> bool {
+        let refuse = self.failing_connects > 0;
+        if refuse {
+            self.failing_connects -= 1;
+            self.events.push(DeviceEvent::ConnectRefused);
+        }
+        refuse
     }
 
     /// Fault switch: the device resets. The link drops, and the logs it

@@ -233,3 +233,17 @@ fn a_repeated_final_log_ack_during_the_core_dump_erases_it_unread() {
         Some((Erased::LogsAndCoreDump { .. }, _))
     ));
 }
+
+#[test]
+fn connects_fail_as_many_times_as_asked() {
+    let mut dev = SimDevice::new(vec![], vec![], None);
+    assert!(!dev.refuse_connect());
+    dev.fail_next_connects(2);
+    assert!(dev.refuse_connect());
+    assert!(dev.refuse_connect());
+    assert!(!dev.refuse_connect());
+    assert_eq!(
+        dev.events(),
+        [DeviceEvent::ConnectRefused, DeviceEvent::ConnectRefused]
+    );
+}
