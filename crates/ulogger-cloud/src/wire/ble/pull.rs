@@ -429,21 +429,21 @@ impl BlePull {
                 PullAction::WriteAck(0u16.to_le_bytes())
             }
             Phase::AwaitingFirst { since, last_ack_at } => {
-                if now >= *since + config.first_chunk_timeout {
+                if reached(now, *since, config.first_chunk_timeout) {
                     self.finish()
-                } else if now >= *last_ack_at + config.stall_timeout {
+                } else if reached(now, *last_ack_at, config.stall_timeout) {
                     // Harmless whatever the device is doing: nothing was
                     // acknowledged yet, so ack 0 can only (re)start a
                     // transfer, never complete one.
                     *last_ack_at = now;
-                    self.summary.reacks += 1;
+                    self.summary.reacks = self.summary.reacks.saturating_add(1);
                     PullAction::WriteAck(0u16.to_le_bytes())
                 } else {
                     PullAction::Nothing
                 }
             }
             Phase::Receiving(receiving) => {
-                if now < receiving.last_ack_at + config.stall_timeout {
+                if !reached(now, receiving.last_ack_at, config.stall_timeout) {
                     return PullAction::Nothing;
                 }
                 let offset = receiving.next_expected();
@@ -458,11 +458,11 @@ impl BlePull {
                 }
                 receiving.reacks += 1;
                 receiving.last_ack_at = now;
-                self.summary.reacks += 1;
+                self.summary.reacks = self.summary.reacks.saturating_add(1);
                 PullAction::WriteAck(offset.to_le_bytes())
             }
             Phase::AwaitingCoreDump { since } => {
-                if now >= *since + config.first_chunk_timeout {
+                if reached(now, *since, config.first_chunk_timeout) {
                     self.finish()
                 } else {
                     PullAction::Nothing
@@ -481,10 +481,12 @@ impl BlePull {
         match &self.phase {
             Phase::Starting { since } => Some(*since),
             Phase::AwaitingFirst { since, last_ack_at } => {
-                Some((*since + config.first_chunk_timeout).min(*last_ack_at + config.stall_timeout))
+                let silence = since.checked_add(config.first_chunk_timeout);
+                let reack = last_ack_at.checked_add(config.stall_timeout);
+                silence.into_iter().chain(reack).min()
             }
-            Phase::Receiving(receiving) => Some(receiving.last_ack_at + config.stall_timeout),
-            Phase::AwaitingCoreDump { since } => Some(*since + config.first_chunk_timeout),
+            Phase::Receiving(receiving) => receiving.last_ack_at.checked_add(config.stall_timeout),
+            Phase::AwaitingCoreDump { since } => since.checked_add(config.first_chunk_timeout),
             Phase::AwaitingDurable { .. } | Phase::Finished | Phase::GaveUp(_) => None,
         }
     }
@@ -563,18 +565,18 @@ impl BlePull {
         }
         match kind {
             BufferKind::Log => {
-                self.summary.logs += 1;
+                self.summary.logs = self.summary.logs.saturating_add(1);
                 self.phase = Phase::AwaitingCoreDump { since: now };
             }
             BufferKind::CoreDump => {
                 // The device erases its logs and crash region on this ack
                 // and has nothing more for this connection.
-                self.summary.core_dumps += 1;
+                self.summary.core_dumps = self.summary.core_dumps.saturating_add(1);
                 self.phase = Phase::Finished;
             }
         }
-        self.summary.rejected += u32::from(rejected);
-        self.summary.bytes += usize::from(total_len);
+        self.summary.rejected = self.summary.rejected.saturating_add(u32::from(rejected));
+        self.summary.bytes = self.summary.bytes.saturating_add(usize::from(total_len));
         Ok(PullAction::WriteAck(total_len.to_le_bytes()))
     }
 
@@ -629,11 +631,11 @@ impl BlePull {
     }
 
     fn drop(&mut self, reason: DropReason) -> PullAction {
-        self.summary.dropped += 1;
+        self.summary.dropped = self.summary.dropped.saturating_add(1);
         if self.is_over() {
             return PullAction::Dropped(reason);
         }
-        self.dropped_since_progress += 1;
+        self.dropped_since_progress = self.dropped_since_progress.saturating_add(1);
         if self.dropped_since_progress > self.config.max_dropped {
             let reason = GiveUpReason::Flood {
                 dropped: self.dropped_since_progress,
@@ -648,6 +650,12 @@ impl BlePull {
         self.phase = Phase::Finished;
         PullAction::Finished(self.summary)
     }
+}
+
+/// Whether `timeout` after `since` has passed; a timeout too long for the
+/// clock never passes.
+fn reached(now: Instant, since: Instant, timeout: Duration) -> bool {
+    since.checked_add(timeout).is_some_and(|at| now >= at)
 }
 
 impl Receiving {

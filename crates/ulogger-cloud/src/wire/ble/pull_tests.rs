@@ -320,3 +320,27 @@ fn the_largest_transfer_is_bounded_by_its_total() {
         }
     }
 }
+
+#[test]
+fn timeouts_too_long_for_the_clock_never_fire_nor_panic() {
+    let config = PullConfig::new()
+        .stall_timeout(Duration::MAX)
+        .first_chunk_timeout(Duration::MAX)
+        .max_dropped(u32::MAX)
+        .max_reacks(u32::MAX);
+    let (mut pull, t0) = started(config);
+    assert_eq!(pull.deadline(), None);
+    assert_eq!(
+        pull.poll(t0 + Duration::from_secs(1 << 30)),
+        PullAction::Nothing
+    );
+    assert_eq!(
+        pull.on_notification(LOG, &chunk(0, 40, &[0; 16]), t0),
+        ack(16)
+    );
+    assert_eq!(pull.deadline(), None);
+    assert_eq!(
+        pull.poll(t0 + Duration::from_secs(1 << 30)),
+        PullAction::Nothing
+    );
+}
