@@ -4,9 +4,10 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use ulogger_cloud::wire::{
-    build_log, header_len, parse_boot_reply, patch_epoch_time_us, patch_session_token,
-    validate_checksum, BootRequest, ChunkReassembler, DeviceInfo, Feed, HeaderError, LogConfig,
-    LogHeader, LogLevel, Topics,
+    build_log, decode_ble_config, header_len, parse_boot_reply, patch_epoch_time_us,
+    patch_session_token, validate_checksum, BootRequest, ChunkReassembler, CoreDumpError,
+    CoreDumpHeader, DeviceInfo, Feed, HeaderError, LogConfig, LogHeader, LogLevel, Topics,
+    CORE_DUMP_HEADER_LEN,
 };
 
 /// A header of a random supported version with random field values.
@@ -168,6 +169,8 @@ proptest! {
     #[test]
     fn decoders_never_panic(bytes in vec(any::<u8>(), 0..128)) {
         let _ = DeviceInfo::decode(&bytes);
+        let _ = decode_ble_config(&bytes);
+        let _ = CoreDumpHeader::decode(&bytes);
         let _ = parse_boot_reply(&bytes);
         let _ = BootRequest::parse(&bytes);
         let _ = LogConfig::decode(&bytes);
@@ -282,5 +285,37 @@ proptest! {
             }
         }
         prop_assert_eq!(received, Some(data));
+    }
+
+    #[test]
+    fn core_dumps_round_trip_and_any_changed_byte_is_caught(
+        app_id in any::<u32>(),
+        // ASCII within the narrowest field (44 bytes), as identities are.
+        strings in vec("[ -~]{0,44}", 4),
+        body in vec(any::<u8>(), 0..512),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let info = DeviceInfo::new(app_id, &strings[0], &strings[1], &strings[2], &strings[3]);
+        let mut dump = b"cC".to_vec();
+        dump.extend(&body);
+        let package = CoreDumpHeader::encode_package(&info, &dump);
+        let header = CoreDumpHeader::decode(&package).unwrap();
+        prop_assert!(header.check_identity(&info).is_ok());
+        // A flipped bit in the sum, the format or the body is refused, in
+        // the identity it fails the identity check or UTF-8.
+        let at = flip.index(package.len());
+        let mut broken = package.clone();
+        broken[at] ^= 1 << bit;
+        match CoreDumpHeader::decode(&broken) {
+            Ok(other) => {
+                // A smaller size leaves bytes as region padding, which
+                // zeros leave the sum of.
+                prop_assert!((12..CORE_DUMP_HEADER_LEN).contains(&at) || at < 4);
+                prop_assert!(other.check_identity(&info).is_err() || other == header);
+            }
+            Err(CoreDumpError::InvalidUtf8 { .. }) => prop_assert!(at >= 16),
+            Err(_) => prop_assert!(!(12..CORE_DUMP_HEADER_LEN).contains(&at)),
+        }
     }
 }

@@ -45,6 +45,10 @@
 //!   delay or break boot replies and cut connections, and to answer HTTP
 //!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]).
 //!
+//! Apart from the cloud, [`ble::SimDevice`] is a device's side of the BLE
+//! transfer (PROTOCOL §6) as the firmware behaves, sans I/O, to drive a
+//! gateway without a radio.
+//!
 //! In attach mode ([`EmulatorConfig::attach`]) there is no broker: the
 //! cloud side connects to an external one instead.
 //!
@@ -99,6 +103,7 @@
 //! ```
 
 mod attach;
+pub mod ble;
 mod broker;
 mod certs;
 mod cloud;

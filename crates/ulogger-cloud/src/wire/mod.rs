@@ -9,10 +9,12 @@
 //!   [`validate_publish_topic`].
 //! - Boot registration (§3): [`boot_payload`], [`parse_boot_reply`],
 //!   [`BootRequest`], [`boot_reply_payload`].
-//! - Device identification (§4): [`DeviceInfo`].
+//! - Device identification (§4): [`DeviceInfo`], and as read over BLE,
+//!   [`decode_ble_config`].
 //! - Binary logs (§5): [`LogHeader`], [`validate_checksum`],
 //!   [`patch_session_token`], [`patch_epoch_time_us`], [`build_log`].
-//! - BLE chunked transfer (§6): [`ChunkReassembler`].
+//! - BLE chunked transfer (§6): [`BlePull`] (and the older
+//!   [`ChunkReassembler`]); core-dump header (§10): [`CoreDumpHeader`].
 //! - Log configuration (§7): [`LogConfig`].
 //! - Metrics, events and heartbeats (§8): [`Metric`], [`Event`],
 //!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
@@ -27,7 +29,13 @@ mod telemetry;
 mod text_log;
 mod topic;
 
-pub use ble::{ChunkReassembler, Feed, IgnoreReason};
+pub use ble::{
+    decode_ble_config, BleConfigError, BlePull, BufferKind, Characteristic, ChunkReassembler,
+    CoreDumpError, CoreDumpField, CoreDumpHeader, Delivery, DropReason, Feed, GiveUpReason,
+    IdentityMismatch, IgnoreReason, NotAwaitingDurable, PullAction, PullConfig, PullSummary,
+    TransferId, CHUNK_HEADER_LEN, CHUNK_PAYLOAD_LEN, CORE_DUMP_HEADER_LEN, MAX_BLE_CONFIG_LEN,
+    MAX_NOTIFICATION_LEN,
+};
 pub use boot::{
     boot_payload, boot_reply_payload, parse_boot_reply, BootReplyError, BootRequest,
     BootRequestError,

@@ -1,5 +1,11 @@
-//! Reassembly of the BLE chunked transfer a device uses to send logs and
-//! core dumps to a gateway (PROTOCOL §6).
+//! The first, minimal reassembler of the BLE chunked transfer (PROTOCOL §6),
+//! kept for compatibility.
+//!
+//! It hands out the final acknowledgement together with the data, and a
+//! final acknowledgement is the device's delete command: a gateway that
+//! writes it before the data is stored can lose a log. A gateway should use
+//! [`BlePull`](super::BlePull), which withholds the final acknowledgement
+//! until its caller says the buffer is durable.
 //!
 //! Each notification is `[offset u16][total_len u16][payload...]`
 //! (little-endian); the gateway answers with the next offset it expects,
@@ -52,6 +58,10 @@ pub enum IgnoreReason {
 }
 
 /// Rebuilds a transfer from BLE notifications, one transfer at a time.
+///
+/// Prefer [`BlePull`](super::BlePull) in a gateway: this type's
+/// [`Feed::Complete`] pairs the data with the final acknowledgement, which
+/// makes the device erase it, before anything could be stored.
 ///
 /// Memory is bounded by the transfer's announced total length (at most
 /// 65,535 bytes); payload bytes past it are discarded.
