@@ -280,14 +280,14 @@ impl RecordLog {
             .unwrap_or_else(PoisonError::into_inner);
         match stored {
             Ok(path) => {
-                run.succeeded();
+                let _ = run.succeeded();
                 Ok(path)
             }
             Err(e) => {
                 // The directory may be gone or replaced: make it again
                 // (and sync it again) before the next payload.
                 self.lock_dirs().remove(subdir);
-                run.failed(&e);
+                let _ = run.failed(&e);
                 Err(NotStored)
             }
         }
@@ -445,7 +445,8 @@ struct FailureRun {
 impl FailureRun {
     const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-    fn failed(&mut self, error: &EmulatorError) {
+    /// Counts a failure; true when it was logged.
+    fn failed(&mut self, error: &EmulatorError) -> bool {
         self.failures += 1;
         let now = Instant::now();
         if self.failures == 1 {
@@ -465,20 +466,25 @@ impl FailureRun {
                 "payloads still cannot be stored"
             );
         } else {
-            return;
+            return false;
         }
         self.reported = self.failures;
         self.reported_at = Some(now);
+        true
     }
 
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
+    /// Ends a run of failures, if one was going: how many it had.
+    fn succeeded(&mut self) -> Option<u64> {
+        let failures = self.failures;
+        if failures > 0 {
             tracing::warn!(
                 failures = self.failures,
                 "payloads are stored again (the messages refused meanwhile were not acknowledged)"
             );
             *self = FailureRun::default();
+            return Some(failures);
         }
+        None
     }
 }
 
@@ -546,6 +552,40 @@ mod tests {
         assert_eq!(read[0].time, record.time);
         let line = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
         assert!(line.contains("\"kind\":\"binary-log\""), "{line}");
+    }
+
+    #[test]
+    fn a_run_of_payload_failures_is_logged_once_and_counted() {
+        let error = EmulatorError::io("write", Path::new("x"), std::io::Error::other("full"));
+        let mut run = FailureRun::default();
+        assert_eq!(run.succeeded(), None);
+        assert!(run.failed(&error), "the first failure is logged");
+        for _ in 0..100 {
+            assert!(!run.failed(&error), "repeats are counted, not logged");
+        }
+        assert_eq!(run.succeeded(), Some(101));
+        assert!(run.failed(&error), "a new run is logged again");
+    }
+
+    #[test]
+    fn a_payload_directory_replaced_by_a_file_fails_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::open(dir.path(), true).unwrap();
+        log.store_payload("binlog", "a", "bin", b"1").unwrap();
+        let payloads = dir.path().join("binlog");
+        fs::rename(&payloads, dir.path().join("aside")).unwrap();
+        fs::write(&payloads, b"").unwrap();
+        assert_eq!(
+            log.store_payload("binlog", "a", "bin", b"2"),
+            Err(NotStored)
+        );
+        assert_eq!(
+            log.store_payload("binlog", "a", "bin", b"3"),
+            Err(NotStored)
+        );
+        fs::remove_file(&payloads).unwrap();
+        let file = log.store_payload("binlog", "a", "bin", b"4").unwrap();
+        assert_eq!(fs::read(dir.path().join(file)).unwrap(), b"4");
     }
 
     #[test]
