@@ -12,14 +12,18 @@
 //! `.reason` file beside it. Only real folders and regular files are
 //! taken: a symbolic link could make the agent send (and then delete)
 //! files from anywhere, and a FIFO would block a read until a writer came.
-//! Anything else is left where it is, with one warning. The inbox is scanned every `--scan-interval`
+//! Anything else is left where it is, with one warning. A file queued
+//! that cannot be removed (a read-only inbox) is remembered by identity
+//! and content, so it is not queued again at the next scan; the folder is
+//! reported once. The inbox is scanned every `--scan-interval`
 //! (polling works the same on every platform and filesystem, network
 //! mounts included, and costs one directory listing a device).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, FileType, Metadata, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -96,6 +100,9 @@ struct Found {
     path: PathBuf,
     /// Its size when listed: what is opened must be the same file.
     size: u64,
+    /// Which file it was when listed, to know it again if it cannot be
+    /// removed once queued.
+    identity: Identity,
     core_dump: bool,
     device: DeviceInfo,
 }
@@ -121,6 +128,129 @@ impl Warned {
     fn forget_gone(&mut self) {
         self.refused.retain(|p| p.symlink_metadata().is_ok());
     }
+}
+
+/// Which file an inbox entry is: the same device, inode, size and
+/// modification time mean the same, unchanged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Identity {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+}
+
+impl Identity {
+    fn of(meta: &Metadata) -> Identity {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Identity {
+                device: meta.dev(),
+                inode: meta.ino(),
+                size: meta.size(),
+                modified: (meta.mtime(), meta.mtime_nsec()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or((0, 0), |d| {
+                    (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+                });
+            Identity {
+                device: 0,
+                inode: 0,
+                size: meta.len(),
+                modified,
+            }
+        }
+    }
+}
+
+/// What a file holds, for knowing a copy of it: its length and CRC-32.
+type ContentKey = (PathBuf, u64, u32);
+
+fn content_key(path: &Path, bytes: &[u8]) -> ContentKey {
+    (
+        path.to_path_buf(),
+        bytes.len() as u64,
+        crc32fast::hash(bytes),
+    )
+}
+
+/// Files that were queued but could not be removed from the inbox (it is
+/// read-only to the agent). Without this, each would be queued again at
+/// every scan: one copy per scan interval, for ever. A file is known
+/// again by its identity (skipped when listed, unread) or, if it was
+/// touched or written over, by its path and content (skipped once read).
+/// Entries go when their file goes, so this stays as small as the inbox.
+#[derive(Default)]
+struct Unremovable {
+    by_identity: HashMap<Identity, PathBuf>,
+    /// Shared with the enqueue jobs of a scan, which check what they read.
+    by_content: Arc<Mutex<HashSet<ContentKey>>>,
+    /// Folders reported as not writable, so that each is reported once.
+    reported: HashSet<PathBuf>,
+}
+
+impl Unremovable {
+    fn remember(&mut self, file: &Found, content: ContentKey) {
+        self.by_identity.insert(file.identity, file.path.clone());
+        lock(&self.by_content).insert(content);
+    }
+
+    /// Says once per folder, loudly, that queued files stay in it.
+    fn report(&mut self, global: Global, file: &Path, error: &io::Error) {
+        let dir = file.parent().unwrap_or(file).to_path_buf();
+        if !self.reported.insert(dir.clone()) {
+            return;
+        }
+        let hint = "give the agent's user write access to this folder (files are queued once and \
+                    left there; they are not queued again while the agent runs, but a restart \
+                    queues them once more), or empty it yourself";
+        tracing::error!(folder = ?dir, error = %error, hint, "the inbox folder is not writable: queued files cannot be removed from it");
+        event(
+            global,
+            "inbox-not-writable",
+            json!({"folder": dir, "error": error.to_string(), "hint": hint}),
+            &format!(
+                "WARNING: cannot remove queued files from the inbox folder {} ({error}): {hint}",
+                dir.display().to_string().escape_debug()
+            ),
+        );
+    }
+
+    /// A removal in `dir` worked: should it fail again, say so again.
+    fn writable(&mut self, file: &Path) {
+        if !self.reported.is_empty() {
+            if let Some(dir) = file.parent() {
+                self.reported.remove(dir);
+            }
+        }
+    }
+
+    /// Forgets files no longer in the inbox.
+    fn forget_gone(&mut self) {
+        if self.by_identity.is_empty() && lock(&self.by_content).is_empty() {
+            return;
+        }
+        // An entry replaced by another file is forgotten too.
+        self.by_identity.retain(|identity, path| {
+            path.symlink_metadata()
+                .is_ok_and(|meta| Identity::of(&meta) == *identity)
+        });
+        lock(&self.by_content).retain(|(path, _, _)| path.symlink_metadata().is_ok());
+    }
+}
+
+/// A set of keys is whole between statements, so a poisoned lock is
+/// still usable.
+fn lock(set: &Mutex<HashSet<ContentKey>>) -> MutexGuard<'_, HashSet<ContentKey>> {
+    set.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
@@ -197,6 +327,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
         tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
     let mut deliveries = JoinSet::new();
     let mut warned = Warned::default();
+    let mut unremovable = Unremovable::default();
     loop {
         tokio::select! {
             stopped = &mut stop => {
@@ -204,7 +335,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                 break;
             }
             _ = scan.tick() => {
-                for (id, label) in take_inbox(global, &client, &args.inbox, &rejected, &mut warned).await {
+                for (id, label) in take_inbox(global, &client, &args.inbox, &rejected, &mut warned, &mut unremovable).await {
                     let client = client.clone();
                     deliveries.spawn(async move { (id, label, client.delivered(id).await) });
                 }
@@ -242,9 +373,11 @@ async fn take_inbox(
     inbox: &Path,
     rejected: &Path,
     warned: &mut Warned,
+    unremovable: &mut Unremovable,
 ) -> Vec<(RecordId, String)> {
     warned.forget_gone();
-    let found = match scan_inbox(inbox, warned) {
+    unremovable.forget_gone();
+    let found = match scan_inbox(inbox, warned, &unremovable.by_identity) {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the inbox");
@@ -258,8 +391,9 @@ async fn take_inbox(
         while jobs.len() < ENQUEUE_JOBS {
             let Some(file) = pending.next() else { break };
             let client = client.clone();
+            let known = unremovable.by_content.clone();
             jobs.spawn(async move {
-                let result = enqueue(&client, &file).await;
+                let result = enqueue(&client, &file, &known).await;
                 (file, result)
             });
         }
@@ -273,10 +407,15 @@ async fn take_inbox(
             file.path.file_name().unwrap_or_default().to_string_lossy()
         );
         match result {
-            Ok(id) => {
+            Ok((id, content)) => {
                 // Durable in the outbox: the inbox copy can go.
-                if let Err(e) = std::fs::remove_file(&file.path) {
-                    tracing::warn!(file = ?file.path, error = %e, "queued, but cannot remove it from the inbox; it will be queued again");
+                match std::fs::remove_file(&file.path) {
+                    Ok(()) => unremovable.writable(&file.path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        unremovable.remember(&file, content);
+                        unremovable.report(global, &file.path, &e);
+                    }
                 }
                 event(
                     global,
@@ -305,6 +444,13 @@ async fn take_inbox(
                 tracing::warn!(file = ?label, %reason, "not queued now; will try again");
             }
             Err(Refusal::NotRegular(why)) => warned.refuse(&file.path, &why),
+            // Queued already, and still in a folder we cannot write: known
+            // by this identity too from now on, so it is not read again.
+            Err(Refusal::Queued) => {
+                unremovable
+                    .by_identity
+                    .insert(file.identity, file.path.clone());
+            }
         }
     }
     out
@@ -317,20 +463,32 @@ enum Refusal {
     Later(String),
     /// Not a regular file (any more): left where it is, unread.
     NotRegular(String),
+    /// The same content at the same path was queued and could not be
+    /// removed: queued already.
+    Queued,
 }
 
-async fn enqueue(client: &Client, file: &Found) -> Result<RecordId, Refusal> {
+/// Reads and enqueues a file; returns its record and what it holds.
+async fn enqueue(
+    client: &Client,
+    file: &Found,
+    queued: &Mutex<HashSet<ContentKey>>,
+) -> Result<(RecordId, ContentKey), Refusal> {
     let device = &file.device;
     let (path, size) = (file.path.clone(), file.size);
     let bytes = tokio::task::spawn_blocking(move || read_inbox_file(&path, size))
         .await
         .unwrap_or_else(|e| Err(Refusal::Later(format!("cannot read it: {e}"))))?;
+    let content = content_key(&file.path, &bytes);
+    if lock(queued).contains(&content) {
+        return Err(Refusal::Queued);
+    }
     let result = if file.core_dump {
         client.enqueue_core_dump(&bytes).await
     } else {
         client.enqueue_log(device, &bytes).await
     };
-    result.map_err(|e| {
+    result.map(|id| (id, content)).map_err(|e| {
         if e.is_invalid_input() {
             Refusal::Invalid(exit::message(&e))
         } else {
@@ -425,7 +583,11 @@ fn describe(kind: FileType) -> &'static str {
 /// one warning per folder. Only real folders and regular files are taken
 /// (the type of each entry as listed, links not followed); the rest is
 /// warned about once and left alone.
-fn scan_inbox(inbox: &Path, warned: &mut Warned) -> std::io::Result<Vec<Found>> {
+fn scan_inbox(
+    inbox: &Path,
+    warned: &mut Warned,
+    queued: &HashMap<Identity, PathBuf>,
+) -> std::io::Result<Vec<Found>> {
     let mut devices = Vec::new();
     for entry in std::fs::read_dir(inbox)?.filter_map(|e| e.ok()) {
         let path = entry.path();
@@ -442,7 +604,7 @@ fn scan_inbox(inbox: &Path, warned: &mut Warned) -> std::io::Result<Vec<Found>> 
     devices.sort();
     let mut found = Vec::new();
     for dir in devices {
-        let mut files: Vec<(PathBuf, u64, bool)> = Vec::new();
+        let mut files: Vec<(PathBuf, u64, Identity, bool)> = Vec::new();
         for entry in std::fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
             let path = entry.path();
             if hidden(&path) {
@@ -455,7 +617,13 @@ fn scan_inbox(inbox: &Path, warned: &mut Warned) -> std::io::Result<Vec<Found>> 
             };
             // The entry itself, not what a link points to.
             match entry.metadata() {
-                Ok(meta) if meta.is_file() => files.push((path, meta.len(), core_dump)),
+                Ok(meta) if meta.is_file() => {
+                    let identity = Identity::of(&meta);
+                    // Queued already, in a folder we cannot remove it from.
+                    if !queued.contains_key(&identity) {
+                        files.push((path, meta.len(), identity, core_dump));
+                    }
+                }
                 Ok(meta) => warned.refuse(&path, describe(meta.file_type())),
                 Err(e) => tracing::debug!(path = ?path, error = %e, "an inbox entry went away"),
             }
@@ -487,11 +655,12 @@ fn scan_inbox(inbox: &Path, warned: &mut Warned) -> std::io::Result<Vec<Found>> 
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for (path, size, core_dump) in files {
+        for (path, size, identity, core_dump) in files {
             found.push(Found {
                 device_dir: device_dir.clone(),
                 path,
                 size,
+                identity,
                 core_dump,
                 device: device.clone(),
             });
@@ -719,7 +888,7 @@ mod tests {
 
         let mut warned = Warned::default();
         for _ in 0..2 {
-            let found = scan_inbox(&inbox, &mut warned).unwrap();
+            let found = scan_inbox(&inbox, &mut warned, &HashMap::new()).unwrap();
             let names: Vec<&Path> = found.iter().map(|f| f.path.as_path()).collect();
             assert_eq!(names, [device.join("log.bin")]);
             assert_eq!(found[0].size, 3);
@@ -737,5 +906,43 @@ mod tests {
         std::fs::remove_file(device.join("pipe.bin")).unwrap();
         warned.forget_gone();
         assert_eq!(warned.refused.len(), 2);
+    }
+
+    #[test]
+    fn a_file_that_could_not_be_removed_is_not_listed_again_until_it_changes_or_goes() {
+        let root = tempfile::tempdir().unwrap();
+        let inbox = root.path().join("inbox");
+        let device = inbox.join("board");
+        std::fs::create_dir_all(&device).unwrap();
+        std::fs::write(device.join("device.toml"), "app_id = 7\nserial = \"SN\"\ndevice_type = \"b\"\ngit_version = \"v\"\ngit_hash = \"h\"\n").unwrap();
+        let log = device.join("log.bin");
+        std::fs::write(&log, b"log").unwrap();
+
+        let mut warned = Warned::default();
+        let mut unremovable = Unremovable::default();
+        let found = scan_inbox(&inbox, &mut warned, &unremovable.by_identity).unwrap();
+        assert_eq!(found.len(), 1);
+        unremovable.remember(&found[0], content_key(&log, b"log"));
+        for _ in 0..3 {
+            unremovable.forget_gone();
+            let found = scan_inbox(&inbox, &mut warned, &unremovable.by_identity).unwrap();
+            assert!(found.is_empty(), "known by its identity, unread");
+        }
+        assert!(lock(&unremovable.by_content).contains(&content_key(&log, b"log")));
+        assert!(!lock(&unremovable.by_content).contains(&content_key(&log, b"new")));
+
+        // Written over: another identity, listed again (and, read, its
+        // new content is not the one queued).
+        std::fs::remove_file(&log).unwrap();
+        std::fs::write(&log, b"new content").unwrap();
+        unremovable.forget_gone();
+        assert!(unremovable.by_identity.is_empty());
+        let found = scan_inbox(&inbox, &mut warned, &unremovable.by_identity).unwrap();
+        assert_eq!(found.len(), 1);
+
+        // Gone: forgotten entirely.
+        std::fs::remove_file(&log).unwrap();
+        unremovable.forget_gone();
+        assert!(lock(&unremovable.by_content).is_empty());
     }
 }

@@ -7,11 +7,19 @@
 //! whose record is still in the outbox is waited for instead of being
 //! queued again, and a file whose record has left the outbox was delivered
 //! by the earlier run. The entries of a run are removed when it ends with
-//! every file settled.
+//! every file delivered; a run that ends with files FAILED removes only
+//! theirs, so that a rerun sends again what failed and nothing that was
+//! delivered.
+//!
+//! A file counts as queued only once its line is synced (appended and
+//! fdatasynced, one sync for the files enqueued together; the manifest's
+//! own name synced into the outbox directory once a run, decision 18):
+//! a power cut then re-sends at most the files whose enqueue was in
+//! flight, not every file of the run.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -86,6 +94,7 @@ async fn run(
         })?;
     let manifest_path = dir.join(MANIFEST);
     let earlier = read_manifest(&manifest_path)?;
+    let mut manifest = Manifest::new(dir);
     let queued: HashSet<u64> = client
         .outbox()
         .map_err(exit::from_cloud)?
@@ -102,6 +111,7 @@ async fn run(
     let earlier = std::sync::Arc::new(earlier);
     let queued = std::sync::Arc::new(queued);
     let mut tasks = JoinSet::new();
+    let mut manifest_warned = false;
     let mut next = 0;
     while next < files.len() || !tasks.is_empty() {
         while next < files.len() && tasks.len() < jobs {
@@ -134,22 +144,36 @@ async fn run(
         let Some(done) = tasks.join_next().await else {
             break;
         };
-        let (index, key, outcome) = done.map_err(anyhow::Error::from)?;
-        match (outcome, &key) {
-            (Ok((id, new)), Some(key)) => {
-                if new {
-                    if let Err(e) = append_manifest(&manifest_path, key, id) {
-                        // Only a rerun is affected: it would queue the
-                        // file again (one extra copy), not lose it.
-                        tracing::warn!(error = %format!("{:#}", e.error), "cannot note a queued file in the upload manifest");
-                    }
-                }
-                waiting.push((index, id));
-            }
-            (Ok(_), None) => {}
-            (Err(fate), _) => fates[index] = Some(fate),
+        // Every enqueue finished by now shares one manifest sync.
+        let mut batch = vec![done];
+        while let Some(more) = tasks.try_join_next() {
+            batch.push(more);
         }
-        keys[index] = key;
+        let mut lines = Vec::new();
+        let mut settled = Vec::new();
+        for done in batch {
+            let (index, key, outcome) = done.map_err(anyhow::Error::from)?;
+            match (outcome, &key) {
+                (Ok((id, new)), Some(key)) => {
+                    if new {
+                        lines.push((key.clone(), id));
+                    }
+                    settled.push((index, id));
+                }
+                (Ok(_), None) => {}
+                (Err(fate), _) => fates[index] = Some(fate),
+            }
+            keys[index] = key;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| manifest.append(&lines)) {
+            // Only a rerun is affected: it would queue these files again
+            // (one extra copy each), not lose them. Said once a run.
+            if !manifest_warned {
+                manifest_warned = true;
+                tracing::warn!(error = %e, path = %manifest_path.display(), "cannot note queued files in the upload manifest: a rerun would send them again");
+            }
+        }
+        waiting.extend(settled);
     }
 
     for (index, fate) in fates.iter().enumerate() {
@@ -203,8 +227,19 @@ async fn run(
     let earlier_runs = count(|f| matches!(f, Fate::Earlier));
     let failed = count(|f| matches!(f, Fate::Failed(..)));
     let still_queued = count(|f| matches!(f, Fate::Queued));
-    if still_queued == 0 {
+    if still_queued == 0 && failed == 0 {
         forget(&manifest_path, keys.iter().flatten())?;
+    } else if failed > 0 {
+        // Keep what was delivered (a rerun skips it) and what is still
+        // queued (a rerun waits for it); what failed is sent again.
+        let failed_keys = fates
+            .iter()
+            .zip(&keys)
+            .filter_map(|(fate, key)| match fate {
+                Some(Fate::Failed(..)) => key.as_ref(),
+                _ => None,
+            });
+        forget(&manifest_path, failed_keys)?;
     }
     if global.json {
         println!(
@@ -290,20 +325,90 @@ fn read_manifest(path: &Path) -> Result<HashMap<String, u64>, Exit> {
         .collect())
 }
 
-fn append_manifest(path: &Path, key: &str, id: RecordId) -> Result<(), Exit> {
-    let mut line = serde_json::to_vec(&ManifestLine {
-        key: key.to_owned(),
-        id: id.0,
-    })
-    .map_err(anyhow::Error::from)?;
-    line.push(b'\n');
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(&line))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+/// The manifest as this run appends to it.
+struct Manifest {
+    dir: PathBuf,
+    path: PathBuf,
+    /// Open for appending once the outbox directory holds its name durably.
+    file: Option<File>,
+    /// fdatasyncs made, for tests of the group commit.
+    syncs: u64,
+}
+
+impl Manifest {
+    fn new(dir: &Path) -> Manifest {
+        Manifest {
+            dir: dir.to_path_buf(),
+            path: dir.join(MANIFEST),
+            file: None,
+            syncs: 0,
+        }
+    }
+
+    /// Appends one line per queued file in one write and syncs them: when
+    /// this returns `Ok`, a power cut keeps them. After a failure the
+    /// lines are treated as lost (a failed fsync may have dropped them),
+    /// and the file is opened afresh for the next batch.
+    fn append(&mut self, lines: &[(String, RecordId)]) -> io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        for (key, id) in lines {
+            serde_json::to_writer(
+                &mut bytes,
+                &ManifestLine {
+                    key: key.clone(),
+                    id: id.0,
+                },
+            )?;
+            bytes.push(b'\n');
+        }
+        let written = self.open().and_then(|file| {
+            file.write_all(&bytes)?;
+            file.sync_data()
+        });
+        match written {
+            Ok(()) => {
+                self.syncs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The open manifest. Its name is synced into the outbox directory on
+    /// every open, even if it existed: a run that created it may have
+    /// stopped before syncing, and its lines would be lost with the name.
+    fn open(&mut self) -> io::Result<&mut File> {
+        match &mut self.file {
+            Some(file) => Ok(file),
+            slot => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
+                sync_dir(&self.dir)?;
+                Ok(slot.insert(file))
+            }
+        }
+    }
+}
+
+/// Makes the entries of `dir` (files created, renamed or removed) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// Drops this run's entries from the manifest.
@@ -322,11 +427,76 @@ fn forget<'a>(path: &Path, keys: impl Iterator<Item = &'a String>) -> Result<(),
         })
         .map(|line| format!("{line}\n"))
         .collect();
+    // Durably: an entry of a failed file that came back after a power
+    // cut would make a rerun skip that file as delivered.
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     let result = if kept.is_empty() {
-        std::fs::remove_file(path)
+        std::fs::remove_file(path).and_then(|()| sync_dir(dir))
     } else {
-        std::fs::write(path, kept)
+        replace_durably(path, dir, kept.as_bytes())
     };
     result.with_context(|| format!("cannot update {}", path.display()))?;
     Ok(())
+}
+
+/// Replaces `path` (in `dir`) by `bytes`: a temporary file synced, renamed
+/// over it, the directory synced, so a power cut leaves the old or the new
+/// manifest, never half of one.
+fn replace_durably(path: &Path, dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{MANIFEST}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_batch_of_queued_files_is_one_write_and_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manifest = Manifest::new(dir.path());
+        manifest.append(&[]).unwrap();
+        assert!(!dir.path().join(MANIFEST).exists(), "nothing to note");
+        let batch: Vec<(String, RecordId)> = (0..5)
+            .map(|i| (format!("/f{i}|1|00000000"), RecordId(i)))
+            .collect();
+        manifest.append(&batch).unwrap();
+        assert_eq!(manifest.syncs, 1, "one sync for the batch");
+        manifest.append(&batch[..1]).unwrap();
+        assert_eq!(manifest.syncs, 2);
+        let read = read_manifest(&dir.path().join(MANIFEST)).unwrap();
+        assert_eq!(read.len(), 5);
+        assert_eq!(read["/f3|1|00000000"], 3);
+    }
+
+    #[test]
+    fn forgetting_keeps_other_entries_and_removes_an_empty_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST);
+        let mut manifest = Manifest::new(dir.path());
+        let batch = [("a".to_owned(), RecordId(1)), ("b".to_owned(), RecordId(2))];
+        manifest.append(&batch).unwrap();
+        forget(&path, [&"a".to_owned()].into_iter()).unwrap();
+        let read = read_manifest(&path).unwrap();
+        assert_eq!(read.keys().collect::<Vec<_>>(), [&"b".to_owned()]);
+        forget(&path, [&"b".to_owned()].into_iter()).unwrap();
+        assert!(!path.exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(names.is_empty(), "no temporary left: {names:?}");
+    }
 }

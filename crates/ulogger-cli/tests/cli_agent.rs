@@ -43,6 +43,16 @@ fn agent_with(
     json: bool,
     log: Option<std::fs::File>,
 ) -> Running {
+    Running::spawn(agent_command(sandbox, addr, json, log))
+}
+
+/// The command [`agent_with`] runs.
+fn agent_command(
+    sandbox: &Sandbox,
+    addr: SocketAddr,
+    json: bool,
+    log: Option<std::fs::File>,
+) -> std::process::Command {
     let mut args = strings(if json { &["--json"] } else { &[] });
     args.extend(strings(&[
         "agent",
@@ -69,7 +79,7 @@ fn agent_with(
     };
     let mut command = sandbox.command(&env);
     command.args(&args).stdout(Stdio::piped()).stderr(stderr);
-    Running::spawn(command)
+    command
 }
 
 /// Waits for `n` agent events of `kind`.
@@ -268,4 +278,102 @@ fn links_fifos_and_odd_names_are_refused_or_escaped_never_followed() {
         !log.contains("TOPSECRET"),
         "an error quoted the file: {log}"
     );
+}
+
+/// A folder the agent may read but not change: each file is queued and
+/// delivered once, however many scans see it, and the folder is reported
+/// once. Tests run as root, where permissions stop no removal (and an
+/// immutable attribute, a read-only mount or a bind mount need
+/// privileges or filesystems CI may lack): as root the agent runs as
+/// `nobody` (`Command::uid`), so the folder's mode 0555 makes its real
+/// `unlink` fail with EACCES, through the agent's own code path.
+#[cfg(unix)]
+#[test]
+fn a_read_only_inbox_folder_sends_each_file_once_and_is_reported_once() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    let sandbox = Sandbox::new();
+    let emu = plaintext_emulator();
+    let root = std::fs::metadata(sandbox.dir.path()).unwrap().uid() == 0;
+    let open = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let inbox = sandbox.path("inbox");
+    let stuck = inbox.join("stuck");
+    let fresh = inbox.join("fresh");
+    for dir in [&stuck, &fresh] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("device.toml"), DEVICE_TOML).unwrap();
+    }
+    for n in 0..3 {
+        drop_file(&stuck, &format!("log-{n}.bin"), &numbered_log(n));
+    }
+    open(&stuck, 0o555);
+    if root {
+        // `nobody` makes its outbox in the sandbox and takes from `fresh`.
+        open(sandbox.dir.path(), 0o777);
+        open(&fresh, 0o777);
+    }
+    let log_path = sandbox.path("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = agent_command(&sandbox, emu.addr(), true, Some(log));
+    if root {
+        command.uid(65534).gid(65534);
+    }
+    let running = Running::spawn(command);
+
+    // Reads events until `done` says enough; returns what was read.
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut read_until = |done: &dyn Fn(&[serde_json::Value]) -> bool| {
+        while !done(&seen) {
+            seen.push(running.json_line());
+        }
+    };
+    let count = |seen: &[serde_json::Value], event: &str, file: &str| {
+        seen.iter()
+            .filter(|e| e["event"] == event && e["file"].as_str().unwrap_or("").starts_with(file))
+            .count()
+    };
+    read_until(&|seen| count(seen, "delivered", "stuck/") == 3);
+    // Five more files, each in the writable folder after the last was
+    // queued: each is taken by a later scan, so at least five scans
+    // pass over the files that stay in `stuck`.
+    for n in 100..105 {
+        drop_file(&fresh, &format!("log-{n}.bin"), &numbered_log(n));
+        let name = format!("fresh/log-{n}.bin");
+        read_until(&|seen| count(seen, "queued", &name) == 1);
+    }
+    read_until(&|seen| count(seen, "delivered", "fresh/") == 5);
+
+    assert_eq!(count(&seen, "queued", "stuck/"), 3, "{seen:#?}");
+    let copies = copies(&emu);
+    let expected: std::collections::BTreeMap<usize, usize> =
+        (0..3).chain(100..105).map(|n| (n, 1)).collect();
+    assert_eq!(copies, expected, "one copy of each file");
+    let reports: Vec<_> = seen
+        .iter()
+        .filter(|e| e["event"] == "inbox-not-writable")
+        .collect();
+    assert_eq!(reports.len(), 1, "{seen:#?}");
+    assert_eq!(reports[0]["folder"], s(&stuck), "{}", reports[0]);
+    assert!(
+        reports[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("write access"),
+        "{}",
+        reports[0]
+    );
+    // The files stay; the writable folder was emptied.
+    assert_eq!(std::fs::read_dir(&stuck).unwrap().count(), 4);
+    assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 1);
+    drop(running);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(
+        log.matches("the inbox folder is not writable").count(),
+        1,
+        "{log}"
+    );
+    open(&stuck, 0o755);
 }

@@ -171,3 +171,47 @@ fn a_pool_of_connections_delivers_and_a_bad_size_is_bad_input() {
         .expect_code(2);
     assert!(run.stderr.contains("connections"), "{}", run.stderr);
 }
+
+#[test]
+fn a_rerun_after_a_partial_failure_sends_only_what_failed() {
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox, 6);
+    let outbox = s(&sandbox.path("outbox"));
+    let emu = plaintext_emulator();
+    let args = upload_args(connect_args("upload", &emu), &outbox, &files);
+    // One file is missing at the first run: it fails, the others go.
+    let aside = sandbox.path("aside.bin");
+    std::fs::rename(&files[5], &aside).unwrap();
+    let run = sandbox.run(&args);
+    assert_ne!(run.code, Some(0), "{}", run.output());
+    assert!(
+        run.stdout
+            .contains("5 delivered, 0 delivered by an earlier run, 1 failed"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(received(&emu), ((0..5).collect(), 5));
+    // The queued files' lines were synced into the manifest, and the
+    // delivered ones stay there for the rerun.
+    let manifest = std::fs::read_to_string(sandbox.path("outbox").join("upload-manifest.jsonl"))
+        .expect("the manifest keeps the delivered files");
+    assert_eq!(manifest.lines().count(), 5, "{manifest}");
+
+    std::fs::rename(&aside, &files[5]).unwrap();
+    let run = sandbox.run(&args).expect_code(0);
+    assert!(
+        run.stdout
+            .contains("1 delivered, 5 delivered by an earlier run, 0 failed"),
+        "{}",
+        run.output()
+    );
+    // Every file once: nothing delivered was sent again.
+    assert_eq!(received(&emu), ((0..6).collect(), 6));
+    assert!(
+        !sandbox
+            .path("outbox")
+            .join("upload-manifest.jsonl")
+            .exists(),
+        "a run that settled every file forgets it"
+    );
+}

@@ -86,6 +86,68 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Creates `dir` and its missing parents, and returns once each new
+/// directory's entry is durable: its parent fsynced, up to a directory
+/// that already existed (decision 18). The parent of `dir` is synced even
+/// when `dir` existed: a run that created it may have stopped before
+/// syncing, and nothing else would make its entry durable; that sync is
+/// skipped if the parent may not be read, since we did not create `dir`.
+/// Without `sync` it only creates (a temporary data directory).
+pub(crate) fn create_dir_all(dir: &Path, sync: bool) -> io::Result<()> {
+    // Deepest first: `dir`, then each missing ancestor.
+    let mut missing = Vec::new();
+    let mut cursor = dir;
+    loop {
+        match fs::metadata(cursor) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a directory", cursor.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(cursor);
+                let parent = parent_of(cursor);
+                if parent == cursor {
+                    return Err(e);
+                }
+                cursor = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for new in missing.iter().rev() {
+        match fs::create_dir(new) {
+            // Another process got there first: syncing its entry again
+            // costs nothing and covers a creator that stopped early.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+    }
+    if !sync {
+        return Ok(());
+    }
+    if missing.is_empty() {
+        return match sync_dir(parent_of(dir)) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+            other => other,
+        };
+    }
+    for new in &missing {
+        sync_dir(parent_of(new))?;
+    }
+    Ok(())
+}
+
+/// The directory holding `path`'s entry (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
 /// Reads a file of JSON lines opened for reading and appending, cuts off a
 /// last line that a crash left without its newline, and returns the whole
 /// lines. Appenders write each line (newline included) in one `write` and
@@ -162,6 +224,20 @@ mod tests {
             .open(&empty)
             .unwrap();
         assert!(repair_jsonl(&mut file).unwrap().is_empty());
+    }
+
+    #[test]
+    fn directories_are_created_with_their_parents_and_a_file_in_the_way_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a").join("b");
+        create_dir_all(&deep, true).unwrap();
+        assert!(deep.is_dir());
+        // Existing: only the parent is synced again.
+        create_dir_all(&deep, true).unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"").unwrap();
+        assert!(create_dir_all(&file, true).is_err());
+        assert!(create_dir_all(&file.join("x"), false).is_err());
     }
 
     #[cfg(unix)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::durable::{repair_jsonl, sync_dir, write_atomic_with, Access};
+use crate::durable::{create_dir_all, repair_jsonl, sync_dir, write_atomic_with, Access};
 use crate::store::{Query, Rows, Store, Table};
 use crate::EmulatorError;
 
@@ -184,6 +184,11 @@ pub(crate) struct RecordLog {
     /// syncs would only slow every test down.
     durable: bool,
     store: Store,
+    /// The payload directories made durable in this run: each is created
+    /// (or found) and synced into the data directory once, not per payload.
+    payload_dirs: Mutex<std::collections::HashSet<String>>,
+    /// The current run of payload storage failures, logged once.
+    payload_failures: Mutex<FailureRun>,
     inner: Mutex<Inner>,
     appended: Condvar,
     count: watch::Sender<usize>,
@@ -210,7 +215,7 @@ impl RecordLog {
     /// crash (it was never acknowledged, see `append`) is cut off, and so
     /// are temporary payload files that were never renamed into place.
     pub(crate) fn open(data_dir: &Path, durable: bool) -> Result<RecordLog, EmulatorError> {
-        fs::create_dir_all(data_dir)
+        create_dir_all(data_dir, durable)
             .map_err(|e| EmulatorError::io("create directory", data_dir, e))?;
         let index_path = data_dir.join(INDEX_FILE);
         let mut index = OpenOptions::new()
@@ -235,6 +240,8 @@ impl RecordLog {
             data_dir: data_dir.to_path_buf(),
             durable,
             store,
+            payload_dirs: Mutex::default(),
+            payload_failures: Mutex::default(),
             inner: Mutex::new(Inner {
                 records: Vec::new(),
                 index,
@@ -254,8 +261,46 @@ impl RecordLog {
     }
 
     /// Stores `payload` as `<data>/<subdir>/<time>-<label>-<seq>.<ext>` and
-    /// returns the path relative to the data directory.
+    /// returns the path relative to the data directory. In a kept data
+    /// directory it returns only once the file, its name and its directory's
+    /// name are synced (decision 18), since its record and the PUBACK come
+    /// after. A failure means the payload is lost: the caller must not
+    /// acknowledge it. A run of failures is logged once, with its repeats.
     pub(crate) fn store_payload(
+        &self,
+        subdir: &str,
+        label: &str,
+        ext: &str,
+        payload: &[u8],
+    ) -> Result<PathBuf, NotStored> {
+        let stored = self.write_payload(subdir, label, ext, payload);
+        let mut run = self
+            .payload_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match stored {
+            Ok(path) => {
+                let _ = run.succeeded();
+                Ok(path)
+            }
+            Err(e) => {
+                // The directory may be gone or replaced: make it again
+                // (and sync it again) before the next payload.
+                self.lock_dirs().remove(subdir);
+                let _ = run.failed(&e);
+                Err(NotStored)
+            }
+        }
+    }
+
+    fn lock_dirs(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
+        // A set of names is whole between statements.
+        self.payload_dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_payload(
         &self,
         subdir: &str,
         label: &str,
@@ -271,7 +316,11 @@ impl RecordLog {
         let label = crate::durable::file_safe(label);
         let relative = PathBuf::from(subdir).join(format!("{stamp}-{label}-{seq:06}.{ext}"));
         let dir = self.data_dir.join(subdir);
-        fs::create_dir_all(&dir).map_err(|e| EmulatorError::io("create directory", &dir, e))?;
+        if !self.lock_dirs().contains(subdir) {
+            create_dir_all(&dir, self.durable)
+                .map_err(|e| EmulatorError::io("create directory", &dir, e))?;
+            self.lock_dirs().insert(subdir.to_owned());
+        }
         let full = self.data_dir.join(&relative);
         write_atomic_with(&full, payload, Access::Shared, self.durable)
             .map_err(|e| EmulatorError::io("write", &full, e))?;
@@ -381,6 +430,64 @@ impl RecordLog {
     }
 }
 
+/// A run of failures to store payloads: the first is logged, the rest
+/// are counted (reported at most every [`FailureRun::REPORT_EVERY`], and
+/// when the run ends), so that a full disk does not log once per message.
+#[derive(Debug, Default)]
+struct FailureRun {
+    /// Failures in the current run (0: not failing).
+    failures: u64,
+    /// Failures already reported, and when.
+    reported: u64,
+    reported_at: Option<Instant>,
+}
+
+impl FailureRun {
+    const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts a failure; true when it was logged.
+    fn failed(&mut self, error: &EmulatorError) -> bool {
+        self.failures += 1;
+        let now = Instant::now();
+        if self.failures == 1 {
+            tracing::error!(
+                error = %error,
+                "cannot store a payload: messages are not acknowledged until \
+                 payloads can be stored again (repeats are counted, not logged each)"
+            );
+        } else if self
+            .reported_at
+            .is_some_and(|at| now.duration_since(at) >= Self::REPORT_EVERY)
+        {
+            tracing::error!(
+                error = %error,
+                repeats = self.failures - self.reported,
+                failures = self.failures,
+                "payloads still cannot be stored"
+            );
+        } else {
+            return false;
+        }
+        self.reported = self.failures;
+        self.reported_at = Some(now);
+        true
+    }
+
+    /// Ends a run of failures, if one was going: how many it had.
+    fn succeeded(&mut self) -> Option<u64> {
+        let failures = self.failures;
+        if failures > 0 {
+            tracing::warn!(
+                failures = self.failures,
+                "payloads are stored again (the messages refused meanwhile were not acknowledged)"
+            );
+            *self = FailureRun::default();
+            return Some(failures);
+        }
+        None
+    }
+}
+
 /// Removes the temporary files (`.<name>.tmp-<pid>`) of payload writes that
 /// a crash interrupted before their rename: they were never recorded.
 fn remove_stale_temporaries(data_dir: &Path) {
@@ -445,6 +552,40 @@ mod tests {
         assert_eq!(read[0].time, record.time);
         let line = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
         assert!(line.contains("\"kind\":\"binary-log\""), "{line}");
+    }
+
+    #[test]
+    fn a_run_of_payload_failures_is_logged_once_and_counted() {
+        let error = EmulatorError::io("write", Path::new("x"), std::io::Error::other("full"));
+        let mut run = FailureRun::default();
+        assert_eq!(run.succeeded(), None);
+        assert!(run.failed(&error), "the first failure is logged");
+        for _ in 0..100 {
+            assert!(!run.failed(&error), "repeats are counted, not logged");
+        }
+        assert_eq!(run.succeeded(), Some(101));
+        assert!(run.failed(&error), "a new run is logged again");
+    }
+
+    #[test]
+    fn a_payload_directory_replaced_by_a_file_fails_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RecordLog::open(dir.path(), true).unwrap();
+        log.store_payload("binlog", "a", "bin", b"1").unwrap();
+        let payloads = dir.path().join("binlog");
+        fs::rename(&payloads, dir.path().join("aside")).unwrap();
+        fs::write(&payloads, b"").unwrap();
+        assert_eq!(
+            log.store_payload("binlog", "a", "bin", b"2"),
+            Err(NotStored)
+        );
+        assert_eq!(
+            log.store_payload("binlog", "a", "bin", b"3"),
+            Err(NotStored)
+        );
+        fs::remove_file(&payloads).unwrap();
+        let file = log.store_payload("binlog", "a", "bin", b"4").unwrap();
+        assert_eq!(fs::read(dir.path().join(file)).unwrap(), b"4");
     }
 
     #[test]

@@ -476,3 +476,79 @@ async fn what_the_database_refuses_is_not_acknowledged() {
     assert_eq!(get(&emu, "/metrics").await["count"], 1);
     assert_eq!(emu.records().len(), 1);
 }
+
+#[tokio::test]
+async fn a_payload_that_cannot_be_stored_is_not_acknowledged() {
+    // A kept data directory: payloads are synced before their PUBACK.
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(
+        EmulatorConfig::new(CUSTOMER)
+            .group_id(GROUP)
+            .plaintext(true)
+            .data_dir(dir.path()),
+    )
+    .unwrap();
+    let topics = topics(&emu);
+    let payload = |n: u32| json!({"device_serial": "S", "metrics": [{"name": "n", "value": n}]});
+    let mut client = device_client(&emu, "gw").await;
+    client
+        .publish(
+            &topics.metrics(APP).unwrap(),
+            QoS::AtLeastOnce,
+            false,
+            payload(1).to_string(),
+        )
+        .await;
+    assert_eq!(emu.records().len(), 1);
+
+    // The payload directory turns into a regular file: every write into
+    // it fails, even as root (where a chmod would not stop writes).
+    let payloads = dir.path().join("metrics");
+    let aside = dir.path().join("metrics.aside");
+    std::fs::rename(&payloads, &aside).unwrap();
+    std::fs::write(&payloads, b"not a directory").unwrap();
+    client
+        .client
+        .publish(
+            topics.metrics(APP).unwrap(),
+            QoS::AtLeastOnce,
+            false,
+            payload(2).to_string(),
+        )
+        .await
+        .unwrap();
+    // As for a database refusal: the connection closes, no PUBACK.
+    loop {
+        match client
+            .next_event(SOON)
+            .await
+            .expect("the connection closes")
+        {
+            Ok(Event::Incoming(Packet::PubAck(_))) => panic!("a PUBACK for a payload not stored"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(emu.records().len(), 1, "{:?}", emu.records());
+    assert_eq!(get(&emu, "/metrics").await["count"], 1);
+
+    // The fault removed, the message sent again is stored and acknowledged.
+    std::fs::remove_file(&payloads).unwrap();
+    std::fs::rename(&aside, &payloads).unwrap();
+    let mut client = device_client(&emu, "gw").await;
+    client
+        .publish(
+            &topics.metrics(APP).unwrap(),
+            QoS::AtLeastOnce,
+            false,
+            payload(2).to_string(),
+        )
+        .await;
+    let records = emu.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in &records {
+        let file = dir.path().join(record.file.as_ref().unwrap());
+        assert!(file.is_file(), "{}", file.display());
+    }
+    assert_eq!(get(&emu, "/metrics").await["count"], 2);
+}

@@ -66,12 +66,13 @@ impl Cloud {
                 request
             }
             Err(e) => {
-                record.file = self.store("boot", &format!("app{app_id}"), "json", &message.payload);
+                record.file =
+                    Some(self.store("boot", &format!("app{app_id}"), "json", &message.payload)?);
                 return self.records.append(record.rejected(e.to_string()));
             }
         };
         record.serial = Some(request.serial.clone());
-        record.file = self.store("boot", &request.serial, "json", &message.payload);
+        record.file = Some(self.store("boot", &request.serial, "json", &message.payload)?);
         // The reply goes to the request's own layout and group.
         let reply_topic = match Topics::new(self.topics.prefix(), self.topics.customer_id(), group)
             .and_then(|topics| topics.boot_reply(app_id, &request.serial))

@@ -211,7 +211,7 @@ impl Cloud {
         );
         record.app_id = ids.next().and_then(|app| app.parse().ok());
         record.serial = Some(serial.clone());
-        record.file = self.store("config", &serial, "bin", &message.payload);
+        record.file = Some(self.store("config", &serial, "bin", &message.payload)?);
         self.records
             .append(match LogConfig::decode(&message.payload) {
                 Ok(_) => record,
@@ -231,7 +231,7 @@ impl Cloud {
             message.topic.clone(),
             message.payload.len(),
         );
-        record.file = self.store("unrouted", "message", "bin", &message.payload);
+        record.file = Some(self.store("unrouted", "message", "bin", &message.payload)?);
         self.records.append(record.rejected(reason))
     }
 
@@ -277,30 +277,26 @@ impl Cloud {
                 let mut record = Record::new(RecordKind::Config, topic, payload.len());
                 record.app_id = Some(app_id);
                 record.serial = Some(serial.to_string());
-                record.file = self.store("config", serial, "bin", &payload);
-                // Sent already: a record the database refuses is only
-                // missing from the book (the store has logged why).
+                // Sent already: a payload or record that cannot be stored
+                // is only missing from the book (the store has logged why).
+                record.file = self.store("config", serial, "bin", &payload).ok();
                 let _ = self.records.append(record);
             }
         }
         Ok(())
     }
 
-    /// Stores a payload, logging (not failing) when the disk refuses: the
-    /// record still tells what arrived.
+    /// Stores a payload (synced, in a kept data directory). A payload
+    /// that cannot be stored fails its message, as a database refusal
+    /// does: its PUBACK is withheld and the publisher sends it again. The
+    /// record book has logged why, once per run of failures.
     fn store(
         &self,
         subdir: &str,
         label: &str,
         ext: &str,
         payload: &[u8],
-    ) -> Option<std::path::PathBuf> {
-        match self.records.store_payload(subdir, label, ext, payload) {
-            Ok(path) => Some(path),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store a payload");
-                None
-            }
-        }
+    ) -> Result<std::path::PathBuf, NotStored> {
+        self.records.store_payload(subdir, label, ext, payload)
     }
 }

@@ -42,24 +42,32 @@ impl Cloud {
             }
         });
         let label = record.serial.clone().unwrap_or_else(|| "unknown".into());
-        record.file = self.store("logs", &label, "ndjson", &message.payload);
-        match verdict {
-            Ok(batch) => {
-                let entries =
-                    rows::text_logs(&message.payload, app_id, &batch.serial, batch.sequence);
-                let stored = self.records.append_with(record, &entries);
-                if stored.is_err() {
-                    // Not stored, so not seen: the batch sent again must
-                    // not be dropped as a duplicate.
-                    self.text_sequences
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .remove(&(app_id, batch.serial, batch.sequence));
+        let stored = self
+            .store("logs", &label, "ndjson", &message.payload)
+            .and_then(|file| {
+                record.file = Some(file);
+                match &verdict {
+                    Ok(batch) => {
+                        let entries = rows::text_logs(
+                            &message.payload,
+                            app_id,
+                            &batch.serial,
+                            batch.sequence,
+                        );
+                        self.records.append_with(record, &entries)
+                    }
+                    Err(reason) => self.records.append(record.rejected(reason.clone())),
                 }
-                stored
-            }
-            Err(reason) => self.records.append(record.rejected(reason)),
+            });
+        if let (Err(NotStored), Ok(batch)) = (stored, verdict) {
+            // Not stored, so not seen: the batch sent again must not be
+            // dropped as a duplicate.
+            self.text_sequences
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&(app_id, batch.serial, batch.sequence));
         }
+        stored
     }
 }
 

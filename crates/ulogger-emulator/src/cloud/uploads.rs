@@ -41,7 +41,7 @@ impl Cloud {
             Some(serial) => format!("{serial}-app{app_id}"),
             None => format!("unknown-app{app_id}"),
         };
-        record.file = self.store("binlog", &label, "bin", payload);
+        record.file = Some(self.store("binlog", &label, "bin", payload)?);
         match verdict {
             Ok(entry) => self.records.append_with(record, &entry),
             Err(reason) => self.records.append(record.rejected(reason)),
@@ -54,7 +54,7 @@ impl Cloud {
             message.topic.clone(),
             message.payload.len(),
         );
-        record.file = self.store("core-dump", "dump", "bin", &message.payload);
+        record.file = Some(self.store("core-dump", "dump", "bin", &message.payload)?);
         self.records.append(record)
     }
 
@@ -150,16 +150,12 @@ impl Cloud {
             Some(app_id) => format!("app{app_id}"),
             None => "unknown".to_owned(),
         });
-        record.file = self.store(
-            subdir,
-            &label,
-            if checked.compressed {
-                "json.gz"
-            } else {
-                "json"
-            },
-            payload,
-        );
+        let ext = if checked.compressed {
+            "json.gz"
+        } else {
+            "json"
+        };
+        record.file = Some(self.store(subdir, &label, ext, payload)?);
         match &checked.verdict {
             Ok(()) => {
                 let list = if kind == RecordKind::Events {
