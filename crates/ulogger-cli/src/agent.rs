@@ -785,9 +785,9 @@ fn event(global: Global, kind: &str, fields: serde_json::Value, text: &str) {
         if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
             line.extend(fields);
         }
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 

@@ -47,7 +47,7 @@ fn demo_log(sequence: u8) -> Result<Vec<u8>, Exit> {
 
 fn step(global: Global, text: &str) {
     if !global.json {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 
@@ -157,7 +157,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
 
     let all_ok = received.iter().all(Record::is_ok);
     if global.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "broker": emulator.addr().to_string(),
@@ -173,9 +173,9 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
             })
         );
     } else {
-        println!("6. What the cloud received:");
+        outln!("6. What the cloud received:");
         for record in &received {
-            println!(
+            outln!(
                 "   {:<11} {:<26} serial={:<10} token={:<10} {:>5} bytes  {}",
                 kind_name(record.kind),
                 record.topic,
@@ -191,11 +191,11 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
             );
         }
         match &args.data {
-            Some(dir) => println!(
+            Some(dir) => outln!(
                 "   Records: {} (payloads beside it)",
                 dir.join(ulogger_emulator::INDEX_FILE).display()
             ),
-            None => println!("   (pass --data DIR to keep the records and certificates)"),
+            None => outln!("   (pass --data DIR to keep the records and certificates)"),
         }
     }
     if !all_ok {

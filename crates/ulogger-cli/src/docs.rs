@@ -60,9 +60,8 @@ pub fn man(args: ManArgs) -> Result<(), Exit> {
 
 fn write_stdout(bytes: &[u8]) -> Result<(), Exit> {
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(bytes)
-        .and_then(|()| stdout.flush())
-        .context("cannot write to stdout")?;
+    if let Err(error) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        crate::stdout::gone(&error);
+    }
     Ok(())
 }

@@ -143,7 +143,7 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                record = records.next() => println!("{}", record_line(global, &record)),
+                record = records.next() => outln!("{}", record_line(global, &record)),
                 stop = &mut stop => {
                     stop?;
                     break;
@@ -158,7 +158,7 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     let stopped = emulator.shutdown();
     // What the cloud stored while stopping.
     for record in records.drain() {
-        println!("{}", record_line(global, &record));
+        outln!("{}", record_line(global, &record));
     }
     stopped.context("the emulator failed").map_err(Exit::from)
 }
@@ -450,7 +450,7 @@ fn print_banner(
             "sample_log": sample.log.display().to_string(),
             "device_info": sample.device_info.display().to_string(),
         });
-        println!("{banner}");
+        outln!("{banner}");
         return Ok(());
     }
     let mut out = String::from("uLogger emulator: a local uLogger cloud\n");
@@ -546,7 +546,7 @@ fn print_banner(
         out,
         "Ctrl-C or SIGTERM stops (after storing what was acknowledged). Records as they arrive:"
     );
-    print!("{out}");
+    out!("{out}");
     Ok(())
 }
 

@@ -178,17 +178,22 @@ impl Printer {
             return;
         }
         if self.json {
-            println!("{}", line.trim());
+            outln!("{}", line.trim());
             return;
         }
         if !self.header_printed {
-            println!(
+            outln!(
                 "{:<19}  {:<11}  {:<8}  {:>10}  {:<14}  {:>7}  REASON",
-                "TIME", "KIND", "VERDICT", "APP", "SERIAL", "SIZE"
+                "TIME",
+                "KIND",
+                "VERDICT",
+                "APP",
+                "SERIAL",
+                "SIZE"
             );
             self.header_printed = true;
         }
-        println!("{}", row(line, &record));
+        outln!("{}", row(line, &record));
     }
 }
 

@@ -27,13 +27,13 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     let reports: Vec<Report> = args.files.iter().map(|f| inspect(f)).collect();
     if global.json {
         let text = serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?;
-        println!("{text}");
+        outln!("{text}");
     } else {
         for (i, report) in reports.iter().enumerate() {
             if i > 0 {
-                println!();
+                outln!();
             }
-            print!("{}", report.human());
+            out!("{}", report.human());
         }
     }
     let invalid = reports.iter().filter(|r| !r.ok).count();

@@ -170,12 +170,12 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
     runtime()?.block_on(publish(options, topic.clone(), payload))?;
 
     if global.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "pushed", "topic": topic, "config": config_json(&config)})
         );
     } else {
-        println!("pushed {} to {topic}", config_line(&config));
+        outln!("pushed {} to {topic}", config_line(&config));
     }
     Ok(())
 }
@@ -271,7 +271,7 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             }
         };
         if global.json {
-            println!("{}", json!({"event": "watching", "topic": configs.topic()}));
+            outln!("{}", json!({"event": "watching", "topic": configs.topic()}));
         } else {
             eprintln!(
                 "watching {} for log configurations (Ctrl-C stops)",
@@ -296,18 +296,18 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
 
 fn print_config(global: Global, config: &LogConfig) {
     if global.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "log_config", "config": config_json(config)})
         );
     } else {
-        println!("{}", config_line(config));
+        outln!("{}", config_line(config));
     }
 }
 
 fn print_invalid(global: Global, error: &ulogger_cloud::Error) {
     if global.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "invalid_log_config", "error": error.to_string()})
         );

@@ -332,7 +332,7 @@ fn now_seconds() -> f64 {
 
 fn summary(global: Global, device: &DeviceInfo, totals: &Totals, outbox: bool) {
     if global.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "serial": device.serial,

@@ -3,6 +3,23 @@
 //! `main` only parses arguments and dispatches; each subcommand lives in a
 //! module of its own and calls library code.
 
+/// `println!` that ends the command quietly on a closed pipe.
+macro_rules! outln {
+    () => {
+        $crate::stdout::write(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout::write(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that ends the command quietly on a closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout::write(format_args!($($arg)*), false)
+    };
+}
+
 mod agent;
 mod connection;
 mod demo;
@@ -21,6 +38,7 @@ mod outbox_upload;
 mod query;
 mod settings;
 mod signal;
+mod stdout;
 mod telemetry;
 mod tokens;
 mod upload;

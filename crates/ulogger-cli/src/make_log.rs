@@ -141,15 +141,15 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     }
     for w in &written {
         if global.json {
-            println!("{}", serde_json::to_string(w).map_err(anyhow::Error::from)?);
+            outln!("{}", serde_json::to_string(w).map_err(anyhow::Error::from)?);
         } else if let (Some(version), Some(used)) = (w.header_version, w.used_bytes) {
-            println!(
+            outln!(
                 "{}: log, header version {version}, {used} data bytes, {} bytes",
                 w.file.display(),
                 w.size
             );
         } else {
-            println!("{}: device info, {} bytes", w.file.display(), w.size);
+            outln!("{}: device info, {} bytes", w.file.display(), w.size);
         }
     }
     Ok(())

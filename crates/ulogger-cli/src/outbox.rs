@@ -70,15 +70,15 @@ pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
 fn status(global: Global, dir: &Path) -> Result<(), Exit> {
     let status = OutboxStatus::read(dir).map_err(exit::from_cloud)?;
     if global.json {
-        println!("{}", status_json(&status));
+        outln!("{}", status_json(&status));
         return Ok(());
     }
     let owner = match status.owner_pid {
         Some(pid) => format!("owned by process {pid}"),
         None => "not in use".to_owned(),
     };
-    println!("outbox {} ({owner})", status.dir.display());
-    println!(
+    outln!("outbox {} ({owner})", status.dir.display());
+    outln!(
         "  queued:    {} ({} bytes{})",
         status.queued,
         status.queued_bytes,
@@ -87,18 +87,19 @@ fn status(global: Global, dir: &Path) -> Result<(), Exit> {
             .map(|age| format!(", oldest {}", human_age(age)))
             .unwrap_or_default()
     );
-    println!("  in flight: {}", status.in_flight);
-    println!("  dead:      {}", status.dead);
+    outln!("  in flight: {}", status.in_flight);
+    outln!("  dead:      {}", status.dead);
     if status.owner_pid.is_some() {
-        println!(
+        outln!(
             "  delivered: {} ({:.1}/s over the last 10 s)",
-            status.delivered, status.delivery_rate
+            status.delivered,
+            status.delivery_rate
         );
-        println!("  evicted:   {}", status.evicted);
+        outln!("  evicted:   {}", status.evicted);
     }
-    println!("  corrupt:   {}", status.corrupt);
+    outln!("  corrupt:   {}", status.corrupt);
     if let Some(error) = &status.last_error {
-        println!("  last error: {error}");
+        outln!("  last error: {error}");
     }
     Ok(())
 }
@@ -134,16 +135,21 @@ fn list(global: Global, dir: &Path) -> Result<(), Exit> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     if records.is_empty() {
-        println!("the outbox is empty");
+        outln!("the outbox is empty");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>20}  {:<9} {:<8} {:>6}  {:<20} {:>8}  age",
-        "id", "kind", "state", "app", "serial", "bytes"
+        "id",
+        "kind",
+        "state",
+        "app",
+        "serial",
+        "bytes"
     );
     for r in &records {
         let (state, reason) = state_text(&r.state);
@@ -160,7 +166,7 @@ fn list(global: Global, dir: &Path) -> Result<(), Exit> {
         if let Some(reason) = reason {
             line.push_str(&format!("  ({reason})"));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(())
 }
@@ -217,11 +223,11 @@ fn settle(global: Global, dir: &Path, retry: bool) -> Result<(), Exit> {
         .map_err(exit::from_cloud)?;
     let verb = if retry { "retried" } else { "purged" };
     if global.json {
-        println!("{}", json!({ verb: count }));
+        outln!("{}", json!({ verb: count }));
     } else if retry {
-        println!("{count} dead records queued again; they go out with the next delivery");
+        outln!("{count} dead records queued again; they go out with the next delivery");
     } else {
-        println!("{count} dead records removed");
+        outln!("{count} dead records removed");
     }
     Ok(())
 }

@@ -242,18 +242,18 @@ async fn run(
         forget(&manifest_path, failed_keys)?;
     }
     if global.json {
-        println!(
+        outln!(
             "{}",
             json!({"delivered": delivered, "delivered_earlier": earlier_runs,
                    "failed": failed, "queued": still_queued, "outbox": dir})
         );
     } else {
-        println!(
+        outln!(
             "{delivered} delivered, {earlier_runs} delivered by an earlier run, {failed} failed, {still_queued} still queued in {}",
             dir.display()
         );
         if still_queued > 0 {
-            println!("run the same command again to deliver what is still queued");
+            outln!("run the same command again to deliver what is still queued");
         }
     }
     let worst = fates
@@ -290,9 +290,9 @@ fn report(global: Global, file: &Path, fate: &Fate) {
         Fate::Failed(_, message) => (false, format!("FAILED: {message}")),
     };
     if global.json {
-        println!("{}", json!({"file": file, "ok": ok, "status": text}));
+        outln!("{}", json!({"file": file, "ok": ok, "status": text}));
     } else if !matches!(fate, Fate::Queued) {
-        println!("{}: {text}", file.display());
+        outln!("{}: {text}", file.display());
     }
 }
 

@@ -158,11 +158,11 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
             )
         })?;
     if global.json {
-        println!("{body}");
+        outln!("{body}");
     } else if items.is_empty() {
         eprintln!("no {} in this window", args.kind.route());
     } else {
-        print!("{}", table(args.kind, items));
+        out!("{}", table(args.kind, items));
     }
     Ok(())
 }

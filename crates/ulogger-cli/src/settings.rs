@@ -325,14 +325,14 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
                 )
             })
             .collect();
-        println!("{}", serde_json::Value::Object(rows));
+        outln!("{}", serde_json::Value::Object(rows));
         return Ok(());
     }
     let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
     for setting in &settings {
         let value = setting.value.as_deref().unwrap_or("(not set)");
         let value = if value.is_empty() { "\"\"" } else { value };
-        println!("{:<width$}  {value}  ({})", setting.key, setting.source);
+        outln!("{:<width$}  {value}  ({})", setting.key, setting.source);
     }
     Ok(())
 }

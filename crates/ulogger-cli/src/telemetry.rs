@@ -550,7 +550,7 @@ fn run(global: Global, args: &SendArgs, request: &Request) -> Result<(), Exit> {
         if let Some(serial) = request.serial() {
             report["serial"] = json!(serial);
         }
-        println!("{report}");
+        outln!("{report}");
     } else {
         let whose = match request.serial() {
             Some(serial) => serial.to_owned(),
@@ -566,7 +566,7 @@ fn run(global: Global, args: &SendArgs, request: &Request) -> Result<(), Exit> {
             Receipt::Mqtt(_) => "published to",
             Receipt::Http(_) => "posted to",
         };
-        println!(
+        outln!(
             "{whose}: {samples} {noun} {verb} {} ({} bytes{})",
             receipt.destination(),
             receipt.size(),

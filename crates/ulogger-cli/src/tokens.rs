@@ -70,10 +70,10 @@ fn list(global: Global, arg: &StoreArg) -> Result<(), Exit> {
         return print_json(&entries);
     }
     if entries.is_empty() {
-        println!("no cached tokens in {}", arg.path()?.display());
+        outln!("no cached tokens in {}", arg.path()?.display());
         return Ok(());
     }
-    print!("{}", table(&entries));
+    out!("{}", table(&entries));
     Ok(())
 }
 
@@ -86,7 +86,7 @@ fn get(global: Global, serial: &str, arg: &StoreArg) -> Result<(), Exit> {
     if global.json {
         return print_json(&entry);
     }
-    print!("{}", table(std::slice::from_ref(&entry)));
+    out!("{}", table(std::slice::from_ref(&entry)));
     Ok(())
 }
 
@@ -98,7 +98,7 @@ fn rm(global: Global, serial: &str, arg: &StoreArg) -> Result<(), Exit> {
     if global.json {
         return print_json(&serde_json::json!({ "removed": serial }));
     }
-    println!("removed the token of {serial}");
+    outln!("removed the token of {serial}");
     Ok(())
 }
 
@@ -117,15 +117,15 @@ fn clear(global: Global, arg: &StoreArg) -> Result<(), Exit> {
         }));
     }
     if let Some(moved) = &moved {
-        println!(
+        outln!(
             "{} was corrupt: moved it to {}",
             path.display(),
             moved.display()
         );
     }
     match removed {
-        1 => println!("removed 1 token from {}", path.display()),
-        n => println!("removed {n} tokens from {}", path.display()),
+        1 => outln!("removed 1 token from {}", path.display()),
+        n => outln!("removed {n} tokens from {}", path.display()),
     }
     Ok(())
 }
@@ -143,7 +143,7 @@ fn not_cached(serial: &str, arg: &StoreArg) -> Exit {
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {
     let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 

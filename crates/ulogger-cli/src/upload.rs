@@ -188,12 +188,12 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
         if global.json {
             // Input order, whatever order the uploads finished in.
             reports.sort_by_key(|(index, _)| *index);
-            println!(
+            outln!(
                 "{}",
                 serde_json::Value::Array(reports.into_iter().map(|(_, r)| r).collect())
             );
         } else if total > 1 || stopped {
-            println!(
+            outln!(
                 "{} uploaded, {} failed{}, {bytes} bytes in {:.1} s",
                 account.uploaded,
                 account.failed,
@@ -275,10 +275,10 @@ impl Tally<'_> {
             (Some(bar), false) => {
                 // `println` prints nothing while the bar is hidden
                 // (stderr not a terminal); `suspend` always does.
-                bar.suspend(|| println!("{line}"));
+                bar.suspend(|| outln!("{line}"));
                 bar.inc(1);
             }
-            (None, false) => println!("{line}"),
+            (None, false) => outln!("{line}"),
         }
     }
 }
@@ -338,12 +338,12 @@ pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
         client.shutdown().await;
         let token = result.map_err(exit::from_cloud)?;
         if global.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"serial": device.serial, "app_id": device.app_id, "token": token})
             );
         } else {
-            println!("{}: token {token}", device.serial);
+            outln!("{}: token {token}", device.serial);
         }
         Ok(())
     })
@@ -361,12 +361,12 @@ pub fn core_dump(global: Global, args: CoreDumpArgs) -> Result<(), Exit> {
         client.shutdown().await;
         let receipt = result.map_err(exit::from_cloud)?;
         if global.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"file": args.file, "topic": receipt.topic, "size": receipt.size})
             );
         } else {
-            println!(
+            outln!(
                 "{}: published {} bytes to {}",
                 args.file.display(),
                 receipt.size,
