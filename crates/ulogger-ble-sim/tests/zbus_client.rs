@@ -1,0 +1,433 @@
+//! A D-Bus client (zbus proxies, as a BlueZ client sees the bus) drives the
+//! fake BlueZ through a whole pull: discover, connect, resolve, read the
+//! config, subscribe, ack, receive, disconnect.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::time::timeout;
+use ulogger_ble_sim::{Characteristic, FakeBluez, PrivateBus, SimulatedDevice, SERVICE_UUID};
+use zbus::Variant;
+
+const ADAPTER: &str = "org.bluez.Adapter1";
+const DEVICE_IFACE: &str = "org.bluez.Device1";
+const CHAR: &str = "org.bluez.GattCharacteristic1";
+
+fn data() -> Vec<u8> {
+    (0..100u8).collect()
+}
+
+fn command() -> Options {
+    HashMap::from([("type", Variant::from("command"))])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pulls_a_log_through_the_fake_bluez() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = timeout(STEP, FakeBluez::start(bus.address()))
+        .await
+        .unwrap()
+        .unwrap();
+    let (behaviour, record) = ChunkSender::new(data(), config_value());
+    let device = bluez
+        .add_device(SimulatedDevice::new(DEVICE, NAME, Box::new(behaviour)))
+        .await
+        .unwrap();
+    assert_eq!(device.path(), DEVICE_PATH);
+
+    let conn = client(bus.address()).await;
+    let om = object_manager(&conn).await;
+
+    // Before discovery: the adapter, powered, and no device.
+    let objects = om.get_managed_objects().await.unwrap();
+    let hci0 = objects
+        .iter()
+        .find(|(p, _)| p.as_str() == "/org/bluez/hci0")
+        .expect("adapter exported");
+    assert!(hci0.1.keys().any(|i| i.as_str() == ADAPTER));
+    assert!(!objects.keys().any(|p| p.as_str() == DEVICE_PATH));
+    assert!(bool::try_from(get(&conn, "/org/bluez/hci0", ADAPTER, "Powered").await).unwrap());
+
+    // Discovery finds the device by name; it advertises no service UUID.
+    let mut added = om.receive_interfaces_added().await.unwrap();
+    let adapter = proxy(&conn, "/org/bluez/hci0", ADAPTER).await;
+    let filter: HashMap<&str, Variant<'_>> = HashMap::from([("Transport", Variant::from("le"))]);
+    adapter
+        .call::<_, _, ()>("SetDiscoveryFilter", &(filter,))
+        .await
+        .unwrap();
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let found = timeout(STEP, async {
+        while let Some(signal) = added.next().await {
+            let args = signal.args().unwrap();
+            if let Some(props) = args.interfaces_and_properties().get(DEVICE_IFACE) {
+                let name = String::try_from(props["Name"].try_clone().unwrap()).unwrap();
+                if name == NAME {
+                    let uuids =
+                        Vec::<String>::try_from(props["UUIDs"].try_clone().unwrap()).unwrap();
+                    assert!(uuids.is_empty(), "advertised UUIDs: {uuids:?}");
+                    return args.object_path().to_string();
+                }
+            }
+        }
+        panic!("InterfacesAdded stream ended");
+    })
+    .await
+    .expect("device not discovered");
+    assert_eq!(found, DEVICE_PATH);
+    assert!(bool::try_from(get(&conn, "/org/bluez/hci0", ADAPTER, "Discovering").await).unwrap());
+    adapter
+        .call::<_, _, ()>("StopDiscovery", &())
+        .await
+        .unwrap();
+
+    // Connect: the reply comes once services are resolved, and the GATT
+    // objects are there with the uLogger UUIDs and properties.
+    let dev = proxy(&conn, DEVICE_PATH, DEVICE_IFACE).await;
+    timeout(STEP, dev.call::<_, _, ()>("Connect", &()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bool::try_from(get(&conn, DEVICE_PATH, DEVICE_IFACE, "Connected").await).unwrap());
+    assert!(
+        bool::try_from(get(&conn, DEVICE_PATH, DEVICE_IFACE, "ServicesResolved").await).unwrap()
+    );
+    let objects = om.get_managed_objects().await.unwrap();
+    let service = objects
+        .iter()
+        .find(|(_, ifaces)| {
+            ifaces.get("org.bluez.GattService1").is_some_and(|p| {
+                String::try_from(p["UUID"].try_clone().unwrap()).unwrap() == SERVICE_UUID
+            })
+        })
+        .expect("uLogger service exported");
+    assert!(service.0.as_str().starts_with(DEVICE_PATH));
+    for ch in Characteristic::ALL {
+        let path = device.characteristic_path(ch);
+        let props = objects
+            .iter()
+            .find(|(p, _)| p.as_str() == path)
+            .and_then(|(_, i)| i.get(CHAR))
+            .unwrap_or_else(|| panic!("{ch:?} not at {path}"));
+        assert_eq!(
+            String::try_from(props["UUID"].try_clone().unwrap()).unwrap(),
+            ch.uuid()
+        );
+        let flags = Vec::<String>::try_from(props["Flags"].try_clone().unwrap()).unwrap();
+        assert_eq!(flags, ch.flags());
+        let svc = zbus::OwnedObjectPath::try_from(props["Service"].try_clone().unwrap()).unwrap();
+        assert_eq!(&svc, service.0);
+    }
+
+    // Read config.
+    let config = proxy(
+        &conn,
+        &device.characteristic_path(Characteristic::Config),
+        CHAR,
+    )
+    .await;
+    let value: Vec<u8> = config.call("ReadValue", &(Options::new(),)).await.unwrap();
+    assert_eq!(value, config_value());
+
+    // Subscribe to log_data (the match rule is in place before StartNotify).
+    let log_data_path = device.characteristic_path(Characteristic::LogData);
+    let log_data_props = properties(&conn, &log_data_path).await;
+    let mut changes = log_data_props.receive_properties_changed().await.unwrap();
+    let log_data = proxy(&conn, &log_data_path, CHAR).await;
+    log_data.call::<_, _, ()>("StartNotify", &()).await.unwrap();
+
+    // Ack 0 without response: every chunk arrives as a PropertiesChanged
+    // on Value, in order.
+    let log_ack = proxy(
+        &conn,
+        &device.characteristic_path(Characteristic::LogAck),
+        CHAR,
+    )
+    .await;
+    log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![0u8, 0], command()))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut offsets = Vec::new();
+    timeout(STEP, async {
+        while received.len() < data().len() {
+            let signal = changes.next().await.expect("signal stream ended");
+            let args = signal.args().unwrap();
+            if args.interface_name().as_str() != CHAR {
+                continue;
+            }
+            let Some(value) = args.changed_properties().get("Value") else {
+                continue;
+            };
+            let chunk = Vec::<u8>::try_from(value.try_clone().unwrap()).unwrap();
+            let offset = u16::from_le_bytes([chunk[0], chunk[1]]);
+            let total = u16::from_le_bytes([chunk[2], chunk[3]]);
+            assert_eq!(usize::from(total), data().len());
+            assert!(chunk.len() <= 20);
+            offsets.push(offset);
+            received.extend_from_slice(&chunk[4..]);
+        }
+    })
+    .await
+    .expect("chunks did not all arrive");
+    assert_eq!(received, data());
+    assert_eq!(offsets, (0..100).step_by(16).collect::<Vec<u16>>());
+
+    // A re-ack retransmits that one chunk; the final ack erases.
+    log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![32u8, 0], command()))
+        .await
+        .unwrap();
+    let again = timeout(STEP, async {
+        loop {
+            let signal = changes.next().await.unwrap();
+            if let Some(v) = signal.args().unwrap().changed_properties().get("Value") {
+                return Vec::<u8>::try_from(v.try_clone().unwrap()).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&again[..4], &[32, 0, 100, 0]);
+    // A write with response (the default type) is accepted too.
+    log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![100u8, 0], Options::new()))
+        .await
+        .unwrap();
+    {
+        let record = record.lock().unwrap();
+        assert_eq!(record.acks, vec![0, 32, 100]);
+        assert!(record.erased);
+    }
+
+    // BlueZ's refusals: no read on a notify-only characteristic, no
+    // notifications on a write-only one.
+    let err = log_data
+        .call::<_, _, Vec<u8>>("ReadValue", &(Options::new(),))
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.NotPermitted");
+    let err = log_ack
+        .call::<_, _, ()>("StartNotify", &())
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.NotSupported");
+
+    // Disconnect: ServicesResolved then Connected go false, the GATT
+    // objects stay cached, and calls on them fail with "Not connected".
+    let dev_props = properties(&conn, DEVICE_PATH).await;
+    let mut dev_changes = dev_props.receive_properties_changed().await.unwrap();
+    dev.call::<_, _, ()>("Disconnect", &()).await.unwrap();
+    let order = timeout(STEP, async {
+        let mut order = Vec::new();
+        while order.len() < 2 {
+            let signal = dev_changes.next().await.unwrap();
+            for (name, value) in signal.args().unwrap().changed_properties() {
+                if ["Connected", "ServicesResolved"].contains(name) {
+                    assert!(!bool::try_from(value.try_clone().unwrap()).unwrap());
+                    order.push(name.to_string());
+                }
+            }
+        }
+        order
+    })
+    .await
+    .unwrap();
+    assert_eq!(order, ["ServicesResolved", "Connected"]);
+    assert!(!device.is_connected());
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(objects.keys().any(|p| p.as_str() == log_data_path));
+    let err = config
+        .call::<_, _, Vec<u8>>("ReadValue", &(Options::new(),))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error(&err),
+        (
+            "org.bluez.Error.Failed".to_owned(),
+            "Not connected".to_owned()
+        )
+    );
+    let err = log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![0u8, 0], command()))
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).1, "Not connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_starts_by_itself_and_faults_apply() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = FakeBluez::start(bus.address()).await.unwrap();
+    let (mut behaviour, _record) = ChunkSender::new(data(), config_value());
+    behaviour.auto_start = Some(Duration::from_millis(200));
+    let device = bluez
+        .add_device(SimulatedDevice::new(DEVICE, NAME, Box::new(behaviour)))
+        .await
+        .unwrap();
+    let conn = client(bus.address()).await;
+
+    // Not discovered yet: the device object does not exist.
+    let dev = proxy(&conn, DEVICE_PATH, DEVICE_IFACE).await;
+    let err = dev.call::<_, _, ()>("Connect", &()).await.unwrap_err();
+    assert_eq!(
+        method_error(&err).0,
+        "org.freedesktop.DBus.Error.UnknownObject"
+    );
+
+    // A UUID filter hides it (it advertises none), as with real BlueZ.
+    let adapter = proxy(&conn, "/org/bluez/hci0", ADAPTER).await;
+    let filter = HashMap::from([("UUIDs", Variant::from(vec![SERVICE_UUID]))]);
+    adapter
+        .call::<_, _, ()>("SetDiscoveryFilter", &(filter,))
+        .await
+        .unwrap();
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let om = object_manager(&conn).await;
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(!objects.keys().any(|p| p.as_str() == DEVICE_PATH));
+    adapter
+        .call::<_, _, ()>("StopDiscovery", &())
+        .await
+        .unwrap();
+    let err = adapter
+        .call::<_, _, ()>("StopDiscovery", &())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error(&err),
+        (
+            "org.bluez.Error.Failed".to_owned(),
+            "No discovery started".to_owned()
+        )
+    );
+    adapter
+        .call::<_, _, ()>(
+            "SetDiscoveryFilter",
+            &(HashMap::<&str, Variant<'_>>::new(),),
+        )
+        .await
+        .unwrap();
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(objects.keys().any(|p| p.as_str() == DEVICE_PATH));
+
+    // A failing connect is BlueZ's Failed; then it works.
+    device.set_fail_connects(true);
+    let err = dev.call::<_, _, ()>("Connect", &()).await.unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.Failed");
+    device.set_fail_connects(false);
+
+    let log_data_path = device.characteristic_path(Characteristic::LogData);
+    let props = properties(&conn, &log_data_path).await;
+    let mut changes = props.receive_properties_changed().await.unwrap();
+    dev.call::<_, _, ()>("Connect", &()).await.unwrap();
+    let log_data = proxy(&conn, &log_data_path, CHAR).await;
+    log_data.call::<_, _, ()>("StartNotify", &()).await.unwrap();
+    let err = log_data
+        .call::<_, _, ()>("StartNotify", &())
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.InProgress");
+
+    // The device's own timer sends chunk 0 (tick at next_deadline).
+    let first = timeout(STEP, async {
+        loop {
+            let signal = changes.next().await.unwrap();
+            if let Some(v) = signal.args().unwrap().changed_properties().get("Value") {
+                return Vec::<u8>::try_from(v.try_clone().unwrap()).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("no chunk from the device's timer");
+    assert_eq!(&first[..4], &[0, 0, 100, 0]);
+
+    // A dropped notification never arrives; the next one does.
+    device.drop_notifications(1);
+    let log_ack = proxy(
+        &conn,
+        &device.characteristic_path(Characteristic::LogAck),
+        CHAR,
+    )
+    .await;
+    log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![16u8, 0], command()))
+        .await
+        .unwrap();
+    log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![48u8, 0], command()))
+        .await
+        .unwrap();
+    let next = timeout(STEP, async {
+        loop {
+            let signal = changes.next().await.unwrap();
+            if let Some(v) = signal.args().unwrap().changed_properties().get("Value") {
+                return Vec::<u8>::try_from(v.try_clone().unwrap()).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&next[..2], &[48, 0]);
+
+    // The link drops from the device's side: the client sees it.
+    let dev_props = properties(&conn, DEVICE_PATH).await;
+    let mut dev_changes = dev_props.receive_properties_changed().await.unwrap();
+    device.drop_link().await.unwrap();
+    timeout(STEP, async {
+        loop {
+            let signal = dev_changes.next().await.unwrap();
+            if let Some(v) = signal.args().unwrap().changed_properties().get("Connected") {
+                assert!(!bool::try_from(v.try_clone().unwrap()).unwrap());
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let err = log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![0u8, 0], command()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error(&err),
+        (
+            "org.bluez.Error.Failed".to_owned(),
+            "Not connected".to_owned()
+        )
+    );
+
+    // RemoveDevice takes it off the bus (a running discovery finds it again).
+    adapter
+        .call::<_, _, ()>("StopDiscovery", &())
+        .await
+        .unwrap();
+    let path = zbus::ObjectPath::try_from(DEVICE_PATH).unwrap();
+    adapter
+        .call::<_, _, ()>("RemoveDevice", &(path.clone(),))
+        .await
+        .unwrap();
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(!objects.keys().any(|p| p.as_str().starts_with(DEVICE_PATH)));
+    let err = adapter
+        .call::<_, _, ()>("RemoveDevice", &(path,))
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.DoesNotExist");
+}
