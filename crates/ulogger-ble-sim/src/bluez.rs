@@ -28,6 +28,8 @@ const ATT_MTU: u16 = 23;
 const SERVICE_HANDLE: u16 = 0x0010;
 /// How long connecting to the bus and owning `org.bluez` may take.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// The firmware advertises every 100 ms or so.
+const DEFAULT_ADVERTISING_INTERVAL: Duration = Duration::from_millis(100);
 
 const ADAPTER_IFACE: &str = "org.bluez.Adapter1";
 const DEVICE_IFACE: &str = "org.bluez.Device1";
@@ -62,6 +64,7 @@ pub struct SimulatedDevice {
     name: String,
     address_type: &'static str,
     rssi: i16,
+    advertising_interval: Duration,
     behaviour: Box<dyn DeviceBehaviour>,
 }
 
@@ -89,6 +92,7 @@ impl SimulatedDevice {
             name: name.into(),
             address_type: "public",
             rssi: -60,
+            advertising_interval: DEFAULT_ADVERTISING_INTERVAL,
             behaviour,
         }
     }
@@ -102,6 +106,14 @@ impl SimulatedDevice {
     /// The advertisement's RSSI as the adapter reports it, in dBm.
     pub fn rssi(mut self, rssi: i16) -> Self {
         self.rssi = rssi;
+        self
+    }
+
+    /// How often, while a client discovers and the device is not
+    /// connected, BlueZ reports a new advertisement from it (an `RSSI`
+    /// change on `Device1`); default 100 ms.
+    pub fn advertising_interval(mut self, interval: Duration) -> Self {
+        self.advertising_interval = interval;
         self
     }
 }
@@ -178,6 +190,7 @@ struct Device {
     name: String,
     address_type: &'static str,
     rssi: i16,
+    advertising_interval: Duration,
     path: OwnedObjectPath,
     state: Mutex<DeviceState>,
     /// Wakes the device's driver: its deadline may have changed.
@@ -211,6 +224,8 @@ struct DeviceState {
     alias: Option<String>,
     fail_connects: bool,
     drop_notifications: u32,
+    /// The last advertisement's RSSI, as `Device1.RSSI` shows it.
+    rssi: i16,
     /// Per characteristic, the clients that called StartNotify.
     notify_sessions: [HashSet<String>; 6],
     /// Per characteristic, BlueZ's cached `Value`.
@@ -358,6 +373,7 @@ impl FakeBluez {
             name: device.name,
             address_type: device.address_type,
             rssi: device.rssi,
+            advertising_interval: device.advertising_interval,
             state: Mutex::new(DeviceState {
                 behaviour: device.behaviour,
                 exported: false,
@@ -370,6 +386,7 @@ impl FakeBluez {
                 alias: None,
                 fail_connects: false,
                 drop_notifications: 0,
+                rssi: device.rssi,
                 notify_sessions: Default::default(),
                 values: Default::default(),
             }),
@@ -387,7 +404,12 @@ impl FakeBluez {
             }
             devices.push(dev.clone());
         }
-        let driver = tokio::spawn(drive(dev.clone(), self.conn.clone(), rx));
+        let driver = tokio::spawn(drive(
+            dev.clone(),
+            self.registry.clone(),
+            self.conn.clone(),
+            rx,
+        ));
         self.drivers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -472,7 +494,14 @@ impl DeviceHandle {
 
 /// The device's driver: sends queued notifications in order and calls the
 /// behaviour's `tick` at its deadlines.
-async fn drive(dev: Arc<Device>, conn: Connection, mut rx: mpsc::UnboundedReceiver<Notification>) {
+async fn drive(
+    dev: Arc<Device>,
+    registry: Arc<Registry>,
+    conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<Notification>,
+) {
+    let mut adverts = tokio::time::interval(dev.advertising_interval);
+    adverts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = dev.state().behaviour.next_deadline();
         let sleep = async {
@@ -493,6 +522,11 @@ async fn drive(dev: Arc<Device>, conn: Connection, mut rx: mpsc::UnboundedReceiv
                 None => return,
             },
             () = dev.wake.notified() => {}
+            _ = adverts.tick() => {
+                if let Err(e) = advertise(&conn, &registry, &dev).await {
+                    tracing::warn!(device = %dev.address, error = %e, "advertisement not reported");
+                }
+            }
             () = sleep => {
                 let mut state = dev.state();
                 let out = state.behaviour.tick(Instant::now());
@@ -500,6 +534,38 @@ async fn drive(dev: Arc<Device>, conn: Connection, mut rx: mpsc::UnboundedReceiv
             }
         }
     }
+}
+
+/// One advertisement received while discovering: BlueZ reports each as a
+/// changed `RSSI` (only a change is signalled, so the value alternates by
+/// 1 dB, as a real one jitters). Clients such as bleak see a device through
+/// these, not only through its `InterfacesAdded`, which may come before
+/// their scan has started listening.
+async fn advertise(conn: &Connection, registry: &Registry, dev: &Device) -> zbus::Result<()> {
+    if !registry.adapter().wants(dev) {
+        return Ok(());
+    }
+    let rssi = {
+        let mut state = dev.state();
+        if !state.exported || state.connected {
+            // Not found yet (the discovery exports it), or connected: the
+            // firmware stops advertising while it serves a central.
+            return Ok(());
+        }
+        state.rssi = if state.rssi == dev.rssi {
+            dev.rssi - 1
+        } else {
+            dev.rssi
+        };
+        state.rssi
+    };
+    emit_changed(
+        conn,
+        dev.path.as_str(),
+        DEVICE_IFACE,
+        vec![("RSSI", Variant::from(rssi))],
+    )
+    .await
 }
 
 /// One notification on the air: BlueZ caches it as the characteristic's
@@ -1048,7 +1114,7 @@ impl DeviceIface {
 
     #[zbus(property, name = "RSSI")]
     async fn rssi(&self) -> i16 {
-        self.dev.rssi
+        self.dev.state().rssi
     }
 
     #[zbus(property)]
