@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use zbus::fdo::{ObjectManager, Properties};
@@ -347,10 +348,16 @@ impl FakeBluez {
         let conn = tokio::time::timeout(START_TIMEOUT, build)
             .await
             .map_err(|_| Error::Timeout("connecting the fake BlueZ to the bus"))??;
+        // Subscribed before `start` returns, so no client can leave unseen.
+        let departures = zbus::fdo::DBusProxy::new(&conn)
+            .await?
+            .receive_name_owner_changed()
+            .await?;
+        let watcher = tokio::spawn(watch_clients(conn.clone(), registry.clone(), departures));
         Ok(Self {
             conn,
             registry,
-            drivers: Mutex::new(Vec::new()),
+            drivers: Mutex::new(vec![watcher]),
         })
     }
 
@@ -436,6 +443,64 @@ impl Drop for FakeBluez {
             driver.abort();
         }
     }
+}
+
+/// Ends the sessions of clients that leave the bus, as bluetoothd does: a
+/// killed gateway's discovery and notification sessions do not outlive it
+/// (its connections to devices do).
+async fn watch_clients(
+    conn: Connection,
+    registry: Arc<Registry>,
+    mut departures: zbus::fdo::NameOwnerChangedStream,
+) {
+    while let Some(signal) = departures.next().await {
+        let Ok(args) = signal.args() else { continue };
+        if args.new_owner().is_some() || !args.name().as_str().starts_with(':') {
+            continue;
+        }
+        if let Err(e) = forget_client(&conn, &registry, args.name().as_str()).await {
+            tracing::warn!(client = %args.name(), error = %e, "sessions of a departed client");
+        }
+    }
+}
+
+async fn forget_client(conn: &Connection, registry: &Registry, client: &str) -> zbus::Result<()> {
+    let stopped = {
+        let mut adapter = registry.adapter();
+        adapter.filters.remove(client);
+        adapter.sessions.remove(client) && adapter.sessions.is_empty()
+    };
+    if stopped {
+        emit_changed(
+            conn,
+            ADAPTER_PATH,
+            ADAPTER_IFACE,
+            vec![("Discovering", Variant::from(false))],
+        )
+        .await?;
+    }
+    for dev in registry.devices() {
+        let ended: Vec<Characteristic> = {
+            let mut state = dev.state();
+            Characteristic::ALL
+                .into_iter()
+                .filter(|ch| {
+                    let sessions = &mut state.notify_sessions[ch.index()];
+                    sessions.remove(client) && sessions.is_empty()
+                })
+                .collect()
+        };
+        for ch in ended {
+            emit_changed(
+                conn,
+                &dev.char_path(ch),
+                CHAR_IFACE,
+                vec![("Notifying", Variant::from(false))],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// A simulated device's radio-side controls: the faults a test injects.

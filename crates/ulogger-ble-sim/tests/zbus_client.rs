@@ -431,3 +431,67 @@ async fn the_device_starts_by_itself_and_faults_apply() {
         .unwrap_err();
     assert_eq!(method_error(&err).0, "org.bluez.Error.DoesNotExist");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_clients_sessions_end_but_its_link_stays() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = FakeBluez::start(bus.address()).await.unwrap();
+    let (behaviour, _record) = ChunkSender::new(data(), config_value());
+    let device = bluez
+        .add_device(SimulatedDevice::new(DEVICE, NAME, Box::new(behaviour)))
+        .await
+        .unwrap();
+    let log_data_path = device.characteristic_path(Characteristic::LogData);
+
+    // A gateway discovers, connects and subscribes, then dies.
+    let gateway = client(bus.address()).await;
+    let adapter = proxy(&gateway, "/org/bluez/hci0", ADAPTER).await;
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let dev = proxy(&gateway, DEVICE_PATH, DEVICE_IFACE).await;
+    dev.call::<_, _, ()>("Connect", &()).await.unwrap();
+    let log_data = proxy(&gateway, &log_data_path, CHAR).await;
+    log_data.call::<_, _, ()>("StartNotify", &()).await.unwrap();
+
+    let observer = client(bus.address()).await;
+    let adapter_props = properties(&observer, "/org/bluez/hci0").await;
+    let mut adapter_changes = adapter_props.receive_properties_changed().await.unwrap();
+    let char_props = properties(&observer, &log_data_path).await;
+    let mut char_changes = char_props.receive_properties_changed().await.unwrap();
+    drop((adapter, dev, log_data));
+    gateway.graceful_shutdown().await;
+
+    let changed_to_false = |name: &'static str| {
+        move |signal: zbus::fdo::PropertiesChanged| {
+            let args = signal.args().unwrap();
+            args.changed_properties()
+                .get(name)
+                .map(|v| !bool::try_from(v.try_clone().unwrap()).unwrap())
+                .unwrap_or(false)
+        }
+    };
+    timeout(STEP, async {
+        while let Some(s) = adapter_changes.next().await {
+            if changed_to_false("Discovering")(s) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("Discovering did not end with its client");
+    timeout(STEP, async {
+        while let Some(s) = char_changes.next().await {
+            if changed_to_false("Notifying")(s) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("Notifying did not end with its client");
+    // The link outlives the client, as with bluetoothd: a restarted gateway
+    // finds the device connected.
+    assert!(device.is_connected());
+    assert!(bool::try_from(get(&observer, DEVICE_PATH, DEVICE_IFACE, "Connected").await).unwrap());
+}
