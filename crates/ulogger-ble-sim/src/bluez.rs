@@ -3,10 +3,13 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use tokio::net::UnixDatagram;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use zbus::fdo::{ObjectManager, Properties};
@@ -231,6 +234,128 @@ struct DeviceState {
     notify_sessions: [HashSet<String>; 6],
     /// Per characteristic, BlueZ's cached `Value`.
     values: [Vec<u8>; 6],
+    /// Per characteristic, the socket handed out by `AcquireNotify`.
+    notify_io: [Option<AcquiredIo>; 6],
+    /// Per characteristic, the socket handed out by `AcquireWrite`.
+    write_io: [Option<AcquiredIo>; 6],
+}
+
+/// Our end of a socket pair handed to a client by `AcquireNotify` or
+/// `AcquireWrite`, and the task that reads it. Dropping it closes our end
+/// (the client reads end-of-file, as when bluetoothd drops a link).
+struct AcquiredIo {
+    fd: Arc<UnixDatagram>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for AcquiredIo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acquired {
+    Notify,
+    Write,
+}
+
+impl Acquired {
+    fn property(self) -> &'static str {
+        match self {
+            Acquired::Notify => "NotifyAcquired",
+            Acquired::Write => "WriteAcquired",
+        }
+    }
+}
+
+impl DeviceState {
+    fn acquired(&mut self, kind: Acquired, ch: Characteristic) -> &mut Option<AcquiredIo> {
+        match kind {
+            Acquired::Notify => &mut self.notify_io[ch.index()],
+            Acquired::Write => &mut self.write_io[ch.index()],
+        }
+    }
+
+    fn notifying(&self, ch: Characteristic) -> bool {
+        !self.notify_sessions[ch.index()].is_empty() || self.notify_io[ch.index()].is_some()
+    }
+}
+
+/// A connected `SOCK_SEQPACKET` pair, as bluetoothd makes for the acquire
+/// calls: one datagram per ATT value, and end-of-file when either side
+/// closes. Our end is driven as a tokio `UnixDatagram`: `send` and `recv`
+/// are the same calls on a connected seqpacket socket, and it needs
+/// neither unsafe nor tokio's deprecated `AsyncFd::new`.
+fn seqpacket_pair() -> io::Result<(UnixDatagram, OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let ours = UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(ours))?;
+    Ok((ours, theirs))
+}
+
+/// Reads an acquired socket until the client closes it: on a write socket
+/// each datagram is a write without response; a notify socket carries
+/// nothing from the client, only its hang-up.
+async fn serve_acquired(
+    conn: Connection,
+    dev: Arc<Device>,
+    ch: Characteristic,
+    kind: Acquired,
+    fd: Arc<UnixDatagram>,
+) {
+    let mut buf = [0u8; 512];
+    loop {
+        match fd.recv(&mut buf).await {
+            Ok(n) if n > 0 => {
+                if kind == Acquired::Write {
+                    let mut state = dev.state();
+                    if state.connected {
+                        let out = state.behaviour.write(ch, &buf[..n], Instant::now());
+                        dev.send(out);
+                    }
+                    drop(state);
+                    dev.wake.notify_one();
+                }
+            }
+            // End-of-file (the client closed its end) or a dead socket.
+            _ => break,
+        }
+    }
+    let released = {
+        let mut state = dev.state();
+        let slot = state.acquired(kind, ch);
+        if slot.as_ref().is_some_and(|a| Arc::ptr_eq(&a.fd, &fd)) {
+            slot.take()
+        } else {
+            None
+        }
+    };
+    if let Some(released) = released {
+        if let Err(e) = emit_released(&conn, &dev, ch, kind).await {
+            tracing::warn!(device = %dev.address, error = %e, "release not signalled");
+        }
+        // Last: dropping it aborts this very task.
+        drop(released);
+    }
+}
+
+async fn emit_released(
+    conn: &Connection,
+    dev: &Device,
+    ch: Characteristic,
+    kind: Acquired,
+) -> zbus::Result<()> {
+    let mut changes = vec![(kind.property(), Variant::from(false))];
+    if kind == Acquired::Notify && !dev.state().notifying(ch) {
+        changes.push(("Notifying", Variant::from(false)));
+    }
+    emit_changed(conn, &dev.char_path(ch), CHAR_IFACE, changes).await
 }
 
 impl Device {
@@ -396,6 +521,8 @@ impl FakeBluez {
                 rssi: device.rssi,
                 notify_sessions: Default::default(),
                 values: Default::default(),
+                notify_io: Default::default(),
+                write_io: Default::default(),
             }),
             wake: Notify::new(),
             air,
@@ -434,6 +561,13 @@ impl FakeBluez {
 
 impl Drop for FakeBluez {
     fn drop(&mut self) {
+        // Acquired sockets' tasks hold the connection: end them too, so
+        // `org.bluez` goes away with this value.
+        for dev in self.registry.devices() {
+            let mut state = dev.state();
+            state.notify_io = Default::default();
+            state.write_io = Default::default();
+        }
         for driver in self
             .drivers
             .lock()
@@ -641,11 +775,11 @@ async fn notify(
     ch: Characteristic,
     value: Vec<u8>,
 ) -> zbus::Result<()> {
-    {
+    let acquired = {
         let mut state = dev.state();
         // Without a subscription the CCC descriptor is off and the device's
         // notification never reaches BlueZ.
-        if !state.connected || state.notify_sessions[ch.index()].is_empty() {
+        if !state.connected || !state.notifying(ch) {
             tracing::debug!(device = %dev.address, ?ch, "notification lost: nobody subscribed");
             return Ok(());
         }
@@ -654,7 +788,21 @@ async fn notify(
             tracing::debug!(device = %dev.address, ?ch, "notification dropped by fault switch");
             return Ok(());
         }
-        state.values[ch.index()].clone_from(&value);
+        match &state.notify_io[ch.index()] {
+            Some(io) => Some(io.fd.clone()),
+            None => {
+                state.values[ch.index()].clone_from(&value);
+                None
+            }
+        }
+    };
+    if let Some(fd) = acquired {
+        // Through the acquired socket; `Value` is not touched (BlueZ's
+        // docs), and a client that stopped reading holds the device up.
+        if let Err(e) = fd.send(&value).await {
+            tracing::debug!(device = %dev.address, ?ch, error = %e, "notification lost: socket closed");
+        }
+        return Ok(());
     }
     emit_changed(
         conn,
@@ -733,6 +881,16 @@ async fn disconnect(conn: &Connection, dev: &Device) -> zbus::Result<()> {
         state.behaviour.disconnect();
     }
     dev.wake.notify_one();
+    // bluetoothd closes acquired sockets with the link.
+    for kind in [Acquired::Notify, Acquired::Write] {
+        for ch in Characteristic::ALL {
+            let released = dev.state().acquired(kind, ch).take();
+            if let Some(released) = released {
+                drop(released);
+                emit_released(conn, dev, ch, kind).await?;
+            }
+        }
+    }
     let path = dev.path.as_str();
     emit_changed(
         conn,
@@ -1358,6 +1516,9 @@ impl CharIface {
             if !state.connected {
                 return Err(not_connected());
             }
+            if state.write_io[self.ch.index()].is_some() {
+                return Err(BluezError::NotPermitted("Write acquired".into()));
+            }
             let out = state.behaviour.write(self.ch, &value, Instant::now());
             self.dev.send(out);
         }
@@ -1380,6 +1541,9 @@ impl CharIface {
             if !state.connected {
                 return Err(not_connected());
             }
+            if state.notify_io[self.ch.index()].is_some() {
+                return Err(BluezError::NotPermitted("Notify acquired".into()));
+            }
             let sessions = &mut state.notify_sessions[self.ch.index()];
             if !sessions.insert(sender(&header)) {
                 return Err(BluezError::InProgress("In Progress".into()));
@@ -1390,6 +1554,37 @@ impl CharIface {
             self.notifying_changed(&emitter).await?;
         }
         Ok(())
+    }
+
+    /// Notifications through a socket instead of `PropertiesChanged`: one
+    /// datagram each; closing the socket ends them. Returns the socket and
+    /// the ATT MTU.
+    async fn acquire_notify(
+        &self,
+        _options: HashMap<String, OwnedVariant>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(zbus::OwnedFd, u16), BluezError> {
+        if !self.ch.can_notify() {
+            return Err(BluezError::NotSupported(
+                "Operation is not supported".into(),
+            ));
+        }
+        self.acquire(conn, Acquired::Notify).await
+    }
+
+    /// Writes without response through a socket: each datagram the client
+    /// sends is one write. Returns the socket and the ATT MTU.
+    async fn acquire_write(
+        &self,
+        _options: HashMap<String, OwnedVariant>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(zbus::OwnedFd, u16), BluezError> {
+        if !self.ch.can_write_command() {
+            return Err(BluezError::NotSupported(
+                "Operation is not supported".into(),
+            ));
+        }
+        self.acquire(conn, Acquired::Write).await
     }
 
     async fn stop_notify(
@@ -1428,7 +1623,17 @@ impl CharIface {
 
     #[zbus(property)]
     async fn notifying(&self) -> bool {
-        !self.dev.state().notify_sessions[self.ch.index()].is_empty()
+        self.dev.state().notifying(self.ch)
+    }
+
+    #[zbus(property)]
+    async fn notify_acquired(&self) -> bool {
+        self.dev.state().notify_io[self.ch.index()].is_some()
+    }
+
+    #[zbus(property)]
+    async fn write_acquired(&self) -> bool {
+        self.dev.state().write_io[self.ch.index()].is_some()
     }
 
     #[zbus(property)]
@@ -1444,6 +1649,48 @@ impl CharIface {
     #[zbus(property)]
     async fn handle(&self) -> u16 {
         char_handle(self.ch)
+    }
+}
+
+impl CharIface {
+    async fn acquire(
+        &self,
+        conn: &Connection,
+        kind: Acquired,
+    ) -> Result<(zbus::OwnedFd, u16), BluezError> {
+        let (ours, theirs) =
+            seqpacket_pair().map_err(|e| BluezError::Failed(format!("socketpair: {e}")))?;
+        let ours = Arc::new(ours);
+        {
+            let mut state = self.dev.state();
+            if !state.connected {
+                return Err(not_connected());
+            }
+            if kind == Acquired::Notify && !state.notify_sessions[self.ch.index()].is_empty() {
+                return Err(BluezError::NotPermitted("Notify already started".into()));
+            }
+            let slot = state.acquired(kind, self.ch);
+            if slot.is_some() {
+                return Err(BluezError::NotPermitted(match kind {
+                    Acquired::Notify => "Notify acquired".into(),
+                    Acquired::Write => "Write acquired".into(),
+                }));
+            }
+            let task = tokio::spawn(serve_acquired(
+                conn.clone(),
+                self.dev.clone(),
+                self.ch,
+                kind,
+                ours.clone(),
+            ));
+            *slot = Some(AcquiredIo { fd: ours, task });
+        }
+        let mut changes = vec![(kind.property(), Variant::from(true))];
+        if kind == Acquired::Notify {
+            changes.push(("Notifying", Variant::from(true)));
+        }
+        emit_changed(conn, &self.dev.char_path(self.ch), CHAR_IFACE, changes).await?;
+        Ok((zbus::OwnedFd::from(theirs), ATT_MTU))
     }
 }
 

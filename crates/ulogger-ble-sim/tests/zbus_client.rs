@@ -495,3 +495,116 @@ async fn a_departed_clients_sessions_end_but_its_link_stays() {
     assert!(device.is_connected());
     assert!(bool::try_from(get(&observer, DEVICE_PATH, DEVICE_IFACE, "Connected").await).unwrap());
 }
+
+/// bluer's `notify_io`/`write_io`: notifications and writes through
+/// sockets from AcquireNotify/AcquireWrite, closed with the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquired_sockets_carry_notifications_and_writes() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = FakeBluez::start(bus.address()).await.unwrap();
+    let (behaviour, record) = ChunkSender::new(data(), config_value());
+    let device = bluez
+        .add_device(SimulatedDevice::new(DEVICE, NAME, Box::new(behaviour)))
+        .await
+        .unwrap();
+    let conn = client(bus.address()).await;
+    let adapter = proxy(&conn, "/org/bluez/hci0", ADAPTER).await;
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let dev = proxy(&conn, DEVICE_PATH, DEVICE_IFACE).await;
+    dev.call::<_, _, ()>("Connect", &()).await.unwrap();
+
+    let log_data_path = device.characteristic_path(Characteristic::LogData);
+    let log_ack_path = device.characteristic_path(Characteristic::LogAck);
+    let log_data = proxy(&conn, &log_data_path, CHAR).await;
+    let log_ack = proxy(&conn, &log_ack_path, CHAR).await;
+
+    let (notify_fd, mtu): (zbus::OwnedFd, u16) = log_data
+        .call("AcquireNotify", &(Options::new(),))
+        .await
+        .unwrap();
+    assert_eq!(mtu, 23);
+    assert!(bool::try_from(get(&conn, &log_data_path, CHAR, "NotifyAcquired").await).unwrap());
+    let err = log_data
+        .call::<_, _, ()>("StartNotify", &())
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.NotPermitted");
+    let (write_fd, _): (zbus::OwnedFd, u16) = log_ack
+        .call("AcquireWrite", &(Options::new(),))
+        .await
+        .unwrap();
+    let err = log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![0u8, 0], command()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error(&err),
+        (
+            "org.bluez.Error.NotPermitted".to_owned(),
+            "Write acquired".to_owned()
+        )
+    );
+    let err = log_data
+        .call::<_, _, (zbus::OwnedFd, u16)>("AcquireWrite", &(Options::new(),))
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.NotSupported");
+
+    let socket = |fd: zbus::OwnedFd| {
+        let std = std::os::unix::net::UnixDatagram::from(std::os::fd::OwnedFd::from(fd));
+        std.set_nonblocking(true).unwrap();
+        tokio::net::UnixDatagram::from_std(std).unwrap()
+    };
+    let notify = socket(notify_fd);
+    let write = socket(write_fd);
+
+    // Ack 0 as one datagram; the chunks come back one datagram each.
+    write.send(&[0, 0]).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 64];
+    while received.len() < data().len() {
+        let n = timeout(STEP, notify.recv(&mut buf)).await.unwrap().unwrap();
+        assert!((5..=20).contains(&n), "datagram of {n} bytes");
+        assert_eq!(
+            usize::from(u16::from_le_bytes([buf[0], buf[1]])),
+            received.len()
+        );
+        received.extend_from_slice(&buf[4..n]);
+    }
+    assert_eq!(received, data());
+
+    // Closing the write socket releases it; WriteValue works again.
+    let props = properties(&conn, &log_ack_path).await;
+    let mut changes = props.receive_properties_changed().await.unwrap();
+    drop(write);
+    timeout(STEP, async {
+        while let Some(signal) = changes.next().await {
+            if let Some(v) = signal
+                .args()
+                .unwrap()
+                .changed_properties()
+                .get("WriteAcquired")
+            {
+                if !bool::try_from(v.try_clone().unwrap()).unwrap() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("WriteAcquired did not go false");
+    log_ack
+        .call::<_, _, ()>("WriteValue", &(vec![100u8, 0], command()))
+        .await
+        .unwrap();
+    assert_eq!(record.lock().unwrap().acks, vec![0, 100]);
+
+    // The link goes: the notify socket reads end-of-file.
+    dev.call::<_, _, ()>("Disconnect", &()).await.unwrap();
+    let n = timeout(STEP, notify.recv(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "expected end-of-file on the acquired socket");
+    assert!(!bool::try_from(get(&conn, &log_data_path, CHAR, "NotifyAcquired").await).unwrap());
+}
