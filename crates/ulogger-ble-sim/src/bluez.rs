@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ const ATT_MTU: u16 = 23;
 const SERVICE_HANDLE: u16 = 0x0010;
 /// How long connecting to the bus and owning `org.bluez` may take.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// bluetoothd's default `TemporaryTimeout`: a device found by discovery
+/// and not connected is forgotten this long after it was last seen.
+const DEFAULT_TEMPORARY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The firmware advertises every 100 ms or so.
 const DEFAULT_ADVERTISING_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -162,9 +166,11 @@ impl AdapterState {
     /// BlueZ merges the discovering clients' filters: a device is reported
     /// when any of them wants it.
     fn wants(&self, dev: &Device) -> bool {
-        self.sessions
-            .iter()
-            .any(|s| self.filters.get(s).is_none_or(|f| f.accepts(dev)))
+        dev.in_range.load(Ordering::Relaxed)
+            && self
+                .sessions
+                .iter()
+                .any(|s| self.filters.get(s).is_none_or(|f| f.accepts(dev)))
     }
 }
 
@@ -174,6 +180,7 @@ impl AdapterState {
 struct Registry {
     adapter: Mutex<AdapterState>,
     devices: Mutex<Vec<Arc<Device>>>,
+    temporary_timeout: Mutex<Duration>,
 }
 
 impl Registry {
@@ -197,6 +204,8 @@ struct Device {
     advertising_interval: Duration,
     path: OwnedObjectPath,
     state: Mutex<DeviceState>,
+    /// Advertising within the adapter's reach (a fault switch).
+    in_range: AtomicBool,
     /// Wakes the device's driver: its deadline may have changed.
     wake: Notify,
     /// Notifications on their way to the air, in the order the behaviour
@@ -230,6 +239,8 @@ struct DeviceState {
     drop_notifications: u32,
     /// The last advertisement's RSSI, as `Device1.RSSI` shows it.
     rssi: i16,
+    /// When an advertisement or the link last showed the device is there.
+    last_seen: Instant,
     /// Per characteristic, the clients that called StartNotify.
     notify_sessions: [HashSet<String>; 6],
     /// Per characteristic, BlueZ's cached `Value`.
@@ -459,6 +470,7 @@ impl FakeBluez {
                 filters: HashMap::new(),
             }),
             devices: Mutex::new(Vec::new()),
+            temporary_timeout: Mutex::new(DEFAULT_TEMPORARY_TIMEOUT),
         });
         let adapter = AdapterIface {
             registry: registry.clone(),
@@ -519,11 +531,13 @@ impl FakeBluez {
                 fail_connects: false,
                 drop_notifications: 0,
                 rssi: device.rssi,
+                last_seen: Instant::now(),
                 notify_sessions: Default::default(),
                 values: Default::default(),
                 notify_io: Default::default(),
                 write_io: Default::default(),
             }),
+            in_range: AtomicBool::new(true),
             wake: Notify::new(),
             air,
         });
@@ -554,8 +568,20 @@ impl FakeBluez {
         }
         Ok(DeviceHandle {
             dev,
+            registry: self.registry.clone(),
             conn: self.conn.clone(),
         })
+    }
+
+    /// How long after it was last seen a device not connected is dropped
+    /// from the bus (`InterfacesRemoved`), like bluetoothd's
+    /// `TemporaryTimeout` (default 30 s).
+    pub fn set_temporary_timeout(&self, timeout: Duration) {
+        *self
+            .registry
+            .temporary_timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = timeout;
     }
 }
 
@@ -641,6 +667,7 @@ async fn forget_client(conn: &Connection, registry: &Registry, client: &str) -> 
 #[derive(Debug, Clone)]
 pub struct DeviceHandle {
     dev: Arc<Device>,
+    registry: Arc<Registry>,
     conn: Connection,
 }
 
@@ -664,6 +691,26 @@ impl DeviceHandle {
     /// switched off.
     pub fn set_fail_connects(&self, fail: bool) {
         self.dev.state().fail_connects = fail;
+    }
+
+    /// Move the device out of the adapter's reach (it stops being seen,
+    /// a link drops, connects fail, and it expires after the temporary
+    /// timeout) or back in (a running discovery finds it again).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DBus`] when the signals cannot be sent.
+    pub async fn set_in_range(&self, in_range: bool) -> Result<(), Error> {
+        self.dev.in_range.store(in_range, Ordering::Relaxed);
+        if in_range {
+            let wanted = self.registry.adapter().wants(&self.dev);
+            if wanted {
+                export_device(self.conn.object_server(), &self.dev).await?;
+            }
+        } else {
+            disconnect(&self.conn, &self.dev).await?;
+        }
+        Ok(())
     }
 
     /// Lose the next `count` notifications on the air.
@@ -735,36 +782,77 @@ async fn drive(
     }
 }
 
-/// One advertisement received while discovering: BlueZ reports each as a
-/// changed `RSSI` (only a change is signalled, so the value alternates by
-/// 1 dB, as a real one jitters). Clients such as bleak see a device through
-/// these, not only through its `InterfacesAdded`, which may come before
-/// their scan has started listening.
-async fn advertise(conn: &Connection, registry: &Registry, dev: &Device) -> zbus::Result<()> {
-    if !registry.adapter().wants(dev) {
-        return Ok(());
+/// One advertising interval: while a client discovers, BlueZ reports
+/// each advertisement as a changed `RSSI` (only a change is signalled, so
+/// the value alternates by 1 dB, as a real one jitters). Clients such as
+/// bleak see a device through these, not only through its
+/// `InterfacesAdded`, which may come before their scan listens. A device
+/// not seen for the temporary timeout, and not connected or paired, is
+/// forgotten as bluetoothd does.
+async fn advertise(conn: &Connection, registry: &Registry, dev: &Arc<Device>) -> zbus::Result<()> {
+    enum Step {
+        Nothing,
+        Report(i16),
+        Expire,
     }
-    let rssi = {
+    let now = Instant::now();
+    let wanted = registry.adapter().wants(dev);
+    let timeout = *registry
+        .temporary_timeout
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let step = {
         let mut state = dev.state();
-        if !state.exported || state.connected {
-            // Not found yet (the discovery exports it), or connected: the
-            // firmware stops advertising while it serves a central.
-            return Ok(());
-        }
-        state.rssi = if state.rssi == dev.rssi {
-            dev.rssi - 1
+        if !state.exported {
+            // Not found yet: a discovery exports it.
+            Step::Nothing
+        } else if state.connected {
+            // The firmware stops advertising while it serves a central.
+            state.last_seen = now;
+            Step::Nothing
+        } else if wanted {
+            state.last_seen = now;
+            state.rssi = if state.rssi == dev.rssi {
+                dev.rssi - 1
+            } else {
+                dev.rssi
+            };
+            Step::Report(state.rssi)
+        } else if !state.paired && now.duration_since(state.last_seen) >= timeout {
+            Step::Expire
         } else {
-            dev.rssi
-        };
-        state.rssi
+            Step::Nothing
+        }
     };
-    emit_changed(
-        conn,
-        dev.path.as_str(),
-        DEVICE_IFACE,
-        vec![("RSSI", Variant::from(rssi))],
-    )
-    .await
+    match step {
+        Step::Nothing => Ok(()),
+        Step::Report(rssi) => {
+            emit_changed(
+                conn,
+                dev.path.as_str(),
+                DEVICE_IFACE,
+                vec![("RSSI", Variant::from(rssi))],
+            )
+            .await
+        }
+        Step::Expire => {
+            tracing::debug!(device = %dev.address, "not seen for the temporary timeout: removed");
+            forget_device(conn.object_server(), dev).await
+        }
+    }
+}
+
+/// Takes a device (not connected) off the bus, with what BlueZ keeps per
+/// device object.
+async fn forget_device(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Result<()> {
+    {
+        let mut state = dev.state();
+        state.notify_sessions = Default::default();
+        state.values = Default::default();
+        state.paired = false;
+        state.trusted = false;
+    }
+    unexport_device(server, dev).await
 }
 
 /// One notification on the air: BlueZ caches it as the characteristic's
@@ -820,6 +908,7 @@ async fn export_device(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Result
             return Ok(());
         }
         state.exported = true;
+        state.last_seen = Instant::now();
     }
     server
         .at(&dev.path, DeviceIface { dev: dev.clone() })
@@ -1054,14 +1143,7 @@ impl AdapterIface {
             return Err(BluezError::DoesNotExist("Does Not Exist".into()));
         };
         disconnect(conn, &dev).await?;
-        {
-            let mut state = dev.state();
-            state.notify_sessions = Default::default();
-            state.values = Default::default();
-            state.paired = false;
-            state.trusted = false;
-        }
-        unexport_device(server, &dev).await?;
+        forget_device(server, &dev).await?;
         // Still in range and advertising: a running discovery finds it again.
         let wanted = self.registry.adapter().wants(&dev);
         if wanted {
@@ -1188,7 +1270,7 @@ impl DeviceIface {
             if state.connected {
                 return Ok(());
             }
-            if state.fail_connects || state.blocked {
+            if state.fail_connects || state.blocked || !self.dev.in_range.load(Ordering::Relaxed) {
                 // What bluetoothd reports when the connection attempt fails.
                 return Err(BluezError::Failed("le-connection-abort-by-local".into()));
             }

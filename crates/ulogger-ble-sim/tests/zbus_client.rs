@@ -608,3 +608,66 @@ async fn acquired_sockets_carry_notifications_and_writes() {
     assert_eq!(n, 0, "expected end-of-file on the acquired socket");
     assert!(!bool::try_from(get(&conn, &log_data_path, CHAR, "NotifyAcquired").await).unwrap());
 }
+
+/// Out of range: the link drops, connects fail, and the device expires
+/// from the bus once it has not been seen for the temporary timeout;
+/// back in range, a discovery finds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_out_of_range_expire() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = FakeBluez::start(bus.address()).await.unwrap();
+    bluez.set_temporary_timeout(Duration::from_millis(300));
+    let (behaviour, _record) = ChunkSender::new(data(), config_value());
+    let device = bluez
+        .add_device(
+            SimulatedDevice::new(DEVICE, NAME, Box::new(behaviour))
+                .advertising_interval(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+    let conn = client(bus.address()).await;
+    let om = object_manager(&conn).await;
+    let mut removed = om.receive_interfaces_removed().await.unwrap();
+    let adapter = proxy(&conn, "/org/bluez/hci0", ADAPTER).await;
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let dev = proxy(&conn, DEVICE_PATH, DEVICE_IFACE).await;
+    dev.call::<_, _, ()>("Connect", &()).await.unwrap();
+
+    // Out of range while connected: the link drops, and with discovery
+    // stopped nothing sees the device any more.
+    adapter
+        .call::<_, _, ()>("StopDiscovery", &())
+        .await
+        .unwrap();
+    device.set_in_range(false).await.unwrap();
+    assert!(!device.is_connected());
+    let err = dev.call::<_, _, ()>("Connect", &()).await.unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.Failed");
+
+    let gone = timeout(STEP, async {
+        while let Some(signal) = removed.next().await {
+            let args = signal.args().unwrap();
+            if args.object_path().as_str() == DEVICE_PATH
+                && args.interfaces().iter().any(|i| i.as_str() == DEVICE_IFACE)
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the device did not expire");
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(!objects.keys().any(|p| p.as_str().starts_with(DEVICE_PATH)));
+
+    device.set_in_range(true).await.unwrap();
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    // A discovery exports what is in range before it replies.
+    let objects = om.get_managed_objects().await.unwrap();
+    assert!(objects.keys().any(|p| p.as_str() == DEVICE_PATH));
+}
