@@ -2,7 +2,8 @@
 config, subscribe to log_data, ack 0, receive the chunks, final ack.
 
 Run by tests/bleak.rs with DBUS_SYSTEM_BUS_ADDRESS set to the private bus;
-argv: address, name. Prints `config <hex>` and `log <hex>`; any failure is
+argv: address, name, and `start` (notifications as PropertiesChanged,
+bleak's default) or `acquire` (AcquireNotify's socket). Prints `config <hex>` and `log <hex>`; any failure is
 an exception (non-zero exit)."""
 
 import asyncio
@@ -16,7 +17,7 @@ LOG_ACK = "3828e769-1420-4363-ab28-04037d9ff755"
 CONFIG = "3ad8119d-8f9d-4297-9302-aa56f2283a72"
 
 
-async def main(address: str, name: str) -> None:
+async def main(address: str, name: str, mode: str) -> None:
     found = await BleakScanner.find_device_by_name(name, timeout=5.0)
     if found is None or found.address != address:
         raise SystemExit(f"scan by name found {found!r}")
@@ -31,7 +32,11 @@ async def main(address: str, name: str) -> None:
         print("config", bytes(config).hex(), flush=True)
 
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        await client.start_notify(LOG_DATA, lambda _c, data: chunks.put_nowait(bytes(data)))
+        await client.start_notify(
+            LOG_DATA,
+            lambda _c, data: chunks.put_nowait(bytes(data)),
+            bluez={"use_start_notify": mode == "start"},
+        )
         await client.write_gatt_char(LOG_ACK, struct.pack("<H", 0), response=False)
         log = b""
         total = None
@@ -48,4 +53,4 @@ async def main(address: str, name: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
