@@ -564,7 +564,7 @@ impl FakeBluez {
             .push(driver);
         let wanted = self.registry.adapter().wants(&dev);
         if wanted {
-            export_device(self.conn.object_server(), &dev).await?;
+            export_device(self.conn.object_server(), &self.registry, &dev).await?;
         }
         Ok(DeviceHandle {
             dev,
@@ -705,7 +705,7 @@ impl DeviceHandle {
         if in_range {
             let wanted = self.registry.adapter().wants(&self.dev);
             if wanted {
-                export_device(self.conn.object_server(), &self.dev).await?;
+                export_device(self.conn.object_server(), &self.registry, &self.dev).await?;
             }
         } else {
             disconnect(&self.conn, &self.dev).await?;
@@ -901,7 +901,11 @@ async fn notify(
     .await
 }
 
-async fn export_device(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Result<()> {
+async fn export_device(
+    server: &ObjectServer,
+    registry: &Arc<Registry>,
+    dev: &Arc<Device>,
+) -> zbus::Result<()> {
     {
         let mut state = dev.state();
         if state.exported {
@@ -911,7 +915,13 @@ async fn export_device(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Result
         state.last_seen = Instant::now();
     }
     server
-        .at(&dev.path, DeviceIface { dev: dev.clone() })
+        .at(
+            &dev.path,
+            DeviceIface {
+                dev: dev.clone(),
+                registry: registry.clone(),
+            },
+        )
         .await?;
     Ok(())
 }
@@ -1042,7 +1052,7 @@ impl AdapterIface {
         // In range and advertising, so found at once (a real scan takes a
         // few advertising intervals).
         for dev in wanted {
-            export_device(server, &dev).await?;
+            export_device(server, &self.registry, &dev).await?;
         }
         Ok(())
     }
@@ -1147,7 +1157,7 @@ impl AdapterIface {
         // Still in range and advertising: a running discovery finds it again.
         let wanted = self.registry.adapter().wants(&dev);
         if wanted {
-            export_device(server, &dev).await?;
+            export_device(server, &self.registry, &dev).await?;
         }
         Ok(())
     }
@@ -1187,16 +1197,48 @@ impl AdapterIface {
         self.registry.adapter().powered
     }
 
+    /// Powering off, as bluetoothd does, ends every discovery session and
+    /// drops every link; devices stay on the bus.
     #[zbus(property)]
-    async fn set_powered(&mut self, powered: bool) {
-        // Powering off ends every discovery session; clients see
-        // Discovering go false through the getter only (as a simplification,
-        // no separate signal).
-        let mut adapter = self.registry.adapter();
-        adapter.powered = powered;
-        if !powered {
-            adapter.sessions.clear();
+    async fn set_powered(
+        &mut self,
+        powered: bool,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<()> {
+        let stopped = {
+            let mut adapter = self.registry.adapter();
+            adapter.powered = powered;
+            let discovering = adapter.discovering();
+            if !powered {
+                adapter.sessions.clear();
+            }
+            discovering && !powered
+        };
+        // Powered itself is signalled by zbus after the setter.
+        let state = if powered { "on" } else { "off" };
+        emit_changed(
+            conn,
+            ADAPTER_PATH,
+            ADAPTER_IFACE,
+            vec![("PowerState", Variant::from(state))],
+        )
+        .await?;
+        if powered {
+            return Ok(());
         }
+        if stopped {
+            emit_changed(
+                conn,
+                ADAPTER_PATH,
+                ADAPTER_IFACE,
+                vec![("Discovering", Variant::from(false))],
+            )
+            .await?;
+        }
+        for dev in self.registry.devices() {
+            disconnect(conn, &dev).await?;
+        }
+        Ok(())
     }
 
     #[zbus(property)]
@@ -1261,10 +1303,14 @@ impl AdapterIface {
 
 struct DeviceIface {
     dev: Arc<Device>,
+    registry: Arc<Registry>,
 }
 
 impl DeviceIface {
     async fn connect_le(&self, conn: &Connection, server: &ObjectServer) -> Result<(), BluezError> {
+        if !self.registry.adapter().powered {
+            return Err(BluezError::NotReady("Resource Not Ready".into()));
+        }
         {
             let mut state = self.dev.state();
             if state.connected {

@@ -671,3 +671,73 @@ async fn devices_out_of_range_expire() {
     let objects = om.get_managed_objects().await.unwrap();
     assert!(objects.keys().any(|p| p.as_str() == DEVICE_PATH));
 }
+
+/// Powering the adapter off drops links and discovery; nothing starts
+/// again until it is powered on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn powering_off_drops_links_and_discovery() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = FakeBluez::start(bus.address()).await.unwrap();
+    let (behaviour, _record) = ChunkSender::new(data(), config_value());
+    let device = bluez
+        .add_device(SimulatedDevice::new(DEVICE, NAME, Box::new(behaviour)))
+        .await
+        .unwrap();
+    let conn = client(bus.address()).await;
+    let adapter = proxy(&conn, "/org/bluez/hci0", ADAPTER).await;
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let dev = proxy(&conn, DEVICE_PATH, DEVICE_IFACE).await;
+    dev.call::<_, _, ()>("Connect", &()).await.unwrap();
+
+    let adapter_props = properties(&conn, "/org/bluez/hci0").await;
+    let mut changes = adapter_props.receive_properties_changed().await.unwrap();
+    let powered = |on: bool| {
+        let props = &adapter_props;
+        async move {
+            props
+                .set(
+                    zbus::names::InterfaceName::from_static_str_unchecked(ADAPTER),
+                    "Powered",
+                    &Variant::from(on),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    powered(false).await;
+    timeout(STEP, async {
+        while let Some(signal) = changes.next().await {
+            if let Some(v) = signal
+                .args()
+                .unwrap()
+                .changed_properties()
+                .get("Discovering")
+            {
+                assert!(!bool::try_from(v.try_clone().unwrap()).unwrap());
+                return;
+            }
+        }
+    })
+    .await
+    .expect("Discovering did not go false");
+    assert!(!device.is_connected());
+    assert!(!bool::try_from(get(&conn, "/org/bluez/hci0", ADAPTER, "Powered").await).unwrap());
+    let err = dev.call::<_, _, ()>("Connect", &()).await.unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.NotReady");
+    let err = adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap_err();
+    assert_eq!(method_error(&err).0, "org.bluez.Error.NotReady");
+
+    powered(true).await;
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    dev.call::<_, _, ()>("Connect", &()).await.unwrap();
+    assert!(device.is_connected());
+}
