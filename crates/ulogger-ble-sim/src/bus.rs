@@ -64,7 +64,8 @@ impl PrivateBusBuilder {
         self
     }
 
-    /// Starts the daemon and waits for its address.
+    /// Starts the daemon and waits for its address (blocking the thread,
+    /// for milliseconds normally and at most the timeout).
     ///
     /// # Errors
     ///

@@ -11,6 +11,13 @@
 //!   uLogger `GattService1`/`GattCharacteristic1` objects once connected.
 //! - Behind each device sits a [`DeviceBehaviour`]: the firmware's state
 //!   machine, which the D-Bus layer calls on connect, read, write and time.
+//! - A [`DeviceHandle`] holds the radio's faults: failing connects, lost
+//!   notifications, a dropped link, a device out of range.
+//!
+//! Notifications reach clients as BlueZ sends them: `PropertiesChanged` on
+//! `Value` after `StartNotify`, or datagrams on `AcquireNotify`'s socket;
+//! writes come through `WriteValue` or `AcquireWrite`'s socket. Decision 24
+//! in `docs/decisions.md` lists what of BlueZ is reproduced and what not.
 //!
 //! ```no_run
 //! # async fn demo(behaviour: Box<dyn ulogger_ble_sim::DeviceBehaviour>) -> Result<(), ulogger_ble_sim::Error> {
