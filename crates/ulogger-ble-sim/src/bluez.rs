@@ -382,6 +382,11 @@ impl Device {
         format!("{}/char{:04x}", self.service_path(), char_handle(ch))
     }
 
+    /// The CCC descriptor follows the declaration and the value.
+    fn ccc_path(&self, ch: Characteristic) -> String {
+        format!("{}/desc{:04x}", self.char_path(ch), char_handle(ch) + 2)
+    }
+
     /// Queues what the behaviour sent; called with the state locked, so the
     /// queue's order is the behaviour's.
     fn send(&self, notifications: Vec<Notification>) {
@@ -947,6 +952,17 @@ async fn export_gatt(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Result<(
                 },
             )
             .await?;
+        if ch.can_notify() {
+            server
+                .at(
+                    dev.ccc_path(ch),
+                    CccIface {
+                        dev: dev.clone(),
+                        ch,
+                    },
+                )
+                .await?;
+        }
     }
     Ok(())
 }
@@ -959,6 +975,9 @@ async fn unexport_device(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Resu
     };
     if gatt {
         for ch in Characteristic::ALL {
+            if ch.can_notify() {
+                server.remove::<CccIface, _>(dev.ccc_path(ch)).await?;
+            }
             server.remove::<CharIface, _>(dev.char_path(ch)).await?;
         }
         server.remove::<ServiceIface, _>(dev.service_path()).await?;
@@ -1777,6 +1796,61 @@ impl CharIface {
     #[zbus(property)]
     async fn handle(&self) -> u16 {
         char_handle(self.ch)
+    }
+}
+
+/// The Client Characteristic Configuration descriptor of a notifying
+/// characteristic. BlueZ lists it but keeps it to itself: clients turn
+/// notifications on with StartNotify or AcquireNotify, and a write is
+/// refused.
+struct CccIface {
+    dev: Arc<Device>,
+    ch: Characteristic,
+}
+
+/// The CCC descriptor's 16-bit UUID in the Bluetooth base UUID.
+const CCC_UUID: &str = "00002902-0000-1000-8000-00805f9b34fb";
+
+#[interface(name = "org.bluez.GattDescriptor1")]
+impl CccIface {
+    async fn read_value(
+        &self,
+        _options: HashMap<String, OwnedVariant>,
+    ) -> Result<Vec<u8>, BluezError> {
+        let state = self.dev.state();
+        if !state.connected {
+            return Err(not_connected());
+        }
+        Ok(vec![u8::from(state.notifying(self.ch)), 0])
+    }
+
+    async fn write_value(
+        &self,
+        _value: Vec<u8>,
+        _options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), BluezError> {
+        Err(BluezError::NotPermitted("Write not permitted".into()))
+    }
+
+    #[zbus(property, name = "UUID")]
+    async fn uuid(&self) -> String {
+        CCC_UUID.into()
+    }
+
+    #[zbus(property)]
+    async fn characteristic(&self) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(self.dev.char_path(self.ch))
+            .unwrap_or_else(|_| self.dev.path.clone())
+    }
+
+    #[zbus(property)]
+    async fn value(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    #[zbus(property)]
+    async fn handle(&self) -> u16 {
+        char_handle(self.ch) + 2
     }
 }
 

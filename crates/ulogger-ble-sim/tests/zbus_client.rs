@@ -125,6 +125,27 @@ async fn a_client_pulls_a_log_through_the_fake_bluez() {
         assert_eq!(flags, ch.flags());
         let svc = zbus::OwnedObjectPath::try_from(props["Service"].try_clone().unwrap()).unwrap();
         assert_eq!(&svc, service.0);
+        // Notifying characteristics carry their CCC descriptor, as in BlueZ.
+        let descriptors: Vec<_> = objects
+            .iter()
+            .filter_map(|(p, i)| Some((p, i.get("org.bluez.GattDescriptor1")?)))
+            .filter(|(_, d)| {
+                zbus::OwnedObjectPath::try_from(d["Characteristic"].try_clone().unwrap())
+                    .unwrap()
+                    .as_str()
+                    == path
+            })
+            .collect();
+        assert_eq!(
+            descriptors.len(),
+            usize::from(ch.flags().contains(&"notify"))
+        );
+        for (_, d) in descriptors {
+            assert_eq!(
+                String::try_from(d["UUID"].try_clone().unwrap()).unwrap(),
+                "00002902-0000-1000-8000-00805f9b34fb"
+            );
+        }
     }
 
     // Read config.
