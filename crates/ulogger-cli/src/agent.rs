@@ -328,6 +328,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let mut deliveries = JoinSet::new();
     let mut warned = Warned::default();
     let mut unremovable = Unremovable::default();
+    let mut failures = crate::outbox::FailureReport::default();
     loop {
         tokio::select! {
             stopped = &mut stop => {
@@ -339,6 +340,9 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                     let client = client.clone();
                     deliveries.spawn(async move { (id, label, client.delivered(id).await) });
                 }
+                // Checked with each scan, so a failure is said within one
+                // interval of its first attempt, at any verbosity.
+                report_failure(global, &client, &mut failures);
             }
             Some(done) = deliveries.join_next() => {
                 if let Ok((id, label, result)) = done {
@@ -753,6 +757,22 @@ fn reject(file: &Found, rejected: &Path, reason: &str) -> std::io::Result<PathBu
     Ok(to)
 }
 
+/// Says a delivery failure once when it starts (with what to do about
+/// it), and when it ends.
+fn report_failure(global: Global, client: &Client, failures: &mut crate::outbox::FailureReport) {
+    let Ok(outbox) = client.outbox() else {
+        return;
+    };
+    let Some(change) = failures.check(outbox) else {
+        return;
+    };
+    let kind = match change {
+        crate::outbox::FailureChange::Failing { .. } => "failing",
+        crate::outbox::FailureChange::Recovered { .. } => "recovered",
+    };
+    event(global, kind, change.json(), &change.text());
+}
+
 fn print_summary(global: Global, client: &Client) {
     let Ok(status) = client.outbox_status() else {
         return;
@@ -768,11 +788,17 @@ fn print_summary(global: Global, client: &Client) {
             status.delivered,
             status.dead,
             status.evicted,
-            status
-                .last_error
-                .as_deref()
-                .map(|e| format!("; last error: {e}"))
-                .unwrap_or_default()
+            // A failure said when it started is summarised here, not
+            // repeated with each attempt.
+            match (&status.last_error, status.failing_since) {
+                (Some(e), Some(since)) => format!(
+                    "; still failing since {} ({} attempts): {e}",
+                    crate::outbox::clock(since),
+                    status.failed_attempts
+                ),
+                (Some(e), None) => format!("; last error: {e}"),
+                _ => String::new(),
+            }
         ),
     );
 }

@@ -377,3 +377,139 @@ fn a_read_only_inbox_folder_sends_each_file_once_and_is_reported_once() {
     );
     open(&stuck, 0o755);
 }
+
+/// `outbox status --json` of the sandbox's outbox, once `done` accepts it
+/// (the owner rewrites its status file about once a second).
+fn outbox_status_until(
+    sandbox: &Sandbox,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let run = sandbox
+            .run(&strings(&[
+                "--json",
+                "outbox",
+                "status",
+                "--outbox",
+                &s(&sandbox.path("outbox")),
+            ]))
+            .expect_code(0);
+        let status: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outbox status never matched: {status}"
+        );
+        // A poll interval, not a synchronisation: the loop waits on the
+        // status itself, bounded by the deadline.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_broker_out_of_reach_is_said_once_with_a_hint_summarised_in_status_and_cleared_when_it_is_back()
+{
+    let sandbox = Sandbox::new();
+    let device = sandbox.path("inbox").join("SN-AGENT");
+    std::fs::create_dir_all(&device).unwrap();
+    std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
+    drop_file(&device, "log-00000.bin", &numbered_log(0));
+    let addr: SocketAddr = ([127, 0, 0, 1], closed_port()).into();
+
+    // Default verbosity (the sandbox turns tracing off): only what the
+    // agent says itself.
+    let mut command = agent_command(&sandbox, addr, false, None);
+    command.args(["--summary-interval", "1"]);
+    let running = Running::spawn(command);
+    let failing = running.line_containing("delivery failing since");
+    assert!(
+        failing.contains(&format!("could not connect to 127.0.0.1:{}", addr.port())),
+        "{failing}"
+    );
+    assert!(failing.contains("refused"), "{failing}");
+
+    // Several attempts later, the failure is summarised, not repeated.
+    loop {
+        let line = running.lines.recv_timeout(support::WAIT).unwrap();
+        assert!(!line.contains("delivery failing"), "said again: {line}");
+        if let Some(rest) = line.split("; still failing since ").nth(1) {
+            let attempts: u64 = rest
+                .split(" (")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(rest.contains("could not connect"), "{line}");
+            if attempts >= 3 {
+                break;
+            }
+        }
+    }
+    let status = outbox_status_until(&sandbox, |s| s["failed_attempts"].as_u64() >= Some(3));
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not connect to 127.0.0.1"),
+        "{status}"
+    );
+    assert!(
+        status["failing_since"].as_str().unwrap().ends_with('Z'),
+        "{status}"
+    );
+    assert_eq!(status["queued"], 1, "{status}");
+
+    // The broker comes back: the record goes out and the failure clears.
+    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let recovered = running.line_containing("delivery works again");
+    assert!(recovered.contains("attempts"), "{recovered}");
+    wait_for_logs(&emu, 1);
+    let status = outbox_status_until(&sandbox, |s| s["delivered"] == 1);
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["failing_since"], serde_json::Value::Null, "{status}");
+}
+
+#[test]
+fn an_untrusted_broker_certificate_is_said_at_default_verbosity_with_the_hint_upload_gives() {
+    let sandbox = Sandbox::new();
+    let device = sandbox.path("inbox").join("SN-AGENT");
+    std::fs::create_dir_all(&device).unwrap();
+    std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
+    drop_file(&device, "log-00000.bin", &numbered_log(0));
+    let emu = tls_emulator();
+    let stranger = tls_emulator();
+    let mut args = replace(
+        connect_args("agent", &emu),
+        "--ca",
+        s(&stranger.certs().unwrap().ca_cert),
+    );
+    args.extend(strings(&["--no-store", "--scan-interval", "20", "--inbox"]));
+    args.push(s(&sandbox.path("inbox")));
+    args.push("--outbox".to_owned());
+    args.push(s(&sandbox.path("outbox")));
+    let mut command = sandbox.command(&[]);
+    command.args(&args).stdout(Stdio::piped());
+    let running = Running::spawn(command);
+
+    let failing = running.line_containing("delivery failing since");
+    assert!(failing.contains("could not connect to"), "{failing}");
+    let hint = running.lines.recv_timeout(support::WAIT).unwrap();
+    assert!(hint.starts_with("hint: the broker's certificate"), "{hint}");
+    // The same words `upload` has for the same settings.
+    let log = sandbox.write("one.bin", &numbered_log(1));
+    let mut upload = replace(
+        connect_args("upload", &emu),
+        "--ca",
+        s(&stranger.certs().unwrap().ca_cert),
+    );
+    upload.extend(device_args("SN-AGENT"));
+    upload.extend(strings(&["--no-store", &s(&log)]));
+    let run = sandbox.run(&upload);
+    assert!(run.stderr.contains(&hint), "{}", run.stderr);
+    let status = outbox_status_until(&sandbox, |s| !s["last_error"].is_null());
+    assert!(status["failing_since"].is_string(), "{status}");
+}

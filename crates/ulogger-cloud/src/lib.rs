@@ -55,7 +55,8 @@ pub use oneshot::{
 };
 
 pub use outbox::{
-    Outbox, OutboxConfig, OutboxRecord, OutboxStatus, RecordId, RecordKind, RecordState, WhenFull,
+    Outbox, OutboxConfig, OutboxFailure, OutboxRecord, OutboxStatus, RecordId, RecordKind,
+    RecordState, WhenFull,
 };
 pub use store::{SessionStore, StoreError, StoreOp, TokenEntry, DEFAULT_MAX_STALENESS};
 

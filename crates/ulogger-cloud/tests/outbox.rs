@@ -206,16 +206,7 @@ async fn a_record_refused_for_good_becomes_a_dead_letter_without_blocking_the_re
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::DeadLetter { .. }), "{err}");
     pump.abort();
-
-    // The dead letter blocks nothing behind it.
-    emu.faults().set_boot_reply(BootReplyMode::Normal);
-    let fine = client
-        .enqueue_log(&device("SN-OK"), &v4_log(64, 0))
-        .await
-        .unwrap();
-    all_delivered(&client, &[fine]).await;
     let status = client.outbox_status().unwrap();
-    assert_eq!(status.dead, 1, "{status:?}");
     assert!(
         status
             .last_error
@@ -224,6 +215,20 @@ async fn a_record_refused_for_good_becomes_a_dead_letter_without_blocking_the_re
             .contains("boot reply"),
         "{status:?}"
     );
+    assert!(status.failing_since.is_some(), "{status:?}");
+
+    // The dead letter blocks nothing behind it, and the next delivery
+    // clears the failure (the dead letter stays counted).
+    emu.faults().set_boot_reply(BootReplyMode::Normal);
+    let fine = client
+        .enqueue_log(&device("SN-OK"), &v4_log(64, 0))
+        .await
+        .unwrap();
+    all_delivered(&client, &[fine]).await;
+    let status = client.outbox_status().unwrap();
+    assert_eq!(status.dead, 1, "{status:?}");
+    assert_eq!(status.last_error, None, "{status:?}");
+    assert_eq!(status.failing_since, None, "{status:?}");
     let listed = client.outbox().unwrap().records();
     assert!(
         matches!(&listed[..], [r] if r.id == doomed && matches!(&r.state, RecordState::Dead { reason } if reason.contains("token"))),

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind};
 use crate::outbox::format::{self, AckState, Kind, Scanned, StoredRecord};
 use crate::outbox::{Entry, Outbox, Request};
 use crate::transport::backoff::Backoff;
+use crate::transport::Link;
 use crate::wire::DeviceInfo;
 
 /// Runs until `stop` is set, then lets the deliveries under way finish
@@ -31,6 +32,19 @@ pub(super) async fn run(
     let mut records = HashMap::new();
     let mut backoff = Backoff::default();
     let mut paused_until: Option<Instant> = None;
+    // Failed connection attempts stop every delivery without a record
+    // failing, so they are noted in the outbox too: its status is where
+    // an operator looks for why nothing is delivered.
+    let mut link_events = client.transport().link_events();
+    if let Some(events) = &mut link_events {
+        if let Link::Connecting {
+            last_error: Some(e),
+            ..
+        } = &*events.borrow_and_update()
+        {
+            outbox.shared.note_link_error(e);
+        }
+    }
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -59,7 +73,12 @@ pub(super) async fn run(
         }
         tokio::select! {
             () = outbox.shared.wake.notified() => {}
-            _ = client.transport().wait_connected(), if !connected => {}
+            failed = link_change(&client, &mut link_events), if !connected => match failed {
+                Some(error) => outbox.shared.note_link_error(&error),
+                None => if client.any_connected() {
+                    outbox.shared.link_up();
+                },
+            },
             Some(done) = tasks.join_next_with_id() => {
                 let mut done = Some(done);
                 while let Some(finished) = done {
@@ -80,6 +99,30 @@ pub(super) async fn run(
     }
     while let Some(done) = tasks.join_next_with_id().await {
         settle(&outbox, &mut records, &mut backoff, done);
+    }
+}
+
+/// Waits until the connection comes up or closes (`None`) or an attempt
+/// fails (its error), seen through `events` so that each attempt counts
+/// once.
+async fn link_change(client: &Client, events: &mut Option<watch::Receiver<Link>>) -> Option<Error> {
+    let Some(events) = events else {
+        client.transport().wait_connected().await;
+        return None;
+    };
+    loop {
+        if events.changed().await.is_err() {
+            // The transport is gone; the stop signal ends the loop.
+            std::future::pending::<()>().await;
+        }
+        match &*events.borrow_and_update() {
+            Link::Connecting {
+                last_error: Some(e),
+                ..
+            } => return Some(e.clone()),
+            Link::Connecting { .. } => {}
+            Link::Connected | Link::Closed => return None,
+        }
     }
 }
 

@@ -145,6 +145,15 @@ impl Link {
         }
     }
 
+    /// Every change of the link from now on, where the link is ours
+    /// (a bridged link's failures are its owner's to report).
+    pub fn link_events(&self) -> Option<tokio::sync::watch::Receiver<crate::transport::Link>> {
+        match self {
+            Link::Own(t) => Some(t.link_events()),
+            Link::Bridged(_) => None,
+        }
+    }
+
     pub fn begin_shutdown(&self) {
         match self {
             Link::Own(t) => t.begin_shutdown(),

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub use config::{OutboxConfig, WhenFull};
-pub use status::{OutboxRecord, OutboxStatus, RecordKind, RecordState};
+pub use status::{OutboxFailure, OutboxRecord, OutboxStatus, RecordKind, RecordState};
 
 pub(crate) use disk::{read_at, segment_path, Request};
 pub(crate) use state::{error_chain, Entry, Shared};
@@ -103,6 +103,14 @@ impl Outbox {
     /// What the outbox holds and has done since it was opened.
     pub fn status(&self) -> OutboxStatus {
         self.shared.status()
+    }
+
+    /// The delivery failure that has not cleared yet (a failed delivery
+    /// or connection attempt, until a record is delivered or, for a
+    /// connection failure, the connection comes up), if any. Cheaper than
+    /// [`Outbox::status`] to ask often.
+    pub fn failure(&self) -> Option<OutboxFailure> {
+        self.shared.failure()
     }
 
     /// Every record still on disk (queued, in flight or dead), oldest

@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::config::OutboxConfig;
 use super::format::{AckState, Kind};
-use super::status::{OutboxRecord, OutboxStatus, RecordKind, RecordState};
+use super::status::{OutboxFailure, OutboxRecord, OutboxStatus, RecordKind, RecordState};
 use super::RecordId;
 use crate::error::{Error, ErrorKind};
 
@@ -116,7 +116,8 @@ pub(crate) struct State {
     pub delivered: u64,
     pub evicted: u64,
     pub corrupt: u64,
-    pub last_error: Option<String>,
+    /// The delivery failure that has not cleared yet (no delivery since).
+    pub failure: Option<Failing>,
     waiters: HashMap<u64, Vec<oneshot::Sender<Outcome>>>,
     recent: HashMap<u64, Outcome>,
     recent_order: VecDeque<u64>,
@@ -126,7 +127,43 @@ pub(crate) struct State {
     pub generation: u64,
 }
 
+/// A failure that has not cleared, kept with its error value so callers
+/// can say what to do about it, not only what it was.
+#[derive(Debug, Clone)]
+pub(crate) struct Failing {
+    pub error: Error,
+    pub text: String,
+    pub since: SystemTime,
+    pub attempts: u64,
+    /// Noted from the connection rather than from a record.
+    pub link: bool,
+}
+
 impl State {
+    /// Remembers a failure: the same cause again only counts an attempt
+    /// (keeping when it started), so callers can summarise a repeating
+    /// failure instead of repeating it.
+    pub fn note_error(&mut self, error: &Error, link: bool) {
+        let text = error_chain(error);
+        match &mut self.failure {
+            Some(failing) if failing.text == text => {
+                failing.attempts += 1;
+                failing.error = error.clone();
+                failing.link = link;
+            }
+            _ => {
+                self.failure = Some(Failing {
+                    error: error.clone(),
+                    text,
+                    since: SystemTime::now(),
+                    attempts: 1,
+                    link,
+                });
+            }
+        }
+        self.generation += 1;
+    }
+
     /// Adds a record that is durable on disk.
     pub fn insert(&mut self, id: u64, entry: Entry) {
         *self.segments.entry(entry.segment).or_default() += 1;
@@ -167,6 +204,8 @@ impl State {
             }
             AckState::Delivered => {
                 self.delivered += 1;
+                // A delivery is the proof that the path works again.
+                self.failure = None;
                 let now = Instant::now();
                 self.deliveries.push_back(now);
                 while self
@@ -335,14 +374,38 @@ impl Shared {
                 state.in_flight -= 1;
             }
         }
-        state.last_error = Some(error_chain(error));
-        state.generation += 1;
+        state.note_error(error, false);
     }
 
+    /// Remembers a delivery failure (see [`State::note_error`]).
     pub fn note_error(&self, error: &Error) {
+        self.lock().note_error(error, false);
+    }
+
+    /// Remembers a failed connection attempt: it stops every delivery,
+    /// though no record was tried.
+    pub fn note_link_error(&self, error: &Error) {
+        self.lock().note_error(error, true);
+    }
+
+    /// The connection came up: a failure that was only the connection's
+    /// is over (a record's own failure waits for a delivery to clear).
+    pub fn link_up(&self) {
         let mut state = self.lock();
-        state.last_error = Some(error_chain(error));
-        state.generation += 1;
+        if state.failure.as_ref().is_some_and(|f| f.link) {
+            state.failure = None;
+            state.generation += 1;
+        }
+    }
+
+    /// The failure that has not cleared yet, with its cause.
+    pub fn failure(&self) -> Option<OutboxFailure> {
+        self.lock().failure.as_ref().map(|f| OutboxFailure {
+            error: f.error.clone(),
+            text: f.text.clone(),
+            since: f.since,
+            attempts: f.attempts,
+        })
     }
 
     pub fn wait_for(&self, id: u64) -> Wait {
@@ -395,7 +458,9 @@ impl Shared {
             delivered: state.delivered,
             evicted: state.evicted,
             corrupt: state.corrupt,
-            last_error: state.last_error.clone(),
+            last_error: state.failure.as_ref().map(|f| f.text.clone()),
+            failing_since: state.failure.as_ref().map(|f| f.since),
+            failed_attempts: state.failure.as_ref().map_or(0, |f| f.attempts),
             delivery_rate: if window > 0.0 {
                 recent as f64 / window
             } else {
@@ -454,4 +519,92 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn refused() -> Error {
+        Error::with_source(
+            ErrorKind::Connect {
+                broker: "localhost:1".to_owned(),
+            },
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        )
+    }
+
+    #[test]
+    fn a_failure_is_kept_with_its_start_counted_when_it_repeats_and_cleared_by_a_delivery() {
+        let shared = Shared::new(OutboxConfig::new("unused"), State::default());
+        let status = shared.status();
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.failing_since, None);
+        assert_eq!(status.failed_attempts, 0);
+
+        let before = SystemTime::now();
+        shared.note_link_error(&refused());
+        let first = shared.status();
+        let text = first.last_error.clone().expect("a last error");
+        assert!(
+            text.starts_with("could not connect to localhost:1: "),
+            "{text}"
+        );
+        assert!(text.contains("refused"), "{text}");
+        let since = first.failing_since.expect("since when");
+        assert!(since >= before);
+        assert_eq!(first.failed_attempts, 1);
+
+        // The same cause again: counted, its start kept, its value kept
+        // for hints.
+        shared.note_link_error(&refused());
+        shared.note_link_error(&refused());
+        let again = shared.status();
+        assert_eq!(again.last_error.as_deref(), Some(text.as_str()));
+        assert_eq!(again.failing_since, Some(since));
+        assert_eq!(again.failed_attempts, 3);
+        let failure = shared.failure().expect("a failure");
+        assert!(matches!(failure.error.kind(), ErrorKind::Connect { .. }));
+        assert_eq!((failure.since, failure.attempts), (since, 3));
+
+        // Another cause starts a new failure.
+        shared.note_error(&ErrorKind::Timeout(crate::error::Phase::Connect).into());
+        let other = shared.status();
+        assert_ne!(other.last_error.as_deref(), Some(text.as_str()));
+        assert_eq!(other.failed_attempts, 1);
+
+        // The connection coming up does not clear a record's failure ...
+        shared.link_up();
+        assert!(shared.status().last_error.is_some());
+        // ... a delivery does.
+        {
+            let mut state = shared.lock();
+            state.insert(
+                7,
+                Entry {
+                    segment: 0,
+                    offset: 0,
+                    frame_len: 10,
+                    size: 1,
+                    enqueued_ms: unix_ms(),
+                    kind: Kind::Log,
+                    serial: "s".to_owned(),
+                    app_id: 1,
+                    state: EntryState::Queued,
+                },
+            );
+            state.settle(7, &AckState::Delivered);
+        }
+        let cleared = shared.status();
+        assert_eq!(cleared.last_error, None);
+        assert_eq!(cleared.failing_since, None);
+        assert_eq!(cleared.failed_attempts, 0);
+
+        // A connection failure clears when the connection comes up.
+        shared.note_link_error(&refused());
+        shared.link_up();
+        assert_eq!(shared.failure().map(|f| f.text), None);
+    }
 }

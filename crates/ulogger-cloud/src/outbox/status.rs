@@ -2,7 +2,7 @@
 //! processes (which read the directory without taking it over).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,10 +37,32 @@ pub struct OutboxStatus {
     /// Damaged records found by their checksum and set aside (in
     /// `corrupt/`) when the owner opened the outbox.
     pub corrupt: u64,
-    /// The last delivery failure, if any.
+    /// The delivery failure that has not cleared yet (no record was
+    /// delivered since), as one line: the error and its causes.
     pub last_error: Option<String>,
+    /// When that failure started: the first of its identical repeats.
+    pub failing_since: Option<SystemTime>,
+    /// How many times it has happened since (0 without a failure).
+    pub failed_attempts: u64,
     /// Records delivered per second over the last ten seconds.
     pub delivery_rate: f64,
+}
+
+/// A delivery failure that has not cleared yet, with the error itself
+/// (so a caller can say what to do about it, as it would for the same
+/// error from a direct call).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct OutboxFailure {
+    /// The last occurrence of the failure.
+    pub error: Error,
+    /// The error and its causes on one line (as in
+    /// [`OutboxStatus::last_error`]).
+    pub text: String,
+    /// When it started: the first of its identical repeats.
+    pub since: SystemTime,
+    /// How many times it has happened since.
+    pub attempts: u64,
 }
 
 /// The counters only the owner knows, as it writes them to
@@ -53,6 +75,12 @@ pub(crate) struct StatusFile {
     evicted: u64,
     corrupt: u64,
     last_error: Option<String>,
+    /// Milliseconds since the Unix epoch (absent in files of older
+    /// versions, hence the default).
+    #[serde(default)]
+    failing_since_ms: Option<u64>,
+    #[serde(default)]
+    failed_attempts: u64,
     delivery_rate: f64,
 }
 
@@ -65,6 +93,11 @@ impl StatusFile {
             evicted: status.evicted,
             corrupt: status.corrupt,
             last_error: status.last_error.clone(),
+            failing_since_ms: status.failing_since.map(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
+            failed_attempts: status.failed_attempts,
             delivery_rate: status.delivery_rate,
         }
     }
@@ -92,6 +125,10 @@ impl OutboxStatus {
                 status.evicted = file.evicted;
                 status.corrupt = file.corrupt;
                 status.last_error = file.last_error;
+                status.failing_since = file
+                    .failing_since_ms
+                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                status.failed_attempts = file.failed_attempts;
                 status.delivery_rate = file.delivery_rate;
                 // The files cannot tell queued from in flight.
                 status.queued = status.queued.saturating_sub(file.in_flight);

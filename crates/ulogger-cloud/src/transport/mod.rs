@@ -354,6 +354,12 @@ impl Transport {
             .await;
     }
 
+    /// Every change of the link from now on (for those who report
+    /// failed connection attempts: each attempt is one change).
+    pub(crate) fn link_events(&self) -> watch::Receiver<Link> {
+        self.shared.link.subscribe()
+    }
+
     /// Starts closing without waiting (see [`Transport::shutdown`]).
     pub fn begin_shutdown(&self) {
         self.shared.shutdown.send_replace(true);
