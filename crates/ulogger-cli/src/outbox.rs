@@ -244,8 +244,12 @@ impl FailureChange {
                 since,
                 queued,
             } => {
+                let waiting = match queued {
+                    1 => "1 record waits".to_owned(),
+                    n => format!("{n} records wait"),
+                };
                 let mut text = format!(
-                    "delivery failing since {}: {cause} ({queued} records wait)",
+                    "delivery failing since {}: {cause} ({waiting})",
                     clock(*since)
                 );
                 if let Some(hint) = hint {

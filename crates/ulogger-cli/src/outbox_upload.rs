@@ -190,9 +190,15 @@ async fn run(
         let client = client.clone();
         deliveries.spawn(async move { (index, client.delivered(id).await) });
     }
-    let mut gave_up: Option<String> = None;
+    let mut gave_up: Option<Exit> = None;
     let unreachable = unreachable(&client);
     tokio::pin!(unreachable);
+    let outbox = client.outbox().map_err(exit::from_cloud)?;
+    // A delivery failure is said once on stderr when it starts (with the
+    // hint `upload` gives) and when it ends, however often it repeats.
+    let mut failures = crate::outbox::FailureReport::default();
+    let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             done = deliveries.join_next() => match done {
@@ -208,11 +214,28 @@ async fn run(
                 Some(Err(e)) => return Err(anyhow::Error::from(e).into()),
             },
             _ = tokio::signal::ctrl_c() => {
-                gave_up = Some("interrupted".to_owned());
+                gave_up = Some(Exit::new(Failure::Network, anyhow::anyhow!("interrupted")));
                 break;
             }
+            _ = check.tick() => say_failure(&mut failures, outbox),
             error = &mut unreachable, if !deliveries.is_empty() => {
-                gave_up = Some(format!("cannot reach the broker: {error}"));
+                say_failure(&mut failures, outbox);
+                gave_up = Some(match outbox.failure() {
+                    // Its cause and hint were just said: only how long.
+                    Some(failure) => Exit::new(
+                        Failure::Network,
+                        anyhow::anyhow!(
+                            "cannot reach the broker: still failing since {} ({} attempts)",
+                            crate::outbox::clock(failure.since),
+                            failure.attempts
+                        ),
+                    ),
+                    None => Exit::new(
+                        Failure::Network,
+                        anyhow::anyhow!("cannot reach the broker: {error}"),
+                    )
+                    .with_hint(exit::hint(&error)),
+                });
                 break;
             }
         }
@@ -265,9 +288,17 @@ async fn run(
         })
         .max();
     match (gave_up, worst) {
-        (Some(reason), _) => Err(Exit::new(Failure::Network, anyhow::anyhow!("{reason}"))),
+        (Some(exit), _) => Err(exit),
         (None, Some(failure)) => Err(Exit::silent(failure)),
         (None, None) => Ok(()),
+    }
+}
+
+/// Says on stderr a delivery failure that started or ended since the last
+/// call.
+fn say_failure(failures: &mut crate::outbox::FailureReport, outbox: &ulogger_cloud::Outbox) {
+    if let Some(change) = failures.check(outbox) {
+        eprintln!("{}", change.text());
     }
 }
 

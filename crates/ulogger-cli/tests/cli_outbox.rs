@@ -58,6 +58,25 @@ fn files_queued_while_the_broker_is_away_are_delivered_once_by_the_rerun() {
         "{}",
         run.stderr
     );
+    // The cause is said once, with when it started and what waits; the
+    // final error only says how long it lasted.
+    let cause = format!("could not connect to 127.0.0.1:{}", addr.port());
+    assert_eq!(run.stderr.matches(&cause).count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("delivery failing since ")
+                && l.contains(&cause)
+                && l.ends_with("(20 records wait)")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("cannot reach the broker: still failing since "),
+        "{}",
+        run.stderr
+    );
 
     // Another process sees the queue.
     let status = sandbox.run(&strings(&[
