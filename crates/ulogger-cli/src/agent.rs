@@ -792,9 +792,9 @@ fn print_summary(global: Global, client: &Client) {
             // repeated with each attempt.
             match (&status.last_error, status.failing_since) {
                 (Some(e), Some(since)) => format!(
-                    "; still failing since {} ({} attempts): {e}",
+                    "; still failing since {} ({}): {e}",
                     crate::outbox::clock(since),
-                    status.failed_attempts
+                    crate::outbox::attempts(status.failed_attempts)
                 ),
                 (Some(e), None) => format!("; last error: {e}"),
                 _ => String::new(),

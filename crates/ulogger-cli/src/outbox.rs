@@ -103,9 +103,9 @@ fn status(global: Global, dir: &Path) -> Result<(), Exit> {
             .failing_since
             .map(|t| {
                 format!(
-                    " (failing since {}, {} attempts)",
+                    " (failing since {}, {})",
                     clock(t),
-                    status.failed_attempts
+                    attempts(status.failed_attempts)
                 )
             })
             .unwrap_or_default();
@@ -210,6 +210,14 @@ pub(crate) fn clock(at: SystemTime) -> String {
     format!("{:02}:{:02}:{:02} UTC", at.hour(), at.minute(), at.second())
 }
 
+/// How many attempts, in words.
+pub(crate) fn attempts(n: u64) -> String {
+    match n {
+        1 => "1 attempt".to_owned(),
+        n => format!("{n} attempts"),
+    }
+}
+
 /// A moment as RFC 3339 (UTC), for JSON.
 pub(crate) fn rfc3339(at: SystemTime) -> String {
     time::OffsetDateTime::from(at)
@@ -258,9 +266,10 @@ impl FailureChange {
                 }
                 text
             }
-            FailureChange::Recovered { since, attempts } => format!(
-                "delivery works again (it had failed since {}, {attempts} attempts)",
-                clock(*since)
+            FailureChange::Recovered { since, attempts: n } => format!(
+                "delivery works again (it had failed since {}, {})",
+                clock(*since),
+                attempts(*n)
             ),
         }
     }

@@ -225,9 +225,9 @@ async fn run(
                     Some(failure) => Exit::new(
                         Failure::Network,
                         anyhow::anyhow!(
-                            "cannot reach the broker: still failing since {} ({} attempts)",
+                            "cannot reach the broker: still failing since {} ({})",
                             crate::outbox::clock(failure.since),
-                            failure.attempts
+                            crate::outbox::attempts(failure.attempts)
                         ),
                     ),
                     None => Exit::new(

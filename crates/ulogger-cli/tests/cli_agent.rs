@@ -410,8 +410,7 @@ fn outbox_status_until(
 }
 
 #[test]
-fn a_broker_out_of_reach_is_said_once_with_a_hint_summarised_in_status_and_cleared_when_it_is_back()
-{
+fn a_broker_out_of_reach_is_said_once_summarised_in_status_and_cleared_when_it_is_back() {
     let sandbox = Sandbox::new();
     let device = sandbox.path("inbox").join("SN-AGENT");
     std::fs::create_dir_all(&device).unwrap();
@@ -512,4 +511,52 @@ fn an_untrusted_broker_certificate_is_said_at_default_verbosity_with_the_hint_up
     assert!(run.stderr.contains(&hint), "{}", run.stderr);
     let status = outbox_status_until(&sandbox, |s| !s["last_error"].is_null());
     assert!(status["failing_since"].is_string(), "{status}");
+}
+
+#[test]
+fn a_wrong_customer_id_is_said_with_the_hint_and_shown_by_outbox_status() {
+    let sandbox = Sandbox::new();
+    let device = sandbox.path("inbox").join("SN-AGENT");
+    std::fs::create_dir_all(&device).unwrap();
+    std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
+    let emu = plaintext_emulator();
+    let mut args = replace(
+        connect_args("agent", &emu),
+        "--customer-id",
+        (CUSTOMER + 1).to_string(),
+    );
+    args.extend(strings(&["--no-store", "--scan-interval", "20", "--inbox"]));
+    args.push(s(&sandbox.path("inbox")));
+    args.push("--outbox".to_owned());
+    args.push(s(&sandbox.path("outbox")));
+    let mut command = sandbox.command(&[]);
+    command.args(&args).stdout(Stdio::piped());
+    let running = Running::spawn(command);
+
+    let failing = running.line_containing("delivery failing since");
+    assert!(failing.contains("not authorized"), "{failing}");
+    let hint = running.lines.recv_timeout(support::WAIT).unwrap();
+    assert!(
+        hint.starts_with(
+            "hint: the broker accepts only client ids that start with cust-{customer id}-"
+        ) && hint.contains(&format!("(now {})", CUSTOMER + 1)),
+        "{hint}"
+    );
+
+    outbox_status_until(&sandbox, |s| !s["last_error"].is_null());
+    let text = sandbox
+        .run(&strings(&[
+            "outbox",
+            "status",
+            "--outbox",
+            &s(&sandbox.path("outbox")),
+        ]))
+        .expect_code(0);
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("last error: "))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(line.contains("not authorized"), "{line}");
+    assert!(line.contains("(failing since "), "{line}");
 }
