@@ -35,8 +35,8 @@ use crate::wire::{
     Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, LogConfig, Metric, TextEntry,
 };
 use crate::{
-    MqttConfig, OutboxConfig, OutboxStatus, PublishReceipt, RecordId, TelemetryReceipt,
-    TextLogReceipt, UploadReceipt,
+    MqttConfig, OutboxConfig, OutboxFailure, OutboxStatus, PublishReceipt, RecordId,
+    TelemetryReceipt, TextLogReceipt, UploadReceipt,
 };
 
 mod http;
@@ -309,6 +309,14 @@ impl Client {
     /// See [`crate::Client::outbox_status`].
     pub fn outbox_status(&self) -> Result<OutboxStatus, Error> {
         self.inner.outbox_status()
+    }
+
+    /// The outbox's delivery failure that has not cleared yet, with the
+    /// error itself (see [`crate::Outbox::failure`]);
+    /// [`ErrorKind::NoOutbox`](crate::ErrorKind::NoOutbox) without an
+    /// outbox.
+    pub fn outbox_failure(&self) -> Result<Option<OutboxFailure>, Error> {
+        Ok(self.inner.outbox()?.failure())
     }
 
     /// See [`crate::Client::wait_for_log_config`].

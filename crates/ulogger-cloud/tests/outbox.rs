@@ -525,3 +525,65 @@ async fn telemetry_enqueued_offline_survives_a_restart_and_arrives_as_built() {
     );
     client.shutdown().await;
 }
+
+/// Waits (bounded) until `done` accepts the client's outbox status.
+async fn status_until(client: &Client, done: impl Fn(&OutboxStatus) -> bool) -> OutboxStatus {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let status = client.outbox_status().unwrap();
+            if done(&status) {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the outbox status never matched")
+}
+
+#[tokio::test]
+async fn failed_connection_attempts_are_the_outbox_failure_until_the_broker_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let client = client(offline_config(addr), OutboxConfig::new(dir.path()));
+    let id = enqueue_numbered(&client, 1).await[0];
+
+    // No record was tried, yet the outbox says why nothing goes out.
+    let status = status_until(&client, |s| s.failed_attempts >= 2).await;
+    let text = status.last_error.clone().unwrap();
+    assert!(
+        text.starts_with(&format!("could not connect to 127.0.0.1:{}", addr.port())),
+        "{text}"
+    );
+    let failure = client.outbox().unwrap().failure().unwrap();
+    assert!(
+        matches!(failure.error.kind(), ErrorKind::Connect { .. }),
+        "{:?}",
+        failure.error
+    );
+    assert_eq!(Some(failure.since), status.failing_since);
+    // Another process sees it too, from the owner's status file.
+    let read = tokio::time::timeout(WAIT, async {
+        loop {
+            let read = OutboxStatus::read(dir.path()).unwrap();
+            if read.failing_since.is_some() {
+                return read;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(read.last_error.as_deref(), Some(text.as_str()));
+
+    let emu = plaintext_emulator_at(addr);
+    tokio::time::timeout(WAIT, client.delivered(id))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = client.outbox_status().unwrap();
+    assert_eq!(status.last_error, None, "{status:?}");
+    assert_eq!(status.failing_since, None, "{status:?}");
+    assert_eq!(status.failed_attempts, 0, "{status:?}");
+    drop(emu);
+}
