@@ -346,6 +346,8 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             }
             Some(done) = deliveries.join_next() => {
                 if let Ok((id, label, result)) = done {
+                    // A delivery may have ended a failure: said first.
+                    report_failure(global, &client, &mut failures);
                     match result {
                         Ok(()) => event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {} (record {id})", label.escape_debug())),
                         Err(e) => {

@@ -560,3 +560,28 @@ fn a_wrong_customer_id_is_said_with_the_hint_and_shown_by_outbox_status() {
     assert!(line.contains("not authorized"), "{line}");
     assert!(line.contains("(failing since "), "{line}");
 }
+
+#[test]
+fn a_broker_stopped_under_a_running_agent_is_said_and_its_return_too() {
+    let sandbox = Sandbox::new();
+    let device = sandbox.path("inbox").join("SN-AGENT");
+    std::fs::create_dir_all(&device).unwrap();
+    std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
+    let emu = plaintext_emulator();
+    let addr = emu.addr();
+    let running = agent_with(&sandbox, addr, false, None);
+    drop_file(&device, "log-00000.bin", &numbered_log(0));
+    running.line_containing("delivered SN-AGENT/log-00000.bin");
+
+    drop(emu);
+    let failing = running.line_containing("delivery failing since");
+    assert!(
+        failing.contains("lost") || failing.contains("could not connect"),
+        "{failing}"
+    );
+    drop_file(&device, "log-00001.bin", &numbered_log(1));
+    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    running.line_containing("delivery works again");
+    running.line_containing("delivered SN-AGENT/log-00001.bin");
+    wait_for_logs(&emu, 1);
+}

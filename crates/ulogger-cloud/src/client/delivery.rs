@@ -73,7 +73,11 @@ pub(super) async fn run(
         }
         tokio::select! {
             () = outbox.shared.wake.notified() => {}
-            failed = link_change(&client, &mut link_events), if !connected => match failed {
+            // Watched while connected too (where it can be: a bridged
+            // link only says when it is up), so losing the connection
+            // with nothing in flight is noted at once, not at the next
+            // enqueue.
+            failed = link_change(&client, &mut link_events), if !connected || link_events.is_some() => match failed {
                 Some(error) => outbox.shared.note_link_error(&error),
                 None => if client.any_connected() {
                     outbox.shared.link_up();
