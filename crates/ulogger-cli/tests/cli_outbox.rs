@@ -85,6 +85,12 @@ fn files_queued_while_the_broker_is_away_are_delivered_once_by_the_rerun() {
     let status: serde_json::Value = serde_json::from_str(&status.expect_code(0).stdout).unwrap();
     assert_eq!(status["queued"], 20, "{status}");
     assert_eq!(status["owner_pid"], serde_json::Value::Null);
+    // With why they wait, from the run that left them.
+    assert!(
+        status["last_error"].as_str().unwrap().starts_with(&cause),
+        "{status}"
+    );
+    assert!(status["failing_since"].is_string(), "{status}");
     let list = sandbox.run(&strings(&["--json", "outbox", "list", "--outbox", &outbox]));
     let list: serde_json::Value = serde_json::from_str(&list.expect_code(0).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 20);
@@ -108,6 +114,7 @@ fn files_queued_while_the_broker_is_away_are_delivered_once_by_the_rerun() {
     ]));
     let status: serde_json::Value = serde_json::from_str(&status.expect_code(0).stdout).unwrap();
     assert_eq!(status["queued"], 0, "{status}");
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
 }
 
 #[test]

@@ -107,32 +107,36 @@ impl OutboxStatus {
     /// Reads the status of the outbox in `dir` without taking it over:
     /// what is queued and dead comes from the files, the owner's counters
     /// (delivered, rate, last error, ...) from its `status.json` when an
-    /// owner runs. Works while another process owns the directory.
+    /// owner runs. Without one, the last error (and since when) of the
+    /// last owner is kept: nothing could have cleared it since, and it
+    /// says why what is queued is still there. Works while another
+    /// process owns the directory.
     pub fn read(dir: impl AsRef<Path>) -> Result<OutboxStatus, Error> {
         let dir = dir.as_ref();
         let shared = read_only(dir)?;
         let mut status = shared.status();
-        status.owner_pid = None;
         status.in_flight = 0;
-        if disk::is_owned(dir) {
-            status.owner_pid = disk::owner_pid(dir);
-            if let Some(file) = std::fs::read(dir.join(disk::STATUS_FILE))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<StatusFile>(&bytes).ok())
-            {
-                status.in_flight = file.in_flight;
-                status.delivered = file.delivered;
-                status.evicted = file.evicted;
-                status.corrupt = file.corrupt;
-                status.last_error = file.last_error;
-                status.failing_since = file
-                    .failing_since_ms
-                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-                status.failed_attempts = file.failed_attempts;
-                status.delivery_rate = file.delivery_rate;
-                // The files cannot tell queued from in flight.
-                status.queued = status.queued.saturating_sub(file.in_flight);
-            }
+        let owned = disk::is_owned(dir);
+        status.owner_pid = if owned { disk::owner_pid(dir) } else { None };
+        let file = std::fs::read(dir.join(disk::STATUS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<StatusFile>(&bytes).ok());
+        let Some(file) = file else {
+            return Ok(status);
+        };
+        status.last_error = file.last_error;
+        status.failing_since = file
+            .failing_since_ms
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        status.failed_attempts = file.failed_attempts;
+        if owned {
+            status.in_flight = file.in_flight;
+            status.delivered = file.delivered;
+            status.evicted = file.evicted;
+            status.corrupt = file.corrupt;
+            status.delivery_rate = file.delivery_rate;
+            // The files cannot tell queued from in flight.
+            status.queued = status.queued.saturating_sub(file.in_flight);
         }
         Ok(status)
     }
