@@ -247,6 +247,17 @@ pub enum ErrorKind {
         /// Requests tried, retries included.
         attempts: u32,
     },
+    /// A step of a Bluetooth LE pull failed or ran out of time (BlueZ, the
+    /// link, or what the device answered). The device keeps every buffer
+    /// it was not finally acknowledged for, so pulling again later loses
+    /// nothing; the source, where there is one, is BlueZ's error.
+    #[error("Bluetooth LE, {step}: {reason} (the device keeps its data: pull again later; if it persists, check that bluetoothd runs and the device is in range)")]
+    Ble {
+        /// What was being done ("connecting", "resolving services", ...).
+        step: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
     /// An async client was built outside a Tokio runtime.
     #[error("no Tokio runtime: build the async Client inside one, or use blocking::Client")]
     NoRuntime,
@@ -297,7 +308,8 @@ impl Error {
             ErrorKind::Timeout(_)
             | ErrorKind::Connect { .. }
             | ErrorKind::ConnectionLost
-            | ErrorKind::HttpConnect { .. } => true,
+            | ErrorKind::HttpConnect { .. }
+            | ErrorKind::Ble { .. } => true,
             ErrorKind::HttpRefused { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
