@@ -23,7 +23,7 @@
 //! - [`HttpTelemetry`]: the same telemetry over HTTPS with an API token,
 //!   for gateways without an MQTT client certificate.
 
-#[cfg(feature = "ble")]
+#[cfg(all(feature = "ble", target_os = "linux"))]
 pub mod ble;
 pub mod blocking;
 pub mod wire;
