@@ -13,10 +13,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::firmware::Firmware;
 use common::*;
 use tokio::time::timeout;
-use ulogger_ble_sim::{FakeBluez, PrivateBus, SimulatedDevice};
+use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
 use ulogger_cloud::ble::{pull_device, Address, PullOptions};
 use ulogger_cloud::wire::{self, BufferKind, LogHeader, PullConfig};
 use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};

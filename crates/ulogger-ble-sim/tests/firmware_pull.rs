@@ -11,11 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::firmware::Firmware;
 use common::*;
 use futures_util::StreamExt;
 use tokio::time::timeout;
-use ulogger_ble_sim::{Characteristic, FakeBluez, PrivateBus, SimulatedDevice};
+use ulogger_ble_sim::{Characteristic, FakeBluez, Firmware, PrivateBus, SimulatedDevice};
 use ulogger_cloud::wire::{self, BlePull, BufferKind, PullAction, PullConfig};
 use ulogger_emulator::ble::{Erased, SimDevice};
 use zbus::Variant;

@@ -1,8 +1,6 @@
 //! A small device behaviour and D-Bus client helpers for the tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-pub mod firmware;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

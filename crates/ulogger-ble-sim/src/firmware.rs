@@ -1,17 +1,30 @@
-//! The emulator's firmware model behind the simulated BlueZ, shared by
-//! the tests that pull a device over D-Bus.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The emulator's firmware model (`SimDevice`) as a [`DeviceBehaviour`],
+//! so a simulated device behaves as the demo firmware does.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use ulogger_ble_sim::{Characteristic, DeviceBehaviour, Notification, ReadError};
+use crate::{Characteristic, DeviceBehaviour, Notification, ReadError};
 use ulogger_emulator::ble::{Notify, SimDevice};
 
-/// The firmware's state machine behind the D-Bus layer, shared with the
-/// test so it can look at what the device erased and when.
+/// The firmware's state machine behind the D-Bus layer; clones share it,
+/// so a test keeps one to look at what the device erased and when.
 #[derive(Clone)]
 pub struct Firmware(pub Arc<Mutex<SimDevice>>);
+
+impl Firmware {
+    /// `device` behind the simulated BlueZ.
+    pub fn new(device: SimDevice) -> Self {
+        Firmware(Arc::new(Mutex::new(device)))
+    }
+
+    /// The device's state. A panic elsewhere while it was held does not
+    /// hide it: the state machine has no invariant a half-done call breaks
+    /// that a test could not see.
+    pub fn device(&self) -> MutexGuard<'_, SimDevice> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 fn notifications(out: Vec<Notify>) -> Vec<Notification> {
     out.into_iter()
@@ -24,15 +37,15 @@ fn notifications(out: Vec<Notify>) -> Vec<Notification> {
 
 impl DeviceBehaviour for Firmware {
     fn connect(&mut self, now: Instant) {
-        self.0.lock().unwrap().connect(now);
+        self.device().connect(now);
     }
 
     fn disconnect(&mut self) {
-        self.0.lock().unwrap().disconnect();
+        self.device().disconnect();
     }
 
     fn read(&mut self, ch: Characteristic) -> Result<Vec<u8>, ReadError> {
-        let device = self.0.lock().unwrap();
+        let device = self.device();
         match ch {
             Characteristic::Config => Ok(device.read_config()),
             Characteristic::Rssi => device
@@ -44,7 +57,7 @@ impl DeviceBehaviour for Firmware {
     }
 
     fn write(&mut self, ch: Characteristic, value: &[u8], now: Instant) -> Vec<Notification> {
-        let mut device = self.0.lock().unwrap();
+        let mut device = self.device();
         match ch {
             Characteristic::LogAck => notifications(device.write_log_ack(value, now)),
             Characteristic::LogConfig => {
@@ -56,10 +69,10 @@ impl DeviceBehaviour for Firmware {
     }
 
     fn tick(&mut self, now: Instant) -> Vec<Notification> {
-        notifications(self.0.lock().unwrap().tick(now))
+        notifications(self.device().tick(now))
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.0.lock().unwrap().next_deadline()
+        self.device().next_deadline()
     }
 }
