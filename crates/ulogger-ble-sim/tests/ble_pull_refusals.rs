@@ -1,6 +1,7 @@
 //! `ulogger_cloud::ble::pull_device` when the outbox cannot take a buffer
-//! (the device must keep it: no final ack), and with a core dump after the
-//! logs (both stored before the device erases anything).
+//! (the device must keep it: no final ack), with a core dump after the
+//! logs (both stored before the device erases anything), and with a log
+//! that fails validation (kept in the rejected folder, then acknowledged).
 //!
 //! One test in this binary: it sets `DBUS_SYSTEM_BUS_ADDRESS`, which is
 //! process-wide, to point bluer at the private bus.
@@ -124,5 +125,47 @@ async fn a_buffer_the_outbox_refuses_stays_on_the_device_and_a_core_dump_follows
             "erased before the core dump was durable"
         );
     }
+
+    // A second device whose log is garbage: kept apart, fsynced, then
+    // acknowledged, so the device is not stuck re-sending it.
+    let garbage = vec![0xA5u8; 100];
+    let broken = Firmware::new(SimDevice::new(config_value(), garbage.clone(), None));
+    let broken_address = "11:22:33:44:55:66";
+    bluez
+        .add_device(SimulatedDevice::new(
+            broken_address,
+            NAME,
+            Box::new(broken.clone()),
+        ))
+        .await
+        .unwrap();
+    let rejected_dir = dir.path().join("rejected");
+    let report = timeout(
+        STEP * 3,
+        pull_device(
+            &roomy,
+            "hci0",
+            broken_address.parse().unwrap(),
+            PullOptions::new().rejected_dir(&rejected_dir),
+        ),
+    )
+    .await
+    .expect("the pull ended in time")
+    .unwrap();
+    assert!(report.stored.is_empty(), "{report:?}");
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    let kept = report.rejected[0].file.clone().expect("kept in a file");
+    assert_eq!(std::fs::read(&kept).unwrap(), garbage);
+    assert!(!std::fs::read_to_string(kept.with_extension("reason"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        broken
+            .device()
+            .erasures()
+            .map(|(e, _)| e.clone())
+            .collect::<Vec<_>>(),
+        [Erased::Logs(garbage)]
+    );
     roomy.shutdown().await;
 }

@@ -32,6 +32,11 @@ pub struct PullArgs {
     /// device is told to erase it (required).
     #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
     outbox: Option<PathBuf>,
+    /// Where a buffer that fails validation is kept (with a `.reason`
+    /// file) before it is acknowledged [default: a `rejected` folder
+    /// beside the outbox].
+    #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
+    rejected: Option<PathBuf>,
     /// The BlueZ adapter.
     #[arg(long, default_value = "hci0", value_name = "NAME")]
     adapter: String,
@@ -70,6 +75,12 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
         .clone()
         .or_else(|| file.outbox.clone())
         .ok_or_else(|| missing("outbox"))?;
+    let rejected = match args.rejected.clone().or_else(|| file.rejected.clone()) {
+        Some(dir) => dir,
+        None => std::path::absolute(&outbox)
+            .context("cannot resolve the outbox path")?
+            .with_file_name("rejected"),
+    };
     let (config, store) = args.connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
@@ -79,7 +90,8 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
             ErrorKind::OutboxLocked { .. } => Exit::new(Failure::BadInput, e),
             _ => exit::from_cloud(e),
         })?;
-    let outcome = pull_device(&client, &args.adapter, address, PullOptions::new()).await;
+    let options = PullOptions::new().rejected_dir(&rejected);
+    let outcome = pull_device(&client, &args.adapter, address, options).await;
     let report = match outcome {
         Ok(report) => report,
         Err(e) => {
@@ -90,7 +102,7 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
         }
     };
     for rejected in &report.rejected {
-        tracing::warn!(kind = ?rejected.kind, reason = %rejected.reason, "a buffer from the device was refused (acknowledged, not stored)");
+        tracing::warn!(kind = ?rejected.kind, reason = %rejected.reason, file = ?rejected.file, "a buffer from the device was refused: kept apart, not sent");
     }
     // Delivery is the outbox's business; waiting here only makes the
     // summary say whether it happened already.
@@ -120,6 +132,7 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
                 "delivered": delivered,
                 "pending": pending,
                 "rejected": report.rejected.len(),
+                "rejected_files": report.rejected.iter().filter_map(|r| r.file.as_ref()).collect::<Vec<_>>(),
                 "bytes": report.summary.bytes,
                 "reacks": report.summary.reacks,
                 "dropped": report.summary.dropped,

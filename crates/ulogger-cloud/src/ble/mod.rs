@@ -19,6 +19,8 @@
 //! Needs the cargo feature `ble` (and libdbus at build and run time).
 
 use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -56,13 +58,14 @@ pub const CONFIG_UUID: Uuid = Uuid::from_u128(0x3ad8119d_8f9d_4297_9302_aa56f228
 /// let options = PullOptions::new().connect_timeout(Duration::from_secs(5));
 /// assert_eq!(options.get_connect_timeout(), Duration::from_secs(5));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct PullOptions {
     connect_timeout: Duration,
     services_timeout: Duration,
     write_timeout: Duration,
     pull: PullConfig,
+    rejected_dir: Option<PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -74,6 +77,7 @@ impl Default for PullOptions {
             services_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
             pull: PullConfig::new(),
+            rejected_dir: None,
         }
     }
 }
@@ -111,6 +115,20 @@ impl PullOptions {
     pub fn pull(mut self, config: PullConfig) -> Self {
         self.pull = config;
         self
+    }
+
+    /// Where a buffer that fails validation is kept, durably, before it is
+    /// acknowledged: `<serial>-<unix ms>-<n>.log` (or `.core`) and a
+    /// `.reason` file beside it. Without it such a buffer is acknowledged
+    /// with its bytes only in the [`PullReport`].
+    pub fn rejected_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.rejected_dir = Some(dir.into());
+        self
+    }
+
+    /// See [`rejected_dir`](Self::rejected_dir).
+    pub fn get_rejected_dir(&self) -> Option<&Path> {
+        self.rejected_dir.as_deref()
     }
 
     /// See [`connect_timeout`](Self::connect_timeout).
@@ -151,8 +169,8 @@ pub struct StoredBuffer {
 /// A buffer that failed validation and was acknowledged anyway, so the
 /// device is not stuck re-sending it.
 ///
-/// Not yet stored durably: the bytes are only here, in the report (a
-/// rejected-buffer store in the outbox is still to come).
+/// Kept durably in [`PullOptions::rejected_dir`] when one is set (`file`);
+/// without one, the bytes are only here, in the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RejectedBuffer {
@@ -162,6 +180,8 @@ pub struct RejectedBuffer {
     pub reason: String,
     /// The buffer as the device sent it.
     pub data: Vec<u8>,
+    /// The file it was kept in, fsynced before the acknowledgement.
+    pub file: Option<PathBuf>,
 }
 
 /// What [`pull_device`] did.
@@ -385,6 +405,7 @@ async fn pull_connected(
         summary: PullSummary::default(),
     };
     let mut pull = BlePull::new(options.pull, Instant::now());
+    let options = &options;
     let mut action = pull.poll(Instant::now());
     loop {
         match action {
@@ -411,13 +432,28 @@ async fn pull_connected(
                         pull.durable(delivery.id, now)
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::InvalidLog(_)) => {
-                        tracing::warn!(serial = %report.device.serial, error = %e, "a log from the device failed validation; acknowledged so it is not re-sent for ever");
+                        let reason = e.to_string();
+                        let file = match &options.rejected_dir {
+                            Some(dir) => Some(
+                                keep_rejected(
+                                    dir,
+                                    &report.device.serial,
+                                    report.rejected.len(),
+                                    &delivery.data,
+                                    &reason,
+                                )
+                                .await?,
+                            ),
+                            None => None,
+                        };
+                        tracing::warn!(serial = %report.device.serial, error = %e, file = ?file, "a log from the device failed validation; acknowledged so it is not re-sent for ever");
                         report.rejected.push(RejectedBuffer {
                             kind,
-                            reason: e.to_string(),
+                            reason,
                             data: delivery.data,
+                            file,
                         });
-                        pull.rejected_durably(delivery.id, now)
+                        pull.rejected_durably(delivery.id, Instant::now())
                     }
                     // Not stored: no final ack, the device keeps the buffer.
                     Err(e) => return Err(e),
@@ -480,6 +516,68 @@ async fn write_ack(
         .await
         .map_err(|_| timed_out("writing an ack", limit))?
         .map_err(|e| ble("writing an ack", e))
+}
+
+/// Writes a refused buffer and its reason into `dir` and returns once both
+/// and their directory entries are on disk: only then may it be acked.
+async fn keep_rejected(
+    dir: &Path,
+    serial: &str,
+    n: usize,
+    data: &[u8],
+    reason: &str,
+) -> Result<PathBuf, Error> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // The serial comes from the device: keep only what is safe in a name.
+    let serial: String = serial
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{serial}-{millis}-{n}.log"));
+    let (dir, data, reason, target) = (
+        dir.to_path_buf(),
+        data.to_vec(),
+        reason.to_owned(),
+        path.clone(),
+    );
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        crate::durable::create_dir_all(&dir)?;
+        for (file, bytes) in [
+            (target.clone(), data),
+            (target.with_extension("reason"), reason.into_bytes()),
+        ] {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)?;
+            out.write_all(&bytes)?;
+            out.sync_all()?;
+        }
+        crate::durable::sync_dir(&dir)
+    })
+    .await;
+    let failed = |e: std::io::Error| {
+        Error::with_source(
+            ErrorKind::Ble {
+                step: "keeping a refused buffer",
+                reason: format!("cannot write {}: {e}", path.display()),
+            },
+            e,
+        )
+    };
+    match written {
+        Ok(Ok(())) => Ok(path),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(join) => Err(failed(std::io::Error::other(join))),
+    }
 }
 
 async fn until(deadline: Option<Instant>) {
