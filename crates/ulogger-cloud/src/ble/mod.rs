@@ -322,6 +322,8 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
             break;
         }
     }
+    // Not a D-Bus failure but the device's answer: no retry will help.
+    let step = crate::error::BLE_NOT_ULOGGER;
     let Some(service) = service else {
         return Err(ErrorKind::Ble {
             step,
@@ -332,8 +334,13 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
         .into());
     };
     let (mut config, mut log_data, mut log_ack, mut core_dump_data) = (None, None, None, None);
-    for ch in service.characteristics().await.map_err(|e| ble(step, e))? {
-        match ch.uuid().await.map_err(|e| ble(step, e))? {
+    let resolving = "resolving the uLogger service";
+    for ch in service
+        .characteristics()
+        .await
+        .map_err(|e| ble(resolving, e))?
+    {
+        match ch.uuid().await.map_err(|e| ble(resolving, e))? {
             CONFIG_UUID => config = Some(ch),
             LOG_DATA_UUID => log_data = Some(ch),
             LOG_ACK_UUID => log_ack = Some(ch),
@@ -367,7 +374,7 @@ async fn prepare(device: &Device) -> Result<(Gatt, DeviceInfo, Notifications), E
         .await
         .map_err(|e| ble("reading config", e))?;
     let info = wire::decode_ble_config(&value).map_err(|e| ErrorKind::Ble {
-        step: "decoding config",
+        step: crate::error::BLE_BAD_CONFIG,
         reason: e.to_string(),
     })?;
     let step = "subscribing to notifications";
