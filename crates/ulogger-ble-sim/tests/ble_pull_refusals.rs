@@ -1,7 +1,8 @@
 //! `ulogger_cloud::ble::pull_device` when the outbox cannot take a buffer
 //! (the device must keep it: no final ack), with a core dump after the
 //! logs (both stored before the device erases anything), and with a log
-//! that fails validation (kept in the rejected folder, then acknowledged).
+//! that fails validation (kept in the rejected folder, then acknowledged);
+//! and a device never seen ends the pull at the connect deadline.
 //!
 //! One test in this binary: it sets `DBUS_SYSTEM_BUS_ADDRESS`, which is
 //! process-wide, to point bluer at the private bus.
@@ -65,6 +66,29 @@ async fn a_buffer_the_outbox_refuses_stays_on_the_device_and_a_core_dump_follows
         .await
         .unwrap();
     let address: Address = DEVICE.parse().unwrap();
+
+    // A device nobody sees: the connect phase ends at its deadline, with
+    // a retryable error, rather than waiting for ever.
+    let nowhere_dir = tempfile::tempdir().unwrap();
+    let nowhere = client(OutboxConfig::new(nowhere_dir.path()));
+    let err = timeout(
+        STEP,
+        pull_device(
+            &nowhere,
+            "hci0",
+            "00:11:22:33:44:55".parse().unwrap(),
+            PullOptions::new().connect_timeout(Duration::from_millis(500)),
+        ),
+    )
+    .await
+    .expect("the connect deadline ended the pull")
+    .expect_err("no such device");
+    assert!(
+        matches!(err.kind(), ErrorKind::Ble { step, .. } if step.contains("connecting")),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    nowhere.shutdown().await;
 
     // An outbox too small for the log, refusing rather than evicting: the
     // pull fails and the device was never told to erase anything.
