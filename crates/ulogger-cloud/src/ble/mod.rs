@@ -232,7 +232,9 @@ impl fmt::Display for PullReport {
 ///
 /// [`ErrorKind::Ble`] when a step fails or passes its deadline (see
 /// [`PullOptions`]) or the transfer gives up; [`ErrorKind::NoOutbox`] and
-/// the outbox's errors (full, disk) when a buffer cannot be stored. In
+/// the outbox's errors (full, disk) when a buffer cannot be stored (and
+/// [`ErrorKind::Ble`] when a refused one cannot be kept in
+/// [`PullOptions::rejected_dir`]). In
 /// every case the device keeps what was not finally acknowledged, and
 /// what was stored before the error stays in the outbox (so a retry may
 /// store a buffer twice if the link failed right after its storage).
@@ -250,9 +252,22 @@ pub async fn pull_device(
     let adapter = session
         .adapter(adapter_name)
         .map_err(|e| ble("opening the adapter", e))?;
-    let device = tokio::time::timeout(options.connect_timeout, connect(&adapter, address))
-        .await
-        .map_err(|_| timed_out("finding and connecting the device", options.connect_timeout))??;
+    let device =
+        match tokio::time::timeout(options.connect_timeout, connect(&adapter, address)).await {
+            Ok(connected) => connected?,
+            Err(_) => {
+                // A connect cut short may still complete in bluetoothd: undo
+                // it, or the device would stay linked to a gateway gone away.
+                if let Ok(device) = adapter.device(address) {
+                    // Best effort, bounded: the timeout is what gets reported.
+                    let _ = tokio::time::timeout(options.write_timeout, device.disconnect()).await;
+                }
+                return Err(timed_out(
+                    "finding and connecting the device",
+                    options.connect_timeout,
+                ));
+            }
+        };
     let outcome = pull_connected(client, &device, options).await;
     // Always let the link go: the device serves one central at a time, and
     // a link left up would keep it from advertising to the next pull.
