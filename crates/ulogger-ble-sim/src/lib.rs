@@ -36,10 +36,12 @@
 mod behaviour;
 mod bluez;
 mod bus;
+mod firmware;
 
 pub use behaviour::{Characteristic, DeviceBehaviour, Notification, ReadError, SERVICE_UUID};
 pub use bluez::{DeviceHandle, FakeBluez, SimulatedDevice, ADAPTER_PATH};
 pub use bus::{PrivateBus, PrivateBusBuilder};
+pub use firmware::Firmware;
 
 /// What went wrong starting or driving the simulation.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,8 @@ macro_rules! out {
 }
 
 mod agent;
+#[cfg(all(feature = "ble", target_os = "linux"))]
+mod ble;
 mod connection;
 mod demo;
 mod device;
@@ -104,6 +106,10 @@ enum Command {
     Query(query::Args),
     /// Run the gateway service: files dropped in an inbox go out through a durable outbox.
     Agent(agent::Args),
+    /// Pull devices' logs over Bluetooth LE (BlueZ) into a durable outbox.
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    #[command(subcommand)]
+    Ble(ble::Command),
     /// Look at a durable outbox; retry or purge its dead records.
     #[command(subcommand)]
     Outbox(outbox::Command),
@@ -145,6 +151,8 @@ fn main() -> std::process::ExitCode {
         Command::Logs(args) => logs::run(global, args),
         Command::Outbox(cmd) => outbox::run(global, cmd),
         Command::Agent(args) => agent::run(global, args),
+        #[cfg(all(feature = "ble", target_os = "linux"))]
+        Command::Ble(cmd) => ble::run(global, cmd),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Config(cmd) => settings::run(global, cmd),

@@ -247,9 +247,37 @@ pub enum ErrorKind {
         /// Requests tried, retries included.
         attempts: u32,
     },
+    /// A step of a Bluetooth LE pull failed or ran out of time (BlueZ, the
+    /// link, or what the device answered). The device keeps every buffer
+    /// it was not finally acknowledged for, so pulling again later loses
+    /// nothing; the source, where there is one, is BlueZ's error.
+    /// [`Error::is_retryable`], except when the device is no uLogger
+    /// device (step `checking the uLogger service`) or its `config` is
+    /// unreadable (`decoding config`): those are
+    /// [`Error::is_invalid_input`] (the wrong address, or broken firmware).
+    #[error("Bluetooth LE, {step}: {reason} (the device keeps its data: pull again later; if it persists, check that bluetoothd runs and the device is in range)")]
+    Ble {
+        /// What was being done ("connecting", "resolving services", ...).
+        step: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
     /// An async client was built outside a Tokio runtime.
     #[error("no Tokio runtime: build the async Client inside one, or use blocking::Client")]
     NoRuntime,
+}
+
+/// The [`ErrorKind::Ble`] step of a device without the uLogger service.
+#[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+pub(crate) const BLE_NOT_ULOGGER: &str = "checking the uLogger service";
+/// The [`ErrorKind::Ble`] step of a `config` value that does not decode.
+#[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+pub(crate) const BLE_BAD_CONFIG: &str = "decoding config";
+
+/// Whether a BLE failure is the device's answer, which a retry cannot
+/// change, rather than the link's or BlueZ's.
+fn ble_device_at_fault(step: &str) -> bool {
+    step == BLE_NOT_ULOGGER || step == BLE_BAD_CONFIG
 }
 
 /// What a person can do about an HTTP refusal.
@@ -298,6 +326,7 @@ impl Error {
             | ErrorKind::Connect { .. }
             | ErrorKind::ConnectionLost
             | ErrorKind::HttpConnect { .. } => true,
+            ErrorKind::Ble { step, .. } => !ble_device_at_fault(step),
             ErrorKind::HttpRefused { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -325,7 +354,7 @@ impl Error {
                 | ErrorKind::InvalidTelemetry(_)
                 | ErrorKind::InvalidTextLogs(_)
                 | ErrorKind::PayloadTooLarge { .. }
-        )
+        ) || matches!(self.kind(), ErrorKind::Ble { step, .. } if ble_device_at_fault(step))
     }
 
     /// True if the broker or the cloud refused (connection, subscription,
@@ -463,6 +492,32 @@ impl StdError for Error {
         match &self.inner.source {
             Some(source) => Some(source.as_ref()),
             None => self.inner.kind.source(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ble(step: &'static str) -> Error {
+        ErrorKind::Ble {
+            step,
+            reason: "x".into(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_ble_failure_is_retryable_unless_the_device_itself_is_wrong() {
+        let link = ble("connecting");
+        assert!(link.is_retryable() && !link.is_invalid_input());
+        for step in [BLE_NOT_ULOGGER, BLE_BAD_CONFIG] {
+            let device = ble(step);
+            assert!(
+                !device.is_retryable() && device.is_invalid_input(),
+                "{step}"
+            );
         }
     }
 }

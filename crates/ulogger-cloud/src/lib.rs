@@ -23,6 +23,8 @@
 //! - [`HttpTelemetry`]: the same telemetry over HTTPS with an API token,
 //!   for gateways without an MQTT client certificate.
 
+#[cfg(all(feature = "ble", target_os = "linux"))]
+pub mod ble;
 pub mod blocking;
 pub mod wire;
 

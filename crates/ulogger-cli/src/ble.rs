@@ -1,0 +1,146 @@
+//! `ulogger ble`: the gateway's device end over Bluetooth LE (BlueZ).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::json;
+use ulogger_cloud::ble::{pull_device, Address, PullOptions};
+use ulogger_cloud::{Client, ErrorKind, OutboxConfig};
+
+use crate::connection::{missing, ConnectionArgs};
+use crate::exit::{self, Exit, Failure};
+use crate::Global;
+
+/// `ulogger ble ...`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull one device's logs and core dump once, into a durable outbox, then deliver them.
+    Pull(PullArgs),
+}
+
+/// `ulogger ble pull`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// The device's Bluetooth address, e.g. AA:BB:CC:DD:EE:FF.
+    #[arg(long, value_name = "ADDR")]
+    address: String,
+    /// The durable outbox directory: a buffer is stored here before the
+    /// device is told to erase it (required).
+    #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
+    outbox: Option<PathBuf>,
+    /// Where a buffer that fails validation is kept (with a `.reason`
+    /// file) before it is acknowledged [default: a `rejected` folder
+    /// beside the outbox].
+    #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
+    rejected: Option<PathBuf>,
+    /// The BlueZ adapter.
+    #[arg(long, default_value = "hci0", value_name = "NAME")]
+    adapter: String,
+    /// Seconds to wait for the cloud to acknowledge what was pulled;
+    /// what is not delivered by then stays in the outbox, for the agent
+    /// or the next command on this outbox to send.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    deliver_timeout: u64,
+}
+
+/// Runs `ulogger ble ...`.
+pub fn run(global: Global, command: Command) -> Result<(), Exit> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match command {
+        Command::Pull(args) => runtime.block_on(pull(global, args)),
+    }
+}
+
+async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
+    let address: Address = args.address.parse().map_err(|_| {
+        Exit::new(
+            Failure::BadInput,
+            anyhow::anyhow!(
+                "--address {:?} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)",
+                args.address
+            ),
+        )
+    })?;
+    let file = args.connection.file()?;
+    let outbox = args
+        .outbox
+        .clone()
+        .or_else(|| file.outbox.clone())
+        .ok_or_else(|| missing("outbox"))?;
+    let rejected = match args.rejected.clone().or_else(|| file.rejected.clone()) {
+        Some(dir) => dir,
+        None => std::path::absolute(&outbox)
+            .context("cannot resolve the outbox path")?
+            .with_file_name("rejected"),
+    };
+    let (config, store) = args.connection.resolve()?;
+    let client = Client::builder(config)
+        .session_store(store)
+        .outbox(OutboxConfig::new(&outbox))
+        .build()
+        .map_err(|e| match e.kind() {
+            ErrorKind::OutboxLocked { .. } => Exit::new(Failure::BadInput, e),
+            _ => exit::from_cloud(e),
+        })?;
+    let options = PullOptions::new().rejected_dir(&rejected);
+    let outcome = pull_device(&client, &args.adapter, address, options).await;
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            // What was stored before the failure is delivered later from
+            // the outbox; the device keeps everything else.
+            client.shutdown().await;
+            return Err(exit::from_cloud(e));
+        }
+    };
+    for rejected in &report.rejected {
+        tracing::warn!(kind = ?rejected.kind, reason = %rejected.reason, file = ?rejected.file, "a buffer from the device was refused: kept apart, not sent");
+    }
+    // Delivery is the outbox's business; waiting here only makes the
+    // summary say whether it happened already.
+    let limit = Duration::from_secs(args.deliver_timeout);
+    let mut delivered = 0usize;
+    let waited = tokio::time::timeout(limit, async {
+        for stored in &report.stored {
+            match client.delivered(stored.record).await {
+                Ok(()) => delivered += 1,
+                Err(e) => tracing::warn!(record = %stored.record, error = %exit::message(&e), "not delivered"),
+            }
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::info!("delivery still under way after {limit:?}; the rest stays in the outbox");
+    }
+    client.shutdown().await;
+    let pending = report.stored.len() - delivered;
+    if global.json {
+        outln!(
+            "{}",
+            json!({
+                "serial": report.device.serial,
+                "app_id": report.device.app_id,
+                "stored": report.stored.len(),
+                "delivered": delivered,
+                "pending": pending,
+                "rejected": report.rejected.len(),
+                "rejected_files": report.rejected.iter().filter_map(|r| r.file.as_ref()).collect::<Vec<_>>(),
+                "bytes": report.summary.bytes,
+                "reacks": report.summary.reacks,
+                "dropped": report.summary.dropped,
+                "outbox": outbox,
+            })
+        );
+    } else {
+        outln!("{report}; {delivered} delivered, {pending} left in the outbox");
+    }
+    Ok(())
+}
