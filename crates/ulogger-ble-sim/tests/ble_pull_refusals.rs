@@ -189,7 +189,29 @@ async fn a_buffer_the_outbox_refuses_stays_on_the_device_and_a_core_dump_follows
             .erasures()
             .map(|(e, _)| e.clone())
             .collect::<Vec<_>>(),
-        [Erased::Logs(garbage)]
+        [Erased::Logs(garbage.clone())]
     );
+
+    // Without a folder of its own, a rejected buffer is still on disk
+    // before the device erases it: in the outbox directory's ble-rejected/.
+    broken.device().add_logs(&garbage);
+    let report = timeout(
+        STEP * 3,
+        pull_device(
+            &roomy,
+            "hci0",
+            broken_address.parse().unwrap(),
+            PullOptions::new(),
+        ),
+    )
+    .await
+    .expect("the pull ended in time")
+    .unwrap();
+    let kept = report.rejected[0].file.clone().expect("kept in a file");
+    assert!(
+        kept.starts_with(dir.path().join("ble-rejected")),
+        "{kept:?}"
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), garbage);
     roomy.shutdown().await;
 }

@@ -119,8 +119,9 @@ impl PullOptions {
 
     /// Where a buffer that fails validation is kept, durably, before it is
     /// acknowledged: `<serial>-<unix ms>-<n>.log` (or `.core`) and a
-    /// `.reason` file beside it. Without it such a buffer is acknowledged
-    /// with its bytes only in the [`PullReport`].
+    /// `.reason` file beside it. Default: `ble-rejected/` in the client's
+    /// outbox directory, so the device's only copy is never erased before
+    /// it is on disk somewhere.
     pub fn rejected_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.rejected_dir = Some(dir.into());
         self
@@ -169,8 +170,8 @@ pub struct StoredBuffer {
 /// A buffer that failed validation and was acknowledged anyway, so the
 /// device is not stuck re-sending it.
 ///
-/// Kept durably in [`PullOptions::rejected_dir`] when one is set (`file`);
-/// without one, the bytes are only here, in the report.
+/// Kept durably (`file`) in [`PullOptions::rejected_dir`], by default
+/// `ble-rejected/` in the outbox directory, before the acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RejectedBuffer {
@@ -180,7 +181,8 @@ pub struct RejectedBuffer {
     pub reason: String,
     /// The buffer as the device sent it.
     pub data: Vec<u8>,
-    /// The file it was kept in, fsynced before the acknowledgement.
+    /// The file it was kept in, fsynced before the acknowledgement
+    /// (always set; an `Option` for the callers written against it).
     pub file: Option<PathBuf>,
 }
 
@@ -455,19 +457,22 @@ async fn pull_connected(
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::InvalidLog(_)) => {
                         let reason = e.to_string();
-                        let file = match &options.rejected_dir {
-                            Some(dir) => Some(
-                                keep_rejected(
-                                    dir,
-                                    &report.device.serial,
-                                    report.rejected.len(),
-                                    &delivery.data,
-                                    &reason,
-                                )
-                                .await?,
-                            ),
-                            None => None,
+                        // The outbox directory exists: the log was just
+                        // refused by it.
+                        let dir = match &options.rejected_dir {
+                            Some(dir) => dir.clone(),
+                            None => client.outbox()?.dir().join(DEFAULT_REJECTED_DIR),
                         };
+                        let file = Some(
+                            keep_rejected(
+                                &dir,
+                                &report.device.serial,
+                                report.rejected.len(),
+                                &delivery.data,
+                                &reason,
+                            )
+                            .await?,
+                        );
                         tracing::warn!(serial = %report.device.serial, error = %e, file = ?file, "a log from the device failed validation; acknowledged so it is not re-sent for ever");
                         report.rejected.push(RejectedBuffer {
                             kind,
@@ -542,6 +547,10 @@ async fn write_ack(
 
 /// Writes a refused buffer and its reason into `dir` and returns once both
 /// and their directory entries are on disk: only then may it be acked.
+/// The folder, inside the outbox directory, that keeps rejected buffers
+/// when no other is given (the outbox reads only its `seg-*` files).
+const DEFAULT_REJECTED_DIR: &str = "ble-rejected";
+
 async fn keep_rejected(
     dir: &Path,
     serial: &str,
