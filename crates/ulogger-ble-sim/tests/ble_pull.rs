@@ -24,14 +24,22 @@ use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
 
 const CUSTOMER: u32 = 4242;
 
-/// A valid v4 log as the device reads it: session token 0.
+/// A valid v4 log as the device reads it: session token 0, and epoch 0
+/// (the device has no wall clock).
 fn device_log() -> Vec<u8> {
     let mut header = LogHeader::new(4).unwrap();
     header.anchor_tick = Some(1000);
     header.tick_rate_hz = Some(32_768);
-    header.epoch_time_us = Some(1_700_000_000_000_000);
+    header.epoch_time_us = Some(0);
     let data: Vec<u8> = (0..700u32).map(|i| (i * 31 % 251) as u8).collect();
     wire::build_log(header, &data).unwrap()
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn options() -> PullOptions {
@@ -80,10 +88,12 @@ async fn pull_device_stores_the_log_before_the_device_erases_it() {
         .unwrap();
     let address: Address = DEVICE.parse().unwrap();
 
+    let pull_started = unix_us();
     let report = timeout(STEP * 3, pull_device(&client, "hci0", address, options()))
         .await
         .expect("the pull finished in time")
         .expect("the pull succeeded");
+    let pull_ended = unix_us();
     assert_eq!(report.device.serial, "AABBCCDDEEFF");
     assert_eq!(report.device.app_id, 7);
     assert_eq!(report.stored.len(), 1, "{report:?}");
@@ -123,10 +133,18 @@ async fn pull_device_stores_the_log_before_the_device_erases_it() {
     assert_eq!(logs.len(), 1, "{logs:?}");
     assert!(logs[0].is_ok(), "{:?}", logs[0]);
     let arrived = std::fs::read(emulator.data_dir().join(logs[0].file.as_ref().unwrap())).unwrap();
-    let token = LogHeader::parse(&arrived).unwrap().session_token;
+    let header = LogHeader::parse(&arrived).unwrap();
+    let token = header.session_token;
     assert_ne!(token, 0, "the token was patched in");
+    // The gateway's clock of the pull, not of the upload after the outage.
+    let epoch = header.epoch_time_us.unwrap();
+    assert!(
+        (pull_started..=pull_ended).contains(&epoch),
+        "epoch {epoch} not within the pull ({pull_started}..={pull_ended})"
+    );
     let mut expected = log.clone();
     wire::patch_session_token(&mut expected, token).unwrap();
+    wire::patch_epoch_time_us(&mut expected, epoch).unwrap();
     assert_eq!(arrived, expected);
 
     // Nothing left on the device: the second pull meets silence.

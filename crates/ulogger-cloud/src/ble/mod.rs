@@ -66,6 +66,7 @@ pub struct PullOptions {
     write_timeout: Duration,
     pull: PullConfig,
     rejected_dir: Option<PathBuf>,
+    stamp_epoch_time: bool,
 }
 
 impl Default for PullOptions {
@@ -77,6 +78,7 @@ impl Default for PullOptions {
             services_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
             pull: PullConfig::new(),
+            stamp_epoch_time: true,
             rejected_dir: None,
         }
     }
@@ -124,6 +126,16 @@ impl PullOptions {
     /// it is on disk somewhere.
     pub fn rejected_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.rejected_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether a version-4 log whose `epoch_time_us` is 0 (a device
+    /// without a wall clock) gets the gateway's clock of the moment its
+    /// header arrived over BLE (PROTOCOL §5), before it goes into the
+    /// outbox. Default: yes. Never the time of its upload, which may be
+    /// hours later.
+    pub fn stamp_epoch_time(mut self, yes: bool) -> Self {
+        self.stamp_epoch_time = yes;
         self
     }
 
@@ -436,8 +448,11 @@ async fn pull_connected(
             PullAction::WriteAck(ack) => {
                 write_ack(&gatt.log_ack, ack, options.write_timeout).await?;
             }
-            PullAction::Deliver(delivery) => {
+            PullAction::Deliver(mut delivery) => {
                 let kind = delivery.kind;
+                if kind == BufferKind::Log && options.stamp_epoch_time {
+                    stamp_arrival(&mut delivery.data, delivery.header_arrived_at);
+                }
                 let stored = match kind {
                     BufferKind::Log => client.enqueue_log(&report.device, &delivery.data).await,
                     BufferKind::CoreDump => client.enqueue_core_dump(&delivery.data).await,
@@ -547,6 +562,26 @@ async fn write_ack(
 
 /// Writes a refused buffer and its reason into `dir` and returns once both
 /// and their directory entries are on disk: only then may it be acked.
+/// Writes into a v4 log whose `epoch_time_us` is 0 the wall-clock time of
+/// `arrived` (when its header came over BLE). Anything else is left as
+/// the device sent it; a log that does not parse is refused later, whole.
+fn stamp_arrival(log: &mut [u8], arrived: Instant) {
+    let Ok(header) = crate::wire::LogHeader::parse(log) else {
+        return;
+    };
+    if header.epoch_time_us != Some(0) {
+        return;
+    }
+    let then = std::time::SystemTime::now()
+        .checked_sub(Instant::now().saturating_duration_since(arrived))
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_micros()).ok());
+    if let Some(us) = then {
+        // A v4 header parsed just above: the field is there.
+        let _ = crate::wire::patch_epoch_time_us(log, us);
+    }
+}
+
 /// The folder, inside the outbox directory, that keeps rejected buffers
 /// when no other is given (the outbox reads only its `seg-*` files).
 const DEFAULT_REJECTED_DIR: &str = "ble-rejected";
