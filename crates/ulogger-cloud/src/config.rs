@@ -325,11 +325,6 @@ impl MqttConfig {
         self
     }
 
-    /// True when [`MqttConfig::legacy_topics`] is on.
-    pub fn uses_legacy_topics(&self) -> bool {
-        self.group_id.is_none()
-    }
-
     /// The group id in the topics, or `None` with
     /// [`MqttConfig::legacy_topics`].
     pub fn group(&self) -> Option<u32> {

@@ -131,14 +131,12 @@ impl Client {
     ) -> Result<(String, Vec<TextLogBatch>), Error> {
         let topic = self.settings().topics.logs(device.app_id)?;
         // Numbered once the count is known, so a refused call uses no
-        // numbers. Where batches split does not depend on the numbers
-        // (room is kept for the longest one), so the count stays.
-        let count = wire::text_log_batches(device, 0, entries)?.len();
-        let first = self
-            .inner
-            .text_sequences
-            .reserve(&device.serial, count as u64);
-        let batches = wire::text_log_batches(device, first, entries)?;
+        // numbers.
+        let batches = wire::text_log_batches_numbered(device, entries, |count| {
+            self.inner
+                .text_sequences
+                .reserve(&device.serial, count as u64)
+        })?;
         Ok((topic, batches))
     }
 }

@@ -52,7 +52,9 @@ pub use telemetry::{
     DeviceEvents, DeviceMetrics, Event, Metric, MetricValue, TelemetryError, TelemetryPayload,
     COMPRESSION_THRESHOLD,
 };
-pub use text_log::{text_log_batches, TextEntry, TextLevel, TextLogBatch, TextLogError};
+pub use text_log::{
+    text_log_batches, text_log_batches_numbered, TextEntry, TextLevel, TextLogBatch, TextLogError,
+};
 pub use topic::{
     validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
     MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,

@@ -149,6 +149,21 @@ pub fn text_log_batches(
     first_sequence: u64,
     entries: &[TextEntry],
 ) -> Result<Vec<TextLogBatch>, TextLogError> {
+    text_log_batches_numbered(device, entries, |_| first_sequence)
+}
+
+/// [`text_log_batches`], numbered from `first_sequence(count)` once the
+/// number of messages is known (a caller reserving numbers needs the count
+/// first; where the entries split does not depend on the numbers).
+///
+/// # Errors
+///
+/// As [`text_log_batches`]; `first_sequence` is not called then.
+pub fn text_log_batches_numbered(
+    device: &DeviceInfo,
+    entries: &[TextEntry],
+    first_sequence: impl FnOnce(usize) -> u64,
+) -> Result<Vec<TextLogBatch>, TextLogError> {
     validate_serial(&device.serial).map_err(|reason| TextLogError::InvalidSerial {
         serial: device.serial.clone(),
         reason,
@@ -173,8 +188,9 @@ pub fn text_log_batches(
     // The longest header any batch of this call can have, so that a
     // batch never overflows when its sequence gains a digit.
     let header_room = header(u64::MAX).len();
-    let mut batches = Vec::new();
-    let mut sequence = first_sequence;
+    // Bodies first (each entry's lines and count), headers once the
+    // number of messages, and so the first sequence number, is known.
+    let mut bodies: Vec<(Vec<u8>, usize)> = Vec::new();
     let mut body: Vec<u8> = Vec::new();
     let mut count = 0;
     for (index, entry) in entries.iter().enumerate() {
@@ -200,16 +216,22 @@ pub fn text_log_batches(
             });
         }
         if header_room + body.len() + line.len() > MAX_MESSAGE_SIZE {
-            batches.push(seal(header(sequence), &body, count, sequence));
-            sequence = sequence.wrapping_add(1);
-            body.clear();
+            bodies.push((std::mem::take(&mut body), count));
             count = 0;
         }
         body.extend_from_slice(&line);
         count += 1;
     }
-    batches.push(seal(header(sequence), &body, count, sequence));
-    Ok(batches)
+    bodies.push((body, count));
+    let first = first_sequence(bodies.len());
+    Ok(bodies
+        .into_iter()
+        .enumerate()
+        .map(|(n, (body, count))| {
+            let sequence = first.wrapping_add(n as u64);
+            seal(header(sequence), &body, count, sequence)
+        })
+        .collect())
 }
 
 fn seal(mut header: Vec<u8>, body: &[u8], entries: usize, sequence: u64) -> TextLogBatch {

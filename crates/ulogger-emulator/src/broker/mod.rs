@@ -262,25 +262,7 @@ impl Broker {
         if message.retain {
             lock(&self.retained).store(&message);
         }
-        let deliveries = lock(&self.subscriptions).deliveries(&message);
-        let mut stored_signal = None;
-        for (mailbox, qos) in deliveries {
-            let stored = (mailbox.conn_id == CLOUD_CONN_ID).then(|| {
-                let (tx, rx) = oneshot::channel();
-                stored_signal = Some(rx);
-                tx
-            });
-            mailbox.deliver(Delivery {
-                message: Message {
-                    topic: message.topic.clone(),
-                    payload: message.payload.clone(),
-                    qos,
-                    retain: false,
-                },
-                stored,
-            });
-        }
-        stored_signal
+        self.route(&message, true).1
     }
 
     /// Routes a message the cloud sends to every matching subscriber but
@@ -291,28 +273,43 @@ impl Broker {
     /// reply topic only after the PUBACK (PROTOCOL §3), and the platform's
     /// reply, coming through a queue, still reaches it.
     pub(crate) fn publish_from_cloud(&self, message: Message, linger: Option<Duration>) {
-        let deliveries = lock(&self.subscriptions).deliveries(&message);
-        let mut delivered = false;
+        let (delivered, _) = self.route(&message, false);
+        if let Some(linger) = linger.filter(|_| delivered == 0) {
+            let now = Instant::now();
+            let mut lingering = lock(&self.lingering);
+            lingering.retain(|(m, deadline)| *deadline > now && m.topic != message.topic);
+            lingering.push((message, now + linger));
+        }
+    }
+
+    /// Hands `message` to every matching subscriber, the cloud only when
+    /// `to_cloud`. Returns how many got it and, when the cloud did, the
+    /// signal that fires once it stored the message.
+    fn route(&self, message: &Message, to_cloud: bool) -> (usize, Option<oneshot::Receiver<()>>) {
+        let deliveries = lock(&self.subscriptions).deliveries(message);
+        let mut delivered = 0;
+        let mut stored_signal = None;
         for (mailbox, qos) in deliveries {
-            if mailbox.conn_id == CLOUD_CONN_ID {
+            let is_cloud = mailbox.conn_id == CLOUD_CONN_ID;
+            if is_cloud && !to_cloud {
                 continue;
             }
-            delivered = true;
+            let stored = is_cloud.then(|| {
+                let (tx, rx) = oneshot::channel();
+                stored_signal = Some(rx);
+                tx
+            });
+            delivered += 1;
             mailbox.deliver(Delivery {
                 message: Message {
                     qos,
                     retain: false,
                     ..message.clone()
                 },
-                stored: None,
+                stored,
             });
         }
-        if let Some(linger) = linger.filter(|_| !delivered) {
-            let now = Instant::now();
-            let mut lingering = lock(&self.lingering);
-            lingering.retain(|(m, deadline)| *deadline > now && m.topic != message.topic);
-            lingering.push((message, now + linger));
-        }
+        (delivered, stored_signal)
     }
 
     /// Closes the connections whose client id starts with `prefix` (all of
