@@ -381,7 +381,7 @@ impl RecordLog {
                 Err(InsertError::BeforeCommit(e)) => {
                     let _ = run.failed(&EmulatorError::io(
                         "append to",
-                        &self.data_dir.join(INDEX_FILE),
+                        self.data_dir.join(INDEX_FILE),
                         e,
                     ));
                     return Err(NotStored);
