@@ -1,5 +1,6 @@
 //! The one rule that makes new files and directories durable, for the
-//! outbox and the session store (decision 18):
+//! outbox, the session store, the BLE gateway's records and the CLI's
+//! inbox (decision 18):
 //!
 //! - a created file or directory is durable only once its parent
 //!   directory is fsynced, and so on up to a directory that already
@@ -17,7 +18,7 @@ use std::path::Path;
 
 /// Makes the entries of `dir` durable: files created, renamed or removed
 /// in it (fault point `sync-dir`).
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     crate::crash::fault("sync-dir")?;
     #[cfg(unix)]
     {
@@ -33,7 +34,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The directory holding `path`'s entry (`.` for a bare name).
-pub(crate) fn parent_of(path: &Path) -> &Path {
+pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -48,7 +49,7 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
 /// would ever make its entry durable. That extra sync is skipped if the
 /// parent may not be read (syncing opens it): we did not create `dir`,
 /// and refusing to open what worked before would help nobody.
-pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     create_dir_all_with(dir, sync_dir)
 }
 
@@ -105,8 +106,7 @@ fn create_dir_all_with(
 /// leaves either the old file whole or the new one whole; a failure
 /// removes the temporary file and is returned, never reported durable.
 /// The directory must exist (see [`create_dir_all`]).
-#[cfg_attr(not(feature = "ble"), allow(dead_code))]
-pub(crate) fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let dir = parent_of(path);
     let name = path.file_name().ok_or_else(|| {
@@ -137,8 +137,7 @@ pub(crate) fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Removes `path` durably (its directory fsynced after). A file already
 /// gone is no error.
-#[cfg_attr(not(feature = "ble"), allow(dead_code))]
-pub(crate) fn remove_file(path: &Path) -> io::Result<()> {
+pub fn remove_file(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         other => other?,
