@@ -1,0 +1,591 @@
+//! Issue 19: our BLE gateway against a bleak reference gateway, side by
+//! side on one simulated BlueZ.
+//!
+//! 20 simulated devices (the demo firmware's state machine, `Firmware`),
+//! each holding one valid 16 KiB log, sit behind the fake BlueZ on a
+//! private `dbus-daemon`; notifications go out as soon as an ack asks for
+//! them (no delay). Each round runs, one after the other and in
+//! alternating order, two gateway *processes* that pull all 20 devices at
+//! once:
+//!
+//! - **ours**: this binary run again with `ULOGGER_BLE_BENCH_ROLE=gateway`,
+//!   calling `ulogger_cloud::ble::pull_device` for the 20 devices
+//!   concurrently (one tokio runtime, default worker count) with a `Client`
+//!   whose durable outbox is a fresh directory under `target/tmp`. The
+//!   cloud is unreachable (a closed loopback port): what is measured is the
+//!   pull and the fsynced store, not an upload.
+//! - **bleak**: `benches/bleak_gateway.py` under the bleak venv, doing what
+//!   the reference gateway's `bluetooth.py` does (PROTOCOL §6), 20 devices
+//!   at once with asyncio; it writes each buffer to a file *without* fsync,
+//!   after the final ack.
+//!
+//! Per round and gateway: the child's CPU time (user + system, from the
+//! kernel's accounting of reaped children), per chunk the devices sent
+//! (1,024 per device), with and without the process's start-up (each child
+//! prints its own CPU time once started, before its first D-Bus call); the
+//! wall time from spawning the process to its exit, and the devices' own
+//! window (first connect to last erase); and, per device, the time from
+//! sending its last chunk to receiving the final ack (the device's event
+//! record). Every round checks that each device erased its log exactly
+//! once. Medians over the rounds, ratios between figures of the same run.
+//!
+//! `cargo bench -p ulogger-ble-sim --bench ble_gateway`
+//! (`ULOGGER_BLE_BENCH_ROUNDS`, default 3). Needs `dbus-daemon` and a
+//! python with bleak 3.1.0: `ULOGGER_BLEAK_PYTHON`, else
+//! `target/bleak-venv/bin/python` (`.ci/run` makes it); without either it
+//! fails, saying what to install.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrusage, UsageWho};
+use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
+use ulogger_emulator::ble::{DeviceEvent, Erased, Notify, SimDevice};
+
+const DEVICES: usize = 20;
+/// Each device's log buffer: one v4 log, header included.
+const LOG_BYTES: usize = 16 * 1024;
+/// The device's chunk payload (PROTOCOL §6).
+const CHUNK_PAYLOAD: usize = 16;
+const CUSTOMER: u32 = 4242;
+const APP: u32 = 7;
+const DEFAULT_ROUNDS: usize = 3;
+/// Bounds one gateway's run: a hang fails the bench, never stalls it.
+const GATEWAY_LIMIT: Duration = Duration::from_secs(300);
+/// The environment variable that makes this binary the gateway child.
+const ROLE: &str = "ULOGGER_BLE_BENCH_ROLE";
+/// The issue's goals.
+const CPU_RATIO_GOAL: f64 = 10.0;
+const FINAL_ACK_P50_GOAL: Duration = Duration::from_millis(5);
+
+fn main() {
+    if std::env::var(ROLE).as_deref() == Ok("gateway") {
+        std::process::exit(gateway::run());
+    }
+    let rounds = match std::env::var("ULOGGER_BLE_BENCH_ROUNDS") {
+        Ok(n) => n.parse().expect("ULOGGER_BLE_BENCH_ROUNDS is a number"),
+        Err(_) => DEFAULT_ROUNDS,
+    };
+    let python = bleak_python().unwrap_or_else(|why| fail(&why));
+    let bus = PrivateBus::start().unwrap_or_else(|e| match e {
+        ulogger_ble_sim::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => fail(
+            "dbus-daemon is not installed (the simulated BlueZ runs on a private bus): \
+             apt-get install -y dbus-daemon",
+        ),
+        other => fail(&format!("the private D-Bus daemon did not start: {other}")),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench(&bus, &python, rounds));
+}
+
+/// Prints why the bench cannot run and exits non-zero.
+fn fail(why: &str) -> ! {
+    eprintln!("error: ble_gateway cannot run: {why}");
+    std::process::exit(1)
+}
+
+/// The bleak venv's python, checked to import bleak.
+fn bleak_python() -> Result<PathBuf, String> {
+    let python = match std::env::var_os("ULOGGER_BLEAK_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        // CARGO_TARGET_TMPDIR is <target>/tmp.
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bleak-venv/bin/python"),
+    };
+    let install = "make it with `python3 -m venv target/bleak-venv && \
+                   target/bleak-venv/bin/pip install bleak==3.1.0` (or run .ci/run), \
+                   or name a python with bleak in ULOGGER_BLEAK_PYTHON";
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import importlib.metadata as m; print(m.version('bleak'))"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if version != "3.1.0" {
+                eprintln!("warning: bleak {version}, not the pinned 3.1.0");
+            }
+            Ok(python)
+        }
+        Ok(out) => Err(format!(
+            "{} has no bleak ({}): {install}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}: {install}", python.display())),
+    }
+}
+
+/// One device of the bench: its firmware, the log it is refilled with.
+struct Bench {
+    address: String,
+    firmware: Firmware,
+}
+
+/// A valid v4 log of `LOG_BYTES` as the device reads it: session token 0,
+/// epoch 0 (no wall clock), so our gateway stamps and patches it as it
+/// would in the field.
+fn device_log(n: usize) -> Vec<u8> {
+    use ulogger_cloud::wire::{build_log, LogHeader};
+    let mut header = LogHeader::new(4).unwrap();
+    header.anchor_tick = Some(1000);
+    header.tick_rate_hz = Some(32_768);
+    header.epoch_time_us = Some(0);
+    let overhead = build_log(header, &[]).unwrap().len();
+    let data: Vec<u8> = (0..LOG_BYTES - overhead)
+        .map(|i| ((i * 31 + n * 7) % 251) as u8)
+        .collect();
+    let log = build_log(header, &data).unwrap();
+    assert_eq!(log.len(), LOG_BYTES);
+    log
+}
+
+/// The device's `config` value (PROTOCOL §4), with its own serial.
+fn config_value(serial: &str) -> Vec<u8> {
+    let mut v = APP.to_le_bytes().to_vec();
+    for s in [serial, "bench", "1.2.4", "no_cache"] {
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gateway {
+    Ours,
+    Bleak,
+}
+
+impl Gateway {
+    fn name(self) -> &'static str {
+        match self {
+            Gateway::Ours => "ours",
+            Gateway::Bleak => "bleak",
+        }
+    }
+}
+
+/// What one gateway's run measured.
+struct Run {
+    gateway: Gateway,
+    /// The child's CPU time, user + system, whole process.
+    cpu: Duration,
+    /// Of which before its first D-Bus call (interpreter, imports, runtime).
+    startup_cpu: Duration,
+    chunks: usize,
+    /// Spawn to exit.
+    wall: Duration,
+    /// First connect to last erase, as the devices saw it.
+    window: Duration,
+    /// Per device: the last chunk sent to the final ack received.
+    final_ack: Vec<Duration>,
+}
+
+impl Run {
+    fn cpu_per_chunk(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.chunks as f64
+    }
+
+    fn transfer_cpu_per_chunk(&self) -> f64 {
+        self.cpu.saturating_sub(self.startup_cpu).as_secs_f64() * 1e6 / self.chunks as f64
+    }
+}
+
+async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
+    let bluez = FakeBluez::start(bus.address()).await.unwrap();
+    // Devices stay known to "BlueZ" between rounds, as a gateway's
+    // bluetoothd keeps them: every round connects to known devices.
+    bluez.set_temporary_timeout(Duration::from_secs(24 * 3600));
+    let mut devices = Vec::new();
+    for n in 0..DEVICES {
+        let address = format!("C0:DE:00:00:00:{n:02X}");
+        let serial = address.replace(':', "");
+        let firmware = Firmware::new(SimDevice::new(
+            config_value(&serial),
+            device_log(n),
+            None,
+        ));
+        bluez
+            .add_device(SimulatedDevice::new(
+                address.clone(),
+                "uLogger Example",
+                Box::new(firmware.clone()),
+            ))
+            .await
+            .unwrap();
+        devices.push(Bench { address, firmware });
+    }
+    let devices = Arc::new(devices);
+    discover_once(bus.address()).await;
+
+    println!(
+        "ble_gateway: {DEVICES} devices x {LOG_BYTES} bytes ({} chunks each), {rounds} round(s), \
+         no notification delay; ours stores in a durable outbox (fsync), bleak writes files \
+         without fsync",
+        LOG_BYTES.div_ceil(CHUNK_PAYLOAD)
+    );
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        // Alternating order, so neither always runs on a warmer machine.
+        let order = if round % 2 == 0 {
+            [Gateway::Ours, Gateway::Bleak]
+        } else {
+            [Gateway::Bleak, Gateway::Ours]
+        };
+        for gateway in order {
+            let run = run_gateway(gateway, bus.address(), python, &devices).await;
+            println!(
+                "round {} {:>5}: cpu {:>7.1} ms ({:>6.1} us/chunk, {:>6.1} us/chunk after start-up), \
+                 wall {:>6.0} ms, devices' window {:>6.0} ms, last chunk -> final ack p50 {:.2} ms",
+                round + 1,
+                gateway.name(),
+                ms(run.cpu),
+                run.cpu_per_chunk(),
+                run.transfer_cpu_per_chunk(),
+                ms(run.wall),
+                ms(run.window),
+                ms(percentile(&run.final_ack, 0.5)),
+            );
+            runs.push(run);
+        }
+    }
+    report(&runs);
+}
+
+/// Has the fake export the devices (BlueZ lists a device once a scan saw
+/// it), then stops discovering: no gateway pays for the first discovery.
+async fn discover_once(bus: &str) {
+    let conn = zbus::connection::Builder::address(bus)
+        .build()
+        .await
+        .unwrap();
+    let adapter = zbus::Proxy::new(
+        &conn,
+        "org.bluez",
+        ulogger_ble_sim::ADAPTER_PATH,
+        "org.bluez.Adapter1",
+    )
+    .await
+    .unwrap();
+    let objects = zbus::fdo::ObjectManagerProxy::builder(&conn)
+        .destination("org.bluez")
+        .path("/")
+        .build()
+        .await
+        .unwrap();
+    adapter
+        .call::<_, _, ()>("StartDiscovery", &())
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let managed = objects.get_managed_objects().await.unwrap();
+            let devices = managed
+                .values()
+                .filter(|ifaces| ifaces.keys().any(|i| i.as_str() == "org.bluez.Device1"))
+                .count();
+            if devices >= DEVICES {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the fake did not list the {DEVICES} devices");
+    adapter.call::<_, _, ()>("StopDiscovery", &()).await.unwrap();
+}
+
+/// Runs one gateway process against the devices and measures it.
+async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Bench]) -> Run {
+    // Every device holds its log again, and what happens from here on is
+    // this run's.
+    let marks: Vec<usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(n, d)| {
+            let mut device = d.firmware.device();
+            if device.logs().is_empty() {
+                device.add_logs(&device_log(n));
+            }
+            device.events().len()
+        })
+        .collect();
+    let out = tempfile::Builder::new()
+        .prefix(&format!("ble-bench-{}-", gateway.name()))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let addresses: Vec<&str> = devices.iter().map(|d| d.address.as_str()).collect();
+    let mut command = match gateway {
+        Gateway::Ours => {
+            let mut c = tokio::process::Command::new(std::env::current_exe().unwrap());
+            c.env(ROLE, "gateway");
+            c
+        }
+        Gateway::Bleak => {
+            let mut c = tokio::process::Command::new(python);
+            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bleak_gateway.py"));
+            c
+        }
+    };
+    command
+        .arg(out.path())
+        .args(&addresses)
+        // The private bus is the system bus for both, as bluetoothd's is.
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // Children reaped so far: the difference is this child's CPU time.
+    // The bus daemon, our other child, is reaped only at the end.
+    let before = children_cpu();
+    let started = Instant::now();
+    let child = command.spawn().unwrap();
+    let output = tokio::time::timeout(GATEWAY_LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the {} gateway hung", gateway.name()))
+        .unwrap();
+    let wall = started.elapsed();
+    let cpu = children_cpu().saturating_sub(before);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the {} gateway failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        gateway.name(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let startup_cpu = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ready "))
+        .and_then(|us| us.trim().parse().ok())
+        .map(Duration::from_micros)
+        .unwrap_or_else(|| panic!("no `ready` line from the {} gateway", gateway.name()));
+    let stored = stdout.lines().filter(|l| l.starts_with("stored ")).count();
+    assert_eq!(stored, DEVICES, "{} stored:\n{stdout}", gateway.name());
+
+    let mut chunks = 0;
+    let mut final_ack = Vec::new();
+    let (mut first_connect, mut last_erase): (Option<Instant>, Option<Instant>) = (None, None);
+    for ((n, device), mark) in devices.iter().enumerate().zip(marks) {
+        let firmware = device.firmware.device();
+        let mut last_chunk = None;
+        let mut erased = Vec::new();
+        for event in &firmware.events()[mark..] {
+            match event {
+                DeviceEvent::Connected { at } => {
+                    first_connect = Some(first_connect.map_or(*at, |t| t.min(*at)));
+                }
+                DeviceEvent::ChunkSent {
+                    notify: Notify::LogData(_),
+                    dropped: false,
+                    at,
+                } => {
+                    chunks += 1;
+                    last_chunk = Some(*at);
+                }
+                DeviceEvent::Erased { what, at } => {
+                    erased.push(what.clone());
+                    last_erase = Some(last_erase.map_or(*at, |t| t.max(*at)));
+                    let sent = last_chunk.expect("a chunk before the erase");
+                    final_ack.push(at.saturating_duration_since(sent));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            erased,
+            vec![Erased::Logs(device_log(n))],
+            "{}: device {} erased something else than its log, once",
+            gateway.name(),
+            device.address
+        );
+    }
+    let window = last_erase
+        .unwrap()
+        .saturating_duration_since(first_connect.unwrap());
+    Run {
+        gateway,
+        cpu,
+        startup_cpu,
+        chunks,
+        wall,
+        window,
+        final_ack,
+    }
+}
+
+/// User + system time of the children reaped so far.
+fn children_cpu() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    timeval(usage.user_time()) + timeval(usage.system_time())
+}
+
+fn timeval(t: nix::sys::time::TimeVal) -> Duration {
+    Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The `p` quantile (nearest rank) of `values`.
+fn percentile(values: &[Duration], p: f64) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
+fn report(runs: &[Run]) {
+    let of = |g: Gateway| runs.iter().filter(move |r| r.gateway == g);
+    let med = |g: Gateway, f: fn(&Run) -> f64| median(of(g).map(f));
+    let cpu = |g| med(g, Run::cpu_per_chunk);
+    let transfer_cpu = |g| med(g, Run::transfer_cpu_per_chunk);
+    let wall = |g| med(g, |r| r.wall.as_secs_f64());
+    let window = |g| med(g, |r| r.window.as_secs_f64());
+    let acks = |g| -> Vec<Duration> { of(g).flat_map(|r| r.final_ack.clone()).collect() };
+    let (ours_acks, bleak_acks) = (acks(Gateway::Ours), acks(Gateway::Bleak));
+    let ratio = cpu(Gateway::Bleak) / cpu(Gateway::Ours);
+    let transfer_ratio = transfer_cpu(Gateway::Bleak) / transfer_cpu(Gateway::Ours);
+    let p50 = percentile(&ours_acks, 0.5);
+    let p99 = percentile(&ours_acks, 0.99);
+    println!();
+    println!("medians over {} round(s):", runs.len() / 2);
+    for g in [Gateway::Ours, Gateway::Bleak] {
+        let a = acks(g);
+        println!(
+            "  {:>5}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
+             last chunk -> final ack p50 {:.2} ms, p99 {:.2} ms (n = {})",
+            g.name(),
+            cpu(g),
+            transfer_cpu(g),
+            wall(g),
+            window(g),
+            ms(percentile(&a, 0.5)),
+            ms(percentile(&a, 0.99)),
+            a.len()
+        );
+    }
+    println!(
+        "  CPU per chunk: bleak / ours = {ratio:.1}x ({transfer_ratio:.1}x after start-up; goal >= {CPU_RATIO_GOAL}x: {})",
+        if ratio >= CPU_RATIO_GOAL { "met" } else { "MISSED" }
+    );
+    println!(
+        "  last chunk -> final ack (ours, fsynced store): p50 {:.2} ms, p99 {:.2} ms (goal p50 < {} ms: {})",
+        ms(p50),
+        ms(p99),
+        ms(FINAL_ACK_P50_GOAL),
+        if p50 < FINAL_ACK_P50_GOAL { "met" } else { "MISSED" }
+    );
+    println!();
+    println!(
+        "SUITE ble gateway CPU per chunk, {DEVICES} devices | {:.1} us | {ratio:.1}x less than bleak's {:.1} us (goal >= {CPU_RATIO_GOAL}x)",
+        cpu(Gateway::Ours),
+        cpu(Gateway::Bleak)
+    );
+    println!(
+        "SUITE ble gateway {DEVICES} x 16 KiB end to end | {:.2} s | {:.2} of bleak's {:.2} s (devices' window {:.2} s vs {:.2} s)",
+        wall(Gateway::Ours),
+        wall(Gateway::Ours) / wall(Gateway::Bleak),
+        wall(Gateway::Bleak),
+        window(Gateway::Ours),
+        window(Gateway::Bleak)
+    );
+    println!(
+        "SUITE ble last chunk to final ack p50 | {:.2} ms | p99 {:.2} ms, fsynced (bleak, no store before its ack: p50 {:.2} ms; goal p50 < 5 ms)",
+        ms(p50),
+        ms(p99),
+        ms(percentile(&bleak_acks, 0.5))
+    );
+}
+
+/// Our gateway, as the child process: pulls every device named on the
+/// command line at once with `pull_device` into a durable outbox.
+mod gateway {
+    use std::time::Duration;
+
+    use nix::sys::resource::{getrusage, UsageWho};
+    use ulogger_cloud::ble::{pull_device, Address, PullOptions};
+    use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
+
+    /// argv: the outbox directory, then the devices' addresses. Prints
+    /// `ready <cpu us>` once started, `stored <address> <bytes>` per device;
+    /// returns the exit code.
+    pub fn run() -> i32 {
+        let mut args = std::env::args().skip(1);
+        let (Some(outbox), addresses) = (args.next(), args.collect::<Vec<_>>()) else {
+            eprintln!("usage: {} OUTBOX ADDRESS...", super::ROLE);
+            return 2;
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            // The cloud is unreachable: a loopback port nobody listens on.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = MqttConfig::new(super::CUSTOMER)
+                .broker("127.0.0.1")
+                .port(port)
+                .security(Security::Plaintext)
+                .connect_timeout(Duration::from_secs(60));
+            let client = Client::builder(config)
+                .outbox(OutboxConfig::new(&outbox))
+                .build()
+                .unwrap();
+            println!("ready {}", self_cpu_us());
+            let mut pulls = tokio::task::JoinSet::new();
+            for address in addresses {
+                let client = client.clone();
+                pulls.spawn(async move {
+                    let parsed: Address = address.parse().unwrap();
+                    let pulled = pull_device(&client, "hci0", parsed, PullOptions::new()).await;
+                    (address, pulled)
+                });
+            }
+            let mut code = 0;
+            while let Some(joined) = pulls.join_next().await {
+                match joined.unwrap() {
+                    (address, Ok(report)) if report.stored.len() == 1 => {
+                        println!("stored {address} {}", report.stored[0].len);
+                    }
+                    (address, Ok(report)) => {
+                        println!("unexpected {address}: {report}");
+                        code = 1;
+                    }
+                    (address, Err(e)) => {
+                        println!("failed {address}: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            client.shutdown().await;
+            code
+        })
+    }
+
+    fn self_cpu_us() -> u128 {
+        let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+        (super::timeval(usage.user_time()) + super::timeval(usage.system_time())).as_micros()
+    }
+}
