@@ -57,6 +57,8 @@ const DEFAULT_ROUNDS: usize = 3;
 const GATEWAY_LIMIT: Duration = Duration::from_secs(300);
 /// The environment variable that makes this binary the gateway child.
 const ROLE: &str = "ULOGGER_BLE_BENCH_ROLE";
+/// Set for the gateway child: pull the devices one after the other.
+const ONE_BY_ONE: &str = "ULOGGER_BLE_BENCH_ONE_BY_ONE";
 /// The issue's goals.
 const CPU_RATIO_GOAL: f64 = 10.0;
 const FINAL_ACK_P50_GOAL: Duration = Duration::from_millis(5);
@@ -64,6 +66,12 @@ const FINAL_ACK_P50_GOAL: Duration = Duration::from_millis(5);
 fn main() {
     if std::env::var(ROLE).as_deref() == Ok("gateway") {
         std::process::exit(gateway::run());
+    }
+    // `cargo bench` passes --bench; `cargo test --benches` (or
+    // --all-targets) does not, and gets a smoke check, not a 1-minute run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("ble_gateway: a benchmark; run it with `cargo bench -p ulogger-ble-sim --bench ble_gateway`");
+        return;
     }
     let rounds = match std::env::var("ULOGGER_BLE_BENCH_ROUNDS") {
         Ok(n) => n.parse().expect("ULOGGER_BLE_BENCH_ROUNDS is a number"),
@@ -101,7 +109,10 @@ fn bleak_python() -> Result<PathBuf, String> {
                    target/bleak-venv/bin/pip install bleak==3.1.0` (or run .ci/run), \
                    or name a python with bleak in ULOGGER_BLEAK_PYTHON";
     let probe = std::process::Command::new(&python)
-        .args(["-c", "import importlib.metadata as m; print(m.version('bleak'))"])
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('bleak'))",
+        ])
         .output();
     match probe {
         Ok(out) if out.status.success() => {
@@ -157,6 +168,9 @@ fn config_value(serial: &str) -> Vec<u8> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Gateway {
     Ours,
+    /// Ours pulling one device at a time: one bluer `Session` alive at
+    /// once, so no D-Bus signal reaches the process more than once.
+    OursOneByOne,
     Bleak,
 }
 
@@ -164,6 +178,7 @@ impl Gateway {
     fn name(self) -> &'static str {
         match self {
             Gateway::Ours => "ours",
+            Gateway::OursOneByOne => "ours 1x1",
             Gateway::Bleak => "bleak",
         }
     }
@@ -183,6 +198,12 @@ struct Run {
     window: Duration,
     /// Per device: the last chunk sent to the final ack received.
     final_ack: Vec<Duration>,
+    /// Per device: connect to the first ack (services, config, subscribe).
+    setup: Vec<Duration>,
+    /// Per device: the first ack to the last chunk (the transfer).
+    transfer: Vec<Duration>,
+    /// Ours only: the child's own split of its time (pulls, shutdown).
+    timing: Option<String>,
 }
 
 impl Run {
@@ -204,11 +225,7 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
     for n in 0..DEVICES {
         let address = format!("C0:DE:00:00:00:{n:02X}");
         let serial = address.replace(':', "");
-        let firmware = Firmware::new(SimDevice::new(
-            config_value(&serial),
-            device_log(n),
-            None,
-        ));
+        let firmware = Firmware::new(SimDevice::new(config_value(&serial), device_log(n), None));
         bluez
             .add_device(SimulatedDevice::new(
                 address.clone(),
@@ -228,18 +245,25 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
          without fsync",
         LOG_BYTES.div_ceil(CHUNK_PAYLOAD)
     );
+    // ULOGGER_BLE_BENCH_ONLY=ours (or `bleak`, `ours 1x1`): one gateway,
+    // for a profiler; no comparison is reported then.
+    let only = std::env::var("ULOGGER_BLE_BENCH_ONLY").ok();
+    let only = only.as_deref();
     let mut runs = Vec::new();
     for round in 0..rounds {
         // Alternating order, so neither always runs on a warmer machine.
         let order = if round % 2 == 0 {
-            [Gateway::Ours, Gateway::Bleak]
+            [Gateway::Ours, Gateway::Bleak, Gateway::OursOneByOne]
         } else {
-            [Gateway::Bleak, Gateway::Ours]
+            [Gateway::OursOneByOne, Gateway::Bleak, Gateway::Ours]
         };
-        for gateway in order {
+        for gateway in order
+            .into_iter()
+            .filter(|g| only.is_none_or(|o| o == g.name()))
+        {
             let run = run_gateway(gateway, bus.address(), python, &devices).await;
             println!(
-                "round {} {:>5}: cpu {:>7.1} ms ({:>6.1} us/chunk, {:>6.1} us/chunk after start-up), \
+                "round {} {:>8}: cpu {:>7.1} ms ({:>6.1} us/chunk, {:>6.1} us/chunk after start-up), \
                  wall {:>6.0} ms, devices' window {:>6.0} ms, last chunk -> final ack p50 {:.2} ms",
                 round + 1,
                 gateway.name(),
@@ -250,10 +274,19 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
                 ms(run.window),
                 ms(percentile(&run.final_ack, 0.5)),
             );
+            println!(
+                "         {:>8}  per device p50: connect -> first ack {:.1} ms, first ack -> last chunk {:.1} ms{}",
+                "",
+                ms(percentile(&run.setup, 0.5)),
+                ms(percentile(&run.transfer, 0.5)),
+                run.timing.as_ref().map_or(String::new(), |t| format!("; {t}"))
+            );
             runs.push(run);
         }
     }
-    report(&runs);
+    if only.is_none() {
+        report(&runs);
+    }
 }
 
 /// Has the fake export the devices (BlueZ lists a device once a scan saw
@@ -296,7 +329,10 @@ async fn discover_once(bus: &str) {
     })
     .await;
     assert!(seen.is_ok(), "the fake did not list the {DEVICES} devices");
-    adapter.call::<_, _, ()>("StopDiscovery", &()).await.unwrap();
+    adapter
+        .call::<_, _, ()>("StopDiscovery", &())
+        .await
+        .unwrap();
 }
 
 /// Runs one gateway process against the devices and measures it.
@@ -320,9 +356,12 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         .unwrap();
     let addresses: Vec<&str> = devices.iter().map(|d| d.address.as_str()).collect();
     let mut command = match gateway {
-        Gateway::Ours => {
+        Gateway::Ours | Gateway::OursOneByOne => {
             let mut c = tokio::process::Command::new(std::env::current_exe().unwrap());
             c.env(ROLE, "gateway");
+            if gateway == Gateway::OursOneByOne {
+                c.env(ONE_BY_ONE, "1");
+            }
             c
         }
         Gateway::Bleak => {
@@ -370,15 +409,22 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
 
     let mut chunks = 0;
     let mut final_ack = Vec::new();
+    let (mut setup, mut transfer) = (Vec::new(), Vec::new());
     let (mut first_connect, mut last_erase): (Option<Instant>, Option<Instant>) = (None, None);
     for ((n, device), mark) in devices.iter().enumerate().zip(marks) {
         let firmware = device.firmware.device();
         let mut last_chunk = None;
+        let (mut connected, mut first_ack) = (None, None);
         let mut erased = Vec::new();
         for event in &firmware.events()[mark..] {
             match event {
                 DeviceEvent::Connected { at } => {
                     first_connect = Some(first_connect.map_or(*at, |t| t.min(*at)));
+                    connected = Some(*at);
+                }
+                DeviceEvent::AckReceived { at, .. } if first_ack.is_none() => {
+                    first_ack = Some(*at);
+                    setup.push(at.saturating_duration_since(connected.expect("connected")));
                 }
                 DeviceEvent::ChunkSent {
                     notify: Notify::LogData(_),
@@ -393,6 +439,7 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
                     last_erase = Some(last_erase.map_or(*at, |t| t.max(*at)));
                     let sent = last_chunk.expect("a chunk before the erase");
                     final_ack.push(at.saturating_duration_since(sent));
+                    transfer.push(sent.saturating_duration_since(first_ack.expect("acked")));
                 }
                 _ => {}
             }
@@ -416,6 +463,12 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         wall,
         window,
         final_ack,
+        setup,
+        transfer,
+        timing: stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("timing "))
+            .map(str::to_owned),
     }
 }
 
@@ -467,10 +520,10 @@ fn report(runs: &[Run]) {
     let p99 = percentile(&ours_acks, 0.99);
     println!();
     println!("medians over {} round(s):", runs.len() / 2);
-    for g in [Gateway::Ours, Gateway::Bleak] {
+    for g in [Gateway::Ours, Gateway::OursOneByOne, Gateway::Bleak] {
         let a = acks(g);
         println!(
-            "  {:>5}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
+            "  {:>8}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
              last chunk -> final ack p50 {:.2} ms, p99 {:.2} ms (n = {})",
             g.name(),
             cpu(g),
@@ -522,6 +575,7 @@ mod gateway {
 
     use nix::sys::resource::{getrusage, UsageWho};
     use ulogger_cloud::ble::{pull_device, Address, PullOptions};
+    use ulogger_cloud::wire::PullConfig;
     use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
 
     /// argv: the outbox directory, then the devices' addresses. Prints
@@ -554,18 +608,38 @@ mod gateway {
                 .build()
                 .unwrap();
             println!("ready {}", self_cpu_us());
+            let started = std::time::Instant::now();
+            let one_by_one = std::env::var_os(super::ONE_BY_ONE).is_some();
             let mut pulls = tokio::task::JoinSet::new();
+            let mut results = Vec::new();
+            let mut per_device_cpu = Vec::new();
             for address in addresses {
                 let client = client.clone();
-                pulls.spawn(async move {
+                // One by one is a diagnosis of CPU time: it need not wait
+                // 3 s per device for a core dump (the device has none).
+                let options = if one_by_one {
+                    PullOptions::new()
+                        .pull(PullConfig::new().first_chunk_timeout(Duration::from_millis(300)))
+                } else {
+                    PullOptions::new()
+                };
+                let pull = async move {
                     let parsed: Address = address.parse().unwrap();
-                    let pulled = pull_device(&client, "hci0", parsed, PullOptions::new()).await;
+                    let pulled = pull_device(&client, "hci0", parsed, options).await;
                     (address, pulled)
-                });
+                };
+                if one_by_one {
+                    let before = self_cpu_us();
+                    results.push(pull.await);
+                    per_device_cpu.push(format!("{}", (self_cpu_us() - before) / 1000));
+                } else {
+                    pulls.spawn(pull);
+                }
             }
+            results.extend(pulls.join_all().await);
             let mut code = 0;
-            while let Some(joined) = pulls.join_next().await {
-                match joined.unwrap() {
+            for result in results {
+                match result {
                     (address, Ok(report)) if report.stored.len() == 1 => {
                         println!("stored {address} {}", report.stored[0].len);
                     }
@@ -579,7 +653,30 @@ mod gateway {
                     }
                 }
             }
+            let pulled = started.elapsed();
             client.shutdown().await;
+            // Connections to the bus still open: one per pull_device so far
+            // (bluer's Session never closes its socket).
+            let sockets = std::fs::read_dir("/proc/self/fd")
+                .map(|fds| {
+                    fds.filter_map(Result::ok)
+                        .filter(|fd| {
+                            std::fs::read_link(fd.path())
+                                .is_ok_and(|to| to.to_string_lossy().starts_with("socket:"))
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            println!(
+                "timing pulls {} ms, shutdown {} ms, {sockets} sockets open at the end{}",
+                pulled.as_millis(),
+                (started.elapsed() - pulled).as_millis(),
+                if per_device_cpu.is_empty() {
+                    String::new()
+                } else {
+                    format!(", CPU ms per device in turn: {}", per_device_cpu.join(" "))
+                }
+            );
             code
         })
     }
