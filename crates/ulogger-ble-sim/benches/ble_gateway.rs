@@ -59,6 +59,8 @@ const GATEWAY_LIMIT: Duration = Duration::from_secs(300);
 const ROLE: &str = "ULOGGER_BLE_BENCH_ROLE";
 /// Set for the gateway child: pull the devices one after the other.
 const ONE_BY_ONE: &str = "ULOGGER_BLE_BENCH_ONE_BY_ONE";
+/// Set for the gateway child: the sketch, not `pull_device`.
+const SKETCH: &str = "ULOGGER_BLE_BENCH_SKETCH";
 /// The issue's goals.
 const CPU_RATIO_GOAL: f64 = 10.0;
 const FINAL_ACK_P50_GOAL: Duration = Duration::from_millis(5);
@@ -171,6 +173,11 @@ enum Gateway {
     /// Ours pulling one device at a time: one bluer `Session` alive at
     /// once, so no D-Bus signal reaches the process more than once.
     OursOneByOne,
+    /// Not `pull_device`: a sketch of it on one shared bluer `Session`,
+    /// with chunks and acks on AcquireNotify/AcquireWrite sockets instead
+    /// of a D-Bus message each (`gateway::acquired`), to measure that
+    /// change before it is made in `ulogger_cloud::ble`.
+    Sketch,
     Bleak,
 }
 
@@ -179,6 +186,7 @@ impl Gateway {
         match self {
             Gateway::Ours => "ours",
             Gateway::OursOneByOne => "ours 1x1",
+            Gateway::Sketch => "sketch",
             Gateway::Bleak => "bleak",
         }
     }
@@ -253,9 +261,19 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
     for round in 0..rounds {
         // Alternating order, so neither always runs on a warmer machine.
         let order = if round % 2 == 0 {
-            [Gateway::Ours, Gateway::Bleak, Gateway::OursOneByOne]
+            [
+                Gateway::Ours,
+                Gateway::Bleak,
+                Gateway::OursOneByOne,
+                Gateway::Sketch,
+            ]
         } else {
-            [Gateway::OursOneByOne, Gateway::Bleak, Gateway::Ours]
+            [
+                Gateway::Sketch,
+                Gateway::OursOneByOne,
+                Gateway::Bleak,
+                Gateway::Ours,
+            ]
         };
         for gateway in order
             .into_iter()
@@ -356,11 +374,14 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         .unwrap();
     let addresses: Vec<&str> = devices.iter().map(|d| d.address.as_str()).collect();
     let mut command = match gateway {
-        Gateway::Ours | Gateway::OursOneByOne => {
+        Gateway::Ours | Gateway::OursOneByOne | Gateway::Sketch => {
             let mut c = tokio::process::Command::new(std::env::current_exe().unwrap());
             c.env(ROLE, "gateway");
             if gateway == Gateway::OursOneByOne {
                 c.env(ONE_BY_ONE, "1");
+            }
+            if gateway == Gateway::Sketch {
+                c.env(SKETCH, "1");
             }
             c
         }
@@ -520,7 +541,12 @@ fn report(runs: &[Run]) {
     let p99 = percentile(&ours_acks, 0.99);
     println!();
     println!("medians over {} round(s):", runs.len() / 2);
-    for g in [Gateway::Ours, Gateway::OursOneByOne, Gateway::Bleak] {
+    for g in [
+        Gateway::Ours,
+        Gateway::OursOneByOne,
+        Gateway::Sketch,
+        Gateway::Bleak,
+    ] {
         let a = acks(g);
         println!(
             "  {:>8}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
@@ -610,6 +636,10 @@ mod gateway {
             println!("ready {}", self_cpu_us());
             let started = std::time::Instant::now();
             let one_by_one = std::env::var_os(super::ONE_BY_ONE).is_some();
+            let session = match std::env::var_os(super::SKETCH) {
+                Some(_) => Some(bluer::Session::new().await.unwrap()),
+                None => None,
+            };
             let mut pulls = tokio::task::JoinSet::new();
             let mut results = Vec::new();
             let mut per_device_cpu = Vec::new();
@@ -623,9 +653,16 @@ mod gateway {
                 } else {
                     PullOptions::new()
                 };
+                let session = session.clone();
                 let pull = async move {
                     let parsed: Address = address.parse().unwrap();
-                    let pulled = pull_device(&client, "hci0", parsed, options).await;
+                    let pulled = match session {
+                        Some(session) => acquired::pull(&session, &client, parsed).await,
+                        None => pull_device(&client, "hci0", parsed, options)
+                            .await
+                            .map(|report| report.stored.iter().map(|s| s.len).collect())
+                            .map_err(|e| e.to_string()),
+                    };
                     (address, pulled)
                 };
                 if one_by_one {
@@ -640,11 +677,11 @@ mod gateway {
             let mut code = 0;
             for result in results {
                 match result {
-                    (address, Ok(report)) if report.stored.len() == 1 => {
-                        println!("stored {address} {}", report.stored[0].len);
+                    (address, Ok(stored)) if stored.len() == 1 => {
+                        println!("stored {address} {}", stored[0]);
                     }
-                    (address, Ok(report)) => {
-                        println!("unexpected {address}: {report}");
+                    (address, Ok(stored)) => {
+                        println!("unexpected {address}: stored {stored:?}");
                         code = 1;
                     }
                     (address, Err(e)) => {
@@ -684,5 +721,108 @@ mod gateway {
     fn self_cpu_us() -> u128 {
         let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
         (super::timeval(usage.user_time()) + super::timeval(usage.system_time())).as_micros()
+    }
+
+    /// A sketch of `pull_device` as `docs/benchmarks.md` proposes it: one
+    /// bluer `Session` for every device, and the transfer's chunks and acks
+    /// on AcquireNotify/AcquireWrite's sockets (one datagram each) instead
+    /// of a `PropertiesChanged` signal and a `WriteValue` call per chunk.
+    /// Same `BlePull`, same outbox, final ack after the store. Only what
+    /// this bench's devices need: no discovery, no core dump, no epoch
+    /// stamp, no rejected buffers.
+    pub(super) mod acquired {
+        use std::time::Instant;
+
+        use bluer::{Address, Session};
+        use ulogger_cloud::ble::{CONFIG_UUID, LOG_ACK_UUID, LOG_DATA_UUID, SERVICE_UUID};
+        use ulogger_cloud::wire::{
+            self, BlePull, BufferKind, Characteristic, PullAction, PullConfig,
+        };
+        use ulogger_cloud::Client;
+
+        /// Pulls one device; the lengths of the buffers stored.
+        pub async fn pull(
+            session: &Session,
+            client: &Client,
+            address: Address,
+        ) -> Result<Vec<usize>, String> {
+            let adapter = session.adapter("hci0").map_err(|e| e.to_string())?;
+            let device = adapter.device(address).map_err(|e| e.to_string())?;
+            if !device.is_connected().await.map_err(|e| e.to_string())? {
+                device.connect().await.map_err(|e| e.to_string())?;
+            }
+            let outcome = transfer(client, &device).await;
+            let _ = device.disconnect().await;
+            outcome
+        }
+
+        async fn transfer(client: &Client, device: &bluer::Device) -> Result<Vec<usize>, String> {
+            let e = |e: bluer::Error| e.to_string();
+            let (mut config, mut log_data, mut log_ack) = (None, None, None);
+            for service in device.services().await.map_err(e)? {
+                if service.uuid().await.map_err(e)? != SERVICE_UUID {
+                    continue;
+                }
+                for ch in service.characteristics().await.map_err(e)? {
+                    match ch.uuid().await.map_err(e)? {
+                        CONFIG_UUID => config = Some(ch),
+                        LOG_DATA_UUID => log_data = Some(ch),
+                        LOG_ACK_UUID => log_ack = Some(ch),
+                        _ => {}
+                    }
+                }
+            }
+            let (Some(config), Some(log_data), Some(log_ack)) = (config, log_data, log_ack) else {
+                return Err("no uLogger service".into());
+            };
+            let info = wire::decode_ble_config(&config.read().await.map_err(e)?)
+                .map_err(|e| e.to_string())?;
+            let notifications = log_data.notify_io().await.map_err(e)?;
+            let acks = log_ack.write_io().await.map_err(e)?;
+            let mut stored = Vec::new();
+            let mut pull = BlePull::new(PullConfig::new(), Instant::now());
+            let mut action = pull.poll(Instant::now());
+            loop {
+                match action {
+                    PullAction::WriteAck(ack) => {
+                        acks.send(&ack).await.map_err(|e| e.to_string())?
+                    }
+                    PullAction::Deliver(delivery) if delivery.kind == BufferKind::Log => {
+                        client
+                            .enqueue_log(&info, &delivery.data)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        stored.push(delivery.data.len());
+                        action = pull
+                            .durable(delivery.id, Instant::now())
+                            .map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    PullAction::Finished(_) => return Ok(stored),
+                    PullAction::GiveUp(reason) => return Err(reason.to_string()),
+                    _ => {}
+                }
+                if pull.is_over() {
+                    action = pull.poll(Instant::now());
+                    continue;
+                }
+                let deadline = pull.deadline().map(tokio::time::Instant::from_std);
+                action = tokio::select! {
+                    value = notifications.recv() => {
+                        let value = value.map_err(|e| e.to_string())?;
+                        if value.is_empty() {
+                            return Err("the link was lost".into());
+                        }
+                        pull.on_notification(Characteristic::LogData, &value, Instant::now())
+                    }
+                    () = async {
+                        match deadline {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => pull.poll(Instant::now()),
+                };
+            }
+        }
     }
 }
