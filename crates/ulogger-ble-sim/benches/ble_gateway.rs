@@ -210,6 +210,11 @@ struct Run {
     setup: Vec<Duration>,
     /// Per device: the first ack to the last chunk (the transfer).
     transfer: Vec<Duration>,
+    /// The bus daemon's and the fake BlueZ's (this process's) CPU time
+    /// during the run: what the gateway's way of using the bus costs the
+    /// rest of the machine.
+    bus_cpu: Duration,
+    fake_cpu: Duration,
     /// Ours only: the child's own split of its time (pulls, shutdown).
     timing: Option<String>,
 }
@@ -293,8 +298,10 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
                 ms(percentile(&run.final_ack, 0.5)),
             );
             println!(
-                "         {:>8}  per device p50: connect -> first ack {:.1} ms, first ack -> last chunk {:.1} ms{}",
+                "         {:>8}  bus daemon {:.1} us/chunk, fake BlueZ {:.1} us/chunk; per device p50: connect -> first ack {:.1} ms, first ack -> last chunk {:.1} ms{}",
                 "",
+                run.bus_cpu.as_secs_f64() * 1e6 / run.chunks as f64,
+                run.fake_cpu.as_secs_f64() * 1e6 / run.chunks as f64,
                 ms(percentile(&run.setup, 0.5)),
                 ms(percentile(&run.transfer, 0.5)),
                 run.timing.as_ref().map_or(String::new(), |t| format!("; {t}"))
@@ -403,6 +410,7 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
     // Children reaped so far: the difference is this child's CPU time.
     // The bus daemon, our other child, is reaped only at the end.
     let before = children_cpu();
+    let (bus_before, fake_before) = (bus_daemon_cpu(), own_cpu());
     let started = Instant::now();
     let child = command.spawn().unwrap();
     let output = tokio::time::timeout(GATEWAY_LIMIT, child.wait_with_output())
@@ -411,6 +419,8 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         .unwrap();
     let wall = started.elapsed();
     let cpu = children_cpu().saturating_sub(before);
+    let bus_cpu = bus_daemon_cpu().saturating_sub(bus_before);
+    let fake_cpu = own_cpu().saturating_sub(fake_before);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -484,6 +494,8 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         wall,
         window,
         final_ack,
+        bus_cpu,
+        fake_cpu,
         setup,
         transfer,
         timing: stdout
@@ -491,6 +503,43 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
             .find_map(|l| l.strip_prefix("timing "))
             .map(str::to_owned),
     }
+}
+
+/// User + system time of this process (the fake BlueZ and its devices).
+fn own_cpu() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+    timeval(usage.user_time()) + timeval(usage.system_time())
+}
+
+/// User + system time of our `dbus-daemon` child so far, from /proc (in
+/// clock ticks, 100 per second on Linux); zero if it cannot be read.
+fn bus_daemon_cpu() -> Duration {
+    let pids: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    for pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "dbus-daemon" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // After "(comm)": field 3 onwards; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        return Duration::from_millis((ticks(14) + ticks(15)) * 10);
+    }
+    Duration::ZERO
 }
 
 /// User + system time of the children reaped so far.
@@ -519,7 +568,7 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.into_iter().collect();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    if v.len() % 2 == 0 {
+    if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -540,7 +589,7 @@ fn report(runs: &[Run]) {
     let p50 = percentile(&ours_acks, 0.5);
     let p99 = percentile(&ours_acks, 0.99);
     println!();
-    println!("medians over {} round(s):", runs.len() / 2);
+    println!("medians over {} round(s):", of(Gateway::Ours).count());
     for g in [
         Gateway::Ours,
         Gateway::OursOneByOne,
@@ -550,7 +599,7 @@ fn report(runs: &[Run]) {
         let a = acks(g);
         println!(
             "  {:>8}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
-             last chunk -> final ack p50 {:.2} ms, p99 {:.2} ms (n = {})",
+             last chunk -> final ack p50 {:.2} ms, p99 {:.2} ms (n = {}); bus daemon {:.1}, fake {:.1} us/chunk",
             g.name(),
             cpu(g),
             transfer_cpu(g),
@@ -558,9 +607,17 @@ fn report(runs: &[Run]) {
             window(g),
             ms(percentile(&a, 0.5)),
             ms(percentile(&a, 0.99)),
-            a.len()
+            a.len(),
+            med(g, |r| r.bus_cpu.as_secs_f64() * 1e6 / r.chunks as f64),
+            med(g, |r| r.fake_cpu.as_secs_f64() * 1e6 / r.chunks as f64),
         );
     }
+    let sketch = cpu(Gateway::Sketch);
+    println!(
+        "  sketch (one Session, AcquireNotify/AcquireWrite): {sketch:.1} us/chunk, {:.1}x less than bleak, {:.1}x less than ours",
+        cpu(Gateway::Bleak) / sketch,
+        cpu(Gateway::Ours) / sketch
+    );
     println!(
         "  CPU per chunk: bleak / ours = {ratio:.1}x ({transfer_ratio:.1}x after start-up; goal >= {CPU_RATIO_GOAL}x: {})",
         if ratio >= CPU_RATIO_GOAL { "met" } else { "MISSED" }
