@@ -19,6 +19,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,14 +36,14 @@ const IN_FLIGHT: u16 = 16;
 const ACK_SYNC_EVERY: usize = 40;
 /// Records each outbox trial writes.
 const RECORDS: usize = 150;
-/// Files each agent trial drops in the inbox.
-const FILES: usize = 60;
+/// The most files each agent trial drops in the inbox.
+const FILES: usize = 120;
 /// Concurrent uploaders of the emulator trial.
 const UPLOADERS: usize = 8;
 /// About how many filesystem requests a whole run of each makes here
 /// (the cut points are drawn up to these).
 const OUTBOX_RUN_REQUESTS: u64 = 600;
-const AGENT_RUN_REQUESTS: u64 = 2_000;
+const AGENT_RUN_REQUESTS: u64 = 3_500;
 const EMULATOR_RUN_REQUESTS: u64 = 3_000;
 /// How long a trial waits for something that should happen soon.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -101,7 +102,8 @@ impl CutPoint {
     }
 }
 
-/// Runs `child` until `point` (or until it exits), SIGKILLs it, and
+/// Runs `child` until `point` (or until it exits), stops what else
+/// writes to the mount (`at_cut`, which returns once it has), SIGKILLs it, and
 /// returns what it reported (`report` picks the number out of a line
 /// that reports one): every line it printed before it died.
 fn kill_at(
@@ -109,6 +111,7 @@ fn kill_at(
     mount: &PowerCutMount,
     point: CutPoint,
     report: impl Fn(&str) -> Option<u64>,
+    at_cut: impl FnOnce(),
 ) -> BTreeSet<u64> {
     let start = Instant::now();
     let target = mount.operations() + point.operations;
@@ -119,6 +122,7 @@ fn kill_at(
         std::thread::sleep(Duration::from_micros(200));
     }
     let exited = child.child.try_wait().unwrap().is_some();
+    at_cut();
     child.child.kill().unwrap();
     child.child.wait().unwrap();
     if exited {
@@ -297,9 +301,13 @@ fn outbox_records_reported_durable_survive_sigkill_and_power_cut() {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let point = CutPoint::random(&mut rng, OUTBOX_RUN_REQUESTS);
-        let durable = kill_at(Running::spawn(command), &mount, point, |line| {
-            line.strip_prefix("durable ").and_then(log_number)
-        });
+        let durable = kill_at(
+            Running::spawn(command),
+            &mount,
+            point,
+            |line| line.strip_prefix("durable ").and_then(log_number),
+            || {},
+        );
         mount.power_cut();
 
         if outbox.is_dir() {
@@ -383,20 +391,35 @@ fn files_the_agent_queued_survive_sigkill_and_power_cut() {
             )
             .as_bytes(),
         );
-        // Half the files wait when the agent starts, half arrive while it
-        // runs (written durably before the agent can see them).
-        for n in 0..FILES / 2 {
+        // Some files wait when the agent starts; a writer drops more while
+        // it runs, each written durably (its folder synced) before the
+        // agent can see it, until the cut.
+        for n in 0..FILES / 4 {
             durable_file(&device.join(format!("log-{n:05}.bin")), &numbered_log(n));
         }
         let args = agent_args(&emu, &inbox, &outbox);
         let agent = spawn_agent(&sandbox, &args);
-        for n in FILES / 2..FILES {
-            durable_file(&device.join(format!("log-{n:05}.bin")), &numbered_log(n));
-        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, device) = (stop.clone(), device.clone());
+            std::thread::spawn(move || {
+                let mut n = FILES / 4;
+                while n < FILES && !stop.load(Ordering::SeqCst) {
+                    durable_file(&device.join(format!("log-{n:05}.bin")), &numbered_log(n));
+                    n += 1;
+                }
+                n
+            })
+        };
         let point = CutPoint::random(&mut rng, AGENT_RUN_REQUESTS);
-        let queued = kill_at(agent, &mount, point, |line| {
-            line.strip_prefix("queued ").and_then(log_number)
-        });
+        let queued = kill_at(
+            agent,
+            &mount,
+            point,
+            |line| line.strip_prefix("queued ").and_then(log_number),
+            || stop.store(true, Ordering::SeqCst),
+        );
+        let files = writer.join().unwrap();
         mount.power_cut();
 
         // Right after the cut, each file it queued is either back in the
@@ -405,7 +428,7 @@ fn files_the_agent_queued_survive_sigkill_and_power_cut() {
         let start = Instant::now();
         loop {
             let delivered = copies(&emu);
-            let everything_delivered = (0..FILES).all(|n| delivered.contains_key(&n));
+            let everything_delivered = (0..files).all(|n| delivered.contains_key(&n));
             if everything_delivered && in_inbox(&device).is_empty() {
                 break;
             }
@@ -420,10 +443,11 @@ fn files_the_agent_queued_survive_sigkill_and_power_cut() {
             .iter()
             .filter(|&&n| !copies.contains_key(&(n as usize)))
             .collect();
-        let never: Vec<_> = (0..FILES).filter(|n| !copies.contains_key(n)).collect();
+        let never: Vec<_> = (0..files).filter(|n| !copies.contains_key(n)).collect();
         let extra = extra(&copies);
         eprintln!(
-            "agent trial {trial} cut at {point:?}: {} reported queued, {} lost, {extra} extra copies",
+            "agent trial {trial} cut at {point:?}: {files} files written, {} reported queued, {} lost, \
+             {extra} extra copies",
             queued.len(),
             lost.len()
         );
@@ -521,7 +545,7 @@ fn uploads_the_emulator_acknowledged_survive_sigkill_and_power_cut() {
             );
         }
         let point = CutPoint::random(&mut rng, EMULATOR_RUN_REQUESTS);
-        kill_at(running, &mount, point, |_| None);
+        kill_at(running, &mount, point, |_| None, || {});
         mount.power_cut();
         runtime.block_on(async { tasks.shutdown().await });
         drop(client);

@@ -29,7 +29,7 @@ struct State {
     /// Open handle → (inode, cycle it was opened in).
     handles: HashMap<u64, (u64, u64)>,
     next_handle: u64,
-    /// Requests answered (for [`PowerCutMount::operations`]).
+    /// Requests from other processes (for [`PowerCutMount::operations`]).
     operations: u64,
 }
 
@@ -59,9 +59,7 @@ struct PowerCutFs {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-    guard.operations += 1;
-    guard
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn file_attr(attr: Attr) -> FileAttr {
@@ -93,6 +91,15 @@ fn errno(code: i32) -> Errno {
 }
 
 impl PowerCutFs {
+    /// Counts a request of a program under test: one from a thread of
+    /// another process than the test's own (FUSE names the thread).
+    fn count(&self, req: &Request) {
+        let own = Path::new(&format!("/proc/self/task/{}", req.pid())).exists();
+        if !own {
+            lock(&self.state).operations += 1;
+        }
+    }
+
     fn entry(&self, reply: ReplyEntry, result: Result<u64, i32>) {
         let state = lock(&self.state);
         match result.and_then(|ino| state.model.attr(ino)) {
@@ -103,12 +110,14 @@ impl PowerCutFs {
 }
 
 impl Filesystem for PowerCutFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count(req);
         let found = lock(&self.state).model.lookup(parent.0, name);
         self.entry(reply, found);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count(req);
         match lock(&self.state).model.attr(ino.0) {
             Ok(attr) => reply.attr(&NO_CACHE, &file_attr(attr)),
             Err(e) => reply.error(errno(e)),
@@ -117,7 +126,7 @@ impl Filesystem for PowerCutFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -133,6 +142,7 @@ impl Filesystem for PowerCutFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.count(req);
         let mut state = lock(&self.state);
         let changed = (|| {
             if let Some(size) = size {
@@ -157,6 +167,7 @@ impl Filesystem for PowerCutFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.count(req);
         if mode & libc::S_IFMT != libc::S_IFREG {
             // Regular files and directories only: nothing under test makes
             // anything else.
@@ -183,6 +194,7 @@ impl Filesystem for PowerCutFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.count(req);
         let made = lock(&self.state).model.create(
             parent.0,
             name,
@@ -194,14 +206,16 @@ impl Filesystem for PowerCutFs {
         self.entry(reply, made);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count(req);
         match lock(&self.state).model.remove(parent.0, name, false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count(req);
         match lock(&self.state).model.remove(parent.0, name, true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -210,7 +224,7 @@ impl Filesystem for PowerCutFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -218,6 +232,7 @@ impl Filesystem for PowerCutFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.count(req);
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
@@ -234,7 +249,8 @@ impl Filesystem for PowerCutFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count(req);
         let mut state = lock(&self.state);
         match state.model.attr(ino.0) {
             Ok(attr) if attr.is_dir => reply.error(Errno::EISDIR),
@@ -256,6 +272,7 @@ impl Filesystem for PowerCutFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.count(req);
         let mut state = lock(&self.state);
         let made = state
             .model
@@ -278,7 +295,7 @@ impl Filesystem for PowerCutFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -287,6 +304,7 @@ impl Filesystem for PowerCutFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.count(req);
         let state = lock(&self.state);
         match state.model.read(ino.0, offset, size as usize) {
             Ok(bytes) => reply.data(bytes),
@@ -296,7 +314,7 @@ impl Filesystem for PowerCutFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -306,6 +324,7 @@ impl Filesystem for PowerCutFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.count(req);
         let mut state = lock(&self.state);
         let written = state
             .current(fh, ino.0)
@@ -318,19 +337,20 @@ impl Filesystem for PowerCutFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.count(req);
         // close(2) makes nothing durable.
         reply.ok();
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -338,18 +358,20 @@ impl Filesystem for PowerCutFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(req);
         lock(&self.state).handles.remove(&fh.0);
         reply.ok();
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(req);
         let mut state = lock(&self.state);
         let synced = state
             .current(fh, ino.0)
@@ -360,7 +382,8 @@ impl Filesystem for PowerCutFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count(req);
         let mut state = lock(&self.state);
         match state.model.attr(ino.0) {
             Ok(attr) if attr.is_dir => reply.opened(state.open(ino.0), FopenFlags::empty()),
@@ -371,12 +394,13 @@ impl Filesystem for PowerCutFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.count(req);
         let listed = lock(&self.state).model.list(ino.0);
         let entries = match listed {
             Ok(entries) => entries,
@@ -402,24 +426,26 @@ impl Filesystem for PowerCutFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.count(req);
         lock(&self.state).handles.remove(&fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count(req);
         let mut state = lock(&self.state);
         let synced = state
             .current(fh, ino.0)
@@ -430,13 +456,15 @@ impl Filesystem for PowerCutFs {
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.count(req);
         // Plenty of room: the programs under test check free space.
         let blocks = 1 << 24;
         reply.statfs(blocks, blocks, blocks, 1 << 20, 1 << 20, 4096, 255, 4096);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.count(req);
         reply.ok();
     }
 }
@@ -506,8 +534,10 @@ impl PowerCutMount {
         state.cycle += 1;
     }
 
-    /// How many requests the filesystem answered so far (a test can poll
-    /// it to cut while a program is busy on the mount).
+    /// How many requests the filesystem had so far from other processes
+    /// than this one: the programs under test, not the test's own reads
+    /// and writes (a test can poll it to cut while a program is busy on
+    /// the mount).
     pub fn operations(&self) -> u64 {
         self.state
             .lock()

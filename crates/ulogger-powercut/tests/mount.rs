@@ -99,4 +99,16 @@ fn ordered_mode_keeps_entries_made_before_any_fsync() {
     mount.power_cut();
     assert_eq!(names(&root.join("d")), ["a"]);
     assert_eq!(fs::read(root.join("d/a")).unwrap(), b"one");
+
+    // Other processes' requests are counted: the programs under test.
+    // (This one's are not, except those the kernel sends from its own
+    // threads, such as a release after close.)
+    let before = mount.operations();
+    assert!(before < 5, "{before}");
+    let cat = std::process::Command::new("cat")
+        .arg(root.join("d/a"))
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, b"one");
+    assert!(mount.operations() > before);
 }
