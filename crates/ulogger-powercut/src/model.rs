@@ -411,13 +411,8 @@ impl Model {
         }
     }
 
-    /// Every inode there is (visible or kept for a durable entry).
-    pub fn inode_numbers(&self) -> Vec<u64> {
-        self.inodes.keys().copied().collect()
-    }
-
-    /// The visible path of every file with its bytes, below `dir`
-    /// (`a/b/file`), for tests and inspection.
+    /// Every visible file by path (`a/b/file`) with its bytes, and every
+    /// directory (`a/b/`) with none: for tests and inspection.
     pub fn tree(&self) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
         self.walk(ROOT, String::new(), &mut out);
