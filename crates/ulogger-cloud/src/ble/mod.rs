@@ -342,18 +342,74 @@ pub async fn pull_device(
 ) -> Result<PullReport, Error> {
     // Refused before touching the radio: nothing could be stored.
     client.outbox()?;
-    let session = Session::new()
+    BleSession::new()
+        .await?
+        .pull(client, adapter_name, address, options)
         .await
-        .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
-    let adapter = session
-        .adapter(adapter_name)
-        .map_err(|e| ble("opening the adapter", e))?;
-    let device =
-        match tokio::time::timeout(options.connect_timeout, connect(&adapter, address)).await {
+}
+
+/// One connection to bluetoothd, shared by every pull of a process.
+///
+/// Each connection subscribes to all of BlueZ's property changes, so with
+/// one per pull every notification of every device is parsed once per
+/// pull in progress; and bluer never closes a dropped one's socket. A
+/// gateway serving many devices holds one of these and pulls through it
+/// ([`pull_device`] opens one for a single pull).
+#[derive(Clone)]
+pub struct BleSession {
+    session: Session,
+}
+
+impl fmt::Debug for BleSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BleSession").finish_non_exhaustive()
+    }
+}
+
+impl BleSession {
+    /// Connects to bluetoothd on the system bus (`DBUS_SYSTEM_BUS_ADDRESS`
+    /// when set).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Ble`] when the bus or bluetoothd cannot be reached.
+    pub async fn new() -> Result<BleSession, Error> {
+        let session = Session::new()
+            .await
+            .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
+        Ok(BleSession { session })
+    }
+
+    /// bluer's session, for what this module does not wrap (scanning).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// [`pull_device`] through this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`pull_device`].
+    pub async fn pull(
+        &self,
+        client: &Client,
+        adapter_name: &str,
+        address: Address,
+        options: PullOptions,
+    ) -> Result<PullReport, Error> {
+        client.outbox()?;
+        let adapter = self
+            .session
+            .adapter(adapter_name)
+            .map_err(|e| ble("opening the adapter", e))?;
+        let device = match tokio::time::timeout(options.connect_timeout, connect(&adapter, address))
+            .await
+        {
             Ok(connected) => connected?,
             Err(_) => {
-                // A connect cut short may still complete in bluetoothd: undo
-                // it, or the device would stay linked to a gateway gone away.
+                // A connect cut short may still complete in bluetoothd:
+                // undo it, or the device would stay linked to a gateway
+                // gone away.
                 if let Ok(device) = adapter.device(address) {
                     // Best effort, bounded: the timeout is what gets reported.
                     let _ = tokio::time::timeout(options.write_timeout, device.disconnect()).await;
@@ -364,13 +420,14 @@ pub async fn pull_device(
                 ));
             }
         };
-    let outcome = pull_connected(client, &device, options).await;
-    // Always let the link go: the device serves one central at a time, and
-    // a link left up would keep it from advertising to the next pull.
-    if let Err(e) = device.disconnect().await {
-        tracing::warn!(%address, error = %e, "disconnecting after the pull failed");
+        let outcome = pull_connected(client, &device, options).await;
+        // Always let the link go: the device serves one central at a time,
+        // and a link left up would keep it from advertising to the next pull.
+        if let Err(e) = device.disconnect().await {
+            tracing::warn!(%address, error = %e, "disconnecting after the pull failed");
+        }
+        outcome
     }
-    outcome
 }
 
 /// Finds the device (discovering it if BlueZ does not list it: BlueZ only
@@ -486,7 +543,7 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
 type Notifications = Pin<Box<dyn Stream<Item = (Characteristic, Vec<u8>)> + Send>>;
 
 /// Resolves services, reads `config` and subscribes: the "services" phase.
-async fn prepare(device: &Device) -> Result<(Gatt, DeviceInfo, Notifications), Error> {
+async fn prepare(device: &Device) -> Result<(Gatt, DeviceInfo, Notifications, Acks), Error> {
     let gatt = find_gatt(device).await?;
     let value = gatt
         .config
@@ -497,18 +554,127 @@ async fn prepare(device: &Device) -> Result<(Gatt, DeviceInfo, Notifications), E
         step: crate::error::BLE_BAD_CONFIG,
         reason: e.to_string(),
     })?;
-    let step = "subscribing to notifications";
-    let logs = gatt.log_data.notify().await.map_err(|e| ble(step, e))?;
-    let dumps = gatt
-        .core_dump_data
-        .notify()
-        .await
-        .map_err(|e| ble(step, e))?;
+    let (notifications, acks) = match acquire(&gatt).await {
+        Ok(acquired) => acquired,
+        Err(e) => {
+            // BlueZ hands out sockets only when it can (and a characteristic
+            // already acquired elsewhere refuses): the D-Bus calls work always.
+            tracing::debug!(serial = %info.serial, error = %e, "no acquired sockets; notifications as signals");
+            let step = "subscribing to notifications";
+            let logs = gatt.log_data.notify().await.map_err(|e| ble(step, e))?;
+            let dumps = gatt
+                .core_dump_data
+                .notify()
+                .await
+                .map_err(|e| ble(step, e))?;
+            let notifications: Notifications = Box::pin(stream::select(
+                logs.map(|v| (Characteristic::LogData, v)),
+                dumps.map(|v| (Characteristic::CoreDumpData, v)),
+            ));
+            let acks = Acks {
+                log_ack: gatt.log_ack.clone(),
+                socket: None,
+                acquire: false,
+            };
+            (notifications, acks)
+        }
+    };
+    Ok((gatt, info, notifications, acks))
+}
+
+/// The transfer on BlueZ's per-characteristic sockets (`AcquireNotify`,
+/// `AcquireWrite`): one datagram per chunk and per ack, instead of a
+/// `PropertiesChanged` signal broadcast on the bus and a `WriteValue`
+/// call with its reply (measured in `docs/benchmarks.md`).
+async fn acquire(gatt: &Gatt) -> Result<(Notifications, Acks), bluer::Error> {
+    let logs = gatt.log_data.notify_io().await?;
+    let dumps = gatt.core_dump_data.notify_io().await?;
+    let acks = gatt.log_ack.write_io().await?;
+    let reading = |reader: bluer::gatt::CharacteristicReader, from: Characteristic| {
+        stream::unfold(reader, move |reader| async move {
+            match reader.recv().await {
+                // An empty read is the socket's end: the link went down.
+                Ok(value) if !value.is_empty() => Some(((from, value), reader)),
+                _ => None,
+            }
+        })
+    };
     let notifications: Notifications = Box::pin(stream::select(
-        logs.map(|v| (Characteristic::LogData, v)),
-        dumps.map(|v| (Characteristic::CoreDumpData, v)),
+        reading(logs, Characteristic::LogData),
+        reading(dumps, Characteristic::CoreDumpData),
     ));
-    Ok((gatt, info, notifications))
+    let acks = Acks {
+        log_ack: gatt.log_ack.clone(),
+        socket: Some(acks),
+        acquire: true,
+    };
+    Ok((notifications, acks))
+}
+
+/// Where acks are written.
+///
+/// Per-chunk acks go without response (PROTOCOL §6), on `AcquireWrite`'s
+/// socket when BlueZ gave one. The final ack, the device's delete
+/// command, always goes as a write request: its response says the device
+/// has it, where a datagram still queued when the link is dropped would be
+/// lost (and the buffer offered again). BlueZ refuses `WriteValue` while
+/// the socket is held, so the socket is released first (and acquired
+/// again for the next transfer's acks).
+struct Acks {
+    log_ack: GattCharacteristic,
+    socket: Option<bluer::gatt::CharacteristicWriter>,
+    /// Whether to ask for a socket (again) when there is none.
+    acquire: bool,
+}
+
+impl Acks {
+    async fn write(&mut self, ack: [u8; 2], limit: Duration) -> Result<(), Error> {
+        if self.socket.is_none() && self.acquire {
+            match tokio::time::timeout(limit, self.log_ack.write_io()).await {
+                Ok(Ok(socket)) => self.socket = Some(socket),
+                // Calls from now on: they always work.
+                _ => self.acquire = false,
+            }
+        }
+        match &self.socket {
+            Some(socket) => tokio::time::timeout(limit, socket.send(&ack))
+                .await
+                .map_err(|_| timed_out("writing an ack", limit))?
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Ble {
+                            step: "writing an ack",
+                            reason: e.to_string(),
+                        },
+                        e,
+                    )
+                }),
+            None => write_ack(&self.log_ack, ack, WriteOp::Command, limit).await,
+        }
+    }
+
+    /// Writes the final ack with a response, releasing the socket first.
+    async fn write_final(&mut self, ack: [u8; 2], limit: Duration) -> Result<(), Error> {
+        let had_socket = self.socket.take().is_some();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match write_ack(&self.log_ack, ack, WriteOp::Request, left).await {
+                // BlueZ has not yet seen the socket closed: it will shortly.
+                Err(e) if had_socket && write_acquired(&e) && !left.is_zero() => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Whether BlueZ refused a write because a socket for it is still held.
+fn write_acquired(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<bluer::Error>())
+        .is_some_and(|e| e.kind == bluer::ErrorKind::NotPermitted)
 }
 
 async fn pull_connected(
@@ -516,7 +682,7 @@ async fn pull_connected(
     device: &Device,
     options: PullOptions,
 ) -> Result<PullReport, Error> {
-    let (gatt, info, mut notifications) =
+    let (gatt, info, mut notifications, mut acks) =
         tokio::time::timeout(options.services_timeout, prepare(device))
             .await
             .map_err(|_| {
@@ -539,10 +705,16 @@ async fn pull_connected(
     let seen = open_seen(client, options, &report.device.serial).await?;
     let mut pull = BlePull::new(options.pull, Instant::now());
     let mut action = pull.poll(Instant::now());
+    // The ack after a buffer was declared durable is its final ack.
+    let mut final_ack_next = false;
     loop {
         match action {
+            PullAction::WriteAck(ack) if final_ack_next => {
+                final_ack_next = false;
+                acks.write_final(ack, options.write_timeout).await?;
+            }
             PullAction::WriteAck(ack) => {
-                write_ack(&gatt.log_ack, ack, options.write_timeout).await?;
+                acks.write(ack, options.write_timeout).await?;
             }
             PullAction::Deliver(delivery) => {
                 let id = delivery.id;
@@ -566,6 +738,7 @@ async fn pull_connected(
                         Kept::Rejected => pull.rejected_durably(id, Instant::now()),
                     }
                 };
+                final_ack_next = true;
                 action = next.map_err(|e| ErrorKind::Ble {
                     step: "acknowledging a stored buffer",
                     reason: e.to_string(),
@@ -874,10 +1047,11 @@ async fn remember(seen: &Seen, key: seen::ContentKey, serial: &str) {
 async fn write_ack(
     log_ack: &GattCharacteristic,
     ack: [u8; 2],
+    op_type: WriteOp,
     limit: Duration,
 ) -> Result<(), Error> {
     let request = CharacteristicWriteRequest {
-        op_type: WriteOp::Command,
+        op_type,
         ..Default::default()
     };
     tokio::time::timeout(limit, log_ack.write_ext(&ack, &request))
