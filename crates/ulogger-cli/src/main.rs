@@ -31,6 +31,7 @@ mod emulator;
 mod emulator_records;
 mod exit;
 mod files;
+mod https;
 mod inbox_fs;
 mod inspect;
 mod log_config;
