@@ -463,7 +463,18 @@ fn settings(
         })
         .collect();
     let extra = Some(("settings", Value::Array(rows)));
-    match c.mqtt_config(file) {
+    let config = c.mqtt_config(file).and_then(|config| {
+        // Values no flag parser bounds (port 0, a zero time-out, plaintext
+        // with TLS files) are the settings' fault; the files' own failures
+        // are the next step's.
+        match config.tls_client_config() {
+            Err(error) if matches!(error.kind(), ErrorKind::InvalidConfig { .. }) => {
+                Err(exit::from_cloud(error))
+            }
+            _ => Ok(config),
+        }
+    });
+    match config {
         Ok(config) => (
             Step {
                 extra,

@@ -401,3 +401,89 @@ fn missing_settings_fail_first_and_skip_the_chain() {
     );
     assert_eq!(line(&run, "resolve"), "skip resolve: needs settings");
 }
+
+#[test]
+fn a_setting_out_of_range_fails_the_settings_step() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let args = replace(connect_args("check", &emu), "--port", "0".into());
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        line(&run, "settings").split_once(": ").unwrap().1,
+        "invalid configuration: port: must not be 0"
+    );
+    assert_eq!(
+        line(&run, "certificate"),
+        "skip certificate: needs settings"
+    );
+}
+
+#[cfg(all(feature = "ble", target_os = "linux"))]
+mod bluez {
+    use super::*;
+    use ulogger_ble_sim::{FakeBluez, PrivateBus};
+
+    /// `check --ble` against a plaintext emulator on the bus at `bus`.
+    async fn check_ble(emu: &ulogger_emulator::Emulator, bus: &str, adapter: &str) -> Run {
+        let sandbox = Sandbox::new();
+        let mut args = connect_args("check", emu);
+        args.extend(strings(&["--ble", "--adapter", adapter]));
+        let mut command = sandbox.command(&[("DBUS_SYSTEM_BUS_ADDRESS", bus.to_owned())]);
+        command.args(&args);
+        // The fake BlueZ runs on this test's runtime: wait for the binary off it.
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap());
+        let output = tokio::time::timeout(PATIENCE * 6, output)
+            .await
+            .expect("check finished in time")
+            .unwrap();
+        Run::from(output)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bluez_is_found_with_its_adapter_powered() {
+        let emu = plaintext_emulator();
+        let bus = PrivateBus::start().unwrap();
+
+        let run = check_ble(&emu, bus.address(), "hci0").await.expect_code(1);
+        assert!(
+            line(&run, "bluez").starts_with(&format!(
+                "FAIL bluez: BlueZ (org.bluez) does not answer on the bus at {}",
+                bus.address()
+            )),
+            "{}",
+            run.stdout
+        );
+        assert!(hint_of(&run, "bluez").starts_with("start bluetoothd"));
+
+        let _bluez = FakeBluez::start(bus.address()).await.unwrap();
+        let run = check_ble(&emu, bus.address(), "hci0").await.expect_code(0);
+        assert_eq!(
+            line(&run, "bluez"),
+            format!(
+                "ok   bluez: adapter hci0 is present and powered (the bus at {})",
+                bus.address()
+            )
+        );
+
+        let run = check_ble(&emu, bus.address(), "hci9").await.expect_code(2);
+        assert_eq!(
+            line(&run, "bluez"),
+            "FAIL bluez: BlueZ has no adapter hci9 (it has: hci0)"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bus_that_is_not_there_is_named() {
+        let emu = plaintext_emulator();
+        let sandbox = Sandbox::new();
+        let bus = format!("unix:path={}", s(&sandbox.path("no-bus")));
+
+        let run = check_ble(&emu, &bus, "hci0").await.expect_code(1);
+        assert!(
+            line(&run, "bluez").starts_with(&format!("FAIL bluez: cannot reach the bus at {bus}")),
+            "{}",
+            run.stdout
+        );
+    }
+}
