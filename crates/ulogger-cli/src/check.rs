@@ -1309,3 +1309,58 @@ async fn bluez(adapter: &str, timeout: Duration) -> Step {
         Err(_) => late(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_validity_is_read_from_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("ulogger-check-{}", std::process::id()));
+        let certs = ulogger_emulator::CertPaths::generate(&dir, 7).unwrap();
+        match expiry(&certs.client_cert) {
+            Some(Validity::Until(when)) => assert_eq!(when, "4096-01-01 00:00:00 UTC"),
+            _ => panic!("a validity"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_certificate_gives_no_date_and_no_panic() {
+        let dir = std::env::temp_dir().join(format!("ulogger-check-d-{}", std::process::id()));
+        let certs = ulogger_emulator::CertPaths::generate(&dir, 7).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(&certs.client_cert).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        let der = der.as_ref();
+        assert!(not_after(der).is_some());
+        for cut in 0..der.len() {
+            let _ = not_after(&der[..cut]);
+        }
+        for at in 0..der.len().min(300) {
+            for byte in [0x00, 0x7f, 0x80, 0x84, 0xff] {
+                let mut bent = der.to_vec();
+                bent[at] = byte;
+                let _ = not_after(&bent);
+            }
+        }
+        assert_eq!(not_after(&[]), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connect_packets_carry_the_client_id() {
+        let packet = connect_packet("cust-1-check-x");
+        assert_eq!(packet[0], 0x10);
+        assert_eq!(usize::from(packet[1]), packet.len() - 2);
+        assert!(packet.ends_with(b"cust-1-check-x"));
+        let long = "x".repeat(200);
+        let packet = connect_packet(&long);
+        // Two bytes of remaining length past 127.
+        assert_eq!(packet[1] & 0x80, 0x80);
+        assert_eq!(
+            usize::from(packet[1] & 0x7f) + 128 * usize::from(packet[2]),
+            packet.len() - 3
+        );
+    }
+}

@@ -487,3 +487,35 @@ mod bluez {
         );
     }
 }
+
+#[test]
+fn a_wrong_api_token_is_refused_and_an_api_that_is_not_there_named() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let mut args = connect_args("check", &emu);
+    args.extend(["--api-url".to_owned(), emu.http_url()]);
+    let run = sandbox
+        .run_with_env(&[("ULOGGER_API_TOKEN", "ulg_wrong".to_owned())], &args)
+        .expect_code(4);
+    assert_eq!(
+        line(&run, "api"),
+        format!(
+            "FAIL api: {}/events answered 401 Unauthorized",
+            emu.http_url()
+        )
+    );
+    assert!(hint_of(&run, "api").starts_with("check --api-token (or ULOGGER_API_TOKEN)"));
+    // The MQTT chain has its own path and passed.
+    assert_eq!(status_of(&run, "mqtt"), "ok");
+
+    let closed = format!("https://127.0.0.1:{}", closed_port());
+    let args = replace(args, "--api-url", closed.clone());
+    let run = sandbox
+        .run_with_env(&[("ULOGGER_API_TOKEN", emu.api_token().to_owned())], &args)
+        .expect_code(3);
+    assert!(
+        line(&run, "api").starts_with(&format!("FAIL api: no answer from {closed}/events")),
+        "{}",
+        run.stdout
+    );
+}
