@@ -313,7 +313,11 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     if args.ble {
         report.emit(runtime.block_on(bluez(&args.adapter, timeout)));
     }
-    report.finish()
+    let result = report.finish();
+    // A name lookup that timed out still holds a blocking thread: do not
+    // wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// One row of the settings step: key, value, where it came from.
@@ -854,6 +858,11 @@ fn handshake(
             (step, link)
         }
     };
+    // A TLS broker spoken to in plaintext hangs up or answers in TLS:
+    // the library's hint for it, as `upload` gives it.
+    let plaintext_hint = matches!(link, Link::Plain(_))
+        .then(|| exit::hint(&ErrorKind::Protocol(String::new()).into()))
+        .flatten();
     let client_id = format!(
         "cust-{}-check-{:x}{:x}",
         config.customer_id(),
@@ -879,13 +888,17 @@ fn handshake(
                 std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
                     Step::fail(
                         MQTT,
-                        Failure::Refused,
+                        if plaintext_hint.is_some() {
+                        Failure::Network
+                    } else {
+                        Failure::Refused
+                    },
                         format!("the broker closed the connection without answering CONNECT (client id {client_id})"),
                     )
-                    .hint(format!(
+                    .hint(plaintext_hint.clone().unwrap_or_else(|| format!(
                         "the broker accepts only client ids that start with cust-{{customer id}}-: check --customer-id (now {}) against the customer the certificate belongs to",
                         config.customer_id()
-                    ))
+                    )))
                 }
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Step::fail(
                     MQTT,
@@ -907,7 +920,9 @@ fn handshake(
                 connack
             ),
         )
-        .hint("it is probably not an MQTT broker: check --broker and --port");
+        .hint(plaintext_hint.unwrap_or_else(|| {
+            "it is probably not an MQTT broker: check --broker and --port".to_owned()
+        }));
         return (tls_step, step);
     }
     let reason = match connack[3] {

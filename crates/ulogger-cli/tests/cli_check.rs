@@ -519,3 +519,46 @@ fn a_wrong_api_token_is_refused_and_an_api_that_is_not_there_named() {
         run.stdout
     );
 }
+
+#[test]
+fn tls_and_plaintext_crossed_are_named() {
+    let tls = tls_emulator();
+    let plain = plaintext_emulator();
+    let sandbox = Sandbox::new();
+
+    // TLS to a plaintext broker: it hangs up on the ClientHello.
+    let args = replace(
+        connect_args("check", &tls),
+        "--port",
+        plain.addr().port().to_string(),
+    );
+    let run = sandbox.run(&args).expect_code(3);
+    assert!(
+        line(&run, "tls").starts_with("FAIL tls: "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        hint_of(&run, "tls").contains("pass --plaintext"),
+        "{}",
+        run.stdout
+    );
+
+    // Plaintext to a TLS broker.
+    let args = replace(
+        connect_args("check", &plain),
+        "--port",
+        tls.addr().port().to_string(),
+    );
+    let run = sandbox.run(&args).expect_code(3);
+    assert!(
+        line(&run, "mqtt").starts_with("FAIL mqtt: "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        hint_of(&run, "mqtt").contains("drop --plaintext"),
+        "{}",
+        run.stdout
+    );
+}
