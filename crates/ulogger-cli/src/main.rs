@@ -121,7 +121,13 @@ enum Command {
     /// Print the manual page (troff), or write one per command with --out DIR.
     Man(docs::ManArgs),
     /// Walk the path to the cloud a link at a time (settings, certificate, DNS, TCP, TLS, MQTT, registration, API, outbox) and say where it breaks.
-    #[command(visible_alias = "doctor")]
+    #[command(
+        visible_alias = "doctor",
+        mut_arg("store", telemetry::hide),
+        mut_arg("no_store", telemetry::hide),
+        mut_arg("no_pacing", telemetry::hide),
+        mut_arg("connections", telemetry::hide)
+    )]
     Check(check::Args),
     /// Show the effective settings and where each came from; watch the log configurations the cloud pushes.
     #[command(subcommand)]
