@@ -233,7 +233,8 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         steps: Vec::new(),
     };
     let file = args.connection.file();
-    let (settings, config) = settings(&args, file.as_ref().ok().copied(), file.as_ref().err());
+    let (settings, checked) = settings(&args, file.as_ref().ok().copied(), file.as_ref().err());
+    let (config, loaded) = checked.unzip();
     report.emit(settings);
     let empty = ConfigFile::default();
     let file = file.unwrap_or(&empty);
@@ -245,9 +246,9 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
             .max(1),
     );
 
-    let tls = match &config {
-        Some(config) => {
-            let (step, tls) = certificate(&args.connection, file, config);
+    let tls = match loaded {
+        Some(loaded) => {
+            let (step, tls) = certificate(&args.connection, file, loaded);
             report.emit(step);
             tls
         }
@@ -325,13 +326,14 @@ fn row(key: &'static str, value: Value, source: &'static str) -> Value {
     json!({"key": key, "value": value, "source": source})
 }
 
-/// The effective connection settings and their sources, and the
-/// configuration they make (`None` when they do not make one).
+/// The effective connection settings and their sources; the
+/// configuration they make and its TLS files loaded (`None` when they do
+/// not make one).
 fn settings(
     args: &Args,
     file: Option<&ConfigFile>,
     file_error: Option<&Exit>,
-) -> (Step, Option<MqttConfig>) {
+) -> (Step, Option<(MqttConfig, Loaded)>) {
     const NAME: &str = "settings";
     if let Some(error) = file_error {
         return (Step::from_exit(NAME, error), None);
@@ -475,7 +477,7 @@ fn settings(
             Err(error) if matches!(error.kind(), ErrorKind::InvalidConfig { .. }) => {
                 Err(exit::from_cloud(error))
             }
-            _ => Ok(config),
+            loaded => Ok((config, loaded)),
         }
     });
     match config {
@@ -507,15 +509,19 @@ fn check_matches() -> Option<ArgMatches> {
 /// The TLS configuration of a connection: `None` without TLS.
 type Tls = Option<Arc<rustls::ClientConfig>>;
 
-/// The client certificate, its key and the CA, loaded as a connection
-/// loads them; the TLS configuration they make, unless they fail.
+/// The TLS files as the library loaded them (once: it warns of plaintext
+/// at each load).
+type Loaded = Result<Tls, ulogger_cloud::Error>;
+
+/// The client certificate, its key and the CA, as a connection loads
+/// them; the TLS configuration they make, unless they fail.
 fn certificate(
     connection: &ConnectionArgs,
     file: &ConfigFile,
-    config: &MqttConfig,
+    loaded: Loaded,
 ) -> (Step, Option<Tls>) {
     const NAME: &str = "certificate";
-    let tls = match config.tls_client_config() {
+    let tls = match loaded {
         Ok(Some(tls)) => tls,
         Ok(None) => return (Step::skip(NAME, "plaintext: no TLS"), Some(None)),
         Err(error) => return (Step::from_cloud(NAME, &error), None),
