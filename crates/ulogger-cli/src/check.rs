@@ -1203,9 +1203,24 @@ fn outbox(args: &Args, file: &ConfigFile) -> Step {
         Some(error) => Step::fail(
             NAME,
             Failure::Network,
-            format!("{detail}; delivery is failing: {error}"),
+            format!(
+                "{detail}; delivery is failing{}: {error}",
+                status
+                    .failing_since
+                    .map(|since| {
+                        let since = time::OffsetDateTime::from(since);
+                        format!(
+                            " since {} {:02}:{:02}:{:02} UTC",
+                            since.date(),
+                            since.hour(),
+                            since.minute(),
+                            since.second()
+                        )
+                    })
+                    .unwrap_or_default()
+            ),
         )
-        .hint("the steps above show the broken link; `ulogger outbox status` shows since when"),
+        .hint("the steps above show the broken link; once it is mended the queued records go out"),
         None => Step::ok(NAME, detail),
     }
 }

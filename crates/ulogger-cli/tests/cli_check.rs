@@ -562,3 +562,41 @@ fn tls_and_plaintext_crossed_are_named() {
         run.stdout
     );
 }
+
+#[test]
+fn an_outbox_whose_delivery_fails_says_why() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("outbox");
+    let log = sandbox.write("log.bin", &v1_log(10));
+    // An upload through the outbox to a port nothing listens on leaves the
+    // record queued and the cause in the outbox.
+    let port = closed_port();
+    let mut upload = replace(connect_args("upload", &emu), "--port", port.to_string());
+    upload.extend(device_args("SN-OB"));
+    upload.extend(strings(&["--no-store", "--timeout", "1", "--outbox"]));
+    upload.extend([s(&dir), s(&log)]);
+    sandbox.run(&upload).expect_code(3);
+
+    let mut args = connect_args("check", &emu);
+    args.extend(["--outbox".to_owned(), s(&dir)]);
+    let run = sandbox.run(&args).expect_code(3);
+
+    let outbox = line(&run, "outbox");
+    assert!(
+        outbox.starts_with(&format!(
+            "FAIL outbox: {} is writable, not in use; 1 queued, 0 dead, ",
+            dir.display()
+        )),
+        "{outbox}"
+    );
+    assert!(outbox.contains("; delivery is failing since 2"), "{outbox}");
+    assert!(
+        outbox.ends_with(&format!(
+            "UTC: could not connect to 127.0.0.1:{port}: Connection refused (os error 111)"
+        )),
+        "{outbox}"
+    );
+    // The broker of the check itself is up.
+    assert_eq!(status_of(&run, "mqtt"), "ok");
+}
