@@ -600,3 +600,41 @@ fn an_outbox_whose_delivery_fails_says_why() {
     // The broker of the check itself is up.
     assert_eq!(status_of(&run, "mqtt"), "ok");
 }
+
+#[test]
+fn a_broker_name_its_certificate_does_not_carry_fails_tls_on_this_side() {
+    use std::net::ToSocketAddrs;
+    // This machine's own name, when it leads to the loopback address the
+    // emulator listens on (its certificate names only 127.0.0.1, ::1 and
+    // localhost); elsewhere there is no such name to try.
+    let Some(name) = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty() && n != "localhost")
+        .filter(|n| {
+            (n.as_str(), 1)
+                .to_socket_addrs()
+                .is_ok_and(|mut a| a.any(|a| a.ip().is_loopback() && a.is_ipv4()))
+        })
+    else {
+        eprintln!("skipped: this machine's name does not lead to 127.0.0.1");
+        return;
+    };
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let args = replace(connect_args("check", &emu), "--broker", name.clone());
+    let run = sandbox.run(&args).expect_code(3);
+
+    let tls = line(&run, "tls");
+    assert!(
+        tls.starts_with(&format!(
+            "FAIL tls: this gateway refused the certificate of {name}: "
+        )),
+        "{tls}"
+    );
+    assert!(tls.contains("not valid for name"), "{tls}");
+    assert_eq!(
+        hint_of(&run, "tls"),
+        "the broker's certificate was rejected: check --broker (the name it is issued for) and --ca"
+    );
+}
