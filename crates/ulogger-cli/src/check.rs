@@ -866,7 +866,7 @@ fn handshake(
     };
     // A TLS broker spoken to in plaintext hangs up or answers in TLS:
     // the library's hint for it, as `upload` gives it.
-    let plaintext_hint = matches!(link, Link::Plain(_))
+    let plaintext_hint: Option<String> = matches!(link, Link::Plain(_))
         .then(|| exit::hint(&ErrorKind::Protocol(String::new()).into()))
         .flatten();
     let client_id = format!(
@@ -891,21 +891,9 @@ fn handshake(
                 return (tls_failure(&error, host, secs), Step::needs(MQTT, TLS));
             }
             let step = match error.kind() {
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                    Step::fail(
-                        MQTT,
-                        if plaintext_hint.is_some() {
-                        Failure::Network
-                    } else {
-                        Failure::Refused
-                    },
-                        format!("the broker closed the connection without answering CONNECT (client id {client_id})"),
-                    )
-                    .hint(plaintext_hint.clone().unwrap_or_else(|| format!(
-                        "the broker accepts only client ids that start with cust-{{customer id}}-: check --customer-id (now {}) against the customer the certificate belongs to",
-                        config.customer_id()
-                    )))
-                }
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => hung_up(&client_id, config, plaintext_hint),
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Step::fail(
                     MQTT,
                     Failure::Network,
@@ -968,6 +956,23 @@ fn handshake(
         }
     };
     (tls_step, step)
+}
+
+/// The broker hung up instead of answering CONNECT: in plaintext, a TLS
+/// broker; with TLS, a refused client id, or (TLS 1.3 says so only after
+/// the handshake, and a reset can swallow the alert) a refused client
+/// certificate.
+fn hung_up(client_id: &str, config: &MqttConfig, plaintext_hint: Option<String>) -> Step {
+    let detail = format!(
+        "the broker closed the connection without answering CONNECT (client id {client_id})"
+    );
+    if let Some(hint) = plaintext_hint {
+        return Step::fail("mqtt", Failure::Network, detail).hint(hint);
+    }
+    Step::fail("mqtt", Failure::Refused, detail).hint(format!(
+        "the broker accepts only client ids that start with cust-{{customer id}}-: check --customer-id (now {}) against the customer the certificate belongs to; if that is right, it may have rejected this client certificate (--cert, --key)",
+        config.customer_id()
+    ))
 }
 
 /// A failed handshake, saying which side refused.
