@@ -252,7 +252,9 @@ impl ConnectionArgs {
         self.plaintext.or(file.plaintext).unwrap_or(false)
     }
 
-    fn mqtt_config(&self, file: &ConfigFile) -> Result<MqttConfig, Exit> {
+    /// The broker settings alone (no session store), from flags and
+    /// environment over the config file.
+    pub fn mqtt_config(&self, file: &ConfigFile) -> Result<MqttConfig, Exit> {
         let customer_id = self.customer_id.or(file.customer_id).ok_or_else(|| {
             bad_input("no customer id: pass --customer-id, set ULOGGER_CUSTOMER_ID or customer_id in the config file")
         })?;

@@ -252,19 +252,8 @@ fn connect_hint(error: &ulogger_cloud::Error, plaintext: bool) -> Option<String>
         let tls = cause
             .downcast_ref::<rustls::Error>()
             .or_else(|| io.and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>()));
-        match tls {
-            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
-                return Some(
-                    "the broker's certificate is not signed by a CA this gateway trusts: pass the CA that signed it with --ca FILE (for the emulator, its ca.pem)".to_owned(),
-                )
-            }
-            Some(rustls::Error::InvalidCertificate(_)) => {
-                return Some(
-                    "the broker's certificate was rejected: check --broker (the name it is issued for) and --ca".to_owned(),
-                )
-            }
-            Some(_) => return Some(NOT_TLS.to_owned()),
-            None => {}
+        if let Some(tls) = tls {
+            return Some(tls_hint(tls));
         }
         // The far end hung up in the middle of the TLS handshake: a
         // plaintext broker reading a ClientHello as garbage does that.
@@ -280,4 +269,23 @@ fn connect_hint(error: &ulogger_cloud::Error, plaintext: bool) -> Option<String>
     None
 }
 
-const NOT_TLS: &str = "the broker did not complete a TLS handshake: if it is a local plaintext broker pass --plaintext, otherwise check --port (8883 for TLS)";
+/// What to do about a failed TLS handshake, by who refused: this
+/// gateway (the broker's certificate), the broker (an alert: our client
+/// certificate), or neither (the far end does not speak TLS).
+pub fn tls_hint(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            "the broker's certificate is not signed by a CA this gateway trusts: pass the CA that signed it with --ca FILE (for the emulator, its ca.pem)".to_owned()
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            "the broker's certificate was rejected: check --broker (the name it is issued for) and --ca".to_owned()
+        }
+        rustls::Error::AlertReceived(_) => {
+            "the broker rejected this client certificate: check that --cert and --key are the pair issued for this customer and that the certificate is active".to_owned()
+        }
+        _ => NOT_TLS.to_owned(),
+    }
+}
+
+/// A hint for a handshake the far end ended before it began.
+pub const NOT_TLS: &str = "the broker did not complete a TLS handshake: if it is a local plaintext broker pass --plaintext, otherwise check --port (8883 for TLS)";

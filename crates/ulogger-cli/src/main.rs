@@ -23,6 +23,7 @@ macro_rules! out {
 mod agent;
 #[cfg(all(feature = "ble", target_os = "linux"))]
 mod ble;
+mod check;
 mod connection;
 mod demo;
 mod device;
@@ -31,6 +32,7 @@ mod emulator;
 mod emulator_records;
 mod exit;
 mod files;
+mod https;
 mod inbox_fs;
 mod inspect;
 mod log_config;
@@ -118,6 +120,15 @@ enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the manual page (troff), or write one per command with --out DIR.
     Man(docs::ManArgs),
+    /// Walk the path to the cloud a link at a time (settings, certificate, DNS, TCP, TLS, MQTT, registration, API, outbox) and say where it breaks.
+    #[command(
+        visible_alias = "doctor",
+        mut_arg("store", telemetry::hide),
+        mut_arg("no_store", telemetry::hide),
+        mut_arg("no_pacing", telemetry::hide),
+        mut_arg("connections", telemetry::hide)
+    )]
+    Check(check::Args),
     /// Show the effective settings and where each came from; watch the log configurations the cloud pushes.
     #[command(subcommand)]
     Config(settings::Command),
@@ -157,6 +168,7 @@ fn main() -> std::process::ExitCode {
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Config(cmd) => settings::run(global, cmd),
+        Command::Check(args) => check::run(global, args),
     };
     exit::report(result, global.json)
 }

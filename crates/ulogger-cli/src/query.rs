@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -122,7 +121,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
             .or(file.timeout)
             .unwrap_or(DEFAULT_TIMEOUT_SECS),
     );
-    let client = http_client(ca.as_deref(), timeout)?;
+    let client = crate::https::client(ca.as_deref(), timeout)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -203,39 +202,6 @@ fn query_url(base: &str, args: &Args) -> Result<reqwest::Url, Exit> {
     Ok(url)
 }
 
-/// An HTTPS client trusting `ca` (PEM) or else the public roots, with
-/// the ring provider as the rest of the CLI uses.
-fn http_client(ca: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client, Exit> {
-    let mut tls = match ca {
-        Some(ca) => {
-            let config = ulogger_emulator::client_tls_config(ca, None)
-                .map_err(|e| bad_input(anyhow!(e).context(format!("--ca {}", ca.display()))))?;
-            Arc::unwrap_or_clone(config)
-        }
-        None => {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .context("TLS set-up")?
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-        }
-    };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .user_agent(concat!("ulogger/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("cannot set up the HTTP client")
-        .map_err(Exit::from)
-}
-
 fn bad_input(error: anyhow::Error) -> Exit {
     Exit::new(Failure::BadInput, error)
 }
@@ -277,9 +243,8 @@ fn refusal(status: reqwest::StatusCode, body: Option<&Value>, text: &str) -> Exi
         )
         .with_hint(hint);
     }
-    let hint = (status == reqwest::StatusCode::UNAUTHORIZED).then(|| {
-        "check --api-token (or ULOGGER_API_TOKEN): an emulator prints its own at start".to_owned()
-    });
+    let hint = (status == reqwest::StatusCode::UNAUTHORIZED)
+        .then(|| crate::https::API_TOKEN_HINT.to_owned());
     Exit::new(Failure::Refused, anyhow!("{status}: {error}")).with_hint(hint)
 }
 

@@ -92,6 +92,29 @@ fn an_unknown_server_ca_suggests_ca() {
 }
 
 #[test]
+fn a_client_certificate_the_broker_rejects_says_so() {
+    let emu = tls_emulator();
+    let other = tls_emulator();
+    let theirs = other.certs().unwrap();
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let args = replace(
+        connect_args("upload", &emu),
+        "--cert",
+        s(&theirs.client_cert),
+    );
+    let args = replace(args, "--key", s(&theirs.client_key));
+
+    let run = sandbox.run(&upload_args(args, "SN-CERT", &log));
+
+    assert!(
+        hint(&run).starts_with("the broker rejected this client certificate"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn not_authorized_suggests_checking_the_customer_id() {
     let emu = plaintext_emulator();
     let sandbox = Sandbox::new();

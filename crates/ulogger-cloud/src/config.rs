@@ -444,6 +444,24 @@ impl MqttConfig {
         self.customer_id
     }
 
+    /// Checks every setting as [`ClientBuilder::build`](crate::ClientBuilder::build)
+    /// does (ids, timeouts, the certificate, key and CA files, the key
+    /// matching the certificate) without connecting, and returns the TLS
+    /// configuration a connection would use (`None` without TLS).
+    ///
+    /// For diagnostics that walk the connection a step at a time (`ulogger
+    /// check`): a handshake made with it is the client's own.
+    ///
+    /// # Errors
+    ///
+    /// The error [`ClientBuilder::build`](crate::ClientBuilder::build) would
+    /// return for this configuration ([`ErrorKind::File`](crate::ErrorKind::File),
+    /// [`ErrorKind::KeyMismatch`](crate::ErrorKind::KeyMismatch),
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig)).
+    pub fn tls_client_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
+        Ok(self.validate_pool()?.into_iter().next().and_then(|s| s.tls))
+    }
+
     /// The settings of each connection of the client: one, or
     /// [`MqttConfig::connections`] of them with distinct client ids.
     pub(crate) fn validate_pool(&self) -> Result<Vec<Settings>, Error> {

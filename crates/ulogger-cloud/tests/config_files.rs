@@ -68,3 +68,23 @@ fn the_async_client_outside_a_runtime_is_an_error_not_a_panic() {
     let err = Client::builder(MqttConfig::new(1)).build().unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::NoRuntime), "{err:?}");
 }
+
+#[test]
+fn tls_client_config_checks_the_files_as_build_does_without_a_runtime() {
+    let (_dir, certs) = certs();
+    let good = MqttConfig::new(1)
+        .ca_file(&certs.ca_cert)
+        .client_cert(&certs.client_cert, &certs.client_key);
+    let tls = good.tls_client_config().unwrap().expect("TLS is on");
+    assert!(tls.client_auth_cert_resolver.has_certs());
+
+    let swapped = MqttConfig::new(1).client_cert(&certs.client_cert, &certs.server_key);
+    let err = swapped.tls_client_config().unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::KeyMismatch { .. }),
+        "{err:?}"
+    );
+
+    let plain = MqttConfig::new(1).security(ulogger_cloud::Security::Plaintext);
+    assert!(plain.tls_client_config().unwrap().is_none());
+}
