@@ -25,6 +25,8 @@ mod agent;
 mod ble;
 mod connection;
 mod demo;
+#[cfg(all(feature = "ble", target_os = "linux"))]
+mod demo_ble;
 mod device;
 mod docs;
 mod emulator;
