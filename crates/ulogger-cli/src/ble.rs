@@ -132,10 +132,12 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
     let limit = Duration::from_secs(args.deliver_timeout);
     let (mut delivered, mut delivered_earlier) = (0usize, 0usize);
     let waited = tokio::time::timeout(limit, async {
-        for (record, left_earlier) in ours
+        // Oldest first, the order of delivery, so each wait starts before
+        // its outcome could leave the outbox's memory of recent ones.
+        for (record, left_earlier) in earlier
             .iter()
-            .map(|id| (*id, false))
-            .chain(earlier.iter().map(|id| (*id, true)))
+            .map(|id| (*id, true))
+            .chain(ours.iter().map(|id| (*id, false)))
         {
             match client.delivered(record).await {
                 Ok(()) if left_earlier => delivered_earlier += 1,
