@@ -453,8 +453,14 @@ async fn run_gateway(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
-    lock(watch).gateway_pid = Some(child.id());
+    // Spawned under the lock the device's acks take: no ack of this run
+    // can be seen before its pid is known.
+    let child = {
+        let mut watch = lock(watch);
+        let child = command.spawn().unwrap();
+        watch.gateway_pid = Some(child.id());
+        child
+    };
     // The fake BlueZ runs on this runtime: wait for the process off it.
     let waited = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
     tokio::time::timeout(STEP, waited)
@@ -548,6 +554,7 @@ async fn trial(n: u64, seed: u64) -> Tally {
                 watch.plan = plan;
                 watch.acks = 0;
                 watch.killed = None;
+                watch.gateway_pid = None;
             }
             let cloud = match plan {
                 Some(_) if !online => Cloud::Unreachable(closed_port),
