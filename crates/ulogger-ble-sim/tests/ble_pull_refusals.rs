@@ -45,7 +45,10 @@ fn client(outbox: OutboxConfig) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buffer_the_outbox_refuses_stays_on_the_device_and_a_core_dump_follows_the_logs() {
     let log = device_log();
-    let core_dump: Vec<u8> = (0..200u32).map(|i| (i % 7) as u8).collect();
+    let mut body = b"cC".to_vec();
+    body.extend((0..200u32).map(|i| (i % 7) as u8));
+    let identity = wire::decode_ble_config(&config_value()).unwrap();
+    let core_dump = wire::CoreDumpHeader::encode_package(&identity, &body);
     let firmware = Firmware::new(SimDevice::new(
         config_value(),
         log.clone(),
@@ -194,6 +197,8 @@ async fn a_buffer_the_outbox_refuses_stays_on_the_device_and_a_core_dump_follows
 
     // Without a folder of its own, a rejected buffer is still on disk
     // before the device erases it: in the outbox directory's ble-rejected/.
+    // (Other garbage: the same again would be taken for a re-offer.)
+    let garbage = vec![0x5Au8; 100];
     broken.device().add_logs(&garbage);
     let report = timeout(
         STEP * 3,

@@ -20,7 +20,8 @@
 //! mounts included, and costs one directory listing a device).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, FileType, Metadata, OpenOptions};
+use std::ffi::OsString;
+use std::fs::{FileType, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,6 +37,7 @@ use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
 use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
 use crate::files;
+use crate::inbox_fs::{self, DeviceDir};
 use crate::signal::StopSignal;
 use crate::Global;
 
@@ -97,6 +99,11 @@ struct DeviceFile {
 /// A file found in the inbox.
 struct Found {
     device_dir: String,
+    /// The device folder, open: the file is read and removed through it.
+    dir: Arc<DeviceDir>,
+    /// The file's name in it.
+    name: OsString,
+    /// Where it is, for messages and for knowing it again.
     path: PathBuf,
     /// Its size when listed: what is opened must be the same file.
     size: u64,
@@ -415,7 +422,7 @@ async fn take_inbox(
         match result {
             Ok((id, content)) => {
                 // Durable in the outbox: the inbox copy can go.
-                match std::fs::remove_file(&file.path) {
+                match file.dir.remove(&file.name) {
                     Ok(()) => unremovable.writable(&file.path),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -481,8 +488,8 @@ async fn enqueue(
     queued: &Mutex<HashSet<ContentKey>>,
 ) -> Result<(RecordId, ContentKey), Refusal> {
     let device = &file.device;
-    let (path, size) = (file.path.clone(), file.size);
-    let bytes = tokio::task::spawn_blocking(move || read_inbox_file(&path, size))
+    let (dir, name, size) = (file.dir.clone(), file.name.clone(), file.size);
+    let bytes = tokio::task::spawn_blocking(move || read_inbox_file(&dir, &name, size))
         .await
         .unwrap_or_else(|e| Err(Refusal::Later(format!("cannot read it: {e}"))))?;
     let content = content_key(&file.path, &bytes);
@@ -504,10 +511,10 @@ async fn enqueue(
 }
 
 /// Reads an inbox file listed with `listed` bytes: opened only as the
-/// regular file that was listed (see [`open_regular`]), at most one
-/// message long.
-fn read_inbox_file(path: &Path, listed: u64) -> Result<Vec<u8>, Refusal> {
-    let (file, meta) = open_regular(path).map_err(|e| match e.kind() {
+/// regular file that was listed (see [`DeviceDir::open_regular`]), at
+/// most one message long.
+fn read_inbox_file(dir: &DeviceDir, name: &OsString, listed: u64) -> Result<Vec<u8>, Refusal> {
+    let (file, meta) = dir.open_regular(name).map_err(|e| match e.kind() {
         io::ErrorKind::InvalidInput => Refusal::NotRegular(e.to_string()),
         _ => Refusal::Later(format!("cannot read it: {e}")),
     })?;
@@ -527,39 +534,8 @@ fn read_inbox_file(path: &Path, listed: u64) -> Result<Vec<u8>, Refusal> {
     Ok(bytes)
 }
 
-/// Opens `path` for reading if it is a regular file: never through a
-/// symbolic link (`O_NOFOLLOW`), never waiting for a FIFO's writer
-/// (`O_NONBLOCK`, which regular files ignore), and checked with `fstat`
-/// on the handle, so a file swapped after it was listed is not read.
-/// Anything else fails with [`io::ErrorKind::InvalidInput`] saying what
-/// it is.
-fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
-    let mut options = OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(|e| {
-        #[cfg(unix)]
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            return io::Error::new(io::ErrorKind::InvalidInput, "a symbolic link");
-        }
-        e
-    })?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            describe(meta.file_type()),
-        ));
-    }
-    Ok((file, meta))
-}
-
 /// What a directory entry that is not a regular file is, for a warning.
-fn describe(kind: FileType) -> &'static str {
+pub(crate) fn describe(kind: FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
@@ -594,6 +570,7 @@ fn scan_inbox(
     warned: &mut Warned,
     queued: &HashMap<Identity, PathBuf>,
 ) -> std::io::Result<Vec<Found>> {
+    let handle = inbox_fs::open_inbox(inbox)?;
     let mut devices = Vec::new();
     for entry in std::fs::read_dir(inbox)?.filter_map(|e| e.ok()) {
         let path = entry.path();
@@ -601,15 +578,25 @@ fn scan_inbox(
             continue;
         }
         match entry.file_type() {
-            Ok(kind) if kind.is_dir() => devices.push(path),
+            // Opened relative to the inbox, never through a link: a folder
+            // swapped for one after this listing leads nowhere.
+            Ok(kind) if kind.is_dir() => {
+                match DeviceDir::open(&handle, inbox, &entry.file_name()) {
+                    Ok(dir) => devices.push((path, Arc::new(dir))),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                        warned.refuse(&path, &e.to_string());
+                    }
+                    Err(e) => tracing::debug!(path = ?path, error = %e, "an inbox entry went away"),
+                }
+            }
             // A linked folder would send (then delete) files from anywhere.
             Ok(kind) => warned.refuse(&path, &format!("{}, not a device folder", describe(kind))),
             Err(e) => tracing::debug!(path = ?path, error = %e, "an inbox entry went away"),
         }
     }
-    devices.sort();
+    devices.sort_by(|a, b| a.0.cmp(&b.0));
     let mut found = Vec::new();
-    for dir in devices {
+    for (dir, handle) in devices {
         let mut files: Vec<(PathBuf, u64, Identity, bool)> = Vec::new();
         for entry in std::fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
             let path = entry.path();
@@ -638,7 +625,7 @@ fn scan_inbox(
             continue;
         }
         files.sort();
-        let device = match device_of(&dir) {
+        let device = match device_of(&handle) {
             Ok(Some(device)) => {
                 warned.unidentified.remove(&dir);
                 device
@@ -664,6 +651,8 @@ fn scan_inbox(
         for (path, size, identity, core_dump) in files {
             found.push(Found {
                 device_dir: device_dir.clone(),
+                dir: handle.clone(),
+                name: inbox_fs::name_of(&path),
                 path,
                 size,
                 identity,
@@ -682,9 +671,9 @@ fn hidden(path: &Path) -> bool {
 
 /// The device of a folder: `Ok(None)` when it has no identity file, an
 /// error when one is there but unreadable or invalid.
-fn device_of(dir: &Path) -> anyhow::Result<Option<DeviceInfo>> {
-    let toml_path = dir.join("device.toml");
-    if let Some(bytes) = read_identity(&toml_path)? {
+fn device_of(dir: &DeviceDir) -> anyhow::Result<Option<DeviceInfo>> {
+    let toml_path = dir.display("device.toml".as_ref());
+    if let Some(bytes) = read_identity(dir, "device.toml")? {
         let text = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("invalid {}: not UTF-8", toml_path.display()))?;
         // toml's own message quotes the offending line and serde's the
@@ -712,8 +701,8 @@ fn device_of(dir: &Path) -> anyhow::Result<Option<DeviceInfo>> {
             file.git_hash,
         )));
     }
-    let bin_path = dir.join("device-info.bin");
-    if let Some(bytes) = read_identity(&bin_path)? {
+    let bin_path = dir.display("device-info.bin".as_ref());
+    if let Some(bytes) = read_identity(dir, "device-info.bin")? {
         return Ok(Some(
             DeviceInfo::decode(&bytes)
                 .with_context(|| format!("invalid {}", bin_path.display()))?,
@@ -725,8 +714,9 @@ fn device_of(dir: &Path) -> anyhow::Result<Option<DeviceInfo>> {
 /// An identity file's bytes, `None` when there is none; opened as inbox
 /// files are (regular files only, never blocking) and at most
 /// [`files::DEVICE_INFO_LIMIT`] long.
-fn read_identity(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
-    let (file, meta) = match open_regular(path) {
+fn read_identity(dir: &DeviceDir, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = dir.display(name.as_ref());
+    let (file, meta) = match dir.open_regular(name.as_ref()) {
         Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
@@ -742,21 +732,16 @@ fn read_identity(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     .with_context(|| path.display().to_string())
 }
 
-/// Moves an invalid file to `<rejected>/<device>/` with a `.reason` file.
+/// Moves an invalid file to `<rejected>/<device>/` with a `.reason` file,
+/// durably: the reason and the moved file are on disk, in their folder,
+/// before the file leaves the inbox.
 fn reject(file: &Found, rejected: &Path, reason: &str) -> std::io::Result<PathBuf> {
     let dir = rejected.join(&file.device_dir);
-    std::fs::create_dir_all(&dir)?;
-    let name = file.path.file_name().unwrap_or_default();
-    let to = dir.join(name);
-    let mut reason_name = name.to_os_string();
+    ulogger_cloud::durable::create_dir_all(&dir)?;
+    let mut reason_name = file.name.clone();
     reason_name.push(".reason");
-    std::fs::write(dir.join(reason_name), format!("{reason}\n"))?;
-    if std::fs::rename(&file.path, &to).is_err() {
-        // Another filesystem: copy, then remove.
-        std::fs::copy(&file.path, &to)?;
-        std::fs::remove_file(&file.path)?;
-    }
-    Ok(to)
+    ulogger_cloud::durable::replace_file(&dir.join(reason_name), format!("{reason}\n").as_bytes())?;
+    file.dir.move_to(&file.name, &dir)
 }
 
 /// Says a delivery failure once when it starts (with what to do about
@@ -833,6 +818,22 @@ mod tests {
         assert!(made.success());
     }
 
+    /// The device folder at `path`, opened as the agent opens one.
+    fn open_dir(path: &Path) -> DeviceDir {
+        let parent = path.parent().unwrap();
+        let handle = inbox_fs::open_inbox(parent).unwrap();
+        DeviceDir::open(&handle, parent, path.file_name().unwrap()).unwrap()
+    }
+
+    /// Reads `path` as the agent reads an inbox file.
+    fn read_at(path: &Path, listed: u64) -> Result<Vec<u8>, Refusal> {
+        read_inbox_file(
+            &open_dir(path.parent().unwrap()),
+            &inbox_fs::name_of(path),
+            listed,
+        )
+    }
+
     /// Runs `f` on a thread, failing (not hanging) if it blocks.
     fn without_hanging<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -848,7 +849,7 @@ mod tests {
         std::fs::write(&target, b"secret").unwrap();
         let link = dir.path().join("link.bin");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        match read_inbox_file(&link, 6) {
+        match read_at(&link, 6) {
             Err(Refusal::NotRegular(why)) => assert_eq!(why, "a symbolic link"),
             _ => panic!("a link is refused"),
         }
@@ -860,7 +861,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("pipe.bin");
         mkfifo(&fifo);
-        let refused = without_hanging(move || read_inbox_file(&fifo, 0));
+        let refused = without_hanging(move || read_at(&fifo, 0));
         match refused {
             Err(Refusal::NotRegular(why)) => assert_eq!(why, "a FIFO"),
             _ => panic!("a FIFO is refused"),
@@ -872,8 +873,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("log.bin");
         std::fs::write(&file, b"twelve bytes").unwrap();
-        assert!(matches!(read_inbox_file(&file, 5), Err(Refusal::Later(_))));
-        assert!(matches!(read_inbox_file(&file, 12), Ok(bytes) if bytes == b"twelve bytes"));
+        assert!(matches!(read_at(&file, 5), Err(Refusal::Later(_))));
+        assert!(matches!(read_at(&file, 12), Ok(bytes) if bytes == b"twelve bytes"));
     }
 
     #[test]
@@ -884,7 +885,7 @@ mod tests {
             "serial = \"SN\"\napp_id = \"TOPSECRET\"\n",
         )
         .unwrap();
-        let err = format!("{:#}", device_of(dir.path()).unwrap_err());
+        let err = format!("{:#}", device_of(&open_dir(dir.path())).unwrap_err());
         assert!(err.contains("line 2"), "{err}");
         assert!(!err.contains("TOPSECRET"), "{err}");
     }
@@ -894,7 +895,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         mkfifo(&dir.path().join("device.toml"));
         let path = dir.path().to_path_buf();
-        let err = without_hanging(move || device_of(&path).map(|_| ()).unwrap_err().to_string());
+        let err = without_hanging(move || {
+            device_of(&open_dir(&path))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        });
         assert!(err.contains("a FIFO"), "{err}");
     }
 

@@ -33,6 +33,7 @@ mod emulator;
 mod emulator_records;
 mod exit;
 mod files;
+mod inbox_fs;
 mod inspect;
 mod log_config;
 mod logs;

@@ -1,5 +1,6 @@
 //! The one rule that makes new files and directories durable, for the
-//! outbox and the session store (decision 18):
+//! outbox, the session store, the BLE gateway's records and the CLI's
+//! inbox (decision 18):
 //!
 //! - a created file or directory is durable only once its parent
 //!   directory is fsynced, and so on up to a directory that already
@@ -17,7 +18,7 @@ use std::path::Path;
 
 /// Makes the entries of `dir` durable: files created, renamed or removed
 /// in it (fault point `sync-dir`).
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     crate::crash::fault("sync-dir")?;
     #[cfg(unix)]
     {
@@ -33,7 +34,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The directory holding `path`'s entry (`.` for a bare name).
-pub(crate) fn parent_of(path: &Path) -> &Path {
+pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -48,7 +49,7 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
 /// would ever make its entry durable. That extra sync is skipped if the
 /// parent may not be read (syncing opens it): we did not create `dir`,
 /// and refusing to open what worked before would help nobody.
-pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     create_dir_all_with(dir, sync_dir)
 }
 
@@ -97,6 +98,51 @@ fn create_dir_all_with(
         sync(parent_of(new))?;
     }
     Ok(())
+}
+
+/// Replaces (or creates) `path` with `contents` durably: a temporary
+/// file beside it (`.<name>.tmp`, owner-only), written and fsynced,
+/// renamed over `path`, then the directory fsynced. A crash at any point
+/// leaves either the old file whole or the new one whole; a failure
+/// removes the temporary file and is returned, never reported durable.
+/// The directory must exist (see [`create_dir_all`]).
+pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = parent_of(path);
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "a file path has a file name")
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    let renamed = written.and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// Removes `path` durably (its directory fsynced after). A file already
+/// gone is no error.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        other => other?,
+    }
+    sync_dir(parent_of(path))
 }
 
 #[cfg(test)]
@@ -202,5 +248,34 @@ mod tests {
         assert!(root.path().join("x/y").is_dir());
         // A bare relative name has `.` as its parent.
         assert_eq!(parent_of(Path::new("name")), Path::new("."));
+    }
+
+    #[test]
+    fn a_replaced_file_holds_the_new_contents_and_no_temporary_is_left() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("state");
+        replace_file(&file, b"one").unwrap();
+        replace_file(&file, b"two").unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state"]);
+        remove_file(&file).unwrap();
+        remove_file(&file).unwrap();
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn a_replace_that_cannot_rename_leaves_the_old_file_and_no_temporary() {
+        let root = tempfile::tempdir().unwrap();
+        // A directory in the way: the rename fails.
+        let target = root.path().join("busy");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inside"), b"x").unwrap();
+        assert!(replace_file(&target, b"new").is_err());
+        assert!(target.is_dir());
+        assert!(!root.path().join(".busy.tmp").exists());
     }
 }

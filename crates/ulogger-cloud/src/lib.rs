@@ -31,7 +31,7 @@ pub mod wire;
 mod client;
 mod config;
 mod crash;
-mod durable;
+pub mod durable;
 mod error;
 mod http;
 mod link;

@@ -6,6 +6,33 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// Fails with the error named by the argument of fault point `name` when
+/// it is configured to fire (`return(eio)`, the default, or
+/// `return(enospc)`), as the kernel would. Without the `failpoints`
+/// feature it never fails. The points:
+///
+/// | point | where |
+/// |---|---|
+/// | `emulator-write-file` | a payload (or other whole file) written |
+/// | `emulator-sync-file` | its fsync |
+/// | `emulator-sync-dir` | a directory fsync (a new file, directory or rename) |
+/// | `emulator-write-index` | a line appended to `index.jsonl` |
+/// | `emulator-sync-index` | its fdatasync |
+pub(crate) fn fault(name: &str) -> io::Result<()> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |arg: Option<String>| {
+        // The same numbers on Linux, the BSDs and macOS.
+        let errno = match arg.as_deref() {
+            Some("enospc") => 28,
+            _ => 5,
+        };
+        Err(io::Error::from_raw_os_error(errno))
+    });
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    Ok(())
+}
+
 /// Who may read a file written by [`write_atomic`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
@@ -41,8 +68,10 @@ pub(crate) fn write_atomic_with(
 
     let result = (|| {
         let mut file = open_new(&tmp, access)?;
+        fault("emulator-write-file")?;
         file.write_all(bytes)?;
         if sync {
+            fault("emulator-sync-file")?;
             file.sync_all()?;
         }
         drop(file);
@@ -75,6 +104,7 @@ fn open_new(path: &Path, access: Access) -> io::Result<File> {
 
 /// Makes a rename or a new file in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    fault("emulator-sync-dir")?;
     #[cfg(unix)]
     {
         File::open(dir)?.sync_all()

@@ -5,7 +5,7 @@
 //! happens, with payloads stored as files beside it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::durable::{create_dir_all, repair_jsonl, sync_dir, write_atomic_with, Access};
-use crate::store::{Query, Rows, Store, Table};
+use crate::durable::{create_dir_all, fault, repair_jsonl, sync_dir, write_atomic_with, Access};
+use crate::store::{InsertError, Query, Rows, Store, Table};
 use crate::EmulatorError;
 
 /// A record the database refused: what it describes must not be
@@ -189,6 +189,8 @@ pub(crate) struct RecordLog {
     payload_dirs: Mutex<std::collections::HashSet<String>>,
     /// The current run of payload storage failures, logged once.
     payload_failures: Mutex<FailureRun>,
+    /// The current run of index append failures, logged once.
+    index_failures: Mutex<FailureRun>,
     inner: Mutex<Inner>,
     appended: Condvar,
     count: watch::Sender<usize>,
@@ -206,6 +208,8 @@ impl std::fmt::Debug for RecordLog {
 struct Inner {
     records: Vec<Record>,
     index: File,
+    /// The index's length after its last whole, stored line.
+    index_len: u64,
     seq: u64,
 }
 
@@ -224,11 +228,10 @@ impl RecordLog {
             .append(true)
             .open(&index_path)
             .map_err(|e| EmulatorError::io("open", &index_path, e))?;
-        let earlier = repair_jsonl(&mut index)
-            .map_err(|e| EmulatorError::io("repair", &index_path, e))?
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
+        let text =
+            repair_jsonl(&mut index).map_err(|e| EmulatorError::io("repair", &index_path, e))?;
+        let earlier = text.iter().filter(|&&b| b == b'\n').count() as u64;
+        let index_len = text.len() as u64;
         if durable {
             remove_stale_temporaries(data_dir);
         }
@@ -242,9 +245,11 @@ impl RecordLog {
             store,
             payload_dirs: Mutex::default(),
             payload_failures: Mutex::default(),
+            index_failures: Mutex::default(),
             inner: Mutex::new(Inner {
                 records: Vec::new(),
                 index,
+                index_len,
                 // Payload names carry this sequence: continuing it keeps a
                 // new payload from ever replacing an earlier run's.
                 seq: earlier,
@@ -353,18 +358,44 @@ impl RecordLog {
             // Under the lock, so that the database, the index and memory
             // hold records in the same order.
             let mut inner = self.lock();
-            self.store.insert(&record, rows).map_err(|_| NotStored)?;
             let durable = self.durable;
-            let written = inner.index.write_all(&line).and_then(|()| {
-                if durable {
-                    inner.index.sync_data()
-                } else {
-                    Ok(())
+            let Inner {
+                index, index_len, ..
+            } = &mut *inner;
+            let before = *index_len;
+            // The index line is written and synced inside the database's
+            // transaction: either both hold the record or neither does.
+            let stored = self
+                .store
+                .insert(&record, rows, || append_line(index, before, &line, durable));
+            let mut run = self
+                .index_failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match stored {
+                Ok(()) => {
+                    *index_len = before + line.len() as u64;
+                    let _ = run.succeeded();
                 }
-            });
-            if let Err(e) = written {
-                tracing::error!(error = %e, "cannot append to the index");
+                Err(InsertError::Database(_)) => return Err(NotStored),
+                Err(InsertError::BeforeCommit(e)) => {
+                    let _ = run.failed(&EmulatorError::io(
+                        "append to",
+                        self.data_dir.join(INDEX_FILE),
+                        e,
+                    ));
+                    return Err(NotStored);
+                }
+                Err(InsertError::Commit(_)) => {
+                    // The line is in the index, the rows are not: take it
+                    // back so the two agree (the message is sent again).
+                    if let Err(e) = undo_line(index, before, durable) {
+                        tracing::error!(error = %e, "cannot take back an index line whose record the database refused");
+                    }
+                    return Err(NotStored);
+                }
             }
+            drop(run);
             inner.records.push(record);
             inner.records.len()
         };
@@ -430,6 +461,37 @@ impl RecordLog {
     }
 }
 
+/// Appends `line` to the index (whose whole lines end at `len`) and, in
+/// a kept data directory, fdatasyncs it. On failure the line is cut off
+/// again: after a failed fsync its bytes may be gone or half there
+/// (decision 18), and the next line must not follow a torn one.
+fn append_line(index: &mut File, len: u64, line: &[u8], durable: bool) -> io::Result<()> {
+    let written = fault("emulator-write-index")
+        .and_then(|()| index.write_all(line))
+        .and_then(|()| {
+            if durable {
+                fault("emulator-sync-index").and_then(|()| index.sync_data())
+            } else {
+                Ok(())
+            }
+        });
+    if written.is_err() {
+        if let Err(e) = undo_line(index, len, durable) {
+            tracing::error!(error = %e, "cannot cut a failed line off the index");
+        }
+    }
+    written
+}
+
+/// Cuts the index back to `len` bytes.
+fn undo_line(index: &mut File, len: u64, durable: bool) -> io::Result<()> {
+    index.set_len(len)?;
+    if durable {
+        index.sync_data()?;
+    }
+    Ok(())
+}
+
 /// A run of failures to store payloads: the first is logged, the rest
 /// are counted (reported at most every [`FailureRun::REPORT_EVERY`], and
 /// when the run ends), so that a full disk does not log once per message.
@@ -452,8 +514,8 @@ impl FailureRun {
         if self.failures == 1 {
             tracing::error!(
                 error = %error,
-                "cannot store a payload: messages are not acknowledged until \
-                 payloads can be stored again (repeats are counted, not logged each)"
+                "cannot store a message: messages are not acknowledged until \
+                 storage works again (repeats are counted, not logged each)"
             );
         } else if self
             .reported_at
@@ -463,7 +525,7 @@ impl FailureRun {
                 error = %error,
                 repeats = self.failures - self.reported,
                 failures = self.failures,
-                "payloads still cannot be stored"
+                "messages still cannot be stored"
             );
         } else {
             return false;
@@ -479,7 +541,7 @@ impl FailureRun {
         if failures > 0 {
             tracing::warn!(
                 failures = self.failures,
-                "payloads are stored again (the messages refused meanwhile were not acknowledged)"
+                "messages are stored again (those refused meanwhile were not acknowledged)"
             );
             *self = FailureRun::default();
             return Some(failures);

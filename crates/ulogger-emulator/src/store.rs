@@ -213,18 +213,27 @@ impl Store {
         })
     }
 
-    /// Writes a record and its rows in one transaction. A failure is
-    /// logged once per outage (and its recovery once) and returned, so
-    /// that whoever waits for the message to be stored is not told it is.
-    pub(crate) fn insert(&self, record: &Record, rows: &Rows) -> Result<(), rusqlite::Error> {
-        let written = insert(&mut lock(&self.write), record, rows);
+    /// Writes a record and its rows in one transaction, runs
+    /// `before_commit` (the index line) inside it, and commits only if it
+    /// succeeded. A failure is logged once per outage (and its recovery
+    /// once) and returned, so that whoever waits for the message to be
+    /// stored is not told it is. When the commit itself fails after
+    /// `before_commit` succeeded, [`InsertError::Commit`] says so: the
+    /// caller must undo what `before_commit` did.
+    pub(crate) fn insert(
+        &self,
+        record: &Record,
+        rows: &Rows,
+        before_commit: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), InsertError> {
+        let written = insert(&mut lock(&self.write), record, rows, before_commit);
         match &written {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::warn!("the record database takes writes again");
                 }
             }
-            Err(e) => {
+            Err(InsertError::Database(e) | InsertError::Commit(e)) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::error!(
                         error = %e,
@@ -233,6 +242,8 @@ impl Store {
                     );
                 }
             }
+            // The caller logs its own failures.
+            Err(InsertError::BeforeCommit(_)) => {}
         }
         written
     }
@@ -314,8 +325,34 @@ impl Query {
     }
 }
 
-fn insert(connection: &mut Connection, record: &Record, rows: &Rows) -> rusqlite::Result<()> {
-    let tx = connection.transaction()?;
+/// Why [`Store::insert`] stored nothing.
+#[derive(Debug)]
+pub(crate) enum InsertError {
+    /// The database refused the rows (nothing else was done).
+    Database(rusqlite::Error),
+    /// The step before the commit failed; the transaction was rolled back.
+    BeforeCommit(std::io::Error),
+    /// The commit failed after the step before it succeeded.
+    Commit(rusqlite::Error),
+}
+
+fn insert(
+    connection: &mut Connection,
+    record: &Record,
+    rows: &Rows,
+    before_commit: impl FnOnce() -> std::io::Result<()>,
+) -> Result<(), InsertError> {
+    let tx = connection.transaction().map_err(InsertError::Database)?;
+    insert_into(&tx, record, rows).map_err(InsertError::Database)?;
+    before_commit().map_err(InsertError::BeforeCommit)?;
+    tx.commit().map_err(InsertError::Commit)
+}
+
+fn insert_into(
+    tx: &rusqlite::Transaction<'_>,
+    record: &Record,
+    rows: &Rows,
+) -> rusqlite::Result<()> {
     {
         let kind = serde_json::to_value(record.kind)
             .ok()
@@ -377,7 +414,7 @@ fn insert(connection: &mut Connection, record: &Record, rows: &Rows) -> rusqlite
             log.execute(params![record_id, l.app_id, l.serial, l.ts, item])?;
         }
     }
-    tx.commit()
+    Ok(())
 }
 
 /// Microseconds since the Unix epoch (0 for a time before it).
@@ -435,7 +472,7 @@ mod tests {
             ..Rows::default()
         };
         store
-            .insert(&Record::new(RecordKind::Metrics, "m", 1), &rows)
+            .insert(&Record::new(RecordKind::Metrics, "m", 1), &rows, || Ok(()))
             .unwrap();
         let all = store.query(Table::Metrics, &query()).unwrap();
         let times: Vec<_> = all.iter().map(|m| m["timestamp"].clone()).collect();
@@ -528,14 +565,14 @@ mod tests {
             ..Rows::default()
         };
         let record = Record::new(RecordKind::Metrics, "m", 1);
-        assert!(store.insert(&record, &rows).is_err());
-        assert!(store.insert(&record, &rows).is_err());
+        assert!(store.insert(&record, &rows, || Ok(())).is_err());
+        assert!(store.insert(&record, &rows, || Ok(())).is_err());
         let records: i64 = other
             .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
             .unwrap();
         assert_eq!(records, 0, "the record went with its rows");
         other.execute_batch("DROP TRIGGER refuse").unwrap();
-        store.insert(&record, &rows).unwrap();
+        store.insert(&record, &rows, || Ok(())).unwrap();
         assert_eq!(store.query(Table::Metrics, &query()).unwrap().len(), 1);
     }
 }

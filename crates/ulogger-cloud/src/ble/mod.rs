@@ -30,9 +30,16 @@ use bluer::{AdapterEvent, Device, Session, Uuid};
 use futures_util::stream::{self, Stream, StreamExt};
 
 use crate::wire::{
-    self, BlePull, BufferKind, Characteristic, DeviceInfo, PullAction, PullConfig, PullSummary,
+    self, BlePull, BufferKind, Characteristic, CoreDumpHeader, DeviceInfo, LogConfig, Metric,
+    PullAction, PullConfig, PullSummary,
 };
 use crate::{Client, Error, ErrorKind, RecordId};
+
+mod relay;
+mod seen;
+
+pub use relay::ConfigRelay;
+use seen::SeenBuffers;
 
 /// A device's Bluetooth address (`AA:BB:CC:DD:EE:FF`), re-exported from
 /// bluer so callers need not depend on it; it parses with `str::parse`.
@@ -49,6 +56,11 @@ pub const LOG_ACK_UUID: Uuid = Uuid::from_u128(0x3828e769_1420_4363_ab28_04037d9
 pub const CORE_DUMP_DATA_UUID: Uuid = Uuid::from_u128(0x15b0fba5_59f9_4f25_bbd4_dd70ba04c6da);
 /// `config`: the device's identity (PROTOCOL §4).
 pub const CONFIG_UUID: Uuid = Uuid::from_u128(0x3ad8119d_8f9d_4297_9302_aa56f2283a72);
+/// `log_config`: the 9-byte log configuration (PROTOCOL §7).
+pub const LOG_CONFIG_UUID: Uuid = Uuid::from_u128(0x5828e769_1420_4363_ab28_04037d9ff755);
+/// `rssi`: the link's RSSI as the device measures it, an `i8` in dBm
+/// (newer firmware only).
+pub const RSSI_UUID: Uuid = Uuid::from_u128(0x7828e769_1420_4363_ab28_04037d9ff755);
 
 /// Deadlines of one [`pull_device`], phase by phase.
 ///
@@ -67,6 +79,11 @@ pub struct PullOptions {
     pull: PullConfig,
     rejected_dir: Option<PathBuf>,
     stamp_epoch_time: bool,
+    seen_dir: Option<PathBuf>,
+    dedup: bool,
+    relay: Option<ConfigRelay>,
+    relay_configs: bool,
+    heartbeat: bool,
 }
 
 impl Default for PullOptions {
@@ -80,6 +97,11 @@ impl Default for PullOptions {
             pull: PullConfig::new(),
             stamp_epoch_time: true,
             rejected_dir: None,
+            seen_dir: None,
+            dedup: true,
+            relay: None,
+            relay_configs: true,
+            heartbeat: true,
         }
     }
 }
@@ -136,6 +158,53 @@ impl PullOptions {
     /// hours later.
     pub fn stamp_epoch_time(mut self, yes: bool) -> Self {
         self.stamp_epoch_time = yes;
+        self
+    }
+
+    /// Whether a buffer the device offers again (after a reset, or after
+    /// a gateway stopped between storing it and its final ack) is
+    /// recognised by content and acknowledged without being stored twice
+    /// (PROTOCOL §5). Default: yes, with the record of each device's
+    /// recent buffers in `ble-seen/` of the outbox directory (see
+    /// [`seen_dir`](Self::seen_dir)). A buffer the same, byte for byte
+    /// in its data, as one of the device's last 256 is taken for a
+    /// re-offer: a device whose logs carry neither a time nor a counter
+    /// could lose a genuine repeat, hence the switch.
+    pub fn dedup(mut self, yes: bool) -> Self {
+        self.dedup = yes;
+        self
+    }
+
+    /// Where the record of each device's recent buffers is kept (see
+    /// [`dedup`](Self::dedup)); default `ble-seen/` in the outbox
+    /// directory.
+    pub fn seen_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.seen_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether a log configuration the cloud pushed for the device and
+    /// kept by a [`ConfigRelay`] is written to its `log_config`
+    /// characteristic when it connects. Default: yes, from
+    /// [`ConfigRelay::in_outbox`] unless [`relay`](Self::relay) names
+    /// another.
+    pub fn relay_configs(mut self, yes: bool) -> Self {
+        self.relay_configs = yes;
+        self
+    }
+
+    /// The relay whose pending configurations are written to devices.
+    pub fn relay(mut self, relay: ConfigRelay) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// Whether each connection sends, through the outbox, a heartbeat for
+    /// the device (it has no connection of its own, PROTOCOL §8) and the
+    /// metric `rssi` when the device serves its `rssi` characteristic.
+    /// Default: yes.
+    pub fn heartbeat(mut self, yes: bool) -> Self {
+        self.heartbeat = yes;
         self
     }
 
@@ -210,6 +279,14 @@ pub struct PullReport {
     pub rejected: Vec<RejectedBuffer>,
     /// The transfer's counts (acks re-sent, notifications dropped, ...).
     pub summary: PullSummary,
+    /// Buffers the device offered again, recognised by content, finally
+    /// acknowledged without being stored twice ([`PullOptions::dedup`]).
+    pub duplicates: usize,
+    /// The RSSI the device measured, from its `rssi` characteristic.
+    pub rssi: Option<i8>,
+    /// The log configuration written to the device's `log_config`
+    /// characteristic (see [`ConfigRelay`]).
+    pub config_written: Option<LogConfig>,
 }
 
 impl fmt::Display for PullReport {
@@ -221,15 +298,20 @@ impl fmt::Display for PullReport {
             .count();
         write!(
             f,
-            "{}: {} log(s), {} core dump(s) stored, {} rejected, {} bytes, {} re-sent ack(s), {} dropped notification(s)",
+            "{}: {} log(s), {} core dump(s) stored, {} rejected, {} already stored, {} bytes, {} re-sent ack(s), {} dropped notification(s)",
             self.device.serial,
             logs,
             self.stored.len() - logs,
             self.rejected.len(),
+            self.duplicates,
             self.summary.bytes,
             self.summary.reacks,
             self.summary.dropped
-        )
+        )?;
+        if let Some(config) = &self.config_written {
+            write!(f, ", log configuration written (level {})", config.level)?;
+        }
+        Ok(())
     }
 }
 
@@ -340,6 +422,10 @@ struct Gatt {
     log_data: GattCharacteristic,
     log_ack: GattCharacteristic,
     core_dump_data: GattCharacteristic,
+    /// Absent on a device that takes no configuration.
+    log_config: Option<GattCharacteristic>,
+    /// Newer firmware only.
+    rssi: Option<GattCharacteristic>,
 }
 
 async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
@@ -363,6 +449,7 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
         .into());
     };
     let (mut config, mut log_data, mut log_ack, mut core_dump_data) = (None, None, None, None);
+    let (mut log_config, mut rssi) = (None, None);
     let resolving = "resolving the uLogger service";
     for ch in service
         .characteristics()
@@ -374,6 +461,8 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
             LOG_DATA_UUID => log_data = Some(ch),
             LOG_ACK_UUID => log_ack = Some(ch),
             CORE_DUMP_DATA_UUID => core_dump_data = Some(ch),
+            LOG_CONFIG_UUID => log_config = Some(ch),
+            RSSI_UUID => rssi = Some(ch),
             _ => {}
         }
     }
@@ -389,6 +478,8 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
         log_data: log_data.ok_or_else(|| missing("log_data"))?,
         log_ack: log_ack.ok_or_else(|| missing("log_ack"))?,
         core_dump_data: core_dump_data.ok_or_else(|| missing("core_dump_data"))?,
+        log_config,
+        rssi,
     })
 }
 
@@ -439,66 +530,41 @@ async fn pull_connected(
         stored: Vec::new(),
         rejected: Vec::new(),
         summary: PullSummary::default(),
+        duplicates: 0,
+        rssi: None,
+        config_written: None,
     };
-    let mut pull = BlePull::new(options.pull, Instant::now());
     let options = &options;
+    greet(client, &gatt, options, &mut report).await;
+    let seen = open_seen(client, options, &report.device.serial).await?;
+    let mut pull = BlePull::new(options.pull, Instant::now());
     let mut action = pull.poll(Instant::now());
     loop {
         match action {
             PullAction::WriteAck(ack) => {
                 write_ack(&gatt.log_ack, ack, options.write_timeout).await?;
             }
-            PullAction::Deliver(mut delivery) => {
-                let kind = delivery.kind;
-                if kind == BufferKind::Log && options.stamp_epoch_time {
-                    stamp_arrival(&mut delivery.data, delivery.header_arrived_at);
-                }
-                let stored = match kind {
-                    BufferKind::Log => client.enqueue_log(&report.device, &delivery.data).await,
-                    BufferKind::CoreDump => client.enqueue_core_dump(&delivery.data).await,
-                };
-                // The outbox call returned: from here on the buffer survives
-                // a crash, and only now may the device be told to erase it.
-                let now = Instant::now();
-                let next = match stored {
-                    Ok(record) => {
-                        report.stored.push(StoredBuffer {
-                            kind,
-                            record,
-                            len: delivery.data.len(),
-                            durable_at: now,
-                        });
-                        pull.durable(delivery.id, now)
+            PullAction::Deliver(delivery) => {
+                let id = delivery.id;
+                let key = seen::content_key(delivery.kind, &delivery.data);
+                let next = if seen.as_ref().is_some_and(|s| s.lock().contains(&key)) {
+                    // Stored before (a re-offer after a reset, or after a
+                    // gateway stopped short of the final ack): erasing it
+                    // on the device loses nothing.
+                    tracing::info!(serial = %report.device.serial, kind = ?delivery.kind, len = delivery.data.len(), "the device offered a buffer stored before: acknowledged, not stored twice");
+                    report.duplicates += 1;
+                    pull.durable(id, Instant::now())
+                } else {
+                    let kept = store(client, options, &mut report, delivery).await?;
+                    // Only now, after the buffer is durable: a crash before
+                    // this line may store it twice, never lose it.
+                    if let Some(seen) = &seen {
+                        remember(seen, key, &report.device.serial).await;
                     }
-                    Err(e) if matches!(e.kind(), ErrorKind::InvalidLog(_)) => {
-                        let reason = e.to_string();
-                        // The outbox directory exists: the log was just
-                        // refused by it.
-                        let dir = match &options.rejected_dir {
-                            Some(dir) => dir.clone(),
-                            None => client.outbox()?.dir().join(DEFAULT_REJECTED_DIR),
-                        };
-                        let file = Some(
-                            keep_rejected(
-                                &dir,
-                                &report.device.serial,
-                                report.rejected.len(),
-                                &delivery.data,
-                                &reason,
-                            )
-                            .await?,
-                        );
-                        tracing::warn!(serial = %report.device.serial, error = %e, file = ?file, "a log from the device failed validation; acknowledged so it is not re-sent for ever");
-                        report.rejected.push(RejectedBuffer {
-                            kind,
-                            reason,
-                            data: delivery.data,
-                            file,
-                        });
-                        pull.rejected_durably(delivery.id, Instant::now())
+                    match kept {
+                        Kept::Stored => pull.durable(id, Instant::now()),
+                        Kept::Rejected => pull.rejected_durably(id, Instant::now()),
                     }
-                    // Not stored: no final ack, the device keeps the buffer.
-                    Err(e) => return Err(e),
                 };
                 action = next.map_err(|e| ErrorKind::Ble {
                     step: "acknowledging a stored buffer",
@@ -544,6 +610,266 @@ async fn pull_connected(
     }
 }
 
+/// What became of a buffer the device handed over.
+enum Kept {
+    /// In the outbox.
+    Stored,
+    /// Refused, and kept in the rejected folder.
+    Rejected,
+}
+
+/// Stores `delivery` durably: in the outbox, or, when it fails validation
+/// (a log's checksum, a core dump's header or identity), in the rejected
+/// folder with its reason. `Ok` only once it is on disk.
+async fn store(
+    client: &Client,
+    options: &PullOptions,
+    report: &mut PullReport,
+    mut delivery: wire::Delivery,
+) -> Result<Kept, Error> {
+    let kind = delivery.kind;
+    let refused = match kind {
+        BufferKind::Log => {
+            if options.stamp_epoch_time {
+                stamp_arrival(&mut delivery.data, delivery.header_arrived_at);
+            }
+            match client.enqueue_log(&report.device, &delivery.data).await {
+                Ok(record) => Ok(record),
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidLog(_)) => Err(e.to_string()),
+                // Not stored: no final ack, the device keeps the buffer.
+                Err(e) => return Err(e),
+            }
+        }
+        _ => match check_core_dump(&delivery.data, &report.device) {
+            Ok(()) => Ok(client.enqueue_core_dump(&delivery.data).await?),
+            Err(reason) => Err(reason),
+        },
+    };
+    match refused {
+        Ok(record) => {
+            report.stored.push(StoredBuffer {
+                kind,
+                record,
+                len: delivery.data.len(),
+                durable_at: Instant::now(),
+            });
+            Ok(Kept::Stored)
+        }
+        Err(reason) => {
+            let dir = match &options.rejected_dir {
+                Some(dir) => dir.clone(),
+                None => client.outbox()?.dir().join(DEFAULT_REJECTED_DIR),
+            };
+            let file = keep_rejected(
+                &dir,
+                &report.device.serial,
+                report.rejected.len(),
+                kind,
+                &delivery.data,
+                &reason,
+            )
+            .await?;
+            tracing::warn!(serial = %report.device.serial, ?kind, %reason, file = %file.display(), "a buffer from the device failed validation: kept apart, not sent, and acknowledged so it is not re-sent for ever");
+            report.rejected.push(RejectedBuffer {
+                kind,
+                reason,
+                data: delivery.data,
+                file: Some(file),
+            });
+            Ok(Kept::Rejected)
+        }
+    }
+}
+
+/// Checks a core-dump package (PROTOCOL §10) and that it is this device's:
+/// the cloud files a core dump under the identity inside it, so one
+/// naming another device or application would land on the wrong device.
+/// A different git hash or version is expected (firmware updated since
+/// the crash) and only noted.
+fn check_core_dump(package: &[u8], device: &DeviceInfo) -> Result<(), String> {
+    let header = CoreDumpHeader::decode(package).map_err(|e| e.to_string())?;
+    if header.app_id != device.app_id {
+        return Err(format!(
+            "the core dump is of application {}, the device says it runs application {}",
+            header.app_id, device.app_id
+        ));
+    }
+    if header.serial != device.serial {
+        return Err(format!(
+            "the core dump names device {:?}, the device says it is {:?}",
+            header.serial, device.serial
+        ));
+    }
+    if header.git_hash != device.git_hash {
+        tracing::info!(serial = %device.serial, crashed = %header.git_hash, running = %device.git_hash, "the core dump is of an earlier firmware build");
+    }
+    Ok(())
+}
+
+/// What a connection does before the transfer: writes a pending log
+/// configuration, reads the RSSI, queues a heartbeat. None of it may cost
+/// the logs: a failure is logged and the pull goes on.
+async fn greet(client: &Client, gatt: &Gatt, options: &PullOptions, report: &mut PullReport) {
+    let serial = report.device.serial.clone();
+    if options.relay_configs {
+        if let Some(written) = relay_config(client, gatt, options, &serial).await {
+            report.config_written = Some(written);
+        }
+    }
+    if !options.heartbeat {
+        return;
+    }
+    if let Some(rssi) = &gatt.rssi {
+        match tokio::time::timeout(options.write_timeout, rssi.read()).await {
+            Ok(Ok(value)) => match <[u8; 1]>::try_from(value.as_slice()) {
+                Ok([byte]) => report.rssi = Some(i8::from_le_bytes([byte])),
+                Err(_) => {
+                    tracing::warn!(%serial, len = value.len(), "the rssi characteristic is not one byte: ignored")
+                }
+            },
+            // Older firmware lists it and answers "not found", or none.
+            Ok(Err(e)) => tracing::debug!(%serial, error = %e, "no rssi from the device"),
+            Err(_) => tracing::debug!(%serial, "reading rssi timed out"),
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .ok();
+    let mut metrics = vec![Metric::heartbeat()];
+    if let Some(rssi) = report.rssi {
+        metrics.push(Metric::new("rssi", i64::from(rssi)));
+    }
+    for metric in &mut metrics {
+        metric.timestamp = now;
+    }
+    if let Err(e) = client
+        .enqueue_metrics(&serial, report.device.app_id, &metrics)
+        .await
+    {
+        tracing::warn!(%serial, error = %e, "the device's heartbeat could not be queued");
+    }
+}
+
+/// Writes the configuration kept for the device, if any, to its
+/// `log_config` characteristic (with a response: the device got it), and
+/// forgets it once written. Returns what was written.
+async fn relay_config(
+    client: &Client,
+    gatt: &Gatt,
+    options: &PullOptions,
+    serial: &str,
+) -> Option<LogConfig> {
+    let relay = match &options.relay {
+        Some(relay) => relay.clone(),
+        None => ConfigRelay::in_outbox(client).ok()?,
+    };
+    let pending = match relay.pending(serial) {
+        Ok(pending) => pending?,
+        Err(e) => {
+            tracing::warn!(%serial, error = %e, "the pending log configuration could not be read");
+            return None;
+        }
+    };
+    let Some(characteristic) = &gatt.log_config else {
+        tracing::warn!(%serial, "a log configuration waits for the device, but it has no log_config characteristic: kept");
+        return None;
+    };
+    let request = CharacteristicWriteRequest {
+        op_type: WriteOp::Request,
+        ..Default::default()
+    };
+    let value = pending.ble_value();
+    match tokio::time::timeout(
+        options.write_timeout,
+        characteristic.write_ext(&value, &request),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%serial, error = %e, "writing the log configuration failed: kept for the next connection");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%serial, "writing the log configuration timed out: kept for the next connection");
+            return None;
+        }
+    }
+    if let Err(e) = relay.delivered(serial, &pending) {
+        tracing::warn!(%serial, error = %e, "the log configuration was written but could not be forgotten: it will be written again");
+    }
+    tracing::info!(%serial, level = %pending.level, "log configuration written to the device");
+    Some(pending)
+}
+
+type Seen = std::sync::Arc<SeenLock>;
+
+/// The device's record of buffers, shared with the blocking tasks that
+/// append to it.
+struct SeenLock(std::sync::Mutex<SeenBuffers>);
+
+impl SeenLock {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeenBuffers> {
+        // Appends leave it whole or with a line not yet counted.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Opens the device's record of buffers (see [`PullOptions::dedup`]).
+async fn open_seen(
+    client: &Client,
+    options: &PullOptions,
+    serial: &str,
+) -> Result<Option<Seen>, Error> {
+    if !options.dedup {
+        return Ok(None);
+    }
+    let dir = match &options.seen_dir {
+        Some(dir) => dir.clone(),
+        None => client.outbox()?.dir().join(DEFAULT_SEEN_DIR),
+    };
+    let who = serial.to_owned();
+    let opened =
+        tokio::task::spawn_blocking(move || SeenBuffers::open(&dir, &who).map_err(|e| (dir, e)))
+            .await;
+    match opened {
+        Ok(Ok(seen)) => Ok(Some(std::sync::Arc::new(SeenLock(std::sync::Mutex::new(
+            seen,
+        ))))),
+        // Without it a re-offered buffer would be stored twice, and this
+        // pull cannot tell: refuse before any final ack.
+        Ok(Err((dir, e))) => Err(Error::with_source(
+            ErrorKind::Ble {
+                step: "opening the record of the device's buffers",
+                reason: format!("{}: {e} (or turn deduplication off)", dir.display()),
+            },
+            e,
+        )),
+        Err(join) => Err(ErrorKind::Ble {
+            step: "opening the record of the device's buffers",
+            reason: join.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// Records a stored buffer's key. A failure only risks a duplicate later,
+/// never a loss: logged, and the pull goes on.
+async fn remember(seen: &Seen, key: seen::ContentKey, serial: &str) {
+    let seen = std::sync::Arc::clone(seen);
+    let recorded = tokio::task::spawn_blocking(move || seen.lock().record(key)).await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%serial, error = %e, "a stored buffer could not be recorded: if the device offers it again it will be stored twice");
+        }
+        Err(e) => tracing::warn!(%serial, error = %e, "recording a stored buffer stopped"),
+    }
+}
+
 /// Writes an ack without response, as the device expects (PROTOCOL §6).
 async fn write_ack(
     log_ack: &GattCharacteristic,
@@ -586,10 +912,15 @@ fn stamp_arrival(log: &mut [u8], arrived: Instant) {
 /// when no other is given (the outbox reads only its `seg-*` files).
 const DEFAULT_REJECTED_DIR: &str = "ble-rejected";
 
+/// The folder, inside the outbox directory, that keeps each device's
+/// record of recent buffers when no other is given.
+const DEFAULT_SEEN_DIR: &str = "ble-seen";
+
 async fn keep_rejected(
     dir: &Path,
     serial: &str,
     n: usize,
+    kind: BufferKind,
     data: &[u8],
     reason: &str,
 ) -> Result<PathBuf, Error> {
@@ -607,7 +938,11 @@ async fn keep_rejected(
             }
         })
         .collect();
-    let path = dir.join(format!("{serial}-{millis}-{n}.log"));
+    let extension = match kind {
+        BufferKind::Log => "log",
+        _ => "core",
+    };
+    let path = dir.join(format!("{serial}-{millis}-{n}.{extension}"));
     let (dir, data, reason, target) = (
         dir.to_path_buf(),
         data.to_vec(),

@@ -193,6 +193,24 @@ impl LogConfig {
         })
     }
 
+    /// The 9 bytes a device's BLE `log_config` characteristic takes
+    /// (PROTOCOL §7): level, module flags, timeout; the module names,
+    /// which devices ignore, stripped.
+    ///
+    /// ```
+    /// use ulogger_cloud::wire::{LogConfig, LogLevel};
+    /// let config = LogConfig::new(LogLevel::Warning, 0b101, 600)
+    ///     .with_module_names(vec!["net".into()]);
+    /// assert_eq!(config.ble_value(), [2, 5, 0, 0, 0, 0x58, 2, 0, 0]);
+    /// ```
+    pub fn ble_value(&self) -> [u8; FIXED_LEN] {
+        let mut out = [0u8; FIXED_LEN];
+        out[0] = u8::from(self.level);
+        out[1..5].copy_from_slice(&self.module_flags.to_le_bytes());
+        out[5..9].copy_from_slice(&self.timeout_secs.to_le_bytes());
+        out
+    }
+
     /// Encodes the configuration as the cloud sends it; module names, when
     /// present, as a compact JSON array.
     pub fn encode(&self) -> Vec<u8> {
