@@ -288,7 +288,7 @@ pub fn run(global: Global, args: &Args) -> Result<(), Exit> {
         step(
             global,
             &format!(
-                "5. Delivered from the outbox: {} record(s), each acknowledged by the cloud",
+                "5. Delivered from the outbox: the {} pulled buffer(s), each acknowledged by the cloud",
                 records.len()
             ),
         );
@@ -340,6 +340,7 @@ pub fn run(global: Global, args: &Args) -> Result<(), Exit> {
                     "logs": p.report.summary.logs,
                     "core_dumps": p.report.summary.core_dumps,
                     "rejected": p.report.rejected.len(),
+                    "already_stored": p.report.duplicates,
                     "bytes": p.report.summary.bytes,
                     "erased": emptied(d),
                 })).collect::<Vec<_>>(),
