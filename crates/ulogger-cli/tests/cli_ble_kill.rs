@@ -12,11 +12,12 @@
 //! time: the simulated device counts the acks it receives and the gateway
 //! is SIGKILLed while its k-th ack is being handled, so the gateway is
 //! stopped exactly there (it waits for that write's D-Bus reply, which
-//! never comes). Some kills let the device act on that ack first (around
-//! the final ack: the buffer is erased and the gateway dies before it
-//! learns it); others swallow a final ack (the gateway dies after the
-//! buffer became durable and before the device heard its delete command,
-//! the window where a duplicate is unavoidable).
+//! never comes). Most kills let the device act on that ack first (any
+//! chunk's, or a final ack: the buffer is erased and the gateway dies
+//! before it learns it); others swallow a final ack (the gateway dies
+//! after the buffer became durable and before the device heard its delete
+//! command: the device offers it again, which the pull's content keys
+//! recognise, and which without them is a duplicate).
 //!
 //! In half the trials a run to be killed has no cloud (a closed port):
 //! nothing it stores is delivered before the kill, so every duplicate is
