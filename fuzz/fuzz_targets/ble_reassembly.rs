@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ulogger_cloud::wire::{ChunkReassembler, Feed};
+use ulogger_wire::{ChunkReassembler, Feed};
 
 fuzz_target!(|data: &[u8]| {
     let mut rx = ChunkReassembler::new();

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ulogger_cloud::wire::{boot_reply_payload, parse_boot_reply, BootRequest};
+use ulogger_wire::{boot_reply_payload, parse_boot_reply, BootRequest};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(token)) = parse_boot_reply(data) {

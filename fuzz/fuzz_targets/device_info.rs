@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ulogger_cloud::wire::DeviceInfo;
+use ulogger_wire::DeviceInfo;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = DeviceInfo::decode(data) {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ulogger_cloud::wire::{
+use ulogger_wire::{
     build_log, patch_epoch_time_us, patch_session_token, validate_checksum, LogHeader,
 };
 

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ulogger_cloud::wire::LogConfig;
+use ulogger_wire::LogConfig;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(config) = LogConfig::decode(data) {

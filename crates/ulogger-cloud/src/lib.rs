@@ -26,7 +26,9 @@
 #[cfg(all(feature = "ble", target_os = "linux"))]
 pub mod ble;
 pub mod blocking;
-pub mod wire;
+/// The platform's wire formats, sans I/O: the [`ulogger_wire`] crate,
+/// re-exported so `ulogger_cloud::wire::...` paths keep working.
+pub use ulogger_wire as wire;
 
 mod client;
 mod config;

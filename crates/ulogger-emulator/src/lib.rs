@@ -131,7 +131,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{validate_serial, LogConfig, Topics};
+use ulogger_wire::{validate_serial, LogConfig, Topics};
 
 pub use certs::{client_tls_config, CertPaths};
 pub use config::{AttachTo, EmulatorConfig};

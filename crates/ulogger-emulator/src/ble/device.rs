@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ulogger_cloud::wire::{CHUNK_HEADER_LEN, CHUNK_PAYLOAD_LEN};
+use ulogger_wire::{CHUNK_HEADER_LEN, CHUNK_PAYLOAD_LEN};
 
 /// The firmware's timer: starts a log transfer when idle, re-sends the
 /// current core-dump chunk.

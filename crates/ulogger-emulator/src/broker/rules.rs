@@ -1,5 +1,5 @@
 //! The platform broker's rules (PROTOCOL §1), as AWS IoT Core enforces
-//! them. Written independently of `ulogger_cloud::wire` on purpose: the
+//! them. Written independently of `ulogger_wire` on purpose: the
 //! emulator is the oracle the client's own checks are tested against.
 
 use std::fmt;

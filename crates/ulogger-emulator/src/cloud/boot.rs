@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{boot_reply_payload, BootRequest, BootRequestError, Topics};
+use ulogger_wire::{boot_reply_payload, BootRequest, BootRequestError, Topics};
 
 use super::{Cloud, Uplink};
 use crate::broker::Message;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{LogConfig, Topics};
+use ulogger_wire::{LogConfig, Topics};
 
 use routing::{Family, Route, Routing};
 
@@ -252,7 +252,7 @@ impl Cloud {
         serial: &str,
         config: &LogConfig,
     ) -> Result<(), EmulatorError> {
-        let invalid = |e: ulogger_cloud::wire::TopicError| EmulatorError::InvalidId {
+        let invalid = |e: ulogger_wire::TopicError| EmulatorError::InvalidId {
             what: "serial",
             value: serial.to_string(),
             reason: e.to_string(),

@@ -4,7 +4,7 @@
 //! what is stored. Whatever matches no rule is dropped there, so the
 //! emulator records it as unrouted, with the likely cause.
 //!
-//! Written independently of `ulogger_cloud::wire::Topics` on purpose: the
+//! Written independently of `ulogger_wire::Topics` on purpose: the
 //! client's topic builder is tested against this oracle.
 
 /// A family of device-to-cloud messages, each routed by its own rule.

@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use serde_json::{json, Map, Value};
-use ulogger_cloud::wire::LogHeader;
+use ulogger_wire::LogHeader;
 
 use crate::store::{epoch_seconds, EventRow, LogRow, MetricRow, Rows};
 

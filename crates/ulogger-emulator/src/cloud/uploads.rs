@@ -4,7 +4,7 @@
 use std::io::Read as _;
 
 use serde_json::{Map, Value};
-use ulogger_cloud::wire::{validate_checksum, LogHeader};
+use ulogger_wire::{validate_checksum, LogHeader};
 
 use super::{rows, Cloud};
 use crate::broker::Message;
@@ -519,7 +519,7 @@ mod tests {
             values in proptest::collection::vec(-1e300f64..1e300, 1..30),
             always in proptest::bool::ANY,
         ) {
-            use ulogger_cloud::wire::{metrics_batch_payload, Compression, DeviceMetrics, Metric};
+            use ulogger_wire::{metrics_batch_payload, Compression, DeviceMetrics, Metric};
             let compression = if always { Compression::Always } else { Compression::Auto };
             let devices: Vec<_> = serials.iter().enumerate().map(|(i, s)| {
                 let metrics = values.iter().map(|v| Metric::new(format!("m{i}"), *v).at(1)).collect();

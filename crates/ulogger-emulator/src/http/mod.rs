@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use ulogger_cloud::wire::MAX_MESSAGE_SIZE;
+use ulogger_wire::MAX_MESSAGE_SIZE;
 
 use crate::certs::{read_certs, read_key, CertPaths};
 use crate::cloud::Cloud;

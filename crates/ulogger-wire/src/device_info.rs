@@ -111,11 +111,11 @@ impl DeviceInfo {
     /// of a fixed-size characteristic) are ignored.
     ///
     /// ```
-    /// use ulogger_cloud::wire::DeviceInfo;
+    /// use ulogger_wire::DeviceInfo;
     /// let bytes = b"\x07\x00\x00\x00SN1\0board\0v1.0\0abc123";
     /// let info = DeviceInfo::decode(bytes)?;
     /// assert_eq!(info, DeviceInfo::new(7, "SN1", "board", "v1.0", "abc123"));
-    /// # Ok::<(), ulogger_cloud::wire::DeviceInfoError>(())
+    /// # Ok::<(), ulogger_wire::DeviceInfoError>(())
     /// ```
     ///
     /// # Errors

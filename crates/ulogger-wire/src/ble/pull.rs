@@ -168,7 +168,7 @@ pub struct NotAwaitingDurable {
 ///
 /// ```
 /// use std::time::Duration;
-/// use ulogger_cloud::wire::PullConfig;
+/// use ulogger_wire::PullConfig;
 /// let config = PullConfig::new().stall_timeout(Duration::from_millis(500)).max_reacks(3);
 /// assert_eq!(config.get_max_reacks(), 3);
 /// ```
@@ -320,7 +320,7 @@ enum Phase {
 ///
 /// ```
 /// use std::time::Instant;
-/// use ulogger_cloud::wire::{BlePull, BufferKind, Characteristic, PullAction, PullConfig};
+/// use ulogger_wire::{BlePull, BufferKind, Characteristic, PullAction, PullConfig};
 /// let now = Instant::now();
 /// let mut pull = BlePull::new(PullConfig::new(), now);
 /// assert_eq!(pull.poll(now), PullAction::WriteAck([0, 0]));
@@ -330,7 +330,7 @@ enum Phase {
 /// assert_eq!((log.kind, &log.data[..]), (BufferKind::Log, &b"abc"[..]));
 /// // ... store the log durably, then:
 /// assert_eq!(pull.durable(log.id, now)?, PullAction::WriteAck([3, 0]));
-/// # Ok::<(), ulogger_cloud::wire::NotAwaitingDurable>(())
+/// # Ok::<(), ulogger_wire::NotAwaitingDurable>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlePull {

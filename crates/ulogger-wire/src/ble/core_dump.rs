@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::wire::DeviceInfo;
+use crate::DeviceInfo;
 
 /// Length of a core-dump package's header.
 pub const CORE_DUMP_HEADER_LEN: usize = 264;

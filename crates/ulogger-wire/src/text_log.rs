@@ -47,7 +47,7 @@ impl TextLevel {
 /// One line of text and when it was logged.
 ///
 /// ```
-/// use ulogger_cloud::wire::{TextEntry, TextLevel};
+/// use ulogger_wire::{TextEntry, TextLevel};
 /// let entry = TextEntry::new(1_700_000_000.25, TextLevel::Warning, "disk 91% full");
 /// assert_eq!(entry.level, TextLevel::Warning);
 /// ```
@@ -129,7 +129,7 @@ pub struct TextLogBatch {
 /// order.
 ///
 /// ```
-/// use ulogger_cloud::wire::{text_log_batches, DeviceInfo, TextEntry, TextLevel};
+/// use ulogger_wire::{text_log_batches, DeviceInfo, TextEntry, TextLevel};
 /// let device = DeviceInfo::new(7, "GW-1", "gateway", "v1.0.0", "abc1234");
 /// let batches = text_log_batches(&device, 41, &[TextEntry::new(1.5, TextLevel::Info, "up")])?;
 /// assert_eq!(batches.len(), 1);
@@ -138,7 +138,7 @@ pub struct TextLogBatch {
 ///     "{\"sequence\":41,\"device_type\":\"gateway\",\"version\":\"v1.0.0\",\"git\":\"abc1234\",\"serial\":\"GW-1\"}\n\
 ///      {\"t\":1.5,\"lv\":2,\"m\":\"up\"}\n"
 /// );
-/// # Ok::<(), ulogger_cloud::wire::TextLogError>(())
+/// # Ok::<(), ulogger_wire::TextLogError>(())
 /// ```
 ///
 /// # Errors

@@ -1,7 +1,7 @@
 //! Reading a device's BLE `config` characteristic (PROTOCOL §4), whose
 //! firmware drops a string that does not fit instead of cutting it.
 
-use crate::wire::{DeviceInfo, DeviceInfoError};
+use crate::{DeviceInfo, DeviceInfoError};
 
 /// Most bytes a device puts in its `config` value.
 pub const MAX_BLE_CONFIG_LEN: usize = 128;
@@ -37,7 +37,7 @@ pub enum BleConfigError {
 /// an unterminated last string mean all four are there).
 ///
 /// ```
-/// use ulogger_cloud::wire::{decode_ble_config, BleConfigError};
+/// use ulogger_wire::{decode_ble_config, BleConfigError};
 /// let info = decode_ble_config(b"\x07\0\0\0AABBCCDDEEFF\0board\0v1.0\0no_cache\0")?;
 /// assert_eq!(info.serial, "AABBCCDDEEFF");
 /// // The git hash did not fit and was dropped: which string is which?

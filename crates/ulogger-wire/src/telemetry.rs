@@ -22,7 +22,7 @@ pub const COMPRESSION_THRESHOLD: usize = 1024;
 /// (`21.5`, and `1.0`).
 ///
 /// ```
-/// use ulogger_cloud::wire::MetricValue;
+/// use ulogger_wire::MetricValue;
 /// assert_eq!(MetricValue::from(3), MetricValue::Int(3));
 /// assert_eq!(MetricValue::from(21.5), MetricValue::Float(21.5));
 /// assert_eq!(MetricValue::from(3).to_string(), "3");
@@ -108,7 +108,7 @@ impl From<f32> for MetricValue {
 /// One metric sample: a named number, optionally timestamped.
 ///
 /// ```
-/// use ulogger_cloud::wire::{Metric, MetricValue};
+/// use ulogger_wire::{Metric, MetricValue};
 /// let m = Metric::new("temperature_c", 21.5).at(1_700_000_000);
 /// assert_eq!(m.timestamp, Some(1_700_000_000));
 /// assert_eq!(Metric::new("reboots", 3).value, MetricValue::Int(3));
@@ -163,7 +163,7 @@ impl Metric {
 /// One event: a type name, optionally timestamped.
 ///
 /// ```
-/// use ulogger_cloud::wire::Event;
+/// use ulogger_wire::Event;
 /// let e = Event::new("door_opened").at(1_700_000_000);
 /// assert_eq!(e.kind, "door_opened");
 /// ```
@@ -348,11 +348,11 @@ pub struct TelemetryPayload {
 /// `{"device_serial": S, "metrics": [...]}`.
 ///
 /// ```
-/// use ulogger_cloud::wire::{metrics_payload, Compression, Metric};
+/// use ulogger_wire::{metrics_payload, Compression, Metric};
 /// let p = metrics_payload("SN1", &[Metric::heartbeat()], Compression::Auto)?;
 /// assert!(!p.compressed);
 /// assert_eq!(p.bytes, br#"{"device_serial":"SN1","metrics":[{"name":"heartbeat","value":1}]}"#);
-/// # Ok::<(), ulogger_cloud::wire::TelemetryError>(())
+/// # Ok::<(), ulogger_wire::TelemetryError>(())
 /// ```
 ///
 /// # Errors

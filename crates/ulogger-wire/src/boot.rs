@@ -75,12 +75,12 @@ impl BootRequest {
     /// Decodes a boot request as the cloud receives it.
     ///
     /// ```
-    /// use ulogger_cloud::wire::BootRequest;
+    /// use ulogger_wire::BootRequest;
     /// let req = BootRequest::parse(
     ///     br#"{"device_type": "my_board", "git": "abcdef0", "serial": "ABC123", "version": "v1.0.0"}"#,
     /// )?;
     /// assert_eq!(req.serial, "ABC123");
-    /// # Ok::<(), ulogger_cloud::wire::BootRequestError>(())
+    /// # Ok::<(), ulogger_wire::BootRequestError>(())
     /// ```
     ///
     /// # Errors
@@ -116,7 +116,7 @@ impl BootRequest {
 /// `version` its git version.
 ///
 /// ```
-/// use ulogger_cloud::wire::{boot_payload, DeviceInfo};
+/// use ulogger_wire::{boot_payload, DeviceInfo};
 /// let device = DeviceInfo::new(1, "ABC123", "my_board", "v1.0.0", "abcdef0");
 /// assert_eq!(
 ///     boot_payload(&device),
@@ -139,7 +139,7 @@ pub fn boot_reply_payload(token: u32) -> Vec<u8> {
 /// (not JSON, not an object, no `token` key): keep waiting.
 ///
 /// ```
-/// use ulogger_cloud::wire::parse_boot_reply;
+/// use ulogger_wire::parse_boot_reply;
 /// assert_eq!(parse_boot_reply(br#"{"token": 5}"#), Ok(Some(5)));
 /// assert_eq!(parse_boot_reply(b"hello"), Ok(None));
 /// assert!(parse_boot_reply(br#"{"token": -1}"#).is_err());

@@ -67,7 +67,7 @@ pub enum IgnoreReason {
 /// 65,535 bytes); payload bytes past it are discarded.
 ///
 /// ```
-/// use ulogger_cloud::wire::{ChunkReassembler, Feed};
+/// use ulogger_wire::{ChunkReassembler, Feed};
 /// let mut rx = ChunkReassembler::new();
 /// assert_eq!(rx.start_ack(), [0, 0]);
 /// // offset 0, total 5, "hel"

@@ -126,7 +126,7 @@ impl LogConfig {
     /// A configuration without module names.
     ///
     /// ```
-    /// use ulogger_cloud::wire::{LogConfig, LogLevel};
+    /// use ulogger_wire::{LogConfig, LogLevel};
     /// let config = LogConfig::new(LogLevel::Warning, 0b1011, 600)
     ///     .with_module_names(vec!["net".into(), "ble".into()]);
     /// assert_eq!(LogConfig::decode(&config.encode()).unwrap(), config);
@@ -152,7 +152,7 @@ impl LogConfig {
     /// names (`None`); an empty array is `Some(vec![])`.
     ///
     /// ```
-    /// use ulogger_cloud::wire::{LogConfig, LogLevel};
+    /// use ulogger_wire::{LogConfig, LogLevel};
     /// let mut payload = vec![1];
     /// payload.extend(0b101u32.to_le_bytes());
     /// payload.extend(60u32.to_le_bytes());
@@ -161,7 +161,7 @@ impl LogConfig {
     /// assert_eq!(config.level, LogLevel::Info);
     /// assert_eq!(config.module_names, Some(vec!["net".into(), "ble".into()]));
     /// assert_eq!(config.encode(), payload);
-    /// # Ok::<(), ulogger_cloud::wire::LogConfigError>(())
+    /// # Ok::<(), ulogger_wire::LogConfigError>(())
     /// ```
     ///
     /// # Errors
@@ -198,7 +198,7 @@ impl LogConfig {
     /// which devices ignore, stripped.
     ///
     /// ```
-    /// use ulogger_cloud::wire::{LogConfig, LogLevel};
+    /// use ulogger_wire::{LogConfig, LogLevel};
     /// let config = LogConfig::new(LogLevel::Warning, 0b101, 600)
     ///     .with_module_names(vec!["net".into()]);
     /// assert_eq!(config.ble_value(), [2, 5, 0, 0, 0, 0x58, 2, 0, 0]);

@@ -96,7 +96,7 @@ pub enum TopicError {
 /// characters of `A-Z a-z 0-9 _ - . :`, not starting with `$`.
 ///
 /// ```
-/// use ulogger_cloud::wire::validate_serial;
+/// use ulogger_wire::validate_serial;
 /// assert!(validate_serial("SN-0001:a.b_c").is_ok());
 /// assert!(validate_serial("x/#").is_err());
 /// ```
@@ -217,12 +217,12 @@ pub enum TopicKind {
 /// without a group level.
 ///
 /// ```
-/// use ulogger_cloud::wire::Topics;
+/// use ulogger_wire::Topics;
 /// let with_group = Topics::new("ulogger/", 10, Some(20))?;
 /// assert_eq!(with_group.binlog(30)?, "ulogger/binlog/v0/10/20/30");
 /// let original = Topics::new("", 10, None)?;
 /// assert_eq!(original.boot_reply(30, "SN1")?, "boot/v0/10/30/SN1");
-/// # Ok::<(), ulogger_cloud::wire::TopicError>(())
+/// # Ok::<(), ulogger_wire::TopicError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Topics {

@@ -28,7 +28,7 @@ const LAST_VERSION: u8 = 4;
 /// version is not one of [`SUPPORTED_HEADER_VERSIONS`].
 ///
 /// ```
-/// use ulogger_cloud::wire::header_len;
+/// use ulogger_wire::header_len;
 /// assert_eq!(header_len(1), Some(13));
 /// assert_eq!(header_len(4), Some(25));
 /// assert_eq!(header_len(5), None);
@@ -283,7 +283,7 @@ impl LogHeader {
 /// Runs at memory speed: a maximal log is checked in a few microseconds.
 ///
 /// ```
-/// use ulogger_cloud::wire::compute_checksum;
+/// use ulogger_wire::compute_checksum;
 /// assert_eq!(compute_checksum(&[0x0f, 0xf0, 0x01]), 0x00fe);
 /// assert_eq!(compute_checksum(&[]), 0);
 /// ```
@@ -384,13 +384,13 @@ pub fn patch_epoch_time_us(buf: &mut [u8], epoch_time_us: u64) -> Result<(), Hea
 /// those two fields are ignored).
 ///
 /// ```
-/// use ulogger_cloud::wire::{build_log, validate_checksum, LogHeader};
+/// use ulogger_wire::{build_log, validate_checksum, LogHeader};
 /// let mut header = LogHeader::new(4)?;
 /// header.tick_rate_hz = Some(1000);
 /// let log = build_log(header, b"hello")?;
 /// assert_eq!(log.len(), 25 + 5);
 /// assert_eq!(validate_checksum(&log)?.used_bytes, 5);
-/// # Ok::<(), ulogger_cloud::wire::HeaderError>(())
+/// # Ok::<(), ulogger_wire::HeaderError>(())
 /// ```
 ///
 /// # Errors
