@@ -400,7 +400,13 @@ async fn take_inbox(
     let mut out = Vec::new();
     let mut jobs = JoinSet::new();
     let mut pending = found.into_iter();
+    // Folders with removals not yet synced: a power cut would undo them,
+    // and every file removed since the last sync would be queued again.
+    let mut removed: Vec<Arc<DeviceDir>> = Vec::new();
     loop {
+        if removed.len() >= ENQUEUE_JOBS {
+            sync_removals(&mut removed);
+        }
         while jobs.len() < ENQUEUE_JOBS {
             let Some(file) = pending.next() else { break };
             let client = client.clone();
@@ -423,7 +429,10 @@ async fn take_inbox(
             Ok((id, content)) => {
                 // Durable in the outbox: the inbox copy can go.
                 match file.dir.remove(&file.name) {
-                    Ok(()) => unremovable.writable(&file.path),
+                    Ok(()) => {
+                        unremovable.writable(&file.path);
+                        removed.push(file.dir.clone());
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
                         unremovable.remember(&file, content);
@@ -466,7 +475,25 @@ async fn take_inbox(
             }
         }
     }
+    sync_removals(&mut removed);
     out
+}
+
+/// Syncs each folder in `removed` once, so that a power cut re-queues at
+/// most the files removed since (a failure costs only such copies: the
+/// files are durable in the outbox).
+fn sync_removals(removed: &mut Vec<Arc<DeviceDir>>) {
+    let mut synced: Vec<&Arc<DeviceDir>> = Vec::new();
+    for dir in removed.iter() {
+        if synced.iter().any(|done| Arc::ptr_eq(done, dir)) {
+            continue;
+        }
+        if let Err(e) = dir.sync() {
+            tracing::warn!(folder = ?dir.display(std::ffi::OsStr::new("")), error = %e, "cannot sync the removals from an inbox folder: a power cut would queue those files again");
+        }
+        synced.push(dir);
+    }
+    removed.clear();
 }
 
 enum Refusal {

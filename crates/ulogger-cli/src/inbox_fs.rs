@@ -87,6 +87,12 @@ mod imp {
             Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
         }
 
+        /// Makes the removals from the folder durable (decision 18: a
+        /// removal is durable once its folder is fsynced).
+        pub fn sync(&self) -> io::Result<()> {
+            Ok(rustix::fs::fsync(&self.fd)?)
+        }
+
         /// Moves the file `name` into the folder `to` (created if need
         /// be) under the same name, durably: the new entry and `to` are
         /// synced before the old entry goes, and its removal is synced
@@ -154,6 +160,12 @@ mod imp {
         /// Removes the file `name`.
         pub fn remove(&self, name: &OsStr) -> io::Result<()> {
             std::fs::remove_file(self.path.join(name))
+        }
+
+        /// Folders cannot be synced on this platform: a removal is as
+        /// durable as the platform makes it.
+        pub fn sync(&self) -> io::Result<()> {
+            Ok(())
         }
 
         /// Moves the file `name` into the folder `to`.

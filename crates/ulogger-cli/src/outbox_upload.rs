@@ -422,23 +422,10 @@ impl Manifest {
                     .create(true)
                     .append(true)
                     .open(&self.path)?;
-                sync_dir(&self.dir)?;
+                ulogger_cloud::durable::sync_dir(&self.dir)?;
                 Ok(slot.insert(file))
             }
         }
-    }
-}
-
-/// Makes the entries of `dir` (files created, renamed or removed) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
     }
 }
 
@@ -460,35 +447,13 @@ fn forget<'a>(path: &Path, keys: impl Iterator<Item = &'a String>) -> Result<(),
         .collect();
     // Durably: an entry of a failed file that came back after a power
     // cut would make a rerun skip that file as delivered.
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
     let result = if kept.is_empty() {
-        std::fs::remove_file(path).and_then(|()| sync_dir(dir))
+        ulogger_cloud::durable::remove_file(path)
     } else {
-        replace_durably(path, dir, kept.as_bytes())
+        ulogger_cloud::durable::replace_file(path, kept.as_bytes())
     };
     result.with_context(|| format!("cannot update {}", path.display()))?;
     Ok(())
-}
-
-/// Replaces `path` (in `dir`) by `bytes`: a temporary file synced, renamed
-/// over it, the directory synced, so a power cut leaves the old or the new
-/// manifest, never half of one.
-fn replace_durably(path: &Path, dir: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{MANIFEST}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

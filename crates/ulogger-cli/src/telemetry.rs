@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use serde_json::json;
 use ulogger_cloud::wire::{
-    self, validate_serial, Compression, DeviceEvents, DeviceMetrics, Event, Metric, TelemetryError,
-    TelemetryPayload,
+    validate_serial, Compression, DeviceMetrics, Metric, Telemetry, TelemetryError,
 };
 use ulogger_cloud::{Client, HttpReceipt, HttpTelemetry, TelemetryReceipt, DEFAULT_API_URL};
 
@@ -206,118 +205,26 @@ pub struct HeartbeatArgs {
     timestamp: Option<u64>,
 }
 
-/// One telemetry message to send, checked and ready.
+/// One telemetry message to send, and the application it is for.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    /// One device's metrics.
-    Metrics {
-        /// The topic's application id.
-        app_id: u32,
-        /// The device serial.
-        serial: String,
-        /// At least one sample.
-        metrics: Vec<Metric>,
-    },
-    /// One device's events.
-    Events {
-        /// The topic's application id.
-        app_id: u32,
-        /// The device serial.
-        serial: String,
-        /// At least one event.
-        events: Vec<Event>,
-    },
-    /// One device's heartbeat metric.
-    Heartbeat {
-        /// The topic's application id.
-        app_id: u32,
-        /// The device serial.
-        serial: String,
-        /// When it was seen alive (seconds since the epoch).
-        timestamp: Option<u64>,
-    },
-    /// Many devices' metrics in one message.
-    MetricsBatch {
-        /// The topic's application id.
-        app_id: u32,
-        /// At least one device.
-        devices: Vec<DeviceMetrics>,
-    },
-    /// Many devices' events in one message.
-    EventsBatch {
-        /// The topic's application id.
-        app_id: u32,
-        /// At least one device.
-        devices: Vec<DeviceEvents>,
-    },
+pub struct Request {
+    /// The topic's (or the request body's) application id.
+    pub app_id: u32,
+    /// The message.
+    pub message: Telemetry,
 }
 
 impl Request {
     /// `"metrics"` or `"events"`: the topic and the list the samples go in.
     pub fn list(&self) -> &'static str {
-        match self {
-            Request::Events { .. } | Request::EventsBatch { .. } => "events",
-            _ => "metrics",
-        }
-    }
-
-    /// The device serial of a one-device message.
-    pub fn serial(&self) -> Option<&str> {
-        match self {
-            Request::Metrics { serial, .. }
-            | Request::Events { serial, .. }
-            | Request::Heartbeat { serial, .. } => Some(serial),
-            Request::MetricsBatch { .. } | Request::EventsBatch { .. } => None,
-        }
-    }
-
-    /// How many devices the message speaks for.
-    pub fn devices(&self) -> usize {
-        match self {
-            Request::MetricsBatch { devices, .. } => devices.len(),
-            Request::EventsBatch { devices, .. } => devices.len(),
-            _ => 1,
-        }
-    }
-
-    /// How many samples (metrics or events) it carries in all.
-    pub fn samples(&self) -> usize {
-        match self {
-            Request::Metrics { metrics, .. } => metrics.len(),
-            Request::Events { events, .. } => events.len(),
-            Request::Heartbeat { .. } => 1,
-            Request::MetricsBatch { devices, .. } => devices.iter().map(|d| d.metrics.len()).sum(),
-            Request::EventsBatch { devices, .. } => devices.iter().map(|d| d.events.len()).sum(),
-        }
-    }
-
-    /// The payload the library would publish, built by its own builders:
-    /// the check that the message can be sent at all.
-    fn payload(&self, compression: Compression) -> Result<TelemetryPayload, TelemetryError> {
-        match self {
-            Request::Metrics {
-                serial, metrics, ..
-            } => wire::metrics_payload(serial, metrics, compression),
-            Request::Events { serial, events, .. } => {
-                wire::events_payload(serial, events, compression)
-            }
-            Request::Heartbeat {
-                serial, timestamp, ..
-            } => wire::metrics_payload(serial, &[heartbeat(*timestamp)], compression),
-            Request::MetricsBatch { devices, .. } => {
-                wire::metrics_batch_payload(devices, compression)
-            }
-            Request::EventsBatch { devices, .. } => {
-                wire::events_batch_payload(devices, compression)
-            }
-        }
+        self.message.family().as_str()
     }
 
     /// Refuses, as bad input, a message the library would refuse (too
     /// large after compression, most likely: everything else was checked
     /// while parsing).
     fn check(&self, compression: Compression) -> Result<(), Exit> {
-        self.payload(compression).map(drop).map_err(|e| {
+        self.message.payload(compression).map(drop).map_err(|e| {
             let hint = matches!(e, TelemetryError::TooLarge { .. }).then(|| {
                 "split the samples over several messages (several batch files), or let --compression auto or always gzip it".to_owned()
             });
@@ -407,42 +314,12 @@ fn http_sender(args: &SendArgs, file: &ConfigFile, token: String) -> Result<Http
     builder.build().map_err(exit::from_cloud)
 }
 
-/// Calls the method of `sender` (a `Client` or an `HttpTelemetry`: the
-/// two have the same telemetry calls) that sends `request`.
-macro_rules! dispatch {
-    ($sender:expr, $request:expr) => {
-        match $request {
-            Request::Metrics {
-                app_id,
-                serial,
-                metrics,
-            } => $sender.publish_metrics(serial, *app_id, metrics).await,
-            Request::Events {
-                app_id,
-                serial,
-                events,
-            } => $sender.publish_events(serial, *app_id, events).await,
-            Request::Heartbeat {
-                app_id,
-                serial,
-                timestamp,
-            } => $sender.publish_heartbeat(serial, *app_id, *timestamp).await,
-            Request::MetricsBatch { app_id, devices } => {
-                $sender.publish_metrics_batch(*app_id, devices).await
-            }
-            Request::EventsBatch { app_id, devices } => {
-                $sender.publish_events_batch(*app_id, devices).await
-            }
-        }
-    };
-}
-
 /// Posts `request` to the HTTPS API; complete on its `success` answer.
 pub async fn send_http(
     http: &HttpTelemetry,
     request: &Request,
 ) -> Result<HttpReceipt, ulogger_cloud::Error> {
-    dispatch!(http, request)
+    http.post(request.app_id, &request.message).await
 }
 
 /// Publishes `request` on `client`'s connection; complete on the PUBACK.
@@ -450,29 +327,27 @@ pub async fn send_mqtt(
     client: &Client,
     request: &Request,
 ) -> Result<TelemetryReceipt, ulogger_cloud::Error> {
-    dispatch!(client, request)
+    client
+        .publish_telemetry(request.app_id, &request.message)
+        .await
 }
 
 /// `ulogger metrics`.
 pub fn metrics(global: Global, args: MetricsArgs) -> Result<(), Exit> {
     let file = args.send.connection.file()?;
     let app_id = app_id(&args.send, file)?;
-    let request = match &args.batch {
-        Some(path) => Request::MetricsBatch {
-            app_id,
-            devices: batch_file(path, batch::metrics)?,
-        },
-        None => Request::Metrics {
-            app_id,
-            serial: one_serial(args.serial.as_deref(), file)?,
-            metrics: args
-                .samples
+    let message = match &args.batch {
+        Some(path) => Telemetry::metrics_batch(batch_file(path, batch::metrics)?),
+        None => Telemetry::metrics(
+            one_serial(args.serial.as_deref(), file)?,
+            args.samples
                 .iter()
                 .map(|arg| samples::parse_metric(arg, args.timestamp))
                 .collect::<Result<_, _>>()
                 .map_err(bad_input)?,
-        },
+        ),
     };
+    let request = Request { app_id, message };
     run(global, &args.send, &request)
 }
 
@@ -480,22 +355,18 @@ pub fn metrics(global: Global, args: MetricsArgs) -> Result<(), Exit> {
 pub fn events(global: Global, args: EventsArgs) -> Result<(), Exit> {
     let file = args.send.connection.file()?;
     let app_id = app_id(&args.send, file)?;
-    let request = match &args.batch {
-        Some(path) => Request::EventsBatch {
-            app_id,
-            devices: batch_file(path, batch::events)?,
-        },
-        None => Request::Events {
-            app_id,
-            serial: one_serial(args.serial.as_deref(), file)?,
-            events: args
-                .events
+    let message = match &args.batch {
+        Some(path) => Telemetry::events_batch(batch_file(path, batch::events)?),
+        None => Telemetry::events(
+            one_serial(args.serial.as_deref(), file)?,
+            args.events
                 .iter()
                 .map(|arg| samples::parse_event(arg, args.timestamp))
                 .collect::<Result<_, _>>()
                 .map_err(bad_input)?,
-        },
+        ),
     };
+    let request = Request { app_id, message };
     run(global, &args.send, &request)
 }
 
@@ -504,25 +375,24 @@ pub fn events(global: Global, args: EventsArgs) -> Result<(), Exit> {
 pub fn heartbeat_command(global: Global, args: HeartbeatArgs) -> Result<(), Exit> {
     let file = args.send.connection.file()?;
     let app_id = app_id(&args.send, file)?;
-    let request = match args.serial.as_slice() {
-        [] | [_] => Request::Heartbeat {
-            app_id,
-            serial: one_serial(args.serial.first().map(String::as_str), file)?,
-            timestamp: args.timestamp,
-        },
+    let message = match args.serial.as_slice() {
+        [] | [_] => Telemetry::heartbeat(
+            one_serial(args.serial.first().map(String::as_str), file)?,
+            args.timestamp,
+        ),
         serials => {
             for serial in serials {
                 check_serial(serial)?;
             }
-            Request::MetricsBatch {
-                app_id,
-                devices: serials
+            Telemetry::metrics_batch(
+                serials
                     .iter()
                     .map(|s| DeviceMetrics::new(s.clone(), vec![heartbeat(args.timestamp)]))
                     .collect(),
-            }
+            )
         }
     };
+    let request = Request { app_id, message };
     run(global, &args.send, &request)
 }
 
@@ -530,7 +400,11 @@ pub fn heartbeat_command(global: Global, args: HeartbeatArgs) -> Result<(), Exit
 fn run(global: Global, args: &SendArgs, request: &Request) -> Result<(), Exit> {
     request.check(args.compression.into())?;
     let receipt = send(args, request)?;
-    let (list, devices, samples) = (request.list(), request.devices(), request.samples());
+    let (list, devices, samples) = (
+        request.list(),
+        request.message.devices(),
+        request.message.samples(),
+    );
     if global.json {
         let mut report = json!({
             "kind": list,
@@ -547,12 +421,12 @@ fn run(global: Global, args: &SendArgs, request: &Request) -> Result<(), Exit> {
                 report["attempts"] = json!(r.attempts);
             }
         }
-        if let Some(serial) = request.serial() {
+        if let Some(serial) = request.message.serial() {
             report["serial"] = json!(serial);
         }
         outln!("{report}");
     } else {
-        let whose = match request.serial() {
+        let whose = match request.message.serial() {
             Some(serial) => serial.to_owned(),
             None => format!("{devices} devices"),
         };

@@ -32,7 +32,8 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::store::SessionStore;
 use crate::wire::{
-    Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, LogConfig, Metric, TextEntry,
+    Compression, DeviceEvents, DeviceInfo, DeviceMetrics, Event, LogConfig, Metric, Telemetry,
+    TextEntry,
 };
 use crate::{
     MqttConfig, OutboxConfig, OutboxFailure, OutboxStatus, PublishReceipt, RecordId,
@@ -165,6 +166,16 @@ impl Client {
         self.runtime.block_on(self.inner.publish_core_dump(dump))
     }
 
+    /// See [`crate::Client::publish_telemetry`].
+    pub fn publish_telemetry(
+        &self,
+        app_id: u32,
+        message: &Telemetry,
+    ) -> Result<TelemetryReceipt, Error> {
+        self.runtime
+            .block_on(self.inner.publish_telemetry(app_id, message))
+    }
+
     /// See [`crate::Client::publish_metrics`].
     pub fn publish_metrics(
         &self,
@@ -246,6 +257,12 @@ impl Client {
     /// See [`crate::Client::enqueue_core_dump`].
     pub fn enqueue_core_dump(&self, dump: &[u8]) -> Result<RecordId, Error> {
         self.runtime.block_on(self.inner.enqueue_core_dump(dump))
+    }
+
+    /// See [`crate::Client::enqueue_telemetry`].
+    pub fn enqueue_telemetry(&self, app_id: u32, message: &Telemetry) -> Result<RecordId, Error> {
+        self.runtime
+            .block_on(self.inner.enqueue_telemetry(app_id, message))
     }
 
     /// See [`crate::Client::enqueue_metrics`].
@@ -390,9 +407,9 @@ impl Runtime {
     }
 }
 
-/// The Python SDK's free functions, blocking. See [`crate::upload_log`]
-/// and its siblings for what each does.
-pub use crate::oneshot::blocking::{
+/// The Python SDK's free functions, blocking. See [`crate::compat`]
+/// for what each does.
+pub use crate::compat::blocking::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, publish_events,
     publish_events_batch, publish_heartbeat, publish_metrics, publish_metrics_batch, upload_log,
 };

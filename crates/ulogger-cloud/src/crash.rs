@@ -25,8 +25,8 @@
 //! | `outbox-sync-segment` | a batch's fdatasync |
 //! | `outbox-write-acks` | an acks file's write |
 //! | `outbox-sync-acks` | an acks file's fdatasync |
-//! | `outbox-write-file` | a file the outbox replaces whole (repairs, `corrupt/`, status) |
-//! | `outbox-sync-file` | that file's fsync |
+//! | `write-file` | a file replaced whole (the outbox's repairs, `corrupt/` and status; the BLE gateway's records) |
+//! | `sync-file` | that file's fsync |
 
 /// Marks a named crash point.
 macro_rules! crash_point {

@@ -105,8 +105,15 @@ fn create_dir_all_with(
 /// renamed over `path`, then the directory fsynced. A crash at any point
 /// leaves either the old file whole or the new one whole; a failure
 /// removes the temporary file and is returned, never reported durable.
-/// The directory must exist (see [`create_dir_all`]).
+/// The directory must exist (see [`create_dir_all`]). Fault points
+/// `write-file` and `sync-file` (see the crate's crash points).
 pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace_file_with(path, contents, true)
+}
+
+/// [`replace_file`], with the syncs only when `sync` (an outbox in a
+/// temporary directory skips them: it dies with the process anyway).
+pub(crate) fn replace_file_with(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
     use std::io::Write;
     let dir = parent_of(path);
     let name = path.file_name().ok_or_else(|| {
@@ -124,15 +131,23 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
         options.mode(0o600);
     }
     let written = options.open(&tmp).and_then(|mut file| {
+        crate::crash::fault("write-file")?;
         file.write_all(contents)?;
-        file.sync_all()
+        if sync {
+            crate::crash::fault("sync-file")?;
+            file.sync_all()?;
+        }
+        Ok(())
     });
     let renamed = written.and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = renamed {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    sync_dir(dir)
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Removes `path` durably (its directory fsynced after). A file already

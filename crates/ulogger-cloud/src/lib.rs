@@ -26,6 +26,7 @@
 #[cfg(all(feature = "ble", target_os = "linux"))]
 pub mod ble;
 pub mod blocking;
+pub mod compat;
 /// The platform's wire formats, sans I/O: the [`ulogger_wire`] crate,
 /// re-exported so `ulogger_cloud::wire::...` paths keep working.
 pub use ulogger_wire as wire;
@@ -37,7 +38,6 @@ pub mod durable;
 mod error;
 mod http;
 mod link;
-mod oneshot;
 mod outbox;
 mod store;
 mod tls;
@@ -53,7 +53,10 @@ pub use config::{
 pub use error::{Error, ErrorKind, FileRole, Phase};
 pub use http::{HttpReceipt, HttpTelemetry, HttpTelemetryBuilder, DEFAULT_API_URL};
 pub use link::{IncomingMessage, LinkFuture, LinkInbox, MqttLink, RumqttcLink};
-pub use oneshot::{
+// The Python SDK's names at the root, as before: kept for one release,
+// then only in `compat` (decision 31).
+#[doc(hidden)]
+pub use compat::{
     get_or_fetch_token, get_session_token, publish_binary_log, publish_core_dump, publish_events,
     publish_events_batch, publish_heartbeat, publish_metrics, publish_metrics_batch, upload_log,
 };

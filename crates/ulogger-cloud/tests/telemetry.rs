@@ -156,7 +156,7 @@ fn the_sdk_named_free_functions_publish_telemetry_each_on_its_own_connection() {
     .unwrap();
     assert_ok(&rt.block_on(nth(&emu, RecordKind::Events, 1)), &r);
     let r = rt
-        .block_on(ulogger_cloud::publish_events(
+        .block_on(ulogger_cloud::compat::publish_events(
             &config,
             "SN-FREE",
             APP,
@@ -165,7 +165,7 @@ fn the_sdk_named_free_functions_publish_telemetry_each_on_its_own_connection() {
         .unwrap();
     assert_ok(&rt.block_on(nth(&emu, RecordKind::Events, 2)), &r);
     let r = rt
-        .block_on(ulogger_cloud::publish_metrics_batch(
+        .block_on(ulogger_cloud::compat::publish_metrics_batch(
             &config,
             APP,
             &[DeviceMetrics::new("SN-FREE", vec![Metric::new("v", 4.0)])],

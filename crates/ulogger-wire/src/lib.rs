@@ -16,7 +16,8 @@
 //! - BLE chunked transfer (§6): [`BlePull`] (and the older
 //!   [`ChunkReassembler`]); core-dump header (§10): [`CoreDumpHeader`].
 //! - Log configuration (§7): [`LogConfig`].
-//! - Metrics, events and heartbeats (§8): [`Metric`], [`Event`],
+//! - Metrics, events and heartbeats (§8): one message as a value,
+//!   [`Telemetry`]; its parts [`Metric`], [`Event`], and the builders
 //!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
 //! - Text logs (§12): [`TextEntry`], [`TextLevel`], [`text_log_batches`].
 
@@ -26,6 +27,7 @@ mod device_info;
 mod header;
 mod log_config;
 mod telemetry;
+mod telemetry_message;
 mod text_log;
 mod topic;
 
@@ -52,6 +54,7 @@ pub use telemetry::{
     DeviceEvents, DeviceMetrics, Event, Metric, MetricValue, TelemetryError, TelemetryPayload,
     COMPRESSION_THRESHOLD,
 };
+pub use telemetry_message::{Telemetry, TelemetryFamily};
 pub use text_log::{
     text_log_batches, text_log_batches_numbered, TextEntry, TextLevel, TextLogBatch, TextLogError,
 };

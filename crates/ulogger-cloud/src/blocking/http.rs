@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Runtime;
 use crate::error::Error;
-use crate::wire::{Compression, DeviceEvents, DeviceMetrics, Event, Metric};
+use crate::wire::{Compression, DeviceEvents, DeviceMetrics, Event, Metric, Telemetry};
 use crate::HttpReceipt;
 
 /// The blocking twin of [`crate::HttpTelemetry`], with the same methods.
@@ -100,6 +100,11 @@ impl HttpTelemetry {
         HttpTelemetryBuilder {
             inner: crate::HttpTelemetry::builder(api_token),
         }
+    }
+
+    /// See [`crate::HttpTelemetry::post`].
+    pub fn post(&self, app_id: u32, message: &Telemetry) -> Result<HttpReceipt, Error> {
+        self.runtime.block_on(self.inner.post(app_id, message))
     }
 
     /// See [`crate::HttpTelemetry::publish_metrics`].

@@ -8,7 +8,9 @@ use super::Client;
 use crate::error::Error;
 use crate::outbox::format::Kind;
 use crate::outbox::RecordId;
-use crate::wire::{self, DeviceEvents, DeviceMetrics, Event, Metric, TelemetryPayload};
+use crate::wire::{
+    DeviceEvents, DeviceMetrics, Event, Metric, Telemetry, TelemetryFamily, TelemetryPayload,
+};
 
 /// What the broker acknowledged for a metrics or events message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,96 +25,199 @@ pub struct TelemetryReceipt {
 }
 
 impl Client {
-    /// Publishes `metrics` of device `serial` to the metrics topic of
-    /// `app_id` and returns once the broker acknowledged it. The samples
-    /// are checked first (serial, at least one sample, finite values) and
-    /// compressed per [`ClientBuilder::telemetry_compression`](crate::ClientBuilder::telemetry_compression).
+    /// Publishes one telemetry message to the metrics or events topic of
+    /// `app_id` and returns once the broker acknowledged it. The message is
+    /// checked first (serials, at least one sample, finite values, size)
+    /// and compressed per
+    /// [`ClientBuilder::telemetry_compression`](crate::ClientBuilder::telemetry_compression).
+    /// A one-device message goes on that device's connection, after its
+    /// earlier messages; a batch on the next connection.
+    ///
+    /// ```no_run
+    /// use ulogger_cloud::{wire::{Metric, Telemetry}, Client, MqttConfig};
+    /// # async fn run() -> Result<(), ulogger_cloud::Error> {
+    /// let client = Client::builder(MqttConfig::new(42)).build()?;
+    /// let reading = Telemetry::metrics("SN-1", vec![Metric::new("temperature_c", 21.5)]);
+    /// client.publish_telemetry(7, &reading).await?;
+    /// client.publish_telemetry(7, &Telemetry::heartbeat("SN-1", None)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_telemetry(
+        &self,
+        app_id: u32,
+        message: &Telemetry,
+    ) -> Result<TelemetryReceipt, Error> {
+        let span = tracing::debug_span!(
+            "publish_telemetry",
+            serial = message.serial(),
+            app_id,
+            family = message.family().as_str(),
+            samples = message.samples()
+        );
+        async {
+            let topic = self.telemetry_topic(app_id, message.family())?;
+            let payload = message.payload(self.inner.telemetry_compression)?;
+            self.publish_payload(message.serial(), topic, payload).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Builds `message` exactly as [`Client::publish_telemetry`] does
+    /// (checked and compressed now) and stores it durably in the outbox;
+    /// returns its id once it is on disk. It is published in the
+    /// background, oldest first with the outbox's other records, and
+    /// removed on the broker's acknowledgement ([`Client::delivered`]
+    /// waits for that). Needs no connection;
+    /// [`ErrorKind::NoOutbox`](crate::ErrorKind::NoOutbox) without an outbox.
+    pub async fn enqueue_telemetry(
+        &self,
+        app_id: u32,
+        message: &Telemetry,
+    ) -> Result<RecordId, Error> {
+        self.telemetry_topic(app_id, message.family())?;
+        let payload = message.payload(self.inner.telemetry_compression)?;
+        let kind = match message.family() {
+            TelemetryFamily::Metrics => Kind::Metrics,
+            TelemetryFamily::Events => Kind::Events,
+        };
+        self.outbox()?
+            .append_telemetry(kind, app_id, message.serial().unwrap_or(""), &payload.bytes)
+            .await
+    }
+
+    /// Publishes `metrics` of device `serial`: shorthand for
+    /// [`Client::publish_telemetry`] with [`Telemetry::metrics`].
     pub async fn publish_metrics(
         &self,
         serial: &str,
         app_id: u32,
         metrics: &[Metric],
     ) -> Result<TelemetryReceipt, Error> {
-        let span = tracing::debug_span!("publish_metrics", serial, app_id, count = metrics.len());
-        async {
-            let topic = self.settings().topics.metrics(app_id)?;
-            let payload = wire::metrics_payload(serial, metrics, self.inner.telemetry_compression)?;
-            self.publish_telemetry(Some(serial), topic, payload).await
-        }
-        .instrument(span)
-        .await
+        self.publish_telemetry(app_id, &Telemetry::metrics(serial, metrics.to_vec()))
+            .await
     }
 
-    /// Publishes `events` of device `serial` to the events topic of
-    /// `app_id` (see [`Client::publish_metrics`]).
+    /// Publishes `events` of device `serial`: shorthand for
+    /// [`Client::publish_telemetry`] with [`Telemetry::events`].
     pub async fn publish_events(
         &self,
         serial: &str,
         app_id: u32,
         events: &[Event],
     ) -> Result<TelemetryReceipt, Error> {
-        let span = tracing::debug_span!("publish_events", serial, app_id, count = events.len());
-        async {
-            let topic = self.settings().topics.events(app_id)?;
-            let payload = wire::events_payload(serial, events, self.inner.telemetry_compression)?;
-            self.publish_telemetry(Some(serial), topic, payload).await
-        }
-        .instrument(span)
-        .await
+        self.publish_telemetry(app_id, &Telemetry::events(serial, events.to_vec()))
+            .await
     }
 
-    /// Says that device `serial` is alive: publishes the heartbeat metric
-    /// ([`Metric::heartbeat`]), timestamped when `timestamp` (seconds since
-    /// the epoch) is given.
+    /// Says that device `serial` is alive: shorthand for
+    /// [`Client::publish_telemetry`] with [`Telemetry::heartbeat`].
     pub async fn publish_heartbeat(
         &self,
         serial: &str,
         app_id: u32,
         timestamp: Option<u64>,
     ) -> Result<TelemetryReceipt, Error> {
-        let mut beat = Metric::heartbeat();
-        beat.timestamp = timestamp;
-        self.publish_metrics(serial, app_id, &[beat]).await
+        self.publish_telemetry(app_id, &Telemetry::heartbeat(serial, timestamp))
+            .await
     }
 
-    /// Publishes many devices' metrics in one message to the metrics topic
-    /// of `app_id`; an entry's own `app_id` overrides the topic's for that
-    /// device. Every entry is checked before anything is sent.
+    /// Publishes many devices' metrics in one message (an entry's own
+    /// `app_id` overrides the topic's for that device): shorthand for
+    /// [`Client::publish_telemetry`] with [`Telemetry::metrics_batch`].
     pub async fn publish_metrics_batch(
         &self,
         app_id: u32,
         devices: &[DeviceMetrics],
     ) -> Result<TelemetryReceipt, Error> {
-        let span = tracing::debug_span!("publish_metrics_batch", app_id, devices = devices.len());
-        async {
-            let topic = self.settings().topics.metrics(app_id)?;
-            let payload = wire::metrics_batch_payload(devices, self.inner.telemetry_compression)?;
-            self.publish_telemetry(None, topic, payload).await
-        }
-        .instrument(span)
-        .await
+        self.publish_telemetry(app_id, &Telemetry::metrics_batch(devices.to_vec()))
+            .await
     }
 
-    /// Publishes many devices' events in one message (see
-    /// [`Client::publish_metrics_batch`]).
+    /// Publishes many devices' events in one message: shorthand for
+    /// [`Client::publish_telemetry`] with [`Telemetry::events_batch`].
     pub async fn publish_events_batch(
         &self,
         app_id: u32,
         devices: &[DeviceEvents],
     ) -> Result<TelemetryReceipt, Error> {
-        let span = tracing::debug_span!("publish_events_batch", app_id, devices = devices.len());
-        async {
-            let topic = self.settings().topics.events(app_id)?;
-            let payload = wire::events_batch_payload(devices, self.inner.telemetry_compression)?;
-            self.publish_telemetry(None, topic, payload).await
-        }
-        .instrument(span)
-        .await
+        self.publish_telemetry(app_id, &Telemetry::events_batch(devices.to_vec()))
+            .await
+    }
+
+    /// Stores device `serial`'s metrics in the outbox: shorthand for
+    /// [`Client::enqueue_telemetry`] with [`Telemetry::metrics`].
+    pub async fn enqueue_metrics(
+        &self,
+        serial: &str,
+        app_id: u32,
+        metrics: &[Metric],
+    ) -> Result<RecordId, Error> {
+        self.enqueue_telemetry(app_id, &Telemetry::metrics(serial, metrics.to_vec()))
+            .await
+    }
+
+    /// Stores device `serial`'s events in the outbox: shorthand for
+    /// [`Client::enqueue_telemetry`] with [`Telemetry::events`].
+    pub async fn enqueue_events(
+        &self,
+        serial: &str,
+        app_id: u32,
+        events: &[Event],
+    ) -> Result<RecordId, Error> {
+        self.enqueue_telemetry(app_id, &Telemetry::events(serial, events.to_vec()))
+            .await
+    }
+
+    /// Stores a heartbeat of device `serial` in the outbox: shorthand for
+    /// [`Client::enqueue_telemetry`] with [`Telemetry::heartbeat`]. A
+    /// heartbeat delivered late says when the device was alive only if it
+    /// carries its `timestamp`.
+    pub async fn enqueue_heartbeat(
+        &self,
+        serial: &str,
+        app_id: u32,
+        timestamp: Option<u64>,
+    ) -> Result<RecordId, Error> {
+        self.enqueue_telemetry(app_id, &Telemetry::heartbeat(serial, timestamp))
+            .await
+    }
+
+    /// Stores many devices' metrics as one message in the outbox:
+    /// shorthand for [`Client::enqueue_telemetry`] with
+    /// [`Telemetry::metrics_batch`].
+    pub async fn enqueue_metrics_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceMetrics],
+    ) -> Result<RecordId, Error> {
+        self.enqueue_telemetry(app_id, &Telemetry::metrics_batch(devices.to_vec()))
+            .await
+    }
+
+    /// Stores many devices' events as one message in the outbox:
+    /// shorthand for [`Client::enqueue_telemetry`] with
+    /// [`Telemetry::events_batch`].
+    pub async fn enqueue_events_batch(
+        &self,
+        app_id: u32,
+        devices: &[DeviceEvents],
+    ) -> Result<RecordId, Error> {
+        self.enqueue_telemetry(app_id, &Telemetry::events_batch(devices.to_vec()))
+            .await
+    }
+
+    fn telemetry_topic(&self, app_id: u32, family: TelemetryFamily) -> Result<String, Error> {
+        let topics = &self.settings().topics;
+        Ok(match family {
+            TelemetryFamily::Metrics => topics.metrics(app_id)?,
+            TelemetryFamily::Events => topics.events(app_id)?,
+        })
     }
 
     /// Publishes on the connection of device `serial` (its messages keep
     /// their order), or on the next one for a batch.
-    async fn publish_telemetry(
+    async fn publish_payload(
         &self,
         serial: Option<&str>,
         topic: String,
@@ -131,92 +236,6 @@ impl Client {
             size: receipt.size,
             compressed,
         })
-    }
-
-    /// Builds the metrics message of device `serial` exactly as
-    /// [`Client::publish_metrics`] does (checked and compressed now) and
-    /// stores it durably in the outbox; returns its id once it is on disk.
-    /// It is published in the background, oldest first with the outbox's
-    /// other records, and removed on the broker's acknowledgement
-    /// ([`Client::delivered`] waits for that). Needs no connection;
-    /// [`ErrorKind::NoOutbox`](crate::ErrorKind::NoOutbox) without an outbox.
-    pub async fn enqueue_metrics(
-        &self,
-        serial: &str,
-        app_id: u32,
-        metrics: &[Metric],
-    ) -> Result<RecordId, Error> {
-        self.settings().topics.metrics(app_id)?;
-        let payload = wire::metrics_payload(serial, metrics, self.inner.telemetry_compression)?;
-        self.enqueue_telemetry(Kind::Metrics, app_id, serial, payload)
-            .await
-    }
-
-    /// Stores device `serial`'s events in the outbox (see
-    /// [`Client::enqueue_metrics`]).
-    pub async fn enqueue_events(
-        &self,
-        serial: &str,
-        app_id: u32,
-        events: &[Event],
-    ) -> Result<RecordId, Error> {
-        self.settings().topics.events(app_id)?;
-        let payload = wire::events_payload(serial, events, self.inner.telemetry_compression)?;
-        self.enqueue_telemetry(Kind::Events, app_id, serial, payload)
-            .await
-    }
-
-    /// Stores a heartbeat of device `serial` in the outbox (see
-    /// [`Client::publish_heartbeat`] and [`Client::enqueue_metrics`]). A
-    /// heartbeat delivered late says when the device was alive only if it
-    /// carries its `timestamp`.
-    pub async fn enqueue_heartbeat(
-        &self,
-        serial: &str,
-        app_id: u32,
-        timestamp: Option<u64>,
-    ) -> Result<RecordId, Error> {
-        let mut beat = Metric::heartbeat();
-        beat.timestamp = timestamp;
-        self.enqueue_metrics(serial, app_id, &[beat]).await
-    }
-
-    /// Stores many devices' metrics as one message in the outbox (see
-    /// [`Client::publish_metrics_batch`] and [`Client::enqueue_metrics`]).
-    pub async fn enqueue_metrics_batch(
-        &self,
-        app_id: u32,
-        devices: &[DeviceMetrics],
-    ) -> Result<RecordId, Error> {
-        self.settings().topics.metrics(app_id)?;
-        let payload = wire::metrics_batch_payload(devices, self.inner.telemetry_compression)?;
-        self.enqueue_telemetry(Kind::Metrics, app_id, "", payload)
-            .await
-    }
-
-    /// Stores many devices' events as one message in the outbox (see
-    /// [`Client::enqueue_metrics_batch`]).
-    pub async fn enqueue_events_batch(
-        &self,
-        app_id: u32,
-        devices: &[DeviceEvents],
-    ) -> Result<RecordId, Error> {
-        self.settings().topics.events(app_id)?;
-        let payload = wire::events_batch_payload(devices, self.inner.telemetry_compression)?;
-        self.enqueue_telemetry(Kind::Events, app_id, "", payload)
-            .await
-    }
-
-    async fn enqueue_telemetry(
-        &self,
-        kind: Kind,
-        app_id: u32,
-        serial: &str,
-        payload: TelemetryPayload,
-    ) -> Result<RecordId, Error> {
-        self.outbox()?
-            .append_telemetry(kind, app_id, serial, &payload.bytes)
-            .await
     }
 
     /// Publishes a telemetry message stored in the outbox, as it was

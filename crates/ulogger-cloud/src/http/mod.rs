@@ -17,7 +17,9 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Phase};
-use crate::wire::{self, Compression, DeviceEvents, DeviceMetrics, Event, Metric};
+use crate::wire::{
+    self, Compression, DeviceEvents, DeviceMetrics, Event, Metric, Telemetry, TelemetryFamily,
+};
 use body::Body;
 use retry::LONGEST_WAIT;
 use token::ApiToken;
@@ -282,98 +284,97 @@ impl HttpTelemetry {
         }
     }
 
-    /// Posts `metrics` of device `serial` for application `app_id` to
-    /// `/publish/metrics` and returns once the API accepted them. The
-    /// samples are checked first (serial, at least one sample, finite
-    /// values); nothing is sent when they are wrong.
+    /// Posts one telemetry message for application `app_id` to
+    /// `/publish/metrics` or `/publish/events` (its
+    /// [`family`](Telemetry::family)) and returns once the API accepted it.
+    /// The message is checked first (serials, at least one sample, finite
+    /// values, size); nothing is sent when it is wrong. Failed attempts
+    /// are retried as [`HttpTelemetryBuilder::retries`] says.
+    ///
+    /// ```no_run
+    /// use ulogger_cloud::{wire::Telemetry, HttpTelemetry};
+    /// # async fn run() -> Result<(), ulogger_cloud::Error> {
+    /// let http = HttpTelemetry::builder("ulg_0123456789abcdef").build()?;
+    /// http.post(7, &Telemetry::heartbeat("SN-1", None)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn post(&self, app_id: u32, message: &Telemetry) -> Result<HttpReceipt, Error> {
+        let span = tracing::debug_span!(
+            "http_post_telemetry",
+            serial = message.serial(),
+            app_id,
+            family = message.family().as_str(),
+            samples = message.samples()
+        );
+        async {
+            let body = self.body(|c| message.payload(c), app_id)?;
+            let endpoint = match message.family() {
+                TelemetryFamily::Metrics => Endpoint::Metrics,
+                TelemetryFamily::Events => Endpoint::Events,
+            };
+            self.post_body(endpoint, body).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Posts `metrics` of device `serial`: shorthand for
+    /// [`HttpTelemetry::post`] with [`Telemetry::metrics`].
     pub async fn publish_metrics(
         &self,
         serial: &str,
         app_id: u32,
         metrics: &[Metric],
     ) -> Result<HttpReceipt, Error> {
-        let span = tracing::debug_span!(
-            "http_publish_metrics",
-            serial,
-            app_id,
-            count = metrics.len()
-        );
-        async {
-            let body = self.body(|c| wire::metrics_payload(serial, metrics, c), app_id)?;
-            self.post(Endpoint::Metrics, body).await
-        }
-        .instrument(span)
-        .await
+        self.post(app_id, &Telemetry::metrics(serial, metrics.to_vec()))
+            .await
     }
 
-    /// Posts `events` of device `serial` to `/publish/events` (see
-    /// [`HttpTelemetry::publish_metrics`]).
+    /// Posts `events` of device `serial`: shorthand for
+    /// [`HttpTelemetry::post`] with [`Telemetry::events`].
     pub async fn publish_events(
         &self,
         serial: &str,
         app_id: u32,
         events: &[Event],
     ) -> Result<HttpReceipt, Error> {
-        let span =
-            tracing::debug_span!("http_publish_events", serial, app_id, count = events.len());
-        async {
-            let body = self.body(|c| wire::events_payload(serial, events, c), app_id)?;
-            self.post(Endpoint::Events, body).await
-        }
-        .instrument(span)
-        .await
+        self.post(app_id, &Telemetry::events(serial, events.to_vec()))
+            .await
     }
 
-    /// Says that device `serial` is alive: posts the heartbeat metric
-    /// ([`Metric::heartbeat`]), timestamped when `timestamp` (seconds
-    /// since the epoch) is given.
+    /// Says that device `serial` is alive: shorthand for
+    /// [`HttpTelemetry::post`] with [`Telemetry::heartbeat`].
     pub async fn publish_heartbeat(
         &self,
         serial: &str,
         app_id: u32,
         timestamp: Option<u64>,
     ) -> Result<HttpReceipt, Error> {
-        let mut beat = Metric::heartbeat();
-        beat.timestamp = timestamp;
-        self.publish_metrics(serial, app_id, &[beat]).await
+        self.post(app_id, &Telemetry::heartbeat(serial, timestamp))
+            .await
     }
 
-    /// Posts many devices' metrics in one request for application
-    /// `app_id`; an entry's own `app_id` overrides it for that device.
-    /// Every entry is checked before anything is sent.
+    /// Posts many devices' metrics in one request (an entry's own
+    /// `app_id` overrides `app_id` for that device): shorthand for
+    /// [`HttpTelemetry::post`] with [`Telemetry::metrics_batch`].
     pub async fn publish_metrics_batch(
         &self,
         app_id: u32,
         devices: &[DeviceMetrics],
     ) -> Result<HttpReceipt, Error> {
-        let span = tracing::debug_span!(
-            "http_publish_metrics_batch",
-            app_id,
-            devices = devices.len()
-        );
-        async {
-            let body = self.body(|c| wire::metrics_batch_payload(devices, c), app_id)?;
-            self.post(Endpoint::Metrics, body).await
-        }
-        .instrument(span)
-        .await
+        self.post(app_id, &Telemetry::metrics_batch(devices.to_vec()))
+            .await
     }
 
-    /// Posts many devices' events in one request (see
-    /// [`HttpTelemetry::publish_metrics_batch`]).
+    /// Posts many devices' events in one request: shorthand for
+    /// [`HttpTelemetry::post`] with [`Telemetry::events_batch`].
     pub async fn publish_events_batch(
         &self,
         app_id: u32,
         devices: &[DeviceEvents],
     ) -> Result<HttpReceipt, Error> {
-        let span =
-            tracing::debug_span!("http_publish_events_batch", app_id, devices = devices.len());
-        async {
-            let body = self.body(|c| wire::events_batch_payload(devices, c), app_id)?;
-            self.post(Endpoint::Events, body).await
-        }
-        .instrument(span)
-        .await
+        self.post(app_id, &Telemetry::events_batch(devices.to_vec()))
+            .await
     }
 
     fn body(
@@ -384,7 +385,7 @@ impl HttpTelemetry {
         body::build(make, app_id, self.inner.group_id, self.inner.compression)
     }
 
-    async fn post(&self, endpoint: Endpoint, body: Body) -> Result<HttpReceipt, Error> {
+    async fn post_body(&self, endpoint: Endpoint, body: Body) -> Result<HttpReceipt, Error> {
         let inner = &self.inner;
         let url = match endpoint {
             Endpoint::Metrics => &inner.metrics_url,

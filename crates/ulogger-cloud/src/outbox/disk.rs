@@ -304,27 +304,9 @@ fn set_aside(
     write_replacing(&path, bytes, durable)
 }
 
-/// Replaces `path` with `bytes` atomically (temporary file, rename).
+/// Replaces `path` with `bytes` atomically (see [`durable::replace_file`]).
 fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        crate::crash::fault("outbox-write-file")?;
-        file.write_all(bytes)?;
-        if durable {
-            crate::crash::fault("outbox-sync-file")?;
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if durable {
-            durable::sync_dir(durable::parent_of(path))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io_error("write", path, e))
+    durable::replace_file_with(path, bytes, durable).map_err(|e| io_error("write", path, e))
 }
 
 /// Removes a segment's files, its records first: if they cannot go, its

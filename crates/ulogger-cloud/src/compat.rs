@@ -1,8 +1,13 @@
-//! The Python SDK's free functions: each connects, does one job and closes.
+//! The Python SDK's free functions, by its names: each connects, does one
+//! job and closes.
 //!
 //! They keep code ported from the Python SDK reading the same. A gateway
 //! that uploads more than now and then should hold one [`Client`] instead:
-//! it keeps its connection open between uploads.
+//! it keeps its connection open between uploads, and sends any telemetry
+//! message ([`Telemetry`](crate::wire::Telemetry)) with one call,
+//! [`Client::publish_telemetry`]. Blocking versions are in
+//! [`crate::blocking`]. (Until the next release these names are also at the
+//! crate root, where they used to be.)
 
 use std::sync::Arc;
 
@@ -185,7 +190,7 @@ pub(crate) mod blocking {
             .block_on(future)
     }
 
-    /// Blocking [`crate::upload_log`].
+    /// Blocking [`crate::compat::upload_log`].
     pub fn upload_log(
         config: &MqttConfig,
         device: &DeviceInfo,
@@ -195,7 +200,7 @@ pub(crate) mod blocking {
         run(super::upload_log(config, device, log, store))
     }
 
-    /// Blocking [`crate::get_or_fetch_token`].
+    /// Blocking [`crate::compat::get_or_fetch_token`].
     pub fn get_or_fetch_token(
         config: &MqttConfig,
         device: &DeviceInfo,
@@ -204,12 +209,12 @@ pub(crate) mod blocking {
         run(super::get_or_fetch_token(config, device, store))
     }
 
-    /// Blocking [`crate::get_session_token`].
+    /// Blocking [`crate::compat::get_session_token`].
     pub fn get_session_token(config: &MqttConfig, device: &DeviceInfo) -> Result<u32, Error> {
         run(super::get_session_token(config, device))
     }
 
-    /// Blocking [`crate::publish_binary_log`].
+    /// Blocking [`crate::compat::publish_binary_log`].
     pub fn publish_binary_log(
         config: &MqttConfig,
         app_id: u32,
@@ -218,7 +223,7 @@ pub(crate) mod blocking {
         run(super::publish_binary_log(config, app_id, log))
     }
 
-    /// Blocking [`crate::publish_core_dump`].
+    /// Blocking [`crate::compat::publish_core_dump`].
     pub fn publish_core_dump(
         config: &MqttConfig,
         dump: impl Into<Bytes>,
@@ -226,7 +231,7 @@ pub(crate) mod blocking {
         run(super::publish_core_dump(config, dump))
     }
 
-    /// Blocking [`crate::publish_metrics`].
+    /// Blocking [`crate::compat::publish_metrics`].
     pub fn publish_metrics(
         config: &MqttConfig,
         serial: &str,
@@ -236,7 +241,7 @@ pub(crate) mod blocking {
         run(super::publish_metrics(config, serial, app_id, metrics))
     }
 
-    /// Blocking [`crate::publish_events`].
+    /// Blocking [`crate::compat::publish_events`].
     pub fn publish_events(
         config: &MqttConfig,
         serial: &str,
@@ -246,7 +251,7 @@ pub(crate) mod blocking {
         run(super::publish_events(config, serial, app_id, events))
     }
 
-    /// Blocking [`crate::publish_heartbeat`].
+    /// Blocking [`crate::compat::publish_heartbeat`].
     pub fn publish_heartbeat(
         config: &MqttConfig,
         serial: &str,
@@ -256,7 +261,7 @@ pub(crate) mod blocking {
         run(super::publish_heartbeat(config, serial, app_id, timestamp))
     }
 
-    /// Blocking [`crate::publish_metrics_batch`].
+    /// Blocking [`crate::compat::publish_metrics_batch`].
     pub fn publish_metrics_batch(
         config: &MqttConfig,
         app_id: u32,
@@ -265,7 +270,7 @@ pub(crate) mod blocking {
         run(super::publish_metrics_batch(config, app_id, devices))
     }
 
-    /// Blocking [`crate::publish_events_batch`].
+    /// Blocking [`crate::compat::publish_events_batch`].
     pub fn publish_events_batch(
         config: &MqttConfig,
         app_id: u32,
