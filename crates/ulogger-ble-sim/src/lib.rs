@@ -16,7 +16,7 @@
 //!
 //! Notifications reach clients as BlueZ sends them: `PropertiesChanged` on
 //! `Value` after `StartNotify`, or datagrams on `AcquireNotify`'s socket;
-//! writes come through `WriteValue` or `AcquireWrite`'s socket. Decision 24
+//! writes come through `WriteValue` or `AcquireWrite`'s socket. Decision 26
 //! in `docs/decisions.md` lists what of BlueZ is reproduced and what not.
 //!
 //! ```no_run

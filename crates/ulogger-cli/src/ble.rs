@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 use ulogger_cloud::ble::{pull_device, Address, PullOptions};
-use ulogger_cloud::{Client, ErrorKind, OutboxConfig};
+use ulogger_cloud::wire::PullConfig;
+use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId, RecordState};
 
 use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
@@ -45,6 +46,12 @@ pub struct PullArgs {
     /// or the next command on this outbox to send.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     deliver_timeout: u64,
+    /// Milliseconds of silence after asking for data (and after the logs,
+    /// before a core dump) that mean the device has nothing (more) to send.
+    /// The device's own core dump follows its logs after about 100 ms.
+    #[arg(long, default_value_t = 3000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(100..))]
+    first_chunk_timeout: u64,
 }
 
 /// Runs `ulogger ble ...`.
@@ -90,7 +97,20 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
             ErrorKind::OutboxLocked { .. } => Exit::new(Failure::BadInput, e),
             _ => exit::from_cloud(e),
         })?;
-    let options = PullOptions::new().rejected_dir(&rejected);
+    // What an earlier run stored and did not deliver (it was killed, or
+    // the cloud was away), listed before this run adds to it.
+    let earlier: Vec<RecordId> = match client.outbox() {
+        Ok(outbox) => outbox
+            .records()
+            .into_iter()
+            .filter(|r| !matches!(r.state, RecordState::Dead { .. }))
+            .map(|r| r.id)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let options = PullOptions::new().rejected_dir(&rejected).pull(
+        PullConfig::new().first_chunk_timeout(Duration::from_millis(args.first_chunk_timeout)),
+    );
     let outcome = pull_device(&client, &args.adapter, address, options).await;
     let report = match outcome {
         Ok(report) => report,
@@ -105,14 +125,24 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
         tracing::warn!(kind = ?rejected.kind, reason = %rejected.reason, file = ?rejected.file, "a buffer from the device was refused: kept apart, not sent");
     }
     // Delivery is the outbox's business; waiting here only makes the
-    // summary say whether it happened already.
+    // summary say whether it happened already. What an earlier run left
+    // is waited for too: this run owns the outbox now, and a gateway
+    // restarted after a crash must finish what it made durable.
+    let ours: Vec<RecordId> = report.stored.iter().map(|s| s.record).collect();
     let limit = Duration::from_secs(args.deliver_timeout);
-    let mut delivered = 0usize;
+    let (mut delivered, mut delivered_earlier) = (0usize, 0usize);
     let waited = tokio::time::timeout(limit, async {
-        for stored in &report.stored {
-            match client.delivered(stored.record).await {
+        // Oldest first, the order of delivery, so each wait starts before
+        // its outcome could leave the outbox's memory of recent ones.
+        for (record, left_earlier) in earlier
+            .iter()
+            .map(|id| (*id, true))
+            .chain(ours.iter().map(|id| (*id, false)))
+        {
+            match client.delivered(record).await {
+                Ok(()) if left_earlier => delivered_earlier += 1,
                 Ok(()) => delivered += 1,
-                Err(e) => tracing::warn!(record = %stored.record, error = %exit::message(&e), "not delivered"),
+                Err(e) => tracing::warn!(%record, error = %exit::message(&e), "not delivered"),
             }
         }
     })
@@ -121,7 +151,7 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
         tracing::info!("delivery still under way after {limit:?}; the rest stays in the outbox");
     }
     client.shutdown().await;
-    let pending = report.stored.len() - delivered;
+    let pending = report.stored.len() - delivered + earlier.len() - delivered_earlier;
     if global.json {
         outln!(
             "{}",
@@ -130,6 +160,7 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
                 "app_id": report.device.app_id,
                 "stored": report.stored.len(),
                 "delivered": delivered,
+                "earlier_delivered": delivered_earlier,
                 "pending": pending,
                 "rejected": report.rejected.len(),
                 "rejected_files": report.rejected.iter().filter_map(|r| r.file.as_ref()).collect::<Vec<_>>(),
@@ -140,7 +171,11 @@ async fn pull(global: Global, args: PullArgs) -> Result<(), Exit> {
             })
         );
     } else {
-        outln!("{report}; {delivered} delivered, {pending} left in the outbox");
+        let earlier = match delivered_earlier {
+            0 => String::new(),
+            n => format!(" ({n} stored by an earlier run delivered too)"),
+        };
+        outln!("{report}; {delivered} delivered, {pending} left in the outbox{earlier}");
     }
     Ok(())
 }

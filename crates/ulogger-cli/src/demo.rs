@@ -22,10 +22,16 @@ pub struct Args {
     /// Keep the emulator's records and certificates in DIR (default: a
     /// temporary directory, removed at exit).
     #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
+    /// Show the Bluetooth LE path instead: simulated devices on a
+    /// simulated BlueZ (a private `dbus-daemon`), pulled by the gateway
+    /// into a durable outbox and delivered to the local cloud.
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    #[arg(long)]
+    ble: bool,
 }
 
-const CUSTOMER_ID: u32 = 1001;
+pub(crate) const CUSTOMER_ID: u32 = 1001;
 
 /// A device as its BLE config characteristic would describe it.
 fn demo_device() -> DeviceInfo {
@@ -45,13 +51,17 @@ fn demo_log(sequence: u8) -> Result<Vec<u8>, Exit> {
     build_log(header, &data).map_err(|e| Exit::new(Failure::Internal, e))
 }
 
-fn step(global: Global, text: &str) {
+pub(crate) fn step(global: Global, text: &str) {
     if !global.json {
         outln!("{text}");
     }
 }
 
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    if args.ble {
+        return crate::demo_ble::run(global, &args);
+    }
     let mut config = EmulatorConfig::new(CUSTOMER_ID);
     if let Some(dir) = &args.data {
         config = config.data_dir(dir);
@@ -174,22 +184,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         );
     } else {
         outln!("6. What the cloud received:");
-        for record in &received {
-            outln!(
-                "   {:<11} {:<26} serial={:<10} token={:<10} {:>5} bytes  {}",
-                kind_name(record.kind),
-                record.topic,
-                record.serial.as_deref().unwrap_or("-"),
-                record
-                    .token
-                    .map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                record.size,
-                match &record.reason {
-                    None => "ok".to_owned(),
-                    Some(reason) => format!("REJECTED: {reason}"),
-                },
-            );
-        }
+        print_records(&received);
         match &args.data {
             Some(dir) => outln!(
                 "   Records: {} (payloads beside it)",
@@ -205,6 +200,26 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         ));
     }
     Ok(())
+}
+
+/// The cloud's records as a table, one line each.
+pub(crate) fn print_records(records: &[Record]) {
+    for record in records {
+        outln!(
+            "   {:<11} {:<26} serial={:<10} token={:<10} {:>5} bytes  {}",
+            kind_name(record.kind),
+            record.topic,
+            record.serial.as_deref().unwrap_or("-"),
+            record
+                .token
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            record.size,
+            match &record.reason {
+                None => "ok".to_owned(),
+                Some(reason) => format!("REJECTED: {reason}"),
+            },
+        );
+    }
 }
 
 fn kind_name(kind: RecordKind) -> &'static str {
@@ -223,6 +238,6 @@ fn kind_name(kind: RecordKind) -> &'static str {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -26,6 +26,8 @@ mod ble;
 mod check;
 mod connection;
 mod demo;
+#[cfg(all(feature = "ble", target_os = "linux"))]
+mod demo_ble;
 mod device;
 mod docs;
 mod emulator;

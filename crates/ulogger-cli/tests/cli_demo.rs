@@ -77,3 +77,89 @@ fn demo_keeps_its_records_when_given_a_data_dir() {
         "{index}"
     );
 }
+
+/// Whether `dbus-daemon` is on `PATH`. Without it the BLE demo cannot run
+/// here; that skips its test, except under `CI=true`, where it fails.
+#[cfg(all(feature = "ble", target_os = "linux"))]
+fn have_dbus_daemon() -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("dbus-daemon").is_file())
+    });
+    if !found {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "dbus-daemon is missing (install the dbus-daemon package)"
+        );
+        eprintln!("skipped: dbus-daemon is not installed");
+    }
+    found
+}
+
+#[cfg(all(feature = "ble", target_os = "linux"))]
+#[test]
+fn ble_demo_pulls_every_simulated_device_and_the_cloud_gets_every_log_and_the_core_dump() {
+    if !have_dbus_daemon() {
+        return;
+    }
+    let out = demo(&["--json", "--ble"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["logs_delivered"], 3, "{report}");
+    assert_eq!(report["core_dumps_delivered"], 1, "{report}");
+    let devices = report["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 3);
+    for device in devices {
+        assert_eq!(device["logs"], 1, "{device}");
+        assert_eq!(device["erased"], true, "{device}");
+        assert_eq!(device["rejected"], 0, "{device}");
+    }
+    let records = report["cloud_records"].as_array().unwrap();
+    let logs: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "binary-log")
+        .collect();
+    assert_eq!(logs.len(), 3, "{records:?}");
+    let mut serials: Vec<&str> = logs.iter().map(|r| r["serial"].as_str().unwrap()).collect();
+    serials.sort_unstable();
+    assert_eq!(serials, ["DEMO-BLE-01", "DEMO-BLE-02", "DEMO-BLE-03"]);
+    for log in &logs {
+        assert_eq!(log["verdict"], "ok", "{log}");
+        assert!(
+            log["token"].as_u64().unwrap() > 0,
+            "the gateway patched a token in: {log}"
+        );
+    }
+    let dumps: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "core-dump")
+        .collect();
+    assert_eq!(dumps.len(), 1, "{records:?}");
+    assert_eq!(dumps[0]["verdict"], "ok", "{}", dumps[0]);
+}
+
+#[cfg(all(feature = "ble", target_os = "linux"))]
+#[test]
+fn ble_demo_without_dbus_daemon_names_the_package_to_install() {
+    let empty = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+        .args(["demo", "--ble"])
+        .env("PATH", empty.path())
+        .env("HOME", home.path())
+        .env("ULOGGER_HOME", home.path())
+        .env("ULOGGER_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`dbus-daemon` was not found") && stderr.contains("install the package"),
+        "{stderr}"
+    );
+}
