@@ -172,7 +172,7 @@ impl Gateway {
     }
 
     /// How long a device found not to be a uLogger device is left alone
-    /// (default 6 h). It is also never counted against the allow-lists.
+    /// (default 6 h).
     pub fn not_ulogger_hold(mut self, hold: Duration) -> Self {
         self.not_ulogger_hold = hold;
         self
@@ -505,9 +505,7 @@ impl State<'_> {
             }
             Err(_) => {
                 let failures = previous.saturating_add(1);
-                // Never sooner than a successful pull would come back.
-                let wait = self.gateway.backoff_after(failures);
-                (failures, wait)
+                (failures, self.gateway.backoff_after(failures))
             }
         };
         self.memory.insert(
@@ -552,5 +550,51 @@ impl State<'_> {
                 let _ = tokio::time::timeout(Duration::from_secs(5), device.disconnect()).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_its_upper_half_and_stays_bounded() {
+        let gateway =
+            Gateway::new("hci0").backoff(Duration::from_secs(5), Duration::from_secs(300));
+        for failures in 1..=200u32 {
+            let full = Duration::from_secs(5)
+                .saturating_mul(1 << failures.saturating_sub(1).min(20))
+                .min(Duration::from_secs(300));
+            for _ in 0..20 {
+                let wait = gateway.backoff_after(failures);
+                assert!(wait >= full / 2 && wait <= full, "{failures}: {wait:?}");
+            }
+        }
+        assert!(gateway.backoff_after(u32::MAX) <= Duration::from_secs(300));
+        assert!(gateway.backoff_after(0) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        let field = |g: Gateway| match g.check() {
+            Err(e) => match e.kind() {
+                ErrorKind::InvalidConfig { field, .. } => *field,
+                other => panic!("{other:?}"),
+            },
+            Ok(()) => panic!("accepted"),
+        };
+        assert_eq!(
+            field(Gateway::new("hci0").max_connections(0)),
+            "max_connections"
+        );
+        assert_eq!(
+            field(Gateway::new("hci0").rescan_interval(Duration::ZERO)),
+            "rescan_interval"
+        );
+        assert_eq!(
+            field(Gateway::new("hci0").backoff(Duration::from_secs(9), Duration::from_secs(1))),
+            "backoff"
+        );
+        assert!(Gateway::new("hci0").check().is_ok());
     }
 }
