@@ -315,7 +315,9 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let with_ble = false;
     let inbox = cli.inbox.clone().or_else(|| file.inbox.clone());
     if inbox.is_none() && !with_ble {
-        return Err(missing("inbox"));
+        let or_ble = cfg!(all(feature = "ble", target_os = "linux"))
+            .then(|| "or pass --ble to pull devices over Bluetooth LE without an inbox".to_owned());
+        return Err(missing("inbox").with_hint(or_ble));
     }
     let args = Service {
         inbox,
