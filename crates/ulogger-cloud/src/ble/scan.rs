@@ -122,7 +122,9 @@ pub(super) async fn describe(adapter: &Adapter, address: Address) -> Option<Seen
 
 /// Connects to `address` on adapter `adapter_name`, reads and decodes its
 /// `config` characteristic (PROTOCOL §4) and disconnects, within
-/// `timeout` in all. Nothing is pulled, acknowledged or erased.
+/// `timeout` in all. Nothing is pulled, acknowledged or erased. A device
+/// linked already (a pull under way in a gateway, say) is read over that
+/// link, which is left up.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), ulogger_cloud::Error> {
@@ -151,6 +153,10 @@ pub async fn identify(
     let adapter = session
         .adapter(adapter_name)
         .map_err(|e| ble("opening the adapter", e))?;
+    let linked_before = match adapter.device(address) {
+        Ok(device) => device.is_connected().await.unwrap_or(false),
+        Err(_) => false,
+    };
     let outcome = tokio::time::timeout(timeout, async {
         let device = connect(&adapter, address).await?;
         let gatt = find_gatt(&device).await?;
@@ -173,8 +179,12 @@ pub async fn identify(
             timeout,
         ))
     });
-    // Let the link go whatever happened: the device serves one central at
-    // a time and does not advertise while linked. Bounded, best effort.
+    // Let a link made here go whatever happened: the device serves one
+    // central at a time and does not advertise while linked. Bounded, best
+    // effort. A link that was there before is someone else's.
+    if linked_before {
+        return outcome;
+    }
     if let Ok(device) = adapter.device(address) {
         if device.is_connected().await.unwrap_or(false) {
             let _ = tokio::time::timeout(Duration::from_secs(5), device.disconnect()).await;
