@@ -1,6 +1,6 @@
 //! A gateway that runs for ever: keeps discovery on, picks devices, and
 //! pulls each of them with [`pull_device`] now and then, several at once,
-//! with backoff after failures (decision 31 in `docs/decisions.md`).
+//! with backoff after failures (decision 32 in `docs/decisions.md`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
