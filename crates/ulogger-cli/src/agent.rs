@@ -83,7 +83,9 @@ pub struct Args {
 #[cfg(all(feature = "ble", target_os = "linux"))]
 use crate::ble::AgentBle;
 
+// Never built where BLE is absent: the loop's BLE branch never fires.
 #[cfg(not(all(feature = "ble", target_os = "linux")))]
+#[allow(dead_code)]
 struct AgentBle;
 
 #[cfg(not(all(feature = "ble", target_os = "linux")))]
