@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,7 @@ pub struct SimulatedDevice {
     address_type: &'static str,
     rssi: i16,
     advertising_interval: Duration,
+    ulogger_service: bool,
     behaviour: Box<dyn DeviceBehaviour>,
 }
 
@@ -101,8 +102,18 @@ impl SimulatedDevice {
             address_type: "public",
             rssi: -60,
             advertising_interval: DEFAULT_ADVERTISING_INTERVAL,
+            ulogger_service: true,
             behaviour,
         }
+    }
+
+    /// The device is not a uLogger device: once connected it resolves no
+    /// uLogger service (no GATT objects at all, `UUIDs` empty), as a
+    /// phone or a headset a gateway meets while discovering. Its
+    /// behaviour is never read or written.
+    pub fn without_ulogger_service(mut self) -> Self {
+        self.ulogger_service = false;
+        self
     }
 
     /// The address is a random (static) one, as most BLE firmware uses.
@@ -181,9 +192,22 @@ struct Registry {
     adapter: Mutex<AdapterState>,
     devices: Mutex<Vec<Arc<Device>>>,
     temporary_timeout: Mutex<Duration>,
+    /// Devices connected now, and the most ever connected at once.
+    links: Mutex<(usize, usize)>,
 }
 
 impl Registry {
+    fn link_up(&self) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.0 += 1;
+        links.1 = links.1.max(links.0);
+    }
+
+    fn link_down(&self) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.0 = links.0.saturating_sub(1);
+    }
+
     fn adapter(&self) -> MutexGuard<'_, AdapterState> {
         self.adapter.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -202,6 +226,11 @@ struct Device {
     address_type: &'static str,
     rssi: i16,
     advertising_interval: Duration,
+    /// Whether connecting resolves the uLogger service.
+    ulogger_service: bool,
+    /// `Connect` calls, and those that made a link.
+    connect_attempts: AtomicU32,
+    connects: AtomicU32,
     path: OwnedObjectPath,
     state: Mutex<DeviceState>,
     /// Advertising within the adapter's reach (a fault switch).
@@ -476,6 +505,7 @@ impl FakeBluez {
             }),
             devices: Mutex::new(Vec::new()),
             temporary_timeout: Mutex::new(DEFAULT_TEMPORARY_TIMEOUT),
+            links: Mutex::new((0, 0)),
         });
         let adapter = AdapterIface {
             registry: registry.clone(),
@@ -523,6 +553,9 @@ impl FakeBluez {
             address_type: device.address_type,
             rssi: device.rssi,
             advertising_interval: device.advertising_interval,
+            ulogger_service: device.ulogger_service,
+            connect_attempts: AtomicU32::new(0),
+            connects: AtomicU32::new(0),
             state: Mutex::new(DeviceState {
                 behaviour: device.behaviour,
                 exported: false,
@@ -587,6 +620,25 @@ impl FakeBluez {
             .temporary_timeout
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = timeout;
+    }
+
+    /// How many devices have a link now.
+    pub fn connected_count(&self) -> usize {
+        self.registry
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    /// The most devices that had a link at the same time since the start:
+    /// what a gateway's cap on concurrent connections is checked against.
+    pub fn max_concurrent_connections(&self) -> usize {
+        self.registry
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
     }
 }
 
@@ -692,6 +744,17 @@ impl DeviceHandle {
         self.dev.state().connected
     }
 
+    /// How many `Connect` calls reached the device while it had no link,
+    /// failed ones included (a gateway's retries and backoff show here).
+    pub fn connect_attempts(&self) -> u32 {
+        self.dev.connect_attempts.load(Ordering::Relaxed)
+    }
+
+    /// How many links were made to the device.
+    pub fn connects(&self) -> u32 {
+        self.dev.connects.load(Ordering::Relaxed)
+    }
+
     /// Make `Connect` fail (as a device out of range or busy does) until
     /// switched off.
     pub fn set_fail_connects(&self, fail: bool) {
@@ -713,7 +776,7 @@ impl DeviceHandle {
                 export_device(self.conn.object_server(), &self.registry, &self.dev).await?;
             }
         } else {
-            disconnect(&self.conn, &self.dev).await?;
+            disconnect(&self.conn, &self.registry, &self.dev).await?;
         }
         Ok(())
     }
@@ -738,7 +801,7 @@ impl DeviceHandle {
     ///
     /// [`Error::DBus`] when the signals cannot be sent.
     pub async fn drop_link(&self) -> Result<(), Error> {
-        disconnect(&self.conn, &self.dev).await?;
+        disconnect(&self.conn, &self.registry, &self.dev).await?;
         Ok(())
     }
 }
@@ -988,7 +1051,7 @@ async fn unexport_device(server: &ObjectServer, dev: &Arc<Device>) -> zbus::Resu
 
 /// Link down, by either side: resets the device and tells clients in
 /// BlueZ's order (ServicesResolved, then Connected).
-async fn disconnect(conn: &Connection, dev: &Device) -> zbus::Result<()> {
+async fn disconnect(conn: &Connection, registry: &Registry, dev: &Device) -> zbus::Result<()> {
     {
         let mut state = dev.state();
         if !state.connected {
@@ -996,8 +1059,11 @@ async fn disconnect(conn: &Connection, dev: &Device) -> zbus::Result<()> {
         }
         state.connected = false;
         state.services_resolved = false;
-        state.behaviour.disconnect();
+        if dev.ulogger_service {
+            state.behaviour.disconnect();
+        }
     }
+    registry.link_down();
     dev.wake.notify_one();
     // bluetoothd closes acquired sockets with the link.
     for kind in [Acquired::Notify, Acquired::Write] {
@@ -1171,7 +1237,7 @@ impl AdapterIface {
         else {
             return Err(BluezError::DoesNotExist("Does Not Exist".into()));
         };
-        disconnect(conn, &dev).await?;
+        disconnect(conn, &self.registry, &dev).await?;
         forget_device(server, &dev).await?;
         // Still in range and advertising: a running discovery finds it again.
         let wanted = self.registry.adapter().wants(&dev);
@@ -1255,7 +1321,7 @@ impl AdapterIface {
             .await?;
         }
         for dev in self.registry.devices() {
-            disconnect(conn, &dev).await?;
+            disconnect(conn, &self.registry, &dev).await?;
         }
         Ok(())
     }
@@ -1335,12 +1401,17 @@ impl DeviceIface {
             if state.connected {
                 return Ok(());
             }
+            self.dev.connect_attempts.fetch_add(1, Ordering::Relaxed);
             if state.fail_connects || state.blocked || !self.dev.in_range.load(Ordering::Relaxed) {
                 // What bluetoothd reports when the connection attempt fails.
                 return Err(BluezError::Failed("le-connection-abort-by-local".into()));
             }
             state.connected = true;
-            state.behaviour.connect(Instant::now());
+            self.dev.connects.fetch_add(1, Ordering::Relaxed);
+            self.registry.link_up();
+            if self.dev.ulogger_service {
+                state.behaviour.connect(Instant::now());
+            }
         }
         self.dev.wake.notify_one();
         let path = self.dev.path.as_str();
@@ -1351,7 +1422,9 @@ impl DeviceIface {
             vec![("Connected", Variant::from(true))],
         )
         .await?;
-        export_gatt(server, &self.dev).await?;
+        if self.dev.ulogger_service {
+            export_gatt(server, &self.dev).await?;
+        }
         {
             let mut state = self.dev.state();
             if !state.connected {
@@ -1367,7 +1440,14 @@ impl DeviceIface {
             path,
             DEVICE_IFACE,
             vec![
-                ("UUIDs", Variant::from(vec![SERVICE_UUID.to_owned()])),
+                (
+                    "UUIDs",
+                    Variant::from(if self.dev.ulogger_service {
+                        vec![SERVICE_UUID.to_owned()]
+                    } else {
+                        Vec::new()
+                    }),
+                ),
                 ("ServicesResolved", Variant::from(true)),
             ],
         )
@@ -1389,7 +1469,7 @@ impl DeviceIface {
     }
 
     async fn disconnect(&self, #[zbus(connection)] conn: &Connection) -> Result<(), BluezError> {
-        disconnect(conn, &self.dev).await?;
+        disconnect(conn, &self.registry, &self.dev).await?;
         Ok(())
     }
 
@@ -1417,7 +1497,7 @@ impl DeviceIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BluezError> {
         if uuid.eq_ignore_ascii_case(SERVICE_UUID) {
-            disconnect(conn, &self.dev).await?;
+            disconnect(conn, &self.registry, &self.dev).await?;
             Ok(())
         } else {
             Err(BluezError::Failed(

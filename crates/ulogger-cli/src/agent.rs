@@ -50,7 +50,7 @@ pub struct Args {
     #[command(flatten)]
     connection: ConnectionArgs,
     /// The inbox: one folder per device, holding its identity and the
-    /// files to send (required).
+    /// files to send (required unless --ble).
     #[arg(long, env = "ULOGGER_INBOX", value_name = "DIR")]
     inbox: Option<PathBuf>,
     /// The durable outbox directory, owned by this agent while it runs
@@ -73,11 +73,46 @@ pub struct Args {
           require_equals = true, default_missing_value = "true",
           value_parser = crate::connection::boolish)]
     stamp_time: Option<bool>,
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    #[command(flatten)]
+    ble: crate::ble::AgentArgs,
+}
+
+/// The BLE side of the agent, or nothing where the `ble` feature is off
+/// (so the service loop is the same everywhere).
+#[cfg(all(feature = "ble", target_os = "linux"))]
+use crate::ble::AgentBle;
+
+// Never built where BLE is absent: the loop's BLE branch never fires.
+#[cfg(not(all(feature = "ble", target_os = "linux")))]
+#[allow(dead_code)]
+struct AgentBle;
+
+#[cfg(not(all(feature = "ble", target_os = "linux")))]
+impl AgentBle {
+    async fn next(&mut self) -> Result<Vec<(RecordId, String)>, Exit> {
+        std::future::pending().await
+    }
+
+    fn summary(&self) -> (serde_json::Value, String) {
+        (serde_json::Value::Null, String::new())
+    }
+
+    async fn stop(&mut self) {}
+}
+
+/// Waits for the BLE side's next outcome; never, without one.
+async fn next_ble(ble: &mut Option<AgentBle>) -> Result<Vec<(RecordId, String)>, Exit> {
+    match ble {
+        Some(ble) => ble.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The agent's settings, from flags, environment and config file.
 struct Service {
-    inbox: PathBuf,
+    /// None: BLE only.
+    inbox: Option<PathBuf>,
     outbox: PathBuf,
     rejected: Option<PathBuf>,
     scan_interval: u64,
@@ -276,12 +311,18 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
 async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> {
     // A bad config file is named before anything else is checked.
     let file = cli.connection.file()?;
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    let with_ble = cli.ble.enabled();
+    #[cfg(not(all(feature = "ble", target_os = "linux")))]
+    let with_ble = false;
+    let inbox = cli.inbox.clone().or_else(|| file.inbox.clone());
+    if inbox.is_none() && !with_ble {
+        let or_ble = cfg!(all(feature = "ble", target_os = "linux"))
+            .then(|| "or pass --ble to pull devices over Bluetooth LE without an inbox".to_owned());
+        return Err(missing("inbox").with_hint(or_ble));
+    }
     let args = Service {
-        inbox: cli
-            .inbox
-            .clone()
-            .or_else(|| file.inbox.clone())
-            .ok_or_else(|| missing("inbox"))?,
+        inbox,
         outbox: cli
             .outbox
             .clone()
@@ -292,15 +333,16 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
         summary_interval: cli.summary_interval.or(file.summary_interval).unwrap_or(60),
         stamp_time: cli.stamp_time.or(file.stamp_time).unwrap_or(false),
     };
-    if !args.inbox.is_dir() {
+    if let Some(inbox) = args.inbox.as_ref().filter(|i| !i.is_dir()) {
         return Err(Exit::new(
             Failure::BadInput,
-            anyhow::anyhow!("the inbox {} is not a directory", args.inbox.display()),
+            anyhow::anyhow!("the inbox {} is not a directory", inbox.display()),
         ));
     }
+    // Beside the inbox, or beside the outbox when there is none.
     let rejected = match &args.rejected {
         Some(dir) => dir.clone(),
-        None => std::path::absolute(&args.inbox)
+        None => std::path::absolute(args.inbox.as_ref().unwrap_or(&args.outbox))
             .context("cannot resolve the inbox path")?
             .with_file_name("rejected"),
     };
@@ -317,13 +359,25 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     event(
         global,
         "started",
-        json!({"inbox": args.inbox, "outbox": args.outbox, "rejected": rejected}),
+        json!({"inbox": args.inbox, "outbox": args.outbox, "rejected": rejected, "ble": with_ble}),
         &format!(
-            "agent started: inbox {}, outbox {}",
-            args.inbox.display(),
-            args.outbox.display()
+            "agent started: inbox {}, outbox {}{}",
+            args.inbox
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |i| i.display().to_string()),
+            args.outbox.display(),
+            if with_ble { ", pulling over BLE" } else { "" }
         ),
     );
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    let mut ble = if with_ble {
+        Some(AgentBle::start(global, &cli.ble, &client, &rejected)?)
+    } else {
+        None
+    };
+    #[cfg(not(all(feature = "ble", target_os = "linux")))]
+    let mut ble: Option<AgentBle> = None;
+    let mut fatal = None;
 
     let stop = stop.wait();
     tokio::pin!(stop);
@@ -343,9 +397,11 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                 break;
             }
             _ = scan.tick() => {
-                for (id, label) in take_inbox(global, &client, &args.inbox, &rejected, &mut warned, &mut unremovable).await {
-                    let client = client.clone();
-                    deliveries.spawn(async move { (id, label, client.delivered(id).await) });
+                if let Some(inbox) = &args.inbox {
+                    for (id, label) in take_inbox(global, &client, inbox, &rejected, &mut warned, &mut unremovable).await {
+                        let client = client.clone();
+                        deliveries.spawn(async move { (id, label, client.delivered(id).await) });
+                    }
                 }
                 // Checked with each scan, so a failure is said within one
                 // interval of its first attempt, at any verbosity.
@@ -364,7 +420,19 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                     }
                 }
             }
-            _ = summary.tick() => print_summary(global, &client),
+            pulled = next_ble(&mut ble) => match pulled {
+                Ok(records) => {
+                    for (id, label) in records {
+                        let client = client.clone();
+                        deliveries.spawn(async move { (id, label, client.delivered(id).await) });
+                    }
+                }
+                Err(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            },
+            _ = summary.tick() => print_summary(global, &client, ble.as_ref()),
         }
     }
     event(
@@ -373,9 +441,16 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
         json!({}),
         "stopping: deliveries under way finish or stay queued",
     );
+    // Pulls under way end (or are cut short) before the client stops.
+    if let Some(ble) = ble.as_mut() {
+        ble.stop().await;
+    }
     client.shutdown().await;
-    print_summary(global, &client);
-    Ok(())
+    print_summary(global, &client, ble.as_ref());
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Enqueues every ready file of the inbox; returns the records made, with
@@ -787,16 +862,21 @@ fn report_failure(global: Global, client: &Client, failures: &mut crate::outbox:
     event(global, kind, change.json(), &change.text());
 }
 
-fn print_summary(global: Global, client: &Client) {
+fn print_summary(global: Global, client: &Client, ble: Option<&AgentBle>) {
     let Ok(status) = client.outbox_status() else {
         return;
     };
+    let mut fields = crate::outbox::status_json(&status);
+    let (ble_fields, ble_text) = ble.map(AgentBle::summary).unwrap_or_default();
+    if let (Some(fields), false) = (fields.as_object_mut(), ble_fields.is_null()) {
+        fields.insert("ble".into(), ble_fields);
+    }
     event(
         global,
         "summary",
-        crate::outbox::status_json(&status),
+        fields,
         &format!(
-            "summary: {} queued, {} in flight, {} delivered, {} dead, {} evicted{}",
+            "summary: {} queued, {} in flight, {} delivered, {} dead, {} evicted{}{ble_text}",
             status.queued,
             status.in_flight,
             status.delivered,
@@ -819,7 +899,7 @@ fn print_summary(global: Global, client: &Client) {
 
 /// One line of the agent's log: JSON with `--json` (for journald and log
 /// shippers), text otherwise.
-fn event(global: Global, kind: &str, fields: serde_json::Value, text: &str) {
+pub(crate) fn event(global: Global, kind: &str, fields: serde_json::Value, text: &str) {
     if global.json {
         let mut line = json!({ "event": kind });
         if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
-use ulogger_cloud::ble::{pull_device, Address, PullOptions};
+use ulogger_cloud::ble::{
+    identify, pull_device, scan as scan_devices, Address, Gateway, GatewayEvent, PullOptions,
+};
 use ulogger_cloud::wire::PullConfig;
 use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId, RecordState};
 
@@ -18,7 +20,26 @@ use crate::Global;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pull one device's logs and core dump once, into a durable outbox, then deliver them.
-    Pull(PullArgs),
+    Pull(Box<PullArgs>),
+    /// List the devices the adapter sees; with --identify, connect to each and read its uLogger identity.
+    Scan(ScanArgs),
+}
+
+/// `ulogger ble scan`.
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// Seconds to discover for. uLogger devices do not advertise their
+    /// service, so every device seen is listed.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    timeout: u64,
+    /// Connect to each device seen and read its `config` characteristic
+    /// (serial, app id, firmware): tells uLogger devices from the rest.
+    /// Nothing is pulled or erased.
+    #[arg(long)]
+    identify: bool,
+    /// The BlueZ adapter.
+    #[arg(long, default_value = "hci0", value_name = "NAME")]
+    adapter: String,
 }
 
 /// `ulogger ble pull`.
@@ -62,7 +83,346 @@ pub fn run(global: Global, command: Command) -> Result<(), Exit> {
         .build()
         .context("cannot start the async runtime")?;
     match command {
-        Command::Pull(args) => runtime.block_on(pull(global, args)),
+        Command::Pull(args) => runtime.block_on(pull(global, *args)),
+        Command::Scan(args) => runtime.block_on(scan(global, args)),
+    }
+}
+
+/// What to do about a BLE failure at the BlueZ end, by its step.
+pub fn hint(step: &str) -> Option<String> {
+    match step {
+        "connecting to bluetoothd over D-Bus" => Some(
+            "is bluetoothd running (systemctl status bluetooth)? The user needs access to org.bluez on the system bus: the `bluetooth` group on most distributions, or a D-Bus policy allowing org.bluez".to_owned(),
+        ),
+        "opening the adapter" => Some(
+            "no such adapter: check --adapter against `bluetoothctl list` (hci0 is the first)".to_owned(),
+        ),
+        "starting discovery" => Some(
+            "the adapter may be powered off or blocked: `bluetoothctl power on`, `rfkill unblock bluetooth`".to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+async fn scan(global: Global, args: ScanArgs) -> Result<(), Exit> {
+    let seen = scan_devices(&args.adapter, Duration::from_secs(args.timeout))
+        .await
+        .map_err(exit::from_cloud)?;
+    if seen.is_empty() && !global.json {
+        outln!(
+            "no device seen on {} in {} s: is a device advertising in range?",
+            args.adapter,
+            args.timeout
+        );
+    }
+    let connect_timeout = PullOptions::new().get_connect_timeout();
+    for device in seen {
+        let identity = if args.identify {
+            Some(identify(&args.adapter, device.address, connect_timeout).await)
+        } else {
+            None
+        };
+        if global.json {
+            let mut line = json!({
+                "address": device.address.to_string(),
+                "name": device.name,
+                "rssi": device.rssi,
+                "connected": device.connected,
+            });
+            if let (Some(identity), Some(line)) = (&identity, line.as_object_mut()) {
+                let (ulogger, fields) = match identity {
+                    Ok(info) => (
+                        json!(true),
+                        json!({
+                            "serial": info.serial,
+                            "app_id": info.app_id,
+                            "device_type": info.device_type,
+                            "git_version": info.git_version,
+                            "git_hash": info.git_hash,
+                        }),
+                    ),
+                    Err(e) if e.is_invalid_input() => {
+                        (json!(false), json!({"error": exit::message(e)}))
+                    }
+                    Err(e) => (serde_json::Value::Null, json!({"error": exit::message(e)})),
+                };
+                line.insert("ulogger".into(), ulogger);
+                line.insert("identity".into(), fields);
+            }
+            outln!("{line}");
+        } else {
+            let rssi = device
+                .rssi
+                .map_or_else(|| "   ? dBm".to_owned(), |r| format!("{r:4} dBm"));
+            let name = device
+                .name
+                .as_deref()
+                .map_or_else(|| "(no name)".to_owned(), |n| format!("{:?}", n));
+            let linked = if device.connected {
+                "  [connected]"
+            } else {
+                ""
+            };
+            let identity = match &identity {
+                None => String::new(),
+                Some(Ok(info)) => format!(
+                    "  uLogger: serial {}, app {}, {} {}",
+                    info.serial, info.app_id, info.device_type, info.git_version
+                ),
+                Some(Err(e)) if e.is_invalid_input() => format!("  not a uLogger device ({e})"),
+                Some(Err(e)) => format!("  not identified: {}", exit::message(e)),
+            };
+            outln!("{}  {rssi}  {name}{linked}{identity}", device.address);
+        }
+    }
+    Ok(())
+}
+
+/// `ulogger agent`'s BLE flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Also pull devices over Bluetooth LE (BlueZ), continuously, beside
+    /// the inbox (which becomes optional). Without --ble-name or
+    /// --ble-address every device seen is tried once; one that is no
+    /// uLogger device is then left alone for hours.
+    #[arg(long, env = "ULOGGER_BLE", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = crate::connection::boolish)]
+    ble: Option<bool>,
+    /// Pull only devices advertising exactly this name (repeatable; with
+    /// --ble-address, a device matching either is pulled).
+    #[arg(long = "ble-name", value_name = "NAME", requires = "ble")]
+    names: Vec<String>,
+    /// Pull only the device with this address, e.g. AA:BB:CC:DD:EE:FF
+    /// (repeatable).
+    #[arg(long = "ble-address", value_name = "ADDR", requires = "ble")]
+    addresses: Vec<String>,
+    /// How many devices to pull at once.
+    #[arg(long, default_value_t = 4, value_name = "N", requires = "ble")]
+    ble_max_connections: usize,
+    /// The least seconds between two pulls of one device.
+    #[arg(long, default_value_t = 30, value_name = "SECS", requires = "ble")]
+    ble_min_interval: u64,
+    /// The BlueZ adapter.
+    #[arg(long, default_value = "hci0", value_name = "NAME", requires = "ble")]
+    adapter: String,
+}
+
+impl AgentArgs {
+    /// Whether `--ble` was given (or ULOGGER_BLE set true).
+    pub fn enabled(&self) -> bool {
+        self.ble.unwrap_or(false)
+    }
+}
+
+/// What the agent counts of its BLE pulls, for the summary line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    pulls: u64,
+    empty: u64,
+    failed: u64,
+    stored: u64,
+    rejected: u64,
+}
+
+/// The agent's BLE side: a [`Gateway`] running in its own task on the
+/// agent's client, and what the agent says about its outcomes.
+pub struct AgentBle {
+    global: Global,
+    events: tokio::sync::mpsc::UnboundedReceiver<GatewayEvent>,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    task: Option<tokio::task::JoinHandle<Result<(), ulogger_cloud::Error>>>,
+    /// Devices whose failure was said, so it is said once until it clears.
+    failing: std::collections::HashSet<Address>,
+    counts: Counts,
+}
+
+impl AgentBle {
+    /// Starts the gateway; `rejected` keeps buffers that fail validation.
+    pub fn start(
+        global: Global,
+        args: &AgentArgs,
+        client: &Client,
+        rejected: &std::path::Path,
+    ) -> Result<AgentBle, Exit> {
+        let mut gateway = Gateway::new(&args.adapter)
+            .max_connections(args.ble_max_connections)
+            .min_interval(Duration::from_secs(args.ble_min_interval))
+            .pull_options(PullOptions::new().rejected_dir(rejected));
+        if args.ble_max_connections == 0 {
+            return Err(Exit::new(
+                Failure::BadInput,
+                anyhow::anyhow!("--ble-max-connections must be at least 1"),
+            ));
+        }
+        for name in &args.names {
+            gateway = gateway.name(name);
+        }
+        for address in &args.addresses {
+            let parsed: Address = address.parse().map_err(|_| {
+                Exit::new(
+                    Failure::BadInput,
+                    anyhow::anyhow!(
+                        "--ble-address {address:?} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)"
+                    ),
+                )
+            })?;
+            gateway = gateway.address(parsed);
+        }
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn({
+            let (client, stop) = (client.clone(), stop.clone());
+            async move { gateway.run(&client, tx, stop.notified()).await }
+        });
+        Ok(AgentBle {
+            global,
+            events,
+            stop,
+            task: Some(task),
+            failing: std::collections::HashSet::new(),
+            counts: Counts::default(),
+        })
+    }
+
+    /// The next outcome, said as one line: the records it stored (to
+    /// watch for delivery, with a label), or the gateway's fatal error.
+    pub async fn next(&mut self) -> Result<Vec<(RecordId, String)>, Exit> {
+        match self.events.recv().await {
+            Some(event) => Ok(self.said(event)),
+            None => {
+                // The gateway ended by itself: only an error at its start
+                // (bluetoothd, the adapter) does that.
+                let ended = match self.task.take() {
+                    Some(task) => task.await,
+                    None => return std::future::pending().await,
+                };
+                match ended {
+                    Ok(Ok(())) => std::future::pending().await,
+                    Ok(Err(e)) => Err(exit::from_cloud(e)),
+                    Err(e) => Err(Exit::new(
+                        Failure::Internal,
+                        anyhow::anyhow!("the BLE gateway's task failed: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn said(&mut self, event: GatewayEvent) -> Vec<(RecordId, String)> {
+        let global = self.global;
+        let address = event.address.to_string();
+        let name = event.name.clone();
+        match &event.outcome {
+            Ok(report) => {
+                self.counts.pulls += 1;
+                self.counts.stored += report.stored.len() as u64;
+                self.counts.rejected += report.rejected.len() as u64;
+                let recovered = self.failing.remove(&event.address);
+                if report.stored.is_empty() && report.rejected.is_empty() {
+                    self.counts.empty += 1;
+                    if recovered {
+                        crate::agent::event(
+                            global,
+                            "ble-recovered",
+                            json!({"address": address, "name": name, "serial": report.device.serial}),
+                            &format!(
+                                "BLE {address} ({}): pulled again, nothing to send",
+                                report.device.serial
+                            ),
+                        );
+                    } else {
+                        tracing::debug!(%address, serial = %report.device.serial, "pulled: nothing to send");
+                    }
+                    return Vec::new();
+                }
+                for rejected in &report.rejected {
+                    tracing::warn!(%address, kind = ?rejected.kind, reason = %rejected.reason, file = ?rejected.file, "a buffer from the device was refused: kept apart, not sent");
+                }
+                crate::agent::event(
+                    global,
+                    "ble-pulled",
+                    json!({
+                        "address": address,
+                        "name": name,
+                        "serial": report.device.serial,
+                        "app_id": report.device.app_id,
+                        "stored": report.stored.len(),
+                        "rejected": report.rejected.len(),
+                        "rejected_files": report.rejected.iter().filter_map(|r| r.file.as_ref()).collect::<Vec<_>>(),
+                        "bytes": report.summary.bytes,
+                        "records": report.stored.iter().map(|b| b.record.0).collect::<Vec<_>>(),
+                    }),
+                    &format!("BLE {address}: {report}"),
+                );
+                report
+                    .stored
+                    .iter()
+                    .enumerate()
+                    .map(|(n, b)| {
+                        let kind = match b.kind {
+                            ulogger_cloud::wire::BufferKind::Log => "log",
+                            _ => "core dump",
+                        };
+                        (
+                            b.record,
+                            format!("BLE {} {kind} {}", report.device.serial, n + 1),
+                        )
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                self.counts.failed += 1;
+                if !self.failing.insert(event.address) {
+                    tracing::debug!(%address, error = %e, failures = event.failures, "pull failed again");
+                    return Vec::new();
+                }
+                let error = exit::message(e);
+                let next = event.next_try_in.as_secs();
+                let hint = if event.is_not_ulogger() {
+                    format!("not a uLogger device: left alone for {} h; pick devices with --ble-name or --ble-address", next / 3600)
+                } else {
+                    format!("the device keeps its data; retried with backoff (next in {next} s); said again only once it recovers. Check that it is powered and in range")
+                };
+                crate::agent::event(
+                    global,
+                    "ble-failed",
+                    json!({"address": address, "name": name, "error": error, "not_ulogger": event.is_not_ulogger(), "retry_in_secs": next, "hint": hint}),
+                    &format!("BLE {address}: FAILED: {error}: {hint}"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The summary line's BLE part.
+    pub fn summary(&self) -> (serde_json::Value, String) {
+        let c = self.counts;
+        (
+            json!({"pulls": c.pulls, "empty": c.empty, "failed": c.failed, "stored": c.stored, "rejected": c.rejected, "failing_devices": self.failing.len()}),
+            format!(
+                "; BLE: {} pull(s) ({} empty), {} failed, {} buffer(s) stored, {} rejected, {} device(s) failing",
+                c.pulls, c.empty, c.failed, c.stored, c.rejected, self.failing.len()
+            ),
+        )
+    }
+
+    /// Stops the gateway: pulls under way get its grace to end.
+    pub async fn stop(&mut self) {
+        self.stop.notify_one();
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %exit::message(&e), "the BLE gateway ended with an error")
+                }
+                Err(e) => tracing::warn!(error = %e, "the BLE gateway's task failed"),
+            }
+        }
+        // Outcomes of the pulls that ended during the grace.
+        while let Ok(event) = self.events.try_recv() {
+            let _ = self.said(event);
+        }
     }
 }
 

@@ -230,6 +230,8 @@ pub fn hint(error: &ulogger_cloud::Error) -> Option<String> {
             ))
         }
         ErrorKind::Store(StoreError::Corrupt { .. }) => Some(corrupt_store_hint()),
+        #[cfg(all(feature = "ble", target_os = "linux"))]
+        ErrorKind::Ble { step, .. } => crate::ble::hint(step),
         _ => None,
     }
 }

@@ -2,7 +2,9 @@
 //! the binary through `DBUS_SYSTEM_BUS_ADDRESS`) with the demo firmware's
 //! state machine behind it, and the emulator as the cloud: the log is
 //! pulled, delivered byte-exact (token patched in), erased on the device
-//! once, and a second pull finds nothing.
+//! once, and a second pull finds nothing. `ulogger ble scan` lists and
+//! identifies the simulated devices, and `ulogger agent --ble` pulls two
+//! devices continuously, delivers their logs and stops on SIGTERM.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +13,7 @@ mod support;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{assert_code, stdout};
+use support::{assert_code, stdout, Running};
 use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
 use ulogger_cloud::wire::{self, LogHeader};
 use ulogger_emulator::ble::{Erased, SimDevice};
@@ -122,4 +124,201 @@ async fn ble_pull_delivers_the_log_and_a_second_pull_finds_nothing() {
     let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(summary["stored"], 0, "{summary}");
     assert_eq!(firmware.device().erasures().count(), 1);
+}
+
+fn config_for(serial: &str) -> Vec<u8> {
+    let mut v = 7u32.to_le_bytes().to_vec();
+    for s in [serial, "demo", "1.2.4", "no_cache"] {
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+/// Two demo devices with a log each, and a phone (no uLogger service).
+async fn three_devices(bluez: &FakeBluez) -> Vec<(Firmware, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (address, serial) in [
+        ("AA:BB:CC:00:00:01", "AABBCC000001"),
+        ("AA:BB:CC:00:00:02", "AABBCC000002"),
+    ] {
+        let log = device_log();
+        let firmware = Firmware::new(SimDevice::new(config_for(serial), log.clone(), None));
+        bluez
+            .add_device(SimulatedDevice::new(
+                address,
+                "uLogger Example",
+                Box::new(firmware.clone()),
+            ))
+            .await
+            .unwrap();
+        out.push((firmware, log));
+    }
+    bluez
+        .add_device(
+            SimulatedDevice::new(
+                "11:22:33:44:55:66",
+                "Someone's phone",
+                Box::new(Firmware::new(SimDevice::new(Vec::new(), Vec::new(), None))),
+            )
+            .without_ulogger_service(),
+        )
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ble_scan_lists_and_identifies_the_devices_in_range() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = tokio::time::timeout(STEP, FakeBluez::start(bus.address()))
+        .await
+        .unwrap()
+        .unwrap();
+    let devices = three_devices(&bluez).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
+    command
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .env("ULOGGER_HOME", home.path())
+        .env_remove("ULOGGER_CONFIG")
+        .args(["--json", "ble", "scan", "--timeout", "1", "--identify"]);
+    let run = tokio::task::spawn_blocking(move || command.output().unwrap());
+    let out = tokio::time::timeout(STEP, run).await.unwrap().unwrap();
+    assert_code(&out, 0);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let by_address = |a: &str| {
+        lines
+            .iter()
+            .find(|l| l["address"] == a)
+            .unwrap_or_else(|| panic!("{a} not listed: {lines:?}"))
+    };
+    for (address, serial) in [
+        ("AA:BB:CC:00:00:01", "AABBCC000001"),
+        ("AA:BB:CC:00:00:02", "AABBCC000002"),
+    ] {
+        let line = by_address(address);
+        assert_eq!(line["name"], "uLogger Example", "{line}");
+        assert_eq!(line["ulogger"], true, "{line}");
+        assert_eq!(line["identity"]["serial"], serial, "{line}");
+        assert_eq!(line["identity"]["app_id"], 7, "{line}");
+        assert_eq!(line["connected"], false, "{line}");
+        assert!(line["rssi"].is_i64(), "{line}");
+    }
+    let phone = by_address("11:22:33:44:55:66");
+    assert_eq!(phone["ulogger"], false, "{phone}");
+    // Identifying reads; it never pulls, acknowledges or erases.
+    for (firmware, _) in &devices {
+        assert_eq!(firmware.device().erasures().count(), 0);
+        assert!(!firmware.device().is_connected());
+    }
+    assert_eq!(bluez.connected_count(), 0, "a link was left up");
+}
+
+/// The agent's lines until `n` events of each kind in `wanted` came,
+/// blocking this worker without starving the fake BlueZ, which runs on
+/// the test's runtime.
+fn agent_events(running: &Running, wanted: &[(&str, usize)]) -> Vec<serde_json::Value> {
+    tokio::task::block_in_place(|| {
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        let count = |out: &[serde_json::Value], kind: &str| {
+            out.iter().filter(|l| l["event"] == kind).count()
+        };
+        while wanted.iter().any(|(kind, n)| count(&out, kind) < *n) {
+            let line = running.json_line();
+            assert_ne!(line["event"], "ble-failed", "{line}");
+            out.push(line);
+        }
+        out
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_ble_delivers_two_devices_logs_and_stops_on_sigterm() {
+    let bus = PrivateBus::start().unwrap();
+    let bluez = tokio::time::timeout(STEP, FakeBluez::start(bus.address()))
+        .await
+        .unwrap()
+        .unwrap();
+    let devices = three_devices(&bluez).await;
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
+    command
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .env("ULOGGER_HOME", dir.path().join("home"))
+        .env_remove("ULOGGER_CONFIG")
+        .args([
+            "--json",
+            "agent",
+            "--ble",
+            "--ble-name",
+            "uLogger Example",
+            "--no-store",
+            "--plaintext",
+        ])
+        .args(["--broker", "127.0.0.1", "--port"])
+        .arg(emulator.addr().port().to_string())
+        .args(["--customer-id", &CUSTOMER.to_string(), "--outbox"])
+        .arg(dir.path().join("outbox"))
+        .stdout(std::process::Stdio::piped());
+    let mut running = Running::spawn(command);
+
+    let lines = agent_events(
+        &running,
+        &[("started", 1), ("ble-pulled", 2), ("delivered", 2)],
+    );
+    let of = |kind: &'static str| lines.iter().filter(move |l| l["event"] == kind);
+    let started = of("started").next().unwrap();
+    assert_eq!(started["ble"], true, "{started}");
+    assert_eq!(started["inbox"], serde_json::Value::Null, "{started}");
+    let mut pulled: Vec<String> = of("ble-pulled")
+        .map(|l| {
+            assert_eq!(l["stored"], 1, "{l}");
+            l["serial"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    pulled.sort();
+    assert_eq!(pulled, ["AABBCC000001", "AABBCC000002"]);
+
+    let status = tokio::task::block_in_place(|| running.terminate());
+    assert!(status.success(), "the agent did not stop cleanly: {status}");
+    // Its last word: the summary, with the BLE counts.
+    let rest: Vec<serde_json::Value> = tokio::task::block_in_place(|| {
+        running
+            .lines
+            .iter()
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect()
+    });
+    let summary = rest
+        .iter()
+        .rfind(|l| l["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary after SIGTERM: {rest:?}"));
+    assert_eq!(summary["ble"]["stored"], 2, "{summary}");
+    assert_eq!(summary["ble"]["failed"], 0, "{summary}");
+    let logs: Vec<_> = emulator
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::BinaryLog)
+        .collect();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    for (firmware, log) in &devices {
+        let erasures: Vec<_> = firmware
+            .device()
+            .erasures()
+            .map(|(e, _)| e.clone())
+            .collect();
+        assert_eq!(erasures, [Erased::Logs(log.clone())]);
+    }
+    // The phone is not on the name list: never connected.
+    assert_eq!(
+        bluez.max_concurrent_connections().min(2),
+        bluez.max_concurrent_connections()
+    );
+    assert_eq!(bluez.connected_count(), 0, "a link was left up");
 }

@@ -45,6 +45,12 @@ use seen::SeenBuffers;
 /// bluer so callers need not depend on it; it parses with `str::parse`.
 pub use bluer::Address;
 
+mod gateway;
+mod scan;
+
+pub use gateway::{Gateway, GatewayEvent};
+pub use scan::{identify, scan, SeenDevice};
+
 /// The uLogger GATT service (PROTOCOL §6). Not advertised: it is found
 /// after connecting, once BlueZ resolved the device's services.
 pub const SERVICE_UUID: Uuid = Uuid::from_u128(0x691fe31f_1a06_4c7c_88c7_0993ec53f40c);
