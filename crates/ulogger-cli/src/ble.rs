@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 use ulogger_cloud::ble::{
-    identify, pull_device, scan as scan_devices, Address, Gateway, GatewayEvent, PullOptions,
+    identify, pull_device, scan as scan_devices, Address, ConfigRelay, Gateway, GatewayEvent,
+    PullOptions,
 };
 use ulogger_cloud::wire::PullConfig;
 use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId, RecordState};
@@ -235,6 +236,24 @@ pub struct AgentBle {
     /// Devices whose failure was said, so it is said once until it clears.
     failing: std::collections::HashSet<Address>,
     counts: Counts,
+    /// The agent's client, for the devices' config subscriptions.
+    client: Client,
+    /// Where the cloud's pushed log configurations wait for their device.
+    relay: Option<ConfigRelay>,
+    /// Devices whose configurations are being watched, by serial.
+    watched: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
+}
+
+/// Devices whose pushed configurations one agent relays: a subscription
+/// each, within the platform's 50 per connection.
+const MAX_WATCHED: usize = 40;
+
+impl Drop for AgentBle {
+    fn drop(&mut self) {
+        for (_, watch) in self.watched.drain() {
+            watch.abort();
+        }
+    }
 }
 
 impl AgentBle {
@@ -282,6 +301,9 @@ impl AgentBle {
             task: Some(task),
             failing: std::collections::HashSet::new(),
             counts: Counts::default(),
+            client: client.clone(),
+            relay: ConfigRelay::in_outbox(client).ok(),
+            watched: std::collections::HashMap::new(),
         })
     }
 
@@ -315,6 +337,18 @@ impl AgentBle {
         let name = event.name.clone();
         match &event.outcome {
             Ok(report) => {
+                self.watch(&report.device);
+                if let Some(config) = &report.config_written {
+                    crate::agent::event(
+                        global,
+                        "ble-config-written",
+                        json!({"address": address, "serial": report.device.serial, "level": config.level.to_string(), "module_flags": config.module_flags, "timeout_secs": config.timeout_secs}),
+                        &format!(
+                            "BLE {address} ({}): log configuration written (level {})",
+                            report.device.serial, config.level
+                        ),
+                    );
+                }
                 self.counts.pulls += 1;
                 self.counts.stored += report.stored.len() as u64;
                 self.counts.rejected += report.rejected.len() as u64;
@@ -393,6 +427,44 @@ impl AgentBle {
                 Vec::new()
             }
         }
+    }
+
+    /// Keeps the log configurations the cloud pushes for `device` from now
+    /// on, for its next connection (once per device, at most
+    /// [`MAX_WATCHED`] devices).
+    fn watch(&mut self, device: &ulogger_cloud::wire::DeviceInfo) {
+        let Some(relay) = self.relay.clone() else {
+            return;
+        };
+        if self.watched.contains_key(&device.serial) {
+            return;
+        }
+        if self.watched.len() == MAX_WATCHED {
+            tracing::warn!(serial = %device.serial, "log configurations are relayed for the first {MAX_WATCHED} devices only; this one's pushes are not kept");
+            return;
+        }
+        let (client, device, global) = (self.client.clone(), device.clone(), self.global);
+        let serial = device.serial.clone();
+        let task = tokio::spawn(async move {
+            match relay.watch(&client, &device).await {
+                Ok(kept) => {
+                    crate::agent::event(
+                        global,
+                        "ble-relaying",
+                        json!({"serial": device.serial}),
+                        &format!(
+                            "BLE {}: log configurations the cloud pushes are kept for its next connection",
+                            device.serial
+                        ),
+                    );
+                    let _ = kept.await;
+                }
+                Err(e) => {
+                    tracing::warn!(serial = %device.serial, error = %exit::message(&e), "the device's pushed log configurations cannot be watched; they are not relayed");
+                }
+            }
+        });
+        self.watched.insert(serial, task);
     }
 
     /// The summary line's BLE part.

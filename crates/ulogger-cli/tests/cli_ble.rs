@@ -260,6 +260,8 @@ async fn agent_with_ble_delivers_two_devices_logs_and_stops_on_sigterm() {
             "uLogger Example",
             "--no-store",
             "--plaintext",
+            "--ble-min-interval",
+            "1",
         ])
         .args(["--broker", "127.0.0.1", "--port"])
         .arg(emulator.addr().port().to_string())
@@ -270,7 +272,12 @@ async fn agent_with_ble_delivers_two_devices_logs_and_stops_on_sigterm() {
 
     let lines = agent_events(
         &running,
-        &[("started", 1), ("ble-pulled", 2), ("delivered", 2)],
+        &[
+            ("started", 1),
+            ("ble-pulled", 2),
+            ("delivered", 2),
+            ("ble-relaying", 2),
+        ],
     );
     let of = |kind: &'static str| lines.iter().filter(move |l| l["event"] == kind);
     let started = of("started").next().unwrap();
@@ -284,6 +291,26 @@ async fn agent_with_ble_delivers_two_devices_logs_and_stops_on_sigterm() {
         .collect();
     pulled.sort();
     assert_eq!(pulled, ["AABBCC000001", "AABBCC000002"]);
+
+    // The cloud pushes a configuration for the first device while it is
+    // between pulls: kept, and written at its next connection.
+    let pushed =
+        ulogger_cloud::wire::LogConfig::new(ulogger_cloud::wire::LogLevel::Error, 0b11, 300);
+    emulator
+        .push_config(7, "AABBCC000001", &pushed)
+        .await
+        .unwrap();
+    let written = agent_events(&running, &[("ble-config-written", 1)]);
+    let written = written
+        .iter()
+        .find(|l| l["event"] == "ble-config-written")
+        .unwrap();
+    assert_eq!(written["serial"], "AABBCC000001", "{written}");
+    assert_eq!(
+        devices[0].0.device().log_config(),
+        Some(&pushed.ble_value()[..])
+    );
+    assert_eq!(devices[1].0.device().log_config(), None);
 
     let status = tokio::task::block_in_place(|| running.terminate());
     assert!(status.success(), "the agent did not stop cleanly: {status}");

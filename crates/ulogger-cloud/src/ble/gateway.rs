@@ -1,5 +1,5 @@
 //! A gateway that runs for ever: keeps discovery on, picks devices, and
-//! pulls each of them with [`pull_device`] now and then, several at once,
+//! pulls each of them with [`pull_device`](super::pull_device) now and then, several at once,
 //! with backoff after failures (decision 35 in `docs/decisions.md`).
 
 use std::collections::{HashMap, HashSet};
@@ -7,13 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bluer::{Adapter, AdapterEvent, Session};
+use bluer::{Adapter, AdapterEvent};
 use futures_util::stream::{Stream, StreamExt};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
 use super::scan::describe;
-use super::{ble, pull_device, Address, PullOptions, PullReport, SERVICE_UUID};
+use super::{ble, Address, BleSession, PullOptions, PullReport, SERVICE_UUID};
 use crate::{Client, Error, ErrorKind};
 
 /// What happened to one device when the [`Gateway`] tried it.
@@ -44,7 +44,7 @@ impl GatewayEvent {
 }
 
 /// A continuous BLE gateway: discovery stays on, devices on the allow-lists
-/// (or every device seen, with no list) are pulled with [`pull_device`],
+/// (or every device seen, with no list) are pulled with [`pull_device`](super::pull_device),
 /// at most [`max_connections`](Gateway::max_connections) at once, each at
 /// most once per [`min_interval`](Gateway::min_interval), with exponential
 /// backoff after failures. Devices BlueZ holds connected when it starts (a
@@ -261,16 +261,17 @@ impl Gateway {
     ) -> Result<(), Error> {
         self.check()?;
         client.outbox()?;
-        let session = Session::new()
-            .await
-            .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
-        let adapter = session
+        // One connection to bluetoothd for every pull (see BleSession).
+        let bluetooth = BleSession::new().await?;
+        let adapter = bluetooth
+            .session()
             .adapter(&self.adapter)
             .map_err(|e| ble("opening the adapter", e))?;
         let mut discovery = Some(start_discovery(&adapter).await?);
         let mut state = State {
             gateway: &self,
             client,
+            bluetooth: &bluetooth,
             adapter: &adapter,
             events: &events,
             memory: HashMap::new(),
@@ -330,6 +331,7 @@ async fn next_event(discovery: &mut Option<Discovery>) -> Option<AdapterEvent> {
 struct State<'a> {
     gateway: &'a Gateway,
     client: &'a Client,
+    bluetooth: &'a BleSession,
     adapter: &'a Adapter,
     events: &'a UnboundedSender<GatewayEvent>,
     memory: HashMap<Address, Memory>,
@@ -417,15 +419,16 @@ impl State<'_> {
                 self.report(seen.address, seen.name, Err(failed.into()));
                 continue;
             }
-            let (client, adapter, options) = (
+            let (client, bluetooth, adapter, options) = (
                 self.client.clone(),
+                self.bluetooth.clone(),
                 self.gateway.adapter.clone(),
                 self.gateway.options.clone(),
             );
             let (address, name) = (seen.address, seen.name);
             tracing::debug!(%address, ?name, connected = seen.connected, "pulling");
             let task = self.pulls.spawn(async move {
-                let outcome = pull_device(&client, &adapter, address, options).await;
+                let outcome = bluetooth.pull(&client, &adapter, address, options).await;
                 (address, name, outcome)
             });
             self.in_flight.insert(task.id(), address);
