@@ -178,6 +178,7 @@ pub struct PullConfig {
     stall_timeout: Duration,
     max_reacks: u32,
     first_chunk_timeout: Duration,
+    core_dump_timeout: Duration,
     max_dropped: u32,
 }
 
@@ -189,6 +190,9 @@ impl Default for PullConfig {
             // Past the device's 2 s timer, which starts a log transfer by
             // itself and re-sends a core-dump chunk whose first copy was lost.
             first_chunk_timeout: Duration::from_secs(3),
+            // Ten times the ~100 ms after which a device with a core dump
+            // pending starts it (PROTOCOL §6).
+            core_dump_timeout: Duration::from_secs(1),
             max_dropped: 1024,
         }
     }
@@ -196,7 +200,8 @@ impl Default for PullConfig {
 
 impl PullConfig {
     /// The defaults: stall timeout 1 s, 5 re-sent acks, 3 s for a first
-    /// chunk, 1,024 dropped notifications.
+    /// chunk, 1 s for a core dump after the logs, 1,024 dropped
+    /// notifications.
     pub fn new() -> Self {
         Self::default()
     }
@@ -216,10 +221,21 @@ impl PullConfig {
         self
     }
 
-    /// How long to wait for the first chunk of the logs (after ack 0) or
-    /// of the core dump (after the logs); silence means nothing to send.
+    /// How long to wait for the first chunk after ack 0; silence means
+    /// nothing to send.
     pub fn first_chunk_timeout(mut self, timeout: Duration) -> Self {
         self.first_chunk_timeout = timeout;
+        self
+    }
+
+    /// How long to wait, after the logs' final ack, for the first chunk
+    /// of a core dump (a device with one pending starts it about 100 ms
+    /// later); silence means there is none. A core dump whose first chunk
+    /// is lost is missed for this pull, never lost: the device keeps its
+    /// logs and core dump until the core dump completes, and offers the
+    /// logs again at the next connection (recognised as stored before).
+    pub fn core_dump_timeout(mut self, timeout: Duration) -> Self {
+        self.core_dump_timeout = timeout;
         self
     }
 
@@ -243,6 +259,11 @@ impl PullConfig {
     /// The first-chunk timeout.
     pub fn get_first_chunk_timeout(&self) -> Duration {
         self.first_chunk_timeout
+    }
+
+    /// The core-dump timeout.
+    pub fn get_core_dump_timeout(&self) -> Duration {
+        self.core_dump_timeout
     }
 
     /// The number of dropped notifications allowed without progress.
@@ -462,7 +483,7 @@ impl BlePull {
                 PullAction::WriteAck(offset.to_le_bytes())
             }
             Phase::AwaitingCoreDump { since } => {
-                if reached(now, *since, config.first_chunk_timeout) {
+                if reached(now, *since, config.core_dump_timeout) {
                     self.finish()
                 } else {
                     PullAction::Nothing
@@ -486,7 +507,7 @@ impl BlePull {
                 silence.into_iter().chain(reack).min()
             }
             Phase::Receiving(receiving) => receiving.last_ack_at.checked_add(config.stall_timeout),
-            Phase::AwaitingCoreDump { since } => since.checked_add(config.first_chunk_timeout),
+            Phase::AwaitingCoreDump { since } => since.checked_add(config.core_dump_timeout),
             Phase::AwaitingDurable { .. } | Phase::Finished | Phase::GaveUp(_) => None,
         }
     }

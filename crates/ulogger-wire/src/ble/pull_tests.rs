@@ -84,17 +84,22 @@ fn a_log_then_a_core_dump_each_acked_only_when_durable() {
 
 #[test]
 fn silence_after_the_logs_ends_the_pull_without_writing() {
-    let (mut pull, t0) = started(PullConfig::new().first_chunk_timeout(ms(3000)));
+    // The wait for a core dump is its own: not the first chunk's.
+    let (mut pull, t0) = started(
+        PullConfig::new()
+            .first_chunk_timeout(ms(3000))
+            .core_dump_timeout(ms(700)),
+    );
     let d = deliver(pull.on_notification(LOG, &chunk(0, 2, b"ab"), t0));
     assert_eq!(pull.durable(d.id, t0 + ms(10)), Ok(ack(2)));
     // Nothing is ever written while a core dump may be under way: an ack
     // reaching the device then could complete (erase) the core dump.
-    assert_eq!(pull.deadline(), Some(t0 + ms(3010)));
-    assert_eq!(pull.poll(t0 + ms(3009)), PullAction::Nothing);
-    assert!(matches!(pull.poll(t0 + ms(3010)), PullAction::Finished(s) if s.logs == 1));
+    assert_eq!(pull.deadline(), Some(t0 + ms(710)));
+    assert_eq!(pull.poll(t0 + ms(709)), PullAction::Nothing);
+    assert!(matches!(pull.poll(t0 + ms(710)), PullAction::Finished(s) if s.logs == 1));
     // A late log chunk is not taken once the logs are done.
     assert_eq!(
-        pull.on_notification(LOG, &chunk(0, 2, b"ab"), t0 + ms(3011)),
+        pull.on_notification(LOG, &chunk(0, 2, b"ab"), t0 + ms(711)),
         PullAction::Dropped(DropReason::NotExpected)
     );
 }
