@@ -67,6 +67,12 @@ pub struct Args {
     /// Seconds between two summary lines [default: 60].
     #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
     summary_interval: Option<u64>,
+    /// Milliseconds within which a delivery's acknowledgement is made
+    /// durable in the outbox; after a power cut, what was delivered in the
+    /// last interval is sent again. 0 syncs every batch of
+    /// acknowledgements; at most 60000 [default: 1000].
+    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
+    ack_sync_interval: Option<u64>,
     /// Write the gateway's clock into version-4 headers whose time is 0
     /// [default: false].
     #[arg(long, env = "ULOGGER_STAMP_TIME", value_name = "BOOL", num_args = 0..=1,
@@ -117,6 +123,7 @@ struct Service {
     rejected: Option<PathBuf>,
     scan_interval: u64,
     summary_interval: u64,
+    ack_sync_interval: u64,
     stamp_time: bool,
 }
 
@@ -331,8 +338,21 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
         rejected: cli.rejected.clone().or_else(|| file.rejected.clone()),
         scan_interval: cli.scan_interval.or(file.scan_interval).unwrap_or(500),
         summary_interval: cli.summary_interval.or(file.summary_interval).unwrap_or(60),
+        ack_sync_interval: cli
+            .ack_sync_interval
+            .or(file.ack_sync_interval)
+            .unwrap_or(1000),
         stamp_time: cli.stamp_time.or(file.stamp_time).unwrap_or(false),
     };
+    if args.ack_sync_interval > 60_000 {
+        return Err(Exit::new(
+            Failure::BadInput,
+            anyhow::anyhow!(
+                "--ack-sync-interval {} is more than 60000 ms: a power cut would send a minute of deliveries again",
+                args.ack_sync_interval
+            ),
+        ));
+    }
     if let Some(inbox) = args.inbox.as_ref().filter(|i| !i.is_dir()) {
         return Err(Exit::new(
             Failure::BadInput,
@@ -350,7 +370,10 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let client = Client::builder(config)
         .session_store(store)
         .stamp_epoch_time(args.stamp_time)
-        .outbox(OutboxConfig::new(&args.outbox))
+        .outbox(
+            OutboxConfig::new(&args.outbox)
+                .ack_sync_interval(Duration::from_millis(args.ack_sync_interval)),
+        )
         .build()
         .map_err(|e| match e.kind() {
             ErrorKind::OutboxLocked { .. } => Exit::new(Failure::BadInput, e),

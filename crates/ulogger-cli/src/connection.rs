@@ -164,6 +164,7 @@ pub struct ConfigFile {
     pub rejected: Option<PathBuf>,
     pub scan_interval: Option<u64>,
     pub summary_interval: Option<u64>,
+    pub ack_sync_interval: Option<u64>,
     /// Which file this came from, if any.
     #[serde(skip)]
     pub path: Option<PathBuf>,

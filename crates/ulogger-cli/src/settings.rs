@@ -55,6 +55,9 @@ pub struct ShowArgs {
     /// As `agent --summary-interval`.
     #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
     summary_interval: Option<u64>,
+    /// As `agent --ack-sync-interval`.
+    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
+    ack_sync_interval: Option<u64>,
     /// As `upload --jobs`.
     #[arg(long, env = "ULOGGER_JOBS", value_name = "N")]
     jobs: Option<u64>,
@@ -252,6 +255,12 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             args.summary_interval.map(|v| s(&v)),
             file.summary_interval.map(|v| s(&v)),
             Some("60".to_owned()),
+        ),
+        (
+            "ack_sync_interval",
+            args.ack_sync_interval.map(|v| s(&v)),
+            file.ack_sync_interval.map(|v| s(&v)),
+            Some("1000".to_owned()),
         ),
         (
             "jobs",

@@ -585,3 +585,44 @@ fn a_broker_stopped_under_a_running_agent_is_said_and_its_return_too() {
     running.line_containing("delivered SN-AGENT/log-00001.bin");
     wait_for_logs(&emu, 1);
 }
+
+#[test]
+fn the_ack_sync_interval_is_bounded_and_comes_from_flag_or_file() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("inbox")).unwrap();
+    let mut args = strings(&[
+        "agent",
+        "--broker",
+        "127.0.0.1",
+        "--plaintext",
+        "--no-store",
+    ]);
+    args.extend([
+        "--customer-id".to_owned(),
+        CUSTOMER.to_string(),
+        "--inbox".to_owned(),
+        s(&sandbox.path("inbox")),
+        "--outbox".to_owned(),
+        s(&sandbox.path("outbox")),
+        "--ack-sync-interval".to_owned(),
+        "3600000".to_owned(),
+    ]);
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--ack-sync-interval 3600000 is more than 60000 ms"),
+        "{}",
+        run.stderr
+    );
+    // Shown with where it came from, like every setting.
+    let config = sandbox.write("config.toml", b"ack_sync_interval = 200\n");
+    let shown = sandbox.run(&strings(&["config", "show", "--config", &s(&config)]));
+    assert_eq!(shown.code, Some(0), "{}", shown.stderr);
+    let line = shown
+        .stdout
+        .lines()
+        .find(|l| l.contains("ack_sync_interval"))
+        .unwrap_or_else(|| panic!("not shown:\n{}", shown.stdout));
+    assert!(line.contains("200"), "{line}");
+}
