@@ -183,15 +183,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
             })
         );
     } else {
-        outln!("6. What the cloud received:");
-        print_records(&received);
-        match &args.data {
-            Some(dir) => outln!(
-                "   Records: {} (payloads beside it)",
-                dir.join(ulogger_emulator::INDEX_FILE).display()
-            ),
-            None => outln!("   (pass --data DIR to keep the records and certificates)"),
-        }
+        print_received(&received, args.data.as_deref());
     }
     if !all_ok {
         return Err(Exit::new(
@@ -203,6 +195,20 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
 }
 
 /// The cloud's records as a table, one line each.
+/// The demo's last step in text: what the cloud received, and where its
+/// records are kept (if they are).
+pub(crate) fn print_received(received: &[Record], data: Option<&std::path::Path>) {
+    outln!("6. What the cloud received:");
+    print_records(received);
+    match data {
+        Some(dir) => outln!(
+            "   Records: {} (payloads beside it)",
+            dir.join(ulogger_emulator::INDEX_FILE).display()
+        ),
+        None => outln!("   (pass --data DIR to keep the records and certificates)"),
+    }
+}
+
 pub(crate) fn print_records(records: &[Record]) {
     for record in records {
         outln!(

@@ -21,7 +21,7 @@ use ulogger_cloud::{Client, MqttConfig, OutboxConfig};
 use ulogger_emulator::ble::SimDevice;
 use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
 
-use crate::demo::{ms, print_records, step, Args, CUSTOMER_ID};
+use crate::demo::{ms, print_received, step, Args, CUSTOMER_ID};
 use crate::exit::{self, Exit, Failure};
 use crate::Global;
 
@@ -351,15 +351,7 @@ pub fn run(global: Global, args: &Args) -> Result<(), Exit> {
             })
         );
     } else {
-        outln!("6. What the cloud received:");
-        print_records(&received);
-        match &args.data {
-            Some(dir) => outln!(
-                "   Records: {} (payloads beside it)",
-                dir.join(ulogger_emulator::INDEX_FILE).display()
-            ),
-            None => outln!("   (pass --data DIR to keep the records and certificates)"),
-        }
+        print_received(&received, args.data.as_deref());
     }
     if !all_ok {
         return Err(Exit::new(
