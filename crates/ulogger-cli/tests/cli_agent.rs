@@ -319,7 +319,30 @@ fn a_read_only_inbox_folder_sends_each_file_once_and_is_reported_once() {
     let log = std::fs::File::create(&log_path).unwrap();
     let mut command = agent_command(&sandbox, emu.addr(), true, Some(log));
     if root {
-        command.uid(65534).gid(65534);
+        // `nobody` may not reach the binary where cargo built it (a clone
+        // in a 0700 directory from `mktemp -d`): run a copy kept in the
+        // sandbox, with the same arguments and environment.
+        let copy = sandbox.path("ulogger-as-nobody");
+        std::fs::copy(env!("CARGO_BIN_EXE_ulogger"), &copy).unwrap();
+        open(&copy, 0o755);
+        let mut as_nobody = std::process::Command::new(&copy);
+        as_nobody.args(command.get_args());
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => as_nobody.env(key, value),
+                None => as_nobody.env_remove(key),
+            };
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        as_nobody
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .uid(65534)
+            .gid(65534);
+        command = as_nobody;
     }
     let running = Running::spawn(command);
 
