@@ -344,14 +344,37 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             .unwrap_or(1000),
         stamp_time: cli.stamp_time.or(file.stamp_time).unwrap_or(false),
     };
-    if args.ack_sync_interval > 60_000 {
-        return Err(Exit::new(
-            Failure::BadInput,
-            anyhow::anyhow!(
-                "--ack-sync-interval {} is more than 60000 ms: a power cut would send a minute of deliveries again",
-                args.ack_sync_interval
-            ),
-        ));
+    // Bounds, so that no value means "never" (an inbox never scanned
+    // again, a summary never printed, acks never synced).
+    for (flag, value, most, unit, why) in [
+        (
+            "--scan-interval",
+            args.scan_interval,
+            3_600_000,
+            "ms",
+            "the inbox would wait more than an hour between looks",
+        ),
+        (
+            "--summary-interval",
+            args.summary_interval,
+            86_400,
+            "s",
+            "no summary for more than a day",
+        ),
+        (
+            "--ack-sync-interval",
+            args.ack_sync_interval,
+            60_000,
+            "ms",
+            "a power cut would send a minute of deliveries again",
+        ),
+    ] {
+        if value > most {
+            return Err(Exit::new(
+                Failure::BadInput,
+                anyhow::anyhow!("{flag} {value} is more than {most} {unit}: {why}"),
+            ));
+        }
     }
     if let Some(inbox) = args.inbox.as_ref().filter(|i| !i.is_dir()) {
         return Err(Exit::new(

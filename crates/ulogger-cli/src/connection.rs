@@ -227,7 +227,9 @@ impl FileArgs {
 /// A session-token store error, with the way out of a corrupt file.
 pub fn store_failure(error: StoreError) -> Exit {
     let (failure, hint) = match &error {
-        StoreError::Corrupt { .. } => (Failure::BadInput, Some(exit::corrupt_store_hint())),
+        StoreError::Corrupt { path, .. } => {
+            (Failure::BadInput, Some(exit::corrupt_store_hint(path)))
+        }
         StoreError::NoHomeDir => (Failure::BadInput, None),
         _ => (Failure::Internal, None),
     };

@@ -229,17 +229,28 @@ pub fn hint(error: &ulogger_cloud::Error) -> Option<String> {
                 "no reply on {topic} within {secs} s: check that the cloud knows this customer id, group id and app id, that the certificate's policy allows that topic, or raise --token-timeout"
             ))
         }
-        ErrorKind::Store(StoreError::Corrupt { .. }) => Some(corrupt_store_hint()),
+        ErrorKind::Store(StoreError::Corrupt { path, .. }) => Some(corrupt_store_hint(path)),
         #[cfg(all(feature = "ble", target_os = "linux"))]
         ErrorKind::Ble { step, .. } => crate::ble::hint(step),
         _ => None,
     }
 }
 
-/// What to do about a corrupt session-token store.
-pub fn corrupt_store_hint() -> String {
-    "`ulogger tokens clear` moves the corrupt file aside and starts empty (devices register again)"
-        .to_owned()
+/// What to do about the corrupt session-token store `path`: the command
+/// names that very file, so it clears it and not the default store.
+pub fn corrupt_store_hint(path: &std::path::Path) -> String {
+    let shown = path.display().to_string();
+    let plain = shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-~+,:@".contains(c));
+    let quoted = if plain {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', "'\\''"))
+    };
+    format!(
+        "`ulogger tokens clear --store {quoted}` moves the corrupt file aside and starts empty (devices register again)"
+    )
 }
 
 fn connect_hint(error: &ulogger_cloud::Error, plaintext: bool) -> Option<String> {

@@ -638,6 +638,17 @@ fn the_ack_sync_interval_is_bounded_and_comes_from_flag_or_file() {
         "{}",
         run.stderr
     );
+    // The other intervals too: no value may mean "never".
+    args.truncate(args.len() - 2);
+    args.extend(["--scan-interval".to_owned(), u64::MAX.to_string()]);
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--scan-interval 18446744073709551615 is more than 3600000 ms"),
+        "{}",
+        run.stderr
+    );
     // Shown with where it came from, like every setting.
     let config = sandbox.write("config.toml", b"ack_sync_interval = 200\n");
     let shown = sandbox.run(&strings(&["config", "show", "--config", &s(&config)]));
