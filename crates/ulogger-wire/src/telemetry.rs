@@ -730,6 +730,19 @@ mod tests {
         assert_eq!(parse(&p)["metrics"].as_array().unwrap().len(), 4000);
     }
 
+    #[test]
+    fn a_subnormal_value_round_trips_within_one_ulp() {
+        // Found by the property below: a relative bound is less than one
+        // ulp of a subnormal.
+        let tiny: f64 = 7.8525053528112e-310;
+        let p = metrics_payload("-", &[Metric::new("a", tiny)], Compression::Never).unwrap();
+        let back = parse(&p)["metrics"][0]["value"].as_f64().unwrap();
+        assert!(
+            (back.to_bits() as i64).abs_diff(tiny.to_bits() as i64) <= 1,
+            "{back} != {tiny}"
+        );
+    }
+
     proptest! {
         #[test]
         fn builds_round_trip_or_fail_typed(
@@ -750,11 +763,14 @@ mod tests {
                     for (got, want) in arr.iter().zip(&metrics) {
                         prop_assert_eq!(got["name"].as_str(), Some(want.name.as_str()));
                         // serde_json writes the shortest exact form, but
-                        // its default parser may be off by one ulp.
+                        // its default parser may be off by one ulp
+                        // (subnormals included, where a relative bound
+                        // is smaller than one ulp).
                         let value = got["value"].as_f64().unwrap();
                         let want_value = want.value.as_f64();
-                        prop_assert!((value - want_value).abs() <= want_value.abs() * 1e-15,
-                            "{} != {}", value, want_value);
+                        let ulps = (value.to_bits() as i64).abs_diff(want_value.to_bits() as i64);
+                        prop_assert!(value == want_value || ulps <= 1,
+                            "{} != {} ({} ulps)", value, want_value, ulps);
                         prop_assert_eq!(got.get("timestamp").and_then(Value::as_u64), want.timestamp);
                     }
                 }
