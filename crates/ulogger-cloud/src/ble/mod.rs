@@ -1107,17 +1107,8 @@ async fn keep_rejected(
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    // The serial comes from the device: keep only what is safe in a name.
-    let serial: String = serial
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    // The serial comes from the device: the name the seen records use.
+    let serial = seen::file_name(serial);
     let extension = match kind {
         BufferKind::Log => "log",
         _ => "core",
