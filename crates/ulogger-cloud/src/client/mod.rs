@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::config::{MqttConfig, Settings};
 use crate::error::{Error, ErrorKind};
 use crate::link::MqttLink;
-use crate::outbox::format::Kind;
+use crate::outbox::Kind;
 use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
 use crate::wire::{self, Compression, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};

@@ -15,6 +15,7 @@
 mod config;
 mod disk;
 pub(crate) mod format;
+mod sending;
 mod state;
 mod status;
 
@@ -26,11 +27,15 @@ use tokio::sync::oneshot;
 pub use config::{OutboxConfig, WhenFull};
 pub use status::{OutboxFailure, OutboxRecord, OutboxStatus, RecordKind, RecordState};
 
-pub(crate) use disk::{read_at, segment_path, Request};
-pub(crate) use state::{error_chain, Entry, Shared};
+pub(crate) use format::{Kind, StoredRecord};
+pub(crate) use sending::Taken;
+pub(crate) use state::error_chain;
+
+use disk::Request;
+use state::Shared;
 
 use crate::error::{Error, ErrorKind};
-use format::{AckState, Kind};
+use format::AckState;
 
 /// The id of a record in an outbox: unique in its directory, increasing
 /// in enqueue order.
@@ -52,7 +57,7 @@ impl std::fmt::Display for RecordId {
 /// at an outbox another process owns, use [`OutboxStatus::read`] and
 /// [`OutboxRecord::list`].
 pub struct Outbox {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
     requests: std::sync::mpsc::Sender<Request>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -179,7 +184,7 @@ impl Outbox {
             .map(RecordId)
     }
 
-    pub(crate) fn send(&self, request: Request) -> Result<(), Error> {
+    fn send(&self, request: Request) -> Result<(), Error> {
         self.requests
             .send(request)
             .map_err(|_| Error::from(ErrorKind::Shutdown))
