@@ -13,11 +13,15 @@
 //! ```
 
 mod config;
-mod disk;
 pub(crate) mod format;
+mod load;
+mod lock;
+mod segments;
 mod sending;
 mod state;
 mod status;
+mod view;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +35,8 @@ pub(crate) use format::{Kind, StoredRecord};
 pub(crate) use sending::Taken;
 pub(crate) use state::error_chain;
 
-use disk::Request;
 use state::Shared;
+use writer::Request;
 
 use crate::error::{Error, ErrorKind};
 use format::AckState;
@@ -77,7 +81,7 @@ impl Outbox {
     /// process owns it. Blocks on file I/O.
     pub fn open(config: OutboxConfig) -> Result<Outbox, Error> {
         config.validate()?;
-        let (shared, writer) = disk::open(config)?;
+        let (shared, writer) = load::open(config)?;
         let shared = Arc::new(shared);
         let (requests, rx) = std::sync::mpsc::channel();
         let thread_shared = shared.clone();
@@ -160,11 +164,11 @@ impl Outbox {
         device: Option<&crate::wire::DeviceInfo>,
         payload: &[u8],
     ) -> Result<RecordId, Error> {
-        self.append_record(disk::NewRecord::new(kind, device, payload))
+        self.append_record(writer::NewRecord::new(kind, device, payload))
             .await
     }
 
-    /// Appends a telemetry message (see [`disk::NewRecord::telemetry`]).
+    /// Appends a telemetry message (see [`writer::NewRecord::telemetry`]).
     pub(crate) async fn append_telemetry(
         &self,
         kind: Kind,
@@ -172,11 +176,11 @@ impl Outbox {
         serial: &str,
         payload: &[u8],
     ) -> Result<RecordId, Error> {
-        self.append_record(disk::NewRecord::telemetry(kind, app_id, serial, payload))
+        self.append_record(writer::NewRecord::telemetry(kind, app_id, serial, payload))
             .await
     }
 
-    async fn append_record(&self, record: disk::NewRecord) -> Result<RecordId, Error> {
+    async fn append_record(&self, record: writer::NewRecord) -> Result<RecordId, Error> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Append { record, reply })?;
         rx.await

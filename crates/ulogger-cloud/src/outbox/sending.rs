@@ -8,9 +8,10 @@ use std::path::Path;
 
 use tokio::sync::futures::Notified;
 
-use super::disk::{read_at, segment_path, Request};
 use super::format::{self, AckState, Scanned, StoredRecord};
+use super::segments::{read_at, segment_path};
 use super::state::{error_chain, Entry};
+use super::writer::Request;
 use super::Outbox;
 use crate::error::{Error, ErrorKind};
 use crate::RecordId;
