@@ -309,7 +309,7 @@ impl AgentBle {
 
     /// The next outcome, said as one line: the records it stored (to
     /// watch for delivery, with a label), or the gateway's fatal error.
-    pub async fn next(&mut self) -> Result<Vec<(RecordId, String)>, Exit> {
+    pub async fn next(&mut self) -> Result<Vec<crate::agent::Taken>, Exit> {
         match self.events.recv().await {
             Some(event) => Ok(self.said(event)),
             None => {
@@ -331,7 +331,7 @@ impl AgentBle {
         }
     }
 
-    fn said(&mut self, event: GatewayEvent) -> Vec<(RecordId, String)> {
+    fn said(&mut self, event: GatewayEvent) -> Vec<crate::agent::Taken> {
         let global = self.global;
         let address = event.address.to_string();
         let name = event.name.clone();
@@ -398,10 +398,11 @@ impl AgentBle {
                             ulogger_cloud::wire::BufferKind::Log => "log",
                             _ => "core dump",
                         };
-                        (
-                            b.record,
-                            format!("BLE {} {kind} {}", report.device.serial, n + 1),
-                        )
+                        crate::agent::Taken {
+                            id: b.record,
+                            label: format!("BLE {} {kind} {}", report.device.serial, n + 1),
+                            serial: report.device.serial.clone(),
+                        }
                     })
                     .collect()
             }

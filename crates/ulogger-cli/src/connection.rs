@@ -165,6 +165,8 @@ pub struct ConfigFile {
     pub scan_interval: Option<u64>,
     pub summary_interval: Option<u64>,
     pub ack_sync_interval: Option<u64>,
+    /// `agent --metrics-listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Which file this came from, if any.
     #[serde(skip)]
     pub path: Option<PathBuf>,

@@ -21,11 +21,12 @@ use crate::Global;
 pub enum Command {
     /// Print the effective settings and where each came from (flag,
     /// environment, file, default). Takes every setting's flag.
-    Show(ShowArgs),
+    // Both boxed: each holds many settings, and the enum only one.
+    Show(Box<ShowArgs>),
     /// Print each log configuration the cloud pushes to a device, as it
     /// arrives, until Ctrl-C or SIGTERM. Takes the device and connection
     /// flags of `upload`.
-    Watch(crate::log_config::WatchArgs),
+    Watch(Box<crate::log_config::WatchArgs>),
 }
 
 /// Arguments of `ulogger config show`.
@@ -58,6 +59,9 @@ pub struct ShowArgs {
     /// As `agent --ack-sync-interval`.
     #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
     ack_sync_interval: Option<u64>,
+    /// As `agent --metrics-listen`.
+    #[arg(long, env = "ULOGGER_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// As `upload --jobs`.
     #[arg(long, env = "ULOGGER_JOBS", value_name = "N")]
     jobs: Option<u64>,
@@ -92,7 +96,7 @@ type Row = (&'static str, Option<String>, Option<String>, Option<String>);
 pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
     match cmd {
         Command::Show(args) => show(global, &args),
-        Command::Watch(args) => crate::log_config::watch(global, args),
+        Command::Watch(args) => crate::log_config::watch(global, *args),
     }
 }
 
@@ -261,6 +265,12 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             args.ack_sync_interval.map(|v| s(&v)),
             file.ack_sync_interval.map(|v| s(&v)),
             Some("1000".to_owned()),
+        ),
+        (
+            "metrics_listen",
+            args.metrics_listen.map(|v| s(&v)),
+            file.metrics_listen.map(|v| s(&v)),
+            Some("none: no metrics endpoint".to_owned()),
         ),
         (
             "jobs",
