@@ -59,6 +59,10 @@ pub struct ConnectionChanges {
     watched: Vec<Watched>,
 }
 
+/// A wait for the next change of connection `usize`: false when its
+/// state can no longer change.
+type ChangeWait<'a> = Pin<Box<dyn Future<Output = (usize, bool)> + Send + 'a>>;
+
 /// One connection's state changes, and what was last said about it.
 struct Watched {
     client_id: String,
@@ -152,7 +156,7 @@ impl ConnectionChanges {
             }
             // Waits for a change of any connection still open (usually
             // one: a boxed wait per connection is cheap at this rate).
-            let mut waits: Vec<Pin<Box<dyn Future<Output = (usize, bool)> + Send + '_>>> = self
+            let mut waits: Vec<ChangeWait<'_>> = self
                 .watched
                 .iter_mut()
                 .enumerate()
