@@ -1011,31 +1011,40 @@ fn report_failure(
 
 /// Says that a connection came up or went down (and why).
 fn say_connection(global: Global, change: &ulogger_cloud::ConnectionEvent) {
+    if let Some((kind, fields, text)) = connection_line(change) {
+        event(global, kind, fields, &text);
+    }
+}
+
+/// A connection's change as a long-running command says it: the event's
+/// name, its fields and its text; none for a connection closed (the
+/// command is stopping, and says so).
+pub(crate) fn connection_line(
+    change: &ulogger_cloud::ConnectionEvent,
+) -> Option<(&'static str, serde_json::Value, String)> {
     let client_id = &change.client_id;
     match &change.state {
-        ConnectionState::Up => event(
-            global,
+        ConnectionState::Up => Some((
             "connected",
             json!({"client_id": client_id}),
-            &format!("connected to the broker as {client_id}"),
-        ),
+            format!("connected to the broker as {client_id}"),
+        )),
         ConnectionState::Down { error } => {
             let cause = error.as_ref().map(exit::message);
-            event(
-                global,
+            let text = format!(
+                "connection {client_id} lost{}; reconnecting",
+                cause
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            );
+            Some((
                 "disconnected",
                 json!({"client_id": client_id, "error": cause}),
-                &format!(
-                    "connection {client_id} lost{}; reconnecting",
-                    cause
-                        .as_deref()
-                        .map(|c| format!(": {c}"))
-                        .unwrap_or_default()
-                ),
-            );
+                text,
+            ))
         }
-        // The agent is stopping: said already.
-        _ => {}
+        _ => None,
     }
 }
 

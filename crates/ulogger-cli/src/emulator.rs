@@ -13,6 +13,7 @@ use ulogger_emulator::{
 
 use crate::exit::{Exit, Failure};
 use crate::signal::StopSignal;
+use crate::stamp;
 use crate::Global;
 
 /// Arguments of `ulogger emulator`: run one, or a subcommand about one.
@@ -143,7 +144,7 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                record = records.next() => outln!("{}", record_line(global, &record)),
+                record = records.next() => outln!("{}", live_line(global, &record)),
                 stop = &mut stop => {
                     stop?;
                     break;
@@ -153,12 +154,12 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
         Ok::<(), Exit>(())
     })?;
     if !global.json {
-        eprintln!("stopping: storing what was acknowledged");
+        eprintln!("{} stopping: storing what was acknowledged", stamp::now());
     }
     let stopped = emulator.shutdown();
     // What the cloud stored while stopping.
     for record in records.drain() {
-        outln!("{}", record_line(global, &record));
+        outln!("{}", live_line(global, &record));
     }
     stopped.context("the emulator failed").map_err(Exit::from)
 }
@@ -421,6 +422,7 @@ fn print_banner(
     let path = |p: Option<&PathBuf>| p.map(|p| absolute(p).display().to_string());
     if global.json {
         let banner = serde_json::json!({
+            "time": stamp::now(),
             "event": "ready",
             "address": emulator.addr().to_string(),
             "attached": attached,
@@ -453,7 +455,7 @@ fn print_banner(
         outln!("{banner}");
         return Ok(());
     }
-    let mut out = String::from("uLogger emulator: a local uLogger cloud\n");
+    let mut out = format!("{} uLogger emulator: a local uLogger cloud\n", stamp::now());
     let transport = match (attached, certs) {
         (Some(_), _) => "attached to an external broker",
         (None, Some(_)) => "MQTT, mutual TLS",
@@ -548,6 +550,17 @@ fn print_banner(
     );
     out!("{out}");
     Ok(())
+}
+
+/// A record as the running emulator prints it: with `--json` the record
+/// (which has its `time`), else its line after its time.
+fn live_line(global: Global, record: &Record) -> String {
+    let line = record_line(global, record);
+    if global.json {
+        line
+    } else {
+        format!("{} {line}", stamp::at(record.time))
+    }
 }
 
 fn record_line(global: Global, record: &Record) -> String {

@@ -73,6 +73,13 @@ async fn the_printed_address_and_certificates_let_a_client_connect() {
     .unwrap()
     .1;
     assert!(line.contains("size=64"), "{line}");
+    // Each record line starts with when it was received (RFC 3339, UTC).
+    let (time, record) = line.split_once(' ').unwrap();
+    let received =
+        time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(received.offset(), time::UtcOffset::UTC, "{line}");
+    assert!(record.contains(" core-dump/v0/77 "), "{line}");
     assert!(data.path().join("index.jsonl").is_file());
 }
 
