@@ -53,8 +53,20 @@ use crate::Global;
 /// Files enqueued at once (enqueues share fsyncs).
 const ENQUEUE_JOBS: usize = 64;
 
+/// What `ulogger agent --help` (and its manual page) says after the
+/// flags: how it runs as a service.
+const SERVICE_HELP: &str = "\
+Under systemd (Type=notify; see dist/ulogger-agent.service) the agent says READY=1 once its \
+outbox and inbox are open, keeps STATUS= (connection, counts, the delivery failure) for \
+`systemctl status`, sends WATCHDOG=1 from its loop at half of WatchdogSec=, and STOPPING=1 at \
+SIGTERM; without NOTIFY_SOCKET it sends nothing. Each line starts with its time (RFC 3339, \
+UTC), and lines say when the connection comes up and goes down. --metrics-listen serves \
+the Prometheus text format at /metrics: the outbox, the delivery failure, the connection, and \
+per-device counters for up to 256 serials (the rest under serial=\"(others)\").";
+
 /// Arguments of `ulogger agent`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = SERVICE_HELP)]
 pub struct Args {
     #[command(flatten)]
     connection: ConnectionArgs,

@@ -510,3 +510,22 @@ fn the_shipped_unit_is_a_notify_service_with_a_watchdog() {
         .unwrap();
     assert!((10..=300).contains(&watchdog), "{watchdog}");
 }
+
+/// `--help` (and so the manual page) says how the agent runs as a service.
+#[test]
+fn the_help_says_how_the_agent_reports_itself() {
+    let sandbox = Sandbox::new();
+    let help = sandbox
+        .run(&strings(&["agent", "--help"]))
+        .expect_code(0)
+        .stdout;
+    for needle in [
+        "--metrics-listen <ADDR>",
+        "Type=notify",
+        "WATCHDOG=1 from its loop at half of WatchdogSec=",
+        "without NOTIFY_SOCKET it sends nothing",
+        "up to 256 serials",
+    ] {
+        assert!(help.contains(needle), "{needle}:\n{help}");
+    }
+}
