@@ -89,6 +89,52 @@ struct Setting {
     source: &'static str,
 }
 
+/// Settings whose values are numbers (as in the config file).
+const NUMBERS: &[&str] = &[
+    "port",
+    "customer_id",
+    "group_id",
+    "connections",
+    "token_timeout",
+    "timeout",
+    "app_id",
+    "scan_interval",
+    "summary_interval",
+    "ack_sync_interval",
+    "jobs",
+];
+
+/// Settings whose values are yes or no.
+const BOOLEANS: &[&str] = &["legacy_topics", "plaintext", "no_pacing", "stamp_time"];
+
+/// Settings whose default is said in words, not a value (`ca`: the
+/// public roots).
+const DESCRIBED: &[&str] = &["ca", "rejected", "metrics_listen", "api_token", "jobs"];
+
+impl Setting {
+    /// `{"value", "source"}` with the value typed as in the config file
+    /// (a number, a boolean, a string) or null; a default said in words
+    /// is `"note"` beside a null value.
+    fn json(&self) -> serde_json::Value {
+        let Some(text) = self.value.as_deref() else {
+            return json!({"value": null, "source": self.source});
+        };
+        if self.source == "default" && DESCRIBED.contains(&self.key) {
+            return json!({"value": null, "source": self.source, "note": text});
+        }
+        let value = if NUMBERS.contains(&self.key) {
+            text.parse::<u64>()
+                .map_or_else(|_| json!(text), |n| json!(n))
+        } else if BOOLEANS.contains(&self.key) {
+            text.parse::<bool>()
+                .map_or_else(|_| json!(text), |b| json!(b))
+        } else {
+            json!(text)
+        };
+        json!({"value": value, "source": self.source})
+    }
+}
+
 /// A setting's key, its value from a flag or the environment, from the
 /// config file, and its default.
 type Row = (&'static str, Option<String>, Option<String>, Option<String>);
@@ -337,12 +383,7 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
     if global.json {
         let rows: serde_json::Map<String, serde_json::Value> = settings
             .iter()
-            .map(|s| {
-                (
-                    s.key.to_owned(),
-                    json!({"value": s.value, "source": s.source}),
-                )
-            })
+            .map(|s| (s.key.to_owned(), s.json()))
             .collect();
         outln!("{}", serde_json::Value::Object(rows));
         return Ok(());
