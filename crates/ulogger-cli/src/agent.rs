@@ -492,6 +492,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     #[cfg(not(all(feature = "ble", target_os = "linux")))]
     let mut ble: Option<AgentBle> = None;
     let mut fatal = None;
+    let mut stopped_by = None;
     // Ready once the outbox is open (the client is built), the inbox
     // checked and BLE started; not once connected: the outbox is there
     // to run through outages, and an agent started during one is working.
@@ -517,7 +518,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     loop {
         tokio::select! {
             stopped = &mut stop => {
-                stopped?;
+                stopped_by = Some(stopped?);
                 break;
             }
             // From this loop, so that a loop stuck anywhere (a scan that
@@ -591,9 +592,10 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     }
     client.shutdown().await;
     print_summary(global, &client, ble.as_ref());
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(()),
+    match (fatal, stopped_by) {
+        (Some(e), _) => Err(e),
+        (None, Some(stop)) => stop.outcome(),
+        (None, None) => Ok(()),
     }
 }
 

@@ -139,19 +139,15 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     print_banner(global, &emulator, &sample, args.attach.as_deref())?;
 
     let mut records = emulator.watch_records();
-    runtime.block_on(async {
+    let stopped_by = runtime.block_on(async {
         let stop = stop.wait();
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 record = records.next() => outln!("{}", live_line(global, &record)),
-                stop = &mut stop => {
-                    stop?;
-                    break;
-                }
+                stop = &mut stop => break stop,
             }
         }
-        Ok::<(), Exit>(())
     })?;
     if !global.json {
         eprintln!("{} stopping: storing what was acknowledged", stamp::now());
@@ -161,7 +157,8 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     for record in records.drain() {
         outln!("{}", live_line(global, &record));
     }
-    stopped.context("the emulator failed").map_err(Exit::from)
+    stopped.context("the emulator failed").map_err(Exit::from)?;
+    stopped_by.outcome()
 }
 
 fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {

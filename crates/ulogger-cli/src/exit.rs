@@ -8,7 +8,7 @@
 //! | 2 | bad input: arguments, files, ids, a log that fails validation |
 //! | 3 | network failure: could not connect, timed out (also waiting for a boot reply), connection lost |
 //! | 4 | the cloud refused: broker refused the connection or a subscription, unusable boot reply |
-//! | 130 | interrupted (Ctrl-C) |
+//! | 130 | interrupted (Ctrl-C), also a long-running command stopped by it (SIGTERM ends those with 0) |
 //!
 //! A failure is one line on stderr, `error: ` and its causes each said
 //! once, followed by a `hint: ` line when there is a likely fix. With

@@ -13,7 +13,7 @@ use ulogger_cloud::Client;
 use crate::connection::{ConfigFile, ConnectionArgs};
 use crate::device::DeviceArgs;
 use crate::exit::{self, Exit, Failure};
-use crate::signal::StopSignal;
+use crate::signal::{Stop, StopSignal};
 use crate::stamp;
 use crate::Global;
 
@@ -260,7 +260,7 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
                     }
                     Err(e) => Err(exit::from_cloud(e)),
                 },
-                stopped = &mut stop => stopped,
+                stopped = &mut stop => stopped.and_then(Stop::outcome),
             };
             client.shutdown().await;
             return outcome;
@@ -269,7 +269,7 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             configs = client.log_configs(&device) => configs.map_err(exit::from_cloud)?,
             stopped = &mut stop => {
                 client.shutdown().await;
-                return stopped;
+                return stopped.and_then(Stop::outcome);
             }
         };
         if global.json {
@@ -292,7 +292,7 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
                     None => break Err(exit::from_cloud(ulogger_cloud::ErrorKind::Shutdown.into())),
                 },
                 Some(change) = connection.next() => print_connection(global, &change),
-                stopped = &mut stop => break stopped,
+                stopped = &mut stop => break stopped.and_then(Stop::outcome),
             }
         };
         drop(configs);
