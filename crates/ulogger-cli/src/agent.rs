@@ -82,17 +82,17 @@ pub struct Args {
     /// `rejected` folder beside the inbox].
     #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
     rejected: Option<PathBuf>,
-    /// Milliseconds between two looks at the inbox [default: 500].
-    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    /// Milliseconds between two looks at the inbox; at most 1h [default: 500ms].
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     scan_interval: Option<u64>,
-    /// Seconds between two summary lines [default: 60].
-    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    /// Seconds between two summary lines; at most 1d [default: 60s].
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
     summary_interval: Option<u64>,
     /// Milliseconds within which a delivery's acknowledgement is made
     /// durable in the outbox; after a power cut, what was delivered in the
     /// last interval is sent again. 0 syncs every batch of
-    /// acknowledgements; at most 60000 [default: 1000].
-    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
+    /// acknowledgements; at most 60s [default: 1s].
+    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     ack_sync_interval: Option<u64>,
     /// Write the gateway's clock into version-4 headers whose time is 0
     /// [default: false].

@@ -31,7 +31,7 @@ pub enum Command {
 pub struct ScanArgs {
     /// Seconds to discover for. uLogger devices do not advertise their
     /// service, so every device seen is listed.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = crate::duration::secs)]
     timeout: u64,
     /// Connect to each device seen and read its `config` characteristic
     /// (serial, app id, firmware): tells uLogger devices from the rest.
@@ -66,7 +66,7 @@ pub struct PullArgs {
     /// Seconds to wait for the cloud to acknowledge what was pulled;
     /// what is not delivered by then stays in the outbox, for the agent
     /// or the next command on this outbox to send.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = crate::duration::secs)]
     deliver_timeout: u64,
     /// Milliseconds of silence after asking for data (and after the logs,
     /// before a core dump) that mean the device has nothing (more) to send.
@@ -202,7 +202,7 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 4, value_name = "N", requires = "ble")]
     ble_max_connections: usize,
     /// The least seconds between two pulls of one device.
-    #[arg(long, default_value_t = 30, value_name = "SECS", requires = "ble")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = crate::duration::secs, requires = "ble")]
     ble_min_interval: u64,
     /// The BlueZ adapter.
     #[arg(long, default_value = "hci0", value_name = "NAME", requires = "ble")]

@@ -38,7 +38,7 @@ pub struct PushArgs {
     #[arg(long, default_value = "0xffffffff", value_parser = parse_flags, value_name = "N")]
     module_flags: u32,
     /// Seconds the device keeps this configuration before reverting.
-    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = crate::duration::secs_u32)]
     timeout: u32,
     /// Names of the modules, in bit order (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
@@ -61,7 +61,7 @@ pub struct WatchArgs {
     #[arg(
         long = "wait",
         default_value_t = 30,
-        value_name = "SECS",
+        value_name = "SECS", value_parser = crate::duration::secs,
         requires = "once"
     )]
     wait_secs: u64,

@@ -51,13 +51,13 @@ pub struct ShowArgs {
     #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
     rejected: Option<PathBuf>,
     /// As `agent --scan-interval`.
-    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     scan_interval: Option<u64>,
     /// As `agent --summary-interval`.
-    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
     summary_interval: Option<u64>,
     /// As `agent --ack-sync-interval`.
-    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
+    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     ack_sync_interval: Option<u64>,
     /// As `agent --metrics-listen`.
     #[arg(long, env = "ULOGGER_METRICS_LISTEN", value_name = "ADDR")]
@@ -392,7 +392,18 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
     for setting in &settings {
         let value = setting.value.as_deref().unwrap_or("(not set)");
         let value = if value.is_empty() { "\"\"" } else { value };
-        outln!("{:<width$}  {value}  ({})", setting.key, setting.source);
+        // A duration with its unit, as the flags take it.
+        let unit = match setting.key {
+            _ if value.parse::<u64>().is_err() => "",
+            "scan_interval" | "ack_sync_interval" => "ms",
+            "summary_interval" | "token_timeout" | "timeout" => "s",
+            _ => "",
+        };
+        outln!(
+            "{:<width$}  {value}{unit}  ({})",
+            setting.key,
+            setting.source
+        );
     }
     Ok(())
 }

@@ -64,7 +64,8 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
         "--module-flags",
         "0xb",
         "--timeout",
-        "600",
+        // Ten minutes, with its unit (a bare number is seconds).
+        "10m",
         "--modules",
         "net,fs,ui",
     ]));
