@@ -143,7 +143,7 @@ async fn next_ble(ble: &mut Option<AgentBle>) -> Result<Vec<Taken>, Exit> {
 
 /// Who hears of a scan's progress besides the agent's output.
 #[derive(Clone, Copy)]
-struct Heard<'a> {
+struct Observers<'a> {
     metrics: &'a Metrics,
     systemd: &'a Systemd,
 }
@@ -526,8 +526,8 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             _ = tick(&mut watchdog) => systemd.watchdog(),
             _ = scan.tick() => {
                 if let Some(inbox) = &args.inbox {
-                    let heard = Heard { metrics: &metrics, systemd: &systemd };
-                    for taken in take_inbox(global, &client, heard, inbox, &rejected, &mut warned, &mut unremovable).await {
+                    let observers = Observers { metrics: &metrics, systemd: &systemd };
+                    for taken in take_inbox(global, &client, observers, inbox, &rejected, &mut warned, &mut unremovable).await {
                         let client = client.clone();
                         deliveries.spawn(async move { let result = client.delivered(taken.id).await; (taken, result) });
                     }
@@ -604,7 +604,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
 async fn take_inbox(
     global: Global,
     client: &Client,
-    heard: Heard<'_>,
+    observers: Observers<'_>,
     inbox: &Path,
     rejected: &Path,
     warned: &mut Warned,
@@ -641,7 +641,7 @@ async fn take_inbox(
         let Some(done) = jobs.join_next().await else {
             break;
         };
-        heard.systemd.progress();
+        observers.systemd.progress();
         let Ok((file, result)) = done else { continue };
         let label = format!(
             "{}/{}",
@@ -668,7 +668,7 @@ async fn take_inbox(
                     json!({"file": label, "id": id.0}),
                     &format!("queued {} (record {id})", label.escape_debug()),
                 );
-                heard.metrics.queued(&file.device.serial);
+                observers.metrics.queued(&file.device.serial);
                 out.push(Taken {
                     id,
                     label,
@@ -677,7 +677,7 @@ async fn take_inbox(
             }
             Err(Refusal::Invalid(reason)) => match reject(&file, rejected, &reason) {
                 Ok(to) => {
-                    heard.metrics.rejected(&file.device.serial);
+                    observers.metrics.rejected(&file.device.serial);
                     event(
                         global,
                         "rejected",
