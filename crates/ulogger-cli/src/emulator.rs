@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ulogger_emulator::{
-    AttachTo, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, RecordKind, Verdict,
+    AttachTo, ClientEvent, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record,
+    RecordKind, Verdict,
 };
 
 use crate::exit::{Exit, Failure};
@@ -139,12 +140,16 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     print_banner(global, &emulator, &sample, args.attach.as_deref())?;
 
     let mut records = emulator.watch_records();
+    let mut clients = emulator.watch_clients();
     let stopped_by = runtime.block_on(async {
         let stop = stop.wait();
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 record = records.next() => outln!("{}", live_line(global, &record)),
+                Some(client) = clients.next() => if let Some(line) = client_line(global, &client) {
+                    outln!("{line}");
+                },
                 stop = &mut stop => break stop,
             }
         }
@@ -547,6 +552,29 @@ fn print_banner(
     );
     out!("{out}");
     Ok(())
+}
+
+/// A client connection accepted or ended, as the running emulator
+/// prints it: `client-connected` and `client-disconnected` events with
+/// `--json`.
+fn client_line(global: Global, event: &ClientEvent) -> Option<String> {
+    let (kind, client_id, peer) = match event {
+        ClientEvent::Connected { client_id, peer } => ("connected", client_id, peer),
+        ClientEvent::Disconnected { client_id, peer } => ("disconnected", client_id, peer),
+        // A kind this version does not know: nothing to say.
+        _ => return None,
+    };
+    Some(if global.json {
+        serde_json::json!({
+            "time": stamp::now(),
+            "event": format!("client-{kind}"),
+            "client_id": client_id,
+            "peer": peer.to_string(),
+        })
+        .to_string()
+    } else {
+        format!("{} client {kind}: {client_id} ({peer})", stamp::now())
+    })
 }
 
 /// A record as the running emulator prints it: with `--json` the record
