@@ -142,6 +142,30 @@ impl NotifySocket {
         }
     }
 
+    /// The next notification within `wait`, if one comes.
+    fn within(&mut self, wait: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let got = self.socket.recv(&mut buf);
+        self.socket.set_read_timeout(Some(support::WAIT)).unwrap();
+        match got {
+            Ok(n) => {
+                let message = String::from_utf8(buf[..n].to_vec()).unwrap();
+                self.seen.push(message.clone());
+                Some(message)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Reads notifications until one has the assignment `line`
     /// (`READY=1`); returns that one. Fails after [`support::WAIT`]
     /// without a datagram.
@@ -544,4 +568,54 @@ fn the_help_says_how_the_agent_reports_itself() {
     ] {
         assert!(help.contains(needle), "{needle}:\n{help}");
     }
+}
+
+/// The pings come from the service loop itself: while the loop is stuck
+/// (here an outbox write held for 3 s by a fault point, which holds the
+/// scan waiting on it) none come, so systemd would restart the agent;
+/// once it moves on they come again.
+#[cfg(unix)]
+#[test]
+fn a_stuck_service_loop_stops_the_watchdog_pings() {
+    let (sandbox, device) = inbox();
+    let emu = plaintext_emulator();
+    let socket_path = sandbox.path("notify.sock");
+    let mut notify = NotifySocket::bind(&socket_path);
+    let mut command = agent(
+        &sandbox,
+        emu.addr(),
+        true,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", s(&socket_path)),
+            ("WATCHDOG_USEC", "200000".to_owned()),
+            // The first batch written to the outbox stalls for 3 s.
+            (
+                "FAILPOINTS",
+                "outbox-write-segment=1*sleep(3000)".to_owned(),
+            ),
+        ],
+    );
+    command.env_remove("WATCHDOG_PID");
+    let running = Running::spawn(command);
+    notify.until("READY=1");
+    notify.until("WATCHDOG=1");
+
+    drop_file(&device, "log-00001.bin", &numbered_log(1));
+    // Pings every 100 ms until the scan meets the stalled write; then a
+    // second without one.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the pings never stopped: {:#?}",
+            notify.seen
+        );
+        if notify.within(Duration::from_secs(1)).is_none() {
+            break;
+        }
+    }
+    // The write goes through, the loop moves on, the pings resume.
+    event(&running, "delivered");
+    notify.until("WATCHDOG=1");
 }
