@@ -30,6 +30,7 @@ mod demo;
 mod demo_ble;
 mod device;
 mod docs;
+mod duration;
 mod emulator;
 mod emulator_records;
 mod exit;
@@ -40,12 +41,15 @@ mod inspect;
 mod log_config;
 mod logs;
 mod make_log;
+mod metrics;
 mod outbox;
 mod outbox_upload;
 mod query;
 mod settings;
 mod signal;
+mod stamp;
 mod stdout;
+mod systemd;
 mod telemetry;
 mod tokens;
 mod upload;
@@ -54,7 +58,13 @@ use clap::{Parser, Subcommand};
 
 /// Send embedded devices' logs to the uLogger cloud, or to a local emulator of it.
 #[derive(Debug, Parser)]
-#[command(name = "ulogger", version, about, propagate_version = true)]
+#[command(
+    name = "ulogger",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Durations take a unit (500ms, 2s, 10m, 1h, 1d); a bare number is in the unit the flag names (MS, SECS)."
+)]
 struct Cli {
     /// Print machine-readable JSON instead of human-readable text.
     #[arg(long, global = true)]

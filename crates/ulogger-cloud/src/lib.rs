@@ -44,8 +44,8 @@ mod tls;
 mod transport;
 
 pub use client::{
-    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt, Turn,
-    UploadReceipt,
+    Client, ClientBuilder, ConnectionChanges, ConnectionEvent, ConnectionState, LogConfigs,
+    PublishReceipt, TelemetryReceipt, TextLogReceipt, Turn, UploadReceipt,
 };
 pub use config::{
     MqttConfig, Pacing, RegistrationLimit, Security, DEFAULT_BROKER, DEFAULT_GROUP_ID, DEFAULT_PORT,
@@ -79,6 +79,7 @@ fn _assert_impls() {
     send_sync::<SessionStore>();
     send_sync::<LinkInbox>();
     send_sync::<RumqttcLink>();
+    send_sync::<ConnectionChanges>();
     fn dyn_compatible(_: &dyn MqttLink) {}
 }
 

@@ -142,6 +142,7 @@ pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 pub use store::DATABASE_FILE;
 pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
+pub use broker::ClientEvent;
 use broker::{Broker, Mailbox, Tls};
 use cloud::{BootGuard, Cloud, Command, TokenBook, Uplink};
 use http::HttpState;
@@ -504,6 +505,15 @@ impl Emulator {
         self.records.snapshot()
     }
 
+    /// Follows client connections from now on: each one the broker
+    /// accepts and each that ends. In attach mode (no broker of its own)
+    /// there are none: [`ClientWatcher::next`] returns `None` at once.
+    pub fn watch_clients(&self) -> ClientWatcher {
+        ClientWatcher {
+            events: self.broker.as_ref().map(|b| b.watch_clients()),
+        }
+    }
+
     /// Follows records as they arrive, starting with the first one.
     pub fn watch_records(&self) -> RecordWatcher {
         RecordWatcher {
@@ -674,6 +684,37 @@ impl Drop for Emulator {
                 panic!("a ulogger emulator task panicked: {message}");
             }
         }
+    }
+}
+
+/// Follows an emulator's client connections
+/// ([`Emulator::watch_clients`]).
+pub struct ClientWatcher {
+    events: Option<tokio::sync::broadcast::Receiver<ClientEvent>>,
+}
+
+impl ClientWatcher {
+    /// The next client connection accepted or ended; `None` once the
+    /// broker is gone (or in attach mode). A watcher that fell more than
+    /// 256 events behind skips those it missed. Needs no particular async
+    /// runtime.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        let events = self.events.as_mut()?;
+        loop {
+            match events.recv().await {
+                Ok(event) => return Some(event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "client events missed by a slow watcher");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientWatcher").finish_non_exhaustive()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The async client: registration and uploads over one shared connection.
 
+mod connection;
 mod delivery;
 mod log_config;
 mod pool;
@@ -8,6 +9,7 @@ mod telemetry;
 mod text_logs;
 mod turns;
 
+pub use connection::{ConnectionChanges, ConnectionEvent, ConnectionState};
 pub use telemetry::TelemetryReceipt;
 pub use text_logs::TextLogReceipt;
 pub use turns::Turn;
