@@ -1,6 +1,7 @@
 //! The async client: registration and uploads over one shared connection.
 
 mod delivery;
+mod elf_upload;
 mod log_config;
 mod pool;
 mod registration;
@@ -8,6 +9,7 @@ mod telemetry;
 mod text_logs;
 mod turns;
 
+pub use elf_upload::{ElfProgress, ElfUpload, ElfUploadReceipt};
 pub use telemetry::TelemetryReceipt;
 pub use text_logs::TextLogReceipt;
 pub use turns::Turn;
