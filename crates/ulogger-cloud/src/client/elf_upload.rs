@@ -202,8 +202,9 @@ impl Client {
     /// Uploads a firmware ELF to the cloud (PROTOCOL §11), so that the
     /// cloud can decode the logs of devices running that build.
     ///
-    /// Checks the file first (ELF magic, class, headers; a missing
-    /// `.ulogger.debug_modules` section is logged as a warning) and the
+    /// Checks the file first (ELF magic, class, headers; whether the
+    /// `.ulogger.debug_modules` section is there is in the receipt's
+    /// [`ElfSummary`](crate::wire::ElfSummary)) and the
     /// device type (it becomes a topic level); nothing is sent when they
     /// are wrong. Then subscribes to the reply topic, publishes the
     /// request on this client's connection (paced like every publish),
@@ -253,8 +254,10 @@ impl Client {
         );
         async {
             let summary = wire::inspect_elf(&elf)?;
+            // Not a warning of the library's: the receipt says it, and
+            // the caller decides how loud to be (the CLI warns once).
             if !summary.has_debug_modules {
-                tracing::warn!(
+                tracing::info!(
                     "the ELF has no {} section: decoded logs will name no modules",
                     wire::DEBUG_MODULES_SECTION
                 );
