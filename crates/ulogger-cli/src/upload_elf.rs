@@ -197,14 +197,15 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         .context("cannot start the async runtime")
         .map_err(Exit::from)?;
     let result = runtime.block_on(async {
-        let client = Client::builder(config).build().map_err(failure)?;
+        let fail = |e| failure(e, &plan, &args);
+        let client = Client::builder(config).build().map_err(fail)?;
         if let Err(e) = client.connected().await {
             client.shutdown().await;
-            return Err(failure(e));
+            return Err(fail(e));
         }
         let result = client.upload_elf(&upload, plan.elf.clone()).await;
         client.shutdown().await;
-        result.map_err(failure)
+        result.map_err(fail)
     });
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -458,17 +459,25 @@ fn report_checks(global: Global, plan: &Plan) {
     );
 }
 
-/// The library's error, with what to do about it in this command.
-fn failure(error: ulogger_cloud::Error) -> Exit {
+/// The library's error, with what to do about it in this command (the
+/// error itself says what happened).
+fn failure(error: ulogger_cloud::Error, plan: &Plan, args: &Args) -> Exit {
     let upload_hint = match error.kind() {
-        ErrorKind::ElfUploadRefused { status: 403, .. } => Some(
-            "the certificate (--cert, ULOGGER_CERT_DATA or the project's cert_path) and the customer id must be of the same customer".to_owned(),
-        ),
-        ErrorKind::Timeout(Phase::UploadUrl) => Some(
-            "raise --reply-timeout if the cloud is slow; otherwise check --customer-id and --app-id".to_owned(),
-        ),
-        ErrorKind::ElfUploadRefused { .. } | ErrorKind::ElfUploadConnect { .. } if error.is_retryable() => {
-            Some("the upload was retried already (--retries); try again later".to_owned())
+        ErrorKind::ElfUploadRefused { status: 403, .. } => Some(format!(
+            "use the certificate issued to customer {} (--cert and --key, ULOGGER_CERT_DATA and ULOGGER_KEY_DATA, or the project's cert_path and key_path), or that certificate's customer id (--customer-id)",
+            plan.customer_id
+        )),
+        ErrorKind::Timeout(Phase::UploadUrl) => Some(format!(
+            "if the cloud is only slow, raise --reply-timeout (now {} s)",
+            args.reply_timeout.unwrap_or(30)
+        )),
+        ErrorKind::ElfUploadRefused { .. } | ErrorKind::ElfUploadConnect { .. }
+            if error.is_retryable() =>
+        {
+            Some(format!(
+                "raise --retries (now {}) to ride out a longer outage",
+                args.retries.unwrap_or(3)
+            ))
         }
         _ => None,
     };

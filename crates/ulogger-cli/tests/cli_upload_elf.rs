@@ -213,8 +213,14 @@ fn another_customers_certificate_fails_with_403_and_says_so() {
     let run = sandbox.run(&args).expect_code(4);
 
     assert!(run.stderr.contains("HTTP 403"), "{}", run.stderr);
-    assert!(run.stderr.contains("another customer"), "{}", run.stderr);
-    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+    assert!(run.stderr.contains("customer 4343"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "hint: use the certificate issued to customer {CUSTOMER}"
+        )),
+        "{}",
+        run.stderr
+    );
     assert!(emu.stored_elfs().is_empty());
 }
 
@@ -243,6 +249,11 @@ fn an_outage_is_retried_until_the_upload_goes_through() {
     args.extend(strings(&["--retries", "1", &s(&elf)]));
     let run = sandbox.run(&args).expect_code(3);
     assert!(run.stderr.contains("HTTP 503"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("hint: raise --retries (now 1)"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -265,7 +276,12 @@ fn no_answer_times_out_with_a_hint() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("--reply-timeout"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("hint: if the cloud is only slow, raise --reply-timeout (now 1 s)"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(requests(&emu), 1);
 }
 

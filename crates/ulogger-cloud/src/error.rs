@@ -348,9 +348,8 @@ fn elf_put_hint(status: u16, attempts: u32) -> String {
         String::new()
     };
     match status {
-        403 => "forbidden: the client certificate belongs to another customer than the \
-                customer id given (use the certificate of that customer, or its id), or \
-                the upload URL expired"
+        403 => "forbidden: the client certificate belongs to another customer, or the \
+                upload URL expired"
             .into(),
         404 | 410 => "the upload URL is unknown, used or expired: upload again".into(),
         413 => "the file is too large for the upload URL".into(),

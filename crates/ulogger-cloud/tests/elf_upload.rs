@@ -93,7 +93,10 @@ async fn another_customers_certificate_is_refused_with_403_and_not_retried() {
         other => panic!("{other:?}"),
     }
     assert!(err.is_refusal() && !err.is_retryable());
-    assert!(err.to_string().contains("another customer"), "{err}");
+    assert!(
+        err.to_string().contains("belongs to another customer"),
+        "{err}"
+    );
     assert_eq!(err.http_status(), Some(403));
     assert!(emu.stored_elfs().is_empty());
     assert_eq!(request_records(&emu), 1);
