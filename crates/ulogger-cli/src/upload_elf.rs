@@ -23,6 +23,7 @@ use ulogger_cloud::{Client, ElfUpload, ErrorKind, Phase};
 use crate::connection::ConnectionArgs;
 use crate::exit::{self, Exit, Failure};
 use crate::files;
+use crate::signal::StopSignal;
 use crate::Global;
 
 /// The largest ELF read: far above any firmware image with full debug
@@ -196,16 +197,27 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         .build()
         .context("cannot start the async runtime")
         .map_err(Exit::from)?;
+    // Ctrl-C or SIGTERM ends the upload cleanly, so that the key written
+    // from ULOGGER_KEY_DATA is removed with its directory.
+    let stop = {
+        let _runtime = runtime.enter();
+        StopSignal::listen()?
+    };
     let result = runtime.block_on(async {
         let fail = |e| failure(e, &plan, &args);
         let client = Client::builder(config).build().map_err(fail)?;
-        if let Err(e) = client.connected().await {
-            client.shutdown().await;
-            return Err(fail(e));
-        }
-        let result = client.upload_elf(&upload, plan.elf.clone()).await;
+        let result = tokio::select! {
+            result = async {
+                client.connected().await?;
+                client.upload_elf(&upload, plan.elf.clone()).await
+            } => result.map_err(fail),
+            stopped = stop.wait() => stopped.and(Err(Exit::new(
+                Failure::Interrupted,
+                anyhow!("interrupted: the ELF upload did not finish (the cloud may or may not have it)"),
+            ).with_hint(Some("run the same upload again: a later upload of the same firmware replaces the earlier".into())))),
+        };
         client.shutdown().await;
-        result.map_err(fail)
+        result
     });
     if let Some(bar) = bar {
         bar.finish_and_clear();

@@ -345,3 +345,57 @@ fn a_missing_module_table_is_warned_about_and_uploaded_anyway() {
     );
     assert!(emu.find_elf(APP, DEVICE_TYPE, "v9.9.9-elsewhere").is_some());
 }
+
+#[test]
+fn sigterm_ends_the_upload_and_removes_the_key_written_from_the_environment() {
+    let sandbox = Sandbox::new();
+    let Some(elf) = firmware(&sandbox, true) else {
+        return;
+    };
+    let emu = tls_emulator();
+    let certs = emu.certs().unwrap();
+    emu.faults().ignore_elf_upload_requests(1);
+    let tmp = sandbox.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let env = [
+        ("TMPDIR", s(&tmp)),
+        (
+            "ULOGGER_CERT_DATA",
+            std::fs::read_to_string(&certs.client_cert).unwrap(),
+        ),
+        (
+            "ULOGGER_KEY_DATA",
+            std::fs::read_to_string(&certs.client_key).unwrap(),
+        ),
+    ];
+    let mut args = strings(&[
+        "upload-elf",
+        "--broker",
+        "127.0.0.1",
+        "--customer-id",
+        &CUSTOMER.to_string(),
+        "--port",
+        &emu.addr().port().to_string(),
+        "--ca",
+        &s(&certs.ca_cert),
+        "--reply-timeout",
+        "600",
+    ]);
+    args.extend(firmware_args());
+    args.push(s(&elf));
+    let mut command = sandbox.command(&env);
+    command.args(&args).stdout(std::process::Stdio::piped());
+    let mut running = support::Running::spawn(command);
+    assert!(
+        emu.wait_for_blocking(|r| r.kind == RecordKind::ElfUploadRequest, PATIENCE)
+            .is_some(),
+        "the request reached the cloud"
+    );
+    let written: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert_eq!(written.len(), 1, "the PEM directory while it runs");
+
+    let status = running.terminate();
+
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "removed");
+}
