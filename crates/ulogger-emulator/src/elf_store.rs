@@ -115,8 +115,23 @@ struct Urls {
     pending: HashMap<String, Pending>,
     /// Secrets in the order they were issued, to drop the oldest.
     order: VecDeque<String>,
-    used: HashMap<String, ()>,
+    /// URLs that can no longer be used, and why (used, or expired).
+    used: HashMap<String, UrlRefusal>,
     used_order: VecDeque<String>,
+}
+
+impl Urls {
+    /// Remembers that `secret` can no longer be used, and why; the oldest
+    /// such memory goes first.
+    fn retire(&mut self, secret: &str, why: UrlRefusal) {
+        if self.used.len() >= MAX_USED {
+            if let Some(oldest) = self.used_order.pop_front() {
+                self.used.remove(&oldest);
+            }
+        }
+        self.used.insert(secret.to_owned(), why);
+        self.used_order.push_back(secret.to_owned());
+    }
 }
 
 impl ElfStore {
@@ -182,11 +197,12 @@ impl ElfStore {
     /// [`ElfStore::give_back`] or [`ElfStore::stored`] settles it.
     pub(crate) fn take(&self, secret: &str) -> Result<Pending, UrlRefusal> {
         let mut urls = self.lock_urls();
-        if urls.used.contains_key(secret) {
-            return Err(UrlRefusal::Used);
+        if let Some(&refusal) = urls.used.get(secret) {
+            return Err(refusal);
         }
         let pending = urls.pending.remove(secret).ok_or(UrlRefusal::Unknown)?;
         if pending.expires <= Instant::now() {
+            urls.retire(secret, UrlRefusal::Expired);
             return Err(UrlRefusal::Expired);
         }
         Ok(pending)
@@ -238,14 +254,7 @@ impl ElfStore {
         write_atomic_with(&description, &json, Access::Shared, self.durable)
             .map_err(|e| EmulatorError::io("write", &description, e))?;
         self.lock_stored().insert(key(&stored), stored.clone());
-        let mut urls = self.lock_urls();
-        if urls.used.len() >= MAX_USED {
-            if let Some(oldest) = urls.used_order.pop_front() {
-                urls.used.remove(&oldest);
-            }
-        }
-        urls.used.insert(secret.to_owned(), ());
-        urls.used_order.push_back(secret.to_owned());
+        self.lock_urls().retire(secret, UrlRefusal::Used);
         Ok(stored)
     }
 
