@@ -194,3 +194,22 @@ async fn what_cannot_be_uploaded_is_refused_before_anything_is_sent() {
     assert_eq!(request_records(&emu), 0);
     client.shutdown().await;
 }
+
+#[test]
+fn the_blocking_client_uploads_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(elf) = firmware_elf(&dir, false) else {
+        return;
+    };
+    let emu = tls_emulator();
+    let client = ulogger_cloud::blocking::Client::builder(config_for(&emu))
+        .build()
+        .unwrap();
+
+    let receipt = client.upload_elf(&upload(), elf.clone()).unwrap();
+
+    assert!(!receipt.elf.has_debug_modules);
+    let stored = emu.find_elf(APP, DEVICE_TYPE, VERSION).expect("stored");
+    assert_eq!(emu.read_elf(&stored).unwrap(), elf);
+    client.shutdown();
+}
