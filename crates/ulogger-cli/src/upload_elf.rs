@@ -330,10 +330,9 @@ fn plan(args: &Args) -> Result<(Plan, ConnectionArgs), Exit> {
     })?;
     let mut warnings = Vec::new();
     if !summary.has_debug_modules {
-        warnings.push(format!(
-            "the ELF has no {} section: logs will decode, but without module names (is the uLogger agent linked in?)",
-            wire::DEBUG_MODULES_SECTION
-        ));
+        warnings.push(
+            "the ELF has no .ulogger.debug_modules section: logs will decode, but without module names (is the uLogger agent linked in?)".to_owned(),
+        );
     }
     if summary.kind == ElfKind::Relocatable {
         warnings.push("the ELF is an object file before linking (ET_REL): its addresses are not the device's; upload the linked image".into());

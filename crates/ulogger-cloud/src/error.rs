@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::store::StoreError;
 use crate::wire::{
-    BootReplyError, ElfError, ElfUploadReplyError, HeaderError, LogConfigError, TelemetryError,
-    TextLogError, TopicError,
+    BootReplyError, ElfCheckError, ElfUploadReplyError, HeaderError, LogConfigError,
+    TelemetryError, TextLogError, TopicError,
 };
 
 /// What went wrong, with the facts a caller needs to act on it.
@@ -279,7 +279,7 @@ pub enum ErrorKind {
     /// The file is not a firmware ELF that can be uploaded; nothing was
     /// sent.
     #[error("invalid firmware ELF: {0}")]
-    InvalidElf(#[source] ElfError),
+    InvalidElf(#[source] ElfCheckError),
     /// The cloud answered the upload request without a usable URL.
     #[error("invalid answer to the ELF upload request: {0}")]
     InvalidUploadReply(#[source] ElfUploadReplyError),
@@ -534,8 +534,8 @@ impl From<LogConfigError> for Error {
     }
 }
 
-impl From<ElfError> for Error {
-    fn from(e: ElfError) -> Self {
+impl From<ElfCheckError> for Error {
+    fn from(e: ElfCheckError) -> Self {
         ErrorKind::InvalidElf(e).into()
     }
 }

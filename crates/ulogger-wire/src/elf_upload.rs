@@ -16,7 +16,7 @@ use crate::topic::{validate_device_type, TopicError};
 
 /// The ELF section that holds the firmware's module-name table
 /// (PROTOCOL §5.1); without it, decoded logs name no modules.
-pub const DEBUG_MODULES_SECTION: &str = ".ulogger.debug_modules";
+const DEBUG_MODULES_SECTION: &str = ".ulogger.debug_modules";
 
 /// Longest excerpt of an offending value quoted in an error message.
 const MAX_QUOTE: usize = 120;
@@ -331,7 +331,8 @@ pub struct ElfSummary {
     pub machine: String,
     /// Executable, relocatable, ...
     pub kind: ElfKind,
-    /// Whether the [`DEBUG_MODULES_SECTION`] is there.
+    /// Whether the `.ulogger.debug_modules` section (the module-name
+    /// table, PROTOCOL §5.1) is there.
     pub has_debug_modules: bool,
     /// The file's size in bytes.
     pub size: usize,
@@ -340,7 +341,7 @@ pub struct ElfSummary {
 /// Why a file is not a usable firmware ELF.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ElfError {
+pub enum ElfCheckError {
     /// The file is empty.
     #[error("the file is empty, not an ELF")]
     Empty,
@@ -363,11 +364,11 @@ pub enum ElfError {
 ///
 /// # Errors
 ///
-/// [`ElfError::Empty`], [`ElfError::BadMagic`], [`ElfError::BadClass`] or
-/// [`ElfError::Malformed`].
-pub fn inspect_elf(data: &[u8]) -> Result<ElfSummary, ElfError> {
+/// [`ElfCheckError::Empty`], [`ElfCheckError::BadMagic`], [`ElfCheckError::BadClass`] or
+/// [`ElfCheckError::Malformed`].
+pub fn inspect_elf(data: &[u8]) -> Result<ElfSummary, ElfCheckError> {
     if data.is_empty() {
-        return Err(ElfError::Empty);
+        return Err(ElfCheckError::Empty);
     }
     if !data.starts_with(b"\x7fELF") {
         let found = data
@@ -376,19 +377,19 @@ pub fn inspect_elf(data: &[u8]) -> Result<ElfSummary, ElfError> {
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(" ");
-        return Err(ElfError::BadMagic { found });
+        return Err(ElfCheckError::BadMagic { found });
     }
     let class = match data.get(4) {
         Some(1) => ElfClass::Elf32,
         Some(2) => ElfClass::Elf64,
-        Some(&other) => return Err(ElfError::BadClass(other)),
+        Some(&other) => return Err(ElfCheckError::BadClass(other)),
         None => {
-            return Err(ElfError::Malformed(
+            return Err(ElfCheckError::Malformed(
                 "the file ends inside the ELF identification".into(),
             ))
         }
     };
-    let file = object::File::parse(data).map_err(|e| ElfError::Malformed(e.to_string()))?;
+    let file = object::File::parse(data).map_err(|e| ElfCheckError::Malformed(e.to_string()))?;
     let kind = match file.kind() {
         ObjectKind::Executable => ElfKind::Executable,
         ObjectKind::Dynamic => ElfKind::Dynamic,
@@ -552,23 +553,23 @@ mod tests {
 
     #[test]
     fn magic_and_class_are_checked_before_parsing() {
-        assert_eq!(inspect_elf(b""), Err(ElfError::Empty));
+        assert_eq!(inspect_elf(b""), Err(ElfCheckError::Empty));
         assert_eq!(
             inspect_elf(b":020000040800F2\n"),
-            Err(ElfError::BadMagic {
+            Err(ElfCheckError::BadMagic {
                 found: "3a 30 32 30".into()
             })
         );
         assert_eq!(
             inspect_elf(b"\x7fELF"),
-            Err(ElfError::Malformed(
+            Err(ElfCheckError::Malformed(
                 "the file ends inside the ELF identification".into()
             ))
         );
-        assert_eq!(inspect_elf(b"\x7fELF\x03"), Err(ElfError::BadClass(3)));
+        assert_eq!(inspect_elf(b"\x7fELF\x03"), Err(ElfCheckError::BadClass(3)));
         assert!(matches!(
             inspect_elf(b"\x7fELF\x01\x01\x01"),
-            Err(ElfError::Malformed(_))
+            Err(ElfCheckError::Malformed(_))
         ));
         let elf32 = inspect_elf(&bare_elf(1)).unwrap();
         assert_eq!(elf32.class, ElfClass::Elf32);

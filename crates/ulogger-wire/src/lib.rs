@@ -49,9 +49,8 @@ pub use boot::{
 };
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
 pub use elf_upload::{
-    elf_contains, elf_upload_reply_payload, inspect_elf, parse_elf_upload_reply, ElfClass,
-    ElfError, ElfKind, ElfSummary, ElfUploadReplyError, ElfUploadRequest, ElfUploadRequestError,
-    DEBUG_MODULES_SECTION,
+    elf_contains, elf_upload_reply_payload, inspect_elf, parse_elf_upload_reply, ElfCheckError,
+    ElfClass, ElfKind, ElfSummary, ElfUploadReplyError, ElfUploadRequest, ElfUploadRequestError,
 };
 pub use header::{
     build_log, compute_checksum, header_len, patch_epoch_time_us, patch_session_token,

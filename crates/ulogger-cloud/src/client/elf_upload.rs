@@ -258,8 +258,7 @@ impl Client {
             // the caller decides how loud to be (the CLI warns once).
             if !summary.has_debug_modules {
                 tracing::info!(
-                    "the ELF has no {} section: decoded logs will name no modules",
-                    wire::DEBUG_MODULES_SECTION
+                    "the ELF has no .ulogger.debug_modules section: decoded logs will name no modules"
                 );
             }
             let topic = self
