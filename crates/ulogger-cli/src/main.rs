@@ -91,6 +91,12 @@ enum Command {
     /// Publish a core dump.
     CoreDump(upload::CoreDumpArgs),
     /// Upload a firmware build's ELF, so the cloud can decode its devices' logs (from CI).
+    #[command(
+        mut_arg("store", telemetry::hide),
+        mut_arg("no_store", telemetry::hide),
+        mut_arg("token_timeout", telemetry::hide),
+        mut_arg("connections", telemetry::hide)
+    )]
     UploadElf(upload_elf::Args),
     /// Publish metrics: one device's samples, or a batch file of many devices'.
     #[command(after_help = telemetry::METRICS_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
