@@ -367,6 +367,19 @@ impl Sample {
     }
 
     /// The same upload with the connection settings from the config file.
+    /// The ELF upload of a build of the sample device's firmware.
+    fn elf_upload_command(&self) -> String {
+        let device = crate::make_log::SampleDevice::default().info();
+        format!(
+            "ulogger upload-elf --config {} --app-id {} --device-type {} --git-version {} --git-hash {} FIRMWARE.elf",
+            shell_word(&self.config_file),
+            device.app_id,
+            shell_quote(&device.device_type),
+            shell_quote(&device.git_version),
+            shell_quote(&device.git_hash)
+        )
+    }
+
     fn config_upload_command(&self) -> String {
         format!(
             "ulogger upload --config {} --device-info {} {}",
@@ -539,6 +552,12 @@ fn print_banner(
     );
     let _ = writeln!(out, "  {}", sample.heartbeat_command());
     let _ = writeln!(out, "  {}", sample.http_heartbeat_command(emulator));
+    let _ = writeln!(
+        out,
+        "Upload a build's firmware ELF (kept under {}):",
+        emulator.data_dir().join("elf").display()
+    );
+    let _ = writeln!(out, "  {}", sample.elf_upload_command());
     // Logs here: the record lines that follow name metrics, and scripts
     // reading this banner look for the first of them.
     let _ = writeln!(

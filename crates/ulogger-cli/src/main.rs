@@ -53,6 +53,7 @@ mod systemd;
 mod telemetry;
 mod tokens;
 mod upload;
+mod upload_elf;
 
 use clap::{Parser, Subcommand};
 
@@ -99,6 +100,14 @@ enum Command {
     Register(upload::RegisterArgs),
     /// Publish a core dump.
     CoreDump(upload::CoreDumpArgs),
+    /// Upload a firmware build's ELF, so the cloud can decode its devices' logs (from CI).
+    #[command(
+        mut_arg("store", telemetry::hide),
+        mut_arg("no_store", telemetry::hide),
+        mut_arg("token_timeout", telemetry::hide),
+        mut_arg("connections", telemetry::hide)
+    )]
+    UploadElf(upload_elf::Args),
     /// Publish metrics: one device's samples, or a batch file of many devices'.
     #[command(after_help = telemetry::METRICS_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
               mut_arg("token_timeout", telemetry::hide))]
@@ -169,6 +178,7 @@ fn main() -> std::process::ExitCode {
         Command::Upload(args) => upload::upload(global, args),
         Command::Register(args) => upload::register(global, args),
         Command::CoreDump(args) => upload::core_dump(global, args),
+        Command::UploadElf(args) => upload_elf::run(global, args),
         Command::Metrics(args) => telemetry::metrics(global, args),
         Command::Events(args) => telemetry::events(global, args),
         Command::Heartbeat(args) => telemetry::heartbeat_command(global, args),

@@ -20,10 +20,15 @@
 //!   [`Telemetry`]; its parts [`Metric`], [`Event`], and the builders
 //!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
 //! - Text logs (§12): [`TextEntry`], [`TextLevel`], [`text_log_batches`].
+//! - Firmware ELF upload (§11): [`ElfUploadRequest`],
+//!   [`parse_elf_upload_reply`], the checks before sending
+//!   ([`inspect_elf`], [`validate_device_type`]) and the topics
+//!   ([`Topics::firmware_upload`], [`Topics::upload_reply`]).
 
 mod ble;
 mod boot;
 mod device_info;
+mod elf_upload;
 mod header;
 mod log_config;
 mod telemetry;
@@ -43,6 +48,10 @@ pub use boot::{
     BootRequestError,
 };
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
+pub use elf_upload::{
+    elf_contains, elf_upload_reply_payload, inspect_elf, parse_elf_upload_reply, ElfCheckError,
+    ElfClass, ElfKind, ElfSummary, ElfUploadReplyError, ElfUploadRequest, ElfUploadRequestError,
+};
 pub use header::{
     build_log, compute_checksum, header_len, patch_epoch_time_us, patch_session_token,
     validate_checksum, HeaderError, LogHeader, HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_USED_BYTES,
@@ -59,6 +68,6 @@ pub use text_log::{
     text_log_batches, text_log_batches_numbered, TextEntry, TextLevel, TextLogBatch, TextLogError,
 };
 pub use topic::{
-    validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
-    MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
+    validate_device_type, validate_publish_topic, validate_serial, TopicError, TopicKind, Topics,
+    MAX_DEVICE_TYPE_LEN, MAX_SERIAL_LEN, MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
 };

@@ -2,6 +2,7 @@
 
 mod connection;
 mod delivery;
+mod elf_upload;
 mod log_config;
 mod pool;
 mod registration;
@@ -10,6 +11,7 @@ mod text_logs;
 mod turns;
 
 pub use connection::{ConnectionChanges, ConnectionEvent, ConnectionState};
+pub use elf_upload::{ElfProgress, ElfUpload, ElfUploadReceipt};
 pub use telemetry::TelemetryReceipt;
 pub use text_logs::TextLogReceipt;
 pub use turns::Turn;
