@@ -48,8 +48,8 @@ mod transport;
 
 pub use client::{
     Client, ClientBuilder, ConnectionChanges, ConnectionEvent, ConnectionState, ElfProgress,
-    ElfUpload, ElfUploadReceipt, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt, Turn,
-    UploadReceipt,
+    ElfUpload, ElfUploadReceipt, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt,
+    Turn, UploadReceipt,
 };
 pub use config::{
     MqttConfig, Pacing, RegistrationLimit, Security, DEFAULT_BROKER, DEFAULT_GROUP_ID, DEFAULT_PORT,
