@@ -20,9 +20,13 @@
 //!   [`Telemetry`]; its parts [`Metric`], [`Event`], and the builders
 //!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
 //! - Text logs (§12): [`TextEntry`], [`TextLevel`], [`text_log_batches`].
+//! - Local decoding of binary logs with the firmware ELF (§5.1):
+//!   [`SymbolTable`], [`LogDecoder`] yielding [`Record`]s, and the C
+//!   formatter [`printf`].
 
 mod ble;
 mod boot;
+mod decode;
 mod device_info;
 mod header;
 mod log_config;
@@ -41,6 +45,12 @@ pub use ble::{
 pub use boot::{
     boot_payload, boot_reply_payload, parse_boot_reply, BootReplyError, BootRequest,
     BootRequestError,
+};
+pub use decode::{
+    printf, Arg, ArgType, Clock, DataModel, DecodeOptions, ElfError, FormatProblem, FrameFormat,
+    FramesEnd, Level, LogDecoder, MetricReading, Module, ModuleTableError, PayloadPart, Printed,
+    Problem, Record, RecordTime, SymbolTable, ALWAYS_LOG_BIT, DEBUG_MODULES_SECTION, MAX_FIELD,
+    MAX_FORMAT_LEN, MAX_MESSAGE,
 };
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
 pub use header::{
