@@ -368,3 +368,6 @@ fn metric_of(message: &[u8], args: &[Arg<'_>]) -> Option<MetricReading> {
         value,
     })
 }
+
+#[cfg(test)]
+mod tests;
