@@ -212,7 +212,7 @@ fn defined(conv: &str, flags: String, precision: Field) -> (String, Field) {
     );
     let flags = flags
         .chars()
-        .filter(|&f| !(f == '#' && !alt_ok) && !(f == '0' && matches!(conv, "c" | "s")))
+        .filter(|&f| (f != '#' || alt_ok) && (f != '0' || !matches!(conv, "c" | "s")))
         .collect();
     let precision = if conv == "c" { Field::None } else { precision };
     (flags, precision)

@@ -150,7 +150,7 @@ fn formats_are_found_by_address_and_never_guessed() {
 #[test]
 fn frames_end_at_erased_flash_and_times_are_relative_without_a_clock() {
     let s = symbols();
-    let mut data = frame(&[0x00 | 2, 0x00, 0x01, 0, 0, 1, 0x11, 7], 50);
+    let mut data = frame(&[2, 0x00, 0x01, 0, 0, 1, 0x11, 7], 50);
     data.extend(frame(&[0x60 | 2, 0x00, 0x01, 0, 0, 1, 0x11, 8], 150));
     data.extend([0xff, 0xff, 1, 2, 3]);
     let buf = log(&data);
