@@ -11,8 +11,8 @@ use std::process::Command;
 
 use object::{Object, ObjectSymbol};
 use ulogger_wire::{
-    build_log, Clock, DataModel, DecodeOptions, ElfError, FormatProblem, FramesEnd, Level,
-    LogDecoder, LogHeader, MetricValue, Problem, Record, RecordTime, SymbolTable,
+    build_log, Clock, DataModel, DecodeOptions, ElfError, FramesEnd, Level, LogDecoder, LogHeader,
+    MetricValue, Problem, Record, RecordTime, SymbolTable,
 };
 
 struct Agent {
@@ -198,25 +198,7 @@ fn metrics_and_the_heartbeat_are_typed() {
 
 /// The kind of a problem, named as the fixture names it.
 fn kind(problem: &Problem) -> &'static str {
-    match problem {
-        Problem::FrameTruncated { .. } => "frame_truncated",
-        Problem::PayloadTruncated { .. } => "payload_truncated",
-        Problem::BadArgumentSize { .. } => "bad_argument_size",
-        Problem::StringCountMismatch { .. } => "string_count_mismatch",
-        Problem::StringBlobLength { .. } => "string_blob_length",
-        Problem::TrailingBytes { .. } => "trailing_bytes",
-        Problem::UnknownFormatAddress { .. } => "unknown_format_address",
-        Problem::UnterminatedFormat { .. } => "unterminated_format",
-        Problem::UnknownLevel { .. } => "unknown_level",
-        Problem::UnknownModule { .. } => "unknown_module",
-        Problem::DifferentBuild { .. } => "different_build",
-        Problem::MalformedMetric => "malformed_metric",
-        Problem::Format(FormatProblem::TooFewArguments { .. }) => "too_few_arguments",
-        Problem::Format(FormatProblem::TooManyArguments { .. }) => "too_many_arguments",
-        Problem::Format(FormatProblem::TypeMismatch { .. }) => "type_mismatch",
-        Problem::Format(_) => "format",
-        _ => "other",
-    }
+    problem.kind()
 }
 
 #[test]

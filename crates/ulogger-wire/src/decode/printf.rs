@@ -190,6 +190,21 @@ pub enum FormatProblem {
     MessageTruncated,
 }
 
+impl FormatProblem {
+    /// A stable snake-case name of the problem's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FormatProblem::TypeMismatch { .. } => "type_mismatch",
+            FormatProblem::TooFewArguments { .. } => "too_few_arguments",
+            FormatProblem::TooManyArguments { .. } => "too_many_arguments",
+            FormatProblem::UnsupportedConversion { .. } => "unsupported_conversion",
+            FormatProblem::IncompleteConversion { .. } => "incomplete_conversion",
+            FormatProblem::FieldClamped { .. } => "field_clamped",
+            FormatProblem::MessageTruncated => "message_truncated",
+        }
+    }
+}
+
 impl fmt::Display for FormatProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -200,11 +215,11 @@ impl fmt::Display for FormatProblem {
             ),
             FormatProblem::TooFewArguments { wanted, captured } => write!(
                 f,
-                "the format uses {wanted} arguments but {captured} were captured: missing ones print as their conversion"
+                "the format uses {wanted} arguments, the frame has {captured}: missing ones print as their conversion"
             ),
             FormatProblem::TooManyArguments { wanted, captured } => write!(
                 f,
-                "the format uses {wanted} arguments but {captured} were captured: the extra ones are not shown"
+                "the format uses {wanted} arguments, the frame has {captured}: the extra ones are not shown"
             ),
             FormatProblem::UnsupportedConversion { conversion } => {
                 write!(f, "conversion {conversion} is not supported: printed as written")

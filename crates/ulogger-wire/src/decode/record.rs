@@ -262,6 +262,26 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// A stable snake-case name of the problem's kind, for scripts
+    /// (`unknown_format_address`, `too_few_arguments`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::FrameTruncated { .. } => "frame_truncated",
+            Problem::PayloadTruncated { .. } => "payload_truncated",
+            Problem::BadArgumentSize { .. } => "bad_argument_size",
+            Problem::StringCountMismatch { .. } => "string_count_mismatch",
+            Problem::StringBlobLength { .. } => "string_blob_length",
+            Problem::TrailingBytes { .. } => "trailing_bytes",
+            Problem::UnknownFormatAddress { .. } => "unknown_format_address",
+            Problem::UnterminatedFormat { .. } => "unterminated_format",
+            Problem::UnknownLevel { .. } => "unknown_level",
+            Problem::UnknownModule { .. } => "unknown_module",
+            Problem::DifferentBuild { .. } => "different_build",
+            Problem::Format(p) => p.kind(),
+            Problem::MalformedMetric => "malformed_metric",
+        }
+    }
+
     /// Whether the problem says the ELF is not the log's build.
     pub fn is_other_build(&self) -> bool {
         matches!(
