@@ -36,15 +36,31 @@ pub(crate) fn format(out: &mut Vec<u8>, spec: &Spec, x: f64) {
     }
     let x = x.abs();
     let precision = spec.precision().unwrap_or(DEFAULT_PRECISION);
-    let mut body = Vec::with_capacity(32);
+    // Written in place, then padded: no buffer of its own.
+    let start = out.len();
+    out.extend_from_slice(sign);
     match spec.conv.to_ascii_lowercase() {
-        b'f' => fixed(&mut body, x, precision, spec.alt),
+        b'f' => fixed(out, x, precision, spec.alt),
         b'e' => {
-            exponent(&mut body, x, precision, spec.alt, upper);
+            exponent(out, x, precision, spec.alt, upper);
         }
-        _ => general(&mut body, x, precision, spec.alt, upper),
+        _ => general(out, x, precision, spec.alt, upper),
     }
-    pad(out, sign, &body, spec, true);
+    let len = out.len() - start;
+    let fill = spec.width().saturating_sub(len);
+    if fill == 0 {
+        return;
+    }
+    if spec.left {
+        out.resize(out.len() + fill, b' ');
+    } else {
+        let (at, byte) = if spec.zero {
+            (start + sign.len(), b'0')
+        } else {
+            (start, b' ')
+        };
+        out.splice(at..at, std::iter::repeat_n(byte, fill));
+    }
 }
 
 fn fixed(body: &mut Vec<u8>, x: f64, precision: usize, alt: bool) {
@@ -87,27 +103,26 @@ fn exponent(body: &mut Vec<u8>, x: f64, precision: usize, alt: bool, upper: bool
 /// P-1-X decimals; then, without `#`, no trailing zeros and no lone point.
 fn general(body: &mut Vec<u8>, x: f64, precision: usize, alt: bool, upper: bool) {
     let p = precision.max(1);
-    let mut e_form = Vec::with_capacity(32);
-    let exp = exponent(&mut e_form, x, p - 1, alt, upper);
+    let start = body.len();
+    let exp = i64::from(exponent(body, x, p - 1, alt, upper));
     let p_i = i64::try_from(p).unwrap_or(i64::MAX);
-    let exp = i64::from(exp);
     if exp < p_i && exp >= -4 {
+        body.truncate(start);
         let decimals = usize::try_from(p_i - 1 - exp).unwrap_or(0);
         fixed(body, x, decimals, alt);
         if !alt {
-            strip_zeros(body, 0);
+            strip_zeros(body, start);
         }
-    } else {
-        if !alt {
-            let e_at = e_form
-                .iter()
-                .position(|&b| b == b'e' || b == b'E')
-                .unwrap_or(e_form.len());
-            let tail = e_form.split_off(e_at);
-            strip_zeros(&mut e_form, 0);
-            e_form.extend_from_slice(&tail);
-        }
-        body.extend_from_slice(&e_form);
+    } else if !alt {
+        let e_at = body
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .position(|&b| b == b'e' || b == b'E')
+            .map_or(body.len(), |p| start + p);
+        let tail = body.split_off(e_at);
+        strip_zeros(body, start);
+        body.extend_from_slice(&tail);
     }
 }
 

@@ -137,9 +137,11 @@ const PAYLOAD_HEAD: usize = 6;
 pub(crate) fn parse_payload<'a>(
     payload: &'a [u8],
     args: &mut Vec<Arg<'a>>,
+    string_at: &mut Vec<usize>,
     problems: &mut Vec<Problem>,
 ) -> Payload {
     args.clear();
+    string_at.clear();
     let first = payload.first().copied().unwrap_or(0);
     let mut parsed = Payload {
         level: first >> 5,
@@ -169,7 +171,6 @@ pub(crate) fn parse_payload<'a>(
         return parsed;
     };
     let mut values = rest.get(nargs..).unwrap_or_default();
-    let mut string_at: Vec<usize> = Vec::new();
     let mut truncated = false;
     for (index, &tag) in tags.iter().enumerate() {
         let ty = ArgType::from_tag(tag >> 4);
@@ -216,7 +217,7 @@ pub(crate) fn parse_payload<'a>(
         }
         return parsed;
     }
-    strings(values, &string_at, args, problems);
+    strings(values, string_at, args, problems);
     parsed
 }
 
@@ -272,7 +273,7 @@ fn strings<'a>(
     let declared = usize::from(u16::from_le_bytes([head[2], head[3]]));
     let mut rest = blob.get(4..).unwrap_or_default();
     let string_args = string_at.len();
-    let mut found = Vec::with_capacity(count.min(string_args));
+    let mut read = 0usize;
     let mut with_prefixes = 0usize;
     let mut without = 0usize;
     for _ in 0..count {
@@ -295,12 +296,16 @@ fn strings<'a>(
             });
             break;
         };
-        found.push(bytes);
+        // The k-th entry is the k-th string argument.
+        if let Some(arg) = string_at.get(read).and_then(|&i| args.get_mut(i)) {
+            *arg = Arg::Str(bytes);
+        }
+        read += 1;
         with_prefixes += 2 + len;
         without += len;
         rest = rest.get(2 + len..).unwrap_or_default();
     }
-    if found.len() == count && declared != with_prefixes && declared != without {
+    if read == count && declared != with_prefixes && declared != without {
         problems.push(Problem::StringBlobLength {
             declared,
             actual: with_prefixes,
@@ -312,12 +317,7 @@ fn strings<'a>(
             strings: count,
         });
     }
-    if !rest.is_empty() && found.len() == count {
+    if !rest.is_empty() && read == count {
         problems.push(Problem::TrailingBytes { count: rest.len() });
-    }
-    for (&index, bytes) in string_at.iter().zip(found) {
-        if let Some(arg) = args.get_mut(index) {
-            *arg = Arg::Str(bytes);
-        }
     }
 }

@@ -93,6 +93,7 @@ pub struct LogDecoder<'a> {
     other_build: Option<Problem>,
     modules: Vec<Option<Arc<str>>>,
     args: Vec<Arg<'a>>,
+    string_at: Vec<usize>,
     message: Vec<u8>,
 }
 
@@ -151,6 +152,7 @@ impl<'a> LogDecoder<'a> {
             other_build,
             modules,
             args: Vec::new(),
+            string_at: Vec::new(),
             message: Vec::new(),
         })
     }
@@ -221,7 +223,7 @@ impl<'a> LogDecoder<'a> {
         let time = self.time(stamp);
         let mut problems = Vec::new();
         let mut args = std::mem::take(&mut self.args);
-        let head = parse_payload(payload, &mut args, &mut problems);
+        let head = parse_payload(payload, &mut args, &mut self.string_at, &mut problems);
         let level = Level::from_bits(head.level);
         if let Level::Unknown(level) = level {
             problems.push(Problem::UnknownLevel { level });
@@ -256,6 +258,9 @@ impl<'a> LogDecoder<'a> {
         if let (Some(address), false) = (head.fmt_addr, truncated_head) {
             match self.symbols.c_string(u64::from(address), MAX_FORMAT_LEN) {
                 Ok(format) => {
+                    // One allocation of about the message's size, not a
+                    // series of doublings.
+                    self.message.reserve(format.len() + 8 * args.len());
                     let mut format_problems = Vec::new();
                     printf::format_into(
                         format,
@@ -287,7 +292,7 @@ impl<'a> LogDecoder<'a> {
             level,
             module,
             format_address: head.fmt_addr,
-            message: String::from_utf8_lossy(&self.message).into_owned(),
+            message: owned_text(std::mem::take(&mut self.message)),
             metric,
             problems,
         }
@@ -333,6 +338,12 @@ impl Iterator for LogDecoder<'_> {
             }
         }
     }
+}
+
+/// The message as a `String` without a copy when it is UTF-8 (as nearly
+/// every message is); else with U+FFFD for the bytes that are not.
+fn owned_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The header's wall clock: version 4's `epoch_time_us` when not 0.
