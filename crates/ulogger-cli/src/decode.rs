@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use serde_json::{json, Value};
 use ulogger_cloud::wire::{
-    CoreDumpHeader, DecodeOptions, FrameFormat, Level, LogDecoder, MetricValue, Record, RecordTime,
-    SymbolTable,
+    CoreDumpHeader, DecodeOptions, FrameFormat, FramesEnd, Level, LogDecoder, MetricValue, Record,
+    RecordTime, SymbolTable,
 };
 
 use crate::exit::{Exit, Failure};
@@ -185,14 +185,12 @@ fn decode_file(
             path.display()
         );
     }
-    let mut shown = 0usize;
     let mut with_problems = 0usize;
     for record in decoder.by_ref() {
         with_problems += usize::from(!record.problems.is_empty());
         if !filter.keeps(&record) {
             continue;
         }
-        shown += 1;
         if global.json {
             outln!("{}", record_json(path, &record));
         } else {
@@ -202,13 +200,11 @@ fn decode_file(
             }
         }
     }
-    if let Some(end) = decoder.end() {
-        if let ulogger_cloud::wire::FramesEnd::StrayBytes { offset, count } = end {
-            eprintln!(
-                "warning: {}: {count} stray bytes at offset {offset}, fewer than a frame header",
-                path.display()
-            );
-        }
+    if let Some(FramesEnd::StrayBytes { offset, count }) = decoder.end() {
+        eprintln!(
+            "warning: {}: {count} stray bytes at offset {offset}, fewer than a frame header",
+            path.display()
+        );
     }
     if with_problems > 0 {
         eprintln!(
@@ -216,7 +212,6 @@ fn decode_file(
             path.display()
         );
     }
-    let _ = shown;
     Ok(())
 }
 

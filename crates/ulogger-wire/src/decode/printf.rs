@@ -617,7 +617,7 @@ fn convert(
                 }
                 _ => {
                     mismatch(problems);
-                    natural(out, spec, arg, model);
+                    natural(out, spec, arg);
                     return;
                 }
             };
@@ -662,7 +662,7 @@ fn convert(
             }
             _ => {
                 mismatch(problems);
-                natural(out, spec, arg, model);
+                natural(out, spec, arg);
             }
         },
         b's' => match *arg {
@@ -675,7 +675,7 @@ fn convert(
             }
             _ => {
                 mismatch(problems);
-                natural(out, spec, arg, model);
+                natural(out, spec, arg);
             }
         },
         b'p' => match *arg {
@@ -687,14 +687,14 @@ fn convert(
             Arg::U64(v) if model == DataModel::Lp64 => pointer(out, spec, v),
             _ => {
                 mismatch(problems);
-                natural(out, spec, arg, model);
+                natural(out, spec, arg);
             }
         },
         _ => match *arg {
             Arg::Double(x) => float::format(out, spec, x),
             _ => {
                 mismatch(problems);
-                natural(out, spec, arg, model);
+                natural(out, spec, arg);
             }
         },
     }
@@ -702,7 +702,7 @@ fn convert(
 
 /// A captured value printed in its own type's usual conversion, with the
 /// spec's flags and width: what a mismatched argument shows.
-fn natural(out: &mut Vec<u8>, spec: &Spec, arg: &Arg<'_>, model: DataModel) {
+fn natural(out: &mut Vec<u8>, spec: &Spec, arg: &Arg<'_>) {
     let mut own = *spec;
     own.precision = None;
     own.alt = false;
@@ -721,7 +721,6 @@ fn natural(out: &mut Vec<u8>, spec: &Spec, arg: &Arg<'_>, model: DataModel) {
         Arg::Str(s) => pad(out, b"", s, &own, false),
         Arg::Unknown(_) => pad(out, b"", b"<?>", &own, false),
     }
-    let _ = model;
 }
 
 fn with_conv(mut spec: Spec, conv: u8) -> Spec {
