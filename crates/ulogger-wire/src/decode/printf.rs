@@ -575,9 +575,10 @@ fn number(s: &[u8]) -> (Field, usize) {
 /// How wide the C argument a conversion reads is, in bits.
 fn conversion_bits(length: Length, model: DataModel) -> u32 {
     match length {
-        Length::None | Length::Hh | Length::H | Length::BigL => 32,
+        Length::None | Length::Hh | Length::H => 32,
         Length::L | Length::Z | Length::T => model.long_bits(),
-        Length::Ll | Length::J => 64,
+        // glibc reads `%Ld` as `%lld`.
+        Length::Ll | Length::J | Length::BigL => 64,
     }
 }
 

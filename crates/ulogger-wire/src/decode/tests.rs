@@ -78,6 +78,13 @@ fn ilp32_longs_are_32_bits_and_lp64_longs_64() {
 }
 
 #[test]
+fn big_l_and_q_on_integers_are_64_bits_as_in_glibc() {
+    let out = fmt("%Ld %qu", &[Arg::I64(-5_000_000_000), Arg::U64(u64::MAX)]);
+    assert_eq!(out.bytes, b"-5000000000 18446744073709551615");
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+}
+
+#[test]
 fn widths_and_messages_are_bounded() {
     let out = fmt("%999999999999999999999d", &[Arg::I32(1)]);
     assert_eq!(out.bytes.len(), MAX_FIELD);
