@@ -25,6 +25,7 @@ mod agent;
 mod ble;
 mod check;
 mod connection;
+mod decode;
 mod demo;
 #[cfg(all(feature = "ble", target_os = "linux"))]
 mod demo_ble;
@@ -87,6 +88,8 @@ struct Cli {
 enum Command {
     /// Decode binary log files and check their headers and checksums.
     Inspect(inspect::Args),
+    /// Decode binary logs into readable records with the firmware's ELF (a core dump shows its header).
+    Decode(decode::Args),
     /// Write valid binary logs (any header version and size) and a matching device-info dump.
     MakeLog(make_log::Args),
     /// List, read and remove cached session tokens.
@@ -170,6 +173,7 @@ fn main() -> std::process::ExitCode {
     let global = Global { json: cli.json };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
+        Command::Decode(args) => decode::run(global, args),
         Command::MakeLog(args) => make_log::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),

@@ -24,9 +24,13 @@
 //!   [`parse_elf_upload_reply`], the checks before sending
 //!   ([`inspect_elf`], [`validate_device_type`]) and the topics
 //!   ([`Topics::firmware_upload`], [`Topics::upload_reply`]).
+//! - Local decoding of binary logs with the firmware ELF (§5.1):
+//!   [`SymbolTable`], [`LogDecoder`] yielding [`Record`]s, and the C
+//!   formatter [`printf`].
 
 mod ble;
 mod boot;
+mod decode;
 mod device_info;
 mod elf_upload;
 mod header;
@@ -46,6 +50,12 @@ pub use ble::{
 pub use boot::{
     boot_payload, boot_reply_payload, parse_boot_reply, BootReplyError, BootRequest,
     BootRequestError,
+};
+pub use decode::{
+    printf, Arg, ArgType, Clock, DataModel, DecodeOptions, ElfError, FormatProblem, FrameFormat,
+    FramesEnd, Level, LogDecoder, MetricReading, Module, ModuleTableError, PayloadPart, Printed,
+    Problem, Record, RecordTime, SymbolTable, ALWAYS_LOG_BIT, DEBUG_MODULES_SECTION, MAX_FIELD,
+    MAX_FORMAT_LEN, MAX_MESSAGE,
 };
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
 pub use elf_upload::{
