@@ -261,7 +261,7 @@ pub fn hint(error: &ulogger_cloud::Error) -> Option<String> {
         }
         ErrorKind::Store(StoreError::Corrupt { path, .. }) => Some(corrupt_store_hint(path)),
         #[cfg(all(feature = "ble", target_os = "linux"))]
-        ErrorKind::Ble { step, .. } => crate::ble::hint(step),
+        ErrorKind::Ble { step, .. } => ble_hint(step),
         _ => None,
     }
 }
@@ -332,3 +332,20 @@ pub fn tls_hint(error: &rustls::Error) -> String {
 
 /// A hint for a handshake the far end ended before it began.
 pub const NOT_TLS: &str = "the broker did not complete a TLS handshake: if it is a local plaintext broker pass --plaintext, otherwise check --port (8883 for TLS)";
+
+/// What to do about a BLE failure at the BlueZ end, by its step.
+#[cfg(all(feature = "ble", target_os = "linux"))]
+fn ble_hint(step: &str) -> Option<String> {
+    match step {
+        "connecting to bluetoothd over D-Bus" => Some(
+            "is bluetoothd running (systemctl status bluetooth)? The user needs access to org.bluez on the system bus: the `bluetooth` group on most distributions, or a D-Bus policy allowing org.bluez".to_owned(),
+        ),
+        "opening the adapter" => Some(
+            "no such adapter: check --adapter against `bluetoothctl list` (hci0 is the first)".to_owned(),
+        ),
+        "starting discovery" => Some(
+            "the adapter may be powered off or blocked: `bluetoothctl power on`, `rfkill unblock bluetooth`".to_owned(),
+        ),
+        _ => None,
+    }
+}

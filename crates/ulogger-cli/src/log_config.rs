@@ -338,7 +338,7 @@ fn print_invalid(global: Global, error: &ulogger_cloud::Error) {
 /// The connection came up or went down: an event on stdout with
 /// `--json`, a note on stderr otherwise (stdout holds configurations).
 fn print_connection(global: Global, change: &ulogger_cloud::ConnectionEvent) {
-    let Some((kind, fields, text)) = crate::agent::connection_line(change) else {
+    let Some((kind, fields, text)) = crate::stamp::connection_line(change) else {
         return;
     };
     if global.json {

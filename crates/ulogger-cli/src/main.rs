@@ -1,7 +1,9 @@
 //! `ulogger`: the command-line face of ulogger-cloud.
 //!
-//! `main` only parses arguments and dispatches; each subcommand lives in a
-//! module of its own and calls library code.
+//! `main` only parses arguments and dispatches. Each subcommand lives in
+//! `commands/` (a file, or a folder for one with several parts), and no
+//! command imports another; what several share sits beside this file
+//! (settings and connections, exit codes and hints, output helpers).
 
 /// `println!` that ends the command quietly on a closed pipe.
 macro_rules! outln {
@@ -20,43 +22,28 @@ macro_rules! out {
     };
 }
 
-mod agent;
-#[cfg(all(feature = "ble", target_os = "linux"))]
-mod ble;
-mod check;
+mod commands;
 mod connection;
-mod decode;
-mod demo;
-#[cfg(all(feature = "ble", target_os = "linux"))]
-mod demo_ble;
 mod device;
-mod docs;
+mod dump_report;
 mod duration;
-mod emulator;
-mod emulator_records;
 mod exit;
 mod files;
 mod https;
-mod inbox_fs;
-mod inspect;
 mod log_config;
-mod logs;
-mod make_log;
-mod metrics;
-mod outbox;
-mod outbox_upload;
-mod query;
-mod settings;
+mod outbox_report;
+mod samples;
 mod signal;
 mod stamp;
 mod stdout;
-mod systemd;
-mod telemetry;
-mod tokens;
-mod upload;
-mod upload_elf;
 
 use clap::{Parser, Subcommand};
+#[cfg(all(feature = "ble", target_os = "linux"))]
+use commands::ble;
+use commands::{
+    agent, check, config, decode, demo, docs, emulator, inspect, logs, make_log, outbox, query,
+    telemetry, tokens, upload, upload_elf,
+};
 
 /// Send embedded devices' logs to the uLogger cloud, or to a local emulator of it.
 #[derive(Debug, Parser)]
@@ -155,7 +142,7 @@ enum Command {
     Check(check::Args),
     /// Show the effective settings and where each came from; watch the log configurations the cloud pushes.
     #[command(subcommand)]
-    Config(settings::Command),
+    Config(config::Command),
 }
 
 /// Options every subcommand may read.
@@ -193,7 +180,7 @@ fn main() -> std::process::ExitCode {
         Command::Ble(cmd) => ble::run(global, cmd),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
-        Command::Config(cmd) => settings::run(global, cmd),
+        Command::Config(cmd) => config::run(global, cmd),
         Command::Check(args) => check::run(global, args),
     };
     exit::report(result, global.json)

@@ -5,6 +5,11 @@
 
 use std::time::SystemTime;
 
+use serde_json::json;
+use ulogger_cloud::ConnectionState;
+
+use crate::exit;
+
 /// Now, e.g. `2026-12-05T09:05:26.123456Z`.
 pub fn now() -> String {
     at(SystemTime::now())
@@ -23,6 +28,38 @@ pub fn at(time: SystemTime) -> String {
         t.second(),
         t.microsecond()
     )
+}
+
+/// A connection's change as a long-running command says it: the event's
+/// name, its fields and its text; none for a connection closed (the
+/// command is stopping, and says so).
+pub(crate) fn connection_line(
+    change: &ulogger_cloud::ConnectionEvent,
+) -> Option<(&'static str, serde_json::Value, String)> {
+    let client_id = &change.client_id;
+    match &change.state {
+        ConnectionState::Up => Some((
+            "connected",
+            json!({"client_id": client_id}),
+            format!("connected to the broker as {client_id}"),
+        )),
+        ConnectionState::Down { error } => {
+            let cause = error.as_ref().map(exit::message);
+            let text = format!(
+                "connection {client_id} lost{}; reconnecting",
+                cause
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            );
+            Some((
+                "disconnected",
+                json!({"client_id": client_id, "error": cause}),
+                text,
+            ))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

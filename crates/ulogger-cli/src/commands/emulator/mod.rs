@@ -2,6 +2,8 @@
 //! until Ctrl-C or SIGTERM, printing how to connect and a line per record.
 //! A stop stores everything the broker acknowledged before exiting.
 
+mod records;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,7 +32,7 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// List what an emulator (running or stopped) received, from its data directory.
-    Records(crate::emulator_records::Args),
+    Records(records::Args),
     /// Push a log configuration to a device through a running emulator.
     PushConfig(crate::log_config::PushArgs),
 }
@@ -117,7 +119,7 @@ pub struct RunArgs {
 /// Runs the emulator until Ctrl-C or SIGTERM, or the subcommand.
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     match args.command {
-        Some(Command::Records(records)) => crate::emulator_records::run(global, records),
+        Some(Command::Records(records)) => records::run(global, records),
         Some(Command::PushConfig(push)) => crate::log_config::push(global, push),
         None => run_emulator(global, args.run),
     }
@@ -311,8 +313,8 @@ impl Sample {
             config_text: config_text(emulator, &dir.join("session_tokens.json")),
             store: dir.join("session_tokens.json"),
         };
-        let log = crate::make_log::sample_log(4, 1024, 0, 0)?;
-        let device = crate::make_log::SampleDevice::default().info().encode();
+        let log = crate::samples::sample_log(4, 1024, 0, 0)?;
+        let device = crate::samples::SampleDevice::default().info().encode();
         for (path, bytes) in [
             (&sample.log, log.as_slice()),
             (&sample.device_info, device.as_slice()),
@@ -337,7 +339,7 @@ impl Sample {
 
     /// A heartbeat of the sample device over MQTT, with the config file.
     fn heartbeat_command(&self) -> String {
-        let device = crate::make_log::SampleDevice::default();
+        let device = crate::samples::SampleDevice::default();
         format!(
             "ulogger heartbeat --config {} --app-id {} --serial {}",
             shell_word(&self.config_file),
@@ -348,7 +350,7 @@ impl Sample {
 
     /// The same heartbeat over the HTTPS API, with the emulator's token.
     fn http_heartbeat_command(&self, emulator: &Emulator) -> String {
-        let device = crate::make_log::SampleDevice::default();
+        let device = crate::samples::SampleDevice::default();
         let mut command = format!(
             "ULOGGER_API_TOKEN={} ulogger heartbeat --api-url {}",
             emulator.api_token(),
@@ -369,7 +371,7 @@ impl Sample {
     /// The same upload with the connection settings from the config file.
     /// The ELF upload of a build of the sample device's firmware.
     fn elf_upload_command(&self) -> String {
-        let device = crate::make_log::SampleDevice::default().info();
+        let device = crate::samples::SampleDevice::default().info();
         format!(
             "ulogger upload-elf --config {} --app-id {} --device-type {} --git-version {} --git-hash {} FIRMWARE.elf",
             shell_word(&self.config_file),

@@ -12,6 +12,7 @@ use anyhow::anyhow;
 use serde::Serialize;
 use ulogger_cloud::wire::{self, LogHeader};
 
+use crate::dump_report::utc_from_unix_micros;
 use crate::exit::{Exit, Failure};
 use crate::Global;
 
@@ -117,7 +118,7 @@ fn inspect(path: &Path) -> Report {
         Err(e) => return report(None, Some(format!("cannot read the file: {e}"))),
     };
     if wire::CoreDumpHeader::looks_like(&buf) {
-        let dump = crate::decode::core_dump_report(&buf);
+        let dump = crate::dump_report::core_dump_report(&buf);
         let error = dump
             .get("error")
             .and_then(|e| e.as_str())
@@ -162,7 +163,7 @@ impl Report {
         };
         out.push_str(&format!("{}: {status}\n", self.file.display()));
         if let Some(dump) = &self.core_dump {
-            out.push_str(&crate::decode::core_dump_text(dump));
+            out.push_str(&crate::dump_report::core_dump_text(dump));
         }
         if let Some(h) = &self.header {
             let mut field = |name: &str, value: String| {
@@ -198,39 +199,6 @@ impl Report {
         }
         out
     }
-}
-
-/// `2023-11-14T22:13:20.123456Z` for Unix microseconds (proleptic
-/// Gregorian calendar, UTC).
-pub(crate) fn utc_from_unix_micros(us: u64) -> String {
-    let secs = us / 1_000_000;
-    let micros = us % 1_000_000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Year, month, day of the `days`-th day after 1970-01-01 (Howard
-/// Hinnant's days-to-civil algorithm, restricted to dates after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a year.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ async fn run(
     let outbox = client.outbox().map_err(exit::from_cloud)?;
     // A delivery failure is said once on stderr when it starts (with the
     // hint `upload` gives) and when it ends, however often it repeats.
-    let mut failures = crate::outbox::FailureReport::default();
+    let mut failures = crate::outbox_report::FailureReport::default();
     let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -234,8 +234,8 @@ async fn run(
                         Failure::Network,
                         anyhow::anyhow!(
                             "cannot reach the broker: still failing since {} ({})",
-                            crate::outbox::clock(failure.since),
-                            crate::outbox::attempts(failure.attempts)
+                            crate::outbox_report::clock(failure.since),
+                            crate::outbox_report::attempts(failure.attempts)
                         ),
                     ),
                     None => Exit::new(
@@ -311,7 +311,7 @@ async fn run(
 
 /// Says on stderr a delivery failure that started or ended since the last
 /// call.
-fn say_failure(failures: &mut crate::outbox::FailureReport, outbox: &ulogger_cloud::Outbox) {
+fn say_failure(failures: &mut crate::outbox_report::FailureReport, outbox: &ulogger_cloud::Outbox) {
     if let Some(change) = failures.check(outbox) {
         eprintln!("{}", change.text());
     }

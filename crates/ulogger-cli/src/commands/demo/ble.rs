@@ -21,7 +21,7 @@ use ulogger_cloud::{Client, MqttConfig, OutboxConfig};
 use ulogger_emulator::ble::SimDevice;
 use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
 
-use crate::demo::{ms, print_received, step, Args, CUSTOMER_ID};
+use super::{ms, print_received, step, Args, CUSTOMER_ID};
 use crate::exit::{self, Exit, Failure};
 use crate::Global;
 

@@ -21,9 +21,15 @@
 //!
 //! The agent reports itself: each line starts with its time, a line says
 //! when the connection comes up and goes down, systemd hears of it
-//! through `NOTIFY_SOCKET` (see [`crate::systemd`]), and
+//! through `NOTIFY_SOCKET` (see [`systemd`]), and
 //! `--metrics-listen` serves its numbers to Prometheus (see
-//! [`crate::metrics`]).
+//! [`metrics`]).
+
+#[cfg(all(feature = "ble", target_os = "linux"))]
+mod ble;
+mod inbox_fs;
+mod metrics;
+mod systemd;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -39,16 +45,17 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::DeviceInfo;
-use ulogger_cloud::{Client, ConnectionState, ErrorKind, OutboxConfig, RecordId};
+use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
 
 use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
 use crate::files;
-use crate::inbox_fs::{self, DeviceDir};
-use crate::metrics::Metrics;
 use crate::signal::StopSignal;
-use crate::systemd::Systemd;
+use crate::stamp::connection_line;
 use crate::Global;
+use inbox_fs::DeviceDir;
+use metrics::Metrics;
+use systemd::Systemd;
 
 /// Files enqueued at once (enqueues share fsyncs).
 const ENQUEUE_JOBS: usize = 64;
@@ -107,13 +114,13 @@ pub struct Args {
     metrics_listen: Option<SocketAddr>,
     #[cfg(all(feature = "ble", target_os = "linux"))]
     #[command(flatten)]
-    ble: crate::ble::AgentArgs,
+    ble: ble::AgentArgs,
 }
 
 /// The BLE side of the agent, or nothing where the `ble` feature is off
 /// (so the service loop is the same everywhere).
 #[cfg(all(feature = "ble", target_os = "linux"))]
-use crate::ble::AgentBle;
+use ble::AgentBle;
 
 // Never built where BLE is absent: the loop's BLE branch never fires.
 #[cfg(not(all(feature = "ble", target_os = "linux")))]
@@ -436,7 +443,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     // Bound before anything starts, so a bad address stops the agent at
     // once; served once the agent has started, until it stops.
     let endpoint = match args.metrics_listen {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
     let (config, store) = cli.connection.resolve()?;
@@ -479,7 +486,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                 json!({"listen": bound.to_string(), "url": format!("http://{bound}/metrics")}),
                 &format!("metrics at http://{bound}/metrics"),
             );
-            Some(tokio::spawn(crate::metrics::serve(listener, metrics.clone())).abort_handle())
+            Some(tokio::spawn(metrics::serve(listener, metrics.clone())).abort_handle())
         }
         None => None,
     };
@@ -514,7 +521,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let mut deliveries = JoinSet::new();
     let mut warned = Warned::default();
     let mut unremovable = Unremovable::default();
-    let mut failures = crate::outbox::FailureReport::default();
+    let mut failures = crate::outbox_report::FailureReport::default();
     loop {
         tokio::select! {
             stopped = &mut stop => {
@@ -1007,7 +1014,7 @@ fn reject(file: &Found, rejected: &Path, reason: &str) -> std::io::Result<PathBu
 fn report_failure(
     global: Global,
     client: &Client,
-    failures: &mut crate::outbox::FailureReport,
+    failures: &mut crate::outbox_report::FailureReport,
 ) -> bool {
     let Ok(outbox) = client.outbox() else {
         return false;
@@ -1016,8 +1023,8 @@ fn report_failure(
         return false;
     };
     let kind = match change {
-        crate::outbox::FailureChange::Failing { .. } => "failing",
-        crate::outbox::FailureChange::Recovered { .. } => "recovered",
+        crate::outbox_report::FailureChange::Failing { .. } => "failing",
+        crate::outbox_report::FailureChange::Recovered { .. } => "recovered",
     };
     event(global, kind, change.json(), &change.text());
     true
@@ -1027,38 +1034,6 @@ fn report_failure(
 fn say_connection(global: Global, change: &ulogger_cloud::ConnectionEvent) {
     if let Some((kind, fields, text)) = connection_line(change) {
         event(global, kind, fields, &text);
-    }
-}
-
-/// A connection's change as a long-running command says it: the event's
-/// name, its fields and its text; none for a connection closed (the
-/// command is stopping, and says so).
-pub(crate) fn connection_line(
-    change: &ulogger_cloud::ConnectionEvent,
-) -> Option<(&'static str, serde_json::Value, String)> {
-    let client_id = &change.client_id;
-    match &change.state {
-        ConnectionState::Up => Some((
-            "connected",
-            json!({"client_id": client_id}),
-            format!("connected to the broker as {client_id}"),
-        )),
-        ConnectionState::Down { error } => {
-            let cause = error.as_ref().map(exit::message);
-            let text = format!(
-                "connection {client_id} lost{}; reconnecting",
-                cause
-                    .as_deref()
-                    .map(|c| format!(": {c}"))
-                    .unwrap_or_default()
-            );
-            Some((
-                "disconnected",
-                json!({"client_id": client_id, "error": cause}),
-                text,
-            ))
-        }
-        _ => None,
     }
 }
 
@@ -1076,7 +1051,7 @@ fn print_summary(global: Global, client: &Client, ble: Option<&AgentBle>) {
     let Ok(status) = client.outbox_status() else {
         return;
     };
-    let mut fields = crate::outbox::status_json(&status);
+    let mut fields = crate::outbox_report::status_json(&status);
     let (ble_fields, _) = ble.map(AgentBle::summary).unwrap_or_default();
     if let (Some(fields), false) = (fields.as_object_mut(), ble_fields.is_null()) {
         fields.insert("ble".into(), ble_fields);
@@ -1104,8 +1079,8 @@ fn summary_text(status: &ulogger_cloud::OutboxStatus, ble: Option<&AgentBle>) ->
         match (&status.last_error, status.failing_since) {
             (Some(e), Some(since)) => format!(
                 "; still failing since {} ({}): {e}",
-                crate::outbox::clock(since),
-                crate::outbox::attempts(status.failed_attempts)
+                crate::outbox_report::clock(since),
+                crate::outbox_report::attempts(status.failed_attempts)
             ),
             (Some(e), None) => format!("; last error: {e}"),
             _ => String::new(),

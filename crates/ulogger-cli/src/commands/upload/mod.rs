@@ -17,6 +17,7 @@ use crate::signal::StopSignal;
 use crate::Global;
 
 mod jobs;
+mod outbox;
 
 /// Arguments of `ulogger upload`.
 #[derive(Debug, clap::Args)]
@@ -103,7 +104,7 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let asked_jobs = args.jobs.or(file.jobs);
     let jobs = jobs::resolve(asked_jobs, connections)?;
     if let Some(dir) = args.outbox.as_ref().or(file.outbox.as_ref()) {
-        return crate::outbox_upload::upload(
+        return outbox::upload(
             global,
             &args.connection,
             stamp_time,

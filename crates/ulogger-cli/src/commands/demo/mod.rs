@@ -4,6 +4,9 @@
 //! valid version-4 log, registers the device, uploads twice (the second
 //! time with the cached token) and shows what the cloud received.
 
+#[cfg(all(feature = "ble", target_os = "linux"))]
+mod ble;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -60,7 +63,7 @@ pub(crate) fn step(global: Global, text: &str) {
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     #[cfg(all(feature = "ble", target_os = "linux"))]
     if args.ble {
-        return crate::demo_ble::run(global, &args);
+        return ble::run(global, &args);
     }
     let mut config = EmulatorConfig::new(CUSTOMER_ID);
     if let Some(dir) = &args.data {

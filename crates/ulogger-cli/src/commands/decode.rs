@@ -16,9 +16,9 @@ use ulogger_cloud::wire::{
     RecordTime, SymbolTable,
 };
 
+use crate::dump_report::{core_dump_report, core_dump_text, utc_from_unix_micros};
 use crate::exit::{Exit, Failure};
 use crate::files::{self, MAX_MESSAGE_SIZE, ONE_MESSAGE};
-use crate::inspect::utc_from_unix_micros;
 use crate::Global;
 
 /// Firmware ELFs larger than this are refused unread (a wrong path).
@@ -282,64 +282,4 @@ fn record_json(path: &Path, record: &Record) -> Value {
         "metric": metric,
         "problems": problems,
     })
-}
-
-/// A core dump's header as `decode` and `inspect` show it (PROTOCOL §10).
-pub fn core_dump_report(bytes: &[u8]) -> Value {
-    let verdict = CoreDumpHeader::decode(bytes).err().map(|e| e.to_string());
-    match CoreDumpHeader::read_fields(bytes) {
-        Ok(h) => json!({
-            "total_size": h.total_size,
-            "file_size": bytes.len(),
-            "checksum": h.checksum,
-            "valid": verdict.is_none(),
-            "error": verdict,
-            "app_id": h.app_id,
-            "serial": h.serial,
-            "device_type": h.device_type,
-            "version": h.version,
-            "git_hash": h.git_hash,
-            // Agents 1.2.5+ record one, but where in the dump is not public.
-            "crash_cause": Value::Null,
-        }),
-        Err(e) => json!({"valid": false, "error": e.to_string()}),
-    }
-}
-
-/// The human form of [`core_dump_report`].
-pub fn core_dump_text(report: &Value) -> String {
-    let field = |name: &str| report.get(name).cloned().unwrap_or(Value::Null);
-    let text = |name: &str| match field(name) {
-        Value::String(s) => s,
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    };
-    let verdict = match field("error") {
-        Value::String(e) => format!("INVALID: {e}"),
-        _ => "ok".to_string(),
-    };
-    let mut out = format!("core dump: {verdict}\n");
-    for (label, name) in [
-        ("serial", "serial"),
-        ("application", "app_id"),
-        ("device type", "device_type"),
-        ("version", "version"),
-        ("git hash", "git_hash"),
-        ("size", "total_size"),
-        ("file size", "file_size"),
-    ] {
-        if !field(name).is_null() {
-            out.push_str(&format!("  {label:<16}{}\n", text(name)));
-        }
-    }
-    if let Some(sum) = field("checksum").as_u64() {
-        out.push_str(&format!("  {:<16}0x{sum:08x} (byte sum)\n", "checksum"));
-    }
-    if !field("serial").is_null() {
-        out.push_str(&format!(
-            "  {:<16}unknown (its place in the dump is not public)\n",
-            "crash cause"
-        ));
-    }
-    out
 }

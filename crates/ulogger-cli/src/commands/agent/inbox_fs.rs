@@ -77,7 +77,9 @@ mod imp {
             let file = File::from(fd);
             let meta = file.metadata()?;
             if !meta.is_file() {
-                return Err(not_regular(crate::agent::describe(meta.file_type())));
+                return Err(not_regular(crate::commands::agent::describe(
+                    meta.file_type(),
+                )));
             }
             Ok((file, meta))
         }
@@ -152,7 +154,9 @@ mod imp {
             let file = File::open(&path)?;
             let meta = file.metadata()?;
             if !meta.is_file() {
-                return Err(not_regular(crate::agent::describe(meta.file_type())));
+                return Err(not_regular(crate::commands::agent::describe(
+                    meta.file_type(),
+                )));
             }
             Ok((file, meta))
         }
