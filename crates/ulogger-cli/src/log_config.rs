@@ -119,10 +119,7 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
             )
         })
         .map_err(bad_input)?;
-    let settings: ConfigFile = toml::from_str(&text)
-        .map_err(|e| anyhow!("{}", e.message()))
-        .with_context(|| format!("invalid {}", settings_path.display()))
-        .map_err(bad_input)?;
+    let settings: ConfigFile = crate::connection::parse_config(&text, &settings_path)?;
     let customer_id = settings
         .customer_id
         .ok_or_else(|| bad_input(anyhow!("{} has no customer_id", settings_path.display())))?;
