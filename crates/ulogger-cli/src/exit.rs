@@ -209,7 +209,32 @@ pub fn chain(error: &anyhow::Error) -> String {
 pub fn from_cloud(error: ulogger_cloud::Error) -> Exit {
     let failure = classify(&error);
     let hint = hint(&error);
+    if let ErrorKind::InvalidConfig { field, reason } = error.kind() {
+        if let Some(flag) = flag_of(field) {
+            // The library names its own field (`connect_timeout`); the
+            // user set a flag, a variable or a key.
+            let shown = anyhow::anyhow!("invalid {flag}: {reason}");
+            return Exit::new(failure, shown).with_hint(hint);
+        }
+    }
     Exit::new(failure, error).with_hint(hint)
+}
+
+/// The flag that sets the library's configuration field `field`, for the
+/// fields the CLI sets from flags (also from their variables and keys).
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "broker" => "--broker",
+        "port" => "--port",
+        "connections" => "--connections",
+        "token_timeout" => "--token-timeout",
+        "connect_timeout" | "ack_timeout" => "--timeout",
+        "security" => "--plaintext",
+        "outbox.dir" => "--outbox",
+        "api_token" => "--api-token",
+        "base_url" => "--api-url",
+        _ => return None,
+    })
 }
 
 /// Which exit code a library error deserves.

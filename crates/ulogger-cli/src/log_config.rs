@@ -37,9 +37,12 @@ pub struct PushArgs {
     /// Enable mask, one bit per firmware module (decimal or 0x hex).
     #[arg(long, default_value = "0xffffffff", value_parser = parse_flags, value_name = "N")]
     module_flags: u32,
-    /// Seconds the device keeps this configuration before reverting.
-    #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = crate::duration::secs_u32)]
-    timeout: u32,
+    /// How long the device keeps this configuration before reverting to
+    /// its own, in seconds. (Was --timeout, which elsewhere is how long
+    /// to wait on the network; that spelling still works.)
+    #[arg(long, alias = "timeout", default_value_t = 3600, value_name = "SECS",
+          value_parser = crate::duration::secs_u32)]
+    lifetime: u32,
     /// Names of the modules, in bit order (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     modules: Option<Vec<String>>,
@@ -135,7 +138,7 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
     .and_then(|topics| topics.config(args.app_id, &args.serial))
     .context("cannot make the device's config topic")
     .map_err(bad_input)?;
-    let mut config = LogConfig::new(args.level, args.module_flags, args.timeout);
+    let mut config = LogConfig::new(args.level, args.module_flags, args.lifetime);
     if let Some(names) = args.modules {
         config = config.with_module_names(names);
     }

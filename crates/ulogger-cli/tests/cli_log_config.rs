@@ -63,7 +63,7 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
         "warning",
         "--module-flags",
         "0xb",
-        "--timeout",
+        "--lifetime",
         // Ten minutes, with its unit (a bare number is seconds).
         "10m",
         "--modules",
@@ -95,8 +95,49 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
             "module_names": ["net", "fs", "ui"],
         })
     );
+
+    // The lifetime's old name still works, hidden from --help.
+    let pushed = sandbox.run(&strings(&[
+        "emulator",
+        "push-config",
+        "--data",
+        &s(&data),
+        "--app-id",
+        &APP.to_string(),
+        "--serial",
+        "SN-WATCH",
+        "--level",
+        "info",
+        "--timeout",
+        "90",
+    ]));
+    assert_eq!(pushed.code, Some(0), "{}", pushed.output());
+    let line = loop {
+        let line = watcher.json_line();
+        if line["event"] == "log_config" {
+            break line;
+        }
+    };
+    assert_eq!(line["config"]["timeout_secs"], 90, "{line}");
     let status = watcher.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM ends a watch cleanly");
+}
+
+#[test]
+fn push_config_help_names_the_lifetime_not_a_timeout() {
+    let help = Sandbox::new()
+        .run(&strings(&["emulator", "push-config", "--help"]))
+        .expect_code(0);
+
+    assert!(
+        help.stdout.contains("--lifetime <SECS>")
+            && help
+                .stdout
+                .contains("How long the device keeps this configuration"),
+        "{}",
+        help.stdout
+    );
+    assert!(!help.stdout.contains("--timeout <"), "{}", help.stdout);
 }
 
 #[test]

@@ -429,3 +429,19 @@ fn a_boot_reply_that_is_not_an_answer_is_said_when_the_wait_ends() {
         run.output()
     );
 }
+
+#[test]
+fn an_invalid_setting_is_named_by_its_flag_not_the_librarys_field() {
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let mut args = strings(&["upload", "--customer-id", "1", "--port", "1"]);
+    args.extend(device_args("SN-ZERO"));
+    args.extend(strings(&["--no-store", "--timeout", "0", &s(&log)]));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr,
+        "error: invalid --timeout: must be longer than zero\n"
+    );
+}
