@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use support::sandbox::*;
-use ulogger_cloud::wire::DeviceInfo;
+use ulogger_cloud::wire::{CoreDumpHeader, DeviceInfo};
 use ulogger_emulator::{BootReplyMode, Emulator, Record, RecordKind, Verdict};
 
 /// The binary-log record of `size` bytes, once the cloud has it.
@@ -271,7 +271,10 @@ fn register_prints_the_token_the_cloud_issued_and_caches_it() {
 fn a_core_dump_arrives_byte_for_byte() {
     let emu = tls_emulator();
     let sandbox = Sandbox::new();
-    let dump: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut body = b"cC".to_vec();
+    body.extend((0..4734u32).map(|i| (i * 7 % 256) as u8));
+    let info = DeviceInfo::new(APP, "SN-CRASH", "board", "v1", GIT_HASH);
+    let dump = CoreDumpHeader::encode_package(&info, &body);
     let file = sandbox.write("core.dump", &dump);
     let mut args = connect_args("core-dump", &emu);
     args.extend(["--no-store".to_owned(), s(&file)]);
@@ -286,6 +289,63 @@ fn a_core_dump_arrives_byte_for_byte() {
     assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
     assert_eq!(record.topic, format!("core-dump/v0/{CUSTOMER}/0"));
     assert_eq!(stored_bytes(&emu, &record), dump);
+}
+
+#[test]
+fn an_empty_or_invalid_core_dump_is_refused_before_connecting() {
+    let sandbox = Sandbox::new();
+    // Nothing listens there: had the command connected, it would exit 3.
+    let args = |file: &Path| {
+        strings(&[
+            "core-dump",
+            "--customer-id",
+            "1",
+            "--broker",
+            "127.0.0.1",
+            "--port",
+            &closed_port().to_string(),
+            "--plaintext",
+            "--no-store",
+            &s(file),
+        ])
+    };
+
+    let empty = sandbox.write("empty.core", b"");
+    let run = sandbox.run(&args(&empty)).expect_code(2);
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        format!("error: the core dump {} is empty (0 bytes)", s(&empty))
+    );
+    assert!(
+        run.stderr
+            .contains("hint: read the dump from the device's crash region again"),
+        "{}",
+        run.stderr
+    );
+
+    let info = DeviceInfo::new(APP, "SN-CRASH", "board", "v1", GIT_HASH);
+    let mut package = CoreDumpHeader::encode_package(&info, b"cC\x01\x02");
+    let last = package.len() - 1;
+    package[last] ^= 0xff;
+    let corrupt = sandbox.write("corrupt.core", &package);
+    let run = sandbox.run(&args(&corrupt)).expect_code(2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: {} is not a valid core dump: core dump checksum mismatch",
+            s(&corrupt)
+        )),
+        "{}",
+        run.stderr
+    );
+
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let run = sandbox.run(&args(&log)).expect_code(2);
+    assert!(
+        run.stderr
+            .contains("hint: this file is a binary log: send it with `ulogger upload`"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use ulogger_cloud::Client;
+use ulogger_cloud::{wire, Client};
 
 use crate::connection::ConnectionArgs;
 use crate::device::DeviceArgs;
@@ -63,7 +63,9 @@ pub struct RegisterArgs {
 pub struct CoreDumpArgs {
     #[command(flatten)]
     connection: ConnectionArgs,
-    /// The core dump, as read from the device.
+    /// The core dump, as read from the device: a 264-byte header
+    /// (PROTOCOL §10) and the dump. An empty file or an invalid header is
+    /// refused before connecting.
     #[arg(value_name = "FILE")]
     file: PathBuf,
 }
@@ -350,12 +352,42 @@ pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
     })
 }
 
+/// Refuses, before connecting, a core dump the cloud could not read: an
+/// empty file, or one whose header (PROTOCOL §10) fails its checks. Sent,
+/// either would be stored as it is and acknowledged.
+fn check_core_dump(path: &std::path::Path, dump: &[u8]) -> Result<(), Exit> {
+    let refuse = |why: String, hint: &str| {
+        Exit::new(Failure::BadInput, anyhow::anyhow!(why)).with_hint(Some(hint.to_owned()))
+    };
+    if dump.is_empty() {
+        return Err(refuse(
+            format!("the core dump {} is empty (0 bytes)", path.display()),
+            "read the dump from the device's crash region again: a core dump is a 264-byte header (PROTOCOL §10) followed by the CrashCatcher dump",
+        ));
+    }
+    match wire::CoreDumpHeader::decode(dump) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let hint = if wire::validate_checksum(dump).is_ok() {
+                "this file is a binary log: send it with `ulogger upload`"
+            } else {
+                "`ulogger inspect FILE` shows what the header holds; read the dump from the device again"
+            };
+            Err(refuse(
+                format!("{} is not a valid core dump: {error}", path.display()),
+                hint,
+            ))
+        }
+    }
+}
+
 /// Publishes a core dump.
 pub fn core_dump(global: Global, args: CoreDumpArgs) -> Result<(), Exit> {
     args.connection.file()?;
     let dump = files::read_limited(&args.file, files::MAX_MESSAGE_SIZE, files::ONE_MESSAGE)
         .with_context(|| args.file.display().to_string())
         .map_err(|e| Exit::new(Failure::BadInput, e))?;
+    check_core_dump(&args.file, &dump)?;
     runtime()?.block_on(async {
         let client = client(&args.connection, false).await?;
         let result = client.publish_core_dump(dump).await;
