@@ -167,12 +167,19 @@ fn device_identity_comes_from_a_dump_and_a_flag_overrides_one_field() {
     let dump_file = sandbox.write("device-info.bin", &dump);
     let mut args = connect_args("register", &emu);
     args.extend(["--device-info".to_owned(), s(&dump_file)]);
-    args.extend(strings(&["--serial", "SN-OVERRIDE", "--no-store"]));
+    // The same serial may be repeated; a firmware field overridden.
+    args.extend(strings(&[
+        "--serial",
+        "SN-FROM-DUMP",
+        "--git-version",
+        "v2.0.1",
+        "--no-store",
+    ]));
 
     let run = sandbox.run(&args).expect_code(0);
 
-    let token = only_issued_token(&emu, "SN-OVERRIDE");
-    assert_eq!(run.stdout.trim(), format!("SN-OVERRIDE: token {token}"));
+    let token = only_issued_token(&emu, "SN-FROM-DUMP");
+    assert_eq!(run.stdout.trim(), format!("SN-FROM-DUMP: token {token}"));
     let boot = records_of(&emu, RecordKind::Boot);
     assert_eq!(boot.len(), 1);
     assert_eq!(boot[0].app_id, Some(APP));
@@ -182,9 +189,92 @@ fn device_identity_comes_from_a_dump_and_a_flag_overrides_one_field() {
         serde_json::json!({
             "device_type": "dump-board",
             "git": "0ddba11",
-            "serial": "SN-OVERRIDE",
-            "version": "v2.0.0",
+            "serial": "SN-FROM-DUMP",
+            "version": "v2.0.1",
         })
+    );
+}
+
+#[test]
+fn a_serial_or_app_id_that_contradicts_the_dump_is_refused() {
+    let sandbox = Sandbox::new();
+    let dump = DeviceInfo::new(APP, "SN-FROM-DUMP", "board", "v1", GIT_HASH).encode();
+    let dump_file = sandbox.write("device-info.bin", &dump);
+    // Nothing listens there: had the command connected, it would exit 3.
+    let base = strings(&[
+        "register",
+        "--customer-id",
+        "1",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+        "--device-info",
+        &s(&dump_file),
+    ]);
+
+    let mut args = base.clone();
+    args.extend(strings(&["--serial", "SN-OTHER"]));
+    let run = sandbox.run(&args).expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: --serial \"SN-OTHER\" contradicts the device-info dump {} (--device-info), whose serial is \"SN-FROM-DUMP\"\n\
+             hint: a dump names its device: drop --serial (and ULOGGER_SERIAL), or give that device's dump\n",
+            s(&dump_file)
+        )
+    );
+
+    let config = sandbox.write("config.toml", b"app_id = 8\n");
+    let mut args = base.clone();
+    args.extend(strings(&["--config", &s(&config)]));
+    let run = sandbox.run(&args).expect_code(2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: app_id = 8 in the config file contradicts the device-info dump {} (--device-info), whose app-id is 7",
+            s(&dump_file)
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_log_given_as_device_info_is_refused_as_what_it_is() {
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let args = strings(&[
+        "upload",
+        "--customer-id",
+        "1",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+        "--device-info",
+        &s(&log),
+        &s(&log),
+    ]);
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        format!(
+            "error: {} (--device-info) is a binary log, not a device-info dump",
+            s(&log)
+        )
+    );
+    assert!(
+        run.stderr.contains(
+            "hint: --device-info takes the raw bytes of the device's BLE config characteristic"
+        ),
+        "{}",
+        run.stderr
     );
 }
 
