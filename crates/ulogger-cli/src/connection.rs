@@ -122,7 +122,8 @@ pub struct ConnectionArgs {
     /// [default: 10s].
     #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS", value_parser = crate::duration::secs)]
     pub timeout: Option<u64>,
-    /// Keep session tokens in memory only (register on every run).
+    /// Keep session tokens in memory only (register on every run); not
+    /// with --store.
     #[arg(long)]
     pub no_store: bool,
 }
@@ -518,6 +519,23 @@ impl ConnectionArgs {
 
     fn session_store(&self) -> Result<SessionStore, Exit> {
         if self.no_store {
+            // Both on the command line contradict each other; a store
+            // from ULOGGER_STORE (a profile's default) yields to the flag.
+            let from_env = std::env::var_os("ULOGGER_STORE").map(PathBuf::from);
+            if let Some(store) = self
+                .files
+                .store
+                .as_ref()
+                .filter(|s| Some(*s) != from_env.as_ref())
+            {
+                return Err(Exit::new(
+                    Failure::BadInput,
+                    anyhow!(
+                        "--no-store keeps tokens in memory only, and --store {} names a file for them: give one of the two",
+                        store.display()
+                    ),
+                ));
+            }
             return Ok(SessionStore::in_memory());
         }
         SessionStore::open(self.files.store_path()?).map_err(store_failure)

@@ -333,3 +333,31 @@ fn the_outbox_and_stamp_time_come_from_the_config_file_too() {
     assert_eq!(shown["stamp_time"]["value"], true, "{shown}");
     assert_eq!(shown["outbox"]["source"], "file", "{shown}");
 }
+
+#[test]
+fn no_store_with_a_store_on_the_command_line_is_refused_but_not_with_the_variable() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let store = sandbox.path("tokens.json");
+    let mut register = connect_args("register", &emu);
+    register.extend(device_args("SN-NO-STORE"));
+    register.push("--no-store".to_owned());
+
+    let mut both = register.clone();
+    both.extend(["--store".to_owned(), s(&store)]);
+    let run = sandbox.run(&both).expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: --no-store keeps tokens in memory only, and --store {} names a file for them: give one of the two\n",
+            s(&store)
+        )
+    );
+    assert!(emu.issued_tokens().is_empty(), "refused before connecting");
+
+    // ULOGGER_STORE is a default, which the flag overrides.
+    sandbox
+        .run_with_env(&[("ULOGGER_STORE", s(&store))], &register)
+        .expect_code(0);
+    assert!(!store.exists(), "--no-store wrote no file");
+}
