@@ -242,6 +242,42 @@ fn a_serial_or_app_id_that_contradicts_the_dump_is_refused() {
 }
 
 #[test]
+fn a_folder_given_to_upload_is_refused_before_connecting() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.path("logs");
+    std::fs::create_dir(&folder).unwrap();
+    let log = sandbox.write("logs/a.bin", &v1_log(10));
+    let mut args = strings(&[
+        "upload",
+        "--customer-id",
+        "1",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+    ]);
+    args.extend(device_args("SN-FOLDER"));
+    args.extend([s(&log), s(&folder)]);
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        format!(
+            "error: {} is a folder; upload takes files, one message each",
+            s(&folder)
+        )
+    );
+    // Through the outbox too, before it is created.
+    let outbox = sandbox.path("outbox");
+    args.extend(["--outbox".to_owned(), s(&outbox)]);
+    sandbox.run(&args).expect_code(2);
+    assert!(!outbox.exists());
+}
+
+#[test]
 fn a_log_given_as_device_info_is_refused_as_what_it_is() {
     let sandbox = Sandbox::new();
     let log = sandbox.write("log.bin", &v1_log(10));

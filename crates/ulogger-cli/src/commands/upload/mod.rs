@@ -100,6 +100,7 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
 /// registering again for each.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let file = args.connection.file()?;
+    files::refuse_folders("upload", &args.files)?;
     let device = args.device.device(file)?;
     let stamp_time = args.stamp_time.or(file.stamp_time).unwrap_or(false);
     let connections = args.connection.connections.or(file.connections);
