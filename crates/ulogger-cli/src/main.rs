@@ -150,6 +150,10 @@ enum Command {
 #[derive(Debug, Clone, Copy)]
 struct Global {
     json: bool,
+    /// `-v` given (how many times): long work shows its lines, not a bar.
+    verbose: u8,
+    /// `-q`: no progress display either.
+    quiet: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -161,7 +165,11 @@ fn main() -> std::process::ExitCode {
     if !cli.quiet {
         warn_misspelt_variables();
     }
-    let global = Global { json: cli.json };
+    let global = Global {
+        json: cli.json,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
         Command::Decode(args) => decode::run(global, args),

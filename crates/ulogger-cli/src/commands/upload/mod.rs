@@ -1,6 +1,7 @@
 //! `ulogger upload`, `ulogger register` and `ulogger core-dump`: the
 //! commands that talk to the cloud.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -133,17 +134,25 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
             client = client(&args.connection, stamp_time) => client?,
             _ = &mut stop => return Err(interrupted(&Account { not_started: total, ..Account::default() })),
         };
-        let progress = (total > 1 && !global.json).then(|| {
+        // A bar on stderr for many files, drawn only on a terminal.
+        let progress = (total > 1 && !global.json && !global.quiet).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
         });
+        // Where a person watches the bar, it stands for the per-file lines
+        // (1,000 files, 1,000 lines); they are printed when asked for (-v)
+        // or when stdout goes to a file or another program.
+        let each_line = global.verbose > 0
+            || !std::io::stdout().is_terminal()
+            || progress.as_ref().is_none_or(ProgressBar::is_hidden);
         let mut tally = Tally {
             global,
             files: &args.files,
+            each_line,
             progress,
             worst: None,
             hint: None,
@@ -223,6 +232,8 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
 struct Tally<'a> {
     global: Global,
     files: &'a [PathBuf],
+    /// Print a line for each file uploaded (a failure always has one).
+    each_line: bool,
     progress: Option<ProgressBar>,
     worst: Option<Failure>,
     hint: Option<String>,
@@ -237,7 +248,7 @@ impl Tally<'_> {
     fn settle(&mut self, done: jobs::Done) {
         let file = &self.files[done.index];
         let json = self.global.json;
-        let line = match done.outcome {
+        let (line, failed) = match done.outcome {
             Ok(receipt) => {
                 self.account.uploaded += 1;
                 self.bytes += receipt.size as u64;
@@ -251,13 +262,14 @@ impl Tally<'_> {
                         }),
                     ));
                 }
-                format!(
+                let line = format!(
                     "{}: uploaded {} bytes to {} (token {})",
                     file.display(),
                     receipt.size,
                     receipt.topic,
                     receipt.token
-                )
+                );
+                (line, false)
             }
             Err(failed) => {
                 self.account.failed += 1;
@@ -271,18 +283,34 @@ impl Tally<'_> {
                         json!({"file": file, "ok": false, "error": failed.message}),
                     ));
                 }
-                format!("{}: FAILED: {}", file.display(), failed.message)
+                (
+                    format!("{}: FAILED: {}", file.display(), failed.message),
+                    true,
+                )
             }
         };
-        match (&self.progress, json) {
-            (_, true) => {}
-            (Some(bar), false) => {
+        if json {
+            return;
+        }
+        // A failure is a cause: one line on stderr; an upload a result.
+        let print = || {
+            if failed {
+                eprintln!("{line}");
+            } else if self.each_line {
+                outln!("{line}");
+            }
+        };
+        match &self.progress {
+            Some(bar) => {
                 // `println` prints nothing while the bar is hidden
                 // (stderr not a terminal); `suspend` always does.
-                bar.suspend(|| outln!("{line}"));
+                bar.suspend(print);
                 bar.inc(1);
+                if self.account.failed > 0 {
+                    bar.set_message(format!("({} failed)", self.account.failed));
+                }
             }
-            (None, false) => outln!("{line}"),
+            None => print(),
         }
     }
 }
