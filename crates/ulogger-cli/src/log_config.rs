@@ -168,7 +168,16 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
         ));
     }
     let payload = config.encode();
-    runtime()?.block_on(publish(options, topic.clone(), payload))?;
+    let target = Target {
+        address: format!(
+            "{}:{}",
+            options.broker_address().0,
+            options.broker_address().1
+        ),
+        settings: settings_path.clone(),
+        plaintext: settings.plaintext.unwrap_or(false),
+    };
+    runtime()?.block_on(publish(options, topic.clone(), payload, target))?;
 
     if global.json {
         outln!(
@@ -181,11 +190,67 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Where `push-config` went, for its failures: the address and the
+/// client.toml that named it, and whether it spoke plaintext.
+struct Target {
+    address: String,
+    settings: PathBuf,
+    plaintext: bool,
+}
+
+/// A failure to reach the emulator, said in the user's words: rumqttc's
+/// own (`Promised boundary crossed: 768` for TLS bytes read as MQTT) means
+/// nothing to someone pushing a configuration.
+fn unreachable_emulator(error: rumqttc::ConnectionError, to: &Target) -> Exit {
+    use rumqttc::{ConnectionError, StateError};
+    let (what, hint) = match &error {
+        ConnectionError::MqttState(StateError::Deserialization(_)) | ConnectionError::NotConnAck(_)
+            if to.plaintext =>
+        {
+            (
+                format!("{} did not answer in MQTT", to.address),
+                format!(
+                    "{} says plaintext, but the emulator there speaks TLS: it may be from an emulator started with --plaintext before; point --data at the running emulator's directory",
+                    to.settings.display()
+                ),
+            )
+        }
+        ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) | ConnectionError::Tls(_) => (
+            format!("the TLS connection to {} failed", to.address),
+            format!(
+                "{} may be from another emulator (certificates differ at each new --data) or one started with --plaintext: point --data at the running emulator's directory",
+                to.settings.display()
+            ),
+        ),
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+            format!("nothing listens at {}", to.address),
+            format!(
+                "is the emulator running? {} names the address of the last one started with this --data",
+                to.settings.display()
+            ),
+        ),
+        ConnectionError::ConnectionRefused(code) => (
+            format!("the emulator at {} refused the connection ({code:?})", to.address),
+            format!(
+                "{}'s customer_id must be the emulator's --customer-id",
+                to.settings.display()
+            ),
+        ),
+        _ => (
+            format!("cannot reach the emulator at {}: {error}", to.address),
+            "is the emulator running with this --data?".to_owned(),
+        ),
+    };
+    tracing::debug!(%error, "push-config failed");
+    Exit::new(Failure::Network, anyhow!("{what}")).with_hint(Some(hint))
+}
+
 /// Publishes once at QoS 1 and waits for the PUBACK.
 async fn publish(
     options: rumqttc::MqttOptions,
     topic: String,
     payload: Vec<u8>,
+    context: Target,
 ) -> Result<(), Exit> {
     let (client, mut events) = rumqttc::AsyncClient::new(options, 4);
     client
@@ -204,12 +269,7 @@ async fn publish(
     .await;
     match acknowledged {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(Exit::new(
-                Failure::Network,
-                anyhow::Error::new(e).context("cannot reach the emulator"),
-            ))
-        }
+        Ok(Err(e)) => return Err(unreachable_emulator(e, &context)),
         Err(_) => {
             return Err(Exit::new(
                 Failure::Network,

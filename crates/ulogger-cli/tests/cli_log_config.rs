@@ -310,3 +310,41 @@ fn other_serial_waiting_a_second(args: &[String], serial: &str) -> Vec<String> {
     args[at + 1] = "1".to_owned();
     args
 }
+
+#[test]
+fn push_config_says_a_plaintext_client_toml_against_tls_in_words() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("stale-data");
+    std::fs::create_dir(&data).unwrap();
+    let port = emu.addr().port();
+    std::fs::write(
+        data.join("client.toml"),
+        format!("customer_id = 4242\nbroker = \"127.0.0.1\"\nport = {port}\nplaintext = true\n"),
+    )
+    .unwrap();
+
+    let run = sandbox
+        .run(&strings(&[
+            "emulator",
+            "push-config",
+            "--data",
+            &s(&data),
+            "--app-id",
+            &APP.to_string(),
+            "--serial",
+            "SN-STALE",
+            "--level",
+            "info",
+        ]))
+        .expect_code(3);
+
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: 127.0.0.1:{port} did not answer in MQTT\n\
+             hint: {}/client.toml says plaintext, but the emulator there speaks TLS: it may be from an emulator started with --plaintext before; point --data at the running emulator's directory\n",
+            s(&data)
+        )
+    );
+}
