@@ -154,12 +154,13 @@ fn a_boot_reply_timeout_names_the_topic_and_fails_the_other_files_at_once() {
             .count(),
         1
     );
+    // Each failed file is one line on stderr.
     for log in &logs {
         let line = run
-            .stdout
+            .stderr
             .lines()
             .find(|l| l.starts_with(&s(log)))
-            .unwrap_or_else(|| panic!("{}", run.stdout));
+            .unwrap_or_else(|| panic!("{}", run.stderr));
         assert!(line.contains("boot reply"), "{line}");
     }
     let hint = hint(&run);
