@@ -124,6 +124,18 @@ impl DeviceArgs {
                 "git-hash",
             )?,
         );
+        // Checked once here, before connecting: the topics would refuse
+        // it later, once per file.
+        wire::validate_serial(&device.serial).map_err(|e| {
+            let source = if self.serial.is_some() {
+                "--serial"
+            } else if file.serial.is_some() {
+                "serial in the config file"
+            } else {
+                "the serial in the device-info dump"
+            };
+            bad(anyhow::anyhow!("{source}: {e}"))
+        })?;
         crate::exit::remember_device(device.app_id, &device.serial);
         Ok(device)
     }

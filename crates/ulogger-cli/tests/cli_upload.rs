@@ -353,6 +353,36 @@ fn each_missing_device_field_is_bad_input_naming_its_flag() {
 }
 
 #[test]
+fn a_serial_no_topic_can_hold_is_refused_once_before_connecting() {
+    let sandbox = Sandbox::new();
+    let logs = [
+        sandbox.write("a.bin", &v1_log(10)),
+        sandbox.write("b.bin", &v1_log(10)),
+    ];
+    // Nothing listens there: had the command connected, it would exit 3.
+    let mut args = strings(&[
+        "upload",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--customer-id",
+        "1",
+        "--plaintext",
+        "--no-store",
+    ]);
+    args.extend(replace(device_args("SN"), "--serial", "SN/1+".into()));
+    args.extend(logs.iter().map(|l| s(l)));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr,
+        "error: --serial: device serial \"SN/1+\" has invalid character '/' at position 2 (allowed: A-Z a-z 0-9 _ - . :)\n"
+    );
+}
+
+#[test]
 fn a_missing_customer_id_is_bad_input() {
     let sandbox = Sandbox::new();
     let log = sandbox.write("log.bin", &v1_log(10));
