@@ -209,15 +209,27 @@ pub fn chain(error: &anyhow::Error) -> String {
 pub fn from_cloud(error: ulogger_cloud::Error) -> Exit {
     let failure = classify(&error);
     let hint = hint(&error);
-    if let ErrorKind::InvalidConfig { field, reason } = error.kind() {
-        if let Some(flag) = flag_of(field) {
-            // The library names its own field (`connect_timeout`); the
-            // user set a flag, a variable or a key.
-            let shown = anyhow::anyhow!("invalid {flag}: {reason}");
-            return Exit::new(failure, shown).with_hint(hint);
-        }
+    match in_user_words(&error) {
+        Some(words) => Exit::new(failure, anyhow::anyhow!(words)).with_hint(hint),
+        None => Exit::new(failure, error).with_hint(hint),
     }
-    Exit::new(failure, error).with_hint(hint)
+}
+
+/// A library error said in the user's words where its own would leak
+/// internals: the decoder's error for bytes that are not MQTT
+/// (`malformed CONNACK: Promised boundary crossed: 768`, kept for -v), or
+/// the library's name of a setting (`connect_timeout` for `--timeout`).
+fn in_user_words(error: &ulogger_cloud::Error) -> Option<String> {
+    match error.kind() {
+        ErrorKind::Protocol(detail) => {
+            tracing::info!(%detail, "the broker's bytes are not MQTT");
+            Some("the broker's answer is not MQTT (-v shows the decoder's error)".to_owned())
+        }
+        ErrorKind::InvalidConfig { field, reason } => {
+            flag_of(field).map(|flag| format!("invalid {flag}: {reason}"))
+        }
+        _ => None,
+    }
 }
 
 /// The flag that sets the library's configuration field `field`, for the
@@ -259,7 +271,7 @@ pub fn classify(error: &ulogger_cloud::Error) -> Failure {
 
 /// A library error and its causes on one line.
 pub fn message(error: &ulogger_cloud::Error) -> String {
-    chain(&anyhow::Error::new(error.clone()))
+    in_user_words(error).unwrap_or_else(|| chain(&anyhow::Error::new(error.clone())))
 }
 
 /// The connection settings a hint may name (set once the command has

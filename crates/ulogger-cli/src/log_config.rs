@@ -241,7 +241,7 @@ fn unreachable_emulator(error: rumqttc::ConnectionError, to: &Target) -> Exit {
             "is the emulator running with this --data?".to_owned(),
         ),
     };
-    tracing::debug!(%error, "push-config failed");
+    tracing::info!(%error, "push-config failed");
     Exit::new(Failure::Network, anyhow!("{what}")).with_hint(Some(hint))
 }
 
@@ -312,8 +312,18 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
         let mut connection = client.connection_changes();
         if args.once {
             let wait = Duration::from_secs(args.wait_secs);
+            // A connection that fails is the answer, not the end of the
+            // wait (which would say only that no configuration came).
+            let got = async {
+                let waiting = client.wait_for_log_config(&device, wait);
+                tokio::pin!(waiting);
+                tokio::select! {
+                    got = &mut waiting => got,
+                    Err(failed) = client.connected() => Err(failed),
+                }
+            };
             let outcome = tokio::select! {
-                got = client.wait_for_log_config(&device, wait) => match got {
+                got = got => match got {
                     Ok(config) => {
                         print_config(global, &config);
                         Ok(())
@@ -325,11 +335,25 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             client.shutdown().await;
             return outcome;
         }
-        let mut configs = tokio::select! {
-            configs = client.log_configs(&device) => configs.map_err(exit::from_cloud)?,
-            stopped = &mut stop => {
-                client.shutdown().await;
-                return stopped.and_then(Stop::outcome);
+        // The subscription waits for the connection through outages; a
+        // connection that fails meanwhile is said once, with its hint,
+        // instead of a silent wait.
+        let mut configs = {
+            let subscribing = client.log_configs(&device);
+            tokio::pin!(subscribing);
+            let mut said = false;
+            loop {
+                tokio::select! {
+                    configs = &mut subscribing => break configs.map_err(exit::from_cloud)?,
+                    Err(failed) = client.connected(), if !said => {
+                        said = true;
+                        print_unreachable(global, failed);
+                    }
+                    stopped = &mut stop => {
+                        client.shutdown().await;
+                        return stopped.and_then(Stop::outcome);
+                    }
+                }
             }
         };
         if global.json {
@@ -359,6 +383,24 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
         client.shutdown().await;
         outcome
     })
+}
+
+/// The connection failed before the watch could subscribe: why, and what
+/// to do, once; the watch keeps trying.
+fn print_unreachable(global: Global, failed: ulogger_cloud::Error) {
+    let exit = exit::from_cloud(failed);
+    let error = exit::chain(&exit.error);
+    if global.json {
+        outln!(
+            "{}",
+            json!({"time": stamp::now(), "event": "connect_failed", "error": error, "hint": exit.hint})
+        );
+    } else {
+        eprintln!("{} cannot connect: {error}; trying on", stamp::now());
+        if let Some(hint) = exit.hint {
+            eprintln!("{} hint: {hint}", stamp::now());
+        }
+    }
 }
 
 fn print_config(global: Global, config: &LogConfig) {

@@ -348,3 +348,62 @@ fn push_config_says_a_plaintext_client_toml_against_tls_in_words() {
         )
     );
 }
+
+/// A config file that speaks plaintext to `emu`, a TLS emulator.
+fn plaintext_against_tls(sandbox: &Sandbox, emu: &ulogger_emulator::Emulator) -> String {
+    let config = sandbox.write(
+        "plain.toml",
+        format!(
+            "customer_id = 4242\nbroker = \"127.0.0.1\"\nport = {}\nplaintext = true\n",
+            emu.addr().port()
+        )
+        .as_bytes(),
+    );
+    s(&config)
+}
+
+const NOT_MQTT: &str = "the broker's answer is not MQTT (-v shows the decoder's error)";
+const DROP_PLAINTEXT: &str = "the broker does not answer plaintext MQTT: it probably expects TLS (port 8883); drop --plaintext (and ULOGGER_PLAINTEXT, plaintext in the config file)";
+
+#[test]
+fn watch_once_fails_with_the_connections_cause_not_a_timeout() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let config = plaintext_against_tls(&sandbox, &emu);
+    let mut args = strings(&[
+        "config", "watch", "--once", "--wait", "30", "--config", &config,
+    ]);
+    args.extend(device_args("SN-ONCE-TLS"));
+
+    let started = std::time::Instant::now();
+    let run = sandbox.run(&args).expect_code(3);
+
+    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
+    assert_eq!(
+        run.stderr,
+        format!("error: {NOT_MQTT}\nhint: {DROP_PLAINTEXT}\n")
+    );
+}
+
+#[test]
+fn a_watch_that_cannot_connect_says_why_once_and_keeps_trying() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let config = plaintext_against_tls(&sandbox, &emu);
+    let mut args = strings(&["--json", "config", "watch", "--config", &config]);
+    args.extend(device_args("SN-WATCH-TLS"));
+    let mut watcher = start(&sandbox, &args);
+
+    let failed = watcher.json_line();
+    assert_eq!(failed["event"], "connect_failed", "{failed}");
+    assert_eq!(failed["error"], NOT_MQTT);
+    assert_eq!(failed["hint"], DROP_PLAINTEXT);
+    assert_eq!(
+        watcher.terminate().code(),
+        Some(0),
+        "SIGTERM ends it cleanly"
+    );
+    // Everything it printed until it ended (the reader stops at EOF).
+    let rest: Vec<String> = watcher.lines.iter().collect();
+    assert!(rest.is_empty(), "said once: {rest:?}");
+}
