@@ -1,5 +1,6 @@
 //! The native half of the `ulogger_cloud` Python package: our client
-//! ([`ulogger_cloud::blocking::Client`]) and token store as Python
+//! ([`ulogger_cloud::Client`], on one runtime for the process) and token
+//! store as Python
 //! classes, for the package's Python layer (`python/ulogger_cloud/`),
 //! which gives them the Python SDK's names and conventions.
 //!
@@ -7,10 +8,6 @@
 //! so Python threads share one connection and keep running meanwhile.
 //! Errors are raised as the classes of `ulogger_cloud.errors`, one per
 //! [`ulogger_cloud::ErrorKind`], with the Rust message and fields.
-
-// PyO3's macros expand to `unsafe` blocks (the C API), so this crate
-// cannot inherit the workspace's `forbid(unsafe_code)`; it has no
-// `unsafe` of its own (see Cargo.toml's [lints]).
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;

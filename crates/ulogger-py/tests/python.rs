@@ -221,7 +221,10 @@ fn run_suite(python: &Path, emulator: &Emulator, params: &Path, home: &Path) {
     let _ = done_tx.send(());
     let timed_out = watchdog.join().unwrap();
     let stderr = err.join().unwrap();
-    assert!(!timed_out, "the Python suite did not finish within {SUITE_TIMEOUT:?}:\n{output}{stderr}");
+    assert!(
+        !timed_out,
+        "the Python suite did not finish within {SUITE_TIMEOUT:?}:\n{output}{stderr}"
+    );
     assert!(
         status.success(),
         "the Python suite failed ({status}):\n{output}{stderr}"
