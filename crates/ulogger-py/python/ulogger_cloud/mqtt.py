@@ -149,10 +149,17 @@ def get_session_token(device_info, cfg):
     bounds the registration rate. A token of 0 is never returned.
     """
     try:
-        return _engines.engine_for(cfg).register(device_info)
+        token = _engines.engine_for(cfg).register(device_info)
     except (UloggerError, ValueError) as e:
         _failed("Boot registration of %r" % (device_info.device_serial,), e)
         return None
+    if token == 0:
+        _log.error(
+            "Boot registration of %r: the cloud answered token 0, which is no token",
+            device_info.device_serial,
+        )
+        return None
+    return token
 
 
 def _token_of(payload):
