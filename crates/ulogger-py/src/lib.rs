@@ -27,6 +27,7 @@ use ulogger_cloud::{
 };
 
 mod errors;
+mod logging;
 mod runtime;
 
 use errors::IntoPyResult;
@@ -675,5 +676,6 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<LogConfigIter>()?;
     module.add_function(wrap_pyfunction!(checksum_problem, module)?)?;
     module.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;
+    logging::install();
     Ok(())
 }

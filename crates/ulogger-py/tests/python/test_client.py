@@ -2,7 +2,9 @@
 typed errors."""
 
 import asyncio
+import logging
 import os
+import threading
 import unittest
 
 import ulogger_cloud
@@ -89,6 +91,24 @@ class ClientApi(unittest.TestCase):
             with self.assertRaises(errors.UloggerError) as caught:
                 c.connected()
         self.assertTrue(caught.exception.retryable or caught.exception.is_timeout, caught.exception)
+
+
+class EngineLogging(unittest.TestCase):
+    def test_engine_events_reach_python_logging(self):
+        seen = threading.Event()
+
+        class Watch(logging.Handler):
+            def emit(self, record):
+                if "outbox opened" in record.getMessage():
+                    seen.set()
+
+        watch = Watch()
+        logging.getLogger("ulogger_cloud.engine").addHandler(watch)
+        try:
+            with client(outbox_dir=os.path.join(PARAMS["work_dir"], "outbox-logging")):
+                self.assertTrue(seen.wait(30), "the engine's INFO record reached logging")
+        finally:
+            logging.getLogger("ulogger_cloud.engine").removeHandler(watch)
 
 
 class AsyncApi(unittest.TestCase):
