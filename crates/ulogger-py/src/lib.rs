@@ -420,6 +420,116 @@ impl Engine {
     }
 }
 
+/// Telemetry over HTTPS with an API token (PROTOCOL §8), for the SDK's
+/// fallback when there is no MQTT client certificate.
+#[pyclass(module = "ulogger_cloud._native", frozen)]
+struct HttpEngine {
+    http: ulogger_cloud::HttpTelemetry,
+}
+
+#[pymethods]
+impl HttpEngine {
+    /// A client of the HTTP API at `base_url`, with `api_token`.
+    #[new]
+    #[pyo3(signature = (api_token, *, base_url, group_id=0, compression="auto", ca_file=None))]
+    fn new(
+        py: Python<'_>,
+        api_token: String,
+        base_url: String,
+        group_id: u32,
+        compression: &str,
+        ca_file: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let mut builder = ulogger_cloud::HttpTelemetry::builder(api_token)
+            .base_url(base_url)
+            .group_id(group_id)
+            .compression(self::compression(compression)?);
+        if let Some(ca) = ca_file {
+            builder = builder.ca_file(ca);
+        }
+        let http = py.detach(|| runtime::run(async { builder.build() })).py()?;
+        Ok(HttpEngine { http })
+    }
+
+    /// One device's metrics.
+    fn publish_metrics(
+        &self,
+        py: Python<'_>,
+        serial: &str,
+        app_id: &Bound<'_, PyAny>,
+        metrics: &Bound<'_, PyAny>,
+    ) -> PyResult<u16> {
+        let app_id = app_id_of(app_id)?;
+        let metrics = metric_list(metrics)?;
+        let receipt = py
+            .detach(|| runtime::run(self.http.publish_metrics(serial, app_id, &metrics)))
+            .py()?;
+        Ok(receipt.status)
+    }
+
+    /// One device's events.
+    fn publish_events(
+        &self,
+        py: Python<'_>,
+        serial: &str,
+        app_id: &Bound<'_, PyAny>,
+        events: &Bound<'_, PyAny>,
+    ) -> PyResult<u16> {
+        let app_id = app_id_of(app_id)?;
+        let events = event_list(events)?;
+        let receipt = py
+            .detach(|| runtime::run(self.http.publish_events(serial, app_id, &events)))
+            .py()?;
+        Ok(receipt.status)
+    }
+
+    /// A heartbeat on behalf of a device.
+    #[pyo3(signature = (serial, app_id, timestamp=None))]
+    fn publish_heartbeat(
+        &self,
+        py: Python<'_>,
+        serial: &str,
+        app_id: &Bound<'_, PyAny>,
+        timestamp: Option<u64>,
+    ) -> PyResult<u16> {
+        let app_id = app_id_of(app_id)?;
+        let receipt = py
+            .detach(|| runtime::run(self.http.publish_heartbeat(serial, app_id, timestamp)))
+            .py()?;
+        Ok(receipt.status)
+    }
+
+    /// Many devices' metrics in one request.
+    fn publish_metrics_batch(
+        &self,
+        py: Python<'_>,
+        app_id: &Bound<'_, PyAny>,
+        devices: &Bound<'_, PyAny>,
+    ) -> PyResult<u16> {
+        let app_id = app_id_of(app_id)?;
+        let devices = device_metrics(devices)?;
+        let receipt = py
+            .detach(|| runtime::run(self.http.publish_metrics_batch(app_id, &devices)))
+            .py()?;
+        Ok(receipt.status)
+    }
+
+    /// Many devices' events in one request.
+    fn publish_events_batch(
+        &self,
+        py: Python<'_>,
+        app_id: &Bound<'_, PyAny>,
+        devices: &Bound<'_, PyAny>,
+    ) -> PyResult<u16> {
+        let app_id = app_id_of(app_id)?;
+        let devices = device_events(devices)?;
+        let receipt = py
+            .detach(|| runtime::run(self.http.publish_events_batch(app_id, &devices)))
+            .py()?;
+        Ok(receipt.status)
+    }
+}
+
 type LogConfigTuple = (u8, u32, u32, Option<Vec<String>>);
 
 /// Log configurations of one device, as they arrive; ends when the
@@ -673,6 +783,7 @@ fn warn(py: Python<'_>, message: &str) {
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<TokenStore>()?;
     module.add_class::<Engine>()?;
+    module.add_class::<HttpEngine>()?;
     module.add_class::<LogConfigIter>()?;
     module.add_function(wrap_pyfunction!(checksum_problem, module)?)?;
     module.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;

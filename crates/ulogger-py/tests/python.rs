@@ -11,7 +11,7 @@
 //! The Python tests reach the emulator through a line protocol on their
 //! stdin/stdout: a line `@ctl COMMAND ARGS...` on stdout is answered with
 //! one JSON line on stdin (`records`, `clients`, `push APP SERIAL LEVEL
-//! FLAGS TIMEOUT`, `disconnect`).
+//! FLAGS TIMEOUT`, `disconnect`, `tokens`, `http_requests`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -156,6 +156,7 @@ fn control(emulator: &Emulator, line: &str) -> serde_json::Value {
         ["clients"] => serde_json::to_value(emulator.connected_clients()).unwrap(),
         ["disconnect"] => serde_json::json!(emulator.disconnect_all()),
         ["tokens"] => serde_json::to_value(emulator.issued_tokens()).unwrap(),
+        ["http_requests"] => serde_json::json!(emulator.http_requests()),
         ["push", app, serial, level, flags, timeout] => {
             let config = LogConfig::new(
                 LogLevel::from(level.parse::<u8>().unwrap()),
@@ -254,6 +255,8 @@ fn the_python_package_against_the_emulator() {
         "cert_file": certs.client_cert,
         "key_file": certs.client_key,
         "ca_file": certs.ca_cert,
+        "http_url": emulator.http_url(),
+        "api_token": emulator.api_token(),
         "customer_id": CUSTOMER,
         "work_dir": dir.path(),
         "sdk_python": sdk_python,

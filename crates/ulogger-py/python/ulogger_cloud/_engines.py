@@ -104,6 +104,29 @@ def engine_for(cfg, compression="auto"):
     return engine
 
 
+def http_engine_for(cfg, api_token, api_base_url, compression="auto"):
+    """The HTTPS telemetry client for ``api_token`` at ``api_base_url``
+    (the SDK's fallback without MQTT certificates), started on first use."""
+    k = ("http", api_token, api_base_url, int(cfg.group_id or 0), compression, ca_file(cfg))
+    engine = _engines.get(k)
+    if engine is not None:
+        return engine
+    with _lock:
+        if _closed:
+            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
+        engine = _engines.get(k)
+        if engine is None:
+            engine = _native.HttpEngine(
+                api_token,
+                base_url=api_base_url,
+                group_id=k[3],
+                compression=compression,
+                ca_file=k[5],
+            )
+            _engines[k] = engine
+    return engine
+
+
 def connection_count():
     """How many engines (connections) this process holds."""
     return len(_engines)
@@ -118,6 +141,8 @@ def shutdown():
         engines = list(_engines.values())
         _engines.clear()
     for engine in engines:
+        if not hasattr(engine, "shutdown"):
+            continue
         try:
             engine.shutdown()
         except Exception:  # noqa: BLE001 - exiting anyway

@@ -7,6 +7,7 @@ of them here sees it used.
 """
 
 import logging
+import threading
 
 from .checksum import patch_session_token, validate_checksum
 from .mqtt import get_session_token, publish_binary_log
@@ -16,12 +17,28 @@ __all__ = ["get_or_fetch_token", "upload_log"]
 
 _log = logging.getLogger(__name__)
 
+# One registration at a time per serial: threads that miss the store for
+# the same device wait for the first one's token instead of registering
+# again (the platform quarantines customers whose devices register in
+# storms, PROTOCOL section 3).
+_registering = {}
+_registering_lock = threading.Lock()
+
+
+def _registration_lock(serial):
+    with _registering_lock:
+        lock = _registering.get(serial)
+        if lock is None:
+            lock = _registering[serial] = threading.Lock()
+        return lock
+
 
 def get_or_fetch_token(device_info, cfg, store=None):
     """A valid session token for ``device_info``: the one ``store`` (default:
     :func:`get_default_store`) holds for its serial and git hash, else a new
     one from a boot registration, which is then stored. ``None`` when
-    registration failed (the reason logged)."""
+    registration failed (the reason logged). Threads asking for one device
+    at once share one registration."""
     if store is None:
         store = get_default_store()
     serial = device_info.device_serial
@@ -29,10 +46,15 @@ def get_or_fetch_token(device_info, cfg, store=None):
     cached = store.get_token(serial, git_hash)
     if cached is not None:
         return cached
-    token = get_session_token(device_info, cfg)
-    if token is not None:
-        store.set_token(serial, git_hash, token)
-    return token
+    with _registration_lock(serial):
+        # Another thread may have registered the device meanwhile.
+        cached = store.get_token(serial, git_hash)
+        if cached is not None:
+            return cached
+        token = get_session_token(device_info, cfg)
+        if token is not None:
+            store.set_token(serial, git_hash, token)
+        return token
 
 
 def upload_log(device_info, buf, cfg, store=None):

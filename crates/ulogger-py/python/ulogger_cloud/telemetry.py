@@ -2,16 +2,18 @@
 device or a batch of many).
 
 The SDK's functions and signatures. Over MQTT they use the configuration's
-persistent connection; the JSON is checked by the engine (names, numbers,
-serials) and gzipped per ``compress``. The SDK's HTTP fallback (no
-certificates, an ``api_token``) is not supported yet: such a call fails
-(``False``, the reason logged).
+persistent connection; without MQTT certificate files and with an
+``api_token``, the SDK's HTTPS fallback (``POST {api_base_url}/publish/...``
+with the token), on one connection pool per token. Either way the JSON is
+checked by the engine (names, finite numbers, serials) and gzipped per
+``compress``.
 """
 
 import logging
+import os
 
 from . import _engines
-from .errors import NoClientCertificateError, UloggerError
+from .errors import UloggerError
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -43,23 +45,24 @@ def _compression(compress):
     raise ValueError("compress must be True, False, or 'auto'; got {0!r}".format(compress))
 
 
-def _publish(what, cfg, api_token, compression, send):
+def _mqtt_available(cfg):
+    """The SDK's rule: MQTT when bridge mode is set or both certificate files
+    exist; else HTTPS if there is an API token."""
+    if getattr(cfg, "client", None) is not None:
+        return True
+    cert, key = cfg.cert_file, cfg.key_file
+    return bool(cert and key and os.path.exists(cert) and os.path.exists(key))
+
+
+def _publish(what, cfg, api_token, api_base_url, compression, send):
     try:
-        engine = _engines.engine_for(cfg, compression)
-    except NoClientCertificateError as e:
-        if api_token:
-            _log.error(
-                "Cannot publish %s: the HTTP fallback (api_token without MQTT "
-                "certificates) is not supported by this package yet",
-                what,
-            )
+        if _mqtt_available(cfg):
+            engine = _engines.engine_for(cfg, compression)
+        elif api_token:
+            engine = _engines.http_engine_for(cfg, api_token, api_base_url, compression)
         else:
-            _log.error("Cannot publish %s: %s", what, e)
-        return False
-    except (UloggerError, ValueError) as e:
-        _log.error("Cannot publish %s: %s", what, e)
-        return False
-    try:
+            _log.error("Cannot publish %s: no MQTT certificates and no API token provided", what)
+            return False
         send(engine)
         return True
     except (UloggerError, ValueError, KeyError, TypeError) as e:
@@ -74,6 +77,7 @@ def publish_metrics(device_serial, app_id, metrics, cfg, api_token=None, api_bas
         "metrics",
         cfg,
         api_token,
+        api_base_url,
         "auto",
         lambda engine: engine.publish_metrics(device_serial, app_id, metrics),
     )
@@ -86,6 +90,7 @@ def publish_events(device_serial, app_id, events, cfg, api_token=None, api_base_
         "events",
         cfg,
         api_token,
+        api_base_url,
         "auto",
         lambda engine: engine.publish_events(device_serial, app_id, events),
     )
@@ -98,6 +103,7 @@ def publish_heartbeat(device_serial, app_id, cfg, api_token=None, api_base_url=D
         "heartbeat",
         cfg,
         api_token,
+        api_base_url,
         "auto",
         lambda engine: engine.publish_heartbeat(device_serial, app_id, timestamp),
     )
@@ -126,6 +132,7 @@ def publish_metrics_batch(devices, app_id, cfg, api_token=None, api_base_url=DEF
         "metrics batch",
         cfg,
         api_token,
+        api_base_url,
         _compression(compress),
         lambda engine: engine.publish_metrics_batch(app_id, devices),
     )
@@ -139,6 +146,7 @@ def publish_events_batch(devices, app_id, cfg, api_token=None, api_base_url=DEFA
         "events batch",
         cfg,
         api_token,
+        api_base_url,
         _compression(compress),
         lambda engine: engine.publish_events_batch(app_id, devices),
     )
