@@ -114,9 +114,10 @@ impl TokenStore {
     }
 }
 
-/// One configuration's client: one persistent MQTT connection (TLS), its
-/// runtime thread, pacing, registration and, if asked for, an outbox.
-#[pyclass(module = "ulogger_cloud._native", frozen)]
+/// One configuration's client: one persistent MQTT connection (TLS),
+/// pacing, registration and, if asked for, an outbox. Weakly referable:
+/// the package closes the engines of live `Client`s at exit.
+#[pyclass(module = "ulogger_cloud._native", frozen, weakref)]
 struct Engine {
     client: ulogger_cloud::Client,
 }

@@ -5,6 +5,7 @@ import atexit
 import logging
 import os
 import threading
+import weakref
 
 from . import _native
 from .errors import BridgeModeError, NoClientCertificateError, ShutdownError
@@ -12,6 +13,8 @@ from .errors import BridgeModeError, NoClientCertificateError, ShutdownError
 _log = logging.getLogger("ulogger_cloud")
 
 _engines = {}
+# The engines of live Client objects: closed at exit too.
+_client_engines = weakref.WeakSet()
 _lock = threading.Lock()
 _closed = False
 # Engines inherited through fork(): their threads are gone in the child, so
@@ -138,7 +141,7 @@ def shutdown():
     global _closed
     with _lock:
         _closed = True
-        engines = list(_engines.values())
+        engines = list(_engines.values()) + list(_client_engines)
         _engines.clear()
     for engine in engines:
         if not hasattr(engine, "shutdown"):

@@ -7,7 +7,7 @@ what the broker acknowledged.
 
 import os
 
-from . import _native
+from . import _engines, _native
 from .errors import NoClientCertificateError
 from .mqtt import LogConfig
 
@@ -75,6 +75,7 @@ class Client(object):
             outbox_dir=path(outbox_dir),
             compression=compression,
         )
+        _engines._client_engines.add(self._engine)
 
     @property
     def client_id(self):

@@ -366,6 +366,9 @@ class InterpreterExit(unittest.TestCase):
             "        u.upload_log(d, support.build_log(), cfg)\n"
             "for _ in range(4):\n"
             "    threading.Thread(target=spam, daemon=True).start()\n"
+            "c = u.Client(p['customer_id'], p['cert_file'], p['key_file'], broker=p['broker'],\n"
+            "             port=p['port'], ca_file=p['ca_file'], outbox_dir=p['work_dir'] + '/exit-outbox')\n"
+            "c.enqueue_log(d, support.build_log())\n"
             "print('exiting', flush=True)\n"
         )
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
