@@ -9,8 +9,8 @@
 //! gateway's CPU time is its own, not the fake's or the bus daemon's):
 //!
 //! - **ours**: this binary run again with `ULOGGER_BLE_BENCH_ROLE=gateway`,
-//!   calling `ulogger_cloud::ble::pull_device` for the 20 devices
-//!   concurrently (one tokio runtime, default worker count) with a `Client`
+//!   pulling the 20 devices concurrently through one `BleSession` (as the
+//!   agent's `Gateway` does; one tokio runtime, default worker count) with a `Client`
 //!   whose durable outbox is a fresh directory under `target/tmp`. The
 //!   cloud is unreachable (a closed loopback port): what is measured is the
 //!   pull and the fsynced store, not an upload.
@@ -18,12 +18,12 @@
 //!   the reference gateway's `bluetooth.py` does (PROTOCOL §6), 20 devices
 //!   at once with asyncio; it writes each buffer to a file *without* fsync,
 //!   after the final ack.
-//! - **ours 1x1** (a diagnosis): ours pulling one device after the other,
-//!   so one bluer `Session` reads the bus at a time; only its CPU per chunk
-//!   compares.
-//! - **sketch** (a diagnosis): `gateway::acquired`, the change
-//!   `docs/benchmarks.md` proposes for `pull_device` (one `Session`, the
-//!   transfer on AcquireNotify/AcquireWrite), measured before it is made.
+//! - **floor**: not a gateway but the true limit of one on this machine:
+//!   the two system calls any gateway makes per chunk once BlueZ hands it
+//!   sockets (read the chunk's datagram, write the ack's), on 20
+//!   socketpairs driven by one epoll loop in plain threads, with nothing
+//!   else (no bus, no store, no protocol). Its thread's own CPU time per
+//!   chunk is what the others are compared with.
 //!
 //! Per round and gateway: the child's CPU time (user + system, from the
 //! kernel's accounting of reaped children), per chunk the devices sent
@@ -66,10 +66,6 @@ const DEFAULT_ROUNDS: usize = 3;
 const GATEWAY_LIMIT: Duration = Duration::from_secs(300);
 /// The environment variable that makes this binary the gateway child.
 const ROLE: &str = "ULOGGER_BLE_BENCH_ROLE";
-/// Set for the gateway child: pull the devices one after the other.
-const ONE_BY_ONE: &str = "ULOGGER_BLE_BENCH_ONE_BY_ONE";
-/// Set for the gateway child: the sketch, not `pull_device`.
-const SKETCH: &str = "ULOGGER_BLE_BENCH_SKETCH";
 /// The issue's goals.
 const CPU_RATIO_GOAL: f64 = 10.0;
 const FINAL_ACK_P50_GOAL: Duration = Duration::from_millis(5);
@@ -179,14 +175,6 @@ fn config_value(serial: &str) -> Vec<u8> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Gateway {
     Ours,
-    /// Ours pulling one device at a time: one bluer `Session` alive at
-    /// once, so no D-Bus signal reaches the process more than once.
-    OursOneByOne,
-    /// Not `pull_device`: a sketch of it on one shared bluer `Session`,
-    /// with chunks and acks on AcquireNotify/AcquireWrite sockets instead
-    /// of a D-Bus message each (`gateway::acquired`), to measure that
-    /// change before it is made in `ulogger_cloud::ble`.
-    Sketch,
     Bleak,
 }
 
@@ -194,8 +182,6 @@ impl Gateway {
     fn name(self) -> &'static str {
         match self {
             Gateway::Ours => "ours",
-            Gateway::OursOneByOne => "ours 1x1",
-            Gateway::Sketch => "sketch",
             Gateway::Bleak => "bleak",
         }
     }
@@ -267,27 +253,27 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
          without fsync",
         LOG_BYTES.div_ceil(CHUNK_PAYLOAD)
     );
-    // ULOGGER_BLE_BENCH_ONLY=ours (or `bleak`, `ours 1x1`): one gateway,
+    // ULOGGER_BLE_BENCH_ONLY=ours (or `bleak`): one gateway,
     // for a profiler; no comparison is reported then.
     let only = std::env::var("ULOGGER_BLE_BENCH_ONLY").ok();
     let only = only.as_deref();
     let mut runs = Vec::new();
+    let mut floors = Vec::new();
     for round in 0..rounds {
+        if only.is_none() {
+            let floor = floor::run(DEVICES, LOG_BYTES.div_ceil(CHUNK_PAYLOAD));
+            println!(
+                "round {}    floor: cpu {:>6.1} us/chunk (raw sockets, two system calls per chunk)",
+                round + 1,
+                floor.as_secs_f64() * 1e6
+            );
+            floors.push(floor);
+        }
         // Alternating order, so neither always runs on a warmer machine.
         let order = if round % 2 == 0 {
-            [
-                Gateway::Ours,
-                Gateway::Bleak,
-                Gateway::OursOneByOne,
-                Gateway::Sketch,
-            ]
+            [Gateway::Ours, Gateway::Bleak]
         } else {
-            [
-                Gateway::Sketch,
-                Gateway::OursOneByOne,
-                Gateway::Bleak,
-                Gateway::Ours,
-            ]
+            [Gateway::Bleak, Gateway::Ours]
         };
         for gateway in order
             .into_iter()
@@ -319,7 +305,7 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
         }
     }
     if only.is_none() {
-        report(&runs);
+        report(&runs, &floors);
     }
 }
 
@@ -390,15 +376,9 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         .unwrap();
     let addresses: Vec<&str> = devices.iter().map(|d| d.address.as_str()).collect();
     let mut command = match gateway {
-        Gateway::Ours | Gateway::OursOneByOne | Gateway::Sketch => {
+        Gateway::Ours => {
             let mut c = tokio::process::Command::new(std::env::current_exe().unwrap());
             c.env(ROLE, "gateway");
-            if gateway == Gateway::OursOneByOne {
-                c.env(ONE_BY_ONE, "1");
-            }
-            if gateway == Gateway::Sketch {
-                c.env(SKETCH, "1");
-            }
             c
         }
         Gateway::Bleak => {
@@ -593,7 +573,7 @@ fn times_less(ratio: f64) -> String {
     }
 }
 
-fn report(runs: &[Run]) {
+fn report(runs: &[Run], floors: &[Duration]) {
     let of = |g: Gateway| runs.iter().filter(move |r| r.gateway == g);
     let med = |g: Gateway, f: fn(&Run) -> f64| median(of(g).map(f));
     let cpu = |g| med(g, Run::cpu_per_chunk);
@@ -608,12 +588,7 @@ fn report(runs: &[Run]) {
     let p99 = percentile(&ours_acks, 0.99);
     println!();
     println!("medians over {} round(s):", of(Gateway::Ours).count());
-    for g in [
-        Gateway::Ours,
-        Gateway::OursOneByOne,
-        Gateway::Sketch,
-        Gateway::Bleak,
-    ] {
+    for g in [Gateway::Ours, Gateway::Bleak] {
         let a = acks(g);
         println!(
             "  {:>8}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
@@ -630,11 +605,12 @@ fn report(runs: &[Run]) {
             med(g, |r| r.fake_cpu.as_secs_f64() * 1e6 / r.chunks as f64),
         );
     }
-    let sketch = cpu(Gateway::Sketch);
+    let floor = median(floors.iter().map(|f| f.as_secs_f64() * 1e6));
     println!(
-        "  sketch (one Session, AcquireNotify/AcquireWrite): {sketch:.1} us/chunk, {:.1}x less than bleak, {:.1}x less than ours",
-        cpu(Gateway::Bleak) / sketch,
-        cpu(Gateway::Ours) / sketch
+        "     floor: {floor:>6.1} us CPU/chunk (two system calls per chunk on raw sockets, nothing else): \
+         ours {:.2}x the floor, bleak {:.1}x",
+        cpu(Gateway::Ours) / floor,
+        cpu(Gateway::Bleak) / floor
     );
     println!(
         "  CPU per chunk: bleak / ours = {ratio:.2}x ({transfer_ratio:.1}x after start-up; goal >= {CPU_RATIO_GOAL}x: {})",
@@ -649,7 +625,7 @@ fn report(runs: &[Run]) {
     );
     println!();
     println!(
-        "SUITE ble gateway CPU per chunk, {DEVICES} devices | {:.1} us | {} bleak's {:.1} us (goal >= {CPU_RATIO_GOAL}x less; sketch {sketch:.1} us)",
+        "SUITE ble gateway CPU per chunk, {DEVICES} devices | {:.1} us | {} bleak's {:.1} us (goal >= {CPU_RATIO_GOAL}x less; raw-socket floor {floor:.1} us)",
         cpu(Gateway::Ours),
         times_less(ratio),
         cpu(Gateway::Bleak)
@@ -671,13 +647,12 @@ fn report(runs: &[Run]) {
 }
 
 /// Our gateway, as the child process: pulls every device named on the
-/// command line at once with `pull_device` into a durable outbox.
+/// command line at once through one `BleSession` into a durable outbox.
 mod gateway {
     use std::time::Duration;
 
     use nix::sys::resource::{getrusage, UsageWho};
-    use ulogger_cloud::ble::{pull_device, Address, PullOptions};
-    use ulogger_cloud::wire::PullConfig;
+    use ulogger_cloud::ble::{Address, BleSession, PullOptions};
     use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
 
     /// argv: the outbox directory, then the devices' addresses. Prints
@@ -689,7 +664,9 @@ mod gateway {
             eprintln!("usage: {} OUTBOX ADDRESS...", super::ROLE);
             return 2;
         };
+        // As the agent runs it.
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
@@ -711,43 +688,23 @@ mod gateway {
                 .unwrap();
             println!("ready {}", self_cpu_us());
             let started = std::time::Instant::now();
-            let one_by_one = std::env::var_os(super::ONE_BY_ONE).is_some();
-            let session = match std::env::var_os(super::SKETCH) {
-                Some(_) => Some(bluer::Session::new().await.unwrap()),
-                None => None,
-            };
+            // One connection to bluetoothd for every pull, as the agent's
+            // `Gateway` holds it.
+            let bluetooth = BleSession::new().await.unwrap();
             let mut pulls = tokio::task::JoinSet::new();
             let mut results = Vec::new();
-            let mut per_device_cpu = Vec::new();
             for address in addresses {
                 let client = client.clone();
-                // One by one is a diagnosis of CPU time: it need not wait
-                // 3 s per device for a core dump (the device has none).
-                let options = if one_by_one {
-                    PullOptions::new()
-                        .pull(PullConfig::new().first_chunk_timeout(Duration::from_millis(300)))
-                } else {
-                    PullOptions::new()
-                };
-                let session = session.clone();
-                let pull = async move {
+                let bluetooth = bluetooth.clone();
+                pulls.spawn(async move {
                     let parsed: Address = address.parse().unwrap();
-                    let pulled = match session {
-                        Some(session) => acquired::pull(&session, &client, parsed).await,
-                        None => pull_device(&client, "hci0", parsed, options)
-                            .await
-                            .map(|report| report.stored.iter().map(|s| s.len).collect())
-                            .map_err(|e| e.to_string()),
-                    };
+                    let pulled = bluetooth
+                        .pull(&client, "hci0", parsed, PullOptions::new())
+                        .await
+                        .map(|report| report.stored.iter().map(|s| s.len).collect::<Vec<_>>())
+                        .map_err(|e| e.to_string());
                     (address, pulled)
-                };
-                if one_by_one {
-                    let before = self_cpu_us();
-                    results.push(pull.await);
-                    per_device_cpu.push(format!("{}", (self_cpu_us() - before) / 1000));
-                } else {
-                    pulls.spawn(pull);
-                }
+                });
             }
             results.extend(pulls.join_all().await);
             let mut code = 0;
@@ -768,8 +725,8 @@ mod gateway {
             }
             let pulled = started.elapsed();
             client.shutdown().await;
-            // Connections to the bus still open: one per pull_device so far
-            // (bluer's Session never closes its socket).
+            // Connections to the bus still open (bluer's Session never
+            // closes its socket): two for the one `BleSession`.
             let sockets = std::fs::read_dir("/proc/self/fd")
                 .map(|fds| {
                     fds.filter_map(Result::ok)
@@ -781,14 +738,9 @@ mod gateway {
                 })
                 .unwrap_or(0);
             println!(
-                "timing pulls {} ms, shutdown {} ms, {sockets} sockets open at the end{}",
+                "timing pulls {} ms, shutdown {} ms, {sockets} sockets open at the end",
                 pulled.as_millis(),
                 (started.elapsed() - pulled).as_millis(),
-                if per_device_cpu.is_empty() {
-                    String::new()
-                } else {
-                    format!(", CPU ms per device in turn: {}", per_device_cpu.join(" "))
-                }
             );
             code
         })
@@ -798,107 +750,93 @@ mod gateway {
         let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
         (super::timeval(usage.user_time()) + super::timeval(usage.system_time())).as_micros()
     }
+}
 
-    /// A sketch of `pull_device` as `docs/benchmarks.md` proposes it: one
-    /// bluer `Session` for every device, and the transfer's chunks and acks
-    /// on AcquireNotify/AcquireWrite's sockets (one datagram each) instead
-    /// of a `PropertiesChanged` signal and a `WriteValue` call per chunk.
-    /// Same `BlePull`, same outbox, final ack after the store. Only what
-    /// this bench's devices need: no discovery, no core dump, no epoch
-    /// stamp, no rejected buffers.
-    pub(super) mod acquired {
-        use std::time::Instant;
+/// The true limit of a gateway's CPU time per chunk on this machine (see
+/// the module's documentation): 20 socketpairs, a thread playing the
+/// devices (a chunk for each ack, stop and wait, as the firmware does)
+/// and a thread playing the gateway (for each chunk, one read and one
+/// ack written, nothing else), on epoll. Returns the gateway thread's
+/// CPU time (user + system) per chunk.
+mod floor {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::time::Duration;
 
-        use bluer::{Address, Session};
-        use ulogger_cloud::ble::{CONFIG_UUID, LOG_ACK_UUID, LOG_DATA_UUID, SERVICE_UUID};
-        use ulogger_cloud::wire::{
-            self, BlePull, BufferKind, Characteristic, PullAction, PullConfig,
-        };
-        use ulogger_cloud::Client;
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
-        /// Pulls one device; the lengths of the buffers stored.
-        pub async fn pull(
-            session: &Session,
-            client: &Client,
-            address: Address,
-        ) -> Result<Vec<usize>, String> {
-            let adapter = session.adapter("hci0").map_err(|e| e.to_string())?;
-            let device = adapter.device(address).map_err(|e| e.to_string())?;
-            if !device.is_connected().await.map_err(|e| e.to_string())? {
-                device.connect().await.map_err(|e| e.to_string())?;
+    /// A chunk's datagram: a 2-byte offset and 16 bytes (PROTOCOL §6).
+    const CHUNK: [u8; 18] = [0x5a; 18];
+
+    pub fn run(devices: usize, chunks: usize) -> Duration {
+        let (gateway_ends, device_ends): (Vec<OwnedFd>, Vec<OwnedFd>) = (0..devices)
+            .map(|_| {
+                socketpair(
+                    AddressFamily::Unix,
+                    SockType::SeqPacket,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .unwrap()
+            })
+            .unzip();
+        let device = std::thread::spawn(move || {
+            serve(&device_ends, |fd, acks| {
+                if acks <= chunks {
+                    send(fd, &CHUNK, MsgFlags::empty()).unwrap();
+                    false
+                } else {
+                    true // the final ack: erased
+                }
+            });
+        });
+        let gateway = std::thread::spawn(move || {
+            for fd in &gateway_ends {
+                send(fd.as_raw_fd(), &[0, 0], MsgFlags::empty()).unwrap();
             }
-            let outcome = transfer(client, &device).await;
-            let _ = device.disconnect().await;
-            outcome
+            let before = thread_cpu();
+            serve(&gateway_ends, |fd, received| {
+                send(fd, &[0, 0], MsgFlags::empty()).unwrap();
+                received == chunks
+            });
+            thread_cpu() - before
+        });
+        let cpu = gateway.join().unwrap();
+        device.join().unwrap();
+        cpu / (devices * chunks) as u32
+    }
+
+    /// Reads a datagram from whichever socket has one and calls `on(fd,
+    /// how many so far)`, until it has said `true` (done) for each.
+    fn serve(fds: &[OwnedFd], mut on: impl FnMut(i32, usize) -> bool) {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        for (n, fd) in fds.iter().enumerate() {
+            epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, n as u64))
+                .unwrap();
         }
-
-        async fn transfer(client: &Client, device: &bluer::Device) -> Result<Vec<usize>, String> {
-            let e = |e: bluer::Error| e.to_string();
-            let (mut config, mut log_data, mut log_ack) = (None, None, None);
-            for service in device.services().await.map_err(e)? {
-                if service.uuid().await.map_err(e)? != SERVICE_UUID {
-                    continue;
+        let mut counts = vec![0; fds.len()];
+        let mut left = fds.len();
+        let mut events = vec![EpollEvent::empty(); fds.len()];
+        let mut buf = [0u8; 64];
+        while left > 0 {
+            let ready = epoll.wait(&mut events, EpollTimeout::NONE).unwrap();
+            for event in &events[..ready] {
+                let n = event.data() as usize;
+                let fd = fds[n].as_raw_fd();
+                recv(fd, &mut buf, MsgFlags::empty()).unwrap();
+                counts[n] += 1;
+                if on(fd, counts[n]) {
+                    epoll.delete(&fds[n]).unwrap();
+                    left -= 1;
                 }
-                for ch in service.characteristics().await.map_err(e)? {
-                    match ch.uuid().await.map_err(e)? {
-                        CONFIG_UUID => config = Some(ch),
-                        LOG_DATA_UUID => log_data = Some(ch),
-                        LOG_ACK_UUID => log_ack = Some(ch),
-                        _ => {}
-                    }
-                }
-            }
-            let (Some(config), Some(log_data), Some(log_ack)) = (config, log_data, log_ack) else {
-                return Err("no uLogger service".into());
-            };
-            let info = wire::decode_ble_config(&config.read().await.map_err(e)?)
-                .map_err(|e| e.to_string())?;
-            let notifications = log_data.notify_io().await.map_err(e)?;
-            let acks = log_ack.write_io().await.map_err(e)?;
-            let mut stored = Vec::new();
-            let mut pull = BlePull::new(PullConfig::new(), Instant::now());
-            let mut action = pull.poll(Instant::now());
-            loop {
-                match action {
-                    PullAction::WriteAck(ack) => {
-                        acks.send(&ack).await.map_err(|e| e.to_string())?
-                    }
-                    PullAction::Deliver(delivery) if delivery.kind == BufferKind::Log => {
-                        client
-                            .enqueue_log(&info, &delivery.data)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        stored.push(delivery.data.len());
-                        action = pull
-                            .durable(delivery.id, Instant::now())
-                            .map_err(|e| e.to_string())?;
-                        continue;
-                    }
-                    PullAction::Finished(_) => return Ok(stored),
-                    PullAction::GiveUp(reason) => return Err(reason.to_string()),
-                    _ => {}
-                }
-                if pull.is_over() {
-                    action = pull.poll(Instant::now());
-                    continue;
-                }
-                let deadline = pull.deadline().map(tokio::time::Instant::from_std);
-                action = tokio::select! {
-                    value = notifications.recv() => {
-                        let value = value.map_err(|e| e.to_string())?;
-                        if value.is_empty() {
-                            return Err("the link was lost".into());
-                        }
-                        pull.on_notification(Characteristic::LogData, &value, Instant::now())
-                    }
-                    () = async {
-                        match deadline {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    } => pull.poll(Instant::now()),
-                };
             }
         }
+    }
+
+    fn thread_cpu() -> Duration {
+        let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+        super::timeval(usage.user_time()) + super::timeval(usage.system_time())
     }
 }

@@ -18,11 +18,18 @@
 //! reported once. The inbox is scanned every `--scan-interval`
 //! (polling works the same on every platform and filesystem, network
 //! mounts included, and costs one directory listing a device).
+//!
+//! The agent reports itself: each line starts with its time, a line says
+//! when the connection comes up and goes down, systemd hears of it
+//! through `NOTIFY_SOCKET` (see [`crate::systemd`]), and
+//! `--metrics-listen` serves its numbers to Prometheus (see
+//! [`crate::metrics`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{FileType, Metadata};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -32,20 +39,34 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::DeviceInfo;
-use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
+use ulogger_cloud::{Client, ConnectionState, ErrorKind, OutboxConfig, RecordId};
 
 use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
 use crate::files;
 use crate::inbox_fs::{self, DeviceDir};
+use crate::metrics::Metrics;
 use crate::signal::StopSignal;
+use crate::systemd::Systemd;
 use crate::Global;
 
 /// Files enqueued at once (enqueues share fsyncs).
 const ENQUEUE_JOBS: usize = 64;
 
+/// What `ulogger agent --help` (and its manual page) says after the
+/// flags: how it runs as a service.
+const SERVICE_HELP: &str = "\
+Under systemd (Type=notify; see dist/ulogger-agent.service) the agent says READY=1 once its \
+outbox and inbox are open, keeps STATUS= (connection, counts, the delivery failure) for \
+`systemctl status`, sends WATCHDOG=1 from its loop at half of WatchdogSec=, and STOPPING=1 at \
+SIGTERM; without NOTIFY_SOCKET it sends nothing. Each line starts with its time (RFC 3339, \
+UTC), and lines say when the connection comes up and goes down. --metrics-listen serves \
+the Prometheus text format at /metrics: the outbox, the delivery failure, the connection, and \
+per-device counters for up to 256 serials (the rest under serial=\"(others)\").";
+
 /// Arguments of `ulogger agent`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = SERVICE_HELP)]
 pub struct Args {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -61,17 +82,17 @@ pub struct Args {
     /// `rejected` folder beside the inbox].
     #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
     rejected: Option<PathBuf>,
-    /// Milliseconds between two looks at the inbox [default: 500].
-    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    /// Milliseconds between two looks at the inbox; at most 1h [default: 500ms].
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     scan_interval: Option<u64>,
-    /// Seconds between two summary lines [default: 60].
-    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    /// Seconds between two summary lines; at most 1d [default: 60s].
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
     summary_interval: Option<u64>,
     /// Milliseconds within which a delivery's acknowledgement is made
     /// durable in the outbox; after a power cut, what was delivered in the
     /// last interval is sent again. 0 syncs every batch of
-    /// acknowledgements; at most 60000 [default: 1000].
-    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
+    /// acknowledgements; at most 60s [default: 1s].
+    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     ack_sync_interval: Option<u64>,
     /// Write the gateway's clock into version-4 headers whose time is 0
     /// [default: false].
@@ -79,6 +100,11 @@ pub struct Args {
           require_equals = true, default_missing_value = "true",
           value_parser = crate::connection::boolish)]
     stamp_time: Option<bool>,
+    /// Serve the agent's metrics in the Prometheus text format at
+    /// http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 takes a free one,
+    /// and the line `metrics at ...` says which) [default: none].
+    #[arg(long, env = "ULOGGER_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[cfg(all(feature = "ble", target_os = "linux"))]
     #[command(flatten)]
     ble: crate::ble::AgentArgs,
@@ -96,7 +122,7 @@ struct AgentBle;
 
 #[cfg(not(all(feature = "ble", target_os = "linux")))]
 impl AgentBle {
-    async fn next(&mut self) -> Result<Vec<(RecordId, String)>, Exit> {
+    async fn next(&mut self) -> Result<Vec<Taken>, Exit> {
         std::future::pending().await
     }
 
@@ -108,11 +134,27 @@ impl AgentBle {
 }
 
 /// Waits for the BLE side's next outcome; never, without one.
-async fn next_ble(ble: &mut Option<AgentBle>) -> Result<Vec<(RecordId, String)>, Exit> {
+async fn next_ble(ble: &mut Option<AgentBle>) -> Result<Vec<Taken>, Exit> {
     match ble {
         Some(ble) => ble.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// Who hears of a scan's progress besides the agent's output.
+#[derive(Clone, Copy)]
+struct Observers<'a> {
+    metrics: &'a Metrics,
+    systemd: &'a Systemd,
+}
+
+/// A record the agent queued and watches until it is delivered.
+pub(crate) struct Taken {
+    pub id: RecordId,
+    /// What it came from, for messages (`device/file.bin`).
+    pub label: String,
+    /// The device it is for (per-device metrics).
+    pub serial: String,
 }
 
 /// The agent's settings, from flags, environment and config file.
@@ -125,6 +167,7 @@ struct Service {
     summary_interval: u64,
     ack_sync_interval: u64,
     stamp_time: bool,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `device.toml`.
@@ -343,6 +386,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             .or(file.ack_sync_interval)
             .unwrap_or(1000),
         stamp_time: cli.stamp_time.or(file.stamp_time).unwrap_or(false),
+        metrics_listen: cli.metrics_listen.or(file.metrics_listen),
     };
     // Bounds, so that no value means "never" (an inbox never scanned
     // again, a summary never printed, acks never synced).
@@ -389,6 +433,12 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             .context("cannot resolve the inbox path")?
             .with_file_name("rejected"),
     };
+    // Bound before anything starts, so a bad address stops the agent at
+    // once; served once the agent has started, until it stops.
+    let endpoint = match args.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let (config, store) = cli.connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
@@ -402,6 +452,9 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             ErrorKind::OutboxLocked { .. } => Exit::new(Failure::BadInput, e),
             _ => exit::from_cloud(e),
         })?;
+    // Watched from before the first connection, so it is said.
+    let mut connection = client.connection_changes();
+    let metrics = Metrics::new(&client);
     event(
         global,
         "started",
@@ -415,6 +468,21 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             if with_ble { ", pulling over BLE" } else { "" }
         ),
     );
+    let endpoint = match endpoint {
+        Some(listener) => {
+            let bound = listener
+                .local_addr()
+                .context("cannot read the metrics endpoint's address")?;
+            event(
+                global,
+                "metrics",
+                json!({"listen": bound.to_string(), "url": format!("http://{bound}/metrics")}),
+                &format!("metrics at http://{bound}/metrics"),
+            );
+            Some(tokio::spawn(crate::metrics::serve(listener, metrics.clone())).abort_handle())
+        }
+        None => None,
+    };
     #[cfg(all(feature = "ble", target_os = "linux"))]
     let mut ble = if with_ble {
         Some(AgentBle::start(global, &cli.ble, &client, &rejected)?)
@@ -424,6 +492,17 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     #[cfg(not(all(feature = "ble", target_os = "linux")))]
     let mut ble: Option<AgentBle> = None;
     let mut fatal = None;
+    let mut stopped_by = None;
+    // Ready once the outbox is open (the client is built), the inbox
+    // checked and BLE started; not once connected: the outbox is there
+    // to run through outages, and an agent started during one is working.
+    let systemd = Systemd::from_env();
+    systemd.ready(&status_line(&client, ble.as_ref()));
+    let mut watchdog = systemd.watchdog_period().map(|period| {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
 
     let stop = stop.wait();
     tokio::pin!(stop);
@@ -439,38 +518,55 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     loop {
         tokio::select! {
             stopped = &mut stop => {
-                stopped?;
+                stopped_by = Some(stopped?);
                 break;
             }
+            // From this loop, so that a loop stuck anywhere (a scan that
+            // never ends) stops the pings and systemd restarts the agent.
+            _ = tick(&mut watchdog) => systemd.watchdog(),
             _ = scan.tick() => {
                 if let Some(inbox) = &args.inbox {
-                    for (id, label) in take_inbox(global, &client, inbox, &rejected, &mut warned, &mut unremovable).await {
+                    let observers = Observers { metrics: &metrics, systemd: &systemd };
+                    for taken in take_inbox(global, &client, observers, inbox, &rejected, &mut warned, &mut unremovable).await {
                         let client = client.clone();
-                        deliveries.spawn(async move { (id, label, client.delivered(id).await) });
+                        deliveries.spawn(async move { let result = client.delivered(taken.id).await; (taken, result) });
                     }
                 }
                 // Checked with each scan, so a failure is said within one
                 // interval of its first attempt, at any verbosity.
-                report_failure(global, &client, &mut failures);
+                if report_failure(global, &client, &mut failures) {
+                    systemd.status(&status_line(&client, ble.as_ref()));
+                }
             }
             Some(done) = deliveries.join_next() => {
-                if let Ok((id, label, result)) = done {
+                if let Ok((Taken { id, label, serial }, result)) = done {
                     // A delivery may have ended a failure: said first.
-                    report_failure(global, &client, &mut failures);
+                    if report_failure(global, &client, &mut failures) {
+                        systemd.status(&status_line(&client, ble.as_ref()));
+                    }
                     match result {
-                        Ok(()) => event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {} (record {id})", label.escape_debug())),
+                        Ok(()) => {
+                            metrics.delivered(&serial);
+                            event(global, "delivered", json!({"file": label, "id": id.0}), &format!("delivered {} (record {id})", label.escape_debug()));
+                        }
                         Err(e) => {
+                            metrics.failed(&serial);
                             let error = exit::message(&e);
                             event(global, "failed", json!({"file": label, "id": id.0, "error": error}), &format!("FAILED {} (record {id}): {error}", label.escape_debug()));
                         }
                     }
                 }
             }
+            Some(change) = connection.next() => {
+                say_connection(global, &change);
+                systemd.status(&status_line(&client, ble.as_ref()));
+            }
             pulled = next_ble(&mut ble) => match pulled {
                 Ok(records) => {
-                    for (id, label) in records {
+                    for taken in records {
+                        metrics.queued(&taken.serial);
                         let client = client.clone();
-                        deliveries.spawn(async move { (id, label, client.delivered(id).await) });
+                        deliveries.spawn(async move { let result = client.delivered(taken.id).await; (taken, result) });
                     }
                 }
                 Err(e) => {
@@ -478,24 +574,28 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                     break;
                 }
             },
-            _ = summary.tick() => print_summary(global, &client, ble.as_ref()),
+            _ = summary.tick() => {
+                print_summary(global, &client, ble.as_ref());
+                systemd.status(&status_line(&client, ble.as_ref()));
+            }
         }
     }
-    event(
-        global,
-        "stopping",
-        json!({}),
-        "stopping: deliveries under way finish or stay queued",
-    );
+    let stopping = "stopping: deliveries under way finish or stay queued";
+    systemd.stopping(stopping);
+    event(global, "stopping", json!({}), stopping);
+    if let Some(endpoint) = endpoint {
+        endpoint.abort();
+    }
     // Pulls under way end (or are cut short) before the client stops.
     if let Some(ble) = ble.as_mut() {
         ble.stop().await;
     }
     client.shutdown().await;
     print_summary(global, &client, ble.as_ref());
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(()),
+    match (fatal, stopped_by) {
+        (Some(e), _) => Err(e),
+        (None, Some(stop)) => stop.outcome(),
+        (None, None) => Ok(()),
     }
 }
 
@@ -504,11 +604,12 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
 async fn take_inbox(
     global: Global,
     client: &Client,
+    observers: Observers<'_>,
     inbox: &Path,
     rejected: &Path,
     warned: &mut Warned,
     unremovable: &mut Unremovable,
-) -> Vec<(RecordId, String)> {
+) -> Vec<Taken> {
     warned.forget_gone();
     unremovable.forget_gone();
     let found = match scan_inbox(inbox, warned, &unremovable.by_identity) {
@@ -540,6 +641,7 @@ async fn take_inbox(
         let Some(done) = jobs.join_next().await else {
             break;
         };
+        observers.systemd.progress();
         let Ok((file, result)) = done else { continue };
         let label = format!(
             "{}/{}",
@@ -566,19 +668,27 @@ async fn take_inbox(
                     json!({"file": label, "id": id.0}),
                     &format!("queued {} (record {id})", label.escape_debug()),
                 );
-                out.push((id, label));
+                observers.metrics.queued(&file.device.serial);
+                out.push(Taken {
+                    id,
+                    label,
+                    serial: file.device.serial.clone(),
+                });
             }
             Err(Refusal::Invalid(reason)) => match reject(&file, rejected, &reason) {
-                Ok(to) => event(
-                    global,
-                    "rejected",
-                    json!({"file": label, "reason": reason, "moved_to": to}),
-                    &format!(
-                        "rejected {}: {reason} (moved to {})",
-                        label.escape_debug(),
-                        to.display().to_string().escape_debug()
-                    ),
-                ),
+                Ok(to) => {
+                    observers.metrics.rejected(&file.device.serial);
+                    event(
+                        global,
+                        "rejected",
+                        json!({"file": label, "reason": reason, "moved_to": to}),
+                        &format!(
+                            "rejected {}: {reason} (moved to {})",
+                            label.escape_debug(),
+                            to.display().to_string().escape_debug()
+                        ),
+                    );
+                }
                 Err(e) => {
                     tracing::error!(file = ?label, error = %e, "cannot move an invalid file out of the inbox")
                 }
@@ -893,19 +1003,73 @@ fn reject(file: &Found, rejected: &Path, reason: &str) -> std::io::Result<PathBu
 }
 
 /// Says a delivery failure once when it starts (with what to do about
-/// it), and when it ends.
-fn report_failure(global: Global, client: &Client, failures: &mut crate::outbox::FailureReport) {
+/// it), and when it ends; true when it said something.
+fn report_failure(
+    global: Global,
+    client: &Client,
+    failures: &mut crate::outbox::FailureReport,
+) -> bool {
     let Ok(outbox) = client.outbox() else {
-        return;
+        return false;
     };
     let Some(change) = failures.check(outbox) else {
-        return;
+        return false;
     };
     let kind = match change {
         crate::outbox::FailureChange::Failing { .. } => "failing",
         crate::outbox::FailureChange::Recovered { .. } => "recovered",
     };
     event(global, kind, change.json(), &change.text());
+    true
+}
+
+/// Says that a connection came up or went down (and why).
+fn say_connection(global: Global, change: &ulogger_cloud::ConnectionEvent) {
+    if let Some((kind, fields, text)) = connection_line(change) {
+        event(global, kind, fields, &text);
+    }
+}
+
+/// A connection's change as a long-running command says it: the event's
+/// name, its fields and its text; none for a connection closed (the
+/// command is stopping, and says so).
+pub(crate) fn connection_line(
+    change: &ulogger_cloud::ConnectionEvent,
+) -> Option<(&'static str, serde_json::Value, String)> {
+    let client_id = &change.client_id;
+    match &change.state {
+        ConnectionState::Up => Some((
+            "connected",
+            json!({"client_id": client_id}),
+            format!("connected to the broker as {client_id}"),
+        )),
+        ConnectionState::Down { error } => {
+            let cause = error.as_ref().map(exit::message);
+            let text = format!(
+                "connection {client_id} lost{}; reconnecting",
+                cause
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            );
+            Some((
+                "disconnected",
+                json!({"client_id": client_id, "error": cause}),
+                text,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Waits for the next tick of `ticks`; never, without them.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn print_summary(global: Global, client: &Client, ble: Option<&AgentBle>) {
@@ -913,7 +1077,7 @@ fn print_summary(global: Global, client: &Client, ble: Option<&AgentBle>) {
         return;
     };
     let mut fields = crate::outbox::status_json(&status);
-    let (ble_fields, ble_text) = ble.map(AgentBle::summary).unwrap_or_default();
+    let (ble_fields, _) = ble.map(AgentBle::summary).unwrap_or_default();
     if let (Some(fields), false) = (fields.as_object_mut(), ble_fields.is_null()) {
         fields.insert("ble".into(), ble_fields);
     }
@@ -921,39 +1085,61 @@ fn print_summary(global: Global, client: &Client, ble: Option<&AgentBle>) {
         global,
         "summary",
         fields,
-        &format!(
-            "summary: {} queued, {} in flight, {} delivered, {} dead, {} evicted{}{ble_text}",
-            status.queued,
-            status.in_flight,
-            status.delivered,
-            status.dead,
-            status.evicted,
-            // A failure said when it started is summarised here, not
-            // repeated with each attempt.
-            match (&status.last_error, status.failing_since) {
-                (Some(e), Some(since)) => format!(
-                    "; still failing since {} ({}): {e}",
-                    crate::outbox::clock(since),
-                    crate::outbox::attempts(status.failed_attempts)
-                ),
-                (Some(e), None) => format!("; last error: {e}"),
-                _ => String::new(),
-            }
-        ),
+        &format!("summary: {}", summary_text(&status, ble)),
     );
 }
 
+/// The counts of the summary line, and the failure that has not cleared.
+fn summary_text(status: &ulogger_cloud::OutboxStatus, ble: Option<&AgentBle>) -> String {
+    let (_, ble_text) = ble.map(AgentBle::summary).unwrap_or_default();
+    format!(
+        "{} queued, {} in flight, {} delivered, {} dead, {} evicted{}{ble_text}",
+        status.queued,
+        status.in_flight,
+        status.delivered,
+        status.dead,
+        status.evicted,
+        // A failure said when it started is summarised here, not
+        // repeated with each attempt.
+        match (&status.last_error, status.failing_since) {
+            (Some(e), Some(since)) => format!(
+                "; still failing since {} ({}): {e}",
+                crate::outbox::clock(since),
+                crate::outbox::attempts(status.failed_attempts)
+            ),
+            (Some(e), None) => format!("; last error: {e}"),
+            _ => String::new(),
+        }
+    )
+}
+
+/// The line `systemctl status` shows: the connection, the counts and the
+/// last delivery error.
+fn status_line(client: &Client, ble: Option<&AgentBle>) -> String {
+    let connection = if client.is_connected() {
+        "connected"
+    } else {
+        "not connected"
+    };
+    match client.outbox_status() {
+        Ok(status) => format!("{connection}; {}", summary_text(&status, ble)),
+        Err(e) => format!("{connection}; outbox unreadable: {}", exit::message(&e)),
+    }
+}
+
 /// One line of the agent's log: JSON with `--json` (for journald and log
-/// shippers), text otherwise.
+/// shippers), text otherwise; either with the time it was said (see
+/// [`crate::stamp`]).
 pub(crate) fn event(global: Global, kind: &str, fields: serde_json::Value, text: &str) {
+    let time = crate::stamp::now();
     if global.json {
-        let mut line = json!({ "event": kind });
+        let mut line = json!({ "time": time, "event": kind });
         if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
             line.extend(fields);
         }
         outln!("{line}");
     } else {
-        outln!("{text}");
+        outln!("{time} {text}");
     }
 }
 

@@ -31,7 +31,7 @@ pub enum Command {
 pub struct ScanArgs {
     /// Seconds to discover for. uLogger devices do not advertise their
     /// service, so every device seen is listed.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = crate::duration::secs)]
     timeout: u64,
     /// Connect to each device seen and read its `config` characteristic
     /// (serial, app id, firmware): tells uLogger devices from the rest.
@@ -66,7 +66,7 @@ pub struct PullArgs {
     /// Seconds to wait for the cloud to acknowledge what was pulled;
     /// what is not delivered by then stays in the outbox, for the agent
     /// or the next command on this outbox to send.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = crate::duration::secs)]
     deliver_timeout: u64,
     /// Milliseconds of silence after asking for data (and after the logs,
     /// before a core dump) that mean the device has nothing (more) to send.
@@ -202,7 +202,7 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 4, value_name = "N", requires = "ble")]
     ble_max_connections: usize,
     /// The least seconds between two pulls of one device.
-    #[arg(long, default_value_t = 30, value_name = "SECS", requires = "ble")]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = crate::duration::secs, requires = "ble")]
     ble_min_interval: u64,
     /// The BlueZ adapter.
     #[arg(long, default_value = "hci0", value_name = "NAME", requires = "ble")]
@@ -309,7 +309,7 @@ impl AgentBle {
 
     /// The next outcome, said as one line: the records it stored (to
     /// watch for delivery, with a label), or the gateway's fatal error.
-    pub async fn next(&mut self) -> Result<Vec<(RecordId, String)>, Exit> {
+    pub async fn next(&mut self) -> Result<Vec<crate::agent::Taken>, Exit> {
         match self.events.recv().await {
             Some(event) => Ok(self.said(event)),
             None => {
@@ -331,7 +331,7 @@ impl AgentBle {
         }
     }
 
-    fn said(&mut self, event: GatewayEvent) -> Vec<(RecordId, String)> {
+    fn said(&mut self, event: GatewayEvent) -> Vec<crate::agent::Taken> {
         let global = self.global;
         let address = event.address.to_string();
         let name = event.name.clone();
@@ -398,10 +398,11 @@ impl AgentBle {
                             ulogger_cloud::wire::BufferKind::Log => "log",
                             _ => "core dump",
                         };
-                        (
-                            b.record,
-                            format!("BLE {} {kind} {}", report.device.serial, n + 1),
-                        )
+                        crate::agent::Taken {
+                            id: b.record,
+                            label: format!("BLE {} {kind} {}", report.device.serial, n + 1),
+                            serial: report.device.serial.clone(),
+                        }
                     })
                     .collect()
             }

@@ -114,12 +114,12 @@ pub struct ConnectionArgs {
     /// platform's per-connection limits [default: 1].
     #[arg(long, env = "ULOGGER_CONNECTIONS", value_name = "N")]
     pub connections: Option<usize>,
-    /// Seconds to wait for a boot reply [default: 15].
-    #[arg(long, env = "ULOGGER_TOKEN_TIMEOUT", value_name = "SECS")]
+    /// Seconds to wait for a boot reply [default: 15s].
+    #[arg(long, env = "ULOGGER_TOKEN_TIMEOUT", value_name = "SECS", value_parser = crate::duration::secs)]
     pub token_timeout: Option<u64>,
     /// Seconds to wait for the connection, and for each acknowledgement
-    /// [default: 10].
-    #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS")]
+    /// [default: 10s].
+    #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS", value_parser = crate::duration::secs)]
     pub timeout: Option<u64>,
     /// Keep session tokens in memory only (register on every run).
     #[arg(long)]
@@ -143,7 +143,9 @@ pub struct ConfigFile {
     pub plaintext: Option<bool>,
     pub no_pacing: Option<bool>,
     pub connections: Option<usize>,
+    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
     pub token_timeout: Option<u64>,
+    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
     pub timeout: Option<u64>,
     pub store: Option<PathBuf>,
     pub device_info: Option<PathBuf>,
@@ -162,9 +164,14 @@ pub struct ConfigFile {
     pub api_url: Option<String>,
     pub inbox: Option<PathBuf>,
     pub rejected: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::duration::millis_in_file")]
     pub scan_interval: Option<u64>,
+    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
     pub summary_interval: Option<u64>,
+    #[serde(default, deserialize_with = "crate::duration::millis_in_file")]
     pub ack_sync_interval: Option<u64>,
+    /// `agent --metrics-listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Which file this came from, if any.
     #[serde(skip)]
     pub path: Option<PathBuf>,

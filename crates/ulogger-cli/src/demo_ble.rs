@@ -5,7 +5,7 @@
 //! simulated devices (the demo firmware's state machine, each with a
 //! generated log, one with a core dump too) and the local cloud; points
 //! this process's BlueZ client at the private bus; pulls every device with
-//! `ble::pull_device` into a durable outbox (each buffer is stored before
+//! `ble::BleSession::pull` into a durable outbox (each buffer is stored before
 //! the device is told to erase it); and shows what reached the cloud.
 
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
-use ulogger_cloud::ble::{pull_device, Address, PullOptions, PullReport};
+use ulogger_cloud::ble::{Address, BleSession, PullOptions, PullReport};
 use ulogger_cloud::wire::{
     build_log, BufferKind, CoreDumpHeader, DeviceInfo, LogHeader, PullConfig,
 };
@@ -228,16 +228,19 @@ pub fn run(global: Global, args: &Args) -> Result<(), Exit> {
             .outbox(OutboxConfig::new(outbox.path()))
             .build()
             .map_err(exit::from_cloud)?;
-        // All devices at once, as a gateway in range of several does.
+        // All devices at once, as a gateway in range of several does, over
+        // one connection to bluetoothd.
+        let bluetooth = BleSession::new().await.map_err(exit::from_cloud)?;
         let mut pulls = tokio::task::JoinSet::new();
         for (n, device) in devices.iter().enumerate() {
             let address: Address = device.address.parse().map_err(internal)?;
             let client = client.clone();
+            let bluetooth = bluetooth.clone();
             pulls.spawn(async move {
                 let started = Instant::now();
                 let options = PullOptions::new()
                     .pull(PullConfig::new().first_chunk_timeout(FIRST_CHUNK_TIMEOUT));
-                let report = pull_device(&client, ADAPTER, address, options).await;
+                let report = bluetooth.pull(&client, ADAPTER, address, options).await;
                 (n, report, started.elapsed())
             });
         }

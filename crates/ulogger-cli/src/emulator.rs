@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ulogger_emulator::{
-    AttachTo, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record, RecordKind, Verdict,
+    AttachTo, ClientEvent, Emulator, EmulatorConfig, EmulatorError, PlatformLimits, Record,
+    RecordKind, Verdict,
 };
 
 use crate::exit::{Exit, Failure};
 use crate::signal::StopSignal;
+use crate::stamp;
 use crate::Global;
 
 /// Arguments of `ulogger emulator`: run one, or a subcommand about one.
@@ -138,29 +140,30 @@ fn run_emulator(global: Global, args: RunArgs) -> Result<(), Exit> {
     print_banner(global, &emulator, &sample, args.attach.as_deref())?;
 
     let mut records = emulator.watch_records();
-    runtime.block_on(async {
+    let mut clients = emulator.watch_clients();
+    let stopped_by = runtime.block_on(async {
         let stop = stop.wait();
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                record = records.next() => outln!("{}", record_line(global, &record)),
-                stop = &mut stop => {
-                    stop?;
-                    break;
-                }
+                record = records.next() => outln!("{}", live_line(global, &record)),
+                Some(client) = clients.next() => if let Some(line) = client_line(global, &client) {
+                    outln!("{line}");
+                },
+                stop = &mut stop => break stop,
             }
         }
-        Ok::<(), Exit>(())
     })?;
     if !global.json {
-        eprintln!("stopping: storing what was acknowledged");
+        eprintln!("{} stopping: storing what was acknowledged", stamp::now());
     }
     let stopped = emulator.shutdown();
     // What the cloud stored while stopping.
     for record in records.drain() {
-        outln!("{}", record_line(global, &record));
+        outln!("{}", live_line(global, &record));
     }
-    stopped.context("the emulator failed").map_err(Exit::from)
+    stopped.context("the emulator failed").map_err(Exit::from)?;
+    stopped_by.outcome()
 }
 
 fn config(args: &RunArgs) -> Result<EmulatorConfig, Exit> {
@@ -364,6 +367,19 @@ impl Sample {
     }
 
     /// The same upload with the connection settings from the config file.
+    /// The ELF upload of a build of the sample device's firmware.
+    fn elf_upload_command(&self) -> String {
+        let device = crate::make_log::SampleDevice::default().info();
+        format!(
+            "ulogger upload-elf --config {} --app-id {} --device-type {} --git-version {} --git-hash {} FIRMWARE.elf",
+            shell_word(&self.config_file),
+            device.app_id,
+            shell_quote(&device.device_type),
+            shell_quote(&device.git_version),
+            shell_quote(&device.git_hash)
+        )
+    }
+
     fn config_upload_command(&self) -> String {
         format!(
             "ulogger upload --config {} --device-info {} {}",
@@ -421,6 +437,7 @@ fn print_banner(
     let path = |p: Option<&PathBuf>| p.map(|p| absolute(p).display().to_string());
     if global.json {
         let banner = serde_json::json!({
+            "time": stamp::now(),
             "event": "ready",
             "address": emulator.addr().to_string(),
             "attached": attached,
@@ -453,7 +470,7 @@ fn print_banner(
         outln!("{banner}");
         return Ok(());
     }
-    let mut out = String::from("uLogger emulator: a local uLogger cloud\n");
+    let mut out = format!("{} uLogger emulator: a local uLogger cloud\n", stamp::now());
     let transport = match (attached, certs) {
         (Some(_), _) => "attached to an external broker",
         (None, Some(_)) => "MQTT, mutual TLS",
@@ -535,6 +552,12 @@ fn print_banner(
     );
     let _ = writeln!(out, "  {}", sample.heartbeat_command());
     let _ = writeln!(out, "  {}", sample.http_heartbeat_command(emulator));
+    let _ = writeln!(
+        out,
+        "Upload a build's firmware ELF (kept under {}):",
+        emulator.data_dir().join("elf").display()
+    );
+    let _ = writeln!(out, "  {}", sample.elf_upload_command());
     // Logs here: the record lines that follow name metrics, and scripts
     // reading this banner look for the first of them.
     let _ = writeln!(
@@ -548,6 +571,40 @@ fn print_banner(
     );
     out!("{out}");
     Ok(())
+}
+
+/// A client connection accepted or ended, as the running emulator
+/// prints it: `client-connected` and `client-disconnected` events with
+/// `--json`.
+fn client_line(global: Global, event: &ClientEvent) -> Option<String> {
+    let (kind, client_id, peer) = match event {
+        ClientEvent::Connected { client_id, peer } => ("connected", client_id, peer),
+        ClientEvent::Disconnected { client_id, peer } => ("disconnected", client_id, peer),
+        // A kind this version does not know: nothing to say.
+        _ => return None,
+    };
+    Some(if global.json {
+        serde_json::json!({
+            "time": stamp::now(),
+            "event": format!("client-{kind}"),
+            "client_id": client_id,
+            "peer": peer.to_string(),
+        })
+        .to_string()
+    } else {
+        format!("{} client {kind}: {client_id} ({peer})", stamp::now())
+    })
+}
+
+/// A record as the running emulator prints it: with `--json` the record
+/// (which has its `time`), else its line after its time.
+fn live_line(global: Global, record: &Record) -> String {
+    let line = record_line(global, record);
+    if global.json {
+        line
+    } else {
+        format!("{} {line}", stamp::at(record.time))
+    }
 }
 
 fn record_line(global: Global, record: &Record) -> String {

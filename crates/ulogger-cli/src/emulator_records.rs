@@ -88,7 +88,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
                         printer.print(&path, &line);
                     }
                 }
-                stop = &mut stop => return stop,
+                stop = &mut stop => return stop?.outcome(),
             }
         }
     })

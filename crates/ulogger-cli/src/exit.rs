@@ -5,10 +5,10 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | unexpected failure (a bug, or an I/O error on the gateway itself) |
-//! | 2 | bad input: arguments, files, ids, a log that fails validation |
+//! | 2 | bad input: arguments, files, ids, a log that fails validation, a file or folder the user may not use (permission denied) |
 //! | 3 | network failure: could not connect, timed out (also waiting for a boot reply), connection lost |
 //! | 4 | the cloud refused: broker refused the connection or a subscription, unusable boot reply |
-//! | 130 | interrupted (Ctrl-C) |
+//! | 130 | interrupted (Ctrl-C), also a long-running command stopped by it (SIGTERM ends those with 0) |
 //!
 //! A failure is one line on stderr, `error: ` and its causes each said
 //! once, followed by a `hint: ` line when there is a likely fix. With
@@ -84,9 +84,39 @@ impl From<anyhow::Error> for Exit {
     }
 }
 
+/// What to do about a file or folder the command may not use.
+pub const PERMISSION_HINT: &str = "the user running ulogger may not use that file or folder: give it access (chmod, chown, or a group it is in), or run ulogger as a user who has it";
+
+/// True when `error` or one of its causes is an I/O error "permission
+/// denied" (EACCES, EPERM), also one wrapped inside another I/O error.
+fn permission_denied(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let mut io = cause.downcast_ref::<std::io::Error>();
+        while let Some(e) = io {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return true;
+            }
+            io = e.get_ref().and_then(|inner| inner.downcast_ref());
+        }
+        false
+    })
+}
+
+/// A permission problem is the user's to fix (exit 2, with what to do),
+/// not an internal error, whichever path reported it.
+fn classify_permission(mut exit: Exit) -> Exit {
+    if matches!(exit.failure, Failure::Internal | Failure::BadInput)
+        && permission_denied(&exit.error)
+    {
+        exit.failure = Failure::BadInput;
+        exit.hint.get_or_insert_with(|| PERMISSION_HINT.to_owned());
+    }
+    exit
+}
+
 /// Prints the error, if any, and maps it to the process exit code.
 pub fn report(result: Result<(), Exit>, json: bool) -> ExitCode {
-    match result {
+    match result.map_err(classify_permission) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
             let message = chain(&exit.error);

@@ -56,6 +56,9 @@ struct Report {
     header: Option<HeaderReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// A core dump's header (PROTOCOL §10), when the file is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core_dump: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,11 +110,22 @@ fn inspect(path: &Path) -> Report {
         ok: error.is_none(),
         header,
         error,
+        core_dump: None,
     };
     let buf = match read_limited(path) {
         Ok(buf) => buf,
         Err(e) => return report(None, Some(format!("cannot read the file: {e}"))),
     };
+    if wire::CoreDumpHeader::looks_like(&buf) {
+        let dump = crate::decode::core_dump_report(&buf);
+        let error = dump
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(|e| format!("core dump: {e}"));
+        let mut r = report(None, error);
+        r.core_dump = Some(dump);
+        return r;
+    }
     let header = LogHeader::parse(&buf)
         .ok()
         .map(|h| HeaderReport::new(&h, buf.len()));
@@ -147,6 +161,9 @@ impl Report {
             Some(error) => format!("INVALID: {error}"),
         };
         out.push_str(&format!("{}: {status}\n", self.file.display()));
+        if let Some(dump) = &self.core_dump {
+            out.push_str(&crate::decode::core_dump_text(dump));
+        }
         if let Some(h) = &self.header {
             let mut field = |name: &str, value: String| {
                 out.push_str(&format!("  {name:<16}{value}\n"));
@@ -185,7 +202,7 @@ impl Report {
 
 /// `2023-11-14T22:13:20.123456Z` for Unix microseconds (proleptic
 /// Gregorian calendar, UTC).
-fn utc_from_unix_micros(us: u64) -> String {
+pub(crate) fn utc_from_unix_micros(us: u64) -> String {
     let secs = us / 1_000_000;
     let micros = us % 1_000_000;
     let days = secs / 86_400;

@@ -13,7 +13,8 @@ use ulogger_cloud::Client;
 use crate::connection::{ConfigFile, ConnectionArgs};
 use crate::device::DeviceArgs;
 use crate::exit::{self, Exit, Failure};
-use crate::signal::StopSignal;
+use crate::signal::{Stop, StopSignal};
+use crate::stamp;
 use crate::Global;
 
 /// Arguments of `ulogger emulator push-config`.
@@ -37,7 +38,7 @@ pub struct PushArgs {
     #[arg(long, default_value = "0xffffffff", value_parser = parse_flags, value_name = "N")]
     module_flags: u32,
     /// Seconds the device keeps this configuration before reverting.
-    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = crate::duration::secs_u32)]
     timeout: u32,
     /// Names of the modules, in bit order (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
@@ -60,7 +61,7 @@ pub struct WatchArgs {
     #[arg(
         long = "wait",
         default_value_t = 30,
-        value_name = "SECS",
+        value_name = "SECS", value_parser = crate::duration::secs,
         requires = "once"
     )]
     wait_secs: u64,
@@ -248,6 +249,7 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             .session_store(store)
             .build()
             .map_err(exit::from_cloud)?;
+        let mut connection = client.connection_changes();
         if args.once {
             let wait = Duration::from_secs(args.wait_secs);
             let outcome = tokio::select! {
@@ -258,7 +260,7 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
                     }
                     Err(e) => Err(exit::from_cloud(e)),
                 },
-                stopped = &mut stop => stopped,
+                stopped = &mut stop => stopped.and_then(Stop::outcome),
             };
             client.shutdown().await;
             return outcome;
@@ -267,25 +269,30 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             configs = client.log_configs(&device) => configs.map_err(exit::from_cloud)?,
             stopped = &mut stop => {
                 client.shutdown().await;
-                return stopped;
+                return stopped.and_then(Stop::outcome);
             }
         };
         if global.json {
-            outln!("{}", json!({"event": "watching", "topic": configs.topic()}));
+            outln!(
+                "{}",
+                json!({"time": stamp::now(), "event": "watching", "topic": configs.topic()})
+            );
         } else {
             eprintln!(
-                "watching {} for log configurations (Ctrl-C stops)",
+                "{} watching {} for log configurations (Ctrl-C stops)",
+                stamp::now(),
                 configs.topic()
             );
         }
         let outcome = loop {
             tokio::select! {
                 item = configs.next() => match item {
-                    Some(Ok(config)) => print_config(global, &config),
+                    Some(Ok(config)) => print_watched(global, &config),
                     Some(Err(error)) => print_invalid(global, &error),
                     None => break Err(exit::from_cloud(ulogger_cloud::ErrorKind::Shutdown.into())),
                 },
-                stopped = &mut stop => break stopped,
+                Some(change) = connection.next() => print_connection(global, &change),
+                stopped = &mut stop => break stopped.and_then(Stop::outcome),
             }
         };
         drop(configs);
@@ -305,14 +312,43 @@ fn print_config(global: Global, config: &LogConfig) {
     }
 }
 
+/// A configuration as the watch prints it: with the time it arrived.
+fn print_watched(global: Global, config: &LogConfig) {
+    if global.json {
+        outln!(
+            "{}",
+            json!({"time": stamp::now(), "event": "log_config", "config": config_json(config)})
+        );
+    } else {
+        outln!("{} {}", stamp::now(), config_line(config));
+    }
+}
+
 fn print_invalid(global: Global, error: &ulogger_cloud::Error) {
     if global.json {
         outln!(
             "{}",
-            json!({"event": "invalid_log_config", "error": error.to_string()})
+            json!({"time": stamp::now(), "event": "invalid_log_config", "error": error.to_string()})
         );
     } else {
-        eprintln!("warning: {error}; watching on");
+        eprintln!("{} warning: {error}; watching on", stamp::now());
+    }
+}
+
+/// The connection came up or went down: an event on stdout with
+/// `--json`, a note on stderr otherwise (stdout holds configurations).
+fn print_connection(global: Global, change: &ulogger_cloud::ConnectionEvent) {
+    let Some((kind, fields, text)) = crate::agent::connection_line(change) else {
+        return;
+    };
+    if global.json {
+        let mut line = json!({"time": stamp::now(), "event": kind});
+        if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        outln!("{line}");
+    } else {
+        eprintln!("{} {text}", stamp::now());
     }
 }
 

@@ -111,6 +111,8 @@ struct Totals {
     messages: usize,
     bytes: usize,
     queued: Vec<RecordId>,
+    /// The signal that ended the input early, if one did.
+    stopped_by: Option<crate::signal::Stop>,
 }
 
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
@@ -159,7 +161,9 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     }
     let totals = totals?;
     summary(global, &device, &totals, outbox.is_some());
-    Ok(())
+    totals
+        .stopped_by
+        .map_or(Ok(()), crate::signal::Stop::outcome)
 }
 
 /// Reads the inputs line by line on a thread of its own (standard input
@@ -259,7 +263,7 @@ async fn pump(
                 deadline = None;
             }
             stopped = &mut stop => {
-                stopped?;
+                totals.stopped_by = Some(stopped?);
                 break;
             }
         }

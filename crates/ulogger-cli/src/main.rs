@@ -25,11 +25,13 @@ mod agent;
 mod ble;
 mod check;
 mod connection;
+mod decode;
 mod demo;
 #[cfg(all(feature = "ble", target_os = "linux"))]
 mod demo_ble;
 mod device;
 mod docs;
+mod duration;
 mod emulator;
 mod emulator_records;
 mod exit;
@@ -40,21 +42,31 @@ mod inspect;
 mod log_config;
 mod logs;
 mod make_log;
+mod metrics;
 mod outbox;
 mod outbox_upload;
 mod query;
 mod settings;
 mod signal;
+mod stamp;
 mod stdout;
+mod systemd;
 mod telemetry;
 mod tokens;
 mod upload;
+mod upload_elf;
 
 use clap::{Parser, Subcommand};
 
 /// Send embedded devices' logs to the uLogger cloud, or to a local emulator of it.
 #[derive(Debug, Parser)]
-#[command(name = "ulogger", version, about, propagate_version = true)]
+#[command(
+    name = "ulogger",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Durations take a unit (500ms, 2s, 10m, 1h, 1d); a bare number is in the unit the flag names (MS, SECS)."
+)]
 struct Cli {
     /// Print machine-readable JSON instead of human-readable text.
     #[arg(long, global = true)]
@@ -76,6 +88,8 @@ struct Cli {
 enum Command {
     /// Decode binary log files and check their headers and checksums.
     Inspect(inspect::Args),
+    /// Decode binary logs into readable records with the firmware's ELF (a core dump shows its header).
+    Decode(decode::Args),
     /// Write valid binary logs (any header version and size) and a matching device-info dump.
     MakeLog(make_log::Args),
     /// List, read and remove cached session tokens.
@@ -89,6 +103,14 @@ enum Command {
     Register(upload::RegisterArgs),
     /// Publish a core dump.
     CoreDump(upload::CoreDumpArgs),
+    /// Upload a firmware build's ELF, so the cloud can decode its devices' logs (from CI).
+    #[command(
+        mut_arg("store", telemetry::hide),
+        mut_arg("no_store", telemetry::hide),
+        mut_arg("token_timeout", telemetry::hide),
+        mut_arg("connections", telemetry::hide)
+    )]
+    UploadElf(upload_elf::Args),
     /// Publish metrics: one device's samples, or a batch file of many devices'.
     #[command(after_help = telemetry::METRICS_EXAMPLES, mut_arg("store", telemetry::hide), mut_arg("no_store", telemetry::hide),
               mut_arg("token_timeout", telemetry::hide))]
@@ -151,6 +173,7 @@ fn main() -> std::process::ExitCode {
     let global = Global { json: cli.json };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
+        Command::Decode(args) => decode::run(global, args),
         Command::MakeLog(args) => make_log::run(global, args),
         Command::Tokens(cmd) => tokens::run(global, cmd),
         Command::Emulator(args) => emulator::run(global, args),
@@ -159,6 +182,7 @@ fn main() -> std::process::ExitCode {
         Command::Upload(args) => upload::upload(global, args),
         Command::Register(args) => upload::register(global, args),
         Command::CoreDump(args) => upload::core_dump(global, args),
+        Command::UploadElf(args) => upload_elf::run(global, args),
         Command::Metrics(args) => telemetry::metrics(global, args),
         Command::Events(args) => telemetry::events(global, args),
         Command::Heartbeat(args) => telemetry::heartbeat_command(global, args),

@@ -39,6 +39,9 @@ const MANIFEST: &str = "upload-manifest.jsonl";
 /// (enqueues share fsyncs).
 const ENQUEUE_JOBS: usize = 64;
 
+/// How long a stopped or failed run waits for its connection to close.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct ManifestLine {
     key: String,
@@ -82,6 +85,11 @@ async fn run(
     jobs: Option<usize>,
 ) -> Result<(), Exit> {
     let jobs = jobs.unwrap_or(ENQUEUE_JOBS).max(1);
+    // Listened for from the start (as `upload` does), so that a Ctrl-C
+    // or SIGTERM at any point ends the wait below, never the process in
+    // the middle of a manifest write.
+    let stop = crate::signal::StopSignal::listen()?.wait();
+    tokio::pin!(stop);
     let (config, store) = connection.resolve()?;
     let client = Client::builder(config)
         .session_store(store)
@@ -213,8 +221,8 @@ async fn run(
                 }
                 Some(Err(e)) => return Err(anyhow::Error::from(e).into()),
             },
-            _ = tokio::signal::ctrl_c() => {
-                gave_up = Some(Exit::new(Failure::Network, anyhow::anyhow!("interrupted")));
+            _ = &mut stop => {
+                gave_up = Some(crate::signal::interrupted());
                 break;
             }
             _ = check.tick() => say_failure(&mut failures, outbox),
@@ -243,7 +251,14 @@ async fn run(
     for fate in fates.iter_mut().filter(|f| f.is_none()) {
         *fate = Some(Fate::Queued);
     }
-    client.shutdown().await;
+    if gave_up.is_some() {
+        // Everything is durable in the outbox; a connection attempt under
+        // way (a broker that does not answer) would otherwise hold the
+        // exit for up to --timeout.
+        let _ = tokio::time::timeout(STOP_GRACE, client.shutdown()).await;
+    } else {
+        client.shutdown().await;
+    }
 
     let count = |pred: fn(&Fate) -> bool| fates.iter().flatten().filter(|f| pred(f)).count();
     let delivered = count(|f| matches!(f, Fate::Delivered));

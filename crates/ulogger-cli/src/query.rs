@@ -70,7 +70,7 @@ pub struct Args {
     ca: Option<PathBuf>,
     /// Seconds to wait for the answer [default: 10; also `timeout` in the
     /// config file].
-    #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS")]
+    #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS", value_parser = crate::duration::secs)]
     timeout: Option<u64>,
     /// Only this application.
     #[arg(long, visible_alias = "app", value_name = "ID")]

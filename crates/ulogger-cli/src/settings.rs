@@ -21,11 +21,12 @@ use crate::Global;
 pub enum Command {
     /// Print the effective settings and where each came from (flag,
     /// environment, file, default). Takes every setting's flag.
-    Show(ShowArgs),
+    // Both boxed: each holds many settings, and the enum only one.
+    Show(Box<ShowArgs>),
     /// Print each log configuration the cloud pushes to a device, as it
     /// arrives, until Ctrl-C or SIGTERM. Takes the device and connection
     /// flags of `upload`.
-    Watch(crate::log_config::WatchArgs),
+    Watch(Box<crate::log_config::WatchArgs>),
 }
 
 /// Arguments of `ulogger config show`.
@@ -50,14 +51,17 @@ pub struct ShowArgs {
     #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
     rejected: Option<PathBuf>,
     /// As `agent --scan-interval`.
-    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS")]
+    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     scan_interval: Option<u64>,
     /// As `agent --summary-interval`.
-    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS")]
+    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
     summary_interval: Option<u64>,
     /// As `agent --ack-sync-interval`.
-    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS")]
+    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     ack_sync_interval: Option<u64>,
+    /// As `agent --metrics-listen`.
+    #[arg(long, env = "ULOGGER_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// As `upload --jobs`.
     #[arg(long, env = "ULOGGER_JOBS", value_name = "N")]
     jobs: Option<u64>,
@@ -85,6 +89,52 @@ struct Setting {
     source: &'static str,
 }
 
+/// Settings whose values are numbers (as in the config file).
+const NUMBERS: &[&str] = &[
+    "port",
+    "customer_id",
+    "group_id",
+    "connections",
+    "token_timeout",
+    "timeout",
+    "app_id",
+    "scan_interval",
+    "summary_interval",
+    "ack_sync_interval",
+    "jobs",
+];
+
+/// Settings whose values are yes or no.
+const BOOLEANS: &[&str] = &["legacy_topics", "plaintext", "no_pacing", "stamp_time"];
+
+/// Settings whose default is said in words, not a value (`ca`: the
+/// public roots).
+const DESCRIBED: &[&str] = &["ca", "rejected", "metrics_listen", "api_token", "jobs"];
+
+impl Setting {
+    /// `{"value", "source"}` with the value typed as in the config file
+    /// (a number, a boolean, a string) or null; a default said in words
+    /// is `"note"` beside a null value.
+    fn json(&self) -> serde_json::Value {
+        let Some(text) = self.value.as_deref() else {
+            return json!({"value": null, "source": self.source});
+        };
+        if self.source == "default" && DESCRIBED.contains(&self.key) {
+            return json!({"value": null, "source": self.source, "note": text});
+        }
+        let value = if NUMBERS.contains(&self.key) {
+            text.parse::<u64>()
+                .map_or_else(|_| json!(text), |n| json!(n))
+        } else if BOOLEANS.contains(&self.key) {
+            text.parse::<bool>()
+                .map_or_else(|_| json!(text), |b| json!(b))
+        } else {
+            json!(text)
+        };
+        json!({"value": value, "source": self.source})
+    }
+}
+
 /// A setting's key, its value from a flag or the environment, from the
 /// config file, and its default.
 type Row = (&'static str, Option<String>, Option<String>, Option<String>);
@@ -92,7 +142,7 @@ type Row = (&'static str, Option<String>, Option<String>, Option<String>);
 pub fn run(global: Global, cmd: Command) -> Result<(), Exit> {
     match cmd {
         Command::Show(args) => show(global, &args),
-        Command::Watch(args) => crate::log_config::watch(global, args),
+        Command::Watch(args) => crate::log_config::watch(global, *args),
     }
 }
 
@@ -263,6 +313,12 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
             Some("1000".to_owned()),
         ),
         (
+            "metrics_listen",
+            args.metrics_listen.map(|v| s(&v)),
+            file.metrics_listen.map(|v| s(&v)),
+            Some("none: no metrics endpoint".to_owned()),
+        ),
+        (
             "jobs",
             args.jobs.map(|v| s(&v)),
             file.jobs.map(|v| s(&v)),
@@ -327,12 +383,7 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
     if global.json {
         let rows: serde_json::Map<String, serde_json::Value> = settings
             .iter()
-            .map(|s| {
-                (
-                    s.key.to_owned(),
-                    json!({"value": s.value, "source": s.source}),
-                )
-            })
+            .map(|s| (s.key.to_owned(), s.json()))
             .collect();
         outln!("{}", serde_json::Value::Object(rows));
         return Ok(());
@@ -341,7 +392,18 @@ fn show(global: Global, args: &ShowArgs) -> Result<(), Exit> {
     for setting in &settings {
         let value = setting.value.as_deref().unwrap_or("(not set)");
         let value = if value.is_empty() { "\"\"" } else { value };
-        outln!("{:<width$}  {value}  ({})", setting.key, setting.source);
+        // A duration with its unit, as the flags take it.
+        let unit = match setting.key {
+            _ if value.parse::<u64>().is_err() => "",
+            "scan_interval" | "ack_sync_interval" => "ms",
+            "summary_interval" | "token_timeout" | "timeout" => "s",
+            _ => "",
+        };
+        outln!(
+            "{:<width$}  {value}{unit}  ({})",
+            setting.key,
+            setting.source
+        );
     }
     Ok(())
 }

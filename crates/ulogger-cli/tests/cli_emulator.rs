@@ -73,6 +73,13 @@ async fn the_printed_address_and_certificates_let_a_client_connect() {
     .unwrap()
     .1;
     assert!(line.contains("size=64"), "{line}");
+    // Each record line starts with when it was received (RFC 3339, UTC).
+    let (time, record) = line.split_once(' ').unwrap();
+    let received =
+        time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(received.offset(), time::UtcOffset::UTC, "{line}");
+    assert!(record.contains(" core-dump/v0/77 "), "{line}");
     assert!(data.path().join("index.jsonl").is_file());
 }
 
@@ -157,4 +164,54 @@ fn the_help_shows_no_limits() {
         .status()
         .unwrap();
     assert!(!status.success());
+}
+
+/// The running emulator says, with the time, when a client connects and
+/// when it goes (`client-connected`, `client-disconnected` with `--json`).
+#[test]
+fn client_connections_coming_and_going_are_lines_of_their_own() {
+    let data = tempfile::tempdir().unwrap();
+    let running = Running::emulator_json(&["--plaintext", "--data", data.path().to_str().unwrap()]);
+    let ready = running.json_line();
+    assert_eq!(ready["event"], "ready");
+    // The heartbeat command it printed: connects, publishes, disconnects.
+    let beat: Vec<String> = ready["heartbeat_command"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.trim_matches('\'').to_owned())
+        .collect();
+    let sent = Command::new(env!("CARGO_BIN_EXE_ulogger"))
+        .args(&beat)
+        .env("ULOGGER_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    let event = |kind: &str| loop {
+        let line = running.json_line();
+        if line["event"] == kind {
+            return line;
+        }
+    };
+    let connected = event("client-connected");
+    let client_id = connected["client_id"].as_str().unwrap().to_owned();
+    assert!(client_id.starts_with("cust-"), "{connected}");
+    assert!(
+        connected["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{connected}"
+    );
+    let time = connected["time"].as_str().unwrap();
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).unwrap();
+    let gone = event("client-disconnected");
+    assert_eq!(gone["client_id"], client_id.as_str(), "{gone}");
+    assert_eq!(gone["peer"], connected["peer"], "{gone}");
 }

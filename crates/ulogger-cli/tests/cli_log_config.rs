@@ -64,7 +64,8 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
         "--module-flags",
         "0xb",
         "--timeout",
-        "600",
+        // Ten minutes, with its unit (a bare number is seconds).
+        "10m",
         "--modules",
         "net,fs,ui",
     ]));
@@ -73,8 +74,17 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
     assert_eq!(receipt["event"], "pushed");
     assert_eq!(receipt["topic"], watching["topic"]);
 
-    let line = watcher.json_line();
-    assert_eq!(line["event"], "log_config", "{line}");
+    // The connection's coming up is an event of the stream too.
+    let mut seen = Vec::new();
+    let line = loop {
+        let line = watcher.json_line();
+        if line["event"] == "log_config" {
+            break line;
+        }
+        seen.push(line);
+    };
+    assert!(seen.iter().any(|e| e["event"] == "connected"), "{seen:#?}");
+    assert_time(line["time"].as_str().unwrap());
     assert_eq!(
         line["config"],
         serde_json::json!({
@@ -118,7 +128,79 @@ fn watch_prints_a_human_line_per_configuration() {
             Err(e) => panic!("the watch ended: {e}"),
         }
     };
-    assert_eq!(line, "level=ERROR module_flags=0x00000005 timeout=30s");
+    let (time, config) = line.split_once(' ').unwrap();
+    assert_time(time);
+    assert_eq!(config, "level=ERROR module_flags=0x00000005 timeout=30s");
+}
+
+/// A line's time: RFC 3339, UTC.
+fn assert_time(time: &str) {
+    let parsed = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{e}: {time}"));
+    assert_eq!(parsed.offset(), time::UtcOffset::UTC, "{time}");
+    assert!(time.ends_with('Z'), "{time}");
+}
+
+/// The watch says, with the time, when its connection goes down (and
+/// why) and when it comes back; the configurations pushed after still
+/// arrive.
+#[test]
+fn watch_says_when_the_connection_goes_down_and_comes_back() {
+    let sandbox = Sandbox::new();
+    let emu = support::sandbox::plaintext_emulator();
+    let addr = emu.addr();
+    let mut args = vec!["--json".to_owned()];
+    args.extend(connect_args("config", &emu));
+    args.insert(2, "watch".to_owned());
+    args.extend(["--no-store".to_owned()]);
+    args.extend(device_args("SN-WATCH-LINK"));
+    let mut watcher = start(&sandbox, &args);
+    let event = |watcher: &Running, kind: &str| loop {
+        let line = watcher.json_line();
+        if line["event"] == kind {
+            assert_time(line["time"].as_str().unwrap());
+            return line;
+        }
+    };
+    let up = event(&watcher, "connected");
+    let client_id = up["client_id"].as_str().unwrap().to_owned();
+    assert!(client_id.starts_with("cust-4242-"), "{up}");
+
+    drop(emu);
+    let down = event(&watcher, "disconnected");
+    assert_eq!(down["client_id"], client_id.as_str(), "{down}");
+    assert!(down["error"].is_string(), "{down}");
+    let emu = ulogger_emulator::Emulator::start(
+        ulogger_emulator::EmulatorConfig::new(support::sandbox::CUSTOMER)
+            .plaintext(true)
+            .listen(addr),
+    )
+    .unwrap();
+    let again = event(&watcher, "connected");
+    assert_eq!(again["client_id"], client_id.as_str(), "{again}");
+    // Subscribed again (the SUBACK may trail the connection line: push
+    // until one arrives): a push reaches the watch.
+    let deadline = std::time::Instant::now() + WAIT;
+    let config = loop {
+        assert!(std::time::Instant::now() < deadline, "no configuration");
+        emu.push_config_blocking(APP, "SN-WATCH-LINK", &LogConfig::new(LogLevel::Info, 1, 60))
+            .unwrap();
+        match watcher
+            .lines
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(line) => {
+                let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if line["event"] == "log_config" {
+                    break line;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(e) => panic!("the watch ended: {e}"),
+        }
+    };
+    assert_eq!(config["config"]["level"], "INFO", "{config}");
+    assert!(watcher.terminate().success());
 }
 
 #[test]

@@ -157,16 +157,18 @@ fn config_show_says_where_each_setting_came_from() {
         "{shown}"
     );
     assert_eq!(entry("broker"), (json!("example.org"), json!("flag")));
-    assert_eq!(entry("port"), (json!("1234"), json!("environment")));
+    // Values typed as in the config file: numbers, booleans, strings.
+    assert_eq!(entry("port"), (json!(1234), json!("environment")));
     // An environment "off" beats the file's `plaintext = true`.
-    assert_eq!(entry("plaintext"), (json!("false"), json!("environment")));
-    assert_eq!(
-        entry("customer_id"),
-        (json!(CUSTOMER.to_string()), json!("file"))
-    );
+    assert_eq!(entry("plaintext"), (json!(false), json!("environment")));
+    assert_eq!(entry("customer_id"), (json!(CUSTOMER), json!("file")));
     assert_eq!(entry("serial"), (json!("SN-SHOWN"), json!("file")));
-    assert_eq!(entry("token_timeout"), (json!("15"), json!("default")));
+    assert_eq!(entry("token_timeout"), (json!(15), json!("default")));
     assert_eq!(entry("app_id"), (json!(null), json!("default")));
+    // A default said in words is a note, not a value of another type.
+    assert_eq!(entry("jobs"), (json!(null), json!("default")));
+    assert_eq!(shown["jobs"]["note"], "100 per connection", "{shown}");
+    assert_eq!(entry("ca"), (json!(null), json!("default")));
 
     let run = sandbox
         .run(&strings(&["config", "show", "--config", &s(&config)]))
@@ -251,6 +253,6 @@ fn the_outbox_and_stamp_time_come_from_the_config_file_too() {
         ]))
         .expect_code(0);
     let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
-    assert_eq!(shown["stamp_time"]["value"], "true", "{shown}");
+    assert_eq!(shown["stamp_time"]["value"], true, "{shown}");
     assert_eq!(shown["outbox"]["source"], "file", "{shown}");
 }

@@ -151,6 +151,15 @@ impl Client {
         self.runtime.block_on(self.inner.upload_log(device, log))
     }
 
+    /// See [`crate::Client::upload_elf`].
+    pub fn upload_elf(
+        &self,
+        upload: &crate::ElfUpload,
+        elf: impl Into<Bytes>,
+    ) -> Result<crate::ElfUploadReceipt, Error> {
+        self.runtime.block_on(self.inner.upload_elf(upload, elf))
+    }
+
     /// See [`crate::Client::publish_binary_log`].
     pub fn publish_binary_log(
         &self,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::store::StoreError;
 use crate::wire::{
-    BootReplyError, HeaderError, LogConfigError, TelemetryError, TextLogError, TopicError,
+    BootReplyError, ElfCheckError, ElfUploadReplyError, HeaderError, LogConfigError,
+    TelemetryError, TextLogError, TopicError,
 };
 
 /// What went wrong, with the facts a caller needs to act on it.
@@ -43,6 +44,11 @@ pub enum Phase {
     LogConfig,
     /// Waiting for the HTTP API's answer to a telemetry request.
     HttpRequest,
+    /// Waiting for the cloud's answer to a firmware ELF upload request
+    /// (the upload URL, PROTOCOL §11).
+    UploadUrl,
+    /// Sending a firmware ELF to its upload URL (the HTTP PUT).
+    ElfPut,
 }
 
 impl fmt::Display for Phase {
@@ -55,6 +61,14 @@ impl fmt::Display for Phase {
             Phase::LogConfig => "waiting for a log configuration from the cloud",
             Phase::HttpRequest => {
                 "waiting for the HTTP API's answer (check the network, or raise the timeout)"
+            }
+            Phase::UploadUrl => {
+                "waiting for the cloud's upload URL (check that the customer id is the \
+                 certificate's and the application id is right; the cloud does not answer \
+                 requests it cannot match)"
+            }
+            Phase::ElfPut => {
+                "sending the ELF to its upload URL (check the network, or raise the timeout)"
             }
         })
     }
@@ -262,6 +276,34 @@ pub enum ErrorKind {
         /// Why it failed.
         reason: String,
     },
+    /// The file is not a firmware ELF that can be uploaded; nothing was
+    /// sent.
+    #[error("invalid firmware ELF: {0}")]
+    InvalidElf(#[source] ElfCheckError),
+    /// The cloud answered the upload request without a usable URL.
+    #[error("invalid answer to the ELF upload request: {0}")]
+    InvalidUploadReply(#[source] ElfUploadReplyError),
+    /// The upload URL refused the ELF (a non-2xx answer to the PUT).
+    /// 5xx, 408 and 429 were retried first, each time with a fresh URL.
+    #[error("the ELF upload was refused with HTTP {status}: {message} ({})", elf_put_hint(*status, *attempts))]
+    ElfUploadRefused {
+        /// The HTTP status.
+        status: u16,
+        /// What the server said (its error message, or the start of its body).
+        message: String,
+        /// Attempts made, retries included.
+        attempts: u32,
+    },
+    /// The upload URL could not be reached (DNS, TCP, TLS), retries
+    /// included; the source says why.
+    #[error("could not reach the ELF upload URL at {host} ({attempts} attempt{}): check the network and, for a private cloud, the CA file", if *attempts == 1 { "" } else { "s" })]
+    ElfUploadConnect {
+        /// Scheme, host and port of the URL (its path and signature are
+        /// not repeated: they are a credential).
+        host: String,
+        /// Attempts made, retries included.
+        attempts: u32,
+    },
     /// An async client was built outside a Tokio runtime.
     #[error("no Tokio runtime: build the async Client inside one, or use blocking::Client")]
     NoRuntime,
@@ -298,6 +340,24 @@ fn http_hint(status: u16, attempts: u32) -> String {
     }
 }
 
+/// What a person can do about a refused ELF upload PUT.
+fn elf_put_hint(status: u16, attempts: u32) -> String {
+    let retried = if attempts > 1 {
+        format!("; tried {attempts} times")
+    } else {
+        String::new()
+    };
+    match status {
+        403 => "forbidden: the client certificate belongs to another customer, or the \
+                upload URL expired"
+            .into(),
+        404 | 410 => "the upload URL is unknown, used or expired: upload again".into(),
+        413 => "the file is too large for the upload URL".into(),
+        408 | 429 | 500..=599 => format!("the storage service failed{retried}: retry later"),
+        _ => format!("unexpected answer{retried}"),
+    }
+}
+
 impl Error {
     /// What happened.
     pub fn kind(&self) -> &ErrorKind {
@@ -325,19 +385,24 @@ impl Error {
             ErrorKind::Timeout(_)
             | ErrorKind::Connect { .. }
             | ErrorKind::ConnectionLost
-            | ErrorKind::HttpConnect { .. } => true,
+            | ErrorKind::HttpConnect { .. }
+            | ErrorKind::ElfUploadConnect { .. } => true,
             ErrorKind::Ble { step, .. } => !ble_device_at_fault(step),
             ErrorKind::HttpRefused { status, .. } => *status >= 500 || *status == 429,
+            ErrorKind::ElfUploadRefused { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             _ => false,
         }
     }
 
-    /// The HTTP status the HTTP API answered, for its refusals.
+    /// The HTTP status the HTTP API, or an ELF upload URL, answered, for
+    /// their refusals.
     pub fn http_status(&self) -> Option<u16> {
         match self.kind() {
-            ErrorKind::HttpRefused { status, .. } | ErrorKind::InvalidHttpReply { status, .. } => {
-                Some(*status)
-            }
+            ErrorKind::HttpRefused { status, .. }
+            | ErrorKind::InvalidHttpReply { status, .. }
+            | ErrorKind::ElfUploadRefused { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -354,6 +419,7 @@ impl Error {
                 | ErrorKind::InvalidTelemetry(_)
                 | ErrorKind::InvalidTextLogs(_)
                 | ErrorKind::PayloadTooLarge { .. }
+                | ErrorKind::InvalidElf(_)
         ) || matches!(self.kind(), ErrorKind::Ble { step, .. } if ble_device_at_fault(step))
     }
 
@@ -368,9 +434,13 @@ impl Error {
                 | ErrorKind::InvalidBootReply(_)
                 | ErrorKind::InvalidLogConfig(_)
                 | ErrorKind::InvalidHttpReply { .. }
+                | ErrorKind::InvalidUploadReply(_)
         ) || matches!(
             self.kind(),
             ErrorKind::HttpRefused { status, .. } if *status < 500 && *status != 429
+        ) || matches!(
+            self.kind(),
+            ErrorKind::ElfUploadRefused { status, .. } if *status < 500 && *status != 429 && *status != 408
         )
     }
 
@@ -461,6 +531,18 @@ impl From<BootReplyError> for Error {
 impl From<LogConfigError> for Error {
     fn from(e: LogConfigError) -> Self {
         ErrorKind::InvalidLogConfig(e).into()
+    }
+}
+
+impl From<ElfCheckError> for Error {
+    fn from(e: ElfCheckError) -> Self {
+        ErrorKind::InvalidElf(e).into()
+    }
+}
+
+impl From<ElfUploadReplyError> for Error {
+    fn from(e: ElfUploadReplyError) -> Self {
+        ErrorKind::InvalidUploadReply(e).into()
     }
 }
 

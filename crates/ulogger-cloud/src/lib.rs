@@ -22,6 +22,9 @@
 //!   topic prefix to the cloud.
 //! - [`HttpTelemetry`]: the same telemetry over HTTPS with an API token,
 //!   for gateways without an MQTT client certificate.
+//! - Firmware ELF upload ([`Client::upload_elf`], [`ElfUpload`]): the
+//!   build's ELF to the cloud from CI, so that the cloud can decode the
+//!   binary logs of devices running it.
 
 #[cfg(all(feature = "ble", target_os = "linux"))]
 pub mod ble;
@@ -44,8 +47,9 @@ mod tls;
 mod transport;
 
 pub use client::{
-    Client, ClientBuilder, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt, Turn,
-    UploadReceipt,
+    Client, ClientBuilder, ConnectionChanges, ConnectionEvent, ConnectionState, ElfProgress,
+    ElfUpload, ElfUploadReceipt, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt,
+    Turn, UploadReceipt,
 };
 pub use config::{
     MqttConfig, Pacing, RegistrationLimit, Security, DEFAULT_BROKER, DEFAULT_GROUP_ID, DEFAULT_PORT,
@@ -79,6 +83,7 @@ fn _assert_impls() {
     send_sync::<SessionStore>();
     send_sync::<LinkInbox>();
     send_sync::<RumqttcLink>();
+    send_sync::<ConnectionChanges>();
     fn dyn_compatible(_: &dyn MqttLink) {}
 }
 

@@ -629,3 +629,50 @@ async fn the_client_is_back_within_seconds_of_the_brokers_return_after_an_outage
     assert_eq!(records_of(&emu, RecordKind::CoreDump).len(), 1);
     client.shutdown().await;
 }
+
+/// `connection_changes` says each coming up and going down once (not each
+/// failed attempt), with why it went down, and ends at shutdown.
+#[tokio::test]
+async fn connection_changes_report_up_down_and_closed() {
+    use ulogger_cloud::ConnectionState;
+
+    let emu = tls_emulator();
+    let client = Client::builder(config_for(&emu)).build().unwrap();
+    let mut changes = client.connection_changes();
+    async fn next(
+        changes: &mut ulogger_cloud::ConnectionChanges,
+    ) -> Option<ulogger_cloud::ConnectionEvent> {
+        tokio::time::timeout(PATIENCE, changes.next())
+            .await
+            .expect("a connection change in time")
+    }
+
+    let up = next(&mut changes).await.unwrap();
+    assert!(matches!(up.state, ConnectionState::Up), "{up:?}");
+    assert_eq!(up.connection, 0);
+    assert_eq!(up.client_id, client.client_id());
+    assert!(client.is_connected());
+
+    assert_eq!(emu.disconnect_all(), 1);
+    let down = next(&mut changes).await.unwrap();
+    match &down.state {
+        ConnectionState::Down { error: Some(e) } => assert!(e.is_retryable(), "{e:?}"),
+        other => panic!("down with a cause: {other:?}"),
+    }
+    let again = next(&mut changes).await.unwrap();
+    assert!(matches!(again.state, ConnectionState::Up), "{again:?}");
+
+    // A watch made while up starts with it up.
+    let mut late = client.connection_changes();
+    let up = next(&mut late).await.unwrap();
+    assert!(matches!(up.state, ConnectionState::Up), "{up:?}");
+
+    client.shutdown().await;
+    let closed = next(&mut changes).await.unwrap();
+    assert!(
+        matches!(closed.state, ConnectionState::Closed),
+        "{closed:?}"
+    );
+    assert!(next(&mut changes).await.is_none());
+    assert!(!client.is_connected());
+}

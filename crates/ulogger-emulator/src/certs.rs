@@ -219,6 +219,79 @@ pub fn client_tls_config(
     Ok(Arc::new(config))
 }
 
+/// The subject common name of a DER certificate, if it has one (a small
+/// DER walk: the emulator only needs this one field of certificates its
+/// TLS stack has already verified).
+pub(crate) fn common_name(der: &[u8]) -> Option<String> {
+    let (0x30, certificate, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = tlv(certificate)? else {
+        return None;
+    };
+    let mut fields = tbs;
+    // [0] version is optional; then serial, signature, issuer, validity.
+    let (tag, _, rest) = tlv(fields)?;
+    if tag == 0xa0 {
+        fields = rest;
+    }
+    for _ in 0..4 {
+        fields = tlv(fields)?.2;
+    }
+    let (0x30, mut names, _) = tlv(fields)? else {
+        return None;
+    };
+    while !names.is_empty() {
+        let (_, mut set, rest) = tlv(names)?;
+        names = rest;
+        while !set.is_empty() {
+            let (_, attribute, rest) = tlv(set)?;
+            set = rest;
+            let (0x06, oid, value) = tlv(attribute)? else {
+                continue;
+            };
+            // 2.5.4.3: commonName.
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = tlv(value)?;
+                return Some(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// One DER element: (tag, contents, what follows).
+fn tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = data.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(count)?;
+        let len = bytes
+            .iter()
+            .fold(0usize, |len, &b| (len << 8) | usize::from(b));
+        (len, rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
+/// The customer a client certificate's common name gives,
+/// `cust-{customer}-...` (as the emulator and the platform issue them).
+pub(crate) fn customer_of(common_name: &str) -> Option<u32> {
+    let rest = common_name.strip_prefix("cust-")?;
+    let (digits, _) = rest.split_once('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -311,6 +384,34 @@ mod tests {
             .unwrap();
         assert!(cert.ends_with("cust-7-gw_2.pem.crt"));
         client_tls_config(&paths.ca_cert, Some((&cert, &key))).unwrap();
+    }
+
+    #[test]
+    fn the_common_name_and_its_customer_are_read_from_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CertPaths::generate(dir.path(), 42).unwrap();
+        let der = read_certs(&paths.client_cert).unwrap().remove(0);
+        let name = common_name(&der).unwrap();
+        assert_eq!(name, "cust-42-client");
+        assert_eq!(customer_of(&name), Some(42));
+        let (other, _) = paths.mint_client_cert("cust-43-ci", dir.path()).unwrap();
+        let der = read_certs(&other).unwrap().remove(0);
+        assert_eq!(common_name(&der).as_deref(), Some("cust-43-ci"));
+        for bad in [
+            "cust--x",
+            "cust-42",
+            "client",
+            "cust-4x-a",
+            "cust-99999999999-a",
+        ] {
+            assert_eq!(customer_of(bad), None, "{bad}");
+        }
+        // Any bytes: an answer or none, never a panic.
+        let whole = der.as_ref().to_vec();
+        for cut in 0..whole.len() {
+            let _ = common_name(&whole[..cut]);
+        }
+        let _ = common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]);
     }
 
     #[test]

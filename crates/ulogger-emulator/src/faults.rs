@@ -78,6 +78,21 @@ pub struct HttpFaults {
     pub garbage_replies: u32,
 }
 
+/// Faults of the firmware ELF upload (PROTOCOL §11), each a count of the
+/// next requests that get it; every such request uses one up. Set with
+/// [`FaultSwitches::fail_elf_puts`] and
+/// [`FaultSwitches::ignore_elf_upload_requests`]; read with
+/// [`FaultSwitches::elf_snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ElfUploadFaults {
+    /// PUTs to an upload URL answered `503 Service Unavailable`, as by a
+    /// storage outage; the URL stays unused.
+    pub put_outages: u32,
+    /// Upload requests the cloud does not answer at all (no URL comes).
+    pub unanswered_requests: u32,
+}
+
 /// One injected HTTP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HttpFault {
@@ -93,6 +108,7 @@ pub(crate) enum HttpFault {
 pub struct FaultSwitches {
     current: Mutex<Faults>,
     http: Mutex<HttpFaults>,
+    elf: Mutex<ElfUploadFaults>,
 }
 
 impl FaultSwitches {
@@ -100,7 +116,44 @@ impl FaultSwitches {
         FaultSwitches {
             current: Mutex::new(faults),
             http: Mutex::default(),
+            elf: Mutex::default(),
         }
+    }
+
+    fn lock_elf(&self) -> MutexGuard<'_, ElfUploadFaults> {
+        self.elf.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers the next `count` PUTs to ELF upload URLs with 503 (an
+    /// outage of the storage); their URLs stay valid.
+    pub fn fail_elf_puts(&self, count: u32) {
+        self.lock_elf().put_outages = count;
+    }
+
+    /// Leaves the next `count` ELF upload requests unanswered.
+    pub fn ignore_elf_upload_requests(&self, count: u32) {
+        self.lock_elf().unanswered_requests = count;
+    }
+
+    /// The ELF upload fault counts as they are now.
+    pub fn elf_snapshot(&self) -> ElfUploadFaults {
+        *self.lock_elf()
+    }
+
+    /// Uses up one injected PUT outage, if any is pending.
+    pub(crate) fn take_elf_put_outage(&self) -> bool {
+        let mut elf = self.lock_elf();
+        let take = elf.put_outages > 0;
+        elf.put_outages = elf.put_outages.saturating_sub(1);
+        take
+    }
+
+    /// Uses up one unanswered upload request, if any is pending.
+    pub(crate) fn take_unanswered_request(&self) -> bool {
+        let mut elf = self.lock_elf();
+        let take = elf.unanswered_requests > 0;
+        elf.unanswered_requests = elf.unanswered_requests.saturating_sub(1);
+        take
     }
 
     fn lock_http(&self) -> MutexGuard<'_, HttpFaults> {
@@ -182,10 +235,11 @@ impl FaultSwitches {
         *self.lock() = faults;
     }
 
-    /// Turns every fault off, the HTTP ones too.
+    /// Turns every fault off, the HTTP and ELF upload ones too.
     pub fn clear(&self) {
         self.set(Faults::default());
         *self.lock_http() = HttpFaults::default();
+        *self.lock_elf() = ElfUploadFaults::default();
     }
 
     /// The switches as they are now.
@@ -217,6 +271,20 @@ mod tests {
         assert_eq!(f.drop_after_bytes, Some(10));
         s.clear();
         assert_eq!(s.snapshot(), Faults::default());
+    }
+
+    #[test]
+    fn elf_upload_faults_count_down_and_clear() {
+        let s = FaultSwitches::new(Faults::default());
+        s.fail_elf_puts(2);
+        s.ignore_elf_upload_requests(1);
+        assert_eq!(s.elf_snapshot().put_outages, 2);
+        assert!(s.take_elf_put_outage() && s.take_elf_put_outage());
+        assert!(!s.take_elf_put_outage());
+        assert!(s.take_unanswered_request() && !s.take_unanswered_request());
+        s.fail_elf_puts(3);
+        s.clear();
+        assert_eq!(s.elf_snapshot(), ElfUploadFaults::default());
     }
 
     #[test]

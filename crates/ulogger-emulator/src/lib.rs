@@ -41,9 +41,17 @@
 //!   first, as the platform's API does
 //!   (`/metrics?application_id=7&device_serial=SN1&metric_name=t&start=5m&limit=10`
 //!   answers `{"count": 1, "metrics": [{"value": 21.5, ...}]}`).
+//! - **the firmware ELF upload** (PROTOCOL §11): a request on
+//!   `upload/v0/firmware/{C}/{device_type}` is answered on
+//!   `upload/v0/{C}/{upload_id}` with a one-time URL on the HTTP port;
+//!   the ELF PUT there is kept by application, device type and version
+//!   ([`Emulator::stored_elfs`], [`Emulator::find_elf`]). A client
+//!   certificate of another customer presented on the PUT is answered 403.
 //! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
-//!   delay or break boot replies and cut connections, and to answer HTTP
-//!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]).
+//!   delay or break boot replies and cut connections, to answer HTTP
+//!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]),
+//!   and to leave ELF upload requests unanswered or their PUTs in an
+//!   outage ([`ElfUploadFaults`]).
 //!
 //! Apart from the cloud, [`ble::SimDevice`] is a device's side of the BLE
 //! transfer (PROTOCOL §6) as the firmware behaves, sans I/O, to drive a
@@ -64,6 +72,9 @@
 //! boot/                  boot registrations as received
 //! binlog/                binary logs, e.g. 20250101T120000.123Z-SN1-app7-000003.bin
 //! core-dump/, metrics/, events/, config/   likewise
+//! upload/                ELF upload requests as received
+//! elf/                   uploaded ELFs: {customer}/{app}/{device type}/{version}.elf
+//!                        and a .json beside each saying which firmware it is
 //! ```
 //!
 //! A directory given with [`EmulatorConfig::data_dir`] is kept and reused
@@ -109,6 +120,7 @@ mod certs;
 mod cloud;
 mod config;
 mod durable;
+mod elf_store;
 mod error;
 mod faults;
 mod http;
@@ -135,15 +147,20 @@ use ulogger_wire::{validate_serial, LogConfig, Topics};
 
 pub use certs::{client_tls_config, CertPaths};
 pub use config::{AttachTo, EmulatorConfig};
+pub use elf_store::StoredElf;
 pub use error::EmulatorError;
-pub use faults::{BootReplyMode, FaultSwitches, Faults, HttpFaults, WithholdPuback};
+pub use faults::{
+    BootReplyMode, ElfUploadFaults, FaultSwitches, Faults, HttpFaults, WithholdPuback,
+};
 pub use limits::{LimitStats, PlatformLimits};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 pub use store::DATABASE_FILE;
 pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
+pub use broker::ClientEvent;
 use broker::{Broker, Mailbox, Tls};
 use cloud::{BootGuard, Cloud, Command, TokenBook, Uplink};
+use elf_store::ElfStore;
 use http::HttpState;
 use records::RecordLog;
 use supervise::Failures;
@@ -327,17 +344,7 @@ impl Emulator {
             }
         };
 
-        let cloud = Cloud {
-            topics,
-            legacy_topics: config.legacy_topics,
-            boot_guard: config.boot_guard.map(|rate| Arc::new(BootGuard::new(rate))),
-            text_sequences: Default::default(),
-            records: records.clone(),
-            faults: faults.clone(),
-            tokens: tokens.clone(),
-            uplink,
-        };
-
+        // The HTTP port first: the cloud's upload URLs point at it.
         let http_listen = config.http_listen;
         let http_err = |source| EmulatorError::Listen {
             addr: http_listen,
@@ -351,6 +358,25 @@ impl Emulator {
             tokio::net::TcpListener::from_std(http_listener).map_err(http_err)?
         };
         let http_tls = certs.as_ref().map(http::acceptor).transpose()?;
+        let http_scheme = if http_tls.is_some() { "https" } else { "http" };
+        let elfs = Arc::new(ElfStore::open(
+            &data_dir,
+            temp_dir.is_none(),
+            format!("{http_scheme}://{http_addr}"),
+        )?);
+
+        let cloud = Cloud {
+            topics,
+            legacy_topics: config.legacy_topics,
+            boot_guard: config.boot_guard.map(|rate| Arc::new(BootGuard::new(rate))),
+            text_sequences: Default::default(),
+            records: records.clone(),
+            faults: faults.clone(),
+            tokens: tokens.clone(),
+            elfs,
+            uplink,
+        };
+
         let http_state = Arc::new(HttpState {
             cloud: cloud.clone(),
             token: http::api_token(temp_dir.is_none().then_some(data_dir.as_path()))?,
@@ -504,6 +530,15 @@ impl Emulator {
         self.records.snapshot()
     }
 
+    /// Follows client connections from now on: each one the broker
+    /// accepts and each that ends. In attach mode (no broker of its own)
+    /// there are none: [`ClientWatcher::next`] returns `None` at once.
+    pub fn watch_clients(&self) -> ClientWatcher {
+        ClientWatcher {
+            events: self.broker.as_ref().map(|b| b.watch_clients()),
+        }
+    }
+
     /// Follows records as they arrive, starting with the first one.
     pub fn watch_records(&self) -> RecordWatcher {
         RecordWatcher {
@@ -556,6 +591,29 @@ impl Emulator {
     /// The live fault switches.
     pub fn faults(&self) -> &FaultSwitches {
         &self.faults
+    }
+
+    /// The firmware ELFs uploaded so far (PROTOCOL §11), by application,
+    /// device type and version; a kept data directory keeps them across
+    /// restarts. Each [`StoredElf::file`] is relative to
+    /// [`Emulator::data_dir`].
+    pub fn stored_elfs(&self) -> Vec<StoredElf> {
+        self.http.cloud.elfs.list()
+    }
+
+    /// The ELF stored for one firmware of the emulator's customer: what
+    /// decodes the logs of a device that reports `version`.
+    pub fn find_elf(&self, app_id: u32, device_type: &str, version: &str) -> Option<StoredElf> {
+        self.http
+            .cloud
+            .elfs
+            .find(self.customer_id, app_id, device_type, version)
+    }
+
+    /// The bytes of a stored ELF.
+    pub fn read_elf(&self, elf: &StoredElf) -> Result<Vec<u8>, EmulatorError> {
+        let path = self.data_dir.join(&elf.file);
+        std::fs::read(&path).map_err(|e| EmulatorError::io("read", path, e))
     }
 
     /// Every token issued so far: (application id, serial, token).
@@ -674,6 +732,37 @@ impl Drop for Emulator {
                 panic!("a ulogger emulator task panicked: {message}");
             }
         }
+    }
+}
+
+/// Follows an emulator's client connections
+/// ([`Emulator::watch_clients`]).
+pub struct ClientWatcher {
+    events: Option<tokio::sync::broadcast::Receiver<ClientEvent>>,
+}
+
+impl ClientWatcher {
+    /// The next client connection accepted or ended; `None` once the
+    /// broker is gone (or in attach mode). A watcher that fell more than
+    /// 256 events behind skips those it missed. Needs no particular async
+    /// runtime.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        let events = self.events.as_mut()?;
+        loop {
+            match events.recv().await {
+                Ok(event) => return Some(event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "client events missed by a slow watcher");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientWatcher").finish_non_exhaustive()
     }
 }
 

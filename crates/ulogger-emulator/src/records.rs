@@ -46,6 +46,13 @@ pub enum RecordKind {
     Config,
     /// A text-log batch received (PROTOCOL §12).
     TextLogs,
+    /// A firmware ELF upload request received (PROTOCOL §11); when
+    /// accepted, the cloud answered it with a one-time upload URL.
+    ElfUploadRequest,
+    /// A firmware ELF received on an upload URL and stored (see
+    /// [`Emulator::stored_elfs`](crate::Emulator::stored_elfs)), or a PUT
+    /// refused (`reason` says why).
+    ElfUpload,
     /// A publish the broker acknowledged but no platform topic rule
     /// matches: the real cloud drops it. `reason` gives the likely cause
     /// and the layout the platform routes.

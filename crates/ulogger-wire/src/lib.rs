@@ -20,10 +20,19 @@
 //!   [`Telemetry`]; its parts [`Metric`], [`Event`], and the builders
 //!   [`metrics_payload`], [`metrics_batch_payload`], [`Compression`].
 //! - Text logs (§12): [`TextEntry`], [`TextLevel`], [`text_log_batches`].
+//! - Firmware ELF upload (§11): [`ElfUploadRequest`],
+//!   [`parse_elf_upload_reply`], the checks before sending
+//!   ([`inspect_elf`], [`validate_device_type`]) and the topics
+//!   ([`Topics::firmware_upload`], [`Topics::upload_reply`]).
+//! - Local decoding of binary logs with the firmware ELF (§5.1):
+//!   [`SymbolTable`], [`LogDecoder`] yielding [`Record`]s, and the C
+//!   formatter [`printf`].
 
 mod ble;
 mod boot;
+mod decode;
 mod device_info;
+mod elf_upload;
 mod header;
 mod log_config;
 mod telemetry;
@@ -42,7 +51,17 @@ pub use boot::{
     boot_payload, boot_reply_payload, parse_boot_reply, BootReplyError, BootRequest,
     BootRequestError,
 };
+pub use decode::{
+    printf, Arg, ArgType, Clock, DataModel, DecodeOptions, ElfError, FormatProblem, FrameFormat,
+    FramesEnd, Level, LogDecoder, MetricReading, Module, ModuleTableError, PayloadPart, Printed,
+    Problem, Record, RecordTime, SymbolTable, ALWAYS_LOG_BIT, DEBUG_MODULES_SECTION, MAX_FIELD,
+    MAX_FORMAT_LEN, MAX_MESSAGE,
+};
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
+pub use elf_upload::{
+    elf_contains, elf_upload_reply_payload, inspect_elf, parse_elf_upload_reply, ElfCheckError,
+    ElfClass, ElfKind, ElfSummary, ElfUploadReplyError, ElfUploadRequest, ElfUploadRequestError,
+};
 pub use header::{
     build_log, compute_checksum, header_len, patch_epoch_time_us, patch_session_token,
     validate_checksum, HeaderError, LogHeader, HEADER_SIZE, MAX_MESSAGE_SIZE, MAX_USED_BYTES,
@@ -59,6 +78,6 @@ pub use text_log::{
     text_log_batches, text_log_batches_numbered, TextEntry, TextLevel, TextLogBatch, TextLogError,
 };
 pub use topic::{
-    validate_publish_topic, validate_serial, TopicError, TopicKind, Topics, MAX_SERIAL_LEN,
-    MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
+    validate_device_type, validate_publish_topic, validate_serial, TopicError, TopicKind, Topics,
+    MAX_DEVICE_TYPE_LEN, MAX_SERIAL_LEN, MAX_TOPIC_LEN, MAX_TOPIC_SLASHES,
 };

@@ -21,6 +21,10 @@ pub const MAX_TOPIC_SLASHES: usize = 7;
 /// Longest device serial accepted, in characters.
 pub const MAX_SERIAL_LEN: usize = 64;
 
+/// Longest device type accepted, in bytes: what the core-dump header's
+/// NUL-terminated `char[68]` field holds (PROTOCOL §10).
+pub const MAX_DEVICE_TYPE_LEN: usize = 67;
+
 /// Why an id or topic cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -74,6 +78,30 @@ pub enum TopicError {
         /// Number of `/` in it.
         slashes: usize,
     },
+    /// The device type is empty.
+    #[error("device type is empty")]
+    EmptyDeviceType,
+    /// The device type is longer than [`MAX_DEVICE_TYPE_LEN`] bytes.
+    #[error("device type is {len} bytes long; at most {MAX_DEVICE_TYPE_LEN} are allowed (the core-dump header's field)")]
+    DeviceTypeTooLong {
+        /// Length of the device type in bytes.
+        len: usize,
+    },
+    /// The device type holds a character that cannot go into its topic
+    /// level (`/`, `+`, `#`, a control character) or a space at either
+    /// end (which no device reports).
+    #[error(
+        "device type {device_type:?} has invalid character {ch:?} at position {index} \
+         (not allowed: / + # control characters, or white space at either end)"
+    )]
+    InvalidDeviceTypeChar {
+        /// The whole device type.
+        device_type: String,
+        /// The first invalid character.
+        ch: char,
+        /// Its position, counted in characters from 0.
+        index: usize,
+    },
     /// The topic is empty.
     #[error("topic is empty")]
     EmptyTopic,
@@ -121,6 +149,49 @@ pub fn validate_serial(serial: &str) -> Result<(), TopicError> {
     match serial.chars().enumerate().find(|&(_, c)| !allowed(c)) {
         Some((index, ch)) => Err(TopicError::InvalidSerialChar {
             serial: serial.to_owned(),
+            ch,
+            index,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `device_type` can be the level of a topic that names it
+/// (the firmware ELF upload, PROTOCOL §11): 1 to [`MAX_DEVICE_TYPE_LEN`]
+/// bytes, no `/` (it would add a level, and the request would reach no
+/// rule), no `+`, `#` or control characters (NUL included), and no white
+/// space at either end (the cloud matches device types exactly, and a
+/// device never reports one padded).
+///
+/// ```
+/// use ulogger_wire::validate_device_type;
+/// assert!(validate_device_type("nRF52 DK").is_ok());
+/// assert!(validate_device_type("board/#").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`TopicError::EmptyDeviceType`], [`TopicError::DeviceTypeTooLong`] or
+/// [`TopicError::InvalidDeviceTypeChar`] naming the first offending
+/// character and its position.
+pub fn validate_device_type(device_type: &str) -> Result<(), TopicError> {
+    if device_type.is_empty() {
+        return Err(TopicError::EmptyDeviceType);
+    }
+    if device_type.len() > MAX_DEVICE_TYPE_LEN {
+        return Err(TopicError::DeviceTypeTooLong {
+            len: device_type.len(),
+        });
+    }
+    let last = device_type.chars().count() - 1;
+    let bad = |(index, c): &(usize, char)| {
+        matches!(c, '/' | '+' | '#')
+            || c.is_control()
+            || ((*index == 0 || *index == last) && c.is_whitespace())
+    };
+    match device_type.chars().enumerate().find(bad) {
+        Some((index, ch)) => Err(TopicError::InvalidDeviceTypeChar {
+            device_type: device_type.to_owned(),
             ch,
             index,
         }),
@@ -211,6 +282,18 @@ pub enum TopicKind {
         /// Application id.
         app_id: u32,
     },
+    /// `upload/v0/firmware/{C}/{device_type}`: a firmware ELF upload
+    /// request (PROTOCOL §11).
+    FirmwareUpload {
+        /// The device type the ELF is for.
+        device_type: String,
+    },
+    /// `upload/v0/{C}/{upload_id}`: the cloud's answer to one upload
+    /// request.
+    UploadReply {
+        /// The request's id.
+        upload_id: u64,
+    },
 }
 
 /// Builds (and recognises) the platform's topics for one customer, with or
@@ -238,6 +321,8 @@ const CONFIG: &str = "config";
 const METRICS: &str = "metrics";
 const EVENTS: &str = "events";
 const LOGS: &str = "logs";
+const UPLOAD: &str = "upload";
+const FIRMWARE: &str = "firmware";
 const VERSION: &str = "v0";
 
 impl Topics {
@@ -353,6 +438,38 @@ impl Topics {
         self.build(LOGS, Some(app_id), None)
     }
 
+    /// Topic to publish a firmware ELF upload request to (PROTOCOL §11):
+    /// `P` + `upload/v0/firmware/{C}/{device_type}`. It has no group level.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`validate_device_type`], [`TopicError::TooLong`] or
+    /// [`TopicError::TooDeep`].
+    pub fn firmware_upload(&self, device_type: &str) -> Result<String, TopicError> {
+        validate_device_type(device_type)?;
+        let topic = format!(
+            "{}{UPLOAD}/{VERSION}/{FIRMWARE}/{}/{device_type}",
+            self.prefix, self.customer_id
+        );
+        validate_publish_topic(&topic)?;
+        Ok(topic)
+    }
+
+    /// Topic on which the cloud answers the firmware ELF upload request
+    /// `upload_id` (PROTOCOL §11): `P` + `upload/v0/{C}/{upload_id}`.
+    ///
+    /// # Errors
+    ///
+    /// [`TopicError::TooLong`] or [`TopicError::TooDeep`] (long prefixes).
+    pub fn upload_reply(&self, upload_id: u64) -> Result<String, TopicError> {
+        let topic = format!(
+            "{}{UPLOAD}/{VERSION}/{}/{upload_id}",
+            self.prefix, self.customer_id
+        );
+        validate_publish_topic(&topic)?;
+        Ok(topic)
+    }
+
     /// Which of this customer's topics `topic` is, or `None` if it is not
     /// one (other prefix, customer or group, unknown kind, ids that are not
     /// canonical decimal numbers, or an invalid serial).
@@ -361,6 +478,9 @@ impl Topics {
     /// `Some(TopicKind::Boot { app_id: a })`.
     pub fn classify(&self, topic: &str) -> Option<TopicKind> {
         let rest = topic.strip_prefix(self.prefix.as_str())?;
+        if let Some(upload) = self.classify_upload(rest) {
+            return upload;
+        }
         let mut levels = rest.split('/');
         let kind = levels.next()?;
         if levels.next()? != VERSION || parse_id(levels.next()?)? != self.customer_id {
@@ -395,6 +515,25 @@ impl Topics {
             (LOGS, 1) => Some(TopicKind::TextLogs { app_id: app()? }),
             _ => None,
         }
+    }
+
+    /// The upload topics (no group level): `Some(answer)` when `rest`
+    /// is under `upload/v0/`, `None` for every other family.
+    fn classify_upload(&self, rest: &str) -> Option<Option<TopicKind>> {
+        let levels = rest.strip_prefix("upload/v0/")?;
+        let customer = self.customer_id.to_string();
+        let kind = match levels.split('/').collect::<Vec<_>>().as_slice() {
+            [FIRMWARE, c, device_type] if *c == customer => validate_device_type(device_type)
+                .ok()
+                .map(|()| TopicKind::FirmwareUpload {
+                    device_type: (*device_type).to_owned(),
+                }),
+            [c, id] if *c == customer => {
+                parse_u64(id).map(|upload_id| TopicKind::UploadReply { upload_id })
+            }
+            _ => None,
+        };
+        Some(kind)
     }
 
     fn build(
@@ -444,6 +583,17 @@ impl Topics {
 /// How many digits `n` has in decimal.
 fn decimal_len(n: u32) -> usize {
     n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// A u64 written the way the builders write it (see [`parse_id`]).
+fn parse_u64(level: &str) -> Option<u64> {
+    let canonical =
+        level.bytes().all(|b| b.is_ascii_digit()) && (level == "0" || !level.starts_with('0'));
+    if canonical {
+        level.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// A u32 written the way the builders write it: decimal, no sign, no
@@ -520,11 +670,81 @@ mod tests {
                 (t.metrics(app), TopicKind::Metrics { app_id: app }),
                 (t.events(app), TopicKind::Events { app_id: app }),
                 (t.logs(app), TopicKind::TextLogs { app_id: app }),
+                (
+                    t.firmware_upload("nRF52 DK"),
+                    TopicKind::FirmwareUpload {
+                        device_type: "nRF52 DK".into(),
+                    },
+                ),
+                (
+                    t.upload_reply(u64::MAX),
+                    TopicKind::UploadReply {
+                        upload_id: u64::MAX,
+                    },
+                ),
             ];
             for (topic, kind) in cases {
                 assert_eq!(t.classify(&topic.unwrap()), Some(kind));
             }
         }
+    }
+
+    #[test]
+    fn upload_topics_have_no_group_level() {
+        let t = Topics::new("ulogger/", 42, Some(3)).unwrap();
+        assert_eq!(
+            t.firmware_upload("my_board").unwrap(),
+            "ulogger/upload/v0/firmware/42/my_board"
+        );
+        assert_eq!(t.upload_reply(17).unwrap(), "ulogger/upload/v0/42/17");
+        assert_eq!(t.classify("ulogger/upload/v0/43/17"), None);
+        assert_eq!(t.classify("ulogger/upload/v0/42/017"), None);
+        assert_eq!(t.classify("ulogger/upload/v0/firmware/42/a/b"), None);
+    }
+
+    #[test]
+    fn device_types_that_cannot_be_a_topic_level_are_refused() {
+        for good in [
+            "my_board",
+            "nRF52 DK",
+            "STM32F4-Disco v2",
+            "b",
+            "\u{e9}t\u{e9}",
+        ] {
+            assert_eq!(validate_device_type(good), Ok(()), "{good:?}");
+        }
+        assert_eq!(validate_device_type(""), Err(TopicError::EmptyDeviceType));
+        assert_eq!(
+            validate_device_type(&"x".repeat(68)),
+            Err(TopicError::DeviceTypeTooLong { len: 68 })
+        );
+        assert!(validate_device_type(&"x".repeat(67)).is_ok());
+        for (bad, ch, index) in [
+            ("a/b", '/', 1),
+            ("board+", '+', 5),
+            ("#", '#', 0),
+            ("a\0b", '\0', 1),
+            ("a\nb", '\n', 1),
+            (" board", ' ', 0),
+            ("board ", ' ', 5),
+        ] {
+            assert_eq!(
+                validate_device_type(bad),
+                Err(TopicError::InvalidDeviceTypeChar {
+                    device_type: bad.into(),
+                    ch,
+                    index
+                }),
+                "{bad:?}"
+            );
+            let t = Topics::new("", 1, Some(0)).unwrap();
+            assert!(t.firmware_upload(bad).is_err());
+        }
+        let deep = Topics::new("a/b/c/d/e/", 1, Some(0)).unwrap();
+        assert!(matches!(
+            deep.firmware_upload("b"),
+            Err(TopicError::TooDeep { .. })
+        ));
     }
 
     #[test]

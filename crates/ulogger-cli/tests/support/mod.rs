@@ -1,6 +1,7 @@
 //! Running the `ulogger` binary and reading what it printed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod firmware;
 pub mod sandbox;
 
 use std::io::{BufRead, BufReader};

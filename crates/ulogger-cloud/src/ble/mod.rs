@@ -37,6 +37,7 @@ use crate::{Client, Error, ErrorKind, RecordId};
 
 mod relay;
 mod seen;
+mod tree;
 
 pub use relay::ConfigRelay;
 use seen::SeenBuffers;
@@ -364,6 +365,8 @@ pub async fn pull_device(
 #[derive(Clone)]
 pub struct BleSession {
     session: Session,
+    /// For the GATT table in one call (see `tree`).
+    tree: tree::ObjectTree,
 }
 
 impl fmt::Debug for BleSession {
@@ -383,7 +386,8 @@ impl BleSession {
         let session = Session::new()
             .await
             .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
-        Ok(BleSession { session })
+        let tree = tree::ObjectTree::connect().await?;
+        Ok(BleSession { session, tree })
     }
 
     /// bluer's session, for what this module does not wrap (scanning).
@@ -426,7 +430,7 @@ impl BleSession {
                 ));
             }
         };
-        let outcome = pull_connected(client, &device, options).await;
+        let outcome = pull_connected(client, &self.tree, adapter_name, &device, options).await;
         // Always let the link go: the device serves one central at a time,
         // and a link left up would keep it from advertising to the next pull.
         if let Err(e) = device.disconnect().await {
@@ -440,43 +444,50 @@ impl BleSession {
 /// knows devices it saw) and connects, unless a link already exists (a
 /// gateway restarted while BlueZ kept its link).
 async fn connect(adapter: &bluer::Adapter, address: Address) -> Result<Device, Error> {
-    let known = adapter
-        .device_addresses()
-        .await
-        .map_err(|e| ble("listing the adapter's devices", e))?;
-    if !known.contains(&address) {
-        // Discovery lasts as long as this stream; dropped once it is found.
-        let mut events = Box::pin(
-            adapter
-                .discover_devices()
-                .await
-                .map_err(|e| ble("starting discovery", e))?,
-        );
-        loop {
-            match events.next().await {
-                Some(AdapterEvent::DeviceAdded(found)) if found == address => break,
-                Some(_) => {}
-                None => {
-                    return Err(ErrorKind::Ble {
-                        step: "discovering the device",
-                        reason: "discovery ended before the device was seen".into(),
-                    }
-                    .into())
-                }
-            }
-        }
-    }
     let device = adapter
         .device(address)
         .map_err(|e| ble("opening the device", e))?;
-    let connected = device
-        .is_connected()
-        .await
-        .map_err(|e| ble("reading the device's state", e))?;
+    // One property read says whether BlueZ knows the device (listing its
+    // devices would read every object it has).
+    let connected = match device.is_connected().await {
+        Ok(connected) => connected,
+        Err(e) if e.kind == bluer::ErrorKind::NotFound => {
+            discover(adapter, address).await?;
+            device
+                .is_connected()
+                .await
+                .map_err(|e| ble("reading the device's state", e))?
+        }
+        Err(e) => return Err(ble("reading the device's state", e)),
+    };
     if !connected {
         device.connect().await.map_err(|e| ble("connecting", e))?;
     }
     Ok(device)
+}
+
+/// Discovers until BlueZ lists `address` (BlueZ only knows devices it saw).
+async fn discover(adapter: &bluer::Adapter, address: Address) -> Result<(), Error> {
+    // Discovery lasts as long as this stream; dropped once it is found.
+    let mut events = Box::pin(
+        adapter
+            .discover_devices()
+            .await
+            .map_err(|e| ble("starting discovery", e))?,
+    );
+    loop {
+        match events.next().await {
+            Some(AdapterEvent::DeviceAdded(found)) if found == address => return Ok(()),
+            Some(_) => {}
+            None => {
+                return Err(ErrorKind::Ble {
+                    step: "discovering the device",
+                    reason: "discovery ended before the device was seen".into(),
+                }
+                .into())
+            }
+        }
+    }
 }
 
 /// The uLogger characteristics a pull uses.
@@ -491,18 +502,23 @@ struct Gatt {
     rssi: Option<GattCharacteristic>,
 }
 
-async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
+async fn find_gatt(tree: &tree::ObjectTree, adapter: &str, device: &Device) -> Result<Gatt, Error> {
     let step = "resolving the uLogger service";
-    let mut service = None;
-    for candidate in device.services().await.map_err(|e| ble(step, e))? {
-        if candidate.uuid().await.map_err(|e| ble(step, e))? == SERVICE_UUID {
-            service = Some(candidate);
-            break;
-        }
+    if !device
+        .is_services_resolved()
+        .await
+        .map_err(|e| ble(step, e))?
+    {
+        // Not yet (bluetoothd is still reading the device's table): bluer
+        // waits for it, watching the device's properties.
+        device.services().await.map_err(|e| ble(step, e))?;
     }
+    let table = tree
+        .gatt(adapter, device.address(), DBUS_CALL_TIMEOUT)
+        .await?;
     // Not a D-Bus failure but the device's answer: no retry will help.
     let step = crate::error::BLE_NOT_ULOGGER;
-    let Some(service) = service else {
+    let Some(service_id) = table.service(SERVICE_UUID) else {
         return Err(ErrorKind::Ble {
             step,
             reason: format!(
@@ -511,22 +527,29 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
         }
         .into());
     };
+    let service = device
+        .service(service_id)
+        .await
+        .map_err(|e| ble("resolving the uLogger service", e))?;
     let (mut config, mut log_data, mut log_ack, mut core_dump_data) = (None, None, None, None);
     let (mut log_config, mut rssi) = (None, None);
-    let resolving = "resolving the uLogger service";
-    for ch in service
-        .characteristics()
-        .await
-        .map_err(|e| ble(resolving, e))?
-    {
-        match ch.uuid().await.map_err(|e| ble(resolving, e))? {
-            CONFIG_UUID => config = Some(ch),
-            LOG_DATA_UUID => log_data = Some(ch),
-            LOG_ACK_UUID => log_ack = Some(ch),
-            CORE_DUMP_DATA_UUID => core_dump_data = Some(ch),
-            LOG_CONFIG_UUID => log_config = Some(ch),
-            RSSI_UUID => rssi = Some(ch),
-            _ => {}
+    for (id, uuid) in table.characteristics_of(service_id) {
+        let slot = match uuid {
+            CONFIG_UUID => &mut config,
+            LOG_DATA_UUID => &mut log_data,
+            LOG_ACK_UUID => &mut log_ack,
+            CORE_DUMP_DATA_UUID => &mut core_dump_data,
+            LOG_CONFIG_UUID => &mut log_config,
+            RSSI_UUID => &mut rssi,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(
+                service
+                    .characteristic(id)
+                    .await
+                    .map_err(|e| ble("resolving the uLogger service", e))?,
+            );
         }
     }
     let missing = |name: &str| -> Error {
@@ -549,8 +572,12 @@ async fn find_gatt(device: &Device) -> Result<Gatt, Error> {
 type Notifications = Pin<Box<dyn Stream<Item = (Characteristic, Vec<u8>)> + Send>>;
 
 /// Resolves services, reads `config` and subscribes: the "services" phase.
-async fn prepare(device: &Device) -> Result<(Gatt, DeviceInfo, Notifications, Acks), Error> {
-    let gatt = find_gatt(device).await?;
+async fn prepare(
+    tree: &tree::ObjectTree,
+    adapter: &str,
+    device: &Device,
+) -> Result<(Gatt, DeviceInfo, Notifications, Acks), Error> {
+    let gatt = find_gatt(tree, adapter, device).await?;
     let value = gatt
         .config
         .read()
@@ -642,19 +669,28 @@ impl Acks {
                 _ => self.acquire = false,
             }
         }
+        let failed = |e: std::io::Error| {
+            Error::with_source(
+                ErrorKind::Ble {
+                    step: "writing an ack",
+                    reason: e.to_string(),
+                },
+                e,
+            )
+        };
         match &self.socket {
-            Some(socket) => tokio::time::timeout(limit, socket.send(&ack))
-                .await
-                .map_err(|_| timed_out("writing an ack", limit))?
-                .map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Ble {
-                            step: "writing an ack",
-                            reason: e.to_string(),
-                        },
-                        e,
-                    )
-                }),
+            // A socket with room takes the datagram at once (the usual
+            // case: one ack in flight): no timer armed, no task woken.
+            Some(socket) => match socket.try_send(&ack) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout(limit, socket.send(&ack))
+                        .await
+                        .map_err(|_| timed_out("writing an ack", limit))?
+                        .map_err(failed)
+                }
+                Err(e) => Err(failed(e)),
+            },
             None => write_ack(&self.log_ack, ack, WriteOp::Command, limit).await,
         }
     }
@@ -685,11 +721,13 @@ fn write_acquired(e: &Error) -> bool {
 
 async fn pull_connected(
     client: &Client,
+    tree: &tree::ObjectTree,
+    adapter: &str,
     device: &Device,
     options: PullOptions,
 ) -> Result<PullReport, Error> {
     let (gatt, info, mut notifications, mut acks) =
-        tokio::time::timeout(options.services_timeout, prepare(device))
+        tokio::time::timeout(options.services_timeout, prepare(tree, adapter, device))
             .await
             .map_err(|_| {
                 timed_out(
@@ -710,6 +748,7 @@ async fn pull_connected(
     greet(client, &gatt, options, &mut report).await;
     let seen = open_seen(client, options, &report.device.serial).await?;
     let mut pull = BlePull::new(options.pull, Instant::now());
+    let mut timer = PullTimer::new();
     let mut action = pull.poll(Instant::now());
     // The ack after a buffer was declared durable is its final ack.
     let mut final_ack_next = false;
@@ -772,7 +811,7 @@ async fn pull_connected(
             action = pull.poll(Instant::now());
             continue;
         }
-        let deadline = pull.deadline();
+        timer.aim(pull.deadline());
         action = tokio::select! {
             notified = notifications.next() => match notified {
                 Some((from, value)) => pull.on_notification(from, &value, Instant::now()),
@@ -784,8 +823,55 @@ async fn pull_connected(
                     .into())
                 }
             },
-            () = until(deadline) => pull.poll(Instant::now()),
+            () = timer.fired() => pull.poll(Instant::now()),
         };
+    }
+}
+
+/// The one timer of a pull, for [`BlePull::deadline`].
+///
+/// Every chunk moves the deadline later; setting a timer per chunk would
+/// cost more than moving the chunk. So the timer is moved only when a
+/// deadline comes *earlier* than the one it is set for, and otherwise
+/// fires early: [`BlePull::poll`] before the deadline does nothing, and
+/// the next [`aim`](Self::aim) sets it for the real one. It fires at most
+/// once per stall timeout instead of never being armed for less than a
+/// chunk.
+struct PullTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// What `sleep` is set for; `None` when it is not (or has fired).
+    armed: Option<Instant>,
+}
+
+impl PullTimer {
+    fn new() -> PullTimer {
+        PullTimer {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    fn aim(&mut self, deadline: Option<Instant>) {
+        match (deadline, self.armed) {
+            (Some(wanted), Some(armed)) if wanted >= armed => {}
+            (Some(wanted), _) => {
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(wanted));
+                self.armed = Some(wanted);
+            }
+            (None, _) => self.armed = None,
+        }
+    }
+
+    /// Completes when the timer fires; never while it is not armed.
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
@@ -1090,6 +1176,10 @@ fn stamp_arrival(log: &mut [u8], arrived: Instant) {
 
 /// The folder, inside the outbox directory, that keeps rejected buffers
 /// when no other is given (the outbox reads only its `seg-*` files).
+/// bluetoothd's answer to a call of ours; the pull's phase deadlines
+/// ([`PullOptions::services_timeout`]) are what bound a pull.
+const DBUS_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 const DEFAULT_REJECTED_DIR: &str = "ble-rejected";
 
 /// The folder, inside the outbox directory, that keeps each device's
@@ -1149,13 +1239,6 @@ async fn keep_rejected(
         Ok(Ok(())) => Ok(path),
         Ok(Err(e)) => Err(failed(e)),
         Err(join) => Err(failed(std::io::Error::other(join))),
-    }
-}
-
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }
 

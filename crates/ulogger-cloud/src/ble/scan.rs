@@ -8,10 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bluer::{Adapter, AdapterEvent, Session};
+use bluer::{Adapter, AdapterEvent};
 use futures_util::StreamExt;
 
-use super::{ble, connect, find_gatt, timed_out, Address, SERVICE_UUID};
+use super::{ble, connect, find_gatt, timed_out, Address, BleSession, SERVICE_UUID};
 use crate::wire::{self, DeviceInfo};
 use crate::{Error, ErrorKind};
 
@@ -60,10 +60,9 @@ pub struct SeenDevice {
 /// D-Bus policy allowing `org.bluez`), the adapter does not exist, or
 /// discovery cannot start (the adapter is powered off).
 pub async fn scan(adapter_name: &str, duration: Duration) -> Result<Vec<SeenDevice>, Error> {
-    let session = Session::new()
-        .await
-        .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
-    let adapter = session
+    let bluetooth = BleSession::new().await?;
+    let adapter = bluetooth
+        .session()
         .adapter(adapter_name)
         .map_err(|e| ble("opening the adapter", e))?;
     let mut events = Box::pin(
@@ -147,10 +146,9 @@ pub async fn identify(
     address: Address,
     timeout: Duration,
 ) -> Result<DeviceInfo, Error> {
-    let session = Session::new()
-        .await
-        .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
-    let adapter = session
+    let bluetooth = BleSession::new().await?;
+    let adapter = bluetooth
+        .session()
         .adapter(adapter_name)
         .map_err(|e| ble("opening the adapter", e))?;
     let linked_before = match adapter.device(address) {
@@ -159,7 +157,7 @@ pub async fn identify(
     };
     let outcome = tokio::time::timeout(timeout, async {
         let device = connect(&adapter, address).await?;
-        let gatt = find_gatt(&device).await?;
+        let gatt = find_gatt(&bluetooth.tree, adapter_name, &device).await?;
         let value = gatt
             .config
             .read()

@@ -1,6 +1,9 @@
 //! Delivers an outbox in the background: oldest records first, each
 //! registered, token-patched and published like `upload_log`, and
-//! acknowledged in the outbox only on the broker's PUBACK.
+//! acknowledged in the outbox only on the broker's PUBACK. A loop of
+//! publish and settle: the outbox hands out records and records their
+//! fate (`outbox/sending.rs`); this decides what to send and what a
+//! failure means.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +15,7 @@ use tokio::time::{sleep_until, Instant};
 use super::Client;
 use crate::crash::crash_point;
 use crate::error::{Error, ErrorKind};
-use crate::outbox::format::{self, AckState, Kind, Scanned, StoredRecord};
-use crate::outbox::{Entry, Outbox, Request};
+use crate::outbox::{Kind, Outbox, StoredRecord, Taken};
 use crate::transport::backoff::Backoff;
 use crate::transport::Link;
 use crate::wire::DeviceInfo;
@@ -42,7 +44,7 @@ pub(super) async fn run(
             ..
         } = &*events.borrow_and_update()
         {
-            outbox.shared.note_link_error(e);
+            outbox.connection_failed(e);
         }
     }
     loop {
@@ -55,10 +57,9 @@ pub(super) async fn run(
         // sends at most `concurrency` records twice. Refill in chunks
         // (half the window at least), so reading records back costs one
         // trip to the blocking pool per chunk rather than per record.
-        let in_flight = outbox.shared.in_flight();
+        let in_flight = outbox.in_flight();
         if connected && paused_until.is_none() && in_flight <= concurrency / 2 {
-            let taken = outbox.shared.take_queued(concurrency - in_flight);
-            for (id, record) in read_all(&outbox, taken).await {
+            for Taken { id, record } in outbox.take(concurrency - in_flight).await {
                 let client = client.clone();
                 // Turns are taken here, oldest record first, so a device's
                 // records reach the cloud in the order they were enqueued
@@ -72,15 +73,15 @@ pub(super) async fn run(
             }
         }
         tokio::select! {
-            () = outbox.shared.wake.notified() => {}
+            () = outbox.changed() => {}
             // Watched while connected too (where it can be: a bridged
             // link only says when it is up), so losing the connection
             // with nothing in flight is noted at once, not at the next
             // enqueue.
             failed = link_change(&client, &mut link_events), if !connected || link_events.is_some() => match failed {
-                Some(error) => outbox.shared.note_link_error(&error),
+                Some(error) => outbox.connection_failed(&error),
                 None => if client.any_connected() {
-                    outbox.shared.link_up();
+                    outbox.connection_up();
                 },
             },
             Some(done) = tasks.join_next_with_id() => {
@@ -150,18 +151,15 @@ fn settle(
         Ok(()) => {
             crash_point!("delivery-after-puback");
             backoff.succeeded();
-            ack(outbox, id, AckState::Delivered);
+            outbox.delivered(id);
             None
         }
         Err(e) if is_permanent(&e) => {
-            let reason = crate::outbox::error_chain(&e);
-            tracing::warn!(id, %reason, "outbox record failed for good; kept as a dead letter");
-            outbox.shared.note_error(&e);
-            ack(outbox, id, AckState::Dead(reason));
+            outbox.dead(id, &e);
             None
         }
         Err(e) => {
-            outbox.shared.requeue(id, &e);
+            outbox.retry(id, &e);
             if matches!(e.kind(), ErrorKind::Shutdown) {
                 return None;
             }
@@ -170,15 +168,6 @@ fn settle(
             tracing::info!(id, error = %crate::outbox::error_chain(&e), retry_in = ?pause, "outbox delivery failed; will retry");
             Some(pause)
         }
-    }
-}
-
-fn ack(outbox: &Outbox, id: u64, state: AckState) {
-    if outbox.send(Request::Ack { id, state }).is_err() {
-        tracing::warn!(
-            id,
-            "the outbox closed before a delivery could be recorded; it will be sent again"
-        );
     }
 }
 
@@ -215,71 +204,4 @@ async fn deliver(client: &Client, record: StoredRecord, turn: super::Turn) -> Re
         }
     }
     Ok(())
-}
-
-/// Reads records back from their segments, in one trip to the blocking
-/// pool and one open per segment, checking each checksum again.
-async fn read_all(
-    outbox: &Outbox,
-    entries: Vec<(u64, Entry)>,
-) -> Vec<(u64, Result<StoredRecord, Error>)> {
-    if entries.is_empty() {
-        return Vec::new();
-    }
-    let dir = outbox.dir().to_path_buf();
-    let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
-    match tokio::task::spawn_blocking(move || read_blocking(&dir, entries)).await {
-        Ok(read) => read,
-        Err(e) => {
-            let failure = Error::with_source(ErrorKind::Shutdown, e.to_string());
-            ids.into_iter()
-                .map(|id| (id, Err(failure.clone())))
-                .collect()
-        }
-    }
-}
-
-fn read_blocking(
-    dir: &std::path::Path,
-    entries: Vec<(u64, Entry)>,
-) -> Vec<(u64, Result<StoredRecord, Error>)> {
-    let mut files: HashMap<u64, std::io::Result<std::fs::File>> = HashMap::new();
-    entries
-        .into_iter()
-        .map(|(id, entry)| {
-            let path = crate::outbox::segment_path(dir, entry.segment);
-            let file = files
-                .entry(entry.segment)
-                .or_insert_with(|| std::fs::File::open(&path));
-            let bytes = match file {
-                Ok(file) => crate::outbox::read_at(file, entry.offset, entry.frame_len as usize),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            };
-            let record = bytes
-                .map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Outbox {
-                            op: "read",
-                            path: path.clone(),
-                        },
-                        e,
-                    )
-                })
-                .and_then(
-                    |bytes| match format::scan_segment(&bytes).into_iter().next() {
-                        Some(Scanned::Record { record, .. }) => Ok(record),
-                        _ => Err(ErrorKind::DeadLetter {
-                            id: crate::RecordId(id),
-                            reason: format!(
-                                "the record in {} at {} was damaged on disk after it was enqueued",
-                                path.display(),
-                                entry.offset
-                            ),
-                        }
-                        .into()),
-                    },
-                );
-            (id, record)
-        })
-        .collect()
 }

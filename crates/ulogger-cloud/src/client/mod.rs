@@ -1,6 +1,8 @@
 //! The async client: registration and uploads over one shared connection.
 
+mod connection;
 mod delivery;
+mod elf_upload;
 mod log_config;
 mod pool;
 mod registration;
@@ -8,6 +10,8 @@ mod telemetry;
 mod text_logs;
 mod turns;
 
+pub use connection::{ConnectionChanges, ConnectionEvent, ConnectionState};
+pub use elf_upload::{ElfProgress, ElfUpload, ElfUploadReceipt};
 pub use telemetry::TelemetryReceipt;
 pub use text_logs::TextLogReceipt;
 pub use turns::Turn;
@@ -21,7 +25,7 @@ use tracing::Instrument;
 use crate::config::{MqttConfig, Settings};
 use crate::error::{Error, ErrorKind};
 use crate::link::MqttLink;
-use crate::outbox::format::Kind;
+use crate::outbox::Kind;
 use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
 use crate::wire::{self, Compression, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};

@@ -154,6 +154,15 @@ impl Link {
         }
     }
 
+    /// Every change of the connection from now on, ours or a bridged
+    /// link's (for [`ConnectionChanges`](super::ConnectionChanges)).
+    pub fn states(&self) -> super::connection::States {
+        match self {
+            Link::Own(t) => super::connection::States::Own(t.link_events()),
+            Link::Bridged(b) => super::connection::States::Bridged(b.states()),
+        }
+    }
+
     pub fn begin_shutdown(&self) {
         match self {
             Link::Own(t) => t.begin_shutdown(),

@@ -214,10 +214,11 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// Gives up the reply-topic subscription however the handshake ends.
-struct Unsubscribe<'a> {
-    transport: &'a Link,
-    topic: String,
+/// Gives up the reply-topic subscription however the handshake ends
+/// (also the ELF upload's).
+pub(super) struct Unsubscribe<'a> {
+    pub(super) transport: &'a Link,
+    pub(super) topic: String,
 }
 
 impl Drop for Unsubscribe<'_> {

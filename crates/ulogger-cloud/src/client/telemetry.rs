@@ -6,7 +6,7 @@ use tracing::Instrument;
 
 use super::Client;
 use crate::error::Error;
-use crate::outbox::format::Kind;
+use crate::outbox::Kind;
 use crate::outbox::RecordId;
 use crate::wire::{
     DeviceEvents, DeviceMetrics, Event, Metric, Telemetry, TelemetryFamily, TelemetryPayload,

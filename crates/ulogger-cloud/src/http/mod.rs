@@ -3,7 +3,7 @@
 //! a bearer API token, the MQTT payload plus the ids as the body.
 
 mod body;
-mod retry;
+pub(crate) mod retry;
 mod token;
 
 use std::path::PathBuf;

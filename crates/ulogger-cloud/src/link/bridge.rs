@@ -20,7 +20,7 @@ use crate::transport::{deadline_after, Message};
 
 /// The link's connection as the client sees it.
 #[derive(Debug, Clone)]
-enum State {
+pub(crate) enum State {
     /// Not (yet) connected; `reason` is what the link last reported.
     Down {
         reason: Option<String>,
@@ -266,6 +266,11 @@ impl Bridge {
 
     pub fn is_connected(&self) -> bool {
         matches!(*self.shared.state.borrow(), State::Up)
+    }
+
+    /// Every change of the link's state from now on.
+    pub fn states(&self) -> watch::Receiver<State> {
+        self.shared.state.subscribe()
     }
 
     /// Waits until the link is up or the bridge closing.

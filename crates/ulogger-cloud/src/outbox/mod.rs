@@ -13,10 +13,15 @@
 //! ```
 
 mod config;
-mod disk;
 pub(crate) mod format;
+mod load;
+mod lock;
+mod segments;
+mod sending;
 mod state;
 mod status;
+mod view;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,11 +31,15 @@ use tokio::sync::oneshot;
 pub use config::{OutboxConfig, WhenFull};
 pub use status::{OutboxFailure, OutboxRecord, OutboxStatus, RecordKind, RecordState};
 
-pub(crate) use disk::{read_at, segment_path, Request};
-pub(crate) use state::{error_chain, Entry, Shared};
+pub(crate) use format::{Kind, StoredRecord};
+pub(crate) use sending::Taken;
+pub(crate) use state::error_chain;
+
+use state::Shared;
+use writer::Request;
 
 use crate::error::{Error, ErrorKind};
-use format::{AckState, Kind};
+use format::AckState;
 
 /// The id of a record in an outbox: unique in its directory, increasing
 /// in enqueue order.
@@ -52,7 +61,7 @@ impl std::fmt::Display for RecordId {
 /// at an outbox another process owns, use [`OutboxStatus::read`] and
 /// [`OutboxRecord::list`].
 pub struct Outbox {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
     requests: std::sync::mpsc::Sender<Request>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -72,7 +81,7 @@ impl Outbox {
     /// process owns it. Blocks on file I/O.
     pub fn open(config: OutboxConfig) -> Result<Outbox, Error> {
         config.validate()?;
-        let (shared, writer) = disk::open(config)?;
+        let (shared, writer) = load::open(config)?;
         let shared = Arc::new(shared);
         let (requests, rx) = std::sync::mpsc::channel();
         let thread_shared = shared.clone();
@@ -155,11 +164,11 @@ impl Outbox {
         device: Option<&crate::wire::DeviceInfo>,
         payload: &[u8],
     ) -> Result<RecordId, Error> {
-        self.append_record(disk::NewRecord::new(kind, device, payload))
+        self.append_record(writer::NewRecord::new(kind, device, payload))
             .await
     }
 
-    /// Appends a telemetry message (see [`disk::NewRecord::telemetry`]).
+    /// Appends a telemetry message (see [`writer::NewRecord::telemetry`]).
     pub(crate) async fn append_telemetry(
         &self,
         kind: Kind,
@@ -167,11 +176,11 @@ impl Outbox {
         serial: &str,
         payload: &[u8],
     ) -> Result<RecordId, Error> {
-        self.append_record(disk::NewRecord::telemetry(kind, app_id, serial, payload))
+        self.append_record(writer::NewRecord::telemetry(kind, app_id, serial, payload))
             .await
     }
 
-    async fn append_record(&self, record: disk::NewRecord) -> Result<RecordId, Error> {
+    async fn append_record(&self, record: writer::NewRecord) -> Result<RecordId, Error> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Append { record, reply })?;
         rx.await
@@ -179,7 +188,7 @@ impl Outbox {
             .map(RecordId)
     }
 
-    pub(crate) fn send(&self, request: Request) -> Result<(), Error> {
+    fn send(&self, request: Request) -> Result<(), Error> {
         self.requests
             .send(request)
             .map_err(|_| Error::from(ErrorKind::Shutdown))

@@ -1,15 +1,14 @@
-//! What an outbox holds and has done, for its owner and for other
-//! processes (which read the directory without taking it over).
+//! What an outbox holds and has done: the snapshot types its owner
+//! reports and other processes read (`view.rs`), and the owner's status
+//! file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::disk;
-use super::state::{Shared, State};
 use super::RecordId;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// A snapshot of an outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,19 +68,19 @@ pub struct OutboxFailure {
 /// `status.json` about once a second.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StatusFile {
-    pid: u32,
-    in_flight: usize,
-    delivered: u64,
-    evicted: u64,
-    corrupt: u64,
-    last_error: Option<String>,
+    pub(super) pid: u32,
+    pub(super) in_flight: usize,
+    pub(super) delivered: u64,
+    pub(super) evicted: u64,
+    pub(super) corrupt: u64,
+    pub(super) last_error: Option<String>,
     /// Milliseconds since the Unix epoch (absent in files of older
     /// versions, hence the default).
     #[serde(default)]
-    failing_since_ms: Option<u64>,
+    pub(super) failing_since_ms: Option<u64>,
     #[serde(default)]
-    failed_attempts: u64,
-    delivery_rate: f64,
+    pub(super) failed_attempts: u64,
+    pub(super) delivery_rate: f64,
 }
 
 impl StatusFile {
@@ -100,45 +99,6 @@ impl StatusFile {
             failed_attempts: status.failed_attempts,
             delivery_rate: status.delivery_rate,
         }
-    }
-}
-
-impl OutboxStatus {
-    /// Reads the status of the outbox in `dir` without taking it over:
-    /// what is queued and dead comes from the files, the owner's counters
-    /// (delivered, rate, last error, ...) from its `status.json` when an
-    /// owner runs. Without one, the last error (and since when) of the
-    /// last owner is kept: nothing could have cleared it since, and it
-    /// says why what is queued is still there. Works while another
-    /// process owns the directory.
-    pub fn read(dir: impl AsRef<Path>) -> Result<OutboxStatus, Error> {
-        let dir = dir.as_ref();
-        let shared = read_only(dir)?;
-        let mut status = shared.status();
-        status.in_flight = 0;
-        let owned = disk::is_owned(dir);
-        status.owner_pid = if owned { disk::owner_pid(dir) } else { None };
-        let file = std::fs::read(dir.join(disk::STATUS_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<StatusFile>(&bytes).ok());
-        let Some(file) = file else {
-            return Ok(status);
-        };
-        status.last_error = file.last_error;
-        status.failing_since = file
-            .failing_since_ms
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-        status.failed_attempts = file.failed_attempts;
-        if owned {
-            status.in_flight = file.in_flight;
-            status.delivered = file.delivered;
-            status.evicted = file.evicted;
-            status.corrupt = file.corrupt;
-            status.delivery_rate = file.delivery_rate;
-            // The files cannot tell queued from in flight.
-            status.queued = status.queued.saturating_sub(file.in_flight);
-        }
-        Ok(status)
     }
 }
 
@@ -193,27 +153,4 @@ pub struct OutboxRecord {
     pub age: Duration,
     /// How far it got.
     pub state: RecordState,
-}
-
-impl OutboxRecord {
-    /// Lists the records of the outbox in `dir`, oldest first, without
-    /// taking it over (records in flight show as queued).
-    pub fn list(dir: impl AsRef<Path>) -> Result<Vec<OutboxRecord>, Error> {
-        Ok(read_only(dir.as_ref())?.records())
-    }
-}
-
-fn read_only(dir: &Path) -> Result<Shared, Error> {
-    if !dir.is_dir() {
-        return Err(Error::with_source(
-            ErrorKind::Outbox {
-                path: dir.to_path_buf(),
-                op: "read",
-            },
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
-    }
-    let loaded = disk::load(dir, false, false)?;
-    let state: State = loaded.state;
-    Ok(Shared::new(super::OutboxConfig::new(dir), state))
 }

@@ -1,6 +1,7 @@
 //! Fixtures shared by the client's end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod firmware;
 pub mod interop;
 
 use std::time::Duration;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 pub(crate) use listener::{run_listener, Tls};
 pub(crate) use router::{topic_matches, valid_filter};
@@ -131,8 +131,35 @@ impl Mailbox {
     }
 }
 
+/// A client connection accepted or ended by the broker, as
+/// [`Emulator::watch_clients`](crate::Emulator::watch_clients) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The broker accepted a CONNECT.
+    Connected {
+        /// The MQTT client id.
+        client_id: String,
+        /// Where the connection came from.
+        peer: std::net::SocketAddr,
+    },
+    /// That connection ended (closed by either side, lost, or taken over
+    /// by a newer connection with the same client id).
+    Disconnected {
+        /// The MQTT client id.
+        client_id: String,
+        /// Where the connection came from.
+        peer: std::net::SocketAddr,
+    },
+}
+
+/// Client events kept for a watcher that falls behind.
+const CLIENT_EVENTS: usize = 256;
+
 /// State shared by all connections of one broker.
 pub(crate) struct Broker {
+    /// Connections accepted and ended, for watchers (none: dropped).
+    client_events: broadcast::Sender<ClientEvent>,
     customer_id: u32,
     pub(crate) faults: Arc<FaultSwitches>,
     pub(crate) records: Arc<RecordLog>,
@@ -169,6 +196,7 @@ impl Broker {
         stall_timeout: Duration,
     ) -> Broker {
         Broker {
+            client_events: broadcast::Sender::new(CLIENT_EVENTS),
             customer_id,
             faults,
             records,
@@ -198,6 +226,16 @@ impl Broker {
 
     pub(crate) fn is_quarantined(&self) -> bool {
         self.quarantined.load(Ordering::SeqCst)
+    }
+
+    /// Tells the watchers of client connections (if any) of `event`.
+    pub(crate) fn client_event(&self, event: ClientEvent) {
+        let _ = self.client_events.send(event);
+    }
+
+    /// Client connections accepted and ended from now on.
+    pub(crate) fn watch_clients(&self) -> broadcast::Receiver<ClientEvent> {
+        self.client_events.subscribe()
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

@@ -397,6 +397,10 @@ where
     let conn_id = broker.next_conn_id();
     let (mailbox, mut inbox, close_requested) = Mailbox::new(conn_id);
     broker.register(&client_id, mailbox.clone());
+    broker.client_event(super::ClientEvent::Connected {
+        client_id: client_id.clone(),
+        peer,
+    });
     tracing::debug!(%peer, client_id, conn_id, keep_alive = connect.keep_alive, "connected");
 
     let mut session = Session {
@@ -485,6 +489,10 @@ where
     }
 
     broker.unregister(&client_id, conn_id);
+    broker.client_event(super::ClientEvent::Disconnected {
+        client_id: client_id.clone(),
+        peer,
+    });
     if !clean_end {
         if let Some(will) = will {
             broker.publish(will);

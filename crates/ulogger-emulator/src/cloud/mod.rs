@@ -7,6 +7,7 @@
 //! attached as an MQTT client to an external broker.
 
 mod boot;
+mod elf;
 mod routing;
 mod rows;
 mod text_logs;
@@ -29,6 +30,7 @@ use ulogger_wire::{LogConfig, Topics};
 use routing::{Family, Route, Routing};
 
 use crate::broker::{Broker, Delivery, Message};
+use crate::elf_store::ElfStore;
 use crate::faults::FaultSwitches;
 use crate::records::{NotStored, Record, RecordKind, RecordLog};
 use crate::supervise::Failures;
@@ -40,11 +42,16 @@ use crate::EmulatorError;
 ///
 /// Log configurations too: what another client (`ulogger emulator
 /// push-config`) pushes to a device is recorded like the cloud's own.
+/// And firmware ELF upload requests (not their answers, which the cloud
+/// itself sends on `upload/v0/{C}/...`).
 pub(crate) fn subscription_filters(prefix: &str) -> Vec<String> {
     Family::ALL
         .iter()
         .map(|(_, name)| format!("{prefix}{name}/v0/#"))
-        .chain([format!("{prefix}config/v0/#")])
+        .chain([
+            format!("{prefix}config/v0/#"),
+            format!("{prefix}upload/v0/firmware/#"),
+        ])
         .collect()
 }
 
@@ -114,6 +121,8 @@ pub(crate) struct Cloud {
     pub(crate) records: Arc<RecordLog>,
     pub(crate) faults: Arc<FaultSwitches>,
     pub(crate) tokens: Arc<TokenBook>,
+    /// Upload URLs handed out and the firmware ELFs stored.
+    pub(crate) elfs: Arc<ElfStore>,
     pub(crate) uplink: Uplink,
 }
 
@@ -167,6 +176,13 @@ impl Cloud {
             .and_then(|rest| rest.strip_prefix("config/v0/"))
         {
             return self.pushed_config(levels, message);
+        }
+        if let Some(levels) = message
+            .topic
+            .strip_prefix(self.topics.prefix())
+            .and_then(|rest| rest.strip_prefix("upload/v0/firmware/"))
+        {
+            return self.elf_upload_request(levels, message).await;
         }
         let routing = routing::route(
             self.topics.prefix(),

@@ -7,8 +7,10 @@
 //! recorded with the same records (topic `POST /publish/...`).
 //!
 //! The data API's queries (`GET /metrics`, `/events`, `/logs`, PROTOCOL
-//! §13) are answered by [`query`] with the same token.
+//! §13) are answered by [`query`] with the same token, and the firmware
+//! ELF upload URLs (`PUT /elf-upload/...`, PROTOCOL §11) by [`elf`].
 
+mod elf;
 mod query;
 
 use std::convert::Infallible;
@@ -80,14 +82,27 @@ fn new_token() -> String {
     format!("ulg_{random}")
 }
 
-/// A TLS acceptor presenting the emulator's server certificate, asking
-/// for no client certificate (the API token authenticates), HTTP/1.1.
+/// A TLS acceptor presenting the emulator's server certificate, HTTP/1.1.
+/// A client certificate is asked for but not required (the API token, or
+/// an upload URL, authenticates); one that is presented must chain to the
+/// emulator's CA, and an upload URL checks whose it is.
 pub(crate) fn acceptor(certs: &CertPaths) -> Result<TlsAcceptor, EmulatorError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(&certs.ca_cert)? {
+        roots.add(cert).map_err(EmulatorError::Tls)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(EmulatorError::ClientVerifier)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(EmulatorError::Tls)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(
             read_certs(&certs.server_cert)?,
             read_key(&certs.server_key)?,
@@ -95,6 +110,16 @@ pub(crate) fn acceptor(certs: &CertPaths) -> Result<TlsAcceptor, EmulatorError> 
         .map_err(EmulatorError::Tls)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Who is at the other end of an HTTP connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// Plain HTTP, or TLS without a client certificate.
+    Anonymous,
+    /// TLS with a client certificate (verified against the CA): its
+    /// common name, if it has one.
+    Certificate(Option<String>),
 }
 
 /// What the endpoints share.
@@ -131,10 +156,18 @@ pub(crate) async fn run(
                 let tls = tls.clone();
                 connections.spawn(async move {
                     match tls {
-                        None => serve(socket, state).await,
+                        None => serve(socket, state, Peer::Anonymous).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(STALL, acceptor.accept(socket)).await {
-                                Ok(Ok(stream)) => serve(stream, state).await,
+                                Ok(Ok(stream)) => {
+                                    let peer = match stream.get_ref().1.peer_certificates() {
+                                        Some([first, ..]) => {
+                                            Peer::Certificate(crate::certs::common_name(first))
+                                        }
+                                        _ => Peer::Anonymous,
+                                    };
+                                    serve(stream, state, peer).await;
+                                }
                                 Ok(Err(e)) => {
                                     tracing::info!(%peer, error = %e, "HTTPS handshake refused");
                                 }
@@ -149,13 +182,15 @@ pub(crate) async fn run(
     }
 }
 
-async fn serve<S>(stream: S, state: Arc<HttpState>)
+async fn serve<S>(stream: S, state: Arc<HttpState>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = Arc::new(peer);
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handle(&state, &peer, request).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -199,9 +234,16 @@ fn authorised(state: &HttpState, request: &Request<Incoming>) -> Result<(), &'st
     }
 }
 
-async fn handle(state: &HttpState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &HttpState,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let path = request.uri().path().to_owned();
+    if let Some(secret) = path.strip_prefix(crate::elf_store::UPLOAD_PATH) {
+        return elf::put(state, secret, peer, request).await;
+    }
     let kind = match path.as_str() {
         "/publish/metrics" => RecordKind::Metrics,
         "/publish/events" => RecordKind::Events,
@@ -212,7 +254,7 @@ async fn handle(state: &HttpState, request: Request<Incoming>) -> Response<Full<
                     StatusCode::NOT_FOUND,
                     format!(
                         "no endpoint {path}: use /publish/metrics, /publish/events, \
-                         /metrics, /events or /logs"
+                         /metrics, /events, /logs, or an upload URL (/elf-upload/...)"
                     ),
                 )
             }

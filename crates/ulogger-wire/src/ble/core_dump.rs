@@ -180,6 +180,39 @@ impl CoreDumpHeader {
         })
     }
 
+    /// Whether `bytes` look like a core-dump package rather than a binary
+    /// log: the CrashCatcher magic `cC` right after the 264-byte header
+    /// and the format field (@8) 1. A log's header never has both.
+    pub fn looks_like(bytes: &[u8]) -> bool {
+        bytes.get(CORE_DUMP_HEADER_LEN..CORE_DUMP_HEADER_LEN + 2) == Some(&CRASH_CATCHER_MAGIC[..])
+            && bytes
+                .first_chunk::<CORE_DUMP_HEADER_LEN>()
+                .is_some_and(|h| u32_at(h, 8) == FORMAT)
+    }
+
+    /// Reads the header's fields without checking the package (size, sum,
+    /// format, magic): what a report shows of a dump that
+    /// [`CoreDumpHeader::decode`] refuses, beside the reason.
+    ///
+    /// # Errors
+    ///
+    /// [`CoreDumpError::TooShort`] without a whole header,
+    /// [`CoreDumpError::InvalidUtf8`] for a string field that is not UTF-8.
+    pub fn read_fields(package: &[u8]) -> Result<CoreDumpHeader, CoreDumpError> {
+        let header = package
+            .first_chunk::<CORE_DUMP_HEADER_LEN>()
+            .ok_or(CoreDumpError::TooShort { len: package.len() })?;
+        Ok(CoreDumpHeader {
+            total_size: u32_at(header, 0),
+            checksum: u32_at(header, 4),
+            app_id: u32_at(header, 12),
+            git_hash: string_at(header, GIT_HASH, CoreDumpField::GitHash)?,
+            device_type: string_at(header, DEVICE_TYPE, CoreDumpField::DeviceType)?,
+            serial: string_at(header, SERIAL, CoreDumpField::Serial)?,
+            version: string_at(header, VERSION, CoreDumpField::Version)?,
+        })
+    }
+
     /// Checks that the dump came from the device whose `config` is `info`:
     /// application id, serial, device type, git hash and version.
     ///
@@ -374,6 +407,19 @@ mod tests {
                 field: CoreDumpField::Serial
             })
         );
+    }
+
+    #[test]
+    fn a_damaged_dump_still_shows_its_identity() {
+        let mut flipped = package();
+        flipped[266] ^= 1;
+        assert!(CoreDumpHeader::looks_like(&flipped));
+        assert!(CoreDumpHeader::decode(&flipped).is_err());
+        let fields = CoreDumpHeader::read_fields(&flipped).unwrap();
+        assert_eq!((fields.serial.as_str(), fields.app_id), ("AABBCCDDEEFF", 7));
+        assert!(!CoreDumpHeader::looks_like(&package()[..265]));
+        let log = crate::build_log(crate::LogHeader::new(4).unwrap(), &[0; 300]).unwrap();
+        assert!(!CoreDumpHeader::looks_like(&log));
     }
 
     #[test]

@@ -1,20 +1,24 @@
-//! The outbox on disk: opening (lock, scan, repair) and the writer thread
-//! that owns every write, batching concurrent appends into one fsync
-//! (group commit).
+//! The writer thread: owns every write to the directory, batching
+//! concurrent appends into one fsync (group commit), recording acks,
+//! evicting, expiring and rewriting the status file.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::config::{OutboxConfig, WhenFull};
-use super::format::{self, AckState, Kind, Scanned, StoredRecord};
-use super::state::{unix_ms, Entry, EntryState, Shared, State};
+use super::config::WhenFull;
+use super::format::{self, AckState, Kind, StoredRecord};
+use super::segments::{
+    acks_path, injected_write_error, io_error, open_acks, read_frames, remove_segment,
+    segment_path, write_replacing, AcksFile, STATUS_FILE,
+};
+use super::state::{unix_ms, Entry, EntryState, Shared};
 use super::status;
 use crate::crash::crash_point;
 use crate::durable;
@@ -22,19 +26,17 @@ use crate::error::{Error, ErrorKind};
 use crate::wire::DeviceInfo;
 
 /// A segment takes appends until it is this large.
-const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+pub(super) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
 /// One batch takes at most this many appends.
-const BATCH_APPENDS: usize = 1024;
+pub(super) const BATCH_APPENDS: usize = 1024;
+
 /// How often the writer evicts records past their age, reports failures
 /// still going on and rewrites the status file.
-const IDLE_TICK: Duration = Duration::from_secs(1);
-
-pub(crate) const LOCK_FILE: &str = "LOCK";
-pub(crate) const STATUS_FILE: &str = "status.json";
-const CORRUPT_DIR: &str = "corrupt";
+pub(super) const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// A record to append, as the caller gave it.
-pub(crate) struct NewRecord(StoredRecord);
+pub(super) struct NewRecord(StoredRecord);
 
 impl NewRecord {
     pub fn new(kind: Kind, device: Option<&DeviceInfo>, payload: &[u8]) -> NewRecord {
@@ -72,7 +74,7 @@ impl NewRecord {
 }
 
 /// What the writer thread is asked to do.
-pub(crate) enum Request {
+pub(super) enum Request {
     Append {
         record: NewRecord,
         reply: oneshot::Sender<Result<u64, Error>>,
@@ -85,406 +87,24 @@ pub(crate) enum Request {
     Close,
 }
 
-pub(crate) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
-    dir.join(format!("seg-{segment:016}.log"))
-}
-
-fn acks_path(dir: &Path, segment: u64) -> PathBuf {
-    dir.join(format!("seg-{segment:016}.acks"))
-}
-
-fn io_error(op: &'static str, path: &Path, e: io::Error) -> Error {
-    Error::with_source(
-        ErrorKind::Outbox {
-            path: path.to_path_buf(),
-            op,
-        },
-        e,
-    )
-}
-
-/// The segments in `dir`, by number.
-fn segments(dir: &Path) -> Result<Vec<u64>, Error> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_error("read", dir, e))? {
-        let entry = entry.map_err(|e| io_error("read", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if let Some(n) = name
-            .strip_prefix("seg-")
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|n| n.parse().ok())
-        {
-            out.push(n);
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
-}
-
-/// What a scan of the directory found.
-pub(crate) struct Loaded {
-    pub state: State,
-    pub max_id: u64,
-    pub last_segment: u64,
-}
-
-/// Reads every segment and its acks. With `repair` (the owner, at open):
-/// damaged bytes are copied to `corrupt/` and each damaged segment is
-/// rewritten without them, cut acks tails are truncated, and segments with
-/// nothing left are removed. Without it (a reader in another process),
-/// nothing is changed.
-pub(crate) fn load(dir: &Path, repair: bool, durable: bool) -> Result<Loaded, Error> {
-    let mut state = State::default();
-    let mut max_id = 0;
-    let mut last_segment = 0;
-    for segment in segments(dir)? {
-        last_segment = last_segment.max(segment);
-        let path = segment_path(dir, segment);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            // Removed by the owner while we looked (read-only scan).
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !repair => continue,
-            Err(e) => return Err(io_error("read", &path, e)),
-        };
-        let acks_file = acks_path(dir, segment);
-        let ack_bytes = match fs::read(&acks_file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io_error("read", &acks_file, e)),
-        };
-        let (acks, valid) = format::scan_acks(&ack_bytes);
-        if repair && valid < ack_bytes.len() {
-            tracing::warn!(file = %acks_file.display(), "an acks file ends in an entry cut short; removing it (its record will be sent again)");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&acks_file)
-                .map_err(|e| io_error("repair", &acks_file, e))?;
-            file.set_len(valid as u64)
-                .map_err(|e| io_error("repair", &acks_file, e))?;
-        }
-        let mut fates: HashMap<u64, AckState> = HashMap::new();
-        for (id, ack) in acks {
-            fates.insert(id, ack);
-        }
-
-        let scanned = format::scan_segment(&bytes);
-        let mut damaged = Vec::new();
-        let mut torn = false;
-        let mut kept = Vec::new();
-        for item in scanned {
-            match item {
-                Scanned::Record { frame, record } => kept.push((frame, record)),
-                Scanned::Damaged(range) => damaged.push(range),
-                Scanned::TornTail(_) => torn = true,
-            }
-        }
-        state.corrupt += damaged.len() as u64;
-        if repair && (torn || !damaged.is_empty()) {
-            for range in &damaged {
-                tracing::warn!(segment = %path.display(), offset = range.start, bytes = range.len(), "outbox bytes failed their checksum; set aside in corrupt/");
-                set_aside(dir, segment, range.start, &bytes[range.clone()], durable)?;
-            }
-            // Rewrite the segment with the valid records only, so the
-            // damage is reported once and offsets are right.
-            let mut clean = Vec::with_capacity(bytes.len());
-            let mut moved = Vec::with_capacity(kept.len());
-            for (frame, record) in kept {
-                let start = clean.len();
-                clean.extend_from_slice(&bytes[frame]);
-                moved.push((start..clean.len(), record));
-            }
-            write_replacing(&path, &clean, durable)?;
-            kept = moved;
-        }
-
-        let mut left = 0;
-        for (frame, record) in kept {
-            max_id = max_id.max(record.id);
-            if state.entries.contains_key(&record.id) {
-                // The same record twice (a dead letter copied to a newer
-                // segment by `relocate_dead` before the process stopped,
-                // a frame copied inside a payload that damage made the
-                // scan land in, or a copied file):
-                // counting it twice would break every counter and keep
-                // its segment forever. The first copy is the record.
-                tracing::warn!(segment = %path.display(), id = record.id, "an outbox record appears twice (a dead letter being moved when the process stopped, or damage); keeping the first");
-                continue;
-            }
-            let entry_state = match fates.get(&record.id) {
-                Some(AckState::Delivered | AckState::Evicted | AckState::Purged) => continue,
-                Some(AckState::Dead(reason)) => EntryState::Dead(reason.clone()),
-                Some(AckState::Retry) | None => EntryState::Queued,
-            };
-            left += 1;
-            state.insert(
-                record.id,
-                Entry {
-                    segment,
-                    offset: frame.start as u64,
-                    frame_len: (frame.end - frame.start) as u32,
-                    size: record.payload.len() as u64,
-                    enqueued_ms: record.enqueued_ms,
-                    kind: record.kind,
-                    serial: record.serial,
-                    app_id: record.app_id,
-                    state: entry_state,
-                },
-            );
-        }
-        if left == 0 && repair {
-            remove_segment(dir, segment);
-            state.segments.remove(&segment);
-        }
-    }
-    Ok(Loaded {
-        state,
-        max_id,
-        last_segment,
-    })
-}
-
-/// The frames of `letters` in the segment at `path`, one after another,
-/// each checked (checksum, id) before it is copied anywhere.
-fn read_frames(path: &Path, letters: &[(u64, Entry)]) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let mut out = Vec::new();
-    for (id, entry) in letters {
-        let frame = read_at(&file, entry.offset, entry.frame_len as usize)?;
-        match format::scan_segment(&frame).first() {
-            Some(Scanned::Record {
-                frame: range,
-                record,
-            }) if record.id == *id && range.len() == frame.len() => {
-                out.extend_from_slice(&frame);
-            }
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "record {id} at {} no longer reads back intact",
-                        entry.offset
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// `len` bytes of `file` from `offset`, read without moving a cursor, so
-/// that readers may share the handle.
-pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0; len];
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut buf, offset)?;
-    }
-    #[cfg(not(unix))]
-    {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(&mut buf)?;
-    }
-    Ok(buf)
-}
-
-fn set_aside(
-    dir: &Path,
-    segment: u64,
-    offset: usize,
-    bytes: &[u8],
-    durable: bool,
-) -> Result<(), Error> {
-    let corrupt = dir.join(CORRUPT_DIR);
-    durable::create_dir_all(&corrupt).map_err(|e| io_error("create", &corrupt, e))?;
-    let path = corrupt.join(format!("seg-{segment:016}-at-{offset}.bin"));
-    write_replacing(&path, bytes, durable)
-}
-
-/// Replaces `path` with `bytes` atomically (see [`durable::replace_file`]).
-fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Error> {
-    durable::replace_file_with(path, bytes, durable).map_err(|e| io_error("write", path, e))
-}
-
-/// Removes a segment's files, its records first: if they cannot go, its
-/// acks stay too (without them the records would come back as queued).
-/// True when the records are gone.
-fn remove_segment(dir: &Path, segment: u64) -> bool {
-    let remove = |path: PathBuf| match fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            tracing::warn!(file = %path.display(), error = %e, "could not remove an outbox segment");
-            false
-        }
-        _ => true,
-    };
-    if !remove(segment_path(dir, segment)) {
-        return false;
-    }
-    remove(acks_path(dir, segment));
-    true
-}
-
-/// Opens a segment's acks file for appending. One it creates is synced
-/// into the directory first (when durable): until then its acks, however
-/// often the file is synced, could vanish with its name in a power cut.
-fn open_acks(dir: &Path, segment: u64, durable: bool) -> io::Result<AcksFile> {
-    let path = acks_path(dir, segment);
-    let mut options = OpenOptions::new();
-    options.append(true);
-    match options.open(&path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        opened => {
-            let file = opened?;
-            let len = file.metadata()?.len();
-            return Ok(AcksFile { file, len });
-        }
-    }
-    let file = options.create_new(true).open(&path)?;
-    if durable {
-        if let Err(e) = durable::sync_dir(dir) {
-            // Not kept: the next ack creates it again and syncs again.
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
-    }
-    Ok(AcksFile { file, len: 0 })
-}
-
-/// A full disk on demand, for tests without a small filesystem to fill
-/// (failpoint `outbox-disk-full`, feature `failpoints`).
-fn injected_write_error() -> io::Result<()> {
-    #[cfg(feature = "failpoints")]
-    crate::crash::setup();
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!("outbox-disk-full", |_| Err(io::Error::from(
-        io::ErrorKind::StorageFull
-    )));
-    Ok(())
-}
-
-/// Takes the directory's lock, or says who holds it.
-fn lock(dir: &Path) -> Result<File, Error> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_error("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(ErrorKind::OutboxLocked {
-                dir: dir.to_path_buf(),
-                pid: owner_pid(dir),
-            }
-            .into())
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &path, e)),
-    }
-    file.set_len(0).map_err(|e| io_error("write", &path, e))?;
-    file.write_all(std::process::id().to_string().as_bytes())
-        .map_err(|e| io_error("write", &path, e))?;
-    Ok(file)
-}
-
-/// The pid in the lock file, if one is there.
-pub(crate) fn owner_pid(dir: &Path) -> Option<u32> {
-    fs::read_to_string(dir.join(LOCK_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Whether a process holds the directory's lock now.
-pub(crate) fn is_owned(dir: &Path) -> bool {
-    match File::open(dir.join(LOCK_FILE)) {
-        Ok(file) => match file.try_lock_shared() {
-            Ok(()) => {
-                let _ = file.unlock();
-                false
-            }
-            Err(_) => true,
-        },
-        Err(_) => false,
-    }
-}
-
-/// Opens the directory for its owner.
-pub(crate) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
-    // Fault points read `FAILPOINTS` (and drop any other configuration)
-    // on their first use: done here, a test that opens an outbox and then
-    // configures a point keeps its configuration.
-    #[cfg(feature = "failpoints")]
-    crate::crash::setup();
-    let dir = config.dir.clone();
-    // A directory created here is synced into its parent (and so on up)
-    // before any record in it is reported durable.
-    durable::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
-    let lock = lock(&dir)?;
-    let loaded = load(&dir, true, config.durable)?;
-    if loaded.state.corrupt > 0 {
-        tracing::warn!(dir = %dir.display(), damaged = loaded.state.corrupt, "outbox records failed their checksum and were set aside");
-    }
-    tracing::info!(dir = %dir.display(), records = loaded.state.entries.len(), "outbox opened");
-    // Ids increase across runs even when every segment was delivered and
-    // removed: start from the clock when it is ahead.
-    let next_id = (loaded.max_id + 1).max(unix_ms().saturating_mul(1000));
-    let writer = Writer {
-        dir: dir.clone(),
-        durable: config.durable,
-        max_bytes: config.max_bytes,
-        max_records: config.max_records,
-        max_age: config.max_age,
-        when_full: config.when_full,
-        next_id,
-        next_segment: loaded.last_segment + 1,
-        active: None,
-        acks: HashMap::new(),
-        dirty_acks: Vec::new(),
-        ack_sync_interval: config.ack_sync_interval,
-        ack_sync_every: config.ack_sync_every,
-        unsynced_acks: 0,
-        unsynced_since: None,
-        append_failures: Failures::new("appends"),
-        ack_failures: Failures::new("acknowledgements"),
-        status_generation: u64::MAX,
-        _lock: lock,
-    };
-    Ok((Shared::new(config, loaded.state), writer))
-}
-
 /// The segment taking appends.
-struct Active {
-    number: u64,
-    file: File,
-    len: u64,
-}
-
-/// A segment's acks file, open for appending.
-struct AcksFile {
-    file: File,
-    /// Its length after the last whole write, where a failed one is cut
-    /// back to: entries after a torn one would be lost at the next open.
-    len: u64,
+pub(super) struct Active {
+    pub(super) number: u64,
+    pub(super) file: File,
+    pub(super) len: u64,
 }
 
 /// A run of failures of one kind of write, logged once with how often it
 /// repeated rather than once per batch: a failing disk fails every append,
 /// and a warning each would bury the first (the one that says why).
-struct Failures {
-    what: &'static str,
-    failing: bool,
-    repeats: u64,
+pub(super) struct Failures {
+    pub(super) what: &'static str,
+    pub(super) failing: bool,
+    pub(super) repeats: u64,
 }
 
 impl Failures {
-    fn new(what: &'static str) -> Failures {
+    pub(super) fn new(what: &'static str) -> Failures {
         Failures {
             what,
             failing: false,
@@ -528,27 +148,27 @@ impl Failures {
 }
 
 /// Owns every write to the directory.
-pub(crate) struct Writer {
-    dir: PathBuf,
-    durable: bool,
-    max_bytes: u64,
-    max_records: usize,
-    max_age: Duration,
-    when_full: WhenFull,
-    next_id: u64,
-    next_segment: u64,
-    active: Option<Active>,
-    acks: HashMap<u64, AcksFile>,
-    dirty_acks: Vec<u64>,
-    ack_sync_interval: Duration,
-    ack_sync_every: usize,
+pub(super) struct Writer {
+    pub(super) dir: PathBuf,
+    pub(super) durable: bool,
+    pub(super) max_bytes: u64,
+    pub(super) max_records: usize,
+    pub(super) max_age: Duration,
+    pub(super) when_full: WhenFull,
+    pub(super) next_id: u64,
+    pub(super) next_segment: u64,
+    pub(super) active: Option<Active>,
+    pub(super) acks: HashMap<u64, AcksFile>,
+    pub(super) dirty_acks: Vec<u64>,
+    pub(super) ack_sync_interval: Duration,
+    pub(super) ack_sync_every: usize,
     /// Acks written since the last sync, and since when the oldest waits.
-    unsynced_acks: usize,
-    unsynced_since: Option<Instant>,
-    append_failures: Failures,
-    ack_failures: Failures,
-    status_generation: u64,
-    _lock: File,
+    pub(super) unsynced_acks: usize,
+    pub(super) unsynced_since: Option<Instant>,
+    pub(super) append_failures: Failures,
+    pub(super) ack_failures: Failures,
+    pub(super) status_generation: u64,
+    pub(super) _lock: File,
 }
 
 impl Writer {
@@ -1126,6 +746,12 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use super::super::config::OutboxConfig;
+    use super::super::format::Scanned;
+    use super::super::load::load;
+    use super::super::segments::{read_at, segments};
     use super::*;
     use crate::outbox::{Outbox, RecordState};
 

@@ -1,0 +1,384 @@
+//! Local decoding of binary logs with the firmware's ELF (PROTOCOL §5.1).
+//!
+//! A [`SymbolTable`] is read once from the ELF; a [`LogDecoder`] then walks
+//! one log buffer (header, frames, payloads) and yields a [`Record`] per
+//! frame: time, level, module, the message formatted as C's `printf`
+//! would ([`printf`]), and a typed [`MetricReading`] for metrics.
+//!
+//! Decoding never guesses and never stops early for a bad frame: an
+//! unknown format address, a truncated payload or arguments that disagree
+//! with the format become [`Problem`]s on that record, and the next frame
+//! decodes on its own. Memory is bounded by the input: a record's message
+//! is at most [`MAX_MESSAGE`] bytes, one record is held at a time.
+
+mod float;
+mod frames;
+mod printf;
+mod record;
+mod symbols;
+
+use std::sync::Arc;
+
+pub use frames::{FrameFormat, FramesEnd};
+pub use printf::{printf, Arg, ArgType, DataModel, FormatProblem, Printed, MAX_FIELD, MAX_MESSAGE};
+pub use record::{
+    Clock, Level, MetricReading, Module, PayloadPart, Problem, Record, RecordTime, ALWAYS_LOG_BIT,
+};
+pub use symbols::{ElfError, ModuleTableError, SymbolTable, DEBUG_MODULES_SECTION, MAX_FORMAT_LEN};
+
+use crate::{validate_checksum, HeaderError, LogHeader, MetricValue};
+use frames::{next_frame, parse_payload, Step};
+
+/// Choices for decoding a log; the defaults suit every known agent.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct DecodeOptions {
+    frame_format: Option<FrameFormat>,
+    device_version: Option<String>,
+}
+
+impl DecodeOptions {
+    /// The defaults: frame format from the header version, no version check.
+    pub fn new() -> DecodeOptions {
+        DecodeOptions::default()
+    }
+
+    /// Reads the frames as `format` whatever the header version says (a
+    /// firmware that pairs a header and a frame format unusually).
+    pub fn frame_format(mut self, format: FrameFormat) -> DecodeOptions {
+        self.frame_format = Some(format);
+        self
+    }
+
+    /// The firmware version the device reported (its boot registration or
+    /// BLE `config`): when the ELF's version string is known and differs,
+    /// every record carries [`Problem::DifferentBuild`].
+    pub fn device_version(mut self, version: impl Into<String>) -> DecodeOptions {
+        self.device_version = Some(version.into());
+        self
+    }
+}
+
+/// Decodes one log buffer, a record at a time (an [`Iterator`] of
+/// [`Record`]).
+///
+/// ```
+/// use ulogger_wire::{build_log, DataModel, DecodeOptions, LogDecoder, LogHeader, SymbolTable};
+/// // A format string at 0x1000 and one frame that uses it with an i32 of 1 byte.
+/// let symbols = SymbolTable::from_parts([(0x1000, b"t=%d\0".to_vec())], [(0, "MAIN".into())], DataModel::Ilp32);
+/// let payload = [0x20, 0x00, 0x10, 0, 0, 1, 0x11, 42]; // INFO, module 0; fmt; 1 arg: i32 size 1
+/// let mut data = vec![payload.len() as u8, 0, 5, 0, 0, 0]; // len, tick delta 5
+/// data.extend_from_slice(&payload);
+/// let mut header = LogHeader::new(3)?;
+/// header.tick_rate_hz = Some(1000);
+/// let log = build_log(header, &data)?;
+/// let records: Vec<_> = LogDecoder::new(&symbols, &log, &DecodeOptions::new())?.collect();
+/// assert_eq!(records[0].message, "t=42");
+/// assert_eq!(records[0].module.to_string(), "MAIN");
+/// # Ok::<(), ulogger_wire::HeaderError>(())
+/// ```
+#[derive(Debug)]
+pub struct LogDecoder<'a> {
+    symbols: &'a SymbolTable,
+    header: LogHeader,
+    data: &'a [u8],
+    base: usize,
+    pos: usize,
+    format: FrameFormat,
+    clock: Clock,
+    ticks: u64,
+    integrity: Option<HeaderError>,
+    trailer: usize,
+    end: Option<FramesEnd>,
+    other_build: Option<Problem>,
+    modules: Vec<Option<Arc<str>>>,
+    args: Vec<Arg<'a>>,
+    string_at: Vec<usize>,
+    message: Vec<u8>,
+}
+
+impl<'a> LogDecoder<'a> {
+    /// Starts decoding `log` (a whole buffer: header, data, and possibly a
+    /// trailer or unused space after `used_bytes`, which are not decoded).
+    ///
+    /// A checksum that does not match, or data shorter than `used_bytes`,
+    /// does not stop decoding: see [`LogDecoder::integrity`].
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`LogHeader::parse`]: no header to start from.
+    pub fn new(
+        symbols: &'a SymbolTable,
+        log: &'a [u8],
+        options: &DecodeOptions,
+    ) -> Result<LogDecoder<'a>, HeaderError> {
+        let header = LogHeader::parse(log)?;
+        let integrity = validate_checksum(log).err();
+        let base = header.header_len();
+        let after = log.get(base..).unwrap_or_default();
+        let used = usize::from(header.used_bytes).min(after.len());
+        let data = after.get(..used).unwrap_or_default();
+        let trailer = after.len() - used;
+        let format = options
+            .frame_format
+            .unwrap_or_else(|| FrameFormat::for_header_version(header.version));
+        let clock = match format {
+            FrameFormat::Sequenced => Clock::None,
+            FrameFormat::TickDelta if wall_clock(&header).is_some() => Clock::Wall,
+            FrameFormat::TickDelta => Clock::Uptime,
+        };
+        let other_build = match (&options.device_version, symbols.firmware_version()) {
+            (Some(device), Some(elf)) if device != elf => Some(Problem::DifferentBuild {
+                elf: elf.to_string(),
+                device: device.clone(),
+            }),
+            _ => None,
+        };
+        let modules = (0..32u8)
+            .map(|bit| symbols.module_name(bit).map(Arc::from))
+            .collect();
+        Ok(LogDecoder {
+            symbols,
+            header,
+            data,
+            base,
+            pos: 0,
+            format,
+            clock,
+            ticks: 0,
+            integrity,
+            trailer,
+            end: None,
+            other_build,
+            modules,
+            args: Vec::new(),
+            string_at: Vec::new(),
+            message: Vec::new(),
+        })
+    }
+
+    /// The log's header.
+    pub fn header(&self) -> &LogHeader {
+        &self.header
+    }
+
+    /// The frame format used (from the header version unless overridden).
+    pub fn frame_format(&self) -> FrameFormat {
+        self.format
+    }
+
+    /// How the records' times are known.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Why the buffer is not a valid log ([`HeaderError::ChecksumMismatch`]
+    /// or [`HeaderError::DataTruncated`]), if it is not; its records are
+    /// decoded all the same.
+    pub fn integrity(&self) -> Option<&HeaderError> {
+        self.integrity.as_ref()
+    }
+
+    /// Bytes after the header and `used_bytes` of data (agent 1.2.4's
+    /// trailer, or unused ring space): not decoded.
+    pub fn trailer_len(&self) -> usize {
+        self.trailer
+    }
+
+    /// Why the frames ended, once the iterator has returned `None`.
+    pub fn end(&self) -> Option<FramesEnd> {
+        self.end
+    }
+
+    fn time(&mut self, stamp: u32) -> RecordTime {
+        if self.format == FrameFormat::Sequenced {
+            return RecordTime::Sequence {
+                frame_seq: u16::try_from(stamp).unwrap_or(u16::MAX),
+            };
+        }
+        self.ticks = self.ticks.saturating_add(u64::from(stamp));
+        let rate = self.header.tick_rate_hz.filter(|&r| r != 0);
+        if let (Some(epoch), Some(anchor), Some(rate)) =
+            (wall_clock(&self.header), self.header.anchor_tick, rate)
+        {
+            // The anchor tick and the epoch are the same instant (the
+            // readout); ticks are u32 on the device and wrap.
+            let before = anchor.wrapping_sub(self.ticks as u32);
+            let micros = i128::from(before) * 1_000_000 / i128::from(rate);
+            let unix_us = i128::from(epoch) - micros;
+            return RecordTime::Wall {
+                unix_us: i64::try_from(unix_us).unwrap_or(i64::MIN),
+            };
+        }
+        let micros = rate.and_then(|rate| {
+            u64::try_from(u128::from(self.ticks) * 1_000_000 / u128::from(rate)).ok()
+        });
+        RecordTime::Uptime {
+            ticks: self.ticks,
+            micros,
+        }
+    }
+
+    fn record(&mut self, offset: usize, stamp: u32, payload: &'a [u8]) -> Record {
+        let time = self.time(stamp);
+        let mut problems = Vec::new();
+        let mut args = std::mem::take(&mut self.args);
+        let head = parse_payload(payload, &mut args, &mut self.string_at, &mut problems);
+        let level = Level::from_bits(head.level);
+        if let Level::Unknown(level) = level {
+            problems.push(Problem::UnknownLevel { level });
+        }
+        let name = self
+            .modules
+            .get(usize::from(head.module))
+            .cloned()
+            .flatten();
+        if name.is_none()
+            && head.module != record::ALWAYS_LOG_BIT
+            && self.symbols.has_module_table()
+        {
+            problems.push(Problem::UnknownModule { index: head.module });
+        }
+        let module = Module {
+            index: head.module,
+            name,
+        };
+        if let Some(other) = &self.other_build {
+            problems.push(other.clone());
+        }
+        self.message.clear();
+        let truncated_head = matches!(
+            problems.first(),
+            Some(Problem::PayloadTruncated {
+                part: PayloadPart::Head | PayloadPart::ArgumentTypes,
+                ..
+            })
+        );
+        let mut metric = None;
+        if let (Some(address), false) = (head.fmt_addr, truncated_head) {
+            match self.symbols.c_string(u64::from(address), MAX_FORMAT_LEN) {
+                Ok(format) => {
+                    // One allocation of about the message's size, not a
+                    // series of doublings.
+                    self.message.reserve(format.len() + 8 * args.len());
+                    let mut format_problems = Vec::new();
+                    printf::format_into(
+                        format,
+                        &args,
+                        self.symbols.data_model(),
+                        &mut self.message,
+                        &mut format_problems,
+                    );
+                    problems.extend(format_problems.into_iter().map(Problem::Format));
+                    if level == Level::Metric {
+                        metric = metric_of(&self.message, &args);
+                        if metric.is_none() {
+                            problems.push(Problem::MalformedMetric);
+                        }
+                    }
+                }
+                Err(symbols::Lookup::NotFound) => {
+                    problems.push(Problem::UnknownFormatAddress { address })
+                }
+                Err(symbols::Lookup::Unterminated) => {
+                    problems.push(Problem::UnterminatedFormat { address })
+                }
+            }
+        }
+        self.args = args;
+        Record {
+            offset,
+            time,
+            level,
+            module,
+            format_address: head.fmt_addr,
+            message: owned_text(std::mem::take(&mut self.message)),
+            metric,
+            problems,
+        }
+    }
+}
+
+impl Iterator for LogDecoder<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        if self.end.is_some() {
+            return None;
+        }
+        match next_frame(self.data, self.pos, self.format, self.base) {
+            Step::Frame {
+                offset,
+                stamp,
+                payload,
+            } => {
+                self.pos += self.format.frame_header_len() + payload.len();
+                Some(self.record(offset, stamp, payload))
+            }
+            Step::Truncated {
+                offset,
+                stamp,
+                length,
+                available,
+            } => {
+                self.end = Some(FramesEnd::Truncated { offset });
+                let rest = self
+                    .data
+                    .get(offset - self.base + self.format.frame_header_len()..)
+                    .unwrap_or_default();
+                let mut record = self.record(offset, stamp.unwrap_or(0), rest);
+                record
+                    .problems
+                    .insert(0, Problem::FrameTruncated { length, available });
+                Some(record)
+            }
+            Step::End(end) => {
+                self.end = Some(end);
+                None
+            }
+        }
+    }
+}
+
+/// The message as a `String` without a copy when it is UTF-8 (as nearly
+/// every message is); else with U+FFFD for the bytes that are not.
+fn owned_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The header's wall clock: version 4's `epoch_time_us` when not 0.
+fn wall_clock(header: &LogHeader) -> Option<u64> {
+    header.epoch_time_us.filter(|&us| us != 0)
+}
+
+/// `metric_<name>=<value>`: the value typed from the last captured
+/// argument when the message ends with it, else read from the text.
+fn metric_of(message: &[u8], args: &[Arg<'_>]) -> Option<MetricReading> {
+    let text = std::str::from_utf8(message).ok()?;
+    let rest = text.strip_prefix("metric_")?;
+    let (name, value_text) = rest.split_once('=')?;
+    if name.is_empty() || value_text.is_empty() {
+        return None;
+    }
+    let parsed = |t: &str| -> Option<MetricValue> {
+        if let Ok(n) = t.parse::<i64>() {
+            return Some(MetricValue::Int(n));
+        }
+        t.parse::<f64>().ok().map(MetricValue::Float)
+    };
+    let from_text = parsed(value_text)?;
+    let value = match (args.last(), from_text) {
+        (Some(Arg::Double(x)), MetricValue::Float(_) | MetricValue::Int(_)) => {
+            MetricValue::Float(*x)
+        }
+        (Some(Arg::U64(n)), _) if i64::try_from(*n).is_err() => MetricValue::Float(*n as f64),
+        _ => from_text,
+    };
+    Some(MetricReading {
+        name: name.to_string(),
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests;

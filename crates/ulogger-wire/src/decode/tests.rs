@@ -1,0 +1,242 @@
+//! Decoding's edge cases: disagreements, bounds, and any input at all.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::build_log;
+
+fn fmt(format: &str, args: &[Arg<'_>]) -> Printed {
+    printf(format.as_bytes(), args, DataModel::Ilp32)
+}
+
+#[test]
+fn disagreements_print_what_was_captured_and_say_so() {
+    let out = fmt("%s|%d", &[Arg::I32(-5), Arg::Str(b"x")]);
+    assert_eq!(out.bytes, b"-5|x");
+    assert_eq!(out.problems.len(), 2);
+    assert!(matches!(
+        out.problems[0],
+        FormatProblem::TypeMismatch {
+            index: 0,
+            captured: ArgType::I32,
+            ..
+        }
+    ));
+
+    // A 64-bit value under %d: the whole value, not its low half.
+    let out = fmt("%d", &[Arg::I64(-5_000_000_000)]);
+    assert_eq!(out.bytes, b"-5000000000");
+    assert_eq!(out.problems.len(), 1);
+
+    // Missing arguments print as their conversion.
+    let out = fmt("a=%d b=%5.2f", &[Arg::I32(1)]);
+    assert_eq!(out.bytes, b"a=1 b=%5.2f");
+    assert_eq!(
+        out.problems,
+        [FormatProblem::TooFewArguments {
+            wanted: 2,
+            captured: 1
+        }]
+    );
+    let out = fmt("a", &[Arg::I32(1)]);
+    assert_eq!(
+        out.problems,
+        [FormatProblem::TooManyArguments {
+            wanted: 0,
+            captured: 1
+        }]
+    );
+
+    // %n never writes; unknown and positional conversions stay as written.
+    let out = fmt("x%ny%ky%1$d", &[]);
+    assert_eq!(out.bytes, b"x%ny%ky%1$d");
+    assert_eq!(out.problems.len(), 3);
+    let out = fmt("end%-0", &[]);
+    assert_eq!(out.bytes, b"end%-0");
+    assert!(matches!(
+        out.problems[0],
+        FormatProblem::IncompleteConversion { .. }
+    ));
+
+    // An unknown argument prints as <?>.
+    let out = fmt("[%4d]", &[Arg::Unknown(ArgType::Unknown(12))]);
+    assert_eq!(out.bytes, b"[ <?>]");
+}
+
+#[test]
+fn ilp32_longs_are_32_bits_and_lp64_longs_64() {
+    let ilp32 = printf(b"%ld %lu", &[Arg::I32(-1), Arg::U32(7)], DataModel::Ilp32);
+    assert_eq!(ilp32.bytes, b"-1 7");
+    assert!(ilp32.problems.is_empty());
+    let lp64 = printf(b"%ld", &[Arg::I32(-1)], DataModel::Lp64);
+    assert_eq!(lp64.bytes, b"-1");
+    assert_eq!(
+        lp64.problems.len(),
+        1,
+        "an int under %ld on LP64 is a mismatch"
+    );
+}
+
+#[test]
+fn big_l_and_q_on_integers_are_64_bits_as_in_glibc() {
+    let out = fmt("%Ld %qu", &[Arg::I64(-5_000_000_000), Arg::U64(u64::MAX)]);
+    assert_eq!(out.bytes, b"-5000000000 18446744073709551615");
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+}
+
+#[test]
+fn widths_and_messages_are_bounded() {
+    let out = fmt("%999999999999999999999d", &[Arg::I32(1)]);
+    assert_eq!(out.bytes.len(), MAX_FIELD);
+    assert!(matches!(
+        out.problems[0],
+        FormatProblem::FieldClamped { .. }
+    ));
+    let out = fmt("%*d", &[Arg::I32(i32::MIN), Arg::I32(1)]);
+    assert_eq!(out.bytes.len(), MAX_FIELD);
+    let out = fmt("%.*f", &[Arg::I32(i32::MAX), Arg::Double(1e308)]);
+    assert!(out.bytes.len() <= MAX_MESSAGE);
+    let many = "%4000d".repeat(10);
+    let args = vec![Arg::I32(1); 10];
+    let out = fmt(&many, &args);
+    assert_eq!(out.bytes.len(), MAX_MESSAGE);
+    assert!(out.problems.contains(&FormatProblem::MessageTruncated));
+}
+
+fn symbols() -> SymbolTable {
+    let mut rodata = b"n=%d\0s=%s\0".to_vec();
+    rodata.extend_from_slice(&[b'x'; 5000]);
+    SymbolTable::from_parts(
+        [(0x100, rodata)],
+        [(2, "NET".to_string())],
+        DataModel::Ilp32,
+    )
+}
+
+fn frame(payload: &[u8], tick: u32) -> Vec<u8> {
+    let mut f = (payload.len() as u16).to_le_bytes().to_vec();
+    f.extend_from_slice(&tick.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn log(data: &[u8]) -> Vec<u8> {
+    let mut header = LogHeader::new(4).unwrap();
+    header.tick_rate_hz = Some(100);
+    build_log(header, data).unwrap()
+}
+
+#[test]
+fn formats_are_found_by_address_and_never_guessed() {
+    let s = symbols();
+    assert_eq!(s.format_at(0x100), Some(&b"n=%d"[..]));
+    assert_eq!(s.format_at(0x105), Some(&b"s=%s"[..]));
+    // Inside a string: its tail (linkers merge string tails).
+    assert_eq!(s.format_at(0x102), Some(&b"%d"[..]));
+    assert_eq!(s.format_at(0xff), None);
+    assert_eq!(s.format_at(0x100 + 10 + 5000), None);
+    // A run without a NUL is no string.
+    let mut data = frame(&[0x20 | 2, 0x0a, 0x01, 0, 0, 0], 1);
+    data.extend(frame(&[0x20 | 2, 0, 0, 0, 0x10, 0], 1));
+    let records: Vec<Record> = LogDecoder::new(&s, &log(&data), &DecodeOptions::new())
+        .unwrap()
+        .collect();
+    assert_eq!(
+        records[0].problems,
+        [Problem::UnterminatedFormat { address: 0x10a }]
+    );
+    assert_eq!(
+        records[1].problems,
+        [Problem::UnknownFormatAddress {
+            address: 0x1000_0000
+        }]
+    );
+    assert!(records.iter().all(|r| r.message.is_empty()));
+}
+
+#[test]
+fn frames_end_at_erased_flash_and_times_are_relative_without_a_clock() {
+    let s = symbols();
+    let mut data = frame(&[2, 0x00, 0x01, 0, 0, 1, 0x11, 7], 50);
+    data.extend(frame(&[0x60 | 2, 0x00, 0x01, 0, 0, 1, 0x11, 8], 150));
+    data.extend([0xff, 0xff, 1, 2, 3]);
+    let buf = log(&data);
+    let mut decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+    assert_eq!(decoder.clock(), Clock::Uptime);
+    let records: Vec<Record> = decoder.by_ref().collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        (records[0].level, records[1].level),
+        (Level::Debug, Level::Error)
+    );
+    assert_eq!(records[1].message, "n=8");
+    assert_eq!(
+        records[1].time,
+        RecordTime::Uptime {
+            ticks: 200,
+            micros: Some(2_000_000)
+        }
+    );
+    assert_eq!(
+        decoder.end(),
+        Some(FramesEnd::EndMarker { offset: 25 + 28 })
+    );
+
+    // Forcing agent 1.0.x frames reads the same bytes another way.
+    let decoder = LogDecoder::new(
+        &s,
+        &buf,
+        &DecodeOptions::new().frame_format(FrameFormat::Sequenced),
+    )
+    .unwrap();
+    assert_eq!(decoder.clock(), Clock::None);
+}
+
+#[test]
+fn a_corrupt_checksum_still_decodes_and_says_so() {
+    let s = symbols();
+    let mut buf = log(&frame(&[0x20 | 2, 0x00, 0x01, 0, 0, 1, 0x11, 7], 1));
+    let last = buf.len() - 1;
+    buf[last] ^= 1;
+    let decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+    assert!(matches!(
+        decoder.integrity(),
+        Some(HeaderError::ChecksumMismatch { .. })
+    ));
+    assert_eq!(decoder.count(), 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Any format with any arguments: no panic, bounded output.
+    #[test]
+    fn printf_never_panics(format in proptest::collection::vec(
+            prop::sample::select(b"%%%%-+ #0123456789.*hlqLjztdiuoxXcspfFeEgGn$ab".to_vec()), 0..40),
+        ints in proptest::collection::vec(any::<i64>(), 0..6),
+        x in any::<f64>()) {
+        let mut args: Vec<Arg<'_>> = ints.iter().map(|&n| match n % 5 {
+            0 => Arg::I32(n as i32),
+            1 => Arg::U64(n as u64),
+            2 => Arg::Pointer(n as u64),
+            3 => Arg::Str(b"str"),
+            _ => Arg::Char(n as u8),
+        }).collect();
+        args.push(Arg::Double(x));
+        let out = printf(&format, &args, DataModel::Lp64);
+        prop_assert!(out.bytes.len() <= MAX_MESSAGE);
+    }
+
+    /// Any bytes after a valid header: no panic, one record per frame at most.
+    #[test]
+    fn any_log_data_decodes_without_panic(data in proptest::collection::vec(any::<u8>(), 0..600),
+                                          version in prop::sample::select(vec![1u8, 3, 4])) {
+        let s = symbols();
+        let mut header = LogHeader::new(version).unwrap();
+        header.tick_rate_hz = header.tick_rate_hz.map(|_| 1000);
+        let buf = build_log(header, &data).unwrap();
+        let decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+        let count = decoder.count();
+        prop_assert!(count <= data.len() / 4 + 1);
+    }
+}
