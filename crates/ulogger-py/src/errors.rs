@@ -131,6 +131,29 @@ fn class_and_fields<'py>(
             fields.set_item("attempts", attempts)?;
             "HttpConnectError"
         }
+        ErrorKind::InvalidElf(e) => {
+            fields.set_item("reason", e.to_string())?;
+            "InvalidElfError"
+        }
+        ErrorKind::InvalidUploadReply(e) => {
+            fields.set_item("reason", e.to_string())?;
+            "InvalidUploadReplyError"
+        }
+        ErrorKind::ElfUploadRefused {
+            status,
+            message,
+            attempts,
+        } => {
+            fields.set_item("status", status)?;
+            fields.set_item("message", message)?;
+            fields.set_item("attempts", attempts)?;
+            "ElfUploadRefusedError"
+        }
+        ErrorKind::ElfUploadConnect { host, attempts } => {
+            fields.set_item("host", host)?;
+            fields.set_item("attempts", attempts)?;
+            "ElfUploadConnectError"
+        }
         // Ble, NoRuntime and kinds added later: the base class.
         _ => "UloggerError",
     };

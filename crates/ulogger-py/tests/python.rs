@@ -268,3 +268,25 @@ fn the_python_package_against_the_emulator() {
     run_suite(&python, &emulator, &params_file, &home);
     emulator.shutdown().unwrap();
 }
+
+/// Every exception class the native module raises by name exists in
+/// `ulogger_cloud.errors` (a missing one would degrade to RuntimeError).
+#[test]
+fn every_error_class_the_native_module_names_is_defined() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rust = std::fs::read_to_string(root.join("src/errors.rs")).unwrap();
+    let python = std::fs::read_to_string(root.join("python/ulogger_cloud/errors.py")).unwrap();
+    let named: Vec<&str> = rust
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.ends_with("Error") && s.chars().all(|c| c.is_ascii_alphanumeric()))
+        .collect();
+    assert!(named.len() > 25, "{named:?}");
+    for class in named {
+        assert!(
+            python.contains(&format!("\nclass {class}(")),
+            "ulogger_cloud.errors has no class {class}"
+        );
+    }
+}

@@ -43,6 +43,10 @@ __all__ = [
     "HttpRefusedError",
     "InvalidHttpReplyError",
     "HttpConnectError",
+    "InvalidElfError",
+    "InvalidUploadReplyError",
+    "ElfUploadRefusedError",
+    "ElfUploadConnectError",
     "BridgeModeError",
 ]
 
@@ -171,6 +175,24 @@ class InvalidHttpReplyError(UloggerError):
 
 class HttpConnectError(UloggerError, ConnectionError):
     """The HTTP API cannot be reached (``url``, ``attempts``)."""
+
+
+class InvalidElfError(UloggerError, ValueError):
+    """A firmware ELF that cannot be uploaded (``reason``)."""
+
+
+class InvalidUploadReplyError(UloggerError):
+    """The cloud's answer to an ELF upload request is unusable
+    (``reason``)."""
+
+
+class ElfUploadRefusedError(UloggerError):
+    """The ELF upload URL refused the file (``status``, ``message``,
+    ``attempts``)."""
+
+
+class ElfUploadConnectError(UloggerError, ConnectionError):
+    """The ELF upload URL cannot be reached (``host``, ``attempts``)."""
 
 
 class BridgeModeError(UloggerError, NotImplementedError):
