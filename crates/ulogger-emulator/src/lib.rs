@@ -159,7 +159,7 @@ pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 pub use broker::ClientEvent;
 use broker::{Broker, Mailbox, Tls};
-use cloud::{BootGuard, Cloud, Command, TokenBook, Uplink};
+use cloud::{BootGuard, Cloud, Command, Decoding, TokenBook, Uplink};
 use elf_store::ElfStore;
 use http::HttpState;
 use records::RecordLog;
@@ -365,6 +365,7 @@ impl Emulator {
             format!("{http_scheme}://{http_addr}"),
         )?);
 
+        let decoding = Arc::new(Decoding::new(elfs.clone(), &data_dir, config.customer_id));
         let cloud = Cloud {
             topics,
             legacy_topics: config.legacy_topics,
@@ -374,6 +375,7 @@ impl Emulator {
             faults: faults.clone(),
             tokens: tokens.clone(),
             elfs,
+            decoding,
             uplink,
         };
 
