@@ -1,7 +1,8 @@
 //! The record database, `<data>/records.db`: SQLite in WAL mode holding
 //! the records (what `index.jsonl` holds) and what the data API reads
 //! back: the metrics and events of accepted telemetry, and log entries
-//! (accepted binary logs and text-log lines). A record and the rows taken
+//! (accepted binary logs, their decoded records and text-log lines), with
+//! each binary log's decoding state. A record and the rows taken
 //! from its payload are written in one transaction, so a query never sees
 //! half a message.
 

@@ -320,3 +320,81 @@ async fn per_record_problems_are_kept_with_their_records() {
     assert!(records.iter().any(|r| r["message"] == "good 1"));
     client.shutdown().await;
 }
+
+/// A well-formed ELF header of a big-endian executable with nothing in
+/// it: the upload's check takes it, the decoder does not (uLogger logs
+/// come from little-endian firmware).
+fn big_endian_elf() -> Vec<u8> {
+    let mut elf = vec![0u8; 64];
+    elf[..8].copy_from_slice(b"\x7fELF\x02\x02\x01\x00");
+    elf[16..18].copy_from_slice(&2u16.to_be_bytes()); // an executable
+    elf[18..20].copy_from_slice(&40u16.to_be_bytes()); // ARM
+    elf[20..24].copy_from_slice(&1u32.to_be_bytes());
+    elf[52..54].copy_from_slice(&64u16.to_be_bytes());
+    elf[54..56].copy_from_slice(&56u16.to_be_bytes());
+    elf[58..60].copy_from_slice(&64u16.to_be_bytes());
+    elf
+}
+
+#[tokio::test]
+async fn an_elf_that_does_not_read_keeps_the_log_waiting_for_a_good_one() {
+    let Some(fw) = firmware() else { return };
+    let emu = start();
+    let client = client(&emu);
+    client
+        .upload_elf(&elf_upload(), big_endian_elf())
+        .await
+        .unwrap();
+    client
+        .upload_log(&device("SN-BAD-ELF", VERSION), &fw.log("v4.bin"))
+        .await
+        .unwrap();
+    let (binary, records) = logs_of(&emu, "SN-BAD-ELF").await;
+    assert!(records.is_empty());
+    let decoding = &binary[0]["decoding"];
+    assert_eq!(decoding["state"], "bad_elf", "{decoding}");
+    let reason = decoding["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "the ELF for {DEVICE_TYPE} {VERSION} does not read: "
+        )),
+        "{reason}"
+    );
+
+    client.upload_elf(&elf_upload(), fw.elf()).await.unwrap();
+    let (binary, records) = logs_of(&emu, "SN-BAD-ELF").await;
+    assert_eq!(binary[0]["decoding"]["state"], "decoded");
+    assert_eq!(records.len(), fw.oracle.len());
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kept_data_directory_keeps_waiting_logs_for_an_elf_uploaded_after_a_restart() {
+    let Some(fw) = firmware() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .limits(PlatformLimits::unlimited())
+            .data_dir(dir.path())
+    };
+    let emu = Emulator::start(config()).unwrap();
+    let first = client(&emu);
+    first
+        .upload_log(&device("SN-RESTART", VERSION), &fw.log("v4.bin"))
+        .await
+        .unwrap();
+    first.shutdown().await;
+    emu.shutdown().unwrap();
+
+    let emu = Emulator::start(config()).unwrap();
+    let client = client(&emu);
+    let (binary, _) = logs_of(&emu, "SN-RESTART").await;
+    assert_eq!(binary[0]["decoding"]["state"], "no_elf");
+    client.upload_elf(&elf_upload(), fw.elf()).await.unwrap();
+    let (binary, records) = logs_of(&emu, "SN-RESTART").await;
+    assert_eq!(binary[0]["decoding"]["state"], "decoded");
+    let lines: Vec<String> = in_log_order(records).iter().map(oracle_line).collect();
+    assert_eq!(lines, fw.oracle);
+    client.shutdown().await;
+}
