@@ -50,7 +50,7 @@
 //! - **decoding** (PROTOCOL §5.1) with the uploaded ELFs: a binary log is
 //!   decoded on arrival with the ELF of the firmware its device registered
 //!   under the log's session token (application, device type, version);
-//!   without one it is kept as "no ELF for <device type> <version>" and
+//!   without one it is kept as `"no ELF for <device type> <version>"` and
 //!   decoded when that ELF is uploaded, before the PUT is answered.
 //!   `GET /logs` serves the records (time, level, module, message, typed
 //!   metric, problems).

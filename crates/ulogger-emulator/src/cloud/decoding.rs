@@ -14,7 +14,7 @@
 //! token is decoded with the ELF of the firmware that token was issued to.
 //!
 //! A log is decoded on arrival when its ELF is there. Otherwise it is kept
-//! with its state (`no_elf`: "no ELF for <device type> <version>";
+//! with its state (`no_elf`: `"no ELF for <device type> <version>"`;
 //! `bad_elf`: the stored ELF does not read) and decoded when an ELF of its
 //! firmware is uploaded ([`Cloud::decode_waiting`]). A token issued by an
 //! emulator that did not keep device types (an older `tokens.jsonl`)
