@@ -707,6 +707,59 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_log_is_found_by_its_firmware_and_settled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let entry = |ts: f64| LogRow {
+            app_id: Some(7),
+            serial: "S".into(),
+            ts,
+            item: json!({"type": "binary"}).as_object().unwrap().clone(),
+        };
+        let log = |version: &str| Rows {
+            logs: vec![entry(5.0)],
+            binary_log: Some(BinaryLogRow {
+                app_id: 7,
+                serial: "S".into(),
+                device_type: Some("board".into()),
+                version: Some(version.into()),
+                git_hash: "g".into(),
+                file: format!("binlog/{version}.bin"),
+                received: 5.0,
+                state: "no_elf",
+            }),
+            ..Rows::default()
+        };
+        let record = Record::new(RecordKind::BinaryLog, "b", 1);
+        store.insert(&record, &log("v1"), || Ok(())).unwrap();
+        store.insert(&record, &log("v2"), || Ok(())).unwrap();
+
+        let waiting = store.waiting_logs(7, "board", "v1").unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].file, "binlog/v1.bin");
+        assert!(store.waiting_logs(8, "board", "v1").unwrap().is_empty());
+
+        let decoding = json!({"state": "decoded", "records": 1});
+        let mut record_row = entry(3.0);
+        record_row.item.insert("type".into(), json!("record"));
+        let records = [record_row];
+        assert!(store
+            .settle(waiting[0].id, "decoded", &decoding, &records)
+            .unwrap());
+        // A second upload of the same ELF finds it decoded: nothing twice.
+        assert!(!store
+            .settle(waiting[0].id, "decoded", &decoding, &records)
+            .unwrap());
+        assert!(store.waiting_logs(7, "board", "v1").unwrap().is_empty());
+        let logs = store.query(Table::Logs, &query()).unwrap();
+        let kinds: Vec<_> = logs.iter().map(|l| l["type"].clone()).collect();
+        assert_eq!(kinds, [json!("binary"), json!("binary"), json!("record")]);
+        // Newest first: v2's entry (still waiting), then v1's.
+        assert!(logs[0].get("decoding").is_none());
+        assert_eq!(logs[1]["decoding"]["state"], "decoded");
+    }
+
+    #[test]
     fn a_failed_write_stores_nothing_of_the_message() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
