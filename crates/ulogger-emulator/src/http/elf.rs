@@ -8,6 +8,10 @@
 //! 200 stored, 400 a wrong content type or an empty body, 403 another
 //! customer's certificate, 404 an unknown URL, 410 a used or expired one,
 //! 413 a body over [`MAX_ELF`], 503 an outage (a fault) or a failed write.
+//!
+//! Once stored, the ELF decodes the logs of its firmware that waited for
+//! it (`Cloud::decode_waiting`) before the 200 goes out, whose JSON says
+//! how many (`decoded_logs`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
