@@ -47,6 +47,13 @@
 //!   the ELF PUT there is kept by application, device type and version
 //!   ([`Emulator::stored_elfs`], [`Emulator::find_elf`]). A client
 //!   certificate of another customer presented on the PUT is answered 403.
+//! - **decoding** (PROTOCOL §5.1) with the uploaded ELFs: a binary log is
+//!   decoded on arrival with the ELF of the firmware its device registered
+//!   under the log's session token (application, device type, version);
+//!   without one it is kept as `"no ELF for <device type> <version>"` and
+//!   decoded when that ELF is uploaded, before the PUT is answered.
+//!   `GET /logs` serves the records (time, level, module, message, typed
+//!   metric, problems).
 //! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
 //!   delay or break boot replies and cut connections, to answer HTTP
 //!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]),
@@ -64,7 +71,8 @@
 //!
 //! ```text
 //! records.db             SQLite (WAL): the records, and the metrics, events and
-//!                        log entries of accepted payloads, for the data API
+//!                        log entries of accepted payloads (decoded log records
+//!                        included), for the data API
 //! index.jsonl            one Record per line (JSON), appended as things happen
 //! tokens.jsonl           the session tokens issued (kept data directories only)
 //! api_token              the HTTP API token (kept data directories only)
@@ -159,7 +167,7 @@ pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 pub use broker::ClientEvent;
 use broker::{Broker, Mailbox, Tls};
-use cloud::{BootGuard, Cloud, Command, TokenBook, Uplink};
+use cloud::{BootGuard, Cloud, Command, Decoding, TokenBook, Uplink};
 use elf_store::ElfStore;
 use http::HttpState;
 use records::RecordLog;
@@ -365,6 +373,7 @@ impl Emulator {
             format!("{http_scheme}://{http_addr}"),
         )?);
 
+        let decoding = Arc::new(Decoding::new(elfs.clone(), &data_dir, config.customer_id));
         let cloud = Cloud {
             topics,
             legacy_topics: config.legacy_topics,
@@ -374,6 +383,7 @@ impl Emulator {
             faults: faults.clone(),
             tokens: tokens.clone(),
             elfs,
+            decoding,
             uplink,
         };
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::durable::{create_dir_all, fault, repair_jsonl, sync_dir, write_atomic_with, Access};
-use crate::store::{InsertError, Query, Rows, Store, Table};
+use crate::store::{InsertError, LogRow, Query, Rows, Store, Table, WaitingLog};
 use crate::EmulatorError;
 
 /// A record the database refused: what it describes must not be
@@ -418,6 +418,32 @@ impl RecordLog {
         query: &Query,
     ) -> Result<Vec<serde_json::Value>, String> {
         self.store.query(table, query).map_err(|e| e.to_string())
+    }
+
+    /// The binary logs of one firmware that wait for its ELF.
+    pub(crate) fn waiting_logs(
+        &self,
+        app_id: u32,
+        device_type: &str,
+        version: &str,
+    ) -> Result<Vec<WaitingLog>, String> {
+        self.store
+            .waiting_logs(app_id, device_type, version)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Settles a waiting binary log with what its decoding gave (see
+    /// [`Store::settle`]).
+    pub(crate) fn settle(
+        &self,
+        log_id: i64,
+        state: &str,
+        decoding: &serde_json::Value,
+        records: &[LogRow],
+    ) -> Result<bool, String> {
+        self.store
+            .settle(log_id, state, decoding, records)
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn snapshot(&self) -> Vec<Record> {

@@ -1,7 +1,8 @@
 //! The record database, `<data>/records.db`: SQLite in WAL mode holding
 //! the records (what `index.jsonl` holds) and what the data API reads
 //! back: the metrics and events of accepted telemetry, and log entries
-//! (accepted binary logs and text-log lines). A record and the rows taken
+//! (accepted binary logs, their decoded records and text-log lines), with
+//! each binary log's decoding state. A record and the rows taken
 //! from its payload are written in one transaction, so a query never sees
 //! half a message.
 
@@ -88,6 +89,26 @@ CREATE INDEX IF NOT EXISTS log_entries_app_serial ON log_entries (app_id, serial
 CREATE INDEX IF NOT EXISTS log_entries_app ON log_entries (app_id, ts);
 CREATE INDEX IF NOT EXISTS log_entries_serial ON log_entries (serial, ts);
 CREATE INDEX IF NOT EXISTS log_entries_ts ON log_entries (ts);
+
+-- Each accepted binary log and how far its decoding got: a log waiting
+-- for its firmware's ELF is found by the firmware when the ELF arrives.
+CREATE TABLE IF NOT EXISTS binary_logs (
+    id INTEGER PRIMARY KEY,
+    record_id INTEGER NOT NULL,
+    -- Its entry in log_entries (the header fields and the decoding state).
+    entry_id INTEGER NOT NULL,
+    app_id INTEGER NOT NULL,
+    serial TEXT NOT NULL,
+    device_type TEXT,
+    version TEXT,
+    git_hash TEXT NOT NULL,
+    -- The payload, relative to the data directory.
+    file TEXT NOT NULL,
+    -- Epoch seconds of its arrival.
+    received REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS binary_logs_firmware ON binary_logs (app_id, device_type, version, state);
 ";
 
 /// One metric sample of an accepted payload.
@@ -122,12 +143,43 @@ pub(crate) struct LogRow {
     pub(crate) item: Map<String, Value>,
 }
 
+/// An accepted binary log, for decoding it when its ELF arrives; its
+/// entry is the first of the record's log rows.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BinaryLogRow {
+    pub(crate) app_id: u32,
+    pub(crate) serial: String,
+    pub(crate) device_type: Option<String>,
+    pub(crate) version: Option<String>,
+    pub(crate) git_hash: String,
+    pub(crate) file: String,
+    /// Epoch seconds.
+    pub(crate) received: f64,
+    pub(crate) state: &'static str,
+}
+
+/// A binary log whose decoding waits for its firmware's ELF.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WaitingLog {
+    pub(crate) id: i64,
+    pub(crate) serial: String,
+    pub(crate) git_hash: String,
+    pub(crate) file: String,
+    pub(crate) received: f64,
+}
+
+/// The decoding states in which a log waits for an ELF (none stored, or
+/// the stored one does not read): another upload of its firmware's ELF
+/// decodes it.
+pub(crate) const WAITING_STATES: [&str; 2] = ["no_elf", "bad_elf"];
+
 /// What a record's payload adds to the data API's tables.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Rows {
     pub(crate) metrics: Vec<MetricRow>,
     pub(crate) events: Vec<EventRow>,
     pub(crate) logs: Vec<LogRow>,
+    pub(crate) binary_log: Option<BinaryLogRow>,
 }
 
 /// Which table a query reads.
@@ -246,6 +298,83 @@ impl Store {
             Err(InsertError::BeforeCommit(_)) => {}
         }
         written
+    }
+
+    /// The binary logs of one firmware (application, device type,
+    /// version) that wait for its ELF, oldest first.
+    pub(crate) fn waiting_logs(
+        &self,
+        app_id: u32,
+        device_type: &str,
+        version: &str,
+    ) -> Result<Vec<WaitingLog>, rusqlite::Error> {
+        let connection = lock(&self.write);
+        let mut statement = connection.prepare_cached(
+            "SELECT id, serial, git_hash, file, received FROM binary_logs \
+             WHERE app_id = ? AND device_type = ? AND version = ? AND state IN (?, ?) ORDER BY id",
+        )?;
+        let rows = statement.query_map(
+            params![
+                app_id,
+                device_type,
+                version,
+                WAITING_STATES[0],
+                WAITING_STATES[1]
+            ],
+            |row| {
+                Ok(WaitingLog {
+                    id: row.get(0)?,
+                    serial: row.get(1)?,
+                    git_hash: row.get(2)?,
+                    file: row.get(3)?,
+                    received: row.get(4)?,
+                })
+            },
+        )?;
+        rows.collect()
+    }
+
+    /// Settles a waiting log in one transaction: its new state, its
+    /// entry's `decoding` object, and its decoded records as log entries
+    /// of the same record. False (nothing written) when the log no longer
+    /// waits: another upload of the ELF decoded it first.
+    pub(crate) fn settle(
+        &self,
+        log_id: i64,
+        state: &str,
+        decoding: &Value,
+        records: &[LogRow],
+    ) -> Result<bool, rusqlite::Error> {
+        let mut connection = lock(&self.write);
+        let tx = connection.transaction()?;
+        let changed = tx.execute(
+            "UPDATE binary_logs SET state = ? WHERE id = ? AND state IN (?, ?)",
+            params![state, log_id, WAITING_STATES[0], WAITING_STATES[1]],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let (record_id, entry_id): (i64, i64) = tx.query_row(
+            "SELECT record_id, entry_id FROM binary_logs WHERE id = ?",
+            [log_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let item: String = tx.query_row(
+            "SELECT item FROM log_entries WHERE id = ?",
+            [entry_id],
+            |row| row.get(0),
+        )?;
+        let mut item: Value = serde_json::from_str(&item).unwrap_or_else(|_| json!({}));
+        if let Some(object) = item.as_object_mut() {
+            object.insert("decoding".into(), decoding.clone());
+        }
+        tx.execute(
+            "UPDATE log_entries SET item = ? WHERE id = ?",
+            params![item.to_string(), entry_id],
+        )?;
+        insert_logs(&tx, record_id, records)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Answers a query: the matching items, newest first, at most
@@ -406,15 +535,45 @@ fn insert_into(
         for e in &rows.events {
             event.execute(params![record_id, e.app_id, e.serial, e.event_type, e.ts])?;
         }
-        let mut log = tx.prepare_cached(
-            "INSERT INTO log_entries (record_id, app_id, serial, ts, item) VALUES (?, ?, ?, ?, ?)",
-        )?;
-        for l in &rows.logs {
-            let item = Value::Object(l.item.clone()).to_string();
-            log.execute(params![record_id, l.app_id, l.serial, l.ts, item])?;
+        let first_entry = insert_logs(tx, record_id, &rows.logs)?;
+        if let (Some(log), Some(entry_id)) = (&rows.binary_log, first_entry) {
+            tx.prepare_cached(
+                "INSERT INTO binary_logs (record_id, entry_id, app_id, serial, device_type, \
+                 version, git_hash, file, received, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                record_id,
+                entry_id,
+                log.app_id,
+                log.serial,
+                log.device_type,
+                log.version,
+                log.git_hash,
+                log.file,
+                log.received,
+                log.state,
+            ])?;
         }
     }
     Ok(())
+}
+
+/// Inserts `logs` as entries of `record_id`; returns the first one's id.
+fn insert_logs(
+    tx: &rusqlite::Transaction<'_>,
+    record_id: i64,
+    logs: &[LogRow],
+) -> rusqlite::Result<Option<i64>> {
+    let mut first = None;
+    let mut statement = tx.prepare_cached(
+        "INSERT INTO log_entries (record_id, app_id, serial, ts, item) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    for l in logs {
+        let item = Value::Object(l.item.clone()).to_string();
+        statement.execute(params![record_id, l.app_id, l.serial, l.ts, item])?;
+        first.get_or_insert(tx.last_insert_rowid());
+    }
+    Ok(first)
 }
 
 /// Microseconds since the Unix epoch (0 for a time before it).
@@ -545,6 +704,59 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_waiting_log_is_found_by_its_firmware_and_settled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let entry = |ts: f64| LogRow {
+            app_id: Some(7),
+            serial: "S".into(),
+            ts,
+            item: json!({"type": "binary"}).as_object().unwrap().clone(),
+        };
+        let log = |version: &str| Rows {
+            logs: vec![entry(5.0)],
+            binary_log: Some(BinaryLogRow {
+                app_id: 7,
+                serial: "S".into(),
+                device_type: Some("board".into()),
+                version: Some(version.into()),
+                git_hash: "g".into(),
+                file: format!("binlog/{version}.bin"),
+                received: 5.0,
+                state: "no_elf",
+            }),
+            ..Rows::default()
+        };
+        let record = Record::new(RecordKind::BinaryLog, "b", 1);
+        store.insert(&record, &log("v1"), || Ok(())).unwrap();
+        store.insert(&record, &log("v2"), || Ok(())).unwrap();
+
+        let waiting = store.waiting_logs(7, "board", "v1").unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].file, "binlog/v1.bin");
+        assert!(store.waiting_logs(8, "board", "v1").unwrap().is_empty());
+
+        let decoding = json!({"state": "decoded", "records": 1});
+        let mut record_row = entry(3.0);
+        record_row.item.insert("type".into(), json!("record"));
+        let records = [record_row];
+        assert!(store
+            .settle(waiting[0].id, "decoded", &decoding, &records)
+            .unwrap());
+        // A second upload of the same ELF finds it decoded: nothing twice.
+        assert!(!store
+            .settle(waiting[0].id, "decoded", &decoding, &records)
+            .unwrap());
+        assert!(store.waiting_logs(7, "board", "v1").unwrap().is_empty());
+        let logs = store.query(Table::Logs, &query()).unwrap();
+        let kinds: Vec<_> = logs.iter().map(|l| l["type"].clone()).collect();
+        assert_eq!(kinds, [json!("binary"), json!("binary"), json!("record")]);
+        // Newest first: v2's entry (still waiting), then v1's.
+        assert!(logs[0].get("decoding").is_none());
+        assert_eq!(logs[1]["decoding"]["state"], "decoded");
     }
 
     #[test]

@@ -61,10 +61,10 @@ pub struct Args {
 enum FrameArg {
     /// From the header version (1: agent 1.0.x; 3, 4: agent 1.1+).
     Auto,
-    /// Agent 1.0.x: [len u16][frame_seq u16][payload].
+    /// Agent 1.0.x: frames of a u16 length, a u16 sequence number, the payload.
     #[value(name = "1.0")]
     Sequenced,
-    /// Agent 1.1 and later: [len u16][tick_delta u32][payload].
+    /// Agent 1.1 and later: frames of a u16 length, a u32 tick delta, the payload.
     #[value(name = "1.1")]
     TickDelta,
 }

@@ -28,7 +28,8 @@ pub enum Kind {
     Metrics,
     /// Events (`GET /events`).
     Events,
-    /// Binary logs (their headers) and text-log entries (`GET /logs`).
+    /// Binary logs (their headers and decoding state), their decoded
+    /// records, and text-log entries (`GET /logs`).
     Logs,
 }
 
@@ -262,7 +263,7 @@ fn table(kind: Kind, items: &[Value]) -> String {
             Some(Value::Null) | None => "-".to_owned(),
             Some(other) => other.to_string(),
         };
-        let time = time_of(item.get("timestamp"));
+        let time = wall_time(item).unwrap_or_else(|| time_of(item.get("timestamp")));
         let serial = match kind {
             Kind::Logs => text("serial"),
             _ => text("device_serial"),
@@ -295,8 +296,13 @@ fn table(kind: Kind, items: &[Value]) -> String {
     out
 }
 
-/// A text entry's level and message, or a binary log's header fields.
+/// A text entry's level and message, a decoded record as `ulogger
+/// decode` prints it (its problems on lines of their own), or a binary
+/// log's header fields and how far its decoding got.
 fn log_entry(item: &Value) -> String {
+    if item.get("type").and_then(Value::as_str) == Some("record") {
+        return record_entry(item);
+    }
     if item.get("type").and_then(Value::as_str) == Some("text") {
         let level = match item.get("lv").and_then(Value::as_u64) {
             Some(1) => "DEBUG",
@@ -319,11 +325,86 @@ fn log_entry(item: &Value) -> String {
         "used_bytes",
         "size",
     ];
-    fields
+    let header = fields
         .iter()
         .filter_map(|key| item.get(*key).map(|v| format!("{key}={v}")))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    let Some(decoding) = item.get("decoding") else {
+        return header;
+    };
+    let count = |key: &str| decoding.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let state = match decoding.get("state").and_then(Value::as_str) {
+        Some("decoded") => {
+            let mut text = format!("decoded: {} records", count("records"));
+            if count("with_problems") > 0 {
+                text.push_str(&format!(", {} with problems", count("with_problems")));
+            }
+            text
+        }
+        _ => {
+            let reason = decoding.get("reason").and_then(Value::as_str);
+            format!("not decoded: {}", reason.unwrap_or("no reason given"))
+        }
+    };
+    format!("{header}; {state}")
+}
+
+/// `[+uptime ]LEVEL MODULE message`, then `    ! problem` per problem.
+fn record_entry(item: &Value) -> String {
+    let text = |key: &str| item.get(key).and_then(Value::as_str).unwrap_or_default();
+    let time = item.get("time");
+    let kind = time.and_then(|t| t.get("kind")).and_then(Value::as_str);
+    let field = |key: &str| time.and_then(|t| t.get(key)).and_then(Value::as_u64);
+    // The wall clock is the TIME column; other times are the device's own.
+    let when = match (kind, field("micros"), field("ticks"), field("frame_seq")) {
+        (Some("uptime"), Some(us), _, _) => {
+            format!("+{}.{:06}s ", us / 1_000_000, us % 1_000_000)
+        }
+        (Some("uptime"), None, Some(ticks), _) => format!("+{ticks}ticks "),
+        (Some("sequence"), _, _, Some(seq)) => format!("#{seq} "),
+        _ => String::new(),
+    };
+    let module = match (
+        item.get("module").and_then(Value::as_str),
+        item.get("module_index").and_then(Value::as_u64),
+    ) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(31)) => "ALWAYS".to_owned(),
+        (None, Some(index)) if index < 32 => format!("{:#x}", 1u32 << index),
+        (None, _) => "?".to_owned(),
+    };
+    let mut line = format!(
+        "{when}{:<8} {module:<10} {}",
+        text("level"),
+        text("message")
+    )
+    .trim_end()
+    .to_owned();
+    for problem in item
+        .get("problems")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let message = problem.get("message").and_then(Value::as_str);
+        line.push_str(&format!("\n    ! {}", message.unwrap_or("?")));
+    }
+    line
+}
+
+/// A decoded record's wall-clock time, to the microsecond (its
+/// `timestamp` is the same as a float, which may be a little off).
+fn wall_time(item: &Value) -> Option<String> {
+    let time = item.get("time")?;
+    if time.get("kind")?.as_str()? != "wall" {
+        return None;
+    }
+    let micros = time.get("unix_us")?.as_i64()?;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// Epoch seconds as RFC 3339 (UTC), or the value as it came.
@@ -381,6 +462,40 @@ mod tests {
             text.contains(
                 "version=3 session_token=9 anchor_tick=1 tick_rate_hz=1000 used_bytes=10 size=27"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn decoded_records_read_as_decode_prints_them() {
+        let logs = [
+            json!({"type": "record", "timestamp": 1699999900.25, "serial": "S", "application_id": 1,
+                   "time": {"kind": "wall", "unix_us": 1699999900250000i64},
+                   "level": "INFO", "module": "MAIN", "module_index": 0, "message": "boot: 3",
+                   "problems": []}),
+            json!({"type": "record", "timestamp": 2, "serial": "S", "application_id": 1,
+                   "time": {"kind": "uptime", "ticks": 1500, "micros": 1500000},
+                   "level": "ERROR", "module": null, "module_index": 20, "message": "",
+                   "problems": [{"kind": "unknown_format_address", "message": "format address 0xfffffff0 is in no allocated section"}]}),
+            json!({"type": "binary", "timestamp": 2, "version": 4, "serial": "S", "application_id": 1,
+                   "decoding": {"state": "no_elf", "reason": "no ELF for board 1.0"}}),
+            json!({"type": "binary", "timestamp": 2, "version": 4, "serial": "S", "application_id": 1,
+                   "decoding": {"state": "decoded", "records": 5, "with_problems": 1}}),
+        ];
+        let text = table(Kind::Logs, &logs);
+        assert!(text.contains("2023-11-14T22:11:40.25Z"), "{text}");
+        assert!(
+            text.contains("record  INFO     MAIN       boot: 3"),
+            "{text}"
+        );
+        assert!(text.contains("+1.500000s ERROR    0x100000\n"), "{text}");
+        assert!(text.contains("\n    ! format address 0xfffffff0"), "{text}");
+        assert!(
+            text.contains("version=4; not decoded: no ELF for board 1.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("decoded: 5 records, 1 with problems"),
             "{text}"
         );
     }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::Client;
 use crate::error::{Error, ErrorKind};
 use crate::link::BridgeState;
-use crate::transport::Link as OwnState;
+use crate::transport::Connectivity as OwnState;
 
 /// The state of one of a client's connections, as a
 /// [`ConnectionEvent`] reports it.

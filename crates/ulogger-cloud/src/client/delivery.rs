@@ -17,7 +17,7 @@ use crate::crash::crash_point;
 use crate::error::{Error, ErrorKind};
 use crate::outbox::{Kind, Outbox, StoredRecord, Taken};
 use crate::transport::backoff::Backoff;
-use crate::transport::Link;
+use crate::transport::Connectivity;
 use crate::wire::DeviceInfo;
 
 /// Runs until `stop` is set, then lets the deliveries under way finish
@@ -39,7 +39,7 @@ pub(super) async fn run(
     // an operator looks for why nothing is delivered.
     let mut link_events = client.transport().link_events();
     if let Some(events) = &mut link_events {
-        if let Link::Connecting {
+        if let Connectivity::Connecting {
             last_error: Some(e),
             ..
         } = &*events.borrow_and_update()
@@ -110,7 +110,10 @@ pub(super) async fn run(
 /// Waits until the connection comes up or closes (`None`) or an attempt
 /// fails (its error), seen through `events` so that each attempt counts
 /// once.
-async fn link_change(client: &Client, events: &mut Option<watch::Receiver<Link>>) -> Option<Error> {
+async fn link_change(
+    client: &Client,
+    events: &mut Option<watch::Receiver<Connectivity>>,
+) -> Option<Error> {
     let Some(events) = events else {
         client.transport().wait_connected().await;
         return None;
@@ -121,12 +124,12 @@ async fn link_change(client: &Client, events: &mut Option<watch::Receiver<Link>>
             std::future::pending::<()>().await;
         }
         match &*events.borrow_and_update() {
-            Link::Connecting {
+            Connectivity::Connecting {
                 last_error: Some(e),
                 ..
             } => return Some(e.clone()),
-            Link::Connecting { .. } => {}
-            Link::Connected | Link::Closed => return None,
+            Connectivity::Connecting { .. } => {}
+            Connectivity::Connected | Connectivity::Closed => return None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::{timeout_at, Instant};
 
-use super::pool::{Link, Listener};
+use super::pool::{Connection, Receiver};
 use super::Client;
 use crate::error::{Error, ErrorKind, Phase};
 use crate::transport::{deadline_after, Message};
@@ -117,9 +117,9 @@ impl Client {
 /// (applying one twice is harmless). A configuration pushed, not retained,
 /// while the connection was down is lost: a clean session keeps nothing.
 pub struct LogConfigs {
-    transport: Link,
+    transport: Connection,
     topic: String,
-    listener: Listener,
+    listener: Receiver,
     /// The payload yielded last, to recognise re-deliveries of it.
     last: Option<Bytes>,
 }

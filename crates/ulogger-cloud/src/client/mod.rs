@@ -29,7 +29,7 @@ use crate::outbox::Kind;
 use crate::outbox::{Outbox, OutboxConfig, OutboxStatus, RecordId};
 use crate::store::SessionStore;
 use crate::wire::{self, Compression, DeviceInfo, LogHeader, MAX_MESSAGE_SIZE};
-use pool::{Link, Pool};
+use pool::{Connection, Pool};
 
 use registration::Registrations;
 
@@ -93,7 +93,7 @@ pub struct Client {
 /// Closes the client when the caller's last handle is dropped, even while
 /// background deliveries hold the inner state.
 struct Users {
-    links: Vec<Link>,
+    links: Vec<Connection>,
     stop_delivery: Option<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -429,7 +429,7 @@ impl Client {
     /// [`Client::publish_raw`] on the connection `link`.
     async fn publish_raw_on(
         &self,
-        link: &Link,
+        link: &Connection,
         topic: String,
         payload: Bytes,
     ) -> Result<PublishReceipt, Error> {
@@ -519,14 +519,14 @@ impl Client {
 
     /// The connection for the next operation (the next in turn, when the
     /// client has several).
-    pub(crate) fn transport(&self) -> &Link {
+    pub(crate) fn transport(&self) -> &Connection {
         self.inner.pool.pick()
     }
 
     /// The connection of device `serial`: always the same one, so that a
     /// device's messages keep their order (other devices' still spread
     /// over the pool).
-    pub(crate) fn transport_for(&self, serial: &str) -> &Link {
+    pub(crate) fn transport_for(&self, serial: &str) -> &Connection {
         self.inner.pool.pick_for(serial)
     }
 

@@ -35,43 +35,43 @@ fn slot_for(key: &str, n: usize) -> usize {
 /// its hot path has no boxing and no dynamic dispatch; only a bridged link
 /// goes through the [`MqttLink`] trait object.
 #[derive(Clone)]
-pub(crate) enum Link {
+pub(crate) enum Connection {
     Own(Transport),
     Bridged(Arc<Bridge>),
 }
 
 /// Receives the messages delivered on one topic while it lives.
-pub(crate) enum Listener {
-    Own(transport::Listener),
-    Bridged(crate::link::BridgeListener),
+pub(crate) enum Receiver {
+    Own(transport::TopicReceiver),
+    Bridged(crate::link::BridgeReceiver),
 }
 
-impl Listener {
+impl Receiver {
     pub async fn recv(&mut self) -> Option<Message> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         match self {
-            Listener::Own(listener) => listener.poll_recv(cx),
-            Listener::Bridged(rx) => rx.poll_recv(cx),
+            Receiver::Own(listener) => listener.poll_recv(cx),
+            Receiver::Bridged(rx) => rx.poll_recv(cx),
         }
     }
 }
 
-impl Link {
+impl Connection {
     pub fn settings(&self) -> &Settings {
         match self {
-            Link::Own(t) => t.settings(),
-            Link::Bridged(b) => b.settings(),
+            Connection::Own(t) => t.settings(),
+            Connection::Bridged(b) => b.settings(),
         }
     }
 
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
     pub async fn publish(&self, topic: String, payload: Bytes) -> Result<(), Error> {
         match self {
-            Link::Own(t) => t.publish(topic, payload).await,
-            Link::Bridged(b) => b.publish(topic, payload).await,
+            Connection::Own(t) => t.publish(topic, payload).await,
+            Connection::Bridged(b) => b.publish(topic, payload).await,
         }
     }
 
@@ -87,12 +87,12 @@ impl Link {
     ) -> Result<(), Error> {
         turn.wait().await;
         match self {
-            Link::Own(t) => {
+            Connection::Own(t) => {
                 let acknowledged = t.start_publish(topic, payload);
                 turn.pass();
                 acknowledged?.await
             }
-            Link::Bridged(b) => b.publish(topic, payload).await,
+            Connection::Bridged(b) => b.publish(topic, payload).await,
         }
     }
 
@@ -100,57 +100,59 @@ impl Link {
     /// subscription outlives reconnects until every subscriber gave it up.
     pub async fn subscribe(&self, filter: String) -> Result<(), Error> {
         match self {
-            Link::Own(t) => t.subscribe(filter).await,
-            Link::Bridged(b) => b.subscribe(filter).await,
+            Connection::Own(t) => t.subscribe(filter).await,
+            Connection::Bridged(b) => b.subscribe(filter).await,
         }
     }
 
     /// Gives up one subscription to `filter` (without waiting).
     pub fn unsubscribe(&self, filter: String) {
         match self {
-            Link::Own(t) => t.unsubscribe(filter),
-            Link::Bridged(b) => b.unsubscribe(filter),
+            Connection::Own(t) => t.unsubscribe(filter),
+            Connection::Bridged(b) => b.unsubscribe(filter),
         }
     }
 
     /// Starts receiving what arrives on `topic`. Listen before subscribing
     /// so that nothing is missed.
-    pub fn listen(&self, topic: &str) -> Listener {
+    pub fn listen(&self, topic: &str) -> Receiver {
         match self {
-            Link::Own(t) => Listener::Own(t.listen(topic)),
-            Link::Bridged(b) => Listener::Bridged(b.listen(topic)),
+            Connection::Own(t) => Receiver::Own(t.listen(topic)),
+            Connection::Bridged(b) => Receiver::Bridged(b.listen(topic)),
         }
     }
 
     /// Waits until connected (see [`Transport::connected`]).
     pub async fn connected(&self) -> Result<(), Error> {
         match self {
-            Link::Own(t) => t.connected().await,
-            Link::Bridged(b) => b.connected().await,
+            Connection::Own(t) => t.connected().await,
+            Connection::Bridged(b) => b.connected().await,
         }
     }
 
     pub fn is_connected(&self) -> bool {
         match self {
-            Link::Own(t) => t.is_connected(),
-            Link::Bridged(b) => b.is_connected(),
+            Connection::Own(t) => t.is_connected(),
+            Connection::Bridged(b) => b.is_connected(),
         }
     }
 
     /// Waits until the link changes to connected or closed.
     pub async fn wait_connected(&self) {
         match self {
-            Link::Own(t) => t.wait_connected().await,
-            Link::Bridged(b) => b.wait_connected().await,
+            Connection::Own(t) => t.wait_connected().await,
+            Connection::Bridged(b) => b.wait_connected().await,
         }
     }
 
     /// Every change of the link from now on, where the link is ours
     /// (a bridged link's failures are its owner's to report).
-    pub fn link_events(&self) -> Option<tokio::sync::watch::Receiver<crate::transport::Link>> {
+    pub fn link_events(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<crate::transport::Connectivity>> {
         match self {
-            Link::Own(t) => Some(t.link_events()),
-            Link::Bridged(_) => None,
+            Connection::Own(t) => Some(t.link_events()),
+            Connection::Bridged(_) => None,
         }
     }
 
@@ -158,28 +160,28 @@ impl Link {
     /// link's (for [`ConnectionChanges`](super::ConnectionChanges)).
     pub fn states(&self) -> super::connection::States {
         match self {
-            Link::Own(t) => super::connection::States::Own(t.link_events()),
-            Link::Bridged(b) => super::connection::States::Bridged(b.states()),
+            Connection::Own(t) => super::connection::States::Own(t.link_events()),
+            Connection::Bridged(b) => super::connection::States::Bridged(b.states()),
         }
     }
 
     pub fn begin_shutdown(&self) {
         match self {
-            Link::Own(t) => t.begin_shutdown(),
-            Link::Bridged(b) => b.begin_shutdown(),
+            Connection::Own(t) => t.begin_shutdown(),
+            Connection::Bridged(b) => b.begin_shutdown(),
         }
     }
 
     pub async fn shutdown(&self) {
         match self {
-            Link::Own(t) => t.shutdown().await,
-            Link::Bridged(b) => b.shutdown().await,
+            Connection::Own(t) => t.shutdown().await,
+            Connection::Bridged(b) => b.shutdown().await,
         }
     }
 }
 
 pub(crate) struct Pool {
-    links: Vec<Link>,
+    links: Vec<Connection>,
     next: AtomicUsize,
 }
 
@@ -188,7 +190,7 @@ impl Pool {
     pub fn start(settings: Vec<Settings>) -> Result<Pool, Error> {
         let links = settings
             .into_iter()
-            .map(|s| Transport::start(s).map(Link::Own))
+            .map(|s| Transport::start(s).map(Connection::Own))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pool::new(links))
     }
@@ -198,30 +200,30 @@ impl Pool {
     pub fn bridged(settings: &Settings, links: Vec<Arc<dyn MqttLink>>) -> Result<Pool, Error> {
         let links = links
             .into_iter()
-            .map(|link| Bridge::start(settings.clone(), link).map(Link::Bridged))
+            .map(|link| Bridge::start(settings.clone(), link).map(Connection::Bridged))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pool::new(links))
     }
 
-    fn new(links: Vec<Link>) -> Pool {
+    fn new(links: Vec<Connection>) -> Pool {
         Pool {
             links,
             next: AtomicUsize::new(0),
         }
     }
 
-    pub fn all(&self) -> &[Link] {
+    pub fn all(&self) -> &[Connection] {
         &self.links
     }
 
     /// The first connection (its settings are every connection's but the
     /// client id).
-    pub fn first(&self) -> &Link {
+    pub fn first(&self) -> &Connection {
         &self.links[0]
     }
 
     /// The next connection in turn, preferring connected ones.
-    pub fn pick(&self) -> &Link {
+    pub fn pick(&self) -> &Connection {
         let n = self.links.len();
         if n == 1 {
             return &self.links[0];
@@ -235,12 +237,12 @@ impl Pool {
 
     /// The connection `key` (a device serial) always gets: a hash of the
     /// key, so the choice needs no state and survives restarts.
-    pub fn pick_for(&self, key: &str) -> &Link {
+    pub fn pick_for(&self, key: &str) -> &Connection {
         &self.links[slot_for(key, self.links.len())]
     }
 
     pub fn any_connected(&self) -> bool {
-        self.links.iter().any(Link::is_connected)
+        self.links.iter().any(Connection::is_connected)
     }
 
     /// Waits until every connection is up (see [`Transport::connected`]).

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
-use super::pool::Link;
+use super::pool::Connection;
 use super::Client;
 use crate::config::RegistrationLimit;
 use crate::error::{Error, ErrorKind, Phase};
@@ -217,7 +217,7 @@ impl Drop for SlotGuard<'_> {
 /// Gives up the reply-topic subscription however the handshake ends
 /// (also the ELF upload's).
 pub(super) struct Unsubscribe<'a> {
-    pub(super) transport: &'a Link,
+    pub(super) transport: &'a Connection,
     pub(super) topic: String,
 }
 

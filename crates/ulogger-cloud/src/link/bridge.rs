@@ -43,13 +43,13 @@ type Routes = HashMap<String, Vec<mpsc::UnboundedSender<Message>>>;
 /// Receives what arrives on one topic; forgets its route when dropped (a
 /// boot reply topic gets one message, so waiting for the next to prune it
 /// would keep an entry per device ever registered).
-pub(crate) struct Listener {
+pub(crate) struct BridgeReceiver {
     rx: mpsc::UnboundedReceiver<Message>,
-    shared: Weak<Shared>,
+    shared: Weak<BridgeHub>,
     topic: String,
 }
 
-impl Listener {
+impl BridgeReceiver {
     pub fn poll_recv(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -58,7 +58,7 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
+impl Drop for BridgeReceiver {
     fn drop(&mut self) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -76,7 +76,7 @@ impl Drop for Listener {
 }
 
 /// State shared by the bridge and the link's [`LinkInbox`].
-pub(crate) struct Shared {
+pub(crate) struct BridgeHub {
     state: watch::Sender<State>,
     /// Exact topic -> listeners of messages arriving on it.
     routes: Mutex<Routes>,
@@ -91,7 +91,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Shared {
+impl BridgeHub {
     pub(super) fn deliver(&self, message: IncomingMessage) {
         let mut routes = lock(&self.routes);
         if let Some(listeners) = routes.get_mut(&message.topic) {
@@ -145,7 +145,7 @@ impl Shared {
 /// The client's handle on a bridged link.
 pub(crate) struct Bridge {
     link: Arc<dyn MqttLink>,
-    shared: Arc<Shared>,
+    shared: Arc<BridgeHub>,
     settings: Settings,
     pacer: Option<Mutex<Pacer>>,
     inflight: Arc<Semaphore>,
@@ -158,7 +158,7 @@ impl Bridge {
     /// sessions, on the current Tokio runtime.
     pub fn start(settings: Settings, link: Arc<dyn MqttLink>) -> Result<Arc<Bridge>, Error> {
         let runtime = Handle::try_current().map_err(|_| Error::from(ErrorKind::NoRuntime))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(BridgeHub {
             state: watch::Sender::new(State::Down { reason: None }),
             routes: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
@@ -243,7 +243,7 @@ impl Bridge {
     }
 
     /// Starts receiving what arrives on `topic` (an exact topic name).
-    pub fn listen(&self, topic: &str) -> Listener {
+    pub fn listen(&self, topic: &str) -> BridgeReceiver {
         let (tx, rx) = mpsc::unbounded_channel();
         if !self.shared.is_closed() {
             lock(&self.shared.routes)
@@ -251,7 +251,7 @@ impl Bridge {
                 .or_default()
                 .push(tx);
         }
-        Listener {
+        BridgeReceiver {
             rx,
             shared: Arc::downgrade(&self.shared),
             topic: topic.to_owned(),
@@ -412,7 +412,7 @@ impl Bridge {
 /// the link stays up. Ends when the bridge closes.
 async fn restore_subscriptions(
     link: Arc<dyn MqttLink>,
-    shared: Weak<Shared>,
+    shared: Weak<BridgeHub>,
     mut lost: watch::Receiver<u64>,
     mut state: watch::Receiver<State>,
     ack_timeout: std::time::Duration,

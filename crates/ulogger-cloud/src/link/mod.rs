@@ -66,7 +66,7 @@ use bytes::Bytes;
 use crate::config::{MqttConfig, Security, Settings};
 use crate::error::Error;
 
-pub(crate) use bridge::{Bridge, Listener as BridgeListener, State as BridgeState};
+pub(crate) use bridge::{Bridge, BridgeReceiver, State as BridgeState};
 pub use rumqttc_link::RumqttcLink;
 
 /// What a link operation returns: a boxed future, so that [`MqttLink`]
@@ -177,7 +177,7 @@ impl IncomingMessage {
 /// client shut down, reports are ignored.
 #[derive(Clone)]
 pub struct LinkInbox {
-    shared: Arc<bridge::Shared>,
+    shared: Arc<bridge::BridgeHub>,
 }
 
 impl LinkInbox {

@@ -13,7 +13,7 @@ use super::lock::lock;
 use super::segments::{
     acks_path, io_error, remove_segment, segment_path, segments, set_aside, write_replacing,
 };
-use super::state::{unix_ms, Entry, EntryState, Shared, State};
+use super::state::{unix_ms, Entry, EntryState, Ledger, State};
 use super::writer::{Failures, Writer};
 use crate::durable;
 use crate::error::Error;
@@ -141,7 +141,7 @@ pub(super) fn load(dir: &Path, repair: bool, durable: bool) -> Result<Loaded, Er
 }
 
 /// Opens the directory for its owner.
-pub(super) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
+pub(super) fn open(config: OutboxConfig) -> Result<(Ledger, Writer), Error> {
     // Fault points read `FAILPOINTS` (and drop any other configuration)
     // on their first use: done here, a test that opens an outbox and then
     // configures a point keeps its configuration.
@@ -181,5 +181,5 @@ pub(super) fn open(config: OutboxConfig) -> Result<(Shared, Writer), Error> {
         status_generation: u64::MAX,
         _lock: lock,
     };
-    Ok((Shared::new(config, loaded.state), writer))
+    Ok((Ledger::new(config, loaded.state), writer))
 }

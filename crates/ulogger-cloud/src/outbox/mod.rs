@@ -35,7 +35,7 @@ pub(crate) use format::{Kind, StoredRecord};
 pub(crate) use sending::Taken;
 pub(crate) use state::error_chain;
 
-use state::Shared;
+use state::Ledger;
 use writer::Request;
 
 use crate::error::{Error, ErrorKind};
@@ -61,7 +61,7 @@ impl std::fmt::Display for RecordId {
 /// at an outbox another process owns, use [`OutboxStatus::read`] and
 /// [`OutboxRecord::list`].
 pub struct Outbox {
-    shared: Arc<Shared>,
+    shared: Arc<Ledger>,
     requests: std::sync::mpsc::Sender<Request>,
     writer: Option<std::thread::JoinHandle<()>>,
 }

@@ -318,7 +318,7 @@ impl State {
 }
 
 /// The state shared by the writer thread, the delivery task and callers.
-pub(crate) struct Shared {
+pub(crate) struct Ledger {
     pub config: OutboxConfig,
     state: Mutex<State>,
     /// Woken when a record becomes deliverable.
@@ -326,9 +326,9 @@ pub(crate) struct Shared {
     pub opened: Instant,
 }
 
-impl Shared {
-    pub fn new(config: OutboxConfig, state: State) -> Shared {
-        Shared {
+impl Ledger {
+    pub fn new(config: OutboxConfig, state: State) -> Ledger {
+        Ledger {
             config,
             state: Mutex::new(state),
             wake: Notify::new(),
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_failure_is_kept_with_its_start_counted_when_it_repeats_and_cleared_by_a_delivery() {
-        let shared = Shared::new(OutboxConfig::new("unused"), State::default());
+        let shared = Ledger::new(OutboxConfig::new("unused"), State::default());
         let status = shared.status();
         assert_eq!(status.last_error, None);
         assert_eq!(status.failing_since, None);

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::state::Shared;
+use super::state::Ledger;
 use super::status::{OutboxRecord, OutboxStatus, StatusFile};
 use super::{load, lock, segments, OutboxConfig};
 use crate::error::{Error, ErrorKind};
@@ -56,7 +56,7 @@ impl OutboxRecord {
     }
 }
 
-fn read_only(dir: &Path) -> Result<Shared, Error> {
+fn read_only(dir: &Path) -> Result<Ledger, Error> {
     if !dir.is_dir() {
         return Err(Error::with_source(
             ErrorKind::Outbox {
@@ -67,5 +67,5 @@ fn read_only(dir: &Path) -> Result<Shared, Error> {
         ));
     }
     let loaded = load::load(dir, false, false)?;
-    Ok(Shared::new(OutboxConfig::new(dir), loaded.state))
+    Ok(Ledger::new(OutboxConfig::new(dir), loaded.state))
 }

@@ -18,7 +18,7 @@ use super::segments::{
     acks_path, injected_write_error, io_error, open_acks, read_frames, remove_segment,
     segment_path, write_replacing, AcksFile, STATUS_FILE,
 };
-use super::state::{unix_ms, Entry, EntryState, Shared};
+use super::state::{unix_ms, Entry, EntryState, Ledger};
 use super::status;
 use crate::crash::crash_point;
 use crate::durable;
@@ -172,7 +172,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub fn run(mut self, requests: Receiver<Request>, shared: Arc<Shared>) {
+    pub fn run(mut self, requests: Receiver<Request>, shared: Arc<Ledger>) {
         // Housekeeping (age limit, status file) runs about once a tick,
         // busy or idle; acks are synced by their own deadline.
         let mut next_tick = Instant::now() + IDLE_TICK;
@@ -219,7 +219,7 @@ impl Writer {
     }
 
     /// Handles one batch; false when asked to close.
-    fn handle(&mut self, batch: Vec<Request>, shared: &Shared) -> bool {
+    fn handle(&mut self, batch: Vec<Request>, shared: &Ledger) -> bool {
         let mut appends = Vec::new();
         let mut acks = Vec::new();
         let mut flushes = Vec::new();
@@ -248,13 +248,13 @@ impl Writer {
     }
 
     /// Writes what became of one record and applies it.
-    fn ack(&mut self, id: u64, state: AckState, shared: &Shared) {
+    fn ack(&mut self, id: u64, state: AckState, shared: &Ledger) {
         self.acks(vec![(id, state)], shared);
     }
 
     /// Writes what became of records, one write per acks file, then
     /// applies it.
-    fn acks(&mut self, acks: Vec<(u64, AckState)>, shared: &Shared) {
+    fn acks(&mut self, acks: Vec<(u64, AckState)>, shared: &Ledger) {
         let mut by_segment: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut known = Vec::with_capacity(acks.len());
         {
@@ -331,7 +331,7 @@ impl Writer {
     /// the next open keeps the first (the old one, with its acks) and moves
     /// it again, so a letter is never lost nor counted twice. Any failure
     /// leaves the segment as it was.
-    fn relocate_dead(&mut self, segment: u64, shared: &Shared) {
+    fn relocate_dead(&mut self, segment: u64, shared: &Ledger) {
         if self.active.as_ref().is_some_and(|a| a.number == segment) {
             return;
         }
@@ -492,7 +492,7 @@ impl Writer {
         }
     }
 
-    fn remove_if_done(&mut self, segment: u64, shared: &Shared) {
+    fn remove_if_done(&mut self, segment: u64, shared: &Ledger) {
         if self.active.as_ref().is_some_and(|a| a.number == segment) {
             return;
         }
@@ -513,7 +513,7 @@ impl Writer {
     }
 
     /// Makes room under the bounds, or refuses appends that do not fit.
-    fn make_room(&mut self, records: usize, bytes: u64, shared: &Shared) -> Result<(), Error> {
+    fn make_room(&mut self, records: usize, bytes: u64, shared: &Ledger) -> Result<(), Error> {
         let (held_records, held_bytes) = {
             let state = shared.lock();
             (state.entries.len(), state.bytes)
@@ -559,7 +559,7 @@ impl Writer {
         Ok(())
     }
 
-    fn expire(&mut self, shared: &Shared) {
+    fn expire(&mut self, shared: &Ledger) {
         let expired = shared.lock().expired(self.max_age);
         if !expired.is_empty() {
             tracing::warn!(records = expired.len(), max_age = ?self.max_age, "evicting outbox records past their maximum age");
@@ -574,7 +574,7 @@ impl Writer {
     fn append(
         &mut self,
         appends: Vec<(NewRecord, oneshot::Sender<Result<u64, Error>>)>,
-        shared: &Shared,
+        shared: &Ledger,
     ) {
         struct Framed {
             frame: std::ops::Range<usize>,
@@ -660,7 +660,7 @@ impl Writer {
     /// is cut back (no partial record stays) and sealed, and the next
     /// batch goes to a fresh segment with the next free number; records
     /// synced into the old one before stay where they are.
-    fn write_batch(&mut self, buf: &[u8], shared: &Shared) -> Result<(u64, u64), Error> {
+    fn write_batch(&mut self, buf: &[u8], shared: &Ledger) -> Result<(u64, u64), Error> {
         if self.active.is_none() {
             // The number is used up whatever happens: a file left by a
             // failed attempt must not fail every later one with "exists".
@@ -725,7 +725,7 @@ impl Writer {
         Ok((number, base))
     }
 
-    fn write_status(&mut self, shared: &Shared) {
+    fn write_status(&mut self, shared: &Ledger) {
         let generation = shared.lock().generation;
         if generation == self.status_generation {
             return;

@@ -28,7 +28,7 @@ use super::chunks::Chunks;
 use super::connect::{self, Stream, MAX_INCOMING_PACKET};
 use super::session::{self, publish_len, Deadline, Session, FIRST_CONTROL_ID, LAST_PUBLISH_ID};
 use super::writer::Step;
-use super::{deadline_after, far_future, Control, Done, Link, Message, Shared};
+use super::{deadline_after, far_future, Connectivity, Control, Done, Hub, Message};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Phase};
 
@@ -125,7 +125,7 @@ impl Timers {
 
 pub(crate) struct Driver {
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    shared: Arc<Hub>,
     control: mpsc::UnboundedReceiver<Control>,
     control_open: bool,
     /// Inflight publishes to write again after a reconnect, oldest first.
@@ -159,7 +159,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub fn new(
         settings: Arc<Settings>,
-        shared: Arc<Shared>,
+        shared: Arc<Hub>,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let subscription_limit =
@@ -216,7 +216,7 @@ impl Driver {
                 Ok(Err(failure)) => {
                     tracing::warn!(%broker, error = %failure.error, source = ?std::error::Error::source(&failure.error), "connection attempt failed");
                     backoff.failed();
-                    self.set_link(Link::Connecting {
+                    self.set_link(Connectivity::Connecting {
                         last_error: Some(failure.error),
                         permanent: failure.permanent,
                     });
@@ -225,7 +225,7 @@ impl Driver {
                 Err(_) => {
                     tracing::warn!(%broker, "connection attempt timed out");
                     backoff.failed();
-                    self.set_link(Link::Connecting {
+                    self.set_link(Connectivity::Connecting {
                         last_error: Some(ErrorKind::Timeout(Phase::Connect).into()),
                         permanent: false,
                     });
@@ -240,7 +240,7 @@ impl Driver {
                 End::Lost(error) => {
                     let unacknowledged = self.shared.session().inflight.len();
                     tracing::warn!(%broker, %error, unacknowledged, "connection lost; reconnecting");
-                    self.set_link(Link::Connecting {
+                    self.set_link(Connectivity::Connecting {
                         last_error: Some(error),
                         permanent: false,
                     });
@@ -248,19 +248,19 @@ impl Driver {
             }
         }
         self.fail_everything();
-        self.set_link(Link::Closed);
+        self.set_link(Connectivity::Closed);
         self.shared.close_routes();
     }
 
     /// Publishes the link state, and lets the publish session follow it
     /// (under its lock, so that a caller queueing meanwhile sees either
     /// the old state or the new one and its consequences).
-    fn set_link(&self, link: Link) {
+    fn set_link(&self, link: Connectivity) {
         {
             let mut session = self.shared.session();
             match &link {
-                Link::Connected => session.gate = session::Gate::Up,
-                Link::Connecting {
+                Connectivity::Connected => session.gate = session::Gate::Up,
+                Connectivity::Connecting {
                     last_error,
                     permanent,
                 } => session.link_down(
@@ -269,7 +269,7 @@ impl Driver {
                     last_error.as_ref(),
                     *permanent,
                 ),
-                Link::Closed => {
+                Connectivity::Closed => {
                     session.gate = session::Gate::Closed;
                     session.fail_all(|| ErrorKind::Shutdown.into());
                 }
@@ -288,7 +288,7 @@ impl Driver {
             let next = {
                 let link = self.shared.link.borrow();
                 let last_error = match &*link {
-                    Link::Connecting { last_error, .. } => last_error.as_ref(),
+                    Connectivity::Connecting { last_error, .. } => last_error.as_ref(),
                     _ => None,
                 };
                 let mut session = self.shared.session();
@@ -363,7 +363,7 @@ impl Driver {
         // link used to be reported up before `restore_session`; a caller
         // that took the fast path in between had its bytes dropped, and
         // its publish's first write went out as a re-send, with DUP.)
-        self.set_link(Link::Connected);
+        self.set_link(Connectivity::Connected);
 
         let keep_alive = Duration::from_secs(u64::from(self.settings.keep_alive));
         let ping_period = if keep_alive.is_zero() {
@@ -945,7 +945,7 @@ async fn read_packets(
     mut reader: ReadHalf<Box<dyn Stream>>,
     mut buf: BytesMut,
     packets: mpsc::UnboundedSender<Result<Packet, Error>>,
-    shared: Arc<Shared>,
+    shared: Arc<Hub>,
 ) {
     loop {
         if !dispatch(&mut buf, &packets, &shared) {
@@ -976,7 +976,7 @@ async fn read_packets(
 fn dispatch(
     buf: &mut BytesMut,
     packets: &mpsc::UnboundedSender<Result<Packet, Error>>,
-    shared: &Shared,
+    shared: &Hub,
 ) -> bool {
     let mut session = None;
     let mut done = Vec::new();

@@ -54,7 +54,7 @@ pub(crate) struct Message {
 
 /// What the connection is doing, as callers waiting on it see it.
 #[derive(Debug, Clone)]
-pub(crate) enum Link {
+pub(crate) enum Connectivity {
     /// Not connected; `last_error` says why the last attempt failed.
     Connecting {
         last_error: Option<Error>,
@@ -79,8 +79,8 @@ pub(crate) enum Control {
 type Routes = HashMap<String, Vec<mpsc::UnboundedSender<Message>>>;
 
 /// State shared between the handle and the driver task.
-pub(crate) struct Shared {
-    link: watch::Sender<Link>,
+pub(crate) struct Hub {
+    link: watch::Sender<Connectivity>,
     /// Exact topic -> listeners of messages arriving on it.
     routes: Mutex<Routes>,
     shutdown: watch::Sender<bool>,
@@ -93,7 +93,7 @@ pub(crate) struct Shared {
     writer: Mutex<Writer>,
 }
 
-impl Shared {
+impl Hub {
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         session::lock(&self.session)
     }
@@ -131,13 +131,13 @@ impl Shared {
 #[derive(Clone)]
 pub(crate) struct Transport {
     control: mpsc::UnboundedSender<Control>,
-    shared: Arc<Shared>,
+    shared: Arc<Hub>,
     settings: Arc<Settings>,
     /// Dropped with the last handle, which tells the driver to close.
     _closer: Arc<Closer>,
 }
 
-struct Closer(Arc<Shared>);
+struct Closer(Arc<Hub>);
 
 impl Drop for Closer {
     fn drop(&mut self) {
@@ -146,16 +146,16 @@ impl Drop for Closer {
 }
 
 /// Receives the messages delivered on one topic while it lives.
-pub(crate) struct Listener {
+pub(crate) struct TopicReceiver {
     rx: mpsc::UnboundedReceiver<Message>,
     /// To forget the route when dropped: a boot reply topic gets one
     /// message, so waiting for the next to prune it would keep an entry
     /// per device ever registered.
-    routes: std::sync::Weak<Shared>,
+    routes: std::sync::Weak<Hub>,
     topic: String,
 }
 
-impl Drop for Listener {
+impl Drop for TopicReceiver {
     fn drop(&mut self) {
         let Some(shared) = self.routes.upgrade() else {
             return;
@@ -172,7 +172,7 @@ impl Drop for Listener {
     }
 }
 
-impl Listener {
+impl TopicReceiver {
     /// The next message (the test-only `OwnLink` awaits them this way;
     /// the pool polls).
     #[cfg(test)]
@@ -196,8 +196,8 @@ impl Transport {
             tokio::runtime::Handle::try_current().map_err(|_| Error::from(ErrorKind::NoRuntime))?;
         let settings = Arc::new(settings);
         let (control, control_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            link: watch::Sender::new(Link::Connecting {
+        let shared = Arc::new(Hub {
+            link: watch::Sender::new(Connectivity::Connecting {
                 last_error: None,
                 permanent: false,
             }),
@@ -293,14 +293,14 @@ impl Transport {
 
     /// Starts receiving what arrives on `topic` (an exact topic name).
     /// Listen before subscribing so that nothing is missed.
-    pub fn listen(&self, topic: &str) -> Listener {
+    pub fn listen(&self, topic: &str) -> TopicReceiver {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared
             .routes()
             .entry(topic.to_owned())
             .or_default()
             .push(tx);
-        Listener {
+        TopicReceiver {
             rx,
             routes: Arc::downgrade(&self.shared),
             topic: topic.to_owned(),
@@ -323,13 +323,13 @@ impl Transport {
         loop {
             let state = link.borrow_and_update().clone();
             match state {
-                Link::Connected => return Ok(()),
-                Link::Closed => return Err(ErrorKind::Shutdown.into()),
-                Link::Connecting {
+                Connectivity::Connected => return Ok(()),
+                Connectivity::Closed => return Err(ErrorKind::Shutdown.into()),
+                Connectivity::Connecting {
                     last_error: Some(e),
                     permanent,
                 } if permanent || fresh => return Err(e),
-                Link::Connecting { .. } => {}
+                Connectivity::Connecting { .. } => {}
             }
             tokio::select! {
                 changed = link.changed() => match changed {
@@ -343,20 +343,20 @@ impl Transport {
 
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
-        matches!(*self.shared.link.borrow(), Link::Connected)
+        matches!(*self.shared.link.borrow(), Connectivity::Connected)
     }
 
     /// Waits until the link changes to connected or closed.
     pub async fn wait_connected(&self) {
         let mut link = self.shared.link.subscribe();
         let _ = link
-            .wait_for(|l| matches!(l, Link::Connected | Link::Closed))
+            .wait_for(|l| matches!(l, Connectivity::Connected | Connectivity::Closed))
             .await;
     }
 
     /// Every change of the link from now on (for those who report
     /// failed connection attempts: each attempt is one change).
-    pub(crate) fn link_events(&self) -> watch::Receiver<Link> {
+    pub(crate) fn link_events(&self) -> watch::Receiver<Connectivity> {
         self.shared.link.subscribe()
     }
 
@@ -373,7 +373,7 @@ impl Transport {
         let mut link = self.shared.link.subscribe();
         // The driver ends by publishing `Closed` (or by being dropped with
         // the runtime), so either way this returns.
-        let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
+        let _ = link.wait_for(|l| matches!(l, Connectivity::Closed)).await;
     }
 
     /// Queues one subscription change (`send` resolves to whether the
@@ -400,15 +400,17 @@ impl Transport {
         loop {
             let state = link.borrow_and_update().clone();
             let deadline = match &state {
-                Link::Connected => None,
-                Link::Connecting {
+                Connectivity::Connected => None,
+                Connectivity::Connecting {
                     last_error: Some(e),
                     permanent: true,
                 } => return Err(e.clone()),
-                Link::Connecting { .. } => Some(*connect_deadline.get_or_insert_with(|| {
-                    deadline_after(Instant::now(), self.settings.connect_timeout)
-                })),
-                Link::Closed => {
+                Connectivity::Connecting { .. } => {
+                    Some(*connect_deadline.get_or_insert_with(|| {
+                        deadline_after(Instant::now(), self.settings.connect_timeout)
+                    }))
+                }
+                Connectivity::Closed => {
                     // The driver may have answered just before closing.
                     return match rx.try_recv() {
                         Ok(result) => result,
@@ -431,7 +433,7 @@ impl Transport {
                 },
                 () = until(deadline) => {
                     return Err(match state {
-                        Link::Connecting { last_error: Some(e), .. } => {
+                        Connectivity::Connecting { last_error: Some(e), .. } => {
                             Error::with_source(ErrorKind::Timeout(Phase::Connect), e)
                         }
                         _ => ErrorKind::Timeout(Phase::Connect).into(),

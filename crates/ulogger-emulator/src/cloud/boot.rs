@@ -86,7 +86,7 @@ impl Cloud {
         let faults = self.faults.snapshot();
         let replies_to_send: Vec<(Vec<u8>, Option<u32>)> = match faults.boot_reply {
             BootReplyMode::Normal => {
-                let token = self.tokens.issue(app_id, &request.serial, &request.git);
+                let token = self.tokens.issue(app_id, &request);
                 record.token = Some(token);
                 vec![(boot_reply_payload(token), Some(token))]
             }

@@ -7,6 +7,7 @@
 //! attached as an MQTT client to an external broker.
 
 mod boot;
+mod decoding;
 mod elf;
 mod routing;
 mod rows;
@@ -15,6 +16,7 @@ mod tokens;
 mod uploads;
 
 pub(crate) use boot::BootGuard;
+pub(crate) use decoding::Decoding;
 pub(crate) use tokens::TokenBook;
 // The public check of telemetry payloads (`crate::telemetry_check`) runs this one.
 pub(crate) use uploads::{verify_telemetry, MAX_DECOMPRESSED};
@@ -123,6 +125,8 @@ pub(crate) struct Cloud {
     pub(crate) tokens: Arc<TokenBook>,
     /// Upload URLs handed out and the firmware ELFs stored.
     pub(crate) elfs: Arc<ElfStore>,
+    /// Decodes binary logs with the stored ELFs.
+    pub(crate) decoding: Arc<Decoding>,
     pub(crate) uplink: Uplink,
 }
 

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use serde_json::{json, Map, Value};
 use ulogger_wire::LogHeader;
 
+use super::tokens::DeviceIdentity;
 use crate::store::{epoch_seconds, EventRow, LogRow, MetricRow, Rows};
 
 /// The samples of a verified metrics (`list` = `"metrics"`) or events
@@ -74,14 +75,17 @@ pub(super) fn telemetry(
 }
 
 /// An accepted binary log: one entry with its header's fields (those its
-/// version has), dated by its arrival.
+/// version has), the firmware its device registered with, and how far its
+/// decoding got (`decoding`), dated by its arrival.
 pub(super) fn binary_log(
     header: &LogHeader,
     app_id: u32,
-    serial: &str,
+    device: &DeviceIdentity,
     size: usize,
     received: SystemTime,
+    decoding: Value,
 ) -> Rows {
+    let serial = device.serial.as_str();
     let received_s = epoch_seconds(received);
     let mut item = Map::new();
     item.insert("type".into(), json!("binary"));
@@ -104,6 +108,10 @@ pub(super) fn binary_log(
     }
     item.insert("used_bytes".into(), json!(header.used_bytes));
     item.insert("size".into(), json!(size));
+    item.insert("device_type".into(), json!(device.device_type));
+    item.insert("firmware_version".into(), json!(device.version));
+    item.insert("git_hash".into(), json!(device.git_hash));
+    item.insert("decoding".into(), decoding);
     Rows {
         logs: vec![LogRow {
             app_id: Some(app_id),

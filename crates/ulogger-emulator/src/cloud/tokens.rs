@@ -12,6 +12,8 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
+use ulogger_wire::BootRequest;
+
 use crate::durable::repair_jsonl;
 use crate::EmulatorError;
 
@@ -25,6 +27,24 @@ struct Issued {
     serial: String,
     token: u32,
     git_hash: String,
+    /// The device type and version string the registration named: which
+    /// firmware ELF decodes the logs sent under this token. Absent from
+    /// the lines of emulators before the decoding (read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+}
+
+/// What a device said of itself when it registered for a session token
+/// (PROTOCOL §3): the firmware its logs under that token come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceIdentity {
+    pub(crate) serial: String,
+    pub(crate) git_hash: String,
+    /// `None` for a token issued by an emulator that did not keep them.
+    pub(crate) device_type: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 /// Issued tokens in issue order, indexed by (application id, token): a
@@ -107,11 +127,11 @@ impl TokenBook {
         self.issued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Issues a fresh random token for `serial` of `app_id` running
-    /// firmware `git_hash`, distinct from every token already issued for
-    /// that application, and keeps it (durably, when kept in a file)
-    /// before returning it.
-    pub(crate) fn issue(&self, app_id: u32, serial: &str, git_hash: &str) -> u32 {
+    /// Issues a fresh random token for the device `request` describes
+    /// (its serial, device type, version and git hash) in `app_id`,
+    /// distinct from every token already issued for that application,
+    /// and keeps it (durably, when kept in a file) before returning it.
+    pub(crate) fn issue(&self, app_id: u32, request: &BootRequest) -> u32 {
         let mut issued = self.lock();
         let token = loop {
             let candidate: u32 = rand::random();
@@ -121,9 +141,11 @@ impl TokenBook {
         };
         let entry = Issued {
             app_id,
-            serial: serial.to_string(),
+            serial: request.serial.clone(),
             token,
-            git_hash: git_hash.to_string(),
+            git_hash: request.git.clone(),
+            device_type: Some(request.device_type.clone()),
+            version: Some(request.version.clone()),
         };
         if let Some(file) = &self.file {
             let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
@@ -136,11 +158,16 @@ impl TokenBook {
         token
     }
 
-    /// The serial `token` was issued to for `app_id`.
-    pub(crate) fn serial_for(&self, app_id: u32, token: u32) -> Option<String> {
+    /// The device `token` was issued to for `app_id`, as it registered.
+    pub(crate) fn identity_for(&self, app_id: u32, token: u32) -> Option<DeviceIdentity> {
         let issued = self.lock();
         let at = *issued.by_token.get(&(app_id, token))?;
-        issued.list.get(at).map(|i| i.serial.clone())
+        issued.list.get(at).map(|i| DeviceIdentity {
+            serial: i.serial.clone(),
+            git_hash: i.git_hash.clone(),
+            device_type: i.device_type.clone(),
+            version: i.version.clone(),
+        })
     }
 }
 
@@ -155,12 +182,27 @@ fn append_line(file: &mut File, entry: &Issued) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn boot(serial: &str, git: &str) -> BootRequest {
+        BootRequest {
+            device_type: "board".into(),
+            git: git.into(),
+            serial: serial.into(),
+            version: "v1".into(),
+        }
+    }
+
+    impl TokenBook {
+        fn serial_for(&self, app_id: u32, token: u32) -> Option<String> {
+            self.identity_for(app_id, token).map(|d| d.serial)
+        }
+    }
+
     #[test]
     fn tokens_kept_in_a_file_are_known_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let book = TokenBook::open(dir.path()).unwrap();
-        let a = book.issue(7, "SN-1", "abc");
-        let b = book.issue(7, "SN-2", "def");
+        let a = book.issue(7, &boot("SN-1", "abc"));
+        let b = book.issue(7, &boot("SN-2", "def"));
         drop(book);
         // A crash while appending a third leaves a cut line: it is dropped.
         let path = dir.path().join(TOKENS_FILE);
@@ -172,12 +214,32 @@ mod tests {
         assert_eq!(book.serial_for(7, a).as_deref(), Some("SN-1"));
         assert_eq!(book.serial_for(7, b).as_deref(), Some("SN-2"));
         assert_eq!(book.serial_for(8, a), None);
-        let c = book.issue(7, "SN-3", "abc");
+        let c = book.issue(7, &boot("SN-3", "abc"));
         assert!(c != a && c != b);
         let again = TokenBook::open(dir.path()).unwrap();
         assert_eq!(again.snapshot().len(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""git_hash":"def""#), "{text}");
+        let device = again.identity_for(7, b).unwrap();
+        assert_eq!(device.device_type.as_deref(), Some("board"));
+        assert_eq!(device.version.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn a_line_of_an_earlier_emulator_names_no_firmware() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(TOKENS_FILE),
+            "{\"app_id\":1,\"serial\":\"A\",\"token\":5,\"git_hash\":\"g\"}\n",
+        )
+        .unwrap();
+        let book = TokenBook::open(dir.path()).unwrap();
+        let device = book.identity_for(1, 5).unwrap();
+        assert_eq!(
+            (device.serial.as_str(), device.git_hash.as_str()),
+            ("A", "g")
+        );
+        assert_eq!((device.device_type, device.version), (None, None));
     }
 
     #[test]
@@ -194,8 +256,8 @@ mod tests {
     #[test]
     fn an_in_memory_book_starts_empty_and_issues_distinct_tokens() {
         let book = TokenBook::in_memory();
-        let a = book.issue(1, "A", "g");
-        let b = book.issue(1, "B", "g");
+        let a = book.issue(1, &boot("A", "g"));
+        let b = book.issue(1, &boot("B", "g"));
         assert_ne!(a, b);
         assert_eq!(book.snapshot().len(), 2);
     }

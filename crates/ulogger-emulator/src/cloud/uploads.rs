@@ -6,11 +6,16 @@ use std::io::Read as _;
 use serde_json::{Map, Value};
 use ulogger_wire::{validate_checksum, LogHeader};
 
-use super::{rows, Cloud};
+use super::{decoding, rows, Cloud};
 use crate::broker::Message;
 use crate::records::{NotStored, Record, RecordKind};
+use crate::store::BinaryLogRow;
 
 impl Cloud {
+    /// A binary log: verified (header, checksum, a token this cloud issued
+    /// for the application), stored, and decoded with its firmware's ELF
+    /// when that is here (see `decoding`): the record, its entry and its
+    /// decoded records go in one transaction.
     pub(super) fn binary_log(&self, app_id: u32, message: &Message) -> Result<(), NotStored> {
         let payload = &message.payload;
         let mut record = Record::new(RecordKind::BinaryLog, message.topic.clone(), payload.len());
@@ -18,12 +23,10 @@ impl Cloud {
         let verdict = match validate_checksum(payload) {
             Ok(header) => {
                 record.token = Some(header.session_token);
-                match self.tokens.serial_for(app_id, header.session_token) {
-                    Some(serial) => {
-                        let entry =
-                            rows::binary_log(&header, app_id, &serial, payload.len(), record.time);
-                        record.serial = Some(serial);
-                        Ok(entry)
+                match self.tokens.identity_for(app_id, header.session_token) {
+                    Some(identity) => {
+                        record.serial = Some(identity.serial.clone());
+                        Ok((header, identity))
                     }
                     None => Err(format!(
                         "unknown session token {} for application {app_id}",
@@ -41,11 +44,40 @@ impl Cloud {
             Some(serial) => format!("{serial}-app{app_id}"),
             None => format!("unknown-app{app_id}"),
         };
-        record.file = Some(self.store("binlog", &label, "bin", payload)?);
-        match verdict {
-            Ok(entry) => self.records.append_with(record, &entry),
-            Err(reason) => self.records.append(record.rejected(reason)),
-        }
+        let file = self.store("binlog", &label, "bin", payload)?;
+        record.file = Some(file.clone());
+        let (header, identity) = match verdict {
+            Ok(known) => known,
+            Err(reason) => return self.records.append(record.rejected(reason)),
+        };
+        let file = file.to_string_lossy().into_owned();
+        let received = decoding::received_seconds(record.time);
+        // Held until the log is stored: an ELF stored meanwhile either is
+        // found here or finds this log waiting (see `Decoding::arrival`).
+        let _arrival = self.decoding.arrival();
+        let outcome = self
+            .decoding
+            .decode(payload, &identity, app_id, &file, received);
+        let mut rows = rows::binary_log(
+            &header,
+            app_id,
+            &identity,
+            payload.len(),
+            record.time,
+            outcome.decoding,
+        );
+        rows.binary_log = Some(BinaryLogRow {
+            app_id,
+            serial: identity.serial,
+            device_type: identity.device_type,
+            version: identity.version,
+            git_hash: identity.git_hash,
+            file,
+            received,
+            state: outcome.state,
+        });
+        rows.logs.extend(outcome.records);
+        self.records.append_with(record, &rows)
     }
 
     pub(super) fn core_dump(&self, message: &Message) -> Result<(), NotStored> {

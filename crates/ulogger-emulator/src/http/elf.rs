@@ -8,6 +8,10 @@
 //! 200 stored, 400 a wrong content type or an empty body, 403 another
 //! customer's certificate, 404 an unknown URL, 410 a used or expired one,
 //! 413 a body over [`MAX_ELF`], 503 an outage (a fault) or a failed write.
+//!
+//! Once stored, the ELF decodes the logs of its firmware that waited for
+//! it (`Cloud::decode_waiting`) before the 200 goes out, whose JSON says
+//! how many (`decoded_logs`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -130,9 +134,38 @@ pub(super) async fn put(
         size = stored.size,
         "firmware ELF stored"
     );
+    // The logs that waited for this firmware's ELF are decoded before the
+    // answer (off the runtime's thread): when the uploader hears 200, the
+    // data API serves them decoded.
+    let cloud = state.cloud.clone();
+    let elf = stored.clone();
+    let decoded = match tokio::task::spawn_blocking(move || cloud.decode_waiting(&elf)).await {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot decode the logs that waited for this ELF");
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "decoding the logs that waited for this ELF failed");
+            0
+        }
+    };
+    if decoded > 0 {
+        tracing::info!(
+            decoded,
+            device_type = %stored.device_type,
+            version = %stored.version,
+            "decoded the logs that waited for this ELF"
+        );
+    }
     reply(
         StatusCode::OK,
-        json!({ "success": true, "stored": stored.file, "size": stored.size }),
+        json!({
+            "success": true,
+            "stored": stored.file,
+            "size": stored.size,
+            "decoded_logs": decoded,
+        }),
     )
 }
 

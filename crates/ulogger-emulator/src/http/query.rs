@@ -8,6 +8,10 @@
 //! (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]). A parameter that is
 //! unknown, repeated or malformed is answered 400 naming it, so that a
 //! typo is not mistaken for an empty result.
+//!
+//! `/logs` answers binary logs (their header fields and decoding state),
+//! their decoded records and text-log lines, told apart by `type`
+//! (docs/protocol.md §13 describes the items).
 
 use std::time::SystemTime;
 

@@ -1,0 +1,164 @@
+"""One engine (one persistent connection) per configuration, shared by
+every call and thread of the process, and closed at interpreter exit."""
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+
+from . import _native
+from .errors import BridgeModeError, NoClientCertificateError, ShutdownError
+
+_log = logging.getLogger("ulogger_cloud")
+
+_engines = {}
+# The engines of live Client objects: closed at exit too.
+_client_engines = weakref.WeakSet()
+_lock = threading.Lock()
+_closed = False
+# Engines inherited through fork(): their threads are gone in the child, so
+# they are kept (never used, never dropped) rather than closed.
+_inherited = []
+
+DIFFERENCES = (
+    "ulogger_cloud runs on the ulogger-cloud Rust engine (one persistent, paced "
+    "connection per configuration). Unlike the Python SDK it never connects without "
+    "TLS (missing certificates are an error), never publishes a log with session "
+    "token 0, and refuses ids that would change a topic (+ # / NUL). See docs/python.md."
+)
+_announced = False
+
+
+def _path(value):
+    return os.fspath(value) if value is not None else None
+
+
+def ca_file(cfg):
+    """The CA file of ``cfg``: its ``ca_file`` attribute, else the file in
+    ``SSL_CERT_FILE`` (what the SDK's OpenSSL trusts instead of the system
+    store), else None for the public roots."""
+    return _path(getattr(cfg, "ca_file", None)) or os.environ.get("SSL_CERT_FILE") or None
+
+
+def key(cfg, compression="auto"):
+    """What makes two configurations one connection."""
+    return (
+        cfg.broker,
+        int(cfg.port),
+        _path(cfg.cert_file),
+        _path(cfg.key_file),
+        ca_file(cfg),
+        int(cfg.customer_id),
+        None if cfg.group_id is None else int(cfg.group_id),
+        cfg.topic_prefix or "",
+        float(cfg.token_timeout),
+        bool(getattr(cfg, "pacing", True)),
+        compression,
+    )
+
+
+def engine_for(cfg, compression="auto"):
+    """The engine of ``cfg``, started on first use.
+
+    Raises :class:`~ulogger_cloud.errors.BridgeModeError` for
+    ``cfg.client``, :class:`~ulogger_cloud.errors.NoClientCertificateError`
+    without a certificate and key, and the engine's errors for files it
+    cannot use.
+    """
+    global _announced
+    if getattr(cfg, "client", None) is not None:
+        raise BridgeModeError(
+            "MqttConfig(client=...) (bridge mode over your paho client) is not "
+            "supported by this package yet; leave client unset to let the engine "
+            "hold its own connection"
+        )
+    if not cfg.cert_file or not cfg.key_file:
+        raise NoClientCertificateError(
+            "no client certificate: MqttConfig needs cert_file and key_file (the Python "
+            "SDK would connect without TLS; this package never does)"
+        )
+    k = key(cfg, compression)
+    engine = _engines.get(k)
+    if engine is not None:
+        return engine
+    with _lock:
+        if _closed:
+            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
+        engine = _engines.get(k)
+        if engine is None:
+            if not _announced:
+                _announced = True
+                _log.info("%s", DIFFERENCES)
+            engine = _native.Engine(
+                k[5],
+                broker=k[0],
+                port=k[1],
+                cert_file=k[2],
+                key_file=k[3],
+                ca_file=k[4],
+                group_id=k[6],
+                topic_prefix=k[7],
+                token_timeout=k[8],
+                pacing=k[9],
+                compression=compression,
+            )
+            _engines[k] = engine
+    return engine
+
+
+def http_engine_for(cfg, api_token, api_base_url, compression="auto"):
+    """The HTTPS telemetry client for ``api_token`` at ``api_base_url``
+    (the SDK's fallback without MQTT certificates), started on first use."""
+    k = ("http", api_token, api_base_url, int(cfg.group_id or 0), compression, ca_file(cfg))
+    engine = _engines.get(k)
+    if engine is not None:
+        return engine
+    with _lock:
+        if _closed:
+            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
+        engine = _engines.get(k)
+        if engine is None:
+            engine = _native.HttpEngine(
+                api_token,
+                base_url=api_base_url,
+                group_id=k[3],
+                compression=compression,
+                ca_file=k[5],
+            )
+            _engines[k] = engine
+    return engine
+
+
+def connection_count():
+    """How many engines (connections) this process holds."""
+    return len(_engines)
+
+
+def shutdown():
+    """Closes every engine: what is in flight finishes, then each
+    connection disconnects. Runs at interpreter exit; later calls fail."""
+    global _closed
+    with _lock:
+        _closed = True
+        engines = list(_engines.values()) + list(_client_engines)
+        _engines.clear()
+    for engine in engines:
+        if not hasattr(engine, "shutdown"):
+            continue
+        try:
+            engine.shutdown()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            _log.debug("engine shutdown failed", exc_info=True)
+
+
+def _after_fork_in_child():
+    global _lock
+    _inherited.extend(_engines.values())
+    _engines.clear()
+    _lock = threading.Lock()
+
+
+atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
