@@ -276,7 +276,9 @@ impl std::fmt::Display for UnknownKey {
 impl std::error::Error for UnknownKey {}
 
 /// The key `error` is about when it is one the file has and no setting
-/// takes: the key at the error's place, else the first such key.
+/// takes: the key at the error's place (another mistake before it is
+/// reported first, as itself), else, for an error without a place that is
+/// about an unknown key, the first such key.
 fn unknown_key(text: &str, error: &toml::de::Error) -> Option<String> {
     let table: toml::Table = toml::from_str(text).ok()?;
     let valid = config_keys();
@@ -288,11 +290,12 @@ fn unknown_key(text: &str, error: &toml::de::Error) -> Option<String> {
         .span()
         .and_then(|span| text.get(span))
         .map(|key| key.trim().trim_matches(|c| c == '"' || c == '\''));
-    unknown
-        .iter()
-        .find(|key| Some(key.as_str()) == at)
-        .or(unknown.first())
-        .map(|key| (*key).clone())
+    match at {
+        Some(at) => unknown.iter().find(|key| key.as_str() == at),
+        None if error.message().contains("unknown field") => unknown.first(),
+        None => None,
+    }
+    .map(|key| (*key).clone())
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -621,6 +624,21 @@ mod tests {
         assert_eq!(unknown.nearest, Some("token_timeout"));
         assert_eq!(exit.failure, Failure::BadInput);
         assert!(exit.hint.is_none());
+    }
+
+    #[test]
+    fn a_wrong_value_met_before_an_unknown_key_is_said_at_its_own_line() {
+        // toml visits keys in sorted order: `port` before `zzz`.
+        let text = "zzz = 1\nport = \"abc\"\n";
+        let exit = parse_config(text, Path::new("u.toml")).unwrap_err();
+        assert!(exit.error.downcast_ref::<UnknownKey>().is_none());
+        assert!(
+            exit.error
+                .to_string()
+                .starts_with("invalid config file u.toml, line 2: "),
+            "{}",
+            exit.error
+        );
     }
 
     #[test]
