@@ -7,7 +7,8 @@
 //! `$ULOGGER_HOME/config.toml`, default `~/.ulogger/config.toml` when it
 //! exists), then from the library's defaults. The file's keys are the
 //! flags' names with `_` for `-`; an unknown key is an error naming it,
-//! reported before anything else is checked.
+//! its line and the nearest valid key ([`UnknownKey`]), reported before
+//! anything else is checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -121,7 +122,8 @@ pub struct ConnectionArgs {
     /// [default: 10s].
     #[arg(long, env = "ULOGGER_TIMEOUT", value_name = "SECS", value_parser = crate::duration::secs)]
     pub timeout: Option<u64>,
-    /// Keep session tokens in memory only (register on every run).
+    /// Keep session tokens in memory only (register on every run); not
+    /// with --store.
     #[arg(long)]
     pub no_store: bool,
 }
@@ -206,12 +208,159 @@ fn load_file(explicit: Option<&Path>) -> Result<ConfigFile, Exit> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the config file {}", path.display()))
         .map_err(bad)?;
-    let mut file: ConfigFile = toml::from_str(&text)
-        .map_err(|e| anyhow!("{}", e.message()))
-        .with_context(|| format!("invalid config file {}", path.display()))
-        .map_err(bad)?;
+    let mut file = parse_config(&text, &path)?;
     file.path = Some(path);
     Ok(file)
+}
+
+/// Reads the text of the config file `path` (also the emulator's
+/// `client.toml`): a key that is no setting is an [`UnknownKey`] with the
+/// nearest valid one, any other mistake is said with its line, in the
+/// user's words.
+pub fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, Exit> {
+    toml::from_str(text).map_err(|error| {
+        let line = error.span().map(|span| line_of(text, span.start));
+        if let Some(key) = unknown_key(text, &error) {
+            let nearest = crate::environment::nearest(&key, config_keys().iter().copied());
+            let hint = nearest.is_none().then(|| {
+                "a key is a flag's name with _ for - (customer_id, token_timeout); `ulogger config show` lists every setting".to_owned()
+            });
+            let unknown = UnknownKey {
+                key,
+                file: path.to_path_buf(),
+                line,
+                nearest,
+            };
+            return Exit::new(Failure::BadInput, unknown).with_hint(hint);
+        }
+        let place = line.map(|n| format!(", line {n}")).unwrap_or_default();
+        Exit::new(
+            Failure::BadInput,
+            anyhow!(
+                "invalid config file {}{place}: {}",
+                path.display(),
+                in_user_words(error.message())
+            ),
+        )
+    })
+}
+
+/// A key in a config file that is no setting: named with its file, its
+/// line and the valid key it is likely a slip for.
+#[derive(Debug)]
+pub struct UnknownKey {
+    pub key: String,
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub nearest: Option<&'static str>,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown key `{}` in the config file {}",
+            self.key,
+            self.file.display()
+        )?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        match self.nearest {
+            Some(near) => write!(f, ": did you mean `{near}`?"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for UnknownKey {}
+
+/// The key `error` is about when it is one the file has and no setting
+/// takes: the key at the error's place (another mistake before it is
+/// reported first, as itself), else, for an error without a place that is
+/// about an unknown key, the first such key.
+fn unknown_key(text: &str, error: &toml::de::Error) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let valid = config_keys();
+    let unknown: Vec<&String> = table
+        .keys()
+        .filter(|key| !valid.contains(&key.as_str()))
+        .collect();
+    let at = error
+        .span()
+        .and_then(|span| text.get(span))
+        .map(|key| key.trim().trim_matches(|c| c == '"' || c == '\''));
+    match at {
+        Some(at) => unknown.iter().find(|key| key.as_str() == at),
+        None if error.message().contains("unknown field") => unknown.first(),
+        None => None,
+    }
+    .map(|key| (*key).clone())
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
+/// serde's type names (`expected u16`) said as a person would.
+fn in_user_words(message: &str) -> String {
+    [
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected path string", "expected a path in quotes"),
+    ]
+    .iter()
+    .fold(message.trim().to_owned(), |text, (from, to)| {
+        text.replace(from, to)
+    })
+}
+
+/// The keys a config file may hold: [`ConfigFile`]'s fields as serde
+/// sees them, so the list cannot drift from the struct.
+pub fn config_keys() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only notes the fields a struct asks for.
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's fields are asked for"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only a struct's fields are asked for"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    static KEYS: OnceLock<&'static [&'static str]> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = ConfigFile::deserialize(Fields(&mut fields));
+        fields
+    })
 }
 
 impl FileArgs {
@@ -373,6 +522,23 @@ impl ConnectionArgs {
 
     fn session_store(&self) -> Result<SessionStore, Exit> {
         if self.no_store {
+            // Both on the command line contradict each other; a store
+            // from ULOGGER_STORE (a profile's default) yields to the flag.
+            let from_env = std::env::var_os("ULOGGER_STORE").map(PathBuf::from);
+            if let Some(store) = self
+                .files
+                .store
+                .as_ref()
+                .filter(|s| Some(*s) != from_env.as_ref())
+            {
+                return Err(Exit::new(
+                    Failure::BadInput,
+                    anyhow!(
+                        "--no-store keeps tokens in memory only, and --store {} names a file for them: give one of the two",
+                        store.display()
+                    ),
+                ));
+            }
             return Ok(SessionStore::in_memory());
         }
         SessionStore::open(self.files.store_path()?).map_err(store_failure)
@@ -437,6 +603,42 @@ mod tests {
             assert_eq!(boolish(no), Ok(false), "{no}");
         }
         assert!(boolish("maybe").is_err());
+    }
+
+    #[test]
+    fn the_keys_are_the_structs_fields() {
+        let keys = config_keys();
+        for key in ["customer_id", "token_timeout", "metrics_listen", "outbox"] {
+            assert!(keys.contains(&key), "{key}: {keys:?}");
+        }
+        assert!(!keys.contains(&"path"), "not a key: {keys:?}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line_and_nearest_key() {
+        let text = "customer_id = 42\n\ntoken_timeot = \"5s\"\n";
+        let exit = parse_config(text, Path::new("/etc/u.toml")).unwrap_err();
+        let unknown = exit.error.downcast_ref::<UnknownKey>().unwrap();
+        assert_eq!(unknown.key, "token_timeot");
+        assert_eq!(unknown.line, Some(3));
+        assert_eq!(unknown.nearest, Some("token_timeout"));
+        assert_eq!(exit.failure, Failure::BadInput);
+        assert!(exit.hint.is_none());
+    }
+
+    #[test]
+    fn a_wrong_value_met_before_an_unknown_key_is_said_at_its_own_line() {
+        // toml visits keys in sorted order: `port` before `zzz`.
+        let text = "zzz = 1\nport = \"abc\"\n";
+        let exit = parse_config(text, Path::new("u.toml")).unwrap_err();
+        assert!(exit.error.downcast_ref::<UnknownKey>().is_none());
+        assert!(
+            exit.error
+                .to_string()
+                .starts_with("invalid config file u.toml, line 2: "),
+            "{}",
+            exit.error
+        );
     }
 
     #[test]

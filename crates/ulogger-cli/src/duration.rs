@@ -42,6 +42,24 @@ fn parse_ms(text: &str, bare_ms: u64, bare_unit: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too long a duration"))
 }
 
+/// A flag whose bare numbers are seconds and may have a fraction (`0.5`);
+/// with a unit as everywhere else (`500ms`).
+pub fn fractional_secs(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(ms) = parse_ms(text, 1_000, "seconds") {
+        return Ok(std::time::Duration::from_millis(ms));
+    }
+    let text = text.trim();
+    let secs = text
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .ok_or_else(|| {
+            format!("'{text}' is not a duration: write a number of seconds (0.5), or one with a unit (500ms, 2s, 10m)")
+        })?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("'{text}' is too long a duration"))
+}
+
 /// A flag whose bare numbers are milliseconds.
 pub fn millis(text: &str) -> Result<u64, String> {
     parse_ms(text, 1, "milliseconds")

@@ -9,6 +9,7 @@
 //! | 3 | network failure: could not connect, timed out (also waiting for a boot reply), connection lost |
 //! | 4 | the cloud refused: broker refused the connection or a subscription, unusable boot reply |
 //! | 130 | interrupted (Ctrl-C), also a long-running command stopped by it (SIGTERM ends those with 0) |
+//! | 141 | standard output closed early (`ulogger emulator records \| head -1`), as for SIGPIPE ([`crate::stdout`]) |
 //!
 //! A failure is one line on stderr, `error: ` and its causes each said
 //! once, followed by a `hint: ` line when there is a likely fix. With
@@ -37,6 +38,36 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every kind, in the order of their codes.
+    pub const ALL: [Failure; 5] = [
+        Failure::Internal,
+        Failure::BadInput,
+        Failure::Network,
+        Failure::Refused,
+        Failure::Interrupted,
+    ];
+
+    /// What the exit code means, as the manual pages say it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Failure::Internal => {
+                "Unexpected failure: a bug, or an I/O error on the gateway itself."
+            }
+            Failure::BadInput => {
+                "Bad input: arguments, settings (an unknown config-file key included), files, ids, a log that fails validation, or a file or folder the user may not use."
+            }
+            Failure::Network => {
+                "Network failure: could not connect, timed out (also waiting for a boot reply), or the connection was lost."
+            }
+            Failure::Refused => {
+                "The cloud refused: the broker refused the connection or a subscription, or the boot reply was unusable."
+            }
+            Failure::Interrupted => {
+                "Interrupted by Ctrl-C (SIGINT); a long-running command (agent, emulator, config watch) stops cleanly first. SIGTERM ends those with 0, as a service manager expects."
+            }
+        }
+    }
+
     /// The name of the kind in `--json` error reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +78,18 @@ impl Failure {
             Failure::Interrupted => "interrupted",
         }
     }
+}
+
+/// Every exit status `ulogger` ends with, and what it means: success,
+/// each [`Failure`], and a closed standard output.
+pub fn statuses() -> Vec<(i32, &'static str)> {
+    let mut all = vec![(0, "Success.")];
+    all.extend(Failure::ALL.iter().map(|f| (*f as i32, f.meaning())));
+    all.push((
+        crate::stdout::BROKEN_PIPE_STATUS,
+        "Standard output was closed before the command was done (as by `| head`): it ends quietly, as a process ended by SIGPIPE.",
+    ));
+    all
 }
 
 /// An error that carries its exit code, and what to do about it.
@@ -166,7 +209,44 @@ pub fn chain(error: &anyhow::Error) -> String {
 pub fn from_cloud(error: ulogger_cloud::Error) -> Exit {
     let failure = classify(&error);
     let hint = hint(&error);
-    Exit::new(failure, error).with_hint(hint)
+    match in_user_words(&error) {
+        Some(words) => Exit::new(failure, anyhow::anyhow!(words)).with_hint(hint),
+        None => Exit::new(failure, error).with_hint(hint),
+    }
+}
+
+/// A library error said in the user's words where its own would leak
+/// internals: the decoder's error for bytes that are not MQTT
+/// (`malformed CONNACK: Promised boundary crossed: 768`, kept for -v), or
+/// the library's name of a setting (`connect_timeout` for `--timeout`).
+fn in_user_words(error: &ulogger_cloud::Error) -> Option<String> {
+    match error.kind() {
+        ErrorKind::Protocol(detail) => {
+            tracing::info!(%detail, "the broker's bytes are not MQTT");
+            Some("the broker's answer is not MQTT (-v shows the decoder's error)".to_owned())
+        }
+        ErrorKind::InvalidConfig { field, reason } => {
+            flag_of(field).map(|flag| format!("invalid {flag}: {reason}"))
+        }
+        _ => None,
+    }
+}
+
+/// The flag that sets the library's configuration field `field`, for the
+/// fields the CLI sets from flags (also from their variables and keys).
+fn flag_of(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "broker" => "--broker",
+        "port" => "--port",
+        "connections" => "--connections",
+        "token_timeout" => "--token-timeout",
+        "connect_timeout" | "ack_timeout" => "--timeout",
+        "security" => "--plaintext",
+        "outbox.dir" => "--outbox",
+        "api_token" => "--api-token",
+        "base_url" => "--api-url",
+        _ => return None,
+    })
 }
 
 /// Which exit code a library error deserves.
@@ -191,7 +271,7 @@ pub fn classify(error: &ulogger_cloud::Error) -> Failure {
 
 /// A library error and its causes on one line.
 pub fn message(error: &ulogger_cloud::Error) -> String {
-    chain(&anyhow::Error::new(error.clone()))
+    in_user_words(error).unwrap_or_else(|| chain(&anyhow::Error::new(error.clone())))
 }
 
 /// The connection settings a hint may name (set once the command has

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub use ulogger_cloud::wire::MAX_MESSAGE_SIZE;
 
+use crate::exit::{Exit, Failure};
+
 /// The most a device-info file may hold: far more than any encoding of
 /// one, so only a wrong path reaches it.
 pub const DEVICE_INFO_LIMIT: usize = 64 * 1024;
@@ -113,6 +115,27 @@ pub fn read_to_limit(
         });
     }
     Ok(bytes)
+}
+
+/// Refuses a folder among the FILE arguments of `command` before any work:
+/// each holds one message, and a folder would otherwise fail late (after
+/// connecting, for `upload`) as "Is a directory". The hint names the
+/// folder's files the way a shell would.
+pub fn refuse_folders(command: &str, paths: &[PathBuf]) -> Result<(), Exit> {
+    match paths.iter().find(|path| path.is_dir()) {
+        None => Ok(()),
+        Some(folder) => Err(Exit::new(
+            Failure::BadInput,
+            anyhow::anyhow!(
+                "{} is a folder; {command} takes files, one message each",
+                folder.display()
+            ),
+        )
+        .with_hint(Some(format!(
+            "name the files in it: `ulogger {command} {}`",
+            folder.join("*.bin").display()
+        )))),
+    }
 }
 
 /// [`read_limited`] of a file that holds one message (a log, a core dump)

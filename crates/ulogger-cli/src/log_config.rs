@@ -37,9 +37,12 @@ pub struct PushArgs {
     /// Enable mask, one bit per firmware module (decimal or 0x hex).
     #[arg(long, default_value = "0xffffffff", value_parser = parse_flags, value_name = "N")]
     module_flags: u32,
-    /// Seconds the device keeps this configuration before reverting.
-    #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = crate::duration::secs_u32)]
-    timeout: u32,
+    /// How long the device keeps this configuration before reverting to
+    /// its own, in seconds. (Was --timeout, which elsewhere is how long
+    /// to wait on the network; that spelling still works.)
+    #[arg(long, alias = "timeout", default_value_t = 3600, value_name = "SECS",
+          value_parser = crate::duration::secs_u32)]
+    lifetime: u32,
     /// Names of the modules, in bit order (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     modules: Option<Vec<String>>,
@@ -119,10 +122,7 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
             )
         })
         .map_err(bad_input)?;
-    let settings: ConfigFile = toml::from_str(&text)
-        .map_err(|e| anyhow!("{}", e.message()))
-        .with_context(|| format!("invalid {}", settings_path.display()))
-        .map_err(bad_input)?;
+    let settings: ConfigFile = crate::connection::parse_config(&text, &settings_path)?;
     let customer_id = settings
         .customer_id
         .ok_or_else(|| bad_input(anyhow!("{} has no customer_id", settings_path.display())))?;
@@ -138,7 +138,7 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
     .and_then(|topics| topics.config(args.app_id, &args.serial))
     .context("cannot make the device's config topic")
     .map_err(bad_input)?;
-    let mut config = LogConfig::new(args.level, args.module_flags, args.timeout);
+    let mut config = LogConfig::new(args.level, args.module_flags, args.lifetime);
     if let Some(names) = args.modules {
         config = config.with_module_names(names);
     }
@@ -168,7 +168,16 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
         ));
     }
     let payload = config.encode();
-    runtime()?.block_on(publish(options, topic.clone(), payload))?;
+    let target = Target {
+        address: format!(
+            "{}:{}",
+            options.broker_address().0,
+            options.broker_address().1
+        ),
+        settings: settings_path.clone(),
+        plaintext: settings.plaintext.unwrap_or(false),
+    };
+    runtime()?.block_on(publish(options, topic.clone(), payload, target))?;
 
     if global.json {
         outln!(
@@ -181,11 +190,67 @@ pub fn push(global: Global, args: PushArgs) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Where `push-config` went, for its failures: the address and the
+/// client.toml that named it, and whether it spoke plaintext.
+struct Target {
+    address: String,
+    settings: PathBuf,
+    plaintext: bool,
+}
+
+/// A failure to reach the emulator, said in the user's words: rumqttc's
+/// own (`Promised boundary crossed: 768` for TLS bytes read as MQTT) means
+/// nothing to someone pushing a configuration.
+fn unreachable_emulator(error: rumqttc::ConnectionError, to: &Target) -> Exit {
+    use rumqttc::{ConnectionError, StateError};
+    let (what, hint) = match &error {
+        ConnectionError::MqttState(StateError::Deserialization(_)) | ConnectionError::NotConnAck(_)
+            if to.plaintext =>
+        {
+            (
+                format!("{} did not answer in MQTT", to.address),
+                format!(
+                    "{} says plaintext, but the emulator there speaks TLS: it may be from an emulator started with --plaintext before; point --data at the running emulator's directory",
+                    to.settings.display()
+                ),
+            )
+        }
+        ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) | ConnectionError::Tls(_) => (
+            format!("the TLS connection to {} failed", to.address),
+            format!(
+                "{} may be from another emulator (certificates differ at each new --data) or one started with --plaintext: point --data at the running emulator's directory",
+                to.settings.display()
+            ),
+        ),
+        ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+            format!("nothing listens at {}", to.address),
+            format!(
+                "is the emulator running? {} names the address of the last one started with this --data",
+                to.settings.display()
+            ),
+        ),
+        ConnectionError::ConnectionRefused(code) => (
+            format!("the emulator at {} refused the connection ({code:?})", to.address),
+            format!(
+                "{}'s customer_id must be the emulator's --customer-id",
+                to.settings.display()
+            ),
+        ),
+        _ => (
+            format!("cannot reach the emulator at {}: {error}", to.address),
+            "is the emulator running with this --data?".to_owned(),
+        ),
+    };
+    tracing::info!(%error, "push-config failed");
+    Exit::new(Failure::Network, anyhow!("{what}")).with_hint(Some(hint))
+}
+
 /// Publishes once at QoS 1 and waits for the PUBACK.
 async fn publish(
     options: rumqttc::MqttOptions,
     topic: String,
     payload: Vec<u8>,
+    context: Target,
 ) -> Result<(), Exit> {
     let (client, mut events) = rumqttc::AsyncClient::new(options, 4);
     client
@@ -204,12 +269,7 @@ async fn publish(
     .await;
     match acknowledged {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(Exit::new(
-                Failure::Network,
-                anyhow::Error::new(e).context("cannot reach the emulator"),
-            ))
-        }
+        Ok(Err(e)) => return Err(unreachable_emulator(e, &context)),
         Err(_) => {
             return Err(Exit::new(
                 Failure::Network,
@@ -252,8 +312,18 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
         let mut connection = client.connection_changes();
         if args.once {
             let wait = Duration::from_secs(args.wait_secs);
+            // A connection that fails is the answer, not the end of the
+            // wait (which would say only that no configuration came).
+            let got = async {
+                let waiting = client.wait_for_log_config(&device, wait);
+                tokio::pin!(waiting);
+                tokio::select! {
+                    got = &mut waiting => got,
+                    Err(failed) = client.connected() => Err(failed),
+                }
+            };
             let outcome = tokio::select! {
-                got = client.wait_for_log_config(&device, wait) => match got {
+                got = got => match got {
                     Ok(config) => {
                         print_config(global, &config);
                         Ok(())
@@ -265,11 +335,25 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
             client.shutdown().await;
             return outcome;
         }
-        let mut configs = tokio::select! {
-            configs = client.log_configs(&device) => configs.map_err(exit::from_cloud)?,
-            stopped = &mut stop => {
-                client.shutdown().await;
-                return stopped.and_then(Stop::outcome);
+        // The subscription waits for the connection through outages; a
+        // connection that fails meanwhile is said once, with its hint,
+        // instead of a silent wait.
+        let mut configs = {
+            let subscribing = client.log_configs(&device);
+            tokio::pin!(subscribing);
+            let mut said = false;
+            loop {
+                tokio::select! {
+                    configs = &mut subscribing => break configs.map_err(exit::from_cloud)?,
+                    Err(failed) = client.connected(), if !said => {
+                        said = true;
+                        print_unreachable(global, failed);
+                    }
+                    stopped = &mut stop => {
+                        client.shutdown().await;
+                        return stopped.and_then(Stop::outcome);
+                    }
+                }
             }
         };
         if global.json {
@@ -299,6 +383,24 @@ pub fn watch(global: Global, args: WatchArgs) -> Result<(), Exit> {
         client.shutdown().await;
         outcome
     })
+}
+
+/// The connection failed before the watch could subscribe: why, and what
+/// to do, once; the watch keeps trying.
+fn print_unreachable(global: Global, failed: ulogger_cloud::Error) {
+    let exit = exit::from_cloud(failed);
+    let error = exit::chain(&exit.error);
+    if global.json {
+        outln!(
+            "{}",
+            json!({"time": stamp::now(), "event": "connect_failed", "error": error, "hint": exit.hint})
+        );
+    } else {
+        eprintln!("{} cannot connect: {error}; trying on", stamp::now());
+        if let Some(hint) = exit.hint {
+            eprintln!("{} hint: {hint}", stamp::now());
+        }
+    }
 }
 
 fn print_config(global: Global, config: &LogConfig) {

@@ -27,6 +27,7 @@ mod connection;
 mod device;
 mod dump_report;
 mod duration;
+mod environment;
 mod exit;
 mod files;
 mod https;
@@ -149,6 +150,10 @@ enum Command {
 #[derive(Debug, Clone, Copy)]
 struct Global {
     json: bool,
+    /// `-v` given (how many times): long work shows its lines, not a bar.
+    verbose: u8,
+    /// `-q`: no progress display either.
+    quiet: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -157,7 +162,14 @@ fn main() -> std::process::ExitCode {
         Err(e) => return usage_error(e),
     };
     init_tracing(cli.verbose, cli.quiet);
-    let global = Global { json: cli.json };
+    if !cli.quiet {
+        warn_misspelt_variables();
+    }
+    let global = Global {
+        json: cli.json,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(global, args),
         Command::Decode(args) => decode::run(global, args),
@@ -184,6 +196,24 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => check::run(global, args),
     };
     exit::report(result, global.json)
+}
+
+/// A `ULOGGER_*` variable that nothing reads but that is a slip away from
+/// one that is (`ULOGGER_CUSTOMERID`) is said once, on stderr: otherwise
+/// the setting it was meant for silently keeps its default.
+fn warn_misspelt_variables() {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("ULOGGER_"))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    for warning in environment::misspelt(&command, names) {
+        eprintln!("warning: {warning}");
+    }
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {

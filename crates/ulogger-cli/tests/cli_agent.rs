@@ -12,6 +12,7 @@ use std::process::Stdio;
 
 use support::sandbox::*;
 use support::Running;
+use ulogger_cloud::wire::{CoreDumpHeader, DeviceInfo};
 use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
 
 const DEVICE_TOML: &str = r#"app_id = 7
@@ -164,13 +165,28 @@ fn invalid_files_move_to_rejected_with_the_reason_and_core_dumps_go_out() {
     let last = bad.len() - 1;
     bad[last] ^= 0xFF;
     drop_file(&device, "broken.bin", &bad);
-    drop_file(&device, "crash.core", &[0xCD; 256]);
+    let info = DeviceInfo::new(APP, "SN-CORE", "board", "v1", GIT_HASH);
+    let mut body = b"cC".to_vec();
+    body.resize(300, 0xCD);
+    let package = CoreDumpHeader::encode_package(&info, &body);
+    drop_file(&device, "crash.core", &package);
+    // Bytes without a §10 header are no core dump the cloud can read.
+    drop_file(&device, "garbage.core", &[0xCD; 256]);
     std::fs::write(device.join("ignored.tmp"), b"still being written").unwrap();
-    let rejected = events(&running, "rejected", 1);
+    let rejected = events(&running, "rejected", 2);
+    let reasons: Vec<&str> = rejected
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
     assert!(
-        rejected[0]["reason"].as_str().unwrap().contains("checksum"),
-        "{}",
-        rejected[0]
+        reasons.iter().any(|r| r.contains("checksum")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("not a valid core dump: core dump of 256 bytes is shorter")),
+        "{reasons:?}"
     );
     events(&running, "delivered", 1);
     let reason =
@@ -184,10 +200,13 @@ fn invalid_files_move_to_rejected_with_the_reason_and_core_dumps_go_out() {
     assert_eq!(
         emu.records()
             .iter()
-            .filter(|r| r.kind == RecordKind::CoreDump && r.size == 256)
+            .filter(|r| r.kind == RecordKind::CoreDump && r.size == package.len())
             .count(),
         1
     );
+    assert!(sandbox
+        .path("rejected/board-1/garbage.core.reason")
+        .is_file());
 }
 
 /// Only real device folders and regular files are taken: a symbolic link

@@ -411,7 +411,7 @@ fn a_setting_out_of_range_fails_the_settings_step() {
 
     assert_eq!(
         line(&run, "settings").split_once(": ").unwrap().1,
-        "invalid configuration: port: must not be 0"
+        "invalid --port: must not be 0"
     );
     assert_eq!(
         line(&run, "certificate"),

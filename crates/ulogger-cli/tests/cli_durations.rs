@@ -99,3 +99,42 @@ fn what_is_not_a_duration_is_refused_with_the_flag_and_the_forms() {
         run.stderr
     );
 }
+
+#[test]
+fn logs_flush_interval_takes_units_and_fractions_within_an_hour() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let run_with = |interval: &str| {
+        let mut args = connect_args("logs", &emu);
+        args.extend(device_args("SN-FLUSH"));
+        args.extend(strings(&["--flush-interval", interval]));
+        // No input: nothing to send, the command ends at once.
+        Run::from(
+            sandbox
+                .command(&[])
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap(),
+        )
+    };
+
+    run_with("500ms").expect_code(0);
+    run_with("0.25").expect_code(0);
+    for (interval, said) in [
+        ("2h", "'2h' is too long: at most 1h"),
+        // Made Duration::from_secs_f64 panic before.
+        ("1e300", "'1e300' is too long a duration"),
+        ("0", "it must be more than zero"),
+        ("soon", "'soon' is not a duration"),
+    ] {
+        let run = run_with(interval).expect_code(2);
+        assert!(
+            run.stderr.contains(&format!(
+                "invalid value '{interval}' for '--flush-interval <SECS>': {said}"
+            )),
+            "{interval}: {}",
+            run.stderr
+        );
+    }
+}

@@ -226,3 +226,23 @@ fn no_file_is_a_usage_error() {
     let out = inspect(&[], false);
     assert_code(&out, 2);
 }
+
+#[test]
+fn a_folder_is_refused_with_its_files_named_the_shells_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.bin");
+    fs::write(&file, log(1, b"x", 0)).unwrap();
+
+    let out = inspect(&[&file, dir.path()], false);
+
+    assert_code(&out, 2);
+    assert_eq!(stdout(&out), "", "nothing inspected before the refusal");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {} is a folder; inspect takes files, one message each\nhint: name the files in it: `ulogger inspect {}/*.bin`\n",
+            dir.path().display(),
+            dir.path().display()
+        )
+    );
+}

@@ -63,7 +63,7 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
         "warning",
         "--module-flags",
         "0xb",
-        "--timeout",
+        "--lifetime",
         // Ten minutes, with its unit (a bare number is seconds).
         "10m",
         "--modules",
@@ -95,8 +95,49 @@ fn watch_prints_a_configuration_pushed_through_the_emulator_binary() {
             "module_names": ["net", "fs", "ui"],
         })
     );
+
+    // The lifetime's old name still works, hidden from --help.
+    let pushed = sandbox.run(&strings(&[
+        "emulator",
+        "push-config",
+        "--data",
+        &s(&data),
+        "--app-id",
+        &APP.to_string(),
+        "--serial",
+        "SN-WATCH",
+        "--level",
+        "info",
+        "--timeout",
+        "90",
+    ]));
+    assert_eq!(pushed.code, Some(0), "{}", pushed.output());
+    let line = loop {
+        let line = watcher.json_line();
+        if line["event"] == "log_config" {
+            break line;
+        }
+    };
+    assert_eq!(line["config"]["timeout_secs"], 90, "{line}");
     let status = watcher.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM ends a watch cleanly");
+}
+
+#[test]
+fn push_config_help_names_the_lifetime_not_a_timeout() {
+    let help = Sandbox::new()
+        .run(&strings(&["emulator", "push-config", "--help"]))
+        .expect_code(0);
+
+    assert!(
+        help.stdout.contains("--lifetime <SECS>")
+            && help
+                .stdout
+                .contains("How long the device keeps this configuration"),
+        "{}",
+        help.stdout
+    );
+    assert!(!help.stdout.contains("--timeout <"), "{}", help.stdout);
 }
 
 #[test]
@@ -268,4 +309,101 @@ fn other_serial_waiting_a_second(args: &[String], serial: &str) -> Vec<String> {
     let at = args.iter().position(|a| a == "--wait").unwrap();
     args[at + 1] = "1".to_owned();
     args
+}
+
+#[test]
+fn push_config_says_a_plaintext_client_toml_against_tls_in_words() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("stale-data");
+    std::fs::create_dir(&data).unwrap();
+    let port = emu.addr().port();
+    std::fs::write(
+        data.join("client.toml"),
+        format!("customer_id = 4242\nbroker = \"127.0.0.1\"\nport = {port}\nplaintext = true\n"),
+    )
+    .unwrap();
+
+    let run = sandbox
+        .run(&strings(&[
+            "emulator",
+            "push-config",
+            "--data",
+            &s(&data),
+            "--app-id",
+            &APP.to_string(),
+            "--serial",
+            "SN-STALE",
+            "--level",
+            "info",
+        ]))
+        .expect_code(3);
+
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: 127.0.0.1:{port} did not answer in MQTT\n\
+             hint: {}/client.toml says plaintext, but the emulator there speaks TLS: it may be from an emulator started with --plaintext before; point --data at the running emulator's directory\n",
+            s(&data)
+        )
+    );
+}
+
+/// A config file that speaks plaintext to `emu`, a TLS emulator.
+fn plaintext_against_tls(sandbox: &Sandbox, emu: &ulogger_emulator::Emulator) -> String {
+    let config = sandbox.write(
+        "plain.toml",
+        format!(
+            "customer_id = 4242\nbroker = \"127.0.0.1\"\nport = {}\nplaintext = true\n",
+            emu.addr().port()
+        )
+        .as_bytes(),
+    );
+    s(&config)
+}
+
+const NOT_MQTT: &str = "the broker's answer is not MQTT (-v shows the decoder's error)";
+const DROP_PLAINTEXT: &str = "the broker does not answer plaintext MQTT: it probably expects TLS (port 8883); drop --plaintext (and ULOGGER_PLAINTEXT, plaintext in the config file)";
+
+#[test]
+fn watch_once_fails_with_the_connections_cause_not_a_timeout() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let config = plaintext_against_tls(&sandbox, &emu);
+    let mut args = strings(&[
+        "config", "watch", "--once", "--wait", "30", "--config", &config,
+    ]);
+    args.extend(device_args("SN-ONCE-TLS"));
+
+    let started = std::time::Instant::now();
+    let run = sandbox.run(&args).expect_code(3);
+
+    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
+    assert_eq!(
+        run.stderr,
+        format!("error: {NOT_MQTT}\nhint: {DROP_PLAINTEXT}\n")
+    );
+}
+
+#[test]
+fn a_watch_that_cannot_connect_says_why_once_and_keeps_trying() {
+    let emu = tls_emulator();
+    let sandbox = Sandbox::new();
+    let config = plaintext_against_tls(&sandbox, &emu);
+    let mut args = strings(&["--json", "config", "watch", "--config", &config]);
+    args.extend(device_args("SN-WATCH-TLS"));
+    let mut watcher = start(&sandbox, &args);
+
+    let failed = watcher.json_line();
+    assert_eq!(failed["event"], "connect_failed", "{failed}");
+    assert_eq!(failed["error"], NOT_MQTT);
+    assert_eq!(failed["hint"], DROP_PLAINTEXT);
+    assert_eq!(
+        watcher.terminate().code(),
+        Some(0),
+        "SIGTERM ends it cleanly"
+    );
+    // Everything it printed until it ended (the reader stops at EOF).
+    let rest: Vec<String> = watcher.lines.iter().collect();
+    assert!(rest.is_empty(), "said once: {rest:?}");
 }

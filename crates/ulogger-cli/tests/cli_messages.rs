@@ -154,12 +154,13 @@ fn a_boot_reply_timeout_names_the_topic_and_fails_the_other_files_at_once() {
             .count(),
         1
     );
+    // Each failed file is one line on stderr.
     for log in &logs {
         let line = run
-            .stdout
+            .stderr
             .lines()
             .find(|l| l.starts_with(&s(log)))
-            .unwrap_or_else(|| panic!("{}", run.stdout));
+            .unwrap_or_else(|| panic!("{}", run.stderr));
         assert!(line.contains("boot reply"), "{line}");
     }
     let hint = hint(&run);
@@ -427,5 +428,21 @@ fn a_boot_reply_that_is_not_an_answer_is_said_when_the_wait_ends() {
         run.output().contains("not an answer") && run.output().contains("JSON without a token"),
         "{}",
         run.output()
+    );
+}
+
+#[test]
+fn an_invalid_setting_is_named_by_its_flag_not_the_librarys_field() {
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let mut args = strings(&["upload", "--customer-id", "1", "--port", "1"]);
+    args.extend(device_args("SN-ZERO"));
+    args.extend(strings(&["--no-store", "--timeout", "0", &s(&log)]));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr,
+        "error: invalid --timeout: must be longer than zero\n"
     );
 }

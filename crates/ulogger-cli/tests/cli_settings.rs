@@ -93,15 +93,92 @@ fn an_unknown_key_is_named_before_anything_else_is_checked() {
         .run(&strings(&["register", "--config", &s(&config)]))
         .expect_code(2);
 
-    assert!(
-        run.stderr.contains("unknown field `app_idd`"),
-        "{}",
-        run.stderr
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: unknown key `app_idd` in the config file {}, line 1: did you mean `app_id`?\n",
+            s(&config)
+        )
     );
-    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     sandbox
         .run(&strings(&["tokens", "list", "--config", &s(&config)]))
         .expect_code(2);
+}
+
+#[test]
+fn a_key_like_no_setting_gets_the_rule_for_keys_instead_of_a_guess() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "config.toml",
+        b"customer_id = 42\n\n[mqtt]\nbroker = \"x\"\n",
+    );
+
+    let run = sandbox
+        .run(&strings(&[
+            "--json",
+            "upload",
+            "--config",
+            &s(&config),
+            "x.bin",
+        ]))
+        .expect_code(2);
+
+    let report: serde_json::Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(
+        report["error"]["message"],
+        format!(
+            "unknown key `mqtt` in the config file {}, line 3",
+            s(&config)
+        )
+    );
+    assert_eq!(
+        report["error"]["hint"],
+        "a key is a flag's name with _ for - (customer_id, token_timeout); `ulogger config show` lists every setting"
+    );
+}
+
+#[test]
+fn a_wrong_value_in_the_config_file_is_said_in_words_with_its_line() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write("config.toml", b"customer_id = 42\nport = 70000\n");
+
+    let run = sandbox
+        .run(&strings(&["config", "show", "--config", &s(&config)]))
+        .expect_code(2);
+
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: invalid config file {}, line 2: invalid value: integer `70000`, expected a whole number from 0 to 65535\n",
+            s(&config)
+        )
+    );
+}
+
+#[test]
+fn a_misspelt_variable_gets_a_warning_naming_the_one_meant() {
+    let sandbox = Sandbox::new();
+    let env = [
+        ("ULOGGER_CUSTOMERID", "42".to_owned()),
+        // Not a slip of any setting's name: somebody else's, left alone.
+        ("ULOGGER_WRAPPER_STATE", "x".to_owned()),
+    ];
+
+    let run = sandbox
+        .run_with_env(&env, &strings(&["config", "show"]))
+        .expect_code(0);
+
+    assert_eq!(
+        run.stderr,
+        "warning: ULOGGER_CUSTOMERID is set but ulogger reads no such variable; did you mean ULOGGER_CUSTOMER_ID?\n"
+    );
+    // The setting it was meant for is indeed unset: that is why it matters.
+    assert!(run.stdout.contains("customer_id"), "{}", run.stdout);
+
+    let quiet = sandbox
+        .run_with_env(&env, &strings(&["-q", "config", "show"]))
+        .expect_code(0);
+    assert_eq!(quiet.stderr, "");
 }
 
 #[test]
@@ -255,4 +332,32 @@ fn the_outbox_and_stamp_time_come_from_the_config_file_too() {
     let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
     assert_eq!(shown["stamp_time"]["value"], true, "{shown}");
     assert_eq!(shown["outbox"]["source"], "file", "{shown}");
+}
+
+#[test]
+fn no_store_with_a_store_on_the_command_line_is_refused_but_not_with_the_variable() {
+    let emu = plaintext_emulator();
+    let sandbox = Sandbox::new();
+    let store = sandbox.path("tokens.json");
+    let mut register = connect_args("register", &emu);
+    register.extend(device_args("SN-NO-STORE"));
+    register.push("--no-store".to_owned());
+
+    let mut both = register.clone();
+    both.extend(["--store".to_owned(), s(&store)]);
+    let run = sandbox.run(&both).expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: --no-store keeps tokens in memory only, and --store {} names a file for them: give one of the two\n",
+            s(&store)
+        )
+    );
+    assert!(emu.issued_tokens().is_empty(), "refused before connecting");
+
+    // ULOGGER_STORE is a default, which the flag overrides.
+    sandbox
+        .run_with_env(&[("ULOGGER_STORE", s(&store))], &register)
+        .expect_code(0);
+    assert!(!store.exists(), "--no-store wrote no file");
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use support::sandbox::*;
-use ulogger_cloud::wire::DeviceInfo;
+use ulogger_cloud::wire::{CoreDumpHeader, DeviceInfo};
 use ulogger_emulator::{BootReplyMode, Emulator, Record, RecordKind, Verdict};
 
 /// The binary-log record of `size` bytes, once the cloud has it.
@@ -167,12 +167,19 @@ fn device_identity_comes_from_a_dump_and_a_flag_overrides_one_field() {
     let dump_file = sandbox.write("device-info.bin", &dump);
     let mut args = connect_args("register", &emu);
     args.extend(["--device-info".to_owned(), s(&dump_file)]);
-    args.extend(strings(&["--serial", "SN-OVERRIDE", "--no-store"]));
+    // The same serial may be repeated; a firmware field overridden.
+    args.extend(strings(&[
+        "--serial",
+        "SN-FROM-DUMP",
+        "--git-version",
+        "v2.0.1",
+        "--no-store",
+    ]));
 
     let run = sandbox.run(&args).expect_code(0);
 
-    let token = only_issued_token(&emu, "SN-OVERRIDE");
-    assert_eq!(run.stdout.trim(), format!("SN-OVERRIDE: token {token}"));
+    let token = only_issued_token(&emu, "SN-FROM-DUMP");
+    assert_eq!(run.stdout.trim(), format!("SN-FROM-DUMP: token {token}"));
     let boot = records_of(&emu, RecordKind::Boot);
     assert_eq!(boot.len(), 1);
     assert_eq!(boot[0].app_id, Some(APP));
@@ -182,9 +189,128 @@ fn device_identity_comes_from_a_dump_and_a_flag_overrides_one_field() {
         serde_json::json!({
             "device_type": "dump-board",
             "git": "0ddba11",
-            "serial": "SN-OVERRIDE",
-            "version": "v2.0.0",
+            "serial": "SN-FROM-DUMP",
+            "version": "v2.0.1",
         })
+    );
+}
+
+#[test]
+fn a_serial_or_app_id_that_contradicts_the_dump_is_refused() {
+    let sandbox = Sandbox::new();
+    let dump = DeviceInfo::new(APP, "SN-FROM-DUMP", "board", "v1", GIT_HASH).encode();
+    let dump_file = sandbox.write("device-info.bin", &dump);
+    // Nothing listens there: had the command connected, it would exit 3.
+    let base = strings(&[
+        "register",
+        "--customer-id",
+        "1",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+        "--device-info",
+        &s(&dump_file),
+    ]);
+
+    let mut args = base.clone();
+    args.extend(strings(&["--serial", "SN-OTHER"]));
+    let run = sandbox.run(&args).expect_code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: --serial \"SN-OTHER\" contradicts the device-info dump {} (--device-info), whose serial is \"SN-FROM-DUMP\"\n\
+             hint: a dump names its device: drop --serial (and ULOGGER_SERIAL), or give that device's dump\n",
+            s(&dump_file)
+        )
+    );
+
+    let config = sandbox.write("config.toml", b"app_id = 8\n");
+    let mut args = base.clone();
+    args.extend(strings(&["--config", &s(&config)]));
+    let run = sandbox.run(&args).expect_code(2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: app_id = 8 in the config file contradicts the device-info dump {} (--device-info), whose app-id is 7",
+            s(&dump_file)
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_folder_given_to_upload_is_refused_before_connecting() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.path("logs");
+    std::fs::create_dir(&folder).unwrap();
+    let log = sandbox.write("logs/a.bin", &v1_log(10));
+    let mut args = strings(&[
+        "upload",
+        "--customer-id",
+        "1",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+    ]);
+    args.extend(device_args("SN-FOLDER"));
+    args.extend([s(&log), s(&folder)]);
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        format!(
+            "error: {} is a folder; upload takes files, one message each",
+            s(&folder)
+        )
+    );
+    // Through the outbox too, before it is created.
+    let outbox = sandbox.path("outbox");
+    args.extend(["--outbox".to_owned(), s(&outbox)]);
+    sandbox.run(&args).expect_code(2);
+    assert!(!outbox.exists());
+}
+
+#[test]
+fn a_log_given_as_device_info_is_refused_as_what_it_is() {
+    let sandbox = Sandbox::new();
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let args = strings(&[
+        "upload",
+        "--customer-id",
+        "1",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--plaintext",
+        "--no-store",
+        "--device-info",
+        &s(&log),
+        &s(&log),
+    ]);
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        format!(
+            "error: {} (--device-info) is a binary log, not a device-info dump",
+            s(&log)
+        )
+    );
+    assert!(
+        run.stderr.contains(
+            "hint: --device-info takes the raw bytes of the device's BLE config characteristic"
+        ),
+        "{}",
+        run.stderr
     );
 }
 
@@ -224,6 +350,36 @@ fn each_missing_device_field_is_bad_input_naming_its_flag() {
         let run = sandbox.run(&args).expect_code(2);
         assert!(run.stderr.contains(flag), "{flag}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_serial_no_topic_can_hold_is_refused_once_before_connecting() {
+    let sandbox = Sandbox::new();
+    let logs = [
+        sandbox.write("a.bin", &v1_log(10)),
+        sandbox.write("b.bin", &v1_log(10)),
+    ];
+    // Nothing listens there: had the command connected, it would exit 3.
+    let mut args = strings(&[
+        "upload",
+        "--broker",
+        "127.0.0.1",
+        "--port",
+        &closed_port().to_string(),
+        "--customer-id",
+        "1",
+        "--plaintext",
+        "--no-store",
+    ]);
+    args.extend(replace(device_args("SN"), "--serial", "SN/1+".into()));
+    args.extend(logs.iter().map(|l| s(l)));
+
+    let run = sandbox.run(&args).expect_code(2);
+
+    assert_eq!(
+        run.stderr,
+        "error: --serial: device serial \"SN/1+\" has invalid character '/' at position 2 (allowed: A-Z a-z 0-9 _ - . :)\n"
+    );
 }
 
 #[test]
@@ -271,7 +427,10 @@ fn register_prints_the_token_the_cloud_issued_and_caches_it() {
 fn a_core_dump_arrives_byte_for_byte() {
     let emu = tls_emulator();
     let sandbox = Sandbox::new();
-    let dump: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut body = b"cC".to_vec();
+    body.extend((0..4734u32).map(|i| (i * 7 % 256) as u8));
+    let info = DeviceInfo::new(APP, "SN-CRASH", "board", "v1", GIT_HASH);
+    let dump = CoreDumpHeader::encode_package(&info, &body);
     let file = sandbox.write("core.dump", &dump);
     let mut args = connect_args("core-dump", &emu);
     args.extend(["--no-store".to_owned(), s(&file)]);
@@ -286,6 +445,63 @@ fn a_core_dump_arrives_byte_for_byte() {
     assert_eq!(record.verdict, Verdict::Ok, "{:?}", record.reason);
     assert_eq!(record.topic, format!("core-dump/v0/{CUSTOMER}/0"));
     assert_eq!(stored_bytes(&emu, &record), dump);
+}
+
+#[test]
+fn an_empty_or_invalid_core_dump_is_refused_before_connecting() {
+    let sandbox = Sandbox::new();
+    // Nothing listens there: had the command connected, it would exit 3.
+    let args = |file: &Path| {
+        strings(&[
+            "core-dump",
+            "--customer-id",
+            "1",
+            "--broker",
+            "127.0.0.1",
+            "--port",
+            &closed_port().to_string(),
+            "--plaintext",
+            "--no-store",
+            &s(file),
+        ])
+    };
+
+    let empty = sandbox.write("empty.core", b"");
+    let run = sandbox.run(&args(&empty)).expect_code(2);
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        format!("error: the core dump {} is empty (0 bytes)", s(&empty))
+    );
+    assert!(
+        run.stderr
+            .contains("hint: read the dump from the device's crash region again"),
+        "{}",
+        run.stderr
+    );
+
+    let info = DeviceInfo::new(APP, "SN-CRASH", "board", "v1", GIT_HASH);
+    let mut package = CoreDumpHeader::encode_package(&info, b"cC\x01\x02");
+    let last = package.len() - 1;
+    package[last] ^= 0xff;
+    let corrupt = sandbox.write("corrupt.core", &package);
+    let run = sandbox.run(&args(&corrupt)).expect_code(2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: {} is not a valid core dump: core dump checksum mismatch",
+            s(&corrupt)
+        )),
+        "{}",
+        run.stderr
+    );
+
+    let log = sandbox.write("log.bin", &v1_log(10));
+    let run = sandbox.run(&args(&log)).expect_code(2);
+    assert!(
+        run.stderr
+            .contains("hint: this file is a binary log: send it with `ulogger upload`"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

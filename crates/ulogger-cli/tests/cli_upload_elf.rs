@@ -266,7 +266,8 @@ fn no_answer_times_out_with_a_hint() {
     emu.faults().ignore_elf_upload_requests(1);
     let mut args = connect_args("upload-elf", &emu);
     args.extend(firmware_args());
-    args.extend(strings(&["--reply-timeout", "1", &s(&elf)]));
+    // With a unit, as every duration takes one.
+    args.extend(strings(&["--reply-timeout", "1000ms", &s(&elf)]));
 
     let run = sandbox.run(&args).expect_code(3);
 

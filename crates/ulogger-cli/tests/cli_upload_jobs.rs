@@ -29,9 +29,9 @@ fn upload_args(emu: &Emulator, serial: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// The result lines of the files that failed.
-fn failed_lines(stdout: &str) -> Vec<&str> {
-    stdout.lines().filter(|l| l.contains("FAILED")).collect()
+/// The lines (on stderr) of the files that failed.
+fn failed_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.contains("FAILED")).collect()
 }
 
 /// Waits until the cloud holds `n` binary logs in all.
@@ -126,7 +126,7 @@ fn a_bad_file_among_good_ones_fails_alone_and_is_counted() {
 
     let run = sandbox.run(&args).expect_code(2);
 
-    let failed = failed_lines(&run.stdout);
+    let failed = failed_lines(&run.stderr);
     assert_eq!(failed.len(), 2, "{}", run.stdout);
     assert!(
         failed
@@ -272,7 +272,7 @@ fn ctrl_c_with_uploads_in_flight_accounts_for_every_file() {
     );
     // Only the bad files failed; nothing unacknowledged is called failed
     // or uploaded.
-    let failed = failed_lines(&run.stdout);
+    let failed = failed_lines(&run.stderr);
     assert_eq!(failed.len(), 2, "{}", run.stdout);
     assert!(!run.stdout.contains(": uploaded "), "{}", run.stdout);
     assert!(
@@ -319,7 +319,7 @@ fn a_file_larger_than_a_message_is_refused_unread_and_the_rest_go() {
 
     let run = sandbox.run(&args).expect_code(2);
 
-    let failed = failed_lines(&run.stdout);
+    let failed = failed_lines(&run.stderr);
     assert_eq!(failed.len(), 1, "{}", run.stdout);
     assert!(
         failed[0].starts_with(&s(&huge))
@@ -341,5 +341,72 @@ fn a_file_larger_than_a_message_is_refused_unread_and_the_rest_go() {
             .contains("more than one message may be (131072 bytes)"),
         "{}",
         run.stderr
+    );
+}
+
+/// Runs the binary with `args` on a pseudo-terminal (util-linux
+/// `script`), as a person at a terminal does: stdout and stderr are the
+/// terminal. Returns the exit code and what the terminal showed.
+fn on_a_terminal(sandbox: &Sandbox, args: &[String]) -> (Option<i32>, String) {
+    let binary = sandbox.command(&[]);
+    let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(binary.get_program().to_string_lossy().into_owned())
+        .chain(args.iter().cloned())
+        .map(|a| quote(&a))
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            &line.join(" "),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null());
+    for (key, value) in binary.get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let output = script.output().expect("util-linux script runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn on_a_terminal_a_bar_stands_for_the_per_file_lines_unless_v() {
+    let emu = unlimited_emulator();
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox, 5);
+    let mut args = upload_args(&emu, "SN-BAR", &[]);
+    args.extend(files.iter().map(|f| s(f)));
+
+    let (code, shown) = on_a_terminal(&sandbox, &args);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(!shown.contains("uploaded 1"), "no per-file lines:\n{shown}");
+    assert!(shown.contains("5 uploaded, 0 failed"), "{shown}");
+
+    let mut verbose = vec!["-v".to_owned()];
+    verbose.extend(args.clone());
+    let (code, shown) = on_a_terminal(&sandbox, &verbose);
+    assert_eq!(code, Some(0), "{shown}");
+    for file in &files {
+        assert!(shown.contains(&format!("{}: uploaded", s(file))), "{shown}");
+    }
+
+    // Piped (as every other test runs it), each file has its line.
+    let run = sandbox.run(&args).expect_code(0);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.contains(": uploaded "))
+            .count(),
+        5,
+        "{}",
+        run.stdout
     );
 }

@@ -25,6 +25,7 @@ pub struct Args {
 }
 
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
+    crate::files::refuse_folders("inspect", &args.files)?;
     let reports: Vec<Report> = args.files.iter().map(|f| inspect(f)).collect();
     if global.json {
         let text = serde_json::to_string_pretty(&reports).map_err(anyhow::Error::from)?;

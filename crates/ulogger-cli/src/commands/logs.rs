@@ -55,8 +55,8 @@ pub struct Args {
     parse_level: bool,
     /// Send what waits at least this often (seconds; also whenever
     /// 96 KiB of text wait).
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-    flush_interval: f64,
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = flush_interval)]
+    flush_interval: Duration,
     /// Make every batch durable in this outbox directory first; it is
     /// delivered in the background, and whatever is not delivered when
     /// the input ends stays there for the next run or `ulogger agent`.
@@ -115,16 +115,26 @@ struct Totals {
     stopped_by: Option<crate::signal::Stop>,
 }
 
+/// The longest `--flush-interval`: text waits no longer than this.
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `--flush-interval`: more than zero, at most an hour (a huge value made
+/// `Duration::from_secs_f64` panic, and would hold text back for ever).
+fn flush_interval(text: &str) -> Result<Duration, String> {
+    let interval = crate::duration::fractional_secs(text)?;
+    if interval.is_zero() {
+        return Err("it must be more than zero".to_owned());
+    }
+    if interval > MAX_FLUSH_INTERVAL {
+        return Err(format!("'{}' is too long: at most 1h", text.trim()));
+    }
+    Ok(interval)
+}
+
 pub fn run(global: Global, args: Args) -> Result<(), Exit> {
     let file = args.connection.file()?;
     let device = args.device.device(file)?;
-    if !(args.flush_interval > 0.0 && args.flush_interval.is_finite()) {
-        return Err(Exit::new(
-            Failure::BadInput,
-            anyhow::anyhow!("--flush-interval must be a positive number of seconds"),
-        ));
-    }
-    let interval = Duration::from_secs_f64(args.flush_interval);
+    let interval = args.flush_interval;
     let outbox = args.outbox.clone().or_else(|| file.outbox.clone());
     // Text logs need no session token: keep the token file untouched.
     let mut connection = args.connection.clone();

@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long, env = "ULOGGER_BRANCH")]
     branch: Option<String>,
     /// Seconds to wait for the cloud's upload URL [default: 30].
-    #[arg(long, env = "ULOGGER_REPLY_TIMEOUT", value_name = "SECS")]
+    #[arg(long, env = "ULOGGER_REPLY_TIMEOUT", value_name = "SECS", value_parser = crate::duration::secs)]
     reply_timeout: Option<u64>,
     /// Times a passing failure (lost connection, a storage outage) is
     /// retried, each with a new upload URL [default: 3].

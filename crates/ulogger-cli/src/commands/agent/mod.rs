@@ -761,6 +761,13 @@ async fn enqueue(
     if lock(queued).contains(&content) {
         return Err(Refusal::Queued);
     }
+    if file.core_dump {
+        // The cloud would store any bytes as a core dump, unreadable: the
+        // header (PROTOCOL §10) is checked here, as `core-dump` does.
+        if let Err(e) = ulogger_cloud::wire::CoreDumpHeader::decode(&bytes) {
+            return Err(Refusal::Invalid(format!("not a valid core dump: {e}")));
+        }
+    }
     let result = if file.core_dump {
         client.enqueue_core_dump(&bytes).await
     } else {

@@ -1,13 +1,14 @@
 //! `ulogger upload`, `ulogger register` and `ulogger core-dump`: the
 //! commands that talk to the cloud.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use ulogger_cloud::Client;
+use ulogger_cloud::{wire, Client};
 
 use crate::connection::ConnectionArgs;
 use crate::device::DeviceArgs;
@@ -63,7 +64,9 @@ pub struct RegisterArgs {
 pub struct CoreDumpArgs {
     #[command(flatten)]
     connection: ConnectionArgs,
-    /// The core dump, as read from the device.
+    /// The core dump, as read from the device: a 264-byte header
+    /// (PROTOCOL §10) and the dump. An empty file or an invalid header is
+    /// refused before connecting.
     #[arg(value_name = "FILE")]
     file: PathBuf,
 }
@@ -98,6 +101,7 @@ async fn client(connection: &ConnectionArgs, stamp_time: bool) -> Result<Client,
 /// registering again for each.
 pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
     let file = args.connection.file()?;
+    files::refuse_folders("upload", &args.files)?;
     let device = args.device.device(file)?;
     let stamp_time = args.stamp_time.or(file.stamp_time).unwrap_or(false);
     let connections = args.connection.connections.or(file.connections);
@@ -130,17 +134,25 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
             client = client(&args.connection, stamp_time) => client?,
             _ = &mut stop => return Err(interrupted(&Account { not_started: total, ..Account::default() })),
         };
-        let progress = (total > 1 && !global.json).then(|| {
+        // A bar on stderr for many files, drawn only on a terminal.
+        let progress = (total > 1 && !global.json && !global.quiet).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
         });
+        // Where a person watches the bar, it stands for the per-file lines
+        // (1,000 files, 1,000 lines); they are printed when asked for (-v)
+        // or when stdout goes to a file or another program.
+        let each_line = global.verbose > 0
+            || !std::io::stdout().is_terminal()
+            || progress.as_ref().is_none_or(ProgressBar::is_hidden);
         let mut tally = Tally {
             global,
             files: &args.files,
+            each_line,
             progress,
             worst: None,
             hint: None,
@@ -220,6 +232,8 @@ pub fn upload(global: Global, args: UploadArgs) -> Result<(), Exit> {
 struct Tally<'a> {
     global: Global,
     files: &'a [PathBuf],
+    /// Print a line for each file uploaded (a failure always has one).
+    each_line: bool,
     progress: Option<ProgressBar>,
     worst: Option<Failure>,
     hint: Option<String>,
@@ -234,7 +248,7 @@ impl Tally<'_> {
     fn settle(&mut self, done: jobs::Done) {
         let file = &self.files[done.index];
         let json = self.global.json;
-        let line = match done.outcome {
+        let (line, failed) = match done.outcome {
             Ok(receipt) => {
                 self.account.uploaded += 1;
                 self.bytes += receipt.size as u64;
@@ -248,13 +262,14 @@ impl Tally<'_> {
                         }),
                     ));
                 }
-                format!(
+                let line = format!(
                     "{}: uploaded {} bytes to {} (token {})",
                     file.display(),
                     receipt.size,
                     receipt.topic,
                     receipt.token
-                )
+                );
+                (line, false)
             }
             Err(failed) => {
                 self.account.failed += 1;
@@ -268,18 +283,34 @@ impl Tally<'_> {
                         json!({"file": file, "ok": false, "error": failed.message}),
                     ));
                 }
-                format!("{}: FAILED: {}", file.display(), failed.message)
+                (
+                    format!("{}: FAILED: {}", file.display(), failed.message),
+                    true,
+                )
             }
         };
-        match (&self.progress, json) {
-            (_, true) => {}
-            (Some(bar), false) => {
+        if json {
+            return;
+        }
+        // A failure is a cause: one line on stderr; an upload a result.
+        let print = || {
+            if failed {
+                eprintln!("{line}");
+            } else if self.each_line {
+                outln!("{line}");
+            }
+        };
+        match &self.progress {
+            Some(bar) => {
                 // `println` prints nothing while the bar is hidden
                 // (stderr not a terminal); `suspend` always does.
-                bar.suspend(|| outln!("{line}"));
+                bar.suspend(print);
                 bar.inc(1);
+                if self.account.failed > 0 {
+                    bar.set_message(format!("({} failed)", self.account.failed));
+                }
             }
-            (None, false) => outln!("{line}"),
+            None => print(),
         }
     }
 }
@@ -350,12 +381,42 @@ pub fn register(global: Global, args: RegisterArgs) -> Result<(), Exit> {
     })
 }
 
+/// Refuses, before connecting, a core dump the cloud could not read: an
+/// empty file, or one whose header (PROTOCOL §10) fails its checks. Sent,
+/// either would be stored as it is and acknowledged.
+fn check_core_dump(path: &std::path::Path, dump: &[u8]) -> Result<(), Exit> {
+    let refuse = |why: String, hint: &str| {
+        Exit::new(Failure::BadInput, anyhow::anyhow!(why)).with_hint(Some(hint.to_owned()))
+    };
+    if dump.is_empty() {
+        return Err(refuse(
+            format!("the core dump {} is empty (0 bytes)", path.display()),
+            "read the dump from the device's crash region again: a core dump is a 264-byte header (PROTOCOL §10) followed by the CrashCatcher dump",
+        ));
+    }
+    match wire::CoreDumpHeader::decode(dump) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let hint = if wire::validate_checksum(dump).is_ok() {
+                "this file is a binary log: send it with `ulogger upload`"
+            } else {
+                "`ulogger inspect FILE` shows what the header holds; read the dump from the device again"
+            };
+            Err(refuse(
+                format!("{} is not a valid core dump: {error}", path.display()),
+                hint,
+            ))
+        }
+    }
+}
+
 /// Publishes a core dump.
 pub fn core_dump(global: Global, args: CoreDumpArgs) -> Result<(), Exit> {
     args.connection.file()?;
     let dump = files::read_limited(&args.file, files::MAX_MESSAGE_SIZE, files::ONE_MESSAGE)
         .with_context(|| args.file.display().to_string())
         .map_err(|e| Exit::new(Failure::BadInput, e))?;
+    check_core_dump(&args.file, &dump)?;
     runtime()?.block_on(async {
         let client = client(&args.connection, false).await?;
         let result = client.publish_core_dump(dump).await;

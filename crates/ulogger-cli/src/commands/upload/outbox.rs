@@ -337,6 +337,9 @@ fn report(global: Global, file: &Path, fate: &Fate) {
     };
     if global.json {
         outln!("{}", json!({"file": file, "ok": ok, "status": text}));
+    } else if matches!(fate, Fate::Failed(..)) {
+        // A cause, not a result: stderr, as `upload` says its failures.
+        eprintln!("{}: {text}", file.display());
     } else if !matches!(fate, Fate::Queued) {
         outln!("{}: {text}", file.display());
     }
