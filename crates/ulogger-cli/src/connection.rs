@@ -174,6 +174,24 @@ pub struct ConfigFile {
     pub ack_sync_interval: Option<u64>,
     /// `agent --metrics-listen`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `agent --ble`, and the BLE settings below (read only where BLE is
+    /// built in).
+    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+    pub ble: Option<bool>,
+    /// `agent --ble-name`, repeated.
+    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+    pub ble_names: Option<Vec<String>>,
+    /// `agent --ble-address`, repeated.
+    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+    pub ble_addresses: Option<Vec<String>>,
+    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+    pub ble_max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
+    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+    pub ble_min_interval: Option<u64>,
+    /// `agent --adapter`.
+    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
+    pub adapter: Option<String>,
     /// Which file this came from, if any.
     #[serde(skip)]
     pub path: Option<PathBuf>,

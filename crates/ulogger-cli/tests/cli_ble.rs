@@ -247,22 +247,19 @@ async fn agent_with_ble_delivers_two_devices_logs_and_stops_on_sigterm() {
     let devices = three_devices(&bluez).await;
     let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The BLE settings from the config file, BLE itself from its flag.
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
+    std::fs::write(
+        dir.path().join("home/config.toml"),
+        "ble_names = [\"uLogger Example\"]\nble_min_interval = \"1s\"\n",
+    )
+    .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
     command
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .env("ULOGGER_HOME", dir.path().join("home"))
         .env_remove("ULOGGER_CONFIG")
-        .args([
-            "--json",
-            "agent",
-            "--ble",
-            "--ble-name",
-            "uLogger Example",
-            "--no-store",
-            "--plaintext",
-            "--ble-min-interval",
-            "1",
-        ])
+        .args(["--json", "agent", "--ble", "--no-store", "--plaintext"])
         .args(["--broker", "127.0.0.1", "--port"])
         .arg(emulator.addr().port().to_string())
         .args(["--customer-id", &CUSTOMER.to_string(), "--outbox"])

@@ -7,6 +7,7 @@ use serde_json::json;
 use ulogger_cloud::ble::{Address, ConfigRelay, Gateway, GatewayEvent, PullOptions};
 use ulogger_cloud::Client;
 
+use crate::connection::ConfigFile;
 use crate::exit::{self, Exit, Failure};
 use crate::Global;
 
@@ -16,34 +17,98 @@ pub struct AgentArgs {
     /// Also pull devices over Bluetooth LE (BlueZ), continuously, beside
     /// the inbox (which becomes optional). Without --ble-name or
     /// --ble-address every device seen is tried once; one that is no
-    /// uLogger device is then left alone for hours.
+    /// uLogger device is then left alone for hours. Config file: `ble`,
+    /// and `ble_names`, `ble_addresses`, `ble_max_connections`,
+    /// `ble_min_interval`, `adapter` for the flags below.
     #[arg(long, env = "ULOGGER_BLE", value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true",
           value_parser = crate::connection::boolish)]
     ble: Option<bool>,
     /// Pull only devices advertising exactly this name (repeatable; with
     /// --ble-address, a device matching either is pulled).
-    #[arg(long = "ble-name", value_name = "NAME", requires = "ble")]
+    #[arg(long = "ble-name", value_name = "NAME")]
     names: Vec<String>,
     /// Pull only the device with this address, e.g. AA:BB:CC:DD:EE:FF
     /// (repeatable).
-    #[arg(long = "ble-address", value_name = "ADDR", requires = "ble")]
+    #[arg(long = "ble-address", value_name = "ADDR")]
     addresses: Vec<String>,
-    /// How many devices to pull at once.
-    #[arg(long, default_value_t = 4, value_name = "N", requires = "ble")]
-    ble_max_connections: usize,
-    /// The least seconds between two pulls of one device.
-    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = crate::duration::secs, requires = "ble")]
-    ble_min_interval: u64,
-    /// The BlueZ adapter.
-    #[arg(long, default_value = "hci0", value_name = "NAME", requires = "ble")]
+    /// How many devices to pull at once [default: 4].
+    #[arg(long, value_name = "N")]
+    ble_max_connections: Option<usize>,
+    /// The least time between two pulls of one device [default: 30s].
+    #[arg(long, value_name = "SECS", value_parser = crate::duration::secs)]
+    ble_min_interval: Option<u64>,
+    /// The BlueZ adapter [default: hci0].
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+}
+
+/// The agent's BLE settings, flags over the config file over defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BleSettings {
+    /// Whether the agent pulls over BLE at all.
+    pub enabled: bool,
+    names: Vec<String>,
+    addresses: Vec<String>,
+    max_connections: usize,
+    min_interval: u64,
     adapter: String,
 }
 
 impl AgentArgs {
-    /// Whether `--ble` was given (or ULOGGER_BLE set true).
-    pub fn enabled(&self) -> bool {
-        self.ble.unwrap_or(false)
+    /// Merges the flags with the config file's keys. A BLE flag without
+    /// BLE turned on (by `--ble` or `ble = true`) is refused: it would
+    /// silently do nothing. The file's BLE keys without `ble = true` are
+    /// kept for when it is turned on.
+    pub fn resolve(&self, file: &ConfigFile) -> Result<BleSettings, Exit> {
+        let enabled = self.ble.or(file.ble).unwrap_or(false);
+        let given = [
+            (!self.names.is_empty(), "--ble-name"),
+            (!self.addresses.is_empty(), "--ble-address"),
+            (self.ble_max_connections.is_some(), "--ble-max-connections"),
+            (self.ble_min_interval.is_some(), "--ble-min-interval"),
+            (self.adapter.is_some(), "--adapter"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(given, _)| *given).filter(|_| !enabled) {
+            return Err(Exit::new(
+                Failure::BadInput,
+                anyhow::anyhow!(
+                    "{flag} needs BLE turned on: add --ble (or `ble = true` in the config file)"
+                ),
+            ));
+        }
+        let list = |flags: &[String], keys: &Option<Vec<String>>| {
+            if flags.is_empty() {
+                keys.clone().unwrap_or_default()
+            } else {
+                flags.to_vec()
+            }
+        };
+        let settings = BleSettings {
+            enabled,
+            names: list(&self.names, &file.ble_names),
+            addresses: list(&self.addresses, &file.ble_addresses),
+            max_connections: self
+                .ble_max_connections
+                .or(file.ble_max_connections)
+                .unwrap_or(4),
+            min_interval: self
+                .ble_min_interval
+                .or(file.ble_min_interval)
+                .unwrap_or(30),
+            adapter: self
+                .adapter
+                .clone()
+                .or_else(|| file.adapter.clone())
+                .unwrap_or_else(|| "hci0".to_owned()),
+        };
+        if settings.max_connections == 0 {
+            return Err(Exit::new(
+                Failure::BadInput,
+                anyhow::anyhow!("--ble-max-connections (ble_max_connections) must be at least 1"),
+            ));
+        }
+        Ok(settings)
     }
 }
 
@@ -91,20 +156,14 @@ impl AgentBle {
     /// Starts the gateway; `rejected` keeps buffers that fail validation.
     pub fn start(
         global: Global,
-        args: &AgentArgs,
+        args: &BleSettings,
         client: &Client,
         rejected: &std::path::Path,
     ) -> Result<AgentBle, Exit> {
         let mut gateway = Gateway::new(&args.adapter)
-            .max_connections(args.ble_max_connections)
-            .min_interval(Duration::from_secs(args.ble_min_interval))
+            .max_connections(args.max_connections)
+            .min_interval(Duration::from_secs(args.min_interval))
             .pull_options(PullOptions::new().rejected_dir(rejected));
-        if args.ble_max_connections == 0 {
-            return Err(Exit::new(
-                Failure::BadInput,
-                anyhow::anyhow!("--ble-max-connections must be at least 1"),
-            ));
-        }
         for name in &args.names {
             gateway = gateway.name(name);
         }
@@ -327,5 +386,75 @@ impl AgentBle {
         while let Ok(event) = self.events.try_recv() {
             let _ = self.said(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ble: AgentArgs,
+    }
+
+    fn resolve(args: &[&str], file: &str) -> Result<BleSettings, Exit> {
+        let cli = Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .expect("flags parse");
+        let file: ConfigFile = toml::from_str(file).expect("config file parses");
+        cli.ble.resolve(&file)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let file = r#"
+            ble = true
+            ble_names = ["from file"]
+            ble_min_interval = "2m"
+            adapter = "hci1"
+        "#;
+        let from_file = resolve(&[], file).expect("resolves");
+        assert!(from_file.enabled);
+        assert_eq!(from_file.names, ["from file"]);
+        assert_eq!(from_file.min_interval, 120);
+        assert_eq!(from_file.adapter, "hci1");
+        assert_eq!(from_file.max_connections, 4, "the default");
+
+        let flags = resolve(
+            &[
+                "--ble-name",
+                "a",
+                "--ble-name",
+                "b",
+                "--ble-max-connections",
+                "2",
+            ],
+            file,
+        )
+        .expect("resolves");
+        assert_eq!(flags.names, ["a", "b"], "the flags replace the file's list");
+        assert_eq!(flags.max_connections, 2);
+        assert_eq!(flags.min_interval, 120, "still the file's");
+
+        let defaults = resolve(&["--ble"], "").expect("resolves");
+        assert_eq!((defaults.max_connections, defaults.min_interval), (4, 30));
+        assert_eq!(defaults.adapter, "hci0");
+    }
+
+    #[test]
+    fn a_ble_flag_without_ble_is_refused_and_the_file_s_keys_wait() {
+        let refused = resolve(&["--ble-address", "AA:BB:CC:DD:EE:FF"], "").unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("--ble-address needs BLE turned on"),
+            "{refused:?}"
+        );
+        // Keys in the file for a BLE that is off are kept for later, not refused.
+        let off = resolve(&[], "ble_names = [\"x\"]").expect("resolves");
+        assert!(!off.enabled);
+        let zero = resolve(&["--ble", "--ble-max-connections", "0"], "").unwrap_err();
+        assert!(format!("{zero:?}").contains("at least 1"), "{zero:?}");
     }
 }

@@ -369,7 +369,9 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     // A bad config file is named before anything else is checked.
     let file = cli.connection.file()?;
     #[cfg(all(feature = "ble", target_os = "linux"))]
-    let with_ble = cli.ble.enabled();
+    let ble_settings = cli.ble.resolve(file)?;
+    #[cfg(all(feature = "ble", target_os = "linux"))]
+    let with_ble = ble_settings.enabled;
     #[cfg(not(all(feature = "ble", target_os = "linux")))]
     let with_ble = false;
     let inbox = cli.inbox.clone().or_else(|| file.inbox.clone());
@@ -492,7 +494,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     };
     #[cfg(all(feature = "ble", target_os = "linux"))]
     let mut ble = if with_ble {
-        Some(AgentBle::start(global, &cli.ble, &client, &rejected)?)
+        Some(AgentBle::start(global, &ble_settings, &client, &rejected)?)
     } else {
         None
     };
