@@ -345,4 +345,51 @@ async fn agent_with_ble_delivers_two_devices_logs_and_stops_on_sigterm() {
         bluez.max_concurrent_connections()
     );
     assert_eq!(bluez.connected_count(), 0, "a link was left up");
+
+    // Restarted, with no device it may pull: the devices the first run
+    // watched are watched again at once, so a configuration pushed
+    // before one next comes by is kept for it.
+    let config = dir.path().join("restart.toml");
+    std::fs::write(
+        &config,
+        "ble = true\nble_addresses = [\"00:00:00:00:00:01\"]\n",
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
+    command
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .env("ULOGGER_HOME", dir.path().join("home"))
+        .env_remove("ULOGGER_CONFIG")
+        .args(["--json", "agent", "--no-store", "--plaintext", "--config"])
+        .arg(&config)
+        .args(["--broker", "127.0.0.1", "--port"])
+        .arg(emulator.addr().port().to_string())
+        .args(["--customer-id", &CUSTOMER.to_string(), "--outbox"])
+        .arg(dir.path().join("outbox"))
+        .stdout(std::process::Stdio::piped());
+    let mut restarted = Running::spawn(command);
+    let lines = agent_events(&restarted, &[("started", 1), ("ble-relaying", 2)]);
+    assert!(
+        !lines.iter().any(|l| l["event"] == "ble-pulled"),
+        "{lines:?}"
+    );
+    let later = ulogger_cloud::wire::LogConfig::new(ulogger_cloud::wire::LogLevel::Debug, 1, 60);
+    emulator
+        .push_config(7, "AABBCC000002", &later)
+        .await
+        .unwrap();
+    let relay = ulogger_cloud::ble::ConfigRelay::new(dir.path().join("outbox/ble-config"));
+    let deadline = std::time::Instant::now() + STEP;
+    while relay.pending("AABBCC000002").unwrap() != Some(later.clone()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the configuration pushed after the restart was not kept"
+        );
+        tokio::task::yield_now().await;
+    }
+    let status = tokio::task::block_in_place(|| restarted.terminate());
+    assert!(
+        status.success(),
+        "the restarted agent did not stop cleanly: {status}"
+    );
 }

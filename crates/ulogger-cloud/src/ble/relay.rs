@@ -126,6 +126,57 @@ impl ConfigRelay {
             .map_err(|e| file_error("forgetting a delivered log configuration", &path, e))
     }
 
+    /// Remembers `device` as one whose pushes are watched (`<serial>.device`,
+    /// its identity as `config` gave it; durable when this returns), so
+    /// that a gateway that restarts can watch it again at once
+    /// ([`ConfigRelay::remembered`]) rather than only once the device next
+    /// comes by: a configuration pushed in between would be missed.
+    /// [`ConfigRelay::watch`] calls it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Ble`] naming the file that could not be written.
+    pub fn remember(&self, device: &DeviceInfo) -> Result<(), Error> {
+        let path = self.device_path(&device.serial);
+        crate::durable::create_dir_all(&self.dir)
+            .and_then(|()| crate::durable::replace_file(&path, &device.encode()))
+            .map_err(|e| file_error("remembering a watched device", &path, e))
+    }
+
+    /// The devices [remembered](ConfigRelay::remember), in no particular
+    /// order. A file that does not hold a device's identity is logged and
+    /// skipped (it is left for a person to look at).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Ble`] when the folder cannot be read (none yet is no
+    /// error).
+    pub fn remembered(&self) -> Result<Vec<DeviceInfo>, Error> {
+        let step = "listing the watched devices";
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(file_error(step, &self.dir, e)),
+        };
+        let mut devices = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| file_error(step, &self.dir, e))?.path();
+            if path.extension().is_none_or(|x| x != "device") {
+                continue;
+            }
+            match std::fs::read(&path).map(|bytes| DeviceInfo::decode(&bytes)) {
+                Ok(Ok(device)) => devices.push(device),
+                Ok(Err(e)) => {
+                    tracing::warn!(file = %path.display(), error = %e, "not a watched device's identity: skipped");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "a watched device's identity cannot be read: skipped");
+                }
+            }
+        }
+        Ok(devices)
+    }
+
     /// Subscribes to the configurations the cloud pushes for `device` and
     /// keeps each as it arrives, until the returned handle is aborted or
     /// the client shuts down. A retained configuration (the device's
@@ -141,6 +192,17 @@ impl ConfigRelay {
         client: &Client,
         device: &DeviceInfo,
     ) -> Result<JoinHandle<()>, Error> {
+        let (relay, remembered) = (self.clone(), device.clone());
+        match tokio::task::spawn_blocking(move || relay.remember(&remembered)).await {
+            Ok(Ok(())) => {}
+            // Watching still works; only a restart would forget it.
+            Ok(Err(e)) => {
+                tracing::warn!(serial = %device.serial, error = %e, "a watched device could not be remembered: after a restart it is watched again only once it comes by")
+            }
+            Err(e) => {
+                tracing::warn!(serial = %device.serial, error = %e, "remembering a watched device stopped")
+            }
+        }
         let mut configs = client.log_configs(device).await?;
         let relay = self.clone();
         let serial = device.serial.clone();
@@ -172,6 +234,10 @@ impl ConfigRelay {
 
     fn path(&self, serial: &str) -> PathBuf {
         self.dir.join(format!("{}.cfg", file_name(serial)))
+    }
+
+    fn device_path(&self, serial: &str) -> PathBuf {
+        self.dir.join(format!("{}.device", file_name(serial)))
     }
 }
 
@@ -210,6 +276,28 @@ mod tests {
         relay.keep("SN/2", &old).unwrap();
         assert_eq!(relay.pending("SN").unwrap(), None);
         assert_eq!(relay.pending("SN/2").unwrap(), Some(old));
+    }
+
+    #[test]
+    fn watched_devices_are_remembered_across_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = ConfigRelay::new(dir.path().join("relay"));
+        assert!(relay.remembered().unwrap().is_empty(), "no folder yet");
+        let a = DeviceInfo::new(7, "AABBCC000001", "sensor", "1.2.4", "abc1234");
+        let b = DeviceInfo::new(8, "SN/2", "sensor", "1.2.4", "abc1234");
+        relay.remember(&a).unwrap();
+        relay.remember(&b).unwrap();
+        relay.remember(&a).unwrap();
+        // A pending configuration and a stray file are not devices.
+        relay
+            .keep("AABBCC000001", &LogConfig::new(LogLevel::Debug, 1, 60))
+            .unwrap();
+        std::fs::write(dir.path().join("relay/junk.device"), b"\x01").unwrap();
+        let mut found = ConfigRelay::new(dir.path().join("relay"))
+            .remembered()
+            .unwrap();
+        found.sort_by(|x, y| x.serial.cmp(&y.serial));
+        assert_eq!(found, vec![a, b]);
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl AgentBle {
             let (client, stop) = (client.clone(), stop.clone());
             async move { gateway.run(&client, tx, stop.notified()).await }
         });
-        Ok(AgentBle {
+        let mut agent = AgentBle {
             global,
             events,
             stop,
@@ -194,7 +194,22 @@ impl AgentBle {
             client: client.clone(),
             relay: ConfigRelay::in_outbox(client).ok(),
             watched: std::collections::HashMap::new(),
-        })
+        };
+        // The devices an earlier run watched, watched again at once: a
+        // configuration pushed before one next comes by is kept for it.
+        if let Some(relay) = &agent.relay {
+            match relay.remembered() {
+                Ok(devices) => {
+                    for device in devices.iter().take(MAX_WATCHED) {
+                        agent.watch(device);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %exit::message(&e), "the devices an earlier run watched cannot be listed; each is watched again when it comes by")
+                }
+            }
+        }
+        Ok(agent)
     }
 
     /// The next outcome, said as one line: the records it stored (to
