@@ -35,7 +35,8 @@ pub struct AgentArgs {
     /// How many devices to pull at once [default: 4].
     #[arg(long, value_name = "N")]
     ble_max_connections: Option<usize>,
-    /// The least time between two pulls of one device [default: 30s].
+    /// The least time between two pulls of one device; at most 1d
+    /// [default: 30s].
     #[arg(long, value_name = "SECS", value_parser = crate::duration::secs)]
     ble_min_interval: Option<u64>,
     /// The BlueZ adapter [default: hci0].
@@ -102,6 +103,17 @@ impl AgentArgs {
                 .or_else(|| file.adapter.clone())
                 .unwrap_or_else(|| "hci0".to_owned()),
         };
+        // A bound, so that no value means "never": a device's buffer fills
+        // while it waits, and then its oldest logs are lost on the device.
+        if settings.min_interval > 86_400 {
+            return Err(Exit::new(
+                Failure::BadInput,
+                anyhow::anyhow!(
+                    "--ble-min-interval (ble_min_interval) {} s is more than a day: a device's logs would wait on it for longer, where its buffer may overflow",
+                    settings.min_interval
+                ),
+            ));
+        }
         if settings.max_connections == 0 {
             return Err(Exit::new(
                 Failure::BadInput,
@@ -469,6 +481,9 @@ mod tests {
         // Keys in the file for a BLE that is off are kept for later, not refused.
         let off = resolve(&[], "ble_names = [\"x\"]").expect("resolves");
         assert!(!off.enabled);
+        let long = resolve(&["--ble", "--ble-min-interval", "2d"], "").unwrap_err();
+        assert!(format!("{long:?}").contains("more than a day"), "{long:?}");
+        assert!(resolve(&["--ble", "--ble-min-interval", "1d"], "").is_ok());
         let zero = resolve(&["--ble", "--ble-max-connections", "0"], "").unwrap_err();
         assert!(format!("{zero:?}").contains("at least 1"), "{zero:?}");
     }
