@@ -1,6 +1,8 @@
 //! Running the `ulogger` binary and reading what it printed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+// The same tiny firmware the library's ELF upload tests compile: one copy.
+#[path = "../../../ulogger-cloud/tests/support/firmware.rs"]
 pub mod firmware;
 pub mod sandbox;
 
