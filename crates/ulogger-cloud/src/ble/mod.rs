@@ -27,18 +27,21 @@ use std::time::{Duration, Instant};
 use bluer::gatt::remote::{Characteristic as GattCharacteristic, CharacteristicWriteRequest};
 use bluer::gatt::WriteOp;
 use bluer::{AdapterEvent, Device, Session, Uuid};
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::StreamExt;
 
 use crate::wire::{
-    self, BlePull, BufferKind, Characteristic, CoreDumpHeader, DeviceInfo, LogConfig, Metric,
-    PullAction, PullConfig, PullSummary,
+    self, BlePull, BufferKind, CoreDumpHeader, DeviceInfo, LogConfig, Metric, PullAction,
+    PullConfig, PullSummary,
 };
 use crate::{Client, Error, ErrorKind, RecordId};
 
+mod notifications;
 mod relay;
 mod seen;
+mod thread;
 mod tree;
 
+use notifications::Notifications;
 pub use relay::ConfigRelay;
 use seen::SeenBuffers;
 
@@ -367,6 +370,8 @@ pub struct BleSession {
     session: Session,
     /// For the GATT table in one call (see `tree`).
     tree: tree::ObjectTree,
+    /// Where both connections live and pulls run (see `thread`).
+    thread: thread::BleThread,
 }
 
 impl fmt::Debug for BleSession {
@@ -383,11 +388,22 @@ impl BleSession {
     ///
     /// [`ErrorKind::Ble`] when the bus or bluetoothd cannot be reached.
     pub async fn new() -> Result<BleSession, Error> {
-        let session = Session::new()
-            .await
-            .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
-        let tree = tree::ObjectTree::connect().await?;
-        Ok(BleSession { session, tree })
+        let thread = thread::BleThread::start().await?;
+        // Connected from the thread, so that their sockets are its own.
+        let (session, tree) = thread
+            .run(async {
+                let session = Session::new()
+                    .await
+                    .map_err(|e| ble("connecting to bluetoothd over D-Bus", e))?;
+                let tree = tree::ObjectTree::connect().await?;
+                Ok::<_, Error>((session, tree))
+            })
+            .await??;
+        Ok(BleSession {
+            session,
+            tree,
+            thread,
+        })
     }
 
     /// bluer's session, for what this module does not wrap (scanning).
@@ -408,6 +424,25 @@ impl BleSession {
         options: PullOptions,
     ) -> Result<PullReport, Error> {
         client.outbox()?;
+        let (session, client, adapter_name) =
+            (self.clone(), client.clone(), adapter_name.to_owned());
+        self.thread
+            .run(async move {
+                session
+                    .pull_here(&client, &adapter_name, address, options)
+                    .await
+            })
+            .await?
+    }
+
+    /// [`pull`](Self::pull), on the BLE thread.
+    async fn pull_here(
+        &self,
+        client: &Client,
+        adapter_name: &str,
+        address: Address,
+        options: PullOptions,
+    ) -> Result<PullReport, Error> {
         let adapter = self
             .session
             .adapter(adapter_name)
@@ -569,8 +604,6 @@ async fn find_gatt(tree: &tree::ObjectTree, adapter: &str, device: &Device) -> R
     })
 }
 
-type Notifications = Pin<Box<dyn Stream<Item = (Characteristic, Vec<u8>)> + Send>>;
-
 /// Resolves services, reads `config` and subscribes: the "services" phase.
 async fn prepare(
     tree: &tree::ObjectTree,
@@ -600,10 +633,7 @@ async fn prepare(
                 .notify()
                 .await
                 .map_err(|e| ble(step, e))?;
-            let notifications: Notifications = Box::pin(stream::select(
-                logs.map(|v| (Characteristic::LogData, v)),
-                dumps.map(|v| (Characteristic::CoreDumpData, v)),
-            ));
+            let notifications = Notifications::signals(logs, dumps);
             let acks = Acks {
                 log_ack: gatt.log_ack.clone(),
                 socket: None,
@@ -623,19 +653,7 @@ async fn acquire(gatt: &Gatt) -> Result<(Notifications, Acks), bluer::Error> {
     let logs = gatt.log_data.notify_io().await?;
     let dumps = gatt.core_dump_data.notify_io().await?;
     let acks = gatt.log_ack.write_io().await?;
-    let reading = |reader: bluer::gatt::CharacteristicReader, from: Characteristic| {
-        stream::unfold(reader, move |reader| async move {
-            match reader.recv().await {
-                // An empty read is the socket's end: the link went down.
-                Ok(value) if !value.is_empty() => Some(((from, value), reader)),
-                _ => None,
-            }
-        })
-    };
-    let notifications: Notifications = Box::pin(stream::select(
-        reading(logs, Characteristic::LogData),
-        reading(dumps, Characteristic::CoreDumpData),
-    ));
+    let notifications = Notifications::sockets(logs, dumps);
     let acks = Acks {
         log_ack: gatt.log_ack.clone(),
         socket: Some(acks),
@@ -814,7 +832,7 @@ async fn pull_connected(
         timer.aim(pull.deadline());
         action = tokio::select! {
             notified = notifications.next() => match notified {
-                Some((from, value)) => pull.on_notification(from, &value, Instant::now()),
+                Some((from, value)) => pull.on_notification(from, value, Instant::now()),
                 None => {
                     return Err(ErrorKind::Ble {
                         step: "receiving",
