@@ -210,21 +210,15 @@ settings! {
     // The agent's BLE settings: keys on every build (a file is shared
     // between hosts), read only where BLE is built in.
     /// `agent --ble`.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
     ble: bool = Fallback::value(false);
     /// `agent --ble-name`, repeated.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
     ble_names: Vec<String> = Fallback::value(Vec::<String>::new());
     /// `agent --ble-address`, repeated.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
     ble_addresses: Vec<String> = Fallback::value(Vec::<String>::new());
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
     ble_max_connections: usize = Fallback::value(DEFAULT_BLE_MAX_CONNECTIONS);
     #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
     ble_min_interval: u64 = Fallback::value(DEFAULT_BLE_MIN_INTERVAL_SECS), secs;
     /// `agent --adapter`.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
     adapter: String = Fallback::value(DEFAULT_ADAPTER);
 }
 
@@ -347,6 +341,41 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), KEYS.len(), "a key declared twice");
+    }
+
+    /// A flag anywhere in the CLI that reads a setting's variable is
+    /// that setting: its id is the key (so the merge finds it) and its
+    /// flag the key with `-` for `_`. (Other commands' flags may share a
+    /// key's name for something else: `make-log --serial` writes one.)
+    #[test]
+    fn every_flag_reading_a_setting_s_variable_is_that_setting() {
+        use clap::CommandFactory;
+
+        fn walk(command: &Command, path: &str, seen: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                    continue;
+                };
+                let Some(key) = KEYS
+                    .iter()
+                    .find(|key| env == format!("ULOGGER_{}", key.to_uppercase()))
+                else {
+                    continue;
+                };
+                seen.push(env.to_owned());
+                assert_eq!(arg.get_id().as_str(), *key, "{path}: {env}");
+                let long = key.replace('_', "-");
+                assert_eq!(arg.get_long(), Some(long.as_str()), "{path}: {env}");
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut cli = crate::Cli::command();
+        cli.build();
+        let mut seen = Vec::new();
+        walk(&cli, "ulogger", &mut seen);
+        assert!(seen.iter().any(|e| e == "ULOGGER_API_TOKEN"), "{seen:?}");
     }
 
     #[test]
