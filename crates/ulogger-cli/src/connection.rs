@@ -15,14 +15,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use serde::Deserialize;
 use ulogger_cloud::{MqttConfig, Pacing, Security, SessionStore, StoreError};
 
 use crate::exit::{self, Exit, Failure};
 
-/// The library's defaults, as `config show` and the help texts name them.
-pub const DEFAULT_TOKEN_TIMEOUT_SECS: u64 = 15;
-pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
+pub use crate::settings::{ConfigFile, DEFAULT_TIMEOUT_SECS, DEFAULT_TOKEN_TIMEOUT_SECS};
 
 /// The config file: what every command that reads settings takes.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -128,75 +125,6 @@ pub struct ConnectionArgs {
     pub no_store: bool,
 }
 
-/// The config file's contents: every field optional.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    pub broker: Option<String>,
-    pub port: Option<u16>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub ca: Option<PathBuf>,
-    pub customer_id: Option<u32>,
-    pub group_id: Option<u32>,
-    /// `--legacy-topics`.
-    pub legacy_topics: Option<bool>,
-    pub prefix: Option<String>,
-    pub plaintext: Option<bool>,
-    pub no_pacing: Option<bool>,
-    pub connections: Option<usize>,
-    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
-    pub token_timeout: Option<u64>,
-    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
-    pub timeout: Option<u64>,
-    pub store: Option<PathBuf>,
-    pub device_info: Option<PathBuf>,
-    pub app_id: Option<u32>,
-    pub serial: Option<String>,
-    pub device_type: Option<String>,
-    pub git_version: Option<String>,
-    pub git_hash: Option<String>,
-    pub stamp_time: Option<bool>,
-    pub outbox: Option<PathBuf>,
-    /// `upload --jobs`.
-    pub jobs: Option<u64>,
-    /// The HTTPS API's token: telemetry commands go over HTTPS with it.
-    pub api_token: Option<String>,
-    /// The HTTPS API's base URL.
-    pub api_url: Option<String>,
-    pub inbox: Option<PathBuf>,
-    pub rejected: Option<PathBuf>,
-    #[serde(default, deserialize_with = "crate::duration::millis_in_file")]
-    pub scan_interval: Option<u64>,
-    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
-    pub summary_interval: Option<u64>,
-    #[serde(default, deserialize_with = "crate::duration::millis_in_file")]
-    pub ack_sync_interval: Option<u64>,
-    /// `agent --metrics-listen`.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// `agent --ble`, and the BLE settings below (read only where BLE is
-    /// built in).
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
-    pub ble: Option<bool>,
-    /// `agent --ble-name`, repeated.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
-    pub ble_names: Option<Vec<String>>,
-    /// `agent --ble-address`, repeated.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
-    pub ble_addresses: Option<Vec<String>>,
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
-    pub ble_max_connections: Option<usize>,
-    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
-    pub ble_min_interval: Option<u64>,
-    /// `agent --adapter`.
-    #[cfg_attr(not(all(feature = "ble", target_os = "linux")), allow(dead_code))]
-    pub adapter: Option<String>,
-    /// Which file this came from, if any.
-    #[serde(skip)]
-    pub path: Option<PathBuf>,
-}
-
 /// `$ULOGGER_HOME/config.toml`, `ULOGGER_HOME` defaulting to `~/.ulogger`.
 pub fn default_config_path() -> Option<PathBuf> {
     let home = std::env::var_os("ULOGGER_HOME")
@@ -236,7 +164,7 @@ fn load_file(explicit: Option<&Path>) -> Result<ConfigFile, Exit> {
 /// nearest valid one, any other mistake is said with its line, in the
 /// user's words.
 pub fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, Exit> {
-    toml::from_str(text).map_err(|error| {
+    let mut file: ConfigFile = toml::from_str(text).map_err(|error| {
         let line = error.span().map(|span| line_of(text, span.start));
         if let Some(key) = unknown_key(text, &error) {
             let nearest = crate::environment::nearest(&key, config_keys().iter().copied());
@@ -260,7 +188,9 @@ pub fn parse_config(text: &str, path: &Path) -> Result<ConfigFile, Exit> {
                 in_user_words(error.message())
             ),
         )
-    })
+    })?;
+    file.lines = crate::settings::key_lines(text);
+    Ok(file)
 }
 
 /// A key in a config file that is no setting: named with its file, its
@@ -341,44 +271,9 @@ fn in_user_words(message: &str) -> String {
     })
 }
 
-/// The keys a config file may hold: [`ConfigFile`]'s fields as serde
-/// sees them, so the list cannot drift from the struct.
+/// The keys a config file may hold: the settings table's.
 pub fn config_keys() -> &'static [&'static str] {
-    use serde::de::{self, Visitor};
-
-    /// A deserializer that only notes the fields a struct asks for.
-    struct Fields<'a>(&'a mut &'static [&'static str]);
-
-    impl<'de> de::Deserializer<'de> for Fields<'_> {
-        type Error = de::value::Error;
-
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("only a struct's fields are asked for"))
-        }
-
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _name: &'static str,
-            fields: &'static [&'static str],
-            _visitor: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("only a struct's fields are asked for"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-            bytes byte_buf option unit unit_struct newtype_struct seq tuple
-            tuple_struct map enum identifier ignored_any
-        }
-    }
-
-    static KEYS: OnceLock<&'static [&'static str]> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let mut fields: &'static [&'static str] = &[];
-        let _ = ConfigFile::deserialize(Fields(&mut fields));
-        fields
-    })
+    crate::settings::KEYS
 }
 
 impl FileArgs {

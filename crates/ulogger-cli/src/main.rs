@@ -22,6 +22,7 @@ macro_rules! out {
     };
 }
 
+mod agent_args;
 mod commands;
 mod connection;
 mod device;
@@ -34,6 +35,7 @@ mod https;
 mod log_config;
 mod outbox_report;
 mod samples;
+mod settings;
 mod signal;
 mod stamp;
 mod stdout;

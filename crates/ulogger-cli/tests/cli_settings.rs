@@ -361,3 +361,226 @@ fn no_store_with_a_store_on_the_command_line_is_refused_but_not_with_the_variabl
         .expect_code(0);
     assert!(!store.exists(), "--no-store wrote no file");
 }
+
+/// Every key a config file takes, with a value of its type, one a line.
+const EVERY_KEY: &[(&str, &str)] = &[
+    ("broker", "\"b.example\""),
+    ("port", "1884"),
+    ("cert", "\"c.pem\""),
+    ("key", "\"k.pem\""),
+    ("ca", "\"ca.pem\""),
+    ("customer_id", "42"),
+    ("group_id", "3"),
+    ("legacy_topics", "false"),
+    ("prefix", "\"p/\""),
+    ("plaintext", "true"),
+    ("no_pacing", "true"),
+    ("connections", "2"),
+    ("token_timeout", "\"20s\""),
+    ("timeout", "9"),
+    ("store", "\"t.json\""),
+    ("device_info", "\"d.bin\""),
+    ("app_id", "7"),
+    ("serial", "\"SN-EVERY\""),
+    ("device_type", "\"board\""),
+    ("git_version", "\"v1\""),
+    ("git_hash", "\"abc1234\""),
+    ("stamp_time", "true"),
+    ("outbox", "\"out\""),
+    ("jobs", "5"),
+    ("api_token", "\"ulg_do_not_show_this_token\""),
+    ("api_url", "\"https://api.example\""),
+    ("inbox", "\"in\""),
+    ("rejected", "\"rej\""),
+    ("scan_interval", "\"2s\""),
+    ("summary_interval", "\"1m\""),
+    ("ack_sync_interval", "200"),
+    ("metrics_listen", "\"127.0.0.1:9464\""),
+    ("ble", "true"),
+    ("ble_names", "[\"a\", \"b\"]"),
+    ("ble_addresses", "[\"AA:BB:CC:DD:EE:FF\"]"),
+    ("ble_max_connections", "2"),
+    ("ble_min_interval", "\"2m\""),
+    ("adapter", "\"hci1\""),
+];
+
+#[test]
+fn every_config_file_key_is_shown_from_the_file_with_its_line_and_type() {
+    let sandbox = Sandbox::new();
+    let text: String = EVERY_KEY
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+    let config = sandbox.write("config.toml", text.as_bytes());
+
+    let run = sandbox
+        .run(&strings(&[
+            "--json",
+            "config",
+            "show",
+            "--config",
+            &s(&config),
+        ]))
+        .expect_code(0);
+
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let shown = shown.as_object().unwrap();
+    // Exactly the file's keys, and the config file itself.
+    let mut keys: Vec<&str> = shown.keys().map(String::as_str).collect();
+    let mut expected: Vec<&str> = EVERY_KEY.iter().map(|(key, _)| *key).collect();
+    expected.push("config");
+    keys.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    for (n, (key, _)) in EVERY_KEY.iter().enumerate() {
+        let row = &shown[*key];
+        assert_eq!(row["source"], "file", "{key}: {row}");
+        assert_eq!(row["file"], s(&config), "{key}: {row}");
+        assert_eq!(row["line"], n + 1, "{key}: {row}");
+    }
+    use serde_json::json;
+    let value = |key: &str| shown[key]["value"].clone();
+    // Typed: numbers, durations in the unit the flag names, booleans,
+    // lists; the secret only as set.
+    assert_eq!(value("port"), json!(1884));
+    assert_eq!(value("token_timeout"), json!(20));
+    assert_eq!(value("scan_interval"), json!(2000));
+    assert_eq!(value("summary_interval"), json!(60));
+    assert_eq!(value("ble_min_interval"), json!(120));
+    assert_eq!(value("ble_max_connections"), json!(2));
+    assert_eq!(value("plaintext"), json!(true));
+    assert_eq!(value("legacy_topics"), json!(false));
+    assert_eq!(value("ble"), json!(true));
+    assert_eq!(value("ble_names"), json!(["a", "b"]));
+    assert_eq!(value("ble_addresses"), json!(["AA:BB:CC:DD:EE:FF"]));
+    assert_eq!(value("metrics_listen"), json!("127.0.0.1:9464"));
+    assert_eq!(value("cert"), json!("c.pem"));
+    assert_eq!(value("api_token"), json!("(set, not shown)"));
+    assert!(!run.stdout.contains("ulg_do_not_show_this_token"));
+
+    // The text says the line, and ends with the source.
+    let run = sandbox
+        .run(&strings(&["config", "show", "--config", &s(&config)]))
+        .expect_code(0);
+    assert!(!run.stdout.contains("ulg_do_not_show_this_token"));
+    let line = |key: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{}", run.stdout))
+            .to_owned()
+    };
+    assert!(
+        line("scan_interval").ends_with("  2000ms  line 29 (file)"),
+        "{}",
+        line("scan_interval")
+    );
+    assert!(
+        line("ble_names").contains(r#"["a","b"]"#),
+        "{}",
+        line("ble_names")
+    );
+}
+
+#[test]
+fn config_show_names_each_source_flag_variable_file_line_and_default() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "config.toml",
+        b"# the gateway's settings\ncustomer_id = 42\n\nble_max_connections = 2\ntimeout = 3\n",
+    );
+
+    let run = sandbox
+        .run_with_env(
+            &[
+                ("ULOGGER_TIMEOUT", "7".to_owned()),
+                ("ULOGGER_CONFIG", s(&config)),
+            ],
+            &strings(&["--json", "config", "show", "--summary-interval", "2m"]),
+        )
+        .expect_code(0);
+
+    let shown: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    use serde_json::json;
+    assert_eq!(
+        shown["summary_interval"],
+        json!({"value": 120, "source": "flag", "flag": "--summary-interval"})
+    );
+    // The variable outranks the file's `timeout = 3`.
+    assert_eq!(
+        shown["timeout"],
+        json!({"value": 7, "source": "environment", "variable": "ULOGGER_TIMEOUT"})
+    );
+    assert_eq!(
+        shown["customer_id"],
+        json!({"value": 42, "source": "file", "file": s(&config), "line": 2})
+    );
+    assert_eq!(
+        shown["ble_max_connections"],
+        json!({"value": 2, "source": "file", "file": s(&config), "line": 4})
+    );
+    assert_eq!(
+        shown["config"],
+        json!({"value": s(&config), "source": "environment", "variable": "ULOGGER_CONFIG"})
+    );
+    // Defaults: values typed, or a note when said in words.
+    assert_eq!(
+        shown["adapter"],
+        json!({"value": "hci0", "source": "default"})
+    );
+    assert_eq!(shown["ble"], json!({"value": false, "source": "default"}));
+    assert_eq!(
+        shown["ble_names"],
+        json!({"value": [], "source": "default"})
+    );
+    assert_eq!(
+        shown["scan_interval"],
+        json!({"value": 500, "source": "default"})
+    );
+    assert_eq!(
+        shown["rejected"],
+        json!({"value": null, "source": "default", "note": "a rejected folder beside the inbox"})
+    );
+    assert_eq!(shown["serial"], json!({"value": null, "source": "default"}));
+
+    let run = sandbox
+        .run_with_env(
+            &[("ULOGGER_TIMEOUT", "7".to_owned())],
+            &strings(&[
+                "config",
+                "show",
+                "--config",
+                &s(&config),
+                "--broker",
+                "b.example",
+            ]),
+        )
+        .expect_code(0);
+    let line = |key: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{}", run.stdout))
+            .to_owned()
+    };
+    assert!(
+        line("broker").ends_with("  b.example  --broker (flag)"),
+        "{}",
+        line("broker")
+    );
+    assert!(
+        line("timeout").ends_with("  7s  ULOGGER_TIMEOUT (environment)"),
+        "{}",
+        line("timeout")
+    );
+    assert!(
+        line("customer_id").ends_with("  42  line 2 (file)"),
+        "{}",
+        line("customer_id")
+    );
+    assert!(
+        line("adapter").ends_with("  hci0  (default)"),
+        "{}",
+        line("adapter")
+    );
+}

@@ -7,42 +7,11 @@ use serde_json::json;
 use ulogger_cloud::ble::{Address, ConfigRelay, Gateway, GatewayEvent, PullOptions};
 use ulogger_cloud::Client;
 
+use crate::agent_args::BleArgs;
 use crate::connection::ConfigFile;
 use crate::exit::{self, Exit, Failure};
+use crate::settings;
 use crate::Global;
-
-/// `ulogger agent`'s BLE flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AgentArgs {
-    /// Also pull devices over Bluetooth LE (BlueZ), continuously, beside
-    /// the inbox (which becomes optional). Without --ble-name or
-    /// --ble-address every device seen is tried once; one that is no
-    /// uLogger device is then left alone for hours. Config file: `ble`,
-    /// and `ble_names`, `ble_addresses`, `ble_max_connections`,
-    /// `ble_min_interval`, `adapter` for the flags below.
-    #[arg(long, env = "ULOGGER_BLE", value_name = "BOOL", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true",
-          value_parser = crate::connection::boolish)]
-    ble: Option<bool>,
-    /// Pull only devices advertising exactly this name (repeatable; with
-    /// --ble-address, a device matching either is pulled).
-    #[arg(long = "ble-name", value_name = "NAME")]
-    names: Vec<String>,
-    /// Pull only the device with this address, e.g. AA:BB:CC:DD:EE:FF
-    /// (repeatable).
-    #[arg(long = "ble-address", value_name = "ADDR")]
-    addresses: Vec<String>,
-    /// How many devices to pull at once [default: 4].
-    #[arg(long, value_name = "N")]
-    ble_max_connections: Option<usize>,
-    /// The least time between two pulls of one device; at most 1d
-    /// [default: 30s].
-    #[arg(long, value_name = "SECS", value_parser = crate::duration::secs)]
-    ble_min_interval: Option<u64>,
-    /// The BlueZ adapter [default: hci0].
-    #[arg(long, value_name = "NAME")]
-    adapter: Option<String>,
-}
 
 /// The agent's BLE settings, flags over the config file over defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +25,7 @@ pub struct BleSettings {
     adapter: String,
 }
 
-impl AgentArgs {
+impl BleArgs {
     /// Merges the flags with the config file's keys. A BLE flag without
     /// BLE turned on (by `--ble` or `ble = true`) is refused: it would
     /// silently do nothing. The file's BLE keys without `ble = true` are
@@ -92,16 +61,16 @@ impl AgentArgs {
             max_connections: self
                 .ble_max_connections
                 .or(file.ble_max_connections)
-                .unwrap_or(4),
+                .unwrap_or(settings::DEFAULT_BLE_MAX_CONNECTIONS),
             min_interval: self
                 .ble_min_interval
                 .or(file.ble_min_interval)
-                .unwrap_or(30),
+                .unwrap_or(settings::DEFAULT_BLE_MIN_INTERVAL_SECS),
             adapter: self
                 .adapter
                 .clone()
                 .or_else(|| file.adapter.clone())
-                .unwrap_or_else(|| "hci0".to_owned()),
+                .unwrap_or_else(|| settings::DEFAULT_ADAPTER.to_owned()),
         };
         // A bound, so that no value means "never": a device's buffer fills
         // while it waits, and then its oldest logs are lost on the device.
@@ -425,7 +394,7 @@ mod tests {
     #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
-        ble: AgentArgs,
+        ble: BleArgs,
     }
 
     fn resolve(args: &[&str], file: &str) -> Result<BleSettings, Exit> {

@@ -50,6 +50,7 @@ use ulogger_cloud::{Client, ErrorKind, OutboxConfig, RecordId};
 use crate::connection::{missing, ConnectionArgs};
 use crate::exit::{self, Exit, Failure};
 use crate::files;
+use crate::settings;
 use crate::signal::StopSignal;
 use crate::stamp::connection_line;
 use crate::Global;
@@ -77,44 +78,11 @@ per-device counters for up to 256 serials (the rest under serial=\"(others)\")."
 pub struct Args {
     #[command(flatten)]
     connection: ConnectionArgs,
-    /// The inbox: one folder per device, holding its identity and the
-    /// files to send (required unless --ble).
-    #[arg(long, env = "ULOGGER_INBOX", value_name = "DIR")]
-    inbox: Option<PathBuf>,
-    /// The durable outbox directory, owned by this agent while it runs
-    /// (required).
-    #[arg(long, env = "ULOGGER_OUTBOX", value_name = "DIR")]
-    outbox: Option<PathBuf>,
-    /// Where invalid files go, each with a `.reason` file [default: a
-    /// `rejected` folder beside the inbox].
-    #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
-    rejected: Option<PathBuf>,
-    /// Milliseconds between two looks at the inbox; at most 1h [default: 500ms].
-    #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
-    scan_interval: Option<u64>,
-    /// Seconds between two summary lines; at most 1d [default: 60s].
-    #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
-    summary_interval: Option<u64>,
-    /// Milliseconds within which a delivery's acknowledgement is made
-    /// durable in the outbox; after a power cut, what was delivered in the
-    /// last interval is sent again. 0 syncs every batch of
-    /// acknowledgements; at most 60s [default: 1s].
-    #[arg(long, env = "ULOGGER_ACK_SYNC_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
-    ack_sync_interval: Option<u64>,
-    /// Write the gateway's clock into version-4 headers whose time is 0
-    /// [default: false].
-    #[arg(long, env = "ULOGGER_STAMP_TIME", value_name = "BOOL", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true",
-          value_parser = crate::connection::boolish)]
-    stamp_time: Option<bool>,
-    /// Serve the agent's metrics in the Prometheus text format at
-    /// http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 takes a free one,
-    /// and the line `metrics at ...` says which) [default: none].
-    #[arg(long, env = "ULOGGER_METRICS_LISTEN", value_name = "ADDR")]
-    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    service: crate::agent_args::ServiceArgs,
     #[cfg(all(feature = "ble", target_os = "linux"))]
     #[command(flatten)]
-    ble: ble::AgentArgs,
+    ble: crate::agent_args::BleArgs,
 }
 
 /// The BLE side of the agent, or nothing where the `ble` feature is off
@@ -374,7 +342,8 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let with_ble = ble_settings.enabled;
     #[cfg(not(all(feature = "ble", target_os = "linux")))]
     let with_ble = false;
-    let inbox = cli.inbox.clone().or_else(|| file.inbox.clone());
+    let flags = &cli.service;
+    let inbox = flags.inbox.clone().or_else(|| file.inbox.clone());
     if inbox.is_none() && !with_ble {
         let or_ble = cfg!(all(feature = "ble", target_os = "linux"))
             .then(|| "or pass --ble to pull devices over Bluetooth LE without an inbox".to_owned());
@@ -382,20 +351,26 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     }
     let args = Service {
         inbox,
-        outbox: cli
+        outbox: flags
             .outbox
             .clone()
             .or_else(|| file.outbox.clone())
             .ok_or_else(|| missing("outbox"))?,
-        rejected: cli.rejected.clone().or_else(|| file.rejected.clone()),
-        scan_interval: cli.scan_interval.or(file.scan_interval).unwrap_or(500),
-        summary_interval: cli.summary_interval.or(file.summary_interval).unwrap_or(60),
-        ack_sync_interval: cli
+        rejected: flags.rejected.clone().or_else(|| file.rejected.clone()),
+        scan_interval: flags
+            .scan_interval
+            .or(file.scan_interval)
+            .unwrap_or(settings::DEFAULT_SCAN_INTERVAL_MS),
+        summary_interval: flags
+            .summary_interval
+            .or(file.summary_interval)
+            .unwrap_or(settings::DEFAULT_SUMMARY_INTERVAL_SECS),
+        ack_sync_interval: flags
             .ack_sync_interval
             .or(file.ack_sync_interval)
-            .unwrap_or(1000),
-        stamp_time: cli.stamp_time.or(file.stamp_time).unwrap_or(false),
-        metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            .unwrap_or(settings::DEFAULT_ACK_SYNC_INTERVAL_MS),
+        stamp_time: flags.stamp_time.or(file.stamp_time).unwrap_or(false),
+        metrics_listen: flags.metrics_listen.or(file.metrics_listen),
     };
     // Bounds, so that no value means "never" (an inbox never scanned
     // again, a summary never printed, acks never synced).
