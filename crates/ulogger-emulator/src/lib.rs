@@ -135,6 +135,7 @@ mod faults;
 mod http;
 mod limits;
 mod listen;
+mod log_decoding;
 mod records;
 mod store;
 mod supervise;
@@ -159,6 +160,7 @@ pub use faults::{
     BootReplyMode, ElfUploadFaults, FaultSwitches, Faults, HttpFaults, WithholdPuback,
 };
 pub use limits::{LimitStats, PlatformLimits};
+pub use log_decoding::{DecodingState, LogDecoding, LogDecodings};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 pub use store::DATABASE_FILE;
 pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
@@ -288,6 +290,13 @@ impl Emulator {
             elfs,
             uplink,
         )?;
+        // What an earlier run left undecoded, before anything new comes.
+        cloud
+            .decode_backlog()
+            .map_err(|reason| EmulatorError::Database {
+                path: data.path().join(DATABASE_FILE),
+                reason,
+            })?;
         let (http_state, http_task) = http::start(
             http_listener,
             http_tls,

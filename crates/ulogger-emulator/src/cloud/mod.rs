@@ -6,6 +6,7 @@
 //! internal subscriber whose replies are routed like any client's) or is
 //! attached as an MQTT client to an external broker.
 
+mod backlog;
 mod boot;
 mod decoding;
 mod elf;
