@@ -51,9 +51,14 @@
 //!   decoded on arrival with the ELF of the firmware its device registered
 //!   under the log's session token (application, device type, version);
 //!   without one it is kept as `"no ELF for <device type> <version>"` and
-//!   decoded when that ELF is uploaded, before the PUT is answered.
+//!   decoded when that ELF is uploaded, before the PUT is answered. An
+//!   upload of the same firmware again replaces its ELF and decodes its
+//!   logs again. At start, logs an earlier run left without a decoding
+//!   state (an emulator from before decoding) or waiting for an ELF that
+//!   is stored are decoded before `start` returns.
 //!   `GET /logs` serves the records (time, level, module, message, typed
-//!   metric, problems).
+//!   metric, problems); [`LogDecodings`] reads each log's state from a
+//!   data directory, running or stopped.
 //! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
 //!   delay or break boot replies and cut connections, to answer HTTP
 //!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]),

@@ -424,7 +424,8 @@ impl Store {
     /// Gives an unregistered log (see [`Store::unregistered_logs`]) its
     /// decoding state, in one transaction: its header entry written anew
     /// (`header`, or added if it had none), its `binary_logs` row, and its
-    /// decoded records. False (nothing written) when it has a state by now.
+    /// decoded records (replacing any left by a decoding whose state was
+    /// lost). False (nothing written) when it has a state by now.
     pub(crate) fn register(
         &self,
         log: &UnregisteredLog,
@@ -454,6 +455,11 @@ impl Store {
                 .ok_or(rusqlite::Error::QueryReturnedNoRows)?,
         };
         insert_binary_log(&tx, log.record_id, entry_id, binary_log)?;
+        // Records of a decoding whose state was lost go: decoded anew.
+        tx.execute(
+            "DELETE FROM log_entries WHERE record_id = ? AND id != ?",
+            params![log.record_id, entry_id],
+        )?;
         insert_logs(&tx, log.record_id, records)?;
         tx.commit()?;
         Ok(true)
@@ -930,6 +936,73 @@ mod tests {
         // Newest first: v2's entry (still waiting), then v1's.
         assert!(logs[0].get("decoding").is_none());
         assert_eq!(logs[1]["decoding"]["state"], "decoded");
+    }
+
+    #[test]
+    fn a_log_decoded_again_keeps_only_the_new_records_and_a_lost_state_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let entry = |kind: &str, ts: f64| LogRow {
+            app_id: Some(7),
+            serial: "S".into(),
+            ts,
+            item: json!({ "type": kind }).as_object().unwrap().clone(),
+        };
+        let state = BinaryLogRow {
+            app_id: 7,
+            serial: "S".into(),
+            device_type: Some("board".into()),
+            version: Some("v1".into()),
+            git_hash: "g".into(),
+            file: "binlog/a.bin".into(),
+            received: 5.0,
+            state: "decoded",
+        };
+        let rows = Rows {
+            logs: vec![
+                entry("binary", 5.0),
+                entry("record", 1.0),
+                entry("record", 2.0),
+            ],
+            binary_log: Some(state.clone()),
+            ..Rows::default()
+        };
+        let mut record = Record::new(RecordKind::BinaryLog, "b", 1);
+        record.app_id = Some(7);
+        record.file = Some("binlog/a.bin".into());
+        store.insert(&record, &rows, || Ok(())).unwrap();
+        let logs = store
+            .firmware_logs(7, "board", "v1", &REDECODED_STATES)
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        assert!(store.unregistered_logs().unwrap().is_empty());
+
+        // A waiting log's settle does not touch a decoded one.
+        let decoding = json!({"state": "decoded", "records": 1});
+        let again = [entry("record", 3.0)];
+        assert!(!store
+            .settle(logs[0].id, "decoded", &decoding, &again)
+            .unwrap());
+        assert!(store
+            .redecode(logs[0].id, "decoded", &decoding, &again)
+            .unwrap());
+        let items = store.query(Table::Logs, &query()).unwrap();
+        let ts: Vec<_> = items.iter().map(|l| l["type"].clone()).collect();
+        assert_eq!(ts, [json!("binary"), json!("record")], "{items:?}");
+        assert_eq!(items[0]["decoding"]["records"], 1);
+
+        // A log whose state went missing is found, with its header entry.
+        lock(&store.write)
+            .execute("DELETE FROM binary_logs", [])
+            .unwrap();
+        let lost = store.unregistered_logs().unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].file, "binlog/a.bin");
+        let header = entry("binary", 5.0);
+        assert!(store.register(&lost[0], &header, &state, &again).unwrap());
+        assert!(!store.register(&lost[0], &header, &state, &again).unwrap());
+        assert!(store.unregistered_logs().unwrap().is_empty());
+        assert_eq!(store.query(Table::Logs, &query()).unwrap().len(), 2);
     }
 
     #[test]
