@@ -228,7 +228,9 @@ impl Emulator {
     ///
     /// When this returns, the broker is listening and the cloud is
     /// subscribed (in attach mode: connected and subscribed on the external
-    /// broker).
+    /// broker), and the logs of a kept data directory that an earlier run
+    /// left without a decoding state, or waiting for an ELF that is
+    /// stored, are decoded.
     pub fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         config.validate()?;
         let data = DataDir::open(config.data_dir.as_deref())?;
