@@ -104,32 +104,10 @@ fn at_10k_entries(c: &mut Criterion) {
 
 // ---- side by side: hand-written code against crates ----
 
-// The store's own `format` and `lru` modules, compiled into this bench so
-// that they can be timed against the crates that could replace them.
-#[allow(dead_code)]
-#[path = "../src/store/format.rs"]
-mod format;
-#[allow(dead_code)]
-#[path = "../src/store/lru.rs"]
-mod lru;
-
-use lru::LruMap;
-
-/// As in `store/mod.rs`.
-#[derive(Clone, PartialEq, Eq)]
-struct Record {
-    token: u32,
-    git_hash: String,
-}
-
-impl Record {
-    fn new(token: u32, git_hash: &str) -> Self {
-        Record {
-            token,
-            git_hash: git_hash.to_string(),
-        }
-    }
-}
+// The store's own writer (`format`) and map (`lru`), through the
+// library's bench-only door, so that they can be timed against the crates
+// that could replace them.
+use ulogger_cloud::__bench_store::{self as format, LruMap, Record};
 
 /// The crate alternative to `format::write`: serde_json's pretty printer
 /// with two-space indentation, wrapped so that it escapes like Python's
@@ -169,8 +147,8 @@ mod serde_writer {
     impl serde::Serialize for RecordSer<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut st = s.serialize_struct("Record", 2)?;
-            st.serialize_field("token", &self.0.token)?;
-            st.serialize_field("git_hash", &self.0.git_hash)?;
+            st.serialize_field("token", &self.0.token())?;
+            st.serialize_field("git_hash", self.0.git_hash())?;
             st.end()
         }
     }

@@ -46,6 +46,11 @@ mod store;
 mod tls;
 mod transport;
 
+/// Bench-only: the session-token store's file writer and map, for
+/// `benches/store.rs`. Not part of the API; may change in any release.
+#[doc(hidden)]
+pub use store::bench as __bench_store;
+
 pub use client::{
     Client, ClientBuilder, ConnectionChanges, ConnectionEvent, ConnectionState, ElfProgress,
     ElfUpload, ElfUploadReceipt, LogConfigs, PublishReceipt, TelemetryReceipt, TextLogReceipt,

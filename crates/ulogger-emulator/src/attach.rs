@@ -2,6 +2,7 @@
 //! (mosquitto, EMQX, a cluster), so the same behaviour runs on real
 //! infrastructure.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -14,16 +15,76 @@ use crate::broker::rules::MAX_PAYLOAD;
 use crate::broker::{Mailbox, Message};
 use crate::certs::client_tls_config;
 use crate::config::AttachTo;
+use crate::supervise::Task;
 use crate::EmulatorError;
 
 /// Pause between reconnection attempts after the first connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// How long attach mode may take to connect and subscribe at start.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Builds the client; nothing is sent until the event loop is polled.
-pub(crate) fn client(
+/// The cloud's connection to an external broker, ready to run.
+pub(crate) struct Attached {
+    /// The external broker's address.
+    pub(crate) addr: SocketAddr,
+    /// What the cloud publishes through.
+    pub(crate) client: AsyncClient,
+    /// Drives the connection and forwards what it hears to the cloud.
+    pub(crate) task: Task,
+    /// Says once whether the first connection subscribed.
+    pub(crate) ready: Ready,
+}
+
+/// Whether the attached cloud connected and subscribed (see [`run`]).
+pub(crate) struct Ready {
+    broker: String,
+    outcome: std_mpsc::Receiver<Result<(), String>>,
+}
+
+impl Ready {
+    /// Waits (at most `ATTACH_TIMEOUT`) for the first connection's SUBACKs.
+    pub(crate) fn wait(self) -> Result<(), EmulatorError> {
+        self.outcome
+            .recv_timeout(ATTACH_TIMEOUT)
+            .unwrap_or_else(|_| Err("no SUBACK in time".to_string()))
+            .map_err(|reason| EmulatorError::Attach {
+                broker: self.broker,
+                reason,
+            })
+    }
+}
+
+/// Prepares the cloud's client of the external broker `attach`, which
+/// subscribes to `filters` and hands what it hears to `cloud`.
+pub(crate) fn start(
     attach: &AttachTo,
     customer_id: u32,
-) -> Result<(AsyncClient, EventLoop), EmulatorError> {
+    filters: Vec<String>,
+    cloud: Mailbox,
+) -> Result<Attached, EmulatorError> {
+    let addr = (attach.host.as_str(), attach.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| EmulatorError::Attach {
+            broker: attach.address(),
+            reason: "the host name does not resolve".into(),
+        })?;
+    let (client, eventloop) = self::client(attach, customer_id)?;
+    let (ready_tx, outcome) = std_mpsc::channel();
+    Ok(Attached {
+        addr,
+        task: Box::pin(run(client.clone(), eventloop, filters, cloud, ready_tx)),
+        client,
+        ready: Ready {
+            broker: attach.address(),
+            outcome,
+        },
+    })
+}
+
+/// Builds the client; nothing is sent until the event loop is polled.
+fn client(attach: &AttachTo, customer_id: u32) -> Result<(AsyncClient, EventLoop), EmulatorError> {
     let suffix: u32 = rand::rng().random();
     let client_id = format!("cust-{customer_id}-emulator-{suffix:08x}");
     let mut options = MqttOptions::new(client_id, attach.host.clone(), attach.port);
@@ -56,7 +117,7 @@ pub(crate) fn client(
 /// (sessions are clean), forwards publishes to the cloud's inbox, and
 /// reconnects after failures. `ready` hears once: `Ok` after the first
 /// full set of SUBACKs, or the first connection error.
-pub(crate) async fn run(
+async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
     filters: Vec<String>,

@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ulogger_wire::Topics;
+
 use crate::faults::Faults;
 use crate::limits::PlatformLimits;
 use crate::EmulatorError;
@@ -202,7 +204,20 @@ impl EmulatorConfig {
         if let Some(attach) = &self.attach {
             attach.validate()?;
         }
-        Ok(())
+        self.topics().map(drop)
+    }
+
+    /// The topics of the emulator's own customer, prefix and group.
+    pub(crate) fn topics(&self) -> Result<Topics, EmulatorError> {
+        Topics::new(
+            self.topic_prefix.clone(),
+            self.customer_id,
+            Some(self.group_id),
+        )
+        .map_err(|e| EmulatorError::InvalidConfig {
+            field: "topic_prefix",
+            reason: e.to_string(),
+        })
     }
 }
 

@@ -51,9 +51,14 @@
 //!   decoded on arrival with the ELF of the firmware its device registered
 //!   under the log's session token (application, device type, version);
 //!   without one it is kept as `"no ELF for <device type> <version>"` and
-//!   decoded when that ELF is uploaded, before the PUT is answered.
+//!   decoded when that ELF is uploaded, before the PUT is answered. An
+//!   upload of the same firmware again replaces its ELF and decodes its
+//!   logs again. At start, logs an earlier run left without a decoding
+//!   state (an emulator from before decoding) or waiting for an ELF that
+//!   is stored are decoded before `start` returns.
 //!   `GET /logs` serves the records (time, level, module, message, typed
-//!   metric, problems).
+//!   metric, problems); [`LogDecodings`] reads each log's state from a
+//!   data directory, running or stopped.
 //! - **fault switches** ([`Faults`], [`FaultSwitches`]) to withhold PUBACKs,
 //!   delay or break boot replies and cut connections, to answer HTTP
 //!   requests 500, 429 or with a body that is not JSON ([`HttpFaults`]),
@@ -127,12 +132,15 @@ mod broker;
 mod certs;
 mod cloud;
 mod config;
+mod data_dir;
 mod durable;
 mod elf_store;
 mod error;
 mod faults;
 mod http;
 mod limits;
+mod listen;
+mod log_decoding;
 mod records;
 mod store;
 mod supervise;
@@ -140,18 +148,14 @@ mod telemetry_check;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
-use ulogger_wire::{validate_serial, LogConfig, Topics};
+use ulogger_wire::{validate_serial, LogConfig};
 
 pub use certs::{client_tls_config, CertPaths};
 pub use config::{AttachTo, EmulatorConfig};
@@ -161,22 +165,19 @@ pub use faults::{
     BootReplyMode, ElfUploadFaults, FaultSwitches, Faults, HttpFaults, WithholdPuback,
 };
 pub use limits::{LimitStats, PlatformLimits};
+pub use log_decoding::{DecodingState, LogDecoding, LogDecodings};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 pub use store::DATABASE_FILE;
 pub use telemetry_check::{verify_telemetry, TelemetryCheck, TelemetryList};
 
 pub use broker::ClientEvent;
 use broker::{Broker, Mailbox, Tls};
-use cloud::{BootGuard, Cloud, Command, Decoding, TokenBook, Uplink};
+use cloud::{Cloud, Command, TokenBook, Uplink};
+use data_dir::DataDir;
 use elf_store::ElfStore;
 use http::HttpState;
 use records::RecordLog;
 use supervise::Failures;
-
-/// How long attach mode may take to connect and subscribe at start.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
-
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A running emulator. Dropping it stops everything (broker, connections,
 /// cloud) and waits for that; if any of its tasks panicked, the drop
@@ -227,79 +228,36 @@ impl Emulator {
     ///
     /// When this returns, the broker is listening and the cloud is
     /// subscribed (in attach mode: connected and subscribed on the external
-    /// broker).
+    /// broker), and the logs of a kept data directory that an earlier run
+    /// left without a decoding state, or waiting for an ELF that is
+    /// stored, are decoded.
     pub fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         config.validate()?;
-        let topics = Topics::new(
-            config.topic_prefix.clone(),
-            config.customer_id,
-            Some(config.group_id),
-        )
-        .map_err(|e| EmulatorError::InvalidConfig {
-            field: "topic_prefix",
-            reason: e.to_string(),
-        })?;
-        let (temp_dir, data_dir) = match &config.data_dir {
-            Some(dir) => (None, dir.clone()),
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("ulogger-emulator-")
-                    .tempdir()
-                    .map_err(|e| EmulatorError::io("create", std::env::temp_dir(), e))?;
-                let path = temp.path().to_path_buf();
-                (Some(temp), path)
-            }
-        };
-        let records = Arc::new(RecordLog::open(&data_dir, temp_dir.is_none())?);
+        let data = DataDir::open(config.data_dir.as_deref())?;
+        let records = Arc::new(RecordLog::open(data.path(), data.kept())?);
         let faults = Arc::new(FaultSwitches::new(config.faults.clone()));
-        let tokens = Arc::new(if temp_dir.is_none() {
-            TokenBook::open(&data_dir)?
-        } else {
-            TokenBook::in_memory()
+        let tokens = Arc::new(match data.kept_path() {
+            Some(dir) => TokenBook::open(dir)?,
+            None => TokenBook::in_memory(),
         });
         let failures = Arc::new(Failures::default());
-        let (commands, command_rx) = mpsc::unbounded_channel();
+        let runtime = supervise::runtime()?;
+        let mut tasks = Vec::new();
+
+        // Messages reach the cloud's mailbox from the emulator's own
+        // broker, or from an external one in attach mode.
         let (cloud_mailbox, cloud_inbox, _) =
             Mailbox::with_depth(broker::CLOUD_CONN_ID, broker::CLOUD_MAILBOX_DEPTH);
         let filters = cloud::subscription_filters(&config.topic_prefix);
-
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(EmulatorError::Runtime)?;
-        let mut tasks: Vec<(&'static str, Task)> = Vec::new();
-        let mut attach_ready = None;
-
-        let (addr, certs, broker, uplink) = match &config.attach {
+        let (addr, certs, broker, uplink, attached) = match &config.attach {
             None => {
-                let certs = if config.plaintext {
-                    None
-                } else {
-                    Some(CertPaths::load_or_generate(
-                        &data_dir.join("certs"),
-                        config.customer_id,
-                    )?)
-                };
-                let tls = match &certs {
-                    Some(certs) => Tls::On(tokio_rustls::TlsAcceptor::from(certs.server_config()?)),
-                    None => Tls::Off,
-                };
-                let listener = std::net::TcpListener::bind(config.listen).map_err(|source| {
-                    EmulatorError::Listen {
-                        addr: config.listen,
-                        source,
-                    }
-                })?;
-                let listen_err = |source| EmulatorError::Listen {
-                    addr: config.listen,
-                    source,
-                };
-                listener.set_nonblocking(true).map_err(listen_err)?;
-                let addr = listener.local_addr().map_err(listen_err)?;
-                let listener = {
-                    let _guard = runtime.enter();
-                    tokio::net::TcpListener::from_std(listener).map_err(listen_err)?
-                };
+                let certs = (!config.plaintext)
+                    .then(|| {
+                        CertPaths::load_or_generate(&data.path().join("certs"), config.customer_id)
+                    })
+                    .transpose()?;
+                let tls = Tls::from_certs(certs.as_ref())?;
+                let (listener, addr) = listen::bind(config.listen, &runtime)?;
                 let broker = Arc::new(Broker::new(
                     config.customer_id,
                     faults.clone(),
@@ -307,118 +265,62 @@ impl Emulator {
                     config.limits,
                     config.stall_timeout,
                 ));
-                for filter in &filters {
-                    broker.subscribe(
-                        cloud_mailbox.clone(),
-                        filter,
-                        rumqttc::mqttbytes::QoS::AtLeastOnce,
-                    );
-                }
-                tasks.push((
-                    "broker",
-                    Box::pin(broker::run_listener(
-                        listener,
-                        tls,
-                        broker.clone(),
-                        failures.clone(),
-                    )),
-                ));
+                let task =
+                    broker::start(&broker, listener, tls, &cloud_mailbox, &filters, &failures);
+                tasks.push(("broker", task));
                 let uplink = Uplink::Broker(broker.clone());
-                (addr, certs, Some(broker), uplink)
+                (addr, certs, Some(broker), uplink, None)
             }
             Some(attach) => {
-                let addr = (attach.host.as_str(), attach.port)
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .ok_or_else(|| EmulatorError::Attach {
-                        broker: attach.address(),
-                        reason: "the host name does not resolve".into(),
-                    })?;
-                let (client, eventloop) = attach::client(attach, config.customer_id)?;
-                let (ready_tx, ready_rx) = std_mpsc::channel();
-                attach_ready = Some((attach.address(), ready_rx));
-                tasks.push((
-                    "attach",
-                    Box::pin(attach::run(
-                        client.clone(),
-                        eventloop,
-                        filters.clone(),
-                        cloud_mailbox,
-                        ready_tx,
-                    )),
-                ));
-                (addr, None, None, Uplink::Client(client))
+                let attached = attach::start(attach, config.customer_id, filters, cloud_mailbox)?;
+                tasks.push(("attach", attached.task));
+                let uplink = Uplink::Client(attached.client);
+                (attached.addr, None, None, uplink, Some(attached.ready))
             }
         };
 
-        // The HTTP port first: the cloud's upload URLs point at it.
-        let http_listen = config.http_listen;
-        let http_err = |source| EmulatorError::Listen {
-            addr: http_listen,
-            source,
-        };
-        let http_listener = std::net::TcpListener::bind(http_listen).map_err(http_err)?;
-        http_listener.set_nonblocking(true).map_err(http_err)?;
-        let http_addr = http_listener.local_addr().map_err(http_err)?;
-        let http_listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(http_listener).map_err(http_err)?
-        };
+        // The HTTP port before the cloud: its upload URLs point at it.
+        let (http_listener, http_addr) = listen::bind(config.http_listen, &runtime)?;
         let http_tls = certs.as_ref().map(http::acceptor).transpose()?;
-        let http_scheme = if http_tls.is_some() { "https" } else { "http" };
-        let elfs = Arc::new(ElfStore::open(
-            &data_dir,
-            temp_dir.is_none(),
-            format!("{http_scheme}://{http_addr}"),
-        )?);
-
-        let decoding = Arc::new(Decoding::new(elfs.clone(), &data_dir, config.customer_id));
-        let cloud = Cloud {
-            topics,
-            legacy_topics: config.legacy_topics,
-            boot_guard: config.boot_guard.map(|rate| Arc::new(BootGuard::new(rate))),
-            text_sequences: Default::default(),
-            records: records.clone(),
-            faults: faults.clone(),
-            tokens: tokens.clone(),
-            elfs,
-            decoding,
-            uplink,
-        };
-
-        let http_state = Arc::new(HttpState {
-            cloud: cloud.clone(),
-            token: http::api_token(temp_dir.is_none().then_some(data_dir.as_path()))?,
-            requests: Default::default(),
-        });
         let http_tls_on = http_tls.is_some();
-        tasks.push((
-            "http",
-            Box::pin(http::run(
-                http_listener,
-                http_tls,
-                http_state.clone(),
-                failures.clone(),
-            )),
-        ));
+        let elfs = Arc::new(ElfStore::open(
+            data.path(),
+            data.kept(),
+            http::base_url(http_tls_on, http_addr),
+        )?);
+        let cloud = Cloud::new(
+            &config,
+            data.path(),
+            records.clone(),
+            faults.clone(),
+            tokens.clone(),
+            elfs,
+            uplink,
+        )?;
+        // What an earlier run left undecoded, before anything new comes.
+        cloud
+            .decode_backlog()
+            .map_err(|reason| EmulatorError::Database {
+                path: data.path().join(DATABASE_FILE),
+                reason,
+            })?;
+        let (http_state, http_task) = http::start(
+            http_listener,
+            http_tls,
+            cloud.clone(),
+            data.kept_path(),
+            &failures,
+        )?;
+        tasks.push(("http", http_task));
+        let (commands, command_rx) = mpsc::unbounded_channel();
         let (drain_tx, drain_rx) = oneshot::channel();
         tasks.push((
             "cloud",
             Box::pin(cloud.run(cloud_inbox, command_rx, drain_rx, failures.clone())),
         ));
+        let running = supervise::run(runtime, tasks, drain_tx, failures.clone())?;
 
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let handle = runtime.handle().clone();
-        let supervisor_failures = failures.clone();
-        let thread = std::thread::Builder::new()
-            .name("ulogger-emulator".into())
-            .spawn(move || {
-                runtime.block_on(supervise(tasks, shutdown_rx, drain_tx, supervisor_failures));
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .map_err(EmulatorError::Runtime)?;
-
+        let (data_dir, temp_dir) = data.into_parts();
         let mut emulator = Emulator {
             addr,
             http_addr,
@@ -436,20 +338,17 @@ impl Emulator {
             broker,
             failures,
             commands,
-            runtime: handle,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
+            runtime: running.handle,
+            shutdown: Some(running.shutdown),
+            thread: Some(running.thread),
             failure_reported: false,
             _temp_dir: temp_dir,
         };
-        if let Some((broker, ready)) = attach_ready {
-            let outcome = ready
-                .recv_timeout(ATTACH_TIMEOUT)
-                .unwrap_or_else(|_| Err("no SUBACK in time".to_string()));
-            if let Err(reason) = outcome {
+        if let Some(ready) = attached {
+            if let Err(e) = ready.wait() {
                 emulator.stop();
                 emulator.failure_reported = true;
-                return Err(EmulatorError::Attach { broker, reason });
+                return Err(e);
             }
         }
         Ok(emulator)
@@ -472,8 +371,7 @@ impl Emulator {
     /// TLS, `http://...` in plaintext and attach mode. Clients post to
     /// `{url}/publish/metrics` and `{url}/publish/events`.
     pub fn http_url(&self) -> String {
-        let scheme = if self.http_tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.http_addr)
+        http::base_url(self.http_tls, self.http_addr)
     }
 
     /// The API token the HTTP endpoints accept (`ulg_` + 32 random
@@ -820,57 +718,4 @@ fn assert_impls() {
     send_sync::<EmulatorError>();
     send_sync::<FaultSwitches>();
     send_sync::<RecordWatcher>();
-}
-
-/// Runs the emulator's top-level tasks until shutdown, noting panics.
-///
-/// A stop keeps the broker's word: first the tasks that take messages in
-/// (the listener with every connection, or the attached client) end, so
-/// no new PUBACK can go out; then the cloud stores everything still
-/// queued; only then does the rest end.
-async fn supervise(
-    tasks: Vec<(&'static str, Task)>,
-    mut shutdown: oneshot::Receiver<()>,
-    drain: oneshot::Sender<()>,
-    failures: Arc<Failures>,
-) {
-    let mut set = JoinSet::new();
-    let mut names = HashMap::new();
-    let mut intake = Vec::new();
-    for (name, task) in tasks {
-        let handle = set.spawn(task);
-        if matches!(name, "broker" | "attach" | "http") {
-            intake.push(handle.clone());
-        }
-        names.insert(handle.id(), name);
-    }
-    let note = |done: Result<(tokio::task::Id, ()), tokio::task::JoinError>| {
-        let (id, result) = match done {
-            Ok((id, ())) => (id, Ok(())),
-            Err(e) => (e.id(), Err(e)),
-        };
-        let name = names.get(&id).copied().unwrap_or("task");
-        failures.note(name, result);
-        name
-    };
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(done) = set.join_next_with_id() => {
-                note(done);
-            }
-        }
-    }
-    // On this single-threaded runtime an aborted task never runs again.
-    for handle in intake {
-        handle.abort();
-    }
-    if drain.send(()).is_ok() {
-        while let Some(done) = set.join_next_with_id().await {
-            if note(done) == "cloud" {
-                break;
-            }
-        }
-    }
-    set.shutdown().await;
 }

@@ -420,30 +420,42 @@ impl RecordLog {
         self.store.query(table, query).map_err(|e| e.to_string())
     }
 
-    /// The binary logs of one firmware that wait for its ELF.
-    pub(crate) fn waiting_logs(
+    /// The binary logs of one firmware in one of `states` (see
+    /// [`Store::firmware_logs`]).
+    pub(crate) fn firmware_logs(
         &self,
         app_id: u32,
         device_type: &str,
         version: &str,
+        states: &[&str],
     ) -> Result<Vec<WaitingLog>, String> {
         self.store
-            .waiting_logs(app_id, device_type, version)
+            .firmware_logs(app_id, device_type, version, states)
             .map_err(|e| e.to_string())
     }
 
-    /// Settles a waiting binary log with what its decoding gave (see
-    /// [`Store::settle`]).
+    /// Settles a binary log with what its decoding gave: a waiting one
+    /// (see [`Store::settle`]), or with `again` one decoded before (see
+    /// [`Store::redecode`]).
     pub(crate) fn settle(
         &self,
         log_id: i64,
+        again: bool,
         state: &str,
         decoding: &serde_json::Value,
         records: &[LogRow],
     ) -> Result<bool, String> {
-        self.store
-            .settle(log_id, state, decoding, records)
-            .map_err(|e| e.to_string())
+        let settled = match again {
+            false => self.store.settle(log_id, state, decoding, records),
+            true => self.store.redecode(log_id, state, decoding, records),
+        };
+        settled.map_err(|e| e.to_string())
+    }
+
+    /// The record database, for the start's pass over what an earlier
+    /// emulator left undecoded.
+    pub(crate) fn database(&self) -> &Store {
+        &self.store
     }
 
     pub(crate) fn snapshot(&self) -> Vec<Record> {

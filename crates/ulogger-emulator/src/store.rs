@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, params_from_iter, Connection, OpenFlags};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Map, Value};
 
 use crate::records::{Record, Verdict};
@@ -109,6 +109,10 @@ CREATE TABLE IF NOT EXISTS binary_logs (
     state TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS binary_logs_firmware ON binary_logs (app_id, device_type, version, state);
+-- A record's log (the start's pass over logs without a state), a file's
+-- (`emulator records`).
+CREATE INDEX IF NOT EXISTS binary_logs_record ON binary_logs (record_id);
+CREATE INDEX IF NOT EXISTS binary_logs_file ON binary_logs (file);
 ";
 
 /// One metric sample of an accepted payload.
@@ -158,7 +162,8 @@ pub(crate) struct BinaryLogRow {
     pub(crate) state: &'static str,
 }
 
-/// A binary log whose decoding waits for its firmware's ELF.
+/// A binary log of one firmware, for decoding it with that firmware's
+/// ELF: one that waits for it, or one decoded with an ELF since replaced.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WaitingLog {
     pub(crate) id: i64,
@@ -166,12 +171,33 @@ pub(crate) struct WaitingLog {
     pub(crate) git_hash: String,
     pub(crate) file: String,
     pub(crate) received: f64,
+    /// Its decoding state now.
+    pub(crate) state: String,
 }
 
 /// The decoding states in which a log waits for an ELF (none stored, or
 /// the stored one does not read): another upload of its firmware's ELF
 /// decodes it.
 pub(crate) const WAITING_STATES: [&str; 2] = ["no_elf", "bad_elf"];
+
+/// The states of a log that a new ELF of its firmware decodes (again):
+/// waiting, or decoded with the ELF it replaces.
+pub(crate) const REDECODED_STATES: [&str; 3] = ["no_elf", "bad_elf", "decoded"];
+
+/// An accepted binary log without a decoding state: stored by an emulator
+/// that did not decode yet, or whose state was lost.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UnregisteredLog {
+    pub(crate) record_id: i64,
+    /// Its header entry, when the emulator that stored it wrote one.
+    pub(crate) entry_id: Option<i64>,
+    pub(crate) app_id: u32,
+    pub(crate) serial: Option<String>,
+    /// The payload, relative to the data directory.
+    pub(crate) file: String,
+    /// When it arrived (microseconds since the epoch).
+    pub(crate) time_us: i64,
+}
 
 /// What a record's payload adds to the data API's tables.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -302,36 +328,141 @@ impl Store {
 
     /// The binary logs of one firmware (application, device type,
     /// version) that wait for its ELF, oldest first.
+    #[cfg(test)]
     pub(crate) fn waiting_logs(
         &self,
         app_id: u32,
         device_type: &str,
         version: &str,
     ) -> Result<Vec<WaitingLog>, rusqlite::Error> {
+        self.firmware_logs(app_id, device_type, version, &WAITING_STATES)
+    }
+
+    /// The binary logs of one firmware (application, device type,
+    /// version) in one of `states`, oldest first.
+    pub(crate) fn firmware_logs(
+        &self,
+        app_id: u32,
+        device_type: &str,
+        version: &str,
+        states: &[&str],
+    ) -> Result<Vec<WaitingLog>, rusqlite::Error> {
         let connection = lock(&self.write);
         let mut statement = connection.prepare_cached(
-            "SELECT id, serial, git_hash, file, received FROM binary_logs \
-             WHERE app_id = ? AND device_type = ? AND version = ? AND state IN (?, ?) ORDER BY id",
+            "SELECT id, serial, git_hash, file, received, state FROM binary_logs \
+             WHERE app_id = ? AND device_type = ? AND version = ? ORDER BY id",
         )?;
-        let rows = statement.query_map(
-            params![
-                app_id,
-                device_type,
-                version,
-                WAITING_STATES[0],
-                WAITING_STATES[1]
-            ],
-            |row| {
-                Ok(WaitingLog {
-                    id: row.get(0)?,
-                    serial: row.get(1)?,
-                    git_hash: row.get(2)?,
-                    file: row.get(3)?,
-                    received: row.get(4)?,
-                })
-            },
+        let rows = statement.query_map(params![app_id, device_type, version], |row| {
+            Ok(WaitingLog {
+                id: row.get(0)?,
+                serial: row.get(1)?,
+                git_hash: row.get(2)?,
+                file: row.get(3)?,
+                received: row.get(4)?,
+                state: row.get(5)?,
+            })
+        })?;
+        let mut logs = Vec::new();
+        for log in rows {
+            let log = log?;
+            if states.contains(&log.state.as_str()) {
+                logs.push(log);
+            }
+        }
+        Ok(logs)
+    }
+
+    /// The firmwares (application, device type, version) that have logs
+    /// waiting for their ELF.
+    pub(crate) fn waiting_firmwares(&self) -> Result<Vec<(u32, String, String)>, rusqlite::Error> {
+        let connection = lock(&self.write);
+        let mut statement = connection.prepare_cached(
+            "SELECT DISTINCT app_id, device_type, version FROM binary_logs \
+             WHERE device_type IS NOT NULL AND version IS NOT NULL AND state IN (?, ?)",
         )?;
+        let rows = statement.query_map(params![WAITING_STATES[0], WAITING_STATES[1]], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
         rows.collect()
+    }
+
+    /// The accepted binary logs that have no decoding state, oldest first.
+    pub(crate) fn unregistered_logs(&self) -> Result<Vec<UnregisteredLog>, rusqlite::Error> {
+        let connection = lock(&self.write);
+        let mut statement = connection.prepare_cached(
+            "SELECT r.id, (SELECT MIN(e.id) FROM log_entries e WHERE e.record_id = r.id), \
+             r.app_id, r.serial, r.file, r.time_us FROM records r \
+             WHERE r.kind = 'binary-log' AND r.verdict = 'ok' AND r.app_id IS NOT NULL \
+             AND r.file IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM binary_logs b WHERE b.record_id = r.id) ORDER BY r.id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(UnregisteredLog {
+                record_id: row.get(0)?,
+                entry_id: row.get(1)?,
+                app_id: row.get(2)?,
+                serial: row.get(3)?,
+                file: row.get(4)?,
+                time_us: row.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The boot registrations answered with a token: (application, token,
+    /// the request's payload file).
+    pub(crate) fn boot_registrations(&self) -> Result<Vec<(u32, u32, String)>, rusqlite::Error> {
+        let connection = lock(&self.write);
+        let mut statement = connection.prepare_cached(
+            "SELECT app_id, token, file FROM records WHERE kind = 'boot' AND verdict = 'ok' \
+             AND app_id IS NOT NULL AND token IS NOT NULL AND file IS NOT NULL ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        rows.collect()
+    }
+
+    /// Gives an unregistered log (see [`Store::unregistered_logs`]) its
+    /// decoding state, in one transaction: its header entry written anew
+    /// (`header`, or added if it had none), its `binary_logs` row, and its
+    /// decoded records (replacing any left by a decoding whose state was
+    /// lost). False (nothing written) when it has a state by now.
+    pub(crate) fn register(
+        &self,
+        log: &UnregisteredLog,
+        header: &LogRow,
+        binary_log: &BinaryLogRow,
+        records: &[LogRow],
+    ) -> Result<bool, rusqlite::Error> {
+        let mut connection = lock(&self.write);
+        let tx = connection.transaction()?;
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM binary_logs WHERE record_id = ?)",
+            [log.record_id],
+            |row| row.get(0),
+        )?;
+        if known {
+            return Ok(false);
+        }
+        let entry_id = match log.entry_id {
+            Some(entry_id) => {
+                tx.execute(
+                    "UPDATE log_entries SET item = ? WHERE id = ?",
+                    params![Value::Object(header.item.clone()).to_string(), entry_id],
+                )?;
+                entry_id
+            }
+            None => insert_logs(&tx, log.record_id, std::slice::from_ref(header))?
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?,
+        };
+        insert_binary_log(&tx, log.record_id, entry_id, binary_log)?;
+        // Records of a decoding whose state was lost go: decoded anew.
+        tx.execute(
+            "DELETE FROM log_entries WHERE record_id = ? AND id != ?",
+            params![log.record_id, entry_id],
+        )?;
+        insert_logs(&tx, log.record_id, records)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Settles a waiting log in one transaction: its new state, its
@@ -345,15 +476,46 @@ impl Store {
         decoding: &Value,
         records: &[LogRow],
     ) -> Result<bool, rusqlite::Error> {
+        self.settle_from(log_id, &WAITING_STATES, state, decoding, records)
+    }
+
+    /// Settles a decoded log again, with the ELF that replaced the one it
+    /// was decoded with: as [`Store::settle`], its earlier records removed
+    /// in the same transaction. False when it is not decoded (any more).
+    pub(crate) fn redecode(
+        &self,
+        log_id: i64,
+        state: &str,
+        decoding: &Value,
+        records: &[LogRow],
+    ) -> Result<bool, rusqlite::Error> {
+        self.settle_from(log_id, &["decoded"], state, decoding, records)
+    }
+
+    fn settle_from(
+        &self,
+        log_id: i64,
+        from: &[&str],
+        state: &str,
+        decoding: &Value,
+        records: &[LogRow],
+    ) -> Result<bool, rusqlite::Error> {
         let mut connection = lock(&self.write);
         let tx = connection.transaction()?;
-        let changed = tx.execute(
-            "UPDATE binary_logs SET state = ? WHERE id = ? AND state IN (?, ?)",
-            params![state, log_id, WAITING_STATES[0], WAITING_STATES[1]],
-        )?;
-        if changed == 0 {
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT state FROM binary_logs WHERE id = ?",
+                [log_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if !current.is_some_and(|current| from.contains(&current.as_str())) {
             return Ok(false);
         }
+        tx.execute(
+            "UPDATE binary_logs SET state = ? WHERE id = ?",
+            params![state, log_id],
+        )?;
         let (record_id, entry_id): (i64, i64) = tx.query_row(
             "SELECT record_id, entry_id FROM binary_logs WHERE id = ?",
             [log_id],
@@ -371,6 +533,12 @@ impl Store {
         tx.execute(
             "UPDATE log_entries SET item = ? WHERE id = ?",
             params![item.to_string(), entry_id],
+        )?;
+        // The records of an earlier decoding: every entry of the log's
+        // record but its header.
+        tx.execute(
+            "DELETE FROM log_entries WHERE record_id = ? AND id != ?",
+            params![record_id, entry_id],
         )?;
         insert_logs(&tx, record_id, records)?;
         tx.commit()?;
@@ -537,24 +705,35 @@ fn insert_into(
         }
         let first_entry = insert_logs(tx, record_id, &rows.logs)?;
         if let (Some(log), Some(entry_id)) = (&rows.binary_log, first_entry) {
-            tx.prepare_cached(
-                "INSERT INTO binary_logs (record_id, entry_id, app_id, serial, device_type, \
-                 version, git_hash, file, received, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?
-            .execute(params![
-                record_id,
-                entry_id,
-                log.app_id,
-                log.serial,
-                log.device_type,
-                log.version,
-                log.git_hash,
-                log.file,
-                log.received,
-                log.state,
-            ])?;
+            insert_binary_log(tx, record_id, entry_id, log)?;
         }
     }
+    Ok(())
+}
+
+/// Inserts a binary log's decoding state, its header entry `entry_id`.
+fn insert_binary_log(
+    tx: &rusqlite::Transaction<'_>,
+    record_id: i64,
+    entry_id: i64,
+    log: &BinaryLogRow,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO binary_logs (record_id, entry_id, app_id, serial, device_type, \
+         version, git_hash, file, received, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        record_id,
+        entry_id,
+        log.app_id,
+        log.serial,
+        log.device_type,
+        log.version,
+        log.git_hash,
+        log.file,
+        log.received,
+        log.state,
+    ])?;
     Ok(())
 }
 
@@ -757,6 +936,73 @@ mod tests {
         // Newest first: v2's entry (still waiting), then v1's.
         assert!(logs[0].get("decoding").is_none());
         assert_eq!(logs[1]["decoding"]["state"], "decoded");
+    }
+
+    #[test]
+    fn a_log_decoded_again_keeps_only_the_new_records_and_a_lost_state_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let entry = |kind: &str, ts: f64| LogRow {
+            app_id: Some(7),
+            serial: "S".into(),
+            ts,
+            item: json!({ "type": kind }).as_object().unwrap().clone(),
+        };
+        let state = BinaryLogRow {
+            app_id: 7,
+            serial: "S".into(),
+            device_type: Some("board".into()),
+            version: Some("v1".into()),
+            git_hash: "g".into(),
+            file: "binlog/a.bin".into(),
+            received: 5.0,
+            state: "decoded",
+        };
+        let rows = Rows {
+            logs: vec![
+                entry("binary", 5.0),
+                entry("record", 1.0),
+                entry("record", 2.0),
+            ],
+            binary_log: Some(state.clone()),
+            ..Rows::default()
+        };
+        let mut record = Record::new(RecordKind::BinaryLog, "b", 1);
+        record.app_id = Some(7);
+        record.file = Some("binlog/a.bin".into());
+        store.insert(&record, &rows, || Ok(())).unwrap();
+        let logs = store
+            .firmware_logs(7, "board", "v1", &REDECODED_STATES)
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        assert!(store.unregistered_logs().unwrap().is_empty());
+
+        // A waiting log's settle does not touch a decoded one.
+        let decoding = json!({"state": "decoded", "records": 1});
+        let again = [entry("record", 3.0)];
+        assert!(!store
+            .settle(logs[0].id, "decoded", &decoding, &again)
+            .unwrap());
+        assert!(store
+            .redecode(logs[0].id, "decoded", &decoding, &again)
+            .unwrap());
+        let items = store.query(Table::Logs, &query()).unwrap();
+        let ts: Vec<_> = items.iter().map(|l| l["type"].clone()).collect();
+        assert_eq!(ts, [json!("binary"), json!("record")], "{items:?}");
+        assert_eq!(items[0]["decoding"]["records"], 1);
+
+        // A log whose state went missing is found, with its header entry.
+        lock(&store.write)
+            .execute("DELETE FROM binary_logs", [])
+            .unwrap();
+        let lost = store.unregistered_logs().unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].file, "binlog/a.bin");
+        let header = entry("binary", 5.0);
+        assert!(store.register(&lost[0], &header, &state, &again).unwrap());
+        assert!(!store.register(&lost[0], &header, &state, &again).unwrap());
+        assert!(store.unregistered_logs().unwrap().is_empty());
+        assert_eq!(store.query(Table::Logs, &query()).unwrap().len(), 2);
     }
 
     #[test]

@@ -398,3 +398,156 @@ async fn a_kept_data_directory_keeps_waiting_logs_for_an_elf_uploaded_after_a_re
     assert_eq!(lines, fw.oracle);
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_elf_uploaded_again_for_the_same_firmware_decodes_its_logs_again() {
+    let (Some(fw), Some(moved)) = (firmware(), other_build()) else {
+        return;
+    };
+    let emu = start();
+    let client = client(&emu);
+    // The wrong build is uploaded first under the firmware's version...
+    client.upload_elf(&elf_upload(), moved.elf()).await.unwrap();
+    client
+        .upload_log(&device("SN-REPLACED", VERSION), &fw.log("v4.bin"))
+        .await
+        .unwrap();
+    let (binary, records) = logs_of(&emu, "SN-REPLACED").await;
+    let first = binary[0]["decoding"].clone();
+    assert_eq!(first["state"], "decoded", "{first}");
+    assert_eq!(first["other_build"], fw.oracle.len(), "{first}");
+    assert!(records.iter().all(|r| r["message"] == ""));
+
+    // ...then the right one, for the same customer, application, device
+    // type and version: it replaces the first, and the log is decoded again.
+    let receipt = client.upload_elf(&elf_upload(), fw.elf()).await.unwrap();
+    assert_eq!(receipt.status, 200);
+    let (binary, records) = logs_of(&emu, "SN-REPLACED").await;
+    assert_eq!(binary.len(), 1);
+    let decoding = &binary[0]["decoding"];
+    assert_eq!(decoding["state"], "decoded", "{decoding}");
+    assert_eq!(decoding["other_build"], 0, "{decoding}");
+    assert_ne!(decoding["elf"]["upload_id"], first["elf"]["upload_id"]);
+    // The first decoding's records are gone: each record once, as printed.
+    let lines: Vec<String> = in_log_order(records).iter().map(oracle_line).collect();
+    assert_eq!(lines, fw.oracle);
+    let stored = emu.find_elf(APP, DEVICE_TYPE, VERSION).unwrap();
+    assert_eq!(emu.read_elf(&stored).unwrap(), fw.elf());
+    client.shutdown().await;
+}
+
+/// A kept data directory with one log of `serial` stored by a run that
+/// had `fw`'s ELF (uploaded first when `with_elf`), the emulator stopped.
+async fn kept_dir_with_a_log(fw: &Build, serial: &str, with_elf: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(kept(dir.path())).unwrap();
+    let client = client(&emu);
+    if with_elf {
+        client.upload_elf(&elf_upload(), fw.elf()).await.unwrap();
+    }
+    client
+        .upload_log(&device(serial, VERSION), &fw.log("v4.bin"))
+        .await
+        .unwrap();
+    client.shutdown().await;
+    emu.shutdown().unwrap();
+    dir
+}
+
+fn kept(dir: &Path) -> EmulatorConfig {
+    EmulatorConfig::new(CUSTOMER)
+        .plaintext(true)
+        .limits(PlatformLimits::unlimited())
+        .data_dir(dir)
+}
+
+/// Runs `sql` on the record database of a stopped emulator.
+fn edit_database(dir: &Path, sql: &str) {
+    let db = rusqlite::Connection::open(dir.join(ulogger_emulator::DATABASE_FILE)).unwrap();
+    db.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn logs_stored_before_the_emulator_decoded_are_decoded_at_the_next_start() {
+    let Some(fw) = firmware() else { return };
+    let dir = kept_dir_with_a_log(fw, "SN-OLD", true).await;
+    // Make the directory what an emulator from before decoding left: no
+    // decoding states, no decoded records, log entries without
+    // `decoding`, and tokens kept without device type and version.
+    edit_database(
+        dir.path(),
+        "DROP TABLE binary_logs;
+         DELETE FROM log_entries WHERE json_extract(item, '$.type') = 'record';
+         UPDATE log_entries SET item = json_remove(item, '$.decoding', '$.device_type', \
+         '$.firmware_version');",
+    );
+    let tokens = dir.path().join("tokens.jsonl");
+    let old: String = std::fs::read_to_string(&tokens)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut entry: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
+            assert!(entry.remove("device_type").is_some() && entry.remove("version").is_some());
+            format!("{}\n", Value::Object(entry))
+        })
+        .collect();
+    std::fs::write(&tokens, old).unwrap();
+
+    // The ELF is there, and the token's boot registration names the
+    // firmware: decoded by the time `start` returns.
+    let emu = Emulator::start(kept(dir.path())).unwrap();
+    let (binary, records) = logs_of(&emu, "SN-OLD").await;
+    assert_eq!(binary.len(), 1);
+    let decoding = &binary[0]["decoding"];
+    assert_eq!(decoding["state"], "decoded", "{}", binary[0]);
+    assert_eq!(binary[0]["firmware_version"], VERSION);
+    let lines: Vec<String> = in_log_order(records).iter().map(oracle_line).collect();
+    assert_eq!(lines, fw.oracle);
+    emu.shutdown().unwrap();
+
+    // Once a log has its state, a start leaves it alone.
+    let emu = Emulator::start(kept(dir.path())).unwrap();
+    let (binary, records) = logs_of(&emu, "SN-OLD").await;
+    assert_eq!((binary.len(), records.len()), (1, fw.oracle.len()));
+}
+
+#[tokio::test]
+async fn an_old_log_without_its_elf_gets_its_state_at_start_and_waits_for_the_elf() {
+    let Some(fw) = firmware() else { return };
+    let dir = kept_dir_with_a_log(fw, "SN-OLD-WAIT", false).await;
+    edit_database(
+        dir.path(),
+        "DROP TABLE binary_logs;
+         UPDATE log_entries SET item = json_remove(item, '$.decoding');",
+    );
+    let emu = Emulator::start(kept(dir.path())).unwrap();
+    let (binary, records) = logs_of(&emu, "SN-OLD-WAIT").await;
+    assert!(records.is_empty());
+    assert_eq!(binary[0]["decoding"]["state"], "no_elf", "{}", binary[0]);
+    let client = client(&emu);
+    client.upload_elf(&elf_upload(), fw.elf()).await.unwrap();
+    let (binary, records) = logs_of(&emu, "SN-OLD-WAIT").await;
+    assert_eq!(binary[0]["decoding"]["state"], "decoded");
+    assert_eq!(records.len(), fw.oracle.len());
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_log_left_waiting_with_its_elf_stored_is_decoded_at_the_next_start() {
+    let Some(fw) = firmware() else { return };
+    let dir = kept_dir_with_a_log(fw, "SN-CUT", true).await;
+    // As if the emulator stopped between storing the ELF and decoding
+    // the logs that waited for it.
+    edit_database(
+        dir.path(),
+        "UPDATE binary_logs SET state = 'no_elf';
+         DELETE FROM log_entries WHERE json_extract(item, '$.type') = 'record';
+         UPDATE log_entries SET item = json_set(item, '$.decoding', \
+         json_object('state', 'no_elf', 'reason', 'no ELF'));",
+    );
+    let emu = Emulator::start(kept(dir.path())).unwrap();
+    let (binary, records) = logs_of(&emu, "SN-CUT").await;
+    assert_eq!(binary[0]["decoding"]["state"], "decoded", "{}", binary[0]);
+    let lines: Vec<String> = in_log_order(records).iter().map(oracle_line).collect();
+    assert_eq!(lines, fw.oracle);
+}

@@ -15,7 +15,7 @@ use hashlink::LinkedHashMap;
 
 /// Ordered map: iteration goes from the least- to the most-recently used key.
 #[derive(Debug, Clone)]
-pub(super) struct LruMap<V> {
+pub struct LruMap<V> {
     /// std's SipHash rather than hashlink's default (foldhash): serials
     /// come from devices, and the difference is ~15 ns per lookup.
     entries: LinkedHashMap<String, V, RandomState>,
@@ -74,7 +74,7 @@ impl<V> LruMap<V> {
     }
 
     /// The value, after moving the key to the most-recently-used end.
-    pub(super) fn touch(&mut self, key: &str) -> Option<&V> {
+    pub fn touch(&mut self, key: &str) -> Option<&V> {
         if !self.is_most_recent(key) {
             self.entries.to_back(key)?;
             self.changed();
@@ -83,7 +83,7 @@ impl<V> LruMap<V> {
     }
 
     /// Inserts or replaces `key`, which becomes the most recently used.
-    pub(super) fn insert(&mut self, key: String, value: V) {
+    pub fn insert(&mut self, key: String, value: V) {
         self.changed();
         if self.entries.insert(key, value).is_none() {
             self.appended_at = Some(self.version);
@@ -97,7 +97,7 @@ impl<V> LruMap<V> {
     }
 
     /// Removes and returns the least-recently-used entry.
-    pub(super) fn pop_lru(&mut self) -> Option<(String, V)> {
+    pub fn pop_lru(&mut self) -> Option<(String, V)> {
         let entry = self.entries.pop_front()?;
         self.changed();
         Some(entry)
@@ -118,7 +118,7 @@ impl<V> LruMap<V> {
     }
 
     /// Entries from the least- to the most-recently used.
-    pub(super) fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &V)> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &V)> + '_ {
         self.entries
             .iter()
             .map(|(key, value)| (key.as_str(), value))

@@ -2,8 +2,9 @@
 //!
 //! Modules: `lru` (the in-memory ordered map), `format` (the file's JSON,
 //! Python-compatible), `file` (durable writes and cross-process locking),
-//! `error`.
+//! `error`; `bench` opens `lru` and `format` to `benches/store.rs`.
 
+pub mod bench;
 mod error;
 mod file;
 mod format;
@@ -176,7 +177,7 @@ impl fmt::Debug for TokenEntry {
 
 /// The value stored per serial.
 #[derive(Clone, PartialEq, Eq)]
-struct Record {
+pub struct Record {
     token: u32,
     git_hash: String,
 }

@@ -12,7 +12,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::session::serve;
 use super::Broker;
+use crate::certs::CertPaths;
 use crate::supervise::Failures;
+use crate::EmulatorError;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +36,17 @@ pub(crate) enum Tls {
     Off,
     /// Mutual TLS with this acceptor.
     On(TlsAcceptor),
+}
+
+impl Tls {
+    /// Mutual TLS with the server certificate of `certs`; plain TCP
+    /// without certificates.
+    pub(crate) fn from_certs(certs: Option<&CertPaths>) -> Result<Tls, EmulatorError> {
+        Ok(match certs {
+            Some(certs) => Tls::On(TlsAcceptor::from(certs.server_config()?)),
+            None => Tls::Off,
+        })
+    }
 }
 
 /// Accepts connections until cancelled; connection tasks end with it.

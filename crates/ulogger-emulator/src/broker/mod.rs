@@ -1,7 +1,9 @@
 //! The MQTT 3.1.1 broker: shared state (sessions, subscriptions, retained
-//! messages) here; the accept loop in `listener`, one connection's life in
-//! `session`, the platform's rules in `rules` (its per-connection limits
-//! are configured in `crate::limits` and enforced in `session`).
+//! messages) here; the accept loop in `listener`, one connection's byte
+//! stream (framing, buffers, byte rate, stalls) in `connection`, its MQTT
+//! session from CONNECT to close in `session`, the platform's rules in
+//! `rules` (its per-connection limits are configured in `crate::limits`
+//! and enforced in `connection` and `session`).
 //!
 //! Deliberate simplifications, all invisible to a client that behaves as
 //! the platform expects: every session is clean (a `clean_session = false`
@@ -9,6 +11,7 @@
 //! present), QoS 1 deliveries are not resent, and a subscriber whose
 //! mailbox overflows (it stopped reading) is disconnected.
 
+mod connection;
 mod listener;
 mod retained;
 mod router;
@@ -24,12 +27,14 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-pub(crate) use listener::{run_listener, Tls};
+use listener::run_listener;
+pub(crate) use listener::Tls;
 pub(crate) use router::{topic_matches, valid_filter};
 
 use crate::faults::FaultSwitches;
 use crate::limits::{LimitCounters, PlatformLimits};
 use crate::records::RecordLog;
+use crate::supervise::{Failures, Task};
 use retained::Retained;
 use router::Subscriptions;
 
@@ -40,6 +45,28 @@ const MAILBOX_DEPTH: usize = 4096;
 pub(crate) const CLOUD_MAILBOX_DEPTH: usize = 65_536;
 /// The connection id of the internal cloud subscriber.
 pub(crate) const CLOUD_CONN_ID: u64 = 0;
+
+/// Starts `broker` on `listener`: the cloud, reached through its
+/// mailbox, subscribed to `filters` (QoS 1), then the accept loop as a
+/// task.
+pub(crate) fn start(
+    broker: &Arc<Broker>,
+    listener: tokio::net::TcpListener,
+    tls: Tls,
+    cloud: &Mailbox,
+    filters: &[String],
+    failures: &Arc<Failures>,
+) -> Task {
+    for filter in filters {
+        broker.subscribe(cloud.clone(), filter, QoS::AtLeastOnce);
+    }
+    Box::pin(run_listener(
+        listener,
+        tls,
+        broker.clone(),
+        failures.clone(),
+    ))
+}
 
 /// A message as routed between clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ const REPLY_LINGER: Duration = Duration::from_secs(10);
 /// Reads a boot request as devices send it: the SDK's four strings, or a
 /// device's own variant with `serial` as a JSON number (PROTOCOL §3).
 /// Returns the request and whether the serial came as a number.
-fn parse_request(payload: &[u8]) -> Result<(BootRequest, bool), BootRequestError> {
+pub(super) fn parse_request(payload: &[u8]) -> Result<(BootRequest, bool), BootRequestError> {
     let strict = match BootRequest::parse(payload) {
         Ok(request) => return Ok((request, false)),
         Err(e) => e,

@@ -16,9 +16,11 @@
 //! A log is decoded on arrival when its ELF is there. Otherwise it is kept
 //! with its state (`no_elf`: `"no ELF for <device type> <version>"`;
 //! `bad_elf`: the stored ELF does not read) and decoded when an ELF of its
-//! firmware is uploaded ([`Cloud::decode_waiting`]). A token issued by an
-//! emulator that did not keep device types (an older `tokens.jsonl`)
-//! names no firmware: such a log stays `no_identity`.
+//! firmware is uploaded ([`Cloud::decode_for_elf`]). An upload of the same
+//! firmware again replaces its ELF, and decodes its logs again with the new
+//! one. A token issued by an emulator that did not keep device types (an
+//! older `tokens.jsonl`) names its firmware through the boot registration
+//! it answered (see `backlog`); without one, its logs stay `no_identity`.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use ulogger_wire::{
 use super::tokens::DeviceIdentity;
 use super::Cloud;
 use crate::elf_store::{ElfStore, StoredElf};
-use crate::store::{epoch_seconds, LogRow};
+use crate::store::{epoch_seconds, LogRow, REDECODED_STATES};
 
 /// How many firmwares' symbol tables are kept parsed.
 const CACHED_TABLES: usize = 4;
@@ -52,6 +54,8 @@ pub(crate) struct Decoding {
     /// and while listing the logs that wait for an ELF just stored: so a
     /// log is either decoded on arrival or listed as waiting, never neither.
     arrivals: Mutex<()>,
+    /// Held by a run over the logs of a firmware whose ELF was stored.
+    runs: Mutex<()>,
 }
 
 /// What decoding one log gave.
@@ -72,7 +76,18 @@ impl Decoding {
             customer_id,
             tables: Mutex::default(),
             arrivals: Mutex::default(),
+            runs: Mutex::default(),
         }
+    }
+
+    /// The data directory the logs' payloads are relative to.
+    pub(super) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Holds off other runs over stored logs (see `runs`).
+    fn run(&self) -> MutexGuard<'_, ()> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Holds off the listing of waiting logs (see `arrivals`).
@@ -244,25 +259,42 @@ fn entry(
 }
 
 impl Cloud {
-    /// Decodes the logs that wait for the ELF just stored (`elf`), each
-    /// settled in its own transaction; returns how many were decoded. A
-    /// log whose payload cannot be read stays waiting (logged).
-    pub(crate) fn decode_waiting(&self, elf: &StoredElf) -> Result<usize, String> {
+    /// Decodes the logs of the firmware of the ELF just stored (`elf`):
+    /// those that waited for it, and those decoded with an ELF it
+    /// replaced (an upload of the same firmware again), each settled in
+    /// its own transaction; returns how many were decoded. A log whose
+    /// payload cannot be read keeps its state (logged). A log decoded
+    /// before whose new ELF does not read is `bad_elf` now, its earlier
+    /// records gone with the ELF they came from.
+    pub(crate) fn decode_for_elf(&self, elf: &StoredElf) -> Result<usize, String> {
+        self.decode_firmware_logs(elf, &REDECODED_STATES)
+    }
+
+    /// Decodes the logs of `elf`'s firmware in one of `states` with the
+    /// firmware's current ELF.
+    pub(super) fn decode_firmware_logs(
+        &self,
+        elf: &StoredElf,
+        states: &[&str],
+    ) -> Result<usize, String> {
         if elf.customer_id != self.topics.customer_id() {
             return Ok(0);
         }
-        let waiting = {
+        // One run at a time: each decodes with the ELF stored when it
+        // decodes, so the last run, which saw the last ELF, settles last.
+        let _run = self.decoding.run();
+        let logs = {
             let _arrivals = self.decoding.arrival();
             self.records
-                .waiting_logs(elf.app_id, &elf.device_type, &elf.version)?
+                .firmware_logs(elf.app_id, &elf.device_type, &elf.version, states)?
         };
         let mut decoded = 0;
-        for log in waiting {
+        for log in logs {
             let path = self.decoding.data_dir.join(&log.file);
             let bytes = match read_limited(&path, MAX_MESSAGE_SIZE as u64) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read a log that waits for its ELF");
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read a log to decode with its ELF");
                     continue;
                 }
             };
@@ -275,9 +307,11 @@ impl Cloud {
             let outcome =
                 self.decoding
                     .decode(&bytes, &identity, elf.app_id, &log.file, log.received);
+            let again = log.state == "decoded";
             if outcome.state == "decoded"
                 && self.records.settle(
                     log.id,
+                    again,
                     outcome.state,
                     &outcome.decoding,
                     &outcome.records,
@@ -288,7 +322,7 @@ impl Cloud {
                 // Still waiting (say the stored ELF does not read): its
                 // reason is brought up to date.
                 self.records
-                    .settle(log.id, outcome.state, &outcome.decoding, &[])?;
+                    .settle(log.id, again, outcome.state, &outcome.decoding, &[])?;
             }
         }
         Ok(decoded)
@@ -297,7 +331,7 @@ impl Cloud {
 
 /// A stored payload, refused when over `limit` bytes (a log is at most
 /// one MQTT message: a larger file is not the one stored).
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
     std::fs::File::open(path)?

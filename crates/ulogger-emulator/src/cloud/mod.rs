@@ -6,6 +6,7 @@
 //! internal subscriber whose replies are routed like any client's) or is
 //! attached as an MQTT client to an external broker.
 
+mod backlog;
 mod boot;
 mod decoding;
 mod elf;
@@ -15,12 +16,13 @@ mod text_logs;
 mod tokens;
 mod uploads;
 
-pub(crate) use boot::BootGuard;
-pub(crate) use decoding::Decoding;
+use boot::BootGuard;
+use decoding::Decoding;
 pub(crate) use tokens::TokenBook;
 // The public check of telemetry payloads (`crate::telemetry_check`) runs this one.
 pub(crate) use uploads::{verify_telemetry, MAX_DECOMPRESSED};
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ use ulogger_wire::{LogConfig, Topics};
 use routing::{Family, Route, Routing};
 
 use crate::broker::{Broker, Delivery, Message};
+use crate::config::EmulatorConfig;
 use crate::elf_store::ElfStore;
 use crate::faults::FaultSwitches;
 use crate::records::{NotStored, Record, RecordKind, RecordLog};
@@ -131,6 +134,33 @@ pub(crate) struct Cloud {
 }
 
 impl Cloud {
+    /// The cloud of `config`, storing into `records`, answering with
+    /// `tokens`, keeping and decoding with the ELFs of `elfs` (kept in
+    /// `data_dir`), and sending through `uplink`.
+    pub(crate) fn new(
+        config: &EmulatorConfig,
+        data_dir: &Path,
+        records: Arc<RecordLog>,
+        faults: Arc<FaultSwitches>,
+        tokens: Arc<TokenBook>,
+        elfs: Arc<ElfStore>,
+        uplink: Uplink,
+    ) -> Result<Cloud, EmulatorError> {
+        let decoding = Arc::new(Decoding::new(elfs.clone(), data_dir, config.customer_id));
+        Ok(Cloud {
+            topics: config.topics()?,
+            legacy_topics: config.legacy_topics,
+            boot_guard: config.boot_guard.map(|rate| Arc::new(BootGuard::new(rate))),
+            text_sequences: Default::default(),
+            records,
+            faults,
+            tokens,
+            elfs,
+            decoding,
+            uplink,
+        })
+    }
+
     /// Serves messages and commands until both channels close, or until
     /// `drain` fires: then it takes no more messages, stores every one
     /// already queued (the broker may have acknowledged them) and returns.

@@ -171,6 +171,37 @@ impl TokenBook {
     }
 }
 
+impl TokenBook {
+    /// Whether some token's registration is missing its device type or
+    /// version (issued by an emulator that did not keep them).
+    pub(crate) fn lacks_identities(&self) -> bool {
+        self.lock()
+            .list
+            .iter()
+            .any(|i| i.device_type.is_none() || i.version.is_none())
+    }
+
+    /// Fills in the firmware of a token issued without it, from the boot
+    /// request it answered; in memory only (the file keeps what was
+    /// issued). True if that token was missing it.
+    pub(crate) fn complete(&self, app_id: u32, token: u32, request: &BootRequest) -> bool {
+        let mut issued = self.lock();
+        let Some(&at) = issued.by_token.get(&(app_id, token)) else {
+            return false;
+        };
+        let Some(entry) = issued.list.get_mut(at) else {
+            return false;
+        };
+        if entry.device_type.is_some() && entry.version.is_some() || entry.serial != request.serial
+        {
+            return false;
+        }
+        entry.device_type = Some(request.device_type.clone());
+        entry.version = Some(request.version.clone());
+        true
+    }
+}
+
 fn append_line(file: &mut File, entry: &Issued) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(entry)?;
     line.push(b'\n');

@@ -10,7 +10,8 @@
 //! 413 a body over [`MAX_ELF`], 503 an outage (a fault) or a failed write.
 //!
 //! Once stored, the ELF decodes the logs of its firmware that waited for
-//! it (`Cloud::decode_waiting`) before the 200 goes out, whose JSON says
+//! it, or were decoded with an ELF it replaces (`Cloud::decode_for_elf`),
+//! before the 200 goes out, whose JSON says
 //! how many (`decoded_logs`).
 
 use bytes::Bytes;
@@ -139,7 +140,7 @@ pub(super) async fn put(
     // data API serves them decoded.
     let cloud = state.cloud.clone();
     let elf = stored.clone();
-    let decoded = match tokio::task::spawn_blocking(move || cloud.decode_waiting(&elf)).await {
+    let decoded = match tokio::task::spawn_blocking(move || cloud.decode_for_elf(&elf)).await {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot decode the logs that waited for this ELF");

@@ -38,7 +38,7 @@ use crate::cloud::Cloud;
 use crate::durable::{write_atomic, Access};
 use crate::faults::HttpFault;
 use crate::records::{NotStored, Record, RecordKind};
-use crate::supervise::Failures;
+use crate::supervise::{Failures, Task};
 use crate::EmulatorError;
 
 /// How long a TLS handshake, or a request's headers, may take.
@@ -50,7 +50,7 @@ pub(crate) const TOKEN_FILE: &str = "api_token";
 /// The API token: for a kept data directory the one in its
 /// [`TOKEN_FILE`] (issued there on first start, owner-only), so that it
 /// stays valid across restarts like the session tokens; else a new one.
-pub(crate) fn api_token(kept_dir: Option<&Path>) -> Result<String, EmulatorError> {
+fn api_token(kept_dir: Option<&Path>) -> Result<String, EmulatorError> {
     let Some(dir) = kept_dir else {
         return Ok(new_token());
     };
@@ -130,8 +130,32 @@ pub(crate) struct HttpState {
     pub(crate) requests: AtomicU64,
 }
 
+/// The base URL of the HTTP port at `addr` (`https://` with TLS).
+pub(crate) fn base_url(tls: bool, addr: std::net::SocketAddr) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// Prepares the endpoints on `listener` for `cloud`: their state (the API
+/// token of `kept_dir`, or a new one) and the accept loop as a task.
+pub(crate) fn start(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    cloud: Cloud,
+    kept_dir: Option<&Path>,
+    failures: &Arc<Failures>,
+) -> Result<(Arc<HttpState>, Task), EmulatorError> {
+    let state = Arc::new(HttpState {
+        cloud,
+        token: api_token(kept_dir)?,
+        requests: Default::default(),
+    });
+    let task = Box::pin(run(listener, tls, state.clone(), failures.clone()));
+    Ok((state, task))
+}
+
 /// Accepts connections until cancelled; connection tasks end with it.
-pub(crate) async fn run(
+async fn run(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     state: Arc<HttpState>,

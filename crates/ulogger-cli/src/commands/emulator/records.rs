@@ -1,6 +1,8 @@
 //! `ulogger emulator records`: what an emulator (running or stopped)
 //! received, read from its record index `<data>/index.jsonl`, as a table
 //! or JSON lines; `--follow` keeps printing records as they are appended.
+//! Each binary log shows how far its decoding got (decoded, `no_elf`, ...
+//! with the reason), read from the record database `<data>/records.db`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ulogger_emulator::{Record, RecordKind, Verdict, INDEX_FILE};
+use ulogger_emulator::{LogDecoding, LogDecodings, Record, RecordKind, Verdict, INDEX_FILE};
 
 use crate::exit::{Exit, Failure};
 use crate::signal::StopSignal;
@@ -46,6 +48,7 @@ pub fn run(global: Global, args: Args) -> Result<(), Exit> {
         json: global.json,
         kinds: args.kind,
         header_printed: false,
+        decodings: Decodings::new(&args.data),
     };
     let mut index = IndexTail::new(&path);
     if !args.follow {
@@ -160,6 +163,7 @@ struct Printer {
     json: bool,
     kinds: Vec<RecordKind>,
     header_printed: bool,
+    decodings: Decodings,
 }
 
 impl Printer {
@@ -177,27 +181,94 @@ impl Printer {
         if !self.kinds.is_empty() && !self.kinds.contains(&record.kind) {
             return;
         }
+        let decoding = self.decodings.of(&record);
         if self.json {
-            outln!("{}", line.trim());
+            outln!("{}", json_line(line, decoding.as_ref()));
             return;
         }
         if !self.header_printed {
             outln!(
-                "{:<19}  {:<11}  {:<8}  {:>10}  {:<14}  {:>7}  REASON",
+                "{:<19}  {:<11}  {:<8}  {:>10}  {:<14}  {:>7}  {:<11}  REASON",
                 "TIME",
                 "KIND",
                 "VERDICT",
                 "APP",
                 "SERIAL",
-                "SIZE"
+                "SIZE",
+                "DECODING"
             );
             self.header_printed = true;
         }
-        outln!("{}", row(line, &record));
+        outln!("{}", row(line, &record, decoding.as_ref()));
     }
 }
 
-fn row(line: &str, record: &Record) -> String {
+/// The decoding states of the emulator's binary logs, looked up as they
+/// are printed (a log waiting for its ELF may be decoded by the next
+/// line). Without a readable database, logs are shown without a state,
+/// after one warning.
+struct Decodings {
+    data: PathBuf,
+    database: Option<LogDecodings>,
+    warned: bool,
+}
+
+impl Decodings {
+    fn new(data: &Path) -> Decodings {
+        Decodings {
+            data: data.to_path_buf(),
+            database: None,
+            warned: false,
+        }
+    }
+
+    /// The decoding of an accepted binary log, if it has one.
+    fn of(&mut self, record: &Record) -> Option<LogDecoding> {
+        if record.kind != RecordKind::BinaryLog || record.verdict != Verdict::Ok {
+            return None;
+        }
+        let file = record.file.as_ref()?;
+        if self.database.is_none() {
+            // Opened at the first log: with --follow, the emulator may
+            // not have created its database yet when this starts.
+            match LogDecodings::open(&self.data) {
+                Ok(database) => self.database = Some(database),
+                Err(e) => return self.warn(e),
+            }
+        }
+        match self.database.as_ref()?.get(file) {
+            Ok(decoding) => decoding,
+            Err(e) => self.warn(e),
+        }
+    }
+
+    fn warn(&mut self, error: ulogger_emulator::EmulatorError) -> Option<LogDecoding> {
+        if !std::mem::replace(&mut self.warned, true) {
+            eprintln!("cannot read the logs' decoding states: {error}");
+        }
+        None
+    }
+}
+
+/// The index line, with the log's `decoding` added when it has one.
+fn json_line(line: &str, decoding: Option<&LogDecoding>) -> String {
+    let line = line.trim();
+    let Some(decoding) = decoding else {
+        return line.to_owned();
+    };
+    match (
+        serde_json::from_str::<serde_json::Value>(line),
+        serde_json::to_value(decoding),
+    ) {
+        (Ok(serde_json::Value::Object(mut object)), Ok(decoding)) => {
+            object.insert("decoding".into(), decoding);
+            serde_json::Value::Object(object).to_string()
+        }
+        _ => line.to_owned(),
+    }
+}
+
+fn row(line: &str, record: &Record, decoding: Option<&LogDecoding>) -> String {
     // The index's own RFC 3339 text, to the second: `time` is not a
     // dependency of the binary.
     let time = serde_json::from_str::<serde_json::Value>(line)
@@ -215,13 +286,37 @@ fn row(line: &str, record: &Record) -> String {
     };
     let app = record.app_id.map_or("-".to_owned(), |a| a.to_string());
     let serial = record.serial.as_deref().unwrap_or("-");
-    let reason = record.reason.as_deref().unwrap_or("");
+    let state = decoding.map_or("-", |d| d.state.as_str());
+    let reason = match (record.reason.as_deref(), decoding) {
+        (Some(reason), _) => reason.to_owned(),
+        (None, Some(decoding)) => decoding_note(decoding),
+        (None, None) => String::new(),
+    };
     format!(
-        "{time:<19}  {kind:<11}  {verdict:<8}  {app:>10}  {serial:<14}  {:>7}  {reason}",
+        "{time:<19}  {kind:<11}  {verdict:<8}  {app:>10}  {serial:<14}  {:>7}  {state:<11}  {reason}",
         record.size
     )
     .trim_end()
     .to_owned()
+}
+
+/// What the REASON column says of a log's decoding: why it is not
+/// decoded, or how many records it gave.
+fn decoding_note(decoding: &LogDecoding) -> String {
+    let mut note = match (decoding.records, decoding.with_problems) {
+        (Some(records), Some(problems)) if problems > 0 => {
+            format!("{records} records, {problems} with problems")
+        }
+        (Some(records), _) => format!("{records} records"),
+        (None, _) => String::new(),
+    };
+    if let Some(reason) = &decoding.reason {
+        if !note.is_empty() {
+            note.push_str("; ");
+        }
+        note.push_str(reason);
+    }
+    note
 }
 
 #[cfg(test)]
