@@ -3,7 +3,8 @@
 //! - `store_side_by_side` (printed as a table first): the store's
 //!   file-backed costs against baselines measured in the same run, which
 //!   need no copy of old code (the figures against the store before group
-//!   commit, commit ef84643, are in decision 15):
+//!   commit, commit ef84643, are in `docs/benchmarks.md`, "Session
+//!   store"; the design is decision 15):
 //!   3,000 new devices set by 64 threads at once, group commit against the
 //!   same store with its setters serialised by a mutex held around each
 //!   `set` (one durable write per set, one caller at a time: the policy
