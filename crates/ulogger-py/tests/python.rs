@@ -16,10 +16,11 @@
 //! records of the second emulator, attached to a mosquitto with mutual
 //! TLS, for the bridge-mode tests).
 //!
-//! The bridge-mode tests run a real paho-mqtt client: its wheel comes from
-//! the directory `$ULOGGER_PAHO_WHEELS` (`.ci/run` downloads the pinned
-//! version there), installed without network. Under `CI=true` a missing
-//! wheel or mosquitto fails the test.
+//! The bridge-mode tests run a real paho-mqtt client, and the stubs are
+//! checked with mypy: their wheels come from the directory
+//! `$ULOGGER_PY_TEST_WHEELS` (`.ci/run` downloads the pinned versions
+//! there), installed without network. Under `CI=true` a missing wheel or
+//! mosquitto fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -132,15 +133,17 @@ fn build_wheel(out: &Path) -> Option<PathBuf> {
     Some(wheel)
 }
 
-/// Installs paho-mqtt from `$ULOGGER_PAHO_WHEELS` into the venv of
-/// `python`; false (after a notice, or failing under CI) without it.
-fn install_paho(python: &Path) -> bool {
-    let Some(wheels) = std::env::var_os("ULOGGER_PAHO_WHEELS") else {
+/// Installs paho-mqtt and mypy from `$ULOGGER_PY_TEST_WHEELS` into the
+/// venv of `python`; false (after a notice, or failing under CI) without
+/// them.
+fn install_test_wheels(python: &Path) -> bool {
+    let Some(wheels) = std::env::var_os("ULOGGER_PY_TEST_WHEELS") else {
         assert!(
             !in_ci(),
-            "ULOGGER_PAHO_WHEELS is required under CI=true (.ci/run downloads paho-mqtt there)"
+            "ULOGGER_PY_TEST_WHEELS is required under CI=true (.ci/run downloads paho-mqtt \
+             and mypy there)"
         );
-        eprintln!("skipping the bridge-mode tests: ULOGGER_PAHO_WHEELS is not set");
+        eprintln!("skipping the bridge-mode and mypy tests: ULOGGER_PY_TEST_WHEELS is not set");
         return false;
     };
     let mut pip = Command::new(python);
@@ -154,15 +157,21 @@ fn install_paho(python: &Path) -> bool {
         "--find-links",
     ])
     .arg(&wheels)
-    .arg(format!("paho-mqtt=={PAHO_VERSION}"));
+    .arg(format!("paho-mqtt=={PAHO_VERSION}"))
+    .arg(format!("mypy=={MYPY_VERSION}"));
     if let Err(e) = run(pip, Duration::from_secs(120)) {
-        panic!("paho-mqtt {PAHO_VERSION} is not installable from {wheels:?}: {e}");
+        panic!(
+            "paho-mqtt {PAHO_VERSION} and mypy {MYPY_VERSION} are not installable from \
+             {wheels:?}: {e}"
+        );
     }
     true
 }
 
 /// The paho-mqtt version the bridge-mode tests run (pinned in `.ci/run`).
 const PAHO_VERSION: &str = "2.1.0";
+/// The mypy version that checks the stubs (pinned in `.ci/run`).
+const MYPY_VERSION: &str = "1.19.1";
 
 /// A mosquitto with mutual TLS and a second emulator's cloud attached to
 /// it; `None` when mosquitto is missing outside CI.
@@ -347,7 +356,7 @@ fn the_python_package_against_the_emulator() {
     let Some(python) = venv_with(&wheel, &dir.path().join("venv")) else {
         return;
     };
-    let paho = install_paho(&python);
+    let paho = install_test_wheels(&python);
     let mosquitto = if paho {
         mosquitto_setup(&dir.path().join("mosquitto"))
     } else {
