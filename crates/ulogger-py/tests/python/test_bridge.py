@@ -91,6 +91,18 @@ class OverTheEmulator(unittest.TestCase):
         self.app.assert_connected()
         self.assertEqual(len(records(kind="binary-log", serial="SN-DROP")), 1)
 
+    def test_log_configurations_arrive_through_pahos_message_callbacks(self):
+        from ulogger_cloud import _engines
+
+        # Subscribed (paho's SUBACK seen) when this returns.
+        configs = _engines.engine_for(self.cfg).log_configs(device("SN-BRCFG"))
+        try:
+            self.assertEqual(ctl("push %d SN-BRCFG 3 5 120" % APP), "ok")
+            level, flags, timeout, names = configs.next(WAIT)
+        finally:
+            configs.close()
+        self.assertEqual((level, flags, timeout, names), (3, 5, 120, ["net", "ble"]))
+
     def test_bridge_session_calls_back_after_the_puback(self):
         session = ulogger_cloud.BridgeSession(self.cfg, store=ulogger_cloud.SessionStore())
         session.start()
