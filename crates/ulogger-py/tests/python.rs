@@ -12,7 +12,7 @@
 //! stdin/stdout: a line `@ctl COMMAND ARGS...` on stdout is answered with
 //! one JSON line on stdin (`records`, `clients`, `push APP SERIAL LEVEL
 //! FLAGS TIMEOUT`, `disconnect`, `tokens`, `http_requests`, `elf APP TYPE
-//! VERSION`, and `mosquitto_records` and `mosquitto_wait SERIAL SIZE`: the
+//! VERSION`, `withhold_puback FILTER|none`, and `mosquitto_records` and `mosquitto_wait SERIAL SIZE`: the
 //! records of the second emulator, attached to a mosquitto with mutual
 //! TLS, for the bridge-mode tests).
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use ulogger_cloud::wire::{LogConfig, LogLevel};
 use ulogger_emulator::testing::Mosquitto;
-use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind};
+use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, WithholdPuback};
 
 const CUSTOMER: u32 = 4242;
 /// Building the wheel (a dev-profile build of this crate; its
@@ -232,6 +232,13 @@ fn control(emulator: &Emulator, mosquitto: Option<&Emulator>, line: &str) -> ser
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["records"] => serde_json::to_value(emulator.records()).unwrap(),
+        ["withhold_puback", filter] => {
+            emulator.faults().set_withhold_puback(match *filter {
+                "none" => WithholdPuback::None,
+                filter => WithholdPuback::Topic((*filter).to_owned()),
+            });
+            serde_json::json!("ok")
+        }
         ["mosquitto_wait", serial, size] => {
             // mosquitto acknowledges a publish before the attached cloud
             // has it: wait for the record of that very log (by its size).

@@ -81,6 +81,22 @@ class OverTheEmulator(unittest.TestCase):
         # Through the application's client, whose own callback still runs.
         self.assertGreaterEqual(len(self.app.published), 2)
 
+    def test_no_puback_no_success(self):
+        store = ulogger_cloud.SessionStore()
+        self.assertIsNotNone(ulogger_cloud.get_or_fetch_token(device("SN-NOACK"), self.cfg, store))
+        published = len(self.app.published)
+        self.assertEqual(ctl("withhold_puback binlog/v0/%d/0/%d" % (CUSTOMER, APP)), "ok")
+        try:
+            # paho queued and sent it (the SDK's BridgeSession would say
+            # True here); without the broker's PUBACK the engine says False
+            # once its acknowledgement timeout (10 s) ran out.
+            self.assertFalse(ulogger_cloud.upload_log(device("SN-NOACK"), build_log(), self.cfg, store))
+        finally:
+            ctl("withhold_puback none")
+        self.assertEqual(len(self.app.published), published)
+        # The cloud did receive it: only the acknowledgement was missing.
+        self.assertEqual(len(records(kind="binary-log", serial="SN-NOACK")), 1)
+
     def test_a_disconnect_then_the_engine_goes_on_after_pahos_reconnect(self):
         self.assertIsNotNone(ulogger_cloud.get_session_token(device("SN-DROP"), self.cfg))
         self.assertGreaterEqual(ctl("disconnect"), 1)
