@@ -40,6 +40,8 @@ class App(object):
         self.connects = queue.Queue()
         self.disconnects = queue.Queue()
         self.published = []
+        self.subacks = queue.Queue()
+        self.client.on_subscribe = lambda c, u, mid, codes, props: self.subacks.put(codes)
         self.client.on_connect = lambda c, u, flags, rc, props: self.connects.put(rc)
         self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
         self.client.on_publish = lambda c, u, mid, rc, props: self.published.append(mid)
@@ -118,6 +120,26 @@ class OverTheEmulator(unittest.TestCase):
         finally:
             configs.close()
         self.assertEqual((level, flags, timeout, names), (3, 5, 120, ["net", "ble"]))
+
+    def test_the_engine_subscribes_again_after_a_reconnect_without_session(self):
+        from ulogger_cloud import _engines
+
+        configs = _engines.engine_for(self.cfg).log_configs(device("SN-RESUB"))
+        try:
+            self.app.subacks.get(timeout=WAIT)
+            self.assertGreaterEqual(ctl("disconnect"), 1)
+            self.app.disconnects.get(timeout=WAIT)
+            self.app.assert_connected()
+            # paho connects with a clean session: the broker forgot the
+            # subscription, and the engine, told by on_connect, makes it
+            # again (the application's on_subscribe sees its SUBACK).
+            codes = self.app.subacks.get(timeout=WAIT)
+            self.assertFalse(any(code.is_failure for code in codes))
+            self.assertEqual(ctl("push %d SN-RESUB 1 9 60" % APP), "ok")
+            level, flags, timeout, _ = configs.next(WAIT)
+        finally:
+            configs.close()
+        self.assertEqual((level, flags, timeout), (1, 9, 60))
 
     def test_bridge_session_calls_back_after_the_puback(self):
         session = ulogger_cloud.BridgeSession(self.cfg, store=ulogger_cloud.SessionStore())
