@@ -26,6 +26,7 @@ use ulogger_cloud::{
     MqttConfig, OutboxConfig, OutboxStatus, Pacing, PublishReceipt, TelemetryReceipt, UploadReceipt,
 };
 
+mod bridge;
 mod errors;
 mod logging;
 mod runtime;
@@ -148,7 +149,7 @@ impl Engine {
         customer_id, *, broker, port, cert_file=None, key_file=None, ca_file=None,
         group_id=Some(0), topic_prefix=String::new(), token_timeout=15.0,
         connect_timeout=10.0, pacing=true, store=None, outbox_dir=None,
-        compression="auto"
+        compression="auto", link=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -167,6 +168,7 @@ impl Engine {
         store: Option<&TokenStore>,
         outbox_dir: Option<PathBuf>,
         compression: &str,
+        link: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let mut config = MqttConfig::new(customer_id)
             .broker(broker)
@@ -200,6 +202,11 @@ impl Engine {
         }
         if let Some(dir) = outbox_dir {
             builder = builder.outbox(OutboxConfig::new(dir));
+        }
+        if let Some(adapter) = link {
+            // Bridge mode: the application's connection, through the
+            // adapter of `_paho_link.py`; the TLS files are not read.
+            builder = builder.link(bridge::PyLink::new(adapter));
         }
         let client = py.detach(|| runtime::run(async { builder.build() })).py()?;
         Ok(Engine { client })
@@ -351,6 +358,54 @@ impl Engine {
             .detach(|| runtime::run(self.client.publish_events_batch(app_id, &devices)))
             .py()?;
         telemetry_receipt(py, &receipt)
+    }
+
+    /// Uploads a firmware ELF (PROTOCOL §11): the request over MQTT, the
+    /// file over HTTPS to the URL the cloud answers; returns the receipt
+    /// as a dict.
+    #[pyo3(signature = (
+        elf, application_id, device_type, version, git_hash, *, branch=String::new(),
+        reply_timeout=30.0, put_timeout=300.0, retries=3
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn upload_elf<'py>(
+        &self,
+        py: Python<'py>,
+        elf: PyBackedBytes,
+        application_id: &Bound<'_, PyAny>,
+        device_type: String,
+        version: String,
+        git_hash: String,
+        branch: String,
+        reply_timeout: f64,
+        put_timeout: f64,
+        retries: u32,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let upload = ulogger_cloud::ElfUpload::new(
+            app_id_of(application_id)?,
+            device_type,
+            version,
+            git_hash,
+        )
+        .branch(branch)
+        .reply_timeout(seconds(reply_timeout, "reply_timeout")?)
+        .put_timeout(seconds(put_timeout, "put_timeout")?)
+        .retries(retries);
+        let elf = elf.to_vec();
+        let receipt = py
+            .detach(|| runtime::run(self.client.upload_elf(&upload, elf)))
+            .py()?;
+        let dict = PyDict::new(py);
+        dict.set_item("upload_id", receipt.upload_id)?;
+        dict.set_item("topic", &receipt.topic)?;
+        dict.set_item("upload_host", &receipt.upload_host)?;
+        dict.set_item("status", receipt.status)?;
+        dict.set_item("size", receipt.size)?;
+        dict.set_item("attempts", receipt.attempts)?;
+        dict.set_item("elf_class", receipt.elf.class.as_str())?;
+        dict.set_item("machine", &receipt.elf.machine)?;
+        dict.set_item("has_debug_modules", receipt.elf.has_debug_modules)?;
+        Ok(dict)
     }
 
     /// Puts a log in the outbox (durable when this returns); returns the
@@ -786,6 +841,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Engine>()?;
     module.add_class::<HttpEngine>()?;
     module.add_class::<LogConfigIter>()?;
+    module.add_class::<bridge::Inbox>()?;
+    module.add_class::<bridge::Completion>()?;
     module.add_function(wrap_pyfunction!(checksum_problem, module)?)?;
     module.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;
     logging::install();

@@ -11,7 +11,16 @@
 //! The Python tests reach the emulator through a line protocol on their
 //! stdin/stdout: a line `@ctl COMMAND ARGS...` on stdout is answered with
 //! one JSON line on stdin (`records`, `clients`, `push APP SERIAL LEVEL
-//! FLAGS TIMEOUT`, `disconnect`, `tokens`, `http_requests`).
+//! FLAGS TIMEOUT`, `disconnect`, `tokens`, `http_requests`, `elf APP TYPE
+//! VERSION`, `withhold_puback FILTER|none`, and `mosquitto_records` and `mosquitto_wait SERIAL SIZE`: the
+//! records of the second emulator, attached to a mosquitto with mutual
+//! TLS, for the bridge-mode tests).
+//!
+//! The bridge-mode tests run a real paho-mqtt client, and the stubs are
+//! checked with mypy: their wheels come from the directory
+//! `$ULOGGER_PY_TEST_WHEELS` (`.ci/run` downloads the pinned versions
+//! there), installed without network. Under `CI=true` a missing wheel or
+//! mosquitto fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,7 +30,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ulogger_cloud::wire::{LogConfig, LogLevel};
-use ulogger_emulator::{Emulator, EmulatorConfig};
+use ulogger_emulator::testing::Mosquitto;
+use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, WithholdPuback};
 
 const CUSTOMER: u32 = 4242;
 /// Building the wheel (a dev-profile build of this crate; its
@@ -123,6 +133,75 @@ fn build_wheel(out: &Path) -> Option<PathBuf> {
     Some(wheel)
 }
 
+/// Installs paho-mqtt and mypy from `$ULOGGER_PY_TEST_WHEELS` into the
+/// venv of `python`; false (after a notice, or failing under CI) without
+/// them.
+fn install_test_wheels(python: &Path) -> bool {
+    let Some(wheels) = std::env::var_os("ULOGGER_PY_TEST_WHEELS") else {
+        assert!(
+            !in_ci(),
+            "ULOGGER_PY_TEST_WHEELS is required under CI=true (.ci/run downloads paho-mqtt \
+             and mypy there)"
+        );
+        eprintln!("skipping the bridge-mode and mypy tests: ULOGGER_PY_TEST_WHEELS is not set");
+        return false;
+    };
+    let mut pip = Command::new(python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--find-links",
+    ])
+    .arg(&wheels)
+    .arg(format!("paho-mqtt=={PAHO_VERSION}"))
+    .arg(format!("mypy=={MYPY_VERSION}"));
+    if let Err(e) = run(pip, Duration::from_secs(120)) {
+        panic!(
+            "paho-mqtt {PAHO_VERSION} and mypy {MYPY_VERSION} are not installable from \
+             {wheels:?}: {e}"
+        );
+    }
+    true
+}
+
+/// The paho-mqtt version the bridge-mode tests run (pinned in `.ci/run`).
+const PAHO_VERSION: &str = "2.1.0";
+/// The mypy version that checks the stubs (pinned in `.ci/run`).
+const MYPY_VERSION: &str = "1.19.1";
+
+/// A mosquitto with mutual TLS and a second emulator's cloud attached to
+/// it; `None` when mosquitto is missing outside CI.
+struct MosquittoSetup {
+    emulator: Emulator,
+    certs: CertPaths,
+    port: u16,
+    _mosquitto: Mosquitto,
+}
+
+fn mosquitto_setup(dir: &Path) -> Option<MosquittoSetup> {
+    let certs = CertPaths::generate(dir, CUSTOMER).unwrap();
+    let mosquitto = Mosquitto::mutual_tls(&certs)?;
+    let port = mosquitto.addr().port();
+    let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER).attach(
+        AttachTo::new("127.0.0.1", port).mutual_tls(
+            &certs.ca_cert,
+            &certs.client_cert,
+            &certs.client_key,
+        ),
+    ))
+    .expect("the cloud side attaches to mosquitto");
+    Some(MosquittoSetup {
+        emulator,
+        certs,
+        port,
+        _mosquitto: mosquitto,
+    })
+}
+
 /// A fresh venv at `dir` with the wheel installed (nothing else, and
 /// nothing from the network); its python.
 fn venv_with(wheel: &Path, dir: &Path) -> Option<PathBuf> {
@@ -149,10 +228,46 @@ fn venv_with(wheel: &Path, dir: &Path) -> Option<PathBuf> {
 }
 
 /// The answer to one `@ctl` line.
-fn control(emulator: &Emulator, line: &str) -> serde_json::Value {
+fn control(emulator: &Emulator, mosquitto: Option<&Emulator>, line: &str) -> serde_json::Value {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["records"] => serde_json::to_value(emulator.records()).unwrap(),
+        ["withhold_puback", filter] => {
+            emulator.faults().set_withhold_puback(match *filter {
+                "none" => WithholdPuback::None,
+                filter => WithholdPuback::Topic((*filter).to_owned()),
+            });
+            serde_json::json!("ok")
+        }
+        ["mosquitto_wait", serial, size] => {
+            // mosquitto acknowledges a publish before the attached cloud
+            // has it: wait for the record of that very log (by its size).
+            let size: usize = size.parse().unwrap();
+            let found = mosquitto.expect("a mosquitto setup").wait_for_blocking(
+                |r| {
+                    r.kind == RecordKind::BinaryLog
+                        && r.serial.as_deref() == Some(*serial)
+                        && r.size == size
+                },
+                Duration::from_secs(30),
+            );
+            serde_json::to_value(found).unwrap()
+        }
+        ["mosquitto_records"] => {
+            serde_json::to_value(mosquitto.expect("a mosquitto setup").records()).unwrap()
+        }
+        ["elf", app, device_type, version] => {
+            match emulator.find_elf(app.parse().unwrap(), device_type, version) {
+                None => serde_json::Value::Null,
+                Some(stored) => serde_json::json!({
+                    "size": stored.size,
+                    "git_hash": stored.git_hash,
+                    "branch": stored.branch,
+                    "upload_id": stored.upload_id,
+                    "bytes_read": emulator.read_elf(&stored).unwrap().len(),
+                }),
+            }
+        }
         ["clients"] => serde_json::to_value(emulator.connected_clients()).unwrap(),
         ["disconnect"] => serde_json::json!(emulator.disconnect_all()),
         ["tokens"] => serde_json::to_value(emulator.issued_tokens()).unwrap(),
@@ -175,7 +290,13 @@ fn control(emulator: &Emulator, line: &str) -> serde_json::Value {
 
 /// Runs the unittest suite with the control protocol; panics with its
 /// output when it fails.
-fn run_suite(python: &Path, emulator: &Emulator, params: &Path, home: &Path) {
+fn run_suite(
+    python: &Path,
+    emulator: &Emulator,
+    mosquitto: Option<&Emulator>,
+    params: &Path,
+    home: &Path,
+) {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
     let mut child = Command::new(python)
         .args(["-m", "unittest", "-v"])
@@ -209,7 +330,7 @@ fn run_suite(python: &Path, emulator: &Emulator, params: &Path, home: &Path) {
     for line in stdout.lines() {
         let line = line.unwrap();
         if let Some(command) = line.strip_prefix("@ctl ") {
-            let answer = control(emulator, command);
+            let answer = control(emulator, mosquitto, command);
             // The suite may have died meanwhile: its output tells why.
             let _ = writeln!(stdin, "{answer}");
             let _ = stdin.flush();
@@ -242,6 +363,12 @@ fn the_python_package_against_the_emulator() {
     let Some(python) = venv_with(&wheel, &dir.path().join("venv")) else {
         return;
     };
+    let paho = install_test_wheels(&python);
+    let mosquitto = if paho {
+        mosquitto_setup(&dir.path().join("mosquitto"))
+    } else {
+        None
+    };
     let emulator = Emulator::start(EmulatorConfig::new(CUSTOMER)).unwrap();
     let certs = emulator.certs().expect("TLS by default").clone();
     let sdk_python = std::env::var("ULOGGER_SDK_PYTHON").ok();
@@ -260,12 +387,25 @@ fn the_python_package_against_the_emulator() {
         "customer_id": CUSTOMER,
         "work_dir": dir.path(),
         "sdk_python": sdk_python,
+        "paho": paho,
+        "mosquitto": mosquitto.as_ref().map(|m| serde_json::json!({
+            "port": m.port,
+            "ca_file": m.certs.ca_cert,
+            "cert_file": m.certs.client_cert,
+            "key_file": m.certs.client_key,
+        })),
     });
     let params_file = dir.path().join("params.json");
     std::fs::write(&params_file, params.to_string()).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    run_suite(&python, &emulator, &params_file, &home);
+    run_suite(
+        &python,
+        &emulator,
+        mosquitto.as_ref().map(|m| &m.emulator),
+        &params_file,
+        &home,
+    );
     emulator.shutdown().unwrap();
 }
 

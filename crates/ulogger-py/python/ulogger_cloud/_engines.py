@@ -7,12 +7,14 @@ import os
 import threading
 import weakref
 
-from . import _native
+from . import _native, _paho_link
 from .errors import BridgeModeError, NoClientCertificateError, ShutdownError
 
 _log = logging.getLogger("ulogger_cloud")
 
 _engines = {}
+# The paho adapters of bridged engines, to give the clients' callbacks back.
+_links = {}
 # The engines of live Client objects: closed at exit too.
 _client_engines = weakref.WeakSet()
 _lock = threading.Lock()
@@ -61,18 +63,17 @@ def key(cfg, compression="auto"):
 def engine_for(cfg, compression="auto"):
     """The engine of ``cfg``, started on first use.
 
-    Raises :class:`~ulogger_cloud.errors.BridgeModeError` for
-    ``cfg.client``, :class:`~ulogger_cloud.errors.NoClientCertificateError`
-    without a certificate and key, and the engine's errors for files it
-    cannot use.
+    With ``cfg.client`` (bridge mode) the engine runs over that paho
+    client, one engine per client object. Raises
+    :class:`~ulogger_cloud.errors.BridgeModeError` when called on that
+    client's own network thread (the call would wait for an
+    acknowledgement only that thread can read),
+    :class:`~ulogger_cloud.errors.NoClientCertificateError` without a
+    certificate and key, and the engine's errors for files it cannot use.
     """
     global _announced
     if getattr(cfg, "client", None) is not None:
-        raise BridgeModeError(
-            "MqttConfig(client=...) (bridge mode over your paho client) is not "
-            "supported by this package yet; leave client unset to let the engine "
-            "hold its own connection"
-        )
+        return _bridged_engine_for(cfg, compression)
     if not cfg.cert_file or not cfg.key_file:
         raise NoClientCertificateError(
             "no client certificate: MqttConfig needs cert_file and key_file (the Python "
@@ -103,6 +104,50 @@ def engine_for(cfg, compression="auto"):
                 pacing=k[9],
                 compression=compression,
             )
+            _engines[k] = engine
+    return engine
+
+
+def _bridged_engine_for(cfg, compression):
+    client = cfg.client
+    if threading.current_thread() is getattr(client, "_thread", None):
+        raise BridgeModeError(
+            "called on the paho client's network thread (in one of its callbacks): the "
+            "call would wait for an acknowledgement that only this thread can read; use "
+            "BridgeSession, or call from another thread"
+        )
+    # The engine keeps the client alive, so its id is not reused meanwhile.
+    k = (
+        "bridge",
+        id(client),
+        int(cfg.customer_id),
+        None if cfg.group_id is None else int(cfg.group_id),
+        cfg.topic_prefix or "",
+        float(cfg.token_timeout),
+        bool(getattr(cfg, "pacing", True)),
+        compression,
+    )
+    engine = _engines.get(k)
+    if engine is not None:
+        return engine
+    with _lock:
+        if _closed:
+            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
+        engine = _engines.get(k)
+        if engine is None:
+            link = _paho_link.PahoLink(client)
+            engine = _native.Engine(
+                k[2],
+                broker=cfg.broker or "mqtt.ulogger.ai",
+                port=int(cfg.port or 8883),
+                group_id=k[3],
+                topic_prefix=k[4],
+                token_timeout=k[5],
+                pacing=k[6],
+                compression=compression,
+                link=link,
+            )
+            _links[k] = link
             _engines[k] = engine
     return engine
 
@@ -142,7 +187,9 @@ def shutdown():
     with _lock:
         _closed = True
         engines = list(_engines.values()) + list(_client_engines)
+        links = list(_links.values())
         _engines.clear()
+        _links.clear()
     for engine in engines:
         if not hasattr(engine, "shutdown"):
             continue
@@ -150,12 +197,15 @@ def shutdown():
             engine.shutdown()
         except Exception:  # noqa: BLE001 - exiting anyway
             _log.debug("engine shutdown failed", exc_info=True)
+    for link in links:
+        link.detach()
 
 
 def _after_fork_in_child():
     global _lock
     _inherited.extend(_engines.values())
     _engines.clear()
+    _links.clear()
     _lock = threading.Lock()
 
 

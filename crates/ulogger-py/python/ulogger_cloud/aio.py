@@ -58,6 +58,13 @@ class AsyncClient(object):
         """See :meth:`Client.publish_heartbeat`."""
         return await self._call(self._client.publish_heartbeat, serial, app_id, timestamp)
 
+    async def upload_elf(self, elf, application_id, device_type, version, git_hash, **options):
+        """See :meth:`Client.upload_elf`."""
+        return await self._call(
+            functools.partial(self._client.upload_elf, **options),
+            bytes(elf), application_id, device_type, version, git_hash,
+        )
+
     async def enqueue_log(self, device, log):
         """See :meth:`Client.enqueue_log`."""
         return await self._call(self._client.enqueue_log, device, bytes(log))

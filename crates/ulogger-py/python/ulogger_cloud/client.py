@@ -126,6 +126,30 @@ class Client(object):
         """Many devices' events in one message."""
         return self._engine.publish_events_batch(app_id, devices)
 
+    def upload_elf(self, elf, application_id, device_type, version, git_hash, branch="",
+                   reply_timeout=30.0, put_timeout=300.0, retries=3):
+        """Upload a firmware ELF (the bytes of the linked image) so the cloud
+        can decode the logs of devices that report ``version``: the request
+        over MQTT, the file over HTTPS to the URL the cloud answers, retried
+        ``retries`` times for passing failures.
+
+        Returns ``{"upload_id", "topic", "upload_host", "status", "size",
+        "attempts", "elf_class", "machine", "has_debug_modules"}``; raises
+        :class:`~ulogger_cloud.errors.InvalidElfError` for a file that is
+        not an ELF, and the upload's typed errors.
+        """
+        return self._engine.upload_elf(
+            bytes(elf),
+            application_id,
+            device_type,
+            version,
+            git_hash,
+            branch=branch,
+            reply_timeout=float(reply_timeout),
+            put_timeout=float(put_timeout),
+            retries=int(retries),
+        )
+
     def enqueue_log(self, device, log):
         """Put a log in the outbox; returns its record id once it is on
         disk (fsynced). The background sender delivers it."""

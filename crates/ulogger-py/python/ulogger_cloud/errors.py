@@ -195,6 +195,7 @@ class ElfUploadConnectError(UloggerError, ConnectionError):
     """The ELF upload URL cannot be reached (``host``, ``attempts``)."""
 
 
-class BridgeModeError(UloggerError, NotImplementedError):
-    """``MqttConfig(client=...)`` (bridge mode over the application's paho
-    client) is not supported by this package yet."""
+class BridgeModeError(UloggerError, RuntimeError):
+    """Bridge mode (``MqttConfig(client=...)``) used where it cannot work:
+    a blocking call on the paho client's own network thread, or a
+    :class:`~ulogger_cloud.BridgeSession` without ``cfg.client``."""

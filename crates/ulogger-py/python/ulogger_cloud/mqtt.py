@@ -43,8 +43,10 @@ class MqttConfig(object):
       publishes and 512 KiB per second; default ``True``). Turn it off only
       against a local broker.
 
-    ``client`` (bridge mode) is accepted but not supported yet: calls with
-    it fail (``False``/``None``, the reason logged).
+    ``client``: bridge mode (see :mod:`ulogger_cloud.bridge`): a paho-mqtt
+    client the application keeps connected; the engine runs over it, and
+    ``broker``, ``port``, ``cert_file``, ``key_file`` and ``ca_file`` are
+    not used.
     """
 
     __slots__ = (

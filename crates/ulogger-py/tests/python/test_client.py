@@ -127,3 +127,25 @@ class AsyncApi(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ElfUpload(unittest.TestCase):
+    def test_upload_elf_stores_the_file(self):
+        # The package's own extension module is an ELF as good as any.
+        native = ulogger_cloud._native.__file__
+        with open(native, "rb") as fh:
+            elf = fh.read()
+        with client() as c:
+            receipt = c.upload_elf(elf, APP, "py-board", "v9.9.9", "abc1234", branch="main")
+        self.assertEqual((receipt["status"], receipt["attempts"], receipt["size"]), (200, 1, len(elf)))
+        self.assertEqual(receipt["topic"], "upload/v0/firmware/%d/py-board" % CUSTOMER)
+        stored = ctl("elf %d py-board v9.9.9" % APP)
+        self.assertEqual((stored["size"], stored["bytes_read"], stored["git_hash"], stored["branch"]),
+                         (len(elf), len(elf), "abc1234", "main"))
+        self.assertEqual(stored["upload_id"], receipt["upload_id"])
+
+    def test_not_an_elf_is_a_typed_error(self):
+        with client() as c:
+            with self.assertRaises(errors.InvalidElfError) as caught:
+                c.upload_elf(b"\x00\x01\x02\x03 not an elf", APP, "py-board", "v1", "abc1234")
+        self.assertIn("not an ELF", str(caught.exception))
