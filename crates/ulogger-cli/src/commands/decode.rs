@@ -239,7 +239,7 @@ fn record_line(record: &Record) -> String {
         time_text(record.time),
         record.level.to_string(),
         record.module.to_string(),
-        record.message
+        record.display_message()
     )
 }
 
@@ -278,7 +278,7 @@ fn record_json(path: &Path, record: &Record) -> Value {
         "module": record.module.name.as_deref(),
         "module_index": record.module.index,
         "format_address": record.format_address,
-        "message": record.message,
+        "message": record.message(),
         "metric": metric,
         "problems": problems,
     })
