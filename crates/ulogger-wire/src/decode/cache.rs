@@ -192,9 +192,15 @@ fn metric_shape(format: &[u8]) -> MetricShape<'_> {
     }
 }
 
+/// Slots of the direct-mapped table in front of the map (a power of 2).
+const RECENT_BITS: u32 = 5;
+
 /// The formats one decoder has met, by address.
 #[derive(Debug, Default)]
 pub(crate) struct FormatCache<'a> {
+    /// (address, 1 + index into `formats`) of a recent lookup per slot:
+    /// one multiplication and a compare for a firmware's busy formats.
+    recent: [(u32, u32); 1 << RECENT_BITS],
     index: HashMap<u32, usize, BuildHasherDefault<AddressHasher>>,
     formats: Vec<Compiled<'a>>,
     /// The last format parsed once the cache is full.
@@ -210,11 +216,22 @@ impl<'a> FormatCache<'a> {
                 symbols.data_model(),
             )
         };
-        let hit = self
-            .index
-            .get(&address)
-            .copied()
-            .filter(|&i| i < self.formats.len());
+        let slot = (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize;
+        let recent = match self.recent.get(slot) {
+            Some(&(at, plus_one)) if at == address && plus_one != 0 => {
+                Some(plus_one as usize - 1).filter(|&i| i < self.formats.len())
+            }
+            _ => None,
+        };
+        let hit = recent.or_else(|| {
+            self.index
+                .get(&address)
+                .copied()
+                .filter(|&i| i < self.formats.len())
+        });
+        if let (None, Some(at), Some(entry)) = (recent, hit, self.recent.get_mut(slot)) {
+            *entry = (address, u32::try_from(at + 1).unwrap_or(0));
+        }
         let at = match hit {
             Some(at) => at,
             None if self.formats.len() >= MAX_CACHED => return self.spare.insert(compile_at()),

@@ -289,29 +289,32 @@ pub(crate) fn declared_args(payload: &[u8]) -> usize {
 /// A captured value of type `ty` in `bytes` (its `size` bytes,
 /// little-endian): signed types sign-extend from their size, unsigned
 /// ones zero-extend. `None` for a size the type cannot have.
+#[inline]
 fn value(ty: ArgType, bytes: &[u8]) -> Option<Arg<'static>> {
-    let mut wide = [0u8; 8];
-    let n = bytes.len();
-    let unsigned = |wide: &mut [u8; 8]| -> u64 {
-        if let Some(slot) = wide.get_mut(..n) {
-            slot.copy_from_slice(bytes);
-        }
-        u64::from_le_bytes(*wide)
+    // Fixed-size reads: no copy of a variable length per argument. No
+    // type has 3, 5, 6, 7 or more than 8 bytes.
+    let raw = match *bytes {
+        [] => 0,
+        [a] => u64::from(a),
+        [a, b] => u64::from(u16::from_le_bytes([a, b])),
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+        _ => return None,
     };
-    let signed = |wide: &mut [u8; 8]| -> i64 {
-        let raw = unsigned(wide);
+    let n = bytes.len();
+    let signed = || {
         let shift = 64 - 8 * n as u32;
         ((raw << shift) as i64) >> shift
     };
     Some(match (ty, n) {
-        (ArgType::I32, 1 | 2 | 4) => Arg::I32(signed(&mut wide) as i32),
-        (ArgType::U32, 1 | 2 | 4) => Arg::U32(unsigned(&mut wide) as u32),
-        (ArgType::I64, 1 | 2 | 4 | 8) => Arg::I64(signed(&mut wide)),
-        (ArgType::U64, 1 | 2 | 4 | 8) => Arg::U64(unsigned(&mut wide)),
-        (ArgType::Pointer, 1 | 2 | 4 | 8) => Arg::Pointer(unsigned(&mut wide)),
-        (ArgType::Char, 1) => Arg::Char(bytes.first().copied().unwrap_or(0)),
-        (ArgType::Double, 4) => Arg::Double(f64::from(f32::from_bits(unsigned(&mut wide) as u32))),
-        (ArgType::Double, 8) => Arg::Double(f64::from_bits(unsigned(&mut wide))),
+        (ArgType::I32, 1 | 2 | 4) => Arg::I32(signed() as i32),
+        (ArgType::U32, 1 | 2 | 4) => Arg::U32(raw as u32),
+        (ArgType::I64, 1 | 2 | 4 | 8) => Arg::I64(signed()),
+        (ArgType::U64, 1 | 2 | 4 | 8) => Arg::U64(raw),
+        (ArgType::Pointer, 1 | 2 | 4 | 8) => Arg::Pointer(raw),
+        (ArgType::Char, 1) => Arg::Char(raw as u8),
+        (ArgType::Double, 4) => Arg::Double(f64::from(f32::from_bits(raw as u32))),
+        (ArgType::Double, 8) => Arg::Double(f64::from_bits(raw)),
         // The value is in the string blob after the arguments.
         (ArgType::Str, 0) => Arg::Unknown(ArgType::Str),
         _ => return None,

@@ -98,6 +98,9 @@ pub struct LogDecoder<'a> {
     trailer: usize,
     end: Option<FramesEnd>,
     other_build: Option<Problem>,
+    /// Microseconds per tick when the rate divides a second (1 kHz...):
+    /// a multiplication per frame instead of a division.
+    micros_per_tick: Option<u64>,
     modules: [Option<&'a str>; 32],
     formats: FormatCache<'a>,
     args: Vec<Arg<'a>>,
@@ -145,7 +148,12 @@ impl<'a> LogDecoder<'a> {
         for (bit, name) in (0u8..).zip(modules.iter_mut()) {
             *name = symbols.module_name(bit);
         }
+        let micros_per_tick = header
+            .tick_rate_hz
+            .filter(|&r| r != 0 && 1_000_000 % r == 0)
+            .map(|r| u64::from(1_000_000 / r));
         Ok(LogDecoder {
+            micros_per_tick,
             symbols,
             header,
             data,
@@ -213,15 +221,27 @@ impl<'a> LogDecoder<'a> {
             // readout); ticks are u32 on the device and wrap.
             let before = anchor.wrapping_sub(self.ticks as u32);
             // At most 2^32 * 10^6 < 2^52: no 128-bit division per frame.
-            let micros = u64::from(before) * 1_000_000 / u64::from(rate);
+            let micros = match self.micros_per_tick {
+                Some(per_tick) => u64::from(before) * per_tick,
+                None => u64::from(before) * 1_000_000 / u64::from(rate),
+            };
             let unix_us = i128::from(epoch) - i128::from(micros);
             return RecordTime::Wall {
                 unix_us: i64::try_from(unix_us).unwrap_or(i64::MIN),
             };
         }
-        let micros = rate.and_then(|rate| match self.ticks.checked_mul(1_000_000) {
-            Some(scaled) => Some(scaled / u64::from(rate)),
-            None => u64::try_from(u128::from(self.ticks) * 1_000_000 / u128::from(rate)).ok(),
+        let micros = rate.and_then(|rate| {
+            // Exact: per_tick * rate is a second.
+            if let Some(micros) = self
+                .micros_per_tick
+                .and_then(|per_tick| self.ticks.checked_mul(per_tick))
+            {
+                return Some(micros);
+            }
+            match self.ticks.checked_mul(1_000_000) {
+                Some(scaled) => Some(scaled / u64::from(rate)),
+                None => u64::try_from(u128::from(self.ticks) * 1_000_000 / u128::from(rate)).ok(),
+            }
         });
         RecordTime::Uptime {
             ticks: self.ticks,
@@ -229,7 +249,16 @@ impl<'a> LogDecoder<'a> {
         }
     }
 
-    fn record(&mut self, offset: usize, stamp: u32, payload: &'a [u8]) -> Record<'a> {
+    /// The record of the frame at `offset`; `cut` is the problem of a
+    /// frame the log ends inside, reported first.
+    #[inline]
+    fn record(
+        &mut self,
+        offset: usize,
+        stamp: u32,
+        payload: &'a [u8],
+        cut: Option<Problem>,
+    ) -> Record<'a> {
         let time = self.time(stamp);
         let mut problems = Vec::new();
         let head = parse_payload(payload, &mut self.args, &mut problems);
@@ -313,6 +342,9 @@ impl<'a> LogDecoder<'a> {
                 }
             }
         }
+        if let Some(cut) = cut {
+            problems.insert(0, cut);
+        }
         Record {
             offset,
             time,
@@ -335,37 +367,37 @@ impl<'a> Iterator for LogDecoder<'a> {
         if self.end.is_some() {
             return None;
         }
-        match next_frame(self.data, self.pos, self.format, self.base) {
-            Step::Frame {
-                offset,
-                stamp,
-                payload,
-            } => {
-                self.pos += self.format.frame_header_len() + payload.len();
-                Some(self.record(offset, stamp, payload))
-            }
-            Step::Truncated {
-                offset,
-                stamp,
-                length,
-                available,
-            } => {
-                self.end = Some(FramesEnd::Truncated { offset });
-                let rest = self
-                    .data
-                    .get(offset - self.base + self.format.frame_header_len()..)
-                    .unwrap_or_default();
-                let mut record = self.record(offset, stamp.unwrap_or(0), rest);
-                record
-                    .problems
-                    .insert(0, Problem::FrameTruncated { length, available });
-                Some(record)
-            }
-            Step::End(end) => {
-                self.end = Some(end);
-                None
-            }
-        }
+        let (offset, stamp, payload, cut) =
+            match next_frame(self.data, self.pos, self.format, self.base) {
+                Step::Frame {
+                    offset,
+                    stamp,
+                    payload,
+                } => {
+                    self.pos += self.format.frame_header_len() + payload.len();
+                    (offset, stamp, payload, None)
+                }
+                Step::Truncated {
+                    offset,
+                    stamp,
+                    length,
+                    available,
+                } => {
+                    self.end = Some(FramesEnd::Truncated { offset });
+                    let rest = self
+                        .data
+                        .get(offset - self.base + self.format.frame_header_len()..)
+                        .unwrap_or_default();
+                    let cut = Problem::FrameTruncated { length, available };
+                    (offset, stamp.unwrap_or(0), rest, Some(cut))
+                }
+                Step::End(end) => {
+                    self.end = Some(end);
+                    return None;
+                }
+            };
+        // One call: the record is built where the caller keeps it.
+        Some(self.record(offset, stamp, payload, cut))
     }
 }
 
