@@ -217,8 +217,9 @@ fn main() {
         )
     };
     println!(
-        "SUITE decode, maximal v4 log ({} B, {frames} frames) | {} | {} (goal >= 0.25) | {}, {:.2} of snprintf | {}",
+        "SUITE decode, maximal v4 log ({} B, {frames} frames; a record is {} B) | {} | {} (goal >= 0.25) | {}, {:.2} of snprintf | {}",
         log.len(),
+        std::mem::size_of::<ulogger_wire::Record<'_>>(),
         line("floor (frame lengths)", walk),
         line("decode to records", decode),
         line("decode + format", format),
