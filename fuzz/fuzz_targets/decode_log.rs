@@ -29,10 +29,15 @@ fuzz_target!(|data: &[u8]| {
     ] {
         if let Ok(decoder) = LogDecoder::new(symbols, data, &options) {
             let mut records = 0usize;
+            let mut message = Vec::new();
             for record in decoder {
                 records += 1;
+                // Formatted on request, into a reused buffer.
+                message.clear();
+                record.write_message(&mut message);
+                assert!(message.len() <= MAX_MESSAGE);
                 // U+FFFD replacements can triple invalid bytes at most.
-                assert!(record.message.len() <= 3 * MAX_MESSAGE);
+                assert!(record.message().len() <= 3 * MAX_MESSAGE);
             }
             assert!(records <= data.len() / 4 + 1);
         }

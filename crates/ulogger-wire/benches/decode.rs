@@ -1,8 +1,11 @@
 //! Decoding a maximal log (65,535 bytes of frames of typical firmware
-//! records) beside a pass over the same data that only walks the frame
-//! lengths, the floor of any decoder: the goal is at least 0.25 of the
-//! floor's speed.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+//! records), side by side in one run: (a) a pass that only walks the
+//! frame lengths, the floor of any decoder; (b) decoding to records,
+//! messages not formatted (the goal: at least 0.25 of the floor's speed);
+//! (c) decoding and formatting every message into a reused `String`; and
+//! (d) glibc's `snprintf` of the same formats and arguments, the limit of
+//! any formatted output (a C helper built with `cc` by the bench).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 
@@ -134,11 +137,25 @@ fn walk_frame_lengths(log: &[u8]) -> usize {
     frames
 }
 
+/// (b) Decoding to records: header, format (cached by address), typed
+/// arguments, metric and problems; no message formatted.
 fn decode_all(symbols: &SymbolTable, log: &[u8]) -> usize {
+    let mut problems = 0;
+    for record in LogDecoder::new(symbols, log, &DecodeOptions::new()).unwrap() {
+        problems += record.problems.len();
+        black_box(&record);
+    }
+    problems
+}
+
+/// (c) Decoding and formatting every message into one reused `String`.
+fn decode_and_format(symbols: &SymbolTable, log: &[u8], text: &mut String) -> usize {
     let mut bytes = 0;
     for record in LogDecoder::new(symbols, log, &DecodeOptions::new()).unwrap() {
-        bytes += record.message.len();
-        black_box(&record);
+        text.clear();
+        record.write_message_str(text);
+        bytes += text.len();
+        black_box(&text);
     }
     bytes
 }
@@ -161,33 +178,177 @@ fn decode_vs_walk(c: &mut Criterion) {
     group.bench_function("decode", |b| {
         b.iter(|| decode_all(&symbols, black_box(&log)))
     });
+    let mut text = String::new();
+    group.bench_function("decode_and_format", |b| {
+        b.iter(|| decode_and_format(&symbols, black_box(&log), &mut text))
+    });
     group.finish();
 }
 
 criterion_group!(benches, decode_vs_walk);
 
-// `criterion_main!` plus the headline figures for scripts/bench-suite,
-// read back from the estimates criterion just wrote.
+// `criterion_main!`, then (d) glibc's snprintf of the same records in a C
+// helper, and the headline figures for scripts/bench-suite, read back
+// from the estimates criterion just wrote.
 fn main() {
     let started = std::time::SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let (_, addresses) = symbols();
+    let (symbols, addresses) = symbols();
     let (log, frames) = maximal_log(&addresses);
+    let snprintf = snprintf::median_ns(&symbols, &log);
     let fresh_median = |id: &str| suite::median_ns("max_v4_log_decode", id, started);
-    if let (Some(decode), Some(walk)) = (fresh_median("decode"), fresh_median("walk_frame_lengths"))
-    {
-        let bytes = log.len() as f64;
-        let frames = frames as f64;
-        println!(
-            "SUITE decode, maximal v4 log ({} B, {frames} frames) | {:.2} Mframes/s, {:.0} MB/s | {:.3} of the frame-length walk ({:.1} Mframes/s, {:.0} MB/s; goal >= 0.25)",
-            log.len(),
-            frames / decode * 1e3,
-            bytes / decode * 1e3,
-            walk / decode,
-            frames / walk * 1e3,
-            bytes / walk * 1e3,
+    let (Some(walk), Some(decode), Some(format)) = (
+        fresh_median("walk_frame_lengths"),
+        fresh_median("decode"),
+        fresh_median("decode_and_format"),
+    ) else {
+        // Filtered to a part of the group: no side-by-side figures.
+        return;
+    };
+    let bytes = log.len() as f64;
+    let frames_f = frames as f64;
+    // One SUITE line per pass (figure | value | comparison).
+    let rate = |ns: f64| {
+        format!(
+            "{:.1} Mframes/s, {:.0} MB/s",
+            frames_f / ns * 1e3,
+            bytes / ns * 1e3
+        )
+    };
+    println!(
+        "SUITE decode to records, maximal v4 log ({} B, {frames} frames, {} B a record) | {} | {:.3} of the frame-length walk ({}; goal >= 0.25)",
+        log.len(),
+        std::mem::size_of::<ulogger_wire::Record<'_>>(),
+        rate(decode),
+        walk / decode,
+        rate(walk),
+    );
+    println!(
+        "SUITE decode + format every message into a reused String | {} | {:.3} of the walk, {:.2} of glibc snprintf alone",
+        rate(format),
+        walk / format,
+        snprintf / format,
+    );
+    println!(
+        "SUITE glibc snprintf of the same formats and arguments (the limit of formatted output) | {} | {:.3} of the walk",
+        rate(snprintf),
+        walk / snprintf,
+    );
+}
+
+/// (d) The true limit for formatted output: a C program, generated from
+/// the decoded records, that calls glibc's `snprintf` with each record's
+/// format and arguments (as literals: no decoding at all) into one
+/// buffer, timed by itself over many passes. Needs `cc` (or `$CC`).
+mod snprintf {
+    use std::fmt::Write as _;
+    use std::process::Command;
+
+    use ulogger_wire::{Arg, DecodeOptions, LogDecoder, SymbolTable};
+
+    fn c_string(bytes: &[u8]) -> String {
+        let mut s = String::from("\"");
+        for &b in bytes {
+            match b {
+                b'"' | b'\\' => write!(s, "\\{}", b as char).unwrap(),
+                0x20..=0x7e => s.push(b as char),
+                _ => write!(s, "\\{b:03o}").unwrap(),
+            }
+        }
+        s.push('"');
+        s
+    }
+
+    fn c_arg(arg: &Arg<'_>) -> String {
+        match *arg {
+            Arg::I32(v) => format!("({v})"),
+            Arg::U32(v) => format!("{v}u"),
+            Arg::I64(v) => format!("({v}LL-0)"),
+            Arg::U64(v) => format!("{v}ULL"),
+            Arg::Pointer(p) => format!("(void *){p:#x}ULL"),
+            Arg::Char(c) => format!("{c}"),
+            // Shortest round-trip form: C reads back the same double.
+            Arg::Double(x) => format!("{x:e}"),
+            Arg::Str(s) => c_string(s),
+            other => panic!("the bench's records capture no {other:?}"),
+        }
+    }
+
+    /// The helper's median nanoseconds for one pass over every record.
+    pub fn median_ns(symbols: &SymbolTable, log: &[u8]) -> f64 {
+        let mut calls = String::new();
+        let mut expected = 0usize;
+        for record in LogDecoder::new(symbols, log, &DecodeOptions::new()).unwrap() {
+            let format = record.format().expect("every bench record has its format");
+            let mut line = format!("    n += snprintf(buf, sizeof buf, {}", c_string(format));
+            for arg in record.args() {
+                write!(line, ", {}", c_arg(&arg)).unwrap();
+            }
+            calls.push_str(&line);
+            calls.push_str(");\n");
+            expected += record.message().len();
+        }
+        let program = format!(
+            r#"#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+static char buf[16384];
+__attribute__((noinline)) static unsigned long pass(void) {{
+    unsigned long n = 0;
+{calls}    return n;
+}}
+static int cmp(const void *a, const void *b) {{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}}
+int main(void) {{
+    enum {{ SAMPLES = 101 }};
+    double ns[SAMPLES];
+    unsigned long bytes = pass();
+    for (int s = 0; s < SAMPLES; s++) {{
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 20; i++) bytes = pass();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ns[s] = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 20;
+    }}
+    qsort(ns, SAMPLES, sizeof ns[0], cmp);
+    printf("%lu %.0f\n", bytes, ns[SAMPLES / 2]);
+    return 0;
+}}
+"#
         );
+        let dir =
+            std::env::temp_dir().join(format!("ulogger-bench-snprintf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("snprintf.c");
+        let binary = dir.join("snprintf");
+        std::fs::write(&source, program).unwrap();
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+        // -fno-builtin: every call is glibc's, none folded at compile time.
+        let status = Command::new(&cc)
+            .args(["-O2", "-fno-builtin", "-w", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("the snprintf pass needs a C compiler: running {cc:?} failed: {e}")
+            });
+        assert!(status.success(), "{cc} failed on {}", source.display());
+        let out = Command::new(&binary).output().unwrap();
+        assert!(out.status.success(), "the snprintf helper failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut fields = text.split_whitespace();
+        let bytes: usize = fields.next().unwrap().parse().unwrap();
+        let ns: f64 = fields.next().unwrap().parse().unwrap();
+        // The same work: snprintf printed what the decoder formats.
+        assert_eq!(
+            bytes, expected,
+            "snprintf and the decoder disagree on the messages' length"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        ns
     }
 }
 

@@ -53,9 +53,9 @@ pub use boot::{
 };
 pub use decode::{
     printf, Arg, ArgType, Clock, DataModel, DecodeOptions, ElfError, FormatProblem, FrameFormat,
-    FramesEnd, Level, LogDecoder, MetricReading, Module, ModuleTableError, PayloadPart, Printed,
-    Problem, Record, RecordTime, SymbolTable, ALWAYS_LOG_BIT, DEBUG_MODULES_SECTION, MAX_FIELD,
-    MAX_FORMAT_LEN, MAX_MESSAGE,
+    FramesEnd, Level, LogDecoder, Message, MetricReading, Module, ModuleTableError, PayloadPart,
+    Printed, Problem, Record, RecordTime, SymbolTable, ALWAYS_LOG_BIT, DEBUG_MODULES_SECTION,
+    MAX_FIELD, MAX_FORMAT_LEN, MAX_MESSAGE,
 };
 pub use device_info::{DeviceInfo, DeviceInfoError, DeviceInfoField};
 pub use elf_upload::{

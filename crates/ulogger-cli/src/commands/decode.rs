@@ -152,7 +152,6 @@ impl Filter {
                 record
                     .module
                     .name
-                    .as_deref()
                     .is_some_and(|name| name.eq_ignore_ascii_case(m))
                     || m.parse::<u8>().is_ok_and(|bit| bit == record.module.index)
             });
@@ -239,7 +238,7 @@ fn record_line(record: &Record) -> String {
         time_text(record.time),
         record.level.to_string(),
         record.module.to_string(),
-        record.message
+        record.display_message()
     )
 }
 
@@ -275,10 +274,10 @@ fn record_json(path: &Path, record: &Record) -> Value {
         "offset": record.offset,
         "time": time,
         "level": record.level.to_string(),
-        "module": record.module.name.as_deref(),
+        "module": record.module.name,
         "module_index": record.module.index,
         "format_address": record.format_address,
-        "message": record.message,
+        "message": record.message(),
         "metric": metric,
         "problems": problems,
     })

@@ -249,10 +249,10 @@ fn entry(
     item.insert("offset".into(), json!(record.offset));
     item.insert("time".into(), time);
     item.insert("level".into(), json!(record.level.to_string()));
-    item.insert("module".into(), json!(record.module.name.as_deref()));
+    item.insert("module".into(), json!(record.module.name));
     item.insert("module_index".into(), json!(record.module.index));
     item.insert("format_address".into(), json!(record.format_address));
-    item.insert("message".into(), json!(record.message));
+    item.insert("message".into(), json!(record.message()));
     item.insert("metric".into(), metric.unwrap_or(Value::Null));
     item.insert("problems".into(), Value::Array(problems));
     (ts, item)

@@ -64,10 +64,104 @@ pub(crate) fn format(out: &mut Vec<u8>, spec: &Spec, x: f64) {
 }
 
 fn fixed(body: &mut Vec<u8>, x: f64, precision: usize, alt: bool) {
-    let _ = write!(body, "{x:.precision$}");
+    if !exact_fixed(body, x, precision) {
+        let _ = write!(body, "{x:.precision$}");
+    }
     if alt && precision == 0 {
         body.push(b'.');
     }
+}
+
+/// Powers of ten that fit a `u64`.
+const POW10: [u64; 20] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+    1_000_000_000_000,
+    10_000_000_000_000,
+    100_000_000_000_000,
+    1_000_000_000_000_000,
+    10_000_000_000_000_000,
+    100_000_000_000_000_000,
+    1_000_000_000_000_000_000,
+    10_000_000_000_000_000_000,
+];
+
+/// `x` (finite, not negative) with `precision` decimals as `{:.N}` writes
+/// it, rounded half to even on its exact binary value, by integer
+/// arithmetic: the common `%.3f` of a sensor reading without `core::fmt`'s
+/// exact (bignum) conversion. `false`, with nothing written, when the
+/// scaled value does not fit 64 bits (then `core::fmt` does it).
+fn exact_fixed(body: &mut Vec<u8>, x: f64, precision: usize) -> bool {
+    let Some(&scale) = POW10.get(precision) else {
+        return false;
+    };
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    // x = m * 2^e exactly.
+    let (m, e) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | 1 << 52, biased - 1075)
+    };
+    let scaled: u128 = if m == 0 {
+        0
+    } else if e >= 0 {
+        if e > 10 {
+            return false;
+        }
+        (u128::from(m) << e) * u128::from(scale)
+    } else {
+        let k = e.unsigned_abs();
+        // m * 10^N < 2^117: a larger shift leaves at most a rounding.
+        if k > 116 {
+            return false;
+        }
+        let exact = u128::from(m) * u128::from(scale);
+        let q = exact >> k;
+        let rest = exact & ((1u128 << k) - 1);
+        let half = 1u128 << (k - 1);
+        if rest > half || (rest == half && q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        }
+    };
+    let Ok(mut n) = u64::try_from(scaled) else {
+        return false;
+    };
+    let mut digits = [b'0'; 24];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // At least one digit before the point (the array starts as zeros).
+    at = at.min(digits.len() - precision - 1);
+    let all = digits.get(at..).unwrap_or_default();
+    let (whole, decimals) = all.split_at(all.len() - precision);
+    body.extend_from_slice(whole);
+    if precision > 0 {
+        body.push(b'.');
+        body.extend_from_slice(decimals);
+    }
+    true
 }
 
 /// `d.ddde±XX`; returns the decimal exponent.
@@ -136,5 +230,65 @@ fn strip_zeros(digits: &mut Vec<u8>, start: usize) {
     }
     if digits.last() == Some(&b'.') {
         digits.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::exact_fixed;
+
+    fn check(x: f64, precision: usize) -> Result<(), TestCaseError> {
+        let mut fast = Vec::new();
+        if exact_fixed(&mut fast, x, precision) {
+            let exact = format!("{x:.precision$}");
+            prop_assert_eq!(
+                String::from_utf8_lossy(&fast),
+                exact,
+                "{:e} .{}",
+                x,
+                precision
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// The integer path writes what `core::fmt`'s exact conversion
+        /// writes: any double, and halves, which must round to even.
+        #[test]
+        fn exact_fixed_is_core_fmt(bits in any::<u64>(), k in 0u64..1_000_000,
+                                   shift in 0u32..30, precision in 0usize..20) {
+            let x = f64::from_bits(bits).abs();
+            if x.is_finite() {
+                check(x, precision)?;
+            }
+            // k / 2^shift: exact binary fractions, ties at every precision.
+            check(k as f64 / f64::from(1u32 << shift), precision)?;
+            check(k as f64 * 0.125 + 0.0005, precision)?;
+        }
+    }
+
+    #[test]
+    fn exact_fixed_takes_the_common_cases() {
+        for (x, p, text) in [
+            (0.0, 3, "0.000"),
+            (0.125, 2, "0.12"),
+            (0.375, 2, "0.38"),
+            (2.5, 0, "2"),
+            (3.5, 0, "4"),
+            (1234.5678, 3, "1234.568"),
+            (5e-324, 3, "0.000"),
+        ] {
+            let mut out = Vec::new();
+            if exact_fixed(&mut out, x, p) {
+                assert_eq!(out, text.as_bytes(), "{x} .{p}");
+            } else {
+                assert_eq!(x, 5e-324, "{x} .{p} should take the integer path");
+            }
+        }
     }
 }

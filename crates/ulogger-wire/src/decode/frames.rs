@@ -136,12 +136,10 @@ const PAYLOAD_HEAD: usize = 6;
 /// read are [`Arg::Unknown`].
 pub(crate) fn parse_payload<'a>(
     payload: &'a [u8],
-    args: &mut Vec<Arg<'a>>,
-    string_at: &mut Vec<usize>,
+    args: &mut impl ArgBuf<'a>,
     problems: &mut Vec<Problem>,
 ) -> Payload {
     args.clear();
-    string_at.clear();
     let first = payload.first().copied().unwrap_or(0);
     let mut parsed = Payload {
         level: first >> 5,
@@ -201,15 +199,12 @@ pub(crate) fn parse_payload<'a>(
                 Arg::Unknown(ty)
             }
         };
-        if ty == ArgType::Str && size == 0 {
-            string_at.push(index);
-        }
         args.push(arg);
     }
     if truncated {
         return parsed;
     }
-    if string_at.is_empty() {
+    if !tags.iter().any(|&tag| is_blob_string(tag)) {
         if !values.is_empty() {
             problems.push(Problem::TrailingBytes {
                 count: values.len(),
@@ -217,36 +212,109 @@ pub(crate) fn parse_payload<'a>(
         }
         return parsed;
     }
-    strings(values, string_at, args, problems);
+    strings(values, tags, args, problems);
     parsed
+}
+
+/// Whether an argument's tag says its value is in the string blob (type
+/// 8, size 0).
+fn is_blob_string(tag: u8) -> bool {
+    ArgType::from_tag(tag >> 4) == ArgType::Str && tag & 0x0f == 0
+}
+
+/// Where a frame's arguments are captured: a reused `Vec`, or a small
+/// array on the stack when a message is formatted.
+pub(crate) trait ArgBuf<'a> {
+    fn clear(&mut self);
+    fn push(&mut self, arg: Arg<'a>);
+    fn get_mut(&mut self, index: usize) -> Option<&mut Arg<'a>>;
+}
+
+impl<'a> ArgBuf<'a> for Vec<Arg<'a>> {
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+    fn push(&mut self, arg: Arg<'a>) {
+        Vec::push(self, arg);
+    }
+    fn get_mut(&mut self, index: usize) -> Option<&mut Arg<'a>> {
+        <[Arg<'a>]>::get_mut(self, index)
+    }
+}
+
+/// Arguments that fit on the stack (most frames have a few).
+pub(crate) const STACK_ARGS: usize = 12;
+
+/// Up to [`STACK_ARGS`] arguments without an allocation.
+pub(crate) struct StackArgs<'a> {
+    items: [Arg<'a>; STACK_ARGS],
+    len: usize,
+}
+
+impl<'a> StackArgs<'a> {
+    pub(crate) fn new() -> StackArgs<'a> {
+        StackArgs {
+            items: [Arg::Unknown(ArgType::Unknown(0)); STACK_ARGS],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Arg<'a>] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl<'a> ArgBuf<'a> for StackArgs<'a> {
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+    // Callers use it only for frames of at most STACK_ARGS arguments;
+    // more are dropped rather than overflow.
+    fn push(&mut self, arg: Arg<'a>) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = arg;
+            self.len += 1;
+        }
+    }
+    fn get_mut(&mut self, index: usize) -> Option<&mut Arg<'a>> {
+        self.items.get_mut(..self.len)?.get_mut(index)
+    }
+}
+
+/// The number of arguments a payload declares (0 when it has no head).
+pub(crate) fn declared_args(payload: &[u8]) -> usize {
+    payload.get(PAYLOAD_HEAD - 1).map_or(0, |&n| usize::from(n))
 }
 
 /// A captured value of type `ty` in `bytes` (its `size` bytes,
 /// little-endian): signed types sign-extend from their size, unsigned
 /// ones zero-extend. `None` for a size the type cannot have.
+#[inline]
 fn value(ty: ArgType, bytes: &[u8]) -> Option<Arg<'static>> {
-    let mut wide = [0u8; 8];
-    let n = bytes.len();
-    let unsigned = |wide: &mut [u8; 8]| -> u64 {
-        if let Some(slot) = wide.get_mut(..n) {
-            slot.copy_from_slice(bytes);
-        }
-        u64::from_le_bytes(*wide)
+    // Fixed-size reads: no copy of a variable length per argument. No
+    // type has 3, 5, 6, 7 or more than 8 bytes.
+    let raw = match *bytes {
+        [] => 0,
+        [a] => u64::from(a),
+        [a, b] => u64::from(u16::from_le_bytes([a, b])),
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+        _ => return None,
     };
-    let signed = |wide: &mut [u8; 8]| -> i64 {
-        let raw = unsigned(wide);
+    let n = bytes.len();
+    let signed = || {
         let shift = 64 - 8 * n as u32;
         ((raw << shift) as i64) >> shift
     };
     Some(match (ty, n) {
-        (ArgType::I32, 1 | 2 | 4) => Arg::I32(signed(&mut wide) as i32),
-        (ArgType::U32, 1 | 2 | 4) => Arg::U32(unsigned(&mut wide) as u32),
-        (ArgType::I64, 1 | 2 | 4 | 8) => Arg::I64(signed(&mut wide)),
-        (ArgType::U64, 1 | 2 | 4 | 8) => Arg::U64(unsigned(&mut wide)),
-        (ArgType::Pointer, 1 | 2 | 4 | 8) => Arg::Pointer(unsigned(&mut wide)),
-        (ArgType::Char, 1) => Arg::Char(bytes.first().copied().unwrap_or(0)),
-        (ArgType::Double, 4) => Arg::Double(f64::from(f32::from_bits(unsigned(&mut wide) as u32))),
-        (ArgType::Double, 8) => Arg::Double(f64::from_bits(unsigned(&mut wide))),
+        (ArgType::I32, 1 | 2 | 4) => Arg::I32(signed() as i32),
+        (ArgType::U32, 1 | 2 | 4) => Arg::U32(raw as u32),
+        (ArgType::I64, 1 | 2 | 4 | 8) => Arg::I64(signed()),
+        (ArgType::U64, 1 | 2 | 4 | 8) => Arg::U64(raw),
+        (ArgType::Pointer, 1 | 2 | 4 | 8) => Arg::Pointer(raw),
+        (ArgType::Char, 1) => Arg::Char(raw as u8),
+        (ArgType::Double, 4) => Arg::Double(f64::from(f32::from_bits(raw as u32))),
+        (ArgType::Double, 8) => Arg::Double(f64::from_bits(raw)),
         // The value is in the string blob after the arguments.
         (ArgType::Str, 0) => Arg::Unknown(ArgType::Str),
         _ => return None,
@@ -257,10 +325,15 @@ fn value(ty: ArgType, bytes: &[u8]) -> Option<Arg<'static>> {
 /// `[u16 len][bytes]`; the k-th entry is the k-th string argument.
 fn strings<'a>(
     blob: &'a [u8],
-    string_at: &[usize],
-    args: &mut [Arg<'a>],
+    tags: &[u8],
+    args: &mut impl ArgBuf<'a>,
     problems: &mut Vec<Problem>,
 ) {
+    let mut string_at = tags
+        .iter()
+        .enumerate()
+        .filter(|(_, &tag)| is_blob_string(tag))
+        .map(|(index, _)| index);
     let Some(head) = blob.first_chunk::<4>() else {
         problems.push(Problem::PayloadTruncated {
             part: PayloadPart::Strings,
@@ -272,7 +345,7 @@ fn strings<'a>(
     let count = usize::from(u16::from_le_bytes([head[0], head[1]]));
     let declared = usize::from(u16::from_le_bytes([head[2], head[3]]));
     let mut rest = blob.get(4..).unwrap_or_default();
-    let string_args = string_at.len();
+    let string_args = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
     let mut read = 0usize;
     let mut with_prefixes = 0usize;
     let mut without = 0usize;
@@ -297,7 +370,7 @@ fn strings<'a>(
             break;
         };
         // The k-th entry is the k-th string argument.
-        if let Some(arg) = string_at.get(read).and_then(|&i| args.get_mut(i)) {
+        if let Some(arg) = string_at.next().and_then(|i| args.get_mut(i)) {
             *arg = Arg::Str(bytes);
         }
         read += 1;

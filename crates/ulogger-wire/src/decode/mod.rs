@@ -2,8 +2,12 @@
 //!
 //! A [`SymbolTable`] is read once from the ELF; a [`LogDecoder`] then walks
 //! one log buffer (header, frames, payloads) and yields a [`Record`] per
-//! frame: time, level, module, the message formatted as C's `printf`
-//! would ([`printf`]), and a typed [`MetricReading`] for metrics.
+//! frame: time, level, module, the captured arguments, a typed
+//! [`MetricReading`] for metrics, and every problem. The message, as C's
+//! `printf` would print it ([`printf`]), is formatted only when asked
+//! for ([`Record::message`], [`Record::write_message`]): decoding checks
+//! the arguments against the format, parsed once per address, without
+//! formatting (docs/decisions.md, "lazy formatting").
 //!
 //! Decoding never guesses and never stops early for a bad frame: an
 //! unknown format address, a truncated payload or arguments that disagree
@@ -11,22 +15,25 @@
 //! decodes on its own. Memory is bounded by the input: a record's message
 //! is at most [`MAX_MESSAGE`] bytes, one record is held at a time.
 
+mod cache;
 mod float;
 mod frames;
 mod printf;
 mod record;
 mod symbols;
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 pub use frames::{FrameFormat, FramesEnd};
 pub use printf::{printf, Arg, ArgType, DataModel, FormatProblem, Printed, MAX_FIELD, MAX_MESSAGE};
 pub use record::{
-    Clock, Level, MetricReading, Module, PayloadPart, Problem, Record, RecordTime, ALWAYS_LOG_BIT,
+    Clock, Level, Message, MetricReading, Module, PayloadPart, Problem, Record, RecordTime,
+    ALWAYS_LOG_BIT,
 };
 pub use symbols::{ElfError, ModuleTableError, SymbolTable, DEBUG_MODULES_SECTION, MAX_FORMAT_LEN};
 
 use crate::{validate_checksum, HeaderError, LogHeader, MetricValue};
+use cache::FormatCache;
 use frames::{next_frame, parse_payload, Step};
 
 /// Choices for decoding a log; the defaults suit every known agent.
@@ -73,7 +80,7 @@ impl DecodeOptions {
 /// header.tick_rate_hz = Some(1000);
 /// let log = build_log(header, &data)?;
 /// let records: Vec<_> = LogDecoder::new(&symbols, &log, &DecodeOptions::new())?.collect();
-/// assert_eq!(records[0].message, "t=42");
+/// assert_eq!(records[0].message(), "t=42");
 /// assert_eq!(records[0].module.to_string(), "MAIN");
 /// # Ok::<(), ulogger_wire::HeaderError>(())
 /// ```
@@ -91,9 +98,12 @@ pub struct LogDecoder<'a> {
     trailer: usize,
     end: Option<FramesEnd>,
     other_build: Option<Problem>,
-    modules: Vec<Option<Arc<str>>>,
+    /// Microseconds per tick when the rate divides a second (1 kHz...):
+    /// a multiplication per frame instead of a division.
+    micros_per_tick: Option<u64>,
+    modules: [Option<&'a str>; 32],
+    formats: FormatCache<'a>,
     args: Vec<Arg<'a>>,
-    string_at: Vec<usize>,
     message: Vec<u8>,
 }
 
@@ -134,10 +144,16 @@ impl<'a> LogDecoder<'a> {
             }),
             _ => None,
         };
-        let modules = (0..32u8)
-            .map(|bit| symbols.module_name(bit).map(Arc::from))
-            .collect();
+        let mut modules = [None; 32];
+        for (bit, name) in (0u8..).zip(modules.iter_mut()) {
+            *name = symbols.module_name(bit);
+        }
+        let micros_per_tick = header
+            .tick_rate_hz
+            .filter(|&r| r != 0 && 1_000_000 % r == 0)
+            .map(|r| u64::from(1_000_000 / r));
         Ok(LogDecoder {
+            micros_per_tick,
             symbols,
             header,
             data,
@@ -151,8 +167,8 @@ impl<'a> LogDecoder<'a> {
             end: None,
             other_build,
             modules,
+            formats: FormatCache::default(),
             args: Vec::new(),
-            string_at: Vec::new(),
             message: Vec::new(),
         })
     }
@@ -204,14 +220,28 @@ impl<'a> LogDecoder<'a> {
             // The anchor tick and the epoch are the same instant (the
             // readout); ticks are u32 on the device and wrap.
             let before = anchor.wrapping_sub(self.ticks as u32);
-            let micros = i128::from(before) * 1_000_000 / i128::from(rate);
-            let unix_us = i128::from(epoch) - micros;
+            // At most 2^32 * 10^6 < 2^52: no 128-bit division per frame.
+            let micros = match self.micros_per_tick {
+                Some(per_tick) => u64::from(before) * per_tick,
+                None => u64::from(before) * 1_000_000 / u64::from(rate),
+            };
+            let unix_us = i128::from(epoch) - i128::from(micros);
             return RecordTime::Wall {
                 unix_us: i64::try_from(unix_us).unwrap_or(i64::MIN),
             };
         }
         let micros = rate.and_then(|rate| {
-            u64::try_from(u128::from(self.ticks) * 1_000_000 / u128::from(rate)).ok()
+            // Exact: per_tick * rate is a second.
+            if let Some(micros) = self
+                .micros_per_tick
+                .and_then(|per_tick| self.ticks.checked_mul(per_tick))
+            {
+                return Some(micros);
+            }
+            match self.ticks.checked_mul(1_000_000) {
+                Some(scaled) => Some(scaled / u64::from(rate)),
+                None => u64::try_from(u128::from(self.ticks) * 1_000_000 / u128::from(rate)).ok(),
+            }
         });
         RecordTime::Uptime {
             ticks: self.ticks,
@@ -219,11 +249,19 @@ impl<'a> LogDecoder<'a> {
         }
     }
 
-    fn record(&mut self, offset: usize, stamp: u32, payload: &'a [u8]) -> Record {
+    /// The record of the frame at `offset`; `cut` is the problem of a
+    /// frame the log ends inside, reported first.
+    #[inline]
+    fn record(
+        &mut self,
+        offset: usize,
+        stamp: u32,
+        payload: &'a [u8],
+        cut: Option<Problem>,
+    ) -> Record<'a> {
         let time = self.time(stamp);
         let mut problems = Vec::new();
-        let mut args = std::mem::take(&mut self.args);
-        let head = parse_payload(payload, &mut args, &mut self.string_at, &mut problems);
+        let head = parse_payload(payload, &mut self.args, &mut problems);
         let level = Level::from_bits(head.level);
         if let Level::Unknown(level) = level {
             problems.push(Problem::UnknownLevel { level });
@@ -231,7 +269,7 @@ impl<'a> LogDecoder<'a> {
         let name = self
             .modules
             .get(usize::from(head.module))
-            .cloned()
+            .copied()
             .flatten();
         if name.is_none()
             && head.module != record::ALWAYS_LOG_BIT
@@ -246,7 +284,6 @@ impl<'a> LogDecoder<'a> {
         if let Some(other) = &self.other_build {
             problems.push(other.clone());
         }
-        self.message.clear();
         let truncated_head = matches!(
             problems.first(),
             Some(Problem::PayloadTruncated {
@@ -254,24 +291,44 @@ impl<'a> LogDecoder<'a> {
                 ..
             })
         );
+        let model = self.symbols.data_model();
+        let mut format = None;
         let mut metric = None;
         if let (Some(address), false) = (head.fmt_addr, truncated_head) {
-            match self.symbols.c_string(u64::from(address), MAX_FORMAT_LEN) {
-                Ok(format) => {
-                    // One allocation of about the message's size, not a
-                    // series of doublings.
-                    self.message.reserve(format.len() + 8 * args.len());
-                    let mut format_problems = Vec::new();
-                    printf::format_into(
-                        format,
-                        &args,
-                        self.symbols.data_model(),
-                        &mut self.message,
-                        &mut format_problems,
-                    );
-                    problems.extend(format_problems.into_iter().map(Problem::Format));
-                    if level == Level::Metric {
-                        metric = metric_of(&self.message, &args);
+            let compiled = self.formats.get(self.symbols, address);
+            match compiled.text {
+                Ok(text) => {
+                    format = Some(text);
+                    let is_metric = level == Level::Metric;
+                    // Formatting runs now only when the arguments do not
+                    // fit the format (to report exactly what it finds),
+                    // or for a metric whose format's shape does not tell.
+                    let known = match compiled.is_clean(&self.args) {
+                        true if is_metric => compiled.metric(&self.args, model),
+                        true => Some(None),
+                        false => None,
+                    };
+                    let found = match known {
+                        Some(found) => found,
+                        None => {
+                            self.message.clear();
+                            let mut format_problems = Vec::new();
+                            printf::format_into(
+                                text,
+                                &self.args,
+                                model,
+                                &mut self.message,
+                                &mut format_problems,
+                            );
+                            problems.extend(format_problems.into_iter().map(Problem::Format));
+                            is_metric
+                                .then(|| metric_of(&self.message, &self.args))
+                                .flatten()
+                                .map(|(name, value)| (Cow::Owned(name.to_string()), value))
+                        }
+                    };
+                    if is_metric {
+                        metric = found.map(|(name, value)| MetricReading { name, value });
                         if metric.is_none() {
                             problems.push(Problem::MalformedMetric);
                         }
@@ -285,65 +342,63 @@ impl<'a> LogDecoder<'a> {
                 }
             }
         }
-        self.args = args;
+        if let Some(cut) = cut {
+            problems.insert(0, cut);
+        }
         Record {
             offset,
             time,
             level,
             module,
             format_address: head.fmt_addr,
-            message: owned_text(std::mem::take(&mut self.message)),
             metric,
             problems,
+            format,
+            payload,
+            model,
         }
     }
 }
 
-impl Iterator for LogDecoder<'_> {
-    type Item = Record;
+impl<'a> Iterator for LogDecoder<'a> {
+    type Item = Record<'a>;
 
-    fn next(&mut self) -> Option<Record> {
+    fn next(&mut self) -> Option<Record<'a>> {
         if self.end.is_some() {
             return None;
         }
-        match next_frame(self.data, self.pos, self.format, self.base) {
-            Step::Frame {
-                offset,
-                stamp,
-                payload,
-            } => {
-                self.pos += self.format.frame_header_len() + payload.len();
-                Some(self.record(offset, stamp, payload))
-            }
-            Step::Truncated {
-                offset,
-                stamp,
-                length,
-                available,
-            } => {
-                self.end = Some(FramesEnd::Truncated { offset });
-                let rest = self
-                    .data
-                    .get(offset - self.base + self.format.frame_header_len()..)
-                    .unwrap_or_default();
-                let mut record = self.record(offset, stamp.unwrap_or(0), rest);
-                record
-                    .problems
-                    .insert(0, Problem::FrameTruncated { length, available });
-                Some(record)
-            }
-            Step::End(end) => {
-                self.end = Some(end);
-                None
-            }
-        }
+        let (offset, stamp, payload, cut) =
+            match next_frame(self.data, self.pos, self.format, self.base) {
+                Step::Frame {
+                    offset,
+                    stamp,
+                    payload,
+                } => {
+                    self.pos += self.format.frame_header_len() + payload.len();
+                    (offset, stamp, payload, None)
+                }
+                Step::Truncated {
+                    offset,
+                    stamp,
+                    length,
+                    available,
+                } => {
+                    self.end = Some(FramesEnd::Truncated { offset });
+                    let rest = self
+                        .data
+                        .get(offset - self.base + self.format.frame_header_len()..)
+                        .unwrap_or_default();
+                    let cut = Problem::FrameTruncated { length, available };
+                    (offset, stamp.unwrap_or(0), rest, Some(cut))
+                }
+                Step::End(end) => {
+                    self.end = Some(end);
+                    return None;
+                }
+            };
+        // One call: the record is built where the caller keeps it.
+        Some(self.record(offset, stamp, payload, cut))
     }
-}
-
-/// The message as a `String` without a copy when it is UTF-8 (as nearly
-/// every message is); else with U+FFFD for the bytes that are not.
-fn owned_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The header's wall clock: version 4's `epoch_time_us` when not 0.
@@ -353,7 +408,7 @@ fn wall_clock(header: &LogHeader) -> Option<u64> {
 
 /// `metric_<name>=<value>`: the value typed from the last captured
 /// argument when the message ends with it, else read from the text.
-fn metric_of(message: &[u8], args: &[Arg<'_>]) -> Option<MetricReading> {
+fn metric_of<'m>(message: &'m [u8], args: &[Arg<'_>]) -> Option<(&'m str, MetricValue)> {
     let text = std::str::from_utf8(message).ok()?;
     let rest = text.strip_prefix("metric_")?;
     let (name, value_text) = rest.split_once('=')?;
@@ -374,10 +429,7 @@ fn metric_of(message: &[u8], args: &[Arg<'_>]) -> Option<MetricReading> {
         (Some(Arg::U64(n)), _) if i64::try_from(*n).is_err() => MetricValue::Float(*n as f64),
         _ => from_text,
     };
-    Some(MetricReading {
-        name: name.to_string(),
-        value,
-    })
+    Some((name, value))
 }
 
 #[cfg(test)]

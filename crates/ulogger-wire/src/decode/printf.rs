@@ -470,9 +470,89 @@ impl Spec {
     pub(crate) fn precision(&self) -> Option<usize> {
         self.precision.map(Field::get)
     }
+
+    /// Whether the width and precision are plain numbers within
+    /// [`MAX_FIELD`] (no `*`, nothing to clamp): formatting then reports
+    /// nothing about them.
+    pub(crate) fn plain_fields(&self) -> bool {
+        matches!(self.width, Field::Value(_))
+            && matches!(self.precision, None | Some(Field::Value(_)))
+    }
+
+    /// Whether the spec is a bare conversion: no flag, width, precision.
+    fn bare(&self) -> bool {
+        !(self.left || self.plus || self.space || self.alt || self.zero)
+            && self.width == Field::Value(0)
+            && self.precision.is_none()
+    }
+
+    /// A bare `%d`, `%i` or `%u` of an `int`, `long`, `long long`,
+    /// `size_t`, `intmax_t` or `ptrdiff_t` (not `h`/`hh`, which narrow).
+    pub(crate) fn is_bare_decimal(&self) -> bool {
+        self.bare()
+            && matches!(self.conv, b'd' | b'i' | b'u')
+            && matches!(
+                self.length,
+                Length::None | Length::L | Length::Ll | Length::Z | Length::J | Length::T
+            )
+    }
 }
 
-enum Parsed {
+/// The captured types (bits of [`type_bit`]) that `spec` prints without a
+/// [`FormatProblem`]: the rule of `convert`, stated once per format so
+/// decoding can check arguments without formatting them.
+pub(crate) fn clean_types(spec: &Spec, model: DataModel) -> u16 {
+    use ArgType as T;
+    let of = |types: &[ArgType]| types.iter().fold(0u16, |m, &t| m | type_bit(t));
+    // An argument whose value is unknown prints `<?>` under any conversion.
+    let unknown = type_bit(T::Unknown(0));
+    unknown
+        | match spec.conv {
+            b'd' | b'i' | b'u' | b'o' | b'x' | b'X' => match conversion_bits(spec.length, model) {
+                32 => of(&[T::I32, T::U32, T::Char]),
+                _ => of(&[T::I64, T::U64]),
+            },
+            b'c' => of(&[T::I32, T::U32, T::Char]),
+            b's' => of(&[T::Str]),
+            b'p' if model == DataModel::Lp64 => of(&[T::Pointer, T::U64]),
+            b'p' => of(&[T::Pointer]),
+            b'f' | b'F' | b'e' | b'E' | b'g' | b'G' => of(&[T::Double]),
+            _ => 0,
+        }
+}
+
+/// One bit per captured type; every unknown type shares one.
+pub(crate) fn type_bit(t: ArgType) -> u16 {
+    match t {
+        ArgType::I32 => 1,
+        ArgType::U32 => 1 << 1,
+        ArgType::I64 => 1 << 2,
+        ArgType::U64 => 1 << 3,
+        ArgType::Pointer => 1 << 4,
+        ArgType::Char => 1 << 5,
+        ArgType::Double => 1 << 6,
+        ArgType::Str => 1 << 7,
+        ArgType::Unknown(_) => 1 << 8,
+    }
+}
+
+/// The value a bare decimal conversion ([`Spec::is_bare_decimal`]) prints
+/// for an integer argument it takes cleanly: negative and magnitude.
+pub(crate) fn decimal_value(spec: &Spec, arg: &Arg<'_>, model: DataModel) -> Option<(bool, u64)> {
+    let raw = match *arg {
+        Arg::I32(v) => v as i64 as u64,
+        Arg::U32(v) => u64::from(v),
+        Arg::I64(v) => v as u64,
+        Arg::U64(v) => v,
+        Arg::Char(c) => u64::from(c),
+        _ => return None,
+    };
+    let bits = conversion_bits(spec.length, model);
+    let value = Int::of(raw, bits, matches!(spec.conv, b'd' | b'i'));
+    Some((value.negative, value.magnitude))
+}
+
+pub(crate) enum Parsed {
     Percent,
     Conversion(Spec),
     Unsupported,
@@ -481,7 +561,7 @@ enum Parsed {
 
 /// Parses the conversion at the start of `s` (which starts with `%`);
 /// returns it and how many bytes it spans.
-fn parse_spec(s: &[u8]) -> (Parsed, usize) {
+pub(crate) fn parse_spec(s: &[u8]) -> (Parsed, usize) {
     let mut i = 1;
     let at = |i: usize| s.get(i).copied();
     let mut spec = Spec {

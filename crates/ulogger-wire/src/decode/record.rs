@@ -1,9 +1,10 @@
 //! A decoded log record and what can be wrong with it.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 
-use super::printf::{ArgType, FormatProblem};
+use super::frames::{declared_args, parse_payload, StackArgs, STACK_ARGS};
+use super::printf::{format_into, Arg, ArgType, DataModel, FormatProblem};
 use crate::MetricValue;
 
 /// A record's level (PROTOCOL §5.1: bits 7-5 of the payload's first byte).
@@ -64,18 +65,19 @@ impl fmt::Display for Level {
 
 /// The module a record was logged under (bits 4-0 of the payload's first
 /// byte: the module is `1 << index`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Module {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Module<'a> {
     /// The module's bit index (0 to 31).
     pub index: u8,
-    /// Its name from the ELF's module table, if there.
-    pub name: Option<Arc<str>>,
+    /// Its name from the ELF's module table (borrowed from the
+    /// [`SymbolTable`](super::SymbolTable)), if there.
+    pub name: Option<&'a str>,
 }
 
 /// The module bit that means "always log" and names no module.
 pub const ALWAYS_LOG_BIT: u8 = 31;
 
-impl Module {
+impl Module<'_> {
     /// The module's mask, `1 << index`.
     pub fn mask(&self) -> u32 {
         1u32 << (self.index & 31)
@@ -87,7 +89,7 @@ impl Module {
     }
 }
 
-impl fmt::Display for Module {
+impl fmt::Display for Module<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
             Some(name) => f.write_str(name),
@@ -139,9 +141,10 @@ pub enum Clock {
 /// `metric_<name>=<value>` (PROTOCOL §5.1); the heartbeat is
 /// `metric_heartbeat=1`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricReading {
-    /// The metric's name.
-    pub name: String,
+pub struct MetricReading<'a> {
+    /// The metric's name: borrowed from the format string or the frame
+    /// when it is written there whole, else owned.
+    pub name: Cow<'a, str>,
     /// Its value, typed from the captured argument (an integer stays an
     /// integer, a double a float).
     pub value: MetricValue,
@@ -345,10 +348,16 @@ impl fmt::Display for Problem {
     }
 }
 
-/// One decoded log record.
+/// One decoded log record: what its frame says, checked against its
+/// format string, with the message formatted on request.
+///
+/// It borrows the log buffer and the [`SymbolTable`](super::SymbolTable)
+/// (its arguments, strings and format stay where they are): decoding a
+/// frame allocates nothing when nothing is wrong with it. Its problems are
+/// all known when it is decoded, formatting or not.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct Record {
+pub struct Record<'a> {
     /// Offset of the record's frame in the log buffer (header included).
     pub offset: usize,
     /// When it was logged.
@@ -356,15 +365,95 @@ pub struct Record {
     /// Its level.
     pub level: Level,
     /// Its module.
-    pub module: Module,
+    pub module: Module<'a>,
     /// Its format string's address, when the frame held one.
     pub format_address: Option<u32>,
+    /// The metric, for a METRIC record of the form `metric_<name>=<value>`.
+    pub metric: Option<MetricReading<'a>>,
+    /// What is wrong with the record; empty for a clean one.
+    pub problems: Vec<Problem>,
+    pub(crate) format: Option<&'a [u8]>,
+    pub(crate) payload: &'a [u8],
+    pub(crate) model: DataModel,
+}
+
+impl<'a> Record<'a> {
+    /// The format string the message is printed with: `None` when it is
+    /// unknown (its address is in no section, or the frame is cut before
+    /// it), and the message is then empty.
+    pub fn format(&self) -> Option<&'a [u8]> {
+        self.format
+    }
+
+    /// The captured arguments, in order (an argument that could not be
+    /// read is [`Arg::Unknown`]); strings borrow from the log.
+    pub fn args(&self) -> Vec<Arg<'a>> {
+        let mut args = Vec::new();
+        parse_payload(self.payload, &mut args, &mut Vec::new());
+        args
+    }
+
+    /// Appends the message to `out`, as the device's `printf` would have
+    /// printed it (bytes, not always UTF-8: `%c` and `%s` copy bytes).
+    /// Nothing is appended when the format is unknown. With a buffer kept
+    /// across records, formatting allocates nothing.
+    pub fn write_message(&self, out: &mut Vec<u8>) {
+        let Some(format) = self.format else {
+            return;
+        };
+        // The problems were reported when the record was decoded.
+        let mut ignored = Vec::new();
+        if declared_args(self.payload) <= STACK_ARGS {
+            let mut args = StackArgs::new();
+            parse_payload(self.payload, &mut args, &mut Vec::new());
+            format_into(format, args.as_slice(), self.model, out, &mut ignored);
+        } else {
+            let args = self.args();
+            format_into(format, &args, self.model, out, &mut ignored);
+        }
+    }
+
+    /// Appends the message to `out`, bytes that are not UTF-8 replaced
+    /// with U+FFFD (as [`Record::message`]).
+    pub fn write_message_str(&self, out: &mut String) {
+        let mut bytes = std::mem::take(out).into_bytes();
+        let start = bytes.len();
+        self.write_message(&mut bytes);
+        *out = String::from_utf8(bytes).unwrap_or_else(|e| {
+            let mut bytes = e.into_bytes();
+            let tail = bytes.split_off(start);
+            // The head was a String: valid.
+            let mut text = String::from_utf8_lossy(&bytes).into_owned();
+            text.push_str(&String::from_utf8_lossy(&tail));
+            text
+        });
+    }
+
     /// The formatted message, as the device's `printf` would have printed
     /// it (bytes that are not UTF-8 are replaced with U+FFFD). Empty when
     /// the format is unknown.
-    pub message: String,
-    /// The metric, for a METRIC record of the form `metric_<name>=<value>`.
-    pub metric: Option<MetricReading>,
-    /// What is wrong with the record; empty for a clean one.
-    pub problems: Vec<Problem>,
+    pub fn message(&self) -> String {
+        let mut text = String::new();
+        self.write_message_str(&mut text);
+        text
+    }
+
+    /// The message for `{}` (formatted when displayed).
+    pub fn display_message(&self) -> Message<'_, 'a> {
+        Message(self)
+    }
+}
+
+/// A record's message, formatted when displayed
+/// ([`Record::display_message`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'r, 'a>(&'r Record<'a>);
+
+impl fmt::Display for Message<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut bytes = Vec::new();
+        self.0.write_message(&mut bytes);
+        // Padding and width apply to the message as a whole.
+        f.pad(&String::from_utf8_lossy(&bytes))
+    }
 }

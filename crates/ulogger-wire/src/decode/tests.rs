@@ -138,7 +138,8 @@ fn formats_are_found_by_address_and_never_guessed() {
     // A run without a NUL is no string.
     let mut data = frame(&[0x20 | 2, 0x0a, 0x01, 0, 0, 0], 1);
     data.extend(frame(&[0x20 | 2, 0, 0, 0, 0x10, 0], 1));
-    let records: Vec<Record> = LogDecoder::new(&s, &log(&data), &DecodeOptions::new())
+    let buf = log(&data);
+    let records: Vec<Record> = LogDecoder::new(&s, &buf, &DecodeOptions::new())
         .unwrap()
         .collect();
     assert_eq!(
@@ -151,7 +152,7 @@ fn formats_are_found_by_address_and_never_guessed() {
             address: 0x1000_0000
         }]
     );
-    assert!(records.iter().all(|r| r.message.is_empty()));
+    assert!(records.iter().all(|r| r.message().is_empty()));
 }
 
 #[test]
@@ -169,7 +170,7 @@ fn frames_end_at_erased_flash_and_times_are_relative_without_a_clock() {
         (records[0].level, records[1].level),
         (Level::Debug, Level::Error)
     );
-    assert_eq!(records[1].message, "n=8");
+    assert_eq!(records[1].message(), "n=8");
     assert_eq!(
         records[1].time,
         RecordTime::Uptime {
@@ -239,4 +240,179 @@ proptest! {
         let count = decoder.count();
         prop_assert!(count <= data.len() / 4 + 1);
     }
+}
+
+/// Formats for the decode-versus-format property: metric shapes, bare
+/// and decorated conversions, and ones formatting always reports.
+const PROPERTY_FORMATS: &[&str] = &[
+    "metric_%s=%u",
+    "metric_%s=%d",
+    "metric_temp=%ld",
+    "metric_big=%llu",
+    "metric_x=%.2f",
+    "metric_heartbeat=1",
+    "metric_=%d",
+    "metric_%s=%x",
+    "metric_%s=%hd",
+    "metric_a=b=%d",
+    "no metric here",
+    "%s",
+    "metric_%s",
+    "t=%d.%02u %c %p",
+    "%-8s|%5.1e|%#o|%+i",
+    "%lld %llu %zu %hhd",
+    "%*d %.*s",
+    "%99999d",
+    "%ky %1$d",
+    "%s %s %s %s",
+    "%4000s%4000s%4000s%4000s%4000s",
+    "end%-",
+];
+
+/// One argument of the property: a type tag's high nibble and a value.
+fn property_arg() -> impl Strategy<Value = (u8, u64, Vec<u8>)> {
+    (
+        prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 8, 8, 9]),
+        prop_oneof![any::<u64>(), 0..300u64, Just(u64::MAX), Just(1 << 63)],
+        prop_oneof![
+            Just(b"uptime_s".to_vec()),
+            Just(b"a=b".to_vec()),
+            Just(Vec::new()),
+            Just(vec![0xff, b'x']),
+            proptest::collection::vec(any::<u8>(), 0..8),
+            Just(vec![b'z'; 5000]),
+        ],
+    )
+}
+
+/// A frame's payload of the format at `address` and `args`.
+fn property_payload(level: u8, address: u32, args: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
+    let mut p = vec![level << 5 | 2];
+    p.extend_from_slice(&address.to_le_bytes());
+    p.push(args.len() as u8);
+    let mut values = Vec::new();
+    let mut strings = Vec::new();
+    for (ty, n, text) in args {
+        let size: usize = match ty {
+            1 | 2 | 6 if *n % 3 == 0 => 1,
+            1 | 2 => 4,
+            6 => 1,
+            7 if n % 2 == 0 => 4,
+            3 | 4 | 5 | 7 => 8,
+            8 => 0,
+            _ => 2,
+        };
+        p.push(ty << 4 | size as u8);
+        values.extend_from_slice(&n.to_le_bytes()[..size]);
+        if *ty == 8 {
+            strings.push(text);
+        }
+    }
+    p.extend_from_slice(&values);
+    if !strings.is_empty() {
+        let blob: usize = strings.iter().map(|s| 2 + s.len()).sum();
+        p.extend_from_slice(&(strings.len() as u16).to_le_bytes());
+        p.extend_from_slice(&(blob as u16).to_le_bytes());
+        for s in strings {
+            p.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            p.extend_from_slice(s);
+        }
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Decoding checks a frame's arguments against its format without
+    /// formatting; what it reports (format problems, the metric or its
+    /// absence) is exactly what formatting the message finds, and the
+    /// message formatted later is the formatter's.
+    #[test]
+    fn decoding_reports_what_formatting_finds(
+        which in 0..PROPERTY_FORMATS.len(),
+        metric in any::<bool>(),
+        lp64 in any::<bool>(),
+        args in proptest::collection::vec(property_arg(), 0..5),
+    ) {
+        let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
+        let mut rodata = Vec::new();
+        let mut address = 0;
+        for (k, f) in PROPERTY_FORMATS.iter().enumerate() {
+            if k == which {
+                address = 0x4000 + rodata.len() as u32;
+            }
+            rodata.extend_from_slice(f.as_bytes());
+            rodata.push(0);
+        }
+        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model);
+        let payload = property_payload(if metric { 5 } else { 1 }, address, &args);
+        // Twice: the second frame finds its format in the cache.
+        let mut data = frame(&payload, 1);
+        data.extend(frame(&payload, 1));
+        let buf = log(&data);
+        let records: Vec<Record> = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap().collect();
+        prop_assert_eq!(records.len(), 2);
+        prop_assert_eq!(&records[0].problems, &records[1].problems);
+        let record = &records[0];
+        let captured = record.args();
+        let printed = printf(PROPERTY_FORMATS[which].as_bytes(), &captured, model);
+        let reported: Vec<FormatProblem> = record.problems.iter().filter_map(|p| match p {
+            Problem::Format(f) => Some(f.clone()),
+            _ => None,
+        }).collect();
+        prop_assert_eq!(&reported, &printed.problems);
+        let mut bytes = Vec::new();
+        record.write_message(&mut bytes);
+        prop_assert_eq!(&bytes, &printed.bytes);
+        prop_assert_eq!(record.message(), String::from_utf8_lossy(&printed.bytes).into_owned());
+        prop_assert_eq!(record.display_message().to_string(), record.message());
+        if metric {
+            let expected = metric_of(&printed.bytes, &captured);
+            let found = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+            // Debug text: a NaN value equals itself there.
+            prop_assert_eq!(format!("{found:?}"), format!("{expected:?}"));
+            prop_assert_eq!(
+                record.problems.contains(&Problem::MalformedMetric),
+                expected.is_none()
+            );
+        } else {
+            prop_assert!(record.metric.is_none());
+        }
+    }
+}
+
+#[test]
+fn clean_metrics_borrow_their_names_and_are_not_formatted() {
+    let rodata = b"metric_%s=%u\0metric_heartbeat=1\0metric_t=%d\0".to_vec();
+    let s = SymbolTable::from_parts(
+        [(0x4000, rodata)],
+        [(2, "NET".to_string())],
+        DataModel::Ilp32,
+    );
+    let mut data = frame(
+        &property_payload(5, 0x4000, &[(8, 0, b"up".to_vec()), (2, 7, Vec::new())]),
+        1,
+    );
+    data.extend(frame(&property_payload(5, 0x400d, &[]), 1));
+    data.extend(frame(
+        &property_payload(5, 0x4020, &[(1, 0xffff_fff6, Vec::new())]),
+        1,
+    ));
+    let buf = log(&data);
+    let records: Vec<Record> = LogDecoder::new(&s, &buf, &DecodeOptions::new())
+        .unwrap()
+        .collect();
+    let metrics: Vec<_> = records.iter().map(|r| r.metric.clone().unwrap()).collect();
+    assert!(metrics.iter().all(|m| matches!(m.name, Cow::Borrowed(_))));
+    let found: Vec<_> = metrics.iter().map(|m| (m.name.as_ref(), m.value)).collect();
+    assert_eq!(
+        found,
+        [
+            ("up", MetricValue::Int(7)),
+            ("heartbeat", MetricValue::Int(1)),
+            ("t", MetricValue::Int(-10))
+        ]
+    );
+    assert_eq!(records[2].message(), "metric_t=-10");
 }
