@@ -12,8 +12,31 @@ const UNITS: &[(&str, u64)] = &[
     ("d", 86_400_000),
 ];
 
-/// `text` in milliseconds; a bare number is `bare_ms` milliseconds each.
+/// The longest duration a setting takes (a week), unless it says
+/// otherwise: every interval and wait is meant to come round, and a
+/// typo such as `--scan-interval 18446744073709551615` must not mean
+/// "never again".
+const LONGEST_MS: u64 = 7 * 86_400_000;
+
+/// `text` in milliseconds, at most [`LONGEST_MS`]; a bare number is
+/// `bare_ms` milliseconds each.
 fn parse_ms(text: &str, bare_ms: u64, bare_unit: &str) -> Result<u64, String> {
+    bounded(text, parse_unbounded_ms(text, bare_ms, bare_unit)?)
+}
+
+/// `ms`, read from `text`, if it is at most [`LONGEST_MS`].
+fn bounded(text: &str, ms: u64) -> Result<u64, String> {
+    if ms > LONGEST_MS {
+        return Err(format!(
+            "'{}' is too long a duration: at most 7d (a week)",
+            text.trim()
+        ));
+    }
+    Ok(ms)
+}
+
+/// `text` in milliseconds, bounded only by `u64`.
+fn parse_unbounded_ms(text: &str, bare_ms: u64, bare_unit: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
@@ -35,18 +58,18 @@ fn parse_ms(text: &str, bare_ms: u64, bare_unit: &str) -> Result<u64, String> {
             .map(|(_, ms)| *ms)
             .ok_or_else(usage)?
     };
-    number
+    // Only digits: a number that does not parse is beyond `u64`, as is a
+    // product that overflows; both are longer than any bound.
+    Ok(number
         .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("'{text}' is too long a duration"))
+        .map_or(u64::MAX, |n| n.saturating_mul(scale)))
 }
 
 /// A flag whose bare numbers are seconds and may have a fraction (`0.5`);
 /// with a unit as everywhere else (`500ms`).
 pub fn fractional_secs(text: &str) -> Result<std::time::Duration, String> {
-    if let Ok(ms) = parse_ms(text, 1_000, "seconds") {
-        return Ok(std::time::Duration::from_millis(ms));
+    if let Ok(ms) = parse_unbounded_ms(text, 1_000, "seconds") {
+        return bounded(text, ms).map(std::time::Duration::from_millis);
     }
     let text = text.trim();
     let secs = text
@@ -57,7 +80,9 @@ pub fn fractional_secs(text: &str) -> Result<std::time::Duration, String> {
             format!("'{text}' is not a duration: write a number of seconds (0.5), or one with a unit (500ms, 2s, 10m)")
         })?;
     std::time::Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("'{text}' is too long a duration"))
+        .ok()
+        .filter(|d| d.as_millis() <= u128::from(LONGEST_MS))
+        .ok_or_else(|| format!("'{text}' is too long a duration: at most 7d (a week)"))
 }
 
 /// A flag whose bare numbers are milliseconds.
@@ -78,9 +103,17 @@ pub fn secs(text: &str) -> Result<u64, String> {
     Ok(ms / 1_000)
 }
 
-/// [`secs`] for a setting held in 32 bits (a log configuration's lifetime).
+/// [`secs`] for a setting held in 32 bits (a log configuration's
+/// lifetime), which may be longer than a week: up to `u32::MAX` seconds.
 pub fn secs_u32(text: &str) -> Result<u32, String> {
-    let secs = secs(text)?;
+    let ms = parse_unbounded_ms(text, 1_000, "seconds")?;
+    if ms % 1_000 != 0 {
+        return Err(format!(
+            "'{}' is not a whole number of seconds, the finest this setting takes",
+            text.trim()
+        ));
+    }
+    let secs = ms / 1_000;
     u32::try_from(secs)
         .map_err(|_| format!("'{}' is too long: at most {} s", text.trim(), u32::MAX))
 }
@@ -97,13 +130,14 @@ impl<'de> serde::de::Visitor<'de> for FileValue {
     }
 
     fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Option<u64>, E> {
-        Ok(Some(n))
+        // A bare number, with the flag's unit and bounds.
+        (self.0)(&n.to_string()).map(Some).map_err(E::custom)
     }
 
     fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Option<u64>, E> {
-        u64::try_from(n)
-            .map(Some)
-            .map_err(|_| E::custom(format!("{n} is not a duration: it cannot be negative")))
+        let n = u64::try_from(n)
+            .map_err(|_| E::custom(format!("{n} is not a duration: it cannot be negative")))?;
+        self.visit_u64(n)
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Option<u64>, E> {
@@ -171,6 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn a_week_is_the_longest_but_for_a_lifetime() {
+        assert_eq!(secs("7d"), Ok(7 * 86_400));
+        assert_eq!(millis("604800000"), Ok(604_800_000));
+        for too_long in ["8d", "604801", "18446744073709551615"] {
+            let err = secs(too_long).unwrap_err();
+            assert!(err.contains("at most 7d (a week)"), "{too_long}: {err}");
+        }
+        assert!(millis("604800001").unwrap_err().contains("at most 7d"));
+        assert!(fractional_secs("604800.5")
+            .unwrap_err()
+            .contains("at most 7d"));
+        assert!(fractional_secs("8d").unwrap_err().contains("at most 7d"));
+        assert_eq!(
+            fractional_secs("0.5"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(secs_u32("30d"), Ok(30 * 86_400));
+    }
+
+    #[test]
     fn the_config_file_takes_numbers_and_strings() {
         #[derive(serde::Deserialize)]
         struct File {
@@ -183,6 +237,11 @@ mod tests {
         assert_eq!((file.interval, file.timeout), (Some(2_000), Some(30)));
         let file: File = toml::from_str("timeout = \"2m\"\n").unwrap();
         assert_eq!((file.interval, file.timeout), (None, Some(120)));
+        let err = toml::from_str::<File>("interval = 604800001\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("at most 7d (a week)"), "{err}");
         let err = toml::from_str::<File>("timeout = \"soon\"\n")
             .err()
             .unwrap()

@@ -659,12 +659,23 @@ fn the_ack_sync_interval_is_bounded_and_comes_from_flag_or_file() {
     );
     // The other intervals too: no value may mean "never".
     args.truncate(args.len() - 2);
+    args.extend(["--scan-interval".to_owned(), "2h".to_owned()]);
+    let run = sandbox.run(&args);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--scan-interval 7200000 is more than 3600000 ms"),
+        "{}",
+        run.stderr
+    );
+    // And beyond any setting's bound, refused as it is read.
+    args.truncate(args.len() - 2);
     args.extend(["--scan-interval".to_owned(), u64::MAX.to_string()]);
     let run = sandbox.run(&args);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(
         run.stderr
-            .contains("--scan-interval 18446744073709551615 is more than 3600000 ms"),
+            .contains("'18446744073709551615' is too long a duration: at most 7d (a week)"),
         "{}",
         run.stderr
     );

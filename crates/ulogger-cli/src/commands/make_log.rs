@@ -25,9 +25,10 @@ pub struct Args {
     /// Seed of the pseudo-random data: the same seed gives the same logs.
     #[arg(long, default_value_t = 0, value_name = "N")]
     seed: u64,
-    /// How many logs to write (each with different data).
+    /// How many logs to write (each with different data), at most a
+    /// million.
     #[arg(long, default_value_t = 1, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     count: u32,
     /// Where to write: a file for one log, or a directory (created if
     /// needed) that gets `log-00000.bin`, `log-00001.bin`, ... An existing

@@ -109,6 +109,10 @@ type Discovery = Pin<Box<dyn Stream<Item = AdapterEvent> + Send>>;
 type Pulled = (Address, Option<String>, Result<PullReport, Error>);
 
 impl Gateway {
+    /// The most pulls [`max_connections`](Self::max_connections) allows
+    /// at once: more links than any controller holds.
+    pub const MAX_CONNECTIONS: usize = 64;
+
     /// A gateway on adapter `adapter` (`hci0`) with the defaults: every
     /// device seen is tried (no allow-list), 4 pulls at once, 30 s at least
     /// between two pulls of one device, backoff from 5 s doubling to 5 min
@@ -147,8 +151,9 @@ impl Gateway {
         self
     }
 
-    /// How many devices may be pulled at once (default 4; at least 1).
-    /// Each pull holds a link; controllers manage a handful.
+    /// How many devices may be pulled at once (default 4; from 1 to
+    /// [`Gateway::MAX_CONNECTIONS`]). Each pull holds a link; controllers
+    /// manage a handful.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
@@ -209,8 +214,8 @@ impl Gateway {
             }
             .into())
         };
-        if self.max_connections == 0 {
-            return invalid("max_connections", "must be at least 1");
+        if !(1..=Self::MAX_CONNECTIONS).contains(&self.max_connections) {
+            return invalid("max_connections", "must be from 1 to 64");
         }
         if self.rescan_interval.is_zero() {
             return invalid("rescan_interval", "must be more than zero");
@@ -590,6 +595,11 @@ mod tests {
             field(Gateway::new("hci0").max_connections(0)),
             "max_connections"
         );
+        assert_eq!(
+            field(Gateway::new("hci0").max_connections(65)),
+            "max_connections"
+        );
+        assert!(Gateway::new("hci0").max_connections(64).check().is_ok());
         assert_eq!(
             field(Gateway::new("hci0").rescan_interval(Duration::ZERO)),
             "rescan_interval"

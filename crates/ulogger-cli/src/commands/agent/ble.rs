@@ -83,10 +83,14 @@ impl BleArgs {
                 ),
             ));
         }
-        if settings.max_connections == 0 {
+        if !(1..=Gateway::MAX_CONNECTIONS).contains(&settings.max_connections) {
             return Err(Exit::new(
                 Failure::BadInput,
-                anyhow::anyhow!("--ble-max-connections (ble_max_connections) must be at least 1"),
+                anyhow::anyhow!(
+                    "--ble-max-connections (ble_max_connections) {} must be from 1 to {}: each pull holds a link, and controllers hold a handful",
+                    settings.max_connections,
+                    Gateway::MAX_CONNECTIONS
+                ),
             ));
         }
         Ok(settings)
