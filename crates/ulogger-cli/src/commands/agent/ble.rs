@@ -458,6 +458,15 @@ mod tests {
         assert!(format!("{long:?}").contains("more than a day"), "{long:?}");
         assert!(resolve(&["--ble", "--ble-min-interval", "1d"], "").is_ok());
         let zero = resolve(&["--ble", "--ble-max-connections", "0"], "").unwrap_err();
-        assert!(format!("{zero:?}").contains("at least 1"), "{zero:?}");
+        assert!(
+            format!("{zero:?}").contains("0 must be from 1 to 64"),
+            "{zero:?}"
+        );
+        let many = resolve(&["--ble", "--ble-max-connections", "65"], "").unwrap_err();
+        assert!(
+            format!("{many:?}").contains("65 must be from 1 to 64"),
+            "{many:?}"
+        );
+        assert!(resolve(&["--ble", "--ble-max-connections", "64"], "").is_ok());
     }
 }
