@@ -172,6 +172,14 @@ impl LocalCloud {
     pub fn port(&self) -> u16 {
         self.emulator.addr().port()
     }
+
+    /// Stops the emulator, panicking if any of its tasks had panicked,
+    /// then removes its records.
+    pub fn shutdown(self) {
+        self.emulator
+            .shutdown()
+            .expect("the emulator ran without a panic");
+    }
 }
 
 /// A connected plain rumqttc client to the broker on `port`: mutual TLS

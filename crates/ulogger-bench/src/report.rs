@@ -1,12 +1,13 @@
 //! How benches report: the `SUITE` lines `scripts/bench-suite` collects,
 //! and criterion's medians read back for them.
 
+use std::fmt::Display;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 /// Prints one headline figure for the benchmark suite:
 /// `SUITE <name> | <value> | <comparison>`.
-pub fn suite(name: &str, value: &str, comparison: &str) {
+pub fn suite(name: impl Display, value: impl Display, comparison: impl Display) {
     println!("SUITE {name} | {value} | {comparison}");
 }
 

@@ -54,16 +54,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{DeviceInfo, LogHeader};
-use ulogger_cloud::{
-    Client, MqttConfig, Outbox, OutboxConfig, Pacing, RecordId, Security, SessionStore,
-};
 use ulogger_bench::broker::{
     device, require_mosquitto, valid_log, MosquittoCloud, CUSTOMER, LOG_SIZE,
 };
 use ulogger_bench::report::{ms, verdict};
 use ulogger_bench::stats::{median, percentile};
 use ulogger_bench::usage::{filesystem_of, thread_writes};
+use ulogger_cloud::wire::{DeviceInfo, LogHeader};
+use ulogger_cloud::{
+    Client, MqttConfig, Outbox, OutboxConfig, Pacing, RecordId, Security, SessionStore,
+};
 use ulogger_emulator::{CertPaths, RecordKind, RecordWatcher};
 
 /// Enqueue phases: (producers, enqueues per producer), each about a second.
@@ -203,11 +203,12 @@ fn enqueue_part(runtime: &Runtime, dir: &Path) -> EnqueueFigures {
                     .unwrap_or_else(|e| panic!("enqueue with {producers} producers: {e}"));
                 (latencies, start.elapsed(), None)
             };
-            let batches = thread_writes(OUTBOX_WRITER)
-                .zip(writes_before)
-                .and_then(|(after, before)| {
-                    batches(before, after, segment_bytes(dir) - bytes_before)
-                });
+            let batches =
+                thread_writes(OUTBOX_WRITER)
+                    .zip(writes_before)
+                    .and_then(|(after, before)| {
+                        batches(before, after, segment_bytes(dir) - bytes_before)
+                    });
             if let Some(fsyncs) = fsyncs {
                 let busy: Duration = fsyncs.iter().sum();
                 println!(
@@ -431,7 +432,10 @@ fn e2e_part(runtime: &Runtime, binary: &Path, scratch: &Path) -> E2eFigures {
     });
     let figures = match outcome {
         Ok(figures) => figures,
-        Err(message) => panic!("{message}\n--- mosquitto log ---\n{}", cloud.mosquitto.log()),
+        Err(message) => panic!(
+            "{message}\n--- mosquitto log ---\n{}",
+            cloud.mosquitto.log()
+        ),
     };
     drop(cloud);
     figures

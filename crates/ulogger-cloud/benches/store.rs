@@ -940,9 +940,9 @@ fn client_new_devices(devices: usize, file_backed: bool, mosquitto: bool) -> Dur
 /// [`client_new_devices`] in phases on one emulator, client and store:
 /// `phases[i]` new devices each, the time of each phase.
 fn client_new_device_phases(phases: &[usize], file_backed: bool, mosquitto: bool) -> Vec<Duration> {
+    use ulogger_bench::broker::{LocalCloud, MosquittoCloud};
     use ulogger_cloud::wire::DeviceInfo;
     use ulogger_cloud::{Client, MqttConfig, Pacing};
-    use ulogger_bench::broker::{LocalCloud, MosquittoCloud};
     use ulogger_emulator::PlatformLimits;
 
     let dir = tempfile::tempdir().unwrap();

@@ -41,12 +41,12 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use ulogger_bench::broker::{disconnect, raw_client, LocalCloud, APP, CUSTOMER, MAX_INFLIGHT};
+use ulogger_bench::stats::median;
 use ulogger_cloud::wire::{
     metrics_batch_payload, metrics_payload, Compression, DeviceMetrics, Metric, Topics,
 };
 use ulogger_cloud::{Client, MqttConfig, Pacing};
-use ulogger_bench::broker::{disconnect, raw_client, LocalCloud, APP, CUSTOMER, MAX_INFLIGHT};
-use ulogger_bench::stats::median;
 use ulogger_emulator::{CertPaths, PlatformLimits, RecordKind, RecordWatcher};
 
 /// Devices in the batch message.

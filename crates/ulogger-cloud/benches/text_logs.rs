@@ -16,10 +16,10 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{Event, Packet, QoS};
-use ulogger_cloud::wire::{text_log_batches, TextEntry, TextLevel, Topics};
-use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Pacing, RegistrationLimit};
 use ulogger_bench::broker::{device, disconnect, raw_client, LocalCloud, APP, CUSTOMER};
 use ulogger_bench::stats::median;
+use ulogger_cloud::wire::{text_log_batches, TextEntry, TextLevel, Topics};
+use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Pacing, RegistrationLimit};
 use ulogger_emulator::{Emulator, PlatformLimits};
 
 /// Lines per round and side.

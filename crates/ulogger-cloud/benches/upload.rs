@@ -73,15 +73,15 @@ use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use ulogger_cloud::wire::{boot_payload, parse_boot_reply, DeviceInfo, Topics};
-use ulogger_cloud::{Client, MqttConfig, Pacing, SessionStore};
 use ulogger_bench::broker::{
-    device, disconnect, mosquitto_version, raw_client, require_mosquitto, valid_log, MosquittoCloud,
-    APP, CUSTOMER, LOG_SIZE, MAX_INFLIGHT,
+    device, disconnect, mosquitto_version, raw_client, require_mosquitto, valid_log,
+    MosquittoCloud, APP, CUSTOMER, LOG_SIZE, MAX_INFLIGHT,
 };
 use ulogger_bench::report::{ms, suite, verdict};
 use ulogger_bench::stats::{median, percentile};
 use ulogger_bench::usage::ThreadsUsage;
+use ulogger_cloud::wire::{boot_payload, parse_boot_reply, DeviceInfo, Topics};
+use ulogger_cloud::{Client, MqttConfig, Pacing, SessionStore};
 use ulogger_emulator::{CertPaths, RecordKind, RecordWatcher};
 
 /// Sequential registrations timed (after `WARMUP_REGISTRATIONS` untimed).
@@ -157,7 +157,10 @@ fn main() {
     let outcome = bench.run(&runtimes);
     drop(runtimes);
     if let Err(message) = outcome {
-        panic!("{message}\n--- mosquitto log ---\n{}", cloud.mosquitto.log());
+        panic!(
+            "{message}\n--- mosquitto log ---\n{}",
+            cloud.mosquitto.log()
+        );
     }
     drop(cloud);
 }
@@ -734,7 +737,11 @@ impl Bench {
                 while let Some(joined) = callers.join_next().await {
                     latencies.extend(joined.map_err(|e| format!("caller task: {e}"))??);
                 }
-                Ok::<_, String>((start.elapsed(), ThreadsUsage::now_except(EMULATOR_THREADS).since(&before), latencies))
+                Ok::<_, String>((
+                    start.elapsed(),
+                    ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+                    latencies,
+                ))
             })
         };
         let (wall, usage, mut latencies) =
@@ -780,7 +787,11 @@ impl Bench {
                         .map_err(|e| format!("upload_log failed: {e}"))?;
                     latencies.push(started.elapsed());
                 }
-                Ok::<_, String>((start.elapsed(), ThreadsUsage::now_except(EMULATOR_THREADS).since(&before), latencies))
+                Ok::<_, String>((
+                    start.elapsed(),
+                    ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+                    latencies,
+                ))
             }
         };
         let (wall, usage, mut latencies) = if in_task {
@@ -823,7 +834,10 @@ impl Bench {
                     Err(e) => return Err(format!("rumqttc client after {acked} PUBACKs: {e}")),
                 }
             }
-            let measured = (start.elapsed(), ThreadsUsage::now_except(EMULATOR_THREADS).since(&before));
+            let measured = (
+                start.elapsed(),
+                ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+            );
             disconnect(&raw, &mut events).await;
             Ok(measured)
         });
@@ -987,7 +1001,11 @@ impl Bench {
                     return Err(failed("reading", &format!("closed after {acked} PUBACKs")));
                 }
             }
-            Ok((start.elapsed(), ThreadsUsage::now_except(EMULATOR_THREADS).since(&before), reader))
+            Ok((
+                start.elapsed(),
+                ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+                reader,
+            ))
         });
         let (wall, usage, reader) = reading.await.map_err(|e| failed("reader task", &e))??;
         let writer = writing
