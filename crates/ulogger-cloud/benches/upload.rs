@@ -515,12 +515,12 @@ impl Bench {
             }
             let [(_, task_cpu, task_cs), (_, main_cpu, main_cs)] = [medians[0], medians[1]];
             suite(
-                &format!("lone upload_log CPU ({rt_name}, caller in a task)"),
+                format!("lone upload_log CPU ({rt_name}, caller in a task)"),
                 format!("{task_cpu:.1} us"),
                 format!("block_on caller {main_cpu:.1} us"),
             );
             suite(
-                &format!("lone upload_log context switches ({rt_name}, caller in a task)"),
+                format!("lone upload_log context switches ({rt_name}, caller in a task)"),
                 format!("{task_cs:.2} cs"),
                 format!("block_on caller {main_cs:.2}"),
             );
