@@ -50,7 +50,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::resource::{getrusage, UsageWho};
+use ulogger_bench::stats::{median_of, percentile};
+use ulogger_bench::usage::{child_named, children_cpu, proc_cpu, self_cpu};
 use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
 use ulogger_emulator::ble::{DeviceEvent, Erased, Notify, SimDevice};
 
@@ -399,7 +400,7 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
     // Children reaped so far: the difference is this child's CPU time.
     // The bus daemon, our other child, is reaped only at the end.
     let before = children_cpu();
-    let (bus_before, fake_before) = (bus_daemon_cpu(), own_cpu());
+    let (bus_before, fake_before) = (bus_daemon_cpu(), self_cpu());
     let started = Instant::now();
     let child = command.spawn().unwrap();
     let output = tokio::time::timeout(GATEWAY_LIMIT, child.wait_with_output())
@@ -409,7 +410,7 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
     let wall = started.elapsed();
     let cpu = children_cpu().saturating_sub(before);
     let bus_cpu = bus_daemon_cpu().saturating_sub(bus_before);
-    let fake_cpu = own_cpu().saturating_sub(fake_before);
+    let fake_cpu = self_cpu().saturating_sub(fake_before);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -494,74 +495,16 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
     }
 }
 
-/// User + system time of this process (the fake BlueZ and its devices).
-fn own_cpu() -> Duration {
-    let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
-    timeval(usage.user_time()) + timeval(usage.system_time())
-}
-
 /// User + system time of our `dbus-daemon` child so far, from /proc (in
 /// clock ticks, 100 per second on Linux); zero if it cannot be read.
 fn bus_daemon_cpu() -> Duration {
-    let pids: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .collect();
-    for pid in pids {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() != "dbus-daemon" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // After "(comm)": field 3 onwards; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| {
-            fields
-                .get(i - 3)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        return Duration::from_millis((ticks(14) + ticks(15)) * 10);
-    }
-    Duration::ZERO
-}
-
-/// User + system time of the children reaped so far.
-fn children_cpu() -> Duration {
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
-    timeval(usage.user_time()) + timeval(usage.system_time())
-}
-
-fn timeval(t: nix::sys::time::TimeVal) -> Duration {
-    Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    child_named("dbus-daemon")
+        .and_then(|pid| proc_cpu(&pid))
+        .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// The `p` quantile (nearest rank) of `values`.
-fn percentile(values: &[Duration], p: f64) -> Duration {
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len().is_multiple_of(2) {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    }
 }
 
 /// "3.0x less than" or "2.5x more than", for a ratio theirs / ours.
@@ -575,7 +518,7 @@ fn times_less(ratio: f64) -> String {
 
 fn report(runs: &[Run], floors: &[Duration]) {
     let of = |g: Gateway| runs.iter().filter(move |r| r.gateway == g);
-    let med = |g: Gateway, f: fn(&Run) -> f64| median(of(g).map(f));
+    let med = |g: Gateway, f: fn(&Run) -> f64| median_of(of(g).map(f));
     let cpu = |g| med(g, Run::cpu_per_chunk);
     let transfer_cpu = |g| med(g, Run::transfer_cpu_per_chunk);
     let wall = |g| med(g, |r| r.wall.as_secs_f64());
@@ -605,7 +548,7 @@ fn report(runs: &[Run], floors: &[Duration]) {
             med(g, |r| r.fake_cpu.as_secs_f64() * 1e6 / r.chunks as f64),
         );
     }
-    let floor = median(floors.iter().map(|f| f.as_secs_f64() * 1e6));
+    let floor = median_of(floors.iter().map(|f| f.as_secs_f64() * 1e6));
     println!(
         "     floor: {floor:>6.1} us CPU/chunk (two system calls per chunk on raw sockets, nothing else): \
          ours {:.2}x the floor, bleak {:.1}x",
@@ -651,7 +594,6 @@ fn report(runs: &[Run], floors: &[Duration]) {
 mod gateway {
     use std::time::Duration;
 
-    use nix::sys::resource::{getrusage, UsageWho};
     use ulogger_cloud::ble::{Address, BleSession, PullOptions};
     use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
 
@@ -747,8 +689,7 @@ mod gateway {
     }
 
     fn self_cpu_us() -> u128 {
-        let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
-        (super::timeval(usage.user_time()) + super::timeval(usage.system_time())).as_micros()
+        ulogger_bench::usage::self_cpu().as_micros()
     }
 }
 
@@ -763,8 +704,8 @@ mod floor {
     use std::time::Duration;
 
     use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-    use nix::sys::resource::{getrusage, UsageWho};
     use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+    use ulogger_bench::usage::thread_cpu;
 
     /// A chunk's datagram: a 2-byte offset and 16 bytes (PROTOCOL §6).
     const CHUNK: [u8; 18] = [0x5a; 18];
@@ -833,10 +774,5 @@ mod floor {
                 }
             }
         }
-    }
-
-    fn thread_cpu() -> Duration {
-        let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
-        super::timeval(usage.user_time()) + super::timeval(usage.system_time())
     }
 }

@@ -24,11 +24,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::delay_proxy::DelayProxy;
+use ulogger_bench::broker::{LocalCloud, APP, CUSTOMER};
+use ulogger_bench::report::verdict;
+use ulogger_bench::stats::median;
 use ulogger_cloud::wire::{build_log, LogHeader};
-use ulogger_emulator::{Emulator, EmulatorConfig, PlatformLimits, RecordKind};
-
-const CUSTOMER: u32 = 4242;
-const APP: u32 = 7;
+use ulogger_emulator::{Emulator, PlatformLimits, RecordKind};
 const SERIAL: &str = "SN-BENCH-CLI";
 const FILES: usize = 1_000;
 /// Data bytes of each log (plus its 25-byte header).
@@ -45,7 +45,7 @@ const TARGET: Duration = Duration::from_secs(2);
 
 /// One emulator and the ways to reach it.
 struct Cloud {
-    emulator: Emulator,
+    local: LocalCloud,
     proxy: DelayProxy,
     store: PathBuf,
 }
@@ -62,21 +62,10 @@ fn main() {
     // `cargo bench` passes `--bench`; a filter is not supported (one table).
     let work = tempfile::tempdir().expect("temporary directory");
     let files = write_logs(work.path());
-    // Records in memory where we can: the cloud's disk writes before each
-    // PUBACK are not the CLI's.
-    let shm = tempfile::tempdir_in("/dev/shm").ok();
-    let unlimited = cloud(
-        work.path(),
-        "unlimited",
-        shm.as_ref().map(|d| d.path().join("unlimited")),
-        PlatformLimits::unlimited(),
-    );
-    let limited = cloud(
-        work.path(),
-        "aws",
-        shm.as_ref().map(|d| d.path().join("aws")),
-        PlatformLimits::aws(),
-    );
+    // Records in memory where we can (the fixture's): the cloud's disk
+    // writes before each PUBACK are not the CLI's.
+    let unlimited = cloud(work.path(), "unlimited", PlatformLimits::unlimited());
+    let limited = cloud(work.path(), "aws", PlatformLimits::aws());
     let proxy_rtt = measured_proxy_rtt();
 
     println!("ulogger-cli upload benchmark");
@@ -139,7 +128,7 @@ fn main() {
             }
             let cloud = if case.paced { &limited } else { &unlimited };
             let port = if case.rtt_ms == 0 {
-                cloud.emulator.addr().port()
+                cloud.local.emulator.addr().port()
             } else {
                 cloud.proxy.addr().port()
             };
@@ -147,7 +136,7 @@ fn main() {
         }
     }
     let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
-    let discarded = limited.emulator.limit_stats().discarded_publishes;
+    let discarded = limited.local.emulator.limit_stats().discarded_publishes;
 
     println!(
         "{:<34} {:>10} {:>12} {:>20}",
@@ -182,7 +171,7 @@ fn main() {
         "  50 ms RTT, pacing off: {:.2} s against the target of {} s: {}",
         medians[3].as_secs_f64(),
         TARGET.as_secs(),
-        if medians[3] < TARGET { "met" } else { "MISSED" }
+        verdict(medians[3] < TARGET)
     );
     println!(
         "  50 ms RTT, paced: {paced_rate:.1} publishes/s = {:.2} of the platform's {PLATFORM_RATE:.0}/s; the emulator enforcing AWS IoT's limits discarded {discarded}",
@@ -200,7 +189,7 @@ fn main() {
                 "{:.1}x --jobs 1; target < {} s {}",
                 medians[2].as_secs_f64() / time.as_secs_f64(),
                 TARGET.as_secs(),
-                if *time < TARGET { "met" } else { "MISSED" }
+                verdict(*time < TARGET)
             ),
             _ => format!("{:.0} files/s", FILES as f64 / time.as_secs_f64()),
         };
@@ -237,15 +226,12 @@ fn write_logs(dir: &Path) -> Vec<PathBuf> {
 
 /// An emulator with `limits`, a delay proxy in front of it, and a token
 /// store in which the bench device is registered.
-fn cloud(work: &Path, name: &str, data_dir: Option<PathBuf>, limits: PlatformLimits) -> Cloud {
-    let mut config = EmulatorConfig::new(CUSTOMER).limits(limits);
-    if let Some(dir) = data_dir {
-        config = config.data_dir(dir);
-    }
-    let emulator = Emulator::start(config).expect("emulator starts");
+fn cloud(work: &Path, name: &str, limits: PlatformLimits) -> Cloud {
+    let local = LocalCloud::start(limits);
+    let emulator = &local.emulator;
     let proxy = DelayProxy::start(emulator.addr(), RTT / 2).expect("delay proxy starts");
     let store = work.join(format!("tokens-{name}.json"));
-    let mut args = connect_args("register", &emulator, emulator.addr().port(), &store);
+    let mut args = connect_args("register", emulator, emulator.addr().port(), &store);
     args.extend(device_args());
     let out = command(work).args(&args).output().unwrap();
     assert!(
@@ -254,7 +240,7 @@ fn cloud(work: &Path, name: &str, data_dir: Option<PathBuf>, limits: PlatformLim
         String::from_utf8_lossy(&out.stderr)
     );
     Cloud {
-        emulator,
+        local,
         proxy,
         store,
     }
@@ -262,8 +248,8 @@ fn cloud(work: &Path, name: &str, data_dir: Option<PathBuf>, limits: PlatformLim
 
 /// Runs one upload of every file and checks that the cloud verified each.
 fn upload(cloud: &Cloud, port: u16, case: &Case, files: &[PathBuf]) -> Duration {
-    let before = binary_logs(&cloud.emulator);
-    let mut args = connect_args("upload", &cloud.emulator, port, &cloud.store);
+    let before = binary_logs(&cloud.local.emulator);
+    let mut args = connect_args("upload", &cloud.local.emulator, port, &cloud.store);
     args.extend(device_args());
     if !case.paced {
         args.push("--no-pacing".into());
@@ -287,7 +273,7 @@ fn upload(cloud: &Cloud, port: u16, case: &Case, files: &[PathBuf]) -> Duration 
         case.name,
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = binary_logs(&cloud.emulator);
+    let after = binary_logs(&cloud.local.emulator);
     assert_eq!(after - before, FILES, "{}: every file verified", case.name);
     elapsed
 }
@@ -385,9 +371,4 @@ fn measured_proxy_rtt() -> Duration {
     let rtt = median(&mut times);
     assert!(rtt >= RTT, "the proxy delays: {rtt:?}");
     rtt
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }

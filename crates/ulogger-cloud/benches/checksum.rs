@@ -5,6 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, Criterion, Throughput};
+use ulogger_bench::report::median_ns;
 use ulogger_cloud::wire::{build_log, validate_checksum, LogHeader, MAX_USED_BYTES};
 
 fn maximal_v4_log() -> Vec<u8> {
@@ -43,7 +44,7 @@ fn main() {
     let started = std::time::SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
-    let fresh_median = |id: &str| suite::median_ns("max_v4_log", id, started);
+    let fresh_median = |id: &str| median_ns("max_v4_log", id, started);
     if let (Some(validate), Some(memcpy)) =
         (fresh_median("validate_checksum"), fresh_median("memcpy"))
     {
@@ -53,41 +54,5 @@ fn main() {
             bytes / validate,
             memcpy / validate
         );
-    }
-}
-
-mod suite {
-    use std::path::PathBuf;
-    use std::time::SystemTime;
-
-    /// Where criterion keeps its results, found as criterion finds it:
-    /// `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion`, else beside the
-    /// target directory this bench runs from (`target/<profile>/deps/`).
-    fn criterion_home() -> Option<PathBuf> {
-        if let Some(home) = std::env::var_os("CRITERION_HOME") {
-            return Some(home.into());
-        }
-        if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-            return Some(PathBuf::from(target).join("criterion"));
-        }
-        let exe = std::env::current_exe().ok()?;
-        Some(exe.parent()?.parent()?.parent()?.join("criterion"))
-    }
-
-    /// The median (ns) criterion estimated for `group/id` in this run:
-    /// none when it was not measured since `since` (filtered out, or
-    /// `--test`).
-    pub fn median_ns(group: &str, id: &str, since: SystemTime) -> Option<f64> {
-        let path = criterion_home()?
-            .join(group)
-            .join(id)
-            .join("new")
-            .join("estimates.json");
-        if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-            return None;
-        }
-        let estimates: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-        estimates["median"]["point_estimate"].as_f64()
     }
 }

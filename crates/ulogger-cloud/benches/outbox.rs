@@ -44,8 +44,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -56,16 +54,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
+use ulogger_bench::broker::{
+    device, require_mosquitto, valid_log, MosquittoCloud, CUSTOMER, LOG_SIZE,
+};
+use ulogger_bench::report::{ms, verdict};
+use ulogger_bench::stats::{median, percentile};
+use ulogger_bench::usage::{filesystem_of, thread_writes};
 use ulogger_cloud::wire::{DeviceInfo, LogHeader};
 use ulogger_cloud::{
     Client, MqttConfig, Outbox, OutboxConfig, Pacing, RecordId, Security, SessionStore,
 };
-use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
-use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
-
-use support::{
-    device, median, ms, percentile, valid_log, verdict, CUSTOMER, LOG_SIZE, MOSQUITTO_EXTRA, SHM,
-};
+use ulogger_emulator::{CertPaths, RecordKind, RecordWatcher};
 
 /// Enqueue phases: (producers, enqueues per producer), each about a second.
 const ENQUEUE_PHASES: [(usize, usize); 3] = [(1, 200), (8, 100), (64, 50)];
@@ -88,6 +87,8 @@ const E2E_ROUNDS: usize = 5;
 /// How long one end-to-end phase may take before the bench fails.
 const E2E_PATIENCE: Duration = Duration::from_secs(120);
 
+/// The name of the outbox's writer thread, whose writes are counted.
+const OUTBOX_WRITER: &str = "ulogger-outbox";
 /// Records in the outbox whose open is timed.
 const OPEN_RECORDS: usize = 100_000;
 /// Timed opens (and segment reads), alternating.
@@ -96,12 +97,7 @@ const OPEN_REPEATS: usize = 3;
 const OPEN_FILLERS: usize = 64;
 
 fn main() {
-    let Some(binary) = find_mosquitto() else {
-        panic!(
-            "the outbox benchmark needs mosquitto and found none \
-             (install it: apt-get install -y mosquitto; or set MOSQUITTO=/path/to/mosquitto)"
-        );
-    };
+    let binary = require_mosquitto("outbox");
     let scratch = tempfile::Builder::new()
         .prefix("outbox-bench-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -189,7 +185,7 @@ fn enqueue_part(runtime: &Runtime, dir: &Path) -> EnqueueFigures {
     let mut per_batch: Vec<Vec<f64>> = vec![Vec::new(); ENQUEUE_PHASES.len()];
     for round in 1..=ROUNDS {
         for (phase, &(producers, each)) in ENQUEUE_PHASES.iter().enumerate() {
-            let writes_before = outbox_writes();
+            let writes_before = thread_writes(OUTBOX_WRITER);
             let bytes_before = segment_bytes(dir);
             let (mut latencies, busy, fsyncs) = if producers == 1 {
                 let (latencies, mut fsyncs) = runtime
@@ -207,11 +203,12 @@ fn enqueue_part(runtime: &Runtime, dir: &Path) -> EnqueueFigures {
                     .unwrap_or_else(|e| panic!("enqueue with {producers} producers: {e}"));
                 (latencies, start.elapsed(), None)
             };
-            let batches = outbox_writes()
-                .zip(writes_before)
-                .and_then(|(after, before)| {
-                    batches(before, after, segment_bytes(dir) - bytes_before)
-                });
+            let batches =
+                thread_writes(OUTBOX_WRITER)
+                    .zip(writes_before)
+                    .and_then(|(after, before)| {
+                        batches(before, after, segment_bytes(dir) - bytes_before)
+                    });
             if let Some(fsyncs) = fsyncs {
                 let busy: Duration = fsyncs.iter().sum();
                 println!(
@@ -309,32 +306,8 @@ async fn interleaved(
     Ok((latencies, fsyncs))
 }
 
-/// Write calls and bytes written so far by the outbox writer threads of
-/// this process (`syscw`, `wchar`); Linux only.
-fn outbox_writes() -> Option<(u64, u64)> {
-    let (mut calls, mut bytes) = (0, 0);
-    for task in fs::read_dir("/proc/self/task").ok()? {
-        let task = task.ok()?.path();
-        let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.trim_end() != "ulogger-outbox" {
-            continue;
-        }
-        let Ok(io) = fs::read_to_string(task.join("io")) else {
-            continue; // the thread ended meanwhile
-        };
-        let field = |name: &str| {
-            io.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        calls += field("syscw:")?;
-        bytes += field("wchar:")?;
-    }
-    Some((calls, bytes))
-}
-
 /// Batches (write + fdatasync) the writer made between two readings of
-/// [`outbox_writes`] while the segments grew by `appended` bytes. Besides
+/// [`thread_writes`] of the outbox writer while the segments grew by `appended` bytes. Besides
 /// one write per batch, the writer thread writes 8 bytes to an eventfd
 /// whenever its replies wake a parked runtime worker; those are told
 /// apart by their bytes.
@@ -422,23 +395,8 @@ struct E2eFigures {
 
 fn e2e_part(runtime: &Runtime, binary: &Path, scratch: &Path) -> E2eFigures {
     let certs_dir = tempfile::tempdir().expect("certificate directory");
-    let certs = CertPaths::generate(certs_dir.path(), CUSTOMER).expect("certificates generated");
-    let mosquitto =
-        Mosquitto::start_with_config(MosquittoTls::Mutual(certs.clone()), MOSQUITTO_EXTRA)
-            .expect("mosquitto was found above, so it starts or panics");
-    let port = mosquitto.addr().port();
-    let cloud_dir = tempfile::tempdir_in(SHM).ok();
-    let mut cloud =
-        EmulatorConfig::new(CUSTOMER).attach(AttachTo::new("127.0.0.1", port).mutual_tls(
-            &certs.ca_cert,
-            &certs.client_cert,
-            &certs.client_key,
-        ));
-    if let Some(dir) = &cloud_dir {
-        cloud = cloud.data_dir(dir.path());
-    }
-    let emulator = Emulator::start(cloud)
-        .unwrap_or_else(|e| panic!("the emulator's cloud side cannot attach to mosquitto: {e}"));
+    let cloud = MosquittoCloud::start(certs_dir.path());
+    let (port, emulator) = (cloud.port(), &cloud.emulator);
 
     println!(
         "end to end: {E2E_LOGS} logs x {LOG_SIZE} B of {E2E_DEVICES} pre-registered devices per phase, \
@@ -461,7 +419,7 @@ fn e2e_part(runtime: &Runtime, binary: &Path, scratch: &Path) -> E2eFigures {
 
     let mut bench = E2e {
         port,
-        certs,
+        certs: cloud.certs.clone(),
         store: Arc::new(SessionStore::in_memory()),
         records: emulator.watch_records(),
         cloud_dir: emulator.data_dir().to_path_buf(),
@@ -474,11 +432,12 @@ fn e2e_part(runtime: &Runtime, binary: &Path, scratch: &Path) -> E2eFigures {
     });
     let figures = match outcome {
         Ok(figures) => figures,
-        Err(message) => panic!("{message}\n--- mosquitto log ---\n{}", mosquitto.log()),
+        Err(message) => panic!(
+            "{message}\n--- mosquitto log ---\n{}",
+            cloud.mosquitto.log()
+        ),
     };
-    drop(emulator);
-    drop(mosquitto);
-    drop(cloud_dir);
+    drop(cloud);
     figures
 }
 
@@ -953,21 +912,4 @@ fn print_summary(enqueue: &EnqueueFigures, e2e: &E2eFigures, open: &OpenFigures)
         ms(open.open),
         open.open.as_secs_f64() / open.read.as_secs_f64()
     );
-}
-
-/// The type of the file system holding `path` (the longest mount point
-/// that is a prefix of it), from `/proc/self/mounts`; Linux only.
-fn filesystem_of(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            path.starts_with(point)
-                .then(|| (point.len(), kind.to_owned()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, kind)| kind)
 }

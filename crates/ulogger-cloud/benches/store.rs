@@ -44,6 +44,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
+use ulogger_bench::stats::median;
 use ulogger_cloud::SessionStore;
 
 const ENTRIES: u32 = 10_000;
@@ -362,13 +363,7 @@ fn interleaved(rounds: usize, variants: &mut [&mut dyn FnMut() -> Duration]) -> 
             times.push(run());
         }
     }
-    samples
-        .into_iter()
-        .map(|mut times| {
-            times.sort();
-            times[times.len() / 2]
-        })
-        .collect()
+    samples.iter_mut().map(|times| median(times)).collect()
 }
 
 fn print_rows(case: &str, unit: &str, per: f64, rows: &[(&str, Duration)]) {
@@ -875,8 +870,7 @@ fn store_side_by_side(measuring: bool) {
     );
     let per = lookups as f64;
     let us = |t: Duration| t.as_secs_f64() / per * 1e6;
-    python.sort_by(f64::total_cmp);
-    let python = python.get(python.len() / 2).copied();
+    let python = (!python.is_empty()).then(|| median(&mut python));
     // Ratios to Python's lookup when it ran, else to the in-memory store.
     let (base, base_name) = match python {
         Some(py) => (Duration::from_secs_f64(py * per / 1e6), "Python"),
@@ -946,41 +940,26 @@ fn client_new_devices(devices: usize, file_backed: bool, mosquitto: bool) -> Dur
 /// [`client_new_devices`] in phases on one emulator, client and store:
 /// `phases[i]` new devices each, the time of each phase.
 fn client_new_device_phases(phases: &[usize], file_backed: bool, mosquitto: bool) -> Vec<Duration> {
+    use ulogger_bench::broker::{LocalCloud, MosquittoCloud};
     use ulogger_cloud::wire::DeviceInfo;
     use ulogger_cloud::{Client, MqttConfig, Pacing};
-    use ulogger_emulator::testing::{Mosquitto, MosquittoTls};
-    use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, PlatformLimits};
+    use ulogger_emulator::PlatformLimits;
 
-    let shm = tempfile::tempdir_in("/dev/shm").ok();
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = None;
-    let mut config = if mosquitto {
-        let certs = CertPaths::generate(dir.path().join("certs"), 4242).unwrap();
-        let server = Mosquitto::start_with_config(
-            MosquittoTls::Mutual(certs.clone()),
-            "set_tcp_nodelay true\nmax_queued_messages 0",
-        )
-        .expect("mosquitto was found before, so it starts or panics");
-        let attach = AttachTo::new("127.0.0.1", server.addr().port()).mutual_tls(
-            &certs.ca_cert,
-            &certs.client_cert,
-            &certs.client_key,
-        );
-        broker = Some((server, certs));
-        EmulatorConfig::new(4242).attach(attach)
+    // Both keep the cloud's records in memory: its disk is not the client's.
+    let (attached, own) = if mosquitto {
+        (Some(MosquittoCloud::start(&dir.path().join("certs"))), None)
     } else {
         // Without the platform's per-connection rate limits: this
         // measures the client and the store, not AWS IoT's 100/s.
-        EmulatorConfig::new(4242).limits(PlatformLimits::unlimited())
+        (None, Some(LocalCloud::start(PlatformLimits::unlimited())))
     };
-    if let Some(dir) = &shm {
-        // The cloud's records in memory: its disk is not the client's.
-        config = config.data_dir(dir.path());
-    }
-    let emulator = Emulator::start(config).unwrap();
-    let (port, certs) = match &broker {
-        Some((server, certs)) => (server.addr().port(), certs.clone()),
-        None => (emulator.addr().port(), emulator.certs().unwrap().clone()),
+    let (emulator, port, certs) = match (&attached, &own) {
+        (Some(cloud), _) => (&cloud.emulator, cloud.port(), cloud.certs.clone()),
+        (None, own) => {
+            let cloud = own.as_ref().expect("one of the two was started");
+            (&cloud.emulator, cloud.port(), cloud.certs().clone())
+        }
     };
     let store = std::sync::Arc::new(if file_backed {
         SessionStore::open(dir.path().join("session_tokens.json")).unwrap()
@@ -1036,8 +1015,8 @@ fn client_new_device_phases(phases: &[usize], file_backed: bool, mosquitto: bool
         let reopened = SessionStore::open(dir.path().join("session_tokens.json")).unwrap();
         assert_eq!(reopened.len().unwrap(), devices);
     }
-    drop(emulator);
-    drop(broker);
+    drop(attached);
+    drop(own);
     elapsed
 }
 
@@ -1100,8 +1079,7 @@ fn client_side_by_side(measuring: bool) {
     let mut line = String::from("  one emulator, client and store, own broker, memory, in phases:");
     let mut done = 0;
     for (n, times) in phases.iter().zip(&mut per_phase) {
-        times.sort();
-        let t = times[times.len() / 2];
+        let t = median(times);
         line.push_str(&format!(
             " devices {done}..{}: {:.0}/s;",
             done + n,

@@ -33,8 +33,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod support;
-
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,15 +41,13 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use ulogger_bench::broker::{disconnect, raw_client, LocalCloud, APP, CUSTOMER, MAX_INFLIGHT};
+use ulogger_bench::stats::median;
 use ulogger_cloud::wire::{
     metrics_batch_payload, metrics_payload, Compression, DeviceMetrics, Metric, Topics,
 };
 use ulogger_cloud::{Client, MqttConfig, Pacing};
-use ulogger_emulator::{
-    CertPaths, Emulator, EmulatorConfig, PlatformLimits, RecordKind, RecordWatcher,
-};
-
-use support::{disconnect, median, raw_client, APP, CUSTOMER, MAX_INFLIGHT, SHM};
+use ulogger_emulator::{CertPaths, PlatformLimits, RecordKind, RecordWatcher};
 
 /// Devices in the batch message.
 const BATCH_DEVICES: usize = 1_000;
@@ -67,13 +63,8 @@ const ROUNDS: usize = 5;
 const VERIFY_PATIENCE: Duration = Duration::from_secs(60);
 
 fn main() {
-    let cloud_dir = tempfile::tempdir_in(SHM).ok();
-    let mut config = EmulatorConfig::new(CUSTOMER).limits(PlatformLimits::unlimited());
-    if let Some(dir) = &cloud_dir {
-        config = config.data_dir(dir.path());
-    }
-    let emulator = Emulator::start(config).expect("the emulator starts");
-    let certs = emulator.certs().expect("TLS is on").clone();
+    let cloud = LocalCloud::start(PlatformLimits::unlimited());
+    let (emulator, certs) = (&cloud.emulator, cloud.certs().clone());
     println!("ulogger-cloud telemetry benchmark");
     println!(
         "  broker + cloud: ulogger-emulator on {} (mutual TLS, platform limits off, verifies every payload), records in {}",
@@ -100,10 +91,7 @@ fn main() {
         panic!("{message}");
     }
     drop(runtime);
-    emulator
-        .shutdown()
-        .expect("the emulator ran without a panic");
-    drop(cloud_dir);
+    cloud.shutdown();
 }
 
 struct Bench {

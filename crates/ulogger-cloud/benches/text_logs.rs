@@ -13,16 +13,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use rumqttc::{Event, Packet, QoS};
+use ulogger_bench::broker::{device, disconnect, raw_client, LocalCloud, APP, CUSTOMER};
+use ulogger_bench::stats::median;
 use ulogger_cloud::wire::{text_log_batches, TextEntry, TextLevel, Topics};
 use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Pacing, RegistrationLimit};
-use ulogger_emulator::{Emulator, EmulatorConfig, PlatformLimits};
-
-use support::{device, disconnect, median, raw_client, APP, CUSTOMER, SHM};
+use ulogger_emulator::{Emulator, PlatformLimits};
 
 /// Lines per round and side.
 const LINES: usize = 20_000;
@@ -56,12 +54,8 @@ fn config(emulator: &Emulator) -> MqttConfig {
 }
 
 fn main() {
-    let cloud_dir = tempfile::tempdir_in(SHM).ok();
-    let mut emulator_config = EmulatorConfig::new(CUSTOMER).limits(PlatformLimits::unlimited());
-    if let Some(dir) = &cloud_dir {
-        emulator_config = emulator_config.data_dir(dir.path());
-    }
-    let emulator = Emulator::start(emulator_config).expect("the emulator starts");
+    let cloud = LocalCloud::start(PlatformLimits::unlimited());
+    let emulator = &cloud.emulator;
     let outbox_dir = tempfile::tempdir().expect("an outbox directory on disk");
     println!("ulogger-cloud text-log benchmark");
     println!(
@@ -79,8 +73,8 @@ fn main() {
         .expect("logs topic");
     let (mut publish, mut outbox, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
-        let direct = Client::builder(config(&emulator)).build().unwrap();
-        let queued = Client::builder(config(&emulator))
+        let direct = Client::builder(config(emulator)).build().unwrap();
+        let queued = Client::builder(config(emulator))
             .outbox(OutboxConfig::new(outbox_dir.path()))
             .build()
             .unwrap();
@@ -142,9 +136,7 @@ fn main() {
         outbox / publish
     );
     drop(runtime);
-    emulator
-        .shutdown()
-        .expect("the emulator ran without a panic");
+    cloud.shutdown();
 }
 
 fn rate(elapsed: Duration) -> f64 {

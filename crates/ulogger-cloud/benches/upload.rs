@@ -60,8 +60,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,15 +73,16 @@ use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use ulogger_bench::broker::{
+    device, disconnect, mosquitto_version, raw_client, require_mosquitto, valid_log,
+    MosquittoCloud, APP, CUSTOMER, LOG_SIZE, MAX_INFLIGHT,
+};
+use ulogger_bench::report::{ms, suite, verdict};
+use ulogger_bench::stats::{median, percentile};
+use ulogger_bench::usage::ThreadsUsage;
 use ulogger_cloud::wire::{boot_payload, parse_boot_reply, DeviceInfo, Topics};
 use ulogger_cloud::{Client, MqttConfig, Pacing, SessionStore};
-use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
-use ulogger_emulator::{AttachTo, CertPaths, Emulator, EmulatorConfig, RecordKind, RecordWatcher};
-
-use support::{
-    device, disconnect, median, ms, percentile, raw_client, valid_log, verdict, APP, CUSTOMER,
-    LOG_SIZE, MAX_INFLIGHT, MOSQUITTO_EXTRA, SHM,
-};
+use ulogger_emulator::{CertPaths, RecordKind, RecordWatcher};
 
 /// Sequential registrations timed (after `WARMUP_REGISTRATIONS` untimed).
 const REGISTRATIONS: usize = 200;
@@ -104,38 +103,21 @@ const LONE_UPLOADS: usize = 1_000;
 const LONE_ROUNDS: usize = 5;
 /// Phases run under `UPLOAD_BENCH_PROFILE`.
 const PROFILE_PHASES: usize = 40;
+/// The threads left out of the CPU and context-switch counts: the
+/// emulator's (the cloud side, not the publisher under test). The
+/// publishers under test start no thread that ends in between.
+const EMULATOR_THREADS: &str = "ulogger-emulato";
 /// How long the attached cloud may take to verify a phase's logs.
 const VERIFY_PATIENCE: Duration = Duration::from_secs(60);
 
 fn main() {
-    let Some(binary) = find_mosquitto() else {
-        panic!(
-            "the upload benchmark needs mosquitto and found none \
-             (install it: apt-get install -y mosquitto; or set MOSQUITTO=/path/to/mosquitto)"
-        );
-    };
+    let binary = require_mosquitto("upload");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let certs = CertPaths::generate(dir.path(), CUSTOMER).expect("certificates generated");
-    let mosquitto =
-        Mosquitto::start_with_config(MosquittoTls::Mutual(certs.clone()), MOSQUITTO_EXTRA)
-            .expect("mosquitto was found above, so it starts or panics");
-    let port = mosquitto.addr().port();
     // The cloud writes a file per record before it answers; on a shared
     // disk that is most of a registration's time and all of its noise,
-    // and it is not the client's. Keep it in memory where we can (else
-    // the emulator's own temporary directory, which it does not fsync).
-    let cloud_dir = tempfile::tempdir_in(SHM).ok();
-    let mut cloud =
-        EmulatorConfig::new(CUSTOMER).attach(AttachTo::new("127.0.0.1", port).mutual_tls(
-            &certs.ca_cert,
-            &certs.client_cert,
-            &certs.client_key,
-        ));
-    if let Some(dir) = &cloud_dir {
-        cloud = cloud.data_dir(dir.path());
-    }
-    let emulator = Emulator::start(cloud)
-        .unwrap_or_else(|e| panic!("the emulator's cloud side cannot attach to mosquitto: {e}"));
+    // and it is not the client's: the fixture keeps it in memory.
+    let cloud = MosquittoCloud::start(dir.path());
+    let port = cloud.port();
 
     println!("ulogger-cloud upload benchmark");
     println!(
@@ -145,7 +127,7 @@ fn main() {
     );
     println!(
         "  cloud:  ulogger-emulator attached to it (answers boot registrations, verifies logs), records in {}",
-        emulator.data_dir().display()
+        cloud.emulator.data_dir().display()
     );
     println!();
 
@@ -167,18 +149,20 @@ fn main() {
     ];
     let mut bench = Bench {
         port,
-        certs,
+        certs: cloud.certs.clone(),
         topics: Topics::new("", CUSTOMER, Some(0)).expect("topics"),
         store: Arc::new(SessionStore::in_memory()),
-        records: emulator.watch_records(),
+        records: cloud.emulator.watch_records(),
     };
     let outcome = bench.run(&runtimes);
     drop(runtimes);
     if let Err(message) = outcome {
-        panic!("{message}\n--- mosquitto log ---\n{}", mosquitto.log());
+        panic!(
+            "{message}\n--- mosquitto log ---\n{}",
+            cloud.mosquitto.log()
+        );
     }
-    drop(emulator);
-    drop(cloud_dir);
+    drop(cloud);
 }
 
 struct Bench {
@@ -229,7 +213,7 @@ struct Round {
     latencies: Vec<Duration>,
     /// CPU time and context switches of this process, the emulator's
     /// thread excepted.
-    usage: Usage,
+    usage: ThreadsUsage,
     verified: usize,
 }
 
@@ -531,12 +515,12 @@ impl Bench {
             }
             let [(_, task_cpu, task_cs), (_, main_cpu, main_cs)] = [medians[0], medians[1]];
             suite(
-                &format!("lone upload_log CPU ({rt_name}, caller in a task)"),
+                format!("lone upload_log CPU ({rt_name}, caller in a task)"),
                 format!("{task_cpu:.1} us"),
                 format!("block_on caller {main_cpu:.1} us"),
             );
             suite(
-                &format!("lone upload_log context switches ({rt_name}, caller in a task)"),
+                format!("lone upload_log context switches ({rt_name}, caller in a task)"),
                 format!("{task_cs:.2} cs"),
                 format!("block_on caller {main_cs:.2}"),
             );
@@ -727,7 +711,7 @@ impl Bench {
                 let logs = Arc::new(logs);
                 let next = Arc::new(AtomicUsize::new(0));
                 let mut callers = JoinSet::new();
-                let before = Usage::now();
+                let before = ThreadsUsage::now_except(EMULATOR_THREADS);
                 let start = Instant::now();
                 for _ in 0..CONCURRENCY {
                     let (client, devices, logs, next) =
@@ -753,7 +737,11 @@ impl Bench {
                 while let Some(joined) = callers.join_next().await {
                     latencies.extend(joined.map_err(|e| format!("caller task: {e}"))??);
                 }
-                Ok::<_, String>((start.elapsed(), Usage::now().since(&before), latencies))
+                Ok::<_, String>((
+                    start.elapsed(),
+                    ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+                    latencies,
+                ))
             })
         };
         let (wall, usage, mut latencies) =
@@ -789,7 +777,7 @@ impl Bench {
             let (client, devices, logs) = (client.clone(), devices.clone(), logs.to_vec());
             async move {
                 let mut latencies = Vec::with_capacity(logs.len());
-                let before = Usage::now();
+                let before = ThreadsUsage::now_except(EMULATOR_THREADS);
                 let start = Instant::now();
                 for (device, log) in &logs {
                     let started = Instant::now();
@@ -799,7 +787,11 @@ impl Bench {
                         .map_err(|e| format!("upload_log failed: {e}"))?;
                     latencies.push(started.elapsed());
                 }
-                Ok::<_, String>((start.elapsed(), Usage::now().since(&before), latencies))
+                Ok::<_, String>((
+                    start.elapsed(),
+                    ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+                    latencies,
+                ))
             }
         };
         let (wall, usage, mut latencies) = if in_task {
@@ -827,7 +819,7 @@ impl Bench {
         let payloads: Vec<Bytes> = logs.iter().map(|(_, log)| log.clone()).collect();
         let timed = tokio::spawn(async move {
             let mut events = events;
-            let before = Usage::now();
+            let before = ThreadsUsage::now_except(EMULATOR_THREADS);
             let start = Instant::now();
             for log in &payloads {
                 raw.publish_bytes(topic.clone(), QoS::AtLeastOnce, false, log.clone())
@@ -842,7 +834,10 @@ impl Bench {
                     Err(e) => return Err(format!("rumqttc client after {acked} PUBACKs: {e}")),
                 }
             }
-            let measured = (start.elapsed(), Usage::now().since(&before));
+            let measured = (
+                start.elapsed(),
+                ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+            );
             disconnect(&raw, &mut events).await;
             Ok(measured)
         });
@@ -933,7 +928,7 @@ impl Bench {
             );
         }
 
-        let before = Usage::now();
+        let before = ThreadsUsage::now_except(EMULATOR_THREADS);
         let start = Instant::now();
         let writing = {
             let window = window.clone();
@@ -1006,7 +1001,11 @@ impl Bench {
                     return Err(failed("reading", &format!("closed after {acked} PUBACKs")));
                 }
             }
-            Ok((start.elapsed(), Usage::now().since(&before), reader))
+            Ok((
+                start.elapsed(),
+                ThreadsUsage::now_except(EMULATOR_THREADS).since(&before),
+                reader,
+            ))
         });
         let (wall, usage, reader) = reading.await.map_err(|e| failed("reader task", &e))??;
         let writer = writing
@@ -1135,77 +1134,6 @@ fn print_round(round: usize, runtime: &str, phase: &str, r: &Round) {
     );
 }
 
-/// One headline figure for the benchmark suite.
-fn suite(name: &str, value: String, comparison: String) {
-    println!("SUITE {name} | {value} | {comparison}");
-}
-
-/// CPU time and context switches (voluntary and involuntary) of this
-/// process's threads, except the emulator's (Linux `/proc`; zero
-/// elsewhere). Threads that ended in between are not counted; the
-/// publishers under test start none.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    cpu: Duration,
-    switches: u64,
-    /// Of `switches`, those where a thread gave up the CPU itself (waits).
-    voluntary: u64,
-}
-
-impl Usage {
-    fn now() -> Usage {
-        let mut usage = Usage::default();
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return usage;
-        };
-        for task in tasks.flatten() {
-            let task = task.path();
-            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-            if comm.starts_with("ulogger-emulato") {
-                continue; // the cloud side, not the publisher under test
-            }
-            // Nanoseconds on the CPU, from the scheduler's statistics.
-            if let Some(ns) = std::fs::read_to_string(task.join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            {
-                usage.cpu += Duration::from_nanos(ns);
-            }
-            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
-            for line in status.lines() {
-                if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
-                    let n = n.trim().parse::<u64>().unwrap_or(0);
-                    usage.switches += n;
-                    usage.voluntary += n;
-                } else if let Some(n) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
-                    usage.switches += n.trim().parse::<u64>().unwrap_or(0);
-                }
-            }
-        }
-        usage
-    }
-
-    fn since(&self, before: &Usage) -> Usage {
-        Usage {
-            cpu: self.cpu.saturating_sub(before.cpu),
-            switches: self.switches.saturating_sub(before.switches),
-            voluntary: self.voluntary.saturating_sub(before.voluntary),
-        }
-    }
-
-    fn cpu_us_per(&self, count: usize) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / count as f64
-    }
-
-    fn voluntary_per(&self, count: usize) -> f64 {
-        self.voluntary as f64 / count as f64
-    }
-
-    fn switches_per(&self, count: usize) -> f64 {
-        self.switches as f64 / count as f64
-    }
-}
-
 /// Minimum, maximum and mean of sorted values.
 fn summary(sorted: &[Duration]) -> String {
     format!(
@@ -1214,18 +1142,4 @@ fn summary(sorted: &[Duration]) -> String {
         ms(sorted[sorted.len() - 1]),
         ms(sorted.iter().sum::<Duration>() / sorted.len() as u32),
     )
-}
-
-fn mosquitto_version(binary: &std::path::Path) -> String {
-    std::process::Command::new(binary)
-        .arg("-h")
-        .output()
-        .ok()
-        .and_then(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .next()
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "version unknown".to_owned())
 }

@@ -39,6 +39,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use ulogger_bench::stats::median;
+use ulogger_bench::usage::rss_kb;
 use ulogger_emulator::testing::{find_mosquitto, Mosquitto, MosquittoTls};
 use ulogger_emulator::{CertPaths, Emulator, EmulatorConfig};
 
@@ -211,11 +213,6 @@ fn print_round(round: usize, server: &str, per_kb: f64, connections: usize) {
     );
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Opens the warm-up connections, then `connections` more; returns the
 /// server's RSS growth per connection over the latter, in KB. The
 /// connections close when this returns.
@@ -285,17 +282,6 @@ async fn connect(tls: &TlsConnector, port: u16, i: usize) -> TlsStream<TcpStream
         "connection {i} to port {port} refused"
     );
     stream
-}
-
-/// The resident set size of process `pid`, in KB.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status (Linux only): {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// An emulator in a child process (this binary, in `serve` mode).

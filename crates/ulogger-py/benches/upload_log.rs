@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use ulogger_bench::broker::{LocalCloud, CUSTOMER};
+use ulogger_bench::stats::median;
+use ulogger_bench::usage::proc_cpu;
 use ulogger_cloud::wire::{build_log, DeviceInfo, LogHeader};
 use ulogger_cloud::{blocking, MqttConfig, Pacing};
-use ulogger_emulator::{Emulator, EmulatorConfig, PlatformLimits};
-
-const CUSTOMER: u32 = 4242;
+use ulogger_emulator::PlatformLimits;
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -106,16 +107,7 @@ fn run_script(
 
 /// CPU seconds this process has used (user + system), from /proc.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    // After the command name: state is field 3, utime 14, stime 15.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    proc_cpu("self").unwrap().as_secs_f64()
 }
 
 /// The Rust client's side, in a child process: `calls` uploads with the
@@ -174,8 +166,7 @@ fn import_seconds(python: &Path, runs: usize) -> f64 {
             out.trim().parse().unwrap()
         })
         .collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
+    median(&mut times)
 }
 
 fn main() {
@@ -189,21 +180,11 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     // The emulator syncs every record before its PUBACK; on a tmpfs, where
     // that costs nothing, the benchmark measures the clients, not the disk.
-    let shm = Path::new("/dev/shm");
-    let data = if shm.is_dir() {
-        tempfile::tempdir_in(shm).unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    };
     // Pacing is off, so the broker must not enforce AWS IoT's 100
     // publishes per second either (it would drop the excess unacknowledged).
-    let emulator = Emulator::start(
-        EmulatorConfig::new(CUSTOMER)
-            .data_dir(data.path())
-            .limits(PlatformLimits::unlimited()),
-    )
-    .unwrap();
-    let certs = emulator.certs().unwrap().clone();
+    let cloud = LocalCloud::start(PlatformLimits::unlimited());
+    let emulator = &cloud.emulator;
+    let certs = cloud.certs().clone();
     let mut header = LogHeader::new(4).unwrap();
     header.epoch_time_us = Some(1_700_000_000_000_000);
     let log = build_log(header, &[0x5a; 1024]).unwrap();
@@ -277,5 +258,5 @@ fn main() {
             );
         }
     }
-    emulator.shutdown().unwrap();
+    cloud.shutdown();
 }
