@@ -197,7 +197,7 @@ fn main() {
     let (symbols, addresses) = symbols();
     let (log, frames) = maximal_log(&addresses);
     let snprintf = snprintf::median_ns(&symbols, &log);
-    let fresh_median = |id: &str| suite::median_ns("max_v4_log_decode", id, started);
+    let fresh_median = |id: &str| ulogger_bench::report::median_ns("max_v4_log_decode", id, started);
     let (Some(walk), Some(decode), Some(format)) = (
         fresh_median("walk_frame_lengths"),
         fresh_median("decode"),
@@ -349,37 +349,5 @@ int main(void) {{
         );
         let _ = std::fs::remove_dir_all(&dir);
         ns
-    }
-}
-
-mod suite {
-    use std::path::PathBuf;
-    use std::time::SystemTime;
-
-    /// Where criterion keeps its results, found as criterion finds it.
-    fn criterion_home() -> Option<PathBuf> {
-        if let Some(home) = std::env::var_os("CRITERION_HOME") {
-            return Some(home.into());
-        }
-        if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-            return Some(PathBuf::from(target).join("criterion"));
-        }
-        let exe = std::env::current_exe().ok()?;
-        Some(exe.parent()?.parent()?.parent()?.join("criterion"))
-    }
-
-    /// The median (ns) criterion estimated for `group/id` in this run.
-    pub fn median_ns(group: &str, id: &str, since: SystemTime) -> Option<f64> {
-        let path = criterion_home()?
-            .join(group)
-            .join(id)
-            .join("new")
-            .join("estimates.json");
-        if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-            return None;
-        }
-        let estimates: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-        estimates["median"]["point_estimate"].as_f64()
     }
 }
