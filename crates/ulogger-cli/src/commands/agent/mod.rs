@@ -15,9 +15,13 @@
 //! Anything else is left where it is, with one warning. A file queued
 //! that cannot be removed (a read-only inbox) is remembered by identity
 //! and content, so it is not queued again at the next scan; the folder is
-//! reported once. The inbox is scanned every `--scan-interval`
-//! (polling works the same on every platform and filesystem, network
-//! mounts included, and costs one directory listing a device).
+//! reported once. On Linux the inbox is watched with inotify (see
+//! [`watch`]): a scan follows each file completed in it, and a full
+//! rescan every `--rescan-interval` catches what a notification missed.
+//! With `--poll`, elsewhere, or where inotify runs out, it is scanned
+//! every `--scan-interval` (polling works the same on every platform and
+//! filesystem, network mounts included, and costs one directory listing
+//! a device).
 //!
 //! The agent reports itself: each line starts with its time, a line says
 //! when the connection comes up and goes down, systemd hears of it
@@ -532,7 +536,16 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let mut warned = Warned::default();
     let mut unremovable = Unremovable::default();
     let mut failures = crate::outbox_report::FailureReport::default();
+    // Failures are looked for every --scan-interval only while one could
+    // start or end (records waiting, no connection, a failure said): an
+    // idle, connected agent has no timer of its own but the safety net.
+    let mut checks: Option<tokio::time::Interval> = None;
     loop {
+        match (may_fail(&client, &failures), checks.is_some()) {
+            (true, false) => checks = Some(scan_ticks(poll_every)),
+            (false, true) => checks = None,
+            _ => {}
+        }
         tokio::select! {
             stopped = &mut stop => {
                 stopped_by = Some(stopped?);
@@ -557,8 +570,13 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                         deliveries.spawn(async move { let result = client.delivered(taken.id).await; (taken, result) });
                     }
                 }
-                // Checked with each scan, so a failure is said within one
-                // interval of its first attempt, at any verbosity.
+                if report_failure(global, &client, &mut failures) {
+                    systemd.status(&status_line(&client, ble.as_ref()));
+                }
+            }
+            // So a failure is said within one --scan-interval of its first
+            // attempt, at any verbosity.
+            _ = tick(&mut checks) => {
                 if report_failure(global, &client, &mut failures) {
                     systemd.status(&status_line(&client, ble.as_ref()));
                 }
@@ -584,6 +602,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             }
             Some(change) = connection.next() => {
                 say_connection(global, &change);
+                report_failure(global, &client, &mut failures);
                 systemd.status(&status_line(&client, ble.as_ref()));
             }
             pulled = next_ble(&mut ble) => match pulled {
@@ -1053,6 +1072,18 @@ fn report_failure(
     };
     event(global, kind, change.json(), &change.text());
     true
+}
+
+/// Whether a delivery failure could start or end without another event
+/// of the loop: records wait, the connection is down, or a failure was
+/// said and has not ended.
+fn may_fail(client: &Client, failures: &crate::outbox_report::FailureReport) -> bool {
+    if failures.is_failing() || !client.is_connected() {
+        return true;
+    }
+    client.outbox_status().map_or(true, |s| {
+        s.queued + s.in_flight > 0 || s.failing_since.is_some()
+    })
 }
 
 /// Says that a connection came up or went down (and why).
