@@ -12,7 +12,10 @@
 //! it.
 //!
 //! `cargo bench -p ulogger-cli --bench agent_idle` (a 20 s window;
-//! `ULOGGER_IDLE_BENCH_SECS=600` for the 10 minutes). Linux only.
+//! `ULOGGER_IDLE_BENCH_SECS=600` for the 10 minutes). With
+//! `ULOGGER_IDLE_BENCH_BASELINE=PATH` a third agent, that `ulogger` binary
+//! (an earlier build), runs beside them with the same flags as the
+//! watching one. Linux only.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -80,7 +83,7 @@ fn clock_ticks() -> f64 {
         .unwrap()
 }
 
-fn start(emu: &Emulator, work: &Path, name: &'static str, flags: &[&str]) -> Agent {
+fn start(emu: &Emulator, work: &Path, name: &'static str, binary: &Path, flags: &[&str]) -> Agent {
     let dir = work.join(name);
     let device = dir.join("inbox/SN-IDLE");
     std::fs::create_dir_all(&device).unwrap();
@@ -90,7 +93,7 @@ fn start(emu: &Emulator, work: &Path, name: &'static str, flags: &[&str]) -> Age
     )
     .unwrap();
     let certs = emu.certs().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ulogger"));
+    let mut command = Command::new(binary);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ULOGGER_") {
             command.env_remove(key);
@@ -153,10 +156,20 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).data_dir(work.path().join("cloud")))
         .expect("emulator starts");
-    let agents = [
-        start(&emu, work.path(), "watching", &[]),
-        start(&emu, work.path(), "polling", &["--poll"]),
+    let ours = Path::new(env!("CARGO_BIN_EXE_ulogger"));
+    let mut agents = vec![
+        start(&emu, work.path(), "watching", ours, &[]),
+        start(&emu, work.path(), "polling", ours, &["--poll"]),
     ];
+    if let Some(baseline) = std::env::var_os("ULOGGER_IDLE_BENCH_BASELINE") {
+        agents.push(start(
+            &emu,
+            work.path(),
+            "baseline",
+            Path::new(&baseline),
+            &[],
+        ));
+    }
     // The connection's own first exchanges settle.
     std::thread::sleep(Duration::from_secs(1));
     let before: Vec<Sample> = agents.iter().map(|a| sample(a.child.id())).collect();
@@ -190,12 +203,14 @@ fn main() {
         );
         rates.push((rate, cpu));
     }
-    println!(
-        "polling / watching: {:.0}x the wakeups, CPU {:.3}% against {:.3}%",
-        rates[1].0 / rates[0].0.max(f64::MIN_POSITIVE),
-        rates[1].1,
-        rates[0].1
-    );
+    for (name, (rate, cpu)) in agents.iter().map(|a| a.name).zip(&rates).skip(1) {
+        println!(
+            "{name} / watching: {:.0}x the wakeups ({rate:.2}/s against {:.2}/s), CPU {cpu:.3}% against {:.3}%",
+            rate / rates[0].0.max(1.0 / window),
+            rates[0].0,
+            rates[0].1
+        );
+    }
     println!("watching agent's wakeups by thread:");
     for (thread, count) in &after[0].switches {
         let was = before[0].switches.get(thread).copied().unwrap_or(0);
