@@ -179,7 +179,7 @@ fn main() {
     let window = started.elapsed().as_secs_f64();
     let hz = clock_ticks();
 
-    println!("idle agent, {window:.1} s window, both agents side by side (keep-alive {KEEP_ALIVE_SECS} s)");
+    println!("idle agents, {window:.1} s window, side by side (keep-alive {KEEP_ALIVE_SECS} s)");
     println!(
         "{:<10} {:>10} {:>14} {:>16} {:>10}",
         "agent", "wakeups", "wakeups/s", "per keep-alive", "CPU %"
