@@ -175,7 +175,8 @@ mod linux {
             let mut watcher = Watcher {
                 events,
                 watches,
-                inbox: inbox.to_path_buf(),
+                // Absolute, so that its parent can be watched.
+                inbox: std::path::absolute(inbox).unwrap_or_else(|_| inbox.to_path_buf()),
                 inbox_wd: None,
                 parent_wd: None,
             };
@@ -199,6 +200,31 @@ mod linux {
         }
 
         pub fn sync(&mut self) -> Result<(), String> {
+            self.watch_inbox()?;
+            // Made again between the two: its parent's watch came too late.
+            if self.inbox_wd.is_none() && self.inbox.is_dir() {
+                self.watch_inbox()?;
+            }
+            if self.inbox_wd.is_none() {
+                return Ok(());
+            }
+            let Ok(entries) = std::fs::read_dir(&self.inbox) else {
+                return Ok(());
+            };
+            for entry in entries.filter_map(Result::ok) {
+                // Links are refused by the scan; hidden folders left alone.
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir && !super::super::hidden(&entry.path()) {
+                    // The same folder watched again keeps its watch.
+                    self.add(&entry.path(), device_mask())?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Watches the inbox if it is not watched, or, while it is gone,
+        /// its parent for it to come back.
+        fn watch_inbox(&mut self) -> Result<(), String> {
             if self.inbox_wd.is_none() {
                 let inbox = self.inbox.clone();
                 self.inbox_wd = self.add(&inbox, inbox_mask())?;
@@ -219,20 +245,8 @@ mod linux {
                                 None => None,
                             },
                         };
-                        return Ok(());
                     }
                     (Some(_), None) => {}
-                }
-            }
-            let Ok(entries) = std::fs::read_dir(&self.inbox) else {
-                return Ok(());
-            };
-            for entry in entries.filter_map(Result::ok) {
-                // Links are refused by the scan; hidden folders left alone.
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if is_dir && !super::super::hidden(&entry.path()) {
-                    // The same folder watched again keeps its watch.
-                    self.add(&entry.path(), device_mask())?;
                 }
             }
             Ok(())
