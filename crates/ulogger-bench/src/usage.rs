@@ -48,6 +48,35 @@ pub fn proc_cpu(pid: &str) -> Option<Duration> {
     Some(Duration::from_millis((ticks(14)? + ticks(15)?) * 10))
 }
 
+/// Context switches (voluntary and not) of each thread of process `pid`
+/// so far, by `"<tid> <comm>"`: what woke it, thread by thread. Threads
+/// that cannot be read (gone in between) are left out.
+pub fn thread_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut switches = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return switches;
+    };
+    for task in tasks.flatten() {
+        let task = task.path();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let count: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        let tid = task
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        switches.insert(format!("{tid} {}", comm.trim()), count);
+    }
+    switches
+}
+
 /// The pid of this process's first child named `comm` (as in
 /// `/proc/<pid>/comm`), if it has one.
 pub fn child_named(comm: &str) -> Option<String> {

@@ -21,9 +21,23 @@ pub struct ServiceArgs {
     /// `rejected` folder beside the inbox].
     #[arg(long, env = "ULOGGER_REJECTED", value_name = "DIR")]
     pub rejected: Option<PathBuf>,
-    /// Milliseconds between two looks at the inbox; at most 1h [default: 500ms].
+    /// Milliseconds between two looks at the inbox when it is polled
+    /// (--poll, or file notifications unavailable); at most 1h [default: 500ms].
     #[arg(long, env = "ULOGGER_SCAN_INTERVAL", value_name = "MS", value_parser = crate::duration::millis)]
     pub scan_interval: Option<u64>,
+    /// Seconds between two full looks at the inbox while it is watched
+    /// with file notifications (a file is taken as soon as it is complete;
+    /// this only catches what a notification missed); at most 1d
+    /// [default: 10m].
+    #[arg(long, env = "ULOGGER_RESCAN_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
+    pub rescan_interval: Option<u64>,
+    /// Poll the inbox every --scan-interval instead of watching it with
+    /// file notifications (inotify), e.g. on a network filesystem, where
+    /// changes made by other hosts are not notified [default: false].
+    #[arg(long, env = "ULOGGER_POLL", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = crate::connection::boolish)]
+    pub poll: Option<bool>,
     /// Seconds between two summary lines; at most 1d [default: 60s].
     #[arg(long, env = "ULOGGER_SUMMARY_INTERVAL", value_name = "SECS", value_parser = crate::duration::secs)]
     pub summary_interval: Option<u64>,

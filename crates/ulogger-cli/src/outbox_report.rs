@@ -128,6 +128,11 @@ pub(crate) struct FailureReport {
 }
 
 impl FailureReport {
+    /// True while a failure was said and its end not yet.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.shown.is_some()
+    }
+
     /// What changed since the last call, if anything worth a line.
     pub(crate) fn check(&mut self, outbox: &Outbox) -> Option<FailureChange> {
         match (outbox.failure(), &mut self.shown) {

@@ -27,6 +27,8 @@ pub const DEFAULT_TOKEN_TIMEOUT_SECS: u64 = 15;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
 /// `agent --scan-interval`'s default, in milliseconds.
 pub const DEFAULT_SCAN_INTERVAL_MS: u64 = 500;
+/// `agent --rescan-interval`'s default, in seconds.
+pub const DEFAULT_RESCAN_INTERVAL_SECS: u64 = 600;
 /// `agent --summary-interval`'s default, in seconds.
 pub const DEFAULT_SUMMARY_INTERVAL_SECS: u64 = 60;
 /// `agent --ack-sync-interval`'s default, in milliseconds.
@@ -201,6 +203,10 @@ settings! {
     rejected: PathBuf = Fallback::Said("a rejected folder beside the inbox");
     #[serde(default, deserialize_with = "crate::duration::millis_in_file")]
     scan_interval: u64 = Fallback::value(DEFAULT_SCAN_INTERVAL_MS), millis;
+    #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
+    rescan_interval: u64 = Fallback::value(DEFAULT_RESCAN_INTERVAL_SECS), secs;
+    /// `agent --poll`.
+    poll: bool = Fallback::value(false);
     #[serde(default, deserialize_with = "crate::duration::secs_in_file")]
     summary_interval: u64 = Fallback::value(DEFAULT_SUMMARY_INTERVAL_SECS), secs;
     #[serde(default, deserialize_with = "crate::duration::millis_in_file")]

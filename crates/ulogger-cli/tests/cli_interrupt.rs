@@ -4,9 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+// The benchmarks' delay proxy: acknowledgements still in the air when
+// Ctrl-C comes.
+#[path = "../benches/support/delay_proxy.rs"]
+mod delay_proxy;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use support::sandbox::*;
 use support::Running;
@@ -142,4 +146,60 @@ fn ctrl_c_ends_an_upload_through_the_outbox_with_130() {
         .expect_code(0);
     let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(status["queued"], 1, "{status}");
+}
+
+/// `upload --outbox` interrupted while acknowledgements are in the air
+/// (a 300 ms round trip): those that arrive during the shutdown are
+/// counted as delivered, and the summary's "still queued" is what the
+/// outbox holds afterwards (it used to count them as queued).
+#[test]
+fn an_interrupted_upload_through_the_outbox_counts_from_the_outbox_after_it_stopped() {
+    let emu = plaintext_emulator();
+    let proxy = delay_proxy::DelayProxy::start(emu.addr(), Duration::from_millis(150)).unwrap();
+    let sandbox = Sandbox::new();
+    let files = numbered_logs(&sandbox, 200);
+    let mut args = vec!["--json".to_owned()];
+    args.extend(replace(
+        connect_args("upload", &emu),
+        "--port",
+        proxy.addr().port().to_string(),
+    ));
+    args.extend(strings(&["--no-store", "--outbox"]));
+    args.push(s(&sandbox.path("outbox")));
+    args.extend(device_args("SN-GRACE"));
+    args.extend(files.iter().map(|f| s(f)));
+    let mut running = spawn(&sandbox, &args);
+    // Deliveries are under way, more publishes in the air.
+    running.line_containing("\"status\":\"delivered\"");
+    signal(&running.child, "INT");
+    let mut last = String::new();
+    while let Ok(line) = running.lines.recv_timeout(PATIENCE) {
+        last = line;
+    }
+    let code = running.child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "{last}");
+    let summary: serde_json::Value = serde_json::from_str(&last).unwrap();
+
+    let status = sandbox
+        .run(&strings(&[
+            "--json",
+            "outbox",
+            "status",
+            "--outbox",
+            &s(&sandbox.path("outbox")),
+        ]))
+        .expect_code(0);
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(
+        summary["queued"], status["queued"],
+        "{summary} against {status}"
+    );
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let delivered = summary["delivered"].as_u64().unwrap();
+    assert_eq!(
+        delivered + status["queued"].as_u64().unwrap(),
+        200,
+        "{summary}"
+    );
+    assert!(delivered as usize <= copies(&emu).len(), "{summary}");
 }

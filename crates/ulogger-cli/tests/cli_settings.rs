@@ -393,6 +393,8 @@ const EVERY_KEY: &[(&str, &str)] = &[
     ("inbox", "\"in\""),
     ("rejected", "\"rej\""),
     ("scan_interval", "\"2s\""),
+    ("rescan_interval", "\"5m\""),
+    ("poll", "true"),
     ("summary_interval", "\"1m\""),
     ("ack_sync_interval", "200"),
     ("metrics_listen", "\"127.0.0.1:9464\""),
@@ -445,6 +447,8 @@ fn every_config_file_key_is_shown_from_the_file_with_its_line_and_type() {
     assert_eq!(value("port"), json!(1884));
     assert_eq!(value("token_timeout"), json!(20));
     assert_eq!(value("scan_interval"), json!(2000));
+    assert_eq!(value("rescan_interval"), json!(300));
+    assert_eq!(value("poll"), json!(true));
     assert_eq!(value("summary_interval"), json!(60));
     assert_eq!(value("ble_min_interval"), json!(120));
     assert_eq!(value("ble_max_connections"), json!(2));

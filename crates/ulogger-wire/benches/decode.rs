@@ -197,7 +197,8 @@ fn main() {
     let (symbols, addresses) = symbols();
     let (log, frames) = maximal_log(&addresses);
     let snprintf = snprintf::median_ns(&symbols, &log);
-    let fresh_median = |id: &str| ulogger_bench::report::median_ns("max_v4_log_decode", id, started);
+    let fresh_median =
+        |id: &str| ulogger_bench::report::median_ns("max_v4_log_decode", id, started);
     let (Some(walk), Some(decode), Some(format)) = (
         fresh_median("walk_frame_lengths"),
         fresh_median("decode"),

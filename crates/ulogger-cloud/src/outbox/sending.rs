@@ -87,12 +87,14 @@ impl Outbox {
     /// status is where an operator looks for why nothing is delivered).
     pub(crate) fn connection_failed(&self, error: &Error) {
         self.shared.note_link_error(error);
+        let _ = self.send(Request::Refresh);
     }
 
     /// The connection came up: a failure that was only the connection's
     /// is over.
     pub(crate) fn connection_up(&self) {
         self.shared.link_up();
+        let _ = self.send(Request::Refresh);
     }
 
     fn ack(&self, id: u64, state: AckState) {

@@ -360,8 +360,10 @@ impl Ledger {
                 out.push((*id, entry.clone()));
             }
         }
-        state.in_flight += out.len();
-        state.generation += 1;
+        if !out.is_empty() {
+            state.in_flight += out.len();
+            state.generation += 1;
+        }
         out
     }
 

@@ -32,7 +32,10 @@ pub(super) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 pub(super) const BATCH_APPENDS: usize = 1024;
 
 /// How often the writer evicts records past their age, reports failures
-/// still going on and rewrites the status file.
+/// still going on and rewrites the status file, while there is something
+/// to do so for: an empty outbox with its status written and no failure
+/// going on waits for the next request without a timer (an idle gateway
+/// sleeps; a change made outside the writer sends [`Request::Refresh`]).
 pub(super) const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// A record to append, as the caller gave it.
@@ -85,6 +88,9 @@ pub(super) enum Request {
     Flush { reply: oneshot::Sender<()> },
     /// Sync, write the status file and stop.
     Close,
+    /// Something outside the writer changed the status (a connection
+    /// failed or came up): rewrite the status file, even if idle.
+    Refresh,
 }
 
 /// The segment taking appends.
@@ -195,13 +201,25 @@ impl Writer {
                 self.sync_acks();
             }
             let wake = match self.ack_sync_deadline() {
-                Some(deadline) => deadline.min(next_tick),
-                None => next_tick,
+                Some(deadline) => Some(deadline.min(next_tick)),
+                None if self.idle(&shared) => None,
+                None => Some(next_tick),
             };
-            let first = match requests.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(request) => request,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let first = match wake {
+                Some(wake) => match requests.recv_timeout(wake.saturating_duration_since(now)) {
+                    Ok(request) => request,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                // Housekeeping has nothing to do until a request comes;
+                // the tick is then due at once.
+                None => match requests.recv() {
+                    Ok(request) => {
+                        next_tick = Instant::now();
+                        request
+                    }
+                    Err(_) => break,
+                },
             };
             let mut batch = vec![first];
             while batch.len() < BATCH_APPENDS {
@@ -230,6 +248,7 @@ impl Writer {
                 Request::Ack { id, state } => acks.push((id, state)),
                 Request::Flush { reply } => flushes.push(reply),
                 Request::Close => close = true,
+                Request::Refresh => {}
             }
         }
         if !acks.is_empty() {
@@ -557,6 +576,21 @@ impl Writer {
             self.ack(id, AckState::Evicted, shared);
         }
         Ok(())
+    }
+
+    /// Nothing for housekeeping to do: no record to age, the status file
+    /// up to date, no write failure going on.
+    fn idle(&self, shared: &Ledger) -> bool {
+        let (empty, generation) = {
+            let state = shared.lock();
+            (state.entries.is_empty(), state.generation)
+        };
+        empty
+            && generation == self.status_generation
+            && !self.append_failures.failing
+            && !self.ack_failures.failing
+            && self.append_failures.repeats == 0
+            && self.ack_failures.repeats == 0
     }
 
     fn expire(&mut self, shared: &Ledger) {

@@ -15,9 +15,13 @@
 //! Anything else is left where it is, with one warning. A file queued
 //! that cannot be removed (a read-only inbox) is remembered by identity
 //! and content, so it is not queued again at the next scan; the folder is
-//! reported once. The inbox is scanned every `--scan-interval`
-//! (polling works the same on every platform and filesystem, network
-//! mounts included, and costs one directory listing a device).
+//! reported once. On Linux the inbox is watched with inotify (see
+//! [`watch`]): a scan follows each file completed in it, and a full
+//! rescan every `--rescan-interval` catches what a notification missed.
+//! With `--poll`, elsewhere, or where inotify runs out, it is scanned
+//! every `--scan-interval` (polling works the same on every platform and
+//! filesystem, network mounts included, and costs one directory listing
+//! a device).
 //!
 //! The agent reports itself: each line starts with its time, a line says
 //! when the connection comes up and goes down, systemd hears of it
@@ -30,6 +34,7 @@ mod ble;
 mod inbox_fs;
 mod metrics;
 mod systemd;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -57,6 +62,7 @@ use crate::Global;
 use inbox_fs::DeviceDir;
 use metrics::Metrics;
 use systemd::Systemd;
+use watch::{InboxWatch, Wake};
 
 /// Files enqueued at once (enqueues share fsyncs).
 const ENQUEUE_JOBS: usize = 64;
@@ -139,6 +145,8 @@ struct Service {
     outbox: PathBuf,
     rejected: Option<PathBuf>,
     scan_interval: u64,
+    rescan_interval: u64,
+    poll: bool,
     summary_interval: u64,
     ack_sync_interval: u64,
     stamp_time: bool,
@@ -361,6 +369,11 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             .scan_interval
             .or(file.scan_interval)
             .unwrap_or(settings::DEFAULT_SCAN_INTERVAL_MS),
+        rescan_interval: flags
+            .rescan_interval
+            .or(file.rescan_interval)
+            .unwrap_or(settings::DEFAULT_RESCAN_INTERVAL_SECS),
+        poll: flags.poll.or(file.poll).unwrap_or(false),
         summary_interval: flags
             .summary_interval
             .or(file.summary_interval)
@@ -381,6 +394,13 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             3_600_000,
             "ms",
             "the inbox would wait more than an hour between looks",
+        ),
+        (
+            "--rescan-interval",
+            args.rescan_interval,
+            86_400,
+            "s",
+            "a file whose notification was missed would wait more than a day",
         ),
         (
             "--summary-interval",
@@ -490,8 +510,25 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
 
     let stop = stop.wait();
     tokio::pin!(stop);
-    let mut scan = tokio::time::interval(Duration::from_millis(args.scan_interval.max(10)));
-    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Watched, the inbox is scanned when a file is complete and, as a
+    // safety net, every --rescan-interval; polled, every --scan-interval.
+    let poll_every = Duration::from_millis(args.scan_interval.max(10));
+    let mut watch = match &args.inbox {
+        Some(_) if args.poll => InboxWatch::polling(),
+        Some(inbox) => {
+            let (watch, failed) = InboxWatch::start(inbox);
+            if let Some(why) = failed {
+                say_polling(global, &why, poll_every);
+            }
+            watch
+        }
+        None => InboxWatch::polling(),
+    };
+    let mut scan = scan_ticks(if watch.watching() {
+        Duration::from_secs(args.rescan_interval.max(1))
+    } else {
+        poll_every
+    });
     let summary_every = Duration::from_secs(args.summary_interval.max(1));
     let mut summary =
         tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
@@ -499,7 +536,16 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
     let mut warned = Warned::default();
     let mut unremovable = Unremovable::default();
     let mut failures = crate::outbox_report::FailureReport::default();
+    // Failures are looked for every --scan-interval only while one could
+    // start or end (records waiting, no connection, a failure said): an
+    // idle, connected agent has no timer of its own but the safety net.
+    let mut checks: Option<tokio::time::Interval> = None;
     loop {
+        match (may_fail(&client, &failures), checks.is_some()) {
+            (true, false) => checks = Some(scan_ticks(poll_every)),
+            (false, true) => checks = None,
+            _ => {}
+        }
         tokio::select! {
             stopped = &mut stop => {
                 stopped_by = Some(stopped?);
@@ -508,7 +554,15 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             // From this loop, so that a loop stuck anywhere (a scan that
             // never ends) stops the pings and systemd restarts the agent.
             _ = tick(&mut watchdog) => systemd.watchdog(),
-            _ = scan.tick() => {
+            woke = next_scan(&mut scan, &mut watch) => {
+                let stopped = match woke {
+                    Ok(()) => watch.sync(),
+                    Err(why) => Some(why),
+                };
+                if let Some(why) = stopped {
+                    say_polling(global, &why, poll_every);
+                    scan = scan_ticks(poll_every);
+                }
                 if let Some(inbox) = &args.inbox {
                     let observers = Observers { metrics: &metrics, systemd: &systemd };
                     for taken in take_inbox(global, &client, observers, inbox, &rejected, &mut warned, &mut unremovable).await {
@@ -516,8 +570,13 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
                         deliveries.spawn(async move { let result = client.delivered(taken.id).await; (taken, result) });
                     }
                 }
-                // Checked with each scan, so a failure is said within one
-                // interval of its first attempt, at any verbosity.
+                if report_failure(global, &client, &mut failures) {
+                    systemd.status(&status_line(&client, ble.as_ref()));
+                }
+            }
+            // So a failure is said within one --scan-interval of its first
+            // attempt, at any verbosity.
+            _ = tick(&mut checks) => {
                 if report_failure(global, &client, &mut failures) {
                     systemd.status(&status_line(&client, ble.as_ref()));
                 }
@@ -543,6 +602,7 @@ async fn serve(global: Global, cli: Args, stop: StopSignal) -> Result<(), Exit> 
             }
             Some(change) = connection.next() => {
                 say_connection(global, &change);
+                report_failure(global, &client, &mut failures);
                 systemd.status(&status_line(&client, ble.as_ref()));
             }
             pulled = next_ble(&mut ble) => match pulled {
@@ -1014,11 +1074,57 @@ fn report_failure(
     true
 }
 
+/// Whether a delivery failure could start or end without another event
+/// of the loop: records wait, the connection is down, or a failure was
+/// said and has not ended.
+fn may_fail(client: &Client, failures: &crate::outbox_report::FailureReport) -> bool {
+    if failures.is_failing() || !client.is_connected() {
+        return true;
+    }
+    client.outbox_status().map_or(true, |s| {
+        s.queued + s.in_flight > 0 || s.failing_since.is_some()
+    })
+}
+
 /// Says that a connection came up or went down (and why).
 fn say_connection(global: Global, change: &ulogger_cloud::ConnectionEvent) {
     if let Some((kind, fields, text)) = connection_line(change) {
         event(global, kind, fields, &text);
     }
+}
+
+/// Ticks every `period`, the first at once; a late tick is not made up.
+fn scan_ticks(period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// Waits until the inbox is to be scanned: at the next tick, or when the
+/// watcher says something may be ready. An error (why) when the watcher
+/// stopped working: the agent polls from then on.
+async fn next_scan(
+    ticks: &mut tokio::time::Interval,
+    watch: &mut InboxWatch,
+) -> Result<(), String> {
+    tokio::select! {
+        _ = ticks.tick() => Ok(()),
+        woke = watch.changed() => match woke {
+            Wake::Changed => Ok(()),
+            Wake::Unavailable(why) => Err(why),
+        },
+    }
+}
+
+/// Says, once, that the inbox is polled rather than watched, and why.
+fn say_polling(global: Global, why: &str, every: Duration) {
+    let every_ms = every.as_millis();
+    event(
+        global,
+        "polling",
+        json!({"reason": why, "every_ms": every_ms}),
+        &format!("WARNING: the inbox is polled every {every_ms} ms instead of watched: {why}"),
+    );
 }
 
 /// Waits for the next tick of `ticks`; never, without them.

@@ -261,14 +261,16 @@ mod tests {
                 | "jobs"
                 | "ble_max_connections" => "7",
                 "token_timeout" | "timeout" | "summary_interval" | "ble_min_interval"
-                | "scan_interval" | "ack_sync_interval" => "7",
-                "legacy_topics" | "plaintext" | "no_pacing" | "stamp_time" | "ble" => "true",
+                | "scan_interval" | "rescan_interval" | "ack_sync_interval" => "7",
+                "legacy_topics" | "plaintext" | "no_pacing" | "stamp_time" | "ble" | "poll" => {
+                    "true"
+                }
                 "metrics_listen" => "127.0.0.1:7",
                 _ => "x",
             };
             if matches!(
                 id,
-                "legacy_topics" | "plaintext" | "no_pacing" | "stamp_time" | "ble"
+                "legacy_topics" | "plaintext" | "no_pacing" | "stamp_time" | "ble" | "poll"
             ) {
                 argv.push(format!("--{long}={value}"));
             } else {

@@ -194,6 +194,7 @@ async fn run(
     // of reach for the connect timeout, stops waiting: what is not
     // delivered stays queued for the next run.
     let mut deliveries = JoinSet::new();
+    let ids: HashMap<usize, RecordId> = waiting.iter().copied().collect();
     for (index, id) in waiting {
         let client = client.clone();
         deliveries.spawn(async move { (index, client.delivered(id).await) });
@@ -258,6 +259,20 @@ async fn run(
         let _ = tokio::time::timeout(STOP_GRACE, client.shutdown()).await;
     } else {
         client.shutdown().await;
+    }
+    // Deliveries under way when it stopped waiting were acknowledged
+    // during the shutdown (or not): the outbox after it says which. A
+    // record no longer in it was delivered (one evicted by age, in these
+    // seconds, would need a maximum age shorter than the run).
+    if gave_up.is_some() {
+        let left: HashSet<u64> = outbox.records().iter().map(|r| r.id.0).collect();
+        for (index, fate) in fates.iter_mut().enumerate() {
+            let gone = ids.get(&index).is_some_and(|id| !left.contains(&id.0));
+            if gone && matches!(fate, Some(Fate::Queued)) {
+                report(global, &files[index], &Fate::Delivered);
+                *fate = Some(Fate::Delivered);
+            }
+        }
     }
 
     let count = |pred: fn(&Fate) -> bool| fates.iter().flatten().filter(|f| pred(f)).count();
