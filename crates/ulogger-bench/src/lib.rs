@@ -6,7 +6,7 @@
 //!   (`getrusage`, Linux `/proc`);
 //! - [`report`]: the `SUITE` lines `scripts/bench-suite` collects, and
 //!   criterion's own medians read back for them;
-//! - [`broker`] (feature `broker`): mosquitto and the emulator over mutual
+//! - `broker` (feature `broker`): mosquitto and the emulator over mutual
 //!   TLS, raw rumqttc clients and valid logs for the client's benches.
 //!
 //! A dev-dependency only (`publish = false`). It depends on the emulator

@@ -1,7 +1,7 @@
 //! The Python package for real: builds the wheel with maturin, installs it
 //! into a fresh virtual environment, and runs the Python tests
-//! (`tests/python/`, unittest) against an emulator over mutual TLS on
-//! real sockets.
+//! (`tests/python/`, unittest cases run by pytest) against an emulator
+//! over mutual TLS on real sockets.
 //!
 //! maturin comes from `$ULOGGER_MATURIN` (`.ci/run` installs the pinned
 //! version into a venv under `target/` and sets it), else `maturin` on
@@ -16,8 +16,9 @@
 //! records of the second emulator, attached to a mosquitto with mutual
 //! TLS, for the bridge-mode tests).
 //!
-//! The bridge-mode tests run a real paho-mqtt client, and the stubs are
-//! checked with mypy: their wheels come from the directory
+//! pytest runs the suite, the bridge-mode tests run a real paho-mqtt
+//! client, and the stubs are checked with mypy: their wheels come from
+//! the directory
 //! `$ULOGGER_PY_TEST_WHEELS` (`.ci/run` downloads the pinned versions
 //! there), installed without network. Under `CI=true` a missing wheel or
 //! mosquitto fails the test.
@@ -133,17 +134,20 @@ fn build_wheel(out: &Path) -> Option<PathBuf> {
     Some(wheel)
 }
 
-/// Installs paho-mqtt and mypy from `$ULOGGER_PY_TEST_WHEELS` into the
-/// venv of `python`; false (after a notice, or failing under CI) without
-/// them.
+/// Installs pytest, paho-mqtt and mypy from `$ULOGGER_PY_TEST_WHEELS`
+/// into the venv of `python`; false (after a notice, or failing under CI)
+/// without them.
 fn install_test_wheels(python: &Path) -> bool {
     let Some(wheels) = std::env::var_os("ULOGGER_PY_TEST_WHEELS") else {
         assert!(
             !in_ci(),
-            "ULOGGER_PY_TEST_WHEELS is required under CI=true (.ci/run downloads paho-mqtt \
-             and mypy there)"
+            "ULOGGER_PY_TEST_WHEELS is required under CI=true (.ci/run downloads pytest, \
+             paho-mqtt and mypy there)"
         );
-        eprintln!("skipping the bridge-mode and mypy tests: ULOGGER_PY_TEST_WHEELS is not set");
+        eprintln!(
+            "skipping the bridge-mode and mypy tests, and running the suite with unittest: \
+             ULOGGER_PY_TEST_WHEELS is not set"
+        );
         return false;
     };
     let mut pip = Command::new(python);
@@ -158,11 +162,12 @@ fn install_test_wheels(python: &Path) -> bool {
     ])
     .arg(&wheels)
     .arg(format!("paho-mqtt=={PAHO_VERSION}"))
-    .arg(format!("mypy=={MYPY_VERSION}"));
+    .arg(format!("mypy=={MYPY_VERSION}"))
+    .arg(format!("pytest=={PYTEST_VERSION}"));
     if let Err(e) = run(pip, Duration::from_secs(120)) {
         panic!(
-            "paho-mqtt {PAHO_VERSION} and mypy {MYPY_VERSION} are not installable from \
-             {wheels:?}: {e}"
+            "paho-mqtt {PAHO_VERSION}, mypy {MYPY_VERSION} and pytest {PYTEST_VERSION} are not \
+             installable from {wheels:?}: {e}"
         );
     }
     true
@@ -170,6 +175,8 @@ fn install_test_wheels(python: &Path) -> bool {
 
 /// The paho-mqtt version the bridge-mode tests run (pinned in `.ci/run`).
 const PAHO_VERSION: &str = "2.1.0";
+/// The pytest version that runs the suite (pinned in `.ci/run`).
+const PYTEST_VERSION: &str = "8.3.5";
 /// The mypy version that checks the stubs (pinned in `.ci/run`).
 const MYPY_VERSION: &str = "1.19.1";
 
@@ -288,18 +295,28 @@ fn control(emulator: &Emulator, mosquitto: Option<&Emulator>, line: &str) -> ser
     }
 }
 
-/// Runs the unittest suite with the control protocol; panics with its
-/// output when it fails.
+/// Runs the suite with the control protocol, with pytest when the test
+/// wheels are installed (`pytest`), else with unittest (its tests are
+/// unittest cases, which pytest runs as they are); panics with its output
+/// when it fails.
 fn run_suite(
     python: &Path,
+    pytest: bool,
     emulator: &Emulator,
     mosquitto: Option<&Emulator>,
     params: &Path,
     home: &Path,
 ) {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+    // `-s`: the control protocol is the suite's standard input and output,
+    // which pytest would otherwise capture.
+    let runner: &[&str] = if pytest {
+        &["-m", "pytest", "-v", "-s", "-p", "no:cacheprovider"]
+    } else {
+        &["-m", "unittest", "-v"]
+    };
     let mut child = Command::new(python)
-        .args(["-m", "unittest", "-v"])
+        .args(runner)
         .current_dir(&tests)
         .env("ULOGGER_TEST_PARAMS", params)
         .env("HOME", home)
@@ -329,7 +346,10 @@ fn run_suite(
     let mut output = String::new();
     for line in stdout.lines() {
         let line = line.unwrap();
-        if let Some(command) = line.strip_prefix("@ctl ") {
+        // pytest -v writes a test's name before the test runs and ends the
+        // line after it: a request may follow it on the same line.
+        if let Some((before, command)) = line.split_once("@ctl ") {
+            output.push_str(before);
             let answer = control(emulator, mosquitto, command);
             // The suite may have died meanwhile: its output tells why.
             let _ = writeln!(stdin, "{answer}");
@@ -401,6 +421,7 @@ fn the_python_package_against_the_emulator() {
     std::fs::create_dir_all(&home).unwrap();
     run_suite(
         &python,
+        paho,
         &emulator,
         mosquitto.as_ref().map(|m| &m.emulator),
         &params_file,
