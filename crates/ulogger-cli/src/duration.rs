@@ -93,7 +93,11 @@ pub fn millis(text: &str) -> Result<u64, String> {
 /// A flag whose bare numbers are seconds; a duration that is not whole
 /// seconds is refused (the setting has no finer grain).
 pub fn secs(text: &str) -> Result<u64, String> {
-    let ms = parse_ms(text, 1_000, "seconds")?;
+    whole_secs(text, parse_ms(text, 1_000, "seconds")?)
+}
+
+/// `ms`, read from `text`, in seconds; refused when not whole.
+fn whole_secs(text: &str, ms: u64) -> Result<u64, String> {
     if ms % 1_000 != 0 {
         return Err(format!(
             "'{}' is not a whole number of seconds, the finest this setting takes",
@@ -106,14 +110,7 @@ pub fn secs(text: &str) -> Result<u64, String> {
 /// [`secs`] for a setting held in 32 bits (a log configuration's
 /// lifetime), which may be longer than a week: up to `u32::MAX` seconds.
 pub fn secs_u32(text: &str) -> Result<u32, String> {
-    let ms = parse_unbounded_ms(text, 1_000, "seconds")?;
-    if ms % 1_000 != 0 {
-        return Err(format!(
-            "'{}' is not a whole number of seconds, the finest this setting takes",
-            text.trim()
-        ));
-    }
-    let secs = ms / 1_000;
+    let secs = whole_secs(text, parse_unbounded_ms(text, 1_000, "seconds")?)?;
     u32::try_from(secs)
         .map_err(|_| format!("'{}' is too long: at most {} s", text.trim(), u32::MAX))
 }

@@ -60,6 +60,22 @@ def key(cfg, compression="auto"):
     )
 
 
+def _get_or_start(k, start):
+    """The engine under ``k``; made by ``start()`` under the lock the first
+    time, once, however many threads ask at once."""
+    engine = _engines.get(k)
+    if engine is not None:
+        return engine
+    with _lock:
+        if _closed:
+            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
+        engine = _engines.get(k)
+        if engine is None:
+            engine = start()
+            _engines[k] = engine
+    return engine
+
+
 def engine_for(cfg, compression="auto"):
     """The engine of ``cfg``, started on first use.
 
@@ -71,7 +87,6 @@ def engine_for(cfg, compression="auto"):
     :class:`~ulogger_cloud.errors.NoClientCertificateError` without a
     certificate and key, and the engine's errors for files it cannot use.
     """
-    global _announced
     if getattr(cfg, "client", None) is not None:
         return _bridged_engine_for(cfg, compression)
     if not cfg.cert_file or not cfg.key_file:
@@ -80,32 +95,27 @@ def engine_for(cfg, compression="auto"):
             "SDK would connect without TLS; this package never does)"
         )
     k = key(cfg, compression)
-    engine = _engines.get(k)
-    if engine is not None:
-        return engine
-    with _lock:
-        if _closed:
-            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
-        engine = _engines.get(k)
-        if engine is None:
-            if not _announced:
-                _announced = True
-                _log.info("%s", DIFFERENCES)
-            engine = _native.Engine(
-                k[5],
-                broker=k[0],
-                port=k[1],
-                cert_file=k[2],
-                key_file=k[3],
-                ca_file=k[4],
-                group_id=k[6],
-                topic_prefix=k[7],
-                token_timeout=k[8],
-                pacing=k[9],
-                compression=compression,
-            )
-            _engines[k] = engine
-    return engine
+
+    def start():
+        global _announced
+        if not _announced:
+            _announced = True
+            _log.info("%s", DIFFERENCES)
+        return _native.Engine(
+            k[5],
+            broker=k[0],
+            port=k[1],
+            cert_file=k[2],
+            key_file=k[3],
+            ca_file=k[4],
+            group_id=k[6],
+            topic_prefix=k[7],
+            token_timeout=k[8],
+            pacing=k[9],
+            compression=compression,
+        )
+
+    return _get_or_start(k, start)
 
 
 def _bridged_engine_for(cfg, compression):
@@ -127,52 +137,40 @@ def _bridged_engine_for(cfg, compression):
         bool(getattr(cfg, "pacing", True)),
         compression,
     )
-    engine = _engines.get(k)
-    if engine is not None:
+
+    def start():
+        link = _paho_link.PahoLink(client)
+        engine = _native.Engine(
+            k[2],
+            broker=cfg.broker or "mqtt.ulogger.ai",
+            port=int(cfg.port or 8883),
+            group_id=k[3],
+            topic_prefix=k[4],
+            token_timeout=k[5],
+            pacing=k[6],
+            compression=compression,
+            link=link,
+        )
+        _links[k] = link
         return engine
-    with _lock:
-        if _closed:
-            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
-        engine = _engines.get(k)
-        if engine is None:
-            link = _paho_link.PahoLink(client)
-            engine = _native.Engine(
-                k[2],
-                broker=cfg.broker or "mqtt.ulogger.ai",
-                port=int(cfg.port or 8883),
-                group_id=k[3],
-                topic_prefix=k[4],
-                token_timeout=k[5],
-                pacing=k[6],
-                compression=compression,
-                link=link,
-            )
-            _links[k] = link
-            _engines[k] = engine
-    return engine
+
+    return _get_or_start(k, start)
 
 
 def http_engine_for(cfg, api_token, api_base_url, compression="auto"):
     """The HTTPS telemetry client for ``api_token`` at ``api_base_url``
     (the SDK's fallback without MQTT certificates), started on first use."""
     k = ("http", api_token, api_base_url, int(cfg.group_id or 0), compression, ca_file(cfg))
-    engine = _engines.get(k)
-    if engine is not None:
-        return engine
-    with _lock:
-        if _closed:
-            raise ShutdownError("the interpreter is exiting: ulogger_cloud is shut down")
-        engine = _engines.get(k)
-        if engine is None:
-            engine = _native.HttpEngine(
-                api_token,
-                base_url=api_base_url,
-                group_id=k[3],
-                compression=compression,
-                ca_file=k[5],
-            )
-            _engines[k] = engine
-    return engine
+    return _get_or_start(
+        k,
+        lambda: _native.HttpEngine(
+            api_token,
+            base_url=api_base_url,
+            group_id=k[3],
+            compression=compression,
+            ca_file=k[5],
+        ),
+    )
 
 
 def connection_count():
