@@ -98,7 +98,7 @@ pub fn secs(text: &str) -> Result<u64, String> {
 
 /// `ms`, read from `text`, in seconds; refused when not whole.
 fn whole_secs(text: &str, ms: u64) -> Result<u64, String> {
-    if ms % 1_000 != 0 {
+    if !ms.is_multiple_of(1_000) {
         return Err(format!(
             "'{}' is not a whole number of seconds, the finest this setting takes",
             text.trim()
