@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bluer::gatt::remote::{Characteristic as GattCharacteristic, CharacteristicWriteRequest};
 use bluer::gatt::WriteOp;
-use bluer::{AdapterEvent, Device, Session, Uuid};
+use bluer::{AdapterEvent, Device, DeviceEvent, DeviceProperty, Session, Uuid};
 use futures_util::stream::StreamExt;
 
 use crate::wire::{
@@ -538,19 +538,62 @@ struct Gatt {
 }
 
 async fn find_gatt(tree: &tree::ObjectTree, adapter: &str, device: &Device) -> Result<Gatt, Error> {
-    let step = "resolving the uLogger service";
-    if !device
-        .is_services_resolved()
-        .await
-        .map_err(|e| ble(step, e))?
-    {
-        // Not yet (bluetoothd is still reading the device's table): bluer
-        // waits for it, watching the device's properties.
-        device.services().await.map_err(|e| ble(step, e))?;
+    services_resolved(device).await?;
+    let address = device.address();
+    let kept = tree.gatt(adapter, address, DBUS_CALL_TIMEOUT).await?;
+    match gatt_in(&kept, device).await {
+        Ok(gatt) => Ok(gatt),
+        // What the session kept lacks the service or a characteristic:
+        // ask bluetoothd itself once before saying the device lacks it.
+        Err(_) => {
+            let fresh = tree.gatt_fresh(adapter, address, DBUS_CALL_TIMEOUT).await?;
+            gatt_in(&fresh, device).await
+        }
     }
-    let table = tree
-        .gatt(adapter, device.address(), DBUS_CALL_TIMEOUT)
-        .await?;
+}
+
+/// Returns once bluetoothd has read the device's GATT table. (bluer's
+/// `Device::services` waits the same way, and then lists bluetoothd's
+/// whole object tree, which the session keeps already.)
+async fn services_resolved(device: &Device) -> Result<(), Error> {
+    let step = "resolving the uLogger service";
+    let resolved = || async {
+        device
+            .is_services_resolved()
+            .await
+            .map_err(|e| ble(step, e))
+    };
+    if resolved().await? {
+        return Ok(());
+    }
+    // Not yet (bluetoothd is still reading the table): watch, then look
+    // again, so that a change between the two is not missed.
+    let mut changes = device.events().await.map_err(|e| ble(step, e))?;
+    if resolved().await? {
+        return Ok(());
+    }
+    let lost = || -> Error {
+        ErrorKind::Ble {
+            step,
+            reason: "the link was lost before the device's services were read".into(),
+        }
+        .into()
+    };
+    if !device.is_connected().await.map_err(|e| ble(step, e))? {
+        return Err(lost());
+    }
+    while let Some(event) = changes.next().await {
+        match event {
+            DeviceEvent::PropertyChanged(DeviceProperty::ServicesResolved(true)) => return Ok(()),
+            DeviceEvent::PropertyChanged(DeviceProperty::Connected(false)) => return Err(lost()),
+            _ => {}
+        }
+    }
+    Err(lost())
+}
+
+/// The uLogger characteristics in a device's GATT table.
+async fn gatt_in(table: &tree::GattTable, device: &Device) -> Result<Gatt, Error> {
     // Not a D-Bus failure but the device's answer: no retry will help.
     let step = crate::error::BLE_NOT_ULOGGER;
     let Some(service_id) = table.service(SERVICE_UUID) else {
@@ -744,15 +787,24 @@ async fn pull_connected(
     device: &Device,
     options: PullOptions,
 ) -> Result<PullReport, Error> {
-    let (gatt, info, mut notifications, mut acks) =
-        tokio::time::timeout(options.services_timeout, prepare(tree, adapter, device))
-            .await
-            .map_err(|_| {
-                timed_out(
-                    "resolving services, reading config and subscribing",
-                    options.services_timeout,
-                )
-            })??;
+    let prepared = tokio::time::timeout(options.services_timeout, prepare(tree, adapter, device))
+        .await
+        .map_err(|_| {
+            timed_out(
+                "resolving services, reading config and subscribing",
+                options.services_timeout,
+            )
+        })
+        .and_then(|prepared| prepared);
+    let (gatt, info, mut notifications, mut acks) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // The session's copy of the device's GATT table may be what
+            // failed (gone stale): the next pull reads it afresh.
+            tree.forget(adapter, device.address());
+            return Err(e);
+        }
+    };
     let mut report = PullReport {
         device: info,
         stored: Vec::new(),
@@ -832,7 +884,15 @@ async fn pull_connected(
         timer.aim(pull.deadline());
         action = tokio::select! {
             notified = notifications.next() => match notified {
-                Some((from, value)) => pull.on_notification(from, value, Instant::now()),
+                Some((from, value)) => {
+                    let action = pull.on_notification(from, value, Instant::now());
+                    if matches!(action, PullAction::WriteAck(_) | PullAction::Deliver(_)) {
+                        // A chunk accepted in order: the device now waits
+                        // for our ack, and sends nothing before it.
+                        notifications.quiet();
+                    }
+                    action
+                }
                 None => {
                     return Err(ErrorKind::Ble {
                         step: "receiving",

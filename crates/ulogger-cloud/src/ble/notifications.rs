@@ -6,20 +6,28 @@
 //! whole transfer: no allocation per chunk (bluer's `recv` allocates an
 //! MTU-sized `Vec` for each), and only the socket that is ready is read.
 //!
-//! Left on purpose: tokio forgets that a socket is readable only when a
-//! read finds it empty, so each chunk also costs a `recv` that fails with
-//! `EAGAIN`. A pull could skip it (the device is stop-and-wait and sends
-//! nothing before our ack), but marking the socket not ready needs it as
-//! tokio's own, which bluer does not lend: taking it over would be the
-//! workspace's only `unsafe`, for a gain measured within the noise
-//! (decision 42).
+//! The sockets are taken over from bluer as tokio's own
+//! ([`adopt`]): tokio forgets that a socket is readable only when a read
+//! finds it empty, which would cost each chunk a second `recv` failing
+//! with `EAGAIN`. The device is stop-and-wait: after a chunk accepted in
+//! order it sends nothing before our ack, so the pull says so
+//! ([`Notifications::quiet`]) and the readiness is dropped without a
+//! system call. After any other datagram (a duplicate, one out of order)
+//! the next read is a real one, so a datagram queued behind it is never
+//! left unread. bluer lends the socket only as a raw descriptor number;
+//! it is duplicated with `pidfd_getfd` (Linux 5.6), which gives an owned
+//! descriptor without `unsafe`. Where the kernel refuses, bluer's reader
+//! is kept and each chunk pays the empty `recv` (decision 42).
 
+use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::Poll;
 
 use bluer::gatt::CharacteristicReader;
 use futures_util::stream::{Stream, StreamExt};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, Interest, ReadBuf};
+use tokio::net::UnixDatagram;
 
 use crate::wire::Characteristic;
 
@@ -29,7 +37,16 @@ const LARGEST_MTU: usize = 517;
 
 /// Where a pull's notifications come from.
 pub(super) enum Notifications {
-    /// `log_data`'s and `core_dump_data`'s acquired sockets.
+    /// `log_data`'s and `core_dump_data`'s acquired sockets, taken over.
+    Owned {
+        logs: UnixDatagram,
+        dumps: UnixDatagram,
+        /// The last datagram read; at least the MTU long.
+        buf: Box<[u8]>,
+        /// The socket the last datagram came from.
+        last: Option<Characteristic>,
+    },
+    /// `log_data`'s and `core_dump_data`'s acquired sockets, bluer's.
     Sockets {
         logs: CharacteristicReader,
         dumps: CharacteristicReader,
@@ -46,12 +63,28 @@ pub(super) enum Notifications {
 }
 
 impl Notifications {
-    /// bluer's acquired sockets.
+    /// bluer's acquired sockets, taken over where the kernel allows it.
+    /// Must run on the runtime that will read them.
     pub(super) fn sockets(
         logs: CharacteristicReader,
         dumps: CharacteristicReader,
     ) -> Notifications {
         let len = LARGEST_MTU.max(logs.mtu()).max(dumps.mtu());
+        match adopt(&logs, &dumps) {
+            Ok((owned_logs, owned_dumps)) => {
+                // Closes bluer's descriptors; ours keep the sockets open.
+                drop((logs, dumps));
+                return Notifications::Owned {
+                    logs: owned_logs,
+                    dumps: owned_dumps,
+                    buf: vec![0; len].into_boxed_slice(),
+                    last: None,
+                };
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the notify sockets stay bluer's: each chunk costs an empty read");
+            }
+        }
         Notifications::Sockets {
             logs,
             dumps,
@@ -77,6 +110,33 @@ impl Notifications {
     /// link is gone (a socket's end, an error, the signals' end).
     pub(super) async fn next(&mut self) -> Option<(Characteristic, &[u8])> {
         match self {
+            Notifications::Owned {
+                logs,
+                dumps,
+                buf,
+                last,
+            } => {
+                let (from, len) = std::future::poll_fn(|cx| {
+                    for (from, socket) in [
+                        (Characteristic::LogData, &*logs),
+                        (Characteristic::CoreDumpData, &*dumps),
+                    ] {
+                        let mut read = ReadBuf::new(&mut buf[..]);
+                        match socket.poll_recv(cx, &mut read) {
+                            Poll::Ready(Ok(())) => {
+                                return Poll::Ready(Some((from, read.filled().len())));
+                            }
+                            Poll::Ready(Err(_)) => return Poll::Ready(None),
+                            Poll::Pending => {}
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await?;
+                *last = Some(from);
+                // An empty read is the socket's end: the link went down.
+                (len > 0).then(|| (from, &buf[..len]))
+            }
             Notifications::Sockets { logs, dumps, buf } => {
                 let (from, len) = std::future::poll_fn(|cx| {
                     for (from, socket) in [
@@ -105,4 +165,48 @@ impl Notifications {
             }
         }
     }
+
+    /// Says the device sends nothing more until our next ack: the last
+    /// notification was a chunk accepted in order (stop and wait). Its
+    /// socket's readiness is dropped, sparing the read that would find
+    /// it empty. Call it for nothing else: a datagram queued behind
+    /// another would wait for the next one, or for the stall timer.
+    pub(super) fn quiet(&mut self) {
+        if let Notifications::Owned {
+            logs, dumps, last, ..
+        } = self
+        {
+            let socket = match last.take() {
+                Some(Characteristic::LogData) => &*logs,
+                Some(Characteristic::CoreDumpData) => &*dumps,
+                _ => return,
+            };
+            // The closure's "would block" is what clears the readiness;
+            // a readiness newer than the read is kept by tokio.
+            let _ = socket.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+    }
+}
+
+/// Both readers' sockets, as tokio sockets of our own on this runtime:
+/// each descriptor duplicated through this process's pidfd.
+fn adopt(
+    logs: &CharacteristicReader,
+    dumps: &CharacteristicReader,
+) -> io::Result<(UnixDatagram, UnixDatagram)> {
+    use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
+
+    // Opened for each pull, never kept: a pidfd kept across a `fork`
+    // would name the parent.
+    let pidfd = pidfd_open(getpid(), PidfdFlags::empty())?;
+    let take = |reader: &CharacteristicReader| -> io::Result<UnixDatagram> {
+        let fd = pidfd_getfd(&pidfd, reader.as_raw_fd(), PidfdGetfdFlags::empty())?;
+        // The same open socket (bluer's is non-blocking already).
+        let socket = std::os::unix::net::UnixDatagram::from(fd);
+        socket.set_nonblocking(true)?;
+        UnixDatagram::from_std(socket)
+    };
+    Ok((take(logs)?, take(dumps)?))
 }

@@ -1,25 +1,39 @@
-//! A device's GATT table, read from BlueZ's object tree in one call.
+//! Devices' GATT tables, as BlueZ's object tree lists them, kept per
+//! session.
 //!
 //! bluer finds a device's services with a `GetManagedObjects` call and
 //! then asks each service for its UUID, and the service's characteristics
 //! with another `GetManagedObjects` and a call per characteristic. Each
 //! `GetManagedObjects` answers with *every* object bluetoothd has (every
-//! device it knows, with all their properties), which bluer turns into
-//! nested hash maps: with 20 devices known, resolving one device's service
-//! parsed the whole tree three times and cost more CPU than moving its
-//! 1,024 chunks (`docs/benchmarks.md`, BLE gateway).
+//! device it knows, with all their properties): with 20 devices known the
+//! reply is about 85 KB, which libdbus reads 2 KB at a time and validates
+//! whole, so one such call per pull cost more CPU than the rest of the
+//! pull's D-Bus traffic (`docs/benchmarks.md`, BLE gateway).
 //!
-//! Here the reply is read once, in place: objects outside the device are
-//! skipped without being decoded, and of the device's GATT objects only
-//! the path and the `UUID` property are read. bluer's handles are then
-//! built from the ids in the paths, which costs no call.
+//! So the session reads the tree once, and from then on keeps it from
+//! bluetoothd's `InterfacesAdded` and `InterfacesRemoved` signals, watched
+//! before that first read. A pull asks bluetoothd for nothing but a
+//! `Ping` on the same connection: its reply comes after every signal
+//! bluetoothd sent before it (the bus keeps one sender's messages in
+//! order), so the services a device resolved before the pull looked are
+//! in the table. A table without what a pull needs is read again from
+//! bluetoothd once ([`ObjectTree::gatt_fresh`]), and a device whose pull
+//! failed before its transfer is forgotten ([`ObjectTree::forget`]), so
+//! a table gone stale costs one failed pull, never every later one.
+//!
+//! Of the objects, only the path and the `UUID` property of GATT services
+//! and characteristics are read, in place; bluer's handles are then built
+//! from the ids in the paths, which costs no call.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bluer::Address;
 use dbus::arg::{ArgType, Iter, ReadAll, TypeMismatchError};
-use dbus::nonblock::{Proxy, SyncConnection};
+use dbus::message::MatchRule;
+use dbus::nonblock::{MsgMatch, Proxy, SyncConnection};
+use dbus::Message;
 
 use crate::error::{Error, ErrorKind};
 
@@ -27,17 +41,94 @@ use crate::error::{Error, ErrorKind};
 const BLUEZ: &str = "org.bluez";
 const SERVICE_IFACE: &str = "org.bluez.GattService1";
 const CHARACTERISTIC_IFACE: &str = "org.bluez.GattCharacteristic1";
+const OBJECT_MANAGER_IFACE: &str = "org.freedesktop.DBus.ObjectManager";
 
-/// A second connection to the system bus, for the one call bluer does
-/// not offer in a cheap form.
+/// A second connection to the system bus, for the object tree bluer does
+/// not offer in a cheap form; the tree's GATT objects, kept.
 #[derive(Clone)]
 pub(super) struct ObjectTree {
     connection: Arc<SyncConnection>,
+    cache: Arc<Cache>,
+    /// Set once the whole tree was read (after the watches began); the
+    /// pulls that start together wait for one reading.
+    primed: Arc<tokio::sync::OnceCell<()>>,
+    /// The signal watches: their callbacks live as long as these.
+    _watches: Arc<[MsgMatch; 2]>,
+}
+
+/// Every device's GATT services and characteristics: path to UUID.
+#[derive(Default)]
+struct Cache(Mutex<Kept>);
+
+#[derive(Default)]
+struct Kept {
+    objects: BTreeMap<String, bluer::Uuid>,
+}
+
+impl Cache {
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        // Every update leaves the map whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `InterfacesAdded(o, a{sa{sv}})`.
+    fn added(&self, signal: &Message) {
+        let mut found = Vec::new();
+        read_object(&mut signal.iter_init(), &mut found);
+        let mut kept = self.lock();
+        for object in found {
+            kept.objects.insert(object.path, object.uuid);
+        }
+    }
+
+    /// `InterfacesRemoved(o, as)`: a GATT object gone, or a device or an
+    /// adapter with everything under it.
+    fn removed(&self, signal: &Message) {
+        let Ok((path, interfaces)) = signal.read2::<dbus::Path, Vec<String>>() else {
+            return;
+        };
+        let mut kept = self.lock();
+        kept.objects.remove(&*path);
+        if interfaces
+            .iter()
+            .any(|i| i == "org.bluez.Device1" || i == "org.bluez.Adapter1")
+        {
+            kept.forget_under(&path);
+        }
+    }
+}
+
+impl Kept {
+    /// Drops every object below `path`.
+    fn forget_under(&mut self, path: &str) {
+        let prefix = format!("{path}/");
+        let below: Vec<String> = self
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in below {
+            self.objects.remove(&path);
+        }
+    }
+
+    /// The device's share of the tree.
+    fn table(&self, device: &str) -> GattTable {
+        let prefix = format!("{device}/");
+        GattTable::of(
+            device,
+            self.objects
+                .range(prefix.clone()..)
+                .take_while(|(p, _)| p.starts_with(&prefix))
+                .map(|(path, uuid)| (path.as_str(), *uuid)),
+        )
+    }
 }
 
 impl ObjectTree {
     /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` when set), as
-    /// bluer does.
+    /// bluer does, and starts watching bluetoothd's objects come and go.
     pub(super) async fn connect() -> Result<ObjectTree, Error> {
         let step = "connecting to bluetoothd over D-Bus";
         let connected = tokio::task::spawn_blocking(dbus_tokio::connection::new_system_sync)
@@ -49,28 +140,118 @@ impl ObjectTree {
         tokio::spawn(async move {
             let _lost = resource.await;
         });
-        Ok(ObjectTree { connection })
+        let cache = Arc::new(Cache::default());
+        let watch = |member: &'static str| {
+            MatchRule::new_signal(OBJECT_MANAGER_IFACE, member)
+                .with_sender(BLUEZ)
+                .with_path("/")
+        };
+        let step = "watching bluetoothd's objects";
+        let on_added = Arc::clone(&cache);
+        let added = connection
+            .add_match(watch("InterfacesAdded"))
+            .await
+            .map_err(|e| dbus_failed(step, e))?
+            .msg_cb(move |signal| {
+                on_added.added(&signal);
+                true
+            });
+        let on_removed = Arc::clone(&cache);
+        let removed = connection
+            .add_match(watch("InterfacesRemoved"))
+            .await
+            .map_err(|e| dbus_failed(step, e))?
+            .msg_cb(move |signal| {
+                on_removed.removed(&signal);
+                true
+            });
+        Ok(ObjectTree {
+            connection,
+            cache,
+            primed: Arc::default(),
+            _watches: Arc::new([added, removed]),
+        })
     }
 
     /// The GATT services and characteristics BlueZ lists for `address`
-    /// on `adapter`.
+    /// on `adapter`, from the kept tree (read whole the first time).
     pub(super) async fn gatt(
         &self,
         adapter: &str,
         address: Address,
         timeout: Duration,
     ) -> Result<GattTable, Error> {
+        self.primed
+            .get_or_try_init(|| self.read_whole(timeout))
+            .await?;
+        // Even after reading it: signals sent before the reading may
+        // have been handled only after it.
+        self.barrier(timeout).await?;
+        Ok(self.cache.lock().table(&device_path(adapter, address)))
+    }
+
+    /// [`gatt`](Self::gatt), read from bluetoothd now: for a table that
+    /// lacks what the kept one should have had.
+    pub(super) async fn gatt_fresh(
+        &self,
+        adapter: &str,
+        address: Address,
+        timeout: Duration,
+    ) -> Result<GattTable, Error> {
+        self.read_whole(timeout).await?;
+        Ok(self.cache.lock().table(&device_path(adapter, address)))
+    }
+
+    /// Forgets what is kept of the device, read again at its next pull.
+    pub(super) fn forget(&self, adapter: &str, address: Address) {
+        self.cache
+            .lock()
+            .forget_under(&device_path(adapter, address));
+    }
+
+    /// Reads the whole tree (`GetManagedObjects`) into the kept one.
+    async fn read_whole(&self, timeout: Duration) -> Result<(), Error> {
         let proxy = Proxy::new(BLUEZ, "/", timeout, self.connection.clone());
         let objects: Objects = proxy
-            .method_call(
-                "org.freedesktop.DBus.ObjectManager",
-                "GetManagedObjects",
-                (),
-            )
+            .method_call(OBJECT_MANAGER_IFACE, "GetManagedObjects", ())
             .await
             .map_err(|e| dbus_failed("listing the device's GATT services", e))?;
-        Ok(objects.table(&device_path(adapter, address)))
+        let mut kept = self.cache.lock();
+        // Added, never removed: a signal handled after the reply came
+        // (and so newer than it) stays. An object the listing lacks but
+        // a removal raced past is read again once a pull fails on it.
+        for object in objects.0 {
+            kept.objects.insert(object.path, object.uuid);
+        }
+        Ok(())
     }
+
+    /// Returns once every signal bluetoothd sent before now was handled:
+    /// the reply to a call comes after them on this connection, and the
+    /// connection dispatches in order. Any reply will do, an error too.
+    async fn barrier(&self, timeout: Duration) -> Result<(), Error> {
+        let proxy = Proxy::new(BLUEZ, "/", timeout, self.connection.clone());
+        match proxy
+            .method_call::<(), _, _, _>("org.freedesktop.DBus.Peer", "Ping", ())
+            .await
+        {
+            Err(e) if no_reply(&e) => Err(dbus_failed("asking bluetoothd for its objects", e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether a call failed for want of an answer (rather than with one).
+fn no_reply(e: &dbus::Error) -> bool {
+    matches!(
+        e.name(),
+        Some(
+            "org.freedesktop.DBus.Error.NoReply"
+                | "org.freedesktop.DBus.Error.Timeout"
+                | "org.freedesktop.DBus.Error.Disconnected"
+                | "org.freedesktop.DBus.Error.ServiceUnknown"
+        ) | None
+    )
 }
 
 /// bluetoothd's object path for a device.
@@ -156,12 +337,15 @@ fn uuid_property(interface: &mut Iter) -> Option<bluer::Uuid> {
     None
 }
 
-impl Objects {
-    /// The device's share of the tree.
-    fn table(self, device: &str) -> GattTable {
+impl GattTable {
+    /// The table of `device` from GATT objects (path, UUID), any device's.
+    fn of<'p>(
+        device: &str,
+        objects: impl IntoIterator<Item = (&'p str, bluer::Uuid)>,
+    ) -> GattTable {
         let mut table = GattTable::default();
-        for object in self.0 {
-            let Some(rest) = object.path.strip_prefix(device) else {
+        for (path, uuid) in objects {
+            let Some(rest) = path.strip_prefix(device) else {
                 continue;
             };
             let mut parts = rest.split('/');
@@ -175,8 +359,8 @@ impl Objects {
                 continue;
             };
             match char.map(|c| hex_id(c, "char")) {
-                None => table.services.push((service, object.uuid)),
-                Some(Some(char)) => table.characteristics.push((service, char, object.uuid)),
+                None => table.services.push((service, uuid)),
+                Some(Some(char)) => table.characteristics.push((service, char, uuid)),
                 Some(None) => {}
             }
         }
@@ -239,6 +423,10 @@ mod tests {
         }
     }
 
+    fn table_of(objects: &Objects, device: &str) -> GattTable {
+        GattTable::of(device, objects.0.iter().map(|o| (o.path.as_str(), o.uuid)))
+    }
+
     const A: &str = "0000aaaa-0000-1000-8000-00805f9b34fb";
     const B: &str = "0000bbbb-0000-1000-8000-00805f9b34fb";
 
@@ -256,7 +444,7 @@ mod tests {
             object(&format!("{dev}/servicezz"), A),
             object(&format!("{dev}/service000a/char000b/desc000c"), A),
         ]);
-        let table = objects.table(dev);
+        let table = table_of(&objects, dev);
         let (a, b) = (A.parse().expect("A"), B.parse().expect("B"));
         assert_eq!(table.services, vec![(0x0a, a), (0x10, b)]);
         assert_eq!(table.characteristics, vec![(0x0a, 0x0b, b)]);
@@ -318,7 +506,7 @@ mod tests {
             .expect("message")
             .append1(tree);
         let objects = Objects::read(&mut reply.iter_init()).expect("read");
-        let table = objects.table(dev);
+        let table = table_of(&objects, dev);
         let (a, b) = (A.parse().expect("A"), B.parse().expect("B"));
         assert_eq!(table.services, vec![(0x0a, a)]);
         assert_eq!(table.characteristics, vec![(0x0a, 0x0b, b)]);
@@ -331,6 +519,77 @@ mod tests {
             .expect("read")
             .0
             .is_empty());
+    }
+
+    /// The kept tree follows bluetoothd's signals: GATT objects added,
+    /// one removed, then a whole device removed with what is under it.
+    #[test]
+    fn the_kept_tree_follows_interfaces_added_and_removed() {
+        use std::collections::HashMap;
+
+        use dbus::arg::{PropMap, Variant};
+
+        let dev = "/org/bluez/hci0/dev_C0_DE_00_00_00_01";
+        let other = "/org/bluez/hci0/dev_C0_DE_00_00_00_02";
+        let added = |path: String, iface: &str, uuid: &str| {
+            let mut props = PropMap::new();
+            props.insert("UUID".into(), Variant(Box::new(uuid.to_owned())));
+            Message::new_signal("/", OBJECT_MANAGER_IFACE, "InterfacesAdded")
+                .expect("signal")
+                .append2(
+                    dbus::Path::from(path),
+                    HashMap::from([(iface.to_owned(), props)]),
+                )
+        };
+        let removed = |path: &str, ifaces: &[&str]| {
+            Message::new_signal("/", OBJECT_MANAGER_IFACE, "InterfacesRemoved")
+                .expect("signal")
+                .append2(
+                    dbus::Path::from(path),
+                    ifaces.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                )
+        };
+        let cache = Cache::default();
+        for device in [dev, other] {
+            cache.added(&added(format!("{device}/service000a"), SERVICE_IFACE, A));
+            cache.added(&added(
+                format!("{device}/service000a/char000b"),
+                CHARACTERISTIC_IFACE,
+                B,
+            ));
+            cache.added(&added(
+                format!("{device}/service000a/char000e"),
+                CHARACTERISTIC_IFACE,
+                B,
+            ));
+        }
+        // Not GATT: not kept.
+        cache.added(&added(dev.to_owned(), "org.bluez.Device1", A));
+        let (a, b) = (A.parse().expect("A"), B.parse().expect("B"));
+        let table = cache.lock().table(dev);
+        assert_eq!(table.services, vec![(0x0a, a)]);
+        assert_eq!(
+            table.characteristics,
+            vec![(0x0a, 0x0b, b), (0x0a, 0x0e, b)]
+        );
+
+        cache.removed(&removed(
+            &format!("{dev}/service000a/char000e"),
+            &[CHARACTERISTIC_IFACE],
+        ));
+        assert_eq!(
+            cache.lock().table(dev).characteristics,
+            vec![(0x0a, 0x0b, b)]
+        );
+
+        cache.removed(&removed(dev, &["org.bluez.Device1"]));
+        assert_eq!(cache.lock().table(dev), GattTable::default());
+        // The other device keeps its objects.
+        assert_eq!(cache.lock().table(other).characteristics.len(), 2);
+
+        // Forgetting one device (a pull failed) drops only its objects.
+        cache.lock().forget_under(other);
+        assert_eq!(cache.lock().table(other), GattTable::default());
     }
 
     #[test]
