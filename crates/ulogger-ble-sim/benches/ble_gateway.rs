@@ -56,8 +56,14 @@ use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
 use ulogger_emulator::ble::{DeviceEvent, Erased, Notify, SimDevice};
 
 const DEVICES: usize = 20;
-/// Each device's log buffer: one v4 log, header included.
-const LOG_BYTES: usize = 16 * 1024;
+/// Each device's log buffer: one v4 log, header included (16 KiB, or
+/// `ULOGGER_BLE_BENCH_LOG_BYTES`: two sizes split a gateway's CPU into
+/// what each device costs and what each chunk does).
+static LOG_BYTES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("ULOGGER_BLE_BENCH_LOG_BYTES")
+        .map(|n| n.parse().expect("ULOGGER_BLE_BENCH_LOG_BYTES is a number"))
+        .unwrap_or(16 * 1024)
+});
 /// The device's chunk payload (PROTOCOL §6).
 const CHUNK_PAYLOAD: usize = 16;
 const CUSTOMER: u32 = 4242;
@@ -155,11 +161,11 @@ fn device_log(n: usize) -> Vec<u8> {
     header.tick_rate_hz = Some(32_768);
     header.epoch_time_us = Some(0);
     let overhead = build_log(header, &[]).unwrap().len();
-    let data: Vec<u8> = (0..LOG_BYTES - overhead)
+    let data: Vec<u8> = (0..*LOG_BYTES - overhead)
         .map(|i| ((i * 31 + n * 7) % 251) as u8)
         .collect();
     let log = build_log(header, &data).unwrap();
-    assert_eq!(log.len(), LOG_BYTES);
+    assert_eq!(log.len(), *LOG_BYTES);
     log
 }
 
@@ -249,10 +255,11 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
     discover_once(bus.address()).await;
 
     println!(
-        "ble_gateway: {DEVICES} devices x {LOG_BYTES} bytes ({} chunks each), {rounds} round(s), \
+        "ble_gateway: {DEVICES} devices x {} bytes ({} chunks each), {rounds} round(s), \
          no notification delay; ours stores in a durable outbox (fsync), bleak writes files \
          without fsync",
-        LOG_BYTES.div_ceil(CHUNK_PAYLOAD)
+        *LOG_BYTES,
+        (*LOG_BYTES).div_ceil(CHUNK_PAYLOAD)
     );
     // ULOGGER_BLE_BENCH_ONLY=ours (or `bleak`): one gateway,
     // for a profiler; no comparison is reported then.
@@ -262,7 +269,7 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
     let mut floors = Vec::new();
     for round in 0..rounds {
         if only.is_none() {
-            let floor = floor::run(DEVICES, LOG_BYTES.div_ceil(CHUNK_PAYLOAD));
+            let floor = floor::run(DEVICES, (*LOG_BYTES).div_ceil(CHUNK_PAYLOAD));
             println!(
                 "round {}    floor: cpu {:>6.1} us/chunk (raw sockets, two system calls per chunk)",
                 round + 1,
