@@ -21,6 +21,34 @@ use sha2::{Digest, Sha256};
 
 use crate::wire::{BufferKind, LogHeader};
 
+/// Creates `dir` as [`crate::durable::create_dir_all`] does, whose
+/// fsync of the parent runs even when `dir` exists: once per directory
+/// per process is enough, not once per pull. A directory is known by its
+/// device and inode, so one removed and made again is synced again.
+fn made_durable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+
+    /// Directories this process made durable; a handful at most (one
+    /// per outbox), cleared if it ever grows.
+    static DONE: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+    let id = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
+    let done = || DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if done().contains(&id(meta)) {
+            return Ok(());
+        }
+    }
+    crate::durable::create_dir_all(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let mut done = done();
+    if done.len() >= 64 {
+        done.clear();
+    }
+    done.push(id(meta));
+    Ok(())
+}
+
 /// Keys kept per device: far more than a device holds between two pulls
 /// (one log buffer and one core dump), so a re-offer is always within.
 pub(crate) const KEPT: usize = 256;
@@ -99,7 +127,7 @@ impl SeenBuffers {
     /// device `serial` in `dir`. A line torn by a power cut at the end is
     /// cut off; a line that is not a key is skipped.
     pub(crate) fn open(dir: &Path, serial: &str) -> io::Result<SeenBuffers> {
-        crate::durable::create_dir_all(dir)?;
+        made_durable(dir)?;
         let path = dir.join(file_name(serial));
         let created = match OpenOptions::new()
             .read(true)
@@ -229,6 +257,26 @@ mod tests {
         let mut header = LogHeader::new(version).unwrap();
         stamp(&mut header);
         build_log(header, data).unwrap()
+    }
+
+    /// The directory is made once per process, and made again when it
+    /// was removed since (a new inode), rather than assumed still there.
+    fn key(n: u8) -> ContentKey {
+        content_key(BufferKind::CoreDump, &[n])
+    }
+
+    #[test]
+    fn the_seen_folder_is_made_again_after_it_was_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("outbox").join("ble-seen");
+        SeenBuffers::open(&dir, "A").unwrap().record(key(1)).unwrap();
+        SeenBuffers::open(&dir, "B").unwrap();
+        assert!(dir.join(file_name("A")).is_file());
+        std::fs::remove_dir_all(root.path().join("outbox")).unwrap();
+        let mut seen = SeenBuffers::open(&dir, "A").unwrap();
+        assert!(!seen.contains(&key(1)), "the file went with its folder");
+        seen.record(key(2)).unwrap();
+        assert!(SeenBuffers::open(&dir, "A").unwrap().contains(&key(2)));
     }
 
     #[test]
