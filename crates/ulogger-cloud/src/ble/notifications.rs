@@ -17,7 +17,7 @@
 //! left unread. bluer lends the socket only as a raw descriptor number;
 //! it is duplicated with `pidfd_getfd` (Linux 5.6), which gives an owned
 //! descriptor without `unsafe`. Where the kernel refuses, bluer's reader
-//! is kept and each chunk pays the empty `recv` (decision 42).
+//! is kept and each chunk pays the empty `recv` (decision 49).
 
 use std::io;
 use std::os::fd::AsRawFd;
