@@ -654,16 +654,15 @@ async fn prepare(
     device: &Device,
 ) -> Result<(Gatt, DeviceInfo, Notifications, Acks), Error> {
     let gatt = find_gatt(tree, adapter, device).await?;
-    let value = gatt
-        .config
-        .read()
-        .await
-        .map_err(|e| ble("reading config", e))?;
+    // Asked together: their replies come in together, one wake-up for
+    // several calls. A bad config drops the sockets acquired with it.
+    let (value, acquired) = tokio::join!(gatt.config.read(), acquire(&gatt));
+    let value = value.map_err(|e| ble("reading config", e))?;
     let info = wire::decode_ble_config(&value).map_err(|e| ErrorKind::Ble {
         step: crate::error::BLE_BAD_CONFIG,
         reason: e.to_string(),
     })?;
-    let (notifications, acks) = match acquire(&gatt).await {
+    let (notifications, acks) = match acquired {
         Ok(acquired) => acquired,
         Err(e) => {
             // BlueZ hands out sockets only when it can (and a characteristic
@@ -693,9 +692,11 @@ async fn prepare(
 /// `PropertiesChanged` signal broadcast on the bus and a `WriteValue`
 /// call with its reply (measured in `docs/benchmarks.md`).
 async fn acquire(gatt: &Gatt) -> Result<(Notifications, Acks), bluer::Error> {
-    let logs = gatt.log_data.notify_io().await?;
-    let dumps = gatt.core_dump_data.notify_io().await?;
-    let acks = gatt.log_ack.write_io().await?;
+    let (logs, dumps, acks) = tokio::try_join!(
+        gatt.log_data.notify_io(),
+        gatt.core_dump_data.notify_io(),
+        gatt.log_ack.write_io(),
+    )?;
     let notifications = Notifications::sockets(logs, dumps);
     let acks = Acks {
         log_ack: gatt.log_ack.clone(),

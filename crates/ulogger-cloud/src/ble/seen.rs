@@ -33,7 +33,10 @@ fn made_durable(dir: &Path) -> io::Result<()> {
     /// per outbox), cleared if it ever grows.
     static DONE: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
     let id = |meta: std::fs::Metadata| (meta.dev(), meta.ino());
-    let done = || DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let done = || {
+        DONE.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     if let Ok(meta) = std::fs::metadata(dir) {
         if done().contains(&id(meta)) {
             return Ok(());
@@ -269,7 +272,10 @@ mod tests {
     fn the_seen_folder_is_made_again_after_it_was_removed() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("outbox").join("ble-seen");
-        SeenBuffers::open(&dir, "A").unwrap().record(key(1)).unwrap();
+        SeenBuffers::open(&dir, "A")
+            .unwrap()
+            .record(key(1))
+            .unwrap();
         SeenBuffers::open(&dir, "B").unwrap();
         assert!(dir.join(file_name("A")).is_file());
         std::fs::remove_dir_all(root.path().join("outbox")).unwrap();
