@@ -39,11 +39,6 @@ impl BleThread {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    // The pulls' file work (the seen record's reads and
-                    // fsyncs) queues for two threads rather than starting
-                    // one per pull at once: thread starts cost more CPU
-                    // than the waits they would save.
-                    .max_blocking_threads(BLOCKING_THREADS)
                     .build()
                 {
                     Ok(runtime) => runtime,
@@ -99,9 +94,6 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 const START: &str = "starting the BLE thread";
-
-/// Threads for the BLE runtime's blocking work.
-const BLOCKING_THREADS: usize = 2;
 
 fn failed(step: &'static str, reason: &dyn std::fmt::Display) -> Error {
     ErrorKind::Ble {
