@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::frames::is_blob_string;
 use super::printf::{
     clean_types, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
 };
@@ -29,6 +30,24 @@ const CONVERSION_BOUND: usize = 340;
 /// addresses cannot grow memory beyond this.
 const MAX_CACHED: usize = 4096;
 
+/// Arguments a learned signature holds at most; frames with more are
+/// checked argument by argument.
+const SIGNATURE_TAGS: usize = 15;
+
+/// The argument tags of the last frame of a format found clean: a frame
+/// with the same tags has arguments of the same types and sizes, so only
+/// its lengths need checking (decision "signatures" in docs/decisions.md).
+#[derive(Debug, Clone, Copy)]
+struct Signature {
+    tags: [u8; SIGNATURE_TAGS],
+    /// Arguments (at most [`SIGNATURE_TAGS`]).
+    len: u8,
+    /// Bytes of the arguments' values before the string blob.
+    values: u8,
+    /// Arguments whose value is in the string blob.
+    strings: u8,
+}
+
 /// A format string as decoding uses it.
 #[derive(Debug)]
 pub(crate) struct Compiled<'a> {
@@ -42,6 +61,8 @@ pub(crate) struct Compiled<'a> {
     /// Bytes the message takes at most, string arguments aside.
     bound: usize,
     metric: MetricShape<'a>,
+    /// The tags of the last clean frame, once there was one.
+    signature: Option<Signature>,
 }
 
 /// What a METRIC record's format says of its metric without formatting.
@@ -58,6 +79,102 @@ enum MetricShape<'a> {
 }
 
 impl<'a> Compiled<'a> {
+    /// Whether a frame whose payload after its 6-byte head is `rest`,
+    /// with `nargs` arguments, decodes and formats with no problem, known
+    /// from its tags alone: they are those of the last clean frame of
+    /// this format ([`Compiled::learn`]), so each argument has a type its
+    /// conversion takes and a size its type can have, and what is left to
+    /// check is the lengths: the values and the string blob present and
+    /// nothing after them, the blob's count and length fields, and the
+    /// message's bound with its strings. `false` says nothing: the frame
+    /// may still be clean.
+    #[inline]
+    pub(crate) fn known_clean(&self, nargs: usize, rest: &[u8]) -> bool {
+        let Some(signature) = &self.signature else {
+            return false;
+        };
+        if nargs != usize::from(signature.len) {
+            return false;
+        }
+        let (Some(tags), Some(learned)) = (rest.get(..nargs), signature.tags.get(..nargs)) else {
+            return false;
+        };
+        // Byte by byte: a few tags, no call to `memcmp`.
+        if tags.iter().zip(learned).any(|(a, b)| a != b) {
+            return false;
+        }
+        let Some(blob) = rest.get(nargs + usize::from(signature.values)..) else {
+            return false;
+        };
+        if signature.strings == 0 {
+            return blob.is_empty();
+        }
+        // The checks of `frames::strings`, none failing.
+        let Some((head, mut entries)) = blob.split_first_chunk::<4>() else {
+            return false;
+        };
+        let count = u16::from_le_bytes([head[0], head[1]]);
+        let declared = usize::from(u16::from_le_bytes([head[2], head[3]]));
+        if count != u16::from(signature.strings) {
+            return false;
+        }
+        let mut without = 0usize;
+        for _ in 0..count {
+            let Some((len, after)) = entries.split_first_chunk::<2>() else {
+                return false;
+            };
+            let len = usize::from(u16::from_le_bytes(*len));
+            let Some(after) = after.get(len..) else {
+                return false;
+            };
+            without += len;
+            entries = after;
+        }
+        let with_prefixes = without + 2 * usize::from(count);
+        entries.is_empty()
+            && (declared == with_prefixes || declared == without)
+            && self.bound + without < MAX_MESSAGE
+    }
+
+    /// Remembers the tags of a frame of this format that decoded and
+    /// formats with no problem (`payload` is the whole frame payload).
+    pub(crate) fn learn(&mut self, payload: &[u8]) {
+        let nargs = super::frames::declared_args(payload);
+        let Some(tags) = payload.get(6..6 + nargs) else {
+            return;
+        };
+        let mut signature = Signature {
+            tags: [0; SIGNATURE_TAGS],
+            len: 0,
+            values: 0,
+            strings: 0,
+        };
+        let Some(slots) = signature.tags.get_mut(..nargs) else {
+            return;
+        };
+        slots.copy_from_slice(tags);
+        let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
+        let strings = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
+        let (Ok(len), Ok(values), Ok(strings)) = (
+            u8::try_from(nargs),
+            u8::try_from(values),
+            u8::try_from(strings),
+        ) else {
+            return;
+        };
+        signature.len = len;
+        signature.values = values;
+        signature.strings = strings;
+        self.signature = Some(signature);
+    }
+
+    /// Whether a METRIC record's metric, when clean, is known from the
+    /// format alone ([`Compiled::metric`] needs no arguments).
+    #[inline]
+    pub(crate) fn fixed_metric(&self) -> bool {
+        matches!(self.metric, MetricShape::Fixed(_))
+    }
+
     /// Whether formatting `args` with this format reports nothing: each
     /// argument is of a type its conversion takes, the count matches, and
     /// the message cannot reach [`MAX_MESSAGE`].
@@ -127,6 +244,7 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
             clean: None,
             bound: 0,
             metric: MetricShape::Format,
+            signature: None,
         };
     };
     let mut clean = Some(Vec::new());
@@ -158,6 +276,7 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
         clean,
         bound,
         metric: metric_shape(format),
+        signature: None,
     }
 }
 
@@ -196,7 +315,7 @@ fn metric_shape(format: &[u8]) -> MetricShape<'_> {
 const RECENT_BITS: u32 = 5;
 
 /// The formats one decoder has met, by address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FormatCache<'a> {
     /// (address, 1 + index into `formats`) of a recent lookup per slot:
     /// one multiplication and a compare for a firmware's busy formats.
@@ -204,47 +323,77 @@ pub(crate) struct FormatCache<'a> {
     index: HashMap<u32, usize, BuildHasherDefault<AddressHasher>>,
     formats: Vec<Compiled<'a>>,
     /// The last format parsed once the cache is full.
-    spare: Option<Compiled<'a>>,
+    spare: Compiled<'a>,
 }
+
+impl Default for FormatCache<'_> {
+    fn default() -> Self {
+        FormatCache {
+            recent: Default::default(),
+            index: HashMap::default(),
+            formats: Vec::new(),
+            spare: compile(Err(Lookup::NotFound), DataModel::default()),
+        }
+    }
+}
+
+/// Where `FormatCache::at` found a format: an index into `formats`, or
+/// past them for the spare.
+const SPARE: usize = usize::MAX;
 
 impl<'a> FormatCache<'a> {
     /// The format at `address` in `symbols`, parsed on first use.
+    #[inline]
     pub(crate) fn get(&mut self, symbols: &'a SymbolTable, address: u32) -> &Compiled<'a> {
-        let compile_at = || {
-            compile(
-                symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
-                symbols.data_model(),
-            )
-        };
-        let slot = (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize;
-        let recent = match self.recent.get(slot) {
-            Some(&(at, plus_one)) if at == address && plus_one != 0 => {
-                Some(plus_one as usize - 1).filter(|&i| i < self.formats.len())
-            }
-            _ => None,
-        };
-        let hit = recent.or_else(|| {
-            self.index
-                .get(&address)
-                .copied()
-                .filter(|&i| i < self.formats.len())
-        });
-        if let (None, Some(at), Some(entry)) = (recent, hit, self.recent.get_mut(slot)) {
-            *entry = (address, u32::try_from(at + 1).unwrap_or(0));
+        let at = self.at(symbols, address);
+        self.formats.get(at).unwrap_or(&self.spare)
+    }
+
+    /// [`FormatCache::get`], to learn from.
+    pub(crate) fn get_mut(&mut self, symbols: &'a SymbolTable, address: u32) -> &mut Compiled<'a> {
+        let at = self.at(symbols, address);
+        match self.formats.get_mut(at) {
+            Some(compiled) => compiled,
+            None => &mut self.spare,
         }
-        let at = match hit {
-            Some(at) => at,
-            None if self.formats.len() >= MAX_CACHED => return self.spare.insert(compile_at()),
+    }
+
+    /// Where the format at `address` is, parsed on first use: a recent
+    /// slot's hit inline, anything else out of line.
+    #[inline]
+    fn at(&mut self, symbols: &'a SymbolTable, address: u32) -> usize {
+        let slot = (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize;
+        match self.recent.get(slot) {
+            Some(&(at, plus_one)) if at == address && plus_one != 0 => plus_one as usize - 1,
+            _ => self.miss(symbols, address, slot),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn miss(&mut self, symbols: &'a SymbolTable, address: u32, slot: usize) -> usize {
+        let at = match self.index.get(&address) {
+            Some(&at) => at,
+            None if self.formats.len() >= MAX_CACHED => {
+                self.spare = compile(
+                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
+                    symbols.data_model(),
+                );
+                return SPARE;
+            }
             None => {
                 self.index.insert(address, self.formats.len());
-                self.formats.push(compile_at());
+                self.formats.push(compile(
+                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
+                    symbols.data_model(),
+                ));
                 self.formats.len() - 1
             }
         };
-        match self.formats.get(at) {
-            Some(compiled) => compiled,
-            None => self.spare.insert(compile_at()),
+        if let (Some(entry), Ok(plus_one)) = (self.recent.get_mut(slot), u32::try_from(at + 1)) {
+            *entry = (address, plus_one);
         }
+        at
     }
 }
 

@@ -101,10 +101,17 @@ pub struct LogDecoder<'a> {
     /// Microseconds per tick when the rate divides a second (1 kHz...):
     /// a multiplication per frame instead of a division.
     micros_per_tick: Option<u64>,
+    /// (epoch, anchor tick, microseconds per tick) when every record's
+    /// wall time is one multiplication and a subtraction in `i64`.
+    fast_wall: Option<(i64, u32, u64)>,
     modules: [Option<&'a str>; 32],
+    /// Bits of the modules the ELF's module table lacks (never bit 31).
+    unknown_modules: u32,
     formats: FormatCache<'a>,
     args: Vec<Arg<'a>>,
     message: Vec<u8>,
+    /// The record of the last frame, rewritten in place per frame.
+    record: Record<'a>,
 }
 
 impl<'a> LogDecoder<'a> {
@@ -148,12 +155,35 @@ impl<'a> LogDecoder<'a> {
         for (bit, name) in (0u8..).zip(modules.iter_mut()) {
             *name = symbols.module_name(bit);
         }
+        let unknown_modules = match symbols.has_module_table() {
+            true => (0..record::ALWAYS_LOG_BIT)
+                .zip(modules)
+                .filter(|(_, name)| name.is_none())
+                .fold(0u32, |mask, (bit, _)| mask | 1 << bit),
+            false => 0,
+        };
         let micros_per_tick = header
             .tick_rate_hz
             .filter(|&r| r != 0 && 1_000_000 % r == 0)
             .map(|r| u64::from(1_000_000 / r));
+        // At most 2^32 * 10^6 < 2^52 microseconds before an epoch of at
+        // most i64::MAX: no overflow.
+        let fast_wall = match (
+            clock,
+            wall_clock(&header).and_then(|us| i64::try_from(us).ok()),
+            header.anchor_tick,
+            micros_per_tick,
+        ) {
+            (Clock::Wall, Some(epoch), Some(anchor), Some(per_tick)) => {
+                Some((epoch, anchor, per_tick))
+            }
+            _ => None,
+        };
+        let model = symbols.data_model();
         Ok(LogDecoder {
             micros_per_tick,
+            fast_wall,
+            unknown_modules,
             symbols,
             header,
             data,
@@ -170,6 +200,21 @@ impl<'a> LogDecoder<'a> {
             formats: FormatCache::default(),
             args: Vec::new(),
             message: Vec::new(),
+            record: Record {
+                offset: 0,
+                time: RecordTime::Sequence { frame_seq: 0 },
+                level: Level::Debug,
+                module: Module {
+                    index: 0,
+                    name: None,
+                },
+                format_address: None,
+                metric: None,
+                problems: Vec::new(),
+                format: None,
+                payload: &[],
+                model,
+            },
         })
     }
 
@@ -206,7 +251,20 @@ impl<'a> LogDecoder<'a> {
         self.end
     }
 
+    /// The time of the next frame, whose stamp is `stamp`.
+    #[inline]
     fn time(&mut self, stamp: u32) -> RecordTime {
+        if let Some((epoch, anchor, per_tick)) = self.fast_wall {
+            self.ticks = self.ticks.saturating_add(u64::from(stamp));
+            let before = anchor.wrapping_sub(self.ticks as u32);
+            return RecordTime::Wall {
+                unix_us: epoch - (u64::from(before) * per_tick) as i64,
+            };
+        }
+        self.time_of_any_clock(stamp)
+    }
+
+    fn time_of_any_clock(&mut self, stamp: u32) -> RecordTime {
         if self.format == FrameFormat::Sequenced {
             return RecordTime::Sequence {
                 frame_seq: u16::try_from(stamp).unwrap_or(u16::MAX),
@@ -249,19 +307,147 @@ impl<'a> LogDecoder<'a> {
         }
     }
 
-    /// The record of the frame at `offset`; `cut` is the problem of a
-    /// frame the log ends inside, reported first.
+    /// Decodes the next frame into the decoder's record and lends it:
+    /// the same record as [`Iterator::next`] gives, without moving it out
+    /// (its problems' buffer is reused from frame to frame). `None` once
+    /// the frames have ended ([`LogDecoder::end`] says why).
+    ///
+    /// ```
+    /// # use ulogger_wire::{build_log, DataModel, DecodeOptions, LogDecoder, LogHeader, SymbolTable};
+    /// # let symbols = SymbolTable::from_parts([(0x1000, b"t=%d\0".to_vec())], [(0, "MAIN".into())], DataModel::Ilp32);
+    /// # let payload = [0x20, 0x00, 0x10, 0, 0, 1, 0x11, 42];
+    /// # let mut data = vec![payload.len() as u8, 0, 5, 0, 0, 0];
+    /// # data.extend_from_slice(&payload);
+    /// # let log = build_log(LogHeader::new(3)?, &data)?;
+    /// let mut decoder = LogDecoder::new(&symbols, &log, &DecodeOptions::new())?;
+    /// let mut problems = 0;
+    /// while let Some(record) = decoder.next_record() {
+    ///     problems += record.problems.len();
+    /// }
+    /// assert_eq!(problems, 0);
+    /// # Ok::<(), ulogger_wire::HeaderError>(())
+    /// ```
+    pub fn next_record(&mut self) -> Option<&Record<'a>> {
+        if self.end.is_some() {
+            return None;
+        }
+        match next_frame(self.data, self.pos, self.format, self.base) {
+            Step::Frame {
+                offset,
+                stamp,
+                payload,
+            } => {
+                self.pos += self.format.frame_header_len() + payload.len();
+                self.decode(offset, stamp, payload, None);
+            }
+            Step::Truncated {
+                offset,
+                stamp,
+                length,
+                available,
+            } => {
+                self.end = Some(FramesEnd::Truncated { offset });
+                let rest = self
+                    .data
+                    .get(offset - self.base + self.format.frame_header_len()..)
+                    .unwrap_or_default();
+                let cut = Problem::FrameTruncated { length, available };
+                self.decode(offset, stamp.unwrap_or(0), rest, Some(cut));
+            }
+            Step::End(end) => {
+                self.end = Some(end);
+                return None;
+            }
+        }
+        Some(&self.record)
+    }
+
+    /// Decodes the frame at `offset` into `self.record`; `cut` is the
+    /// problem of a frame the log ends inside, reported first.
     #[inline]
-    fn record(
-        &mut self,
-        offset: usize,
-        stamp: u32,
-        payload: &'a [u8],
-        cut: Option<Problem>,
-    ) -> Record<'a> {
-        let time = self.time(stamp);
-        let mut problems = Vec::new();
+    fn decode(&mut self, offset: usize, stamp: u32, payload: &'a [u8], cut: Option<Problem>) {
+        self.record.time = self.time(stamp);
+        self.record.offset = offset;
+        self.record.payload = payload;
+        self.record.problems.clear();
+        if cut.is_some() || !self.decode_known_clean(payload) {
+            self.decode_any(payload, cut);
+        }
+    }
+
+    /// The fast path: a frame whose tags are its format's last clean
+    /// frame's ([`cache::Compiled::known_clean`]) and whose metric, if
+    /// any, its format's shape tells. Its only problems can be of the
+    /// level, the module and the build. `false`, having set nothing of
+    /// the record but its time, offset and payload, for any other frame.
+    #[inline]
+    fn decode_known_clean(&mut self, payload: &'a [u8]) -> bool {
+        let Some((head, rest)) = payload.split_first_chunk::<6>() else {
+            return false;
+        };
+        let address = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        let compiled = self.formats.get(self.symbols, address);
+        let Ok(text) = compiled.text else {
+            return false;
+        };
+        if !compiled.known_clean(usize::from(head[5]), rest) {
+            return false;
+        }
+        let level = Level::from_bits(head[0] >> 5);
+        let model = self.record.model;
+        let metric = match level {
+            Level::Metric => {
+                let found = if compiled.fixed_metric() {
+                    compiled.metric(&[], model)
+                } else {
+                    // Clean: no problem to keep.
+                    parse_payload(payload, &mut self.args, &mut Vec::new());
+                    compiled.metric(&self.args, model)
+                };
+                match found {
+                    Some(found) => Some(found.map(|(name, value)| MetricReading { name, value })),
+                    // Only formatting tells.
+                    None => return false,
+                }
+            }
+            _ => None,
+        };
+        let index = head[0] & 0x1f;
+        let record = &mut self.record;
+        record.level = level;
+        record.module = Module {
+            index,
+            name: self.modules.get(usize::from(index)).copied().flatten(),
+        };
+        record.format_address = Some(address);
+        record.format = Some(text);
+        if let Level::Unknown(level) = level {
+            record.problems.push(Problem::UnknownLevel { level });
+        }
+        if self.unknown_modules & (1 << index) != 0 {
+            record.problems.push(Problem::UnknownModule { index });
+        }
+        if let Some(other) = &self.other_build {
+            record.problems.push(other.clone());
+        }
+        record.metric = match metric {
+            Some(Some(metric)) => Some(metric),
+            Some(None) => {
+                record.problems.push(Problem::MalformedMetric);
+                None
+            }
+            None => None,
+        };
+        true
+    }
+
+    /// Any frame: its arguments captured and checked against its format,
+    /// the message formatted when they do not fit (to report exactly what
+    /// formatting finds); a frame found clean teaches its format its tags.
+    fn decode_any(&mut self, payload: &'a [u8], cut: Option<Problem>) {
+        let mut problems = std::mem::take(&mut self.record.problems);
         let head = parse_payload(payload, &mut self.args, &mut problems);
+        let payload_clean = problems.is_empty() && cut.is_none();
         let level = Level::from_bits(head.level);
         if let Level::Unknown(level) = level {
             problems.push(Problem::UnknownLevel { level });
@@ -271,10 +457,7 @@ impl<'a> LogDecoder<'a> {
             .get(usize::from(head.module))
             .copied()
             .flatten();
-        if name.is_none()
-            && head.module != record::ALWAYS_LOG_BIT
-            && self.symbols.has_module_table()
-        {
+        if self.unknown_modules & (1 << (head.module & 0x1f)) != 0 {
             problems.push(Problem::UnknownModule { index: head.module });
         }
         let module = Module {
@@ -294,16 +477,19 @@ impl<'a> LogDecoder<'a> {
         let model = self.symbols.data_model();
         let mut format = None;
         let mut metric = None;
+        let mut learn = false;
         if let (Some(address), false) = (head.fmt_addr, truncated_head) {
             let compiled = self.formats.get(self.symbols, address);
             match compiled.text {
                 Ok(text) => {
                     format = Some(text);
                     let is_metric = level == Level::Metric;
+                    let clean = compiled.is_clean(&self.args);
+                    learn = clean && payload_clean;
                     // Formatting runs now only when the arguments do not
                     // fit the format (to report exactly what it finds),
                     // or for a metric whose format's shape does not tell.
-                    let known = match compiled.is_clean(&self.args) {
+                    let known = match clean {
                         true if is_metric => compiled.metric(&self.args, model),
                         true => Some(None),
                         false => None,
@@ -341,22 +527,20 @@ impl<'a> LogDecoder<'a> {
                     problems.push(Problem::UnterminatedFormat { address })
                 }
             }
+            if learn {
+                self.formats.get_mut(self.symbols, address).learn(payload);
+            }
         }
         if let Some(cut) = cut {
             problems.insert(0, cut);
         }
-        Record {
-            offset,
-            time,
-            level,
-            module,
-            format_address: head.fmt_addr,
-            metric,
-            problems,
-            format,
-            payload,
-            model,
-        }
+        let record = &mut self.record;
+        record.level = level;
+        record.module = module;
+        record.format_address = head.fmt_addr;
+        record.metric = metric;
+        record.problems = problems;
+        record.format = format;
     }
 }
 
@@ -364,40 +548,20 @@ impl<'a> Iterator for LogDecoder<'a> {
     type Item = Record<'a>;
 
     fn next(&mut self) -> Option<Record<'a>> {
-        if self.end.is_some() {
-            return None;
-        }
-        let (offset, stamp, payload, cut) =
-            match next_frame(self.data, self.pos, self.format, self.base) {
-                Step::Frame {
-                    offset,
-                    stamp,
-                    payload,
-                } => {
-                    self.pos += self.format.frame_header_len() + payload.len();
-                    (offset, stamp, payload, None)
-                }
-                Step::Truncated {
-                    offset,
-                    stamp,
-                    length,
-                    available,
-                } => {
-                    self.end = Some(FramesEnd::Truncated { offset });
-                    let rest = self
-                        .data
-                        .get(offset - self.base + self.format.frame_header_len()..)
-                        .unwrap_or_default();
-                    let cut = Problem::FrameTruncated { length, available };
-                    (offset, stamp.unwrap_or(0), rest, Some(cut))
-                }
-                Step::End(end) => {
-                    self.end = Some(end);
-                    return None;
-                }
-            };
-        // One call: the record is built where the caller keeps it.
-        Some(self.record(offset, stamp, payload, cut))
+        self.next_record()?;
+        let record = &mut self.record;
+        Some(Record {
+            offset: record.offset,
+            time: record.time,
+            level: record.level,
+            module: record.module,
+            format_address: record.format_address,
+            metric: record.metric.take(),
+            problems: std::mem::take(&mut record.problems),
+            format: record.format,
+            payload: record.payload,
+            model: record.model,
+        })
     }
 }
 
