@@ -30,16 +30,19 @@ const CONVERSION_BOUND: usize = 340;
 /// addresses cannot grow memory beyond this.
 const MAX_CACHED: usize = 4096;
 
-/// Arguments a learned signature holds at most; frames with more are
-/// checked argument by argument.
-const SIGNATURE_TAGS: usize = 15;
+/// Arguments a learned signature holds at most (one tag a byte of a
+/// `u64`); frames with more are checked argument by argument.
+const SIGNATURE_TAGS: usize = 8;
 
 /// The argument tags of the last frame of a format found clean: a frame
 /// with the same tags has arguments of the same types and sizes, so only
-/// its lengths need checking (decision "signatures" in docs/decisions.md).
+/// its lengths need checking.
 #[derive(Debug, Clone, Copy)]
 struct Signature {
-    tags: [u8; SIGNATURE_TAGS],
+    /// The tags, little-endian (the first in the low byte).
+    tags: u64,
+    /// The bytes of `tags` that are tags.
+    mask: u64,
     /// Arguments (at most [`SIGNATURE_TAGS`]).
     len: u8,
     /// Bytes of the arguments' values before the string blob.
@@ -96,11 +99,15 @@ impl<'a> Compiled<'a> {
         if nargs != usize::from(signature.len) {
             return false;
         }
-        let (Some(tags), Some(learned)) = (rest.get(..nargs), signature.tags.get(..nargs)) else {
-            return false;
+        // One compare for up to 8 tags; a learned tag is never 0, so the
+        // zeros past a short payload never match one.
+        let word = match rest.first_chunk::<8>() {
+            Some(word) => u64::from_le_bytes(*word),
+            None => (0..)
+                .zip(rest)
+                .fold(0, |word, (at, &b)| word | u64::from(b) << (8 * at)),
         };
-        // Byte by byte: a few tags, no call to `memcmp`.
-        if tags.iter().zip(learned).any(|(a, b)| a != b) {
+        if (word ^ signature.tags) & signature.mask != 0 {
             return false;
         }
         let Some(blob) = rest.get(nargs + usize::from(signature.values)..) else {
@@ -140,19 +147,9 @@ impl<'a> Compiled<'a> {
     /// formats with no problem (`payload` is the whole frame payload).
     pub(crate) fn learn(&mut self, payload: &[u8]) {
         let nargs = super::frames::declared_args(payload);
-        let Some(tags) = payload.get(6..6 + nargs) else {
+        let Some(tags) = payload.get(6..6 + nargs).filter(|_| nargs <= SIGNATURE_TAGS) else {
             return;
         };
-        let mut signature = Signature {
-            tags: [0; SIGNATURE_TAGS],
-            len: 0,
-            values: 0,
-            strings: 0,
-        };
-        let Some(slots) = signature.tags.get_mut(..nargs) else {
-            return;
-        };
-        slots.copy_from_slice(tags);
         let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
         let strings = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
         let (Ok(len), Ok(values), Ok(strings)) = (
@@ -162,17 +159,52 @@ impl<'a> Compiled<'a> {
         ) else {
             return;
         };
-        signature.len = len;
-        signature.values = values;
-        signature.strings = strings;
-        self.signature = Some(signature);
+        let word = (0..)
+            .zip(tags)
+            .fold(0u64, |word, (at, &b)| word | u64::from(b) << (8 * at));
+        self.signature = Some(Signature {
+            tags: word,
+            mask: u64::MAX.checked_shr(64 - 8 * u32::from(len)).unwrap_or(0),
+            len,
+            values,
+            strings,
+        });
     }
 
-    /// Whether a METRIC record's metric, when clean, is known from the
-    /// format alone ([`Compiled::metric`] needs no arguments).
+    /// [`Compiled::metric`] of a frame [`Compiled::known_clean`] passed
+    /// (`rest` as there), its arguments read only as far as the metric's
+    /// shape needs: none for a fixed metric, at most two (a name and a
+    /// value) for the others.
     #[inline]
-    pub(crate) fn fixed_metric(&self) -> bool {
-        matches!(self.metric, MetricShape::Fixed(_))
+    pub(crate) fn metric_known_clean(
+        &self,
+        rest: &'a [u8],
+        model: DataModel,
+    ) -> Option<Option<(Cow<'a, str>, MetricValue)>> {
+        let (Some(signature), MetricShape::Named(..) | MetricShape::StringNamed(_)) =
+            (&self.signature, &self.metric)
+        else {
+            return self.metric(&[], model);
+        };
+        // Clean: every value and string is there and of a size its type has.
+        let nargs = usize::from(signature.len);
+        let mut values = rest.get(nargs..)?;
+        let mut strings = values.get(usize::from(signature.values) + 4..)?;
+        let mut args = [Arg::Unknown(super::printf::ArgType::Unknown(0)); 2];
+        let slots = args.get_mut(..nargs)?;
+        for (slot, &tag) in slots.iter_mut().zip(rest) {
+            *slot = if is_blob_string(tag) {
+                let (len, after) = strings.split_first_chunk::<2>()?;
+                let (bytes, after) = after.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+                strings = after;
+                Arg::Str(bytes)
+            } else {
+                let (bytes, after) = values.split_at_checked(usize::from(tag & 0x0f))?;
+                values = after;
+                super::frames::value(super::printf::ArgType::from_tag(tag >> 4), bytes)?
+            };
+        }
+        self.metric(args.get(..nargs)?, model)
     }
 
     /// Whether formatting `args` with this format reports nothing: each

@@ -331,6 +331,22 @@ impl<'a> LogDecoder<'a> {
         if self.end.is_some() {
             return None;
         }
+        // A whole tick-stamped frame: the common case, inline.
+        if let (FrameFormat::TickDelta, Some((head, after))) = (
+            self.format,
+            self.data
+                .get(self.pos..)
+                .and_then(<[u8]>::split_first_chunk::<6>),
+        ) {
+            let len = usize::from(u16::from_le_bytes([head[0], head[1]]));
+            if let (false, Some(payload)) = (len == 0 || len == 0xFFFF, after.get(..len)) {
+                let offset = self.base + self.pos;
+                self.pos += 6 + len;
+                let stamp = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+                self.decode(offset, stamp, payload, None);
+                return Some(&self.record);
+            }
+        }
         match next_frame(self.data, self.pos, self.format, self.base) {
             Step::Frame {
                 offset,
@@ -397,14 +413,7 @@ impl<'a> LogDecoder<'a> {
         let model = self.record.model;
         let metric = match level {
             Level::Metric => {
-                let found = if compiled.fixed_metric() {
-                    compiled.metric(&[], model)
-                } else {
-                    // Clean: no problem to keep.
-                    parse_payload(payload, &mut self.args, &mut Vec::new());
-                    compiled.metric(&self.args, model)
-                };
-                match found {
+                match compiled.metric_known_clean(rest, model) {
                     Some(found) => Some(found.map(|(name, value)| MetricReading { name, value })),
                     // Only formatting tells.
                     None => return false,

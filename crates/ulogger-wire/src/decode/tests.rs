@@ -416,3 +416,143 @@ fn clean_metrics_borrow_their_names_and_are_not_formatted() {
     );
     assert_eq!(records[2].message(), "metric_t=-10");
 }
+
+/// A frame's payload changed one way: cut, lengthened, or one byte set.
+fn mutated(payload: &[u8], how: u8, at: usize, byte: u8) -> Vec<u8> {
+    let mut p = payload.to_vec();
+    let at = at % (p.len() + 1);
+    match how % 4 {
+        0 => {}
+        // Never empty: a length of 0 ends the frames.
+        1 => p.truncate(at.max(1)),
+        2 => p.extend_from_slice(&[byte; 3][..usize::from(byte % 3) + 1]),
+        _ => {
+            if let Some(b) = p.get_mut(at) {
+                *b = byte;
+            }
+        }
+    }
+    p
+}
+
+/// What a record says, its offset and time aside.
+fn seen(record: &Record<'_>) -> String {
+    let metric = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        record.level,
+        record.module,
+        record.format_address,
+        record.format(),
+        metric,
+        record.problems,
+        record.args(),
+        record.message()
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// A frame decodes to the same record after other frames of its
+    /// format (its format cached, a clean frame's tags learned) as alone
+    /// in a log: the fast path for frames like the last clean one
+    /// reports exactly what decoding the frame afresh reports, whatever
+    /// was cut, added or changed in it.
+    #[test]
+    fn a_frame_decodes_the_same_after_others_of_its_format(
+        which in 0..PROPERTY_FORMATS.len(),
+        metric in any::<bool>(),
+        lp64 in any::<bool>(),
+        other_build in any::<bool>(),
+        args in proptest::collection::vec(property_arg(), 0..5),
+        changes in proptest::collection::vec((0u8..8, any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
+        let mut rodata = Vec::new();
+        let mut address = 0;
+        for (k, f) in PROPERTY_FORMATS.iter().enumerate() {
+            if k == which {
+                address = 0x4000 + rodata.len() as u32;
+            }
+            rodata.extend_from_slice(f.as_bytes());
+            rodata.push(0);
+        }
+        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model)
+            .with_firmware_version("1.0");
+        let options = match other_build {
+            true => DecodeOptions::new().device_version("2.0"),
+            false => DecodeOptions::new(),
+        };
+        let level = if metric { 5 } else { 1 };
+        let payload = property_payload(level, address, &args);
+        // The same tags, strings long enough to reach the message's bound.
+        let long: Vec<_> = args.iter().map(|(ty, n, _)| (*ty, *n, vec![b'w'; 8200])).collect();
+        let long = property_payload(level, address, &long);
+        // The frame as generated, then each change after it.
+        let mut payloads = vec![payload.clone()];
+        for &(how, at, byte) in &changes {
+            payloads.push(match how {
+                7 => long.clone(),
+                _ => mutated(&payload, how, at, byte),
+            });
+            payloads.push(payload.clone());
+        }
+        // As many as a log holds.
+        while payloads.iter().map(|p| 6 + p.len()).sum::<usize>() > crate::MAX_USED_BYTES {
+            payloads.pop();
+        }
+        let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+        let buf = log(&data);
+        let mut decoder = LogDecoder::new(&s, &buf, &options).unwrap();
+        let mut decoded = Vec::new();
+        while let Some(record) = decoder.next_record() {
+            decoded.push(seen(record));
+        }
+        prop_assert_eq!(decoded.len(), payloads.len());
+        for (p, in_log) in payloads.iter().zip(&decoded) {
+            let alone = log(&frame(p, 1));
+            let record = LogDecoder::new(&s, &alone, &options).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+        }
+        // The iterator yields the records the lending decoder lends.
+        let owned: Vec<String> = LogDecoder::new(&s, &buf, &options).unwrap().map(|r| seen(&r)).collect();
+        prop_assert_eq!(owned, decoded);
+    }
+}
+
+#[test]
+fn a_frame_like_a_clean_one_but_for_its_strings_is_checked_for_its_length() {
+    let s = SymbolTable::from_parts(
+        [(0x4000, b"%s|%s\0".to_vec())],
+        [(2, "NET".to_string())],
+        DataModel::Ilp32,
+    );
+    let short = property_payload(
+        1,
+        0x4000,
+        &[(8, 0, b"a".to_vec()), (8, 0, b"b".to_vec())],
+    );
+    let long = property_payload(
+        1,
+        0x4000,
+        &[(8, 0, vec![b'w'; 8200]), (8, 0, vec![b'w'; 8200])],
+    );
+    let mut data = frame(&short, 1);
+    data.extend(frame(&long, 1));
+    data.extend(frame(&short, 1));
+    let buf = log(&data);
+    let mut decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+    let mut problems = Vec::new();
+    while let Some(record) = decoder.next_record() {
+        problems.push(record.problems.clone());
+    }
+    assert_eq!(
+        problems,
+        [
+            vec![],
+            vec![Problem::Format(FormatProblem::MessageTruncated)],
+            vec![]
+        ]
+    );
+}
