@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::frames::is_blob_string;
 use super::printf::{
-    clean_types, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
+    clean_types, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
 };
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use crate::MetricValue;
@@ -66,6 +66,8 @@ pub(crate) struct Compiled<'a> {
     metric: MetricShape<'a>,
     /// The tags of the last clean frame, once there was one.
     signature: Option<Signature>,
+    /// The last metric name of a `metric_%s=%d` found valid.
+    last_name: Option<&'a str>,
 }
 
 /// What a METRIC record's format says of its metric without formatting.
@@ -173,38 +175,53 @@ impl<'a> Compiled<'a> {
 
     /// [`Compiled::metric`] of a frame [`Compiled::known_clean`] passed
     /// (`rest` as there), its arguments read only as far as the metric's
-    /// shape needs: none for a fixed metric, at most two (a name and a
-    /// value) for the others.
+    /// shape needs: none for a fixed metric, the value for
+    /// `metric_<name>=%d`, the name and the value for `metric_%s=%d`. A
+    /// name found valid is kept, so that the same name in the next frame
+    /// is compared, not validated again.
     #[inline]
     pub(crate) fn metric_known_clean(
-        &self,
+        &mut self,
         rest: &'a [u8],
         model: DataModel,
     ) -> Option<Option<(Cow<'a, str>, MetricValue)>> {
-        let (Some(signature), MetricShape::Named(..) | MetricShape::StringNamed(_)) =
-            (&self.signature, &self.metric)
-        else {
-            return self.metric(&[], model);
-        };
+        let signature = self.signature.as_ref()?;
         // Clean: every value and string is there and of a size its type has.
-        let nargs = usize::from(signature.len);
-        let mut values = rest.get(nargs..)?;
-        let mut strings = values.get(usize::from(signature.values) + 4..)?;
-        let mut args = [Arg::Unknown(super::printf::ArgType::Unknown(0)); 2];
-        let slots = args.get_mut(..nargs)?;
-        for (slot, &tag) in slots.iter_mut().zip(rest) {
-            *slot = if is_blob_string(tag) {
-                let (len, after) = strings.split_first_chunk::<2>()?;
-                let (bytes, after) = after.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
-                strings = after;
-                Arg::Str(bytes)
-            } else {
-                let (bytes, after) = values.split_at_checked(usize::from(tag & 0x0f))?;
-                values = after;
-                super::frames::value(super::printf::ArgType::from_tag(tag >> 4), bytes)?
-            };
+        let arg = |tag: u8, values: &'a [u8]| {
+            let bytes = values.get(..usize::from(tag & 0x0f))?;
+            super::frames::value(ArgType::from_tag(tag >> 4), bytes)
+        };
+        match (&self.metric, signature.len, rest) {
+            (MetricShape::Fixed(metric), _, _) => {
+                Some(metric.map(|(name, value)| (Cow::Borrowed(name), value)))
+            }
+            (MetricShape::Named(name, spec), 1, [tag, values @ ..]) => {
+                let value = metric_value(spec, &arg(*tag, values)?, model)?;
+                Some(Some((Cow::Borrowed(*name), value)))
+            }
+            (MetricShape::StringNamed(spec), 2, [name_tag, tag, values @ ..])
+                if is_blob_string(*name_tag) =>
+            {
+                let value = metric_value(spec, &arg(*tag, values)?, model)?;
+                // The blob's first string, after its count and length.
+                let blob = values.get(usize::from(signature.values) + 4..)?;
+                let (len, after) = blob.split_first_chunk::<2>()?;
+                let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
+                let name = match self.last_name {
+                    Some(last) if last.len() == name.len() && last.bytes().zip(name).all(|(a, &b)| a == b) => last,
+                    _ => {
+                        // As `metric_of` splits the message at its first `=`.
+                        let valid = std::str::from_utf8(name)
+                            .ok()
+                            .filter(|n| !n.is_empty() && !n.contains('='))?;
+                        self.last_name = Some(valid);
+                        valid
+                    }
+                };
+                Some(Some((Cow::Borrowed(name), value)))
+            }
+            _ => None,
         }
-        self.metric(args.get(..nargs)?, model)
     }
 
     /// Whether formatting `args` with this format reports nothing: each
@@ -253,19 +270,25 @@ impl<'a> Compiled<'a> {
             }
             _ => return None,
         };
-        let (negative, magnitude) = decimal_value(spec, value, model)?;
-        let value = match *value {
-            // `metric_of`: a u64 beyond i64 is a float whatever it printed.
-            Arg::U64(n) if i64::try_from(n).is_err() => MetricValue::Float(n as f64),
-            _ if negative => MetricValue::Int((-i128::from(magnitude)) as i64),
-            _ => match i64::try_from(magnitude) {
-                Ok(n) => MetricValue::Int(n),
-                // What parsing the printed digits as a float gives.
-                Err(_) => MetricValue::Float(magnitude as f64),
-            },
-        };
-        Some(Some((Cow::Borrowed(name), value)))
+        Some(Some((Cow::Borrowed(name), metric_value(spec, value, model)?)))
     }
+}
+
+/// The value of a metric printed by the bare decimal conversion `spec`
+/// from `value`, as `metric_of` reads it back from the message.
+#[inline]
+fn metric_value(spec: &Spec, value: &Arg<'_>, model: DataModel) -> Option<MetricValue> {
+    let (negative, magnitude) = decimal_value(spec, value, model)?;
+    Some(match *value {
+        // `metric_of`: a u64 beyond i64 is a float whatever it printed.
+        Arg::U64(n) if i64::try_from(n).is_err() => MetricValue::Float(n as f64),
+        _ if negative => MetricValue::Int((-i128::from(magnitude)) as i64),
+        _ => match i64::try_from(magnitude) {
+            Ok(n) => MetricValue::Int(n),
+            // What parsing the printed digits as a float gives.
+            Err(_) => MetricValue::Float(magnitude as f64),
+        },
+    })
 }
 
 /// Parses the format found at an address (or not).
@@ -277,6 +300,7 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
             bound: 0,
             metric: MetricShape::Format,
             signature: None,
+        last_name: None,
         };
     };
     let mut clean = Some(Vec::new());
@@ -309,6 +333,7 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
         bound,
         metric: metric_shape(format),
         signature: None,
+        last_name: None,
     }
 }
 
@@ -381,7 +406,8 @@ impl<'a> FormatCache<'a> {
         self.formats.get(at).unwrap_or(&self.spare)
     }
 
-    /// [`FormatCache::get`], to learn from.
+    /// [`FormatCache::get`], to learn into.
+    #[inline]
     pub(crate) fn get_mut(&mut self, symbols: &'a SymbolTable, address: u32) -> &mut Compiled<'a> {
         let at = self.at(symbols, address);
         match self.formats.get_mut(at) {

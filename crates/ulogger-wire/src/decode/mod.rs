@@ -380,7 +380,7 @@ impl<'a> LogDecoder<'a> {
 
     /// Decodes the frame at `offset` into `self.record`; `cut` is the
     /// problem of a frame the log ends inside, reported first.
-    #[inline]
+    #[inline(always)]
     fn decode(&mut self, offset: usize, stamp: u32, payload: &'a [u8], cut: Option<Problem>) {
         self.record.time = self.time(stamp);
         self.record.offset = offset;
@@ -396,13 +396,13 @@ impl<'a> LogDecoder<'a> {
     /// any, its format's shape tells. Its only problems can be of the
     /// level, the module and the build. `false`, having set nothing of
     /// the record but its time, offset and payload, for any other frame.
-    #[inline]
+    #[inline(always)]
     fn decode_known_clean(&mut self, payload: &'a [u8]) -> bool {
         let Some((head, rest)) = payload.split_first_chunk::<6>() else {
             return false;
         };
         let address = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-        let compiled = self.formats.get(self.symbols, address);
+        let compiled = self.formats.get_mut(self.symbols, address);
         let Ok(text) = compiled.text else {
             return false;
         };
@@ -453,6 +453,7 @@ impl<'a> LogDecoder<'a> {
     /// Any frame: its arguments captured and checked against its format,
     /// the message formatted when they do not fit (to report exactly what
     /// formatting finds); a frame found clean teaches its format its tags.
+    #[inline(never)]
     fn decode_any(&mut self, payload: &'a [u8], cut: Option<Problem>) {
         let mut problems = std::mem::take(&mut self.record.problems);
         let head = parse_payload(payload, &mut self.args, &mut problems);
