@@ -18,6 +18,7 @@ use super::printf::{
     clean_types, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
 };
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
+use super::record::MetricReading;
 use crate::MetricValue;
 
 /// Bytes any conversion but `%s` prints at most beyond its width and
@@ -93,7 +94,7 @@ impl<'a> Compiled<'a> {
     /// nothing after them, the blob's count and length fields, and the
     /// message's bound with its strings. `false` says nothing: the frame
     /// may still be clean.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn known_clean(&self, nargs: usize, rest: &[u8]) -> bool {
         let Some(signature) = &self.signature else {
             return false;
@@ -174,30 +175,29 @@ impl<'a> Compiled<'a> {
     }
 
     /// [`Compiled::metric`] of a frame [`Compiled::known_clean`] passed
-    /// (`rest` as there), its arguments read only as far as the metric's
-    /// shape needs: none for a fixed metric, the value for
-    /// `metric_<name>=%d`, the name and the value for `metric_%s=%d`. A
-    /// name found valid is kept, so that the same name in the next frame
-    /// is compared, not validated again.
-    #[inline]
+    /// (`rest` as there), into `out`: `Some(true)` when there is one,
+    /// `Some(false)` for a malformed metric (`out` is then `None`), `None`
+    /// when only formatting tells (`out` unchanged). The arguments are
+    /// read only as far as the metric's shape needs: none for a fixed
+    /// metric, the value for `metric_<name>=%d`, the name and the value
+    /// for `metric_%s=%d`. A name found valid is kept, so that the same
+    /// name in the next frame is compared, not validated again.
+    #[inline(always)]
     pub(crate) fn metric_known_clean(
         &mut self,
         rest: &'a [u8],
         model: DataModel,
-    ) -> Option<Option<(Cow<'a, str>, MetricValue)>> {
+        out: &mut Option<MetricReading<'a>>,
+    ) -> Option<bool> {
         let signature = self.signature.as_ref()?;
-        // Clean: every value and string is there and of a size its type has.
-        let arg = |tag: u8, values: &'a [u8]| {
-            let bytes = values.get(..usize::from(tag & 0x0f))?;
-            super::frames::value(ArgType::from_tag(tag >> 4), bytes)
-        };
-        match (&self.metric, signature.len, rest) {
-            (MetricShape::Fixed(metric), _, _) => {
-                Some(metric.map(|(name, value)| (Cow::Borrowed(name), value)))
+        let (name, value) = match (&self.metric, signature.len, rest) {
+            (MetricShape::Fixed(None), _, _) => {
+                *out = None;
+                return Some(false);
             }
+            (MetricShape::Fixed(Some((name, value))), _, _) => (*name, *value),
             (MetricShape::Named(name, spec), 1, [tag, values @ ..]) => {
-                let value = metric_value(spec, &arg(*tag, values)?, model)?;
-                Some(Some((Cow::Borrowed(*name), value)))
+                (*name, metric_value(spec, &arg(*tag, values)?, model)?)
             }
             (MetricShape::StringNamed(spec), 2, [name_tag, tag, values @ ..])
                 if is_blob_string(*name_tag) =>
@@ -208,7 +208,7 @@ impl<'a> Compiled<'a> {
                 let (len, after) = blob.split_first_chunk::<2>()?;
                 let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
                 let name = match self.last_name {
-                    Some(last) if last.len() == name.len() && last.bytes().zip(name).all(|(a, &b)| a == b) => last,
+                    Some(last) if same_bytes(last.as_bytes(), name) => last,
                     _ => {
                         // As `metric_of` splits the message at its first `=`.
                         let valid = std::str::from_utf8(name)
@@ -218,10 +218,15 @@ impl<'a> Compiled<'a> {
                         valid
                     }
                 };
-                Some(Some((Cow::Borrowed(name), value)))
+                (name, value)
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        *out = Some(MetricReading {
+            name: Cow::Borrowed(name),
+            value,
+        });
+        Some(true)
     }
 
     /// Whether formatting `args` with this format reports nothing: each
@@ -274,9 +279,37 @@ impl<'a> Compiled<'a> {
     }
 }
 
+/// The argument of tag `tag` at the start of `values`. Inline, as every
+/// step of a known-clean metric: an enum returned through memory in parts
+/// and read back whole stalls the store buffer.
+#[inline(always)]
+fn arg(tag: u8, values: &[u8]) -> Option<Arg<'static>> {
+    // Clean: every value is there and of a size its type has.
+    let bytes = values.get(..usize::from(tag & 0x0f))?;
+    super::frames::value(ArgType::from_tag(tag >> 4), bytes)
+}
+
+/// Whether `a` and `b` hold the same bytes: eight at a time, no call
+/// to `memcmp` for a short name.
+#[inline(always)]
+fn same_bytes(mut a: &[u8], mut b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    while let (Some((x, after_a)), Some((y, after_b))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if u64::from_le_bytes(*x) != u64::from_le_bytes(*y) {
+            return false;
+        }
+        (a, b) = (after_a, after_b);
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// The value of a metric printed by the bare decimal conversion `spec`
 /// from `value`, as `metric_of` reads it back from the message.
-#[inline]
+#[inline(always)]
 fn metric_value(spec: &Spec, value: &Arg<'_>, model: DataModel) -> Option<MetricValue> {
     let (negative, magnitude) = decimal_value(spec, value, model)?;
     Some(match *value {
@@ -407,7 +440,7 @@ impl<'a> FormatCache<'a> {
     }
 
     /// [`FormatCache::get`], to learn into.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_mut(&mut self, symbols: &'a SymbolTable, address: u32) -> &mut Compiled<'a> {
         let at = self.at(symbols, address);
         match self.formats.get_mut(at) {
@@ -418,7 +451,7 @@ impl<'a> FormatCache<'a> {
 
     /// Where the format at `address` is, parsed on first use: a recent
     /// slot's hit inline, anything else out of line.
-    #[inline]
+    #[inline(always)]
     fn at(&mut self, symbols: &'a SymbolTable, address: u32) -> usize {
         let slot = (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize;
         match self.recent.get(slot) {

@@ -292,7 +292,7 @@ pub(crate) fn declared_args(payload: &[u8]) -> usize {
 /// A captured value of type `ty` in `bytes` (its `size` bytes,
 /// little-endian): signed types sign-extend from their size, unsigned
 /// ones zero-extend. `None` for a size the type cannot have.
-#[inline]
+#[inline(always)]
 pub(crate) fn value(ty: ArgType, bytes: &[u8]) -> Option<Arg<'static>> {
     // Fixed-size reads: no copy of a variable length per argument. No
     // type has 3, 5, 6, 7 or more than 8 bytes.

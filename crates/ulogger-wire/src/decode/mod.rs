@@ -107,6 +107,11 @@ pub struct LogDecoder<'a> {
     modules: [Option<&'a str>; 32],
     /// Bits of the modules the ELF's module table lacks (never bit 31).
     unknown_modules: u32,
+    /// Per value of a payload's first byte (level and module), a bit set
+    /// when its record has a problem of its own (`head_problems`).
+    flagged: [u64; 4],
+    /// Whether frames are tick-stamped ([`FrameFormat::TickDelta`]).
+    tick_frames: bool,
     formats: FormatCache<'a>,
     args: Vec<Arg<'a>>,
     message: Vec<u8>,
@@ -180,7 +185,19 @@ impl<'a> LogDecoder<'a> {
             _ => None,
         };
         let model = symbols.data_model();
+        // The rule of `head_problems`.
+        let mut flagged = [0u64; 4];
+        for first in 0..=u8::MAX {
+            let flag = matches!(Level::from_bits(first >> 5), Level::Unknown(_))
+                || unknown_modules & (1 << (first & 0x1f)) != 0
+                || other_build.is_some();
+            if let (true, Some(word)) = (flag, flagged.get_mut(usize::from(first >> 6))) {
+                *word |= 1 << (first & 63);
+            }
+        }
         Ok(LogDecoder {
+            flagged,
+            tick_frames: format == FrameFormat::TickDelta,
             micros_per_tick,
             fast_wall,
             unknown_modules,
@@ -327,13 +344,12 @@ impl<'a> LogDecoder<'a> {
     /// assert_eq!(problems, 0);
     /// # Ok::<(), ulogger_wire::HeaderError>(())
     /// ```
+    #[inline]
     pub fn next_record(&mut self) -> Option<&Record<'a>> {
-        if self.end.is_some() {
-            return None;
-        }
-        // A whole tick-stamped frame: the common case, inline.
-        if let (FrameFormat::TickDelta, Some((head, after))) = (
-            self.format,
+        // A whole tick-stamped frame (the common case) inline; past the
+        // end `pos` is the data's length, so this never reads on.
+        if let (true, Some((head, after))) = (
+            self.tick_frames,
             self.data
                 .get(self.pos..)
                 .and_then(<[u8]>::split_first_chunk::<6>),
@@ -343,59 +359,70 @@ impl<'a> LogDecoder<'a> {
                 let offset = self.base + self.pos;
                 self.pos += 6 + len;
                 let stamp = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
-                self.decode(offset, stamp, payload, None);
+                self.record.time = self.time(stamp);
+                self.record.offset = offset;
+                self.record.payload = payload;
+                if !self.decode_known_clean(payload) {
+                    self.decode_any(payload, None);
+                }
                 return Some(&self.record);
             }
         }
-        match next_frame(self.data, self.pos, self.format, self.base) {
-            Step::Frame {
-                offset,
-                stamp,
-                payload,
-            } => {
-                self.pos += self.format.frame_header_len() + payload.len();
-                self.decode(offset, stamp, payload, None);
-            }
-            Step::Truncated {
-                offset,
-                stamp,
-                length,
-                available,
-            } => {
-                self.end = Some(FramesEnd::Truncated { offset });
-                let rest = self
-                    .data
-                    .get(offset - self.base + self.format.frame_header_len()..)
-                    .unwrap_or_default();
-                let cut = Problem::FrameTruncated { length, available };
-                self.decode(offset, stamp.unwrap_or(0), rest, Some(cut));
-            }
-            Step::End(end) => {
-                self.end = Some(end);
-                return None;
-            }
-        }
-        Some(&self.record)
+        self.next_record_of_any_frame()
     }
 
-    /// Decodes the frame at `offset` into `self.record`; `cut` is the
-    /// problem of a frame the log ends inside, reported first.
-    #[inline(always)]
-    fn decode(&mut self, offset: usize, stamp: u32, payload: &'a [u8], cut: Option<Problem>) {
+    /// [`LogDecoder::next_record`] for what is not a whole tick-stamped
+    /// frame: agent 1.0.x's frames, a truncated frame, the end.
+    #[inline(never)]
+    fn next_record_of_any_frame(&mut self) -> Option<&Record<'a>> {
+        if self.end.is_some() {
+            return None;
+        }
+        let (offset, stamp, payload, cut) =
+            match next_frame(self.data, self.pos, self.format, self.base) {
+                Step::Frame {
+                    offset,
+                    stamp,
+                    payload,
+                } => {
+                    self.pos += self.format.frame_header_len() + payload.len();
+                    (offset, stamp, payload, None)
+                }
+                Step::Truncated {
+                    offset,
+                    stamp,
+                    length,
+                    available,
+                } => {
+                    self.end = Some(FramesEnd::Truncated { offset });
+                    self.pos = self.data.len();
+                    let rest = self
+                        .data
+                        .get(offset - self.base + self.format.frame_header_len()..)
+                        .unwrap_or_default();
+                    let cut = Problem::FrameTruncated { length, available };
+                    (offset, stamp.unwrap_or(0), rest, Some(cut))
+                }
+                Step::End(end) => {
+                    self.end = Some(end);
+                    self.pos = self.data.len();
+                    return None;
+                }
+            };
         self.record.time = self.time(stamp);
         self.record.offset = offset;
         self.record.payload = payload;
-        self.record.problems.clear();
         if cut.is_some() || !self.decode_known_clean(payload) {
             self.decode_any(payload, cut);
         }
+        Some(&self.record)
     }
 
     /// The fast path: a frame whose tags are its format's last clean
     /// frame's ([`cache::Compiled::known_clean`]) and whose metric, if
     /// any, its format's shape tells. Its only problems can be of the
-    /// level, the module and the build. `false`, having set nothing of
-    /// the record but its time, offset and payload, for any other frame.
+    /// level, the module and the build. `false` for any other frame, the
+    /// record then to be written whole by [`LogDecoder::decode_any`].
     #[inline(always)]
     fn decode_known_clean(&mut self, payload: &'a [u8]) -> bool {
         let Some((head, rest)) = payload.split_first_chunk::<6>() else {
@@ -409,44 +436,37 @@ impl<'a> LogDecoder<'a> {
         if !compiled.known_clean(usize::from(head[5]), rest) {
             return false;
         }
-        let level = Level::from_bits(head[0] >> 5);
-        let model = self.record.model;
-        let metric = match level {
-            Level::Metric => {
-                match compiled.metric_known_clean(rest, model) {
-                    Some(found) => Some(found.map(|(name, value)| MetricReading { name, value })),
-                    // Only formatting tells.
-                    None => return false,
-                }
-            }
-            _ => None,
-        };
-        let index = head[0] & 0x1f;
+        let first = head[0];
         let record = &mut self.record;
-        record.level = level;
+        let malformed = match first >> 5 == METRIC_BITS {
+            true => match compiled.metric_known_clean(rest, record.model, &mut record.metric) {
+                Some(found) => !found,
+                // Only formatting tells.
+                None => return false,
+            },
+            false => {
+                if record.metric.is_some() {
+                    record.metric = None;
+                }
+                false
+            }
+        };
+        record.level = Level::from_bits(first >> 5);
         record.module = Module {
-            index,
-            name: self.modules.get(usize::from(index)).copied().flatten(),
+            index: first & 0x1f,
+            name: self.modules.get(usize::from(first & 0x1f)).copied().flatten(),
         };
         record.format_address = Some(address);
         record.format = Some(text);
-        if let Level::Unknown(level) = level {
-            record.problems.push(Problem::UnknownLevel { level });
+        if !record.problems.is_empty() {
+            record.problems.clear();
         }
-        if self.unknown_modules & (1 << index) != 0 {
-            record.problems.push(Problem::UnknownModule { index });
+        if self.flagged[usize::from(first >> 6)] >> (first & 63) & 1 != 0 {
+            head_problems(first, self.unknown_modules, &self.other_build, &mut record.problems);
         }
-        if let Some(other) = &self.other_build {
-            record.problems.push(other.clone());
+        if malformed {
+            record.problems.push(Problem::MalformedMetric);
         }
-        record.metric = match metric {
-            Some(Some(metric)) => Some(metric),
-            Some(None) => {
-                record.problems.push(Problem::MalformedMetric);
-                None
-            }
-            None => None,
-        };
         true
     }
 
@@ -456,27 +476,24 @@ impl<'a> LogDecoder<'a> {
     #[inline(never)]
     fn decode_any(&mut self, payload: &'a [u8], cut: Option<Problem>) {
         let mut problems = std::mem::take(&mut self.record.problems);
+        problems.clear();
         let head = parse_payload(payload, &mut self.args, &mut problems);
         let payload_clean = problems.is_empty() && cut.is_none();
         let level = Level::from_bits(head.level);
-        if let Level::Unknown(level) = level {
-            problems.push(Problem::UnknownLevel { level });
-        }
-        let name = self
-            .modules
-            .get(usize::from(head.module))
-            .copied()
-            .flatten();
-        if self.unknown_modules & (1 << (head.module & 0x1f)) != 0 {
-            problems.push(Problem::UnknownModule { index: head.module });
-        }
+        head_problems(
+            head.level << 5 | head.module,
+            self.unknown_modules,
+            &self.other_build,
+            &mut problems,
+        );
         let module = Module {
             index: head.module,
-            name,
+            name: self
+                .modules
+                .get(usize::from(head.module))
+                .copied()
+                .flatten(),
         };
-        if let Some(other) = &self.other_build {
-            problems.push(other.clone());
-        }
         let truncated_head = matches!(
             problems.first(),
             Some(Problem::PayloadTruncated {
@@ -572,6 +589,31 @@ impl<'a> Iterator for LogDecoder<'a> {
             payload: record.payload,
             model: record.model,
         })
+    }
+}
+
+/// The level bits of a METRIC record.
+const METRIC_BITS: u8 = 5;
+
+/// The problems of a record's level and module bits (`first`, its
+/// payload's first byte) and of the build, in the order decoding
+/// reports them.
+#[cold]
+fn head_problems(
+    first: u8,
+    unknown_modules: u32,
+    other_build: &Option<Problem>,
+    problems: &mut Vec<Problem>,
+) {
+    if let Level::Unknown(level) = Level::from_bits(first >> 5) {
+        problems.push(Problem::UnknownLevel { level });
+    }
+    let index = first & 0x1f;
+    if unknown_modules & (1 << index) != 0 {
+        problems.push(Problem::UnknownModule { index });
+    }
+    if let Some(other) = other_build {
+        problems.push(other.clone());
     }
 }
 

@@ -538,6 +538,7 @@ pub(crate) fn type_bit(t: ArgType) -> u16 {
 
 /// The value a bare decimal conversion ([`Spec::is_bare_decimal`]) prints
 /// for an integer argument it takes cleanly: negative and magnitude.
+#[inline(always)]
 pub(crate) fn decimal_value(spec: &Spec, arg: &Arg<'_>, model: DataModel) -> Option<(bool, u64)> {
     let raw = match *arg {
         Arg::I32(v) => v as i64 as u64,
@@ -653,6 +654,7 @@ fn number(s: &[u8]) -> (Field, usize) {
 }
 
 /// How wide the C argument a conversion reads is, in bits.
+#[inline]
 fn conversion_bits(length: Length, model: DataModel) -> u32 {
     match length {
         Length::None | Length::Hh | Length::H => 32,
@@ -818,6 +820,7 @@ struct Int {
 
 impl Int {
     /// The low `bits` of `raw`, read as signed or unsigned.
+    #[inline]
     fn of(raw: u64, bits: u32, signed: bool) -> Int {
         let shift = 64 - bits.clamp(1, 64);
         let low = (raw << shift) >> shift;
