@@ -52,43 +52,32 @@ struct Signature {
     strings: u8,
 }
 
-/// A format string as decoding uses it.
-#[derive(Debug)]
-pub(crate) struct Compiled<'a> {
-    /// The format string at the address, or why there is none.
-    pub(crate) text: Result<&'a [u8], Lookup>,
-    /// Per conversion, the captured types (bits of `type_bit`) it prints
-    /// without a problem; `None` when formatting always reports
-    /// something (`*`, a clamped field, an unsupported or incomplete
-    /// conversion).
-    clean: Option<Vec<u16>>,
-    /// Bytes the message takes at most, string arguments aside.
+/// What the fast path needs of a format, kept in its recent slot (one
+/// load from the address's slot, no index into the formats): its text,
+/// and the signature of its last clean frame with the message's bound.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known<'a> {
+    /// The format string.
+    pub(crate) text: &'a [u8],
+    signature: Signature,
     bound: usize,
-    metric: MetricShape<'a>,
-    /// The tags of the last clean frame, once there was one.
-    signature: Option<Signature>,
-    /// The last metric name of a `metric_%s=%d` found valid.
-    last_name: Option<&'a str>,
 }
 
-/// What a METRIC record's format says of its metric without formatting.
-#[derive(Debug)]
-enum MetricShape<'a> {
-    /// Only formatting tells.
-    Format,
-    /// No conversion: the message is the format; its metric, if any.
-    Fixed(Option<(&'a str, MetricValue)>),
-    /// `metric_<name>=%d` (a bare decimal conversion, nothing after).
-    Named(&'a str, Spec),
-    /// `metric_%s=%d`.
-    StringNamed(Spec),
-}
+impl<'a> Known<'a> {
+    /// What of `compiled` the fast path uses, once it has a text and a
+    /// learned signature.
+    fn of(compiled: &Compiled<'a>) -> Option<Known<'a>> {
+        Some(Known {
+            text: compiled.text.ok()?,
+            signature: compiled.signature?,
+            bound: compiled.bound,
+        })
+    }
 
-impl<'a> Compiled<'a> {
     /// Whether a frame whose payload after its 6-byte head is `rest`,
     /// with `nargs` arguments, decodes and formats with no problem, known
     /// from its tags alone: they are those of the last clean frame of
-    /// this format ([`Compiled::learn`]), so each argument has a type its
+    /// its format ([`Compiled::learn`]), so each argument has a type its
     /// conversion takes and a size its type can have, and what is left to
     /// check is the lengths: the values and the string blob present and
     /// nothing after them, the blob's count and length fields, and the
@@ -96,9 +85,7 @@ impl<'a> Compiled<'a> {
     /// may still be clean.
     #[inline(always)]
     pub(crate) fn known_clean(&self, nargs: usize, rest: &[u8]) -> bool {
-        let Some(signature) = &self.signature else {
-            return false;
-        };
+        let signature = &self.signature;
         if nargs != usize::from(signature.len) {
             return false;
         }
@@ -146,6 +133,41 @@ impl<'a> Compiled<'a> {
             && self.bound + without < MAX_MESSAGE
     }
 
+}
+
+/// A format string as decoding uses it.
+#[derive(Debug)]
+pub(crate) struct Compiled<'a> {
+    /// The format string at the address, or why there is none.
+    pub(crate) text: Result<&'a [u8], Lookup>,
+    /// Per conversion, the captured types (bits of `type_bit`) it prints
+    /// without a problem; `None` when formatting always reports
+    /// something (`*`, a clamped field, an unsupported or incomplete
+    /// conversion).
+    clean: Option<Vec<u16>>,
+    /// Bytes the message takes at most, string arguments aside.
+    bound: usize,
+    metric: MetricShape<'a>,
+    /// The tags of the last clean frame, once there was one.
+    signature: Option<Signature>,
+    /// The last metric name of a `metric_%s=%d` found valid.
+    last_name: Option<&'a str>,
+}
+
+/// What a METRIC record's format says of its metric without formatting.
+#[derive(Debug)]
+enum MetricShape<'a> {
+    /// Only formatting tells.
+    Format,
+    /// No conversion: the message is the format; its metric, if any.
+    Fixed(Option<(&'a str, MetricValue)>),
+    /// `metric_<name>=%d` (a bare decimal conversion, nothing after).
+    Named(&'a str, Spec),
+    /// `metric_%s=%d`.
+    StringNamed(Spec),
+}
+
+impl<'a> Compiled<'a> {
     /// Remembers the tags of a frame of this format that decoded and
     /// formats with no problem (`payload` is the whole frame payload).
     pub(crate) fn learn(&mut self, payload: &[u8]) {
@@ -404,12 +426,22 @@ fn metric_shape(format: &[u8]) -> MetricShape<'_> {
 /// Slots of the direct-mapped table in front of the map (a power of 2).
 const RECENT_BITS: u32 = 5;
 
+/// A recent lookup: the address, where its format is, and what the fast
+/// path needs of it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Recent<'a> {
+    address: u32,
+    /// 1 + index into `formats`; 0 for an empty slot.
+    plus_one: u32,
+    known: Option<Known<'a>>,
+}
+
 /// The formats one decoder has met, by address.
 #[derive(Debug)]
 pub(crate) struct FormatCache<'a> {
-    /// (address, 1 + index into `formats`) of a recent lookup per slot:
-    /// one multiplication and a compare for a firmware's busy formats.
-    recent: [(u32, u32); 1 << RECENT_BITS],
+    /// A recent lookup per slot: one multiplication and a compare for a
+    /// firmware's busy formats.
+    recent: [Recent<'a>; 1 << RECENT_BITS],
     index: HashMap<u32, usize, BuildHasherDefault<AddressHasher>>,
     formats: Vec<Compiled<'a>>,
     /// The last format parsed once the cache is full.
@@ -419,7 +451,7 @@ pub(crate) struct FormatCache<'a> {
 impl Default for FormatCache<'_> {
     fn default() -> Self {
         FormatCache {
-            recent: Default::default(),
+            recent: [Recent::default(); 1 << RECENT_BITS],
             index: HashMap::default(),
             formats: Vec::new(),
             spare: compile(Err(Lookup::NotFound), DataModel::default()),
@@ -431,6 +463,12 @@ impl Default for FormatCache<'_> {
 /// past them for the spare.
 const SPARE: usize = usize::MAX;
 
+/// The recent slot of `address`.
+#[inline(always)]
+fn slot_of(address: u32) -> usize {
+    (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize
+}
+
 impl<'a> FormatCache<'a> {
     /// The format at `address` in `symbols`, parsed on first use.
     #[inline]
@@ -439,13 +477,44 @@ impl<'a> FormatCache<'a> {
         self.formats.get(at).unwrap_or(&self.spare)
     }
 
-    /// [`FormatCache::get`], to learn into.
+    /// What the fast path needs of the format at `address`, when its text
+    /// is known and a clean frame of it has been seen.
     #[inline(always)]
-    pub(crate) fn get_mut(&mut self, symbols: &'a SymbolTable, address: u32) -> &mut Compiled<'a> {
+    pub(crate) fn known(&mut self, symbols: &'a SymbolTable, address: u32) -> Option<&Known<'a>> {
+        let slot = slot_of(address);
+        let hit = matches!(self.recent.get(slot), Some(r) if r.address == address && r.plus_one != 0);
+        if !hit {
+            self.miss(symbols, address, slot);
+        }
+        match self.recent.get(slot) {
+            // A format past the cache's bound has no slot.
+            Some(r) if r.address == address && r.plus_one != 0 => r.known.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The format whose [`Known`] [`FormatCache::known`] just gave for
+    /// `address` (to read its metric).
+    #[inline(always)]
+    pub(crate) fn known_format(&mut self, address: u32) -> Option<&mut Compiled<'a>> {
+        let recent = self.recent.get(slot_of(address))?;
+        self.formats.get_mut((recent.plus_one as usize).checked_sub(1)?)
+    }
+
+    /// Teaches the format at `address` the tags of a clean frame
+    /// ([`Compiled::learn`]); its slot learns them too.
+    pub(crate) fn learn(&mut self, symbols: &'a SymbolTable, address: u32, payload: &[u8]) {
         let at = self.at(symbols, address);
-        match self.formats.get_mut(at) {
-            Some(compiled) => compiled,
-            None => &mut self.spare,
+        let Some(compiled) = self.formats.get_mut(at) else {
+            self.spare.learn(payload);
+            return;
+        };
+        compiled.learn(payload);
+        let known = Known::of(compiled);
+        if let Some(recent) = self.recent.get_mut(slot_of(address)) {
+            if recent.address == address && recent.plus_one != 0 {
+                recent.known = known;
+            }
         }
     }
 
@@ -453,9 +522,9 @@ impl<'a> FormatCache<'a> {
     /// slot's hit inline, anything else out of line.
     #[inline(always)]
     fn at(&mut self, symbols: &'a SymbolTable, address: u32) -> usize {
-        let slot = (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize;
+        let slot = slot_of(address);
         match self.recent.get(slot) {
-            Some(&(at, plus_one)) if at == address && plus_one != 0 => plus_one as usize - 1,
+            Some(r) if r.address == address && r.plus_one != 0 => r.plus_one as usize - 1,
             _ => self.miss(symbols, address, slot),
         }
     }
@@ -481,8 +550,16 @@ impl<'a> FormatCache<'a> {
                 self.formats.len() - 1
             }
         };
-        if let (Some(entry), Ok(plus_one)) = (self.recent.get_mut(slot), u32::try_from(at + 1)) {
-            *entry = (address, plus_one);
+        if let (Some(entry), Ok(plus_one), Some(compiled)) = (
+            self.recent.get_mut(slot),
+            u32::try_from(at + 1),
+            self.formats.get(at),
+        ) {
+            *entry = Recent {
+                address,
+                plus_one,
+                known: Known::of(compiled),
+            };
         }
         at
     }

@@ -429,17 +429,21 @@ impl<'a> LogDecoder<'a> {
             return false;
         };
         let address = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-        let compiled = self.formats.get_mut(self.symbols, address);
-        let Ok(text) = compiled.text else {
+        let Some(known) = self.formats.known(self.symbols, address) else {
             return false;
         };
-        if !compiled.known_clean(usize::from(head[5]), rest) {
+        if !known.known_clean(usize::from(head[5]), rest) {
             return false;
         }
+        let text = known.text;
         let first = head[0];
         let record = &mut self.record;
         let malformed = match first >> 5 == METRIC_BITS {
-            true => match compiled.metric_known_clean(rest, record.model, &mut record.metric) {
+            true => match self
+                .formats
+                .known_format(address)
+                .and_then(|compiled| compiled.metric_known_clean(rest, record.model, &mut record.metric))
+            {
                 Some(found) => !found,
                 // Only formatting tells.
                 None => return false,
@@ -555,7 +559,7 @@ impl<'a> LogDecoder<'a> {
                 }
             }
             if learn {
-                self.formats.get_mut(self.symbols, address).learn(payload);
+                self.formats.learn(self.symbols, address, payload);
             }
         }
         if let Some(cut) = cut {
