@@ -268,19 +268,23 @@ impl<'a> LogDecoder<'a> {
         self.end
     }
 
-    /// The time of the next frame, whose stamp is `stamp`.
-    #[inline]
-    fn time(&mut self, stamp: u32) -> RecordTime {
-        if let Some((epoch, anchor, per_tick)) = self.fast_wall {
-            self.ticks = self.ticks.saturating_add(u64::from(stamp));
-            let before = anchor.wrapping_sub(self.ticks as u32);
-            return RecordTime::Wall {
-                unix_us: epoch - (u64::from(before) * per_tick) as i64,
-            };
+    /// Sets the record's time to the next frame's, whose stamp is
+    /// `stamp`; written in place, each variant where it is known.
+    #[inline(always)]
+    fn set_time(&mut self, stamp: u32) {
+        match self.fast_wall {
+            Some((epoch, anchor, per_tick)) => {
+                self.ticks = self.ticks.saturating_add(u64::from(stamp));
+                let before = anchor.wrapping_sub(self.ticks as u32);
+                self.record.time = RecordTime::Wall {
+                    unix_us: epoch - (u64::from(before) * per_tick) as i64,
+                };
+            }
+            None => self.record.time = self.time_of_any_clock(stamp),
         }
-        self.time_of_any_clock(stamp)
     }
 
+    #[inline(never)]
     fn time_of_any_clock(&mut self, stamp: u32) -> RecordTime {
         if self.format == FrameFormat::Sequenced {
             return RecordTime::Sequence {
@@ -354,12 +358,17 @@ impl<'a> LogDecoder<'a> {
                 .get(self.pos..)
                 .and_then(<[u8]>::split_first_chunk::<6>),
         ) {
-            let len = usize::from(u16::from_le_bytes([head[0], head[1]]));
-            if let (false, Some(payload)) = (len == 0 || len == 0xFFFF, after.get(..len)) {
+            let len = u16::from_le_bytes([head[0], head[1]]);
+            // Neither 0 nor 0xFFFF (an end marker), and all there.
+            if let (true, Some(payload)) = (
+                len.wrapping_sub(1) < 0xFFFE,
+                after.get(..usize::from(len)),
+            ) {
+                let len = usize::from(len);
                 let offset = self.base + self.pos;
                 self.pos += 6 + len;
                 let stamp = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
-                self.record.time = self.time(stamp);
+                self.set_time(stamp);
                 self.record.offset = offset;
                 self.record.payload = payload;
                 if !self.decode_known_clean(payload) {
@@ -409,7 +418,7 @@ impl<'a> LogDecoder<'a> {
                     return None;
                 }
             };
-        self.record.time = self.time(stamp);
+        self.set_time(stamp);
         self.record.offset = offset;
         self.record.payload = payload;
         if cut.is_some() || !self.decode_known_clean(payload) {
