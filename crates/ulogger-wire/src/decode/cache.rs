@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::frames::is_blob_string;
 use super::printf::{
-    clean_types, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
+    clean_types, decimal_of, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
 };
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use super::record::MetricReading;
@@ -61,17 +61,169 @@ pub(crate) struct Known<'a> {
     pub(crate) text: &'a [u8],
     signature: Signature,
     bound: usize,
+    metric: KnownMetric<'a>,
+    /// The last metric name of a `metric_%s=%d` found valid.
+    last_name: Option<&'a str>,
+}
+
+/// A METRIC record's metric from a frame of a known signature, without
+/// formatting: the format's metric shape with its value's reading.
+#[derive(Debug, Clone, Copy)]
+enum KnownMetric<'a> {
+    /// Only formatting tells.
+    Format,
+    /// No conversion: the message is the format; its metric, if any.
+    Fixed(Option<(&'a str, MetricValue)>),
+    /// `metric_<name>=%d`.
+    Named(&'a str, ValueReading),
+    /// `metric_%s=%d`.
+    StringNamed(ValueReading),
+}
+
+/// How a metric's value is read from its captured bytes, for one
+/// signature and one bare decimal conversion: what `frames::value`,
+/// `printf::decimal_value` and `metric_value` do, decided once.
+#[derive(Debug, Clone, Copy)]
+struct ValueReading {
+    /// Its captured size (1, 2, 4 or 8 bytes).
+    size: u8,
+    /// The captured bytes' bits within a little-endian `u64`.
+    mask: u64,
+    /// `64 - 8 * size` for a value captured signed (sign-extended), 0
+    /// for one captured unsigned.
+    sign_shift: u32,
+    /// Captured as a `u64` (beyond `i64`, a float whatever it printed).
+    captured_u64: bool,
+    /// The conversion's reading ([`super::printf::Spec::decimal_reading`]).
+    bits: u32,
+    signed: bool,
+}
+
+impl ValueReading {
+    /// The reading of a value of tag `tag` printed by `spec`, when the
+    /// tag is of an integer the conversion takes.
+    fn of(tag: u8, spec: &Spec, model: DataModel) -> Option<ValueReading> {
+        let size = tag & 0x0f;
+        let signed_capture = match ArgType::from_tag(tag >> 4) {
+            ArgType::I32 | ArgType::I64 => true,
+            ArgType::U32 | ArgType::U64 | ArgType::Char => false,
+            _ => return None,
+        };
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return None;
+        }
+        let (bits, signed) = spec.decimal_reading(model);
+        Some(ValueReading {
+            size,
+            mask: u64::MAX >> (64 - 8 * u32::from(size)),
+            sign_shift: if signed_capture { 64 - 8 * u32::from(size) } else { 0 },
+            captured_u64: ArgType::from_tag(tag >> 4) == ArgType::U64,
+            bits,
+            signed,
+        })
+    }
+
+    /// The metric's value from its captured bytes at the start of
+    /// `values`.
+    #[inline(always)]
+    fn read(&self, values: &[u8]) -> Option<MetricValue> {
+        let raw = match values.first_chunk::<8>() {
+            Some(word) => u64::from_le_bytes(*word) & self.mask,
+            None => (0..)
+                .zip(values.get(..usize::from(self.size))?)
+                .fold(0, |word, (at, &b)| word | u64::from(b) << (8 * at)),
+        };
+        // As captured: sign-extended from its size, or not.
+        let raw = (((raw << self.sign_shift) as i64) >> self.sign_shift) as u64;
+        let (negative, magnitude) = decimal_of(raw, self.bits, self.signed);
+        Some(match () {
+            // `metric_of`: a u64 beyond i64 is a float whatever it printed.
+            () if self.captured_u64 && i64::try_from(raw).is_err() => MetricValue::Float(raw as f64),
+            () if negative => MetricValue::Int((-i128::from(magnitude)) as i64),
+            () => match i64::try_from(magnitude) {
+                Ok(n) => MetricValue::Int(n),
+                // What parsing the printed digits as a float gives.
+                Err(_) => MetricValue::Float(magnitude as f64),
+            },
+        })
+    }
 }
 
 impl<'a> Known<'a> {
     /// What of `compiled` the fast path uses, once it has a text and a
     /// learned signature.
-    fn of(compiled: &Compiled<'a>) -> Option<Known<'a>> {
+    fn of(compiled: &Compiled<'a>, model: DataModel) -> Option<Known<'a>> {
+        let signature = compiled.signature?;
+        let first = signature.tags as u8;
+        let second = (signature.tags >> 8) as u8;
+        let reading = |tag: u8, spec: &Spec| ValueReading::of(tag, spec, model);
+        let metric = match (&compiled.metric, signature.len) {
+            (MetricShape::Fixed(metric), _) => Some(KnownMetric::Fixed(*metric)),
+            (MetricShape::Named(name, spec), 1) => {
+                reading(first, spec).map(|r| KnownMetric::Named(name, r))
+            }
+            (MetricShape::StringNamed(spec), 2) if is_blob_string(first) => {
+                reading(second, spec).map(KnownMetric::StringNamed)
+            }
+            _ => None,
+        };
         Some(Known {
             text: compiled.text.ok()?,
-            signature: compiled.signature?,
+            signature,
             bound: compiled.bound,
+            metric: metric.unwrap_or(KnownMetric::Format),
+            last_name: None,
         })
+    }
+
+    /// The metric of a METRIC record whose frame [`Known::known_clean`]
+    /// passed (`rest` as there), into `out`: `Some(true)` when there is
+    /// one, `Some(false)` for a malformed metric (`out` is then `None`),
+    /// `None` when only formatting tells (`out` unchanged). What
+    /// [`Compiled::metric`] finds from the captured arguments, reading
+    /// only the value and, for `metric_%s=%d`, the name; a name found
+    /// valid is kept, so that the same name in the next frame is
+    /// compared, not validated again.
+    #[inline(always)]
+    pub(crate) fn metric_known_clean(
+        &mut self,
+        rest: &'a [u8],
+        out: &mut Option<MetricReading<'a>>,
+    ) -> Option<bool> {
+        let values = rest.get(usize::from(self.signature.len)..)?;
+        let (name, value) = match self.metric {
+            KnownMetric::Format => return None,
+            KnownMetric::Fixed(None) => {
+                *out = None;
+                return Some(false);
+            }
+            KnownMetric::Fixed(Some(metric)) => metric,
+            KnownMetric::Named(name, reading) => (name, reading.read(values)?),
+            KnownMetric::StringNamed(reading) => {
+                let value = reading.read(values)?;
+                // The blob's first string, after its count and length.
+                let blob = values.get(usize::from(self.signature.values) + 4..)?;
+                let (len, after) = blob.split_first_chunk::<2>()?;
+                let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
+                let name = match self.last_name {
+                    Some(last) if same_bytes(last.as_bytes(), name) => last,
+                    _ => {
+                        // As `metric_of` splits the message at its first `=`.
+                        let valid = std::str::from_utf8(name)
+                            .ok()
+                            .filter(|n| !n.is_empty() && !n.contains('='))?;
+                        self.last_name = Some(valid);
+                        valid
+                    }
+                };
+                (name, value)
+            }
+        };
+        *out = Some(MetricReading {
+            name: Cow::Borrowed(name),
+            value,
+        });
+        Some(true)
     }
 
     /// Whether a frame whose payload after its 6-byte head is `rest`,
@@ -150,8 +302,6 @@ pub(crate) struct Compiled<'a> {
     metric: MetricShape<'a>,
     /// The tags of the last clean frame, once there was one.
     signature: Option<Signature>,
-    /// The last metric name of a `metric_%s=%d` found valid.
-    last_name: Option<&'a str>,
 }
 
 /// What a METRIC record's format says of its metric without formatting.
@@ -194,61 +344,6 @@ impl<'a> Compiled<'a> {
             values,
             strings,
         });
-    }
-
-    /// [`Compiled::metric`] of a frame [`Compiled::known_clean`] passed
-    /// (`rest` as there), into `out`: `Some(true)` when there is one,
-    /// `Some(false)` for a malformed metric (`out` is then `None`), `None`
-    /// when only formatting tells (`out` unchanged). The arguments are
-    /// read only as far as the metric's shape needs: none for a fixed
-    /// metric, the value for `metric_<name>=%d`, the name and the value
-    /// for `metric_%s=%d`. A name found valid is kept, so that the same
-    /// name in the next frame is compared, not validated again.
-    #[inline(always)]
-    pub(crate) fn metric_known_clean(
-        &mut self,
-        rest: &'a [u8],
-        model: DataModel,
-        out: &mut Option<MetricReading<'a>>,
-    ) -> Option<bool> {
-        let signature = self.signature.as_ref()?;
-        let (name, value) = match (&self.metric, signature.len, rest) {
-            (MetricShape::Fixed(None), _, _) => {
-                *out = None;
-                return Some(false);
-            }
-            (MetricShape::Fixed(Some((name, value))), _, _) => (*name, *value),
-            (MetricShape::Named(name, spec), 1, [tag, values @ ..]) => {
-                (*name, metric_value(spec, &arg(*tag, values)?, model)?)
-            }
-            (MetricShape::StringNamed(spec), 2, [name_tag, tag, values @ ..])
-                if is_blob_string(*name_tag) =>
-            {
-                let value = metric_value(spec, &arg(*tag, values)?, model)?;
-                // The blob's first string, after its count and length.
-                let blob = values.get(usize::from(signature.values) + 4..)?;
-                let (len, after) = blob.split_first_chunk::<2>()?;
-                let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
-                let name = match self.last_name {
-                    Some(last) if same_bytes(last.as_bytes(), name) => last,
-                    _ => {
-                        // As `metric_of` splits the message at its first `=`.
-                        let valid = std::str::from_utf8(name)
-                            .ok()
-                            .filter(|n| !n.is_empty() && !n.contains('='))?;
-                        self.last_name = Some(valid);
-                        valid
-                    }
-                };
-                (name, value)
-            }
-            _ => return None,
-        };
-        *out = Some(MetricReading {
-            name: Cow::Borrowed(name),
-            value,
-        });
-        Some(true)
     }
 
     /// Whether formatting `args` with this format reports nothing: each
@@ -301,16 +396,6 @@ impl<'a> Compiled<'a> {
     }
 }
 
-/// The argument of tag `tag` at the start of `values`. Inline, as every
-/// step of a known-clean metric: an enum returned through memory in parts
-/// and read back whole stalls the store buffer.
-#[inline(always)]
-fn arg(tag: u8, values: &[u8]) -> Option<Arg<'static>> {
-    // Clean: every value is there and of a size its type has.
-    let bytes = values.get(..usize::from(tag & 0x0f))?;
-    super::frames::value(ArgType::from_tag(tag >> 4), bytes)
-}
-
 /// Whether `a` and `b` hold the same bytes: eight at a time, no call
 /// to `memcmp` for a short name.
 #[inline(always)]
@@ -355,7 +440,6 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
             bound: 0,
             metric: MetricShape::Format,
             signature: None,
-        last_name: None,
         };
     };
     let mut clean = Some(Vec::new());
@@ -388,7 +472,6 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
         bound,
         metric: metric_shape(format),
         signature: None,
-        last_name: None,
     }
 }
 
@@ -480,25 +563,21 @@ impl<'a> FormatCache<'a> {
     /// What the fast path needs of the format at `address`, when its text
     /// is known and a clean frame of it has been seen.
     #[inline(always)]
-    pub(crate) fn known(&mut self, symbols: &'a SymbolTable, address: u32) -> Option<&Known<'a>> {
+    pub(crate) fn known(
+        &mut self,
+        symbols: &'a SymbolTable,
+        address: u32,
+    ) -> Option<&mut Known<'a>> {
         let slot = slot_of(address);
         let hit = matches!(self.recent.get(slot), Some(r) if r.address == address && r.plus_one != 0);
         if !hit {
             self.miss(symbols, address, slot);
         }
-        match self.recent.get(slot) {
+        match self.recent.get_mut(slot) {
             // A format past the cache's bound has no slot.
-            Some(r) if r.address == address && r.plus_one != 0 => r.known.as_ref(),
+            Some(r) if r.address == address && r.plus_one != 0 => r.known.as_mut(),
             _ => None,
         }
-    }
-
-    /// The format whose [`Known`] [`FormatCache::known`] just gave for
-    /// `address` (to read its metric).
-    #[inline(always)]
-    pub(crate) fn known_format(&mut self, address: u32) -> Option<&mut Compiled<'a>> {
-        let recent = self.recent.get(slot_of(address))?;
-        self.formats.get_mut((recent.plus_one as usize).checked_sub(1)?)
     }
 
     /// Teaches the format at `address` the tags of a clean frame
@@ -510,7 +589,7 @@ impl<'a> FormatCache<'a> {
             return;
         };
         compiled.learn(payload);
-        let known = Known::of(compiled);
+        let known = Known::of(compiled, symbols.data_model());
         if let Some(recent) = self.recent.get_mut(slot_of(address)) {
             if recent.address == address && recent.plus_one != 0 {
                 recent.known = known;
@@ -558,7 +637,7 @@ impl<'a> FormatCache<'a> {
             *entry = Recent {
                 address,
                 plus_one,
-                known: Known::of(compiled),
+                known: Known::of(compiled, symbols.data_model()),
             };
         }
         at

@@ -448,11 +448,7 @@ impl<'a> LogDecoder<'a> {
         let first = head[0];
         let record = &mut self.record;
         let malformed = match first >> 5 == METRIC_BITS {
-            true => match self
-                .formats
-                .known_format(address)
-                .and_then(|compiled| compiled.metric_known_clean(rest, record.model, &mut record.metric))
-            {
+            true => match known.metric_known_clean(rest, &mut record.metric) {
                 Some(found) => !found,
                 // Only formatting tells.
                 None => return false,

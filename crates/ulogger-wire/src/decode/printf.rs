@@ -486,6 +486,16 @@ impl Spec {
             && self.precision.is_none()
     }
 
+    /// How a decimal conversion reads its argument: the C argument's
+    /// bits, and whether it prints it signed (`%d`, `%i`).
+    #[inline(always)]
+    pub(crate) fn decimal_reading(&self, model: DataModel) -> (u32, bool) {
+        (
+            conversion_bits(self.length, model),
+            matches!(self.conv, b'd' | b'i'),
+        )
+    }
+
     /// A bare `%d`, `%i` or `%u` of an `int`, `long`, `long long`,
     /// `size_t`, `intmax_t` or `ptrdiff_t` (not `h`/`hh`, which narrow).
     pub(crate) fn is_bare_decimal(&self) -> bool {
@@ -548,9 +558,17 @@ pub(crate) fn decimal_value(spec: &Spec, arg: &Arg<'_>, model: DataModel) -> Opt
         Arg::Char(c) => u64::from(c),
         _ => return None,
     };
-    let bits = conversion_bits(spec.length, model);
-    let value = Int::of(raw, bits, matches!(spec.conv, b'd' | b'i'));
-    Some((value.negative, value.magnitude))
+    let (bits, signed) = spec.decimal_reading(model);
+    Some(decimal_of(raw, bits, signed))
+}
+
+/// What a decimal conversion reading a C argument of `bits` bits, signed
+/// or not ([`Spec::decimal_reading`]), prints for the captured `raw`
+/// (sign-extended when captured signed): negative and magnitude.
+#[inline(always)]
+pub(crate) fn decimal_of(raw: u64, bits: u32, signed: bool) -> (bool, u64) {
+    let value = Int::of(raw, bits, signed);
+    (value.negative, value.magnitude)
 }
 
 pub(crate) enum Parsed {

@@ -556,3 +556,82 @@ fn a_frame_like_a_clean_one_but_for_its_strings_is_checked_for_its_length() {
         ]
     );
 }
+
+/// A METRIC frame of the format at `address`: a name string when `name`
+/// is given, then a value of type `ty` captured in `size` bytes.
+fn metric_payload(address: u32, name: Option<&[u8]>, value: Option<(u8, u8, u64)>) -> Vec<u8> {
+    let mut p = vec![5 << 5 | 2];
+    p.extend_from_slice(&address.to_le_bytes());
+    p.push(u8::from(name.is_some()) + u8::from(value.is_some()));
+    if name.is_some() {
+        p.push(0x80);
+    }
+    if let Some((ty, size, _)) = value {
+        p.push(ty << 4 | size);
+    }
+    if let Some((_, size, n)) = value {
+        p.extend_from_slice(&n.to_le_bytes()[..usize::from(size).min(8)]);
+    }
+    if let Some(name) = name {
+        p.extend_from_slice(&1u16.to_le_bytes());
+        p.extend_from_slice(&(2 + name.len() as u16).to_le_bytes());
+        p.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        p.extend_from_slice(name);
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// Metrics of frames after a clean one of their format (read from
+    /// the value's bytes without formatting) are what decoding each frame
+    /// alone finds: every integer type and size, signed or not, names
+    /// valid, invalid or repeated.
+    #[test]
+    fn known_clean_metrics_are_what_formatting_finds(
+        which in 0..9usize,
+        lp64 in any::<bool>(),
+        ty in prop::sample::select(vec![1u8, 2, 3, 4, 6, 5, 7]),
+        size in prop::sample::select(vec![1u8, 2, 4, 8]),
+        frames in proptest::collection::vec((
+            prop_oneof![any::<u64>(), 0..300u64, Just(u64::MAX), Just(1 << 63), Just(0x8000_0000), Just(0x80)],
+            prop::sample::select(vec![&b"uptime_s"[..], b"uptime_s", b"uptime_m", b"abc", b"a=b", b"", b"\xffx", b"temperature_c", b"t"]),
+        ), 1..8),
+    ) {
+        const FORMATS: [&str; 9] = [
+            "metric_%s=%u", "metric_%s=%d", "metric_%s=%i", "metric_%s=%lu", "metric_%s=%lld",
+            "metric_temp=%ld", "metric_big=%llu", "metric_n=%zd", "metric_heartbeat=1",
+        ];
+        let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
+        let mut rodata = Vec::new();
+        let mut address = 0;
+        for (k, f) in FORMATS.iter().enumerate() {
+            if k == which {
+                address = 0x4000 + rodata.len() as u32;
+            }
+            rodata.extend_from_slice(f.as_bytes());
+            rodata.push(0);
+        }
+        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model);
+        let format = FORMATS[which];
+        let payloads: Vec<Vec<u8>> = frames.iter().map(|&(n, name)| {
+            let name = format.contains("%s").then_some(name);
+            let value = (format != "metric_heartbeat=1").then_some((ty, size, n));
+            metric_payload(address, name, value)
+        }).collect();
+        let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+        let buf = log(&data);
+        let mut decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+        let mut decoded = Vec::new();
+        while let Some(record) = decoder.next_record() {
+            decoded.push(seen(record));
+        }
+        prop_assert_eq!(decoded.len(), payloads.len());
+        for (p, in_log) in payloads.iter().zip(&decoded) {
+            let alone = log(&frame(p, 1));
+            let record = LogDecoder::new(&s, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+        }
+    }
+}
