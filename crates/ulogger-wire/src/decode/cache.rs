@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::frames::is_blob_string;
 use super::printf::{
-    clean_types, decimal_of, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
+    clean_types, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
 };
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use super::record::MetricReading;
@@ -82,7 +82,9 @@ enum KnownMetric<'a> {
 
 /// How a metric's value is read from its captured bytes, for one
 /// signature and one bare decimal conversion: what `frames::value`,
-/// `printf::decimal_value` and `metric_value` do, decided once.
+/// `printf::decimal_value` and `metric_value` do, decided once. A clean
+/// argument of a 32-bit conversion is captured in at most 32 bits, one of
+/// a 64-bit conversion is an `i64` or a `u64` (`printf::clean_types`).
 #[derive(Debug, Clone, Copy)]
 struct ValueReading {
     /// Its captured size (1, 2, 4 or 8 bytes).
@@ -94,8 +96,9 @@ struct ValueReading {
     sign_shift: u32,
     /// Captured as a `u64` (beyond `i64`, a float whatever it printed).
     captured_u64: bool,
-    /// The conversion's reading ([`super::printf::Spec::decimal_reading`]).
-    bits: u32,
+    /// `64 -` the bits of the C argument the conversion reads.
+    width_shift: u32,
+    /// Whether the conversion prints signed (`%d`, `%i`).
     signed: bool,
 }
 
@@ -104,7 +107,8 @@ impl ValueReading {
     /// tag is of an integer the conversion takes.
     fn of(tag: u8, spec: &Spec, model: DataModel) -> Option<ValueReading> {
         let size = tag & 0x0f;
-        let signed_capture = match ArgType::from_tag(tag >> 4) {
+        let ty = ArgType::from_tag(tag >> 4);
+        let signed_capture = match ty {
             ArgType::I32 | ArgType::I64 => true,
             ArgType::U32 | ArgType::U64 | ArgType::Char => false,
             _ => return None,
@@ -117,8 +121,8 @@ impl ValueReading {
             size,
             mask: u64::MAX >> (64 - 8 * u32::from(size)),
             sign_shift: if signed_capture { 64 - 8 * u32::from(size) } else { 0 },
-            captured_u64: ArgType::from_tag(tag >> 4) == ArgType::U64,
-            bits,
+            captured_u64: ty == ArgType::U64,
+            width_shift: 64 - bits.clamp(1, 64),
             signed,
         })
     }
@@ -134,17 +138,22 @@ impl ValueReading {
                 .fold(0, |word, (at, &b)| word | u64::from(b) << (8 * at)),
         };
         // As captured: sign-extended from its size, or not.
-        let raw = (((raw << self.sign_shift) as i64) >> self.sign_shift) as u64;
-        let (negative, magnitude) = decimal_of(raw, self.bits, self.signed);
-        Some(match () {
+        let captured = ((raw << self.sign_shift) as i64) >> self.sign_shift;
+        let shift = self.width_shift;
+        Some(if self.signed {
             // `metric_of`: a u64 beyond i64 is a float whatever it printed.
-            () if self.captured_u64 && i64::try_from(raw).is_err() => MetricValue::Float(raw as f64),
-            () if negative => MetricValue::Int((-i128::from(magnitude)) as i64),
-            () => match i64::try_from(magnitude) {
+            if self.captured_u64 && captured < 0 {
+                MetricValue::Float(captured as u64 as f64)
+            } else {
+                MetricValue::Int((captured << shift) >> shift)
+            }
+        } else {
+            let printed = ((captured as u64) << shift) >> shift;
+            match i64::try_from(printed) {
                 Ok(n) => MetricValue::Int(n),
                 // What parsing the printed digits as a float gives.
-                Err(_) => MetricValue::Float(magnitude as f64),
-            },
+                Err(_) => MetricValue::Float(printed as f64),
+            }
         })
     }
 }
@@ -252,12 +261,14 @@ impl<'a> Known<'a> {
         if (word ^ signature.tags) & signature.mask != 0 {
             return false;
         }
-        let Some(blob) = rest.get(nargs + usize::from(signature.values)..) else {
+        let head = nargs + usize::from(signature.values);
+        if signature.strings == 0 {
+            // Tags and values, nothing after them.
+            return rest.len() == head;
+        }
+        let Some(blob) = rest.get(head..) else {
             return false;
         };
-        if signature.strings == 0 {
-            return blob.is_empty();
-        }
         // The checks of `frames::strings`, none failing.
         let Some((head, mut entries)) = blob.split_first_chunk::<4>() else {
             return false;
@@ -569,13 +580,15 @@ impl<'a> FormatCache<'a> {
         address: u32,
     ) -> Option<&mut Known<'a>> {
         let slot = slot_of(address);
-        let hit = matches!(self.recent.get(slot), Some(r) if r.address == address && r.plus_one != 0);
-        if !hit {
+        // A slot holds a `Known` only once it holds its format: an
+        // address's own slot without one is a format not yet known clean
+        // (or the empty slot of address 0), which the slow path sets.
+        if !matches!(self.recent.get(slot), Some(r) if r.address == address) {
             self.miss(symbols, address, slot);
         }
         match self.recent.get_mut(slot) {
             // A format past the cache's bound has no slot.
-            Some(r) if r.address == address && r.plus_one != 0 => r.known.as_mut(),
+            Some(r) if r.address == address => r.known.as_mut(),
             _ => None,
         }
     }

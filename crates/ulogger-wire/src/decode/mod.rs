@@ -274,7 +274,9 @@ impl<'a> LogDecoder<'a> {
     fn set_time(&mut self, stamp: u32) {
         match self.fast_wall {
             Some((epoch, anchor, per_tick)) => {
-                self.ticks = self.ticks.saturating_add(u64::from(stamp));
+                // Less than 2^32 ticks a frame, 2^14 frames a log: never
+                // near `u64::MAX`, where the other clocks saturate.
+                self.ticks += u64::from(stamp);
                 let before = anchor.wrapping_sub(self.ticks as u32);
                 self.record.time = RecordTime::Wall {
                     unix_us: epoch - (u64::from(before) * per_tick) as i64,

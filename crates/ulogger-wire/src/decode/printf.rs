@@ -559,16 +559,8 @@ pub(crate) fn decimal_value(spec: &Spec, arg: &Arg<'_>, model: DataModel) -> Opt
         _ => return None,
     };
     let (bits, signed) = spec.decimal_reading(model);
-    Some(decimal_of(raw, bits, signed))
-}
-
-/// What a decimal conversion reading a C argument of `bits` bits, signed
-/// or not ([`Spec::decimal_reading`]), prints for the captured `raw`
-/// (sign-extended when captured signed): negative and magnitude.
-#[inline(always)]
-pub(crate) fn decimal_of(raw: u64, bits: u32, signed: bool) -> (bool, u64) {
     let value = Int::of(raw, bits, signed);
-    (value.negative, value.magnitude)
+    Some((value.negative, value.magnitude))
 }
 
 pub(crate) enum Parsed {
