@@ -8,6 +8,14 @@
 //! of a metric. A frame whose arguments all fit is known to format with
 //! no problem; any other frame is formatted at decoding time, as before,
 //! so its problems are exactly the formatter's.
+//!
+//! A format also learns the argument tags of its last clean frame (its
+//! signature): a frame with the same tags has arguments of types and
+//! sizes known to be clean, so decoding it checks only lengths
+//! ([`Known::known_clean`]) and reads a metric's value and name alone.
+//! What that fast path needs is kept in the address's recent slot, so a
+//! busy format costs one hashed load (decision "known-clean frames" in
+//! docs/decisions.md).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,10 +23,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::frames::is_blob_string;
 use super::printf::{
-    clean_types, ArgType, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
+    clean_types, decimal_value, parse_spec, type_bit, Arg, ArgType, DataModel, Parsed, Spec,
+    MAX_MESSAGE,
 };
-use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use super::record::MetricReading;
+use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use crate::MetricValue;
 
 /// Bytes any conversion but `%s` prints at most beyond its width and
@@ -120,7 +129,11 @@ impl ValueReading {
         Some(ValueReading {
             size,
             mask: u64::MAX >> (64 - 8 * u32::from(size)),
-            sign_shift: if signed_capture { 64 - 8 * u32::from(size) } else { 0 },
+            sign_shift: if signed_capture {
+                64 - 8 * u32::from(size)
+            } else {
+                0
+            },
             captured_u64: ty == ArgType::U64,
             width_shift: 64 - bits.clamp(1, 64),
             signed,
@@ -295,7 +308,6 @@ impl<'a> Known<'a> {
             && (declared == with_prefixes || declared == without)
             && self.bound + without < MAX_MESSAGE
     }
-
 }
 
 /// A format string as decoding uses it.
@@ -333,7 +345,10 @@ impl<'a> Compiled<'a> {
     /// formats with no problem (`payload` is the whole frame payload).
     pub(crate) fn learn(&mut self, payload: &[u8]) {
         let nargs = super::frames::declared_args(payload);
-        let Some(tags) = payload.get(6..6 + nargs).filter(|_| nargs <= SIGNATURE_TAGS) else {
+        let Some(tags) = payload
+            .get(6..6 + nargs)
+            .filter(|_| nargs <= SIGNATURE_TAGS)
+        else {
             return;
         };
         let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
@@ -403,7 +418,10 @@ impl<'a> Compiled<'a> {
             }
             _ => return None,
         };
-        Some(Some((Cow::Borrowed(name), metric_value(spec, value, model)?)))
+        Some(Some((
+            Cow::Borrowed(name),
+            metric_value(spec, value, model)?,
+        )))
     }
 }
 

@@ -274,8 +274,9 @@ impl<'a> LogDecoder<'a> {
     fn set_time(&mut self, stamp: u32) {
         match self.fast_wall {
             Some((epoch, anchor, per_tick)) => {
-                // Less than 2^32 ticks a frame, 2^14 frames a log: never
-                // near `u64::MAX`, where the other clocks saturate.
+                // Less than 2^32 ticks a frame, fewer than 2^14 frames in
+                // a log (`used_bytes` is a u16): never near `u64::MAX`,
+                // where the other clocks saturate.
                 self.ticks += u64::from(stamp);
                 let before = anchor.wrapping_sub(self.ticks as u32);
                 self.record.time = RecordTime::Wall {
@@ -350,7 +351,7 @@ impl<'a> LogDecoder<'a> {
     /// assert_eq!(problems, 0);
     /// # Ok::<(), ulogger_wire::HeaderError>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn next_record(&mut self) -> Option<&Record<'a>> {
         // A whole tick-stamped frame (the common case) inline; past the
         // end `pos` is the data's length, so this never reads on.
@@ -362,10 +363,9 @@ impl<'a> LogDecoder<'a> {
         ) {
             let len = u16::from_le_bytes([head[0], head[1]]);
             // Neither 0 nor 0xFFFF (an end marker), and all there.
-            if let (true, Some(payload)) = (
-                len.wrapping_sub(1) < 0xFFFE,
-                after.get(..usize::from(len)),
-            ) {
+            if let (true, Some(payload)) =
+                (len.wrapping_sub(1) < 0xFFFE, after.get(..usize::from(len)))
+            {
                 let len = usize::from(len);
                 let offset = self.base + self.pos;
                 self.pos += 6 + len;
@@ -430,7 +430,7 @@ impl<'a> LogDecoder<'a> {
     }
 
     /// The fast path: a frame whose tags are its format's last clean
-    /// frame's ([`cache::Compiled::known_clean`]) and whose metric, if
+    /// frame's ([`cache::Known::known_clean`]) and whose metric, if
     /// any, its format's shape tells. Its only problems can be of the
     /// level, the module and the build. `false` for any other frame, the
     /// record then to be written whole by [`LogDecoder::decode_any`].
@@ -465,7 +465,11 @@ impl<'a> LogDecoder<'a> {
         record.level = Level::from_bits(first >> 5);
         record.module = Module {
             index: first & 0x1f,
-            name: self.modules.get(usize::from(first & 0x1f)).copied().flatten(),
+            name: self
+                .modules
+                .get(usize::from(first & 0x1f))
+                .copied()
+                .flatten(),
         };
         record.format_address = Some(address);
         record.format = Some(text);
@@ -473,7 +477,12 @@ impl<'a> LogDecoder<'a> {
             record.problems.clear();
         }
         if self.flagged[usize::from(first >> 6)] >> (first & 63) & 1 != 0 {
-            head_problems(first, self.unknown_modules, &self.other_build, &mut record.problems);
+            head_problems(
+                first,
+                self.unknown_modules,
+                &self.other_build,
+                &mut record.problems,
+            );
         }
         if malformed {
             record.problems.push(Problem::MalformedMetric);

@@ -528,11 +528,7 @@ fn a_frame_like_a_clean_one_but_for_its_strings_is_checked_for_its_length() {
         [(2, "NET".to_string())],
         DataModel::Ilp32,
     );
-    let short = property_payload(
-        1,
-        0x4000,
-        &[(8, 0, b"a".to_vec()), (8, 0, b"b".to_vec())],
-    );
+    let short = property_payload(1, 0x4000, &[(8, 0, b"a".to_vec()), (8, 0, b"b".to_vec())]);
     let long = property_payload(
         1,
         0x4000,
