@@ -213,33 +213,38 @@ impl<'a> Known<'a> {
         out: &mut Option<MetricReading<'a>>,
     ) -> Option<bool> {
         let values = rest.get(usize::from(self.signature.len)..)?;
-        let (name, value) = match self.metric {
-            KnownMetric::Format => return None,
-            KnownMetric::Fixed(None) => {
-                *out = None;
-                return Some(false);
+        // An `if` chain, not a `match`: the jump table a match compiles
+        // to waited on the variant's load on every metric frame.
+        let (name, value) = if let KnownMetric::Fixed(fixed) = self.metric {
+            match fixed {
+                Some(metric) => metric,
+                None => {
+                    *out = None;
+                    return Some(false);
+                }
             }
-            KnownMetric::Fixed(Some(metric)) => metric,
-            KnownMetric::Named(name, reading) => (name, reading.read(values)?),
-            KnownMetric::StringNamed(reading) => {
-                let value = reading.read(values)?;
-                // The blob's first string, after its count and length.
-                let blob = values.get(usize::from(self.signature.values) + 4..)?;
-                let (len, after) = blob.split_first_chunk::<2>()?;
-                let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
-                let name = match self.last_name {
-                    Some(last) if same_bytes(last.as_bytes(), name) => last,
-                    _ => {
-                        // As `metric_of` splits the message at its first `=`.
-                        let valid = std::str::from_utf8(name)
-                            .ok()
-                            .filter(|n| !n.is_empty() && !n.contains('='))?;
-                        self.last_name = Some(valid);
-                        valid
-                    }
-                };
-                (name, value)
-            }
+        } else if let KnownMetric::StringNamed(reading) = self.metric {
+            let value = reading.read(values)?;
+            // The blob's first string, after its count and length.
+            let blob = values.get(usize::from(self.signature.values) + 4..)?;
+            let (len, after) = blob.split_first_chunk::<2>()?;
+            let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
+            let name = match self.last_name {
+                Some(last) if same_bytes(last.as_bytes(), name) => last,
+                _ => {
+                    // As `metric_of` splits the message at its first `=`.
+                    let valid = std::str::from_utf8(name)
+                        .ok()
+                        .filter(|n| !n.is_empty() && !n.contains('='))?;
+                    self.last_name = Some(valid);
+                    valid
+                }
+            };
+            (name, value)
+        } else if let KnownMetric::Named(name, reading) = self.metric {
+            (name, reading.read(values)?)
+        } else {
+            return None;
         };
         *out = Some(MetricReading {
             name: Cow::Borrowed(name),
@@ -291,18 +296,35 @@ impl<'a> Known<'a> {
         if count != u16::from(signature.strings) {
             return false;
         }
-        let mut without = 0usize;
-        for _ in 0..count {
-            let Some((len, after)) = entries.split_first_chunk::<2>() else {
-                return false;
-            };
-            let len = usize::from(u16::from_le_bytes(*len));
-            let Some(after) = after.get(len..) else {
-                return false;
-            };
-            without += len;
-            entries = after;
-        }
+        let without = match count {
+            // One string, the blob's last bytes: no loop.
+            1 => match entries.split_first_chunk::<2>() {
+                Some((len, after)) => {
+                    let len = usize::from(u16::from_le_bytes(*len));
+                    if after.len() != len {
+                        return false;
+                    }
+                    entries = &[];
+                    len
+                }
+                None => return false,
+            },
+            _ => {
+                let mut without = 0usize;
+                for _ in 0..count {
+                    let Some((len, after)) = entries.split_first_chunk::<2>() else {
+                        return false;
+                    };
+                    let len = usize::from(u16::from_le_bytes(*len));
+                    let Some(after) = after.get(len..) else {
+                        return false;
+                    };
+                    without += len;
+                    entries = after;
+                }
+                without
+            }
+        };
         let with_prefixes = without + 2 * usize::from(count);
         entries.is_empty()
             && (declared == with_prefixes || declared == without)
@@ -440,7 +462,7 @@ fn same_bytes(mut a: &[u8], mut b: &[u8]) -> bool {
         }
         (a, b) = (after_a, after_b);
     }
-    a.iter().zip(b).all(|(x, y)| x == y)
+    a.is_empty() || a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// The value of a metric printed by the bare decimal conversion `spec`

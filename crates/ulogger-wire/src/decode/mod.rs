@@ -462,7 +462,7 @@ impl<'a> LogDecoder<'a> {
                 false
             }
         };
-        record.level = Level::from_bits(first >> 5);
+        record.level = LEVELS[usize::from(first >> 5)];
         record.module = Module {
             index: first & 0x1f,
             name: self
@@ -611,6 +611,18 @@ impl<'a> Iterator for LogDecoder<'a> {
         })
     }
 }
+
+/// Each level by its bits: a load, not a match.
+const LEVELS: [Level; 8] = [
+    Level::Debug,
+    Level::Info,
+    Level::Warning,
+    Level::Error,
+    Level::Critical,
+    Level::Metric,
+    Level::Unknown(6),
+    Level::Unknown(7),
+];
 
 /// The level bits of a METRIC record.
 const METRIC_BITS: u8 = 5;
