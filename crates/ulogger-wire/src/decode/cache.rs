@@ -71,8 +71,9 @@ pub(crate) struct Known<'a> {
     signature: Signature,
     bound: usize,
     metric: KnownMetric<'a>,
-    /// The last metric name of a `metric_%s=%d` found valid.
-    last_name: Option<&'a str>,
+    /// The last metric name of a `metric_%s=%d` found valid, and for a
+    /// name of up to 8 bytes those bytes as the low bytes of a `u64`.
+    last_name: Option<(&'a str, u64)>,
 }
 
 /// A METRIC record's metric from a frame of a known signature, without
@@ -164,8 +165,7 @@ impl ValueReading {
             let printed = ((captured as u64) << shift) >> shift;
             match i64::try_from(printed) {
                 Ok(n) => MetricValue::Int(n),
-                // What parsing the printed digits as a float gives.
-                Err(_) => MetricValue::Float(printed as f64),
+                Err(_) => beyond_i64(printed),
             }
         })
     }
@@ -225,18 +225,36 @@ impl<'a> Known<'a> {
             }
         } else if let KnownMetric::StringNamed(reading) = self.metric {
             let value = reading.read(values)?;
-            // The blob's first string, after its count and length.
+            // The blob's only string, its length after the blob's count
+            // and length fields; it ends the payload (`known_clean`).
             let blob = values.get(usize::from(self.signature.values) + 4..)?;
-            let (len, after) = blob.split_first_chunk::<2>()?;
-            let name = after.get(..usize::from(u16::from_le_bytes(*len)))?;
+            let len = usize::from(u16::from_le_bytes(*blob.first_chunk::<2>()?));
+            let name = rest.get(rest.len().checked_sub(len)?..)?;
+            // Up to 8 bytes: one compare of the payload's last word (the
+            // head and tags come before the name) with the last name's.
+            let word = match rest.last_chunk::<8>() {
+                Some(tail) if (1..=8).contains(&len) => {
+                    u64::from_le_bytes(*tail) >> (64 - 8 * len)
+                }
+                _ => 0,
+            };
             let name = match self.last_name {
-                Some(last) if same_bytes(last.as_bytes(), name) => last,
+                Some((last, last_word))
+                    if last.len() == len
+                        && if len <= 8 {
+                            word == last_word
+                        } else {
+                            same_bytes(last.as_bytes(), name)
+                        } =>
+                {
+                    last
+                }
                 _ => {
                     // As `metric_of` splits the message at its first `=`.
                     let valid = std::str::from_utf8(name)
                         .ok()
                         .filter(|n| !n.is_empty() && !n.contains('='))?;
-                    self.last_name = Some(valid);
+                    self.last_name = Some((valid, word));
                     valid
                 }
             };
@@ -445,6 +463,14 @@ impl<'a> Compiled<'a> {
             metric_value(spec, value, model)?,
         )))
     }
+}
+
+/// An unsigned value printed beyond `i64`: what parsing its digits as a
+/// float gives. Out of line: rare, and computed eagerly when inline.
+#[cold]
+#[inline(never)]
+fn beyond_i64(printed: u64) -> MetricValue {
+    MetricValue::Float(printed as f64)
 }
 
 /// Whether `a` and `b` hold the same bytes: eight at a time, no call
