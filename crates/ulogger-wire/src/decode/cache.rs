@@ -233,9 +233,7 @@ impl<'a> Known<'a> {
             // Up to 8 bytes: one compare of the payload's last word (the
             // head and tags come before the name) with the last name's.
             let word = match rest.last_chunk::<8>() {
-                Some(tail) if (1..=8).contains(&len) => {
-                    u64::from_le_bytes(*tail) >> (64 - 8 * len)
-                }
+                Some(tail) if (1..=8).contains(&len) => u64::from_le_bytes(*tail) >> (64 - 8 * len),
                 _ => 0,
             };
             let name = match self.last_name {

@@ -185,16 +185,14 @@ impl<'a> LogDecoder<'a> {
             _ => None,
         };
         let model = symbols.data_model();
-        // The rule of `head_problems`.
-        let mut flagged = [0u64; 4];
-        for first in 0..=u8::MAX {
-            let flag = matches!(Level::from_bits(first >> 5), Level::Unknown(_))
-                || unknown_modules & (1 << (first & 0x1f)) != 0
-                || other_build.is_some();
-            if let (true, Some(word)) = (flag, flagged.get_mut(usize::from(first >> 6))) {
-                *word |= 1 << (first & 63);
-            }
-        }
+        // The rule of `head_problems`: a word holds two levels of 32
+        // modules each, the last one levels 6 and 7, which the agent never
+        // writes; a different build flags every record.
+        let by_module = u64::from(unknown_modules) | u64::from(unknown_modules) << 32;
+        let flagged = match other_build {
+            Some(_) => [u64::MAX; 4],
+            None => [by_module, by_module, by_module, u64::MAX],
+        };
         Ok(LogDecoder {
             flagged,
             tick_frames: format == FrameFormat::TickDelta,

@@ -631,3 +631,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn known_clean_frames_report_every_level_module_and_build_problem() {
+    let s = SymbolTable::from_parts(
+        [(0x4000, b"n=%d %s\0metric_%s=%u\0".to_vec())],
+        [(2, "NET".to_string())],
+        DataModel::Ilp32,
+    )
+    .with_firmware_version("1.0");
+    let plain = property_payload(1, 0x4000, &[(1, 7, Vec::new()), (8, 0, b"up".to_vec())]);
+    let metric = property_payload(5, 0x4008, &[(8, 0, b"up".to_vec()), (2, 7, Vec::new())]);
+    for options in [
+        DecodeOptions::new(),
+        DecodeOptions::new().device_version("2.0"),
+    ] {
+        for clean in [&plain, &metric] {
+            // A clean frame teaches its format its tags; then every first
+            // byte (level and module) with the same tags.
+            let mut payloads = vec![clean.clone()];
+            for first in 0..=u8::MAX {
+                let mut p = clean.clone();
+                p[0] = first;
+                payloads.push(p);
+            }
+            let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+            let buf = log(&data);
+            let mut decoder = LogDecoder::new(&s, &buf, &options).unwrap();
+            for p in &payloads {
+                let in_log = seen(decoder.next_record().unwrap());
+                let alone = log(&frame(p, 1));
+                let record = LogDecoder::new(&s, &alone, &options)
+                    .unwrap()
+                    .next()
+                    .unwrap();
+                assert_eq!(seen(&record), in_log, "first byte {:#04x}", p[0]);
+            }
+        }
+    }
+}
