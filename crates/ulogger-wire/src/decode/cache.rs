@@ -73,7 +73,7 @@ pub(crate) struct Known<'a> {
     metric: KnownMetric<'a>,
     /// The last metric name of a `metric_%s=%d` found valid, and for a
     /// name of up to 8 bytes those bytes as the low bytes of a `u64`.
-    last_name: Option<(&'a str, u64)>,
+    last_name: Option<(&'a str, Option<u64>)>,
 }
 
 /// A METRIC record's metric from a frame of a known signature, without
@@ -232,21 +232,19 @@ impl<'a> Known<'a> {
             let name = rest.get(rest.len().checked_sub(len)?..)?;
             // Up to 8 bytes: one compare of the payload's last word (the
             // head and tags come before the name) with the last name's.
-            let word = match rest.last_chunk::<8>() {
-                Some(tail) if (1..=8).contains(&len) => u64::from_le_bytes(*tail) >> (64 - 8 * len),
-                _ => 0,
+            let word = rest
+                .last_chunk::<8>()
+                .filter(|_| (1..=8).contains(&len))
+                .map(|tail| u64::from_le_bytes(*tail) >> (64 - 8 * len));
+            let same = match (self.last_name, word) {
+                (Some((last, Some(last_word))), Some(word)) => {
+                    last.len() == len && last_word == word
+                }
+                (Some((last, _)), _) => same_bytes(last.as_bytes(), name),
+                (None, _) => false,
             };
             let name = match self.last_name {
-                Some((last, last_word))
-                    if last.len() == len
-                        && if len <= 8 {
-                            word == last_word
-                        } else {
-                            same_bytes(last.as_bytes(), name)
-                        } =>
-                {
-                    last
-                }
+                Some((last, _)) if same => last,
                 _ => {
                     // As `metric_of` splits the message at its first `=`.
                     let valid = std::str::from_utf8(name)

@@ -592,7 +592,7 @@ proptest! {
         size in prop::sample::select(vec![1u8, 2, 4, 8]),
         frames in proptest::collection::vec((
             prop_oneof![any::<u64>(), 0..300u64, Just(u64::MAX), Just(1 << 63), Just(0x8000_0000), Just(0x80)],
-            prop::sample::select(vec![&b"uptime_s"[..], b"uptime_s", b"uptime_m", b"abc", b"a=b", b"", b"\xffx", b"temperature_c", b"t"]),
+            prop::sample::select(vec![&b"uptime_s"[..], b"uptime_s", b"uptime_m", b"abc", b"a=b", b"", b"\xffx", b"temperature_c", b"temperature_f", b"t"]),
         ), 1..8),
     ) {
         const FORMATS: [&str; 9] = [
