@@ -1,7 +1,9 @@
 //! Decoding a maximal log (65,535 bytes of frames of typical firmware
 //! records), side by side in one run: (a) a pass that only walks the
 //! frame lengths, the floor of any decoder; (b) decoding to records,
-//! messages not formatted (the goal: at least 0.25 of the floor's speed);
+//! messages not formatted (the goal: at least 0.25 of the floor's speed),
+//! each lent by `next_record`, and (b') the same records moved out by
+//! `Iterator`;
 //! (c) decoding and formatting every message into a reused `String`; and
 //! (d) glibc's `snprintf` of the same formats and arguments, the limit of
 //! any formatted output (a C helper built with `cc` by the bench).
@@ -138,8 +140,20 @@ fn walk_frame_lengths(log: &[u8]) -> usize {
 }
 
 /// (b) Decoding to records: header, format (cached by address), typed
-/// arguments, metric and problems; no message formatted.
+/// arguments, metric and problems; no message formatted. Each record is
+/// lent by the decoder (`next_record`), not moved out.
 fn decode_all(symbols: &SymbolTable, log: &[u8]) -> usize {
+    let mut problems = 0;
+    let mut decoder = LogDecoder::new(symbols, log, &DecodeOptions::new()).unwrap();
+    while let Some(record) = decoder.next_record() {
+        problems += record.problems.len();
+        black_box(record);
+    }
+    problems
+}
+
+/// (b') The same through `Iterator`: each record moved out to the caller.
+fn decode_owned(symbols: &SymbolTable, log: &[u8]) -> usize {
     let mut problems = 0;
     for record in LogDecoder::new(symbols, log, &DecodeOptions::new()).unwrap() {
         problems += record.problems.len();
@@ -178,6 +192,9 @@ fn decode_vs_walk(c: &mut Criterion) {
     group.bench_function("decode", |b| {
         b.iter(|| decode_all(&symbols, black_box(&log)))
     });
+    group.bench_function("decode_owned", |b| {
+        b.iter(|| decode_owned(&symbols, black_box(&log)))
+    });
     let mut text = String::new();
     group.bench_function("decode_and_format", |b| {
         b.iter(|| decode_and_format(&symbols, black_box(&log), &mut text))
@@ -199,9 +216,10 @@ fn main() {
     let snprintf = snprintf::median_ns(&symbols, &log);
     let fresh_median =
         |id: &str| ulogger_bench::report::median_ns("max_v4_log_decode", id, started);
-    let (Some(walk), Some(decode), Some(format)) = (
+    let (Some(walk), Some(decode), Some(owned), Some(format)) = (
         fresh_median("walk_frame_lengths"),
         fresh_median("decode"),
+        fresh_median("decode_owned"),
         fresh_median("decode_and_format"),
     ) else {
         // Filtered to a part of the group: no side-by-side figures.
@@ -224,6 +242,11 @@ fn main() {
         rate(decode),
         walk / decode,
         rate(walk),
+    );
+    println!(
+        "SUITE decode to records moved out by Iterator | {} | {:.3} of the walk",
+        rate(owned),
+        walk / owned,
     );
     println!(
         "SUITE decode + format every message into a reused String | {} | {:.3} of the walk, {:.2} of glibc snprintf alone",

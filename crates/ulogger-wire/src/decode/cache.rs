@@ -8,14 +8,25 @@
 //! of a metric. A frame whose arguments all fit is known to format with
 //! no problem; any other frame is formatted at decoding time, as before,
 //! so its problems are exactly the formatter's.
+//!
+//! A format also learns the argument tags of its last clean frame (its
+//! signature): a frame with the same tags has arguments of types and
+//! sizes known to be clean, so decoding it checks only lengths
+//! ([`Known::known_clean`]) and reads a metric's value and name alone.
+//! What that fast path needs is kept in the address's recent slot, so a
+//! busy format costs one hashed load (decision "known-clean frames" in
+//! docs/decisions.md).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::frames::is_blob_string;
 use super::printf::{
-    clean_types, decimal_value, parse_spec, type_bit, Arg, DataModel, Parsed, Spec, MAX_MESSAGE,
+    clean_types, decimal_value, parse_spec, type_bit, Arg, ArgType, DataModel, Parsed, Spec,
+    MAX_MESSAGE,
 };
+use super::record::MetricReading;
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use crate::MetricValue;
 
@@ -28,6 +39,312 @@ const CONVERSION_BOUND: usize = 340;
 /// decoded all the same, parsing those formats per frame, so made-up
 /// addresses cannot grow memory beyond this.
 const MAX_CACHED: usize = 4096;
+
+/// Arguments a learned signature holds at most (one tag a byte of a
+/// `u64`); frames with more are checked argument by argument.
+const SIGNATURE_TAGS: usize = 8;
+
+/// The argument tags of the last frame of a format found clean: a frame
+/// with the same tags has arguments of the same types and sizes, so only
+/// its lengths need checking.
+#[derive(Debug, Clone, Copy)]
+struct Signature {
+    /// The tags, little-endian (the first in the low byte).
+    tags: u64,
+    /// The bytes of `tags` that are tags.
+    mask: u64,
+    /// Arguments (at most [`SIGNATURE_TAGS`]).
+    len: u8,
+    /// Bytes of the arguments' values before the string blob.
+    values: u8,
+    /// Arguments whose value is in the string blob.
+    strings: u8,
+}
+
+/// What the fast path needs of a format, kept in its recent slot (one
+/// load from the address's slot, no index into the formats): its text,
+/// and the signature of its last clean frame with the message's bound.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known<'a> {
+    /// The format string.
+    pub(crate) text: &'a [u8],
+    signature: Signature,
+    bound: usize,
+    metric: KnownMetric<'a>,
+    /// The last metric name of a `metric_%s=%d` found valid, and for a
+    /// name of up to 8 bytes those bytes as the low bytes of a `u64`.
+    last_name: Option<(&'a str, Option<u64>)>,
+}
+
+/// A METRIC record's metric from a frame of a known signature, without
+/// formatting: the format's metric shape with its value's reading.
+#[derive(Debug, Clone, Copy)]
+enum KnownMetric<'a> {
+    /// Only formatting tells.
+    Format,
+    /// No conversion: the message is the format; its metric, if any.
+    Fixed(Option<(&'a str, MetricValue)>),
+    /// `metric_<name>=%d`.
+    Named(&'a str, ValueReading),
+    /// `metric_%s=%d`.
+    StringNamed(ValueReading),
+}
+
+/// How a metric's value is read from its captured bytes, for one
+/// signature and one bare decimal conversion: what `frames::value`,
+/// `printf::decimal_value` and `metric_value` do, decided once. A clean
+/// argument of a 32-bit conversion is captured in at most 32 bits, one of
+/// a 64-bit conversion is an `i64` or a `u64` (`printf::clean_types`).
+#[derive(Debug, Clone, Copy)]
+struct ValueReading {
+    /// Its captured size (1, 2, 4 or 8 bytes).
+    size: u8,
+    /// The captured bytes' bits within a little-endian `u64`.
+    mask: u64,
+    /// `64 - 8 * size` for a value captured signed (sign-extended), 0
+    /// for one captured unsigned.
+    sign_shift: u32,
+    /// Captured as a `u64` (beyond `i64`, a float whatever it printed).
+    captured_u64: bool,
+    /// `64 -` the bits of the C argument the conversion reads.
+    width_shift: u32,
+    /// Whether the conversion prints signed (`%d`, `%i`).
+    signed: bool,
+}
+
+impl ValueReading {
+    /// The reading of a value of tag `tag` printed by `spec`, when the
+    /// tag is of an integer the conversion takes.
+    fn of(tag: u8, spec: &Spec, model: DataModel) -> Option<ValueReading> {
+        let size = tag & 0x0f;
+        let ty = ArgType::from_tag(tag >> 4);
+        let signed_capture = match ty {
+            ArgType::I32 | ArgType::I64 => true,
+            ArgType::U32 | ArgType::U64 | ArgType::Char => false,
+            _ => return None,
+        };
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return None;
+        }
+        let (bits, signed) = spec.decimal_reading(model);
+        Some(ValueReading {
+            size,
+            mask: u64::MAX >> (64 - 8 * u32::from(size)),
+            sign_shift: if signed_capture {
+                64 - 8 * u32::from(size)
+            } else {
+                0
+            },
+            captured_u64: ty == ArgType::U64,
+            width_shift: 64 - bits.clamp(1, 64),
+            signed,
+        })
+    }
+
+    /// The metric's value from its captured bytes at the start of
+    /// `values`.
+    #[inline(always)]
+    fn read(&self, values: &[u8]) -> Option<MetricValue> {
+        let raw = match values.first_chunk::<8>() {
+            Some(word) => u64::from_le_bytes(*word) & self.mask,
+            None => (0..)
+                .zip(values.get(..usize::from(self.size))?)
+                .fold(0, |word, (at, &b)| word | u64::from(b) << (8 * at)),
+        };
+        // As captured: sign-extended from its size, or not.
+        let captured = ((raw << self.sign_shift) as i64) >> self.sign_shift;
+        let shift = self.width_shift;
+        Some(if self.signed {
+            // `metric_of`: a u64 beyond i64 is a float whatever it printed.
+            if self.captured_u64 && captured < 0 {
+                MetricValue::Float(captured as u64 as f64)
+            } else {
+                MetricValue::Int((captured << shift) >> shift)
+            }
+        } else {
+            let printed = ((captured as u64) << shift) >> shift;
+            match i64::try_from(printed) {
+                Ok(n) => MetricValue::Int(n),
+                Err(_) => beyond_i64(printed),
+            }
+        })
+    }
+}
+
+impl<'a> Known<'a> {
+    /// What of `compiled` the fast path uses, once it has a text and a
+    /// learned signature.
+    fn of(compiled: &Compiled<'a>, model: DataModel) -> Option<Known<'a>> {
+        let signature = compiled.signature?;
+        let first = signature.tags as u8;
+        let second = (signature.tags >> 8) as u8;
+        let reading = |tag: u8, spec: &Spec| ValueReading::of(tag, spec, model);
+        let metric = match (&compiled.metric, signature.len) {
+            (MetricShape::Fixed(metric), _) => Some(KnownMetric::Fixed(*metric)),
+            (MetricShape::Named(name, spec), 1) => {
+                reading(first, spec).map(|r| KnownMetric::Named(name, r))
+            }
+            (MetricShape::StringNamed(spec), 2) if is_blob_string(first) => {
+                reading(second, spec).map(KnownMetric::StringNamed)
+            }
+            _ => None,
+        };
+        Some(Known {
+            text: compiled.text.ok()?,
+            signature,
+            bound: compiled.bound,
+            metric: metric.unwrap_or(KnownMetric::Format),
+            last_name: None,
+        })
+    }
+
+    /// The metric of a METRIC record whose frame [`Known::known_clean`]
+    /// passed (`rest` as there), into `out`: `Some(true)` when there is
+    /// one, `Some(false)` for a malformed metric (`out` is then `None`),
+    /// `None` when only formatting tells (`out` unchanged). What
+    /// [`Compiled::metric`] finds from the captured arguments, reading
+    /// only the value and, for `metric_%s=%d`, the name; a name found
+    /// valid is kept, so that the same name in the next frame is
+    /// compared, not validated again.
+    #[inline(always)]
+    pub(crate) fn metric_known_clean(
+        &mut self,
+        rest: &'a [u8],
+        out: &mut Option<MetricReading<'a>>,
+    ) -> Option<bool> {
+        let values = rest.get(usize::from(self.signature.len)..)?;
+        // An `if` chain, not a `match`: the jump table a match compiles
+        // to waited on the variant's load on every metric frame.
+        let (name, value) = if let KnownMetric::Fixed(fixed) = self.metric {
+            match fixed {
+                Some(metric) => metric,
+                None => {
+                    *out = None;
+                    return Some(false);
+                }
+            }
+        } else if let KnownMetric::StringNamed(reading) = self.metric {
+            let value = reading.read(values)?;
+            // The blob's only string, its length after the blob's count
+            // and length fields; it ends the payload (`known_clean`).
+            let blob = values.get(usize::from(self.signature.values) + 4..)?;
+            let len = usize::from(u16::from_le_bytes(*blob.first_chunk::<2>()?));
+            let name = rest.get(rest.len().checked_sub(len)?..)?;
+            // Up to 8 bytes: one compare of the payload's last word (the
+            // head and tags come before the name) with the last name's.
+            let word = rest
+                .last_chunk::<8>()
+                .filter(|_| (1..=8).contains(&len))
+                .map(|tail| u64::from_le_bytes(*tail) >> (64 - 8 * len));
+            let same = match (self.last_name, word) {
+                (Some((last, Some(last_word))), Some(word)) => {
+                    last.len() == len && last_word == word
+                }
+                (Some((last, _)), _) => same_bytes(last.as_bytes(), name),
+                (None, _) => false,
+            };
+            let name = match self.last_name {
+                Some((last, _)) if same => last,
+                _ => {
+                    // As `metric_of` splits the message at its first `=`.
+                    let valid = std::str::from_utf8(name)
+                        .ok()
+                        .filter(|n| !n.is_empty() && !n.contains('='))?;
+                    self.last_name = Some((valid, word));
+                    valid
+                }
+            };
+            (name, value)
+        } else if let KnownMetric::Named(name, reading) = self.metric {
+            (name, reading.read(values)?)
+        } else {
+            return None;
+        };
+        *out = Some(MetricReading {
+            name: Cow::Borrowed(name),
+            value,
+        });
+        Some(true)
+    }
+
+    /// Whether a frame whose payload after its 6-byte head is `rest`,
+    /// with `nargs` arguments, decodes and formats with no problem, known
+    /// from its tags alone: they are those of the last clean frame of
+    /// its format ([`Compiled::learn`]), so each argument has a type its
+    /// conversion takes and a size its type can have, and what is left to
+    /// check is the lengths: the values and the string blob present and
+    /// nothing after them, the blob's count and length fields, and the
+    /// message's bound with its strings. `false` says nothing: the frame
+    /// may still be clean.
+    #[inline(always)]
+    pub(crate) fn known_clean(&self, nargs: usize, rest: &[u8]) -> bool {
+        let signature = &self.signature;
+        if nargs != usize::from(signature.len) {
+            return false;
+        }
+        // One compare for up to 8 tags; a learned tag is never 0, so the
+        // zeros past a short payload never match one.
+        let word = match rest.first_chunk::<8>() {
+            Some(word) => u64::from_le_bytes(*word),
+            None => (0..)
+                .zip(rest)
+                .fold(0, |word, (at, &b)| word | u64::from(b) << (8 * at)),
+        };
+        if (word ^ signature.tags) & signature.mask != 0 {
+            return false;
+        }
+        let head = nargs + usize::from(signature.values);
+        if signature.strings == 0 {
+            // Tags and values, nothing after them.
+            return rest.len() == head;
+        }
+        let Some(blob) = rest.get(head..) else {
+            return false;
+        };
+        // The checks of `frames::strings`, none failing.
+        let Some((head, mut entries)) = blob.split_first_chunk::<4>() else {
+            return false;
+        };
+        let count = u16::from_le_bytes([head[0], head[1]]);
+        let declared = usize::from(u16::from_le_bytes([head[2], head[3]]));
+        if count != u16::from(signature.strings) {
+            return false;
+        }
+        let without = match count {
+            // One string, the blob's last bytes: no loop.
+            1 => match entries.split_first_chunk::<2>() {
+                Some((len, after)) => {
+                    let len = usize::from(u16::from_le_bytes(*len));
+                    if after.len() != len {
+                        return false;
+                    }
+                    entries = &[];
+                    len
+                }
+                None => return false,
+            },
+            _ => {
+                let mut without = 0usize;
+                for _ in 0..count {
+                    let Some((len, after)) = entries.split_first_chunk::<2>() else {
+                        return false;
+                    };
+                    let len = usize::from(u16::from_le_bytes(*len));
+                    let Some(after) = after.get(len..) else {
+                        return false;
+                    };
+                    without += len;
+                    entries = after;
+                }
+                without
+            }
+        };
+        let with_prefixes = without + 2 * usize::from(count);
+        entries.is_empty()
+            && (declared == with_prefixes || declared == without)
+            && self.bound + without < MAX_MESSAGE
+    }
+}
 
 /// A format string as decoding uses it.
 #[derive(Debug)]
@@ -42,6 +359,8 @@ pub(crate) struct Compiled<'a> {
     /// Bytes the message takes at most, string arguments aside.
     bound: usize,
     metric: MetricShape<'a>,
+    /// The tags of the last clean frame, once there was one.
+    signature: Option<Signature>,
 }
 
 /// What a METRIC record's format says of its metric without formatting.
@@ -58,6 +377,37 @@ enum MetricShape<'a> {
 }
 
 impl<'a> Compiled<'a> {
+    /// Remembers the tags of a frame of this format that decoded and
+    /// formats with no problem (`payload` is the whole frame payload).
+    pub(crate) fn learn(&mut self, payload: &[u8]) {
+        let nargs = super::frames::declared_args(payload);
+        let Some(tags) = payload
+            .get(6..6 + nargs)
+            .filter(|_| nargs <= SIGNATURE_TAGS)
+        else {
+            return;
+        };
+        let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
+        let strings = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
+        let (Ok(len), Ok(values), Ok(strings)) = (
+            u8::try_from(nargs),
+            u8::try_from(values),
+            u8::try_from(strings),
+        ) else {
+            return;
+        };
+        let word = (0..)
+            .zip(tags)
+            .fold(0u64, |word, (at, &b)| word | u64::from(b) << (8 * at));
+        self.signature = Some(Signature {
+            tags: word,
+            mask: u64::MAX.checked_shr(64 - 8 * u32::from(len)).unwrap_or(0),
+            len,
+            values,
+            strings,
+        });
+    }
+
     /// Whether formatting `args` with this format reports nothing: each
     /// argument is of a type its conversion takes, the count matches, and
     /// the message cannot reach [`MAX_MESSAGE`].
@@ -104,19 +454,54 @@ impl<'a> Compiled<'a> {
             }
             _ => return None,
         };
-        let (negative, magnitude) = decimal_value(spec, value, model)?;
-        let value = match *value {
-            // `metric_of`: a u64 beyond i64 is a float whatever it printed.
-            Arg::U64(n) if i64::try_from(n).is_err() => MetricValue::Float(n as f64),
-            _ if negative => MetricValue::Int((-i128::from(magnitude)) as i64),
-            _ => match i64::try_from(magnitude) {
-                Ok(n) => MetricValue::Int(n),
-                // What parsing the printed digits as a float gives.
-                Err(_) => MetricValue::Float(magnitude as f64),
-            },
-        };
-        Some(Some((Cow::Borrowed(name), value)))
+        Some(Some((
+            Cow::Borrowed(name),
+            metric_value(spec, value, model)?,
+        )))
     }
+}
+
+/// An unsigned value printed beyond `i64`: what parsing its digits as a
+/// float gives. Out of line: rare, and computed eagerly when inline.
+#[cold]
+#[inline(never)]
+fn beyond_i64(printed: u64) -> MetricValue {
+    MetricValue::Float(printed as f64)
+}
+
+/// Whether `a` and `b` hold the same bytes: eight at a time, no call
+/// to `memcmp` for a short name.
+#[inline(always)]
+fn same_bytes(mut a: &[u8], mut b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    while let (Some((x, after_a)), Some((y, after_b))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if u64::from_le_bytes(*x) != u64::from_le_bytes(*y) {
+            return false;
+        }
+        (a, b) = (after_a, after_b);
+    }
+    a.is_empty() || a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// The value of a metric printed by the bare decimal conversion `spec`
+/// from `value`, as `metric_of` reads it back from the message.
+#[inline(always)]
+fn metric_value(spec: &Spec, value: &Arg<'_>, model: DataModel) -> Option<MetricValue> {
+    let (negative, magnitude) = decimal_value(spec, value, model)?;
+    Some(match *value {
+        // `metric_of`: a u64 beyond i64 is a float whatever it printed.
+        Arg::U64(n) if i64::try_from(n).is_err() => MetricValue::Float(n as f64),
+        _ if negative => MetricValue::Int((-i128::from(magnitude)) as i64),
+        _ => match i64::try_from(magnitude) {
+            Ok(n) => MetricValue::Int(n),
+            // What parsing the printed digits as a float gives.
+            Err(_) => MetricValue::Float(magnitude as f64),
+        },
+    })
 }
 
 /// Parses the format found at an address (or not).
@@ -127,6 +512,7 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
             clean: None,
             bound: 0,
             metric: MetricShape::Format,
+            signature: None,
         };
     };
     let mut clean = Some(Vec::new());
@@ -158,6 +544,7 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
         clean,
         bound,
         metric: metric_shape(format),
+        signature: None,
     }
 }
 
@@ -195,56 +582,140 @@ fn metric_shape(format: &[u8]) -> MetricShape<'_> {
 /// Slots of the direct-mapped table in front of the map (a power of 2).
 const RECENT_BITS: u32 = 5;
 
+/// A recent lookup: the address, where its format is, and what the fast
+/// path needs of it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Recent<'a> {
+    address: u32,
+    /// 1 + index into `formats`; 0 for an empty slot.
+    plus_one: u32,
+    known: Option<Known<'a>>,
+}
+
 /// The formats one decoder has met, by address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FormatCache<'a> {
-    /// (address, 1 + index into `formats`) of a recent lookup per slot:
-    /// one multiplication and a compare for a firmware's busy formats.
-    recent: [(u32, u32); 1 << RECENT_BITS],
+    /// A recent lookup per slot: one multiplication and a compare for a
+    /// firmware's busy formats.
+    recent: [Recent<'a>; 1 << RECENT_BITS],
     index: HashMap<u32, usize, BuildHasherDefault<AddressHasher>>,
     formats: Vec<Compiled<'a>>,
     /// The last format parsed once the cache is full.
-    spare: Option<Compiled<'a>>,
+    spare: Compiled<'a>,
+}
+
+impl Default for FormatCache<'_> {
+    fn default() -> Self {
+        FormatCache {
+            recent: [Recent::default(); 1 << RECENT_BITS],
+            index: HashMap::default(),
+            formats: Vec::new(),
+            spare: compile(Err(Lookup::NotFound), DataModel::default()),
+        }
+    }
+}
+
+/// Where `FormatCache::at` found a format: an index into `formats`, or
+/// past them for the spare.
+const SPARE: usize = usize::MAX;
+
+/// The recent slot of `address`.
+#[inline(always)]
+fn slot_of(address: u32) -> usize {
+    (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize
 }
 
 impl<'a> FormatCache<'a> {
     /// The format at `address` in `symbols`, parsed on first use.
+    #[inline]
     pub(crate) fn get(&mut self, symbols: &'a SymbolTable, address: u32) -> &Compiled<'a> {
-        let compile_at = || {
-            compile(
-                symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
-                symbols.data_model(),
-            )
-        };
-        let slot = (address.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_BITS)) as usize;
-        let recent = match self.recent.get(slot) {
-            Some(&(at, plus_one)) if at == address && plus_one != 0 => {
-                Some(plus_one as usize - 1).filter(|&i| i < self.formats.len())
-            }
-            _ => None,
-        };
-        let hit = recent.or_else(|| {
-            self.index
-                .get(&address)
-                .copied()
-                .filter(|&i| i < self.formats.len())
-        });
-        if let (None, Some(at), Some(entry)) = (recent, hit, self.recent.get_mut(slot)) {
-            *entry = (address, u32::try_from(at + 1).unwrap_or(0));
+        let at = self.at(symbols, address);
+        self.formats.get(at).unwrap_or(&self.spare)
+    }
+
+    /// What the fast path needs of the format at `address`, when its text
+    /// is known and a clean frame of it has been seen.
+    #[inline(always)]
+    pub(crate) fn known(
+        &mut self,
+        symbols: &'a SymbolTable,
+        address: u32,
+    ) -> Option<&mut Known<'a>> {
+        let slot = slot_of(address);
+        // A slot holds a `Known` only once it holds its format: an
+        // address's own slot without one is a format not yet known clean
+        // (or the empty slot of address 0), which the slow path sets.
+        if !matches!(self.recent.get(slot), Some(r) if r.address == address) {
+            self.miss(symbols, address, slot);
         }
-        let at = match hit {
-            Some(at) => at,
-            None if self.formats.len() >= MAX_CACHED => return self.spare.insert(compile_at()),
+        match self.recent.get_mut(slot) {
+            // A format past the cache's bound has no slot.
+            Some(r) if r.address == address => r.known.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// Teaches the format at `address` the tags of a clean frame
+    /// ([`Compiled::learn`]); its slot learns them too.
+    pub(crate) fn learn(&mut self, symbols: &'a SymbolTable, address: u32, payload: &[u8]) {
+        let at = self.at(symbols, address);
+        let Some(compiled) = self.formats.get_mut(at) else {
+            self.spare.learn(payload);
+            return;
+        };
+        compiled.learn(payload);
+        let known = Known::of(compiled, symbols.data_model());
+        if let Some(recent) = self.recent.get_mut(slot_of(address)) {
+            if recent.address == address && recent.plus_one != 0 {
+                recent.known = known;
+            }
+        }
+    }
+
+    /// Where the format at `address` is, parsed on first use: a recent
+    /// slot's hit inline, anything else out of line.
+    #[inline(always)]
+    fn at(&mut self, symbols: &'a SymbolTable, address: u32) -> usize {
+        let slot = slot_of(address);
+        match self.recent.get(slot) {
+            Some(r) if r.address == address && r.plus_one != 0 => r.plus_one as usize - 1,
+            _ => self.miss(symbols, address, slot),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn miss(&mut self, symbols: &'a SymbolTable, address: u32, slot: usize) -> usize {
+        let at = match self.index.get(&address) {
+            Some(&at) => at,
+            None if self.formats.len() >= MAX_CACHED => {
+                self.spare = compile(
+                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
+                    symbols.data_model(),
+                );
+                return SPARE;
+            }
             None => {
                 self.index.insert(address, self.formats.len());
-                self.formats.push(compile_at());
+                self.formats.push(compile(
+                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
+                    symbols.data_model(),
+                ));
                 self.formats.len() - 1
             }
         };
-        match self.formats.get(at) {
-            Some(compiled) => compiled,
-            None => self.spare.insert(compile_at()),
+        if let (Some(entry), Ok(plus_one), Some(compiled)) = (
+            self.recent.get_mut(slot),
+            u32::try_from(at + 1),
+            self.formats.get(at),
+        ) {
+            *entry = Recent {
+                address,
+                plus_one,
+                known: Known::of(compiled, symbols.data_model()),
+            };
         }
+        at
     }
 }
 

@@ -79,6 +79,7 @@ pub(crate) enum Step<'a> {
 
 /// The frame at `pos` of `data` (the bytes after the header); `base` is
 /// the header's length, so offsets name positions in the whole buffer.
+#[inline]
 pub(crate) fn next_frame(data: &[u8], pos: usize, format: FrameFormat, base: usize) -> Step<'_> {
     let rest = data.get(pos..).unwrap_or_default();
     let offset = base + pos;
@@ -218,7 +219,8 @@ pub(crate) fn parse_payload<'a>(
 
 /// Whether an argument's tag says its value is in the string blob (type
 /// 8, size 0).
-fn is_blob_string(tag: u8) -> bool {
+#[inline]
+pub(crate) fn is_blob_string(tag: u8) -> bool {
     ArgType::from_tag(tag >> 4) == ArgType::Str && tag & 0x0f == 0
 }
 
@@ -282,6 +284,7 @@ impl<'a> ArgBuf<'a> for StackArgs<'a> {
 }
 
 /// The number of arguments a payload declares (0 when it has no head).
+#[inline]
 pub(crate) fn declared_args(payload: &[u8]) -> usize {
     payload.get(PAYLOAD_HEAD - 1).map_or(0, |&n| usize::from(n))
 }
@@ -289,8 +292,8 @@ pub(crate) fn declared_args(payload: &[u8]) -> usize {
 /// A captured value of type `ty` in `bytes` (its `size` bytes,
 /// little-endian): signed types sign-extend from their size, unsigned
 /// ones zero-extend. `None` for a size the type cannot have.
-#[inline]
-fn value(ty: ArgType, bytes: &[u8]) -> Option<Arg<'static>> {
+#[inline(always)]
+pub(crate) fn value(ty: ArgType, bytes: &[u8]) -> Option<Arg<'static>> {
     // Fixed-size reads: no copy of a variable length per argument. No
     // type has 3, 5, 6, 7 or more than 8 bytes.
     let raw = match *bytes {

@@ -101,10 +101,22 @@ pub struct LogDecoder<'a> {
     /// Microseconds per tick when the rate divides a second (1 kHz...):
     /// a multiplication per frame instead of a division.
     micros_per_tick: Option<u64>,
+    /// (epoch, anchor tick, microseconds per tick) when every record's
+    /// wall time is one multiplication and a subtraction in `i64`.
+    fast_wall: Option<(i64, u32, u64)>,
     modules: [Option<&'a str>; 32],
+    /// Bits of the modules the ELF's module table lacks (never bit 31).
+    unknown_modules: u32,
+    /// Per value of a payload's first byte (level and module), a bit set
+    /// when its record has a problem of its own (`head_problems`).
+    flagged: [u64; 4],
+    /// Whether frames are tick-stamped ([`FrameFormat::TickDelta`]).
+    tick_frames: bool,
     formats: FormatCache<'a>,
     args: Vec<Arg<'a>>,
     message: Vec<u8>,
+    /// The record of the last frame, rewritten in place per frame.
+    record: Record<'a>,
 }
 
 impl<'a> LogDecoder<'a> {
@@ -148,12 +160,45 @@ impl<'a> LogDecoder<'a> {
         for (bit, name) in (0u8..).zip(modules.iter_mut()) {
             *name = symbols.module_name(bit);
         }
+        let unknown_modules = match symbols.has_module_table() {
+            true => (0..record::ALWAYS_LOG_BIT)
+                .zip(modules)
+                .filter(|(_, name)| name.is_none())
+                .fold(0u32, |mask, (bit, _)| mask | 1 << bit),
+            false => 0,
+        };
         let micros_per_tick = header
             .tick_rate_hz
             .filter(|&r| r != 0 && 1_000_000 % r == 0)
             .map(|r| u64::from(1_000_000 / r));
-        Ok(LogDecoder {
+        // At most 2^32 * 10^6 < 2^52 microseconds before an epoch of at
+        // most i64::MAX: no overflow.
+        let fast_wall = match (
+            clock,
+            wall_clock(&header).and_then(|us| i64::try_from(us).ok()),
+            header.anchor_tick,
             micros_per_tick,
+        ) {
+            (Clock::Wall, Some(epoch), Some(anchor), Some(per_tick)) => {
+                Some((epoch, anchor, per_tick))
+            }
+            _ => None,
+        };
+        let model = symbols.data_model();
+        // The rule of `head_problems`: a word holds two levels of 32
+        // modules each, the last one levels 6 and 7, which the agent never
+        // writes; a different build flags every record.
+        let by_module = u64::from(unknown_modules) | u64::from(unknown_modules) << 32;
+        let flagged = match other_build {
+            Some(_) => [u64::MAX; 4],
+            None => [by_module, by_module, by_module, u64::MAX],
+        };
+        Ok(LogDecoder {
+            flagged,
+            tick_frames: format == FrameFormat::TickDelta,
+            micros_per_tick,
+            fast_wall,
+            unknown_modules,
             symbols,
             header,
             data,
@@ -170,6 +215,21 @@ impl<'a> LogDecoder<'a> {
             formats: FormatCache::default(),
             args: Vec::new(),
             message: Vec::new(),
+            record: Record {
+                offset: 0,
+                time: RecordTime::Sequence { frame_seq: 0 },
+                level: Level::Debug,
+                module: Module {
+                    index: 0,
+                    name: None,
+                },
+                format_address: None,
+                metric: None,
+                problems: Vec::new(),
+                format: None,
+                payload: &[],
+                model,
+            },
         })
     }
 
@@ -206,7 +266,27 @@ impl<'a> LogDecoder<'a> {
         self.end
     }
 
-    fn time(&mut self, stamp: u32) -> RecordTime {
+    /// Sets the record's time to the next frame's, whose stamp is
+    /// `stamp`; written in place, each variant where it is known.
+    #[inline(always)]
+    fn set_time(&mut self, stamp: u32) {
+        match self.fast_wall {
+            Some((epoch, anchor, per_tick)) => {
+                // Less than 2^32 ticks a frame, fewer than 2^14 frames in
+                // a log (`used_bytes` is a u16): never near `u64::MAX`,
+                // where the other clocks saturate.
+                self.ticks += u64::from(stamp);
+                let before = anchor.wrapping_sub(self.ticks as u32);
+                self.record.time = RecordTime::Wall {
+                    unix_us: epoch - (u64::from(before) * per_tick) as i64,
+                };
+            }
+            None => self.record.time = self.time_of_any_clock(stamp),
+        }
+    }
+
+    #[inline(never)]
+    fn time_of_any_clock(&mut self, stamp: u32) -> RecordTime {
         if self.format == FrameFormat::Sequenced {
             return RecordTime::Sequence {
                 frame_seq: u16::try_from(stamp).unwrap_or(u16::MAX),
@@ -249,41 +329,189 @@ impl<'a> LogDecoder<'a> {
         }
     }
 
-    /// The record of the frame at `offset`; `cut` is the problem of a
-    /// frame the log ends inside, reported first.
-    #[inline]
-    fn record(
-        &mut self,
-        offset: usize,
-        stamp: u32,
-        payload: &'a [u8],
-        cut: Option<Problem>,
-    ) -> Record<'a> {
-        let time = self.time(stamp);
-        let mut problems = Vec::new();
+    /// Decodes the next frame into the decoder's record and lends it:
+    /// the same record as [`Iterator::next`] gives, without moving it out
+    /// (its problems' buffer is reused from frame to frame). `None` once
+    /// the frames have ended ([`LogDecoder::end`] says why).
+    ///
+    /// ```
+    /// # use ulogger_wire::{build_log, DataModel, DecodeOptions, LogDecoder, LogHeader, SymbolTable};
+    /// # let symbols = SymbolTable::from_parts([(0x1000, b"t=%d\0".to_vec())], [(0, "MAIN".into())], DataModel::Ilp32);
+    /// # let payload = [0x20, 0x00, 0x10, 0, 0, 1, 0x11, 42];
+    /// # let mut data = vec![payload.len() as u8, 0, 5, 0, 0, 0];
+    /// # data.extend_from_slice(&payload);
+    /// # let log = build_log(LogHeader::new(3)?, &data)?;
+    /// let mut decoder = LogDecoder::new(&symbols, &log, &DecodeOptions::new())?;
+    /// let mut problems = 0;
+    /// while let Some(record) = decoder.next_record() {
+    ///     problems += record.problems.len();
+    /// }
+    /// assert_eq!(problems, 0);
+    /// # Ok::<(), ulogger_wire::HeaderError>(())
+    /// ```
+    #[inline(always)]
+    pub fn next_record(&mut self) -> Option<&Record<'a>> {
+        // A whole tick-stamped frame (the common case) inline; past the
+        // end `pos` is the data's length, so this never reads on.
+        if let (true, Some((head, after))) = (
+            self.tick_frames,
+            self.data
+                .get(self.pos..)
+                .and_then(<[u8]>::split_first_chunk::<6>),
+        ) {
+            let len = u16::from_le_bytes([head[0], head[1]]);
+            // Neither 0 nor 0xFFFF (an end marker), and all there.
+            if let (true, Some(payload)) =
+                (len.wrapping_sub(1) < 0xFFFE, after.get(..usize::from(len)))
+            {
+                let len = usize::from(len);
+                let offset = self.base + self.pos;
+                self.pos += 6 + len;
+                let stamp = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+                self.set_time(stamp);
+                self.record.offset = offset;
+                self.record.payload = payload;
+                if !self.decode_known_clean(payload) {
+                    self.decode_any(payload, None);
+                }
+                return Some(&self.record);
+            }
+        }
+        self.next_record_of_any_frame()
+    }
+
+    /// [`LogDecoder::next_record`] for what is not a whole tick-stamped
+    /// frame: agent 1.0.x's frames, a truncated frame, the end.
+    #[inline(never)]
+    fn next_record_of_any_frame(&mut self) -> Option<&Record<'a>> {
+        if self.end.is_some() {
+            return None;
+        }
+        let (offset, stamp, payload, cut) =
+            match next_frame(self.data, self.pos, self.format, self.base) {
+                Step::Frame {
+                    offset,
+                    stamp,
+                    payload,
+                } => {
+                    self.pos += self.format.frame_header_len() + payload.len();
+                    (offset, stamp, payload, None)
+                }
+                Step::Truncated {
+                    offset,
+                    stamp,
+                    length,
+                    available,
+                } => {
+                    self.end = Some(FramesEnd::Truncated { offset });
+                    self.pos = self.data.len();
+                    let rest = self
+                        .data
+                        .get(offset - self.base + self.format.frame_header_len()..)
+                        .unwrap_or_default();
+                    let cut = Problem::FrameTruncated { length, available };
+                    (offset, stamp.unwrap_or(0), rest, Some(cut))
+                }
+                Step::End(end) => {
+                    self.end = Some(end);
+                    self.pos = self.data.len();
+                    return None;
+                }
+            };
+        self.set_time(stamp);
+        self.record.offset = offset;
+        self.record.payload = payload;
+        if cut.is_some() || !self.decode_known_clean(payload) {
+            self.decode_any(payload, cut);
+        }
+        Some(&self.record)
+    }
+
+    /// The fast path: a frame whose tags are its format's last clean
+    /// frame's ([`cache::Known::known_clean`]) and whose metric, if
+    /// any, its format's shape tells. Its only problems can be of the
+    /// level, the module and the build. `false` for any other frame, the
+    /// record then to be written whole by [`LogDecoder::decode_any`].
+    #[inline(always)]
+    fn decode_known_clean(&mut self, payload: &'a [u8]) -> bool {
+        let Some((head, rest)) = payload.split_first_chunk::<6>() else {
+            return false;
+        };
+        let address = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        let Some(known) = self.formats.known(self.symbols, address) else {
+            return false;
+        };
+        if !known.known_clean(usize::from(head[5]), rest) {
+            return false;
+        }
+        let text = known.text;
+        let first = head[0];
+        let record = &mut self.record;
+        let malformed = match first >> 5 == METRIC_BITS {
+            true => match known.metric_known_clean(rest, &mut record.metric) {
+                Some(found) => !found,
+                // Only formatting tells.
+                None => return false,
+            },
+            false => {
+                if record.metric.is_some() {
+                    record.metric = None;
+                }
+                false
+            }
+        };
+        record.level = LEVELS[usize::from(first >> 5)];
+        record.module = Module {
+            index: first & 0x1f,
+            name: self
+                .modules
+                .get(usize::from(first & 0x1f))
+                .copied()
+                .flatten(),
+        };
+        record.format_address = Some(address);
+        record.format = Some(text);
+        if !record.problems.is_empty() {
+            record.problems.clear();
+        }
+        if self.flagged[usize::from(first >> 6)] >> (first & 63) & 1 != 0 {
+            head_problems(
+                first,
+                self.unknown_modules,
+                &self.other_build,
+                &mut record.problems,
+            );
+        }
+        if malformed {
+            record.problems.push(Problem::MalformedMetric);
+        }
+        true
+    }
+
+    /// Any frame: its arguments captured and checked against its format,
+    /// the message formatted when they do not fit (to report exactly what
+    /// formatting finds); a frame found clean teaches its format its tags.
+    #[inline(never)]
+    fn decode_any(&mut self, payload: &'a [u8], cut: Option<Problem>) {
+        let mut problems = std::mem::take(&mut self.record.problems);
+        problems.clear();
         let head = parse_payload(payload, &mut self.args, &mut problems);
+        let payload_clean = problems.is_empty() && cut.is_none();
         let level = Level::from_bits(head.level);
-        if let Level::Unknown(level) = level {
-            problems.push(Problem::UnknownLevel { level });
-        }
-        let name = self
-            .modules
-            .get(usize::from(head.module))
-            .copied()
-            .flatten();
-        if name.is_none()
-            && head.module != record::ALWAYS_LOG_BIT
-            && self.symbols.has_module_table()
-        {
-            problems.push(Problem::UnknownModule { index: head.module });
-        }
+        head_problems(
+            head.level << 5 | head.module,
+            self.unknown_modules,
+            &self.other_build,
+            &mut problems,
+        );
         let module = Module {
             index: head.module,
-            name,
+            name: self
+                .modules
+                .get(usize::from(head.module))
+                .copied()
+                .flatten(),
         };
-        if let Some(other) = &self.other_build {
-            problems.push(other.clone());
-        }
         let truncated_head = matches!(
             problems.first(),
             Some(Problem::PayloadTruncated {
@@ -294,16 +522,19 @@ impl<'a> LogDecoder<'a> {
         let model = self.symbols.data_model();
         let mut format = None;
         let mut metric = None;
+        let mut learn = false;
         if let (Some(address), false) = (head.fmt_addr, truncated_head) {
             let compiled = self.formats.get(self.symbols, address);
             match compiled.text {
                 Ok(text) => {
                     format = Some(text);
                     let is_metric = level == Level::Metric;
+                    let clean = compiled.is_clean(&self.args);
+                    learn = clean && payload_clean;
                     // Formatting runs now only when the arguments do not
                     // fit the format (to report exactly what it finds),
                     // or for a metric whose format's shape does not tell.
-                    let known = match compiled.is_clean(&self.args) {
+                    let known = match clean {
                         true if is_metric => compiled.metric(&self.args, model),
                         true => Some(None),
                         false => None,
@@ -341,22 +572,20 @@ impl<'a> LogDecoder<'a> {
                     problems.push(Problem::UnterminatedFormat { address })
                 }
             }
+            if learn {
+                self.formats.learn(self.symbols, address, payload);
+            }
         }
         if let Some(cut) = cut {
             problems.insert(0, cut);
         }
-        Record {
-            offset,
-            time,
-            level,
-            module,
-            format_address: head.fmt_addr,
-            metric,
-            problems,
-            format,
-            payload,
-            model,
-        }
+        let record = &mut self.record;
+        record.level = level;
+        record.module = module;
+        record.format_address = head.fmt_addr;
+        record.metric = metric;
+        record.problems = problems;
+        record.format = format;
     }
 }
 
@@ -364,40 +593,57 @@ impl<'a> Iterator for LogDecoder<'a> {
     type Item = Record<'a>;
 
     fn next(&mut self) -> Option<Record<'a>> {
-        if self.end.is_some() {
-            return None;
-        }
-        let (offset, stamp, payload, cut) =
-            match next_frame(self.data, self.pos, self.format, self.base) {
-                Step::Frame {
-                    offset,
-                    stamp,
-                    payload,
-                } => {
-                    self.pos += self.format.frame_header_len() + payload.len();
-                    (offset, stamp, payload, None)
-                }
-                Step::Truncated {
-                    offset,
-                    stamp,
-                    length,
-                    available,
-                } => {
-                    self.end = Some(FramesEnd::Truncated { offset });
-                    let rest = self
-                        .data
-                        .get(offset - self.base + self.format.frame_header_len()..)
-                        .unwrap_or_default();
-                    let cut = Problem::FrameTruncated { length, available };
-                    (offset, stamp.unwrap_or(0), rest, Some(cut))
-                }
-                Step::End(end) => {
-                    self.end = Some(end);
-                    return None;
-                }
-            };
-        // One call: the record is built where the caller keeps it.
-        Some(self.record(offset, stamp, payload, cut))
+        self.next_record()?;
+        let record = &mut self.record;
+        Some(Record {
+            offset: record.offset,
+            time: record.time,
+            level: record.level,
+            module: record.module,
+            format_address: record.format_address,
+            metric: record.metric.take(),
+            problems: std::mem::take(&mut record.problems),
+            format: record.format,
+            payload: record.payload,
+            model: record.model,
+        })
+    }
+}
+
+/// Each level by its bits: a load, not a match.
+const LEVELS: [Level; 8] = [
+    Level::Debug,
+    Level::Info,
+    Level::Warning,
+    Level::Error,
+    Level::Critical,
+    Level::Metric,
+    Level::Unknown(6),
+    Level::Unknown(7),
+];
+
+/// The level bits of a METRIC record.
+const METRIC_BITS: u8 = 5;
+
+/// The problems of a record's level and module bits (`first`, its
+/// payload's first byte) and of the build, in the order decoding
+/// reports them.
+#[cold]
+fn head_problems(
+    first: u8,
+    unknown_modules: u32,
+    other_build: &Option<Problem>,
+    problems: &mut Vec<Problem>,
+) {
+    if let Level::Unknown(level) = Level::from_bits(first >> 5) {
+        problems.push(Problem::UnknownLevel { level });
+    }
+    let index = first & 0x1f;
+    if unknown_modules & (1 << index) != 0 {
+        problems.push(Problem::UnknownModule { index });
+    }
+    if let Some(other) = other_build {
+        problems.push(other.clone());
     }
 }
 

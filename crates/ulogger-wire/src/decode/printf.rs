@@ -486,6 +486,16 @@ impl Spec {
             && self.precision.is_none()
     }
 
+    /// How a decimal conversion reads its argument: the C argument's
+    /// bits, and whether it prints it signed (`%d`, `%i`).
+    #[inline(always)]
+    pub(crate) fn decimal_reading(&self, model: DataModel) -> (u32, bool) {
+        (
+            conversion_bits(self.length, model),
+            matches!(self.conv, b'd' | b'i'),
+        )
+    }
+
     /// A bare `%d`, `%i` or `%u` of an `int`, `long`, `long long`,
     /// `size_t`, `intmax_t` or `ptrdiff_t` (not `h`/`hh`, which narrow).
     pub(crate) fn is_bare_decimal(&self) -> bool {
@@ -538,6 +548,7 @@ pub(crate) fn type_bit(t: ArgType) -> u16 {
 
 /// The value a bare decimal conversion ([`Spec::is_bare_decimal`]) prints
 /// for an integer argument it takes cleanly: negative and magnitude.
+#[inline(always)]
 pub(crate) fn decimal_value(spec: &Spec, arg: &Arg<'_>, model: DataModel) -> Option<(bool, u64)> {
     let raw = match *arg {
         Arg::I32(v) => v as i64 as u64,
@@ -547,8 +558,8 @@ pub(crate) fn decimal_value(spec: &Spec, arg: &Arg<'_>, model: DataModel) -> Opt
         Arg::Char(c) => u64::from(c),
         _ => return None,
     };
-    let bits = conversion_bits(spec.length, model);
-    let value = Int::of(raw, bits, matches!(spec.conv, b'd' | b'i'));
+    let (bits, signed) = spec.decimal_reading(model);
+    let value = Int::of(raw, bits, signed);
     Some((value.negative, value.magnitude))
 }
 
@@ -653,6 +664,7 @@ fn number(s: &[u8]) -> (Field, usize) {
 }
 
 /// How wide the C argument a conversion reads is, in bits.
+#[inline]
 fn conversion_bits(length: Length, model: DataModel) -> u32 {
     match length {
         Length::None | Length::Hh | Length::H => 32,
@@ -818,6 +830,7 @@ struct Int {
 
 impl Int {
     /// The low `bits` of `raw`, read as signed or unsigned.
+    #[inline]
     fn of(raw: u64, bits: u32, signed: bool) -> Int {
         let shift = 64 - bits.clamp(1, 64);
         let low = (raw << shift) >> shift;

@@ -225,6 +225,13 @@ impl SymbolTable {
         table
     }
 
+    /// The table with `version` as its ELF's firmware version (tests).
+    #[cfg(test)]
+    pub(crate) fn with_firmware_version(mut self, version: &str) -> SymbolTable {
+        self.firmware_version = Some(version.to_string());
+        self
+    }
+
     fn read_modules(&mut self, start: u64, count: u32, entry: u64) {
         for i in 0..u64::from(count) {
             let at = start + i * entry;

@@ -416,3 +416,257 @@ fn clean_metrics_borrow_their_names_and_are_not_formatted() {
     );
     assert_eq!(records[2].message(), "metric_t=-10");
 }
+
+/// A frame's payload changed one way: cut, lengthened, or one byte set.
+fn mutated(payload: &[u8], how: u8, at: usize, byte: u8) -> Vec<u8> {
+    let mut p = payload.to_vec();
+    let at = at % (p.len() + 1);
+    match how % 4 {
+        0 => {}
+        // Never empty: a length of 0 ends the frames.
+        1 => p.truncate(at.max(1)),
+        2 => p.extend_from_slice(&[byte; 3][..usize::from(byte % 3) + 1]),
+        _ => {
+            if let Some(b) = p.get_mut(at) {
+                *b = byte;
+            }
+        }
+    }
+    p
+}
+
+/// What a record says, its offset and time aside.
+fn seen(record: &Record<'_>) -> String {
+    let metric = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        record.level,
+        record.module,
+        record.format_address,
+        record.format(),
+        metric,
+        record.problems,
+        record.args(),
+        record.message()
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// A frame decodes to the same record after other frames of its
+    /// format (its format cached, a clean frame's tags learned) as alone
+    /// in a log: the fast path for frames like the last clean one
+    /// reports exactly what decoding the frame afresh reports, whatever
+    /// was cut, added or changed in it.
+    #[test]
+    fn a_frame_decodes_the_same_after_others_of_its_format(
+        which in 0..PROPERTY_FORMATS.len(),
+        metric in any::<bool>(),
+        lp64 in any::<bool>(),
+        other_build in any::<bool>(),
+        args in proptest::collection::vec(property_arg(), 0..5),
+        changes in proptest::collection::vec((0u8..8, any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
+        let mut rodata = Vec::new();
+        let mut address = 0;
+        for (k, f) in PROPERTY_FORMATS.iter().enumerate() {
+            if k == which {
+                address = 0x4000 + rodata.len() as u32;
+            }
+            rodata.extend_from_slice(f.as_bytes());
+            rodata.push(0);
+        }
+        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model)
+            .with_firmware_version("1.0");
+        let options = match other_build {
+            true => DecodeOptions::new().device_version("2.0"),
+            false => DecodeOptions::new(),
+        };
+        let level = if metric { 5 } else { 1 };
+        let payload = property_payload(level, address, &args);
+        // The same tags, strings long enough to reach the message's bound.
+        let long: Vec<_> = args.iter().map(|(ty, n, _)| (*ty, *n, vec![b'w'; 8200])).collect();
+        let long = property_payload(level, address, &long);
+        // The frame as generated, then each change after it.
+        let mut payloads = vec![payload.clone()];
+        for &(how, at, byte) in &changes {
+            payloads.push(match how {
+                7 => long.clone(),
+                _ => mutated(&payload, how, at, byte),
+            });
+            payloads.push(payload.clone());
+        }
+        // As many as a log holds.
+        while payloads.iter().map(|p| 6 + p.len()).sum::<usize>() > crate::MAX_USED_BYTES {
+            payloads.pop();
+        }
+        let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+        let buf = log(&data);
+        let mut decoder = LogDecoder::new(&s, &buf, &options).unwrap();
+        let mut decoded = Vec::new();
+        while let Some(record) = decoder.next_record() {
+            decoded.push(seen(record));
+        }
+        prop_assert_eq!(decoded.len(), payloads.len());
+        for (p, in_log) in payloads.iter().zip(&decoded) {
+            let alone = log(&frame(p, 1));
+            let record = LogDecoder::new(&s, &alone, &options).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+        }
+        // The iterator yields the records the lending decoder lends.
+        let owned: Vec<String> = LogDecoder::new(&s, &buf, &options).unwrap().map(|r| seen(&r)).collect();
+        prop_assert_eq!(owned, decoded);
+    }
+}
+
+#[test]
+fn a_frame_like_a_clean_one_but_for_its_strings_is_checked_for_its_length() {
+    let s = SymbolTable::from_parts(
+        [(0x4000, b"%s|%s\0".to_vec())],
+        [(2, "NET".to_string())],
+        DataModel::Ilp32,
+    );
+    let short = property_payload(1, 0x4000, &[(8, 0, b"a".to_vec()), (8, 0, b"b".to_vec())]);
+    let long = property_payload(
+        1,
+        0x4000,
+        &[(8, 0, vec![b'w'; 8200]), (8, 0, vec![b'w'; 8200])],
+    );
+    let mut data = frame(&short, 1);
+    data.extend(frame(&long, 1));
+    data.extend(frame(&short, 1));
+    let buf = log(&data);
+    let mut decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+    let mut problems = Vec::new();
+    while let Some(record) = decoder.next_record() {
+        problems.push(record.problems.clone());
+    }
+    assert_eq!(
+        problems,
+        [
+            vec![],
+            vec![Problem::Format(FormatProblem::MessageTruncated)],
+            vec![]
+        ]
+    );
+}
+
+/// A METRIC frame of the format at `address`: a name string when `name`
+/// is given, then a value of type `ty` captured in `size` bytes.
+fn metric_payload(address: u32, name: Option<&[u8]>, value: Option<(u8, u8, u64)>) -> Vec<u8> {
+    let mut p = vec![5 << 5 | 2];
+    p.extend_from_slice(&address.to_le_bytes());
+    p.push(u8::from(name.is_some()) + u8::from(value.is_some()));
+    if name.is_some() {
+        p.push(0x80);
+    }
+    if let Some((ty, size, _)) = value {
+        p.push(ty << 4 | size);
+    }
+    if let Some((_, size, n)) = value {
+        p.extend_from_slice(&n.to_le_bytes()[..usize::from(size).min(8)]);
+    }
+    if let Some(name) = name {
+        p.extend_from_slice(&1u16.to_le_bytes());
+        p.extend_from_slice(&(2 + name.len() as u16).to_le_bytes());
+        p.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        p.extend_from_slice(name);
+    }
+    p
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    /// Metrics of frames after a clean one of their format (read from
+    /// the value's bytes without formatting) are what decoding each frame
+    /// alone finds: every integer type and size, signed or not, names
+    /// valid, invalid or repeated.
+    #[test]
+    fn known_clean_metrics_are_what_formatting_finds(
+        which in 0..9usize,
+        lp64 in any::<bool>(),
+        ty in prop::sample::select(vec![1u8, 2, 3, 4, 6, 5, 7]),
+        size in prop::sample::select(vec![1u8, 2, 4, 8]),
+        frames in proptest::collection::vec((
+            prop_oneof![any::<u64>(), 0..300u64, Just(u64::MAX), Just(1 << 63), Just(0x8000_0000), Just(0x80)],
+            prop::sample::select(vec![&b"uptime_s"[..], b"uptime_s", b"uptime_m", b"abc", b"a=b", b"", b"\xffx", b"temperature_c", b"temperature_f", b"t"]),
+        ), 1..8),
+    ) {
+        const FORMATS: [&str; 9] = [
+            "metric_%s=%u", "metric_%s=%d", "metric_%s=%i", "metric_%s=%lu", "metric_%s=%lld",
+            "metric_temp=%ld", "metric_big=%llu", "metric_n=%zd", "metric_heartbeat=1",
+        ];
+        let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
+        let mut rodata = Vec::new();
+        let mut address = 0;
+        for (k, f) in FORMATS.iter().enumerate() {
+            if k == which {
+                address = 0x4000 + rodata.len() as u32;
+            }
+            rodata.extend_from_slice(f.as_bytes());
+            rodata.push(0);
+        }
+        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model);
+        let format = FORMATS[which];
+        let payloads: Vec<Vec<u8>> = frames.iter().map(|&(n, name)| {
+            let name = format.contains("%s").then_some(name);
+            let value = (format != "metric_heartbeat=1").then_some((ty, size, n));
+            metric_payload(address, name, value)
+        }).collect();
+        let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+        let buf = log(&data);
+        let mut decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
+        let mut decoded = Vec::new();
+        while let Some(record) = decoder.next_record() {
+            decoded.push(seen(record));
+        }
+        prop_assert_eq!(decoded.len(), payloads.len());
+        for (p, in_log) in payloads.iter().zip(&decoded) {
+            let alone = log(&frame(p, 1));
+            let record = LogDecoder::new(&s, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+        }
+    }
+}
+
+#[test]
+fn known_clean_frames_report_every_level_module_and_build_problem() {
+    let s = SymbolTable::from_parts(
+        [(0x4000, b"n=%d %s\0metric_%s=%u\0".to_vec())],
+        [(2, "NET".to_string())],
+        DataModel::Ilp32,
+    )
+    .with_firmware_version("1.0");
+    let plain = property_payload(1, 0x4000, &[(1, 7, Vec::new()), (8, 0, b"up".to_vec())]);
+    let metric = property_payload(5, 0x4008, &[(8, 0, b"up".to_vec()), (2, 7, Vec::new())]);
+    for options in [
+        DecodeOptions::new(),
+        DecodeOptions::new().device_version("2.0"),
+    ] {
+        for clean in [&plain, &metric] {
+            // A clean frame teaches its format its tags; then every first
+            // byte (level and module) with the same tags.
+            let mut payloads = vec![clean.clone()];
+            for first in 0..=u8::MAX {
+                let mut p = clean.clone();
+                p[0] = first;
+                payloads.push(p);
+            }
+            let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+            let buf = log(&data);
+            let mut decoder = LogDecoder::new(&s, &buf, &options).unwrap();
+            for p in &payloads {
+                let in_log = seen(decoder.next_record().unwrap());
+                let alone = log(&frame(p, 1));
+                let record = LogDecoder::new(&s, &alone, &options)
+                    .unwrap()
+                    .next()
+                    .unwrap();
+                assert_eq!(seen(&record), in_log, "first byte {:#04x}", p[0]);
+            }
+        }
+    }
+}
