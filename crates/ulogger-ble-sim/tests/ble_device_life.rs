@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::time::timeout;
-use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
+use ulogger_ble_sim::{Firmware, SimulatedDevice};
 use ulogger_cloud::ble::{pull_device, Address, ConfigRelay, PullOptions};
 use ulogger_cloud::wire::{
     self, BufferKind, CoreDumpHeader, DeviceInfo, LogConfig, LogHeader, LogLevel, PullConfig,
@@ -70,12 +70,7 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_across_connections_resets_configs_and_crashes() {
-    let bus = PrivateBus::start().unwrap();
-    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
-    let bluez = timeout(STEP, FakeBluez::start(bus.address()))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_bus, bluez) = bluez_for_bluer().await;
     let emulator = Emulator::start(
         EmulatorConfig::new(CUSTOMER)
             .plaintext(true)

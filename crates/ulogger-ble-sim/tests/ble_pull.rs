@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::time::timeout;
-use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
+use ulogger_ble_sim::{Firmware, SimulatedDevice};
 use ulogger_cloud::ble::{pull_device, Address, PullOptions};
 use ulogger_cloud::wire::{self, BufferKind, LogHeader, PullConfig};
 use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
@@ -55,13 +55,7 @@ async fn pull_device_stores_the_log_before_the_device_erases_it() {
         log.clone(),
         None,
     ))));
-    let bus = PrivateBus::start().unwrap();
-    // bluer (libdbus) finds "the system bus" here, as any BlueZ client does.
-    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
-    let bluez = timeout(STEP, FakeBluez::start(bus.address()))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_bus, bluez) = bluez_for_bluer().await;
     bluez
         .add_device(SimulatedDevice::new(
             DEVICE,

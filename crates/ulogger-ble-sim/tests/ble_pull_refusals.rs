@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::time::timeout;
-use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
+use ulogger_ble_sim::{Firmware, SimulatedDevice};
 use ulogger_cloud::ble::{pull_device, Address, PullOptions};
 use ulogger_cloud::wire::{self, BufferKind, LogHeader};
 use ulogger_cloud::{Client, ErrorKind, MqttConfig, OutboxConfig, Security, WhenFull};
@@ -54,12 +54,7 @@ async fn a_buffer_the_outbox_refuses_stays_on_the_device_and_a_core_dump_follows
         log.clone(),
         Some(core_dump.clone()),
     ));
-    let bus = PrivateBus::start().unwrap();
-    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
-    let bluez = timeout(STEP, FakeBluez::start(bus.address()))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_bus, bluez) = bluez_for_bluer().await;
     bluez
         .add_device(SimulatedDevice::new(
             DEVICE,

@@ -20,10 +20,9 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use tokio::time::timeout;
-use ulogger_ble_sim::{FakeBluez, Firmware, PrivateBus, SimulatedDevice};
+use ulogger_ble_sim::{Firmware, PrivateBus, SimulatedDevice};
 use ulogger_cloud::ble::{Address, BleSession, PullOptions};
 use ulogger_cloud::wire::{self, BufferKind, LogHeader, PullConfig};
-use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
 use ulogger_emulator::ble::SimDevice;
 
 fn log(seed: u8) -> Vec<u8> {
@@ -43,12 +42,7 @@ fn options() -> PullOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_session_pulls_a_device_again_after_it_expired_and_came_back() {
-    let bus = PrivateBus::start().unwrap();
-    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
-    let bluez = timeout(STEP, FakeBluez::start(bus.address()))
-        .await
-        .unwrap()
-        .unwrap();
+    let (bus, bluez) = bluez_for_bluer().await;
     bluez.set_temporary_timeout(Duration::from_millis(300));
     let firmware = Firmware(Arc::new(Mutex::new(SimDevice::new(
         config_value(),
@@ -62,21 +56,8 @@ async fn one_session_pulls_a_device_again_after_it_expired_and_came_back() {
         )
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let outbox = tempfile::tempdir().unwrap();
-    let config = MqttConfig::new(4242)
-        .broker("127.0.0.1")
-        .port(port)
-        .security(Security::Plaintext)
-        .connect_timeout(Duration::from_secs(60));
-    let client = Client::builder(config)
-        .outbox(OutboxConfig::new(outbox.path()))
-        .build()
-        .unwrap();
+    let client = offline_client(4242, outbox.path());
     let address: Address = DEVICE.parse().unwrap();
     let session = BleSession::new().await.unwrap();
     let pull = || {

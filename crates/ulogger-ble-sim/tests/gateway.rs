@@ -17,14 +17,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client as bus_client, proxy, STEP};
+use common::{bluez_for_bluer, client as bus_client, offline_client, proxy, STEP};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::Notify;
 use tokio::time::timeout;
 use ulogger_ble_sim::{DeviceHandle, FakeBluez, Firmware, PrivateBus, SimulatedDevice};
 use ulogger_cloud::ble::{Address, Gateway, GatewayEvent, PullOptions};
 use ulogger_cloud::wire::{self, LogHeader, PullConfig};
-use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
+use ulogger_cloud::Client;
 use ulogger_emulator::ble::SimDevice;
 
 const NAME: &str = "uLogger Example";
@@ -68,27 +68,9 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        let bus = PrivateBus::start().unwrap();
-        std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
-        let bluez = timeout(STEP, FakeBluez::start(bus.address()))
-            .await
-            .unwrap()
-            .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let (bus, bluez) = bluez_for_bluer().await;
         let outbox = tempfile::tempdir().unwrap();
-        let config = MqttConfig::new(4242)
-            .broker("127.0.0.1")
-            .port(port)
-            .security(Security::Plaintext)
-            .connect_timeout(Duration::from_secs(60));
-        let client = Client::builder(config)
-            .outbox(OutboxConfig::new(outbox.path()))
-            .build()
-            .unwrap();
+        let client = offline_client(4242, outbox.path());
         World {
             bus,
             bluez,

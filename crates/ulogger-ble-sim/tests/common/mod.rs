@@ -188,3 +188,35 @@ pub fn method_error(e: &zbus::Error) -> (String, String) {
         other => panic!("not a method error: {other:?}"),
     }
 }
+
+/// A private bus with the fake BlueZ on it, and bluer (libdbus) pointed
+/// at it as any BlueZ client finds "the system bus":
+/// `DBUS_SYSTEM_BUS_ADDRESS`, process-wide, so one such test a binary.
+pub async fn bluez_for_bluer() -> (ulogger_ble_sim::PrivateBus, ulogger_ble_sim::FakeBluez) {
+    let bus = ulogger_ble_sim::PrivateBus::start().unwrap();
+    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
+    let bluez = tokio::time::timeout(STEP, ulogger_ble_sim::FakeBluez::start(bus.address()))
+        .await
+        .unwrap()
+        .unwrap();
+    (bus, bluez)
+}
+
+/// A client whose cloud never answers (a loopback port nobody listens
+/// on), so what a pull stores stays in its outbox at `outbox`.
+pub fn offline_client(customer: u32, outbox: &std::path::Path) -> ulogger_cloud::Client {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = ulogger_cloud::MqttConfig::new(customer)
+        .broker("127.0.0.1")
+        .port(port)
+        .security(ulogger_cloud::Security::Plaintext)
+        .connect_timeout(Duration::from_secs(60));
+    ulogger_cloud::Client::builder(config)
+        .outbox(ulogger_cloud::OutboxConfig::new(outbox))
+        .build()
+        .unwrap()
+}

@@ -22,7 +22,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bluer::gatt::CharacteristicReader;
 use futures_util::stream::{Stream, StreamExt};
@@ -116,21 +116,8 @@ impl Notifications {
                 buf,
                 last,
             } => {
-                let (from, len) = std::future::poll_fn(|cx| {
-                    for (from, socket) in [
-                        (Characteristic::LogData, &*logs),
-                        (Characteristic::CoreDumpData, &*dumps),
-                    ] {
-                        let mut read = ReadBuf::new(&mut buf[..]);
-                        match socket.poll_recv(cx, &mut read) {
-                            Poll::Ready(Ok(())) => {
-                                return Poll::Ready(Some((from, read.filled().len())));
-                            }
-                            Poll::Ready(Err(_)) => return Poll::Ready(None),
-                            Poll::Pending => {}
-                        }
-                    }
-                    Poll::Pending
+                let (from, len) = first_datagram(buf, [&*logs, &*dumps], |socket, cx, read| {
+                    socket.poll_recv(cx, read)
                 })
                 .await?;
                 *last = Some(from);
@@ -138,23 +125,11 @@ impl Notifications {
                 (len > 0).then(|| (from, &buf[..len]))
             }
             Notifications::Sockets { logs, dumps, buf } => {
-                let (from, len) = std::future::poll_fn(|cx| {
-                    for (from, socket) in [
-                        (Characteristic::LogData, &mut *logs),
-                        (Characteristic::CoreDumpData, &mut *dumps),
-                    ] {
-                        let mut read = ReadBuf::new(&mut buf[..]);
-                        match Pin::new(socket).poll_read(cx, &mut read) {
-                            Poll::Ready(Ok(())) => {
-                                return Poll::Ready(Some((from, read.filled().len())));
-                            }
-                            Poll::Ready(Err(_)) => return Poll::Ready(None),
-                            Poll::Pending => {}
-                        }
-                    }
-                    Poll::Pending
-                })
-                .await?;
+                let (from, len) =
+                    first_datagram(buf, [&mut *logs, &mut *dumps], |socket, cx, read| {
+                        Pin::new(socket).poll_read(cx, read)
+                    })
+                    .await?;
                 // An empty read is the socket's end: the link went down.
                 (len > 0).then(|| (from, &buf[..len]))
             }
@@ -188,6 +163,29 @@ impl Notifications {
             });
         }
     }
+}
+
+/// The first datagram either socket (`log_data`'s, then
+/// `core_dump_data`'s) has, read into `buf` by `poll`: where it came from
+/// and its length; `None` at a read error.
+async fn first_datagram<S>(
+    buf: &mut [u8],
+    mut sockets: [S; 2],
+    mut poll: impl FnMut(&mut S, &mut Context<'_>, &mut ReadBuf<'_>) -> Poll<io::Result<()>>,
+) -> Option<(Characteristic, usize)> {
+    std::future::poll_fn(|cx| {
+        let from = [Characteristic::LogData, Characteristic::CoreDumpData];
+        for (from, socket) in from.into_iter().zip(sockets.iter_mut()) {
+            let mut read = ReadBuf::new(buf);
+            match poll(socket, cx, &mut read) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Some((from, read.filled().len()))),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Both readers' sockets, as tokio sockets of our own on this runtime:
