@@ -17,7 +17,6 @@
 //! busy format costs one hashed load (decision "known-clean frames" in
 //! docs/decisions.md).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -26,7 +25,6 @@ use super::printf::{
     clean_types, decimal_value, parse_spec, type_bit, Arg, ArgType, DataModel, Parsed, Spec,
     MAX_MESSAGE,
 };
-use super::record::MetricReading;
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use crate::MetricValue;
 
@@ -199,9 +197,10 @@ impl<'a> Known<'a> {
     }
 
     /// The metric of a METRIC record whose frame [`Known::known_clean`]
-    /// passed (`rest` as there), into `out`: `Some(true)` when there is
-    /// one, `Some(false)` for a malformed metric (`out` is then `None`),
-    /// `None` when only formatting tells (`out` unchanged). What
+    /// passed (`rest` as there), into `out_name` and `out_value`:
+    /// `Some(true)` when there is one, `Some(false)` for a malformed
+    /// metric (`out_value` is then `None`), `None` when only formatting
+    /// tells (both unchanged). What
     /// [`Compiled::metric`] finds from the captured arguments, reading
     /// only the value and, for `metric_%s=%d`, the name; a name found
     /// valid is kept, so that the same name in the next frame is
@@ -210,7 +209,8 @@ impl<'a> Known<'a> {
     pub(crate) fn metric_known_clean(
         &mut self,
         rest: &'a [u8],
-        out: &mut Option<MetricReading<'a>>,
+        out_name: &mut &'a str,
+        out_value: &mut Option<MetricValue>,
     ) -> Option<bool> {
         let values = rest.get(usize::from(self.signature.len)..)?;
         // An `if` chain, not a `match`: the jump table a match compiles
@@ -219,7 +219,7 @@ impl<'a> Known<'a> {
             match fixed {
                 Some(metric) => metric,
                 None => {
-                    *out = None;
+                    *out_value = None;
                     return Some(false);
                 }
             }
@@ -260,10 +260,8 @@ impl<'a> Known<'a> {
         } else {
             return None;
         };
-        *out = Some(MetricReading {
-            name: Cow::Borrowed(name),
-            value,
-        });
+        *out_name = name;
+        *out_value = Some(value);
         Some(true)
     }
 
@@ -438,12 +436,10 @@ impl<'a> Compiled<'a> {
         &self,
         args: &[Arg<'a>],
         model: DataModel,
-    ) -> Option<Option<(Cow<'a, str>, MetricValue)>> {
+    ) -> Option<Option<(&'a str, MetricValue)>> {
         let (name, spec, value) = match (&self.metric, args) {
             (MetricShape::Format, _) => return None,
-            (MetricShape::Fixed(metric), _) => {
-                return Some(metric.map(|(name, value)| (Cow::Borrowed(name), value)))
-            }
+            (MetricShape::Fixed(metric), _) => return Some(*metric),
             (MetricShape::Named(name, spec), [value]) => (*name, spec, value),
             (MetricShape::StringNamed(spec), [Arg::Str(name), value]) => {
                 // As `metric_of` splits the message at its first `=`.
@@ -454,10 +450,7 @@ impl<'a> Compiled<'a> {
             }
             _ => return None,
         };
-        Some(Some((
-            Cow::Borrowed(name),
-            metric_value(spec, value, model)?,
-        )))
+        Some(Some((name, metric_value(spec, value, model)?)))
     }
 }
 

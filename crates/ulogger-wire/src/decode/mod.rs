@@ -22,8 +22,6 @@ mod printf;
 mod record;
 mod symbols;
 
-use std::borrow::Cow;
-
 pub use frames::{FrameFormat, FramesEnd};
 pub use printf::{printf, Arg, ArgType, DataModel, FormatProblem, Printed, MAX_FIELD, MAX_MESSAGE};
 pub use record::{
@@ -224,11 +222,13 @@ impl<'a> LogDecoder<'a> {
                     name: None,
                 },
                 format_address: None,
-                metric: None,
                 problems: Vec::new(),
                 format: None,
                 payload: &[],
                 model,
+                metric_value: None,
+                metric_name: "",
+                metric_owned: String::new(),
             },
         })
     }
@@ -448,15 +448,17 @@ impl<'a> LogDecoder<'a> {
         let first = head[0];
         let record = &mut self.record;
         let malformed = match first >> 5 == METRIC_BITS {
-            true => match known.metric_known_clean(rest, &mut record.metric) {
+            true => match known.metric_known_clean(
+                rest,
+                &mut record.metric_name,
+                &mut record.metric_value,
+            ) {
                 Some(found) => !found,
                 // Only formatting tells.
                 None => return false,
             },
             false => {
-                if record.metric.is_some() {
-                    record.metric = None;
-                }
+                record.metric_value = None;
                 false
             }
         };
@@ -555,11 +557,16 @@ impl<'a> LogDecoder<'a> {
                             is_metric
                                 .then(|| metric_of(&self.message, &self.args))
                                 .flatten()
-                                .map(|(name, value)| (Cow::Owned(name.to_string()), value))
+                                .map(|(name, value)| {
+                                    // Kept in the record: "" says so.
+                                    self.record.metric_owned.clear();
+                                    self.record.metric_owned.push_str(name);
+                                    ("", value)
+                                })
                         }
                     };
                     if is_metric {
-                        metric = found.map(|(name, value)| MetricReading { name, value });
+                        metric = found;
                         if metric.is_none() {
                             problems.push(Problem::MalformedMetric);
                         }
@@ -583,7 +590,10 @@ impl<'a> LogDecoder<'a> {
         record.level = level;
         record.module = module;
         record.format_address = head.fmt_addr;
-        record.metric = metric;
+        record.metric_value = metric.map(|(_, value)| value);
+        if let Some((name, _)) = metric {
+            record.metric_name = name;
+        }
         record.problems = problems;
         record.format = format;
     }
@@ -601,11 +611,16 @@ impl<'a> Iterator for LogDecoder<'a> {
             level: record.level,
             module: record.module,
             format_address: record.format_address,
-            metric: record.metric.take(),
             problems: std::mem::take(&mut record.problems),
             format: record.format,
             payload: record.payload,
             model: record.model,
+            metric_value: record.metric_value,
+            metric_name: record.metric_name,
+            metric_owned: match record.metric_name.is_empty() && record.metric_value.is_some() {
+                true => std::mem::take(&mut record.metric_owned),
+                false => String::new(),
+            },
         })
     }
 }

@@ -369,7 +369,7 @@ proptest! {
         prop_assert_eq!(record.display_message().to_string(), record.message());
         if metric {
             let expected = metric_of(&printed.bytes, &captured);
-            let found = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+            let found = record.metric().map(|m| (m.name, m.value));
             // Debug text: a NaN value equals itself there.
             prop_assert_eq!(format!("{found:?}"), format!("{expected:?}"));
             prop_assert_eq!(
@@ -377,7 +377,7 @@ proptest! {
                 expected.is_none()
             );
         } else {
-            prop_assert!(record.metric.is_none());
+            prop_assert!(record.metric().is_none());
         }
     }
 }
@@ -403,9 +403,12 @@ fn clean_metrics_borrow_their_names_and_are_not_formatted() {
     let records: Vec<Record> = LogDecoder::new(&s, &buf, &DecodeOptions::new())
         .unwrap()
         .collect();
-    let metrics: Vec<_> = records.iter().map(|r| r.metric.clone().unwrap()).collect();
-    assert!(metrics.iter().all(|m| matches!(m.name, Cow::Borrowed(_))));
-    let found: Vec<_> = metrics.iter().map(|m| (m.name.as_ref(), m.value)).collect();
+    let metrics: Vec<_> = records.iter().map(|r| r.metric().unwrap()).collect();
+    // Borrowed: no name of the record's own.
+    assert!(records
+        .iter()
+        .all(|r| !r.metric_name.is_empty() && r.metric_owned.is_empty()));
+    let found: Vec<_> = metrics.iter().map(|m| (m.name, m.value)).collect();
     assert_eq!(
         found,
         [
@@ -437,7 +440,7 @@ fn mutated(payload: &[u8], how: u8, at: usize, byte: u8) -> Vec<u8> {
 
 /// What a record says, its offset and time aside.
 fn seen(record: &Record<'_>) -> String {
-    let metric = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+    let metric = record.metric().map(|m| (m.name, m.value));
     format!(
         "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
         record.level,
