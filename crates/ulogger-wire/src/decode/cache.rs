@@ -18,7 +18,9 @@
 //! docs/decisions.md).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::frames::is_blob_string;
 use super::printf::{
@@ -177,20 +179,23 @@ impl<'a> Known<'a> {
         let first = signature.tags as u8;
         let second = (signature.tags >> 8) as u8;
         let reading = |tag: u8, spec: &Spec| ValueReading::of(tag, spec, model);
-        let metric = match (&compiled.metric, signature.len) {
-            (MetricShape::Fixed(metric), _) => Some(KnownMetric::Fixed(*metric)),
-            (MetricShape::Named(name, spec), 1) => {
-                reading(first, spec).map(|r| KnownMetric::Named(name, r))
+        let text = compiled.text.ok()?;
+        let metric = match (&compiled.parsed.metric, signature.len) {
+            (MetricShape::Fixed(None), _) => Some(KnownMetric::Fixed(None)),
+            (&MetricShape::Fixed(Some((name, value))), _) => {
+                name_in(text, name).map(|name| KnownMetric::Fixed(Some((name, value))))
             }
+            (&MetricShape::Named(name, ref spec), 1) => name_in(text, name)
+                .and_then(|name| reading(first, spec).map(|r| KnownMetric::Named(name, r))),
             (MetricShape::StringNamed(spec), 2) if is_blob_string(first) => {
                 reading(second, spec).map(KnownMetric::StringNamed)
             }
             _ => None,
         };
         Some(Known {
-            text: compiled.text.ok()?,
+            text,
             signature,
-            bound: compiled.bound,
+            bound: compiled.parsed.bound,
             metric: metric.unwrap_or(KnownMetric::Format),
             last_name: None,
         })
@@ -349,6 +354,16 @@ impl<'a> Known<'a> {
 pub(crate) struct Compiled<'a> {
     /// The format string at the address, or why there is none.
     pub(crate) text: Result<&'a [u8], Lookup>,
+    /// What parsing it told, shared by the decoders of the symbol
+    /// table's logs.
+    parsed: Arc<ParsedFormat>,
+    /// The tags of the last clean frame, once there was one.
+    signature: Option<Signature>,
+}
+
+/// What parsing a format string tells, whatever log it decodes.
+#[derive(Debug)]
+pub(crate) struct ParsedFormat {
     /// Per conversion, the captured types (bits of `type_bit`) it prints
     /// without a problem; `None` when formatting always reports
     /// something (`*`, a clamped field, an unsupported or incomplete
@@ -356,20 +371,32 @@ pub(crate) struct Compiled<'a> {
     clean: Option<Vec<u16>>,
     /// Bytes the message takes at most, string arguments aside.
     bound: usize,
-    metric: MetricShape<'a>,
-    /// The tags of the last clean frame, once there was one.
-    signature: Option<Signature>,
+    metric: MetricShape,
+}
+
+/// A metric's name in its format string: the range of its bytes.
+type NameAt = (usize, usize);
+
+/// The name at `at` in `text` (a range `metric_shape` found in it).
+fn name_in(text: &[u8], (start, end): NameAt) -> Option<&str> {
+    std::str::from_utf8(text.get(start..end)?).ok()
+}
+
+/// Where `part`, a slice of `whole`, starts and ends in it.
+fn range_in(whole: &str, part: &str) -> NameAt {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    (start, start.wrapping_add(part.len()))
 }
 
 /// What a METRIC record's format says of its metric without formatting.
 #[derive(Debug)]
-enum MetricShape<'a> {
+enum MetricShape {
     /// Only formatting tells.
     Format,
     /// No conversion: the message is the format; its metric, if any.
-    Fixed(Option<(&'a str, MetricValue)>),
+    Fixed(Option<(NameAt, MetricValue)>),
     /// `metric_<name>=%d` (a bare decimal conversion, nothing after).
-    Named(&'a str, Spec),
+    Named(NameAt, Spec),
     /// `metric_%s=%d`.
     StringNamed(Spec),
 }
@@ -410,13 +437,13 @@ impl<'a> Compiled<'a> {
     /// argument is of a type its conversion takes, the count matches, and
     /// the message cannot reach [`MAX_MESSAGE`].
     pub(crate) fn is_clean(&self, args: &[Arg<'_>]) -> bool {
-        let Some(clean) = &self.clean else {
+        let Some(clean) = &self.parsed.clean else {
             return false;
         };
         if clean.len() != args.len() {
             return false;
         }
-        let mut bound = self.bound;
+        let mut bound = self.parsed.bound;
         for (&types, arg) in clean.iter().zip(args) {
             if types & type_bit(arg.arg_type()) == 0 {
                 return false;
@@ -437,10 +464,15 @@ impl<'a> Compiled<'a> {
         args: &[Arg<'a>],
         model: DataModel,
     ) -> Option<Option<(&'a str, MetricValue)>> {
-        let (name, spec, value) = match (&self.metric, args) {
+        let (name, spec, value) = match (&self.parsed.metric, args) {
             (MetricShape::Format, _) => return None,
-            (MetricShape::Fixed(metric), _) => return Some(*metric),
-            (MetricShape::Named(name, spec), [value]) => (*name, spec, value),
+            (MetricShape::Fixed(None), _) => return Some(None),
+            (&MetricShape::Fixed(Some((name, value))), _) => {
+                return Some(Some((name_in(self.text.ok()?, name)?, value)))
+            }
+            (&MetricShape::Named(name, ref spec), [value]) => {
+                (name_in(self.text.ok()?, name)?, spec, value)
+            }
             (MetricShape::StringNamed(spec), [Arg::Str(name), value]) => {
                 // As `metric_of` splits the message at its first `=`.
                 let name = std::str::from_utf8(name)
@@ -497,15 +529,28 @@ fn metric_value(spec: &Spec, value: &Arg<'_>, model: DataModel) -> Option<Metric
     })
 }
 
+/// The format found at `address` (or not) in `symbols`, parsed there
+/// once for all the decoders of its logs, with the signature they
+/// learned.
+fn compile(symbols: &SymbolTable, address: u32) -> Compiled<'_> {
+    let text = symbols.c_string(u64::from(address), MAX_FORMAT_LEN);
+    let (parsed, signature) = symbols
+        .shared_formats()
+        .get(address, text, symbols.data_model());
+    Compiled {
+        text,
+        parsed,
+        signature,
+    }
+}
+
 /// Parses the format found at an address (or not).
-fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
+fn parse(text: Result<&[u8], Lookup>, model: DataModel) -> ParsedFormat {
     let Ok(format) = text else {
-        return Compiled {
-            text,
+        return ParsedFormat {
             clean: None,
             bound: 0,
             metric: MetricShape::Format,
-            signature: None,
         };
     };
     let mut clean = Some(Vec::new());
@@ -532,21 +577,22 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
             _ => clean = None,
         }
     }
-    Compiled {
-        text,
+    ParsedFormat {
         clean,
         bound,
         metric: metric_shape(format),
-        signature: None,
     }
 }
 
-fn metric_shape(format: &[u8]) -> MetricShape<'_> {
+fn metric_shape(format: &[u8]) -> MetricShape {
     let Ok(text) = std::str::from_utf8(format) else {
         return MetricShape::Format;
     };
     if !text.contains('%') {
-        return MetricShape::Fixed(super::metric_of(text.as_bytes(), &[]));
+        return MetricShape::Fixed(
+            super::metric_of(text.as_bytes(), &[])
+                .map(|(name, value)| (range_in(text, name), value)),
+        );
     }
     let Some(rest) = text.strip_prefix("metric_") else {
         return MetricShape::Format;
@@ -565,9 +611,10 @@ fn metric_shape(format: &[u8]) -> MetricShape<'_> {
         return value(after).map_or(MetricShape::Format, MetricShape::StringNamed);
     }
     match rest.split_once('=') {
-        Some((name, after)) if !name.is_empty() && !name.contains('%') => {
-            value(after).map_or(MetricShape::Format, |spec| MetricShape::Named(name, spec))
-        }
+        Some((name, after)) if !name.is_empty() && !name.contains('%') => value(after)
+            .map_or(MetricShape::Format, |spec| {
+                MetricShape::Named(range_in(text, name), spec)
+            }),
         _ => MetricShape::Format,
     }
 }
@@ -603,7 +650,11 @@ impl Default for FormatCache<'_> {
             recent: [Recent::default(); 1 << RECENT_BITS],
             index: HashMap::default(),
             formats: Vec::new(),
-            spare: compile(Err(Lookup::NotFound), DataModel::default()),
+            spare: Compiled {
+                text: Err(Lookup::NotFound),
+                parsed: Arc::new(parse(Err(Lookup::NotFound), DataModel::default())),
+                signature: None,
+            },
         }
     }
 }
@@ -657,6 +708,9 @@ impl<'a> FormatCache<'a> {
             return;
         };
         compiled.learn(payload);
+        if let Some(signature) = compiled.signature {
+            symbols.shared_formats().learn(address, signature);
+        }
         let known = Known::of(compiled, symbols.data_model());
         if let Some(recent) = self.recent.get_mut(slot_of(address)) {
             if recent.address == address && recent.plus_one != 0 {
@@ -682,18 +736,12 @@ impl<'a> FormatCache<'a> {
         let at = match self.index.get(&address) {
             Some(&at) => at,
             None if self.formats.len() >= MAX_CACHED => {
-                self.spare = compile(
-                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
-                    symbols.data_model(),
-                );
+                self.spare = compile(symbols, address);
                 return SPARE;
             }
             None => {
                 self.index.insert(address, self.formats.len());
-                self.formats.push(compile(
-                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
-                    symbols.data_model(),
-                ));
+                self.formats.push(compile(symbols, address));
                 self.formats.len() - 1
             }
         };
@@ -733,5 +781,63 @@ impl Hasher for AddressHasher {
     fn write_u32(&mut self, n: u32) {
         let h = (self.0 ^ u64::from(n)).wrapping_mul(GOLDEN);
         self.0 = h ^ (h >> 32);
+    }
+}
+
+/// The parsed formats of one symbol table, by address, for every decoder
+/// of its logs: a format is parsed once, and a log's first frame of it
+/// takes the fast path when an earlier log's decoder learned its
+/// signature (what a format and its tags tell holds for any log). At most
+/// [`MAX_CACHED`] addresses, as one decoder.
+#[derive(Default)]
+pub(crate) struct SharedFormats {
+    formats: Mutex<SharedMap>,
+}
+
+type SharedMap =
+    HashMap<u32, (Arc<ParsedFormat>, Option<Signature>), BuildHasherDefault<AddressHasher>>;
+
+impl SharedFormats {
+    /// The format at `address` (`text`, as the table holds it) parsed,
+    /// with the signature learned last, parsed now if it never was.
+    fn get(
+        &self,
+        address: u32,
+        text: Result<&[u8], Lookup>,
+        model: DataModel,
+    ) -> (Arc<ParsedFormat>, Option<Signature>) {
+        let mut formats = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((parsed, signature)) = formats.get(&address) {
+            return (Arc::clone(parsed), *signature);
+        }
+        let parsed = Arc::new(parse(text, model));
+        if formats.len() < MAX_CACHED {
+            formats.insert(address, (Arc::clone(&parsed), None));
+        }
+        (parsed, None)
+    }
+
+    /// Keeps the signature a decoder learned for the format at `address`.
+    fn learn(&self, address: u32, signature: Signature) {
+        let mut formats = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, learned)) = formats.get_mut(&address) {
+            *learned = Some(signature);
+        }
+    }
+}
+
+/// A copy of a symbol table parses its formats anew.
+impl Clone for SharedFormats {
+    fn clone(&self) -> Self {
+        SharedFormats::default()
+    }
+}
+
+impl fmt::Debug for SharedFormats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let formats = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("SharedFormats")
+            .field("parsed", &formats.len())
+            .finish()
     }
 }

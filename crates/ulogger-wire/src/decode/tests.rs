@@ -515,6 +515,12 @@ proptest! {
         prop_assert_eq!(decoded.len(), payloads.len());
         for (p, in_log) in payloads.iter().zip(&decoded) {
             let alone = log(&frame(p, 1));
+            // A copy of the table has parsed no format: the full path.
+            let fresh = s.clone();
+            let record = LogDecoder::new(&fresh, &alone, &options).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+            // The table the log was decoded with: its format's signature
+            // learned, the fast path from the log's first frame.
             let record = LogDecoder::new(&s, &alone, &options).unwrap().next().unwrap();
             prop_assert_eq!(&seen(&record), in_log);
         }
@@ -629,6 +635,11 @@ proptest! {
         prop_assert_eq!(decoded.len(), payloads.len());
         for (p, in_log) in payloads.iter().zip(&decoded) {
             let alone = log(&frame(p, 1));
+            // A copy of the table has parsed no format: the full path.
+            let fresh = s.clone();
+            let record = LogDecoder::new(&fresh, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+            // The table that decoded the log: the fast path from the start.
             let record = LogDecoder::new(&s, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
             prop_assert_eq!(&seen(&record), in_log);
         }
