@@ -71,9 +71,14 @@ pub(crate) struct Known<'a> {
     signature: Signature,
     bound: usize,
     metric: KnownMetric<'a>,
-    /// The last metric name of a `metric_%s=%d` found valid, and for a
-    /// name of up to 8 bytes those bytes as the low bytes of a `u64`.
-    last_name: Option<(&'a str, Option<u64>)>,
+    /// The last metric name of a `metric_%s=%d` found valid ("" before
+    /// the first).
+    last_name: &'a str,
+    /// Its length: 0 before the first (no valid name is empty).
+    last_len: usize,
+    /// For a name of up to 8 bytes, those bytes as the low bytes of a
+    /// `u64`.
+    last_word: u64,
 }
 
 /// A METRIC record's metric from a frame of a known signature, without
@@ -197,7 +202,9 @@ impl<'a> Known<'a> {
             signature,
             bound: compiled.parsed.bound,
             metric: metric.unwrap_or(KnownMetric::Format),
-            last_name: None,
+            last_name: "",
+            last_len: 0,
+            last_word: 0,
         })
     }
 
@@ -237,25 +244,26 @@ impl<'a> Known<'a> {
             let name = rest.get(rest.len().checked_sub(len)?..)?;
             // Up to 8 bytes: one compare of the payload's last word (the
             // head and tags come before the name) with the last name's.
-            let word = rest
-                .last_chunk::<8>()
-                .filter(|_| (1..=8).contains(&len))
-                .map(|tail| u64::from_le_bytes(*tail) >> (64 - 8 * len));
-            let same = match (self.last_name, word) {
-                (Some((last, Some(last_word))), Some(word)) => {
-                    last.len() == len && last_word == word
-                }
-                (Some((last, _)), _) => same_bytes(last.as_bytes(), name),
-                (None, _) => false,
-            };
-            let name = match self.last_name {
-                Some((last, _)) if same => last,
-                _ => {
+            let tail = u64::from_le_bytes(*rest.last_chunk::<8>()?);
+            let word = tail.checked_shr(64 - 8 * (len.min(8) as u32)).unwrap_or(0);
+            // A valid name is never empty: a length of 0 is never the
+            // last name's.
+            let same = len == self.last_len
+                && len != 0
+                && match len <= 8 {
+                    true => word == self.last_word,
+                    false => same_bytes(self.last_name.as_bytes(), name),
+                };
+            let name = match same {
+                true => self.last_name,
+                false => {
                     // As `metric_of` splits the message at its first `=`.
                     let valid = std::str::from_utf8(name)
                         .ok()
                         .filter(|n| !n.is_empty() && !n.contains('='))?;
-                    self.last_name = Some((valid, word));
+                    self.last_name = valid;
+                    self.last_len = len;
+                    self.last_word = word;
                     valid
                 }
             };

@@ -31,6 +31,8 @@ pub use record::{
 pub use symbols::{ElfError, ModuleTableError, SymbolTable, DEBUG_MODULES_SECTION, MAX_FORMAT_LEN};
 
 use crate::{validate_checksum, HeaderError, LogHeader, MetricValue};
+use std::sync::OnceLock;
+
 use cache::FormatCache;
 use frames::{next_frame, parse_payload, Step};
 
@@ -92,7 +94,11 @@ pub struct LogDecoder<'a> {
     format: FrameFormat,
     clock: Clock,
     ticks: u64,
-    integrity: Option<HeaderError>,
+    /// The whole buffer, for its checksum.
+    log: &'a [u8],
+    /// Whether the buffer is a valid log: its checksum is computed the
+    /// first time [`LogDecoder::integrity`] asks.
+    integrity: OnceLock<Option<HeaderError>>,
     trailer: usize,
     end: Option<FramesEnd>,
     other_build: Option<Problem>,
@@ -133,7 +139,6 @@ impl<'a> LogDecoder<'a> {
         options: &DecodeOptions,
     ) -> Result<LogDecoder<'a>, HeaderError> {
         let header = LogHeader::parse(log)?;
-        let integrity = validate_checksum(log).err();
         let base = header.header_len();
         let after = log.get(base..).unwrap_or_default();
         let used = usize::from(header.used_bytes).min(after.len());
@@ -205,7 +210,8 @@ impl<'a> LogDecoder<'a> {
             format,
             clock,
             ticks: 0,
-            integrity,
+            log,
+            integrity: OnceLock::new(),
             trailer,
             end: None,
             other_build,
@@ -250,9 +256,12 @@ impl<'a> LogDecoder<'a> {
 
     /// Why the buffer is not a valid log ([`HeaderError::ChecksumMismatch`]
     /// or [`HeaderError::DataTruncated`]), if it is not; its records are
-    /// decoded all the same.
+    /// decoded all the same. The checksum is computed on the first call
+    /// (decoding the records does not need it).
     pub fn integrity(&self) -> Option<&HeaderError> {
-        self.integrity.as_ref()
+        self.integrity
+            .get_or_init(|| validate_checksum(self.log).err())
+            .as_ref()
     }
 
     /// Bytes after the header and `used_bytes` of data (agent 1.2.4's
