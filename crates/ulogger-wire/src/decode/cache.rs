@@ -59,6 +59,9 @@ struct Signature {
     values: u8,
     /// Arguments whose value is in the string blob.
     strings: u8,
+    /// Bytes of the tags and the values (`len + values`): where the
+    /// string blob starts after the payload's head.
+    head: u8,
 }
 
 /// What the fast path needs of a format, kept in its recent slot (one
@@ -304,7 +307,7 @@ impl<'a> Known<'a> {
         if (word ^ signature.tags) & signature.mask != 0 {
             return false;
         }
-        let head = nargs + usize::from(signature.values);
+        let head = usize::from(signature.head);
         if signature.strings == 0 {
             // Tags and values, nothing after them.
             return rest.len() == head;
@@ -422,10 +425,11 @@ impl<'a> Compiled<'a> {
         };
         let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
         let strings = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
-        let (Ok(len), Ok(values), Ok(strings)) = (
+        let (Ok(len), Ok(values), Ok(strings), Ok(head)) = (
             u8::try_from(nargs),
             u8::try_from(values),
             u8::try_from(strings),
+            u8::try_from(nargs + values),
         ) else {
             return;
         };
@@ -438,6 +442,7 @@ impl<'a> Compiled<'a> {
             len,
             values,
             strings,
+            head,
         });
     }
 
