@@ -240,11 +240,11 @@ impl<'a> Known<'a> {
             }
         } else if let KnownMetric::StringNamed(reading) = self.metric {
             let value = reading.read(values)?;
-            // The blob's only string, its length after the blob's count
-            // and length fields; it ends the payload (`known_clean`).
-            let blob = values.get(usize::from(self.signature.values) + 4..)?;
-            let len = usize::from(u16::from_le_bytes(*blob.first_chunk::<2>()?));
-            let name = rest.get(rest.len().checked_sub(len)?..)?;
+            // The blob's only string, after the blob's count and length
+            // fields and its own length: `known_clean` found that length
+            // to be the bytes left, to the payload's end.
+            let name = rest.get(usize::from(self.signature.head) + 6..)?;
+            let len = name.len();
             // Up to 8 bytes: one compare of the payload's last word (the
             // head and tags come before the name) with the last name's.
             let tail = u64::from_le_bytes(*rest.last_chunk::<8>()?);
