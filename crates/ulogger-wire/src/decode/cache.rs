@@ -55,11 +55,9 @@ struct Signature {
     mask: u64,
     /// Arguments (at most [`SIGNATURE_TAGS`]).
     len: u8,
-    /// Bytes of the arguments' values before the string blob.
-    values: u8,
     /// Arguments whose value is in the string blob.
     strings: u8,
-    /// Bytes of the tags and the values (`len + values`): where the
+    /// Bytes of the tags and the arguments' values: where the
     /// string blob starts after the payload's head.
     head: u8,
 }
@@ -425,9 +423,8 @@ impl<'a> Compiled<'a> {
         };
         let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
         let strings = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
-        let (Ok(len), Ok(values), Ok(strings), Ok(head)) = (
+        let (Ok(len), Ok(strings), Ok(head)) = (
             u8::try_from(nargs),
-            u8::try_from(values),
             u8::try_from(strings),
             u8::try_from(nargs + values),
         ) else {
@@ -440,7 +437,6 @@ impl<'a> Compiled<'a> {
             tags: word,
             mask: u64::MAX.checked_shr(64 - 8 * u32::from(len)).unwrap_or(0),
             len,
-            values,
             strings,
             head,
         });
