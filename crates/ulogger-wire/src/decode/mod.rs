@@ -453,24 +453,12 @@ impl<'a> LogDecoder<'a> {
         if !known.known_clean(usize::from(head[5]), rest) {
             return false;
         }
-        let text = known.text;
         let first = head[0];
         let record = &mut self.record;
-        let malformed = match first >> 5 == METRIC_BITS {
-            true => match known.metric_known_clean(
-                rest,
-                &mut record.metric_name,
-                &mut record.metric_value,
-            ) {
-                Some(found) => !found,
-                // Only formatting tells.
-                None => return false,
-            },
-            false => {
-                record.metric_value = None;
-                false
-            }
-        };
+        // The fields every record of the fast path has first, the metric
+        // last: fewer values live across its reading. A frame only
+        // formatting tells the metric of is then written whole by
+        // `decode_any`, these fields and problems included.
         record.level = LEVELS[usize::from(first >> 5)];
         record.module = Module {
             index: first & 0x1f,
@@ -481,7 +469,7 @@ impl<'a> LogDecoder<'a> {
                 .flatten(),
         };
         record.format_address = Some(address);
-        record.format = Some(text);
+        record.format = Some(known.text);
         if !record.problems.is_empty() {
             record.problems.clear();
         }
@@ -493,8 +481,15 @@ impl<'a> LogDecoder<'a> {
                 &mut record.problems,
             );
         }
-        if malformed {
-            record.problems.push(Problem::MalformedMetric);
+        if first >> 5 != METRIC_BITS {
+            record.metric_value = None;
+            return true;
+        }
+        match known.metric_known_clean(rest, &mut record.metric_name, &mut record.metric_value) {
+            Some(true) => {}
+            Some(false) => record.problems.push(Problem::MalformedMetric),
+            // Only formatting tells.
+            None => return false,
         }
         true
     }
