@@ -180,8 +180,8 @@ fn metrics_and_the_heartbeat_are_typed() {
         .into_iter()
         .filter(|r| r.level == Level::Metric)
         .map(|r| {
-            let m = r.metric.expect("a metric record has its reading");
-            (m.name.into_owned(), m.value)
+            let m = r.metric().expect("a metric record has its reading");
+            (m.name.to_string(), m.value)
         })
         .collect();
     assert_eq!(

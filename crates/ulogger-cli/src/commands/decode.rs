@@ -257,7 +257,7 @@ fn record_json(path: &Path, record: &Record) -> Value {
         RecordTime::Sequence { frame_seq } => json!({"kind": "sequence", "frame_seq": frame_seq}),
         _ => Value::Null,
     };
-    let metric = record.metric.as_ref().map(|m| {
+    let metric = record.metric().map(|m| {
         let value = match m.value {
             MetricValue::Int(n) => json!(n),
             MetricValue::Float(x) => json!(x),

@@ -228,7 +228,7 @@ fn entry(
         ),
         _ => (received, Value::Null),
     };
-    let metric = record.metric.as_ref().map(|m| {
+    let metric = record.metric().map(|m| {
         let value = match m.value {
             MetricValue::Int(n) => json!(n),
             MetricValue::Float(x) => json!(x),

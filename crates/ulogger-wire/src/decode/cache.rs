@@ -17,16 +17,16 @@
 //! busy format costs one hashed load (decision "known-clean frames" in
 //! docs/decisions.md).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::frames::is_blob_string;
 use super::printf::{
     clean_types, decimal_value, parse_spec, type_bit, Arg, ArgType, DataModel, Parsed, Spec,
     MAX_MESSAGE,
 };
-use super::record::MetricReading;
 use super::symbols::{Lookup, SymbolTable, MAX_FORMAT_LEN};
 use crate::MetricValue;
 
@@ -55,10 +55,11 @@ struct Signature {
     mask: u64,
     /// Arguments (at most [`SIGNATURE_TAGS`]).
     len: u8,
-    /// Bytes of the arguments' values before the string blob.
-    values: u8,
     /// Arguments whose value is in the string blob.
     strings: u8,
+    /// Bytes of the tags and the arguments' values: where the
+    /// string blob starts after the payload's head.
+    head: u8,
 }
 
 /// What the fast path needs of a format, kept in its recent slot (one
@@ -71,9 +72,14 @@ pub(crate) struct Known<'a> {
     signature: Signature,
     bound: usize,
     metric: KnownMetric<'a>,
-    /// The last metric name of a `metric_%s=%d` found valid, and for a
-    /// name of up to 8 bytes those bytes as the low bytes of a `u64`.
-    last_name: Option<(&'a str, Option<u64>)>,
+    /// The last metric name of a `metric_%s=%d` found valid ("" before
+    /// the first).
+    last_name: &'a str,
+    /// Its length: 0 before the first (no valid name is empty).
+    last_len: usize,
+    /// For a name of up to 8 bytes, those bytes as the low bytes of a
+    /// `u64`.
+    last_word: u64,
 }
 
 /// A METRIC record's metric from a frame of a known signature, without
@@ -179,29 +185,35 @@ impl<'a> Known<'a> {
         let first = signature.tags as u8;
         let second = (signature.tags >> 8) as u8;
         let reading = |tag: u8, spec: &Spec| ValueReading::of(tag, spec, model);
-        let metric = match (&compiled.metric, signature.len) {
-            (MetricShape::Fixed(metric), _) => Some(KnownMetric::Fixed(*metric)),
-            (MetricShape::Named(name, spec), 1) => {
-                reading(first, spec).map(|r| KnownMetric::Named(name, r))
+        let text = compiled.text.ok()?;
+        let metric = match (&compiled.parsed.metric, signature.len) {
+            (MetricShape::Fixed(None), _) => Some(KnownMetric::Fixed(None)),
+            (&MetricShape::Fixed(Some((name, value))), _) => {
+                name_in(text, name).map(|name| KnownMetric::Fixed(Some((name, value))))
             }
+            (&MetricShape::Named(name, ref spec), 1) => name_in(text, name)
+                .and_then(|name| reading(first, spec).map(|r| KnownMetric::Named(name, r))),
             (MetricShape::StringNamed(spec), 2) if is_blob_string(first) => {
                 reading(second, spec).map(KnownMetric::StringNamed)
             }
             _ => None,
         };
         Some(Known {
-            text: compiled.text.ok()?,
+            text,
             signature,
-            bound: compiled.bound,
+            bound: compiled.parsed.bound,
             metric: metric.unwrap_or(KnownMetric::Format),
-            last_name: None,
+            last_name: "",
+            last_len: 0,
+            last_word: 0,
         })
     }
 
     /// The metric of a METRIC record whose frame [`Known::known_clean`]
-    /// passed (`rest` as there), into `out`: `Some(true)` when there is
-    /// one, `Some(false)` for a malformed metric (`out` is then `None`),
-    /// `None` when only formatting tells (`out` unchanged). What
+    /// passed (`rest` as there), into `out_name` and `out_value`:
+    /// `Some(true)` when there is one, `Some(false)` for a malformed
+    /// metric (`out_value` is then `None`), `None` when only formatting
+    /// tells (both unchanged). What
     /// [`Compiled::metric`] finds from the captured arguments, reading
     /// only the value and, for `metric_%s=%d`, the name; a name found
     /// valid is kept, so that the same name in the next frame is
@@ -210,7 +222,8 @@ impl<'a> Known<'a> {
     pub(crate) fn metric_known_clean(
         &mut self,
         rest: &'a [u8],
-        out: &mut Option<MetricReading<'a>>,
+        out_name: &mut &'a str,
+        out_value: &mut Option<MetricValue>,
     ) -> Option<bool> {
         let values = rest.get(usize::from(self.signature.len)..)?;
         // An `if` chain, not a `match`: the jump table a match compiles
@@ -219,38 +232,39 @@ impl<'a> Known<'a> {
             match fixed {
                 Some(metric) => metric,
                 None => {
-                    *out = None;
+                    *out_value = None;
                     return Some(false);
                 }
             }
         } else if let KnownMetric::StringNamed(reading) = self.metric {
             let value = reading.read(values)?;
-            // The blob's only string, its length after the blob's count
-            // and length fields; it ends the payload (`known_clean`).
-            let blob = values.get(usize::from(self.signature.values) + 4..)?;
-            let len = usize::from(u16::from_le_bytes(*blob.first_chunk::<2>()?));
-            let name = rest.get(rest.len().checked_sub(len)?..)?;
+            // The blob's only string, after the blob's count and length
+            // fields and its own length: `known_clean` found that length
+            // to be the bytes left, to the payload's end.
+            let name = rest.get(usize::from(self.signature.head) + 6..)?;
+            let len = name.len();
             // Up to 8 bytes: one compare of the payload's last word (the
             // head and tags come before the name) with the last name's.
-            let word = rest
-                .last_chunk::<8>()
-                .filter(|_| (1..=8).contains(&len))
-                .map(|tail| u64::from_le_bytes(*tail) >> (64 - 8 * len));
-            let same = match (self.last_name, word) {
-                (Some((last, Some(last_word))), Some(word)) => {
-                    last.len() == len && last_word == word
-                }
-                (Some((last, _)), _) => same_bytes(last.as_bytes(), name),
-                (None, _) => false,
-            };
-            let name = match self.last_name {
-                Some((last, _)) if same => last,
-                _ => {
+            let tail = u64::from_le_bytes(*rest.last_chunk::<8>()?);
+            let word = tail.checked_shr(64 - 8 * (len.min(8) as u32)).unwrap_or(0);
+            // A valid name is never empty: a length of 0 is never the
+            // last name's.
+            let same = len == self.last_len
+                && len != 0
+                && match len <= 8 {
+                    true => word == self.last_word,
+                    false => same_bytes(self.last_name.as_bytes(), name),
+                };
+            let name = match same {
+                true => self.last_name,
+                false => {
                     // As `metric_of` splits the message at its first `=`.
                     let valid = std::str::from_utf8(name)
                         .ok()
                         .filter(|n| !n.is_empty() && !n.contains('='))?;
-                    self.last_name = Some((valid, word));
+                    self.last_name = valid;
+                    self.last_len = len;
+                    self.last_word = word;
                     valid
                 }
             };
@@ -260,10 +274,8 @@ impl<'a> Known<'a> {
         } else {
             return None;
         };
-        *out = Some(MetricReading {
-            name: Cow::Borrowed(name),
-            value,
-        });
+        *out_name = name;
+        *out_value = Some(value);
         Some(true)
     }
 
@@ -293,7 +305,7 @@ impl<'a> Known<'a> {
         if (word ^ signature.tags) & signature.mask != 0 {
             return false;
         }
-        let head = nargs + usize::from(signature.values);
+        let head = usize::from(signature.head);
         if signature.strings == 0 {
             // Tags and values, nothing after them.
             return rest.len() == head;
@@ -351,6 +363,16 @@ impl<'a> Known<'a> {
 pub(crate) struct Compiled<'a> {
     /// The format string at the address, or why there is none.
     pub(crate) text: Result<&'a [u8], Lookup>,
+    /// What parsing it told, shared by the decoders of the symbol
+    /// table's logs.
+    parsed: Arc<ParsedFormat>,
+    /// The tags of the last clean frame, once there was one.
+    signature: Option<Signature>,
+}
+
+/// What parsing a format string tells, whatever log it decodes.
+#[derive(Debug)]
+pub(crate) struct ParsedFormat {
     /// Per conversion, the captured types (bits of `type_bit`) it prints
     /// without a problem; `None` when formatting always reports
     /// something (`*`, a clamped field, an unsupported or incomplete
@@ -358,20 +380,32 @@ pub(crate) struct Compiled<'a> {
     clean: Option<Vec<u16>>,
     /// Bytes the message takes at most, string arguments aside.
     bound: usize,
-    metric: MetricShape<'a>,
-    /// The tags of the last clean frame, once there was one.
-    signature: Option<Signature>,
+    metric: MetricShape,
+}
+
+/// A metric's name in its format string: the range of its bytes.
+type NameAt = (usize, usize);
+
+/// The name at `at` in `text` (a range `metric_shape` found in it).
+fn name_in(text: &[u8], (start, end): NameAt) -> Option<&str> {
+    std::str::from_utf8(text.get(start..end)?).ok()
+}
+
+/// Where `part`, a slice of `whole`, starts and ends in it.
+fn range_in(whole: &str, part: &str) -> NameAt {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    (start, start.wrapping_add(part.len()))
 }
 
 /// What a METRIC record's format says of its metric without formatting.
 #[derive(Debug)]
-enum MetricShape<'a> {
+enum MetricShape {
     /// Only formatting tells.
     Format,
     /// No conversion: the message is the format; its metric, if any.
-    Fixed(Option<(&'a str, MetricValue)>),
+    Fixed(Option<(NameAt, MetricValue)>),
     /// `metric_<name>=%d` (a bare decimal conversion, nothing after).
-    Named(&'a str, Spec),
+    Named(NameAt, Spec),
     /// `metric_%s=%d`.
     StringNamed(Spec),
 }
@@ -389,10 +423,10 @@ impl<'a> Compiled<'a> {
         };
         let values: usize = tags.iter().map(|&tag| usize::from(tag & 0x0f)).sum();
         let strings = tags.iter().filter(|&&tag| is_blob_string(tag)).count();
-        let (Ok(len), Ok(values), Ok(strings)) = (
+        let (Ok(len), Ok(strings), Ok(head)) = (
             u8::try_from(nargs),
-            u8::try_from(values),
             u8::try_from(strings),
+            u8::try_from(nargs + values),
         ) else {
             return;
         };
@@ -403,8 +437,8 @@ impl<'a> Compiled<'a> {
             tags: word,
             mask: u64::MAX.checked_shr(64 - 8 * u32::from(len)).unwrap_or(0),
             len,
-            values,
             strings,
+            head,
         });
     }
 
@@ -412,13 +446,13 @@ impl<'a> Compiled<'a> {
     /// argument is of a type its conversion takes, the count matches, and
     /// the message cannot reach [`MAX_MESSAGE`].
     pub(crate) fn is_clean(&self, args: &[Arg<'_>]) -> bool {
-        let Some(clean) = &self.clean else {
+        let Some(clean) = &self.parsed.clean else {
             return false;
         };
         if clean.len() != args.len() {
             return false;
         }
-        let mut bound = self.bound;
+        let mut bound = self.parsed.bound;
         for (&types, arg) in clean.iter().zip(args) {
             if types & type_bit(arg.arg_type()) == 0 {
                 return false;
@@ -438,13 +472,16 @@ impl<'a> Compiled<'a> {
         &self,
         args: &[Arg<'a>],
         model: DataModel,
-    ) -> Option<Option<(Cow<'a, str>, MetricValue)>> {
-        let (name, spec, value) = match (&self.metric, args) {
+    ) -> Option<Option<(&'a str, MetricValue)>> {
+        let (name, spec, value) = match (&self.parsed.metric, args) {
             (MetricShape::Format, _) => return None,
-            (MetricShape::Fixed(metric), _) => {
-                return Some(metric.map(|(name, value)| (Cow::Borrowed(name), value)))
+            (MetricShape::Fixed(None), _) => return Some(None),
+            (&MetricShape::Fixed(Some((name, value))), _) => {
+                return Some(Some((name_in(self.text.ok()?, name)?, value)))
             }
-            (MetricShape::Named(name, spec), [value]) => (*name, spec, value),
+            (&MetricShape::Named(name, ref spec), [value]) => {
+                (name_in(self.text.ok()?, name)?, spec, value)
+            }
             (MetricShape::StringNamed(spec), [Arg::Str(name), value]) => {
                 // As `metric_of` splits the message at its first `=`.
                 let name = std::str::from_utf8(name)
@@ -454,10 +491,7 @@ impl<'a> Compiled<'a> {
             }
             _ => return None,
         };
-        Some(Some((
-            Cow::Borrowed(name),
-            metric_value(spec, value, model)?,
-        )))
+        Some(Some((name, metric_value(spec, value, model)?)))
     }
 }
 
@@ -504,15 +538,28 @@ fn metric_value(spec: &Spec, value: &Arg<'_>, model: DataModel) -> Option<Metric
     })
 }
 
+/// The format found at `address` (or not) in `symbols`, parsed there
+/// once for all the decoders of its logs, with the signature they
+/// learned.
+fn compile(symbols: &SymbolTable, address: u32) -> Compiled<'_> {
+    let text = symbols.c_string(u64::from(address), MAX_FORMAT_LEN);
+    let (parsed, signature) = symbols
+        .shared_formats()
+        .get(address, text, symbols.data_model());
+    Compiled {
+        text,
+        parsed,
+        signature,
+    }
+}
+
 /// Parses the format found at an address (or not).
-fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
+fn parse(text: Result<&[u8], Lookup>, model: DataModel) -> ParsedFormat {
     let Ok(format) = text else {
-        return Compiled {
-            text,
+        return ParsedFormat {
             clean: None,
             bound: 0,
             metric: MetricShape::Format,
-            signature: None,
         };
     };
     let mut clean = Some(Vec::new());
@@ -539,21 +586,22 @@ fn compile(text: Result<&[u8], Lookup>, model: DataModel) -> Compiled<'_> {
             _ => clean = None,
         }
     }
-    Compiled {
-        text,
+    ParsedFormat {
         clean,
         bound,
         metric: metric_shape(format),
-        signature: None,
     }
 }
 
-fn metric_shape(format: &[u8]) -> MetricShape<'_> {
+fn metric_shape(format: &[u8]) -> MetricShape {
     let Ok(text) = std::str::from_utf8(format) else {
         return MetricShape::Format;
     };
     if !text.contains('%') {
-        return MetricShape::Fixed(super::metric_of(text.as_bytes(), &[]));
+        return MetricShape::Fixed(
+            super::metric_of(text.as_bytes(), &[])
+                .map(|(name, value)| (range_in(text, name), value)),
+        );
     }
     let Some(rest) = text.strip_prefix("metric_") else {
         return MetricShape::Format;
@@ -572,9 +620,10 @@ fn metric_shape(format: &[u8]) -> MetricShape<'_> {
         return value(after).map_or(MetricShape::Format, MetricShape::StringNamed);
     }
     match rest.split_once('=') {
-        Some((name, after)) if !name.is_empty() && !name.contains('%') => {
-            value(after).map_or(MetricShape::Format, |spec| MetricShape::Named(name, spec))
-        }
+        Some((name, after)) if !name.is_empty() && !name.contains('%') => value(after)
+            .map_or(MetricShape::Format, |spec| {
+                MetricShape::Named(range_in(text, name), spec)
+            }),
         _ => MetricShape::Format,
     }
 }
@@ -610,7 +659,11 @@ impl Default for FormatCache<'_> {
             recent: [Recent::default(); 1 << RECENT_BITS],
             index: HashMap::default(),
             formats: Vec::new(),
-            spare: compile(Err(Lookup::NotFound), DataModel::default()),
+            spare: Compiled {
+                text: Err(Lookup::NotFound),
+                parsed: Arc::new(parse(Err(Lookup::NotFound), DataModel::default())),
+                signature: None,
+            },
         }
     }
 }
@@ -664,6 +717,9 @@ impl<'a> FormatCache<'a> {
             return;
         };
         compiled.learn(payload);
+        if let Some(signature) = compiled.signature {
+            symbols.shared_formats().learn(address, signature);
+        }
         let known = Known::of(compiled, symbols.data_model());
         if let Some(recent) = self.recent.get_mut(slot_of(address)) {
             if recent.address == address && recent.plus_one != 0 {
@@ -689,18 +745,12 @@ impl<'a> FormatCache<'a> {
         let at = match self.index.get(&address) {
             Some(&at) => at,
             None if self.formats.len() >= MAX_CACHED => {
-                self.spare = compile(
-                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
-                    symbols.data_model(),
-                );
+                self.spare = compile(symbols, address);
                 return SPARE;
             }
             None => {
                 self.index.insert(address, self.formats.len());
-                self.formats.push(compile(
-                    symbols.c_string(u64::from(address), MAX_FORMAT_LEN),
-                    symbols.data_model(),
-                ));
+                self.formats.push(compile(symbols, address));
                 self.formats.len() - 1
             }
         };
@@ -740,5 +790,63 @@ impl Hasher for AddressHasher {
     fn write_u32(&mut self, n: u32) {
         let h = (self.0 ^ u64::from(n)).wrapping_mul(GOLDEN);
         self.0 = h ^ (h >> 32);
+    }
+}
+
+/// The parsed formats of one symbol table, by address, for every decoder
+/// of its logs: a format is parsed once, and a log's first frame of it
+/// takes the fast path when an earlier log's decoder learned its
+/// signature (what a format and its tags tell holds for any log). At most
+/// [`MAX_CACHED`] addresses, as one decoder.
+#[derive(Default)]
+pub(crate) struct SharedFormats {
+    formats: Mutex<SharedMap>,
+}
+
+type SharedMap =
+    HashMap<u32, (Arc<ParsedFormat>, Option<Signature>), BuildHasherDefault<AddressHasher>>;
+
+impl SharedFormats {
+    /// The format at `address` (`text`, as the table holds it) parsed,
+    /// with the signature learned last, parsed now if it never was.
+    fn get(
+        &self,
+        address: u32,
+        text: Result<&[u8], Lookup>,
+        model: DataModel,
+    ) -> (Arc<ParsedFormat>, Option<Signature>) {
+        let mut formats = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((parsed, signature)) = formats.get(&address) {
+            return (Arc::clone(parsed), *signature);
+        }
+        let parsed = Arc::new(parse(text, model));
+        if formats.len() < MAX_CACHED {
+            formats.insert(address, (Arc::clone(&parsed), None));
+        }
+        (parsed, None)
+    }
+
+    /// Keeps the signature a decoder learned for the format at `address`.
+    fn learn(&self, address: u32, signature: Signature) {
+        let mut formats = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, learned)) = formats.get_mut(&address) {
+            *learned = Some(signature);
+        }
+    }
+}
+
+/// A copy of a symbol table parses its formats anew.
+impl Clone for SharedFormats {
+    fn clone(&self) -> Self {
+        SharedFormats::default()
+    }
+}
+
+impl fmt::Debug for SharedFormats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let formats = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("SharedFormats")
+            .field("parsed", &formats.len())
+            .finish()
     }
 }

@@ -22,8 +22,6 @@ mod printf;
 mod record;
 mod symbols;
 
-use std::borrow::Cow;
-
 pub use frames::{FrameFormat, FramesEnd};
 pub use printf::{printf, Arg, ArgType, DataModel, FormatProblem, Printed, MAX_FIELD, MAX_MESSAGE};
 pub use record::{
@@ -33,6 +31,8 @@ pub use record::{
 pub use symbols::{ElfError, ModuleTableError, SymbolTable, DEBUG_MODULES_SECTION, MAX_FORMAT_LEN};
 
 use crate::{validate_checksum, HeaderError, LogHeader, MetricValue};
+use std::sync::OnceLock;
+
 use cache::FormatCache;
 use frames::{next_frame, parse_payload, Step};
 
@@ -94,7 +94,11 @@ pub struct LogDecoder<'a> {
     format: FrameFormat,
     clock: Clock,
     ticks: u64,
-    integrity: Option<HeaderError>,
+    /// The whole buffer, for its checksum.
+    log: &'a [u8],
+    /// Whether the buffer is a valid log: its checksum is computed the
+    /// first time [`LogDecoder::integrity`] asks.
+    integrity: OnceLock<Option<HeaderError>>,
     trailer: usize,
     end: Option<FramesEnd>,
     other_build: Option<Problem>,
@@ -135,7 +139,6 @@ impl<'a> LogDecoder<'a> {
         options: &DecodeOptions,
     ) -> Result<LogDecoder<'a>, HeaderError> {
         let header = LogHeader::parse(log)?;
-        let integrity = validate_checksum(log).err();
         let base = header.header_len();
         let after = log.get(base..).unwrap_or_default();
         let used = usize::from(header.used_bytes).min(after.len());
@@ -207,7 +210,8 @@ impl<'a> LogDecoder<'a> {
             format,
             clock,
             ticks: 0,
-            integrity,
+            log,
+            integrity: OnceLock::new(),
             trailer,
             end: None,
             other_build,
@@ -224,11 +228,13 @@ impl<'a> LogDecoder<'a> {
                     name: None,
                 },
                 format_address: None,
-                metric: None,
                 problems: Vec::new(),
                 format: None,
                 payload: &[],
                 model,
+                metric_value: None,
+                metric_name: "",
+                metric_owned: String::new(),
             },
         })
     }
@@ -250,9 +256,12 @@ impl<'a> LogDecoder<'a> {
 
     /// Why the buffer is not a valid log ([`HeaderError::ChecksumMismatch`]
     /// or [`HeaderError::DataTruncated`]), if it is not; its records are
-    /// decoded all the same.
+    /// decoded all the same. The checksum is computed on the first call
+    /// (decoding the records does not need it).
     pub fn integrity(&self) -> Option<&HeaderError> {
-        self.integrity.as_ref()
+        self.integrity
+            .get_or_init(|| validate_checksum(self.log).err())
+            .as_ref()
     }
 
     /// Bytes after the header and `used_bytes` of data (agent 1.2.4's
@@ -444,22 +453,12 @@ impl<'a> LogDecoder<'a> {
         if !known.known_clean(usize::from(head[5]), rest) {
             return false;
         }
-        let text = known.text;
         let first = head[0];
         let record = &mut self.record;
-        let malformed = match first >> 5 == METRIC_BITS {
-            true => match known.metric_known_clean(rest, &mut record.metric) {
-                Some(found) => !found,
-                // Only formatting tells.
-                None => return false,
-            },
-            false => {
-                if record.metric.is_some() {
-                    record.metric = None;
-                }
-                false
-            }
-        };
+        // The fields every record of the fast path has first, the metric
+        // last: fewer values live across its reading. A frame only
+        // formatting tells the metric of is then written whole by
+        // `decode_any`, these fields and problems included.
         record.level = LEVELS[usize::from(first >> 5)];
         record.module = Module {
             index: first & 0x1f,
@@ -470,7 +469,7 @@ impl<'a> LogDecoder<'a> {
                 .flatten(),
         };
         record.format_address = Some(address);
-        record.format = Some(text);
+        record.format = Some(known.text);
         if !record.problems.is_empty() {
             record.problems.clear();
         }
@@ -482,8 +481,15 @@ impl<'a> LogDecoder<'a> {
                 &mut record.problems,
             );
         }
-        if malformed {
-            record.problems.push(Problem::MalformedMetric);
+        if first >> 5 != METRIC_BITS {
+            record.metric_value = None;
+            return true;
+        }
+        match known.metric_known_clean(rest, &mut record.metric_name, &mut record.metric_value) {
+            Some(true) => {}
+            Some(false) => record.problems.push(Problem::MalformedMetric),
+            // Only formatting tells.
+            None => return false,
         }
         true
     }
@@ -555,11 +561,16 @@ impl<'a> LogDecoder<'a> {
                             is_metric
                                 .then(|| metric_of(&self.message, &self.args))
                                 .flatten()
-                                .map(|(name, value)| (Cow::Owned(name.to_string()), value))
+                                .map(|(name, value)| {
+                                    // Kept in the record: "" says so.
+                                    self.record.metric_owned.clear();
+                                    self.record.metric_owned.push_str(name);
+                                    ("", value)
+                                })
                         }
                     };
                     if is_metric {
-                        metric = found.map(|(name, value)| MetricReading { name, value });
+                        metric = found;
                         if metric.is_none() {
                             problems.push(Problem::MalformedMetric);
                         }
@@ -583,7 +594,10 @@ impl<'a> LogDecoder<'a> {
         record.level = level;
         record.module = module;
         record.format_address = head.fmt_addr;
-        record.metric = metric;
+        record.metric_value = metric.map(|(_, value)| value);
+        if let Some((name, _)) = metric {
+            record.metric_name = name;
+        }
         record.problems = problems;
         record.format = format;
     }
@@ -601,11 +615,16 @@ impl<'a> Iterator for LogDecoder<'a> {
             level: record.level,
             module: record.module,
             format_address: record.format_address,
-            metric: record.metric.take(),
             problems: std::mem::take(&mut record.problems),
             format: record.format,
             payload: record.payload,
             model: record.model,
+            metric_value: record.metric_value,
+            metric_name: record.metric_name,
+            metric_owned: match record.metric_name.is_empty() && record.metric_value.is_some() {
+                true => std::mem::take(&mut record.metric_owned),
+                false => String::new(),
+            },
         })
     }
 }

@@ -1,6 +1,5 @@
 //! A decoded log record and what can be wrong with it.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use super::frames::{declared_args, parse_payload, StackArgs, STACK_ARGS};
@@ -139,12 +138,14 @@ pub enum Clock {
 
 /// A metric sample: a record at level METRIC whose message is
 /// `metric_<name>=<value>` (PROTOCOL §5.1); the heartbeat is
-/// `metric_heartbeat=1`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricReading<'a> {
+/// `metric_heartbeat=1`. A copy of what the record holds
+/// ([`Record::metric`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricReading<'r> {
     /// The metric's name: borrowed from the format string or the frame
-    /// when it is written there whole, else owned.
-    pub name: Cow<'a, str>,
+    /// when it is written there whole, else from the record (a name that
+    /// only formatting the message tells).
+    pub name: &'r str,
     /// Its value, typed from the captured argument (an integer stays an
     /// integer, a double a float).
     pub value: MetricValue,
@@ -355,7 +356,7 @@ impl fmt::Display for Problem {
 /// (its arguments, strings and format stay where they are): decoding a
 /// frame allocates nothing when nothing is wrong with it. Its problems are
 /// all known when it is decoded, formatting or not.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Record<'a> {
     /// Offset of the record's frame in the log buffer (header included).
@@ -368,16 +369,35 @@ pub struct Record<'a> {
     pub module: Module<'a>,
     /// Its format string's address, when the frame held one.
     pub format_address: Option<u32>,
-    /// The metric, for a METRIC record of the form `metric_<name>=<value>`.
-    pub metric: Option<MetricReading<'a>>,
     /// What is wrong with the record; empty for a clean one.
     pub problems: Vec<Problem>,
     pub(crate) format: Option<&'a [u8]>,
     pub(crate) payload: &'a [u8],
     pub(crate) model: DataModel,
+    /// The metric's value; `None` for a record without a metric.
+    pub(crate) metric_value: Option<MetricValue>,
+    /// The metric's name when it is borrowed from the format or the log;
+    /// empty (no name is) when it is `metric_owned`.
+    pub(crate) metric_name: &'a str,
+    /// The metric's name when only formatting told it (stale otherwise:
+    /// a record of the fast path writes a borrowed name and leaves this
+    /// buffer, its allocation reused).
+    pub(crate) metric_owned: String,
 }
 
 impl<'a> Record<'a> {
+    /// The metric, for a METRIC record of the form `metric_<name>=<value>`
+    /// (its problem [`Problem::MalformedMetric`] otherwise); `None` for
+    /// any other record.
+    pub fn metric(&self) -> Option<MetricReading<'_>> {
+        let value = self.metric_value?;
+        let name = match self.metric_name.is_empty() {
+            true => self.metric_owned.as_str(),
+            false => self.metric_name,
+        };
+        Some(MetricReading { name, value })
+    }
+
     /// The format string the message is printed with: `None` when it is
     /// unknown (its address is in no section, or the frame is cut before
     /// it), and the message is then empty.
@@ -441,6 +461,40 @@ impl<'a> Record<'a> {
     /// The message for `{}` (formatted when displayed).
     pub fn display_message(&self) -> Message<'_, 'a> {
         Message(self)
+    }
+}
+
+impl fmt::Debug for Record<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("offset", &self.offset)
+            .field("time", &self.time)
+            .field("level", &self.level)
+            .field("module", &self.module)
+            .field("format_address", &self.format_address)
+            .field("metric", &self.metric())
+            .field("problems", &self.problems)
+            .field("format", &self.format)
+            .field("payload", &self.payload)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// Records are equal when all they say is: the buffer of a metric's
+/// owned name counts only when the name is in it.
+impl PartialEq for Record<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+            && self.time == other.time
+            && self.level == other.level
+            && self.module == other.module
+            && self.format_address == other.format_address
+            && self.metric() == other.metric()
+            && self.problems == other.problems
+            && self.format == other.format
+            && self.payload == other.payload
+            && self.model == other.model
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
+use super::cache::SharedFormats;
 use super::printf::DataModel;
 
 /// Longest format string looked up; a longer run without a NUL is
@@ -89,6 +90,9 @@ pub struct SymbolTable {
     module_problem: Option<ModuleTableError>,
     model: DataModel,
     firmware_version: Option<String>,
+    /// The formats its logs' decoders have parsed, kept for the next
+    /// log's (decision "parsed formats kept by the symbol table").
+    formats: SharedFormats,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +175,7 @@ impl SymbolTable {
             module_problem: None,
             model,
             firmware_version: None,
+            formats: SharedFormats::default(),
         };
         table.firmware_version = VERSION_SYMBOLS
             .iter()
@@ -291,6 +296,11 @@ impl SymbolTable {
     /// Why the module table was left out, if it was.
     pub fn module_table_problem(&self) -> Option<&ModuleTableError> {
         self.module_problem.as_ref()
+    }
+
+    /// The parsed formats shared by the decoders of its logs.
+    pub(crate) fn shared_formats(&self) -> &SharedFormats {
+        &self.formats
     }
 
     /// The C data model: 32-bit ELFs are ILP32, 64-bit ones LP64.

@@ -369,7 +369,7 @@ proptest! {
         prop_assert_eq!(record.display_message().to_string(), record.message());
         if metric {
             let expected = metric_of(&printed.bytes, &captured);
-            let found = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+            let found = record.metric().map(|m| (m.name, m.value));
             // Debug text: a NaN value equals itself there.
             prop_assert_eq!(format!("{found:?}"), format!("{expected:?}"));
             prop_assert_eq!(
@@ -377,7 +377,7 @@ proptest! {
                 expected.is_none()
             );
         } else {
-            prop_assert!(record.metric.is_none());
+            prop_assert!(record.metric().is_none());
         }
     }
 }
@@ -403,9 +403,12 @@ fn clean_metrics_borrow_their_names_and_are_not_formatted() {
     let records: Vec<Record> = LogDecoder::new(&s, &buf, &DecodeOptions::new())
         .unwrap()
         .collect();
-    let metrics: Vec<_> = records.iter().map(|r| r.metric.clone().unwrap()).collect();
-    assert!(metrics.iter().all(|m| matches!(m.name, Cow::Borrowed(_))));
-    let found: Vec<_> = metrics.iter().map(|m| (m.name.as_ref(), m.value)).collect();
+    let metrics: Vec<_> = records.iter().map(|r| r.metric().unwrap()).collect();
+    // Borrowed: no name of the record's own.
+    assert!(records
+        .iter()
+        .all(|r| !r.metric_name.is_empty() && r.metric_owned.is_empty()));
+    let found: Vec<_> = metrics.iter().map(|m| (m.name, m.value)).collect();
     assert_eq!(
         found,
         [
@@ -437,7 +440,7 @@ fn mutated(payload: &[u8], how: u8, at: usize, byte: u8) -> Vec<u8> {
 
 /// What a record says, its offset and time aside.
 fn seen(record: &Record<'_>) -> String {
-    let metric = record.metric.as_ref().map(|m| (m.name.as_ref(), m.value));
+    let metric = record.metric().map(|m| (m.name, m.value));
     format!(
         "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
         record.level,
@@ -512,6 +515,12 @@ proptest! {
         prop_assert_eq!(decoded.len(), payloads.len());
         for (p, in_log) in payloads.iter().zip(&decoded) {
             let alone = log(&frame(p, 1));
+            // A copy of the table has parsed no format: the full path.
+            let fresh = s.clone();
+            let record = LogDecoder::new(&fresh, &alone, &options).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+            // The table the log was decoded with: its format's signature
+            // learned, the fast path from the log's first frame.
             let record = LogDecoder::new(&s, &alone, &options).unwrap().next().unwrap();
             prop_assert_eq!(&seen(&record), in_log);
         }
@@ -626,6 +635,11 @@ proptest! {
         prop_assert_eq!(decoded.len(), payloads.len());
         for (p, in_log) in payloads.iter().zip(&decoded) {
             let alone = log(&frame(p, 1));
+            // A copy of the table has parsed no format: the full path.
+            let fresh = s.clone();
+            let record = LogDecoder::new(&fresh, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
+            prop_assert_eq!(&seen(&record), in_log);
+            // The table that decoded the log: the fast path from the start.
             let record = LogDecoder::new(&s, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
             prop_assert_eq!(&seen(&record), in_log);
         }
