@@ -96,9 +96,19 @@ fn files_queued_while_the_broker_is_away_are_delivered_once_by_the_rerun() {
     assert_eq!(list.as_array().unwrap().len(), 20);
     assert_eq!(list[0]["serial"], "SN-OUT");
 
-    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    // The broker is back, on a port of its own: the one the first run
+    // tried was free only for that run, and another test may hold it now.
+    let emu = Emulator::start(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen("127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap();
+    let mut online = offline;
+    let port = online.iter().position(|a| a == "--port").unwrap() + 1;
+    online[port] = emu.addr().port().to_string();
     let run = sandbox
-        .run(&upload_args(offline, &outbox, &files))
+        .run(&upload_args(online, &outbox, &files))
         .expect_code(0);
     assert!(
         run.stdout
