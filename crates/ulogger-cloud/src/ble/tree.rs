@@ -141,30 +141,8 @@ impl ObjectTree {
             let _lost = resource.await;
         });
         let cache = Arc::new(Cache::default());
-        let watch = |member: &'static str| {
-            MatchRule::new_signal(OBJECT_MANAGER_IFACE, member)
-                .with_sender(BLUEZ)
-                .with_path("/")
-        };
-        let step = "watching bluetoothd's objects";
-        let on_added = Arc::clone(&cache);
-        let added = connection
-            .add_match(watch("InterfacesAdded"))
-            .await
-            .map_err(|e| dbus_failed(step, e))?
-            .msg_cb(move |signal| {
-                on_added.added(&signal);
-                true
-            });
-        let on_removed = Arc::clone(&cache);
-        let removed = connection
-            .add_match(watch("InterfacesRemoved"))
-            .await
-            .map_err(|e| dbus_failed(step, e))?
-            .msg_cb(move |signal| {
-                on_removed.removed(&signal);
-                true
-            });
+        let added = watch(&connection, &cache, "InterfacesAdded", Cache::added).await?;
+        let removed = watch(&connection, &cache, "InterfacesRemoved", Cache::removed).await?;
         Ok(ObjectTree {
             connection,
             cache,
@@ -239,6 +217,28 @@ impl ObjectTree {
             _ => Ok(()),
         }
     }
+}
+
+/// Hands bluetoothd's ObjectManager signal `member` to `handle` on the
+/// cache, for as long as the returned watch lives.
+async fn watch(
+    connection: &SyncConnection,
+    cache: &Arc<Cache>,
+    member: &'static str,
+    handle: fn(&Cache, &Message),
+) -> Result<MsgMatch, Error> {
+    let rule = MatchRule::new_signal(OBJECT_MANAGER_IFACE, member)
+        .with_sender(BLUEZ)
+        .with_path("/");
+    let cache = Arc::clone(cache);
+    let watch = connection
+        .add_match(rule)
+        .await
+        .map_err(|e| dbus_failed("watching bluetoothd's objects", e))?;
+    Ok(watch.msg_cb(move |signal| {
+        handle(&cache, &signal);
+        true
+    }))
 }
 
 /// Whether a call failed for want of an answer (rather than with one).

@@ -244,6 +244,22 @@ proptest! {
 
 /// Formats for the decode-versus-format property: metric shapes, bare
 /// and decorated conversions, and ones formatting always reports.
+/// A symbol table holding `formats` from 0x4000 on (module 2 is "NET"),
+/// and the address of `formats[which]`.
+fn formats_table(formats: &[&str], which: usize, model: DataModel) -> (SymbolTable, u32) {
+    let mut rodata = Vec::new();
+    let mut address = 0;
+    for (k, f) in formats.iter().enumerate() {
+        if k == which {
+            address = 0x4000 + rodata.len() as u32;
+        }
+        rodata.extend_from_slice(f.as_bytes());
+        rodata.push(0);
+    }
+    let table = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model);
+    (table, address)
+}
+
 const PROPERTY_FORMATS: &[&str] = &[
     "metric_%s=%u",
     "metric_%s=%d",
@@ -336,16 +352,7 @@ proptest! {
         args in proptest::collection::vec(property_arg(), 0..5),
     ) {
         let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
-        let mut rodata = Vec::new();
-        let mut address = 0;
-        for (k, f) in PROPERTY_FORMATS.iter().enumerate() {
-            if k == which {
-                address = 0x4000 + rodata.len() as u32;
-            }
-            rodata.extend_from_slice(f.as_bytes());
-            rodata.push(0);
-        }
-        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model);
+        let (s, address) = formats_table(PROPERTY_FORMATS, which, model);
         let payload = property_payload(if metric { 5 } else { 1 }, address, &args);
         // Twice: the second frame finds its format in the cache.
         let mut data = frame(&payload, 1);
@@ -472,17 +479,8 @@ proptest! {
         changes in proptest::collection::vec((0u8..8, any::<usize>(), any::<u8>()), 1..8),
     ) {
         let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
-        let mut rodata = Vec::new();
-        let mut address = 0;
-        for (k, f) in PROPERTY_FORMATS.iter().enumerate() {
-            if k == which {
-                address = 0x4000 + rodata.len() as u32;
-            }
-            rodata.extend_from_slice(f.as_bytes());
-            rodata.push(0);
-        }
-        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model)
-            .with_firmware_version("1.0");
+        let (s, address) = formats_table(PROPERTY_FORMATS, which, model);
+        let s = s.with_firmware_version("1.0");
         let options = match other_build {
             true => DecodeOptions::new().device_version("2.0"),
             false => DecodeOptions::new(),
@@ -609,16 +607,7 @@ proptest! {
             "metric_temp=%ld", "metric_big=%llu", "metric_n=%zd", "metric_heartbeat=1",
         ];
         let model = if lp64 { DataModel::Lp64 } else { DataModel::Ilp32 };
-        let mut rodata = Vec::new();
-        let mut address = 0;
-        for (k, f) in FORMATS.iter().enumerate() {
-            if k == which {
-                address = 0x4000 + rodata.len() as u32;
-            }
-            rodata.extend_from_slice(f.as_bytes());
-            rodata.push(0);
-        }
-        let s = SymbolTable::from_parts([(0x4000, rodata)], [(2, "NET".to_string())], model);
+        let (s, address) = formats_table(&FORMATS, which, model);
         let format = FORMATS[which];
         let payloads: Vec<Vec<u8>> = frames.iter().map(|&(n, name)| {
             let name = format.contains("%s").then_some(name);
