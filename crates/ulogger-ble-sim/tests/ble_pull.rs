@@ -20,7 +20,7 @@ use ulogger_cloud::ble::{pull_device, Address, PullOptions};
 use ulogger_cloud::wire::{self, BufferKind, LogHeader, PullConfig};
 use ulogger_cloud::{Client, MqttConfig, OutboxConfig, Security};
 use ulogger_emulator::ble::{Erased, SimDevice};
-use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, PortHold, RecordKind};
 
 const CUSTOMER: u32 = 4242;
 
@@ -66,10 +66,9 @@ async fn pull_device_stores_the_log_before_the_device_erases_it() {
         .unwrap();
 
     // The cloud is not up yet: what the pull stores stays in the outbox.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held while the cloud is away, so that it comes up on it.
+    let hold = PortHold::new().unwrap();
+    let port = hold.addr();
     let outbox = tempfile::tempdir().unwrap();
     let config = MqttConfig::new(CUSTOMER)
         .broker("127.0.0.1")
@@ -114,8 +113,12 @@ async fn pull_device_stores_the_log_before_the_device_erases_it() {
 
     // The cloud comes up: the log arrives as the device wrote it, with the
     // session token the cloud assigned patched in.
-    let emulator =
-        Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(port)).unwrap();
+    let emulator = Emulator::start(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(&hold),
+    )
+    .unwrap();
     timeout(STEP * 3, client.delivered(stored.record))
         .await
         .expect("delivered in time")

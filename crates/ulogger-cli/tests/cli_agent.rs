@@ -13,7 +13,7 @@ use std::process::Stdio;
 use support::sandbox::*;
 use support::Running;
 use ulogger_cloud::wire::{CoreDumpHeader, DeviceInfo};
-use ulogger_emulator::{Emulator, EmulatorConfig, RecordKind};
+use ulogger_emulator::{Emulator, PortHold, RecordKind};
 
 const DEVICE_TOML: &str = r#"app_id = 7
 serial = "SN-AGENT"
@@ -102,10 +102,8 @@ fn files_dropped_during_an_outage_arrive_after_an_agent_kill_and_a_cloud_restart
     let device = inbox.join("SN-AGENT");
     std::fs::create_dir_all(&device).unwrap();
     std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = PortHold::new().unwrap();
+    let addr = port.addr();
 
     // The cloud is away: files are queued durably and leave the inbox.
     let mut running = agent(&sandbox, addr);
@@ -119,9 +117,9 @@ fn files_dropped_during_an_outage_arrive_after_an_agent_kill_and_a_cloud_restart
     assert_eq!(left.len(), 1, "only device.toml stays in the inbox");
 
     // The cloud comes up, goes down and comes back; the agent restarts.
-    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let emu = plaintext_emulator_on(&port);
     drop(emu);
-    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let emu = plaintext_emulator_on(&port);
     let running = agent(&sandbox, addr);
     for n in 10..15 {
         drop_file(&device, &format!("log-{n:05}.bin"), &numbered_log(n));
@@ -458,7 +456,8 @@ fn a_broker_out_of_reach_is_said_once_summarised_in_status_and_cleared_when_it_i
     std::fs::create_dir_all(&device).unwrap();
     std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
     drop_file(&device, "log-00000.bin", &numbered_log(0));
-    let addr: SocketAddr = ([127, 0, 0, 1], closed_port()).into();
+    let port = PortHold::new().unwrap();
+    let addr = port.addr();
 
     // Default verbosity (the sandbox turns tracing off): only what the
     // agent says itself.
@@ -505,7 +504,7 @@ fn a_broker_out_of_reach_is_said_once_summarised_in_status_and_cleared_when_it_i
     assert_eq!(status["queued"], 1, "{status}");
 
     // The broker comes back: the record goes out and the failure clears.
-    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let emu = plaintext_emulator_on(&port);
     let recovered = running.line_containing("delivery works again");
     assert!(recovered.contains("attempts"), "{recovered}");
     wait_for_logs(&emu, 1);
@@ -609,7 +608,8 @@ fn a_broker_stopped_under_a_running_agent_is_said_and_its_return_too() {
     let device = sandbox.path("inbox").join("SN-AGENT");
     std::fs::create_dir_all(&device).unwrap();
     std::fs::write(device.join("device.toml"), DEVICE_TOML).unwrap();
-    let emu = plaintext_emulator();
+    let port = PortHold::new().unwrap();
+    let emu = plaintext_emulator_on(&port);
     let addr = emu.addr();
     let running = agent_with(&sandbox, addr, false, None);
     drop_file(&device, "log-00000.bin", &numbered_log(0));
@@ -622,7 +622,7 @@ fn a_broker_stopped_under_a_running_agent_is_said_and_its_return_too() {
         "{failing}"
     );
     drop_file(&device, "log-00001.bin", &numbered_log(1));
-    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let emu = plaintext_emulator_on(&port);
     running.line_containing("delivery works again");
     running.line_containing("delivered SN-AGENT/log-00001.bin");
     wait_for_logs(&emu, 1);

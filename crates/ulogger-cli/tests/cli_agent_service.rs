@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::sandbox::*;
 use support::Running;
-use ulogger_emulator::{Emulator, EmulatorConfig};
+use ulogger_emulator::PortHold;
 
 const DEVICE_TOML: &str = r#"app_id = 7
 serial = "SN-SERVICE"
@@ -358,7 +358,8 @@ fn scrape(addr: &str) -> Samples {
 #[test]
 fn the_metrics_endpoint_follows_deliveries_devices_and_the_connection() {
     let (sandbox, device) = inbox();
-    let emu = plaintext_emulator();
+    let port = PortHold::new().unwrap();
+    let emu = plaintext_emulator_on(&port);
     let addr = emu.addr();
     let running = Running::spawn(agent(
         &sandbox,
@@ -432,7 +433,7 @@ fn the_metrics_endpoint_follows_deliveries_devices_and_the_connection() {
     assert!(failing["ulogger_delivery_failed_attempts"] >= 1.0);
 
     // Back: the record goes out, the failure clears.
-    let emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let emu = plaintext_emulator_on(&port);
     events_in_any_order(&running, &["connected", "delivered"]);
     let back = scrape(&listen);
     assert_eq!(back["ulogger_connection_up"], 1.0, "{back:#?}");
@@ -487,7 +488,8 @@ fn a_metrics_address_in_use_is_refused_before_starting() {
 #[test]
 fn text_lines_carry_the_time_and_say_when_the_connection_comes_and_goes() {
     let (sandbox, device) = inbox();
-    let emu = plaintext_emulator();
+    let port = PortHold::new().unwrap();
+    let emu = plaintext_emulator_on(&port);
     let addr = emu.addr();
     let running = Running::spawn(agent(&sandbox, addr, false, &[], &[]));
     let stamped = |line: &str| -> String {
@@ -521,7 +523,7 @@ fn text_lines_carry_the_time_and_say_when_the_connection_comes_and_goes() {
         text.starts_with("connection cust-4242-") && text.ends_with("; reconnecting"),
         "{down}"
     );
-    let _emu = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr)).unwrap();
+    let _emu = plaintext_emulator_on(&port);
     let again = running.line_containing("connected to the broker as ");
     stamped(&again);
 }

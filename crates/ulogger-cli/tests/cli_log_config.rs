@@ -188,8 +188,8 @@ fn assert_time(time: &str) {
 #[test]
 fn watch_says_when_the_connection_goes_down_and_comes_back() {
     let sandbox = Sandbox::new();
-    let emu = support::sandbox::plaintext_emulator();
-    let addr = emu.addr();
+    let port = ulogger_emulator::PortHold::new().unwrap();
+    let emu = support::sandbox::plaintext_emulator_on(&port);
     let mut args = vec!["--json".to_owned()];
     args.extend(connect_args("config", &emu));
     args.insert(2, "watch".to_owned());
@@ -211,12 +211,7 @@ fn watch_says_when_the_connection_goes_down_and_comes_back() {
     let down = event(&watcher, "disconnected");
     assert_eq!(down["client_id"], client_id.as_str(), "{down}");
     assert!(down["error"].is_string(), "{down}");
-    let emu = ulogger_emulator::Emulator::start(
-        ulogger_emulator::EmulatorConfig::new(support::sandbox::CUSTOMER)
-            .plaintext(true)
-            .listen(addr),
-    )
-    .unwrap();
+    let emu = support::sandbox::plaintext_emulator_on(&port);
     let again = event(&watcher, "connected");
     assert_eq!(again["client_id"], client_id.as_str(), "{again}");
     // Subscribed again (the SUBACK may trail the connection line: push

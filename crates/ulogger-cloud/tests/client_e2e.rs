@@ -11,7 +11,7 @@ use support::*;
 use ulogger_cloud::wire::{LogHeader, MAX_MESSAGE_SIZE};
 use ulogger_cloud::{Client, ErrorKind, MqttConfig, Pacing, Phase, Security, SessionStore};
 use ulogger_emulator::{
-    BootReplyMode, EmulatorConfig, PlatformLimits, RecordKind, Verdict, WithholdPuback,
+    BootReplyMode, EmulatorConfig, PlatformLimits, PortHold, RecordKind, Verdict, WithholdPuback,
 };
 
 #[tokio::test]
@@ -607,8 +607,13 @@ async fn shutdown_does_not_wait_for_publishes_whose_callers_gave_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_is_back_within_seconds_of_the_brokers_return_after_an_outage() {
-    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true));
-    let addr = emu.addr();
+    // The port is held through the outage, so that the broker comes back on it.
+    let port = PortHold::new().unwrap();
+    let emu = emulator(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(&port),
+    );
     let client = Client::builder(config_for(&emu).connect_timeout(Duration::from_secs(60)))
         .build()
         .unwrap();
@@ -616,7 +621,11 @@ async fn the_client_is_back_within_seconds_of_the_brokers_return_after_an_outage
     drop(emu);
     // An outage long enough for the backoff to pass 8 s uncapped.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr));
+    let emu = emulator(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(&port),
+    );
     let back = tokio::time::Instant::now();
     let receipt = client.publish_core_dump(vec![2u8; 16]).await.unwrap();
     let took = back.elapsed();

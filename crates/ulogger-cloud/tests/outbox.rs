@@ -14,20 +14,22 @@ use ulogger_cloud::{
     Client, ErrorKind, MqttConfig, OutboxConfig, OutboxRecord, OutboxStatus, RecordId, RecordState,
     Security, WhenFull,
 };
-use ulogger_emulator::{BootReplyMode, Emulator, EmulatorConfig, RecordKind};
+use ulogger_emulator::{BootReplyMode, Emulator, EmulatorConfig, PortHold, RecordKind};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A loopback port nothing listens on (yet).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback port nothing listens on (yet), held for the emulators
+/// that come and go on it ([`PortHold`]).
+fn free_port() -> PortHold {
+    PortHold::new().unwrap()
 }
 
-fn plaintext_emulator_at(addr: SocketAddr) -> Emulator {
-    emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr))
+fn plaintext_emulator_at(port: &PortHold) -> Emulator {
+    emulator(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(port),
+    )
 }
 
 /// Client settings for a plaintext emulator that may not run yet.
@@ -79,7 +81,8 @@ fn delivered_numbers(emu: &Emulator) -> Vec<usize> {
 #[tokio::test]
 async fn logs_enqueued_offline_for_unregistered_devices_arrive_once_the_broker_is_up() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let client = client(offline_config(addr), OutboxConfig::new(dir.path()));
     let mut ids = Vec::new();
     for n in 0..20 {
@@ -95,7 +98,7 @@ async fn logs_enqueued_offline_for_unregistered_devices_arrive_once_the_broker_i
     let status = client.outbox_status().unwrap();
     assert_eq!(status.queued + status.in_flight, 20, "{status:?}");
 
-    let emu = plaintext_emulator_at(addr);
+    let emu = plaintext_emulator_at(&port);
     all_delivered(&client, &ids).await;
     assert_eq!(delivered_numbers(&emu), (0..20).collect::<Vec<_>>());
     assert_eq!(
@@ -122,7 +125,8 @@ async fn logs_enqueued_offline_for_unregistered_devices_arrive_once_the_broker_i
 #[tokio::test]
 async fn a_restarted_client_delivers_what_an_earlier_one_left_and_a_second_owner_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     {
         let first = client(offline_config(addr), OutboxConfig::new(dir.path()));
         for n in 0..10 {
@@ -147,7 +151,7 @@ async fn a_restarted_client_delivers_what_an_earlier_one_left_and_a_second_owner
         // Shut down without delivering anything.
         first.shutdown().await;
     }
-    let emu = plaintext_emulator_at(addr);
+    let emu = plaintext_emulator_at(&port);
     let second = client(offline_config(addr), OutboxConfig::new(dir.path()));
     let ids: Vec<RecordId> = second
         .outbox()
@@ -250,7 +254,8 @@ async fn a_record_refused_for_good_becomes_a_dead_letter_without_blocking_the_re
 
 #[tokio::test]
 async fn bounds_evict_the_oldest_or_refuse_never_silently() {
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let dir = tempfile::tempdir().unwrap();
     let evicting = client(
         offline_config(addr),
@@ -299,7 +304,10 @@ async fn bounds_evict_the_oldest_or_refuse_never_silently() {
 #[tokio::test]
 async fn invalid_logs_are_refused_at_enqueue_and_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let client = client(offline_config(free_port()), OutboxConfig::new(dir.path()));
+    let client = client(
+        offline_config(free_port().addr()),
+        OutboxConfig::new(dir.path()),
+    );
     let mut bad = numbered_log(1);
     let last = bad.len() - 1;
     bad[last] ^= 0xFF;
@@ -320,7 +328,7 @@ async fn invalid_logs_are_refused_at_enqueue_and_nothing_is_queued() {
     );
     assert_eq!(client.outbox().unwrap().records().len(), 0);
 
-    let plain = Client::builder(offline_config(free_port()))
+    let plain = Client::builder(offline_config(free_port().addr()))
         .build()
         .unwrap();
     let err = plain
@@ -343,7 +351,8 @@ fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn damaged_records_are_set_aside_on_open_and_the_rest_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     {
         let offline = client(offline_config(addr), OutboxConfig::new(dir.path()));
         for n in 0..10 {
@@ -362,7 +371,7 @@ async fn damaged_records_are_set_aside_on_open_and_the_rest_is_delivered() {
     bytes.truncate(bytes.len() - 3); // record 9 cut short, as by a power cut
     std::fs::write(&segments[0], &bytes).unwrap();
 
-    let emu = plaintext_emulator_at(addr);
+    let emu = plaintext_emulator_at(&port);
     let client = client(offline_config(addr), OutboxConfig::new(dir.path()));
     let status = client.outbox_status().unwrap();
     assert_eq!(status.corrupt, 1, "{status:?}");
@@ -416,7 +425,7 @@ fn the_blocking_client_enqueues_and_waits_for_delivery() {
 async fn records_past_their_maximum_age_are_evicted_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let client = client(
-        offline_config(free_port()),
+        offline_config(free_port().addr()),
         OutboxConfig::new(dir.path()).max_age(Duration::from_millis(50)),
     );
     let ids: Vec<RecordId> = enqueue_numbered(&client, 3).await;
@@ -450,7 +459,8 @@ async fn telemetry_enqueued_offline_survives_a_restart_and_arrives_as_built() {
     use ulogger_cloud::RecordKind as OutboxKind;
 
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     // A batch big enough to be compressed (over 1,024 bytes of JSON).
     let batch: Vec<DeviceMetrics> = (0..40)
         .map(|i| DeviceMetrics::new(format!("SN-B{i:02}"), vec![Metric::new("temp", 20.5)]))
@@ -501,7 +511,7 @@ async fn telemetry_enqueued_offline_survives_a_restart_and_arrives_as_built() {
     assert_eq!(listed[0].serial, "SN-T1");
     assert_eq!(listed[3].app_id, 9);
 
-    let emu = plaintext_emulator_at(addr);
+    let emu = plaintext_emulator_at(&port);
     let client = client(offline_config(addr), OutboxConfig::new(dir.path()));
     all_delivered(&client, &ids).await;
     let metrics = records_of(&emu, RecordKind::Metrics);
@@ -544,7 +554,8 @@ async fn status_until(client: &Client, done: impl Fn(&OutboxStatus) -> bool) -> 
 #[tokio::test]
 async fn failed_connection_attempts_are_the_outbox_failure_until_the_broker_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let client = client(offline_config(addr), OutboxConfig::new(dir.path()));
     let id = enqueue_numbered(&client, 1).await[0];
 
@@ -576,7 +587,7 @@ async fn failed_connection_attempts_are_the_outbox_failure_until_the_broker_is_b
     .unwrap();
     assert_eq!(read.last_error.as_deref(), Some(text.as_str()));
 
-    let emu = plaintext_emulator_at(addr);
+    let emu = plaintext_emulator_at(&port);
     tokio::time::timeout(WAIT, client.delivered(id))
         .await
         .unwrap()

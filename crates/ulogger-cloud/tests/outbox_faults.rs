@@ -19,19 +19,17 @@ use std::time::Duration;
 
 use support::{device, emulator, init_tracing, records_of, CUSTOMER};
 use ulogger_cloud::{Client, Error, MqttConfig, Outbox, OutboxConfig, RecordId, Security};
-use ulogger_emulator::{EmulatorConfig, RecordKind};
+use ulogger_emulator::{EmulatorConfig, PortHold, RecordKind};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Fault points are global to the process: one test at a time.
 static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A loopback port nothing listens on (yet).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback port nothing listens on (yet), held for the emulators
+/// that come and go on it ([`PortHold`]).
+fn free_port() -> PortHold {
+    PortHold::new().unwrap()
 }
 
 fn client(addr: SocketAddr, outbox: OutboxConfig) -> Client {
@@ -85,7 +83,8 @@ async fn a_fault_fails_one_batch_only(point: &str, action: &str, check: impl Fn(
     let _one_at_a_time = FAULTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let outbox_dir = dir.path().join("spool/outbox");
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let first = client(addr, OutboxConfig::new(&outbox_dir));
     let mut reported = vec![enqueue(&first, 0).await.unwrap()];
     {
@@ -110,7 +109,11 @@ async fn a_fault_fails_one_batch_only(point: &str, action: &str, check: impl Fn(
     assert_eq!(held, reported);
     drop(reopened);
 
-    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr));
+    let emu = emulator(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(&port),
+    );
     let second = client(addr, OutboxConfig::new(&outbox_dir));
     tokio::time::timeout(WAIT, async {
         for id in &reported {
@@ -161,7 +164,8 @@ async fn an_fsync_eio_on_the_directory_of_a_new_segment_fails_that_batch_only() 
     let _one_at_a_time = FAULTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(OutboxConfig::new(dir.path())).unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     drop(outbox);
     let client = client(addr, OutboxConfig::new(dir.path()));
     {
@@ -191,7 +195,7 @@ async fn an_fsync_eio_on_the_directory_of_a_new_segment_fails_that_batch_only() 
 async fn after_a_failed_fsync_appends_move_to_a_fresh_segment() {
     let _one_at_a_time = FAULTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let client = client(free_port(), OutboxConfig::new(dir.path()));
+    let client = client(free_port().addr(), OutboxConfig::new(dir.path()));
     let kept = enqueue(&client, 0).await.unwrap();
     let syncs = Arc::new(AtomicUsize::new(0));
     {
@@ -332,14 +336,19 @@ async fn a_new_outbox_directory_is_synced_up_to_one_that_existed_before_open_ret
 async fn a_failed_ack_write_means_sent_again_after_a_restart_not_lost() {
     let _one_at_a_time = FAULTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let client = client(addr, OutboxConfig::new(dir.path()));
     let unacked = enqueue(&client, 0).await.unwrap();
     let _emu;
     {
         let _fault = fail::FailGuard::new("outbox-write-acks", "1*return(eio)").unwrap();
         // Only now can it be delivered (and acknowledged).
-        _emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr));
+        _emu = emulator(
+            EmulatorConfig::new(CUSTOMER)
+                .plaintext(true)
+                .listen_on(&port),
+        );
         tokio::time::timeout(WAIT, client.delivered(unacked))
             .await
             .unwrap()

@@ -14,21 +14,20 @@ use support::{device, emulator, CUSTOMER};
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::{build_log, LogHeader};
 use ulogger_cloud::{Client, MqttConfig, OutboxConfig, RecordId, Security};
-use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, PortHold, Record, RecordKind};
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback port nothing listens on (yet), held for the emulators
+/// that come and go on it ([`PortHold`]).
+fn free_port() -> PortHold {
+    PortHold::new().unwrap()
 }
 
-/// A cloud on `addr` keeping its records and tokens in `data`.
-fn cloud(addr: SocketAddr, data: &Path) -> Emulator {
+/// A cloud on `port` keeping its records and tokens in `data`.
+fn cloud(port: &PortHold, data: &Path) -> Emulator {
     emulator(
         EmulatorConfig::new(CUSTOMER)
             .plaintext(true)
-            .listen(addr)
+            .listen_on(port)
             .data_dir(data),
     )
 }
@@ -95,10 +94,11 @@ async fn all_delivered(client: &Client, ids: &[RecordId], within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_logs_from_fifty_producers_arrive_through_five_cloud_restarts() {
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let data = tempfile::tempdir().unwrap();
     let outbox = tempfile::tempdir().unwrap();
-    let mut emu = cloud(addr, data.path());
+    let mut emu = cloud(&port, data.path());
     let client = client(addr, outbox.path());
 
     // 50 producers, 20 logs each, one every 300 ms: enqueueing goes on
@@ -124,7 +124,7 @@ async fn a_thousand_logs_from_fifty_producers_arrive_through_five_cloud_restarts
     for _ in 0..5 {
         wait_for_logs(&emu, 120).await;
         emu.shutdown().unwrap();
-        emu = cloud(addr, data.path());
+        emu = cloud(&port, data.path());
     }
     let mut ids = Vec::new();
     while let Some(done) = producers.join_next().await {
@@ -142,7 +142,8 @@ async fn a_thousand_logs_from_fifty_producers_arrive_through_five_cloud_restarts
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_keeps_working_through_a_minute_without_a_cloud() {
-    let addr = free_port();
+    let port = free_port();
+    let addr = port.addr();
     let data = tempfile::tempdir().unwrap();
     let outbox = tempfile::tempdir().unwrap();
     let client = client(addr, outbox.path());
@@ -162,7 +163,7 @@ async fn enqueue_keeps_working_through_a_minute_without_a_cloud() {
     let status = client.outbox_status().unwrap();
     assert_eq!((status.queued, status.in_flight), (100, 0), "{status:?}");
 
-    let emu = cloud(addr, data.path());
+    let emu = cloud(&port, data.path());
     // The connection's backoff is capped at 5 s by default.
     all_delivered(&client, &ids, Duration::from_secs(120)).await;
     client.shutdown().await;

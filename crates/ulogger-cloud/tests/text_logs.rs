@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::*;
 use ulogger_cloud::wire::{TextEntry, TextLevel, MAX_MESSAGE_SIZE};
 use ulogger_cloud::{Client, ErrorKind, MqttConfig, OutboxConfig, Security};
-use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, PortHold, Record, RecordKind};
 
 fn entries(n: usize, width: usize) -> Vec<TextEntry> {
     (0..n)
@@ -94,10 +94,9 @@ async fn many_lines_arrive_in_order_in_messages_under_the_limit() {
 
 #[tokio::test]
 async fn text_logs_wait_in_the_outbox_through_an_outage_and_arrive_once_in_order() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held while the cloud is away, so that it comes back on it.
+    let port = PortHold::new().unwrap();
+    let addr = port.addr();
     let outbox = tempfile::tempdir().unwrap();
     let config = MqttConfig::new(CUSTOMER)
         .broker("127.0.0.1")
@@ -121,7 +120,11 @@ async fn text_logs_wait_in_the_outbox_through_an_outage_and_arrive_once_in_order
         client.shutdown().await;
     }
     // The cloud comes up; a new client on the same outbox delivers.
-    let emu = emulator(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr));
+    let emu = emulator(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(&port),
+    );
     let client = Client::builder(config)
         .outbox(OutboxConfig::new(outbox.path()))
         .build()

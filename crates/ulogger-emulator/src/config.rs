@@ -30,6 +30,8 @@ pub struct EmulatorConfig {
     pub(crate) boot_guard: Option<u32>,
     pub(crate) topic_prefix: String,
     pub(crate) listen: SocketAddr,
+    /// Whether `listen` is a [`crate::PortHold`]'s port.
+    pub(crate) listen_shared: bool,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) plaintext: bool,
     pub(crate) faults: Faults,
@@ -65,6 +67,7 @@ impl EmulatorConfig {
             boot_guard: None,
             topic_prefix: String::new(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            listen_shared: false,
             data_dir: None,
             plaintext: false,
             faults: Faults::default(),
@@ -80,6 +83,17 @@ impl EmulatorConfig {
     #[must_use]
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self.listen_shared = false;
+        self
+    }
+
+    /// The broker listens on `hold`'s port, which stays held (connections
+    /// refused, the port nobody else's) once this emulator is gone: for
+    /// a broker that goes away and comes back on the same address.
+    #[must_use]
+    pub fn listen_on(mut self, hold: &crate::PortHold) -> Self {
+        self.listen = hold.addr();
+        self.listen_shared = true;
         self
     }
 

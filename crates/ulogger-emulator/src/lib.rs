@@ -165,6 +165,7 @@ pub use faults::{
     BootReplyMode, ElfUploadFaults, FaultSwitches, Faults, HttpFaults, WithholdPuback,
 };
 pub use limits::{LimitStats, PlatformLimits};
+pub use listen::PortHold;
 pub use log_decoding::{DecodingState, LogDecoding, LogDecodings};
 pub use records::{Record, RecordKind, Verdict, INDEX_FILE};
 pub use store::DATABASE_FILE;
@@ -257,7 +258,7 @@ impl Emulator {
                     })
                     .transpose()?;
                 let tls = Tls::from_certs(certs.as_ref())?;
-                let (listener, addr) = listen::bind(config.listen, &runtime)?;
+                let (listener, addr) = listen::bind(config.listen, config.listen_shared, &runtime)?;
                 let broker = Arc::new(Broker::new(
                     config.customer_id,
                     faults.clone(),
@@ -280,7 +281,7 @@ impl Emulator {
         };
 
         // The HTTP port before the cloud: its upload URLs point at it.
-        let (http_listener, http_addr) = listen::bind(config.http_listen, &runtime)?;
+        let (http_listener, http_addr) = listen::bind(config.http_listen, false, &runtime)?;
         let http_tls = certs.as_ref().map(http::acceptor).transpose()?;
         let http_tls_on = http_tls.is_some();
         let elfs = Arc::new(ElfStore::open(

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use support::{client_options, TestClient, CUSTOMER, SOON};
-use ulogger_emulator::{Emulator, EmulatorConfig, EmulatorError, Record, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, EmulatorError, PortHold, Record, RecordKind};
 
 #[test]
 fn dropping_the_emulator_closes_its_port_and_removes_its_temp_dir() {
@@ -105,6 +105,44 @@ fn listening_on_a_taken_port_is_a_typed_error() {
         matches!(err, EmulatorError::Listen { addr, .. } if addr == first.addr()),
         "{err}"
     );
+}
+
+#[test]
+fn a_held_port_refuses_while_no_broker_is_on_it_and_is_nobody_elses() {
+    let hold = PortHold::new().unwrap();
+    let addr = hold.addr();
+    let refused = |why: &str| {
+        let err = TcpStream::connect(addr).expect_err(why);
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{why}: {err}"
+        );
+    };
+    let taken = |why: &str| {
+        let err = std::net::TcpListener::bind(addr).expect_err(why);
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{why}: {err}");
+    };
+    refused("nothing listens yet");
+    taken("the hold has it");
+    // An emulator told only the address cannot take a held port either.
+    let err = Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true).listen(addr))
+        .expect_err("the port is held");
+    assert!(matches!(err, EmulatorError::Listen { .. }), "{err}");
+
+    for round in 0..2 {
+        let emulator = Emulator::start(
+            EmulatorConfig::new(CUSTOMER)
+                .plaintext(true)
+                .listen_on(&hold),
+        )
+        .unwrap();
+        assert_eq!(emulator.addr(), addr, "round {round}");
+        TcpStream::connect(addr).unwrap();
+        drop(emulator);
+        refused("the broker went away");
+        taken("the hold keeps it after the broker");
+    }
 }
 
 #[test]

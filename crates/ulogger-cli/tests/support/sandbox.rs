@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use ulogger_cloud::wire::{build_log, LogHeader};
-use ulogger_emulator::{Emulator, EmulatorConfig};
+use ulogger_emulator::{Emulator, EmulatorConfig, PortHold};
 
 pub const CUSTOMER: u32 = 4242;
 pub const APP: u32 = 7;
@@ -22,6 +22,17 @@ pub fn tls_emulator() -> Emulator {
 
 pub fn plaintext_emulator() -> Emulator {
     Emulator::start(EmulatorConfig::new(CUSTOMER).plaintext(true)).expect("emulator starts")
+}
+
+/// A plaintext emulator on `port`, for a broker that goes away and comes
+/// back on the same address (the hold keeps the port meanwhile).
+pub fn plaintext_emulator_on(port: &PortHold) -> Emulator {
+    Emulator::start(
+        EmulatorConfig::new(CUSTOMER)
+            .plaintext(true)
+            .listen_on(port),
+    )
+    .expect("emulator starts")
 }
 
 /// A temporary home for one test: files it writes and the binary's runs.
