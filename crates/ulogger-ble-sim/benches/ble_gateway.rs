@@ -18,6 +18,14 @@
 //!   the reference gateway's `bluetooth.py` does (PROTOCOL §6), 20 devices
 //!   at once with asyncio; it writes each buffer to a file *without* fsync,
 //!   after the final ack.
+//! - **bare**: not a gateway but the least a pull through this simulated
+//!   bluetoothd costs: this binary again (`ULOGGER_BLE_BENCH_ROLE=bare`)
+//!   making only the D-Bus calls any gateway needs (one object listing;
+//!   per device `Connect`, `ReadValue` of `config`, `AcquireNotify`,
+//!   `AcquireWrite`, `Disconnect`, through zbus), then per chunk one read
+//!   and one ack written on one epoll loop: no store, no checks, no
+//!   timers, no core-dump phase. The goal's 10x below bleak is reported as
+//!   a multiple of it: how close to this bound a gateway must come.
 //! - **floor**: not a gateway but the true limit of one on this machine:
 //!   the two system calls any gateway makes per chunk once BlueZ hands it
 //!   sockets (read the chunk's datagram, write the ack's), on 20
@@ -78,8 +86,10 @@ const CPU_RATIO_GOAL: f64 = 10.0;
 const FINAL_ACK_P50_GOAL: Duration = Duration::from_millis(5);
 
 fn main() {
-    if std::env::var(ROLE).as_deref() == Ok("gateway") {
-        std::process::exit(gateway::run());
+    match std::env::var(ROLE).as_deref() {
+        Ok("gateway") => std::process::exit(gateway::run()),
+        Ok("bare") => std::process::exit(bare::run()),
+        _ => {}
     }
     // `cargo bench` passes --bench; `cargo test --benches` (or
     // --all-targets) does not, and gets a smoke line, not a 1.5-minute run.
@@ -183,6 +193,9 @@ fn config_value(serial: &str) -> Vec<u8> {
 enum Gateway {
     Ours,
     Bleak,
+    /// Not a gateway: the least any pull through this bluetoothd costs
+    /// (`bare`).
+    Bare,
 }
 
 impl Gateway {
@@ -190,6 +203,7 @@ impl Gateway {
         match self {
             Gateway::Ours => "ours",
             Gateway::Bleak => "bleak",
+            Gateway::Bare => "bare",
         }
     }
 }
@@ -279,9 +293,9 @@ async fn bench(bus: &PrivateBus, python: &Path, rounds: usize) {
         }
         // Alternating order, so neither always runs on a warmer machine.
         let order = if round % 2 == 0 {
-            [Gateway::Ours, Gateway::Bleak]
+            [Gateway::Bare, Gateway::Ours, Gateway::Bleak]
         } else {
-            [Gateway::Bleak, Gateway::Ours]
+            [Gateway::Bleak, Gateway::Ours, Gateway::Bare]
         };
         for gateway in order
             .into_iter()
@@ -392,6 +406,11 @@ async fn run_gateway(gateway: Gateway, bus: &str, python: &Path, devices: &[Benc
         Gateway::Bleak => {
             let mut c = tokio::process::Command::new(python);
             c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bleak_gateway.py"));
+            c
+        }
+        Gateway::Bare => {
+            let mut c = tokio::process::Command::new(std::env::current_exe().unwrap());
+            c.env(ROLE, "bare");
             c
         }
     };
@@ -538,7 +557,7 @@ fn report(runs: &[Run], floors: &[Duration]) {
     let p99 = percentile(&ours_acks, 0.99);
     println!();
     println!("medians over {} round(s):", of(Gateway::Ours).count());
-    for g in [Gateway::Ours, Gateway::Bleak] {
+    for g in [Gateway::Ours, Gateway::Bleak, Gateway::Bare] {
         let a = acks(g);
         println!(
             "  {:>8}: {:>6.1} us CPU/chunk ({:>6.1} after start-up), wall {:.2} s, devices' window {:.2} s, \
@@ -562,6 +581,16 @@ fn report(runs: &[Run], floors: &[Duration]) {
         cpu(Gateway::Ours) / floor,
         cpu(Gateway::Bleak) / floor
     );
+    let bare = cpu(Gateway::Bare);
+    println!(
+        "      bare: {bare:>6.1} us CPU/chunk (the D-Bus calls and system calls any pull through this \
+         bluetoothd makes, nothing else): ours {:.2}x it, bleak {:.1}x; a gateway {CPU_RATIO_GOAL}x \
+         below bleak may spend {:.1} us, {:.2}x it",
+        cpu(Gateway::Ours) / bare,
+        cpu(Gateway::Bleak) / bare,
+        cpu(Gateway::Bleak) / CPU_RATIO_GOAL,
+        cpu(Gateway::Bleak) / CPU_RATIO_GOAL / bare
+    );
     println!(
         "  CPU per chunk: bleak / ours = {ratio:.2}x ({transfer_ratio:.1}x after start-up; goal >= {CPU_RATIO_GOAL}x: {})",
         if ratio >= CPU_RATIO_GOAL { "met" } else { "MISSED" }
@@ -579,6 +608,12 @@ fn report(runs: &[Run], floors: &[Duration]) {
         cpu(Gateway::Ours),
         times_less(ratio),
         cpu(Gateway::Bleak)
+    );
+    println!(
+        "SUITE ble gateway CPU per chunk against the bare pull | {:.2}x | ours {:.1} us, bare {bare:.1} us; 10x below bleak would be {:.2}x",
+        cpu(Gateway::Ours) / bare,
+        cpu(Gateway::Ours),
+        cpu(Gateway::Bleak) / CPU_RATIO_GOAL / bare
     );
     println!(
         "SUITE ble gateway {DEVICES} x 16 KiB end to end | {:.2} s | {:.2} of bleak's {:.2} s (devices' window {:.2} s vs {:.2} s)",
@@ -697,6 +732,218 @@ mod gateway {
 
     fn self_cpu_us() -> u128 {
         ulogger_bench::usage::self_cpu().as_micros()
+    }
+}
+
+/// The least a pull through this simulated bluetoothd can cost: the
+/// D-Bus calls any gateway makes per device (one object listing per
+/// process; per device `Connect`, `ReadValue` of `config`, `AcquireNotify`
+/// of `log_data`, `AcquireWrite` of `log_ack`, `Disconnect`), then, per
+/// chunk, the floor's two system calls (read the datagram, write the ack)
+/// on one epoll loop; no store, no core-dump phase, no timers, no
+/// protocol checks beyond the offset. It is not a gateway (it would lose
+/// logs, and trusts the device) but the bound any gateway's CPU per chunk
+/// on this double lies above: ours and bleak's are reported as multiples
+/// of it.
+mod bare {
+    use std::collections::HashMap;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    use nix::sys::socket::{recv, send, MsgFlags};
+    use zbus::{OwnedObjectPath, Variant};
+
+    const CHAR: &str = "org.bluez.GattCharacteristic1";
+
+    /// One device's sockets, once acquired.
+    struct Link {
+        address: String,
+        device: OwnedObjectPath,
+        notify: OwnedFd,
+        ack: OwnedFd,
+    }
+
+    /// argv: an unused directory, then the devices' addresses. Prints
+    /// `ready <cpu us>` and `stored <address> <bytes>` as the gateway
+    /// does; returns the exit code.
+    pub fn run() -> i32 {
+        let addresses: Vec<String> = std::env::args().skip(2).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        println!("ready {}", ulogger_bench::usage::self_cpu().as_micros());
+        let bus = std::env::var("DBUS_SYSTEM_BUS_ADDRESS").expect("the bus address");
+        let (conn, links) = runtime.block_on(async {
+            let conn = zbus::connection::Builder::address(bus.as_str())
+                .build()
+                .await
+                .unwrap();
+            let device_path = |address: &str| {
+                OwnedObjectPath::try_from(format!(
+                    "{}/dev_{}",
+                    ulogger_ble_sim::ADAPTER_PATH,
+                    address.replace(':', "_")
+                ))
+                .unwrap()
+            };
+            // Connected first: bluetoothd lists a device's GATT objects
+            // once it has resolved them.
+            let mut connects = tokio::task::JoinSet::new();
+            for address in &addresses {
+                let (conn, device) = (conn.clone(), device_path(address));
+                connects.spawn(async move {
+                    conn.call_method(
+                        Some("org.bluez"),
+                        device.as_str(),
+                        Some("org.bluez.Device1"),
+                        "Connect",
+                        &(),
+                    )
+                    .await
+                    .unwrap();
+                });
+            }
+            connects.join_all().await;
+            let objects = zbus::fdo::ObjectManagerProxy::builder(&conn)
+                .destination("org.bluez")
+                .path("/")
+                .build()
+                .await
+                .unwrap()
+                .get_managed_objects()
+                .await
+                .unwrap();
+            let mut setups = tokio::task::JoinSet::new();
+            for address in addresses {
+                let device = device_path(&address);
+                let under = format!("{}/", device.as_str());
+                let find = |uuid: &str| -> OwnedObjectPath {
+                    objects
+                        .iter()
+                        .find(|(path, interfaces)| {
+                            path.as_str().starts_with(&under)
+                                && interfaces.iter().any(|(name, props)| {
+                                    name.as_str() == CHAR
+                                        && props.get("UUID").is_some_and(|v| {
+                                            <&str>::try_from(&**v as &Variant)
+                                                .is_ok_and(|u| u == uuid)
+                                        })
+                                })
+                        })
+                        .map(|(path, _)| path.clone())
+                        .expect("the characteristic")
+                };
+                use ulogger_ble_sim::Characteristic as C;
+                let (config, data, ack) = (
+                    find(C::Config.uuid()),
+                    find(C::LogData.uuid()),
+                    find(C::LogAck.uuid()),
+                );
+                let conn = conn.clone();
+                setups.spawn(async move {
+                    let call =
+                        |path: OwnedObjectPath, iface: &'static str, method: &'static str| {
+                            let conn = conn.clone();
+                            async move {
+                                let no_options: HashMap<&str, Variant> = HashMap::new();
+                                conn.call_method(
+                                    Some("org.bluez"),
+                                    path.as_str(),
+                                    Some(iface),
+                                    method,
+                                    &(no_options,),
+                                )
+                                .await
+                                .unwrap()
+                            }
+                        };
+                    let _config: Vec<u8> = call(config, CHAR, "ReadValue")
+                        .await
+                        .body()
+                        .deserialize()
+                        .unwrap();
+                    let notify: (zbus::OwnedFd, u16) = call(data, CHAR, "AcquireNotify")
+                        .await
+                        .body()
+                        .deserialize()
+                        .unwrap();
+                    let write: (zbus::OwnedFd, u16) = call(ack, CHAR, "AcquireWrite")
+                        .await
+                        .body()
+                        .deserialize()
+                        .unwrap();
+                    Link {
+                        address,
+                        device,
+                        notify: notify.0.into(),
+                        ack: write.0.into(),
+                    }
+                });
+            }
+            (conn, setups.join_all().await)
+        });
+        let stored = transfer(&links);
+        runtime.block_on(async {
+            let mut gone = tokio::task::JoinSet::new();
+            for link in links {
+                let conn = conn.clone();
+                gone.spawn(async move {
+                    // The sockets go first, as a gateway lets them go.
+                    drop((link.notify, link.ack));
+                    conn.call_method(
+                        Some("org.bluez"),
+                        link.device.as_str(),
+                        Some("org.bluez.Device1"),
+                        "Disconnect",
+                        &(),
+                    )
+                    .await
+                    .unwrap();
+                });
+            }
+            gone.join_all().await;
+        });
+        for (address, bytes) in stored {
+            println!("stored {address} {bytes}");
+        }
+        0
+    }
+
+    /// Ack 0 to each, then for each chunk at the offset expected, the
+    /// ack of the next, until the final one: the addresses and lengths.
+    fn transfer(links: &[Link]) -> Vec<(String, usize)> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let mut expected = vec![0u16; links.len()];
+        let mut done = Vec::new();
+        for (n, link) in links.iter().enumerate() {
+            epoll
+                .add(&link.notify, EpollEvent::new(EpollFlags::EPOLLIN, n as u64))
+                .unwrap();
+            send(link.ack.as_raw_fd(), &[0, 0], MsgFlags::empty()).unwrap();
+        }
+        let mut events = vec![EpollEvent::empty(); links.len()];
+        let mut buf = [0u8; 517];
+        while done.len() < links.len() {
+            let ready = epoll.wait(&mut events, EpollTimeout::NONE).unwrap();
+            for event in &events[..ready] {
+                let n = event.data() as usize;
+                let link = &links[n];
+                let len = recv(link.notify.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+                if len < 4 || u16::from_le_bytes([buf[0], buf[1]]) != expected[n] {
+                    continue; // a chunk sent twice (the device's timer)
+                }
+                let total = u16::from_le_bytes([buf[2], buf[3]]);
+                let next = expected[n] + (len - 4) as u16;
+                send(link.ack.as_raw_fd(), &next.to_le_bytes(), MsgFlags::empty()).unwrap();
+                expected[n] = next;
+                if next >= total {
+                    epoll.delete(&link.notify).unwrap();
+                    done.push((link.address.clone(), usize::from(total)));
+                }
+            }
+        }
+        done
     }
 }
 
