@@ -160,7 +160,7 @@ fn each_failure_has_its_exit_code_and_says_what_to_fix() {
 #[test]
 fn an_emulator_on_a_fixed_http_address_answers_the_query_it_prints() {
     let data = tempfile::tempdir().unwrap();
-    let port = closed_port();
+    let port = released_port();
     let listen = format!("127.0.0.1:{port}");
     let running = Running::emulator_json(&[
         "--plaintext",

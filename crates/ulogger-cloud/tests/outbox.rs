@@ -24,6 +24,11 @@ fn free_port() -> PortHold {
     PortHold::new().unwrap()
 }
 
+/// An address nothing will listen on, held for the rest of the run.
+fn closed_addr() -> SocketAddr {
+    Box::leak(Box::new(free_port())).addr()
+}
+
 fn plaintext_emulator_at(port: &PortHold) -> Emulator {
     emulator(
         EmulatorConfig::new(CUSTOMER)
@@ -304,10 +309,7 @@ async fn bounds_evict_the_oldest_or_refuse_never_silently() {
 #[tokio::test]
 async fn invalid_logs_are_refused_at_enqueue_and_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let client = client(
-        offline_config(free_port().addr()),
-        OutboxConfig::new(dir.path()),
-    );
+    let client = client(offline_config(closed_addr()), OutboxConfig::new(dir.path()));
     let mut bad = numbered_log(1);
     let last = bad.len() - 1;
     bad[last] ^= 0xFF;
@@ -328,7 +330,7 @@ async fn invalid_logs_are_refused_at_enqueue_and_nothing_is_queued() {
     );
     assert_eq!(client.outbox().unwrap().records().len(), 0);
 
-    let plain = Client::builder(offline_config(free_port().addr()))
+    let plain = Client::builder(offline_config(closed_addr()))
         .build()
         .unwrap();
     let err = plain
@@ -425,7 +427,7 @@ fn the_blocking_client_enqueues_and_waits_for_delivery() {
 async fn records_past_their_maximum_age_are_evicted_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let client = client(
-        offline_config(free_port().addr()),
+        offline_config(closed_addr()),
         OutboxConfig::new(dir.path()).max_age(Duration::from_millis(50)),
     );
     let ids: Vec<RecordId> = enqueue_numbered(&client, 3).await;

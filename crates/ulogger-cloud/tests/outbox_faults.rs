@@ -32,6 +32,11 @@ fn free_port() -> PortHold {
     PortHold::new().unwrap()
 }
 
+/// An address nothing will listen on, held for the rest of the run.
+fn closed_addr() -> SocketAddr {
+    Box::leak(Box::new(free_port())).addr()
+}
+
 fn client(addr: SocketAddr, outbox: OutboxConfig) -> Client {
     init_tracing();
     let config = MqttConfig::new(CUSTOMER)
@@ -195,7 +200,7 @@ async fn an_fsync_eio_on_the_directory_of_a_new_segment_fails_that_batch_only() 
 async fn after_a_failed_fsync_appends_move_to_a_fresh_segment() {
     let _one_at_a_time = FAULTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let client = client(free_port().addr(), OutboxConfig::new(dir.path()));
+    let client = client(closed_addr(), OutboxConfig::new(dir.path()));
     let kept = enqueue(&client, 0).await.unwrap();
     let syncs = Arc::new(AtomicUsize::new(0));
     {

@@ -190,8 +190,16 @@ pub fn v1_log(len: usize) -> Vec<u8> {
     build_log(header, &data).unwrap()
 }
 
-/// A port nothing listens on (a listener's, after it was closed).
+/// A port nothing listens on, held for the rest of the test binary's run
+/// (so that no other test's socket takes it meanwhile; [`PortHold`]).
 pub fn closed_port() -> u16 {
+    Box::leak(Box::new(PortHold::new().unwrap())).addr().port()
+}
+
+/// A port free now, let go for another process to bind (which may lose
+/// it to any other socket meanwhile: use [`closed_port`] or a
+/// [`PortHold`] where this process is the one to listen).
+pub fn released_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
