@@ -754,6 +754,29 @@ mod bare {
     use zbus::{OwnedObjectPath, Variant};
 
     const CHAR: &str = "org.bluez.GattCharacteristic1";
+    const DEVICE: &str = "org.bluez.Device1";
+
+    /// Calls bluetoothd's `method` on `path`; its reply.
+    async fn call<B>(
+        conn: &zbus::Connection,
+        path: &OwnedObjectPath,
+        interface: &str,
+        method: &str,
+        body: &B,
+    ) -> zbus::Message
+    where
+        B: zbus::export::serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        conn.call_method(
+            Some("org.bluez"),
+            path.as_str(),
+            Some(interface),
+            method,
+            body,
+        )
+        .await
+        .unwrap()
+    }
 
     /// One device's sockets, once acquired.
     struct Link {
@@ -793,15 +816,7 @@ mod bare {
             for address in &addresses {
                 let (conn, device) = (conn.clone(), device_path(address));
                 connects.spawn(async move {
-                    conn.call_method(
-                        Some("org.bluez"),
-                        device.as_str(),
-                        Some("org.bluez.Device1"),
-                        "Connect",
-                        &(),
-                    )
-                    .await
-                    .unwrap();
+                    call(&conn, &device, DEVICE, "Connect", &()).await;
                 });
             }
             connects.join_all().await;
@@ -842,33 +857,19 @@ mod bare {
                 );
                 let conn = conn.clone();
                 setups.spawn(async move {
-                    let call =
-                        |path: OwnedObjectPath, iface: &'static str, method: &'static str| {
-                            let conn = conn.clone();
-                            async move {
-                                let no_options: HashMap<&str, Variant> = HashMap::new();
-                                conn.call_method(
-                                    Some("org.bluez"),
-                                    path.as_str(),
-                                    Some(iface),
-                                    method,
-                                    &(no_options,),
-                                )
-                                .await
-                                .unwrap()
-                            }
-                        };
-                    let _config: Vec<u8> = call(config, CHAR, "ReadValue")
+                    let no_options = (HashMap::<&str, Variant>::new(),);
+                    let char_call = |path, method| call(&conn, path, CHAR, method, &no_options);
+                    let _config: Vec<u8> = char_call(&config, "ReadValue")
                         .await
                         .body()
                         .deserialize()
                         .unwrap();
-                    let notify: (zbus::OwnedFd, u16) = call(data, CHAR, "AcquireNotify")
+                    let notify: (zbus::OwnedFd, u16) = char_call(&data, "AcquireNotify")
                         .await
                         .body()
                         .deserialize()
                         .unwrap();
-                    let write: (zbus::OwnedFd, u16) = call(ack, CHAR, "AcquireWrite")
+                    let write: (zbus::OwnedFd, u16) = char_call(&ack, "AcquireWrite")
                         .await
                         .body()
                         .deserialize()
@@ -891,15 +892,7 @@ mod bare {
                 gone.spawn(async move {
                     // The sockets go first, as a gateway lets them go.
                     drop((link.notify, link.ack));
-                    conn.call_method(
-                        Some("org.bluez"),
-                        link.device.as_str(),
-                        Some("org.bluez.Device1"),
-                        "Disconnect",
-                        &(),
-                    )
-                    .await
-                    .unwrap();
+                    call(&conn, &link.device, DEVICE, "Disconnect", &()).await;
                 });
             }
             gone.join_all().await;

@@ -16,7 +16,7 @@ use ulogger_cloud::wire::{
     MAX_MESSAGE_SIZE,
 };
 use ulogger_cloud::{ErrorKind, HttpReceipt, HttpTelemetry, HttpTelemetryBuilder};
-use ulogger_emulator::{Emulator, EmulatorConfig, PortHold, Record, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
 
 const GROUP: u32 = 3;
 
@@ -406,10 +406,9 @@ async fn a_429_is_retried_after_its_retry_after() {
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
-/// A loopback port with nothing listening on it, held for the rest of
-/// the run (so that no other test's socket takes it meanwhile).
+/// A loopback port with nothing listening on it (held for the run).
 fn closed_port() -> u16 {
-    Box::leak(Box::new(PortHold::new().unwrap())).addr().port()
+    closed_addr().port()
 }
 
 #[tokio::test]

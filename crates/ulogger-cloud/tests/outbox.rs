@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{config_for, device, emulator, init_tracing, records_of, v4_log, CUSTOMER};
+use support::{
+    closed_addr, config_for, device, emulator, free_port, init_tracing, records_of, v4_log,
+    CUSTOMER,
+};
 use ulogger_cloud::{
     Client, ErrorKind, MqttConfig, OutboxConfig, OutboxRecord, OutboxStatus, RecordId, RecordState,
     Security, WhenFull,
@@ -17,17 +20,6 @@ use ulogger_cloud::{
 use ulogger_emulator::{BootReplyMode, Emulator, EmulatorConfig, PortHold, RecordKind};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A loopback port nothing listens on (yet), held for the emulators
-/// that come and go on it ([`PortHold`]).
-fn free_port() -> PortHold {
-    PortHold::new().unwrap()
-}
-
-/// An address nothing will listen on, held for the rest of the run.
-fn closed_addr() -> SocketAddr {
-    Box::leak(Box::new(free_port())).addr()
-}
 
 fn plaintext_emulator_at(port: &PortHold) -> Emulator {
     emulator(

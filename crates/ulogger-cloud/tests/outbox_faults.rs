@@ -17,25 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{device, emulator, init_tracing, records_of, CUSTOMER};
+use support::{closed_addr, device, emulator, free_port, init_tracing, records_of, CUSTOMER};
 use ulogger_cloud::{Client, Error, MqttConfig, Outbox, OutboxConfig, RecordId, Security};
-use ulogger_emulator::{EmulatorConfig, PortHold, RecordKind};
+use ulogger_emulator::{EmulatorConfig, RecordKind};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Fault points are global to the process: one test at a time.
 static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A loopback port nothing listens on (yet), held for the emulators
-/// that come and go on it ([`PortHold`]).
-fn free_port() -> PortHold {
-    PortHold::new().unwrap()
-}
-
-/// An address nothing will listen on, held for the rest of the run.
-fn closed_addr() -> SocketAddr {
-    Box::leak(Box::new(free_port())).addr()
-}
 
 fn client(addr: SocketAddr, outbox: OutboxConfig) -> Client {
     init_tracing();

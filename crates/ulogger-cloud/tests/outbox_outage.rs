@@ -10,17 +10,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{device, emulator, CUSTOMER};
+use support::{device, emulator, free_port, CUSTOMER};
 use tokio::task::JoinSet;
 use ulogger_cloud::wire::{build_log, LogHeader};
 use ulogger_cloud::{Client, MqttConfig, OutboxConfig, RecordId, Security};
 use ulogger_emulator::{Emulator, EmulatorConfig, PortHold, Record, RecordKind};
-
-/// A loopback port nothing listens on (yet), held for the emulators
-/// that come and go on it ([`PortHold`]).
-fn free_port() -> PortHold {
-    PortHold::new().unwrap()
-}
 
 /// A cloud on `port` keeping its records and tokens in `data`.
 fn cloud(port: &PortHold, data: &Path) -> Emulator {

@@ -4,17 +4,30 @@
 pub mod firmware;
 pub mod interop;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ulogger_cloud::wire::{build_log, DeviceInfo, LogHeader};
 use ulogger_cloud::{MqttConfig, Security};
-use ulogger_emulator::{Emulator, EmulatorConfig, Record, RecordKind};
+use ulogger_emulator::{Emulator, EmulatorConfig, PortHold, Record, RecordKind};
 
 pub const CUSTOMER: u32 = 4242;
 pub const APP: u32 = 7;
 
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A loopback port nothing listens on (yet), held for the emulators that
+/// come and go on it ([`PortHold`]).
+pub fn free_port() -> PortHold {
+    PortHold::new().unwrap()
+}
+
+/// An address nothing will listen on, held for the rest of the run (so
+/// that no other test's socket takes it meanwhile).
+pub fn closed_addr() -> SocketAddr {
+    Box::leak(Box::new(free_port())).addr()
+}
 
 pub fn emulator(config: EmulatorConfig) -> Emulator {
     init_tracing();

@@ -503,29 +503,43 @@ proptest! {
         while payloads.iter().map(|p| 6 + p.len()).sum::<usize>() > crate::MAX_USED_BYTES {
             payloads.pop();
         }
-        let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
-        let buf = log(&data);
-        let mut decoder = LogDecoder::new(&s, &buf, &options).unwrap();
-        let mut decoded = Vec::new();
-        while let Some(record) = decoder.next_record() {
-            decoded.push(seen(record));
-        }
-        prop_assert_eq!(decoded.len(), payloads.len());
-        for (p, in_log) in payloads.iter().zip(&decoded) {
-            let alone = log(&frame(p, 1));
-            // A copy of the table has parsed no format: the full path.
-            let fresh = s.clone();
-            let record = LogDecoder::new(&fresh, &alone, &options).unwrap().next().unwrap();
-            prop_assert_eq!(&seen(&record), in_log);
-            // The table the log was decoded with: its format's signature
-            // learned, the fast path from the log's first frame.
-            let record = LogDecoder::new(&s, &alone, &options).unwrap().next().unwrap();
-            prop_assert_eq!(&seen(&record), in_log);
-        }
+        let (buf, decoded) = decoded_as_alone(&s, &payloads, &options)?;
         // The iterator yields the records the lending decoder lends.
         let owned: Vec<String> = LogDecoder::new(&s, &buf, &options).unwrap().map(|r| seen(&r)).collect();
         prop_assert_eq!(owned, decoded);
     }
+}
+
+/// Decodes a log of `payloads` with `s` and checks that each frame's
+/// record is the one the frame gets alone: with a copy of the table,
+/// which has parsed no format (the full path), and with `s` itself, which
+/// learned each format's signature in the log (the fast path from the
+/// start). Returns the log and its records as [`seen`] shows them.
+fn decoded_as_alone(
+    s: &SymbolTable,
+    payloads: &[Vec<u8>],
+    options: &DecodeOptions,
+) -> Result<(Vec<u8>, Vec<String>), TestCaseError> {
+    let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
+    let buf = log(&data);
+    let mut decoder = LogDecoder::new(s, &buf, options).unwrap();
+    let mut decoded = Vec::new();
+    while let Some(record) = decoder.next_record() {
+        decoded.push(seen(record));
+    }
+    prop_assert_eq!(decoded.len(), payloads.len());
+    for (p, in_log) in payloads.iter().zip(&decoded) {
+        let alone = log(&frame(p, 1));
+        let fresh = s.clone();
+        let record = LogDecoder::new(&fresh, &alone, options)
+            .unwrap()
+            .next()
+            .unwrap();
+        prop_assert_eq!(&seen(&record), in_log);
+        let record = LogDecoder::new(s, &alone, options).unwrap().next().unwrap();
+        prop_assert_eq!(&seen(&record), in_log);
+    }
+    Ok((buf, decoded))
 }
 
 #[test]
@@ -614,24 +628,7 @@ proptest! {
             let value = (format != "metric_heartbeat=1").then_some((ty, size, n));
             metric_payload(address, name, value)
         }).collect();
-        let data: Vec<u8> = payloads.iter().flat_map(|p| frame(p, 1)).collect();
-        let buf = log(&data);
-        let mut decoder = LogDecoder::new(&s, &buf, &DecodeOptions::new()).unwrap();
-        let mut decoded = Vec::new();
-        while let Some(record) = decoder.next_record() {
-            decoded.push(seen(record));
-        }
-        prop_assert_eq!(decoded.len(), payloads.len());
-        for (p, in_log) in payloads.iter().zip(&decoded) {
-            let alone = log(&frame(p, 1));
-            // A copy of the table has parsed no format: the full path.
-            let fresh = s.clone();
-            let record = LogDecoder::new(&fresh, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
-            prop_assert_eq!(&seen(&record), in_log);
-            // The table that decoded the log: the fast path from the start.
-            let record = LogDecoder::new(&s, &alone, &DecodeOptions::new()).unwrap().next().unwrap();
-            prop_assert_eq!(&seen(&record), in_log);
-        }
+        decoded_as_alone(&s, &payloads, &DecodeOptions::new())?;
     }
 }
 
